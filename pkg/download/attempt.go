@@ -1,0 +1,385 @@
+package download
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+)
+
+// errRestart means the attempt emptied the file and another request should
+// follow at once; it is not a failure.
+var errRestart = errors.New("restart from zero")
+
+// errStalled is the cancellation cause when the stall timer fires.
+var errStalled = errors.New("stalled")
+
+func checkURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return err
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("unsupported URL scheme %q", u.Scheme)
+	}
+	if u.Host == "" {
+		return errors.New("URL has no host")
+	}
+	return nil
+}
+
+// transfer makes attempts until the file is complete, a permanent error
+// occurs or the retry budget runs out.
+func (fe *fetch) transfer(ctx context.Context) error {
+	c := fe.c
+	bo := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(c.initialBackoff),
+		backoff.WithMaxInterval(c.maxBackoff),
+		backoff.WithMultiplier(2),
+		backoff.WithRandomizationFactor(0.5),
+		backoff.WithMaxElapsedTime(0), // we bound elapsed time ourselves, from the last progress
+	)
+	failures := 0
+	since := time.Now()
+	for {
+		if fe.complete() {
+			return nil
+		}
+		fe.attempts++
+		fe.progressed = false
+		err := fe.attempt(ctx)
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, errRestart) {
+			continue
+		}
+		var e *Error
+		if !errors.As(err, &e) {
+			e = fe.permanent("fetch", 0, err)
+		}
+		if !e.Retryable {
+			return e
+		}
+		if fe.progressed {
+			failures = 0
+			bo.Reset()
+			since = time.Now()
+		}
+		failures++
+		if failures >= c.maxAttempts {
+			e.Attempts = fe.attempts
+			return e
+		}
+		delay := bo.NextBackOff()
+		if e.retryAfter > 0 {
+			delay = max(delay, min(e.retryAfter, c.maxRetryAfter))
+		}
+		if time.Since(since)+delay > c.maxElapsed {
+			e.Attempts = fe.attempts
+			return e
+		}
+		c.log.Warn("download attempt failed, retrying", "asset", fe.req.Name, "url", fe.req.URL,
+			"attempt", fe.attempts, "have", fe.have, "delay", delay, "err", e)
+		if err := c.sleep(ctx, delay); err != nil {
+			return fe.permanent("wait to retry", 0, fmt.Errorf("%w (after: %v)", err, e))
+		}
+	}
+}
+
+// attempt makes one request and streams its body into the file.
+func (fe *fetch) attempt(ctx context.Context) error {
+	c := fe.c
+	actx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stall := time.AfterFunc(c.stallTimeout, func() { cancel(errStalled) })
+	defer stall.Stop()
+
+	// Whatever a failed write left past `have` is not hashed: cut it off.
+	if err := fe.f.Truncate(fe.have); err != nil {
+		return fe.permanent("truncate", 0, err)
+	}
+	if _, err := fe.f.Seek(fe.have, io.SeekStart); err != nil {
+		return fe.permanent("seek", 0, err)
+	}
+
+	hreq, err := http.NewRequestWithContext(actx, http.MethodGet, fe.req.URL, nil)
+	if err != nil {
+		return fe.permanent("build request", 0, err)
+	}
+	hreq.Header.Set("User-Agent", c.userAgent)
+	// Explicit identity: also stops a caller-supplied transport from
+	// transparently decompressing.
+	hreq.Header.Set("Accept-Encoding", "identity")
+	rangeStart := fe.have
+	if rangeStart > 0 {
+		hreq.Header.Set("Range", fmt.Sprintf("bytes=%d-", rangeStart))
+		if v := fe.ifRange(); v != "" {
+			hreq.Header.Set("If-Range", v)
+		}
+	}
+	resp, err := c.httpClient.Do(hreq)
+	if err != nil {
+		return fe.classify(ctx, actx, "request", err)
+	}
+	defer resp.Body.Close()
+
+	if err := fe.accept(resp, rangeStart); err != nil {
+		return err
+	}
+	return fe.copyBody(ctx, actx, resp.Body, stall)
+}
+
+// ifRange is the validator for If-Range: a strong ETag, else Last-Modified.
+func (fe *fetch) ifRange() string {
+	if et := fe.meta.ETag; et != "" && !strings.HasPrefix(et, "W/") {
+		return et
+	}
+	return fe.meta.LastModified
+}
+
+// accept checks the response status and headers and prepares the file for its body.
+func (fe *fetch) accept(resp *http.Response, rangeStart int64) error {
+	st := resp.StatusCode
+	switch {
+	case st == http.StatusOK:
+		if fe.have > 0 {
+			fe.c.log.Info("server sent the whole file to a range request, starting over",
+				"asset", fe.req.Name, "url", fe.req.URL, "had", fe.have)
+			if err := fe.restart(); err != nil {
+				return err
+			}
+			if _, err := fe.f.Seek(0, io.SeekStart); err != nil {
+				return fe.permanent("seek", 0, err)
+			}
+		}
+		cl := resp.ContentLength
+		if cl > fe.limit() {
+			return fe.tooBig("Content-Length", cl)
+		}
+		if fe.req.ExpectedSize > 0 && cl >= 0 && cl != fe.req.ExpectedSize {
+			return fe.permanent("check size", st, fmt.Errorf("%w: Content-Length %d bytes, expected %d", ErrSizeMismatch, cl, fe.req.ExpectedSize))
+		}
+		fe.total = max(fe.req.ExpectedSize, cl, 0)
+		return fe.saveMeta(resp)
+
+	case st == http.StatusPartialContent:
+		if rangeStart == 0 {
+			return fe.permanent("check response", st, errors.New("partial content to a request without Range"))
+		}
+		start, end, total, err := parseContentRange(resp.Header.Get("Content-Range"))
+		reason := ""
+		switch {
+		case err != nil:
+			reason = err.Error()
+		case start != rangeStart:
+			reason = fmt.Sprintf("Content-Range starts at %d, asked for %d", start, rangeStart)
+		case total >= 0 && fe.total > 0 && total != fe.total:
+			reason = fmt.Sprintf("Content-Range total %d, expected %d", total, fe.total)
+		case total > fe.limit():
+			reason = fmt.Sprintf("Content-Range total %d exceeds limit %d", total, fe.limit())
+		case end < start:
+			reason = fmt.Sprintf("Content-Range ends at %d before its start %d", end, start)
+		case fe.changedETag(resp):
+			reason = "ETag changed"
+		}
+		if reason != "" {
+			fe.c.log.Info("cannot resume, starting over", "asset", fe.req.Name, "url", fe.req.URL, "reason", reason)
+			if err := fe.restart(); err != nil {
+				return err
+			}
+			return errRestart
+		}
+		fe.fromDisk = false
+		if total >= 0 && fe.total == 0 {
+			fe.total = total
+			return fe.saveMeta(resp)
+		}
+		return nil
+
+	case st == http.StatusRequestedRangeNotSatisfiable && rangeStart > 0:
+		fe.c.log.Info("range not satisfiable, starting over", "asset", fe.req.Name, "url", fe.req.URL, "had", fe.have)
+		if err := fe.restart(); err != nil {
+			return err
+		}
+		return errRestart
+
+	case st == http.StatusTooManyRequests || st == http.StatusServiceUnavailable:
+		e := fe.retryable("request", st, errors.New(http.StatusText(st)))
+		e.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		return e
+
+	case st == http.StatusRequestTimeout || st == http.StatusInternalServerError ||
+		st == http.StatusBadGateway || st == http.StatusGatewayTimeout || (st >= 520 && st <= 599):
+		return fe.retryable("request", st, errors.New(statusText(st)))
+
+	default:
+		return fe.permanent("request", st, errors.New(statusText(st)))
+	}
+}
+
+func statusText(st int) string {
+	if t := http.StatusText(st); t != "" {
+		return t
+	}
+	return "unexpected status"
+}
+
+// changedETag reports whether a 206 carries a strong ETag other than the one
+// our prefix came from (a server that ignored If-Range).
+func (fe *fetch) changedETag(resp *http.Response) bool {
+	et := resp.Header.Get("ETag")
+	return et != "" && fe.meta.ETag != "" && et != fe.meta.ETag &&
+		!strings.HasPrefix(et, "W/") && !strings.HasPrefix(fe.meta.ETag, "W/")
+}
+
+// saveMeta records the response's validators in the sidecar before any body
+// byte is written, so a crash leaves a resumable file.
+func (fe *fetch) saveMeta(resp *http.Response) error {
+	if resp.StatusCode == http.StatusOK {
+		fe.meta = sidecar{ETag: resp.Header.Get("ETag"), LastModified: resp.Header.Get("Last-Modified")}
+	}
+	fe.meta.URL = fe.req.URL
+	fe.meta.Expected = fe.req.Expected
+	fe.meta.Size = fe.total
+	if err := writeSidecar(fe.req.Dest, fe.meta); err != nil {
+		return fe.permanent("write sidecar", 0, err)
+	}
+	return nil
+}
+
+// copyBody streams body into the file and the hash pipe.
+func (fe *fetch) copyBody(ctx, actx context.Context, body io.Reader, stall *time.Timer) error {
+	limit := fe.limit()
+	for {
+		buf := fe.pipe.get()
+		n, rerr := fe.fill(body, buf, stall)
+		if n > 0 {
+			if fe.have+int64(n) > limit {
+				fe.pipe.put(buf)
+				return fe.tooBig("body of at least", fe.have+int64(n))
+			}
+			if _, err := fe.f.Write(buf[:n]); err != nil {
+				fe.pipe.put(buf)
+				return fe.permanent("write", 0, err)
+			}
+			fe.pipe.submit(buf[:n])
+			fe.have += int64(n)
+			fe.transferred += int64(n)
+			fe.progressed = true
+			fe.report(false)
+		} else {
+			fe.pipe.put(buf)
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return fe.classify(ctx, actx, "read body", rerr)
+		}
+	}
+	if fe.total > 0 && fe.have < fe.total {
+		return fe.retryable("read body", 0, fmt.Errorf("body ended at %d of %d bytes: %w", fe.have, fe.total, io.ErrUnexpectedEOF))
+	}
+	return nil
+}
+
+// fill reads into buf until it is full, the body ends or fails; each read
+// that brings bytes rearms the stall timer. Filling whole buffers keeps
+// file writes and hand-offs to the hasher large.
+func (fe *fetch) fill(body io.Reader, buf []byte, stall *time.Timer) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := body.Read(buf[n:])
+		if m > 0 {
+			n += m
+			stall.Reset(fe.c.stallTimeout)
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// classify turns a transport or body error into an *Error.
+func (fe *fetch) classify(ctx, actx context.Context, op string, err error) *Error {
+	if ctx.Err() != nil {
+		return fe.permanent(op, 0, context.Cause(ctx))
+	}
+	if errors.Is(context.Cause(actx), errStalled) {
+		return fe.retryable(op, 0, fmt.Errorf("no data for %v (stall timeout)", fe.c.stallTimeout))
+	}
+	var (
+		certErr  *tls.CertificateVerificationError
+		unkAuth  x509.UnknownAuthorityError
+		hostErr  x509.HostnameError
+		invalErr x509.CertificateInvalidError
+	)
+	if errors.As(err, &certErr) || errors.As(err, &unkAuth) || errors.As(err, &hostErr) || errors.As(err, &invalErr) {
+		return fe.permanent(op, 0, err)
+	}
+	return fe.retryable(op, 0, err)
+}
+
+// parseContentRange parses "bytes start-end/total"; total is -1 for "*".
+func parseContentRange(v string) (start, end, total int64, err error) {
+	bad := func() (int64, int64, int64, error) {
+		return 0, 0, 0, fmt.Errorf("malformed Content-Range %q", v)
+	}
+	rest, ok := strings.CutPrefix(v, "bytes ")
+	if !ok {
+		return bad()
+	}
+	rng, tot, ok := strings.Cut(rest, "/")
+	if !ok {
+		return bad()
+	}
+	s, e, ok := strings.Cut(rng, "-")
+	if !ok {
+		return bad()
+	}
+	if start, err = strconv.ParseInt(s, 10, 64); err != nil || start < 0 {
+		return bad()
+	}
+	if end, err = strconv.ParseInt(e, 10, 64); err != nil || end < 0 {
+		return bad()
+	}
+	if tot == "*" {
+		return start, end, -1, nil
+	}
+	if total, err = strconv.ParseInt(tot, 10, 64); err != nil || total <= end {
+		return bad()
+	}
+	return start, end, total, nil
+}
+
+// parseRetryAfter reads delay-seconds or an HTTP-date; 0 if absent or invalid.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		// Clamp before multiplying: a huge value must not overflow.
+		return time.Duration(min(secs, int64(24*time.Hour/time.Second))) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		if d := t.Sub(now); d > 0 {
+			return d
+		}
+	}
+	return 0
+}
