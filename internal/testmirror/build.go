@@ -1,0 +1,265 @@
+package testmirror
+
+import (
+	"bytes"
+	"compress/gzip"
+	crand "crypto/rand"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/digest"
+)
+
+// Option configures New.
+type Option func(*config)
+
+type config struct {
+	ubuntu       []string
+	debian       []string
+	fedora       []string
+	arches       []catalog.Arch
+	virtualSize  int64
+	dataSize     int64
+	compressDisk bool
+	kernelSize   int
+	initrdSize   int
+	gzipKernel   map[catalog.Arch]bool
+}
+
+func defaultConfig() config {
+	return config{
+		ubuntu:       []string{"24.04"},
+		arches:       []catalog.Arch{catalog.ArchAMD64, catalog.ArchARM64},
+		virtualSize:  64 << 20,
+		dataSize:     4 << 20,
+		compressDisk: true,
+		kernelSize:   256 << 10,
+		initrdSize:   512 << 10,
+		gzipKernel:   map[catalog.Arch]bool{catalog.ArchARM64: true},
+	}
+}
+
+// WithUbuntu sets the Ubuntu versions published (default "24.04"); with no
+// arguments, no Ubuntu images are published.
+func WithUbuntu(versions ...string) Option {
+	return func(c *config) { c.ubuntu = slices.Clone(versions) }
+}
+
+// WithDebian publishes Debian genericcloud images for these release numbers
+// ("11", "12", "13"), unsigned like the real ones. Off by default.
+func WithDebian(versions ...string) Option {
+	return func(c *config) { c.debian = slices.Clone(versions) }
+}
+
+// WithFedora publishes Fedora Cloud images for these release numbers with
+// compose FedoraCompose and a clearsigned CHECKSUM. Off by default.
+func WithFedora(versions ...string) Option {
+	return func(c *config) { c.fedora = slices.Clone(versions) }
+}
+
+// WithArches sets the architectures published (default amd64 and arm64).
+func WithArches(arches ...catalog.Arch) Option {
+	return func(c *config) { c.arches = slices.Clone(arches) }
+}
+
+// WithDiskSize sets each disk's virtual size and how many bytes of data are
+// written into it before conversion (default 64 MiB virtual, 4 MiB data).
+// Half the data is random, half compressible, so a compressed qcow2 has both
+// compressed and uncompressed clusters.
+func WithDiskSize(virtual, data int64) Option {
+	return func(c *config) { c.virtualSize, c.dataSize = virtual, min(data, virtual) }
+}
+
+// WithCompressedDisk chooses whether qemu-img compresses clusters, as Ubuntu's
+// images are (default true). Turn it off for large benchmark disks.
+func WithCompressedDisk(on bool) Option {
+	return func(c *config) { c.compressDisk = on }
+}
+
+// WithKernelSize sets the kernel and initramfs sizes in bytes (before gzip).
+func WithKernelSize(kernel, initramfs int) Option {
+	return func(c *config) { c.kernelSize, c.initrdSize = kernel, initramfs }
+}
+
+// WithGzipKernel sets which architectures get a gzip-compressed kernel, as
+// Ubuntu's arm64 vmlinuz is (default: arm64 only).
+func WithGzipKernel(arches ...catalog.Arch) Option {
+	return func(c *config) {
+		c.gzipKernel = map[catalog.Arch]bool{}
+		for _, a := range arches {
+			c.gzipKernel[a] = true
+		}
+	}
+}
+
+type builder struct {
+	t       testing.TB
+	m       *Mirror
+	rng     *rand.ChaCha8
+	scratch string
+	qemuImg string
+}
+
+func newBuilder(t testing.TB, m *Mirror) *builder {
+	t.Helper()
+	var seed [32]byte
+	if _, err := crand.Read(seed[:]); err != nil {
+		t.Fatalf("testmirror: seed: %v", err)
+	}
+	qemuImg, err := exec.LookPath("qemu-img")
+	if err != nil {
+		t.Fatalf("testmirror: qemu-img is required to build real qcow2 disks (install qemu-utils): %v", err)
+	}
+	return &builder{t: t, m: m, rng: rand.NewChaCha8(seed), scratch: t.TempDir(), qemuImg: qemuImg}
+}
+
+func (b *builder) build() {
+	b.t.Helper()
+	c := b.m.cfg
+	for _, v := range c.ubuntu {
+		rel := &manifestFile{rel: path.Join(ubuntuReleaseDir(v), "SHA256SUMS"), alg: digest.SHA256, style: styleGNUBinary, sig: sigDetached}
+		unp := &manifestFile{rel: path.Join(ubuntuUnpackedDir(v), "SHA256SUMS"), alg: digest.SHA256, style: styleGNUBinary, sig: sigDetached}
+		for _, a := range c.arches {
+			disk := assetPath("ubuntu", v, a, catalog.RoleDisk)
+			b.content(rel, disk, b.qcow2())
+			// A neighbour the real directory also has, so lookups must match exactly.
+			b.content(rel, path.Join(ubuntuReleaseDir(v), ubuntuPrefix(v, a)+".manifest"), []byte("adduser\t3.137ubuntu1\napt\t2.7.14build2\n"))
+			b.content(unp, assetPath("ubuntu", v, a, catalog.RoleKernel), b.kernel(a))
+			b.content(unp, assetPath("ubuntu", v, a, catalog.RoleInitramfs), b.random(c.initrdSize))
+		}
+		b.publish(rel)
+		b.publish(unp)
+	}
+	for _, v := range c.debian {
+		if debianCodenames[v] == "" {
+			b.t.Fatalf("testmirror: unknown Debian release %q (want 11, 12 or 13)", v)
+		}
+		mf := &manifestFile{rel: path.Join(debianDir(v), "SHA512SUMS"), alg: digest.SHA512, style: styleGNUText, sig: sigNone}
+		for _, a := range c.arches {
+			b.content(mf, assetPath("debian", v, a, catalog.RoleDisk), b.qcow2())
+		}
+		b.publish(mf)
+	}
+	for _, v := range c.fedora {
+		for _, a := range c.arches {
+			mf := &manifestFile{rel: manifestPath("fedora", v, a, catalog.RoleDisk), alg: digest.SHA256, style: styleFedora, sig: sigClearsigned}
+			b.content(mf, assetPath("fedora", v, a, catalog.RoleDisk), b.qcow2())
+			// The real directory also holds a raw.xz image; a name pattern must not pick it.
+			b.content(mf, path.Join(fedoraDir(v, a), fmt.Sprintf("Fedora-Cloud-Base-Generic-%s-%s.%s.raw.xz", v, FedoraCompose, fedoraArch(a))), b.random(4096))
+			b.publish(mf)
+		}
+	}
+}
+
+// content writes a content file listed by mf, recording its published digest.
+func (b *builder) content(mf *manifestFile, rel string, data []byte) {
+	b.t.Helper()
+	var h hash.Hash = sha256.New()
+	if mf.alg == digest.SHA512 {
+		h = sha512.New()
+	}
+	h.Write(data)
+	b.m.writeFile(rel, data, kindContent, digest.FromHash(mf.alg, h))
+	mf.entries = append(mf.entries, rel)
+}
+
+func (b *builder) publish(mf *manifestFile) {
+	b.t.Helper()
+	slices.Sort(mf.entries)
+	b.m.publishManifest(mf, b.m.manifestText(mf))
+}
+
+func (b *builder) random(n int) []byte {
+	p := make([]byte, n)
+	_, _ = b.rng.Read(p)
+	return p
+}
+
+func (b *builder) kernel(a catalog.Arch) []byte {
+	b.t.Helper()
+	k := b.random(b.m.cfg.kernelSize)
+	if !b.m.cfg.gzipKernel[a] {
+		return k
+	}
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	_, _ = zw.Write(k)
+	if err := zw.Close(); err != nil {
+		b.t.Fatalf("testmirror: gzip kernel: %v", err)
+	}
+	return buf.Bytes()
+}
+
+// qcow2 makes a real qcow2 image: a sparse raw file with random and
+// compressible data, converted by qemu-img.
+func (b *builder) qcow2() []byte {
+	b.t.Helper()
+	c := b.m.cfg
+	raw := filepath.Join(b.scratch, "disk.raw")
+	out := filepath.Join(b.scratch, "disk.qcow2")
+	_ = os.Remove(raw)
+	_ = os.Remove(out)
+	if err := b.writeRaw(raw, c.virtualSize, c.dataSize); err != nil {
+		b.t.Fatalf("testmirror: write raw disk: %v", err)
+	}
+	args := []string{"convert", "-q", "-f", "raw", "-O", "qcow2"}
+	if c.compressDisk {
+		args = append(args, "-c")
+	}
+	args = append(args, raw, out)
+	if msg, err := exec.Command(b.qemuImg, args...).CombinedOutput(); err != nil {
+		b.t.Fatalf("testmirror: qemu-img %v: %v: %s", args, err, msg)
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		b.t.Fatalf("testmirror: read qcow2: %v", err)
+	}
+	return data
+}
+
+// writeRaw writes random data at the start and compressible data at the
+// middle of a sparse file of the given size.
+func (b *builder) writeRaw(p string, size, data int64) (err error) {
+	f, err := os.Create(p)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, f.Close()) }()
+	if err := f.Truncate(size); err != nil {
+		return err
+	}
+	randomLen := data / 2
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < randomLen; off += int64(len(buf)) {
+		n := min(int64(len(buf)), randomLen-off)
+		_, _ = b.rng.Read(buf[:n])
+		if _, err := f.WriteAt(buf[:n], off); err != nil {
+			return err
+		}
+	}
+	pattern := []byte(hex.EncodeToString(b.random(32)) + " vmprep compressible block\n")
+	start := (size / 2) &^ (64<<10 - 1)
+	compLen := min(data-randomLen, size-start)
+	for i := range buf {
+		buf[i] = pattern[i%len(pattern)]
+	}
+	for off := int64(0); off < compLen; off += int64(len(buf)) {
+		n := min(int64(len(buf)), compLen-off)
+		if _, err := f.WriteAt(buf[:n], start+off); err != nil {
+			return err
+		}
+	}
+	return nil
+}

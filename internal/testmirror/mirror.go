@@ -1,0 +1,671 @@
+// Package testmirror serves a local copy of the Ubuntu (and optionally Debian
+// and Fedora) cloud-image layout over HTTP on 127.0.0.1, with real qcow2
+// disks made by qemu-img and manifests signed by a throwaway OpenPGP key.
+// It exists for tests: it counts requests and bytes per path, throttles,
+// and injects faults (HTTP errors, connection resets, stalls, ignored
+// ranges, wrong bytes) so that fetchers and pipelines can be tested against
+// a real server instead of mocks.
+//
+// Typical use:
+//
+//	m := testmirror.New(t)
+//	cat, err := catalog.New(catalog.WithMirror(m.URL), catalog.WithKeyring(m.Keyring()))
+//	disk := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+//	m.SetFault(disk, testmirror.Fault{Status: 503, Times: 2})
+package testmirror
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/digest"
+	"github.com/vmprep/vmprep/pkg/signature"
+	"github.com/vmprep/vmprep/pkg/signature/signtest"
+)
+
+// Fault changes how the mirror answers requests for one path. Fields combine:
+// e.g. {IgnoreRange: true, Reset: true, After: 1 << 20}.
+type Fault struct {
+	// Status, when non-zero, answers with this HTTP status and a short body
+	// instead of the file.
+	Status int
+	// Times is how many requests the fault applies to; 0 means every request
+	// until ClearFault.
+	Times int
+	// Reset closes the connection abruptly after After body bytes.
+	Reset bool
+	// Stall stops sending after After body bytes and holds the connection
+	// open until the client gives up (or the mirror closes).
+	Stall bool
+	// After is the number of body bytes sent before Reset or Stall acts.
+	After int64
+	// IgnoreRange answers Range requests with 200 and the whole file, like
+	// servers that do not support ranges.
+	IgnoreRange bool
+	// WrongBytes serves content of the right length whose every byte is
+	// altered, so any digest over it mismatches.
+	WrongBytes bool
+}
+
+type fileKind int
+
+const (
+	kindContent fileKind = iota
+	kindManifest
+	kindSignature
+)
+
+type sigKind int
+
+const (
+	sigNone sigKind = iota
+	sigDetached
+	sigClearsigned
+)
+
+type manifestStyle int
+
+const (
+	styleGNUBinary manifestStyle = iota // "hex *name" (Ubuntu)
+	styleGNUText                        // "hex  name" (Debian)
+	styleFedora                         // "# name: N bytes" + "SHA256 (name) = hex"
+)
+
+type file struct {
+	kind      fileKind
+	published digest.Digest // digest the manifest lists (content files)
+	etag      string
+	modTime   time.Time
+}
+
+type manifestFile struct {
+	rel       string
+	alg       digest.Algorithm
+	style     manifestStyle
+	sig       sigKind
+	entries   []string // relative paths of the content files it lists
+	plaintext []byte   // last unsigned text (before clearsigning)
+}
+
+type activeFault struct {
+	Fault
+	left int // remaining uses; <0 means unlimited
+}
+
+// Mirror is a running local mirror. All methods are safe for concurrent use.
+type Mirror struct {
+	// URL is the base URL, with a trailing slash, to pass to catalog.WithMirror.
+	URL string
+	// Dir is the directory the mirror's files live in (read-only for callers;
+	// use Tamper, EditManifest, Remove to change them).
+	Dir string
+
+	t           testing.TB
+	cfg         config
+	key         *signtest.Key
+	keyringFile string
+	srv         *httptest.Server
+	closed      chan struct{}
+
+	mu        sync.Mutex
+	files     map[string]*file
+	manifests map[string]*manifestFile
+	faults    map[string]*activeFault
+	requests  map[string]int
+	served    map[string]int64
+	content   int // requests for content (non-manifest, non-signature) files
+	throttle  int64
+}
+
+// New builds the mirror's files and starts serving them. The server is closed
+// when the test ends. It fails the test if qemu-img is missing.
+func New(t testing.TB, opts ...Option) *Mirror {
+	t.Helper()
+	cfg := defaultConfig()
+	for _, o := range opts {
+		o(&cfg)
+	}
+	m := &Mirror{
+		Dir:       t.TempDir(),
+		t:         t,
+		cfg:       cfg,
+		key:       signtest.NewKey(t, "vmprep testmirror"),
+		closed:    make(chan struct{}),
+		files:     make(map[string]*file),
+		manifests: make(map[string]*manifestFile),
+		faults:    make(map[string]*activeFault),
+		requests:  make(map[string]int),
+		served:    make(map[string]int64),
+	}
+	m.keyringFile = filepath.Join(t.TempDir(), "testmirror-keyring.asc")
+	if err := os.WriteFile(m.keyringFile, m.key.ArmoredPublic(), 0o644); err != nil {
+		t.Fatalf("testmirror: write keyring file: %v", err)
+	}
+	b := newBuilder(t, m)
+	b.build()
+	m.srv = httptest.NewServer(m)
+	m.URL = m.srv.URL + "/"
+	t.Cleanup(func() {
+		close(m.closed) // releases stalled handlers so Close can return
+		m.srv.Close()
+	})
+	return m
+}
+
+// Keyring returns a keyring holding the mirror's signing key.
+func (m *Mirror) Keyring() *signature.Keyring { return m.key.Keyring() }
+
+// KeyringFile is the path of a file holding the mirror's armored public key
+// (outside Dir, so it is not served).
+func (m *Mirror) KeyringFile() string { return m.keyringFile }
+
+// Fingerprint is the upper-case hex fingerprint of the mirror's signing key.
+func (m *Mirror) Fingerprint() string { return m.key.Fingerprint() }
+
+// Path returns the mirror-relative path of an asset, e.g.
+// "releases/24.04/release/ubuntu-24.04-server-cloudimg-amd64.img". The test
+// fails if the mirror does not publish it.
+func (m *Mirror) Path(distro, version string, arch catalog.Arch, role catalog.Role) string {
+	m.t.Helper()
+	p := assetPath(distro, version, arch, role)
+	m.mu.Lock()
+	_, ok := m.files[p]
+	m.mu.Unlock()
+	if p == "" || !ok {
+		m.t.Fatalf("testmirror: no %s asset for %s %s %s in this mirror", role, distro, version, arch)
+	}
+	return p
+}
+
+// ManifestPath returns the mirror-relative path of the checksum manifest that
+// lists the asset. For Ubuntu the detached signature is ManifestPath+".gpg".
+func (m *Mirror) ManifestPath(distro, version string, arch catalog.Arch, role catalog.Role) string {
+	m.t.Helper()
+	p := manifestPath(distro, version, arch, role)
+	m.mu.Lock()
+	_, ok := m.manifests[p]
+	m.mu.Unlock()
+	if p == "" || !ok {
+		m.t.Fatalf("testmirror: no manifest for %s %s %s %s in this mirror", role, distro, version, arch)
+	}
+	return p
+}
+
+// FileURL returns the absolute URL of a mirror-relative path.
+func (m *Mirror) FileURL(relPath string) string { return m.URL + strings.TrimPrefix(relPath, "/") }
+
+// Digest returns the digest the manifest publishes for relPath (SHA-512 for
+// Debian, SHA-256 otherwise). Tamper does not change it: it is what a
+// verifier should expect.
+func (m *Mirror) Digest(relPath string) digest.Digest {
+	m.t.Helper()
+	m.mu.Lock()
+	f, ok := m.files[relPath]
+	m.mu.Unlock()
+	if !ok || f.kind != kindContent {
+		m.t.Fatalf("testmirror: Digest(%q): no such content file", relPath)
+	}
+	return f.published
+}
+
+// Content returns the bytes currently served for relPath.
+func (m *Mirror) Content(relPath string) []byte {
+	m.t.Helper()
+	b, err := os.ReadFile(m.diskPath(relPath))
+	if err != nil {
+		m.t.Fatalf("testmirror: Content(%q): %v", relPath, err)
+	}
+	return b
+}
+
+// Requests returns how many requests (any method, any outcome) asked for relPath.
+func (m *Mirror) Requests(relPath string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.requests[relPath]
+}
+
+// BytesServed returns how many body bytes were written for relPath.
+func (m *Mirror) BytesServed(relPath string) int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.served[relPath]
+}
+
+// TotalContentRequests counts requests for content files: everything but
+// manifests, signatures and directory listings. A warm cache should keep it at 0.
+func (m *Mirror) TotalContentRequests() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.content
+}
+
+// Throttle limits every response body to about bytesPerSecond; 0 removes the limit.
+func (m *Mirror) Throttle(bytesPerSecond int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.throttle = max(bytesPerSecond, 0)
+}
+
+// SetFault installs a fault for relPath, replacing any previous one.
+func (m *Mirror) SetFault(relPath string, f Fault) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	left := f.Times
+	if left <= 0 {
+		left = -1
+	}
+	m.faults[relPath] = &activeFault{Fault: f, left: left}
+}
+
+// ClearFault removes the fault for relPath.
+func (m *Mirror) ClearFault(relPath string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.faults, relPath)
+}
+
+// Tamper changes one byte of the file served at relPath, keeping its length
+// (a hex digit stays a hex digit, so a tampered manifest still parses).
+// The published digest and signatures are left as they were.
+func (m *Mirror) Tamper(relPath string) {
+	m.t.Helper()
+	b := m.Content(relPath)
+	if len(b) == 0 {
+		m.t.Fatalf("testmirror: Tamper(%q): empty file", relPath)
+	}
+	i := tamperIndex(b)
+	b[i] = tamperByte(b[i])
+	m.replace(relPath, b)
+}
+
+// tamperIndex picks a hex digit at or after the middle of a manifest-like
+// file, else the middle byte.
+func tamperIndex(b []byte) int {
+	mid := len(b) / 2
+	for i := mid; i < len(b); i++ {
+		if isHex(b[i]) && i > 0 && isHex(b[i-1]) {
+			return i
+		}
+	}
+	return mid
+}
+
+func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' }
+
+func tamperByte(c byte) byte {
+	if isHex(c) {
+		if c == '0' {
+			return '1'
+		}
+		return '0'
+	}
+	return c ^ 0x01
+}
+
+// EditManifest rewrites the text of the manifest at relPath with edit and
+// signs it again with the mirror's key (clearsigned or detached, as before),
+// so the result is validly signed — e.g. to drop an entry.
+func (m *Mirror) EditManifest(relPath string, edit func(text []byte) []byte) {
+	m.t.Helper()
+	m.mu.Lock()
+	mf, ok := m.manifests[relPath]
+	var text []byte
+	if ok {
+		text = bytes.Clone(mf.plaintext)
+	}
+	m.mu.Unlock()
+	if !ok {
+		m.t.Fatalf("testmirror: EditManifest(%q): no such manifest", relPath)
+	}
+	text = edit(text)
+	m.publishManifest(mf, text)
+}
+
+// Remove stops serving relPath (requests get 404), e.g. to drop a signature.
+func (m *Mirror) Remove(relPath string) {
+	m.t.Helper()
+	m.mu.Lock()
+	_, ok := m.files[relPath]
+	delete(m.files, relPath)
+	delete(m.manifests, relPath)
+	m.mu.Unlock()
+	if !ok {
+		m.t.Fatalf("testmirror: Remove(%q): no such file", relPath)
+	}
+	if err := os.Remove(m.diskPath(relPath)); err != nil {
+		m.t.Fatalf("testmirror: Remove(%q): %v", relPath, err)
+	}
+}
+
+// Put serves data at relPath as a content file that no manifest lists,
+// replacing what was there.
+func (m *Mirror) Put(relPath string, data []byte) {
+	m.t.Helper()
+	rel := cleanRel(relPath)
+	if rel == "" {
+		m.t.Fatalf("testmirror: Put(%q): invalid path", relPath)
+	}
+	sum := sha256.Sum256(data)
+	m.writeFile(rel, data, kindContent, digest.Digest{Algorithm: digest.SHA256, Hex: hex.EncodeToString(sum[:])})
+}
+
+func (m *Mirror) diskPath(rel string) string { return filepath.Join(m.Dir, filepath.FromSlash(rel)) }
+
+// writeFile stores data at rel and registers it. published is kept as given.
+func (m *Mirror) writeFile(rel string, data []byte, kind fileKind, published digest.Digest) {
+	m.t.Helper()
+	p := m.diskPath(rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		m.t.Fatalf("testmirror: %v", err)
+	}
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		m.t.Fatalf("testmirror: %v", err)
+	}
+	m.register(rel, kind, published, etagOf(data))
+}
+
+func (m *Mirror) register(rel string, kind fileKind, published digest.Digest, etag string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.files[rel] = &file{kind: kind, published: published, etag: etag, modTime: nextModTime(m.files[rel])}
+}
+
+// nextModTime keeps Last-Modified moving forward on every change, at the
+// one-second resolution HTTP dates have, so If-Range by date notices changes.
+func nextModTime(prev *file) time.Time {
+	now := time.Now().UTC().Truncate(time.Second)
+	if prev != nil && !now.After(prev.modTime) {
+		return prev.modTime.Add(time.Second)
+	}
+	return now
+}
+
+// replace rewrites an existing file's bytes, keeping its kind and published digest.
+func (m *Mirror) replace(rel string, data []byte) {
+	m.t.Helper()
+	m.mu.Lock()
+	f, ok := m.files[rel]
+	m.mu.Unlock()
+	if !ok {
+		m.t.Fatalf("testmirror: %q: no such file", rel)
+	}
+	m.writeFile(rel, data, f.kind, f.published)
+}
+
+func etagOf(b []byte) string {
+	sum := sha256.Sum256(b)
+	return `"` + hex.EncodeToString(sum[:12]) + `"`
+}
+
+// publishManifest writes text as the manifest (and its signature) of mf.
+func (m *Mirror) publishManifest(mf *manifestFile, text []byte) {
+	m.t.Helper()
+	m.mu.Lock()
+	mf.plaintext = bytes.Clone(text)
+	m.manifests[mf.rel] = mf
+	m.mu.Unlock()
+	switch mf.sig {
+	case sigClearsigned:
+		m.writeFile(mf.rel, m.key.Clearsign(text), kindManifest, digest.Digest{})
+	case sigDetached:
+		m.writeFile(mf.rel, text, kindManifest, digest.Digest{})
+		m.writeFile(mf.rel+".gpg", m.key.DetachedArmored(text), kindSignature, digest.Digest{})
+	default:
+		m.writeFile(mf.rel, text, kindManifest, digest.Digest{})
+	}
+}
+
+// manifestText renders the manifest for its entries, whose published digests
+// are already recorded.
+func (m *Mirror) manifestText(mf *manifestFile) []byte {
+	var buf bytes.Buffer
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, rel := range mf.entries {
+		f := m.files[rel]
+		name := path.Base(rel)
+		switch mf.style {
+		case styleGNUBinary:
+			fmt.Fprintf(&buf, "%s *%s\n", f.published.Hex, name)
+		case styleGNUText:
+			fmt.Fprintf(&buf, "%s  %s\n", f.published.Hex, name)
+		case styleFedora:
+			size := int64(-1)
+			if fi, err := os.Stat(m.diskPath(rel)); err == nil {
+				size = fi.Size()
+			}
+			fmt.Fprintf(&buf, "# %s: %d bytes\n%s (%s) = %s\n",
+				name, size, strings.ToUpper(string(f.published.Algorithm)), name, f.published.Hex)
+		}
+	}
+	return buf.Bytes()
+}
+
+func cleanRel(p string) string {
+	c := path.Clean("/" + p)
+	return strings.TrimPrefix(c, "/")
+}
+
+// ServeHTTP serves the mirror. It is exported so a test can mount the mirror
+// under another server; New already serves it on m.URL.
+func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rel := cleanRel(r.URL.Path)
+	isDir := rel == "" || strings.HasSuffix(r.URL.Path, "/")
+
+	m.mu.Lock()
+	m.requests[rel]++
+	f := m.files[rel]
+	var fault Fault
+	if af := m.faults[rel]; af != nil {
+		fault = af.Fault
+		if af.left > 0 {
+			af.left--
+			if af.left == 0 {
+				delete(m.faults, rel)
+			}
+		}
+	}
+	if f != nil && f.kind == kindContent {
+		m.content++
+	}
+	throttle := m.throttle
+	m.mu.Unlock()
+
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	if fault.Status != 0 {
+		http.Error(w, fmt.Sprintf("testmirror: injected status %d", fault.Status), fault.Status)
+		return
+	}
+	if f == nil {
+		if isDir && m.serveIndex(w, r, rel) {
+			return
+		}
+		http.NotFound(w, r)
+		return
+	}
+	fh, err := os.Open(m.diskPath(rel))
+	if err != nil {
+		http.NotFound(w, r)
+		return
+	}
+	defer fh.Close()
+
+	if fault.IgnoreRange {
+		r = r.Clone(r.Context())
+		r.Header.Del("Range")
+		r.Header.Del("If-Range")
+	}
+	var content io.ReadSeeker = fh
+	if fault.WrongBytes {
+		content = wrongBytes{fh}
+	}
+	w.Header().Set("ETag", f.etag)
+	cw := &bodyWriter{
+		ResponseWriter: w,
+		m:              m,
+		rel:            rel,
+		r:              r,
+		rate:           throttle,
+		fault:          fault,
+	}
+	http.ServeContent(cw, r, path.Base(rel), f.modTime, content)
+}
+
+// serveIndex writes an Apache-style HTML listing of the directory rel, as
+// Fedora's mirrors serve; false if there is no such directory.
+func (m *Mirror) serveIndex(w http.ResponseWriter, r *http.Request, rel string) bool {
+	prefix := rel
+	if prefix != "" {
+		prefix += "/"
+	}
+	seen := map[string]bool{}
+	var names []string
+	m.mu.Lock()
+	for p := range m.files {
+		rest, ok := strings.CutPrefix(p, prefix)
+		if !ok {
+			continue
+		}
+		name, _, sub := strings.Cut(rest, "/")
+		if sub {
+			name += "/"
+		}
+		if !seen[name] {
+			seen[name] = true
+			names = append(names, name)
+		}
+	}
+	m.mu.Unlock()
+	if len(names) == 0 {
+		return false
+	}
+	slices.Sort(names)
+	var b strings.Builder
+	fmt.Fprintf(&b, "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 3.2 Final//EN\">\n<html><head><title>Index of /%s</title></head><body>\n<h1>Index of /%s</h1>\n<pre>", rel, rel)
+	b.WriteString("<a href=\"../\">Parent Directory</a>\n")
+	for _, n := range names {
+		fmt.Fprintf(&b, "<a href=\"%s\">%s</a>\n", n, n)
+	}
+	b.WriteString("</pre></body></html>\n")
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if r.Method != http.MethodHead {
+		_, _ = io.WriteString(w, b.String())
+	}
+	return true
+}
+
+// wrongBytes alters every byte read, keeping offsets and length.
+type wrongBytes struct{ io.ReadSeeker }
+
+func (w wrongBytes) Read(p []byte) (int, error) {
+	n, err := w.ReadSeeker.Read(p)
+	for i := range p[:n] {
+		p[i] ^= 0x5a
+	}
+	return n, err
+}
+
+// bodyWriter counts body bytes and applies throttling, resets and stalls.
+type bodyWriter struct {
+	http.ResponseWriter
+	m       *Mirror
+	rel     string
+	r       *http.Request
+	rate    int64
+	fault   Fault
+	written int64
+}
+
+func (b *bodyWriter) Write(p []byte) (int, error) {
+	total := 0
+	cut := b.fault.Reset || b.fault.Stall
+	for len(p) > 0 {
+		chunk := p
+		if cut {
+			left := b.fault.After - b.written
+			if left <= 0 {
+				b.interrupt()
+			}
+			if int64(len(chunk)) > left {
+				chunk = chunk[:left]
+			}
+		}
+		var pause time.Duration
+		if b.rate > 0 {
+			// Small chunks keep the rate smooth and let cancellation act quickly.
+			step := max(min(b.rate/20, 64<<10), 1)
+			if int64(len(chunk)) > step {
+				chunk = chunk[:step]
+			}
+			pause = time.Duration(int64(len(chunk)) * int64(time.Second) / b.rate)
+		}
+		n, err := b.ResponseWriter.Write(chunk)
+		b.written += int64(n)
+		total += n
+		b.m.mu.Lock()
+		b.m.served[b.rel] += int64(n)
+		b.m.mu.Unlock()
+		if err != nil {
+			return total, err
+		}
+		p = p[n:]
+		if pause > 0 {
+			if err := b.sleep(pause); err != nil {
+				return total, err
+			}
+		}
+	}
+	if cut && b.written >= b.fault.After {
+		b.interrupt()
+	}
+	return total, nil
+}
+
+func (b *bodyWriter) sleep(d time.Duration) error {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+		return nil
+	case <-b.r.Context().Done():
+		return b.r.Context().Err()
+	case <-b.m.closed:
+		return http.ErrServerClosed
+	}
+}
+
+// interrupt ends the response per the fault: the bytes so far are flushed,
+// then the connection is dropped (after waiting, for a stall).
+func (b *bodyWriter) interrupt() {
+	_ = http.NewResponseController(b.ResponseWriter).Flush()
+	if b.fault.Stall {
+		select {
+		case <-b.r.Context().Done():
+		case <-b.m.closed:
+		}
+	}
+	// The server recovers this value silently and closes the connection.
+	panic(http.ErrAbortHandler)
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (b *bodyWriter) Unwrap() http.ResponseWriter { return b.ResponseWriter }
