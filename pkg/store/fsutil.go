@@ -1,0 +1,136 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+)
+
+// tempMarker is part of every temporary name the store (and WriteAtomic)
+// creates, so GC can recognise leftovers of a crash.
+const tempMarker = ".tmp-"
+
+// WriteAtomic publishes dst: write is called with a temporary file in dst's
+// directory (named ".<base>.tmp-*", which GC removes when stale); the file is
+// then chmodded to perm, fsynced, renamed to dst and the directory fsynced.
+// On any error the temporary file is removed and dst is untouched.
+// Producers given a path by PutDerived may use it.
+func WriteAtomic(dst string, perm os.FileMode, write func(f *os.File) error) (err error) {
+	dir, base := filepath.Split(dst)
+	if dir == "" {
+		dir = "."
+	}
+	f, err := os.CreateTemp(dir, "."+base+tempMarker+"*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", dst, err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err = write(f); err != nil {
+		return fmt.Errorf("write %s: %w", dst, err)
+	}
+	if err = f.Chmod(perm); err != nil {
+		return fmt.Errorf("write %s: %w", dst, err)
+	}
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("write %s: fsync: %w", dst, err)
+	}
+	if err = f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", dst, err)
+	}
+	if err = os.Rename(tmp, dst); err != nil {
+		return fmt.Errorf("write %s: %w", dst, err)
+	}
+	if err = syncDir(dir); err != nil {
+		return fmt.Errorf("write %s: %w", dst, err)
+	}
+	return nil
+}
+
+func writeFileAtomic(dst string, data []byte, perm os.FileMode) error {
+	return WriteAtomic(dst, perm, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	if runtime.GOOS == "windows" {
+		return nil // directories cannot be fsynced there; renames are journalled
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("fsync dir: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync dir %s: %w", dir, err)
+	}
+	return nil
+}
+
+// readCapped reads a small store-owned file, refusing more than max bytes so
+// that a damaged or hostile file cannot make us allocate without bound.
+func readCapped(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, max)
+	}
+	return b, nil
+}
+
+// validComponent accepts one path element made of [A-Za-z0-9._+~@-], not
+// starting with '.', at most 128 bytes: nothing that could escape the root
+// (separators, "..", NUL) or hide as a dot-file.
+func validComponent(what, v string) error {
+	if v == "" {
+		return fmt.Errorf("%w: %s is empty", ErrInvalidName, what)
+	}
+	if len(v) > 128 {
+		return fmt.Errorf("%w: %s is %d bytes long (max 128)", ErrInvalidName, what, len(v))
+	}
+	if v[0] == '.' {
+		return fmt.Errorf("%w: %s %q starts with '.'", ErrInvalidName, what, v)
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("._+~@-", c) >= 0:
+		default:
+			return fmt.Errorf("%w: %s %q contains %q", ErrInvalidName, what, v, c)
+		}
+	}
+	return nil
+}
+
+// within reports whether path is dir or inside it (both clean and absolute).
+func within(dir, path string) bool {
+	rel, err := filepath.Rel(dir, path)
+	if err != nil {
+		return false
+	}
+	return rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) && !filepath.IsAbs(rel)
+}
+
+func isTempName(name string) bool { return strings.Contains(name, tempMarker) }
+
+func notExist(err error) bool { return errors.Is(err, os.ErrNotExist) }

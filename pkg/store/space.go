@@ -1,0 +1,68 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+)
+
+// SpaceError reports a file system without room; it matches ErrInsufficientSpace.
+type SpaceError struct {
+	Path      string
+	Need      int64 // bytes asked for
+	Reserve   int64 // WithMinFree reserve kept on top
+	Available int64
+}
+
+func (e *SpaceError) Error() string {
+	reserve := ""
+	if e.Reserve > 0 {
+		reserve = fmt.Sprintf(" plus a %s reserve", HumanSize(e.Reserve))
+	}
+	return fmt.Sprintf("store: %s: %v: need %s%s, %s available",
+		e.Path, ErrInsufficientSpace, HumanSize(e.Need), reserve, HumanSize(e.Available))
+}
+
+// Is makes errors.Is(err, ErrInsufficientSpace) work.
+func (e *SpaceError) Is(target error) bool { return target == ErrInsufficientSpace }
+
+// CheckFree returns a *SpaceError unless the file system holding dir (the
+// root if dir is "") has need bytes available plus the WithMinFree reserve.
+// On platforms where free space cannot be read it returns nil.
+func (s *Store) CheckFree(dir string, need int64) error {
+	if dir == "" {
+		dir = s.root
+	}
+	avail, err := availableBytes(dir)
+	if errors.Is(err, errSpaceUnknown) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("store: free space of %s: %w", dir, err)
+	}
+	if need < 0 {
+		need = 0
+	}
+	if avail < need || avail-need < s.minFree {
+		return &SpaceError{Path: dir, Need: need, Reserve: s.minFree, Available: avail}
+	}
+	return nil
+}
+
+// HumanSize formats a byte count with binary units ("1.5 GiB", "512 B").
+func HumanSize(n int64) string {
+	const unit = 1024
+	if n < unit && n > -unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	v := float64(n)
+	units := []string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	i := -1
+	for (v >= unit || v <= -unit) && i < len(units)-1 {
+		v /= unit
+		i++
+	}
+	return fmt.Sprintf("%.1f %s", v, units[i])
+}
+
+// errSpaceUnknown: the platform offers no way to read free space.
+var errSpaceUnknown = errors.New("free space unknown on this platform")

@@ -1,0 +1,69 @@
+package store
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+)
+
+// stamp is what os.Stat said about a file right after the store verified and
+// published it. If a later stat still agrees, the content is taken as
+// unchanged without reading it: any write through the file system changes
+// mtime and ctime, and replacing the file changes the inode.
+type stamp struct {
+	Size         int64  `json:"size"`
+	ModTimeNs    int64  `json:"mtime_ns"`
+	ChangeTimeNs int64  `json:"ctime_ns,omitempty"`
+	Inode        uint64 `json:"ino,omitempty"`
+	Device       uint64 `json:"dev,omitempty"`
+	// SHA256 is the hex digest of the content (always for derived files;
+	// blobs are named by it).
+	SHA256      string    `json:"sha256,omitempty"`
+	CommittedAt time.Time `json:"committed_at"`
+}
+
+// maxStampBytes caps reads of stamp files; real ones are ~200 bytes.
+const maxStampBytes = 4 << 10
+
+func statStamp(fi os.FileInfo) stamp {
+	st := stamp{Size: fi.Size(), ModTimeNs: fi.ModTime().UnixNano()}
+	platformStamp(fi, &st)
+	return st
+}
+
+// sameFile compares the stat-derived fields (not the digest or time).
+func (a stamp) sameFile(b stamp) bool {
+	return a.Size == b.Size && a.ModTimeNs == b.ModTimeNs && a.ChangeTimeNs == b.ChangeTimeNs &&
+		a.Inode == b.Inode && a.Device == b.Device
+}
+
+func readStamp(path string) (stamp, error) {
+	b, err := readCapped(path, maxStampBytes)
+	if err != nil {
+		return stamp{}, err
+	}
+	var st stamp
+	if err := json.Unmarshal(b, &st); err != nil {
+		return stamp{}, fmt.Errorf("stamp %s: %w", path, err)
+	}
+	return st, nil
+}
+
+func writeStamp(path string, st stamp) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, append(b, '\n'), 0o644)
+}
+
+// stampMatches reports whether the file at path (already Lstat-ed as fi) still
+// matches the stamp stored at stampPath.
+func stampMatches(stampPath string, fi os.FileInfo) (stamp, bool) {
+	st, err := readStamp(stampPath)
+	if err != nil {
+		return stamp{}, false
+	}
+	return st, st.sameFile(statStamp(fi))
+}

@@ -1,0 +1,175 @@
+// Package store is vmprep's local content store: downloaded assets are
+// ingested, verified and committed under their SHA-256, artifacts derived from
+// them (a raw disk converted from a qcow2) are kept beside them, and a
+// user-facing images/ tree of symlinks plus a record of every verified
+// resolution make a warm request cheap and possible offline.
+//
+// Layout under the root:
+//
+//	blobs/sha256/<hex>        committed, verified blobs (0444)
+//	index/sha512/<hex>        alias: the SHA-256 hex of the blob with that SHA-512
+//	ingest/<alg>-<hex>[.meta] partial downloads (written by the download engine)
+//	derived/<alg>-<hex>_<converter>_<format>   derived artifacts
+//	stamps/{blobs,derived}/…  stat stamps recorded at commit (the fast path)
+//	images/<distro>/<version>/<arch>/<name>    relative symlinks into blobs/ or derived/
+//	records/<distro>/<version>/<arch>.json     verified catalog.Resolution
+//	quarantine/               files that failed verification, with a .note.json
+//	locks/                    flock files; never hold one across processes by other means
+//
+// Several processes may share one root. Everything published is written to a
+// temporary name in its destination directory (".<name>.tmp-*"), fsynced,
+// renamed and the directory fsynced, so a crash leaves the old state or the
+// new one plus at worst a stale temporary that GC removes.
+package store
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+)
+
+// Sentinel errors; test with errors.Is.
+var (
+	// ErrNotFound: the blob, derived artifact or record is not in the store.
+	ErrNotFound = errors.New("not found in store")
+	// ErrQuarantined: a stored file no longer matched its digest and was moved to quarantine/.
+	ErrQuarantined = errors.New("quarantined")
+	// ErrDigestMismatch: content did not match the expected digest (see *MismatchError).
+	ErrDigestMismatch = errors.New("digest mismatch")
+	// ErrSizeMismatch: content did not have the expected size (see *MismatchError).
+	ErrSizeMismatch = errors.New("size mismatch")
+	// ErrInsufficientSpace: a file system lacks room (see *SpaceError).
+	ErrInsufficientSpace = errors.New("insufficient disk space")
+	// ErrInvalidName: a name would escape the store root or is otherwise unusable.
+	ErrInvalidName = errors.New("invalid name")
+)
+
+// EnvCacheDir names the environment variable that overrides DefaultRoot.
+const EnvCacheDir = "VMPREP_CACHE_DIR"
+
+// Directory names under the root.
+const (
+	dirBlobs      = "blobs"
+	dirIndex      = "index"
+	dirIngest     = "ingest"
+	dirDerived    = "derived"
+	dirStamps     = "stamps"
+	dirImages     = "images"
+	dirRecords    = "records"
+	dirQuarantine = "quarantine"
+	dirLocks      = "locks"
+)
+
+// DefaultRoot is the store root used when none is given: $VMPREP_CACHE_DIR if
+// set, else <os.UserCacheDir()>/vmprep. The result is absolute.
+func DefaultRoot() (string, error) {
+	if d := os.Getenv(EnvCacheDir); d != "" {
+		abs, err := filepath.Abs(d)
+		if err != nil {
+			return "", fmt.Errorf("store: %s=%q: %w", EnvCacheDir, d, err)
+		}
+		return abs, nil
+	}
+	base, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("store: no cache directory (set %s): %w", EnvCacheDir, err)
+	}
+	return filepath.Join(base, "vmprep"), nil
+}
+
+// Store is a content store rooted at one directory. It is safe for concurrent
+// use by many goroutines, and by many processes sharing the same root.
+type Store struct {
+	root     string
+	log      *slog.Logger
+	minFree  int64
+	lockPoll time.Duration
+	locks    lockTable
+
+	// hashedBytes counts bytes read for hashing; tests use it to prove the
+	// fast path reads nothing.
+	hashedBytes atomic.Int64
+}
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) Option {
+	return func(s *Store) {
+		if l != nil {
+			s.log = l
+		}
+	}
+}
+
+// WithMinFree sets a reserve that CheckFree keeps free on top of what is
+// asked for (default 0).
+func WithMinFree(bytes int64) Option {
+	return func(s *Store) {
+		if bytes > 0 {
+			s.minFree = bytes
+		}
+	}
+}
+
+// WithLockPoll sets the longest interval between attempts to take a lock held
+// by another process (default 100ms; waits start at 2ms and double).
+func WithLockPoll(d time.Duration) Option {
+	return func(s *Store) {
+		if d > 0 {
+			s.lockPoll = d
+		}
+	}
+}
+
+// Open opens the store at root, creating its layout if needed.
+func Open(root string, opts ...Option) (*Store, error) {
+	if root == "" {
+		return nil, fmt.Errorf("store: open: empty root")
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %q: %w", root, err)
+	}
+	s := &Store{
+		root:     abs,
+		log:      slog.New(slog.DiscardHandler),
+		lockPoll: 100 * time.Millisecond,
+		locks:    lockTable{m: map[string]*lockSlot{}},
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	dirs := []string{
+		filepath.Join(dirBlobs, "sha256"),
+		filepath.Join(dirIndex, "sha512"),
+		dirIngest,
+		dirDerived,
+		filepath.Join(dirStamps, "blobs"),
+		filepath.Join(dirStamps, "derived"),
+		dirImages,
+		dirRecords,
+		dirQuarantine,
+		filepath.Join(dirLocks, lockUser),
+		filepath.Join(dirLocks, lockBlob),
+		filepath.Join(dirLocks, lockDerived),
+	}
+	for _, d := range dirs {
+		if err := os.MkdirAll(filepath.Join(abs, d), 0o755); err != nil {
+			return nil, fmt.Errorf("store: open %s: %w", abs, err)
+		}
+	}
+	return s, nil
+}
+
+// Root returns the absolute store root.
+func (s *Store) Root() string { return s.root }
+
+func (s *Store) path(elem ...string) string {
+	return filepath.Join(append([]string{s.root}, elem...)...)
+}
