@@ -1,0 +1,437 @@
+// Package stage is the one place that knows how a JetStream message is consumed,
+// kept alive, acknowledged, retried and handed on. A stage is a Handler: a plain
+// function from one message to the events to publish next. Retry, failure and
+// dead-letter handling are policy, declared once when the Runner is built.
+//
+// Delivery contract:
+//   - one durable pull consumer per stage, shared by every worker of the stage in
+//     every process; each worker pulls one message only when it is free;
+//   - while a handler runs, the runner sends in-progress acks every AckWait/3, so
+//     long work is never redelivered while its worker lives, and a dead worker's
+//     message comes back after AckWait;
+//   - the next events are published with deterministic Nats-Msg-Id headers and
+//     their publish acks awaited before the input is acknowledged, so a crash
+//     between the two repeats the hand-off (deduplicated) rather than losing it;
+//   - a transient error is retried with backoff up to MaxDeliver deliveries, then
+//     the Failure policy turns it into final events; a permanent error goes to the
+//     Failure policy at once; an unreadable message or a handler panic becomes a
+//     dead letter with the reason, and the worker keeps serving.
+package stage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Message is one delivery handed to a Handler.
+type Message struct {
+	Subject string
+	Data    []byte
+	Header  nats.Header
+	// Delivery counts deliveries of this message, starting at 1.
+	Delivery int
+}
+
+// Event is one message to publish. ID becomes the Nats-Msg-Id header: it must be
+// deterministic (derived from the input) so a repeated hand-off is deduplicated.
+type Event struct {
+	Subject string
+	Data    []byte
+	ID      string
+}
+
+// Handler does one stage's step. It returns the events to publish next, or an
+// error: plain errors are retried, Permanent ones fail at once, Poison ones
+// become dead letters.
+type Handler func(ctx context.Context, msg Message) ([]Event, error)
+
+// FailureFunc turns a message that will not be retried any more into the final
+// events that tell its requester (for example a failed asset event). It may
+// return nil when the message cannot be attributed to anyone.
+type FailureFunc func(msg Message, err error) []Event
+
+// DeadLetterFunc builds the dead-letter event for a message that could not be
+// processed at all.
+type DeadLetterFunc func(msg Message, reason string) Event
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// Permanent marks err as not worth retrying.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err: err}
+}
+
+// IsPermanent reports whether err (or anything it wraps) was marked Permanent or Poison.
+func IsPermanent(err error) bool {
+	var p *permanentError
+	return errors.As(err, &p) || IsPoison(err)
+}
+
+type poisonError struct{ err error }
+
+func (e *poisonError) Error() string { return e.err.Error() }
+func (e *poisonError) Unwrap() error { return e.err }
+
+// Poison marks a message as unprocessable (malformed, unknown version): it is
+// dead-lettered, and the failure policy still runs so a requester hears of it.
+func Poison(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &poisonError{err: err}
+}
+
+// IsPoison reports whether err was marked Poison.
+func IsPoison(err error) bool {
+	var p *poisonError
+	return errors.As(err, &p)
+}
+
+// Publisher publishes one event and waits for the stream's acknowledgement.
+type Publisher interface {
+	Publish(ctx context.Context, ev Event) error
+}
+
+// Runner pulls messages for one stage and runs its Handler.
+type Runner struct {
+	name     string
+	consumer jetstream.Consumer
+	pub      Publisher
+	handler  Handler
+	cfg      config
+}
+
+type config struct {
+	concurrency   int
+	ackWait       time.Duration
+	maxDeliver    int
+	backoff       func() backoff.BackOff
+	failure       FailureFunc
+	deadLetter    DeadLetterFunc
+	logger        *slog.Logger
+	drainTimeout  time.Duration
+	fetchWait     time.Duration
+	publishTimout time.Duration
+}
+
+// Option configures a Runner.
+type Option func(*config)
+
+// WithConcurrency sets how many messages this process works on at once (default 1).
+func WithConcurrency(n int) Option {
+	return func(c *config) {
+		if n > 0 {
+			c.concurrency = n
+		}
+	}
+}
+
+// WithAckWait sets how long a delivery may go unacknowledged before the server
+// redelivers it (default 30s). In-progress acks are sent every third of it.
+func WithAckWait(d time.Duration) Option {
+	return func(c *config) {
+		if d > 0 {
+			c.ackWait = d
+		}
+	}
+}
+
+// WithMaxDeliver bounds deliveries of one message before it fails (default 5).
+func WithMaxDeliver(n int) Option {
+	return func(c *config) {
+		if n > 0 {
+			c.maxDeliver = n
+		}
+	}
+}
+
+// WithBackoff sets the retry delay policy; the n-th redelivery waits for the n-th
+// interval of a fresh BackOff from newBackOff.
+func WithBackoff(newBackOff func() backoff.BackOff) Option {
+	return func(c *config) { c.backoff = newBackOff }
+}
+
+// WithFailure sets the policy for messages that will not be retried any more.
+func WithFailure(f FailureFunc) Option { return func(c *config) { c.failure = f } }
+
+// WithDeadLetter sets how dead letters are built.
+func WithDeadLetter(f DeadLetterFunc) Option { return func(c *config) { c.deadLetter = f } }
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) {
+		if l != nil {
+			c.logger = l
+		}
+	}
+}
+
+// WithDrainTimeout bounds how long in-flight work may continue after Run's
+// context ends (default 30s); work still running then is cancelled and nak'ed.
+func WithDrainTimeout(d time.Duration) Option { return func(c *config) { c.drainTimeout = d } }
+
+// DefaultBackoff is exponential with jitter: 1s, 2s, 4s … capped at 30s.
+func DefaultBackoff() backoff.BackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = time.Second
+	b.MaxInterval = 30 * time.Second
+	b.RandomizationFactor = 0.5
+	b.MaxElapsedTime = 0
+	return b
+}
+
+// ConsumerConfig is the durable consumer every worker of a stage shares.
+func ConsumerConfig(name, filter string, ackWait time.Duration, maxDeliver int) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       name,
+		FilterSubject: filter,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		// The runner ends a message itself at maxDeliver; the server-side bound is a
+		// safety net that only matters if a worker dies on the last delivery.
+		MaxDeliver:    maxDeliver + 2,
+		MaxAckPending: 1000,
+	}
+}
+
+// New creates (or updates) the stage's durable consumer on stream and returns a
+// Runner for it. filter is the subject the stage consumes.
+func New(ctx context.Context, js jetstream.JetStream, stream, name, filter string, h Handler, opts ...Option) (*Runner, error) {
+	cfg := config{
+		concurrency:   1,
+		ackWait:       30 * time.Second,
+		maxDeliver:    5,
+		backoff:       DefaultBackoff,
+		logger:        slog.Default(),
+		drainTimeout:  30 * time.Second,
+		fetchWait:     5 * time.Second,
+		publishTimout: 30 * time.Second,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, stream, ConsumerConfig(name, filter, cfg.ackWait, cfg.maxDeliver))
+	if err != nil {
+		return nil, fmt.Errorf("stage %s: create consumer on %s: %w", name, stream, err)
+	}
+	return &Runner{
+		name:     name,
+		consumer: cons,
+		pub:      JetStreamPublisher{JS: js},
+		handler:  h,
+		cfg:      cfg,
+	}, nil
+}
+
+// JetStreamPublisher publishes events to JetStream with Nats-Msg-Id set.
+type JetStreamPublisher struct{ JS jetstream.JetStream }
+
+// Publish implements Publisher.
+func (p JetStreamPublisher) Publish(ctx context.Context, ev Event) error {
+	var opts []jetstream.PublishOpt
+	if ev.ID != "" {
+		opts = append(opts, jetstream.WithMsgID(ev.ID))
+	}
+	_, err := p.JS.Publish(ctx, ev.Subject, ev.Data, opts...)
+	return err
+}
+
+// Run serves until ctx ends, then drains: it stops pulling, lets in-flight work
+// finish within the drain timeout and naks what is still running.
+func (r *Runner) Run(ctx context.Context) error {
+	// work outlives ctx by the drain timeout.
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	stopDrain := context.AfterFunc(ctx, func() {
+		t := time.NewTimer(r.cfg.drainTimeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancelWork()
+		case <-work.Done():
+		}
+	})
+	defer stopDrain()
+
+	var wg sync.WaitGroup
+	for i := 0; i < r.cfg.concurrency; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.worker(ctx, work)
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+func (r *Runner) worker(pull, work context.Context) {
+	for pull.Err() == nil {
+		fctx, cancel := context.WithTimeout(pull, r.cfg.fetchWait)
+		msg, err := r.consumer.Next(jetstream.FetchContext(fctx))
+		cancel()
+		if err != nil {
+			if pull.Err() != nil {
+				return
+			}
+			if !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+				r.cfg.logger.Debug("pull failed; retrying", "stage", r.name, "err", err)
+				sleep(pull, 500*time.Millisecond)
+			}
+			continue
+		}
+		r.process(work, msg)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// process runs the handler on one delivery and settles it.
+func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
+	m := Message{Subject: jm.Subject(), Data: jm.Data(), Header: jm.Headers(), Delivery: 1}
+	if md, err := jm.Metadata(); err == nil {
+		m.Delivery = int(md.NumDelivered)
+	}
+	log := r.cfg.logger.With("stage", r.name, "subject", m.Subject, "delivery", m.Delivery)
+
+	hctx, cancel := context.WithCancel(ctx)
+	stopKeepAlive := r.keepAlive(hctx, jm)
+	events, err := r.call(hctx, m)
+	stopKeepAlive()
+	cancel()
+
+	switch {
+	case err == nil:
+		if perr := r.publish(ctx, events); perr != nil {
+			log.Warn("hand-off failed; will retry", "err", perr)
+			r.nak(jm, m, log)
+			return
+		}
+		if aerr := jm.DoubleAck(ctx); aerr != nil {
+			// The events are out with deterministic ids; a redelivery repeats them harmlessly.
+			log.Warn("ack failed", "err", aerr)
+		}
+	case ctx.Err() != nil:
+		// Draining: give the message to another worker now.
+		log.Info("drained before completion; returning message", "err", err)
+		_ = jm.Nak()
+	case IsPoison(err):
+		log.Error("dead letter", "reason", err)
+		r.fail(ctx, jm, m, err, true, log)
+	case IsPermanent(err):
+		log.Warn("permanent failure", "err", err)
+		r.fail(ctx, jm, m, err, false, log)
+	case m.Delivery >= r.cfg.maxDeliver:
+		log.Warn("giving up after max deliveries", "max", r.cfg.maxDeliver, "err", err)
+		r.fail(ctx, jm, m, fmt.Errorf("gave up after %d attempts: %w", m.Delivery, err), false, log)
+	default:
+		log.Info("transient failure; will retry", "err", err)
+		r.nak(jm, m, log)
+	}
+}
+
+// call runs the handler, turning a panic into a Poison error.
+func (r *Runner) call(ctx context.Context, m Message) (events []Event, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.cfg.logger.Error("handler panic", "stage", r.name, "panic", p, "stack", string(debug.Stack()))
+			events, err = nil, Poison(fmt.Errorf("handler panic: %v", p))
+		}
+	}()
+	return r.handler(ctx, m)
+}
+
+// keepAlive sends in-progress acks until the returned func is called.
+func (r *Runner) keepAlive(ctx context.Context, jm jetstream.Msg) func() {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(r.cfg.ackWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = jm.InProgress()
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+func (r *Runner) publish(ctx context.Context, events []Event) error {
+	for _, ev := range events {
+		pctx, cancel := context.WithTimeout(ctx, r.cfg.publishTimout)
+		err := r.pub.Publish(pctx, ev)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("publish %s (id %q): %w", ev.Subject, ev.ID, err)
+		}
+	}
+	return nil
+}
+
+func (r *Runner) nak(jm jetstream.Msg, m Message, log *slog.Logger) {
+	b := r.cfg.backoff()
+	delay := time.Second
+	for i := 0; i < m.Delivery; i++ {
+		if d := b.NextBackOff(); d != backoff.Stop {
+			delay = d
+		}
+	}
+	if err := jm.NakWithDelay(delay); err != nil {
+		log.Warn("nak failed", "err", err)
+	}
+}
+
+// fail publishes the dead letter (if poison) and the failure events, then ends
+// the message. If those cannot be published the message is retried instead, so
+// a requester is never left without an answer.
+func (r *Runner) fail(ctx context.Context, jm jetstream.Msg, m Message, err error, poison bool, log *slog.Logger) {
+	var events []Event
+	if poison && r.cfg.deadLetter != nil {
+		events = append(events, r.cfg.deadLetter(m, err.Error()))
+	}
+	if r.cfg.failure != nil {
+		events = append(events, r.cfg.failure(m, err)...)
+	}
+	if perr := r.publish(ctx, events); perr != nil {
+		log.Warn("could not publish failure; will retry", "err", perr)
+		r.nak(jm, m, log)
+		return
+	}
+	reason := err.Error()
+	if len(reason) > 256 {
+		reason = reason[:256]
+	}
+	if terr := jm.TermWithReason(reason); terr != nil {
+		log.Warn("term failed", "err", terr)
+	}
+}

@@ -1,0 +1,360 @@
+package stage_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/pkg/natsembed"
+	"github.com/vmprep/vmprep/pkg/stage"
+)
+
+const (
+	testStream = "TEST_WORK"
+	inSubject  = "work.in"
+	outSubject = "work.out"
+	deadSubj   = "work.dead"
+	failSubj   = "work.failed"
+)
+
+func startJS(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: testStream, Subjects: []string{"work.in"}, Retention: jetstream.WorkQueuePolicy}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "TEST_OUT", Subjects: []string{outSubject, deadSubj, failSubj}}); err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+func fastBackoff() backoff.BackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 10 * time.Millisecond
+	b.MaxInterval = 50 * time.Millisecond
+	b.MaxElapsedTime = 0
+	return b
+}
+
+// collect reads n messages from subject on the TEST_OUT stream, failing after a generous deadline.
+func collect(t *testing.T, js jetstream.JetStream, subject string, n int) []jetstream.Msg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cons, err := js.OrderedConsumer(ctx, "TEST_OUT", jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []jetstream.Msg
+	for len(out) < n {
+		m, err := cons.Next(jetstream.FetchContext(ctx))
+		if err != nil {
+			t.Fatalf("waiting for %d messages on %s, got %d: %v", n, subject, len(out), err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func count(t *testing.T, js jetstream.JetStream, subject string) uint64 {
+	t.Helper()
+	s, err := js.Stream(context.Background(), "TEST_OUT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background(), jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Subjects[subject]
+}
+
+func workLeft(t *testing.T, js jetstream.JetStream) uint64 {
+	t.Helper()
+	s, err := js.Stream(context.Background(), testStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+func runRunner(t *testing.T, js jetstream.JetStream, h stage.Handler, opts ...stage.Option) context.CancelFunc {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	base := []stage.Option{
+		stage.WithBackoff(fastBackoff),
+		stage.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
+		stage.WithMaxDeliver(3),
+		stage.WithFailure(func(m stage.Message, err error) []stage.Event {
+			return []stage.Event{{Subject: failSubj, Data: []byte(fmt.Sprintf("%s: %v", m.Data, err)), ID: "fail-" + string(m.Data)}}
+		}),
+		stage.WithDeadLetter(func(m stage.Message, reason string) stage.Event {
+			b, _ := json.Marshal(map[string]string{"data": string(m.Data), "reason": reason})
+			return stage.Event{Subject: deadSubj, Data: b, ID: "dead-" + string(m.Data)}
+		}),
+	}
+	r, err := stage.New(ctx, js, testStream, "worker", inSubject, h, append(base, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	stop := func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return stop
+}
+
+func publish(t *testing.T, js jetstream.JetStream, data ...string) {
+	t.Helper()
+	for _, d := range data {
+		if _, err := js.Publish(context.Background(), inSubject, []byte(d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestOutcomes(t *testing.T) {
+	js := startJS(t)
+	var calls sync.Map // data → *atomic.Int32
+	h := func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
+		v, _ := calls.LoadOrStore(string(m.Data), new(atomic.Int32))
+		n := v.(*atomic.Int32).Add(1)
+		switch string(m.Data) {
+		case "ok":
+			return []stage.Event{{Subject: outSubject, Data: []byte("ok-out"), ID: "ok"}}, nil
+		case "flaky": // fails twice, then works
+			if n < 3 {
+				return nil, errors.New("temporarily unavailable")
+			}
+			return []stage.Event{{Subject: outSubject, Data: []byte("flaky-out"), ID: "flaky"}}, nil
+		case "always-transient":
+			return nil, errors.New("still down")
+		case "permanent":
+			return nil, stage.Permanent(errors.New("404 not found"))
+		case "poison":
+			return nil, stage.Poison(errors.New("not JSON"))
+		case "panic":
+			var m map[string]int
+			m["boom"]++ // nil map write panics
+		}
+		return nil, nil
+	}
+	runRunner(t, js, h)
+	publish(t, js, "ok", "flaky", "always-transient", "permanent", "poison", "panic")
+
+	outs := collect(t, js, outSubject, 2)
+	got := map[string]bool{}
+	for _, m := range outs {
+		got[string(m.Data())] = true
+	}
+	if !got["ok-out"] || !got["flaky-out"] {
+		t.Fatalf("outputs = %v, want ok-out and flaky-out", got)
+	}
+	fails := collect(t, js, failSubj, 4)
+	failText := map[string]string{}
+	for _, m := range fails {
+		var key string
+		fmt.Sscanf(string(m.Data()), "%s", &key)
+		failText[key[:len(key)-1]] = string(m.Data())
+	}
+	for _, k := range []string{"always-transient", "permanent", "poison", "panic"} {
+		if _, ok := failText[k]; !ok {
+			t.Errorf("no failure event for %q; got %v", k, failText)
+		}
+	}
+	dead := collect(t, js, deadSubj, 2)
+	for _, m := range dead {
+		var d map[string]string
+		if err := json.Unmarshal(m.Data(), &d); err != nil {
+			t.Fatal(err)
+		}
+		if d["reason"] == "" {
+			t.Errorf("dead letter without reason: %s", m.Data())
+		}
+		if d["data"] != "poison" && d["data"] != "panic" {
+			t.Errorf("unexpected dead letter %s", m.Data())
+		}
+	}
+	callsOf := func(k string) int32 {
+		v, ok := calls.Load(k)
+		if !ok {
+			return 0
+		}
+		return v.(*atomic.Int32).Load()
+	}
+	tests := []struct {
+		data string
+		want int32
+	}{
+		{"ok", 1}, {"flaky", 3}, {"always-transient", 3}, {"permanent", 1}, {"poison", 1}, {"panic", 1},
+	}
+	for _, tt := range tests {
+		if got := callsOf(tt.data); got != tt.want {
+			t.Errorf("%s handled %d times, want %d", tt.data, got, tt.want)
+		}
+	}
+	// Every input settled: nothing left in the work queue.
+	deadline := time.Now().Add(10 * time.Second)
+	for workLeft(t, js) != 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := workLeft(t, js); n != 0 {
+		t.Errorf("%d messages left in the work queue", n)
+	}
+	// The worker still serves after a panic.
+	publish(t, js, "ok")
+	deadline = time.Now().Add(10 * time.Second)
+	for (callsOf("ok") != 2 || workLeft(t, js) != 0) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if callsOf("ok") != 2 || workLeft(t, js) != 0 {
+		t.Fatalf("second ok: handled %d times, %d left in queue", callsOf("ok"), workLeft(t, js))
+	}
+	// Its hand-off reused id "ok", so it was deduplicated.
+	if n := count(t, js, outSubject); n != 2 {
+		t.Errorf("out subject holds %d messages, want 2 (duplicate id must be dropped)", n)
+	}
+}
+
+func TestLongWorkIsKeptAlive(t *testing.T) {
+	js := startJS(t)
+	var calls atomic.Int32
+	h := func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
+		calls.Add(1)
+		select { // work for three ack waits
+		case <-time.After(1500 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return []stage.Event{{Subject: outSubject, Data: m.Data, ID: "long"}}, nil
+	}
+	runRunner(t, js, h, stage.WithAckWait(500*time.Millisecond), stage.WithConcurrency(2))
+	publish(t, js, "long")
+	collect(t, js, outSubject, 1)
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("handler ran %d times; in-progress acks should have prevented redelivery", n)
+	}
+}
+
+func TestDrainFinishesInFlightWork(t *testing.T) {
+	js := startJS(t)
+	started := make(chan struct{})
+	release := make(chan struct{})
+	h := func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
+		close(started)
+		<-release
+		return []stage.Event{{Subject: outSubject, Data: m.Data, ID: "drained"}}, nil
+	}
+	stop := runRunner(t, js, h, stage.WithDrainTimeout(time.Minute))
+	publish(t, js, "x")
+	<-started
+	stopped := make(chan struct{})
+	go func() { stop(); close(stopped) }()
+	close(release)
+	<-stopped
+	if n := count(t, js, outSubject); n != 1 {
+		t.Fatalf("after drain, out holds %d messages, want 1", n)
+	}
+	if n := workLeft(t, js); n != 0 {
+		t.Fatalf("after drain, %d work messages left, want 0 (acked)", n)
+	}
+}
+
+func TestDrainTimeoutReturnsWork(t *testing.T) {
+	js := startJS(t)
+	started := make(chan struct{})
+	h := func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
+		close(started)
+		<-ctx.Done() // never finishes on its own
+		return nil, ctx.Err()
+	}
+	stop := runRunner(t, js, h, stage.WithDrainTimeout(100*time.Millisecond))
+	publish(t, js, "stuck")
+	<-started
+	stop()
+	if n := workLeft(t, js); n != 1 {
+		t.Fatalf("%d work messages left, want the nak'ed one", n)
+	}
+	// A second runner picks it up.
+	got := make(chan string, 1)
+	runRunner(t, js, func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
+		got <- string(m.Data)
+		return nil, nil
+	})
+	select {
+	case d := <-got:
+		if d != "stuck" {
+			t.Fatalf("got %q", d)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("nak'ed message was not redelivered")
+	}
+}
+
+func TestWorkersShareOneConsumer(t *testing.T) {
+	js := startJS(t)
+	var mu sync.Mutex
+	seen := map[string]int{}
+	byRunner := [2]atomic.Int32{}
+	mk := func(i int) stage.Handler {
+		return func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
+			mu.Lock()
+			seen[string(m.Data)]++
+			mu.Unlock()
+			byRunner[i].Add(1)
+			time.Sleep(20 * time.Millisecond)
+			return nil, nil
+		}
+	}
+	runRunner(t, js, mk(0))
+	runRunner(t, js, mk(1))
+	const n = 40
+	for i := 0; i < n; i++ {
+		publish(t, js, fmt.Sprint(i))
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for workLeft(t, js) != 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != n {
+		t.Fatalf("handled %d distinct messages, want %d", len(seen), n)
+	}
+	for k, c := range seen {
+		if c != 1 {
+			t.Errorf("message %s handled %d times", k, c)
+		}
+	}
+	if byRunner[0].Load() == 0 || byRunner[1].Load() == 0 {
+		t.Errorf("work not shared: %d / %d", byRunner[0].Load(), byRunner[1].Load())
+	}
+}
