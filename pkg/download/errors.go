@@ -51,7 +51,10 @@ func (e *Error) Error() string {
 	} else {
 		b.WriteString(" (permanent")
 	}
-	if e.Attempts > 0 {
+	switch {
+	case e.Attempts == 1:
+		b.WriteString(", gave up after 1 attempt")
+	case e.Attempts > 1:
 		fmt.Fprintf(&b, ", gave up after %d attempts", e.Attempts)
 	}
 	b.WriteString(")")

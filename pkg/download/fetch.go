@@ -148,14 +148,13 @@ type fetch struct {
 	total int64   // full size if known, else 0
 	meta  sidecar // what the first `have` bytes are a prefix of
 
-	resumed      bool
-	fromDisk     bool // have > 0 came from an earlier Fetch and was not yet confirmed by the server
-	transferred  int64
-	attempts     int
-	start        time.Time
-	lastReport   time.Time
-	progressed   bool // the current attempt added bytes
-	lastReported int64
+	resumed     bool
+	fromDisk    bool // have > 0 came from an earlier Fetch and was not yet confirmed by the server
+	transferred int64
+	attempts    int
+	start       time.Time
+	lastReport  time.Time
+	progressed  bool // the current attempt added bytes
 }
 
 func (fe *fetch) validate() error {
