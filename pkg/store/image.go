@@ -1,0 +1,183 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/vmprep/vmprep/pkg/catalog"
+)
+
+// Conventional link names in an image directory.
+const (
+	LinkKernel    = "vmlinuz"
+	LinkInitramfs = "initramfs"
+	LinkDisk      = "disk.img"
+	LinkDiskRaw   = "disk.raw"
+)
+
+// maxRecordBytes caps how much of a record file is read.
+const maxRecordBytes = 4 << 20
+
+// specPath validates spec and returns its directory elements. The distro is
+// lower-cased (it is case-insensitive); the arch must be set (the caller
+// resolves "host" before storing).
+func specPath(spec catalog.ImageSpec) ([]string, error) {
+	d := strings.ToLower(spec.Distro)
+	for _, c := range []struct{ what, v string }{
+		{"distro", d}, {"version", spec.Version}, {"arch", string(spec.Arch)},
+	} {
+		if err := validComponent(c.what, c.v); err != nil {
+			return nil, fmt.Errorf("store: image %s/%s/%s: %w", spec.Distro, spec.Version, spec.Arch, err)
+		}
+	}
+	return []string{d, spec.Version, string(spec.Arch)}, nil
+}
+
+// ImageDir returns images/<distro>/<version>/<arch> for spec (it may not exist).
+func (s *Store) ImageDir(spec catalog.ImageSpec) (string, error) {
+	p, err := specPath(spec)
+	if err != nil {
+		return "", err
+	}
+	return s.path(append([]string{dirImages}, p...)...), nil
+}
+
+// LinkImage points images/<distro>/<version>/<arch>/<name> at target, which
+// must be a blob or derived file of this store, with a relative symlink
+// replaced atomically (symlink at a temporary name, rename). It returns the
+// link's path.
+func (s *Store) LinkImage(spec catalog.ImageSpec, name string, target string) (string, error) {
+	dir, err := s.ImageDir(spec)
+	if err != nil {
+		return "", err
+	}
+	if err := validComponent("link name", name); err != nil {
+		return "", fmt.Errorf("store: link: %w", err)
+	}
+	if isTempName(name) {
+		return "", fmt.Errorf("store: link: %w: %q looks like a temporary name", ErrInvalidName, name)
+	}
+	abs, err := filepath.Abs(target)
+	if err != nil {
+		return "", fmt.Errorf("store: link %s: %w", name, err)
+	}
+	if d := filepath.Dir(abs); d != s.path(dirBlobs, "sha256") && d != s.path(dirDerived) {
+		return "", fmt.Errorf("store: link %s: %w: target %s is not a blob or derived file of %s", name, ErrInvalidName, abs, s.root)
+	}
+	fi, err := os.Lstat(abs)
+	if err != nil {
+		return "", fmt.Errorf("store: link %s: target: %w", name, err)
+	}
+	if !fi.Mode().IsRegular() || isTempName(filepath.Base(abs)) {
+		return "", fmt.Errorf("store: link %s: %w: target %s is not a published file", name, ErrInvalidName, abs)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("store: link %s: %w", name, err)
+	}
+	rel, err := filepath.Rel(dir, abs)
+	if err != nil {
+		return "", fmt.Errorf("store: link %s: %w", name, err)
+	}
+	link := filepath.Join(dir, name)
+	tmp, err := symlinkTemp(rel, dir, name)
+	if err != nil {
+		return "", fmt.Errorf("store: link %s: %w", link, err)
+	}
+	if err := os.Rename(tmp, link); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("store: link %s: %w", link, err)
+	}
+	if err := syncDir(dir); err != nil {
+		return "", fmt.Errorf("store: link %s: %w", link, err)
+	}
+	return link, nil
+}
+
+// symlinkTemp creates a symlink to target at a fresh temporary name in dir.
+func symlinkTemp(target, dir, name string) (string, error) {
+	for range 10 {
+		var r [8]byte
+		_, _ = rand.Read(r[:])
+		tmp := filepath.Join(dir, "."+name+tempMarker+hex.EncodeToString(r[:]))
+		err := os.Symlink(target, tmp)
+		if err == nil {
+			return tmp, nil
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return "", err
+		}
+	}
+	return "", fmt.Errorf("no free temporary name in %s", dir)
+}
+
+func (s *Store) recordPath(spec catalog.ImageSpec) (string, error) {
+	p, err := specPath(spec)
+	if err != nil {
+		return "", err
+	}
+	return s.path(dirRecords, p[0], p[1], p[2]+".json"), nil
+}
+
+// SaveResolution records a verified resolution (atomically), so that a warm
+// request needs neither the network nor a re-read of the manifests.
+func (s *Store) SaveResolution(ctx context.Context, r catalog.Resolution) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	path, err := s.recordPath(r.Spec)
+	if err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("store: record %s: %w", path, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("store: record %s: %w", path, err)
+	}
+	if err := writeFileAtomic(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("store: record: %w", err)
+	}
+	return nil
+}
+
+// LoadResolution returns the recorded resolution for spec, or ErrNotFound.
+func (s *Store) LoadResolution(ctx context.Context, spec catalog.ImageSpec) (catalog.Resolution, error) {
+	if err := ctx.Err(); err != nil {
+		return catalog.Resolution{}, err
+	}
+	path, err := s.recordPath(spec)
+	if err != nil {
+		return catalog.Resolution{}, err
+	}
+	r, err := readRecord(path)
+	if err != nil {
+		return catalog.Resolution{}, err
+	}
+	if !strings.EqualFold(r.Spec.Distro, spec.Distro) || r.Spec.Version != spec.Version || r.Spec.Arch != spec.Arch {
+		return catalog.Resolution{}, fmt.Errorf("store: record %s: holds %s/%s/%s, not the requested image", path, r.Spec.Distro, r.Spec.Version, r.Spec.Arch)
+	}
+	return r, nil
+}
+
+func readRecord(path string) (catalog.Resolution, error) {
+	b, err := readCapped(path, maxRecordBytes)
+	if notExist(err) {
+		return catalog.Resolution{}, fmt.Errorf("store: record %s: %w", path, ErrNotFound)
+	}
+	if err != nil {
+		return catalog.Resolution{}, fmt.Errorf("store: record: %w", err)
+	}
+	var r catalog.Resolution
+	if err := json.Unmarshal(b, &r); err != nil {
+		return catalog.Resolution{}, fmt.Errorf("store: record %s: %w", path, err)
+	}
+	return r, nil
+}
