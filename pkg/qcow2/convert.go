@@ -1,0 +1,361 @@
+package qcow2
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+)
+
+// ConvertStats summarises a conversion.
+type ConvertStats struct {
+	SourceFormat Format // FormatQcow2 or FormatRaw
+	VirtualSize  int64  // size of the raw output
+	DataBytes    int64  // bytes written; the rest of the output is holes
+}
+
+// ConvertOption configures ConvertToRaw.
+type ConvertOption func(*convertConfig)
+
+type convertConfig struct {
+	progress   func(done, total int64)
+	workers    int
+	chunkBytes int64
+}
+
+// WithProgress registers fn to be called with the number of guest bytes
+// processed so far and the virtual size. Calls come from one goroutine,
+// done never decreases, and the last call (on success) has done == total.
+func WithProgress(fn func(done, total int64)) ConvertOption {
+	return func(c *convertConfig) { c.progress = fn }
+}
+
+// WithConcurrency sets how many chunks are read, decompressed and written in
+// parallel (default: GOMAXPROCS, at least 2, at most 16). Memory use is about
+// n × (2 MiB + 2 × cluster size).
+func WithConcurrency(n int) ConvertOption {
+	return func(c *convertConfig) {
+		if n > 0 {
+			c.workers = min(n, 64)
+		}
+	}
+}
+
+// chunk is the guest range one worker handles at a time; it is a multiple of
+// every cluster size (max 2 MiB) and of the 4 KiB hole granularity.
+const defaultChunk = 2 << 20
+
+// holeBlock is the granularity at which zeros become holes, as with qemu-img.
+const holeBlock = 4096
+
+var zeroBlock [holeBlock]byte
+
+// ConvertToRaw converts the qcow2 (or raw) image at srcPath to a sparse raw
+// image at dstPath, byte-identical to `qemu-img convert -f qcow2 -O raw`.
+// The output is written to a temporary file in dstPath's directory, fsynced
+// and renamed into place; on error nothing is left at dstPath (an existing
+// file there is untouched) and the temporary file is removed.
+func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertOption) (stats ConvertStats, err error) {
+	cfg := convertConfig{workers: min(max(runtime.GOMAXPROCS(0), 2), 16), chunkBytes: defaultChunk}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	src, err := os.Open(srcPath)
+	if err != nil {
+		return stats, err
+	}
+	defer src.Close()
+	st, err := src.Stat()
+	if err != nil {
+		return stats, err
+	}
+	if !st.Mode().IsRegular() {
+		return stats, fmt.Errorf("%s: not a regular file", srcPath)
+	}
+	format, err := DetectFormat(src, st.Size())
+	if err != nil {
+		return stats, fmt.Errorf("%s: %w", srcPath, err)
+	}
+	var img *Image
+	switch format {
+	case FormatQcow2:
+		if img, err = Open(src, st.Size()); err != nil {
+			return stats, fmt.Errorf("%s: %w", srcPath, err)
+		}
+		stats.VirtualSize = img.Size()
+	case FormatRaw:
+		stats.VirtualSize = st.Size()
+	default:
+		return stats, fmt.Errorf("%s: %w", srcPath, &FormatError{Format: format})
+	}
+	stats.SourceFormat = format
+
+	tmp, err := os.CreateTemp(filepath.Dir(dstPath), "."+filepath.Base(dstPath)+".tmp-*")
+	if err != nil {
+		return stats, err
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err = tmp.Truncate(stats.VirtualSize); err != nil {
+		return stats, err
+	}
+	e := &engine{cfg: cfg, img: img, src: src, dst: tmp, size: stats.VirtualSize}
+	if stats.DataBytes, err = e.run(ctx); err != nil {
+		if img != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%s: %w", srcPath, err)
+		}
+		return stats, err
+	}
+	if err = tmp.Chmod(0o644); err != nil {
+		return stats, err
+	}
+	if err = tmp.Sync(); err != nil {
+		return stats, err
+	}
+	if err = tmp.Close(); err != nil {
+		return stats, err
+	}
+	if err = os.Rename(tmp.Name(), dstPath); err != nil {
+		return stats, err
+	}
+	if err = syncDir(filepath.Dir(dstPath)); err != nil {
+		// The data is in place; a failed directory sync only weakens durability.
+		return stats, fmt.Errorf("sync directory of %s: %w", dstPath, err)
+	}
+	return stats, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// engine converts chunks in parallel: one producer maps guest ranges,
+// workers read/decompress them and write the non-zero 4 KiB blocks.
+type engine struct {
+	cfg  convertConfig
+	img  *Image // nil for raw input
+	src  io.ReaderAt
+	dst  io.WriterAt
+	size int64
+}
+
+type job struct {
+	off    int64     // guest byte offset (multiple of the chunk size)
+	length int64     // guest bytes, ≤ chunk size
+	ms     []mapping // qcow2: one per cluster
+}
+
+func (e *engine) run(parent context.Context) (int64, error) {
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+
+	jobs := make(chan job, e.cfg.workers)
+	progress := make(chan int64, 4*e.cfg.workers)
+	var written int64
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(jobs)
+		if err := e.produce(ctx, jobs, progress); err != nil {
+			cancel(err)
+		}
+	}()
+	for range e.cfg.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := e.newWorker()
+			defer w.dec.close()
+			for j := range jobs {
+				if ctx.Err() != nil {
+					continue // drain so the producer never blocks
+				}
+				n, err := w.process(j)
+				if err != nil {
+					cancel(err)
+					continue
+				}
+				mu.Lock()
+				written += n
+				mu.Unlock()
+				progress <- j.length
+			}
+		}()
+	}
+	go func() {
+		wg.Wait()
+		close(progress)
+	}()
+	var done int64
+	for n := range progress {
+		done += n
+		if e.cfg.progress != nil && ctx.Err() == nil {
+			e.cfg.progress(done, e.size)
+		}
+	}
+	if err := context.Cause(ctx); err != nil {
+		return 0, err
+	}
+	if e.cfg.progress != nil && done == 0 {
+		e.cfg.progress(0, e.size) // empty image: still report completion once
+	}
+	return written, nil
+}
+
+// produce emits jobs for every chunk holding file data and reports skipped
+// (all-zero) chunks straight to progress.
+func (e *engine) produce(ctx context.Context, jobs chan<- job, progress chan<- int64) error {
+	chunk := e.cfg.chunkBytes
+	var l2buf, scratch []byte
+	var perChunk int64
+	var ms []mapping
+	if e.img != nil {
+		cs := e.img.clusterSize
+		chunk = max(chunk, cs)
+		perChunk = chunk / cs
+		l2buf = make([]byte, perChunk*e.img.entryBytes)
+		ms = make([]mapping, perChunk)
+	}
+	_ = scratch
+	for off := int64(0); off < e.size; off += chunk {
+		if err := ctx.Err(); err != nil {
+			return nil // the cause is already recorded
+		}
+		length := min(chunk, e.size-off)
+		j := job{off: off, length: length}
+		if e.img != nil {
+			first := off >> e.img.clusterBits
+			n := (length + e.img.clusterSize - 1) >> e.img.clusterBits
+			if err := e.img.mapClusters(l2buf, first, ms[:n]); err != nil {
+				return err
+			}
+			raw := false
+			for _, m := range ms[:n] {
+				raw = raw || m.hasRaw
+			}
+			if !raw {
+				select {
+				case progress <- length:
+				case <-ctx.Done():
+				}
+				continue
+			}
+			j.ms = append([]mapping(nil), ms[:n]...)
+		}
+		select {
+		case jobs <- j:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	return nil
+}
+
+type worker struct {
+	e      *engine
+	buf    []byte
+	dec    *decoder
+	filled []bool
+}
+
+func (e *engine) newWorker() *worker {
+	w := &worker{e: e, dec: newDecoder(e.img)}
+	chunk := e.cfg.chunkBytes
+	if e.img != nil {
+		chunk = max(chunk, e.img.clusterSize)
+		w.filled = make([]bool, chunk/e.img.clusterSize)
+	}
+	w.buf = make([]byte, chunk)
+	return w
+}
+
+// process fills the chunk and writes its non-zero 4 KiB blocks; it returns
+// the bytes written.
+func (w *worker) process(j job) (int64, error) {
+	e := w.e
+	if e.img == nil {
+		b := w.buf[:j.length]
+		if n, err := e.src.ReadAt(b, j.off); n < len(b) {
+			if err == nil || errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, fmt.Errorf("read raw source at %#x: %w", j.off, err)
+		}
+		return w.writeNonZero(b, j.off, nil)
+	}
+	cs := e.img.clusterSize
+	n := len(j.ms)
+	filled := w.filled[:n]
+	if err := w.dec.fill(w.buf[:int64(n)*cs], j.off>>e.img.clusterBits, j.ms, filled); err != nil {
+		return 0, err
+	}
+	return w.writeNonZero(w.buf[:j.length], j.off, filled)
+}
+
+// writeNonZero writes the blocks of b that are not all zero to dst at base,
+// coalescing neighbours. filled (per cluster) lets it skip clusters known to
+// be zero without scanning them; nil means scan everything.
+func (w *worker) writeNonZero(b []byte, base int64, filled []bool) (int64, error) {
+	var cs int64 = 1
+	if w.e.img != nil {
+		cs = w.e.img.clusterSize
+	}
+	var written int64
+	runStart := int64(-1)
+	flush := func(end int64) error {
+		if runStart < 0 {
+			return nil
+		}
+		if _, err := w.e.dst.WriteAt(b[runStart:end], base+runStart); err != nil {
+			return fmt.Errorf("write output at %#x: %w", base+runStart, err)
+		}
+		written += end - runStart
+		runStart = -1
+		return nil
+	}
+	total := int64(len(b))
+	for lo := int64(0); lo < total; lo += holeBlock {
+		hi := min(lo+holeBlock, total)
+		data := false
+		if filled == nil {
+			data = true
+		} else {
+			for c := lo / cs; c <= (hi-1)/cs; c++ {
+				if filled[c] {
+					data = true
+					break
+				}
+			}
+		}
+		if data && bytes.Equal(b[lo:hi], zeroBlock[:hi-lo]) {
+			data = false
+		}
+		if data {
+			if runStart < 0 {
+				runStart = lo
+			}
+			continue
+		}
+		if err := flush(lo); err != nil {
+			return written, err
+		}
+	}
+	return written, flush(total)
+}
