@@ -1,6 +1,3 @@
-// Package catalog turns an image name (distro, version, arch) into the assets
-// that make it up: where each is published, which manifest vouches for it and
-// which key signs that manifest. It knows nothing of NATS.
 package catalog
 
 import (

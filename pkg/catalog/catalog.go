@@ -1,0 +1,388 @@
+package catalog
+
+import (
+	"bytes"
+	_ "embed"
+	"fmt"
+	"maps"
+	"path"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/vmprep/vmprep/pkg/signature"
+)
+
+//go:embed builtin.yaml
+var builtinYAML []byte
+
+// Option configures New.
+type Option func(*config)
+
+type config struct {
+	mirror        string
+	files         []string
+	keyring       *signature.Keyring
+	allowUnsigned bool
+}
+
+// WithMirror replaces the base URL of every image with baseURL (e.g. a
+// local mirror "http://127.0.0.1:8080/"), keeping each image's paths.
+func WithMirror(baseURL string) Option {
+	return func(c *config) { c.mirror = baseURL }
+}
+
+// WithFile adds the images of a user catalog file (.json, .yaml or .yml).
+// An image whose distro is already known replaces that entry. Files apply
+// in the order given.
+func WithFile(path string) Option {
+	return func(c *config) { c.files = append(c.files, path) }
+}
+
+// WithKeyring replaces the trusted keys of every image: signed manifests
+// must be signed by a key in k (e.g. a mirror's key, or Fedora's key).
+func WithKeyring(k *signature.Keyring) Option {
+	return func(c *config) { c.keyring = k }
+}
+
+// WithAllowUnsigned lets images whose signing key is not configured resolve
+// without signature verification; the resolver warns and marks their Trust
+// unsigned. A signature that is present and checked but bad is still refused.
+func WithAllowUnsigned(allow bool) Option {
+	return func(c *config) { c.allowUnsigned = allow }
+}
+
+// Catalog maps image specs to plans. It is immutable and safe for concurrent use.
+type Catalog struct {
+	entries       map[string]*entry
+	allowUnsigned bool
+}
+
+type entry struct {
+	Image
+	versionRE     *regexp.Regexp
+	keyring       *signature.Keyring
+	keyringSource string
+}
+
+// New builds a catalog from the built-in images and the options.
+func New(opts ...Option) (*Catalog, error) {
+	var cfg config
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.mirror != "" {
+		if err := checkBaseURL(cfg.mirror); err != nil {
+			return nil, fmt.Errorf("%w: mirror: %w", ErrInvalidCatalog, err)
+		}
+	}
+	c := &Catalog{entries: map[string]*entry{}, allowUnsigned: cfg.allowUnsigned}
+
+	builtin, err := ParseFile(builtinYAML, "yaml")
+	if err != nil {
+		return nil, fmt.Errorf("built-in catalog: %w", err)
+	}
+	if err := c.add(builtin, "built-in catalog", ""); err != nil {
+		return nil, err
+	}
+	for _, p := range cfg.files {
+		f, err := readCatalogFile(p)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.add(f, p, filepath.Dir(p)); err != nil {
+			return nil, err
+		}
+	}
+	for _, e := range c.entries {
+		if e.Unsupported != nil {
+			continue
+		}
+		if cfg.mirror != "" {
+			e.BaseURL = cfg.mirror
+		}
+		if cfg.keyring != nil {
+			e.keyring, e.keyringSource = cfg.keyring, "the configured keyring"
+		}
+	}
+	return c, nil
+}
+
+// add validates and installs the images of f; dir resolves relative keyring paths.
+func (c *Catalog) add(f File, source, dir string) error {
+	seen := map[string]bool{}
+	for i, img := range f.Images {
+		if err := img.validate(); err != nil {
+			return fmt.Errorf("%w: %s: images[%d] %s: %w", ErrInvalidCatalog, source, i, printable(img.Distro), err)
+		}
+		if seen[img.Distro] {
+			return fmt.Errorf("%w: %s: images[%d]: distro %s listed twice", ErrInvalidCatalog, source, i, img.Distro)
+		}
+		seen[img.Distro] = true
+		e := &entry{Image: img}
+		if !strings.HasSuffix(e.BaseURL, "/") && e.BaseURL != "" {
+			e.BaseURL += "/"
+		}
+		if img.VersionPattern != "" {
+			e.versionRE = regexp.MustCompile(`^(?:` + img.VersionPattern + `)$`) // validated above
+		}
+		switch k := img.Keyring; {
+		case k == "":
+		case k == builtinUbuntuKeyring:
+			e.keyring, e.keyringSource = signature.UbuntuCloudImages(), "the built-in Ubuntu cloud-image keyring"
+		case strings.HasPrefix(k, "builtin:"):
+			return fmt.Errorf("%w: %s: images[%d] %s: unknown built-in keyring %q (known: %s)", ErrInvalidCatalog, source, i, img.Distro, k, builtinUbuntuKeyring)
+		default:
+			p := k
+			if !filepath.IsAbs(p) && dir != "" {
+				p = filepath.Join(dir, p)
+			}
+			kr, err := signature.LoadKeyringFile(p)
+			if err != nil {
+				return fmt.Errorf("%w: %s: images[%d] %s: keyring: %w", ErrInvalidCatalog, source, i, img.Distro, err)
+			}
+			e.keyring, e.keyringSource = kr, "keyring file "+p
+		}
+		c.entries[img.Distro] = e
+	}
+	return nil
+}
+
+// Distros lists the distros that can be resolved, sorted.
+func (c *Catalog) Distros() []string {
+	var out []string
+	for name, e := range c.entries {
+		if e.Unsupported == nil {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Plan is what resolving a spec involves, computed without network access.
+type Plan struct {
+	// Spec is the normalized spec, with the version in canonical spelling
+	// (a codename becomes its number).
+	Spec     ImageSpec
+	BootMode BootMode
+	Assets   []PlannedAsset
+	// AllowUnsigned is set when the catalog allows unsigned resolution.
+	AllowUnsigned bool
+}
+
+// PlannedAsset is one asset to resolve.
+type PlannedAsset struct {
+	Role Role
+	// Name is the file name the manifest lists. It is empty when the name is
+	// discovered: then NamePattern matches it among the manifest's entries
+	// and URL is the directory the name is appended to.
+	Name        string
+	NamePattern *regexp.Regexp
+	URL         string
+	Format      DiskFormat
+	Manifest    ManifestPlan
+}
+
+// URLFor returns the asset's URL given its manifest name.
+func (a PlannedAsset) URLFor(name string) string {
+	if a.Name != "" {
+		return a.URL
+	}
+	return a.URL + pathEscape(name)
+}
+
+// ManifestPlan is the checksum manifest that vouches for an asset.
+type ManifestPlan struct {
+	// URL of the manifest; empty when it is discovered: then the HTML listing
+	// at IndexURL is searched for a file name matching Pattern.
+	URL      string
+	IndexURL string
+	Pattern  *regexp.Regexp
+	Format   ManifestFormat
+	// Signature is how the manifest is signed; SignatureURL is the detached
+	// signature's URL.
+	Signature    SignatureKind
+	SignatureURL string
+	// Keyring holds the keys trusted to sign it; nil only when the catalog
+	// allows unsigned resolution and no key is configured.
+	Keyring       *signature.Keyring
+	KeyringSource string
+	// UnsignedNote explains a manifest that is not signed (Signature none).
+	UnsignedNote string
+}
+
+// ID identifies the manifest, so assets sharing one fetch it once.
+func (m ManifestPlan) ID() string {
+	if m.URL != "" {
+		return m.URL
+	}
+	return m.IndexURL + "#" + m.Pattern.String()
+}
+
+// Plan computes, without network access, what resolving spec involves.
+func (c *Catalog) Plan(spec ImageSpec) (Plan, error) {
+	s, err := spec.Normalize()
+	if err != nil {
+		return Plan{}, fmt.Errorf("catalog: %w", err)
+	}
+	e, ok := c.entries[s.Distro]
+	if !ok {
+		return Plan{}, &UnknownDistroError{Distro: s.Distro, Supported: c.Distros()}
+	}
+	if u := e.Unsupported; u != nil {
+		return Plan{}, &UnsupportedError{Distro: s.Distro, Reason: u.Reason, Instead: u.Instead}
+	}
+	if s.Version, err = e.canonicalVersion(s.Version); err != nil {
+		return Plan{}, err
+	}
+	archName, ok := e.Arches[s.Arch]
+	if !ok {
+		return Plan{}, fmt.Errorf("catalog: %s %s: %w %s (available: %s)", s.Distro, s.Version, ErrUnsupportedArch, s.Arch, strings.Join(e.archList(), ", "))
+	}
+	vars := map[string]string{"distro": s.Distro, "version": s.Version, "arch": archName}
+	if cn, ok := e.Codenames[s.Version]; ok {
+		vars["codename"] = cn
+	}
+	p := Plan{Spec: s, BootMode: e.BootMode, AllowUnsigned: c.allowUnsigned}
+	for _, at := range e.Assets {
+		a, err := c.planAsset(e, at, vars)
+		if err != nil {
+			return Plan{}, fmt.Errorf("catalog: %s: %s: %w", s, at.Role, err)
+		}
+		p.Assets = append(p.Assets, a)
+	}
+	return p, nil
+}
+
+func (c *Catalog) planAsset(e *entry, at AssetTemplate, vars map[string]string) (PlannedAsset, error) {
+	if err := needVars(vars, at.URL, at.NamePattern, at.Manifest.URL, at.Manifest.Index, at.Manifest.Pattern, at.Manifest.SignatureURL); err != nil {
+		return PlannedAsset{}, err
+	}
+	a := PlannedAsset{Role: at.Role, Format: at.Format}
+	if at.NamePattern != "" {
+		a.URL = joinURL(e.BaseURL, expand(strings.TrimSuffix(at.URL, "{name}"), vars, nil))
+		a.NamePattern = regexp.MustCompile(`^(?:` + expand(at.NamePattern, vars, regexp.QuoteMeta) + `)$`)
+	} else {
+		a.URL = joinURL(e.BaseURL, expand(at.URL, vars, nil))
+		a.Name = at.Name
+		if a.Name == "" {
+			a.Name = path.Base(expand(at.URL, vars, nil))
+		}
+	}
+	mt := at.Manifest
+	m := ManifestPlan{
+		Format:        mt.Format,
+		Signature:     mt.Signature,
+		Keyring:       e.keyring,
+		KeyringSource: e.keyringSource,
+		UnsignedNote:  mt.Note,
+	}
+	if mt.URL != "" {
+		m.URL = joinURL(e.BaseURL, expand(mt.URL, vars, nil))
+	} else {
+		m.IndexURL = joinURL(e.BaseURL, expand(mt.Index, vars, nil))
+		m.Pattern = regexp.MustCompile(`^(?:` + expand(mt.Pattern, vars, regexp.QuoteMeta) + `)$`)
+	}
+	if mt.SignatureURL != "" {
+		m.SignatureURL = joinURL(e.BaseURL, expand(mt.SignatureURL, vars, nil))
+	}
+	switch {
+	case mt.Signature == SignatureNone:
+		m.Keyring, m.KeyringSource = nil, ""
+		if m.UnsignedNote == "" {
+			m.UnsignedNote = e.Distro + " publishes no signature for this manifest"
+		}
+	case m.Keyring == nil && !c.allowUnsigned:
+		help := ""
+		if e.KeyHelp != "" {
+			help = " (" + e.KeyHelp + ")"
+		}
+		return PlannedAsset{}, fmt.Errorf("%w: the %s manifest is OpenPGP-signed (%s) but vmprep ships no key for it%s; pass --keyring FILE with the distribution's public key, or --allow-unsigned to skip verification",
+			ErrNoTrustedKey, e.Distro, mt.Signature, help)
+	}
+	a.Manifest = m
+	return a, nil
+}
+
+// needVars fails when a template uses {codename} but the version has none.
+func needVars(vars map[string]string, templates ...string) error {
+	for _, t := range templates {
+		for _, ph := range placeholder.FindAllString(t, -1) {
+			name := ph[1 : len(ph)-1]
+			if _, ok := vars[name]; !ok && slices.Contains(pathVars, name) {
+				return fmt.Errorf("%w: version %s has no %s", ErrUnknownVersion, vars["version"], name)
+			}
+		}
+	}
+	return nil
+}
+
+// canonicalVersion maps a codename to its version and checks the version is known.
+func (e *entry) canonicalVersion(v string) (string, error) {
+	for num, cn := range e.Codenames {
+		if cn == v {
+			v = num
+			break
+		}
+	}
+	switch {
+	case len(e.Versions) > 0:
+		if slices.Contains(e.Versions, v) {
+			return v, nil
+		}
+	case e.versionRE != nil:
+		if e.versionRE.MatchString(v) {
+			return v, nil
+		}
+	default:
+		return v, nil
+	}
+	return "", fmt.Errorf("catalog: %s: %w %q (%s)", e.Distro, ErrUnknownVersion, v, e.knownVersions())
+}
+
+func (e *entry) knownVersions() string {
+	if len(e.Versions) > 0 {
+		var parts []string
+		for _, v := range e.Versions {
+			if cn, ok := e.Codenames[v]; ok {
+				v += " (" + cn + ")"
+			}
+			parts = append(parts, v)
+		}
+		return "known: " + strings.Join(parts, ", ")
+	}
+	msg := "versions must match " + e.VersionPattern
+	if len(e.Codenames) > 0 {
+		var cns []string
+		for _, v := range slices.Sorted(maps.Keys(e.Codenames)) {
+			cns = append(cns, e.Codenames[v]+"="+v)
+		}
+		msg += "; codenames: " + strings.Join(cns, ", ")
+	}
+	return msg
+}
+
+func (e *entry) archList() []string {
+	var out []string
+	for a := range e.Arches {
+		out = append(out, string(a))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// pathEscape escapes a manifest-listed file name for use as a URL path element.
+func pathEscape(name string) string {
+	var b bytes.Buffer
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-._~+", c) >= 0 {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,77 @@
+package catalog
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// maxNameLen bounds a distro or version: longer values are never legitimate
+// and would only bloat URLs, cache paths and error messages.
+const maxNameLen = 64
+
+// Normalize returns the spec in canonical form: distro and version
+// lower-cased and validated, arch parsed (empty means the host's). A
+// distro or version must match [a-z0-9][a-z0-9._-]{0,63} and hold no "..",
+// so it can never name a path outside a cache directory or URL prefix.
+func (s ImageSpec) Normalize() (ImageSpec, error) {
+	distro, err := checkName("distro", s.Distro)
+	if err != nil {
+		return ImageSpec{}, err
+	}
+	version, err := checkName("version", s.Version)
+	if err != nil {
+		return ImageSpec{}, err
+	}
+	arch := HostArch()
+	if s.Arch != "" {
+		if arch, err = ParseArch(string(s.Arch)); err != nil {
+			return ImageSpec{}, err
+		}
+	}
+	return ImageSpec{Distro: distro, Version: version, Arch: arch}, nil
+}
+
+// String renders the spec as "distro version arch".
+func (s ImageSpec) String() string {
+	return strings.TrimSpace(fmt.Sprintf("%s %s %s", printable(s.Distro), printable(s.Version), printable(string(s.Arch))))
+}
+
+func checkName(field, v string) (string, error) {
+	if v == "" {
+		return "", fmt.Errorf("%w: %s is empty", ErrInvalidSpec, field)
+	}
+	if len(v) > maxNameLen {
+		return "", fmt.Errorf("%w: %s is %d bytes long (at most %d)", ErrInvalidSpec, field, len(v), maxNameLen)
+	}
+	v = strings.ToLower(v)
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case (c == '.' || c == '_' || c == '-') && i > 0:
+		default:
+			return "", fmt.Errorf("%w: %s %s: character %s at offset %d is not allowed (use a-z, 0-9, and . _ - after the first)",
+				ErrInvalidSpec, field, strconv.Quote(v), strconv.Quote(v[i:i+1]), i)
+		}
+	}
+	if strings.Contains(v, "..") {
+		return "", fmt.Errorf("%w: %s %q contains \"..\"", ErrInvalidSpec, field, v)
+	}
+	return v, nil
+}
+
+// printable quotes s when it holds anything but plain characters, and
+// truncates it, so hostile input cannot garble a message or a log line.
+func printable(s string) string {
+	const limit = 80
+	if len(s) > limit {
+		s = s[:limit] + "…"
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || r == '"' || r == '\\' || r == ' ' {
+			return strconv.Quote(s)
+		}
+	}
+	return s
+}
