@@ -200,11 +200,15 @@ const (
 
 // File is one prepared file.
 type File struct {
-	Path   string             `json:"path"`
-	Digest digest.Digest      `json:"digest"`
-	Size   int64              `json:"size"`
-	Format catalog.DiskFormat `json:"format,omitempty"`
-	URL    string             `json:"url,omitempty"`
+	Path string `json:"path"`
+	// Digest is the verified digest of the file as published. It is empty for a
+	// derived file (a raw disk converted locally), whose DerivedFrom names the
+	// verified source instead.
+	Digest      digest.Digest      `json:"digest,omitempty"`
+	DerivedFrom digest.Digest      `json:"derived_from,omitempty"`
+	Size        int64              `json:"size"`
+	Format      catalog.DiskFormat `json:"format,omitempty"`
+	URL         string             `json:"url,omitempty"`
 }
 
 // Result is the one final answer to a request.

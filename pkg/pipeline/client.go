@@ -1,0 +1,91 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/pkg/messages"
+)
+
+// ErrNoDeployment means the NATS server has no vmprep streams: no stage has
+// ever started against it.
+var ErrNoDeployment = errors.New("no vmprep deployment on this NATS server")
+
+// NewRequestID returns a random request id.
+func NewRequestID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Prepare publishes req and waits for its one result (which may already exist
+// when the request id was used before). onProgress, if set, receives progress
+// events while waiting.
+func Prepare(ctx context.Context, nc *nats.Conn, req messages.PrepareRequest, onProgress func(messages.Progress)) (messages.Result, error) {
+	if req.RequestID == "" {
+		req.RequestID = NewRequestID()
+	}
+	if err := req.Validate(); err != nil {
+		return messages.Result{}, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return messages.Result{}, err
+	}
+	if _, err := js.Stream(ctx, messages.StreamWork); err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return messages.Result{}, fmt.Errorf("%w (stream %s is missing: start the stages or vmprep serve)", ErrNoDeployment, messages.StreamWork)
+		}
+		return messages.Result{}, fmt.Errorf("reach the vmprep deployment: %w", err)
+	}
+	if onProgress != nil {
+		sub, err := nc.Subscribe(messages.ProgressSubject(req.RequestID), func(m *nats.Msg) {
+			var p messages.Progress
+			if messages.Decode(m.Data, messages.TypeProgress, &p) == nil {
+				onProgress(p)
+			}
+		})
+		if err != nil {
+			return messages.Result{}, err
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+	}
+	// Subscribe to the result before publishing, from the last stored one, so
+	// neither a fast answer nor an earlier answer to the same id is missed.
+	cons, err := js.OrderedConsumer(ctx, messages.StreamResults, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{messages.ResultSubject(req.RequestID)},
+		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+	})
+	if err != nil {
+		return messages.Result{}, fmt.Errorf("watch for the result: %w", err)
+	}
+	data, err := messages.Encode(messages.TypePrepareRequest, &req)
+	if err != nil {
+		return messages.Result{}, err
+	}
+	if _, err := js.Publish(ctx, messages.SubjectPrepare, data, jetstream.WithMsgID("prepare."+req.RequestID)); err != nil {
+		return messages.Result{}, fmt.Errorf("publish prepare request: %w", err)
+	}
+	for {
+		m, err := cons.Next(jetstream.FetchContext(ctx))
+		if err != nil {
+			if ctx.Err() != nil {
+				return messages.Result{}, fmt.Errorf("waiting for the result of request %s: %w", req.RequestID, ctx.Err())
+			}
+			if errors.Is(err, nats.ErrConnectionClosed) {
+				return messages.Result{}, fmt.Errorf("waiting for the result of request %s: %w", req.RequestID, err)
+			}
+			continue // timeouts and reconnects: keep waiting
+		}
+		var res messages.Result
+		if err := messages.Decode(m.Data(), messages.TypeResult, &res); err != nil {
+			return messages.Result{}, fmt.Errorf("unreadable result for request %s: %w", req.RequestID, err)
+		}
+		return res, nil
+	}
+}

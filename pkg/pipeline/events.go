@@ -1,0 +1,138 @@
+package pipeline
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/stage"
+)
+
+// assetEvent encodes ev for subject with the deterministic id
+// "<request>.<role>.<step>".
+func assetEvent(subject, step string, ev messages.AssetEvent) (stage.Event, error) {
+	data, err := messages.Encode(messages.TypeAsset, &ev)
+	if err != nil {
+		return stage.Event{}, fmt.Errorf("encode asset event: %w", err)
+	}
+	role := string(ev.Asset.Role)
+	if role == "" {
+		role = "request"
+	}
+	return stage.Event{Subject: subject, Data: data, ID: ev.RequestID + "." + role + "." + step}, nil
+}
+
+func resultEvent(res messages.Result) (stage.Event, error) {
+	data, err := messages.Encode(messages.TypeResult, &res)
+	if err != nil {
+		return stage.Event{}, fmt.Errorf("encode result: %w", err)
+	}
+	return stage.Event{Subject: messages.ResultSubject(res.RequestID), Data: data, ID: "result." + res.RequestID}, nil
+}
+
+// decodeAsset reads an asset event; anything unreadable is poison.
+func decodeAsset(m stage.Message) (messages.AssetEvent, error) {
+	var ev messages.AssetEvent
+	if err := messages.Decode(m.Data, messages.TypeAsset, &ev); err != nil {
+		return ev, stage.Poison(err)
+	}
+	if err := messages.ValidateRequestID(ev.RequestID); err != nil {
+		return ev, stage.Poison(err)
+	}
+	return ev, nil
+}
+
+// failureCause words err for a person: the domain errors already name the
+// asset, URL and cause; the runner adds how many attempts were made.
+func failureCause(err error) string {
+	if err == nil {
+		return "unknown error"
+	}
+	return err.Error()
+}
+
+// FailurePolicy turns a message that will not be retried into the event that
+// ends its request: a failed asset event for the collector, or — when the
+// collector itself fails — a failed result.
+func FailurePolicy(stageName string, logger *slog.Logger) stage.FailureFunc {
+	return func(m stage.Message, err error) []stage.Event {
+		f := &messages.Failure{Stage: stageName, Cause: failureCause(err), Retryable: !stage.IsPermanent(err)}
+		switch m.Subject {
+		case messages.SubjectPrepare:
+			var req messages.PrepareRequest
+			if messages.Decode(m.Data, messages.TypePrepareRequest, &req) != nil || messages.ValidateRequestID(req.RequestID) != nil {
+				return nil // nobody to tell; the dead letter records it
+			}
+			ev, e := assetEvent(messages.SubjectDone, "failed", messages.AssetEvent{
+				RequestID: req.RequestID, Spec: req.Spec, Format: req.Format, Status: messages.StatusFailed, Failure: f,
+			})
+			if e != nil {
+				logger.Error("cannot encode failure", "err", e)
+				return nil
+			}
+			return []stage.Event{ev}
+		case messages.SubjectDone:
+			var ev messages.AssetEvent
+			if messages.Decode(m.Data, messages.TypeAsset, &ev) != nil || messages.ValidateRequestID(ev.RequestID) != nil {
+				return nil
+			}
+			f.Asset = ev.Asset.Role
+			out, e := resultEvent(messages.Result{
+				RequestID: ev.RequestID, Status: messages.ResultFailed, Spec: ev.Spec, Failure: f, CompletedAt: time.Now().UTC(),
+			})
+			if e != nil {
+				return nil
+			}
+			return []stage.Event{out}
+		default:
+			var ev messages.AssetEvent
+			if messages.Decode(m.Data, messages.TypeAsset, &ev) != nil || messages.ValidateRequestID(ev.RequestID) != nil {
+				return nil
+			}
+			f.Asset, f.URL = ev.Asset.Role, ev.Asset.URL
+			ev.Status, ev.Failure = messages.StatusFailed, f
+			out, e := assetEvent(messages.SubjectDone, "failed", ev)
+			if e != nil {
+				return nil
+			}
+			return []stage.Event{out}
+		}
+	}
+}
+
+// DeadLetterPolicy records an unprocessable message on the stage's dead-letter subject.
+func DeadLetterPolicy(stageName string) stage.DeadLetterFunc {
+	return func(m stage.Message, reason string) stage.Event {
+		dl := messages.DeadLetter{Stage: stageName, Subject: m.Subject, Reason: reason, Data: m.Data, At: time.Now().UTC()}
+		var probe struct {
+			RequestID string `json:"request_id"`
+		}
+		if messages.Decode(m.Data, messages.TypeAsset, &probe) == nil || messages.Decode(m.Data, messages.TypePrepareRequest, &probe) == nil {
+			if messages.ValidateRequestID(probe.RequestID) == nil {
+				dl.RequestID = probe.RequestID
+			}
+		}
+		data, err := messages.Encode(messages.TypeDeadLetter, &dl)
+		if err != nil {
+			data = []byte(`{"v":1,"type":"dead_letter","reason":"unencodable"}`)
+		}
+		sum := sha256.Sum256(append([]byte(m.Subject+"\x00"), m.Data...))
+		return stage.Event{Subject: messages.DeadSubject(stageName), Data: data, ID: "dead." + stageName + "." + hex.EncodeToString(sum[:12])}
+	}
+}
+
+// errNoAsset marks an asset event with no role where one is needed.
+var errNoAsset = errors.New("asset event has no asset role")
+
+func validRole(r catalog.Role) bool {
+	switch r {
+	case catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk:
+		return true
+	}
+	return false
+}
