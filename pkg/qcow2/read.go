@@ -46,6 +46,7 @@ type mapping struct {
 	host   int64      // data: cluster offset; compressed: byte offset
 	csize  int64      // compressed: bytes to read (already clamped to EOF)
 	alloc  uint32     // extended L2: allocated subclusters
+	zero   uint32     // extended L2: subclusters that read as zero
 	sub    bool       // extended L2 data cluster (use alloc)
 	hasRaw bool       // whether any byte comes from the file
 }
@@ -127,7 +128,7 @@ func (img *Image) decodeEntry(idx int64, w0, w1 uint64) (mapping, error) {
 		if zero == 0xffffffff {
 			return mapping{kind: ExtentZero}, nil
 		}
-		return mapping{kind: ExtentZero, sub: true}, nil // partly zero, partly unallocated: all zeros
+		return mapping{kind: ExtentZero, sub: true, zero: zero}, nil // partly zero, partly unallocated: all zeros
 	}
 	if alloc&zero != 0 {
 		return mapping{}, malformed(what(), "subclusters both allocated and zero (bitmap %#x)", w1)
@@ -148,7 +149,7 @@ func (img *Image) decodeEntry(idx int64, w0, w1 uint64) (mapping, error) {
 	if err := img.checkData(what, host, end); err != nil {
 		return mapping{}, err
 	}
-	return mapping{kind: ExtentData, host: int64(host), alloc: alloc, sub: true, hasRaw: true}, nil
+	return mapping{kind: ExtentData, host: int64(host), alloc: alloc, zero: zero, sub: true, hasRaw: true}, nil
 }
 
 // checkData verifies a data cluster at host: the bytes read from it lie in
