@@ -274,6 +274,7 @@ func (fe *fetch) copyBody(ctx, actx context.Context, body io.Reader, stall *time
 			}
 			fe.pipe.submit(buf[:n])
 			fe.have += int64(n)
+			fe.wb.written(fe.have)
 			fe.transferred += int64(n)
 			fe.progressed = true
 			fe.report(false)

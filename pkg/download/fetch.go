@@ -94,6 +94,8 @@ func (c *Client) Fetch(ctx context.Context, req Request) (Result, error) {
 	}
 	fe.pipe = newHashPipe(ringBuffers, c.bufferSize, hashes...)
 	defer fe.pipe.close()
+	fe.wb = newWriteback(f)
+	defer fe.wb.close()
 	fe.start = time.Now()
 
 	if err := fe.loadPartial(); err != nil {
@@ -140,6 +142,7 @@ type fetch struct {
 	req  Request
 	f    *os.File
 	pipe *hashPipe
+	wb   *writeback
 
 	sha256 hash.Hash
 	alt    hash.Hash // the expected algorithm's hash when it is not SHA-256
