@@ -313,6 +313,9 @@ func (a *AssetTemplate) validate() error {
 	if err := a.Manifest.validate(); err != nil {
 		return fmt.Errorf("manifest: %w", err)
 	}
+	if a.Manifest.Format == ManifestSingle && (a.NamePattern != "" || a.Manifest.URL == "") {
+		return errors.New("a single-file manifest needs a fixed asset name and manifest url")
+	}
 	return nil
 }
 

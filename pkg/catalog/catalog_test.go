@@ -1,0 +1,433 @@
+package catalog_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/signature"
+	"github.com/vmprep/vmprep/pkg/signature/signtest"
+)
+
+// ubuntuFingerprint is the published Ubuntu cloud-image signing key (see
+// /work/shared/notes/image-catalogs.md); the built-in catalog must trust it.
+const ubuntuFingerprint = "D2EB44626FDDC30B513D5BB71A5D6C4C7DB87C81"
+
+func TestParseArch(t *testing.T) {
+	tests := []struct {
+		in   string
+		want catalog.Arch
+		ok   bool
+	}{
+		{"amd64", catalog.ArchAMD64, true},
+		{"X86_64", catalog.ArchAMD64, true},
+		{"arm64", catalog.ArchARM64, true},
+		{"AArch64", catalog.ArchARM64, true},
+		{"riscv64", "", false},
+		{"", "", false},
+		{"amd64\x00", "", false},
+	}
+	for _, tt := range tests {
+		got, err := catalog.ParseArch(tt.in)
+		if tt.ok != (err == nil) || got != tt.want {
+			t.Errorf("ParseArch(%q) = %q, %v; want %q ok=%v", tt.in, got, err, tt.want, tt.ok)
+		}
+		if err != nil && !errors.Is(err, catalog.ErrInvalidSpec) {
+			t.Errorf("ParseArch(%q) error %v is not ErrInvalidSpec", tt.in, err)
+		}
+	}
+	if runtime.GOARCH == "amd64" && catalog.HostArch() != catalog.ArchAMD64 ||
+		runtime.GOARCH == "arm64" && catalog.HostArch() != catalog.ArchARM64 {
+		t.Errorf("HostArch() = %q on %s", catalog.HostArch(), runtime.GOARCH)
+	}
+}
+
+func TestNormalize(t *testing.T) {
+	tests := []struct {
+		name string
+		in   catalog.ImageSpec
+		want catalog.ImageSpec // zero: expect ErrInvalidSpec
+	}{
+		{"plain", catalog.ImageSpec{"ubuntu", "24.04", "arm64"}, catalog.ImageSpec{"ubuntu", "24.04", catalog.ArchARM64}},
+		{"case", catalog.ImageSpec{"Ubuntu", "Noble", "X86_64"}, catalog.ImageSpec{"ubuntu", "noble", catalog.ArchAMD64}},
+		{"host arch", catalog.ImageSpec{"debian", "12", ""}, catalog.ImageSpec{"debian", "12", catalog.HostArch()}},
+		{"max length", catalog.ImageSpec{strings.Repeat("a", 64), "1", "amd64"}, catalog.ImageSpec{strings.Repeat("a", 64), "1", catalog.ArchAMD64}},
+		{"empty distro", catalog.ImageSpec{"", "1", "amd64"}, catalog.ImageSpec{}},
+		{"empty version", catalog.ImageSpec{"ubuntu", "", "amd64"}, catalog.ImageSpec{}},
+		{"traversal", catalog.ImageSpec{"ubuntu", "../../etc", "amd64"}, catalog.ImageSpec{}},
+		{"dotdot inside", catalog.ImageSpec{"ubuntu", "24..04", "amd64"}, catalog.ImageSpec{}},
+		{"slash", catalog.ImageSpec{"ubu/ntu", "24.04", "amd64"}, catalog.ImageSpec{}},
+		{"backslash", catalog.ImageSpec{"ubuntu", "24\\04", "amd64"}, catalog.ImageSpec{}},
+		{"nul", catalog.ImageSpec{"ubuntu\x00", "24.04", "amd64"}, catalog.ImageSpec{}},
+		{"newline", catalog.ImageSpec{"ubuntu", "24.04\n", "amd64"}, catalog.ImageSpec{}},
+		{"leading dot", catalog.ImageSpec{"ubuntu", ".hidden", "amd64"}, catalog.ImageSpec{}},
+		{"leading dash", catalog.ImageSpec{"-rf", "1", "amd64"}, catalog.ImageSpec{}},
+		{"url chars", catalog.ImageSpec{"ubuntu", "24.04?x=1", "amd64"}, catalog.ImageSpec{}},
+		{"unicode", catalog.ImageSpec{"ubuntü", "1", "amd64"}, catalog.ImageSpec{}},
+		{"too long", catalog.ImageSpec{strings.Repeat("a", 65), "1", "amd64"}, catalog.ImageSpec{}},
+		{"bad arch", catalog.ImageSpec{"ubuntu", "24.04", "sparc"}, catalog.ImageSpec{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.in.Normalize()
+			if tt.want == (catalog.ImageSpec{}) {
+				if !errors.Is(err, catalog.ErrInvalidSpec) {
+					t.Fatalf("Normalize(%q) = %v, %v; want ErrInvalidSpec", tt.in, got, err)
+				}
+				if strings.ContainsAny(err.Error(), "\x00\n") {
+					t.Fatalf("error message carries raw control characters: %q", err)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("Normalize(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+			}
+		})
+	}
+}
+
+func mustNew(t *testing.T, opts ...catalog.Option) *catalog.Catalog {
+	t.Helper()
+	c, err := catalog.New(opts...)
+	if err != nil {
+		t.Fatalf("catalog.New: %v", err)
+	}
+	return c
+}
+
+func roles(p catalog.Plan) []catalog.Role {
+	var out []catalog.Role
+	for _, a := range p.Assets {
+		out = append(out, a.Role)
+	}
+	return out
+}
+
+func TestPlanUbuntu(t *testing.T) {
+	c := mustNew(t)
+	for _, arch := range []catalog.Arch{catalog.ArchAMD64, catalog.ArchARM64} {
+		for _, version := range []string{"24.04", "noble"} {
+			p, err := c.Plan(catalog.ImageSpec{Distro: "ubuntu", Version: version, Arch: arch})
+			if err != nil {
+				t.Fatalf("Plan(ubuntu %s %s): %v", version, arch, err)
+			}
+			if p.Spec.Version != "24.04" || p.BootMode != catalog.BootKernel {
+				t.Errorf("spec %v boot %s", p.Spec, p.BootMode)
+			}
+			if got := roles(p); !slices.Equal(got, []catalog.Role{catalog.RoleDisk, catalog.RoleKernel, catalog.RoleInitramfs}) {
+				t.Fatalf("roles %v", got)
+			}
+			base := "https://cloud-images.ubuntu.com/releases/24.04/release/"
+			prefix := "ubuntu-24.04-server-cloudimg-" + string(arch)
+			want := []struct{ name, url, manifest string }{
+				{prefix + ".img", base + prefix + ".img", base + "SHA256SUMS"},
+				{prefix + "-vmlinuz-generic", base + "unpacked/" + prefix + "-vmlinuz-generic", base + "unpacked/SHA256SUMS"},
+				{prefix + "-initrd-generic", base + "unpacked/" + prefix + "-initrd-generic", base + "unpacked/SHA256SUMS"},
+			}
+			for i, a := range p.Assets {
+				m := a.Manifest
+				if a.Name != want[i].name || a.URL != want[i].url || m.URL != want[i].manifest ||
+					m.Signature != catalog.SignatureDetached || m.SignatureURL != m.URL+".gpg" {
+					t.Errorf("asset %d = %+v\nwant %+v", i, a, want[i])
+				}
+				if m.Keyring == nil || !slices.Contains(m.Keyring.Fingerprints(), ubuntuFingerprint) {
+					t.Errorf("asset %d not checked against the Ubuntu key", i)
+				}
+			}
+			if p.Assets[0].Format != catalog.FormatQCOW2 {
+				t.Errorf("disk format %q", p.Assets[0].Format)
+			}
+		}
+	}
+}
+
+func TestPlanDebianAndFedora(t *testing.T) {
+	key := signtest.NewKey(t, "fedora test")
+	tests := []struct {
+		name       string
+		opts       []catalog.Option
+		spec       catalog.ImageSpec
+		wantErr    error
+		wantSigned catalog.SignatureKind
+		check      func(t *testing.T, p catalog.Plan)
+	}{
+		{"debian number", nil, catalog.ImageSpec{"debian", "12", "arm64"}, nil, catalog.SignatureNone, func(t *testing.T, p catalog.Plan) {
+			a := p.Assets[0]
+			if a.URL != "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-arm64.qcow2" ||
+				a.Manifest.URL != "https://cloud.debian.org/images/cloud/bookworm/latest/SHA512SUMS" ||
+				a.Manifest.UnsignedNote == "" || a.Manifest.Keyring != nil {
+				t.Errorf("%+v", a)
+			}
+		}},
+		{"debian codename", nil, catalog.ImageSpec{"debian", "Trixie", "amd64"}, nil, catalog.SignatureNone, func(t *testing.T, p catalog.Plan) {
+			if p.Spec.Version != "13" || !strings.Contains(p.Assets[0].URL, "/trixie/latest/debian-13-genericcloud-amd64.qcow2") {
+				t.Errorf("%v %s", p.Spec, p.Assets[0].URL)
+			}
+		}},
+		{"debian unknown version", nil, catalog.ImageSpec{"debian", "10", "amd64"}, catalog.ErrUnknownVersion, "", nil},
+		{"fedora without key", nil, catalog.ImageSpec{"fedora", "41", "amd64"}, catalog.ErrNoTrustedKey, "", nil},
+		{"fedora with key", []catalog.Option{catalog.WithKeyring(key.Keyring())}, catalog.ImageSpec{"fedora", "41", "arm64"}, nil, catalog.SignatureClearsigned, func(t *testing.T, p catalog.Plan) {
+			a := p.Assets[0]
+			dir := "https://download.fedoraproject.org/pub/fedora/linux/releases/41/Cloud/aarch64/images/"
+			if a.Name != "" || a.URL != dir || a.Manifest.IndexURL != dir || a.Manifest.URL != "" {
+				t.Errorf("%+v", a)
+			}
+			for name, want := range map[string]bool{
+				"Fedora-Cloud-Base-Generic-41-1.4.aarch64.qcow2":    true,
+				"Fedora-Cloud-Base-Generic-41-1.4.aarch64.raw.xz":   false,
+				"Fedora-Cloud-Base-Generic-41-1.4.x86_64.qcow2":     false,
+				"Fedora-Cloud-Base-Generic-411-1.4.aarch64.qcow2":   false,
+				"xFedora-Cloud-Base-Generic-41-1.4.aarch64.qcow2":   false,
+				"Fedora-Cloud-Base-Generic-41-1.4.aarch64.qcow2.sig": false,
+			} {
+				if a.NamePattern.MatchString(name) != want {
+					t.Errorf("name pattern %s on %s: want %v", a.NamePattern, name, want)
+				}
+			}
+			if !a.Manifest.Pattern.MatchString("Fedora-Cloud-41-1.4-aarch64-CHECKSUM") || a.Manifest.Pattern.MatchString("Fedora-Cloud-41-1.4-x86_64-CHECKSUM") {
+				t.Errorf("manifest pattern %s", a.Manifest.Pattern)
+			}
+			if got := a.URLFor("Fedora-Cloud-Base-Generic-41-1.4.aarch64.qcow2"); got != dir+"Fedora-Cloud-Base-Generic-41-1.4.aarch64.qcow2" {
+				t.Errorf("URLFor = %s", got)
+			}
+		}},
+		{"fedora allow unsigned", []catalog.Option{catalog.WithAllowUnsigned(true)}, catalog.ImageSpec{"fedora", "41", "amd64"}, nil, catalog.SignatureClearsigned, func(t *testing.T, p catalog.Plan) {
+			if !p.AllowUnsigned || p.Assets[0].Manifest.Keyring != nil {
+				t.Errorf("%+v", p)
+			}
+		}},
+		{"fedora codename-free version check", nil, catalog.ImageSpec{"fedora", "rawhide", "amd64"}, catalog.ErrUnknownVersion, "", nil},
+		{"alpine", nil, catalog.ImageSpec{"alpine", "3.20", "amd64"}, catalog.ErrUnsupportedDistro, "", nil},
+		{"unknown", nil, catalog.ImageSpec{"gentoo", "1", "amd64"}, catalog.ErrUnknownDistro, "", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := mustNew(t, tt.opts...).Plan(tt.spec)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("Plan = %v; want %v", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.BootMode != catalog.BootFirmware || !slices.Equal(roles(p), []catalog.Role{catalog.RoleDisk}) {
+				t.Fatalf("boot %s roles %v", p.BootMode, roles(p))
+			}
+			if got := p.Assets[0].Manifest.Signature; got != tt.wantSigned {
+				t.Fatalf("signature %s, want %s", got, tt.wantSigned)
+			}
+			tt.check(t, p)
+		})
+	}
+}
+
+func TestDistroErrors(t *testing.T) {
+	c := mustNew(t)
+	_, err := c.Plan(catalog.ImageSpec{Distro: "alpine", Version: "3.20", Arch: "amd64"})
+	var ue *catalog.UnsupportedError
+	if !errors.As(err, &ue) || ue.Reason == "" || ue.Instead == "" || !strings.Contains(err.Error(), "instead") {
+		t.Fatalf("alpine: %v", err)
+	}
+	_, err = c.Plan(catalog.ImageSpec{Distro: "gentoo", Version: "1", Arch: "amd64"})
+	var de *catalog.UnknownDistroError
+	if !errors.As(err, &de) || !slices.Equal(de.Supported, c.Distros()) {
+		t.Fatalf("gentoo: %v", err)
+	}
+	for _, d := range c.Distros() {
+		if !strings.Contains(err.Error(), d) {
+			t.Errorf("message %q does not list %s", err, d)
+		}
+	}
+	if slices.Contains(c.Distros(), "alpine") {
+		t.Errorf("Distros() %v lists unsupported alpine", c.Distros())
+	}
+	_, err = mustNew(t).Plan(catalog.ImageSpec{Distro: "fedora", Version: "41", Arch: "amd64"})
+	if err == nil || !strings.Contains(err.Error(), "--keyring") {
+		t.Fatalf("fedora without a key must say to pass --keyring: %v", err)
+	}
+}
+
+func TestWithMirror(t *testing.T) {
+	const mirror = "http://127.0.0.1:9/m/"
+	c := mustNew(t, catalog.WithMirror(mirror), catalog.WithAllowUnsigned(true))
+	for _, spec := range []catalog.ImageSpec{{"ubuntu", "22.04", "amd64"}, {"debian", "11", "arm64"}, {"fedora", "40", "amd64"}} {
+		p, err := c.Plan(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range p.Assets {
+			for _, u := range []string{a.URL, a.Manifest.URL, a.Manifest.IndexURL, a.Manifest.SignatureURL} {
+				if u != "" && !strings.HasPrefix(u, mirror) {
+					t.Errorf("%v: %s is not under the mirror", spec, u)
+				}
+			}
+		}
+	}
+	for _, bad := range []string{"ftp://x/", "127.0.0.1:80", "http:///path", "http://h/?q=1"} {
+		if _, err := catalog.New(catalog.WithMirror(bad)); !errors.Is(err, catalog.ErrInvalidCatalog) {
+			t.Errorf("WithMirror(%q): %v, want ErrInvalidCatalog", bad, err)
+		}
+	}
+}
+
+// userCatalog is the same image in both file formats.
+const userJSON = `{"images": [{
+  "distro": "mybuntu",
+  "base_url": "https://images.example.org/base",
+  "versions": ["1.0", "2.0"],
+  "codenames": {"2.0": "bravo"},
+  "arches": {"amd64": "x64"},
+  "boot_mode": "kernel",
+  "keyring": "keys/my.asc",
+  "assets": [
+    {"role": "disk", "url": "{codename}/{arch}/disk-{version}.raw", "format": "raw",
+     "manifest": {"url": "{codename}/{arch}/SUMS", "signature": "detached", "signature_url": "{codename}/{arch}/SUMS.sig"}},
+    {"role": "kernel", "url": "{codename}/{arch}/vmlinuz", "name": "boot/vmlinuz",
+     "manifest": {"url": "{codename}/{arch}/SUMS", "signature": "detached", "signature_url": "{codename}/{arch}/SUMS.sig"}}
+  ]}]}`
+
+const userYAML = `
+images:
+  - distro: mybuntu
+    base_url: https://images.example.org/base
+    versions: ["1.0", "2.0"]
+    codenames: {"2.0": bravo}
+    arches: {amd64: x64}
+    boot_mode: kernel
+    keyring: keys/my.asc
+    assets:
+      - role: disk
+        url: "{codename}/{arch}/disk-{version}.raw"
+        format: raw
+        manifest: &sums
+          url: "{codename}/{arch}/SUMS"
+          signature: detached
+          signature_url: "{codename}/{arch}/SUMS.sig"
+      - role: kernel
+        url: "{codename}/{arch}/vmlinuz"
+        name: boot/vmlinuz
+        manifest: *sums
+`
+
+func writeCatalog(t *testing.T, name, content string, key *signtest.Key) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "keys"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if key != nil {
+		if err := os.WriteFile(filepath.Join(dir, "keys", "my.asc"), key.ArmoredPublic(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestUserCatalogFile(t *testing.T) {
+	key := signtest.NewKey(t, "user catalog")
+	for _, tc := range []struct{ name, content string }{{"cat.json", userJSON}, {"cat.yaml", userYAML}, {"cat.yml", userYAML}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := mustNew(t, catalog.WithFile(writeCatalog(t, tc.name, tc.content, key)))
+			if !slices.Contains(c.Distros(), "mybuntu") || !slices.Contains(c.Distros(), "ubuntu") {
+				t.Fatalf("Distros() = %v", c.Distros())
+			}
+			p, err := c.Plan(catalog.ImageSpec{Distro: "mybuntu", Version: "bravo", Arch: "amd64"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			base := "https://images.example.org/base/bravo/x64/"
+			d, k := p.Assets[0], p.Assets[1]
+			if d.URL != base+"disk-2.0.raw" || d.Name != "disk-2.0.raw" || d.Format != catalog.FormatRaw ||
+				k.URL != base+"vmlinuz" || k.Name != "boot/vmlinuz" ||
+				d.Manifest.URL != base+"SUMS" || d.Manifest.SignatureURL != base+"SUMS.sig" || d.Manifest.ID() != k.Manifest.ID() {
+				t.Fatalf("plan %+v", p)
+			}
+			if fps := d.Manifest.Keyring.Fingerprints(); !slices.Equal(fps, []string{key.Fingerprint()}) {
+				t.Fatalf("keyring %v, want the file's key %s", fps, key.Fingerprint())
+			}
+			if _, err := c.Plan(catalog.ImageSpec{Distro: "mybuntu", Version: "2.0", Arch: "arm64"}); !errors.Is(err, catalog.ErrUnsupportedArch) {
+				t.Fatalf("arm64: %v, want ErrUnsupportedArch", err)
+			}
+			if _, err := c.Plan(catalog.ImageSpec{Distro: "mybuntu", Version: "1.0", Arch: "amd64"}); !errors.Is(err, catalog.ErrUnknownVersion) {
+				t.Fatalf("1.0 has no codename for {codename}: %v, want ErrUnknownVersion", err)
+			}
+		})
+	}
+}
+
+func TestUserCatalogOverridesBuiltin(t *testing.T) {
+	content := strings.Replace(userYAML, "distro: mybuntu", "distro: ubuntu", 1)
+	c := mustNew(t, catalog.WithFile(writeCatalog(t, "c.yaml", content, signtest.NewKey(t, "k"))))
+	p, err := c.Plan(catalog.ImageSpec{Distro: "ubuntu", Version: "2.0", Arch: "amd64"})
+	if err != nil || !strings.HasPrefix(p.Assets[0].URL, "https://images.example.org/") {
+		t.Fatalf("override: %+v %v", p, err)
+	}
+}
+
+func TestInvalidCatalogFiles(t *testing.T) {
+	key := signtest.NewKey(t, "k")
+	tests := []struct {
+		name, file, content string
+		key                 *signtest.Key
+	}{
+		{"unknown field", "c.yaml", strings.Replace(userYAML, "boot_mode: kernel", "boot_mode: kernel\n    bootmode: x", 1), key},
+		{"unknown json field", "c.json", strings.Replace(userJSON, `"boot_mode"`, `"bootmode": 1, "boot_mode"`, 1), key},
+		{"trailing json", "c.json", userJSON + "{}", key},
+		{"bad placeholder", "c.yaml", strings.Replace(userYAML, "{arch}/vmlinuz", "{arc}/vmlinuz", 1), key},
+		{"absolute url", "c.yaml", strings.Replace(userYAML, `"{codename}/{arch}/vmlinuz"`, `"https://evil.example/vmlinuz"`, 1), key},
+		{"leading slash", "c.yaml", strings.Replace(userYAML, `"{codename}/{arch}/vmlinuz"`, `"/etc/passwd"`, 1), key},
+		{"dotdot", "c.yaml", strings.Replace(userYAML, `"{codename}/{arch}/vmlinuz"`, `"../{arch}/vmlinuz"`, 1), key},
+		{"name not last", "c.yaml", strings.Replace(userYAML, `"{codename}/{arch}/vmlinuz"`, `"{name}/vmlinuz"`, 1), key},
+		{"no disk", "c.yaml", strings.Replace(userYAML, "role: disk", "role: initramfs", 1), key},
+		{"kernel in firmware mode", "c.yaml", strings.Replace(userYAML, "boot_mode: kernel", "boot_mode: firmware", 1), key},
+		{"bad signature kind", "c.yaml", strings.Replace(userYAML, "signature: detached", "signature: maybe", 1), key},
+		{"missing keyring file", "c.yaml", userYAML, nil},
+		{"bad base url", "c.yaml", strings.Replace(userYAML, "https://images.example.org/base", "file:///etc", 1), key},
+		{"bad distro", "c.yaml", strings.Replace(userYAML, "distro: mybuntu", "distro: ../x", 1), key},
+		{"bad arch key", "c.yaml", strings.Replace(userYAML, "{amd64: x64}", "{mips: x64}", 1), key},
+		{"bad version pattern", "c.yaml", strings.Replace(userYAML, `versions: ["1.0", "2.0"]`, `version_pattern: "("`, 1), key},
+		{"empty", "c.yaml", "", key},
+		{"no images", "c.json", `{"images": []}`, key},
+		{"wrong extension", "c.toml", userYAML, key},
+		{"not yaml", "c.yaml", "images: [\x00", key},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := writeCatalog(t, tt.file, tt.content, tt.key)
+			_, err := catalog.New(catalog.WithFile(p))
+			if !errors.Is(err, catalog.ErrInvalidCatalog) {
+				t.Fatalf("New: %v, want ErrInvalidCatalog", err)
+			}
+			if !strings.Contains(err.Error(), p) {
+				t.Errorf("error %q does not name the file", err)
+			}
+		})
+	}
+	if _, err := catalog.New(catalog.WithFile(filepath.Join(t.TempDir(), "none.yaml"))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+// The keyring given to WithKeyring replaces the built-in Ubuntu key.
+func TestWithKeyringReplaces(t *testing.T) {
+	key := signtest.NewKey(t, "mirror")
+	p, err := mustNew(t, catalog.WithKeyring(key.Keyring())).Plan(catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kr *signature.Keyring = p.Assets[0].Manifest.Keyring
+	if fps := kr.Fingerprints(); !slices.Equal(fps, []string{key.Fingerprint()}) {
+		t.Fatalf("fingerprints %v", fps)
+	}
+}

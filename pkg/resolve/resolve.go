@@ -1,0 +1,346 @@
+// Package resolve turns an image spec into verified asset digests: it
+// fetches the checksum manifests a catalog.Plan names (small files only),
+// verifies their OpenPGP signatures before using any entry, and looks up
+// each asset. It downloads no image content and knows nothing of NATS.
+package resolve
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"path"
+	"regexp"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/ProtonMail/go-crypto/openpgp/clearsign"
+
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/manifest"
+	"github.com/vmprep/vmprep/pkg/signature"
+)
+
+// Defaults.
+const (
+	DefaultMaxManifestSize = 4 << 20
+	// maxIndexSize caps a directory listing; Fedora's are a few KiB.
+	maxIndexSize   = 4 << 20
+	defaultTimeout = time.Minute
+)
+
+// Option configures New.
+type Option func(*Resolver)
+
+// WithHTTPClient sets the client (default: one with a one-minute timeout).
+func WithHTTPClient(c *http.Client) Option { return func(r *Resolver) { r.client = c } }
+
+// WithUserAgent sets the User-Agent header (default "vmprep/<module version>").
+func WithUserAgent(ua string) Option { return func(r *Resolver) { r.userAgent = ua } }
+
+// WithLogger sets the logger for warnings about unsigned resolutions and
+// debug notes on retries (default: discard).
+func WithLogger(l *slog.Logger) Option { return func(r *Resolver) { r.logger = l } }
+
+// WithMaxManifestSize caps manifests and clearsigned files (default 4 MiB).
+func WithMaxManifestSize(n int64) Option {
+	return func(r *Resolver) {
+		if n > 0 {
+			r.maxManifest = n
+		}
+	}
+}
+
+// WithRetry sets how many times a fetch is tried (at least 1; default 4)
+// and the first pause between tries, which doubles up to 16 times that
+// (default 500ms).
+func WithRetry(attempts int, initialInterval time.Duration) Option {
+	return func(r *Resolver) {
+		r.attempts = max(attempts, 1)
+		if initialInterval > 0 {
+			r.initialBackoff = initialInterval
+		}
+	}
+}
+
+// Resolver resolves specs against a catalog. It is safe for concurrent use.
+type Resolver struct {
+	cat            *catalog.Catalog
+	client         *http.Client
+	userAgent      string
+	logger         *slog.Logger
+	maxManifest    int64
+	attempts       int
+	initialBackoff time.Duration
+}
+
+// New returns a resolver for cat.
+func New(cat *catalog.Catalog, opts ...Option) *Resolver {
+	r := &Resolver{
+		cat:            cat,
+		client:         &http.Client{Timeout: defaultTimeout},
+		userAgent:      defaultUserAgent(),
+		logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
+		maxManifest:    DefaultMaxManifestSize,
+		attempts:       4,
+		initialBackoff: 500 * time.Millisecond,
+	}
+	for _, o := range opts {
+		o(r)
+	}
+	return r
+}
+
+func defaultUserAgent() string {
+	v := "dev"
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		v = bi.Main.Version
+	}
+	return "vmprep/" + v
+}
+
+// verified is a manifest whose signature (if any) has been checked.
+type verified struct {
+	url   string
+	m     *manifest.Manifest
+	trust catalog.Trust
+}
+
+// Resolve fetches and verifies the manifests for spec and returns its
+// assets with their expected digests. Errors are *Error.
+func (r *Resolver) Resolve(ctx context.Context, spec catalog.ImageSpec) (catalog.Resolution, error) {
+	plan, err := r.cat.Plan(spec)
+	if err != nil {
+		return catalog.Resolution{}, &Error{Spec: spec, Op: OpPlan, Err: err}
+	}
+	manifests := map[string]*verified{}
+	res := catalog.Resolution{Spec: plan.Spec, BootMode: plan.BootMode}
+	for _, a := range plan.Assets {
+		id := a.Manifest.ID()
+		if a.Manifest.Format == catalog.ManifestSingle {
+			id += "\x00" + a.Name // parsed per asset: the digest binds to its name
+		}
+		v, ok := manifests[id]
+		if !ok {
+			if v, err = r.loadManifest(ctx, plan, a); err != nil {
+				return catalog.Resolution{}, err
+			}
+			manifests[id] = v
+		}
+		asset, err := r.lookup(plan, a, v)
+		if err != nil {
+			return catalog.Resolution{}, err
+		}
+		res.Assets = append(res.Assets, asset)
+	}
+	res.ResolvedAt = time.Now().UTC()
+	return res, nil
+}
+
+func (r *Resolver) lookup(plan catalog.Plan, a catalog.PlannedAsset, v *verified) (catalog.Asset, error) {
+	fail := func(err error) error { return &Error{Spec: plan.Spec, Op: OpLookup, URL: v.url, Err: err} }
+	name := a.Name
+	if name == "" {
+		var names []string
+		for _, e := range v.m.Entries() {
+			names = append(names, e.Name)
+		}
+		var ok bool
+		if name, ok = greatestMatch(names, a.NamePattern); !ok {
+			return catalog.Asset{}, fail(fmt.Errorf("%s: %w %s among %d entries", a.Role, ErrNoMatch, a.NamePattern, len(names)))
+		}
+	}
+	d, err := v.m.Lookup(name)
+	if err != nil {
+		return catalog.Asset{}, fail(fmt.Errorf("%s %q: %w", a.Role, name, err))
+	}
+	size, _ := v.m.Size(name)
+	return catalog.Asset{
+		Role:   a.Role,
+		Name:   name,
+		URL:    a.URLFor(name),
+		Digest: d,
+		Size:   max(size, 0),
+		Format: a.Format,
+		Trust:  v.trust,
+	}, nil
+}
+
+// loadManifest finds, fetches and verifies the manifest of asset a, then parses it.
+func (r *Resolver) loadManifest(ctx context.Context, plan catalog.Plan, a catalog.PlannedAsset) (*verified, error) {
+	mp := a.Manifest
+	spec := plan.Spec
+	manifestURL := mp.URL
+	if manifestURL == "" {
+		u, err := r.discover(ctx, spec, mp)
+		if err != nil {
+			return nil, err
+		}
+		manifestURL = u
+	}
+	data, ferr := r.fetch(ctx, manifestURL, r.maxManifest)
+	if ferr != nil {
+		return nil, &Error{Spec: spec, Op: OpManifest, URL: manifestURL, Retryable: ferr.retryable, Err: ferr.err}
+	}
+	trust := catalog.Trust{ManifestURL: manifestURL}
+	plaintext := data
+	unsigned := func(note string) {
+		trust.Note = note
+		r.logger.WarnContext(ctx, "checksum manifest is not signature-verified",
+			"spec", spec.String(), "manifest", manifestURL, "reason", note)
+	}
+	switch {
+	case mp.Signature == catalog.SignatureNone:
+		unsigned(mp.UnsignedNote)
+
+	case mp.Keyring == nil:
+		// Only reachable with allow-unsigned: the catalog refuses otherwise.
+		unsigned(fmt.Sprintf("allow-unsigned was set and no key is configured for %s: the %s signature was not checked", spec.Distro, mp.Signature))
+		if mp.Signature == catalog.SignatureClearsigned {
+			plaintext = clearsignedText(data)
+		}
+
+	case mp.Signature == catalog.SignatureDetached:
+		trust.SignatureURL = mp.SignatureURL
+		sig, ferr := r.fetch(ctx, mp.SignatureURL, signature.MaxSignatureSize)
+		switch {
+		case ferr != nil && plan.AllowUnsigned && isNotFound(ferr.err):
+			trust.SignatureURL = ""
+			unsigned(fmt.Sprintf("allow-unsigned was set and the signature %s is missing", mp.SignatureURL))
+		case ferr != nil && isNotFound(ferr.err):
+			return nil, &Error{Spec: spec, Op: OpSignature, URL: manifestURL,
+				Err: fmt.Errorf("%w: %s: %w", signature.ErrNoSignature, mp.SignatureURL, ferr.err)}
+		case ferr != nil:
+			return nil, &Error{Spec: spec, Op: OpSignature, URL: manifestURL, Retryable: ferr.retryable,
+				Err: fmt.Errorf("%s: %w", mp.SignatureURL, ferr.err)}
+		default:
+			signer, err := mp.Keyring.VerifyDetached(bytes.NewReader(data), sig)
+			if err != nil {
+				return nil, &Error{Spec: spec, Op: OpVerify, URL: manifestURL,
+					Err: fmt.Errorf("signature %s against %s: %w", mp.SignatureURL, mp.KeyringSource, err)}
+			}
+			trust.Signed, trust.Signer = true, signer.Fingerprint
+		}
+
+	case mp.Signature == catalog.SignatureClearsigned:
+		text, signer, err := mp.Keyring.VerifyClearsigned(data)
+		if err != nil {
+			return nil, &Error{Spec: spec, Op: OpVerify, URL: manifestURL,
+				Err: fmt.Errorf("clearsigned manifest against %s: %w", mp.KeyringSource, err)}
+		}
+		plaintext = text
+		trust.Signed, trust.Signer = true, signer.Fingerprint
+
+	default:
+		return nil, &Error{Spec: spec, Op: OpVerify, URL: manifestURL, Err: fmt.Errorf("unknown signature kind %q", mp.Signature)}
+	}
+
+	opts := []manifest.Option{manifest.WithMaxSize(r.maxManifest)}
+	if mp.Format == catalog.ManifestSingle {
+		opts = append(opts, manifest.WithSingleFile(a.Name))
+	}
+	m, err := manifest.Parse(bytes.NewReader(plaintext), opts...)
+	if err != nil {
+		return nil, &Error{Spec: spec, Op: OpParse, URL: manifestURL, Err: err}
+	}
+	return &verified{url: manifestURL, m: m, trust: trust}, nil
+}
+
+// clearsignedText extracts the (unverified) text of a clearsigned file, or
+// returns data unchanged if it is not clearsigned.
+func clearsignedText(data []byte) []byte {
+	if b, _ := clearsign.Decode(data); b != nil {
+		return b.Plaintext
+	}
+	return data
+}
+
+// hrefRE finds link targets in an HTML directory listing.
+var hrefRE = regexp.MustCompile(`(?i)href\s*=\s*["']([^"'<>]*)["']`)
+
+// discover finds the manifest's file name in the directory listing at IndexURL.
+func (r *Resolver) discover(ctx context.Context, spec catalog.ImageSpec, mp catalog.ManifestPlan) (string, error) {
+	body, ferr := r.fetch(ctx, mp.IndexURL, maxIndexSize)
+	if ferr != nil {
+		return "", &Error{Spec: spec, Op: OpIndex, URL: mp.IndexURL, Retryable: ferr.retryable, Err: ferr.err}
+	}
+	var names []string
+	for _, m := range hrefRE.FindAllSubmatch(body, -1) {
+		if name, ok := listedName(string(m[1])); ok {
+			names = append(names, name)
+		}
+	}
+	name, ok := greatestMatch(names, mp.Pattern)
+	if !ok {
+		return "", &Error{Spec: spec, Op: OpIndex, URL: mp.IndexURL,
+			Err: fmt.Errorf("%w: no manifest matching %s among %d links", ErrNoMatch, mp.Pattern, len(names))}
+	}
+	return mp.IndexURL + url.PathEscape(name), nil
+}
+
+// listedName returns the file name a listing link points to, if it is a
+// plain file in the same directory.
+func listedName(href string) (string, bool) {
+	href, _, _ = strings.Cut(href, "?")
+	href, _, _ = strings.Cut(href, "#")
+	href = strings.TrimPrefix(href, "./")
+	name, err := url.PathUnescape(href)
+	if err != nil || name == "" || strings.ContainsAny(name, "/\\\x00") || name == "." || name == ".." {
+		return "", false
+	}
+	return path.Base(name), true
+}
+
+// greatestMatch returns the greatest name, in natural order, that re matches.
+func greatestMatch(names []string, re *regexp.Regexp) (string, bool) {
+	var best string
+	found := false
+	for _, n := range names {
+		if re.MatchString(n) && (!found || naturalLess(best, n)) {
+			best, found = n, true
+		}
+	}
+	return best, found
+}
+
+// naturalLess compares strings with digit runs compared as numbers, so
+// compose "1.10" sorts after "1.9".
+func naturalLess(a, b string) bool {
+	for a != "" && b != "" {
+		ra, rb := leadingRun(a), leadingRun(b)
+		if ra != rb {
+			da, db := isDigit(ra[0]), isDigit(rb[0])
+			if da && db {
+				na, nb := strings.TrimLeft(ra, "0"), strings.TrimLeft(rb, "0")
+				if len(na) != len(nb) {
+					return len(na) < len(nb)
+				}
+				if na != nb {
+					return na < nb
+				}
+			} else {
+				return ra < rb
+			}
+		}
+		a, b = a[len(ra):], b[len(rb):]
+	}
+	return len(a) < len(b)
+}
+
+func leadingRun(s string) string {
+	d := isDigit(s[0])
+	i := 1
+	for i < len(s) && isDigit(s[i]) == d {
+		i++
+	}
+	return s[:i]
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
