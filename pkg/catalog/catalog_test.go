@@ -178,11 +178,11 @@ func TestPlanDebianAndFedora(t *testing.T) {
 				t.Errorf("%+v", a)
 			}
 			for name, want := range map[string]bool{
-				"Fedora-Cloud-Base-Generic-41-1.4.aarch64.qcow2":    true,
-				"Fedora-Cloud-Base-Generic-41-1.4.aarch64.raw.xz":   false,
-				"Fedora-Cloud-Base-Generic-41-1.4.x86_64.qcow2":     false,
-				"Fedora-Cloud-Base-Generic-411-1.4.aarch64.qcow2":   false,
-				"xFedora-Cloud-Base-Generic-41-1.4.aarch64.qcow2":   false,
+				"Fedora-Cloud-Base-Generic-41-1.4.aarch64.qcow2":     true,
+				"Fedora-Cloud-Base-Generic-41-1.4.aarch64.raw.xz":    false,
+				"Fedora-Cloud-Base-Generic-41-1.4.x86_64.qcow2":      false,
+				"Fedora-Cloud-Base-Generic-411-1.4.aarch64.qcow2":    false,
+				"xFedora-Cloud-Base-Generic-41-1.4.aarch64.qcow2":    false,
 				"Fedora-Cloud-Base-Generic-41-1.4.aarch64.qcow2.sig": false,
 			} {
 				if a.NamePattern.MatchString(name) != want {
