@@ -223,7 +223,7 @@ func (e *engine) run(parent context.Context) (int64, error) {
 // (all-zero) chunks straight to progress.
 func (e *engine) produce(ctx context.Context, jobs chan<- job, progress chan<- int64) error {
 	chunk := e.cfg.chunkBytes
-	var l2buf, scratch []byte
+	var l2buf []byte
 	var perChunk int64
 	var ms []mapping
 	if e.img != nil {
@@ -233,7 +233,6 @@ func (e *engine) produce(ctx context.Context, jobs chan<- job, progress chan<- i
 		l2buf = make([]byte, perChunk*e.img.entryBytes)
 		ms = make([]mapping, perChunk)
 	}
-	_ = scratch
 	for off := int64(0); off < e.size; off += chunk {
 		if err := ctx.Err(); err != nil {
 			return nil // the cause is already recorded
@@ -241,6 +240,18 @@ func (e *engine) produce(ctx context.Context, jobs chan<- job, progress chan<- i
 		length := min(chunk, e.size-off)
 		j := job{off: off, length: length}
 		if e.img != nil {
+			// A whole unallocated L1 range is skipped in one step, so huge
+			// empty images cost nothing.
+			perL1 := e.img.clusterSize * e.img.l2Entries
+			if perL1 >= chunk && e.img.l1[off/perL1] == 0 {
+				skip := min(off/perL1*perL1+perL1, e.size) - off
+				select {
+				case progress <- skip:
+				case <-ctx.Done():
+				}
+				off += skip - chunk
+				continue
+			}
 			first := off >> e.img.clusterBits
 			n := (length + e.img.clusterSize - 1) >> e.img.clusterBits
 			if err := e.img.mapClusters(l2buf, first, ms[:n]); err != nil {

@@ -88,6 +88,16 @@ io valid/snapshots.qcow2 "write -z 0 64k" "write -P 0x53 400k 4k"
 q create -f qcow2 -o lazy_refcounts=on valid/dirty.qcow2 512K
 qemu-io -c "write -P 0x61 0 128k" -c "write -P 0x62 300000 5000" -c abort valid/dirty.qcow2 >/dev/null 2>&1 || true
 
+# --- tiny images: fast fuzz seeds (kept under 64 KiB)
+q create -f qcow2 -o cluster_size=512 valid/tiny-c512.qcow2 32K
+io valid/tiny-c512.qcow2 "write -P 0x71 0 700" "write -z 1024 512" "write -c -P 0x72 4096 512" "write -s $work/rand 8000 3000"
+q create -f qcow2 -o cluster_size=512,compression_type=zstd valid/tiny-zstd.qcow2 32K
+io valid/tiny-zstd.qcow2 "write -c -s $work/text 0 512" "write -c -P 0x73 1024 512" "write -P 0x74 2000 100"
+q create -f qcow2 -o cluster_size=512,compat=0.10 valid/tiny-v2.qcow2 16K
+io valid/tiny-v2.qcow2 "write -P 0x75 100 1000" "write -c -P 0x76 8192 512"
+q snapshot -c snap valid/tiny-v2.qcow2
+io valid/tiny-v2.qcow2 "write -P 0x77 512 512"
+
 # --- refusals
 q create -f qcow2 -u -b base.qcow2 -F qcow2 refuse/backing.qcow2 1M
 q create -f qcow2 --object secret,id=sec0,data=123456 -o encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10 refuse/luks.qcow2 1M

@@ -1,0 +1,215 @@
+package qcow2
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// TestZstdMultiFrame rewrites a compressed cluster as two zstd frames
+// followed by garbage, appended at EOF, and checks it reads back unchanged.
+func TestZstdMultiFrame(t *testing.T) {
+	b := corpusBytes(t, "zstd.qcow2")
+	img, err := Open(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, img.Size())
+	if _, err := img.ReadAt(want, 0); err != nil {
+		t.Fatal(err)
+	}
+	cs := img.ClusterSize()
+	enc, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		trailer []byte
+	}{
+		{"no trailer", nil},
+		{"garbage trailer", bytes.Repeat([]byte{0xde, 0xad}, 300)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			frames := enc.EncodeAll(want[:cs/3], nil)
+			frames = enc.EncodeAll(want[cs/3:cs], frames)
+			frames = append(frames, tt.trailer...)
+			host := uint64(len(b)) + 100 // deliberately not sector-aligned
+			mod := append(bytes.Clone(b), make([]byte, 100)...)
+			mod = append(mod, frames...)
+			// Sector count covers the frames; the descriptor's tail runs past EOF.
+			sectors := (uint64(len(frames))+host&511+511)/512 - 1
+			putU64(mod, l2Off(mod), flagCompressed|sectors<<54|host)
+			img2, err := Open(bytes.NewReader(mod), int64(len(mod)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, img2.Size())
+			if _, err := img2.ReadAt(got, 0); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatal("guest data differs after rewriting the cluster as two frames")
+			}
+		})
+	}
+}
+
+func writeTemp(t *testing.T, dir, name string, b []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestConvertFailureLeavesNothing: an error found mid-conversion (a data
+// cluster past EOF in the last L2 entry) leaves an existing destination
+// untouched and no temporary file behind.
+func TestConvertFailureLeavesNothing(t *testing.T) {
+	tests := []struct {
+		name   string
+		base   string
+		mutate func([]byte) []byte
+	}{
+		{"data past EOF at the end", "v3-c4096.qcow2", func(b []byte) []byte {
+			last := l2Off(b) + 8*(512*1024/4096-1)
+			putU64(b, last, 1<<40|flagCopied)
+			return b
+		}},
+		{"garbage compressed cluster", "zlib-c4k.qcow2", func(b []byte) []byte {
+			// Break the last compressed cluster so the error comes late.
+			for i := uint64(512*1024/4096) - 1; ; i-- {
+				if e := be.Uint64(b[l2Off(b)+8*i:]); e&flagCompressed != 0 {
+					host := e & (uint64(1)<<(62-4) - 1)
+					copy(b[host:], bytes.Repeat([]byte{0xff}, 64))
+					return b
+				}
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			src := writeTemp(t, dir, "src.qcow2", tt.mutate(corpusBytes(t, tt.base)))
+			dst := writeTemp(t, dir, "dst.raw", []byte("previous"))
+			_, err := ConvertToRaw(context.Background(), src, dst, WithConcurrency(4))
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error %v, want ErrMalformed", err)
+			}
+			if got, _ := os.ReadFile(dst); string(got) != "previous" {
+				t.Fatalf("destination changed to %q", got)
+			}
+			assertOnly(t, dir, "dst.raw", "src.qcow2")
+		})
+	}
+}
+
+func TestConvertCancel(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.raw")
+	writeRandomRaw(t, src, 24<<20, 7)
+	tests := []struct {
+		name string
+		run  func(dst string) error
+	}{
+		{"cancelled before start", func(dst string) error {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			_, err := ConvertToRaw(ctx, src, dst)
+			return err
+		}},
+		{"cancelled from progress", func(dst string) error {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			_, err := ConvertToRaw(ctx, src, dst, WithConcurrency(2), WithProgress(func(done, total int64) {
+				if done > 0 && done < total {
+					cancel()
+				}
+			}))
+			return err
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := t.TempDir()
+			if err := tt.run(filepath.Join(out, "dst.raw")); !errors.Is(err, context.Canceled) {
+				t.Fatalf("error %v, want context.Canceled", err)
+			}
+			assertOnly(t, out)
+		})
+	}
+}
+
+// TestConvertRaw: raw input is copied byte for byte, holes where zero.
+func TestConvertRaw(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.raw")
+	writeRandomRaw(t, src, 10<<20+1234, 3)
+	tests := []struct {
+		name    string
+		workers int
+	}{{"one worker", 1}, {"eight workers", 8}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dst := filepath.Join(t.TempDir(), "dst.raw")
+			stats, err := ConvertToRaw(context.Background(), src, dst, WithConcurrency(tt.workers))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stats.SourceFormat != FormatRaw {
+				t.Errorf("source format %q, want raw", stats.SourceFormat)
+			}
+			if fileSHA256(t, dst) != fileSHA256(t, src) {
+				t.Fatal("raw copy differs from source")
+			}
+			if a, s := allocatedBytes(t, dst), allocatedBytes(t, src); a >= s {
+				t.Errorf("copy allocates %d bytes, not fewer than the dense source's %d", a, s)
+			}
+			if stats.DataBytes >= stats.VirtualSize {
+				t.Errorf("wrote %d of %d bytes: zero blocks were not skipped", stats.DataBytes, stats.VirtualSize)
+			}
+		})
+	}
+}
+
+// TestReadAtBounds checks io.ReaderAt semantics at and past the end.
+func TestReadAtBounds(t *testing.T) {
+	img, err := OpenFile(filepath.Join(corpusDir, "valid", "odd-size.qcow2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	size := img.Size()
+	tests := []struct {
+		name    string
+		off     int64
+		len     int
+		wantN   int
+		wantErr error
+	}{
+		{"inside", 0, 100, 100, nil},
+		{"across end", size - 10, 100, 10, io.EOF},
+		{"at end", size, 1, 0, io.EOF},
+		{"empty at end", size, 0, 0, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, err := img.ReadAt(make([]byte, tt.len), tt.off)
+			if n != tt.wantN || !errors.Is(err, tt.wantErr) && err != tt.wantErr {
+				t.Fatalf("ReadAt = %d, %v; want %d, %v", n, err, tt.wantN, tt.wantErr)
+			}
+		})
+	}
+	if _, err := img.ReadAt(make([]byte, 1), -1); err == nil {
+		t.Error("negative offset accepted")
+	}
+}
