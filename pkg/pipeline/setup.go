@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
@@ -96,4 +97,13 @@ func WaitForSetup(ctx context.Context, js jetstream.JetStream) (jetstream.KeyVal
 			delay *= 2
 		}
 	}
+}
+
+// WaitForSetupOnce runs Setup once on nc.
+func WaitForSetupOnce(ctx context.Context, nc *nats.Conn) (jetstream.KeyValue, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	return Setup(ctx, js)
 }

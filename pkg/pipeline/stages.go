@@ -14,6 +14,7 @@ import (
 	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/qcow2"
+	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/stage"
 	"github.com/vmprep/vmprep/pkg/store"
 )
@@ -39,6 +40,10 @@ func isRetryable(err error) bool {
 	var de *download.Error
 	if errors.As(err, &de) {
 		return de.Retryable
+	}
+	var re *resolve.Error
+	if errors.As(err, &re) {
+		return re.Retryable
 	}
 	if errors.Is(err, catalog.ErrInvalidSpec) || errors.Is(err, catalog.ErrUnknownDistro) || errors.Is(err, catalog.ErrUnsupportedDistro) {
 		return false

@@ -1,0 +1,74 @@
+// Command vmprep prepares virtual-machine boot images: it resolves an image
+// name to its published kernel, initramfs and root disk, downloads and verifies
+// them against signed checksum manifests, stores them in a content-addressed
+// cache and converts the disk to raw when the hypervisor needs it.
+//
+//	vmprep prepare [flags] DISTRO VERSION   prepare an image (embedded NATS, or --nats URL)
+//	vmprep serve [flags]                    run a NATS server with JetStream and the stages
+//	vmprep convert SRC DST                  convert a qcow2 (or raw) image to raw
+//	vmprep inspect [--json] FILE            describe a disk image
+//	vmprep cache ls|verify|gc [flags]       look after the content store
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/vmprep/vmprep/internal/cli"
+	"github.com/vmprep/vmprep/pkg/download"
+)
+
+type command struct {
+	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) int
+	summary string
+}
+
+func commands() map[string]command {
+	return map[string]command{
+		"prepare": {runPrepare, "prepare an image: vmprep prepare [flags] DISTRO VERSION"},
+		"serve":   {runServe, "run an embedded NATS server with JetStream and the pipeline stages"},
+		"convert": {runConvert, "convert a qcow2 (or raw) image to raw: vmprep convert SRC DST"},
+		"inspect": {runInspect, "describe a disk image: vmprep inspect [--json] FILE"},
+		"cache":   {runCache, "look after the content store: vmprep cache ls|verify|gc"},
+		"version": {runVersion, "print the version"},
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: vmprep COMMAND [flags] [args]")
+	fmt.Fprintln(w, "\ncommands:")
+	for _, name := range []string{"prepare", "serve", "convert", "inspect", "cache", "version"} {
+		fmt.Fprintf(w, "  %-8s %s\n", name, commands()[name].summary)
+	}
+	fmt.Fprintln(w, "\nRun 'vmprep COMMAND -h' for a command's flags.")
+}
+
+func runVersion(_ context.Context, _ []string, stdout, _ io.Writer) int {
+	fmt.Fprintln(stdout, "vmprep", download.Version)
+	return 0
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stderr)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	cmd, ok := commands()[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "vmprep: unknown command %q\n", args[0])
+		usage(stderr)
+		return 2
+	}
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	return cmd.run(ctx, args[1:], stdout, stderr)
+}

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/vmprep/vmprep/internal/cli"
+	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/pipeline"
+	"github.com/vmprep/vmprep/pkg/stage"
+	"github.com/vmprep/vmprep/pkg/store"
+)
+
+// runServe runs an embedded nats-server that other processes connect to, plus
+// the chosen stages.
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:4222", "HOST:PORT for NATS clients (port 0 picks a free one)")
+	jsDir := fs.String("jetstream-dir", "", "JetStream file storage (default: <cache-dir>/jetstream-serve)")
+	stagesFlag := fs.String("stages", "all", "stages to run in this process: a comma-separated list of resolver, fetcher, verifier, converter, collector; or all; or none")
+	var c cli.Common
+	c.Register(fs)
+	var rf cli.ResolverFlags
+	rf.Register(fs)
+	fs.Usage = cli.Usage(fs, "vmprep serve [flags]")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	stages, err := pipeline.ParseStages(*stagesFlag)
+	if err != nil {
+		fmt.Fprintf(stderr, "vmprep serve: --stages: %v\n", err)
+		return 2
+	}
+	log, err := c.Logger(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
+		return 2
+	}
+	root := c.CacheDir
+	if root == "" {
+		if root, err = store.DefaultRoot(); err != nil {
+			fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
+			return 1
+		}
+	}
+	if *jsDir == "" {
+		*jsDir = filepath.Join(root, "jetstream-serve")
+	}
+	if err := os.MkdirAll(*jsDir, 0o755); err != nil {
+		fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
+		return 1
+	}
+	deps := pipeline.Deps{Logger: log, Concurrency: c.Concurrency, ResolutionMaxAge: rf.MaxAge, RunnerOptions: []stage.Option{}}
+	if len(stages) > 0 {
+		if deps.Store, err = store.Open(root, store.WithLogger(log)); err != nil {
+			fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
+			return 1
+		}
+		for _, s := range stages {
+			switch s {
+			case messages.StageResolver:
+				if deps.Resolver, err = rf.Resolver(log); err != nil {
+					fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
+					return 1
+				}
+			case messages.StageFetcher:
+				deps.Downloader = cli.Downloader(log)
+			}
+		}
+	}
+	emb, err := pipeline.StartEmbedded(*jsDir, *listen, stages, deps)
+	if err != nil {
+		fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
+		return 1
+	}
+	// The first line on stdout is the URL, for scripts and tests.
+	fmt.Fprintf(stdout, "nats: %s\n", emb.Server.ClientURL())
+	log.Info("serving", "nats", emb.Server.ClientURL(), "jetstream", *jsDir, "stages", cli.JoinNames(stages))
+	<-ctx.Done()
+	log.Info("shutting down")
+	if err := emb.Close(); err != nil {
+		log.Error("stages stopped with an error", "err", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,188 @@
+// Package cli holds the flags, logging and wiring shared by vmprep's commands,
+// so that each stage's main stays a few lines long.
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/lmittmann/tint"
+	"github.com/nats-io/nats.go"
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/download"
+	"github.com/vmprep/vmprep/pkg/resolve"
+	"github.com/vmprep/vmprep/pkg/signature"
+	"github.com/vmprep/vmprep/pkg/store"
+)
+
+func envOr(key, def string) string {
+	if v, ok := os.LookupEnv(key); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+func envInt(key string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(key)); err == nil {
+		return v
+	}
+	return def
+}
+
+// Common are the flags every stage process takes, with environment fallbacks.
+type Common struct {
+	NATSURL     string
+	Creds       string
+	CacheDir    string
+	Concurrency int
+	LogLevel    string
+	LogFormat   string
+}
+
+// Register adds the common flags to fs.
+func (c *Common) Register(fs *flag.FlagSet) {
+	fs.StringVar(&c.NATSURL, "nats", envOr("NATS_URL", nats.DefaultURL), "NATS server URL(s), comma-separated (env NATS_URL)")
+	fs.StringVar(&c.Creds, "creds", envOr("NATS_CREDS", ""), "NATS credentials file (env NATS_CREDS)")
+	fs.StringVar(&c.CacheDir, "cache-dir", envOr(store.EnvCacheDir, ""), "content store directory, shared by the stages of a host (env "+store.EnvCacheDir+"; default: the user cache dir)")
+	fs.IntVar(&c.Concurrency, "concurrency", envInt("VMPREP_CONCURRENCY", 2), "messages worked on at once by each stage in this process (env VMPREP_CONCURRENCY)")
+	fs.StringVar(&c.LogLevel, "log-level", envOr("VMPREP_LOG_LEVEL", "info"), "debug, info, warn or error (env VMPREP_LOG_LEVEL)")
+	fs.StringVar(&c.LogFormat, "log-format", envOr("VMPREP_LOG_FORMAT", "text"), "text or json (env VMPREP_LOG_FORMAT)")
+}
+
+// Logger builds the logger the flags ask for: text through tint (coloured on a
+// terminal) or JSON.
+func (c *Common) Logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "text":
+		return slog.New(tint.NewHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly, NoColor: !IsTerminal(w)})), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", c.LogFormat)
+}
+
+// IsTerminal reports whether w is a character device (a terminal).
+func IsTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// Connect connects to NATS, reconnecting forever (a stage outlives server restarts).
+func (c *Common) Connect(name string, log *slog.Logger) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("disconnected from NATS", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "url", nc.ConnectedUrlRedacted()) }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { log.Warn("NATS error", "err", err) }),
+		nats.RetryOnFailedConnect(true),
+	}
+	if c.Creds != "" {
+		opts = append(opts, nats.UserCredentials(c.Creds))
+	}
+	nc, err := nats.Connect(c.NATSURL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", c.NATSURL, err)
+	}
+	return nc, nil
+}
+
+// OpenStore opens the content store the flags name.
+func (c *Common) OpenStore(log *slog.Logger) (*store.Store, error) {
+	root := c.CacheDir
+	if root == "" {
+		var err error
+		if root, err = store.DefaultRoot(); err != nil {
+			return nil, err
+		}
+	}
+	return store.Open(root, store.WithLogger(log))
+}
+
+// Downloader builds the download engine with vmprep's defaults.
+func Downloader(log *slog.Logger) *download.Client {
+	return download.New(download.WithLogger(log))
+}
+
+// ResolverFlags configure the catalog and resolver.
+type ResolverFlags struct {
+	Mirror        string
+	Keyring       string
+	CatalogFile   string
+	AllowUnsigned bool
+	MaxAge        time.Duration
+}
+
+// Register adds the resolver flags to fs.
+func (r *ResolverFlags) Register(fs *flag.FlagSet) {
+	fs.StringVar(&r.Mirror, "mirror", envOr("VMPREP_MIRROR", ""), "base URL replacing every catalog host, e.g. a local mirror (env VMPREP_MIRROR)")
+	fs.StringVar(&r.Keyring, "keyring", envOr("VMPREP_KEYRING", ""), "OpenPGP keyring file whose keys replace the built-in trusted keys (env VMPREP_KEYRING)")
+	fs.StringVar(&r.CatalogFile, "catalog", envOr("VMPREP_CATALOG", ""), "user catalog file (JSON or YAML) adding images; see docs/catalog.md (env VMPREP_CATALOG)")
+	fs.BoolVar(&r.AllowUnsigned, "allow-unsigned", false, "accept manifests without a valid signature (logs a warning; off by default)")
+	fs.DurationVar(&r.MaxAge, "resolution-max-age", 24*time.Hour, "reuse a stored resolution this young without asking the network")
+}
+
+// Resolver builds the catalog and resolver the flags describe.
+func (r *ResolverFlags) Resolver(log *slog.Logger) (*resolve.Resolver, error) {
+	var opts []catalog.Option
+	if r.Mirror != "" {
+		opts = append(opts, catalog.WithMirror(r.Mirror))
+	}
+	if r.CatalogFile != "" {
+		opts = append(opts, catalog.WithFile(r.CatalogFile))
+	}
+	if r.Keyring != "" {
+		kr, err := signature.LoadKeyringFile(r.Keyring)
+		if err != nil {
+			return nil, fmt.Errorf("--keyring: %w", err)
+		}
+		opts = append(opts, catalog.WithKeyring(kr))
+	}
+	if r.AllowUnsigned {
+		log.Warn("--allow-unsigned: manifests without a valid signature will be trusted")
+		opts = append(opts, catalog.WithAllowUnsigned(true))
+	}
+	cat, err := catalog.New(opts...)
+	if err != nil {
+		return nil, err
+	}
+	return resolve.New(cat, resolve.WithLogger(log)), nil
+}
+
+// SignalContext is cancelled on SIGINT or SIGTERM (a second signal kills the process).
+func SignalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+// Usage formats a flag set's usage with a one-line synopsis.
+func Usage(fs *flag.FlagSet, synopsis string) func() {
+	return func() {
+		fmt.Fprintf(fs.Output(), "usage: %s\n\nflags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+}
+
+// JoinNames formats a list for messages.
+func JoinNames(names []string) string { return strings.Join(names, ", ") }

@@ -1,0 +1,78 @@
+package cli
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/pipeline"
+	"github.com/vmprep/vmprep/pkg/stage"
+)
+
+// StageMain is the whole main of a stage process: it parses flags, connects to
+// NATS, opens the store and runs the given stages until SIGINT/SIGTERM, then
+// drains. It returns the exit status.
+func StageMain(command string, args []string, stderr io.Writer, stages ...string) int {
+	fs := flag.NewFlagSet(command, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c Common
+	c.Register(fs)
+	var rf ResolverFlags
+	if slices.Contains(stages, messages.StageResolver) {
+		rf.Register(fs)
+	}
+	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight work may finish before it is handed back")
+	fs.Usage = Usage(fs, command+" [flags]")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", command, fs.Arg(0))
+		return 2
+	}
+	log, err := c.Logger(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", command, err)
+		return 2
+	}
+	ctx, stop := SignalContext()
+	defer stop()
+
+	st, err := c.OpenStore(log)
+	if err != nil {
+		log.Error("cannot open the content store", "err", err)
+		return 1
+	}
+	deps := pipeline.Deps{
+		Store:            st,
+		Logger:           log,
+		Concurrency:      c.Concurrency,
+		ResolutionMaxAge: rf.MaxAge,
+		RunnerOptions:    []stage.Option{stage.WithDrainTimeout(*drain)},
+	}
+	if slices.Contains(stages, messages.StageResolver) {
+		if deps.Resolver, err = rf.Resolver(log); err != nil {
+			log.Error("cannot build the catalog", "err", err)
+			return 1
+		}
+	}
+	if slices.Contains(stages, messages.StageFetcher) {
+		deps.Downloader = Downloader(log)
+	}
+	nc, err := c.Connect("vmprep-"+command, log)
+	if err != nil {
+		log.Error("cannot connect", "err", err)
+		return 1
+	}
+	defer nc.Close()
+	log.Info("serving", "stages", JoinNames(stages), "nats", c.NATSURL, "cache", st.Root(), "concurrency", c.Concurrency)
+	if err := pipeline.RunStages(ctx, nc, stages, deps); err != nil && ctx.Err() == nil {
+		log.Error("stage failed", "err", err)
+		return 1
+	}
+	log.Info("stopped")
+	return 0
+}

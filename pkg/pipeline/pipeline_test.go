@@ -1,0 +1,417 @@
+package pipeline_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/download"
+	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/pipeline"
+	"github.com/vmprep/vmprep/pkg/resolve"
+	"github.com/vmprep/vmprep/pkg/stage"
+	"github.com/vmprep/vmprep/pkg/store"
+)
+
+func quietLogger() *slog.Logger {
+	if os.Getenv("VMPREP_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func fastBackoff() backoff.BackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 20 * time.Millisecond
+	b.MaxInterval = 200 * time.Millisecond
+	b.MaxElapsedTime = 0
+	return b
+}
+
+type env struct {
+	mirror *testmirror.Mirror
+	store  *store.Store
+	cache  string
+	deps   pipeline.Deps
+}
+
+func newEnv(t *testing.T, m *testmirror.Mirror) *env {
+	t.Helper()
+	cat, err := catalog.New(catalog.WithMirror(m.URL), catalog.WithKeyring(m.Keyring()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := t.TempDir()
+	st, err := store.Open(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := quietLogger()
+	return &env{
+		mirror: m, store: st, cache: cache,
+		deps: pipeline.Deps{
+			Store:       st,
+			Resolver:    resolve.New(cat, resolve.WithLogger(log), resolve.WithRetry(2, 10*time.Millisecond)),
+			Downloader:  download.New(download.WithLogger(log), download.WithBackoff(10*time.Millisecond, 100*time.Millisecond), download.WithRetry(4, 10*time.Second), download.WithStallTimeout(2*time.Second)),
+			Logger:      log,
+			Concurrency: 3,
+			// Always ask the mirror: tests of the cached resolution set MaxAge themselves.
+			ResolutionMaxAge: 0,
+			RunnerOptions:    []stage.Option{stage.WithBackoff(fastBackoff), stage.WithMaxDeliver(3), stage.WithAckWait(5 * time.Second)},
+		},
+	}
+}
+
+func (e *env) start(t *testing.T) *pipeline.Embedded {
+	t.Helper()
+	emb, err := pipeline.StartEmbedded(t.TempDir(), "", pipeline.AllStages, e.deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = emb.Close() })
+	return emb
+}
+
+func prepare(t *testing.T, nc *nats.Conn, req messages.PrepareRequest) messages.Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := pipeline.Prepare(ctx, nc, req, nil)
+	if err != nil {
+		t.Fatalf("prepare %+v: %v", req, err)
+	}
+	return res
+}
+
+// prepareUnchecked publishes req as a client in another language might,
+// without the Go client's validation, and waits for its result.
+func prepareUnchecked(t *testing.T, nc *nats.Conn, req messages.PrepareRequest) messages.Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := messages.Encode(messages.TypePrepareRequest, &req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, messages.SubjectPrepare, data); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.OrderedConsumer(ctx, messages.StreamResults, jetstream.OrderedConsumerConfig{FilterSubjects: []string{messages.ResultSubject(req.RequestID)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := cons.Next(jetstream.FetchContext(ctx))
+	if err != nil {
+		t.Fatalf("no result for %s: %v", req.RequestID, err)
+	}
+	var res messages.Result
+	if err := messages.Decode(msg.Data(), messages.TypeResult, &res); err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+func fileSHA256(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// qemuRawSHA256 converts the mirror's disk with qemu-img, the yardstick.
+func qemuRawSHA256(t *testing.T, m *testmirror.Mirror, rel string) string {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Fatalf("qemu-img is needed (apt-get install qemu-utils): %v", err)
+	}
+	out := filepath.Join(t.TempDir(), "want.raw")
+	cmd := exec.Command("qemu-img", "convert", "-f", "qcow2", "-O", "raw", filepath.Join(m.Dir, filepath.FromSlash(rel)), out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert: %v\n%s", err, b)
+	}
+	return fileSHA256(t, out)
+}
+
+func TestPrepareEndToEnd(t *testing.T) {
+	m := testmirror.New(t)
+	e := newEnv(t, m)
+	emb := e.start(t)
+
+	tests := []struct {
+		arch   catalog.Arch
+		format catalog.DiskFormat
+	}{
+		{catalog.ArchAMD64, catalog.FormatQCOW2},
+		{catalog.ArchAMD64, catalog.FormatRaw},
+		{catalog.ArchARM64, catalog.FormatRaw},
+		{catalog.ArchARM64, catalog.FormatQCOW2},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.arch)+"-"+string(tt.format), func(t *testing.T) {
+			spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: tt.arch}
+			res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: pipeline.NewRequestID(), Spec: spec, Format: tt.format})
+			if res.Status != messages.ResultPrepared {
+				t.Fatalf("status %s: %+v", res.Status, res.Failure)
+			}
+			if res.Signer != m.Fingerprint() {
+				t.Errorf("signer = %q, want %q", res.Signer, m.Fingerprint())
+			}
+			for role, path := range map[catalog.Role]string{catalog.RoleKernel: res.Kernel, catalog.RoleInitramfs: res.Initramfs} {
+				want := m.Digest(m.Path("ubuntu", "24.04", tt.arch, role))
+				if got := fileSHA256(t, path); got != want.Hex {
+					t.Errorf("%s at %s has sha256 %s, want %s", role, path, got, want.Hex)
+				}
+			}
+			diskRel := m.Path("ubuntu", "24.04", tt.arch, catalog.RoleDisk)
+			if res.DiskFormat != tt.format {
+				t.Errorf("disk format %s, want %s", res.DiskFormat, tt.format)
+			}
+			want := m.Digest(diskRel).Hex
+			if tt.format == catalog.FormatRaw {
+				want = qemuRawSHA256(t, m, diskRel)
+			}
+			if got := fileSHA256(t, res.Disk); got != want {
+				t.Errorf("disk %s sha256 %s, want %s", res.Disk, got, want)
+			}
+			wantView := filepath.Join(e.cache, "images", "ubuntu", "24.04", string(tt.arch))
+			if !strings.HasPrefix(res.Disk, wantView) {
+				t.Errorf("disk path %s is not in the images view %s", res.Disk, wantView)
+			}
+		})
+	}
+
+	// Warm: a second request for a prepared image fetches no content.
+	before := m.TotalContentRequests()
+	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "warm-1", Spec: spec, Format: catalog.FormatRaw})
+	if res.Status != messages.ResultPrepared {
+		t.Fatalf("warm: %+v", res.Failure)
+	}
+	if after := m.TotalContentRequests(); after != before {
+		t.Errorf("warm prepare made %d content requests", after-before)
+	}
+
+	// The same request id again yields the same one result, without new work.
+	again := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "warm-1", Spec: spec, Format: catalog.FormatRaw})
+	if !again.CompletedAt.Equal(res.CompletedAt) || again.Disk != res.Disk {
+		t.Errorf("repeated request id gave a different result: %+v vs %+v", again, res)
+	}
+	js, _ := jetstream.New(emb.Conn)
+	s, err := js.Stream(context.Background(), messages.StreamResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background(), jetstream.WithSubjectFilter(messages.ResultSubject("warm-1")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := info.State.Subjects[messages.ResultSubject("warm-1")]; n != 1 {
+		t.Errorf("%d results stored for warm-1, want 1", n)
+	}
+}
+
+func TestWarmPrepareWorksOffline(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	e := newEnv(t, m)
+	e.deps.ResolutionMaxAge = time.Hour
+	emb := e.start(t)
+	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+	if res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "cold", Spec: spec, Format: catalog.FormatQCOW2}); res.Status != messages.ResultPrepared {
+		t.Fatalf("cold: %+v", res.Failure)
+	}
+	// The mirror now answers nothing but errors: the warm request must not need it.
+	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
+		m.SetFault(m.Path("ubuntu", "24.04", catalog.ArchAMD64, role), testmirror.Fault{Status: 500})
+		m.SetFault(m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, role), testmirror.Fault{Status: 500})
+	}
+	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "warm", Spec: spec, Format: catalog.FormatQCOW2})
+	if res.Status != messages.ResultPrepared {
+		t.Fatalf("warm offline: %+v", res.Failure)
+	}
+	if res.ResolvedFrom != messages.ResolvedFromCache {
+		t.Errorf("resolved_from = %q, want cache", res.ResolvedFrom)
+	}
+}
+
+func TestFailuresEndAsResults(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	e := newEnv(t, m)
+	emb := e.start(t)
+	amd := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+
+	t.Run("transient 503s are retried", func(t *testing.T) {
+		disk := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+		m.SetFault(disk, testmirror.Fault{Status: 503, Times: 3})
+		defer m.ClearFault(disk)
+		res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "flaky", Spec: amd, Format: catalog.FormatQCOW2})
+		if res.Status != messages.ResultPrepared {
+			t.Fatalf("want prepared after retries: %+v", res.Failure)
+		}
+	})
+
+	tests := []struct {
+		name      string
+		req       messages.PrepareRequest
+		setup     func()
+		wantStage string
+		wantCause []string
+	}{
+		{
+			name:      "alpine is unsupported",
+			req:       messages.PrepareRequest{RequestID: "alpine", Spec: catalog.ImageSpec{Distro: "alpine", Version: "3.20", Arch: "amd64"}, Format: catalog.FormatQCOW2},
+			wantStage: messages.StageResolver, wantCause: []string{"alpine"},
+		},
+		{
+			name:      "unknown distro lists supported ones",
+			req:       messages.PrepareRequest{RequestID: "gentoo", Spec: catalog.ImageSpec{Distro: "gentoo", Version: "1", Arch: "amd64"}, Format: catalog.FormatQCOW2},
+			wantStage: messages.StageResolver, wantCause: []string{"gentoo", "ubuntu"},
+		},
+		{
+			name:      "traversal in the version",
+			req:       messages.PrepareRequest{RequestID: "traverse", Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "../../etc", Arch: "amd64"}, Format: catalog.FormatQCOW2},
+			wantStage: messages.StageResolver, wantCause: []string{"version"},
+		},
+		{
+			name:      "bad format",
+			req:       messages.PrepareRequest{RequestID: "badformat", Spec: amd, Format: "vmdk"},
+			wantStage: messages.StageResolver, wantCause: []string{"vmdk"},
+		},
+		{
+			name: "kernel 404",
+			req:  messages.PrepareRequest{RequestID: "k404", Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"}, Format: catalog.FormatQCOW2},
+			setup: func() {
+				m.SetFault(m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel), testmirror.Fault{Status: 404})
+			},
+			wantStage: messages.StageFetcher, wantCause: []string{"404", "vmlinuz"},
+		},
+		{
+			name: "tampered disk",
+			req:  messages.PrepareRequest{RequestID: "tampered", Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"}, Format: catalog.FormatQCOW2},
+			setup: func() {
+				m.ClearFault(m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel))
+				m.SetFault(m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk), testmirror.Fault{WrongBytes: true})
+			},
+			wantStage: messages.StageFetcher, wantCause: []string{"digest"},
+		},
+	}
+	// A fresh store for the fetch-failure cases: the earlier subtest cached everything.
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.setup != nil {
+				tt.setup()
+			}
+			emb := emb
+			if tt.wantStage == messages.StageFetcher {
+				e2 := newEnv(t, m)
+				emb = e2.start(t)
+			}
+			res := prepareUnchecked(t, emb.Conn, tt.req)
+			if res.Status != messages.ResultFailed || res.Failure == nil {
+				t.Fatalf("status %s, want failed", res.Status)
+			}
+			if res.Failure.Stage != tt.wantStage {
+				t.Errorf("failed in stage %q, want %q (%s)", res.Failure.Stage, tt.wantStage, res.Failure.Cause)
+			}
+			for _, w := range tt.wantCause {
+				if !strings.Contains(strings.ToLower(res.Failure.Cause), strings.ToLower(w)) {
+					t.Errorf("cause %q does not mention %q", res.Failure.Cause, w)
+				}
+			}
+		})
+	}
+}
+
+func TestPoisonMessagesAreDeadLettered(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	e := newEnv(t, m)
+	emb := e.start(t)
+	js, err := jetstream.New(emb.Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	poison := []struct {
+		subject string
+		data    string
+	}{
+		{messages.SubjectPrepare, "\x00\xffgarbage"},
+		{messages.SubjectPrepare, `{"v":99,"type":"prepare.request","request_id":"future"}`},
+		{messages.SubjectPrepare, `{"v":1,"type":"prepare.request","request_id":"../../x","spec":{"distro":"ubuntu","version":"24.04"},"format":"raw"}`},
+		{messages.SubjectFetch, `{"v":1,"type":"asset","request_id":"nofetch","asset":{"role":"kernel"}}`},
+		{messages.SubjectVerify, `{"v":1,"type":"asset","request_id":"escape","asset":{"role":"disk","digest":"sha256:` + strings.Repeat("a", 64) + `"},"ingest":"../../../etc/passwd"}`},
+		{messages.SubjectDone, `[]`},
+	}
+	for _, p := range poison {
+		if _, err := js.Publish(ctx, p.subject, []byte(p.data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The stages keep serving.
+	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "after-poison", Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"}, Format: catalog.FormatQCOW2})
+	if res.Status != messages.ResultPrepared {
+		t.Fatalf("after poison: %+v", res.Failure)
+	}
+	s, err := js.Stream(ctx, messages.StreamDead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs >= uint64(len(poison)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d dead letters, want %d", info.State.Msgs, len(poison))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cons, err := js.OrderedConsumer(ctx, messages.StreamDead, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < len(poison); i++ {
+		msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var dl messages.DeadLetter
+		if err := messages.Decode(msg.Data(), messages.TypeDeadLetter, &dl); err != nil {
+			t.Fatalf("dead letter unreadable: %v", err)
+		}
+		if dl.Reason == "" || dl.Stage == "" {
+			t.Errorf("dead letter without reason or stage: %+v", dl)
+		}
+	}
+	// The escape attempt never touched anything outside the store.
+	if _, err := os.Stat(filepath.Join(e.cache, "blobs", "sha256", strings.Repeat("a", 64))); err == nil {
+		t.Error("a blob was committed from outside the ingest directory")
+	}
+}
