@@ -1,0 +1,441 @@
+package resolve_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/manifest"
+	"github.com/vmprep/vmprep/pkg/resolve"
+	"github.com/vmprep/vmprep/pkg/signature"
+	"github.com/vmprep/vmprep/pkg/signature/signtest"
+)
+
+// syncBuffer collects log output from concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func newResolver(t *testing.T, m *testmirror.Mirror, catOpts []catalog.Option, opts ...resolve.Option) *resolve.Resolver {
+	t.Helper()
+	cat, err := catalog.New(append([]catalog.Option{catalog.WithMirror(m.URL)}, catOpts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resolve.New(cat, append([]resolve.Option{resolve.WithRetry(3, time.Millisecond)}, opts...)...)
+}
+
+func TestResolveUbuntu(t *testing.T) {
+	m := testmirror.New(t)
+	var logs syncBuffer
+	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())},
+		resolve.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))), resolve.WithUserAgent("vmprep-test/1"))
+	for _, arch := range []catalog.Arch{catalog.ArchAMD64, catalog.ArchARM64} {
+		t.Run(string(arch), func(t *testing.T) {
+			res, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "Ubuntu", Version: "noble", Arch: arch})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := (catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: arch}); res.Spec != want || res.BootMode != catalog.BootKernel {
+				t.Fatalf("spec %v boot %s", res.Spec, res.BootMode)
+			}
+			if res.ResolvedAt.IsZero() || len(res.Assets) != 3 {
+				t.Fatalf("resolution %+v", res)
+			}
+			for _, role := range []catalog.Role{catalog.RoleDisk, catalog.RoleKernel, catalog.RoleInitramfs} {
+				a, ok := res.Asset(role)
+				if !ok {
+					t.Fatalf("no %s", role)
+				}
+				p := m.Path("ubuntu", "24.04", arch, role)
+				mp := m.ManifestPath("ubuntu", "24.04", arch, role)
+				if a.Name != path.Base(p) || a.URL != m.FileURL(p) || a.Digest != m.Digest(p) {
+					t.Errorf("%s = %+v; want %s %s %s", role, a, path.Base(p), m.FileURL(p), m.Digest(p))
+				}
+				want := catalog.Trust{Signed: true, Signer: m.Fingerprint(), ManifestURL: m.FileURL(mp), SignatureURL: m.FileURL(mp + ".gpg")}
+				if a.Trust != want {
+					t.Errorf("%s trust %+v, want %+v", role, a.Trust, want)
+				}
+				if (role == catalog.RoleDisk) != (a.Format == catalog.FormatQCOW2) {
+					t.Errorf("%s format %q", role, a.Format)
+				}
+			}
+		})
+	}
+	// Each manifest and signature is fetched once per resolution, and no content at all.
+	for _, p := range []string{"releases/24.04/release/SHA256SUMS", "releases/24.04/release/unpacked/SHA256SUMS.gpg"} {
+		if got := m.Requests(p); got != 2 {
+			t.Errorf("%s requested %d times for 2 resolutions", p, got)
+		}
+	}
+	if n := m.TotalContentRequests(); n != 0 {
+		t.Errorf("resolution fetched %d content files", n)
+	}
+	if strings.Contains(logs.String(), "WARN") {
+		t.Errorf("signed resolution logged a warning: %s", logs.String())
+	}
+}
+
+func TestResolveDebianUnsigned(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithUbuntu(), testmirror.WithDebian("12"), testmirror.WithArches(catalog.ArchARM64))
+	var logs syncBuffer
+	r := newResolver(t, m, nil, resolve.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	res, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "debian", Version: "bookworm", Arch: "aarch64"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := m.Path("debian", "12", catalog.ArchARM64, catalog.RoleDisk)
+	a, ok := res.Asset(catalog.RoleDisk)
+	if !ok || len(res.Assets) != 1 || res.BootMode != catalog.BootFirmware {
+		t.Fatalf("%+v", res)
+	}
+	if a.Digest != m.Digest(p) || a.URL != m.FileURL(p) {
+		t.Fatalf("asset %+v, want %s %s", a, m.Digest(p), m.FileURL(p))
+	}
+	if a.Trust.Signed || a.Trust.Signer != "" || a.Trust.Note == "" || a.Trust.SignatureURL != "" {
+		t.Fatalf("unsigned Debian trust = %+v", a.Trust)
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "SHA512SUMS") {
+		t.Fatalf("no warning logged for an unsigned manifest: %q", logs.String())
+	}
+}
+
+func TestResolveFedora(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithUbuntu(), testmirror.WithFedora("41"))
+	other := signtest.NewKey(t, "not fedora")
+	spec := catalog.ImageSpec{Distro: "fedora", Version: "41", Arch: "x86_64"}
+	disk := m.Path("fedora", "41", catalog.ArchAMD64, catalog.RoleDisk)
+	checksum := m.ManifestPath("fedora", "41", catalog.ArchAMD64, catalog.RoleDisk)
+
+	// The user passes Fedora's key as a file (--keyring).
+	kr, err := signature.LoadKeyringFile(m.KeyringFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name       string
+		opts       []catalog.Option
+		wantErr    error
+		wantOp     resolve.Op
+		wantSigned bool
+	}{
+		{"user keyring", []catalog.Option{catalog.WithKeyring(kr)}, nil, "", true},
+		{"no keyring", nil, catalog.ErrNoTrustedKey, resolve.OpPlan, false},
+		{"allow unsigned", []catalog.Option{catalog.WithAllowUnsigned(true)}, nil, "", false},
+		{"wrong key", []catalog.Option{catalog.WithKeyring(other.Keyring())}, signature.ErrUnknownSigner, resolve.OpVerify, false},
+		{"wrong key despite allow unsigned", []catalog.Option{catalog.WithKeyring(other.Keyring()), catalog.WithAllowUnsigned(true)}, signature.ErrUnknownSigner, resolve.OpVerify, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := newResolver(t, m, tt.opts).Resolve(t.Context(), spec)
+			if tt.wantErr != nil {
+				var re *resolve.Error
+				if !errors.Is(err, tt.wantErr) || !errors.As(err, &re) || re.Op != tt.wantOp || re.Retryable {
+					t.Fatalf("Resolve = %v; want %v in op %q, permanent", err, tt.wantErr, tt.wantOp)
+				}
+				if tt.wantOp == resolve.OpVerify && re.URL != m.FileURL(checksum) {
+					t.Fatalf("error URL %q, want the manifest %s", re.URL, m.FileURL(checksum))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, _ := res.Asset(catalog.RoleDisk)
+			if a.Name != path.Base(disk) || a.URL != m.FileURL(disk) || a.Digest != m.Digest(disk) {
+				t.Fatalf("asset %+v; want %s", a, disk)
+			}
+			if a.Size != int64(len(m.Content(disk))) {
+				t.Fatalf("size %d, want %d from the CHECKSUM comment", a.Size, len(m.Content(disk)))
+			}
+			if a.Trust.Signed != tt.wantSigned || a.Trust.ManifestURL != m.FileURL(checksum) || (a.Trust.Note == "") == !tt.wantSigned {
+				t.Fatalf("trust %+v", a.Trust)
+			}
+		})
+	}
+}
+
+func TestResolveFailures(t *testing.T) {
+	const version = "24.04"
+	arch := catalog.ArchAMD64
+	spec := catalog.ImageSpec{Distro: "ubuntu", Version: version, Arch: arch}
+	tests := []struct {
+		name      string
+		setup     func(m *testmirror.Mirror) (wantURL string)
+		catOpts   []catalog.Option
+		opts      []resolve.Option
+		wantErr   error
+		wantOp    resolve.Op
+		retryable bool
+		mention   []string // substrings the message must carry
+	}{
+		{
+			name: "tampered manifest",
+			setup: func(m *testmirror.Mirror) string {
+				mp := m.ManifestPath("ubuntu", version, arch, catalog.RoleDisk)
+				m.Tamper(mp)
+				return m.FileURL(mp)
+			},
+			wantErr: signature.ErrBadSignature, wantOp: resolve.OpVerify,
+		},
+		{
+			name: "missing signature",
+			setup: func(m *testmirror.Mirror) string {
+				mp := m.ManifestPath("ubuntu", version, arch, catalog.RoleKernel)
+				m.Remove(mp + ".gpg")
+				return m.FileURL(mp)
+			},
+			wantErr: signature.ErrNoSignature, wantOp: resolve.OpSignature, mention: []string{"SHA256SUMS.gpg"},
+		},
+		{
+			name: "missing entry",
+			setup: func(m *testmirror.Mirror) string {
+				mp := m.ManifestPath("ubuntu", version, arch, catalog.RoleInitramfs)
+				name := path.Base(m.Path("ubuntu", version, arch, catalog.RoleInitramfs))
+				m.EditManifest(mp, func(text []byte) []byte {
+					var keep []string
+					for _, l := range strings.SplitAfter(string(text), "\n") {
+						if !strings.HasSuffix(strings.TrimSpace(l), name) {
+							keep = append(keep, l)
+						}
+					}
+					return []byte(strings.Join(keep, ""))
+				})
+				return m.FileURL(mp)
+			},
+			wantErr: manifest.ErrEntryNotFound, wantOp: resolve.OpLookup, mention: []string{"initrd-generic"},
+		},
+		{
+			name: "manifest not found",
+			setup: func(m *testmirror.Mirror) string {
+				mp := m.ManifestPath("ubuntu", version, arch, catalog.RoleDisk)
+				m.SetFault(mp, testmirror.Fault{Status: http.StatusNotFound})
+				return m.FileURL(mp)
+			},
+			wantErr: resolve.ErrNotFound, wantOp: resolve.OpManifest,
+		},
+		{
+			name: "server keeps failing",
+			setup: func(m *testmirror.Mirror) string {
+				mp := m.ManifestPath("ubuntu", version, arch, catalog.RoleDisk)
+				m.SetFault(mp, testmirror.Fault{Status: http.StatusServiceUnavailable})
+				return m.FileURL(mp)
+			},
+			wantErr: &resolve.StatusError{}, wantOp: resolve.OpManifest, retryable: true,
+		},
+		{
+			name: "connection reset on signature",
+			setup: func(m *testmirror.Mirror) string {
+				mp := m.ManifestPath("ubuntu", version, arch, catalog.RoleDisk)
+				m.SetFault(mp+".gpg", testmirror.Fault{Reset: true, After: 10})
+				return m.FileURL(mp)
+			},
+			wantOp: resolve.OpSignature, retryable: true,
+		},
+		{
+			name: "manifest too large",
+			setup: func(m *testmirror.Mirror) string {
+				return m.FileURL(m.ManifestPath("ubuntu", version, arch, catalog.RoleDisk))
+			},
+			opts:    []resolve.Option{resolve.WithMaxManifestSize(64)},
+			wantErr: resolve.ErrTooLarge, wantOp: resolve.OpManifest,
+		},
+		{
+			name: "wrong signing key",
+			setup: func(m *testmirror.Mirror) string {
+				return m.FileURL(m.ManifestPath("ubuntu", version, arch, catalog.RoleDisk))
+			},
+			catOpts: []catalog.Option{catalog.WithKeyring(nil)}, // keep the built-in Ubuntu key
+			wantErr: signature.ErrUnknownSigner, wantOp: resolve.OpVerify,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := testmirror.New(t, testmirror.WithArches(arch))
+			wantURL := tt.setup(m)
+			catOpts := tt.catOpts
+			if catOpts == nil {
+				catOpts = []catalog.Option{catalog.WithKeyring(m.Keyring())}
+			}
+			_, err := newResolver(t, m, catOpts, tt.opts...).Resolve(t.Context(), spec)
+			var re *resolve.Error
+			if !errors.As(err, &re) {
+				t.Fatalf("Resolve = %v; want *resolve.Error", err)
+			}
+			if tt.wantErr != nil {
+				if se, ok := tt.wantErr.(*resolve.StatusError); ok {
+					if !errors.As(err, &se) || se.Code != http.StatusServiceUnavailable {
+						t.Fatalf("Resolve = %v; want HTTP 503", err)
+					}
+				} else if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("Resolve = %v; want %v", err, tt.wantErr)
+				}
+			}
+			if re.Op != tt.wantOp || re.URL != wantURL || re.Retryable != tt.retryable || resolve.IsRetryable(err) != tt.retryable {
+				t.Fatalf("error %+v; want op %q url %s retryable %v", re, tt.wantOp, wantURL, tt.retryable)
+			}
+			for _, s := range append(tt.mention, wantURL) {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("message %q lacks %q", err, s)
+				}
+			}
+			if n := m.TotalContentRequests(); n != 0 {
+				t.Errorf("%d content requests during a failed resolution", n)
+			}
+		})
+	}
+}
+
+func TestTransientFailuresAreRetried(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchARM64))
+	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchARM64, catalog.RoleKernel)
+	m.SetFault(mp, testmirror.Fault{Status: http.StatusBadGateway, Times: 2})
+	m.SetFault(mp+".gpg", testmirror.Fault{Reset: true, After: 5, Times: 1})
+	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())}, resolve.WithRetry(3, time.Millisecond))
+	if _, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Requests(mp); got != 3 {
+		t.Errorf("manifest requested %d times, want 3 (two 502s, then success)", got)
+	}
+	if got := m.Requests(mp + ".gpg"); got != 2 {
+		t.Errorf("signature requested %d times, want 2 (one reset, then success)", got)
+	}
+}
+
+func TestCancelledContext(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	m.SetFault(mp, testmirror.Fault{Stall: true})
+	ctx, cancel := context.WithCancel(t.Context())
+	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())})
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Resolve(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
+		done <- err
+	}()
+	for m.Requests(mp) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	err := <-done
+	if !errors.Is(err, context.Canceled) || resolve.IsRetryable(err) {
+		t.Fatalf("Resolve after cancel = %v; want context.Canceled, not retryable", err)
+	}
+	if got := m.Requests(mp); got != 1 {
+		t.Errorf("cancelled fetch was retried: %d requests", got)
+	}
+}
+
+func TestHostileSpecs(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())})
+	tests := []struct {
+		spec    catalog.ImageSpec
+		wantErr error
+	}{
+		{catalog.ImageSpec{Distro: "ubuntu", Version: "../../../etc/passwd", Arch: "amd64"}, catalog.ErrInvalidSpec},
+		{catalog.ImageSpec{Distro: "ubuntu", Version: "24.04/../../x", Arch: "amd64"}, catalog.ErrInvalidSpec},
+		{catalog.ImageSpec{Distro: "ubuntu", Version: "24.04%2f..", Arch: "amd64"}, catalog.ErrInvalidSpec},
+		{catalog.ImageSpec{Distro: "ubuntu\x00", Version: "24.04", Arch: "amd64"}, catalog.ErrInvalidSpec},
+		{catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64/../../x"}, catalog.ErrInvalidSpec},
+		{catalog.ImageSpec{Distro: "ubuntu", Version: strings.Repeat("9", 1<<16), Arch: "amd64"}, catalog.ErrInvalidSpec},
+		{catalog.ImageSpec{Distro: "ubuntu", Version: "99.99", Arch: "amd64"}, catalog.ErrUnknownVersion},
+		{catalog.ImageSpec{Distro: "ubuntu", Version: "24.05", Arch: "amd64"}, catalog.ErrUnknownVersion},
+		{catalog.ImageSpec{Distro: "alpine", Version: "3.20", Arch: "amd64"}, catalog.ErrUnsupportedDistro},
+		{catalog.ImageSpec{Distro: "nixos", Version: "24.05", Arch: "amd64"}, catalog.ErrUnknownDistro},
+	}
+	for i, tt := range tests {
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			_, err := r.Resolve(t.Context(), tt.spec)
+			var re *resolve.Error
+			if !errors.Is(err, tt.wantErr) || !errors.As(err, &re) || re.Op != resolve.OpPlan || re.Retryable {
+				t.Fatalf("Resolve(%q) = %v; want %v at plan time", tt.spec, err, tt.wantErr)
+			}
+			if len(err.Error()) > 1024 {
+				t.Fatalf("error message is %d bytes long", len(err.Error()))
+			}
+		})
+	}
+}
+
+func TestUserCatalogAgainstMirror(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchARM64))
+	keyring := filepath.Base(m.KeyringFile())
+	yamlCat := `
+images:
+  - distro: mirrorbuntu
+    base_url: https://unused.example/
+    versions: ["24.04"]
+    arches: {arm64: arm64}
+    boot_mode: kernel
+    keyring: ` + keyring + `
+    assets:
+      - role: disk
+        url: releases/{version}/release/ubuntu-{version}-server-cloudimg-{arch}.img
+        manifest:
+          url: releases/{version}/release/SHA256SUMS
+          signature: detached
+          signature_url: releases/{version}/release/SHA256SUMS.gpg
+      - role: kernel
+        url: releases/{version}/release/unpacked/ubuntu-{version}-server-cloudimg-{arch}-vmlinuz-generic
+        manifest:
+          url: releases/{version}/release/unpacked/SHA256SUMS
+          signature: detached
+          signature_url: releases/{version}/release/unpacked/SHA256SUMS.gpg
+`
+	jsonCat := `{"images": [{"distro": "mirrorbuntu", "base_url": "https://unused.example/", "versions": ["24.04"],
+  "arches": {"arm64": "arm64"}, "boot_mode": "kernel", "keyring": "` + keyring + `",
+  "assets": [
+    {"role": "disk", "url": "releases/{version}/release/ubuntu-{version}-server-cloudimg-{arch}.img",
+     "manifest": {"url": "releases/{version}/release/SHA256SUMS", "signature": "detached", "signature_url": "releases/{version}/release/SHA256SUMS.gpg"}},
+    {"role": "kernel", "url": "releases/{version}/release/unpacked/ubuntu-{version}-server-cloudimg-{arch}-vmlinuz-generic",
+     "manifest": {"url": "releases/{version}/release/unpacked/SHA256SUMS", "signature": "detached", "signature_url": "releases/{version}/release/unpacked/SHA256SUMS.gpg"}}]}]}`
+	for _, tc := range []struct{ file, content string }{{"cat.yaml", yamlCat}, {"cat.json", jsonCat}} {
+		t.Run(tc.file, func(t *testing.T) {
+			// The keyring path is relative to the catalog file.
+			p := filepath.Join(filepath.Dir(m.KeyringFile()), tc.file)
+			if err := os.WriteFile(p, []byte(tc.content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			r := newResolver(t, m, []catalog.Option{catalog.WithFile(p)})
+			res, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "mirrorbuntu", Version: "24.04", Arch: "arm64"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, role := range []catalog.Role{catalog.RoleDisk, catalog.RoleKernel} {
+				a, ok := res.Asset(role)
+				want := m.Path("ubuntu", "24.04", catalog.ArchARM64, role)
+				if !ok || a.Digest != m.Digest(want) || a.URL != m.FileURL(want) || !a.Trust.Signed || a.Trust.Signer != m.Fingerprint() {
+					t.Fatalf("%s: %+v", role, a)
+				}
+			}
+		})
+	}
+}
