@@ -171,17 +171,13 @@ func (g *gcRun) remove(it GCItem) bool {
 // removeLocked removes a blob or derived file (and its stamp) under its own
 // lock, skipping it if the lock is busy; the lock file goes too, while held.
 func (g *gcRun) removeLocked(ns, name string, it GCItem, stampPath string) {
-	if g.opts.DryRun {
-		g.remove(it)
-		return
-	}
 	unlock, ok, err := g.s.lock(g.ctx, ns, name, true)
 	if err != nil || !ok {
 		g.rep.Busy = append(g.rep.Busy, it.Path)
 		return
 	}
 	defer unlock()
-	if g.remove(it) {
+	if g.remove(it) && !g.opts.DryRun {
 		_ = os.Remove(stampPath)
 		_ = os.Remove(g.s.path(dirLocks, ns, name))
 	}
@@ -220,7 +216,8 @@ func (g *gcRun) partials(now time.Time) error {
 			continue
 		}
 		var unlock func() error
-		if alg, hex, ok := strings.Cut(key, "-"); ok && !g.opts.DryRun {
+		// The lock is tried in a dry run too, so that its report is accurate.
+		if alg, hex, ok := strings.Cut(key, "-"); ok {
 			if d, err := digest.New(digest.Algorithm(alg), hex); err == nil {
 				u, got, err := g.s.lock(g.ctx, lockUser, d.String(), true)
 				if err != nil || !got {

@@ -1,0 +1,287 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/digest"
+)
+
+// gcFixture is a store with one of each kind of thing GC must keep or remove.
+type gcFixture struct {
+	s                                       *Store
+	recorded, linked, orphan                BlobInfo
+	derivedOfRecorded, derivedOfOrphan      string
+	stalePartial, freshPartial, heldPartial string
+	staleTemp, freshTemp, danglingLink      string
+	releaseHeld                             func() error
+}
+
+func newGCFixture(t *testing.T) *gcFixture {
+	t.Helper()
+	ctx := context.Background()
+	f := &gcFixture{s: newStore(t)}
+	s := f.s
+	recData := content("recorded", 1000)
+	f.recorded = commitAs(t, s, recData, sha512Of(recData)) // referenced through the SHA-512 alias
+	f.linked = commit(t, s, content("linked", 2000))
+	f.orphan = commit(t, s, content("orphan", 3000))
+
+	if err := s.SaveResolution(ctx, catalog.Resolution{
+		Spec:   noble,
+		Assets: []catalog.Asset{{Role: catalog.RoleDisk, Digest: sha512Of(recData)}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.LinkImage(catalog.ImageSpec{Distro: "debian", Version: "13", Arch: "arm64"}, LinkKernel, f.linked.Path); err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int64
+	var err error
+	f.derivedOfRecorded, err = s.PutDerived(ctx, DerivedKey{Source: f.recorded.SHA256, Converter: "c-1", Format: "raw"}, writeProducer(content("d1", 500), &calls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.derivedOfOrphan, err = s.PutDerived(ctx, DerivedKey{Source: f.orphan.SHA256, Converter: "c-1", Format: "raw"}, writeProducer(content("d2", 600), &calls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-48 * time.Hour)
+	mk := func(p string, aged bool) string {
+		if err := os.WriteFile(p, []byte("partial"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if aged {
+			if err := os.Chtimes(p, old, old); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return p
+	}
+	stale := sha256Of([]byte("stale download"))
+	f.stalePartial = mk(s.IngestPath(stale), true)
+	mk(s.IngestPath(stale)+".meta", true)
+	f.freshPartial = mk(s.IngestPath(sha256Of([]byte("fresh download"))), false)
+	held := sha512Of([]byte("held download"))
+	f.heldPartial = mk(s.IngestPath(held), true)
+	f.releaseHeld = holdLockInChild(t, s.Root(), held.String())
+	f.staleTemp = mk(filepath.Join(s.Root(), dirBlobs, "sha256", ".x"+tempMarker+"1"), true)
+	f.freshTemp = mk(filepath.Join(s.Root(), dirDerived, ".y"+tempMarker+"2"), false)
+	dir, _ := s.ImageDir(noble)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f.danglingLink = filepath.Join(dir, LinkInitramfs)
+	if err := os.Symlink("../../../../blobs/sha256/"+sha256Of([]byte("gone")).Hex, f.danglingLink); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func commitAs(t *testing.T, s *Store, b []byte, d digest.Digest) BlobInfo {
+	t.Helper()
+	info, err := s.Commit(context.Background(), ingest(t, s, d, b), d, int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+func exists(p string) bool { _, err := os.Lstat(p); return err == nil }
+
+func TestGC(t *testing.T) {
+	ctx := context.Background()
+	f := newGCFixture(t)
+	s := f.s
+
+	// Right after commit, the grace period keeps unreferenced files.
+	rep, err := s.GC(ctx, GCOptions{DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range rep.Removed {
+		if it.Kind == "blob" || it.Kind == "derived" {
+			t.Errorf("within MinAge, GC would remove %s", it.Path)
+		}
+	}
+
+	wantRemoved := []string{f.orphan.Path, f.derivedOfOrphan, f.stalePartial, f.stalePartial + ".meta", f.staleTemp, f.danglingLink}
+	wantKept := []string{f.recorded.Path, f.linked.Path, f.derivedOfRecorded, f.freshPartial, f.heldPartial, f.freshTemp}
+	sort.Strings(wantRemoved)
+
+	for _, dry := range []bool{true, false} {
+		rep, err := s.GC(ctx, GCOptions{DryRun: dry, MinAge: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		var freed int64
+		for _, it := range rep.Removed {
+			if it.Kind == "stamp" || it.Kind == "alias" {
+				continue // bookkeeping of removed blobs, checked below
+			}
+			got = append(got, it.Path)
+			freed += it.Size
+		}
+		sort.Strings(got)
+		if !equalStrings(got, wantRemoved) {
+			t.Errorf("dry=%v removed\n %v\nwant\n %v", dry, got, wantRemoved)
+		}
+		if freed < f.orphan.Size+600 || rep.Freed < freed {
+			t.Errorf("dry=%v freed %d (report %d)", dry, freed, rep.Freed)
+		}
+		if len(rep.Busy) != 1 || rep.Busy[0] != f.heldPartial {
+			t.Errorf("dry=%v busy = %v, want the held partial", dry, rep.Busy)
+		}
+		for _, p := range wantRemoved {
+			if exists(p) == !dry {
+				t.Errorf("dry=%v: %s exists=%v", dry, p, exists(p))
+			}
+		}
+		for _, p := range wantKept {
+			if !exists(p) {
+				t.Errorf("dry=%v: kept file %s is gone", dry, p)
+			}
+		}
+	}
+	if exists(s.blobStampPath(f.orphan.SHA256.Hex)) {
+		t.Error("stamp of removed blob left")
+	}
+	// Kept things still work.
+	if _, err := s.Lookup(ctx, sha512Of(content("recorded", 1000))); err != nil {
+		t.Errorf("recorded blob after GC: %v", err)
+	}
+	if _, err := s.Lookup(ctx, f.orphan.SHA256); !errors.Is(err, ErrNotFound) {
+		t.Errorf("orphan after GC: %v", err)
+	}
+	// Once the download lock is released, the stale partial goes too.
+	if err := f.releaseHeld(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = s.GC(ctx, GCOptions{MinAge: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exists(f.heldPartial) || len(rep.Busy) != 0 {
+		t.Errorf("released partial: exists=%v busy=%v", exists(f.heldPartial), rep.Busy)
+	}
+}
+
+func TestGCWaitsForWriters(t *testing.T) {
+	s := newStore(t)
+	unlock, err := s.gcShared(context.Background()) // as Commit/PutDerived hold it
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := s.GC(ctx, GCOptions{}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("GC during a write = %v, want it to wait until ctx expires", err)
+	}
+	unlock()
+	if _, err := s.GC(context.Background(), GCOptions{}); err != nil {
+		t.Error(err)
+	}
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestVerify(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	good := commit(t, s, content("good", 5000))
+	bad := commit(t, s, content("bad", 7000))
+	var calls atomic.Int64
+	dpath, err := s.PutDerived(ctx, DerivedKey{Source: good.SHA256, Converter: "c-1", Format: "raw"}, writeProducer(content("d", 900), &calls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Clean store: everything OK.
+	var results []VerifyResult
+	if err := s.Verify(ctx, func(r VerifyResult) { results = append(results, r) }); err != nil {
+		t.Fatalf("Verify clean store: %v", err)
+	}
+	if len(results) != 3 {
+		t.Fatalf("results %+v", results)
+	}
+	// Damage one blob and the derived file. Verify ignores stamps, so even
+	// a change that keeps mtime (restored with Chtimes) is found.
+	fi := mustLstat(t, bad.Path)
+	overwriteByte(t, bad.Path, 3)
+	if err := os.Chtimes(bad.Path, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	overwriteByte(t, dpath, 0)
+	results = nil
+	err = s.Verify(ctx, func(r VerifyResult) { results = append(results, r) })
+	if !errors.Is(err, ErrVerifyFailed) {
+		t.Fatalf("Verify = %v, want ErrVerifyFailed", err)
+	}
+	byPath := map[string]VerifyResult{}
+	for _, r := range results {
+		byPath[r.Path] = r
+	}
+	if r := byPath[good.Path]; !r.OK {
+		t.Errorf("good blob: %+v", r)
+	}
+	for _, p := range []string{bad.Path, dpath} {
+		r := byPath[p]
+		if r.OK || !errors.Is(r.Err, ErrQuarantined) || r.QuarantinePath == "" || !exists(r.QuarantinePath) || exists(p) {
+			t.Errorf("damaged %s: %+v", p, r)
+		}
+	}
+	if err := s.Verify(ctx, nil); err != nil {
+		t.Errorf("Verify after quarantine: %v", err)
+	}
+}
+
+func TestList(t *testing.T) {
+	ctx := context.Background()
+	f := newGCFixture(t)
+	entries, err := f.s.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byPath := map[string]Entry{}
+	for _, e := range entries {
+		byPath[e.Path] = e
+	}
+	if len(entries) != 5 {
+		t.Errorf("List has %d entries, want 3 blobs + 2 derived", len(entries))
+	}
+	rec := byPath[f.recorded.Path]
+	if rec.Kind != KindBlob || rec.Size != 1000 || len(rec.Records) != 1 || rec.Records[0] != noble ||
+		len(rec.Aliases) != 1 || rec.Aliases[0] != sha512Of(content("recorded", 1000)) || rec.CommittedAt.IsZero() {
+		t.Errorf("recorded entry %+v", rec)
+	}
+	if l := byPath[f.linked.Path]; len(l.Images) != 1 || l.Images[0] != "debian/13/arm64/vmlinuz" {
+		t.Errorf("linked entry %+v", l)
+	}
+	if o := byPath[f.orphan.Path]; o.Referenced() {
+		t.Errorf("orphan entry %+v", o)
+	}
+	d := byPath[f.derivedOfRecorded]
+	if d.Kind != KindDerived || d.Derived == nil || d.Derived.Source != f.recorded.SHA256 || !d.Referenced() || d.Digest != sha256Of(content("d1", 500)) {
+		t.Errorf("derived entry %+v", d)
+	}
+	if entries[0].Kind != KindBlob || entries[len(entries)-1].Kind != KindDerived {
+		t.Error("blobs are not listed before derived files")
+	}
+}

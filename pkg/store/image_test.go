@@ -1,0 +1,272 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vmprep/vmprep/pkg/catalog"
+)
+
+var noble = catalog.ImageSpec{Distro: "Ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+
+func TestLinkImage(t *testing.T) {
+	s := newStore(t)
+	a := commit(t, s, content("A", 100))
+	link, err := s.LinkImage(noble, LinkDisk, a.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(s.Root(), "images", "ubuntu", "24.04", "amd64", "disk.img"); link != want {
+		t.Errorf("link %s, want %s", link, want)
+	}
+	target, err := os.Readlink(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if filepath.IsAbs(target) {
+		t.Errorf("link target %q is absolute, want relative (the store may move)", target)
+	}
+	if got, _ := filepath.EvalSymlinks(link); got != a.Path {
+		t.Errorf("link resolves to %s, want %s", got, a.Path)
+	}
+}
+
+// TestLinkImageReplaceIsAtomic relinks between two blobs while readers keep
+// opening the link: no reader may ever find it missing.
+func TestLinkImageReplaceIsAtomic(t *testing.T) {
+	s := newStore(t)
+	blobs := []BlobInfo{commit(t, s, content("A", 100)), commit(t, s, content("B", 200))}
+	link, err := s.LinkImage(noble, LinkKernel, blobs[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	var reads, failures atomic.Int64
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				fi, err := os.Stat(link)
+				reads.Add(1)
+				if err != nil || (fi.Size() != 100 && fi.Size() != 200) {
+					failures.Add(1)
+				}
+			}
+		}()
+	}
+	for i := range 300 {
+		if _, err := s.LinkImage(noble, LinkKernel, blobs[i%2].Path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	if failures.Load() != 0 {
+		t.Errorf("%d of %d reads saw no valid link", failures.Load(), reads.Load())
+	}
+	for _, n := range dirNames(t, filepath.Dir(link)) {
+		if isTempName(n) {
+			t.Errorf("temporary left: %s", n)
+		}
+	}
+}
+
+func TestLinkImageRefuses(t *testing.T) {
+	s := newStore(t)
+	a := commit(t, s, content("A", 100))
+	outside := filepath.Join(t.TempDir(), "evil")
+	if err := os.WriteFile(outside, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		spec   catalog.ImageSpec
+		link   string
+		target string
+	}{
+		{"distro dotdot", catalog.ImageSpec{Distro: "..", Version: "1", Arch: "amd64"}, LinkDisk, a.Path},
+		{"version with slash", catalog.ImageSpec{Distro: "debian", Version: "../../../etc", Arch: "amd64"}, LinkDisk, a.Path},
+		{"arch with NUL", catalog.ImageSpec{Distro: "debian", Version: "13", Arch: "amd\x0064"}, LinkDisk, a.Path},
+		{"empty arch", catalog.ImageSpec{Distro: "debian", Version: "13"}, LinkDisk, a.Path},
+		{"backslash", catalog.ImageSpec{Distro: `a\b`, Version: "13", Arch: "amd64"}, LinkDisk, a.Path},
+		{"link name with slash", noble, "../disk.img", a.Path},
+		{"hidden link name", noble, ".disk", a.Path},
+		{"target outside store", noble, LinkDisk, outside},
+		{"target is a store directory", noble, LinkDisk, filepath.Join(s.Root(), dirBlobs, "sha256")},
+		{"target is a record", noble, LinkDisk, filepath.Join(s.Root(), dirRecords, "x.json")},
+		{"target via dotdot", noble, LinkDisk, filepath.Join(s.Root(), dirBlobs, "sha256", "..", "..", "..", "evil")},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := s.LinkImage(tc.spec, tc.link, tc.target); !errors.Is(err, ErrInvalidName) {
+				t.Errorf("LinkImage = %v, want ErrInvalidName", err)
+			}
+		})
+	}
+	// Nothing was created outside images/ (or inside it).
+	if n := dirNames(t, filepath.Join(s.Root(), dirImages)); len(n) != 0 {
+		t.Errorf("images/ has %v", n)
+	}
+}
+
+func TestResolutionRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	data := content("disk", 10)
+	r := catalog.Resolution{
+		Spec:     noble,
+		BootMode: catalog.BootKernel,
+		Assets: []catalog.Asset{{
+			Role: catalog.RoleDisk, Name: "noble.img", URL: "https://example.invalid/noble.img",
+			Digest: sha256Of(data), Size: 10, Format: catalog.FormatQCOW2,
+			Trust: catalog.Trust{Signed: true, Signer: "D2EB44626FDDC30B513D5BB71A5D6C4C7DB87C81", ManifestURL: "https://example.invalid/SHA256SUMS"},
+		}, {
+			Role: catalog.RoleKernel, Name: "vmlinuz", Digest: sha512Of(data),
+		}},
+		ResolvedAt: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC),
+	}
+	if _, err := s.LoadResolution(ctx, noble); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("LoadResolution before save = %v, want ErrNotFound", err)
+	}
+	if err := s.SaveResolution(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	for _, spec := range []catalog.ImageSpec{noble, {Distro: "ubuntu", Version: "24.04", Arch: "amd64"}} {
+		got, err := s.LoadResolution(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, r) {
+			t.Errorf("round trip:\n got %+v\nwant %+v", got, r)
+		}
+	}
+	// Overwrite replaces.
+	r2 := r
+	r2.Assets = r.Assets[:1]
+	if err := s.SaveResolution(ctx, r2); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.LoadResolution(ctx, noble); len(got.Assets) != 1 {
+		t.Errorf("overwrite: %d assets", len(got.Assets))
+	}
+	if _, err := s.LoadResolution(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "22.04", Arch: "amd64"}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("other version: %v", err)
+	}
+	bad := r
+	bad.Spec.Version = "../x"
+	if err := s.SaveResolution(ctx, bad); !errors.Is(err, ErrInvalidName) {
+		t.Errorf("SaveResolution(hostile) = %v", err)
+	}
+	// A record holding another image's data (copied by hand) is refused.
+	p, _ := s.recordPath(catalog.ImageSpec{Distro: "ubuntu", Version: "25.04", Arch: "amd64"})
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(mustRecordPath(t, s, noble))
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.LoadResolution(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "25.04", Arch: "amd64"}); err == nil || !strings.Contains(err.Error(), "not the requested image") {
+		t.Errorf("mismatched record: %v", err)
+	}
+	// A garbage record is an error naming the file, not a panic.
+	if err := os.WriteFile(p, []byte("{\"assets\": [{\"digest\": \"md5:00\"}]}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.LoadResolution(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "25.04", Arch: "amd64"}); err == nil || !strings.Contains(err.Error(), p) {
+		t.Errorf("garbage record: %v", err)
+	}
+}
+
+func mustRecordPath(t *testing.T, s *Store, spec catalog.ImageSpec) string {
+	t.Helper()
+	p, err := s.recordPath(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestCheckFree(t *testing.T) {
+	s := newStore(t)
+	avail, err := availableBytes(s.Root())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		minFree int64
+		need    int64
+		wantErr bool
+	}{
+		{"small", 0, 1, false},
+		{"zero", 0, 0, false},
+		{"more than the disk", 0, avail + 1<<40, true},
+		{"reserve too large", avail + 1<<40, 1, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st, err := Open(s.Root(), WithMinFree(tc.minFree))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = st.CheckFree("", tc.need)
+			if !tc.wantErr {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			var se *SpaceError
+			if !errors.Is(err, ErrInsufficientSpace) || !errors.As(err, &se) {
+				t.Fatalf("CheckFree = %v, want *SpaceError", err)
+			}
+			msg := err.Error()
+			for _, want := range []string{s.Root(), HumanSize(tc.need), "available"} {
+				if !strings.Contains(msg, want) {
+					t.Errorf("message %q lacks %q", msg, want)
+				}
+			}
+			if se.Available <= 0 || se.Need != tc.need {
+				t.Errorf("SpaceError %+v", se)
+			}
+		})
+	}
+	if err := s.CheckFree(filepath.Join(s.Root(), "no", "such"), 1); err == nil || errors.Is(err, ErrInsufficientSpace) {
+		t.Errorf("CheckFree(missing dir) = %v, want a plain error", err)
+	}
+}
+
+func TestHumanSize(t *testing.T) {
+	for _, tc := range []struct {
+		n    int64
+		want string
+	}{{0, "0 B"}, {1023, "1023 B"}, {1024, "1.0 KiB"}, {1536 << 20, "1.5 GiB"}, {5 << 40, "5.0 TiB"}} {
+		if got := HumanSize(tc.n); got != tc.want {
+			t.Errorf("HumanSize(%d) = %q, want %q", tc.n, got, tc.want)
+		}
+	}
+}
+
+func TestDefaultRoot(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv(EnvCacheDir, dir)
+	if got, err := DefaultRoot(); err != nil || got != dir {
+		t.Errorf("DefaultRoot with %s set = %q, %v", EnvCacheDir, got, err)
+	}
+	t.Setenv(EnvCacheDir, "")
+	t.Setenv("XDG_CACHE_HOME", dir)
+	if got, err := DefaultRoot(); err != nil || got != filepath.Join(dir, "vmprep") {
+		t.Errorf("DefaultRoot = %q, %v; want under XDG_CACHE_HOME", got, err)
+	}
+}

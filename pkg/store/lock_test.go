@@ -1,0 +1,119 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestLockInProcess(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	unlock, err := s.Lock(ctx, "sha256:abc")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A waiter with a deadline gives up with the context's error.
+	short, cancel := context.WithTimeout(ctx, 30*time.Millisecond)
+	defer cancel()
+	if _, err := s.Lock(short, "sha256:abc"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Lock while held = %v, want DeadlineExceeded", err)
+	}
+	// A different name is independent.
+	u2, err := s.Lock(ctx, "sha256:def")
+	if err != nil {
+		t.Fatalf("other name: %v", err)
+	}
+	u2()
+
+	// A second Store on the same root (another worker in this process)
+	// contends through the file lock.
+	s2, err := Open(s.Root())
+	if err != nil {
+		t.Fatal(err)
+	}
+	short2, cancel2 := context.WithTimeout(ctx, 30*time.Millisecond)
+	defer cancel2()
+	if _, err := s2.Lock(short2, "sha256:abc"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("second Store Lock while held = %v, want DeadlineExceeded", err)
+	}
+
+	// Waiters get the lock one at a time after release; the order of
+	// events, not timing, is checked.
+	var mu sync.Mutex
+	var events []string
+	record := func(e string) { mu.Lock(); events = append(events, e); mu.Unlock() }
+	var wg sync.WaitGroup
+	for _, st := range []*Store{s, s2, s} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			u, err := st.Lock(ctx, "sha256:abc")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			record("in")
+			record("out")
+			u()
+		}()
+	}
+	record("released")
+	if err := unlock(); err != nil {
+		t.Fatal(err)
+	}
+	if err := unlock(); err != nil { // idempotent
+		t.Fatal(err)
+	}
+	wg.Wait()
+	got := strings.Join(events, ",")
+	if got != "released,in,out,in,out,in,out" {
+		t.Errorf("events %s: waiters overlapped or ran before release", got)
+	}
+}
+
+func TestLockAcrossProcesses(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	release := holdLockInChild(t, s.Root(), "sha512:feed")
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := s.Lock(short, "sha512:feed"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Lock held by another process = %v, want DeadlineExceeded", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		u, err := s.Lock(ctx, "sha512:feed")
+		if err == nil {
+			err = u()
+		}
+		done <- err
+	}()
+	if err := release(); err != nil {
+		t.Fatalf("child: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Lock after the other process released: %v", err)
+	}
+}
+
+func TestLockNames(t *testing.T) {
+	s := newStore(t)
+	for _, name := range []string{"", ".", "..", "../x", "a/b", `a\b`, "a\x00b", ".hidden", strings.Repeat("a", 201), "a b"} {
+		if _, err := s.Lock(context.Background(), name); !errors.Is(err, ErrInvalidName) {
+			t.Errorf("Lock(%q) = %v, want ErrInvalidName", name, err)
+		}
+	}
+	for _, name := range []string{"sha256:" + strings.Repeat("a", 64), "image-ubuntu_24.04"} {
+		u, err := s.Lock(context.Background(), name)
+		if err != nil {
+			t.Errorf("Lock(%q) = %v", name, err)
+			continue
+		}
+		u()
+	}
+}
