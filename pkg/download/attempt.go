@@ -20,6 +20,14 @@ import (
 // follow at once; it is not a failure.
 var errRestart = errors.New("restart from zero")
 
+// progressReset is how many bytes an attempt must add for the retry budget
+// to start afresh: enough that a server dribbling a few bytes per connection
+// cannot keep us retrying for ever.
+const progressReset = 1 << 20
+
+// maxValidatorLen bounds the ETag and Last-Modified we keep.
+const maxValidatorLen = 1024
+
 // errStalled is the cancellation cause when the stall timer fires.
 var errStalled = errors.New("stalled")
 
@@ -55,7 +63,7 @@ func (fe *fetch) transfer(ctx context.Context) error {
 			return nil
 		}
 		fe.attempts++
-		fe.progressed = false
+		fe.progressed = 0
 		err := fe.attempt(ctx)
 		if err == nil {
 			return nil
@@ -70,7 +78,7 @@ func (fe *fetch) transfer(ctx context.Context) error {
 		if !e.Retryable {
 			return e
 		}
-		if fe.progressed {
+		if fe.progressed >= progressReset || (fe.progressed > 0 && fe.total > 0 && fe.have == fe.total) {
 			failures = 0
 			bo.Reset()
 			since = time.Now()
@@ -234,6 +242,15 @@ func statusText(st int) string {
 	return "unexpected status"
 }
 
+// validator returns v unless it is too long to be a sane ETag or date; a
+// hostile server must not bloat the sidecar.
+func validator(v string) string {
+	if len(v) > maxValidatorLen {
+		return ""
+	}
+	return v
+}
+
 // changedETag reports whether a 206 carries a strong ETag other than the one
 // our prefix came from (a server that ignored If-Range).
 func (fe *fetch) changedETag(resp *http.Response) bool {
@@ -246,7 +263,7 @@ func (fe *fetch) changedETag(resp *http.Response) bool {
 // byte is written, so a crash leaves a resumable file.
 func (fe *fetch) saveMeta(resp *http.Response) error {
 	if resp.StatusCode == http.StatusOK {
-		fe.meta = sidecar{ETag: resp.Header.Get("ETag"), LastModified: resp.Header.Get("Last-Modified")}
+		fe.meta = sidecar{ETag: validator(resp.Header.Get("ETag")), LastModified: validator(resp.Header.Get("Last-Modified"))}
 	}
 	fe.meta.URL = fe.req.URL
 	fe.meta.Expected = fe.req.Expected
@@ -276,7 +293,7 @@ func (fe *fetch) copyBody(ctx, actx context.Context, body io.Reader, stall *time
 			fe.have += int64(n)
 			fe.wb.written(fe.have)
 			fe.transferred += int64(n)
-			fe.progressed = true
+			fe.progressed += int64(n)
 			fe.report(false)
 		} else {
 			fe.pipe.put(buf)

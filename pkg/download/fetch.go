@@ -7,6 +7,7 @@ import (
 	"hash"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/gofrs/flock"
@@ -157,7 +158,7 @@ type fetch struct {
 	attempts    int
 	start       time.Time
 	lastReport  time.Time
-	progressed  bool // the current attempt added bytes
+	progressed  int64 // bytes the current attempt added
 }
 
 func (fe *fetch) validate() error {
@@ -220,7 +221,7 @@ func (fe *fetch) loadPartial() error {
 		reason = "sidecar records another size"
 	case size > fe.limit():
 		reason = "partial file longer than the expected size"
-	case sc.ETag == "" && sc.LastModified == "" && fe.req.Expected.IsZero():
+	case (sc.ETag == "" || strings.HasPrefix(sc.ETag, "W/")) && sc.LastModified == "" && fe.req.Expected.IsZero():
 		// Nothing would tell us if the server's file changed.
 		reason = "no validator and no expected digest"
 	}

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -634,22 +636,77 @@ func TestSidecarLifecycle(t *testing.T) {
 	}
 }
 
-// A partial without its sidecar cannot be trusted and is downloaded afresh.
-func TestPartialWithoutSidecarRestarts(t *testing.T) {
+// A partial whose sidecar is missing, unreadable or about something else
+// cannot be trusted and is downloaded afresh.
+func TestUntrustedPartialRestarts(t *testing.T) {
 	content := randomBytes(1<<20, 11)
 	srv := newFileServer(t, content)
-	dest := filepath.Join(t.TempDir(), "p.part")
-	if err := os.WriteFile(dest, content[:1000], 0o644); err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name    string
+		sidecar string // "" for none
+	}{
+		{"no sidecar", ""},
+		{"garbage sidecar", "{not json"},
+		{"sidecar for another URL", `{"url":"http://127.0.0.1:1/other","etag":"\"x\""}`},
+		{"sidecar without validators", `{"url":"` + srv.URL + `"}`},
+		{"sidecar with only a weak ETag", `{"url":"` + srv.URL + `","etag":"W/\"x\""}`},
+		{"huge sidecar", `{"url":"` + srv.URL + `","etag":"` + strings.Repeat("x", maxSidecarSize) + `"}`},
 	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dest := filepath.Join(t.TempDir(), "p.part")
+			if err := os.WriteFile(dest, content[:1000], 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if tt.sidecar != "" {
+				if err := os.WriteFile(SidecarPath(dest), []byte(tt.sidecar), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := len(srv.requests())
+			c, _ := newTestClient()
+			res, err := c.Fetch(context.Background(), Request{URL: srv.URL, Dest: dest})
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkFile(t, dest, content)
+			reqs := srv.requests()[before:]
+			if res.Resumed || len(reqs) != 1 || reqs[0].Range != "" {
+				t.Errorf("resumed %v, requests %+v; want one fresh download", res.Resumed, reqs)
+			}
+		})
+	}
+}
+
+// A server that delivers a little and then drops the connection, every
+// time, exhausts the retry budget: so little progress does not reset it.
+func TestDribblingServerGivesUp(t *testing.T) {
+	srv := newFileServer(t, randomBytes(testSize, 13))
+	srv.every = &fault{cutAfter: 1000}
+	c, _ := newTestClient(WithRetry(3, time.Minute))
+	_, err := c.Fetch(context.Background(), Request{URL: srv.URL, Dest: filepath.Join(t.TempDir(), "d"), ExpectedSize: testSize})
+	var e *Error
+	if !errors.As(err, &e) || !e.Retryable || e.Attempts != 3 {
+		t.Fatalf("error %v, want a retryable *Error after 3 attempts", err)
+	}
+	if n := len(srv.requests()); n != 3 {
+		t.Errorf("server saw %d requests, want 3", n)
+	}
+}
+
+// Certificate errors are permanent: retrying cannot fix them.
+func TestUntrustedCertificateIsPermanent(t *testing.T) {
+	var hits atomic.Int32
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hits.Add(1) }))
+	defer srv.Close()
 	c, _ := newTestClient()
-	res, err := c.Fetch(context.Background(), Request{URL: srv.URL, Dest: dest})
-	if err != nil {
-		t.Fatal(err)
+	_, err := c.Fetch(context.Background(), Request{URL: srv.URL, Dest: filepath.Join(t.TempDir(), "t"), Name: "disk"})
+	var e *Error
+	if !errors.As(err, &e) || e.Retryable || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("error %v, want a permanent certificate error", err)
 	}
-	checkFile(t, dest, content)
-	if res.Resumed || srv.requests()[0].Range != "" {
-		t.Errorf("resumed %v with Range %q, want a fresh download", res.Resumed, srv.requests()[0].Range)
+	if hits.Load() != 0 {
+		t.Errorf("handler reached %d times", hits.Load())
 	}
 }
 

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Fetch + hash benchmark: curl vs pkg/download on a 1 GiB file served over
+# loopback by bench/fetch/serve (the same server for both).
+#
+#   bench/fetch/run.sh            # 5 runs of each
+#   RUNS=7 SIZE_MIB=1024 bench/fetch/run.sh
+#
+# Prints the median wall time of: curl -s -o FILE URL; curl followed by an
+# fsync of FILE (the durability our fetch provides); our fetch with sha256
+# verification (bench/fetch/fetch), and our peak RSS.
+set -euo pipefail
+
+RUNS=${RUNS:-5}
+SIZE_MIB=${SIZE_MIB:-1024}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/fetchbench.XXXXXX")
+SERVER_PID=
+cleanup() {
+	if [[ -n $SERVER_PID ]]; then kill "$SERVER_PID" 2>/dev/null || true; fi
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+[[ -x /usr/bin/time ]] || { echo "need GNU time: apt-get install -y time" >&2; exit 1; }
+command -v curl >/dev/null || { echo "need curl" >&2; exit 1; }
+
+(cd "$ROOT" && go build -o "$WORK/serve" ./bench/fetch/serve && go build -o "$WORK/fetch" ./bench/fetch/fetch)
+
+echo "creating ${SIZE_MIB} MiB of random data" >&2
+head -c "$((SIZE_MIB << 20))" /dev/urandom >"$WORK/image.bin"
+SIZE=$(stat -c %s "$WORK/image.bin")
+SUM=$(sha256sum "$WORK/image.bin" | cut -d' ' -f1)
+
+"$WORK/serve" -file "$WORK/image.bin" >"$WORK/url" 2>"$WORK/serve.log" &
+SERVER_PID=$!
+for _ in $(seq 50); do [[ -s $WORK/url ]] && break; sleep 0.1; done
+URL=$(cat "$WORK/url")
+
+# timed NAME CMD...: run CMD under GNU time, append "wall_s maxrss_kb" to $WORK/NAME.
+timed() {
+	local name=$1
+	shift
+	rm -f "$WORK/out" "$WORK/out.meta"
+	/usr/bin/time -f "%e %M" -o "$WORK/time" "$@" >/dev/null
+	cat "$WORK/time" >>"$WORK/$name"
+	rm -f "$WORK/out" "$WORK/out.meta"
+}
+run_curl() { timed curl curl -s -o "$WORK/out" "$URL"; }
+run_curl_sync() { timed curl_sync sh -c 'curl -s -o "$1" "$2" && sync "$1"' sh "$WORK/out" "$URL"; }
+run_ours() { timed ours "$WORK/fetch" -url "$URL" -dest "$WORK/out" -size "$SIZE" -digest "sha256:$SUM"; }
+
+# Warm the page cache for the served file, then alternate the order each
+# run so that neither tool always follows the other.
+run_curl
+: >"$WORK/curl"
+for i in $(seq "$RUNS"); do
+	if ((i % 2)); then run_curl; run_curl_sync; run_ours; else run_ours; run_curl_sync; run_curl; fi
+done
+
+median() { cut -d' ' -f"$2" "$WORK/$1" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+CURL=$(median curl 1)
+CURL_SYNC=$(median curl_sync 1)
+OURS=$(median ours 1)
+RSS=$(cut -d' ' -f2 "$WORK/ours" | sort -n | tail -1)
+
+echo "file:                 $SIZE bytes, $RUNS runs each, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "curl -s -o:           median ${CURL} s   (runs: $(cut -d' ' -f1 "$WORK/curl" | xargs))"
+echo "curl + fsync:         median ${CURL_SYNC} s   (runs: $(cut -d' ' -f1 "$WORK/curl_sync" | xargs))"
+echo "ours (sha256, fsync): median ${OURS} s   (runs: $(cut -d' ' -f1 "$WORK/ours" | xargs))"
+awk -v o="$OURS" -v c="$CURL" -v s="$CURL_SYNC" 'BEGIN {printf "ratio ours/curl:      %.2fx   ours/(curl+fsync): %.2fx   (goal <= 1.10x)\n", o/c, o/s}'
+echo "ours peak RSS:        $((RSS / 1024)) MiB"
