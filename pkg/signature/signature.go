@@ -179,11 +179,11 @@ func (k *Keyring) VerifyDetached(signed io.Reader, sig []byte) (Signer, error) {
 	if len(sig) > MaxSignatureSize {
 		return Signer{}, fmt.Errorf("verify detached signature: %w: %d bytes, cap %d", ErrTooLarge, len(sig), MaxSignatureSize)
 	}
-	packets, err := signaturePackets(sig)
+	packets, issuers, err := signaturePackets(sig)
 	if err != nil {
 		return Signer{}, fmt.Errorf("verify detached signature: %w", err)
 	}
-	s, err := k.verify(signed, packets)
+	s, err := k.verify(signed, packets, issuers)
 	if err != nil {
 		return Signer{}, fmt.Errorf("verify detached signature: %w", err)
 	}
@@ -211,22 +211,28 @@ func (k *Keyring) VerifyClearsigned(data []byte) (plaintext []byte, s Signer, er
 	if err != nil {
 		return nil, Signer{}, fmt.Errorf("verify clearsigned message: %w: %w", ErrBadSignature, err)
 	}
-	if err := checkSignaturePackets(body); err != nil {
+	issuers, err := checkSignaturePackets(body)
+	if err != nil {
 		return nil, Signer{}, fmt.Errorf("verify clearsigned message: %w", err)
 	}
-	s, err = k.verify(bytes.NewReader(block.Bytes), body)
+	s, err = k.verify(bytes.NewReader(block.Bytes), body, issuers)
 	if err != nil {
 		return nil, Signer{}, fmt.Errorf("verify clearsigned message: %w", err)
 	}
 	return block.Plaintext, s, nil
 }
 
-func (k *Keyring) verify(signed io.Reader, packets []byte) (Signer, error) {
+func (k *Keyring) verify(signed io.Reader, packets []byte, issuers []string) (Signer, error) {
 	// A nil config means the library defaults: current time, MD5/SHA-1
 	// message hashes refused.
 	entity, err := openpgp.CheckDetachedSignature(k.entities, signed, bytes.NewReader(packets), nil)
 	if err != nil {
-		return Signer{}, mapError(err)
+		err = mapError(err)
+		if errors.Is(err, ErrUnknownSigner) {
+			err = fmt.Errorf("%w (signed by %s; keyring holds %s)", err,
+				strings.Join(issuers, ", "), strings.Join(k.Fingerprints(), ", "))
+		}
+		return Signer{}, err
 	}
 	if entity == nil {
 		return Signer{}, fmt.Errorf("%w: library returned no signer", ErrBadSignature)
@@ -252,9 +258,9 @@ func mapError(err error) error {
 // detached signature, after checking that they hold at least one signature
 // and nothing else. The library would report an empty or key-less input as
 // "unknown issuer", which hides the real problem.
-func signaturePackets(sig []byte) ([]byte, error) {
+func signaturePackets(sig []byte) ([]byte, []string, error) {
 	if len(bytes.TrimSpace(sig)) == 0 {
-		return nil, fmt.Errorf("%w: signature is empty", ErrNoSignature)
+		return nil, nil, fmt.Errorf("%w: signature is empty", ErrNoSignature)
 	}
 	var body []byte
 	switch detect(sig) {
@@ -263,47 +269,58 @@ func signaturePackets(sig []byte) ([]byte, error) {
 	case formatArmored:
 		block, err := armor.Decode(bytes.NewReader(sig))
 		if err != nil {
-			return nil, fmt.Errorf("%w: armor: %w", ErrBadSignature, err)
+			return nil, nil, fmt.Errorf("%w: armor: %w", ErrBadSignature, err)
 		}
 		if block.Type != armorSignature {
-			return nil, fmt.Errorf("%w: armor block is %q, want %q", ErrBadSignature, block.Type, armorSignature)
+			return nil, nil, fmt.Errorf("%w: armor block is %q, want %q", ErrBadSignature, block.Type, armorSignature)
 		}
 		body, err = io.ReadAll(io.LimitReader(block.Body, MaxSignatureSize))
 		if err != nil {
-			return nil, fmt.Errorf("%w: armor: %w", ErrBadSignature, err)
+			return nil, nil, fmt.Errorf("%w: armor: %w", ErrBadSignature, err)
 		}
 	default:
-		return nil, fmt.Errorf("%w: %w", ErrBadSignature, ErrNotOpenPGP)
+		return nil, nil, fmt.Errorf("%w: %w", ErrBadSignature, ErrNotOpenPGP)
 	}
-	if err := checkSignaturePackets(body); err != nil {
-		return nil, err
+	issuers, err := checkSignaturePackets(body)
+	if err != nil {
+		return nil, nil, err
 	}
-	return body, nil
+	return body, issuers, nil
 }
 
-func checkSignaturePackets(body []byte) error {
+// checkSignaturePackets returns the issuers named by the signatures in
+// body, upper-case hex, for error messages.
+func checkSignaturePackets(body []byte) ([]string, error) {
 	if len(body) == 0 {
-		return fmt.Errorf("%w: signature block is empty", ErrNoSignature)
+		return nil, fmt.Errorf("%w: signature block is empty", ErrNoSignature)
 	}
 	r := packet.NewReader(bytes.NewReader(body))
-	n := 0
-	for {
+	var issuers []string
+	for n := 1; ; n++ {
 		p, err := r.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("%w: packet %d: %w", ErrBadSignature, n+1, err)
+			return nil, fmt.Errorf("%w: packet %d: %w", ErrBadSignature, n, err)
 		}
-		if _, ok := p.(*packet.Signature); !ok {
-			return fmt.Errorf("%w: packet %d is %T, not a signature", ErrBadSignature, n+1, p)
+		sig, ok := p.(*packet.Signature)
+		if !ok {
+			return nil, fmt.Errorf("%w: packet %d is %T, not a signature", ErrBadSignature, n, p)
 		}
-		n++
+		switch {
+		case len(sig.IssuerFingerprint) > 0:
+			issuers = append(issuers, strings.ToUpper(hex.EncodeToString(sig.IssuerFingerprint)))
+		case sig.IssuerKeyId != nil:
+			issuers = append(issuers, fmt.Sprintf("%016X", *sig.IssuerKeyId))
+		default:
+			issuers = append(issuers, "(no issuer)")
+		}
 	}
-	if n == 0 {
-		return fmt.Errorf("%w: no signature packet", ErrNoSignature)
+	if len(issuers) == 0 {
+		return nil, fmt.Errorf("%w: no signature packet", ErrNoSignature)
 	}
-	return nil
+	return issuers, nil
 }
 
 type format int
