@@ -58,12 +58,12 @@ func (fe *fetch) transfer(ctx context.Context) error {
 	)
 	failures := 0
 	since := time.Now()
+	mark := fe.have // file size when the retry budget was last renewed
 	for {
 		if fe.complete() {
 			return nil
 		}
 		fe.attempts++
-		fe.progressed = 0
 		err := fe.attempt(ctx)
 		if err == nil {
 			return nil
@@ -78,10 +78,13 @@ func (fe *fetch) transfer(ctx context.Context) error {
 		if !e.Retryable {
 			return e
 		}
-		if fe.progressed >= progressReset || (fe.progressed > 0 && fe.total > 0 && fe.have == fe.total) {
+		// Only net progress renews the budget: bytes gained and then lost to
+		// a restart from zero do not count.
+		if fe.have >= mark+progressReset || (fe.have > mark && fe.total > 0 && fe.have == fe.total) {
 			failures = 0
 			bo.Reset()
 			since = time.Now()
+			mark = fe.have
 		}
 		failures++
 		if failures >= c.maxAttempts {
@@ -293,7 +296,6 @@ func (fe *fetch) copyBody(ctx, actx context.Context, body io.Reader, stall *time
 			fe.have += int64(n)
 			fe.wb.written(fe.have)
 			fe.transferred += int64(n)
-			fe.progressed += int64(n)
 			fe.report(false)
 		} else {
 			fe.pipe.put(buf)

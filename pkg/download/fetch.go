@@ -99,7 +99,7 @@ func (c *Client) Fetch(ctx context.Context, req Request) (Result, error) {
 	defer fe.wb.close()
 	fe.start = time.Now()
 
-	if err := fe.loadPartial(); err != nil {
+	if err := fe.loadPartial(ctx); err != nil {
 		return fe.result(), err
 	}
 	for round := 0; ; round++ {
@@ -158,7 +158,6 @@ type fetch struct {
 	attempts    int
 	start       time.Time
 	lastReport  time.Time
-	progressed  int64 // bytes the current attempt added
 }
 
 func (fe *fetch) validate() error {
@@ -175,9 +174,11 @@ func (fe *fetch) validate() error {
 		return fe.permanent("validate request", 0, err)
 	}
 	if !r.Expected.IsZero() {
-		if _, err := digest.New(r.Expected.Algorithm, r.Expected.Hex); err != nil {
+		d, err := digest.New(r.Expected.Algorithm, r.Expected.Hex)
+		if err != nil {
 			return fe.permanent("validate request", 0, fmt.Errorf("expected digest: %w", err))
 		}
+		fe.req.Expected = d // normalised, so that it compares equal to what we compute
 	}
 	return nil
 }
@@ -200,7 +201,7 @@ func (fe *fetch) tooBig(what string, n int64) *Error {
 
 // loadPartial keeps what an earlier Fetch left at Dest if its sidecar
 // describes the same download, re-hashing it from disk; otherwise it empties the file.
-func (fe *fetch) loadPartial() error {
+func (fe *fetch) loadPartial(ctx context.Context) error {
 	st, err := fe.f.Stat()
 	if err != nil {
 		return fe.permanent("stat", 0, err)
@@ -231,7 +232,7 @@ func (fe *fetch) loadPartial() error {
 		}
 		return fe.restart()
 	}
-	if err := fe.rehash(size); err != nil {
+	if err := fe.rehash(ctx, size); err != nil {
 		return err
 	}
 	fe.meta = sc
@@ -242,12 +243,15 @@ func (fe *fetch) loadPartial() error {
 }
 
 // rehash feeds the first n bytes of the file through the hash pipe.
-func (fe *fetch) rehash(n int64) error {
+func (fe *fetch) rehash(ctx context.Context, n int64) error {
 	if _, err := fe.f.Seek(0, io.SeekStart); err != nil {
 		return fe.permanent("read partial", 0, err)
 	}
 	r := io.LimitReader(fe.f, n)
 	for {
+		if err := ctx.Err(); err != nil {
+			return fe.permanent("read partial", 0, err)
+		}
 		buf := fe.pipe.get()
 		m, err := io.ReadFull(r, buf)
 		fe.pipe.submit(buf[:m])

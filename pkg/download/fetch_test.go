@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -694,10 +696,30 @@ func TestDribblingServerGivesUp(t *testing.T) {
 	}
 }
 
+// A server that cuts every download and refuses every resume makes us
+// restart from zero each time: the bytes regained do not renew the retry
+// budget, so this ends.
+func TestRestartLoopGivesUp(t *testing.T) {
+	srv := newFileServer(t, randomBytes(testSize, 14))
+	srv.every = &fault{cutAfter: 2 * progressReset, rangeStatus: http.StatusRequestedRangeNotSatisfiable}
+	c, _ := newTestClient(WithRetry(3, time.Minute))
+	_, err := c.Fetch(context.Background(), Request{URL: srv.URL, Dest: filepath.Join(t.TempDir(), "d"), ExpectedSize: testSize})
+	if !IsRetryable(err) {
+		t.Fatalf("error %v, want a retryable one", err)
+	}
+	// The first cut renews the budget and counts as failure 1; failures 2
+	// and 3 each take a cycle of (range refused, full request cut).
+	if n := len(srv.requests()); n != 1+2*2 {
+		t.Errorf("server saw %d requests, want %d", n, 1+2*2)
+	}
+}
+
 // Certificate errors are permanent: retrying cannot fix them.
 func TestUntrustedCertificateIsPermanent(t *testing.T) {
 	var hits atomic.Int32
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hits.Add(1) }))
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hits.Add(1) }))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the failed handshake is expected
+	srv.StartTLS()
 	defer srv.Close()
 	c, _ := newTestClient()
 	_, err := c.Fetch(context.Background(), Request{URL: srv.URL, Dest: filepath.Join(t.TempDir(), "t"), Name: "disk"})

@@ -30,6 +30,7 @@ type fault struct {
 	corrupt     bool   // flip one byte in the middle of the file
 	chunkedCut  int64  // send this many bytes without Content-Length, then end cleanly (0: off)
 	chunkedAll  bool   // send everything without Content-Length
+	rangeStatus int    // reply to range requests with this status and no body
 }
 
 // seen records one request as the server saw it.
@@ -101,6 +102,10 @@ func (s *fileServer) handle(w http.ResponseWriter, r *http.Request) {
 	content, etag := s.content, s.etag
 	s.mu.Unlock()
 
+	if f.rangeStatus != 0 && r.Header.Get("Range") != "" {
+		w.WriteHeader(f.rangeStatus)
+		return
+	}
 	if f.status != 0 {
 		if f.retryAfter != "" {
 			w.Header().Set("Retry-After", f.retryAfter)
