@@ -1,0 +1,188 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/digest"
+	"github.com/vmprep/vmprep/pkg/store"
+)
+
+// cacheFixture makes a real store with one blob used by an image and a
+// record, and one unused blob.
+func cacheFixture(t *testing.T) (root string, used, unused store.BlobInfo) {
+	t.Helper()
+	ctx := context.Background()
+	root = filepath.Join(t.TempDir(), "cache")
+	st, err := store.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(b []byte) store.BlobInfo {
+		sum := sha256.Sum256(b)
+		d := digest.Digest{Algorithm: digest.SHA256, Hex: hex.EncodeToString(sum[:])}
+		if err := os.WriteFile(st.IngestPath(d), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.Commit(ctx, st.IngestPath(d), d, int64(len(b)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info
+	}
+	used = put(bytes.Repeat([]byte("k"), 3<<20))
+	unused = put([]byte("left over"))
+	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+	if _, err := st.LinkImage(spec, store.LinkKernel, used.Path); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SaveResolution(ctx, catalog.Resolution{Spec: spec, Assets: []catalog.Asset{{Role: catalog.RoleKernel, Digest: used.SHA256}}}); err != nil {
+		t.Fatal(err)
+	}
+	return root, used, unused
+}
+
+func runCacheT(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = runCache(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestCacheLs(t *testing.T) {
+	root, used, unused := cacheFixture(t)
+	tests := []struct {
+		name string
+		args []string
+		env  string
+	}{
+		{"flag after", []string{"ls", "--cache-dir", root}, ""},
+		{"flag before", []string{"--cache-dir", root, "ls"}, ""},
+		{"env", []string{"ls"}, root},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(store.EnvCacheDir, tc.env)
+			code, out, errOut := runCacheT(t, tc.args...)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, errOut)
+			}
+			for _, want := range []string{
+				"KIND", "sha256:" + used.SHA256.Hex[:12], "3.0 MiB", "ubuntu/24.04/amd64/vmlinuz",
+				"record ubuntu/24.04/amd64", "sha256:" + unused.SHA256.Hex[:12], "(unused)", "2 blobs, 0 derived",
+			} {
+				if !strings.Contains(out, want) {
+					t.Errorf("output lacks %q:\n%s", want, out)
+				}
+			}
+		})
+	}
+	code, out, _ := runCacheT(t, "ls", "--json", "--cache-dir", root)
+	if code != 0 {
+		t.Fatalf("ls --json exit %d", code)
+	}
+	var entries []store.Entry
+	if err := json.Unmarshal([]byte(out), &entries); err != nil {
+		t.Fatalf("ls --json: %v\n%s", err, out)
+	}
+	if len(entries) != 2 || entries[0].Kind != store.KindBlob {
+		t.Errorf("entries %+v", entries)
+	}
+	for _, e := range entries {
+		if e.Digest == used.SHA256 && (e.Size != used.Size || len(e.Images) != 1 || len(e.Records) != 1) {
+			t.Errorf("used entry %+v", e)
+		}
+	}
+}
+
+func TestCacheVerify(t *testing.T) {
+	root, used, unused := cacheFixture(t)
+	code, out, errOut := runCacheT(t, "verify", "--cache-dir", root)
+	if code != 0 || strings.Count(out, "ok ") != 2 {
+		t.Fatalf("verify clean: exit %d\n%s%s", code, out, errOut)
+	}
+	// Corrupt the unused blob.
+	if err := os.Chmod(unused.Path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(unused.Path, []byte("LEFT OVER"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = runCacheT(t, "verify", "--cache-dir", root)
+	if code != 1 || !strings.Contains(out, "BAD") || !strings.Contains(out, unused.SHA256.Hex) || !strings.Contains(errOut, "1 of 2") {
+		t.Errorf("verify corrupt: exit %d\n%s%s", code, out, errOut)
+	}
+	// It was quarantined, so the next run is clean.
+	code, out, _ = runCacheT(t, "verify", "--json", "--cache-dir", root)
+	var lines []map[string]any
+	if err := json.Unmarshal([]byte(out), &lines); err != nil || code != 0 || len(lines) != 1 || lines[0]["path"] != used.Path {
+		t.Errorf("verify after quarantine: exit %d, %v\n%s", code, err, out)
+	}
+}
+
+func TestCacheGC(t *testing.T) {
+	root, used, unused := cacheFixture(t)
+	// Inside the default grace period nothing is removed.
+	code, out, errOut := runCacheT(t, "gc", "--cache-dir", root)
+	if code != 0 || !strings.Contains(out, "removed 0 files") {
+		t.Fatalf("gc within grace: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, _ = runCacheT(t, "gc", "--dry-run", "--min-age=-1s", "--cache-dir", root)
+	if code != 0 || !strings.Contains(out, "would remove") || !strings.Contains(out, unused.SHA256.Hex) {
+		t.Errorf("gc --dry-run: exit %d\n%s", code, out)
+	}
+	if _, err := os.Stat(unused.Path); err != nil {
+		t.Errorf("dry run removed %s", unused.Path)
+	}
+	code, out, _ = runCacheT(t, "gc", "--min-age=-1s", "--partial-max-age", "1h", "--json", "--cache-dir", root)
+	var rep store.GCReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || code != 0 {
+		t.Fatalf("gc --json: exit %d, %v\n%s", code, err, out)
+	}
+	if len(rep.Removed) != 1 || rep.Removed[0].Path != unused.Path || rep.Freed != unused.Size {
+		t.Errorf("gc report %+v", rep)
+	}
+	if _, err := os.Stat(unused.Path); !os.IsNotExist(err) {
+		t.Errorf("unused blob still there: %v", err)
+	}
+	if _, err := os.Stat(used.Path); err != nil {
+		t.Errorf("used blob removed: %v", err)
+	}
+}
+
+func TestCacheUsage(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nothing-here")
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantErr  string
+	}{
+		{"no command", nil, 2, "usage"},
+		{"unknown command", []string{"frobnicate"}, 2, "unknown command"},
+		{"bad flag", []string{"ls", "--nope"}, 2, "nope"},
+		{"gc flag on ls", []string{"ls", "--dry-run"}, 2, "dry-run"},
+		{"bad duration", []string{"gc", "--partial-max-age", "soon"}, 2, "partial-max-age"},
+		{"stray argument", []string{"ls", "--cache-dir", missing, "extra"}, 2, "unexpected argument"},
+		{"missing store", []string{"ls", "--cache-dir", missing}, 0, "no store at"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errOut := runCacheT(t, tc.args...)
+			if code != tc.wantCode || !strings.Contains(errOut, tc.wantErr) {
+				t.Errorf("exit %d (want %d), stderr %q (want %q)", code, tc.wantCode, errOut, tc.wantErr)
+			}
+		})
+	}
+	if _, err := os.Stat(missing); !os.IsNotExist(err) {
+		t.Errorf("looking at a missing store created it: %v", err)
+	}
+}
