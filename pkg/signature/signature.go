@@ -8,6 +8,7 @@ package signature
 
 import (
 	"bytes"
+	"crypto"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -179,11 +180,11 @@ func (k *Keyring) VerifyDetached(signed io.Reader, sig []byte) (Signer, error) {
 	if len(sig) > MaxSignatureSize {
 		return Signer{}, fmt.Errorf("verify detached signature: %w: %d bytes, cap %d", ErrTooLarge, len(sig), MaxSignatureSize)
 	}
-	packets, issuers, err := signaturePackets(sig)
+	packets, sigs, err := signaturePackets(sig)
 	if err != nil {
 		return Signer{}, fmt.Errorf("verify detached signature: %w", err)
 	}
-	s, err := k.verify(signed, packets, issuers)
+	s, err := k.verify(signed, packets, sigs)
 	if err != nil {
 		return Signer{}, fmt.Errorf("verify detached signature: %w", err)
 	}
@@ -211,26 +212,29 @@ func (k *Keyring) VerifyClearsigned(data []byte) (plaintext []byte, s Signer, er
 	if err != nil {
 		return nil, Signer{}, fmt.Errorf("verify clearsigned message: %w: %w", ErrBadSignature, err)
 	}
-	issuers, err := checkSignaturePackets(body)
+	sigs, err := checkSignaturePackets(body)
 	if err != nil {
 		return nil, Signer{}, fmt.Errorf("verify clearsigned message: %w", err)
 	}
-	s, err = k.verify(bytes.NewReader(block.Bytes), body, issuers)
+	s, err = k.verify(bytes.NewReader(block.Bytes), body, sigs)
 	if err != nil {
 		return nil, Signer{}, fmt.Errorf("verify clearsigned message: %w", err)
 	}
 	return block.Plaintext, s, nil
 }
 
-func (k *Keyring) verify(signed io.Reader, packets []byte, issuers []string) (Signer, error) {
-	// A nil config means the library defaults: current time, MD5/SHA-1
-	// message hashes refused.
+func (k *Keyring) verify(signed io.Reader, packets []byte, sigs []*packet.Signature) (Signer, error) {
+	if err := k.checkHash(sigs); err != nil {
+		return Signer{}, err
+	}
+	// A nil config means the library defaults: the current time, and
+	// expired or revoked keys reported as errors.
 	entity, err := openpgp.CheckDetachedSignature(k.entities, signed, bytes.NewReader(packets), nil)
 	if err != nil {
 		err = mapError(err)
 		if errors.Is(err, ErrUnknownSigner) {
 			err = fmt.Errorf("%w (signed by %s; keyring holds %s)", err,
-				strings.Join(issuers, ", "), strings.Join(k.Fingerprints(), ", "))
+				strings.Join(issuers(sigs), ", "), strings.Join(k.Fingerprints(), ", "))
 		}
 		return Signer{}, err
 	}
@@ -238,6 +242,52 @@ func (k *Keyring) verify(signed io.Reader, packets []byte, issuers []string) (Si
 		return Signer{}, fmt.Errorf("%w: library returned no signer", ErrBadSignature)
 	}
 	return signerOf(entity), nil
+}
+
+// weakHash names a hash refused for message signatures. The v1 openpgp
+// API does not apply packet.Config's RejectMessageHashAlgorithms, so the
+// check is ours.
+func weakHash(h crypto.Hash) (string, bool) {
+	switch h {
+	case crypto.MD5:
+		return "MD5", true
+	case crypto.SHA1:
+		return "SHA-1", true
+	case crypto.RIPEMD160:
+		return "RIPEMD-160", true
+	}
+	return "", false
+}
+
+// checkHash refuses a weak hash in the signature the library will check:
+// like CheckDetachedSignature, the first whose issuer holds a signing key
+// in the keyring.
+func (k *Keyring) checkHash(sigs []*packet.Signature) error {
+	for _, sig := range sigs {
+		if sig.IssuerKeyId == nil || len(k.entities.KeysByIdUsage(*sig.IssuerKeyId, packet.KeyFlagSign)) == 0 {
+			continue
+		}
+		if name, weak := weakHash(sig.Hash); weak {
+			return fmt.Errorf("%w: made with weak hash %s", ErrBadSignature, name)
+		}
+		return nil
+	}
+	return nil
+}
+
+func issuers(sigs []*packet.Signature) []string {
+	out := make([]string, 0, len(sigs))
+	for _, sig := range sigs {
+		switch {
+		case len(sig.IssuerFingerprint) > 0:
+			out = append(out, strings.ToUpper(hex.EncodeToString(sig.IssuerFingerprint)))
+		case sig.IssuerKeyId != nil:
+			out = append(out, fmt.Sprintf("key ID %016X", *sig.IssuerKeyId))
+		default:
+			out = append(out, "(no issuer)")
+		}
+	}
+	return out
 }
 
 // mapError turns library errors into this package's sentinels, keeping the
@@ -258,7 +308,7 @@ func mapError(err error) error {
 // detached signature, after checking that they hold at least one signature
 // and nothing else. The library would report an empty or key-less input as
 // "unknown issuer", which hides the real problem.
-func signaturePackets(sig []byte) ([]byte, []string, error) {
+func signaturePackets(sig []byte) ([]byte, []*packet.Signature, error) {
 	if len(bytes.TrimSpace(sig)) == 0 {
 		return nil, nil, fmt.Errorf("%w: signature is empty", ErrNoSignature)
 	}
@@ -281,21 +331,21 @@ func signaturePackets(sig []byte) ([]byte, []string, error) {
 	default:
 		return nil, nil, fmt.Errorf("%w: %w", ErrBadSignature, ErrNotOpenPGP)
 	}
-	issuers, err := checkSignaturePackets(body)
+	sigs, err := checkSignaturePackets(body)
 	if err != nil {
 		return nil, nil, err
 	}
-	return body, issuers, nil
+	return body, sigs, nil
 }
 
-// checkSignaturePackets returns the issuers named by the signatures in
-// body, upper-case hex, for error messages.
-func checkSignaturePackets(body []byte) ([]string, error) {
+// checkSignaturePackets parses body, which must hold one or more
+// signature packets and nothing else.
+func checkSignaturePackets(body []byte) ([]*packet.Signature, error) {
 	if len(body) == 0 {
 		return nil, fmt.Errorf("%w: signature block is empty", ErrNoSignature)
 	}
 	r := packet.NewReader(bytes.NewReader(body))
-	var issuers []string
+	var sigs []*packet.Signature
 	for n := 1; ; n++ {
 		p, err := r.Next()
 		if err == io.EOF {
@@ -308,19 +358,12 @@ func checkSignaturePackets(body []byte) ([]string, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: packet %d is %T, not a signature", ErrBadSignature, n, p)
 		}
-		switch {
-		case len(sig.IssuerFingerprint) > 0:
-			issuers = append(issuers, strings.ToUpper(hex.EncodeToString(sig.IssuerFingerprint)))
-		case sig.IssuerKeyId != nil:
-			issuers = append(issuers, fmt.Sprintf("%016X", *sig.IssuerKeyId))
-		default:
-			issuers = append(issuers, "(no issuer)")
-		}
+		sigs = append(sigs, sig)
 	}
-	if len(issuers) == 0 {
+	if len(sigs) == 0 {
 		return nil, fmt.Errorf("%w: no signature packet", ErrNoSignature)
 	}
-	return issuers, nil
+	return sigs, nil
 }
 
 type format int

@@ -2,6 +2,7 @@ package signature_test
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -164,6 +165,7 @@ func TestVerifyDetached(t *testing.T) {
 	revokedKeyring, revokedSig := revokedFixture(t)
 	data := []byte(fmt.Sprintf("%x *ubuntu-24.04-server-cloudimg-amd64.img\n", sha256.Sum256([]byte("img"))))
 	tampered := bytes.Replace(data, []byte("amd64"), []byte("arm64"), 1)
+	sha1Keyring, sha1Sig := sha1Fixture(t, data)
 	both, err := signature.ReadKeyring(bytes.NewReader(append(other.ArmoredPublic(), signer.ArmoredPublic()...)))
 	if err != nil {
 		t.Fatal(err)
@@ -192,6 +194,7 @@ func TestVerifyDetached(t *testing.T) {
 		{name: "empty armored block", keyring: signer.Keyring(), data: data, sig: armoredSignatureBlock(t, nil), wantErr: signature.ErrNoSignature},
 		{name: "too large", keyring: signer.Keyring(), data: data, sig: append(signer.DetachedBinary(data), make([]byte, signature.MaxSignatureSize)...), wantErr: signature.ErrTooLarge},
 		{name: "expired key", keyring: expired.Keyring(), data: data, sig: expired.DetachedArmored(data), wantErr: signature.ErrExpiredKey},
+		{name: "SHA-1 signature", keyring: sha1Keyring, data: data, sig: sha1Sig, wantErr: signature.ErrBadSignature},
 		{name: "revoked key", keyring: revokedKeyring, data: []byte("revoked"), sig: revokedSig, wantErr: signature.ErrRevokedKey},
 	}
 	for _, tt := range tests {
@@ -219,6 +222,48 @@ func TestVerifyDetached(t *testing.T) {
 			}
 		})
 	}
+}
+
+// sha1Fixture signs data with SHA-1, which verification must refuse.
+func sha1Fixture(t *testing.T, data []byte) (*signature.Keyring, []byte) {
+	t.Helper()
+	e := newEntity(t, "sha1")
+	// The library refuses to write SHA-1 signatures, so build the packet by hand.
+	sigKey := e.PrivateKey
+	s := &packet.Signature{
+		Version:      sigKey.PublicKey.Version,
+		SigType:      packet.SigTypeBinary,
+		PubKeyAlgo:   sigKey.PublicKey.PubKeyAlgo,
+		Hash:         crypto.SHA1,
+		CreationTime: time.Now(),
+		IssuerKeyId:  &sigKey.PublicKey.KeyId,
+	}
+	noSaltNotation := false // the salt notation has no SHA-1 size
+	cfg := &packet.Config{NonDeterministicSignaturesViaNotation: &noSaltNotation}
+	h, err := s.PrepareSign(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Write(data)
+	if err := s.Sign(h, sigKey, cfg); err != nil {
+		t.Fatal(err)
+	}
+	var sig bytes.Buffer
+	if err := s.Serialize(&sig); err != nil {
+		t.Fatal(err)
+	}
+	p, err := packet.Read(bytes.NewReader(sig.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, ok := p.(*packet.Signature); !ok || s.Hash != crypto.SHA1 {
+		t.Fatalf("fixture signature is %T %+v, want a SHA-1 signature", p, p)
+	}
+	kr, err := signature.ReadKeyring(bytes.NewReader(serializeBinary(t, e)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kr, sig.Bytes()
 }
 
 // revokedFixture signs "revoked" with a key, then revokes the key and
