@@ -669,3 +669,9 @@ func (b *bodyWriter) interrupt() {
 
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (b *bodyWriter) Unwrap() http.ResponseWriter { return b.ResponseWriter }
+
+// CatalogOptions points a catalog at the mirror and trusts its key:
+// catalog.New(m.CatalogOptions()...).
+func (m *Mirror) CatalogOptions() []catalog.Option {
+	return []catalog.Option{catalog.WithMirror(m.URL), catalog.WithKeyring(m.Keyring())}
+}

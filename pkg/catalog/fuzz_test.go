@@ -1,0 +1,57 @@
+package catalog
+
+import (
+	"strings"
+	"testing"
+)
+
+func FuzzNormalize(f *testing.F) {
+	for _, s := range []string{"ubuntu", "24.04", "../x", "a..b", "UBUNTU", "\x00", "bookworm", "a/b", "ü"} {
+		f.Add(s, s, "amd64")
+	}
+	f.Fuzz(func(t *testing.T, distro, version, arch string) {
+		got, err := ImageSpec{Distro: distro, Version: version, Arch: Arch(arch)}.Normalize()
+		if err != nil {
+			return
+		}
+		for _, v := range []string{got.Distro, got.Version} {
+			if v == "" || len(v) > maxNameLen || strings.Contains(v, "..") || strings.ContainsAny(v, "/\\%?#:\x00\n ") || v[0] == '.' || v[0] == '-' {
+				t.Fatalf("Normalize accepted %q", v)
+			}
+		}
+		again, err := got.Normalize()
+		if err != nil || again != got {
+			t.Fatalf("Normalize not idempotent: %v → %v, %v", got, again, err)
+		}
+	})
+}
+
+// FuzzCatalogFile checks that hostile catalog files are rejected with an
+// error, never a panic, and that accepted images plan without escaping base_url.
+func FuzzCatalogFile(f *testing.F) {
+	f.Add([]byte(builtinYAML), "yaml")
+	f.Add([]byte(`{"images":[{"distro":"x","base_url":"https://h/","arches":{"amd64":"a"},"boot_mode":"firmware","assets":[{"role":"disk","url":"{version}/d","manifest":{"url":"{version}/S","signature":"none"}}]}]}`), "json")
+	f.Fuzz(func(t *testing.T, data []byte, format string) {
+		file, err := ParseFile(data, format)
+		if err != nil {
+			return
+		}
+		c := &Catalog{entries: map[string]*entry{}, allowUnsigned: true}
+		if err := c.add(file, "fuzz", ""); err != nil {
+			return
+		}
+		for name, e := range c.entries {
+			p, err := c.Plan(ImageSpec{Distro: name, Version: "1", Arch: ArchAMD64})
+			if err != nil {
+				continue
+			}
+			for _, a := range p.Assets {
+				for _, u := range []string{a.URL, a.Manifest.URL, a.Manifest.IndexURL, a.Manifest.SignatureURL} {
+					if u != "" && !strings.HasPrefix(u, e.BaseURL) {
+						t.Fatalf("%s escapes %s", u, e.BaseURL)
+					}
+				}
+			}
+		}
+	})
+}
