@@ -338,13 +338,19 @@ func TestResumeAfterCancel(t *testing.T) {
 	dest := filepath.Join(t.TempDir(), "kernel.part")
 	req := Request{URL: srv.URL + "/vmlinuz", Dest: dest, Name: "kernel", ExpectedSize: testSize, Expected: sha256Of(content)}
 
+	// Cancel as soon as some bytes are in the file (the first progress
+	// call comes after the first write); the stall keeps the first
+	// request from finishing in the meantime.
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		<-srv.stalled
-		cancel()
-	}()
+	defer cancel()
+	firstReq := req
+	firstReq.Progress = func(p Progress) {
+		if p.Done > 0 {
+			cancel()
+		}
+	}
 	first, _ := newTestClient()
-	_, err := first.Fetch(ctx, req)
+	_, err := first.Fetch(ctx, firstReq)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("first Fetch error %v, want context.Canceled", err)
 	}

@@ -51,7 +51,6 @@ type fileServer struct {
 	faults  []fault // faults[i] applies to request i
 	every   *fault  // applies to requests beyond faults, if set
 	log     []*seen
-	stalled chan struct{} // receives once per stalled request
 
 	served atomic.Int64
 }
@@ -60,7 +59,7 @@ var modTime = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
 func newFileServer(t *testing.T, content []byte, faults ...fault) *fileServer {
 	t.Helper()
-	s := &fileServer{t: t, content: content, etag: etagOf(content), faults: faults, stalled: make(chan struct{}, 16)}
+	s := &fileServer{t: t, content: content, etag: etagOf(content), faults: faults}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.handle))
 	t.Cleanup(s.Close)
 	return s
@@ -117,7 +116,7 @@ func (s *fileServer) handle(w http.ResponseWriter, r *http.Request) {
 		content = bytes.Clone(content)
 		content[len(content)/2] ^= 0xff
 	}
-	cw := &countingWriter{ResponseWriter: w, rec: rec, total: &s.served, cutAfter: f.cutAfter, stallAfter: f.stallAfter, req: r, stalled: s.stalled}
+	cw := &countingWriter{ResponseWriter: w, rec: rec, total: &s.served, cutAfter: f.cutAfter, stallAfter: f.stallAfter, req: r}
 	w.Header().Set("ETag", etag)
 	w.Header().Set("Last-Modified", modTime.Format(http.TimeFormat))
 	switch {
@@ -155,7 +154,6 @@ type countingWriter struct {
 	total                *atomic.Int64
 	cutAfter, stallAfter int64
 	req                  *http.Request
-	stalled              chan struct{}
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
@@ -179,7 +177,6 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	if c.cutAfter > 0 {
 		panic(http.ErrAbortHandler) // the server closes the connection mid-body
 	}
-	c.stalled <- struct{}{}
 	<-c.req.Context().Done()
 	return n, c.req.Context().Err()
 }
