@@ -115,6 +115,9 @@ func Parse(r io.Reader, opts ...Option) (*Manifest, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if o.single && cleanName(o.singleFile) == "" {
+		return nil, fmt.Errorf("parse manifest: WithSingleFile(%q): empty file name", o.singleFile)
+	}
 	data, err := io.ReadAll(io.LimitReader(r, o.maxSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("read manifest: %w", err)

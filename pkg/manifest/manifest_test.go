@@ -312,6 +312,7 @@ func TestParseErrors(t *testing.T) {
 		{name: "escape ends in backslash", in: lines(`\` + sum256("a") + `  a\`), syntaxLine: 1},
 		{name: "garbage on line 3", in: lines("# c", sum256("a")+"  a.img", "hello world"), syntaxLine: 3},
 		{name: "clearsigned input not verified", in: lines("-----BEGIN PGP SIGNED MESSAGE-----", "Hash: SHA256", "", sum256("a")+"  a.img"), syntaxLine: 1},
+		{name: "per-file with an empty name", in: lines(sum256("a")), opts: []Option{WithSingleFile("./")}},
 		{name: "per-file with two digests", in: lines(sum256("a")+"  a.img", sum256("b")+"  b.img"), opts: []Option{WithSingleFile("a.img")}, syntaxLine: 2},
 		{name: "hostile long line", in: lines(long), syntaxLine: 1},
 	}
