@@ -19,7 +19,8 @@ func (img *Image) Extents() iter.Seq2[Extent, error] {
 		size := img.info.VirtualSize
 		cs := img.clusterSize
 		total := (size + cs - 1) >> img.clusterBits
-		batch := img.l2Entries
+		// Small batches keep memory low with 2 MiB clusters (262144 entries per table).
+		batch := min(img.l2Entries, 4096)
 		buf := make([]byte, batch*img.entryBytes)
 		ms := make([]mapping, batch)
 		cur := Extent{HostOffset: -1}
@@ -41,8 +42,18 @@ func (img *Image) Extents() iter.Seq2[Extent, error] {
 			cur = e
 			return true
 		}
-		for first := int64(0); first < total; first += batch {
-			n := min(batch, total-first)
+		for first := int64(0); first < total; {
+			l1i := first / img.l2Entries
+			tableEnd := min((l1i+1)*img.l2Entries, total)
+			if img.l1[l1i] == 0 {
+				// A whole unallocated L1 range is one step, however large the image.
+				if !emit(Extent{Offset: first << img.clusterBits, Length: (tableEnd - first) << img.clusterBits, Kind: ExtentUnallocated, HostOffset: -1}) {
+					return
+				}
+				first = tableEnd
+				continue
+			}
+			n := min(batch, tableEnd-first)
 			if err := img.mapClusters(buf, first, ms[:n]); err != nil {
 				yield(Extent{}, err)
 				return
@@ -53,6 +64,7 @@ func (img *Image) Extents() iter.Seq2[Extent, error] {
 					return
 				}
 			}
+			first += n
 		}
 		if cur.Length > 0 {
 			yield(cur, nil)
