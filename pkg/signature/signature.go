@@ -167,6 +167,9 @@ func readArmoredKeyBlocks(data []byte) (openpgp.EntityList, error) {
 
 // Fingerprints lists the primary-key fingerprints, upper-case hex, in keyring order.
 func (k *Keyring) Fingerprints() []string {
+	if k == nil {
+		return nil
+	}
 	out := make([]string, 0, len(k.entities))
 	for _, e := range k.entities {
 		out = append(out, fingerprint(e))
@@ -224,12 +227,21 @@ func (k *Keyring) VerifyClearsigned(data []byte) (plaintext []byte, s Signer, er
 }
 
 func (k *Keyring) verify(signed io.Reader, packets []byte, sigs []*packet.Signature) (Signer, error) {
+	if k == nil || len(k.entities) == 0 {
+		return Signer{}, fmt.Errorf("%w: the keyring is empty", ErrUnknownSigner)
+	}
 	if err := k.checkHash(sigs); err != nil {
 		return Signer{}, err
 	}
+	// Failing to read the signed data is an I/O problem, perhaps worth a
+	// retry, not evidence of a bad signature: keep it apart.
+	src := &readErrorRecorder{r: signed}
 	// A nil config means the library defaults: the current time, and
 	// expired or revoked keys reported as errors.
-	entity, err := openpgp.CheckDetachedSignature(k.entities, signed, bytes.NewReader(packets), nil)
+	entity, err := openpgp.CheckDetachedSignature(k.entities, src, bytes.NewReader(packets), nil)
+	if src.err != nil {
+		return Signer{}, fmt.Errorf("read signed data: %w", src.err)
+	}
 	if err != nil {
 		err = mapError(err)
 		if errors.Is(err, ErrUnknownSigner) {
@@ -242,6 +254,20 @@ func (k *Keyring) verify(signed io.Reader, packets []byte, sigs []*packet.Signat
 		return Signer{}, fmt.Errorf("%w: library returned no signer", ErrBadSignature)
 	}
 	return signerOf(entity), nil
+}
+
+// readErrorRecorder remembers the first read error other than io.EOF.
+type readErrorRecorder struct {
+	r   io.Reader
+	err error
+}
+
+func (r *readErrorRecorder) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF && r.err == nil {
+		r.err = err
+	}
+	return n, err
 }
 
 // weakHash names a hash refused for message signatures. The v1 openpgp

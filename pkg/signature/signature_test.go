@@ -6,11 +6,13 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
@@ -221,6 +223,37 @@ func TestVerifyDetached(t *testing.T) {
 				t.Errorf("signer = %+v, want %+v", s, want)
 			}
 		})
+	}
+}
+
+// TestVerifyDetachedReadError keeps I/O failures apart from bad signatures:
+// the first may be retried, the second must not.
+func TestVerifyDetachedReadError(t *testing.T) {
+	key := signtest.NewKey(t, "io")
+	data := []byte("data")
+	ioErr := errors.New("connection reset")
+	_, err := key.Keyring().VerifyDetached(io.MultiReader(bytes.NewReader(data), iotest.ErrReader(ioErr)), key.DetachedBinary(data))
+	if !errors.Is(err, ioErr) {
+		t.Fatalf("VerifyDetached = %v, want the read error", err)
+	}
+	for _, sentinel := range []error{signature.ErrBadSignature, signature.ErrUnknownSigner, signature.ErrNoSignature} {
+		if errors.Is(err, sentinel) {
+			t.Errorf("read error reported as %v: %v", sentinel, err)
+		}
+	}
+}
+
+func TestNilKeyring(t *testing.T) {
+	key := signtest.NewKey(t, "k")
+	var kr *signature.Keyring
+	if got := kr.Fingerprints(); len(got) != 0 {
+		t.Errorf("nil keyring Fingerprints() = %v", got)
+	}
+	if _, err := kr.VerifyDetached(bytes.NewReader([]byte("x")), key.DetachedBinary([]byte("x"))); !errors.Is(err, signature.ErrUnknownSigner) {
+		t.Errorf("nil keyring VerifyDetached = %v, want ErrUnknownSigner", err)
+	}
+	if _, _, err := kr.VerifyClearsigned(key.Clearsign([]byte("x"))); !errors.Is(err, signature.ErrUnknownSigner) {
+		t.Errorf("nil keyring VerifyClearsigned = %v, want ErrUnknownSigner", err)
 	}
 }
 
