@@ -1,0 +1,82 @@
+package resolve_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/digest"
+)
+
+// A per-file checksum (format "single", like Alpine's <image>.sha512) binds
+// its one digest to the asset's name, whatever name the line gives.
+func TestSingleFileManifest(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithUbuntu())
+	disk := []byte("not really a disk, but content with a known digest")
+	sum := sha256.Sum256(disk)
+	m.Put("single/3.1/x86_64/disk.qcow2", disk)
+	m.Put("single/3.1/x86_64/disk.qcow2.sha256", []byte(hex.EncodeToString(sum[:])+"  disk-3.1.0-build7.qcow2\n"))
+	catFile := filepath.Join(t.TempDir(), "single.yaml")
+	content := `
+images:
+  - distro: single
+    base_url: https://unused.example/
+    version_pattern: '[0-9]+\.[0-9]+'
+    arches: {amd64: x86_64}
+    boot_mode: firmware
+    assets:
+      - role: disk
+        url: single/{version}/{arch}/disk.qcow2
+        manifest:
+          url: single/{version}/{arch}/disk.qcow2.sha256
+          format: single
+          signature: none
+          note: per-file checksum, unsigned
+`
+	if err := os.WriteFile(catFile, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := newResolver(t, m, []catalog.Option{catalog.WithFile(catFile)})
+	res, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "single", Version: "3.1", Arch: "amd64"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := res.Asset(catalog.RoleDisk)
+	want := digest.Digest{Algorithm: digest.SHA256, Hex: hex.EncodeToString(sum[:])}
+	if a.Name != "disk.qcow2" || a.Digest != want || a.Trust.Signed || a.Trust.Note != "per-file checksum, unsigned" {
+		t.Fatalf("asset %+v; want disk.qcow2 %s, unsigned with the note", a, want)
+	}
+}
+
+// allow-unsigned accepts a missing detached signature, and says so.
+func TestAllowUnsignedMissingSignature(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel)
+	m.Remove(mp + ".gpg")
+	tests := []struct {
+		allow bool
+		ok    bool
+	}{{false, false}, {true, true}}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint("allow=", tt.allow), func(t *testing.T) {
+			opts := append(m.CatalogOptions(), catalog.WithAllowUnsigned(tt.allow))
+			res, err := newResolver(t, m, opts).Resolve(t.Context(), catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
+			if (err == nil) != tt.ok {
+				t.Fatalf("Resolve err = %v, want ok=%v", err, tt.ok)
+			}
+			if err != nil {
+				return
+			}
+			disk, _ := res.Asset(catalog.RoleDisk)
+			kernel, _ := res.Asset(catalog.RoleKernel)
+			if !disk.Trust.Signed || kernel.Trust.Signed || kernel.Trust.Note == "" || kernel.Trust.SignatureURL != "" {
+				t.Fatalf("disk trust %+v, kernel trust %+v", disk.Trust, kernel.Trust)
+			}
+		})
+	}
+}
