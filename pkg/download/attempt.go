@@ -296,7 +296,6 @@ func (fe *fetch) copyBody(ctx, actx context.Context, body io.Reader, stall *time
 			fe.have += int64(n)
 			fe.wb.written(fe.have)
 			fe.transferred += int64(n)
-			fe.report(false)
 		} else {
 			fe.pipe.put(buf)
 		}
@@ -315,7 +314,8 @@ func (fe *fetch) copyBody(ctx, actx context.Context, body io.Reader, stall *time
 
 // fill reads into buf until it is full, the body ends or fails; each read
 // that brings bytes rearms the stall timer. Filling whole buffers keeps
-// file writes and hand-offs to the hasher large.
+// file writes and hand-offs to the hasher large; progress is reported from
+// here so that a slow link does not make it wait for a full buffer.
 func (fe *fetch) fill(body io.Reader, buf []byte, stall *time.Timer) (int, error) {
 	n := 0
 	for n < len(buf) {
@@ -323,6 +323,7 @@ func (fe *fetch) fill(body io.Reader, buf []byte, stall *time.Timer) (int, error
 		if m > 0 {
 			n += m
 			stall.Reset(fe.c.stallTimeout)
+			fe.report(fe.have+int64(n), int64(n), false)
 		}
 		if err != nil {
 			return n, err

@@ -34,7 +34,7 @@ type Request struct {
 
 // Progress reports how far a download is.
 type Progress struct {
-	Done  int64 // bytes in the file, including a resumed prefix
+	Done  int64 // bytes received, including a resumed prefix
 	Total int64 // full size, 0 if unknown
 	// BytesPerSecond is the mean network rate of this Fetch so far.
 	BytesPerSecond float64
@@ -128,7 +128,7 @@ func (c *Client) Fetch(ctx context.Context, req Request) (Result, error) {
 		if err := f.Sync(); err != nil {
 			return fe.result(), fe.permanent("fsync", 0, err)
 		}
-		fe.report(true)
+		fe.report(fe.have, 0, true)
 		res := fe.result()
 		res.Size = fe.have
 		res.SHA256 = fe.sha256Digest()
@@ -293,8 +293,9 @@ func (fe *fetch) result() Result {
 	return Result{Path: fe.req.Dest, Resumed: fe.resumed, Transferred: fe.transferred, Attempts: fe.attempts}
 }
 
-// report calls the progress callback if it is due (or final).
-func (fe *fetch) report(final bool) {
+// report calls the progress callback if it is due (or final); done counts
+// bytes received, some of which may still be on their way to the file.
+func (fe *fetch) report(done, received int64, final bool) {
 	if fe.req.Progress == nil {
 		return
 	}
@@ -303,12 +304,12 @@ func (fe *fetch) report(final bool) {
 		return
 	}
 	fe.lastReport = now
-	p := Progress{Done: fe.have, Total: fe.total}
+	p := Progress{Done: done, Total: fe.total}
 	if final {
 		p.Total = fe.have
 	}
 	if el := now.Sub(fe.start).Seconds(); el > 0 {
-		p.BytesPerSecond = float64(fe.transferred) / el
+		p.BytesPerSecond = float64(fe.transferred+received) / el
 	}
 	fe.req.Progress(p)
 }
