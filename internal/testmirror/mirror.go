@@ -232,7 +232,8 @@ func (m *Mirror) Content(relPath string) []byte {
 	return b
 }
 
-// Requests returns how many requests (any method, any outcome) asked for relPath.
+// Requests returns how many requests (any method, any outcome) asked for
+// relPath (a directory listing is counted without its trailing slash).
 func (m *Mirror) Requests(relPath string) int {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -42,6 +42,7 @@ func WithFile(path string) Option {
 
 // WithKeyring replaces the trusted keys of every image: signed manifests
 // must be signed by a key in k (e.g. a mirror's key, or Fedora's key).
+// A nil k keeps each image's own keys.
 func WithKeyring(k *signature.Keyring) Option {
 	return func(c *config) { c.keyring = k }
 }
