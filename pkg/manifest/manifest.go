@@ -166,9 +166,10 @@ func parse(data []byte, o *options) (*Manifest, error) {
 			continue
 		}
 		if trimmed[0] == '#' {
-			if name, size, ok := sizeComment(trimmed); ok && m.sizes == nil {
-				m.sizes = map[string]int64{name: size}
-			} else if ok {
+			if name, size, ok := sizeComment(trimmed); ok {
+				if m.sizes == nil {
+					m.sizes = make(map[string]int64)
+				}
 				m.sizes[name] = size
 			}
 			continue

@@ -102,6 +102,11 @@ func (k *Key) ArmoredPublic() []byte {
 	return buf.Bytes()
 }
 
+// Identity is the key's user id, as signature.Signer.Identity reports it.
+func (k *Key) Identity() string {
+	return k.entity.PrimaryIdentity().Name
+}
+
 // Fingerprint is the primary key fingerprint, upper-case hex.
 func (k *Key) Fingerprint() string {
 	return strings.ToUpper(hex.EncodeToString(k.entity.PrimaryKey.Fingerprint))

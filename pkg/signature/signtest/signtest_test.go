@@ -31,7 +31,7 @@ func TestRoundTrip(t *testing.T) {
 		}
 	}
 	text, s, err := kr.VerifyClearsigned(key.Clearsign(data))
-	if err != nil || !bytes.Equal(text, data) || s.Identity != "mirror <mirror@vmprep.test>" {
+	if err != nil || !bytes.Equal(text, data) || s.Identity != key.Identity() || key.Identity() != "mirror <mirror@vmprep.test>" {
 		t.Errorf("VerifyClearsigned = %q, %+v, %v", text, s, err)
 	}
 	if _, err := signature.ReadKeyring(bytes.NewReader(key.ArmoredPublic())); err != nil {
