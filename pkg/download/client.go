@@ -55,6 +55,7 @@ type Client struct {
 	maxBackoff     time.Duration
 	maxRetryAfter  time.Duration
 	bufferSize     int
+	ringBuffers    int // 1 makes reading and hashing take turns; benchmarks compare
 	log            *slog.Logger
 
 	// sleep waits between attempts; tests replace it to observe delays.
@@ -126,6 +127,7 @@ func New(opts ...Option) *Client {
 		maxBackoff:     60 * time.Second,
 		maxRetryAfter:  DefaultMaxRetryAfter,
 		bufferSize:     DefaultBufferSize,
+		ringBuffers:    ringBuffers,
 		sleep:          sleepCtx,
 	}
 	for _, o := range opts {

@@ -93,7 +93,7 @@ func (c *Client) Fetch(ctx context.Context, req Request) (Result, error) {
 		fe.alt, _ = digest.SHA512.New()
 		hashes = append(hashes, fe.alt)
 	}
-	fe.pipe = newHashPipe(ringBuffers, c.bufferSize, hashes...)
+	fe.pipe = newHashPipe(c.ringBuffers, c.bufferSize, hashes...)
 	defer fe.pipe.close()
 	fe.wb = newWriteback(f)
 	defer fe.wb.close()
