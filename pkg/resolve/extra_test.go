@@ -16,7 +16,7 @@ import (
 // A per-file checksum (format "single", like Alpine's <image>.sha512) binds
 // its one digest to the asset's name, whatever name the line gives.
 func TestSingleFileManifest(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithUbuntu())
+	m := newMirror(t, testmirror.WithUbuntu())
 	disk := []byte("not really a disk, but content with a known digest")
 	sum := sha256.Sum256(disk)
 	m.Put("single/3.1/x86_64/disk.qcow2", disk)
@@ -55,7 +55,7 @@ images:
 
 // allow-unsigned accepts a missing detached signature, and says so.
 func TestAllowUnsignedMissingSignature(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64))
 	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel)
 	m.Remove(mp + ".gpg")
 	tests := []struct {

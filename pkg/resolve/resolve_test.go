@@ -41,6 +41,13 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
+// newMirror makes a mirror with small files: resolution reads manifests only.
+func newMirror(t *testing.T, opts ...testmirror.Option) *testmirror.Mirror {
+	t.Helper()
+	small := []testmirror.Option{testmirror.WithDiskSize(4<<20, 256<<10), testmirror.WithKernelSize(4<<10, 4<<10)}
+	return testmirror.New(t, append(small, opts...)...)
+}
+
 func newResolver(t *testing.T, m *testmirror.Mirror, catOpts []catalog.Option, opts ...resolve.Option) *resolve.Resolver {
 	t.Helper()
 	cat, err := catalog.New(append([]catalog.Option{catalog.WithMirror(m.URL)}, catOpts...)...)
@@ -51,7 +58,7 @@ func newResolver(t *testing.T, m *testmirror.Mirror, catOpts []catalog.Option, o
 }
 
 func TestResolveUbuntu(t *testing.T) {
-	m := testmirror.New(t)
+	m := newMirror(t)
 	var logs syncBuffer
 	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())},
 		resolve.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))), resolve.WithUserAgent("vmprep-test/1"))
@@ -93,6 +100,25 @@ func TestResolveUbuntu(t *testing.T) {
 			t.Errorf("%s requested %d times for 2 resolutions", p, got)
 		}
 	}
+	// One resolver serves concurrent callers.
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Go(func() {
+			res, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"})
+			if err == nil && len(res.Assets) != 3 {
+				err = fmt.Errorf("%d assets", len(res.Assets))
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("concurrent Resolve: %v", err)
+		}
+	}
 	if n := m.TotalContentRequests(); n != 0 {
 		t.Errorf("resolution fetched %d content files", n)
 	}
@@ -102,7 +128,7 @@ func TestResolveUbuntu(t *testing.T) {
 }
 
 func TestResolveDebianUnsigned(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithUbuntu(), testmirror.WithDebian("12"), testmirror.WithArches(catalog.ArchARM64))
+	m := newMirror(t, testmirror.WithUbuntu(), testmirror.WithDebian("12"), testmirror.WithArches(catalog.ArchARM64))
 	var logs syncBuffer
 	r := newResolver(t, m, nil, resolve.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	res, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "debian", Version: "bookworm", Arch: "aarch64"})
@@ -126,7 +152,7 @@ func TestResolveDebianUnsigned(t *testing.T) {
 }
 
 func TestResolveFedora(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithUbuntu(), testmirror.WithFedora("41"))
+	m := newMirror(t, testmirror.WithUbuntu(), testmirror.WithFedora("41"))
 	other := signtest.NewKey(t, "not fedora")
 	spec := catalog.ImageSpec{Distro: "fedora", Version: "41", Arch: "x86_64"}
 	disk := m.Path("fedora", "41", catalog.ArchAMD64, catalog.RoleDisk)
@@ -259,6 +285,16 @@ func TestResolveFailures(t *testing.T) {
 			wantOp: resolve.OpSignature, retryable: true,
 		},
 		{
+			name: "stalled manifest times out",
+			setup: func(m *testmirror.Mirror) string {
+				mp := m.ManifestPath("ubuntu", version, arch, catalog.RoleDisk)
+				m.SetFault(mp, testmirror.Fault{Stall: true, After: 16})
+				return m.FileURL(mp)
+			},
+			opts:   []resolve.Option{resolve.WithHTTPClient(&http.Client{Timeout: 100 * time.Millisecond})},
+			wantOp: resolve.OpManifest, retryable: true,
+		},
+		{
 			name: "manifest too large",
 			setup: func(m *testmirror.Mirror) string {
 				return m.FileURL(m.ManifestPath("ubuntu", version, arch, catalog.RoleDisk))
@@ -277,7 +313,7 @@ func TestResolveFailures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := testmirror.New(t, testmirror.WithArches(arch))
+			m := newMirror(t, testmirror.WithArches(arch))
 			wantURL := tt.setup(m)
 			catOpts := tt.catOpts
 			if catOpts == nil {
@@ -313,7 +349,7 @@ func TestResolveFailures(t *testing.T) {
 }
 
 func TestTransientFailuresAreRetried(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchARM64))
+	m := newMirror(t, testmirror.WithArches(catalog.ArchARM64))
 	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchARM64, catalog.RoleKernel)
 	m.SetFault(mp, testmirror.Fault{Status: http.StatusBadGateway, Times: 2})
 	m.SetFault(mp+".gpg", testmirror.Fault{Reset: true, After: 5, Times: 1})
@@ -330,7 +366,7 @@ func TestTransientFailuresAreRetried(t *testing.T) {
 }
 
 func TestCancelledContext(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64))
 	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
 	m.SetFault(mp, testmirror.Fault{Stall: true})
 	ctx, cancel := context.WithCancel(t.Context())
@@ -354,7 +390,7 @@ func TestCancelledContext(t *testing.T) {
 }
 
 func TestHostileSpecs(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64))
 	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())})
 	tests := []struct {
 		spec    catalog.ImageSpec
@@ -386,7 +422,7 @@ func TestHostileSpecs(t *testing.T) {
 }
 
 func TestUserCatalogAgainstMirror(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchARM64))
+	m := newMirror(t, testmirror.WithArches(catalog.ArchARM64))
 	keyring := filepath.Base(m.KeyringFile())
 	yamlCat := `
 images:
