@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -364,5 +365,38 @@ func TestKeyringFile(t *testing.T) {
 	}
 	if fps := kr.Fingerprints(); len(fps) != 1 || fps[0] != m.Fingerprint() {
 		t.Fatalf("keyring file fingerprints %v, want [%s]", fps, m.Fingerprint())
+	}
+}
+
+// The mirror is used from many goroutines at once: requests, fault changes
+// and counters must not race (run with -race).
+func TestConcurrentUse(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithKernelSize(8<<10, 8<<10))
+	p := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel)
+	want := m.Content(p)
+	const workers, rounds = 4, 5
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for range rounds {
+				resp, body, err := get(t, m.FileURL(p), nil)
+				if err == nil && resp.StatusCode == http.StatusOK && !bytes.Equal(body, want) {
+					t.Errorf("200 response with wrong body")
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for range rounds {
+			m.SetFault(p, testmirror.Fault{Status: 503, Times: 1})
+			m.Throttle(1 << 30)
+			_ = m.BytesServed(p) + int64(m.Requests(p)+m.TotalContentRequests())
+			m.ClearFault(p)
+			m.Throttle(0)
+		}
+	})
+	wg.Wait()
+	if got := m.Requests(p); got != workers*rounds {
+		t.Fatalf("Requests = %d, want %d", got, workers*rounds)
 	}
 }
