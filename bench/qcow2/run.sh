@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# qcow2 → raw benchmark: qemu-img convert vs vmprep's qcow2.ConvertToRaw.
+# Builds a 2 GiB-virtual disk holding 1 GiB of realistic data (files from
+# /usr: binaries, libraries, text; 1 MiB pieces interleaved with 1 MiB holes),
+# stores it as qcow2 with 64 KiB clusters uncompressed, zlib- and
+# zstd-compressed, then converts each to raw with both tools, alternating,
+# ROUNDS times. Prints the median wall time, ratio ours/qemu-img and peak RSS.
+# Everything lives under $BENCH_DIR (default /tmp) and is removed at the end.
+#
+#   bash bench/qcow2/run.sh            # from the repository root
+#   ROUNDS=5 JOBS=4 bash bench/qcow2/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${ROUNDS:-3}
+JOBS=${JOBS:-0}
+work=$(mktemp -d "${BENCH_DIR:-/tmp}/qcow2bench.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+go build -o "$work/qcow2bench" ./bench/qcow2
+command -v qemu-img >/dev/null || { echo "qemu-img not installed" >&2; exit 1; }
+[ -x /usr/bin/time ] || { echo "/usr/bin/time not installed (apt-get install time)" >&2; exit 1; }
+
+echo "building 2 GiB raw with 1 GiB of data..." >&2
+# Realistic content: the first 1 GiB of a tar of /usr (cycled if smaller).
+( while :; do tar cf - /usr/lib /usr/share /usr/bin 2>/dev/null; done ) | head -c 1G >"$work/data" || true
+truncate -s 2G "$work/src.raw"
+python3 - "$work/data" "$work/src.raw" <<'PY'
+import sys
+MiB = 1 << 20
+with open(sys.argv[1], "rb") as src, open(sys.argv[2], "r+b") as dst:
+    for i in range(1024):
+        dst.seek(2 * i * MiB)
+        dst.write(src.read(MiB))
+PY
+rm "$work/data"
+qemu-img convert -f raw -O qcow2 -o cluster_size=64k "$work/src.raw" "$work/plain.qcow2"
+qemu-img convert -c -f raw -O qcow2 -o cluster_size=64k "$work/src.raw" "$work/zlib.qcow2"
+qemu-img convert -c -f raw -O qcow2 -o cluster_size=64k,compression_type=zstd "$work/src.raw" "$work/zstd.qcow2"
+want=$(sha256sum <"$work/src.raw" | cut -d' ' -f1)
+rm "$work/src.raw"
+ls -l "$work"/*.qcow2 >&2
+
+# measure LABEL CMD...: prints "seconds rss_kib"
+measure() {
+  local log="$work/time.log"
+  /usr/bin/time -v "$@" 2>"$log" >/dev/null
+  local wall rss
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$log")
+  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
+  echo "$wall $rss"
+}
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+jobs_flag=()
+[ "$JOBS" -gt 0 ] && jobs_flag=(-j "$JOBS")
+printf "%-6s %10s %10s %7s %12s %12s\n" image qemu-img ours ratio "ours RSS" "qemu RSS"
+for img in plain zlib zstd; do
+  : >"$work/q.t"; : >"$work/o.t"; orss=0; qrss=0
+  for _ in $(seq "$ROUNDS"); do
+    read -r t r < <(measure qemu-img convert -f qcow2 -O raw "$work/$img.qcow2" "$work/q.raw")
+    echo "$t" >>"$work/q.t"; qrss=$(( r > qrss ? r : qrss ))
+    rm -f "$work/q.raw"
+    read -r t r < <(measure "$work/qcow2bench" "${jobs_flag[@]}" "$work/$img.qcow2" "$work/o.raw")
+    echo "$t" >>"$work/o.t"; orss=$(( r > orss ? r : orss ))
+    got=$(sha256sum <"$work/o.raw" | cut -d' ' -f1)
+    [ "$got" = "$want" ] || { echo "$img: output digest $got != source $want" >&2; exit 1; }
+    rm -f "$work/o.raw"
+  done
+  q=$(median <"$work/q.t"); o=$(median <"$work/o.t")
+  printf "%-6s %9.2fs %9.2fs %6.2fx %9d KiB %9d KiB\n" "$img" "$q" "$o" "$(echo "$o / $q" | bc -l)" "$orss" "$qrss"
+done
