@@ -141,6 +141,10 @@ func fromHex(v string) (parsed, string) {
 }
 
 func strong(alg digest.Algorithm, v string) (parsed, string) {
+	// Most manifests are lower-case already: skip digest.New's copy.
+	if len(v) == alg.HexLen() && isLowerHex(v) {
+		return parsed{digest: digest.Digest{Algorithm: alg, Hex: v}}, ""
+	}
 	d, err := digest.New(alg, v)
 	if err != nil {
 		return parsed{}, err.Error()
@@ -220,6 +224,15 @@ func isHex(s string) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
 			return false
 		}
 	}

@@ -48,8 +48,10 @@ type Entry struct {
 // safe for concurrent use.
 type Manifest struct {
 	entries []Entry
-	// byName maps a normalised name to its entries' indices (one per algorithm).
-	byName map[string][]int
+	// lines holds the line each entry was first listed on, for conflict errors.
+	lines []int
+	// byName maps a normalised name to its entries, at most one per algorithm.
+	byName map[string]slot
 	// unusable records names listed only with refused or unsupported
 	// algorithms, so Lookup can say why rather than "not found".
 	unusable map[string]error
@@ -136,18 +138,28 @@ type parsed struct {
 	unusable error // set instead of digest for weak or unsupported algorithms
 }
 
+// slot holds 1 + the index in entries of a name's SHA-256 and SHA-512
+// digests; 0 means none.
+type slot struct{ sha256, sha512 int }
+
+func (s *slot) at(alg digest.Algorithm) *int {
+	if alg == digest.SHA512 {
+		return &s.sha512
+	}
+	return &s.sha256
+}
+
 func parse(data []byte, o *options) (*Manifest, error) {
+	// Presize for the lines that could be entries: a usable line holds at
+	// least 64 hex digits, a separator and a name, so blank or junk input
+	// cannot inflate the estimate beyond len(data)/66.
+	hint := min(bytes.Count(data, []byte{'\n'})+1, len(data)/66+1)
 	m := &Manifest{
-		byName:   make(map[string][]int),
+		entries:  make([]Entry, 0, hint),
+		lines:    make([]int, 0, hint),
+		byName:   make(map[string]slot, hint),
 		unusable: make(map[string]error),
 	}
-	// firstLine remembers where each (name, algorithm) was first listed,
-	// so a conflict names both lines.
-	type key struct {
-		name string
-		alg  digest.Algorithm
-	}
-	firstLine := make(map[key]int)
 	entryLines := 0
 	var firstUnusable error
 
@@ -200,18 +212,18 @@ func parse(data []byte, o *options) (*Manifest, error) {
 			}
 			continue
 		}
-		k := key{name, p.digest.Algorithm}
-		if prev, ok := firstLine[k]; ok {
-			have := m.entries[m.find(name, p.digest.Algorithm)].Digest
-			if have != p.digest {
+		sl := m.byName[name]
+		if i := *sl.at(p.digest.Algorithm) - 1; i >= 0 {
+			if have := m.entries[i].Digest; have != p.digest {
 				return nil, fmt.Errorf("manifest line %d: %w: %q is %s here but %s on line %d",
-					n, ErrConflict, name, p.digest, have, prev)
+					n, ErrConflict, name, p.digest, have, m.lines[i])
 			}
 			continue
 		}
-		firstLine[k] = n
-		m.byName[name] = append(m.byName[name], len(m.entries))
 		m.entries = append(m.entries, Entry{Name: name, Digest: p.digest})
+		m.lines = append(m.lines, n)
+		*sl.at(p.digest.Algorithm) = len(m.entries)
+		m.byName[name] = sl
 	}
 	if len(m.entries) == 0 {
 		if firstUnusable != nil {
@@ -223,15 +235,6 @@ func parse(data []byte, o *options) (*Manifest, error) {
 		m.unusable = nil
 	}
 	return m, nil
-}
-
-func (m *Manifest) find(name string, alg digest.Algorithm) int {
-	for _, i := range m.byName[name] {
-		if m.entries[i].Digest.Algorithm == alg {
-			return i
-		}
-	}
-	return -1
 }
 
 // Entries returns the entries in the order first listed, one per name and
@@ -251,15 +254,11 @@ func (m *Manifest) Lookup(name string) (digest.Digest, error) {
 	if clean == "" {
 		return digest.Digest{}, fmt.Errorf("%w: empty name %q", ErrEntryNotFound, name)
 	}
-	var best digest.Digest
-	for _, i := range m.byName[clean] {
-		d := m.entries[i].Digest
-		if best.IsZero() || d.Algorithm.HexLen() > best.Algorithm.HexLen() {
-			best = d
+	if sl, ok := m.byName[clean]; ok {
+		if sl.sha512 > 0 {
+			return m.entries[sl.sha512-1].Digest, nil
 		}
-	}
-	if !best.IsZero() {
-		return best, nil
+		return m.entries[sl.sha256-1].Digest, nil
 	}
 	if err, ok := m.unusable[clean]; ok {
 		return digest.Digest{}, fmt.Errorf("manifest entry %q: %w", clean, err)
