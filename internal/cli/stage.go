@@ -25,6 +25,8 @@ func StageMain(command string, args []string, stderr io.Writer, stages ...string
 		rf.Register(fs)
 	}
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight work may finish before it is handed back")
+	ackWait := fs.Duration("ack-wait", 30*time.Second, "how soon a dead worker's message is redelivered (in-progress acks keep live work)")
+	maxDeliver := fs.Int("max-deliver", 5, "deliveries of one message before its request fails")
 	fs.Usage = Usage(fs, command+" [flags]")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -51,7 +53,7 @@ func StageMain(command string, args []string, stderr io.Writer, stages ...string
 		Logger:           log,
 		Concurrency:      c.Concurrency,
 		ResolutionMaxAge: rf.MaxAge,
-		RunnerOptions:    []stage.Option{stage.WithDrainTimeout(*drain)},
+		RunnerOptions:    []stage.Option{stage.WithDrainTimeout(*drain), stage.WithAckWait(*ackWait), stage.WithMaxDeliver(*maxDeliver)},
 	}
 	if slices.Contains(stages, messages.StageResolver) {
 		if deps.Resolver, err = rf.Resolver(log); err != nil {
