@@ -198,7 +198,7 @@ func (s *Store) checkBlobLocked(ctx context.Context, hex string, force bool) (in
 	}
 	// Good content with a stale or missing stamp (a touch, a copy of the
 	// store, a crash between rename and stamp): re-seal it.
-	if err := s.seal(path, s.blobStampPath(hex), hex, old.CommittedAt); err != nil {
+	if err := s.seal(path, s.blobStampPath(hex), stamp{SHA256: hex, CommittedAt: old.CommittedAt}); err != nil {
 		return BlobInfo{}, "", err
 	}
 	return BlobInfo{Path: path, SHA256: want, Size: size}, "", nil
@@ -211,8 +211,9 @@ func sha256String(hex string) string {
 	return string(digest.SHA256) + ":" + hex
 }
 
-// seal makes path read-only and records its stamp. committedAt zero means now.
-func (s *Store) seal(path, stampPath, sha256Hex string, committedAt time.Time) error {
+// seal makes path read-only and records its stamp: tmpl's digests and
+// CommittedAt (zero: now) with the stat fields filled in.
+func (s *Store) seal(path, stampPath string, tmpl stamp) error {
 	fi, err := os.Lstat(path)
 	if err != nil {
 		return fmt.Errorf("store: seal %s: %w", path, err)
@@ -226,8 +227,7 @@ func (s *Store) seal(path, stampPath, sha256Hex string, committedAt time.Time) e
 		}
 	}
 	st := statStamp(fi)
-	st.SHA256 = sha256Hex
-	st.CommittedAt = committedAt
+	st.SHA256, st.SparseSHA256, st.CommittedAt = tmpl.SHA256, tmpl.SparseSHA256, tmpl.CommittedAt
 	if st.CommittedAt.IsZero() {
 		st.CommittedAt = time.Now().UTC()
 	}
@@ -351,7 +351,7 @@ func (s *Store) Commit(ctx context.Context, ingestPath string, expected digest.D
 	if err := syncDir(filepath.Dir(src)); err != nil {
 		return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
 	}
-	if err := s.seal(final, s.blobStampPath(sumHex), sumHex, time.Time{}); err != nil {
+	if err := s.seal(final, s.blobStampPath(sumHex), stamp{SHA256: sumHex}); err != nil {
 		return BlobInfo{}, err
 	}
 	if err := s.writeAlias(exp, sumHex); err != nil {

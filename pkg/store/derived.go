@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/vmprep/vmprep/pkg/digest"
 )
@@ -99,20 +98,21 @@ func (s *Store) Derived(ctx context.Context, k DerivedKey) (string, error) {
 	return p, err
 }
 
-// checkDerivedLocked is checkBlobLocked for derived/<name>; the derived lock
-// must be held.
-func (s *Store) checkDerivedLocked(ctx context.Context, name string, force bool) (path string, sum digest.Digest, quarantined string, err error) {
+// checkDerivedLocked is checkBlobLocked for derived/<name>, against the
+// sparse digest recorded by PutDerived; the derived lock must be held. It
+// returns the sparse digest (hex) of a good file.
+func (s *Store) checkDerivedLocked(ctx context.Context, name string, force bool) (path, sparse, quarantined string, err error) {
 	path = s.path(dirDerived, name)
 	fi, err := os.Lstat(path)
 	if notExist(err) {
-		return "", digest.Digest{}, "", fmt.Errorf("store: derived %s: %w", name, ErrNotFound)
+		return "", "", "", fmt.Errorf("store: derived %s: %w", name, ErrNotFound)
 	}
 	if err != nil {
-		return "", digest.Digest{}, "", fmt.Errorf("store: derived %s: %w", name, err)
+		return "", "", "", fmt.Errorf("store: derived %s: %w", name, err)
 	}
 	st, stErr := readStamp(s.derivedStampPath(name))
 	if stErr == nil && !force && fi.Mode().IsRegular() && st.sameFile(statStamp(fi)) {
-		return path, digest.Digest{Algorithm: digest.SHA256, Hex: st.SHA256}, "", nil
+		return path, st.SparseSHA256, "", nil
 	}
 	var actual string
 	var size int64
@@ -120,33 +120,40 @@ func (s *Store) checkDerivedLocked(ctx context.Context, name string, force bool)
 	switch {
 	case !fi.Mode().IsRegular():
 		reason = fmt.Sprintf("not a regular file (%s)", fi.Mode().Type())
-	case stErr != nil || st.SHA256 == "":
+	case stErr != nil || st.SparseSHA256 == "":
 		// A crash between produce and stamp, or a stray file: its content is
 		// of unknown provenance. It can be derived again, so don't trust it.
 		reason = "no stamp recorded: content unverifiable"
 	default:
-		actual, _, size, err = s.hashPath(ctx, path, "")
+		actual, size, err = s.sparseHash(ctx, path)
 		if err != nil {
-			return "", digest.Digest{}, "", fmt.Errorf("store: verify derived %s: %w", name, err)
+			return "", "", "", fmt.Errorf("store: verify derived %s: %w", name, err)
 		}
-		if actual != st.SHA256 {
+		if actual != st.SparseSHA256 {
 			reason = "content no longer matches the digest recorded when it was derived"
 		}
 	}
 	if reason != "" {
 		q, qerr := s.quarantine(path, quarantineNote{
-			Reason: reason, Expected: sha256String(st.SHA256), Actual: sha256String(actual), ActualSize: size,
+			Reason: reason, Expected: sparseString(st.SparseSHA256), Actual: sparseString(actual), ActualSize: size,
 		})
 		_ = os.Remove(s.derivedStampPath(name))
 		if qerr != nil {
-			return "", digest.Digest{}, "", qerr
+			return "", "", "", qerr
 		}
-		return "", digest.Digest{}, q, fmt.Errorf("store: derived %s: %s, moved to %s: %w (%w)", name, reason, q, ErrQuarantined, ErrNotFound)
+		return "", "", q, fmt.Errorf("store: derived %s: %s, moved to %s: %w (%w)", name, reason, q, ErrQuarantined, ErrNotFound)
 	}
-	if err := s.seal(path, s.derivedStampPath(name), actual, st.CommittedAt); err != nil {
-		return "", digest.Digest{}, "", err
+	if err := s.seal(path, s.derivedStampPath(name), stamp{SparseSHA256: actual, CommittedAt: st.CommittedAt}); err != nil {
+		return "", "", "", err
 	}
-	return path, digest.Digest{Algorithm: digest.SHA256, Hex: actual}, "", nil
+	return path, actual, "", nil
+}
+
+func sparseString(hex string) string {
+	if hex == "" {
+		return ""
+	}
+	return "sparse-sha256:" + hex
 }
 
 // PutDerived returns the derived artifact for k, producing it if absent. Only
@@ -156,10 +163,11 @@ func (s *Store) checkDerivedLocked(ctx context.Context, name string, force bool)
 // same directory, fsync, rename). On a produce error anything at the path is
 // removed.
 //
-// The store then hashes the result once (SHA-256) and records it with the
-// stamp, so that Verify and a stamp mismatch can tell a damaged artifact from
-// a good one. That is one sequential read of a file the producer has just
-// written (mostly page-cache hits), small beside the conversion itself.
+// The store then computes the result's sparse digest (see sparseHash: cost in
+// proportion to the non-zero data, not the virtual size, and mostly
+// page-cache hits right after the producer wrote it) and records it with the
+// stamp, so that Verify and a stamp mismatch can tell a damaged artifact
+// from a good one.
 func (s *Store) PutDerived(ctx context.Context, k DerivedKey, produce func(ctx context.Context, dst string) error) (string, error) {
 	name, err := k.fileName()
 	if err != nil {
@@ -198,15 +206,15 @@ func (s *Store) PutDerived(ctx context.Context, k DerivedKey, produce func(ctx c
 		s.removeAll(path)
 		return "", fmt.Errorf("store: derive %s: producer left a %s at %s, want a regular file", k, fi.Mode().Type(), path)
 	}
-	sum, _, _, err := s.hashPath(ctx, path, "")
+	sum, _, err := s.sparseHash(ctx, path)
 	if err != nil {
 		s.removeAll(path)
 		return "", fmt.Errorf("store: derive %s: hash result: %w", k, err)
 	}
-	if err := s.seal(path, s.derivedStampPath(name), sum, time.Time{}); err != nil {
+	if err := s.seal(path, s.derivedStampPath(name), stamp{SparseSHA256: sum}); err != nil {
 		return "", err
 	}
-	s.log.Debug("store: derived", "key", k.String(), "sha256", sum, "size", fi.Size())
+	s.log.Debug("store: derived", "key", k.String(), "sparse_sha256", sum, "size", fi.Size())
 	return path, nil
 }
 

@@ -122,15 +122,6 @@ func validComponent(what, v string) error {
 	return nil
 }
 
-// within reports whether path is dir or inside it (both clean and absolute).
-func within(dir, path string) bool {
-	rel, err := filepath.Rel(dir, path)
-	if err != nil {
-		return false
-	}
-	return rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) && !filepath.IsAbs(rel)
-}
-
 func isTempName(name string) bool { return strings.Contains(name, tempMarker) }
 
 func notExist(err error) bool { return errors.Is(err, os.ErrNotExist) }

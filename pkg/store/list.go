@@ -26,9 +26,11 @@ const (
 type Entry struct {
 	Kind EntryKind `json:"kind"`
 	Path string    `json:"path"`
-	// Digest is the SHA-256 of the content (for a derived file, as recorded
-	// when it was produced; zero if unknown).
+	// Digest is a blob's SHA-256 (zero for derived files).
 	Digest digest.Digest `json:"digest,omitzero"`
+	// SparseSHA256 is a derived file's sparse digest as recorded when it was
+	// produced (hex; see PutDerived), empty if unknown.
+	SparseSHA256 string `json:"sparse_sha256,omitempty"`
 	// Aliases are other digests (SHA-512) known to name this blob.
 	Aliases []digest.Digest `json:"aliases,omitempty"`
 	Size    int64           `json:"size"`
@@ -119,9 +121,7 @@ func (s *Store) scan(ctx context.Context) (*inventory, error) {
 		e := &Entry{Kind: KindDerived, Path: p, Size: fi.Size(), Derived: &k}
 		if st, err := readStamp(s.derivedStampPath(name)); err == nil {
 			e.CommittedAt = st.CommittedAt
-			if st.SHA256 != "" {
-				e.Digest = digest.Digest{Algorithm: digest.SHA256, Hex: st.SHA256}
-			}
+			e.SparseSHA256 = st.SparseSHA256
 		}
 		inv.derived[name] = e
 	}

@@ -17,10 +17,11 @@ type stamp struct {
 	ChangeTimeNs int64  `json:"ctime_ns,omitempty"`
 	Inode        uint64 `json:"ino,omitempty"`
 	Device       uint64 `json:"dev,omitempty"`
-	// SHA256 is the hex digest of the content (always for derived files;
-	// blobs are named by it).
-	SHA256      string    `json:"sha256,omitempty"`
-	CommittedAt time.Time `json:"committed_at"`
+	// SHA256 is the hex digest of a blob's content (its name).
+	SHA256 string `json:"sha256,omitempty"`
+	// SparseSHA256 is the sparse digest of a derived file (see sparseHash).
+	SparseSHA256 string    `json:"sparse_sha256,omitempty"`
+	CommittedAt  time.Time `json:"committed_at"`
 }
 
 // maxStampBytes caps reads of stamp files; real ones are ~200 bytes.

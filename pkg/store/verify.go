@@ -14,11 +14,14 @@ var ErrVerifyFailed = errors.New("verification failed")
 
 // VerifyResult is the outcome for one file.
 type VerifyResult struct {
-	Kind   EntryKind     `json:"kind"`
-	Path   string        `json:"path"`
+	Kind EntryKind `json:"kind"`
+	Path string    `json:"path"`
+	// Digest is a blob's SHA-256.
 	Digest digest.Digest `json:"digest,omitzero"`
-	Size   int64         `json:"size"`
-	OK     bool          `json:"ok"`
+	// SparseSHA256 is a derived file's sparse digest (hex; see PutDerived).
+	SparseSHA256 string `json:"sparse_sha256,omitempty"`
+	Size         int64  `json:"size"`
+	OK           bool   `json:"ok"`
 	// Err says why it failed (nil when OK).
 	Err error `json:"-"`
 	// QuarantinePath is where a bad file was moved.
@@ -75,7 +78,7 @@ func (s *Store) Verify(ctx context.Context, report func(VerifyResult)) error {
 		if err != nil {
 			return fmt.Errorf("store: verify: %w", err)
 		}
-		_, sum, q, err := s.checkDerivedLocked(ctx, name, true)
+		_, sparse, q, err := s.checkDerivedLocked(ctx, name, true)
 		unlock()
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return fmt.Errorf("store: verify: %w", ctxErr)
@@ -83,10 +86,10 @@ func (s *Store) Verify(ctx context.Context, report func(VerifyResult)) error {
 		if errors.Is(err, ErrNotFound) && q == "" {
 			continue
 		}
-		if sum.IsZero() {
-			sum = e.Digest
+		if sparse == "" {
+			sparse = e.SparseSHA256
 		}
-		note(VerifyResult{Kind: KindDerived, Path: e.Path, Digest: sum, Size: e.Size, QuarantinePath: q}, err)
+		note(VerifyResult{Kind: KindDerived, Path: e.Path, SparseSHA256: sparse, Size: e.Size, QuarantinePath: q}, err)
 	}
 	if bad > 0 {
 		return fmt.Errorf("store: verify: %d of %d files failed (first: %v): %w", bad, total, firstErr, ErrVerifyFailed)
