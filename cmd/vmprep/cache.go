@@ -146,7 +146,11 @@ func cacheList(ctx context.Context, st *store.Store, asJSON bool, stdout, stderr
 		if !e.CommittedAt.IsZero() {
 			committed = e.CommittedAt.Local().Format("2006-01-02 15:04")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Kind, shortDigest(e.Digest), store.HumanSize(e.Size), committed, strings.Join(uses, ", "))
+		id := shortDigest(e.Digest)
+		if e.Kind == store.KindDerived && e.SparseSHA256 != "" {
+			id = shortDigest(digest.Digest{Algorithm: "sparse", Hex: e.SparseSHA256})
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Kind, id, store.HumanSize(e.Size), committed, strings.Join(uses, ", "))
 	}
 	if err := tw.Flush(); err != nil {
 		return 1

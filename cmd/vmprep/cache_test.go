@@ -44,6 +44,11 @@ func cacheFixture(t *testing.T) (root string, used, unused store.BlobInfo) {
 	if _, err := st.LinkImage(spec, store.LinkKernel, used.Path); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := st.PutDerived(ctx, store.DerivedKey{Source: used.SHA256, Converter: "test-1", Format: "raw"}, func(ctx context.Context, dst string) error {
+		return store.WriteAtomic(dst, 0o644, func(f *os.File) error { return f.Truncate(1 << 30) })
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if err := st.SaveResolution(ctx, catalog.Resolution{Spec: spec, Assets: []catalog.Asset{{Role: catalog.RoleKernel, Digest: used.SHA256}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +82,7 @@ func TestCacheLs(t *testing.T) {
 			}
 			for _, want := range []string{
 				"KIND", "sha256:" + used.SHA256.Hex[:12], "3.0 MiB", "ubuntu/24.04/amd64/vmlinuz",
-				"record ubuntu/24.04/amd64", "sha256:" + unused.SHA256.Hex[:12], "(unused)", "2 blobs, 0 derived",
+				"record ubuntu/24.04/amd64", "sha256:" + unused.SHA256.Hex[:12], "(unused)", "2 blobs, 1 derived", "derived", "raw of sha256:" + used.SHA256.Hex[:12] + " (test-1)", "1.0 GiB",
 			} {
 				if !strings.Contains(out, want) {
 					t.Errorf("output lacks %q:\n%s", want, out)
@@ -93,7 +98,7 @@ func TestCacheLs(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &entries); err != nil {
 		t.Fatalf("ls --json: %v\n%s", err, out)
 	}
-	if len(entries) != 2 || entries[0].Kind != store.KindBlob {
+	if len(entries) != 3 || entries[0].Kind != store.KindBlob || entries[2].Kind != store.KindDerived {
 		t.Errorf("entries %+v", entries)
 	}
 	for _, e := range entries {
@@ -106,7 +111,7 @@ func TestCacheLs(t *testing.T) {
 func TestCacheVerify(t *testing.T) {
 	root, used, unused := cacheFixture(t)
 	code, out, errOut := runCacheT(t, "verify", "--cache-dir", root)
-	if code != 0 || strings.Count(out, "ok ") != 2 {
+	if code != 0 || strings.Count(out, "ok ") != 3 {
 		t.Fatalf("verify clean: exit %d\n%s%s", code, out, errOut)
 	}
 	// Corrupt the unused blob.
@@ -117,13 +122,13 @@ func TestCacheVerify(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out, errOut = runCacheT(t, "verify", "--cache-dir", root)
-	if code != 1 || !strings.Contains(out, "BAD") || !strings.Contains(out, unused.SHA256.Hex) || !strings.Contains(errOut, "1 of 2") {
+	if code != 1 || !strings.Contains(out, "BAD") || !strings.Contains(out, unused.SHA256.Hex) || !strings.Contains(errOut, "1 of 3") {
 		t.Errorf("verify corrupt: exit %d\n%s%s", code, out, errOut)
 	}
 	// It was quarantined, so the next run is clean.
 	code, out, _ = runCacheT(t, "verify", "--json", "--cache-dir", root)
 	var lines []map[string]any
-	if err := json.Unmarshal([]byte(out), &lines); err != nil || code != 0 || len(lines) != 1 || lines[0]["path"] != used.Path {
+	if err := json.Unmarshal([]byte(out), &lines); err != nil || code != 0 || len(lines) != 2 || lines[0]["path"] != used.Path {
 		t.Errorf("verify after quarantine: exit %d, %v\n%s", code, err, out)
 	}
 }
