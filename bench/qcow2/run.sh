@@ -21,8 +21,10 @@ command -v qemu-img >/dev/null || { echo "qemu-img not installed" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "/usr/bin/time not installed (apt-get install time)" >&2; exit 1; }
 
 echo "building 2 GiB raw with 1 GiB of data..." >&2
-# Realistic content: the first 1 GiB of a tar of /usr (cycled if smaller).
-( while :; do tar cf - /usr/lib /usr/share /usr/bin 2>/dev/null; done ) | head -c 1G >"$work/data" || true
+# Realistic content: the first 1 GiB of a tar of /usr (tar dies of SIGPIPE
+# once head has enough, hence || true).
+tar cf - /usr/lib /usr/share /usr/bin 2>/dev/null | head -c 1G >"$work/data" || true
+[ "$(stat -c %s "$work/data")" -eq $((1 << 30)) ] || { echo "need 1 GiB under /usr" >&2; exit 1; }
 truncate -s 2G "$work/src.raw"
 python3 - "$work/data" "$work/src.raw" <<'PY'
 import sys

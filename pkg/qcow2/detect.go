@@ -40,10 +40,11 @@ func DetectFormat(r io.ReaderAt, size int64) (Format, error) {
 	if size < n {
 		n = size
 	}
-	if _, err := r.ReadAt(head[:n], 0); err != nil && !(err == io.EOF && n > 0) {
-		if n > 0 {
-			return "", fmt.Errorf("detect image format: read header: %w", err)
+	if m, err := r.ReadAt(head[:n], 0); int64(m) < n {
+		if err == nil || err == io.EOF {
+			err = io.ErrUnexpectedEOF
 		}
+		return "", fmt.Errorf("detect image format: read first %d bytes: %w", n, err)
 	}
 	b := head[:n]
 	switch {

@@ -196,3 +196,54 @@ func TestExtentsMatchQemuMap(t *testing.T) {
 		})
 	}
 }
+
+// TestInfoMatchesQemuImg compares Info with `qemu-img info --output=json`.
+func TestInfoMatchesQemuImg(t *testing.T) {
+	qemuImg, _ := requireQemu(t)
+	for _, tc := range loadExpected(t) {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(corpusDir, "valid", tc.name)
+			out, err := exec.Command(qemuImg, "info", "--output=json", path).Output()
+			if err != nil {
+				t.Fatalf("qemu-img info: %v", err)
+			}
+			var q struct {
+				VirtualSize int64 `json:"virtual-size"`
+				ClusterSize int64 `json:"cluster-size"`
+				Dirty       bool  `json:"dirty-flag"`
+				Snapshots   []struct {
+					Name string
+				}
+				Specific struct {
+					Data struct {
+						Compat      string
+						Compression string `json:"compression-type"`
+						Lazy        bool   `json:"lazy-refcounts"`
+						RefBits     int    `json:"refcount-bits"`
+						ExtendedL2  bool   `json:"extended-l2"`
+					}
+				} `json:"format-specific"`
+			}
+			if err := json.Unmarshal(out, &q); err != nil {
+				t.Fatal(err)
+			}
+			img, err := OpenFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer img.Close()
+			info := img.Info()
+			compat := map[int]string{2: "0.10", 3: "1.1"}[info.Version]
+			d := q.Specific.Data
+			// qemu-img omits compression-type for version 2; it is always zlib there.
+			if d.Compression == "" {
+				d.Compression = "zlib"
+			}
+			got := fmt.Sprint(info.VirtualSize, info.ClusterSize, info.Dirty, info.Snapshots, compat, info.Compression, info.LazyRefcounts, info.RefcountBits, info.ExtendedL2)
+			want := fmt.Sprint(q.VirtualSize, q.ClusterSize, q.Dirty, len(q.Snapshots), d.Compat, d.Compression, d.Lazy, d.RefBits, d.ExtendedL2)
+			if got != want {
+				t.Fatalf("Info %s, qemu-img info %s", got, want)
+			}
+		})
+	}
+}
