@@ -58,7 +58,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	requestID := fs.String("request-id", "", "request id (default: random); the same id yields the same one result")
 	timeout := fs.Duration("timeout", 0, "give up after this long (default: no limit; slow downloads are fine while bytes flow)")
-	logLevel := fs.String("log-level", "warn", "stage log level in embedded mode: debug, info, warn, error")
+	logLevel := fs.String("log-level", "error", "stage log level in embedded mode: debug, info, warn, error (the outcome is always reported)")
 	concurrency := fs.Int("concurrency", 3, "assets worked on at once by each stage in embedded mode")
 	var rf cli.ResolverFlags
 	rf.Register(fs)

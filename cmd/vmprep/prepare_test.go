@@ -1,0 +1,79 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/pkg/catalog"
+)
+
+func TestPrepareCommand(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchARM64))
+	cache := t.TempDir()
+	base := []string{"prepare", "--cache-dir", cache, "--mirror", m.URL, "--keyring", m.KeyringFile()}
+
+	var stdout, stderr bytes.Buffer
+	code := run(append(base, "--json", "--arch", "aarch64", "--format", "raw", "ubuntu", "24.04"), &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d, stderr: %s", code, stderr.String())
+	}
+	var out map[string]any
+	if err := json.Unmarshal(stdout.Bytes(), &out); err != nil {
+		t.Fatalf("--json output: %v\n%s", err, stdout.String())
+	}
+	for _, k := range []string{"kernel", "initramfs", "disk"} {
+		p, _ := out[k].(string)
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s = %q: %v", k, p, err)
+		}
+	}
+	if out["disk_format"] != "raw" {
+		t.Errorf("disk_format = %v, want raw", out["disk_format"])
+	}
+
+	// Flags after the positional arguments work too; plain output names each file.
+	stdout.Reset()
+	stderr.Reset()
+	if code := run(append(base, "ubuntu", "24.04", "--arch", "arm64", "--format", "qcow2"), &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d, stderr: %s", code, stderr.String())
+	}
+	for _, want := range []string{"kernel:", "initramfs:", "disk:", "(qcow2)", m.Fingerprint()} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, stdout.String())
+		}
+	}
+
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantErr  string
+	}{
+		{"alpine", []string{"alpine", "3.20"}, 1, "alpine"},
+		{"unknown distro", []string{"plan9", "4"}, 1, "ubuntu"},
+		{"traversal", []string{"ubuntu", "../../etc"}, 2, "version"},
+		{"bad arch", []string{"--arch", "sparc", "ubuntu", "24.04"}, 2, "sparc"},
+		{"bad format", []string{"--format", "vmdk", "ubuntu", "24.04"}, 2, "vmdk"},
+		{"missing version", []string{"ubuntu"}, 2, "DISTRO VERSION"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run(append(append([]string{}, base...), tt.args...), &stdout, &stderr)
+			if code != tt.wantCode {
+				t.Fatalf("exit %d, want %d; stderr: %s", code, tt.wantCode, stderr.String())
+			}
+			msg := strings.TrimSpace(stderr.String())
+			if strings.Count(msg, "\n") != 0 && tt.wantCode == 1 {
+				t.Errorf("want one line on stderr, got:\n%s", msg)
+			}
+			if !strings.Contains(strings.ToLower(msg), strings.ToLower(tt.wantErr)) {
+				t.Errorf("stderr %q does not mention %q", msg, tt.wantErr)
+			}
+		})
+	}
+}
