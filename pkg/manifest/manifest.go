@@ -5,7 +5,7 @@
 // by line.
 //
 // It is deliberately strict where laxness is dangerous: a line without a
-// name is an error, never an entry matching "" ; names are compared whole
+// name is an error, never an entry matching ""; names are compared whole
 // (a basename never matches across folders); MD5 and SHA-1 are refused; a
 // name listed twice with different digests fails the whole manifest. It
 // does not check signatures: parse only the verified plaintext.
@@ -48,7 +48,8 @@ type Entry struct {
 // safe for concurrent use.
 type Manifest struct {
 	entries []Entry
-	// lines holds the line each entry was first listed on, for conflict errors.
+	// lines holds the line each entry was first listed on, for conflict
+	// errors while parsing; dropped afterwards.
 	lines []int
 	// byName maps a normalised name to its entries, at most one per algorithm.
 	byName map[string]slot
@@ -234,6 +235,7 @@ func parse(data []byte, o *options) (*Manifest, error) {
 	if len(m.unusable) == 0 {
 		m.unusable = nil
 	}
+	m.lines = nil // only conflict messages needed them
 	return m, nil
 }
 
