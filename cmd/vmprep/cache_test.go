@@ -44,9 +44,13 @@ func cacheFixture(t *testing.T) (root string, used, unused store.BlobInfo) {
 	if _, err := st.LinkImage(spec, store.LinkKernel, used.Path); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.PutDerived(ctx, store.DerivedKey{Source: used.SHA256, Converter: "test-1", Format: "raw"}, func(ctx context.Context, dst string) error {
+	raw, err := st.PutDerived(ctx, store.DerivedKey{Source: used.SHA256, Converter: "test-1", Format: "raw"}, func(ctx context.Context, dst string) error {
 		return store.WriteAtomic(dst, 0o644, func(f *os.File) error { return f.Truncate(1 << 30) })
-	}); err != nil {
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.LinkImage(spec, store.LinkDiskRaw, raw); err != nil {
 		t.Fatal(err)
 	}
 	if err := st.SaveResolution(ctx, catalog.Resolution{Spec: spec, Assets: []catalog.Asset{{Role: catalog.RoleKernel, Digest: used.SHA256}}}); err != nil {
@@ -82,7 +86,7 @@ func TestCacheLs(t *testing.T) {
 			}
 			for _, want := range []string{
 				"KIND", "sha256:" + used.SHA256.Hex[:12], "3.0 MiB", "ubuntu/24.04/amd64/vmlinuz",
-				"record ubuntu/24.04/amd64", "sha256:" + unused.SHA256.Hex[:12], "(unused)", "2 blobs, 1 derived", "derived", "raw of sha256:" + used.SHA256.Hex[:12] + " (test-1)", "1.0 GiB",
+				"record ubuntu/24.04/amd64", "sha256:" + unused.SHA256.Hex[:12], "(unused)", "2 blobs, 1 derived", "derived", "raw of sha256:" + used.SHA256.Hex[:12] + " (test-1)", "1.0 GiB", "ubuntu/24.04/amd64/disk.raw",
 			} {
 				if !strings.Contains(out, want) {
 					t.Errorf("output lacks %q:\n%s", want, out)

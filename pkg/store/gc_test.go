@@ -19,6 +19,7 @@ type gcFixture struct {
 	s                                       *Store
 	recorded, linked, orphan                BlobInfo
 	derivedOfRecorded, derivedOfOrphan      string
+	derivedOldConverter                     string
 	stalePartial, freshPartial, heldPartial string
 	staleTemp, freshTemp, danglingLink      string
 	releaseHeld                             func() error
@@ -46,6 +47,14 @@ func newGCFixture(t *testing.T) *gcFixture {
 	var calls atomic.Int64
 	var err error
 	f.derivedOfRecorded, err = s.PutDerived(ctx, DerivedKey{Source: f.recorded.SHA256, Converter: "c-1", Format: "raw"}, writeProducer(content("d1", 500), &calls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.LinkImage(noble, LinkDiskRaw, f.derivedOfRecorded); err != nil {
+		t.Fatal(err)
+	}
+	// Output of an older converter for a recorded source: no longer linked.
+	f.derivedOldConverter, err = s.PutDerived(ctx, DerivedKey{Source: f.recorded.SHA256, Converter: "c-0", Format: "raw"}, writeProducer(content("d0", 400), &calls))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +121,7 @@ func TestGC(t *testing.T) {
 		}
 	}
 
-	wantRemoved := []string{f.orphan.Path, f.derivedOfOrphan, f.stalePartial, f.stalePartial + ".meta", f.staleTemp, f.danglingLink}
+	wantRemoved := []string{f.orphan.Path, f.derivedOfOrphan, f.derivedOldConverter, f.stalePartial, f.stalePartial + ".meta", f.staleTemp, f.danglingLink}
 	wantKept := []string{f.recorded.Path, f.linked.Path, f.derivedOfRecorded, f.freshPartial, f.heldPartial, f.freshTemp}
 	sort.Strings(wantRemoved)
 
@@ -263,8 +272,8 @@ func TestList(t *testing.T) {
 	for _, e := range entries {
 		byPath[e.Path] = e
 	}
-	if len(entries) != 5 {
-		t.Errorf("List has %d entries, want 3 blobs + 2 derived", len(entries))
+	if len(entries) != 6 {
+		t.Errorf("List has %d entries, want 3 blobs + 3 derived", len(entries))
 	}
 	rec := byPath[f.recorded.Path]
 	if rec.Kind != KindBlob || rec.Size != 1000 || len(rec.Records) != 1 || rec.Records[0] != noble ||
@@ -274,11 +283,13 @@ func TestList(t *testing.T) {
 	if l := byPath[f.linked.Path]; len(l.Images) != 1 || l.Images[0] != "debian/13/arm64/vmlinuz" {
 		t.Errorf("linked entry %+v", l)
 	}
-	if o := byPath[f.orphan.Path]; o.Referenced() {
-		t.Errorf("orphan entry %+v", o)
+	for _, p := range []string{f.orphan.Path, f.derivedOldConverter} {
+		if o := byPath[p]; o.Referenced() {
+			t.Errorf("unused entry %+v", o)
+		}
 	}
 	d := byPath[f.derivedOfRecorded]
-	if d.Kind != KindDerived || d.Derived == nil || d.Derived.Source != f.recorded.SHA256 || !d.Referenced() || d.SparseSHA256 != mustSparse(t, f.s, d.Path) || !d.Digest.IsZero() {
+	if d.Kind != KindDerived || d.Derived == nil || d.Derived.Source != f.recorded.SHA256 || len(d.Images) != 1 || d.Images[0] != "ubuntu/24.04/amd64/disk.raw" || d.SparseSHA256 != mustSparse(t, f.s, d.Path) || !d.Digest.IsZero() {
 		t.Errorf("derived entry %+v", d)
 	}
 	if entries[0].Kind != KindBlob || entries[len(entries)-1].Kind != KindDerived {

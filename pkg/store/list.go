@@ -39,8 +39,9 @@ type Entry struct {
 	CommittedAt time.Time   `json:"committed_at,omitzero"`
 	// Images are the links (relative to images/) that point at it.
 	Images []string `json:"images,omitempty"`
-	// Records are the recorded resolutions that list it (for a derived
-	// file: that list its source).
+	// Records are the recorded resolutions that list a blob. (A derived file
+	// is kept only by image links: once a new converter's output replaces it
+	// in images/, the old one is garbage even though its source is recorded.)
 	Records []catalog.ImageSpec `json:"records,omitempty"`
 }
 
@@ -186,14 +187,6 @@ func (inv *inventory) sha256Of(d digest.Digest) string {
 }
 
 func (s *Store) scanRecords(ctx context.Context, inv *inventory) error {
-	// Derived entries by source SHA-256, so a record keeps what was derived
-	// from its assets.
-	bySource := map[string][]*Entry{}
-	for _, e := range inv.derived {
-		if h := inv.sha256Of(e.Derived.Source); h != "" {
-			bySource[h] = append(bySource[h], e)
-		}
-	}
 	root := s.path(dirRecords)
 	return filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
 		if err != nil {
@@ -223,9 +216,6 @@ func (s *Store) scanRecords(ctx context.Context, inv *inventory) error {
 				continue
 			}
 			if e := inv.blobs[h]; e != nil {
-				e.Records = appendSpec(e.Records, r.Spec)
-			}
-			for _, e := range bySource[h] {
 				e.Records = appendSpec(e.Records, r.Spec)
 			}
 		}
