@@ -20,6 +20,20 @@
 // temporary name in its destination directory (".<name>.tmp-*"), fsynced,
 // renamed and the directory fsynced, so a crash leaves the old state or the
 // new one plus at worst a stale temporary that GC removes.
+//
+// Fetching an asset with expected digest d:
+//
+//	if info, err := s.Lookup(ctx, d); err == nil { use(info) }  // warm: stat + stamp, no hashing
+//	unlock, err := s.Lock(ctx, d.String())                       // one downloader per digest
+//	defer unlock()
+//	if info, err := s.Lookup(ctx, d); err == nil { use(info) }   // someone else fetched it
+//	download into s.IngestPath(d) (resumable; sidecar IngestPath(d)+".meta")
+//	info, err := s.Commit(ctx, s.IngestPath(d), d, size)        // verify, publish, or quarantine
+//
+// Deriving: PutDerived(ctx, DerivedKey{Source: info.SHA256, Converter, Format},
+// produce). Publishing: LinkImage for each file and SaveResolution for the
+// resolution. GC keeps blobs that records or image links name, derived files
+// that image links name, and anything younger than GCOptions.MinAge.
 package store
 
 import (
