@@ -415,3 +415,53 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 		t.Error("a blob was committed from outside the ingest directory")
 	}
 }
+
+// TestCorruptCacheIsFetchedAgain: a stored blob that stopped matching its
+// digest is quarantined and fetched again, instead of failing the request.
+func TestCorruptCacheIsFetchedAgain(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	e := newEnv(t, m)
+	emb := e.start(t)
+	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+	first := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "first", Spec: spec, Format: catalog.FormatQCOW2})
+	if first.Status != messages.ResultPrepared {
+		t.Fatalf("first: %+v", first.Failure)
+	}
+	// Flip a byte of the committed kernel blob behind the store's back.
+	kernel, err := filepath.EvalSymlinks(first.Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(kernel, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(kernel, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, 100); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, 100); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	kernelRel := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel)
+	before := m.Requests(kernelRel)
+
+	second := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "second", Spec: spec, Format: catalog.FormatQCOW2})
+	if second.Status != messages.ResultPrepared {
+		t.Fatalf("second: %+v", second.Failure)
+	}
+	if got, want := fileSHA256(t, second.Kernel), m.Digest(kernelRel).Hex; got != want {
+		t.Errorf("kernel after repair has sha256 %s, want %s", got, want)
+	}
+	if m.Requests(kernelRel) == before {
+		t.Error("the corrupt kernel was not fetched again")
+	}
+	if q, _ := os.ReadDir(filepath.Join(e.cache, "quarantine")); len(q) == 0 {
+		t.Error("nothing was quarantined")
+	}
+}
