@@ -426,3 +426,23 @@ func TestSingleDownloadAcrossProcesses(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// A cancelled commit is not a verification failure: the ingest file stays
+// (the download can resume) and nothing is quarantined.
+func TestCommitCancelled(t *testing.T) {
+	s := newStore(t)
+	data := content("cancel", 3<<20)
+	d := sha256Of(data)
+	p := ingest(t, s, d, data)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Commit(ctx, p, d, int64(len(data))); !errors.Is(err, context.Canceled) || errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("Commit with cancelled ctx = %v", err)
+	}
+	if !exists(p) || len(dirNames(t, filepath.Join(s.Root(), dirQuarantine))) != 0 {
+		t.Error("cancelled commit lost or quarantined the ingest file")
+	}
+	if _, err := s.Commit(context.Background(), p, d, int64(len(data))); err != nil {
+		t.Errorf("commit after cancel: %v", err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/vmprep/vmprep/pkg/digest"
 )
@@ -219,5 +220,25 @@ func TestDerivedKeyNames(t *testing.T) {
 				t.Errorf("parseDerivedName(%q) = %+v, %v", name, back, ok)
 			}
 		})
+	}
+}
+
+func TestPutDerivedWaitHonoursContext(t *testing.T) {
+	s := newStore(t)
+	k := DerivedKey{Source: sha256Of([]byte("src")), Converter: "c-1", Format: "raw"}
+	name, err := k.fileName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock, _, err := s.lock(context.Background(), lockDerived, name, false) // a producer at work
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	var calls atomic.Int64
+	if _, err := s.PutDerived(ctx, k, writeProducer([]byte("x"), &calls)); !errors.Is(err, context.DeadlineExceeded) || calls.Load() != 0 {
+		t.Errorf("PutDerived while another produces = %v (%d calls), want DeadlineExceeded and no call", err, calls.Load())
 	}
 }
