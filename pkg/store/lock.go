@@ -80,7 +80,7 @@ func (t *lockTable) acquire(ctx context.Context, name string, try bool) (release
 // waiter that opened the old file must then retry on the new one.
 func (s *Store) fileLock(ctx context.Context, path string, shared, try bool) (unlock func() error, ok bool, err error) {
 	wait := 2 * time.Millisecond
-	for {
+	for replaced := 0; ; {
 		if err := ctx.Err(); err != nil {
 			return nil, false, err
 		}
@@ -101,7 +101,12 @@ func (s *Store) fileLock(ctx context.Context, path string, shared, try bool) (un
 				return fl.Unlock, true, nil
 			}
 			_ = fl.Unlock()
-			continue // the file was replaced under us: lock the new one
+			// The file was replaced under us: lock the new one. Bounded, so
+			// that a path that never stats the same cannot spin forever.
+			if replaced++; replaced > 100 {
+				return nil, false, fmt.Errorf("lock %s: lock file keeps changing (stat: %v)", path, cerr)
+			}
+			continue
 		}
 		if try {
 			return nil, false, nil

@@ -33,10 +33,14 @@ func statStamp(fi os.FileInfo) stamp {
 	return st
 }
 
-// sameFile compares the stat-derived fields (not the digest or time).
+// sameFile compares the stat-derived fields (not the digest or time). The
+// device number is recorded but not compared: it may change across reboots
+// (device-mapper, some network file systems) and would make every lookup
+// after a reboot re-hash, while inode and ctime already change with any
+// replacement or write.
 func (a stamp) sameFile(b stamp) bool {
 	return a.Size == b.Size && a.ModTimeNs == b.ModTimeNs && a.ChangeTimeNs == b.ChangeTimeNs &&
-		a.Inode == b.Inode && a.Device == b.Device
+		a.Inode == b.Inode
 }
 
 func readStamp(path string) (stamp, error) {
