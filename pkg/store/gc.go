@@ -83,7 +83,8 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 	now := time.Now()
 	g := &gcRun{s: s, ctx: ctx, opts: opts, rep: &rep}
 
-	for hex, e := range inv.blobs {
+	for _, hex := range sortedKeys(inv.blobs) {
+		e := inv.blobs[hex]
 		if e.Referenced() || now.Sub(entryTime(e)) < opts.MinAge {
 			rep.Kept++
 			continue
@@ -91,7 +92,8 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 		g.removeLocked(lockBlob, hex, GCItem{Kind: "blob", Path: e.Path, Size: e.Size, Reason: "unreferenced"},
 			s.blobStampPath(hex))
 	}
-	for name, e := range inv.derived {
+	for _, name := range sortedKeys(inv.derived) {
+		e := inv.derived[name]
 		if e.Referenced() || now.Sub(entryTime(e)) < opts.MinAge {
 			rep.Kept++
 			continue
