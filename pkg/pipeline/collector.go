@@ -27,9 +27,13 @@ type CollectorStage struct {
 }
 
 // viewName is the file name of each role in images/<distro>/<version>/<arch>/.
-func viewName(role catalog.Role, format catalog.DiskFormat) string {
+func viewName(ev messages.AssetEvent) string {
+	role, format := ev.Asset.Role, ev.FileFormat
 	switch role {
 	case catalog.RoleKernel:
+		if ev.Status == messages.StatusConverted {
+			return "vmlinux" // unpacked from a gzip-compressed vmlinuz
+		}
 		return "vmlinuz"
 	case catalog.RoleInitramfs:
 		return "initramfs"
@@ -133,18 +137,18 @@ func (s *CollectorStage) decide(st requestState, id string) (*messages.Result, e
 	res.Unsigned = false
 	for _, r := range st.Roles {
 		ev := st.Done[r]
-		path, err := s.Store.LinkImage(st.Spec, viewName(r, ev.FileFormat), ev.Path)
+		path, err := s.Store.LinkImage(st.Spec, viewName(ev), ev.Path)
 		if err != nil {
 			return nil, fmt.Errorf("link %s into the images view: %w", r, err)
 		}
 		f := messages.File{Path: path, Digest: ev.Asset.Digest, Size: ev.Size, URL: ev.Asset.URL}
+		if ev.Status == messages.StatusConverted {
+			// The published digest vouches for the source; this file is derived from it.
+			f.Digest, f.DerivedFrom = digest.Digest{}, ev.Asset.Digest
+		}
 		if r == catalog.RoleDisk {
 			f.Format = ev.FileFormat
 			res.Disk, res.DiskFormat = path, ev.FileFormat
-			if ev.FileFormat != ev.Asset.Format {
-				// The published digest vouches for the source; the raw is derived from it.
-				f.Digest, f.DerivedFrom = digest.Digest{}, ev.Asset.Digest
-			}
 		}
 		switch r {
 		case catalog.RoleKernel:

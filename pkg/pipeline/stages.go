@@ -12,6 +12,7 @@ import (
 
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/download"
+	"github.com/vmprep/vmprep/pkg/kernel"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/qcow2"
 	"github.com/vmprep/vmprep/pkg/resolve"
@@ -196,6 +197,18 @@ func (s *VerifierStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 		return nil, err
 	}
 	ev.Status, ev.Blob, ev.Path, ev.Size, ev.Ingest = messages.StatusVerified, blob.SHA256, blob.Path, blob.Size, ""
+	if a.Role == catalog.RoleKernel {
+		// A gzip-compressed kernel (Ubuntu arm64) must be unpacked for direct boot;
+		// reading its two magic bytes is the only read on a warm request.
+		gz, err := kernel.IsGzip(blob.Path)
+		if err != nil {
+			return nil, err
+		}
+		if gz {
+			out, err := assetEvent(messages.SubjectConvert, "convert", ev)
+			return []stage.Event{out}, err
+		}
+	}
 	if a.Role == catalog.RoleDisk {
 		ev.FileFormat = a.Format
 		if ev.Format == catalog.FormatRaw && a.Format != catalog.FormatRaw {
@@ -240,15 +253,18 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 	if err != nil {
 		return nil, err
 	}
-	if ev.Asset.Role != catalog.RoleDisk || ev.Blob.IsZero() {
+	if (ev.Asset.Role != catalog.RoleDisk && ev.Asset.Role != catalog.RoleKernel) || ev.Blob.IsZero() {
 		return nil, stage.Poison(fmt.Errorf("converter got a %q asset without a verified blob", ev.Asset.Role))
 	}
 	blob, err := s.Store.Lookup(ctx, ev.Blob)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			return nil, stage.Permanent(fmt.Errorf("disk blob %s is no longer in the store: %w", ev.Blob, err))
+			return nil, stage.Permanent(fmt.Errorf("%s blob %s is no longer in the store: %w", ev.Asset.Role, ev.Blob, err))
 		}
 		return nil, err
+	}
+	if ev.Asset.Role == catalog.RoleKernel {
+		return s.unpackKernel(ctx, ev, blob)
 	}
 	key := store.DerivedKey{Source: blob.SHA256, Converter: ConverterName, Format: string(catalog.FormatRaw)}
 	path, err := s.Store.Derived(ctx, key)
@@ -287,6 +303,34 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 	}
 	s.Logger.Info("converted", "request", ev.RequestID, "path", path)
 	ev.Status, ev.Path, ev.Size, ev.FileFormat = messages.StatusConverted, path, fi.Size(), catalog.FormatRaw
+	out, err := assetEvent(messages.SubjectDone, "done", ev)
+	return []stage.Event{out}, err
+}
+
+// KernelUnpackerName identifies kernel decompression in derived-artifact keys.
+const KernelUnpackerName = "vmprep-gunzip-1"
+
+// unpackKernel stores the uncompressed kernel as a derived artifact.
+func (s *ConverterStage) unpackKernel(ctx context.Context, ev messages.AssetEvent, blob store.BlobInfo) ([]stage.Event, error) {
+	key := store.DerivedKey{Source: blob.SHA256, Converter: KernelUnpackerName, Format: "vmlinux"}
+	path, err := s.Store.Derived(ctx, key)
+	if errors.Is(err, store.ErrNotFound) {
+		path, err = s.Store.PutDerived(ctx, key, func(ctx context.Context, dst string) error {
+			return kernel.Gunzip(ctx, blob.Path, dst, 0)
+		})
+		if err != nil && ctx.Err() == nil && !errors.Is(err, store.ErrInsufficientSpace) {
+			return nil, stage.Permanent(fmt.Errorf("unpack kernel %s: %w", ev.Asset.Name, err))
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	s.Logger.Info("unpacked kernel", "request", ev.RequestID, "path", path)
+	ev.Status, ev.Path, ev.Size = messages.StatusConverted, path, fi.Size()
 	out, err := assetEvent(messages.SubjectDone, "done", ev)
 	return []stage.Event{out}, err
 }
