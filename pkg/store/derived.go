@@ -41,8 +41,15 @@ func (k DerivedKey) fileName() (string, error) {
 			return "", fmt.Errorf("store: %w: derived %s %q contains '_'", ErrInvalidName, p.what, p.v)
 		}
 	}
-	return string(src.Algorithm) + "-" + src.Hex + "_" + k.Converter + "_" + k.Format, nil
+	name := string(src.Algorithm) + "-" + src.Hex + "_" + k.Converter + "_" + k.Format
+	// Leave room for temporary names (".<name>.tmp-<random>") under NAME_MAX (255).
+	if len(name) > maxDerivedName {
+		return "", fmt.Errorf("store: %w: derived name for %s is %d bytes long (max %d)", ErrInvalidName, k, len(name), maxDerivedName)
+	}
+	return name, nil
 }
+
+const maxDerivedName = 220
 
 // parseDerivedName inverts fileName.
 func parseDerivedName(name string) (DerivedKey, bool) {

@@ -197,6 +197,8 @@ func TestDerivedKeyNames(t *testing.T) {
 		{DerivedKey{Source: good, Converter: "c", Format: ".."}, false},
 		{DerivedKey{Source: digest.Digest{Algorithm: digest.SHA256, Hex: "../x"}, Converter: "c", Format: "raw"}, false},
 		{DerivedKey{Converter: "c", Format: "raw"}, false},
+		{DerivedKey{Source: good, Converter: strings.Repeat("c", 64), Format: strings.Repeat("f", 64)}, true},
+		{DerivedKey{Source: sha512Of([]byte("x")), Converter: strings.Repeat("c", 64), Format: strings.Repeat("f", 64)}, false},
 	}
 	s := newStore(t)
 	for _, tc := range tests {

@@ -150,7 +150,8 @@ func (s *Store) lock(ctx context.Context, ns, name string, try bool) (unlock fun
 // another goroutine or process holds it. Use it for one writer per digest:
 // the download engine locks expected.String() around fetching into
 // IngestPath(expected) and committing; GC skips ingest files whose lock is
-// held. Names are [A-Za-z0-9._+~@:-], not starting with '.'.
+// held. Names are [A-Za-z0-9._+~@:-], not starting with '.'. The lock is
+// not reentrant: taking it again before unlocking waits until ctx is done.
 func (s *Store) Lock(ctx context.Context, name string) (unlock func() error, err error) {
 	if err := validLockName(name); err != nil {
 		return nil, fmt.Errorf("store: lock: %w", err)
