@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -214,6 +215,16 @@ func TestLookupDamagedBlob(t *testing.T) {
 		wantQuarantine bool
 	}{
 		{name: "byte flipped", damage: func(t *testing.T, p string) { overwriteByte(t, p, 1000) }, wantQuarantine: true},
+		{name: "byte flipped, mtime restored", damage: func(t *testing.T, p string) {
+			fi := mustLstat(t, p)
+			overwriteByte(t, p, 7)
+			if err := os.Chmod(p, fi.Mode().Perm()); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chtimes(p, fi.ModTime(), fi.ModTime()); err != nil {
+				t.Fatal(err)
+			}
+		}, wantQuarantine: runtime.GOOS == "linux"}, // caught by ctime, recorded on Linux
 		{name: "truncated", damage: func(t *testing.T, p string) {
 			if err := os.Chmod(p, 0o644); err != nil {
 				t.Fatal(err)
