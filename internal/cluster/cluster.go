@@ -1,0 +1,255 @@
+// Package cluster runs vmprep's binaries as separate OS processes for the
+// multi-process tests and benchmarks: a NATS server (vmprep serve --stages
+// none), stage processes, and vmprep prepare as a client.
+package cluster
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/messages"
+)
+
+// Build compiles every command into a fresh directory, removed when tb ends.
+func Build(tb testing.TB) string {
+	tb.Helper()
+	dir := tb.TempDir()
+	cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator), "github.com/vmprep/vmprep/cmd/...")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		tb.Fatalf("go build: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// Proc is one running OS process whose output is kept for failure reports.
+type Proc struct {
+	Name string
+	Cmd  *exec.Cmd
+	out  *lockedBuffer
+	done chan struct{}
+}
+
+// Output returns what the process wrote so far (stdout and stderr).
+func (p *Proc) Output() string { return p.out.String() }
+
+// Kill9 kills the process with SIGKILL and waits for it.
+func (p *Proc) Kill9(tb testing.TB) {
+	tb.Helper()
+	if err := p.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		tb.Fatalf("kill -9 %s: %v", p.Name, err)
+	}
+	<-p.done
+}
+
+// PeakRSS returns the process's peak resident set size in bytes (Linux VmHWM).
+func (p *Proc) PeakRSS() int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// Holding reports whether the process has a file open under prefix.
+func (p *Proc) Holding(prefix string) bool {
+	dir := fmt.Sprintf("/proc/%d/fd", p.Cmd.Process.Pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if target, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && strings.HasPrefix(target, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// Cluster is a NATS server process plus the stage processes started on it.
+type Cluster struct {
+	tb    testing.TB
+	Bin   string
+	Cache string
+	NATS  string
+	// StageArgs are added to every stage's command line (e.g. the resolver's
+	// --mirror and --keyring are added by Stage when Mirror is set).
+	MirrorURL   string
+	KeyringFile string
+	mu          sync.Mutex
+	procs       []*Proc
+}
+
+// New starts `vmprep serve --stages none` from bin with a fresh JetStream
+// directory and cache; everything is stopped when tb ends.
+func New(tb testing.TB, bin string) *Cluster {
+	tb.Helper()
+	c := &Cluster{tb: tb, Bin: bin, Cache: tb.TempDir()}
+	tb.Cleanup(c.StopAll)
+	cmd := exec.Command(filepath.Join(bin, "vmprep"), "serve", "--listen", "127.0.0.1:0", "--stages", "none", "--jetstream-dir", tb.TempDir(), "--cache-dir", c.Cache)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	buf := &lockedBuffer{}
+	cmd.Stderr = buf
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	p := &Proc{Name: "vmprep-serve", Cmd: cmd, out: buf, done: make(chan struct{})}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "nats: ") {
+		tb.Fatalf("vmprep serve did not print its URL (%q, %v): %s", line, err, buf.String())
+	}
+	go func() { _, _ = io.Copy(buf, stdout); _ = cmd.Wait(); close(p.done) }()
+	c.procs = append(c.procs, p)
+	c.NATS = strings.TrimSpace(strings.TrimPrefix(line, "nats: "))
+	return c
+}
+
+// Start runs a binary from the build directory. name may carry a "#suffix"
+// to tell instances apart in reports ("fetcher#2").
+func (c *Cluster) Start(name string, args ...string) *Proc {
+	c.tb.Helper()
+	exe, _, _ := strings.Cut(name, "#")
+	cmd := exec.Command(filepath.Join(c.Bin, exe), args...)
+	buf := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = buf, buf
+	cmd.Env = append(os.Environ(), "VMPREP_LOG_FORMAT=text", "VMPREP_LOG_LEVEL=info")
+	if err := cmd.Start(); err != nil {
+		c.tb.Fatalf("start %s: %v", name, err)
+	}
+	p := &Proc{Name: name, Cmd: cmd, out: buf, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	c.mu.Lock()
+	c.procs = append(c.procs, p)
+	c.mu.Unlock()
+	return p
+}
+
+// Stage starts a stage process ("resolver", "fetcher#2", …) on the cluster
+// with a short ack wait, so that a killed worker's message returns quickly.
+func (c *Cluster) Stage(name string, extra ...string) *Proc {
+	exe, _, _ := strings.Cut(name, "#")
+	args := []string{"--nats", c.NATS, "--cache-dir", c.Cache, "--ack-wait", "3s", "--concurrency", "1", "--drain-timeout", "2s"}
+	if exe == "resolver" {
+		if c.MirrorURL != "" {
+			args = append(args, "--mirror", c.MirrorURL)
+		}
+		if c.KeyringFile != "" {
+			args = append(args, "--keyring", c.KeyringFile)
+		}
+	}
+	return c.Start(name, append(args, extra...)...)
+}
+
+// StopAll sends SIGTERM to every process (SIGKILL after 10 s) and, if the
+// test failed, logs their output.
+func (c *Cluster) StopAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range c.procs {
+		_ = p.Cmd.Process.Signal(syscall.SIGTERM)
+	}
+	for _, p := range c.procs {
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			_ = p.Cmd.Process.Kill()
+			<-p.done
+		}
+	}
+	if c.tb.Failed() {
+		for _, p := range c.procs {
+			c.tb.Logf("---- output of %s\n%s", p.Name, p.out.String())
+		}
+	}
+	c.procs = nil
+}
+
+// PrepareRun is a running `vmprep prepare --nats … --json`.
+type PrepareRun struct {
+	cmd    *exec.Cmd
+	stdout bytes.Buffer
+	stderr bytes.Buffer
+	done   chan error
+}
+
+// Prepare starts `vmprep prepare` against the cluster.
+func (c *Cluster) Prepare(arch catalog.Arch, format catalog.DiskFormat, extra ...string) *PrepareRun {
+	r := &PrepareRun{done: make(chan error, 1)}
+	args := append([]string{"prepare", "--nats", c.NATS, "--json", "--arch", string(arch), "--format", string(format)}, extra...)
+	r.cmd = exec.Command(filepath.Join(c.Bin, "vmprep"), append(args, "ubuntu", "24.04")...)
+	r.cmd.Stdout, r.cmd.Stderr = &r.stdout, &r.stderr
+	if err := r.cmd.Start(); err != nil {
+		c.tb.Fatal(err)
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	return r
+}
+
+// Result waits for the run and decodes its JSON result.
+func (r *PrepareRun) Result(tb testing.TB, timeout time.Duration) messages.Result {
+	tb.Helper()
+	select {
+	case err := <-r.done:
+		if err != nil {
+			tb.Fatalf("vmprep prepare: %v\nstderr: %s\nstdout: %s", err, r.stderr.String(), r.stdout.String())
+		}
+	case <-time.After(timeout):
+		_ = r.cmd.Process.Kill()
+		tb.Fatalf("vmprep prepare did not finish within %s; stderr: %s", timeout, r.stderr.String())
+	}
+	var res messages.Result
+	if err := json.Unmarshal(r.stdout.Bytes(), &res); err != nil {
+		tb.Fatalf("prepare output is not a result: %v\n%s", err, r.stdout.String())
+	}
+	return res
+}
+
+// WaitFor polls cond every 2 ms until it holds or timeout passes.
+func WaitFor(tb testing.TB, what string, timeout time.Duration, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
