@@ -1,0 +1,132 @@
+// Package pipeline_bench compares vmprep prepare with the shell pipeline a
+// user would otherwise write, on a local mirror served over loopback.
+//
+//	bash bench/pipeline/run.sh        # or: go test -run '^$' -bench . -benchtime 1x ./bench/pipeline/
+package pipeline_bench
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/vmprep/vmprep/internal/cluster"
+	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/messages"
+)
+
+func envInt(key string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(key)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func median(d []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+func timeCmd(b *testing.B, name string, args ...string) time.Duration {
+	b.Helper()
+	start := time.Now()
+	cmd := exec.Command(name, args...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return time.Since(start)
+}
+
+// BenchmarkPrepareVsShell: cold prepare --format raw (stages as separate
+// processes, and the single binary) against curl + sha256sum + qemu-img
+// convert; warm prepare against sha256sum of the cached files; peak RSS of
+// each stage process.
+func BenchmarkPrepareVsShell(b *testing.B) {
+	for _, tool := range []string{"curl", "sha256sum", "qemu-img"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			b.Fatalf("%s is needed: %v", tool, err)
+		}
+	}
+	rounds := envInt("BENCH_ROUNDS", 3)
+	dataMiB := int64(envInt("BENCH_DISK_DATA_MIB", 1800))
+	m := testmirror.New(b, testmirror.WithArches(catalog.ArchAMD64),
+		testmirror.WithDiskSize(4<<30, dataMiB<<20), testmirror.WithCompressedDisk(true),
+		testmirror.WithKernelSize(14<<20, 60<<20))
+	var mirrorBytes int64
+	urls := map[catalog.Role]string{}
+	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
+		rel := m.Path("ubuntu", "24.04", catalog.ArchAMD64, role)
+		urls[role] = m.FileURL(rel)
+		mirrorBytes += int64(len(m.Content(rel)))
+	}
+	bin := cluster.Build(b)
+	work := b.TempDir()
+
+	var shell, cold, single, warm, warmHash []time.Duration
+	rss := map[string]int64{}
+	b.ResetTimer()
+	for round := 0; round < rounds; round++ {
+		// The shell pipeline a user would write.
+		dir := filepath.Join(work, fmt.Sprintf("shell-%d", round))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		script := fmt.Sprintf(`set -e; cd %q
+curl -sfo vmlinuz %q; curl -sfo initrd %q; curl -sfo disk.img %q
+sha256sum vmlinuz initrd disk.img >/dev/null
+qemu-img convert -f qcow2 -O raw disk.img disk.raw`, dir, urls[catalog.RoleKernel], urls[catalog.RoleInitramfs], urls[catalog.RoleDisk])
+		shell = append(shell, timeCmd(b, "bash", "-c", script))
+		_ = os.RemoveAll(dir)
+
+		// vmprep, stages as separate processes, cold cache.
+		c := cluster.New(b, bin)
+		c.MirrorURL, c.KeyringFile = m.URL, m.KeyringFile()
+		procs := map[string]*cluster.Proc{}
+		for _, s := range []string{"resolver", "fetcher", "verifier", "converter"} {
+			procs[s] = c.Stage(s, "--concurrency", "3", "--log-level", "warn")
+		}
+		time.Sleep(500 * time.Millisecond) // let the consumers attach
+		start := time.Now()
+		res := c.Prepare(catalog.ArchAMD64, catalog.FormatRaw).Result(b, 10*time.Minute)
+		cold = append(cold, time.Since(start))
+		if res.Status != messages.ResultPrepared {
+			b.Fatalf("cold prepare: %+v", res.Failure)
+		}
+		for s, p := range procs {
+			if r := p.PeakRSS(); r > rss[s] {
+				rss[s] = r
+			}
+		}
+		c.StopAll()
+
+		// The single binary (embedded NATS), cold then warm.
+		cache := filepath.Join(work, fmt.Sprintf("cache-%d", round))
+		args := []string{"prepare", "--cache-dir", cache, "--mirror", m.URL, "--keyring", m.KeyringFile(), "--format", "raw", "--arch", "amd64", "ubuntu", "24.04"}
+		single = append(single, timeCmd(b, filepath.Join(bin, "vmprep"), args...))
+		warm = append(warm, timeCmd(b, filepath.Join(bin, "vmprep"), args...))
+		view := filepath.Join(cache, "images", "ubuntu", "24.04", "amd64")
+		warmHash = append(warmHash, timeCmd(b, "sha256sum", filepath.Join(view, "vmlinuz"), filepath.Join(view, "initramfs"), filepath.Join(view, "disk.raw")))
+		_ = os.RemoveAll(cache)
+	}
+	b.StopTimer()
+
+	ratio := func(a, b time.Duration) float64 { return a.Seconds() / b.Seconds() }
+	fmt.Printf("\nmirror: %.0f MiB over loopback (disk: %d MiB of data in a 4 GiB compressed qcow2); %d rounds, medians\n",
+		float64(mirrorBytes)/(1<<20), dataMiB, rounds)
+	fmt.Printf("%-58s %8.2fs\n", "shell: curl ×3 + sha256sum + qemu-img convert", median(shell).Seconds())
+	fmt.Printf("%-58s %8.2fs  ratio %.2f×\n", "vmprep prepare --nats (4 stage processes), cold", median(cold).Seconds(), ratio(median(cold), median(shell)))
+	fmt.Printf("%-58s %8.2fs  ratio %.2f×\n", "vmprep prepare (single binary, embedded NATS), cold", median(single).Seconds(), ratio(median(single), median(shell)))
+	fmt.Printf("%-58s %8.2fs\n", "sha256sum of the cached kernel, initramfs, disk.raw", median(warmHash).Seconds())
+	fmt.Printf("%-58s %8.2fs  ratio %.2f×\n", "vmprep prepare (single binary), warm", median(warm).Seconds(), ratio(median(warm), median(warmHash)))
+	for _, s := range []string{"resolver", "fetcher", "verifier", "converter"} {
+		fmt.Printf("peak RSS %-10s %6.1f MiB\n", s, float64(rss[s])/(1<<20))
+	}
+	b.ReportMetric(ratio(median(cold), median(shell)), "cold-ratio")
+	b.ReportMetric(ratio(median(warm), median(warmHash)), "warm-ratio")
+}
