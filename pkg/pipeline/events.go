@@ -32,7 +32,7 @@ func resultEvent(res messages.Result) (stage.Event, error) {
 	if err != nil {
 		return stage.Event{}, fmt.Errorf("encode result: %w", err)
 	}
-	return stage.Event{Subject: messages.ResultSubject(res.RequestID), Data: data, ID: "result." + res.RequestID}, nil
+	return stage.Event{Subject: messages.ResultSubject(res.RequestID), Data: data, ID: "result." + res.RequestID, Once: true}, nil
 }
 
 // decodeAsset reads an asset event; anything unreadable is poison.

@@ -47,6 +47,10 @@ type Event struct {
 	Subject string
 	Data    []byte
 	ID      string
+	// Once publishes only if the subject holds no message yet; if one exists
+	// the publish counts as done. It makes a final answer exactly-once
+	// regardless of the deduplication window.
+	Once bool
 }
 
 // Handler does one stage's step. It returns the events to publish next, or an
@@ -109,6 +113,7 @@ type Publisher interface {
 
 // Runner pulls messages for one stage and runs its Handler.
 type Runner struct {
+	conn     *nats.Conn
 	name     string
 	consumer jetstream.Consumer
 	pub      Publisher
@@ -185,28 +190,66 @@ func WithLogger(l *slog.Logger) Option {
 // context ends (default 30s); work still running then is cancelled and nak'ed.
 func WithDrainTimeout(d time.Duration) Option { return func(c *config) { c.drainTimeout = d } }
 
-// DefaultBackoff is exponential with jitter: 1s, 2s, 4s … capped at 30s.
+// DefaultBackoff is exponential with jitter: about 1s, 2s, 4s … capped at 30s.
 func DefaultBackoff() backoff.BackOff {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = time.Second
+	b.Multiplier = 2
 	b.MaxInterval = 30 * time.Second
 	b.RandomizationFactor = 0.5
 	b.MaxElapsedTime = 0
+	b.Reset() // the constructor reset with its own defaults; start from ours
 	return b
 }
 
-// ConsumerConfig is the durable consumer every worker of a stage shares.
-func ConsumerConfig(name, filter string, ackWait time.Duration, maxDeliver int) jetstream.ConsumerConfig {
+// crashAllowance is how many deliveries beyond MaxDeliver a message may take
+// without its handler ever returning (its worker was drained, killed or
+// crashed) before the runner gives up on it without running the handler.
+const crashAllowance = 10
+
+// ConsumerConfig is the durable consumer every worker of a stage shares. The
+// server never stops redelivering (MaxDeliver -1): the runner decides when a
+// message has had enough deliveries and ends it with a failure event, so a
+// request always gets an answer.
+func ConsumerConfig(name, filter string, ackWait time.Duration) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:       name,
 		FilterSubject: filter,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       ackWait,
-		// The runner ends a message itself at maxDeliver; the server-side bound is a
-		// safety net that only matters if a worker dies on the last delivery.
-		MaxDeliver:    maxDeliver + 2,
+		MaxDeliver:    -1,
 		MaxAckPending: 1000,
 	}
+}
+
+// bindConsumer returns the stage's durable consumer, creating it if absent.
+// The first process to create it sets its ack wait; later processes adopt the
+// server's value, so that every worker's keep-alive matches what the server
+// enforces.
+func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name, filter string, cfg *config) (jetstream.Consumer, error) {
+	for attempt := 0; attempt < 3; attempt++ {
+		cons, err := js.Consumer(ctx, stream, name)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			cons, err = js.CreateConsumer(ctx, stream, ConsumerConfig(name, filter, cfg.ackWait))
+			if errors.Is(err, jetstream.ErrConsumerExists) {
+				continue // another process created it first: adopt it
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+		info := cons.CachedInfo()
+		if info.Config.FilterSubject != filter {
+			return nil, fmt.Errorf("consumer %s exists with filter %q, want %q: delete it to reconfigure", name, info.Config.FilterSubject, filter)
+		}
+		if got := info.Config.AckWait; got > 0 && got != cfg.ackWait {
+			cfg.logger.Warn("using the existing consumer's ack wait; delete the consumer to change it",
+				"stage", name, "ack_wait", got, "requested", cfg.ackWait)
+			cfg.ackWait = got
+		}
+		return cons, nil
+	}
+	return nil, fmt.Errorf("consumer %s: created and deleted concurrently", name)
 }
 
 // New creates (or updates) the stage's durable consumer on stream and returns a
@@ -225,11 +268,12 @@ func New(ctx context.Context, js jetstream.JetStream, stream, name, filter strin
 	for _, o := range opts {
 		o(&cfg)
 	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, stream, ConsumerConfig(name, filter, cfg.ackWait, cfg.maxDeliver))
+	cons, err := bindConsumer(ctx, js, stream, name, filter, &cfg)
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: create consumer on %s: %w", name, stream, err)
 	}
 	return &Runner{
+		conn:     js.Conn(),
 		name:     name,
 		consumer: cons,
 		pub:      JetStreamPublisher{JS: js},
@@ -247,7 +291,14 @@ func (p JetStreamPublisher) Publish(ctx context.Context, ev Event) error {
 	if ev.ID != "" {
 		opts = append(opts, jetstream.WithMsgID(ev.ID))
 	}
+	if ev.Once {
+		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(0))
+	}
 	_, err := p.JS.Publish(ctx, ev.Subject, ev.Data, opts...)
+	var apiErr *jetstream.APIError
+	if ev.Once && errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return nil // already published
+	}
 	return err
 }
 
@@ -290,7 +341,7 @@ func (r *Runner) worker(pull, work context.Context) {
 				return
 			}
 			if !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-				r.cfg.logger.Debug("pull failed; retrying", "stage", r.name, "err", err)
+				r.cfg.logger.Warn("pull failed; retrying", "stage", r.name, "err", err)
 				sleep(pull, 500*time.Millisecond)
 			}
 			continue
@@ -316,10 +367,19 @@ func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 	}
 	log := r.cfg.logger.With("stage", r.name, "subject", m.Subject, "delivery", m.Delivery)
 
+	// The keep-alive runs until the message is settled: publishing the hand-off
+	// can take a while during a reconnect or leader election.
+	stopKeepAlive := r.keepAlive(jm)
+	defer stopKeepAlive()
+
+	if m.Delivery > r.cfg.maxDeliver+crashAllowance {
+		// Its workers never finished it: each was drained, killed or crashed.
+		log.Error("giving up without running the handler", "max", r.cfg.maxDeliver)
+		r.fail(ctx, jm, m, fmt.Errorf("gave up after %d deliveries: the workers handling it stopped or crashed each time", m.Delivery), false, log)
+		return
+	}
 	hctx, cancel := context.WithCancel(ctx)
-	stopKeepAlive := r.keepAlive(hctx, jm)
 	events, err := r.call(hctx, m)
-	stopKeepAlive()
 	cancel()
 
 	switch {
@@ -336,7 +396,14 @@ func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 	case ctx.Err() != nil:
 		// Draining: give the message to another worker now.
 		log.Info("drained before completion; returning message", "err", err)
-		_ = jm.Nak()
+		if err := jm.Nak(); err != nil {
+			log.Warn("nak failed", "err", err)
+		}
+		// The process may exit right after draining: make sure the nak is out,
+		// or the message would wait for the ack wait to expire.
+		if r.conn != nil {
+			_ = r.conn.FlushTimeout(2 * time.Second)
+		}
 	case IsPoison(err):
 		log.Error("dead letter", "reason", err)
 		r.fail(ctx, jm, m, err, true, log)
@@ -364,7 +431,7 @@ func (r *Runner) call(ctx context.Context, m Message) (events []Event, err error
 }
 
 // keepAlive sends in-progress acks until the returned func is called.
-func (r *Runner) keepAlive(ctx context.Context, jm jetstream.Msg) func() {
+func (r *Runner) keepAlive(jm jetstream.Msg) func() {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -375,8 +442,6 @@ func (r *Runner) keepAlive(ctx context.Context, jm jetstream.Msg) func() {
 		for {
 			select {
 			case <-done:
-				return
-			case <-ctx.Done():
 				return
 			case <-t.C:
 				_ = jm.InProgress()
@@ -411,21 +476,22 @@ func (r *Runner) nak(jm jetstream.Msg, m Message, log *slog.Logger) {
 	}
 }
 
-// fail publishes the dead letter (if poison) and the failure events, then ends
-// the message. If those cannot be published the message is retried instead, so
-// a requester is never left without an answer.
+// fail publishes the failure events (which tell the requester) and, for
+// poison, the dead letter, then ends the message. If the failure events cannot
+// be published the message is retried instead, so a requester is never left
+// without an answer; a dead letter is best effort.
 func (r *Runner) fail(ctx context.Context, jm jetstream.Msg, m Message, err error, poison bool, log *slog.Logger) {
-	var events []Event
-	if poison && r.cfg.deadLetter != nil {
-		events = append(events, r.cfg.deadLetter(m, err.Error()))
-	}
 	if r.cfg.failure != nil {
-		events = append(events, r.cfg.failure(m, err)...)
+		if perr := r.publish(ctx, r.cfg.failure(m, err)); perr != nil {
+			log.Warn("could not publish failure; will retry", "err", perr)
+			r.nak(jm, m, log)
+			return
+		}
 	}
-	if perr := r.publish(ctx, events); perr != nil {
-		log.Warn("could not publish failure; will retry", "err", perr)
-		r.nak(jm, m, log)
-		return
+	if poison && r.cfg.deadLetter != nil {
+		if perr := r.publish(ctx, []Event{r.cfg.deadLetter(m, err.Error())}); perr != nil {
+			log.Error("could not publish dead letter; dropping the message", "err", perr, "reason", err, "bytes", len(m.Data))
+		}
 	}
 	reason := err.Error()
 	if len(reason) > 256 {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -277,6 +278,12 @@ func TestDrainFinishesInFlightWork(t *testing.T) {
 	<-started
 	stopped := make(chan struct{})
 	go func() { stop(); close(stopped) }()
+	// Run must wait for the in-flight handler rather than return at once.
+	select {
+	case <-stopped:
+		t.Fatal("Run returned while a handler was still running")
+	case <-time.After(200 * time.Millisecond):
+	}
 	close(release)
 	<-stopped
 	if n := count(t, js, outSubject); n != 1 {
@@ -295,14 +302,13 @@ func TestDrainTimeoutReturnsWork(t *testing.T) {
 		<-ctx.Done() // never finishes on its own
 		return nil, ctx.Err()
 	}
-	stop := runRunner(t, js, h, stage.WithDrainTimeout(100*time.Millisecond))
+	// A long ack wait: only an explicit nak can make the message available again soon.
+	stop := runRunner(t, js, h, stage.WithDrainTimeout(100*time.Millisecond), stage.WithAckWait(time.Hour))
 	publish(t, js, "stuck")
 	<-started
 	stop()
-	if n := workLeft(t, js); n != 1 {
-		t.Fatalf("%d work messages left, want the nak'ed one", n)
-	}
-	// A second runner picks it up.
+	// A second runner picks it up: with an hour-long ack wait, only the nak
+	// can have made it available again.
 	got := make(chan string, 1)
 	runRunner(t, js, func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
 		got <- string(m.Data)
@@ -313,8 +319,63 @@ func TestDrainTimeoutReturnsWork(t *testing.T) {
 		if d != "stuck" {
 			t.Fatalf("got %q", d)
 		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("nak'ed message was not redelivered")
+	case <-time.After(time.Minute):
+		t.Fatal("the drained message was not handed back")
+	}
+}
+
+// TestCrashLoopEndsInFailure: a message whose workers never finish it (here a
+// raw consumer naks it over and over, as crashed workers would leave it) is
+// ended with a failure event without running the handler again.
+func TestCrashLoopEndsInFailure(t *testing.T) {
+	js := startJS(t)
+	ctx := context.Background()
+	cons, err := js.CreateConsumer(ctx, testStream, stage.ConsumerConfig("worker", inSubject, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish(t, js, "crasher")
+	for i := 0; i < 20; i++ {
+		m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Nak(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var calls atomic.Int32
+	runRunner(t, js, func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
+		calls.Add(1)
+		return nil, nil
+	})
+	fails := collect(t, js, failSubj, 1)
+	if !strings.Contains(string(fails[0].Data()), "gave up") {
+		t.Errorf("failure event %q does not say it gave up", fails[0].Data())
+	}
+	if n := calls.Load(); n != 0 {
+		t.Errorf("handler ran %d times on a crash-looping message", n)
+	}
+}
+
+func TestOnceEventsArePublishedOnce(t *testing.T) {
+	js := startJS(t)
+	var calls atomic.Int32
+	runRunner(t, js, func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
+		n := calls.Add(1)
+		// Different ids, so only Once can stop the second.
+		return []stage.Event{{Subject: outSubject, Data: m.Data, ID: fmt.Sprint("final-", n), Once: true}}, nil
+	})
+	publish(t, js, "a", "b")
+	deadline := time.Now().Add(30 * time.Second)
+	for (calls.Load() < 2 || workLeft(t, js) != 0) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if calls.Load() != 2 || workLeft(t, js) != 0 {
+		t.Fatalf("handled %d, %d left: the second publish must count as done", calls.Load(), workLeft(t, js))
+	}
+	if n := count(t, js, outSubject); n != 1 {
+		t.Fatalf("out holds %d messages, want 1", n)
 	}
 }
 
