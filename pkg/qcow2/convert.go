@@ -36,8 +36,9 @@ func WithProgress(fn func(done, total int64)) ConvertOption {
 }
 
 // WithConcurrency sets how many chunks are read, decompressed and written in
-// parallel (default: GOMAXPROCS, at least 2, at most 16). Memory use is about
-// n × (2 MiB + 2 × cluster size).
+// parallel (default: GOMAXPROCS, at least 2, at most 16). Each worker needs
+// about 2 MiB, plus 3 × the cluster size for compressed images; the count is
+// capped so that workers stay within a 40 MiB budget whatever is asked.
 func WithConcurrency(n int) ConvertOption {
 	return func(c *convertConfig) {
 		if n > 0 {
@@ -108,6 +109,7 @@ func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertO
 	if err = tmp.Truncate(stats.VirtualSize); err != nil {
 		return stats, err
 	}
+	cfg.workers = min(cfg.workers, maxWorkers(img, cfg.chunkBytes))
 	e := &engine{cfg: cfg, img: img, src: src, dst: tmp, size: stats.VirtualSize}
 	e.writeback = newWriteback(tmp)
 	defer e.writeback.close()
@@ -143,6 +145,22 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// workerBudget bounds the buffers of all workers together, keeping the
+// process well inside 64 MiB RSS for any image.
+const workerBudget = 40 << 20
+
+// maxWorkers is how many workers fit in workerBudget: each holds a chunk
+// buffer, room for 2 clusters of compressed input and a decoder window of
+// about a cluster.
+func maxWorkers(img *Image, chunk int64) int {
+	per := chunk
+	if img != nil {
+		// Any qcow2 image may hold compressed clusters.
+		per = max(chunk, img.clusterSize) + 3*img.clusterSize
+	}
+	return max(1, int(workerBudget/per))
 }
 
 // engine converts chunks in parallel: one producer maps guest ranges,

@@ -213,3 +213,31 @@ func TestReadAtBounds(t *testing.T) {
 		t.Error("negative offset accepted")
 	}
 }
+
+// TestMaxWorkers: the cap is the most workers whose buffers fit the budget.
+func TestMaxWorkers(t *testing.T) {
+	tests := []struct {
+		name        string
+		clusterBits uint
+		raw         bool
+	}{
+		{"raw", 0, true},
+		{"512 B clusters", 9, false},
+		{"64 KiB clusters", 16, false},
+		{"2 MiB clusters", 21, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var img *Image
+			per := int64(defaultChunk)
+			if !tt.raw {
+				img = &Image{clusterBits: tt.clusterBits, clusterSize: 1 << tt.clusterBits}
+				per = max(per, img.clusterSize) + 3*img.clusterSize
+			}
+			got := int64(maxWorkers(img, defaultChunk))
+			if got < 1 || got*per > workerBudget || (got+1)*per <= workerBudget {
+				t.Fatalf("maxWorkers = %d with %d bytes each: not the most that fit %d", got, per, workerBudget)
+			}
+		})
+	}
+}
