@@ -7,7 +7,9 @@
 #
 # Prints the median wall time of: curl -s -o FILE URL; curl followed by an
 # fsync of FILE (the durability our fetch provides); our fetch with sha256
-# verification (bench/fetch/fetch), and our peak RSS.
+# verification (bench/fetch/fetch), and our peak RSS. CPU is user+sys of
+# the client process (the server's is not counted); the machine is shared,
+# so the load average is printed too.
 set -euo pipefail
 
 RUNS=${RUNS:-5}
@@ -36,13 +38,13 @@ SERVER_PID=$!
 for _ in $(seq 50); do [[ -s $WORK/url ]] && break; sleep 0.1; done
 URL=$(cat "$WORK/url")
 
-# timed NAME CMD...: run CMD under GNU time, append "wall_s maxrss_kb" to $WORK/NAME.
+# timed NAME CMD...: run CMD under GNU time, append "wall_s maxrss_kb cpu_s" to $WORK/NAME.
 timed() {
 	local name=$1
 	shift
 	rm -f "$WORK/out" "$WORK/out.meta"
-	/usr/bin/time -f "%e %M" -o "$WORK/time" "$@" >/dev/null
-	cat "$WORK/time" >>"$WORK/$name"
+	/usr/bin/time -f "%e %M %U %S" -o "$WORK/time" "$@" >/dev/null
+	awk '{printf "%s %s %.2f\n", $1, $2, $3 + $4}' "$WORK/time" >>"$WORK/$name"
 	rm -f "$WORK/out" "$WORK/out.meta"
 }
 run_curl() { timed curl curl -s -o "$WORK/out" "$URL"; }
@@ -64,8 +66,8 @@ OURS=$(median ours 1)
 RSS=$(cut -d' ' -f2 "$WORK/ours" | sort -n | tail -1)
 
 echo "file:                 $SIZE bytes, $RUNS runs each, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "curl -s -o:           median ${CURL} s   (runs: $(cut -d' ' -f1 "$WORK/curl" | xargs))"
-echo "curl + fsync:         median ${CURL_SYNC} s   (runs: $(cut -d' ' -f1 "$WORK/curl_sync" | xargs))"
-echo "ours (sha256, fsync): median ${OURS} s   (runs: $(cut -d' ' -f1 "$WORK/ours" | xargs))"
+echo "curl -s -o:           median ${CURL} s   (runs: $(cut -d' ' -f1 "$WORK/curl" | xargs); median CPU $(median curl 3) s)"
+echo "curl + fsync:         median ${CURL_SYNC} s   (runs: $(cut -d' ' -f1 "$WORK/curl_sync" | xargs); median CPU $(median curl_sync 3) s)"
+echo "ours (sha256, fsync): median ${OURS} s   (runs: $(cut -d' ' -f1 "$WORK/ours" | xargs); median CPU $(median ours 3) s)"
 awk -v o="$OURS" -v c="$CURL" -v s="$CURL_SYNC" 'BEGIN {printf "ratio ours/curl:      %.2fx   ours/(curl+fsync): %.2fx   (goal <= 1.10x)\n", o/c, o/s}'
 echo "ours peak RSS:        $((RSS / 1024)) MiB"
