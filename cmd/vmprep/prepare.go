@@ -107,7 +107,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	var nc *nats.Conn
 	if *natsURL != "" {
 		c := cli.Common{NATSURL: *natsURL, Creds: *creds}
-		if nc, err = c.Connect("vmprep-prepare", log); err != nil {
+		if nc, err = c.Connect("vmprep-prepare", log, false); err != nil {
 			fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
 			return 1
 		}
@@ -166,6 +166,9 @@ func printResult(w io.Writer, r messages.Result) {
 		fmt.Fprintf(w, "initramfs:  %s\n", r.Initramfs)
 	}
 	fmt.Fprintf(w, "disk:       %s (%s)\n", r.Disk, r.DiskFormat)
+	if r.View != "" {
+		fmt.Fprintf(w, "view:       %s\n", r.View)
+	}
 	switch {
 	case r.Signer != "":
 		fmt.Fprintf(w, "signed by:  %s\n", r.Signer)

@@ -84,8 +84,10 @@ func IsTerminal(w io.Writer) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-// Connect connects to NATS, reconnecting forever (a stage outlives server restarts).
-func (c *Common) Connect(name string, log *slog.Logger) (*nats.Conn, error) {
+// Connect connects to NATS, reconnecting forever (a stage outlives server
+// restarts). With waitForServer, a server that is not up yet is waited for;
+// without it (a one-shot client), an unreachable server is an error at once.
+func (c *Common) Connect(name string, log *slog.Logger, waitForServer bool) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -97,7 +99,7 @@ func (c *Common) Connect(name string, log *slog.Logger) (*nats.Conn, error) {
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "url", nc.ConnectedUrlRedacted()) }),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { log.Warn("NATS error", "err", err) }),
-		nats.RetryOnFailedConnect(true),
+		nats.RetryOnFailedConnect(waitForServer),
 	}
 	if c.Creds != "" {
 		opts = append(opts, nats.UserCredentials(c.Creds))
@@ -171,9 +173,12 @@ func (r *ResolverFlags) Resolver(log *slog.Logger) (*resolve.Resolver, error) {
 	return resolve.New(cat, resolve.WithLogger(log)), nil
 }
 
-// SignalContext is cancelled on SIGINT or SIGTERM (a second signal kills the process).
+// SignalContext is cancelled on SIGINT or SIGTERM; a second signal then gets
+// the default behaviour and kills the process (say, during a long drain).
 func SignalContext() (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	context.AfterFunc(ctx, stop)
+	return ctx, stop
 }
 
 // Usage formats a flag set's usage with a one-line synopsis.

@@ -64,7 +64,7 @@ func StageMain(command string, args []string, stderr io.Writer, stages ...string
 	if slices.Contains(stages, messages.StageFetcher) {
 		deps.Downloader = Downloader(log)
 	}
-	nc, err := c.Connect("vmprep-"+command, log)
+	nc, err := c.Connect("vmprep-"+command, log, true)
 	if err != nil {
 		log.Error("cannot connect", "err", err)
 		return 1

@@ -217,8 +217,14 @@ type Result struct {
 	RequestID string            `json:"request_id"`
 	Status    ResultStatus      `json:"status"`
 	Spec      catalog.ImageSpec `json:"spec"`
-	// Kernel, Initramfs and Disk are absolute paths; Kernel and Initramfs are empty
-	// for firmware-booted images.
+	// Format is the disk format the request asked for.
+	Format catalog.DiskFormat `json:"format,omitempty"`
+	// View is the user-facing directory images/<distro>/<version>/<arch>/ whose
+	// links point at the latest prepared files of this spec.
+	View string `json:"view,omitempty"`
+	// Kernel, Initramfs and Disk are absolute paths of immutable, verified files
+	// in the content store; Kernel and Initramfs are empty for firmware-booted
+	// images.
 	Kernel     string             `json:"kernel,omitempty"`
 	Initramfs  string             `json:"initramfs,omitempty"`
 	Disk       string             `json:"disk,omitempty"`
@@ -238,12 +244,36 @@ type Result struct {
 // unknown version, a handler panic), with the reason.
 type DeadLetter struct {
 	Header
-	Stage     string    `json:"stage"`
-	Subject   string    `json:"subject"`
-	Reason    string    `json:"reason"`
-	RequestID string    `json:"request_id,omitempty"`
+	Stage     string `json:"stage"`
+	Subject   string `json:"subject"`
+	Reason    string `json:"reason"`
+	RequestID string `json:"request_id,omitempty"`
+	// Data is the start of the original message (at most DeadLetterDataMax
+	// bytes); Size and SHA256 describe all of it.
 	Data      []byte    `json:"data"`
+	Size      int       `json:"size"`
+	SHA256    string    `json:"sha256"`
+	Truncated bool      `json:"truncated,omitempty"`
 	At        time.Time `json:"at"`
+}
+
+// DeadLetterDataMax bounds the original bytes kept in a dead letter, so that a
+// dead letter always fits in a NATS message.
+const DeadLetterDataMax = 4096
+
+// PeekRequestID reads "request_id" from any JSON object, whatever its version
+// or type, so that a requester can be told why its message was refused.
+func PeekRequestID(data []byte) (string, bool) {
+	if len(data) > maxEventSize {
+		return "", false
+	}
+	var probe struct {
+		RequestID string `json:"request_id"`
+	}
+	if json.Unmarshal(data, &probe) != nil || ValidateRequestID(probe.RequestID) != nil {
+		return "", false
+	}
+	return probe.RequestID, true
 }
 
 // maxEventSize bounds what a stage will try to decode.

@@ -6,9 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -33,9 +35,17 @@ func Prepare(ctx context.Context, nc *nats.Conn, req messages.PrepareRequest, on
 	if err := req.Validate(); err != nil {
 		return messages.Result{}, err
 	}
+	spec, err := req.Spec.Normalize()
+	if err != nil {
+		return messages.Result{}, err
+	}
+	req.Spec = spec
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return messages.Result{}, err
+	}
+	if !nc.IsConnected() {
+		return messages.Result{}, fmt.Errorf("not connected to NATS at %s", nc.Opts.Url)
 	}
 	if _, err := js.Stream(ctx, messages.StreamWork); err != nil {
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -72,7 +82,7 @@ func Prepare(ctx context.Context, nc *nats.Conn, req messages.PrepareRequest, on
 		return messages.Result{}, fmt.Errorf("publish prepare request: %w", err)
 	}
 	for {
-		m, err := cons.Next(jetstream.FetchContext(ctx))
+		m, err := nextWithContext(ctx, cons)
 		if err != nil {
 			if ctx.Err() != nil {
 				return messages.Result{}, fmt.Errorf("waiting for the result of request %s: %w", req.RequestID, ctx.Err())
@@ -86,6 +96,36 @@ func Prepare(ctx context.Context, nc *nats.Conn, req messages.PrepareRequest, on
 		if err := messages.Decode(m.Data(), messages.TypeResult, &res); err != nil {
 			return messages.Result{}, fmt.Errorf("unreadable result for request %s: %w", req.RequestID, err)
 		}
+		if (res.Spec != catalog.ImageSpec{} && res.Spec != spec) || (res.Format != "" && res.Format != req.Format) {
+			return messages.Result{}, fmt.Errorf("%w: request id %s was already used for %s %s %s (%s)",
+				ErrRequestIDReused, req.RequestID, res.Spec.Distro, res.Spec.Version, res.Spec.Arch, res.Format)
+		}
 		return res, nil
+	}
+}
+
+// ErrRequestIDReused means a request id already names a different request.
+var ErrRequestIDReused = errors.New("request id reused")
+
+// nextWithContext waits for the next message but returns as soon as ctx ends:
+// an ordered consumer's Next keeps recreating its consumer while the server is
+// away and does not watch the context meanwhile.
+func nextWithContext(ctx context.Context, cons jetstream.Consumer) (jetstream.Msg, error) {
+	type next struct {
+		m   jetstream.Msg
+		err error
+	}
+	ch := make(chan next, 1)
+	go func() {
+		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		m, err := cons.Next(jetstream.FetchContext(fctx))
+		ch <- next{m, err}
+	}()
+	select {
+	case n := <-ch:
+		return n.m, n.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
 }

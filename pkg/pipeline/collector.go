@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -69,8 +70,11 @@ func (s *CollectorStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 				}
 				st.Done[key] = ev
 			}
-			final, err := s.decide(st, ev.RequestID)
+			final, err := s.decide(ctx, st, ev.RequestID)
 			if err != nil {
+				if errors.Is(err, store.ErrInvalidName) || errors.Is(err, store.ErrNotFound) {
+					return nil, stage.Permanent(err)
+				}
 				return nil, err
 			}
 			st.Final = final
@@ -103,18 +107,16 @@ func (s *CollectorStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 }
 
 func isWrongRevision(err error) bool {
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
-		return true
-	}
-	return errors.Is(err, jetstream.ErrKeyExists)
+	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists)
 }
 
 // decide returns the final result when the request is complete (all roles
 // done, or any failed), else nil. On success it also links the user-facing
-// images/<distro>/<version>/<arch>/ view.
-func (s *CollectorStage) decide(st requestState, id string) (*messages.Result, error) {
-	res := &messages.Result{RequestID: id, Spec: st.Spec, ResolvedFrom: st.ResolvedFrom, CompletedAt: time.Now().UTC()}
+// images/<distro>/<version>/<arch>/ view. The paths in the result are found
+// in the store from the digests, not taken from the events: they name
+// immutable, verified files.
+func (s *CollectorStage) decide(ctx context.Context, st requestState, id string) (*messages.Result, error) {
+	res := &messages.Result{RequestID: id, Spec: st.Spec, Format: st.Format, ResolvedFrom: st.ResolvedFrom, CompletedAt: time.Now().UTC()}
 	for _, ev := range st.Done {
 		if ev.Status == messages.StatusFailed {
 			res.Status, res.Failure = messages.ResultFailed, ev.Failure
@@ -134,27 +136,30 @@ func (s *CollectorStage) decide(st requestState, id string) (*messages.Result, e
 	}
 	res.Status = messages.ResultPrepared
 	res.Files = map[catalog.Role]messages.File{}
-	res.Unsigned = false
 	for _, r := range st.Roles {
 		ev := st.Done[r]
-		path, err := s.Store.LinkImage(st.Spec, viewName(ev), ev.Path)
+		path, err := s.storedPath(ctx, ev)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", r, err)
+		}
+		view, err := s.Store.LinkImage(st.Spec, viewName(ev), path)
 		if err != nil {
 			return nil, fmt.Errorf("link %s into the images view: %w", r, err)
 		}
+		res.View = filepath.Dir(view)
 		f := messages.File{Path: path, Digest: ev.Asset.Digest, Size: ev.Size, URL: ev.Asset.URL}
 		if ev.Status == messages.StatusConverted {
 			// The published digest vouches for the source; this file is derived from it.
 			f.Digest, f.DerivedFrom = digest.Digest{}, ev.Asset.Digest
-		}
-		if r == catalog.RoleDisk {
-			f.Format = ev.FileFormat
-			res.Disk, res.DiskFormat = path, ev.FileFormat
 		}
 		switch r {
 		case catalog.RoleKernel:
 			res.Kernel = path
 		case catalog.RoleInitramfs:
 			res.Initramfs = path
+		case catalog.RoleDisk:
+			f.Format = ev.FileFormat
+			res.Disk, res.DiskFormat = path, ev.FileFormat
 		}
 		res.Files[r] = f
 		if ev.Asset.Trust.Signed {
@@ -167,4 +172,20 @@ func (s *CollectorStage) decide(st requestState, id string) (*messages.Result, e
 		res.Signer = ""
 	}
 	return res, nil
+}
+
+// storedPath finds the file an asset event stands for in the store.
+func (s *CollectorStage) storedPath(ctx context.Context, ev messages.AssetEvent) (string, error) {
+	blob, err := s.Store.Lookup(ctx, ev.Asset.Digest)
+	if err != nil {
+		return "", err
+	}
+	if ev.Status != messages.StatusConverted {
+		return blob.Path, nil
+	}
+	key := store.DerivedKey{Source: blob.SHA256, Converter: ConverterName, Format: string(catalog.FormatRaw)}
+	if ev.Asset.Role == catalog.RoleKernel {
+		key = store.DerivedKey{Source: blob.SHA256, Converter: KernelUnpackerName, Format: "vmlinux"}
+	}
+	return s.Store.Derived(ctx, key)
 }

@@ -39,15 +39,17 @@ func StartEmbedded(storeDir, listen string, stages []string, d Deps) (*Embedded,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &Embedded{Server: srv, Conn: nc, stages: snc, cancel: cancel, done: make(chan error, 1)}
-	// Set up before returning, so a client can publish at once.
-	if _, err := WaitForSetupOnce(ctx, snc); err != nil {
+	// Set up and bind the consumers before returning, so that a client can
+	// publish at once and a configuration error is reported now.
+	st, err := NewStages(ctx, snc, stages, d)
+	if err != nil {
 		cancel()
 		snc.Close()
 		nc.Close()
 		srv.Shutdown()
-		return nil, fmt.Errorf("set up streams: %w", err)
+		return nil, fmt.Errorf("start stages: %w", err)
 	}
-	go func() { e.done <- RunStages(ctx, snc, stages, d) }()
+	go func() { st.Run(ctx); e.done <- nil }()
 	return e, nil
 }
 

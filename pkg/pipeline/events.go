@@ -62,11 +62,26 @@ func failureCause(err error) string {
 func FailurePolicy(stageName string, logger *slog.Logger) stage.FailureFunc {
 	return func(m stage.Message, err error) []stage.Event {
 		f := &messages.Failure{Stage: stageName, Cause: failureCause(err), Retryable: !stage.IsPermanent(err)}
+		var reused *requestIDReusedError
+		if errors.As(err, &reused) {
+			// The request id belongs to another request: telling "it" would fail
+			// that one. The dead letter records the refusal.
+			return nil
+		}
 		switch m.Subject {
 		case messages.SubjectPrepare:
 			var req messages.PrepareRequest
-			if messages.Decode(m.Data, messages.TypePrepareRequest, &req) != nil || messages.ValidateRequestID(req.RequestID) != nil {
-				return nil // nobody to tell; the dead letter records it
+			if messages.Decode(m.Data, messages.TypePrepareRequest, &req) != nil {
+				// An unreadable request (say, a newer schema version) whose id can
+				// still be read: its requester hears why instead of waiting forever.
+				id, ok := messages.PeekRequestID(m.Data)
+				if !ok {
+					return nil // nobody to tell; the dead letter records it
+				}
+				req = messages.PrepareRequest{RequestID: id}
+			}
+			if messages.ValidateRequestID(req.RequestID) != nil {
+				return nil
 			}
 			ev, e := assetEvent(messages.SubjectDone, "failed", messages.AssetEvent{
 				RequestID: req.RequestID, Spec: req.Spec, Format: req.Format, Status: messages.StatusFailed, Failure: f,
@@ -108,21 +123,23 @@ func FailurePolicy(stageName string, logger *slog.Logger) stage.FailureFunc {
 // DeadLetterPolicy records an unprocessable message on the stage's dead-letter subject.
 func DeadLetterPolicy(stageName string) stage.DeadLetterFunc {
 	return func(m stage.Message, reason string) stage.Event {
-		dl := messages.DeadLetter{Stage: stageName, Subject: m.Subject, Reason: reason, Data: m.Data, At: time.Now().UTC()}
-		var probe struct {
-			RequestID string `json:"request_id"`
+		sum := sha256.Sum256(m.Data)
+		dl := messages.DeadLetter{
+			Stage: stageName, Subject: m.Subject, Reason: reason, At: time.Now().UTC(),
+			Data: m.Data, Size: len(m.Data), SHA256: hex.EncodeToString(sum[:]),
 		}
-		if messages.Decode(m.Data, messages.TypeAsset, &probe) == nil || messages.Decode(m.Data, messages.TypePrepareRequest, &probe) == nil {
-			if messages.ValidateRequestID(probe.RequestID) == nil {
-				dl.RequestID = probe.RequestID
-			}
+		if len(dl.Data) > messages.DeadLetterDataMax {
+			dl.Data, dl.Truncated = dl.Data[:messages.DeadLetterDataMax], true
 		}
+		if len(dl.Reason) > messages.DeadLetterDataMax {
+			dl.Reason = dl.Reason[:messages.DeadLetterDataMax]
+		}
+		dl.RequestID, _ = messages.PeekRequestID(m.Data)
 		data, err := messages.Encode(messages.TypeDeadLetter, &dl)
 		if err != nil {
 			data = []byte(`{"v":1,"type":"dead_letter","reason":"unencodable"}`)
 		}
-		sum := sha256.Sum256(append([]byte(m.Subject+"\x00"), m.Data...))
-		return stage.Event{Subject: messages.DeadSubject(stageName), Data: data, ID: "dead." + stageName + "." + hex.EncodeToString(sum[:12])}
+		return stage.Event{Subject: messages.DeadSubject(stageName), Data: data, ID: "dead." + stageName + "." + m.Subject + "." + dl.SHA256[:24]}
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -130,6 +131,30 @@ func prepareUnchecked(t *testing.T, nc *nats.Conn, req messages.PrepareRequest) 
 	return res
 }
 
+// prepareResultOnly waits for the stored result of a request published elsewhere.
+func prepareResultOnly(t *testing.T, nc *nats.Conn, id string) messages.Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.OrderedConsumer(ctx, messages.StreamResults, jetstream.OrderedConsumerConfig{FilterSubjects: []string{messages.ResultSubject(id)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := cons.Next(jetstream.FetchContext(ctx))
+	if err != nil {
+		t.Fatalf("no result for %s: %v", id, err)
+	}
+	var res messages.Result
+	if err := messages.Decode(msg.Data(), messages.TypeResult, &res); err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
 func fileSHA256(t *testing.T, path string) string {
 	t.Helper()
 	f, err := os.Open(path)
@@ -217,8 +242,21 @@ func TestPrepareEndToEnd(t *testing.T) {
 				t.Errorf("disk %s sha256 %s, want %s", res.Disk, got, want)
 			}
 			wantView := filepath.Join(e.cache, "images", "ubuntu", "24.04", string(tt.arch))
-			if !strings.HasPrefix(res.Disk, wantView) {
-				t.Errorf("disk path %s is not in the images view %s", res.Disk, wantView)
+			if res.View != wantView {
+				t.Errorf("view = %s, want %s", res.View, wantView)
+			}
+			// The result names immutable store files; the view links to the same ones.
+			for _, p := range []string{res.Kernel, res.Initramfs, res.Disk} {
+				if !strings.HasPrefix(p, filepath.Join(e.cache, "blobs")) && !strings.HasPrefix(p, filepath.Join(e.cache, "derived")) {
+					t.Errorf("%s is not a content-store path", p)
+				}
+			}
+			name := "disk.img"
+			if tt.format == catalog.FormatRaw {
+				name = "disk.raw"
+			}
+			if target, err := filepath.EvalSymlinks(filepath.Join(wantView, name)); err != nil || target != res.Disk {
+				t.Errorf("view %s points at %s (%v), want %s", name, target, err, res.Disk)
 			}
 		})
 	}
@@ -239,17 +277,43 @@ func TestPrepareEndToEnd(t *testing.T) {
 	if !again.CompletedAt.Equal(res.CompletedAt) || again.Disk != res.Disk {
 		t.Errorf("repeated request id gave a different result: %+v vs %+v", again, res)
 	}
+	// And it was published once: the stream's last sequence for the subject is
+	// its first (MaxMsgsPerSubject would hide a second publish from a count).
 	js, _ := jetstream.New(emb.Conn)
 	s, err := js.Stream(context.Background(), messages.StreamResults)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := s.Info(context.Background(), jetstream.WithSubjectFilter(messages.ResultSubject("warm-1")))
+	info, err := s.Info(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := info.State.Subjects[messages.ResultSubject("warm-1")]; n != 1 {
-		t.Errorf("%d results stored for warm-1, want 1", n)
+	if info.State.LastSeq != info.State.Msgs {
+		t.Errorf("results stream: %d messages stored but %d published: a result was published twice", info.State.Msgs, info.State.LastSeq)
+	}
+}
+
+// TestRequestIDs: a reused id for another image is refused without touching
+// the original request; a duplicate publish yields one result.
+func TestRequestIDs(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	e := newEnv(t, m)
+	emb := e.start(t)
+	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+	first := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "shared-id", Spec: spec, Format: catalog.FormatQCOW2})
+	if first.Status != messages.ResultPrepared {
+		t.Fatalf("first: %+v", first.Failure)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := pipeline.Prepare(ctx, emb.Conn, messages.PrepareRequest{RequestID: "shared-id", Spec: spec, Format: catalog.FormatRaw}, nil)
+	if !errors.Is(err, pipeline.ErrRequestIDReused) {
+		t.Fatalf("reusing an id for another format: err = %v, want ErrRequestIDReused", err)
+	}
+	// The original's result is untouched and there is still exactly one.
+	again := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "shared-id", Spec: spec, Format: catalog.FormatQCOW2})
+	if again.Status != messages.ResultPrepared || !again.CompletedAt.Equal(first.CompletedAt) {
+		t.Fatalf("original result changed: %+v", again)
 	}
 }
 
@@ -383,6 +447,8 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 		{messages.SubjectFetch, `{"v":1,"type":"asset","request_id":"nofetch","asset":{"role":"kernel"}}`},
 		{messages.SubjectVerify, `{"v":1,"type":"asset","request_id":"escape","asset":{"role":"disk","digest":"sha256:` + strings.Repeat("a", 64) + `"},"ingest":"../../../etc/passwd"}`},
 		{messages.SubjectDone, `[]`},
+		{messages.SubjectPrepare, "{" + strings.Repeat("not json ", 100<<10)}, // 900 KiB: its dead letter must still fit
+
 	}
 	for _, p := range poison {
 		if _, err := js.Publish(ctx, p.subject, []byte(p.data)); err != nil {
@@ -416,6 +482,7 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	reasons := map[string]string{}
 	for i := 0; i < len(poison); i++ {
 		msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
 		if err != nil {
@@ -425,13 +492,22 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 		if err := messages.Decode(msg.Data(), messages.TypeDeadLetter, &dl); err != nil {
 			t.Fatalf("dead letter unreadable: %v", err)
 		}
-		if dl.Reason == "" || dl.Stage == "" {
-			t.Errorf("dead letter without reason or stage: %+v", dl)
+		if dl.Reason == "" || dl.Stage == "" || dl.SHA256 == "" || dl.Size == 0 {
+			t.Errorf("dead letter without reason, stage or digest: %+v", dl)
 		}
+		if len(dl.Data) > messages.DeadLetterDataMax {
+			t.Errorf("dead letter keeps %d bytes of the original", len(dl.Data))
+		}
+		reasons[dl.RequestID] = dl.Reason
 	}
-	// The escape attempt never touched anything outside the store.
-	if _, err := os.Stat(filepath.Join(e.cache, "blobs", "sha256", strings.Repeat("a", 64))); err == nil {
-		t.Error("a blob was committed from outside the ingest directory")
+	// The escape attempt was refused for its path, before anything was read.
+	if !strings.Contains(reasons["escape"], "ingest") {
+		t.Errorf("escape attempt: dead letter reason %q does not name the ingest path", reasons["escape"])
+	}
+	// A request in a future schema version is refused, and its requester is told.
+	res = prepareResultOnly(t, emb.Conn, "future")
+	if res.Status != messages.ResultFailed || res.Failure == nil || !strings.Contains(res.Failure.Cause, "v=99") {
+		t.Errorf("future-version request: %+v", res.Failure)
 	}
 }
 

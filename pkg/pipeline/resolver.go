@@ -55,11 +55,21 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 
 	state, err := loadState(ctx, s.KV, req.RequestID)
 	switch {
+	case err == nil && (state.Spec != spec || state.Format != req.Format):
+		return nil, stage.Poison(&requestIDReusedError{ID: req.RequestID, Spec: state.Spec, Format: state.Format})
 	case err == nil && state.Final != nil:
 		log.Info("duplicate request: already answered")
 		return nil, nil
-	case err == nil && state.Spec != spec:
-		return nil, stage.Permanent(fmt.Errorf("request id %s was already used for %s", req.RequestID, specString(state.Spec)))
+	case err == nil && m.Delivery == 1:
+		// Another message with this id created the state: a duplicate publish
+		// of a request still in flight.
+		log.Info("duplicate request: already in progress")
+		return nil, nil
+	case err == nil && state.Resolution != nil:
+		// A redelivery of our own message: hand off the same resolution again
+		// (deduplicated by message id), never a newer release.
+		log.Info("redelivered: handing off the recorded resolution again")
+		return fetchEvents(req, *state.Resolution, state.ResolvedFrom)
 	case err != nil && !errors.Is(err, jetstream.ErrKeyNotFound):
 		return nil, err
 	}
@@ -68,22 +78,49 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 	if err != nil {
 		return nil, err
 	}
-	roles := make([]catalog.Role, 0, len(res.Assets))
-	for _, a := range res.Assets {
-		roles = append(roles, a.Role)
-	}
 	if disk, ok := res.Asset(catalog.RoleDisk); !ok {
 		return nil, stage.Permanent(fmt.Errorf("%s resolved without a disk", specString(spec)))
 	} else if disk.Format == catalog.FormatRaw && req.Format == catalog.FormatQCOW2 {
 		return nil, stage.Permanent(fmt.Errorf("%s publishes a raw disk; converting raw to qcow2 is not supported (ask for --format raw)", specString(spec)))
 	}
-	if err := createState(ctx, s.KV, req.RequestID, requestState{Spec: spec, Format: req.Format, Roles: roles, ResolvedFrom: from}); err != nil {
+	events, err := fetchEvents(req, res, from)
+	if err != nil {
 		return nil, err
 	}
+	if err := createState(ctx, s.KV, req.RequestID, requestState{
+		Spec: spec, Format: req.Format, Roles: roles(res), ResolvedFrom: from, Resolution: &res,
+	}); err != nil {
+		return nil, err
+	}
+	log.Info("resolved", "from", from, "assets", len(events))
+	return events, nil
+}
+
+// requestIDReusedError refuses a request whose id already names another request.
+type requestIDReusedError struct {
+	ID     string
+	Spec   catalog.ImageSpec
+	Format catalog.DiskFormat
+}
+
+func (e *requestIDReusedError) Error() string {
+	return fmt.Sprintf("request id %s is already used by a request for %s (%s)", e.ID, specString(e.Spec), e.Format)
+}
+
+func roles(res catalog.Resolution) []catalog.Role {
+	out := make([]catalog.Role, 0, len(res.Assets))
+	for _, a := range res.Assets {
+		out = append(out, a.Role)
+	}
+	return out
+}
+
+func fetchEvents(req messages.PrepareRequest, res catalog.Resolution, from string) ([]stage.Event, error) {
+	rs := roles(res)
 	events := make([]stage.Event, 0, len(res.Assets))
 	for _, a := range res.Assets {
 		ev, err := assetEvent(messages.SubjectFetch, "fetch", messages.AssetEvent{
-			RequestID: req.RequestID, Spec: spec, Format: req.Format, Roles: roles,
+			RequestID: req.RequestID, Spec: req.Spec, Format: req.Format, Roles: rs,
 			ResolvedFrom: from, Asset: a, Status: messages.StatusResolved,
 		})
 		if err != nil {
@@ -91,7 +128,6 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 		}
 		events = append(events, ev)
 	}
-	log.Info("resolved", "from", from, "assets", len(events))
 	return events, nil
 }
 
@@ -123,11 +159,13 @@ func specString(s catalog.ImageSpec) string {
 
 // requestState is the collector's join record for one request (KV value).
 type requestState struct {
-	Spec         catalog.ImageSpec                    `json:"spec"`
-	Format       catalog.DiskFormat                   `json:"format"`
-	Roles        []catalog.Role                       `json:"roles"`
-	ResolvedFrom string                               `json:"resolved_from,omitempty"`
-	Done         map[catalog.Role]messages.AssetEvent `json:"done,omitempty"`
+	Spec         catalog.ImageSpec  `json:"spec"`
+	Format       catalog.DiskFormat `json:"format"`
+	Roles        []catalog.Role     `json:"roles"`
+	ResolvedFrom string             `json:"resolved_from,omitempty"`
+	// Resolution is what the request was resolved to, reused on redelivery.
+	Resolution *catalog.Resolution                  `json:"resolution,omitempty"`
+	Done       map[catalog.Role]messages.AssetEvent `json:"done,omitempty"`
 	// Final is the result once decided; it is republished on redelivery.
 	Final *messages.Result `json:"final,omitempty"`
 }

@@ -66,6 +66,33 @@ type Deps struct {
 // RunStages sets up the streams and runs the named stages on nc until ctx
 // ends, then drains them. It returns once every stage has stopped.
 func RunStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) error {
+	st, err := NewStages(ctx, nc, names, d)
+	if err != nil {
+		return err
+	}
+	st.Run(ctx)
+	return nil
+}
+
+// Stages are stage runners bound to their consumers, ready to run.
+type Stages struct{ runners []*stage.Runner }
+
+// Run serves until ctx ends, then drains every stage.
+func (s *Stages) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, r := range s.runners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = r.Run(ctx)
+		}()
+	}
+	wg.Wait()
+}
+
+// NewStages sets up the streams (waiting for the server if need be) and binds
+// each named stage to its durable consumer.
+func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Stages, error) {
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -74,11 +101,11 @@ func RunStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) error
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	kv, err := WaitForSetup(ctx, js)
+	kv, err := WaitForSetup(ctx, js, d.Logger)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	progress := func(p messages.Progress) {
 		data, err := messages.Encode(messages.TypeProgress, &p)
@@ -96,27 +123,27 @@ func RunStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) error
 		switch name {
 		case messages.StageResolver:
 			if d.Resolver == nil {
-				return errors.New("resolver stage needs a resolver")
+				return nil, errors.New("resolver stage needs a resolver")
 			}
 			h := &ResolverStage{Resolver: d.Resolver, Store: d.Store, KV: kv, MaxAge: d.ResolutionMaxAge, Logger: log}
 			specs[name] = spec{messages.SubjectPrepare, h.Handle}
 		case messages.StageFetcher:
 			if d.Downloader == nil {
-				return errors.New("fetcher stage needs a downloader")
+				return nil, errors.New("fetcher stage needs a downloader")
 			}
-			h := &FetcherStage{Store: d.Store, Downloader: d.Downloader, Progress: progress, Logger: log}
+			h := &FetcherStage{Store: d.Store, KV: kv, Downloader: d.Downloader, Progress: progress, Logger: log}
 			specs[name] = spec{messages.SubjectFetch, h.Handle}
 		case messages.StageVerifier:
 			h := &VerifierStage{Store: d.Store, Logger: log}
 			specs[name] = spec{messages.SubjectVerify, h.Handle}
 		case messages.StageConverter:
-			h := &ConverterStage{Store: d.Store, Progress: progress, Logger: log}
+			h := &ConverterStage{Store: d.Store, KV: kv, Progress: progress, Logger: log}
 			specs[name] = spec{messages.SubjectConvert, h.Handle}
 		case messages.StageCollector:
 			h := &CollectorStage{Store: d.Store, KV: kv, Logger: log}
 			specs[name] = spec{messages.SubjectDone, h.Handle}
 		default:
-			return fmt.Errorf("unknown stage %q", name)
+			return nil, fmt.Errorf("unknown stage %q", name)
 		}
 	}
 	var runners []*stage.Runner
@@ -130,18 +157,9 @@ func RunStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) error
 		}, d.RunnerOptions...)
 		r, err := stage.New(ctx, js, messages.StreamWork, name, sp.filter, sp.handler, opts...)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		runners = append(runners, r)
 	}
-	var wg sync.WaitGroup
-	for _, r := range runners {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_ = r.Run(ctx)
-		}()
-	}
-	wg.Wait()
-	return nil
+	return &Stages{runners: runners}, nil
 }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -76,12 +77,20 @@ func Setup(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, err
 
 // WaitForSetup retries Setup until it succeeds or ctx ends: a stage may start
 // before its NATS server is reachable.
-func WaitForSetup(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
+func WaitForSetup(ctx context.Context, js jetstream.JetStream, log *slog.Logger) (jetstream.KeyValue, error) {
 	delay := 100 * time.Millisecond
-	for {
+	for attempt := 1; ; attempt++ {
 		kv, err := Setup(ctx, js)
 		if err == nil {
 			return kv, nil
+		}
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500 && apiErr.Code != 408 {
+			// The server refused the configuration (not "not ready yet"): waiting won't help.
+			return nil, err
+		}
+		if log != nil && (attempt == 1 || attempt%10 == 0) {
+			log.Warn("waiting for NATS JetStream", "err", err)
 		}
 		if ctx.Err() != nil {
 			return nil, errors.Join(err, ctx.Err())

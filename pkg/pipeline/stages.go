@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/kernel"
@@ -80,11 +81,24 @@ func throttled(interval time.Duration, report ProgressFunc) func(p messages.Prog
 	}
 }
 
+// requestFailed reports whether the request has already ended in failure (say,
+// its kernel was not found), so that its other assets need no more work. Any
+// doubt (no KV, no state, an error) means "not failed".
+func requestFailed(ctx context.Context, kv jetstream.KeyValue, id string) bool {
+	if kv == nil {
+		return false
+	}
+	st, err := loadState(ctx, kv, id)
+	return err == nil && st.Final != nil && st.Final.Status == messages.ResultFailed
+}
+
 // FetcherStage downloads an asset into the store's ingest area, resuming a
 // partial file left by an earlier (possibly crashed) worker. An asset already
 // in the store is not fetched again.
 type FetcherStage struct {
-	Store      *store.Store
+	Store *store.Store
+	// KV, if set, lets the fetcher skip assets of requests that already failed.
+	KV         jetstream.KeyValue
 	Downloader *download.Client
 	Progress   ProgressFunc
 	Logger     *slog.Logger
@@ -101,6 +115,10 @@ func (s *FetcherStage) Handle(ctx context.Context, m stage.Message) ([]stage.Eve
 		return nil, stage.Poison(fmt.Errorf("%w (role %q, digest %q, url %q)", errNoAsset, a.Role, a.Digest, a.URL))
 	}
 	log := s.Logger.With("request", ev.RequestID, "asset", a.Role)
+	if requestFailed(ctx, s.KV, ev.RequestID) {
+		log.Info("request already failed; not fetching")
+		return nil, nil
+	}
 	next := func() ([]stage.Event, error) {
 		out, err := assetEvent(messages.SubjectVerify, "verify", ev)
 		return []stage.Event{out}, err
@@ -241,7 +259,9 @@ const ConverterName = "vmprep-qcow2raw-1"
 // area (keyed by source digest, converter version and format). The verified
 // source is never modified; a conversion already done is reused.
 type ConverterStage struct {
-	Store       *store.Store
+	Store *store.Store
+	// KV, if set, lets the converter skip disks of requests that already failed.
+	KV          jetstream.KeyValue
 	Progress    ProgressFunc
 	Concurrency int
 	Logger      *slog.Logger
@@ -255,6 +275,10 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 	}
 	if (ev.Asset.Role != catalog.RoleDisk && ev.Asset.Role != catalog.RoleKernel) || ev.Blob.IsZero() {
 		return nil, stage.Poison(fmt.Errorf("converter got a %q asset without a verified blob", ev.Asset.Role))
+	}
+	if requestFailed(ctx, s.KV, ev.RequestID) {
+		s.Logger.Info("request already failed; not converting", "request", ev.RequestID)
+		return nil, nil
 	}
 	blob, err := s.Store.Lookup(ctx, ev.Blob)
 	if err != nil {
