@@ -1,0 +1,66 @@
+package messages
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/vmprep/vmprep/pkg/catalog"
+)
+
+func TestDecode(t *testing.T) {
+	tests := []struct {
+		name    string
+		data    string
+		want    error
+		wantErr bool
+	}{
+		{"ok", `{"v":1,"type":"prepare.request","request_id":"a","spec":{"distro":"ubuntu","version":"24.04"},"format":"raw"}`, nil, false},
+		{"future version", `{"v":2,"type":"prepare.request","request_id":"a"}`, ErrUnknownVersion, true},
+		{"no version", `{"type":"prepare.request","request_id":"a"}`, ErrUnknownVersion, true},
+		{"wrong type", `{"v":1,"type":"asset","request_id":"a"}`, ErrInvalid, true},
+		{"garbage", "\x00\x01", ErrInvalid, true},
+		{"array", `[]`, ErrInvalid, true},
+		{"too large", `{"v":1,"pad":"` + strings.Repeat("x", maxEventSize) + `"}`, ErrInvalid, true},
+		{"field of the wrong type", `{"v":1,"type":"prepare.request","request_id":7}`, ErrInvalid, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var req PrepareRequest
+			err := Decode([]byte(tt.data), TypePrepareRequest, &req)
+			if (err != nil) != tt.wantErr || (tt.want != nil && !errors.Is(err, tt.want)) {
+				t.Fatalf("Decode error = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestEncodeStampsHeader(t *testing.T) {
+	req := PrepareRequest{RequestID: "x", Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04"}, Format: catalog.FormatRaw}
+	b, err := Encode(TypePrepareRequest, &req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back PrepareRequest
+	if err := Decode(b, TypePrepareRequest, &back); err != nil || back.RequestID != "x" || back.V != Version {
+		t.Fatalf("round trip: %+v, %v (%s)", back, err, b)
+	}
+}
+
+func TestRequestIDs(t *testing.T) {
+	for _, tt := range []struct {
+		id string
+		ok bool
+	}{
+		{"req-42", true}, {"A_b-9", true}, {strings.Repeat("a", 64), true},
+		{"", false}, {strings.Repeat("a", 65), false}, {"a.b", false}, {"a*", false}, {"a>", false}, {"../x", false}, {"a b", false},
+	} {
+		if err := ValidateRequestID(tt.id); (err == nil) != tt.ok {
+			t.Errorf("ValidateRequestID(%q) = %v, want ok=%v", tt.id, err, tt.ok)
+		}
+		_, ok := PeekRequestID([]byte(`{"v":99,"request_id":"` + tt.id + `"}`))
+		if ok != tt.ok {
+			t.Errorf("PeekRequestID(%q) ok = %v, want %v", tt.id, ok, tt.ok)
+		}
+	}
+}
