@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -558,5 +559,80 @@ func TestCorruptCacheIsFetchedAgain(t *testing.T) {
 	}
 	if q, _ := os.ReadDir(filepath.Join(e.cache, "quarantine")); len(q) == 0 {
 		t.Error("nothing was quarantined")
+	}
+}
+
+// TestConcurrentWorkersOneResultEach runs two full sets of stages (as two
+// processes would) on one server and many requests at once, some sharing ids:
+// the collectors race on the same request states, and every request id still
+// gets exactly one result.
+func TestConcurrentWorkersOneResultEach(t *testing.T) {
+	m := testmirror.New(t)
+	e := newEnv(t, m)
+	emb := e.start(t) // first set of stages, with the server
+	second, err := emb.Server.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- pipeline.RunStages(ctx, second, pipeline.AllStages, e.deps) }()
+	defer func() { cancel(); <-done }()
+
+	type job struct {
+		id     string
+		arch   catalog.Arch
+		format catalog.DiskFormat
+	}
+	var jobs []job
+	for i := 0; i < 8; i++ {
+		arch := []catalog.Arch{catalog.ArchAMD64, catalog.ArchARM64}[i%2]
+		format := []catalog.DiskFormat{catalog.FormatRaw, catalog.FormatQCOW2}[(i/2)%2]
+		jobs = append(jobs, job{id: fmt.Sprintf("c%d", i), arch: arch, format: format})
+	}
+	jobs = append(jobs, jobs[0], jobs[3]) // duplicate publishes of the same requests
+	results := make(chan messages.Result, len(jobs))
+	errs := make(chan error, len(jobs))
+	for _, j := range jobs {
+		go func() {
+			cctx, ccancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer ccancel()
+			res, err := pipeline.Prepare(cctx, emb.Conn, messages.PrepareRequest{
+				RequestID: j.id, Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: j.arch}, Format: j.format,
+			}, nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			results <- res
+		}()
+	}
+	byID := map[string]messages.Result{}
+	for range jobs {
+		select {
+		case err := <-errs:
+			t.Fatal(err)
+		case res := <-results:
+			if res.Status != messages.ResultPrepared {
+				t.Fatalf("%s: %+v", res.RequestID, res.Failure)
+			}
+			if prev, ok := byID[res.RequestID]; ok && !prev.CompletedAt.Equal(res.CompletedAt) {
+				t.Errorf("%s: two different results", res.RequestID)
+			}
+			byID[res.RequestID] = res
+		}
+	}
+	js, _ := jetstream.New(emb.Conn)
+	s, err := js.Stream(context.Background(), messages.StreamResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 8 || info.State.LastSeq != 8 {
+		t.Errorf("results stream holds %d results after %d publishes, want 8 and 8", info.State.Msgs, info.State.LastSeq)
 	}
 }
