@@ -49,7 +49,8 @@ func WithKeyring(k *signature.Keyring) Option {
 
 // WithAllowUnsigned lets images whose signing key is not configured resolve
 // without signature verification; the resolver warns and marks their Trust
-// unsigned. A signature that is present and checked but bad is still refused.
+// unsigned. Where a key is configured it changes nothing: a bad signature
+// and a missing one (which an attacker could arrange) are still refused.
 func WithAllowUnsigned(allow bool) Option {
 	return func(c *config) { c.allowUnsigned = allow }
 }

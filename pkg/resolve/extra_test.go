@@ -3,14 +3,18 @@ package resolve_test
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
+	"github.com/vmprep/vmprep/pkg/resolve"
+	"github.com/vmprep/vmprep/pkg/signature"
 )
 
 // A per-file checksum (format "single", like Alpine's <image>.sha512) binds
@@ -53,29 +57,24 @@ images:
 	}
 }
 
-// allow-unsigned accepts a missing detached signature, and says so.
-func TestAllowUnsignedMissingSignature(t *testing.T) {
+// A missing detached signature is refused whenever a key is configured,
+// even with allow-unsigned: otherwise whoever can tamper with a manifest
+// could also strip its signature and turn "bad signature" into "unsigned".
+func TestMissingSignatureRefusedDespiteAllowUnsigned(t *testing.T) {
 	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64))
 	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel)
+	m.Tamper(mp)
 	m.Remove(mp + ".gpg")
-	tests := []struct {
-		allow bool
-		ok    bool
-	}{{false, false}, {true, true}}
-	for _, tt := range tests {
-		t.Run(fmt.Sprint("allow=", tt.allow), func(t *testing.T) {
-			opts := append(m.CatalogOptions(), catalog.WithAllowUnsigned(tt.allow))
+	for _, allow := range []bool{false, true} {
+		t.Run(fmt.Sprint("allow=", allow), func(t *testing.T) {
+			opts := append(m.CatalogOptions(), catalog.WithAllowUnsigned(allow))
 			res, err := newResolver(t, m, opts).Resolve(t.Context(), catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
-			if (err == nil) != tt.ok {
-				t.Fatalf("Resolve err = %v, want ok=%v", err, tt.ok)
+			var re *resolve.Error
+			if !errors.Is(err, signature.ErrNoSignature) || !errors.As(err, &re) || re.Op != resolve.OpSignature || re.Retryable {
+				t.Fatalf("Resolve = %+v, %v; want a permanent ErrNoSignature", res, err)
 			}
-			if err != nil {
-				return
-			}
-			disk, _ := res.Asset(catalog.RoleDisk)
-			kernel, _ := res.Asset(catalog.RoleKernel)
-			if !disk.Trust.Signed || kernel.Trust.Signed || kernel.Trust.Note == "" || kernel.Trust.SignatureURL != "" {
-				t.Fatalf("disk trust %+v, kernel trust %+v", disk.Trust, kernel.Trust)
+			if re.URL != m.FileURL(mp) || !strings.Contains(err.Error(), "SHA256SUMS.gpg") {
+				t.Fatalf("error %q does not name the manifest and its signature", err)
 			}
 		})
 	}

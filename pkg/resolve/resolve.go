@@ -208,10 +208,11 @@ func (r *Resolver) loadManifest(ctx context.Context, plan catalog.Plan, a catalo
 	case mp.Signature == catalog.SignatureDetached:
 		trust.SignatureURL = mp.SignatureURL
 		sig, ferr := r.fetch(ctx, mp.SignatureURL, signature.MaxSignatureSize)
+		// A key is configured, so a signature is required even with
+		// allow-unsigned: accepting a missing one would let anyone who can
+		// tamper with the manifest also strip (404) its signature, making
+		// "a bad signature is refused" meaningless.
 		switch {
-		case ferr != nil && plan.AllowUnsigned && isNotFound(ferr.err):
-			trust.SignatureURL = ""
-			unsigned(fmt.Sprintf("allow-unsigned was set and the signature %s is missing", mp.SignatureURL))
 		case ferr != nil && isNotFound(ferr.err):
 			return nil, &Error{Spec: spec, Op: OpSignature, URL: manifestURL,
 				Err: fmt.Errorf("%w: %s: %w", signature.ErrNoSignature, mp.SignatureURL, ferr.err)}
