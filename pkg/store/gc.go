@@ -80,6 +80,9 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 	if err != nil {
 		return rep, fmt.Errorf("store: gc: %w", err)
 	}
+	if s.gcAfterScan != nil {
+		s.gcAfterScan()
+	}
 	now := time.Now()
 	g := &gcRun{s: s, ctx: ctx, opts: opts, rep: &rep}
 

@@ -52,7 +52,8 @@ func (s *Store) ImageDir(spec catalog.ImageSpec) (string, error) {
 // LinkImage points images/<distro>/<version>/<arch>/<name> at target, which
 // must be a blob or derived file of this store, with a relative symlink
 // replaced atomically (symlink at a temporary name, rename). It returns the
-// link's path.
+// link's path. It waits while GC runs; a target GC removed meanwhile is an
+// error (fs.ErrNotExist), so the caller fetches or derives it again.
 func (s *Store) LinkImage(spec catalog.ImageSpec, name string, target string) (string, error) {
 	dir, err := s.ImageDir(spec)
 	if err != nil {
@@ -71,6 +72,14 @@ func (s *Store) LinkImage(spec catalog.ImageSpec, name string, target string) (s
 	if d := filepath.Dir(abs); d != s.path(dirBlobs, "sha256") && d != s.path(dirDerived) {
 		return "", fmt.Errorf("store: link %s: %w: target %s is not a blob or derived file of %s", name, ErrInvalidName, abs, s.root)
 	}
+	// Shared GC lock: GC must not remove the target (or this link, as
+	// dangling) between its scan and its removals. Checking the target under
+	// the lock means a target GC removed is reported rather than linked.
+	unlockGC, err := s.gcShared(context.Background())
+	if err != nil {
+		return "", fmt.Errorf("store: link %s: %w", name, err)
+	}
+	defer unlockGC()
 	fi, err := os.Lstat(abs)
 	if err != nil {
 		return "", fmt.Errorf("store: link %s: target: %w", name, err)

@@ -107,6 +107,8 @@ type Store struct {
 	// hashedBytes counts bytes read for hashing; tests use it to prove the
 	// fast path reads nothing.
 	hashedBytes atomic.Int64
+	// gcAfterScan, if set (tests only), runs between GC's scan and its removals.
+	gcAfterScan func()
 }
 
 // Option configures a Store.
