@@ -262,7 +262,7 @@ func New(ctx context.Context, js jetstream.JetStream, stream, name, filter strin
 		backoff:       DefaultBackoff,
 		logger:        slog.Default(),
 		drainTimeout:  30 * time.Second,
-		fetchWait:     5 * time.Second,
+		fetchWait:     2 * time.Second,
 		publishTimout: 30 * time.Second,
 	}
 	for _, o := range opts {
@@ -333,9 +333,10 @@ func (r *Runner) Run(ctx context.Context) error {
 
 func (r *Runner) worker(pull, work context.Context) {
 	for pull.Err() == nil {
-		fctx, cancel := context.WithTimeout(pull, r.cfg.fetchWait)
-		msg, err := r.consumer.Next(jetstream.FetchContext(fctx))
-		cancel()
+		// A bounded wait rather than the pull context: cancelling a pull can drop
+		// a message the server is delivering at that moment, which would then sit
+		// out the ack wait. A message that arrives while draining is handled.
+		msg, err := r.consumer.Next(jetstream.FetchMaxWait(r.cfg.fetchWait))
 		if err != nil {
 			if pull.Err() != nil {
 				return
