@@ -51,8 +51,10 @@ type fileServer struct {
 	faults  []fault // faults[i] applies to request i
 	every   *fault  // applies to requests beyond faults, if set
 	log     []*seen
-
-	served atomic.Int64
+	// inflight counts running handlers; requests waits for it to reach
+	// zero so that byte counts are final when a test reads them.
+	inflight int
+	idle     *sync.Cond
 }
 
 var modTime = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -60,6 +62,7 @@ var modTime = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 func newFileServer(t *testing.T, content []byte, faults ...fault) *fileServer {
 	t.Helper()
 	s := &fileServer{t: t, content: content, etag: etagOf(content), faults: faults}
+	s.idle = sync.NewCond(&s.mu)
 	s.Server = httptest.NewServer(http.HandlerFunc(s.handle))
 	t.Cleanup(s.Close)
 	return s
@@ -80,6 +83,9 @@ func (s *fileServer) setContent(b []byte) {
 func (s *fileServer) requests() []seen {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for s.inflight > 0 {
+		s.idle.Wait()
+	}
 	out := make([]seen, len(s.log))
 	for i, r := range s.log {
 		out[i] = seen{Range: r.Range, IfRange: r.IfRange, UserAgent: r.UserAgent, Served: atomic.LoadInt64(&r.Served)}
@@ -92,6 +98,13 @@ func (s *fileServer) handle(w http.ResponseWriter, r *http.Request) {
 	i := len(s.log)
 	rec := &seen{Range: r.Header.Get("Range"), IfRange: r.Header.Get("If-Range"), UserAgent: r.UserAgent()}
 	s.log = append(s.log, rec)
+	s.inflight++
+	defer func() {
+		s.mu.Lock()
+		s.inflight--
+		s.idle.Broadcast()
+		s.mu.Unlock()
+	}()
 	var f fault
 	if i < len(s.faults) {
 		f = s.faults[i]
@@ -116,7 +129,7 @@ func (s *fileServer) handle(w http.ResponseWriter, r *http.Request) {
 		content = bytes.Clone(content)
 		content[len(content)/2] ^= 0xff
 	}
-	cw := &countingWriter{ResponseWriter: w, rec: rec, total: &s.served, cutAfter: f.cutAfter, stallAfter: f.stallAfter, req: r}
+	cw := &countingWriter{ResponseWriter: w, rec: rec, cutAfter: f.cutAfter, stallAfter: f.stallAfter, req: r}
 	w.Header().Set("ETag", etag)
 	w.Header().Set("Last-Modified", modTime.Format(http.TimeFormat))
 	switch {
@@ -151,7 +164,6 @@ func (s *fileServer) handle(w http.ResponseWriter, r *http.Request) {
 type countingWriter struct {
 	http.ResponseWriter
 	rec                  *seen
-	total                *atomic.Int64
 	cutAfter, stallAfter int64
 	req                  *http.Request
 }
@@ -169,7 +181,6 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	}
 	n, err := c.ResponseWriter.Write(p)
 	atomic.AddInt64(&c.rec.Served, int64(n))
-	c.total.Add(int64(n))
 	if err != nil || limit < 0 || done+int64(n) < limit {
 		return n, err
 	}
