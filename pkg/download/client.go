@@ -148,6 +148,22 @@ func New(opts ...Option) *Client {
 	if c.maxSize <= 0 {
 		c.maxSize = DefaultMaxSize
 	}
+	// Zero or negative durations would make every attempt stall at once or
+	// never retry; they mean "default".
+	if c.stallTimeout <= 0 {
+		c.stallTimeout = DefaultStallTimeout
+	}
+	if c.connectTimeout <= 0 {
+		c.connectTimeout = DefaultConnectTimeout
+	}
+	if c.maxElapsed <= 0 {
+		c.maxElapsed = DefaultMaxElapsed
+	}
+	if c.initialBackoff <= 0 {
+		c.initialBackoff = time.Second
+	}
+	c.maxBackoff = max(c.maxBackoff, c.initialBackoff)
+	c.maxRetryAfter = max(c.maxRetryAfter, 0)
 	if c.httpClient == nil {
 		c.httpClient = &http.Client{Transport: c.defaultTransport()}
 	}
