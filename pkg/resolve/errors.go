@@ -31,6 +31,8 @@ var (
 	// ErrNoMatch: nothing in a directory listing or manifest matched the
 	// catalog's name pattern.
 	ErrNoMatch = errors.New("no name matches the pattern")
+	// ErrInsecureRedirect: an https URL redirected to plain http.
+	ErrInsecureRedirect = errors.New("refused redirect from https to http")
 )
 
 // Error is a failed resolution. URL is the manifest (or listing) concerned;

@@ -5,10 +5,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
@@ -77,5 +80,28 @@ func TestMissingSignatureRefusedDespiteAllowUnsigned(t *testing.T) {
 				t.Fatalf("error %q does not name the manifest and its signature", err)
 			}
 		})
+	}
+}
+
+// An https server redirecting to plain http must not be followed: for an
+// unsigned manifest (Debian) the transport is the only protection.
+func TestHTTPSDowngradeRedirectRefused(t *testing.T) {
+	m := newMirror(t, testmirror.WithUbuntu(), testmirror.WithDebian("12"), testmirror.WithArches(catalog.ArchAMD64))
+	tlsFront := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		http.Redirect(w, req, m.URL+strings.TrimPrefix(req.URL.Path, "/"), http.StatusFound)
+	}))
+	t.Cleanup(tlsFront.Close)
+	cat, err := catalog.New(catalog.WithMirror(tlsFront.URL + "/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := resolve.New(cat, resolve.WithHTTPClient(tlsFront.Client()), resolve.WithRetry(2, time.Millisecond))
+	res, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "debian", Version: "12", Arch: "amd64"})
+	var re *resolve.Error
+	if !errors.Is(err, resolve.ErrInsecureRedirect) || !errors.As(err, &re) || re.Op != resolve.OpManifest || re.Retryable {
+		t.Fatalf("Resolve = %+v, %v; want a permanent ErrInsecureRedirect", res, err)
+	}
+	if got := m.Requests(m.ManifestPath("debian", "12", catalog.ArchAMD64, catalog.RoleDisk)); got != 0 {
+		t.Fatalf("the plain-http manifest was requested %d times", got)
 	}
 }

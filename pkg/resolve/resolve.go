@@ -38,7 +38,15 @@ const (
 type Option func(*Resolver)
 
 // WithHTTPClient sets the client (default: one with a one-minute timeout).
-func WithHTTPClient(c *http.Client) Option { return func(r *Resolver) { r.client = c } }
+// The resolver uses a copy whose redirect policy also refuses https → http
+// downgrades.
+func WithHTTPClient(c *http.Client) Option {
+	return func(r *Resolver) {
+		if c != nil {
+			r.client = c
+		}
+	}
+}
 
 // WithUserAgent sets the User-Agent header (default "vmprep/<module version>").
 func WithUserAgent(ua string) Option { return func(r *Resolver) { r.userAgent = ua } }
@@ -93,7 +101,38 @@ func New(cat *catalog.Catalog, opts ...Option) *Resolver {
 	for _, o := range opts {
 		o(r)
 	}
+	r.client = guardRedirects(r.client)
 	return r
+}
+
+// maxRedirects matches net/http's default limit.
+const maxRedirects = 10
+
+// guardRedirects returns a copy of c that refuses to follow a redirect from
+// https to plain http: an unsigned manifest (Debian) is only as trustworthy
+// as its transport, and a downgrade would hand it to anyone on the path.
+// Redirects to other hosts stay allowed: download.fedoraproject.org sends
+// every request to a mirror, and signed manifests are verified anyway.
+func guardRedirects(c *http.Client) *http.Client {
+	guarded := *c
+	next := c.CheckRedirect
+	guarded.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if len(via) >= maxRedirects {
+			return fmt.Errorf("stopped after %d redirects", maxRedirects)
+		}
+		if req.URL.Scheme != "https" {
+			for _, prev := range via {
+				if prev.URL.Scheme == "https" {
+					return fmt.Errorf("%w: %s redirected to %s", ErrInsecureRedirect, via[len(via)-1].URL.Redacted(), req.URL.Redacted())
+				}
+			}
+		}
+		if next != nil {
+			return next(req, via)
+		}
+		return nil
+	}
+	return &guarded
 }
 
 func defaultUserAgent() string {
