@@ -1,6 +1,7 @@
 package resolve_test
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -103,5 +104,22 @@ func TestHTTPSDowngradeRedirectRefused(t *testing.T) {
 	}
 	if got := m.Requests(m.ManifestPath("debian", "12", catalog.ArchAMD64, catalog.RoleDisk)); got != 0 {
 		t.Fatalf("the plain-http manifest was requested %d times", got)
+	}
+}
+
+// WithTimeout bounds each attempt even when the caller's client has no
+// timeout of its own, so a stalled body cannot hang a resolution.
+func TestStalledBodyWithoutClientTimeout(t *testing.T) {
+	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64))
+	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	m.SetFault(mp, testmirror.Fault{Stall: true, After: 16})
+	r := newResolver(t, m, m.CatalogOptions(), resolve.WithHTTPClient(&http.Client{}), resolve.WithTimeout(100*time.Millisecond))
+	_, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
+	var re *resolve.Error
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &re) || re.Op != resolve.OpManifest || !re.Retryable {
+		t.Fatalf("Resolve = %v; want a retryable deadline error fetching the manifest", err)
+	}
+	if got := m.Requests(mp); got != 3 {
+		t.Errorf("stalled manifest requested %d times, want 3 (every attempt times out)", got)
 	}
 }

@@ -54,6 +54,9 @@ func (r *Resolver) fetch(ctx context.Context, url string, limit int64) ([]byte, 
 }
 
 func (r *Resolver) fetchOnce(ctx context.Context, url string, limit int64) ([]byte, error) {
+	// The deadline covers the body too: a trickling server is cut off.
+	ctx, cancel := context.WithTimeout(ctx, r.attemptTimeout)
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err

@@ -37,13 +37,25 @@ const (
 // Option configures New.
 type Option func(*Resolver)
 
-// WithHTTPClient sets the client (default: one with a one-minute timeout).
-// The resolver uses a copy whose redirect policy also refuses https → http
-// downgrades.
+// WithHTTPClient sets the client (default: http.Client's defaults). The
+// resolver uses a copy whose redirect policy also refuses https → http
+// downgrades; each attempt is bounded by WithTimeout whatever c's own
+// Timeout is.
 func WithHTTPClient(c *http.Client) Option {
 	return func(r *Resolver) {
 		if c != nil {
 			r.client = c
+		}
+	}
+}
+
+// WithTimeout bounds each fetch attempt, body included (default one
+// minute), so a server that stalls or trickles its answer cannot hold a
+// resolution longer than attempts × d plus the pauses between them.
+func WithTimeout(d time.Duration) Option {
+	return func(r *Resolver) {
+		if d > 0 {
+			r.attemptTimeout = d
 		}
 	}
 }
@@ -85,18 +97,20 @@ type Resolver struct {
 	maxManifest    int64
 	attempts       int
 	initialBackoff time.Duration
+	attemptTimeout time.Duration
 }
 
 // New returns a resolver for cat.
 func New(cat *catalog.Catalog, opts ...Option) *Resolver {
 	r := &Resolver{
 		cat:            cat,
-		client:         &http.Client{Timeout: defaultTimeout},
+		client:         &http.Client{},
 		userAgent:      defaultUserAgent(),
 		logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
 		maxManifest:    DefaultMaxManifestSize,
 		attempts:       4,
 		initialBackoff: 500 * time.Millisecond,
+		attemptTimeout: defaultTimeout,
 	}
 	for _, o := range opts {
 		o(r)
