@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -816,5 +817,27 @@ func TestErrorMessage(t *testing.T) {
 		if got := tt.err.Error(); got != tt.want {
 			t.Errorf("Error() = %q, want %q", got, tt.want)
 		}
+	}
+}
+
+// Memory does not grow with the file: a 32 MiB download allocates far less
+// than 32 MiB in all (client and test server together). Not parallel, so
+// that other tests' allocations do not count.
+func TestMemoryBounded(t *testing.T) {
+	const size = 32 << 20
+	content := randomBytes(size, 15)
+	srv := newFileServer(t, content)
+	c, _ := newTestClient()
+	req := Request{URL: srv.URL, Dest: filepath.Join(t.TempDir(), "m"), Expected: sha512Of(content), ExpectedSize: size}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if _, err := c.Fetch(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("allocated %d bytes", alloc)
+	if alloc > size/4 {
+		t.Errorf("allocated %d bytes for a %d-byte download", alloc, size)
 	}
 }
