@@ -69,6 +69,7 @@ func TestNormalize(t *testing.T) {
 		{"leading dash", catalog.ImageSpec{"-rf", "1", "amd64"}, catalog.ImageSpec{}},
 		{"url chars", catalog.ImageSpec{"ubuntu", "24.04?x=1", "amd64"}, catalog.ImageSpec{}},
 		{"unicode", catalog.ImageSpec{"ubuntü", "1", "amd64"}, catalog.ImageSpec{}},
+		{"kelvin sign folds to ASCII k", catalog.ImageSpec{"ubuntu", "\u212aey", "amd64"}, catalog.ImageSpec{}},
 		{"too long", catalog.ImageSpec{strings.Repeat("a", 65), "1", "amd64"}, catalog.ImageSpec{}},
 		{"bad arch", catalog.ImageSpec{"ubuntu", "24.04", "sparc"}, catalog.ImageSpec{}},
 	}

@@ -6,7 +6,7 @@ import (
 )
 
 func FuzzNormalize(f *testing.F) {
-	for _, s := range []string{"ubuntu", "24.04", "../x", "a..b", "UBUNTU", "\x00", "bookworm", "a/b", "ü"} {
+	for _, s := range []string{"ubuntu", "24.04", "../x", "a..b", "UBUNTU", "\x00", "bookworm", "a/b", "ü", "\u212aey"} {
 		f.Add(s, s, "amd64")
 	}
 	f.Fuzz(func(t *testing.T, distro, version, arch string) {

@@ -44,17 +44,19 @@ func checkName(field, v string) (string, error) {
 	if len(v) > maxNameLen {
 		return "", fmt.Errorf("%w: %s is %d bytes long (at most %d)", ErrInvalidSpec, field, len(v), maxNameLen)
 	}
-	v = strings.ToLower(v)
+	// Check the bytes before lower-casing: strings.ToLower folds some
+	// non-ASCII runes into ASCII (the Kelvin sign U+212A becomes "k").
 	for i := 0; i < len(v); i++ {
 		c := v[i]
 		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
 		case (c == '.' || c == '_' || c == '-') && i > 0:
 		default:
 			return "", fmt.Errorf("%w: %s %s: character %s at offset %d is not allowed (use a-z, 0-9, and . _ - after the first)",
 				ErrInvalidSpec, field, strconv.Quote(v), strconv.Quote(v[i:i+1]), i)
 		}
 	}
+	v = strings.ToLower(v)
 	if strings.Contains(v, "..") {
 		return "", fmt.Errorf("%w: %s %q contains \"..\"", ErrInvalidSpec, field, v)
 	}
