@@ -265,7 +265,11 @@ func (c *Catalog) planAsset(e *entry, at AssetTemplate, vars map[string]string) 
 	a := PlannedAsset{Role: at.Role, Format: at.Format}
 	if at.NamePattern != "" {
 		a.URL = joinURL(e.BaseURL, expand(strings.TrimSuffix(at.URL, "{name}"), vars, nil))
-		a.NamePattern = regexp.MustCompile(`^(?:` + expand(at.NamePattern, vars, regexp.QuoteMeta) + `)$`)
+		re, err := compilePattern(at.NamePattern, vars)
+		if err != nil {
+			return PlannedAsset{}, fmt.Errorf("name_pattern: %w", err)
+		}
+		a.NamePattern = re
 	} else {
 		a.URL = joinURL(e.BaseURL, expand(at.URL, vars, nil))
 		a.Name = at.Name
@@ -285,7 +289,11 @@ func (c *Catalog) planAsset(e *entry, at AssetTemplate, vars map[string]string) 
 		m.URL = joinURL(e.BaseURL, expand(mt.URL, vars, nil))
 	} else {
 		m.IndexURL = joinURL(e.BaseURL, expand(mt.Index, vars, nil))
-		m.Pattern = regexp.MustCompile(`^(?:` + expand(mt.Pattern, vars, regexp.QuoteMeta) + `)$`)
+		re, err := compilePattern(mt.Pattern, vars)
+		if err != nil {
+			return PlannedAsset{}, fmt.Errorf("manifest pattern: %w", err)
+		}
+		m.Pattern = re
 	}
 	if mt.SignatureURL != "" {
 		m.SignatureURL = joinURL(e.BaseURL, expand(mt.SignatureURL, vars, nil))
@@ -306,6 +314,18 @@ func (c *Catalog) planAsset(e *entry, at AssetTemplate, vars map[string]string) 
 	}
 	a.Manifest = m
 	return a, nil
+}
+
+// compilePattern expands a pattern template for one spec. Validation
+// compiled it with stand-in values, but a real value can still break it
+// (a brace template like "x{{version}}" becomes a repeat count, capped at
+// 1000), so this is an error, never a panic.
+func compilePattern(tmpl string, vars map[string]string) (*regexp.Regexp, error) {
+	re, err := regexp.Compile(`^(?:` + expand(tmpl, vars, regexp.QuoteMeta) + `)$`)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %q for version %s: %w", ErrInvalidCatalog, tmpl, vars["version"], err)
+	}
+	return re, nil
 }
 
 // needVars fails when a template uses {codename} but the version has none.

@@ -432,3 +432,33 @@ func TestWithKeyringReplaces(t *testing.T) {
 		t.Fatalf("fingerprints %v", fps)
 	}
 }
+
+// A pattern template that compiles with the placeholder values used for
+// validation may not compile with a user's version (Go caps repeat counts
+// at 1000): Plan must return an error, not panic.
+func TestPlanPatternFailsToCompileForVersion(t *testing.T) {
+	content := `
+images:
+  - distro: braces
+    base_url: https://images.example.org/
+    version_pattern: '[0-9]+'
+    arches: {amd64: amd64}
+    boot_mode: firmware
+    assets:
+      - role: disk
+        url: '{version}/{name}'
+        name_pattern: 'disk-x{{version}}\.qcow2'
+        manifest:
+          index: '{version}/'
+          pattern: 'SUMS-x{{version}}'
+          signature: none
+`
+	c := mustNew(t, catalog.WithFile(writeCatalog(t, "braces.yaml", content, signtest.NewKey(t, "k"))))
+	if _, err := c.Plan(catalog.ImageSpec{Distro: "braces", Version: "12", Arch: "amd64"}); err != nil {
+		t.Fatalf("version 12: %v", err)
+	}
+	_, err := c.Plan(catalog.ImageSpec{Distro: "braces", Version: "1001", Arch: "amd64"})
+	if !errors.Is(err, catalog.ErrInvalidCatalog) || !strings.Contains(err.Error(), "name_pattern") {
+		t.Fatalf("version 1001: %v; want ErrInvalidCatalog naming name_pattern", err)
+	}
+}

@@ -30,6 +30,7 @@ func FuzzNormalize(f *testing.F) {
 // error, never a panic, and that accepted images plan without escaping base_url.
 func FuzzCatalogFile(f *testing.F) {
 	f.Add([]byte(builtinYAML), "yaml")
+	f.Add([]byte(`{"images":[{"distro":"x","base_url":"https://h/","version_pattern":"[0-9]+","arches":{"amd64":"a"},"boot_mode":"firmware","assets":[{"role":"disk","url":"{version}/{name}","name_pattern":"d{{version}}","manifest":{"url":"{version}/S","signature":"none"}}]}]}`), "json")
 	f.Add([]byte(`{"images":[{"distro":"x","base_url":"https://h/","arches":{"amd64":"a"},"boot_mode":"firmware","assets":[{"role":"disk","url":"{version}/d","manifest":{"url":"{version}/S","signature":"none"}}]}]}`), "json")
 	f.Fuzz(func(t *testing.T, data []byte, format string) {
 		file, err := ParseFile(data, format)
@@ -41,14 +42,16 @@ func FuzzCatalogFile(f *testing.F) {
 			return
 		}
 		for name, e := range c.entries {
-			p, err := c.Plan(ImageSpec{Distro: name, Version: "1", Arch: ArchAMD64})
-			if err != nil {
-				continue
-			}
-			for _, a := range p.Assets {
-				for _, u := range []string{a.URL, a.Manifest.URL, a.Manifest.IndexURL, a.Manifest.SignatureURL} {
-					if u != "" && !strings.HasPrefix(u, e.BaseURL) {
-						t.Fatalf("%s escapes %s", u, e.BaseURL)
+			for _, version := range []string{"1", "1001"} { // 1001: beyond Go's repeat-count cap
+				p, err := c.Plan(ImageSpec{Distro: name, Version: version, Arch: ArchAMD64})
+				if err != nil {
+					continue
+				}
+				for _, a := range p.Assets {
+					for _, u := range []string{a.URL, a.Manifest.URL, a.Manifest.IndexURL, a.Manifest.SignatureURL} {
+						if u != "" && !strings.HasPrefix(u, e.BaseURL) {
+							t.Fatalf("%s escapes %s", u, e.BaseURL)
+						}
 					}
 				}
 			}
