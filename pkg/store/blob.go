@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -105,6 +106,11 @@ func (s *Store) resolveSHA256(d digest.Digest) (string, error) {
 	b, err := readCapped(s.aliasPath(d), 256)
 	if notExist(err) {
 		return "", fmt.Errorf("store: %s: %w", d, ErrNotFound)
+	}
+	if errors.Is(err, errDamaged) {
+		// As for bad content below: fetch again, and Commit rewrites it.
+		s.log.Warn("store: ignoring damaged alias", "alias", s.aliasPath(d), "err", err)
+		return "", fmt.Errorf("store: %s: %w: %w", d, err, ErrNotFound)
 	}
 	if err != nil {
 		return "", fmt.Errorf("store: alias for %s: %w", d, err)
@@ -256,7 +262,8 @@ func (s *Store) Commit(ctx context.Context, ingestPath string, expected digest.D
 	if filepath.Dir(src) != s.path(dirIngest) {
 		return BlobInfo{}, fmt.Errorf("store: commit %s: %w: not directly in %s", src, ErrInvalidName, s.path(dirIngest))
 	}
-	f, err := os.Open(src)
+	// Not following a symlink nor blocking on a pipe planted in ingest/.
+	f, err := openSmall(src)
 	if err != nil {
 		return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
 	}
@@ -266,7 +273,7 @@ func (s *Store) Commit(ctx context.Context, ingestPath string, expected digest.D
 		return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return BlobInfo{}, fmt.Errorf("store: commit %s: not a regular file", src)
+		return BlobInfo{}, fmt.Errorf("store: commit %s: not a regular file (%s)", src, fi.Mode().Type())
 	}
 	mismatch := func(actual digest.Digest, actualSize int64) error {
 		f.Close()

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 )
 
 // tempMarker is part of every temporary name the store (and WriteAtomic)
@@ -79,20 +80,36 @@ func syncDir(dir string) error {
 	return nil
 }
 
+// errDamaged marks a store metadata file that cannot be what the store
+// wrote (wrong type, oversized): callers treat it like a missing one.
+var errDamaged = errors.New("damaged")
+
 // readCapped reads a small store-owned file, refusing more than max bytes so
-// that a damaged or hostile file cannot make us allocate without bound.
+// that a damaged or hostile file cannot make us allocate without bound, and
+// refusing anything but a regular file: a symlink could lead out of the root
+// and a named pipe would block the reader forever.
 func readCapped(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := openSmall(path)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%s: %w: a symlink, not a regular file", path, errDamaged)
+	}
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: %w: not a regular file (%s)", path, errDamaged, fi.Mode().Type())
+	}
 	b, err := io.ReadAll(io.LimitReader(f, max+1))
 	if err != nil {
 		return nil, err
 	}
 	if int64(len(b)) > max {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, max)
+		return nil, fmt.Errorf("%s: %w: larger than %d bytes", path, errDamaged, max)
 	}
 	return b, nil
 }
