@@ -36,7 +36,7 @@ func WithProgress(fn func(done, total int64)) ConvertOption {
 }
 
 // WithConcurrency sets how many chunks are read, decompressed and written in
-// parallel (default: GOMAXPROCS, at least 2, at most 16). Each worker needs
+// parallel (default: twice GOMAXPROCS, at most 16). Each worker needs
 // about 2 MiB, plus 3 × the cluster size for compressed images; the count is
 // capped so that workers stay within a 40 MiB budget whatever is asked.
 func WithConcurrency(n int) ConvertOption {
@@ -62,7 +62,9 @@ var zeroBlock [holeBlock]byte
 // and renamed into place; on error nothing is left at dstPath (an existing
 // file there is untouched) and the temporary file is removed.
 func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertOption) (stats ConvertStats, err error) {
-	cfg := convertConfig{workers: min(max(runtime.GOMAXPROCS(0), 2), 16), chunkBytes: defaultChunk}
+	// Twice the CPUs: a worker blocked in pread/pwrite leaves its CPU to
+	// another (measured: 4 workers beat 2 on 2 cores for every image kind).
+	cfg := convertConfig{workers: min(2*runtime.GOMAXPROCS(0), 16), chunkBytes: defaultChunk}
 	for _, o := range opts {
 		o(&cfg)
 	}
