@@ -142,3 +142,28 @@ func validComponent(what, v string) error {
 func isTempName(name string) bool { return strings.Contains(name, tempMarker) }
 
 func notExist(err error) bool { return errors.Is(err, os.ErrNotExist) }
+
+// mkdirInRoot creates root/elem... one level at a time and refuses a level
+// that is a symlink or not a directory, so that a symlink planted inside the
+// store (images/<distro> -> /etc) cannot make it write outside its root.
+// The root itself may be a symlink.
+func (s *Store) mkdirInRoot(elem ...string) (string, error) {
+	p := s.root
+	for _, e := range elem {
+		p = filepath.Join(p, e)
+		fi, err := os.Lstat(p)
+		if notExist(err) {
+			if err = os.Mkdir(p, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+				return "", err
+			}
+			fi, err = os.Lstat(p)
+		}
+		if err != nil {
+			return "", err
+		}
+		if !fi.IsDir() {
+			return "", fmt.Errorf("%w: %s is a %s, not a directory", ErrInvalidName, p, fi.Mode().Type())
+		}
+	}
+	return p, nil
+}

@@ -87,10 +87,14 @@ func (s *Store) LinkImage(spec catalog.ImageSpec, name string, target string) (s
 	if !fi.Mode().IsRegular() || isTempName(filepath.Base(abs)) {
 		return "", fmt.Errorf("store: link %s: %w: target %s is not a published file", name, ErrInvalidName, abs)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	rel, err := filepath.Rel(s.root, dir)
+	if err != nil {
 		return "", fmt.Errorf("store: link %s: %w", name, err)
 	}
-	rel, err := filepath.Rel(dir, abs)
+	if _, err := s.mkdirInRoot(strings.Split(rel, string(filepath.Separator))...); err != nil {
+		return "", fmt.Errorf("store: link %s: %w", name, err)
+	}
+	rel, err = filepath.Rel(dir, abs)
 	if err != nil {
 		return "", fmt.Errorf("store: link %s: %w", name, err)
 	}
@@ -148,7 +152,8 @@ func (s *Store) SaveResolution(ctx context.Context, r catalog.Resolution) error 
 	if err != nil {
 		return fmt.Errorf("store: record %s: %w", path, err)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	sp, _ := specPath(r.Spec) // valid: recordPath checked it
+	if _, err := s.mkdirInRoot(dirRecords, sp[0], sp[1]); err != nil {
 		return fmt.Errorf("store: record %s: %w", path, err)
 	}
 	if err := writeFileAtomic(path, append(b, '\n'), 0o644); err != nil {

@@ -274,3 +274,61 @@ func TestDefaultRoot(t *testing.T) {
 		t.Errorf("DefaultRoot = %q, %v; want under XDG_CACHE_HOME", got, err)
 	}
 }
+
+// TestPublishRefusesSymlinkedDirs plants a directory symlink inside images/
+// or records/ that leads out of the root: LinkImage and SaveResolution must
+// refuse to write through it (the spec strings themselves are valid).
+func TestPublishRefusesSymlinkedDirs(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		planted string // relative to the root; made a symlink to a directory outside
+		publish func(s *Store, b BlobInfo) error
+	}{
+		{"images distro", "images/ubuntu", func(s *Store, b BlobInfo) error {
+			_, err := s.LinkImage(noble, LinkKernel, b.Path)
+			return err
+		}},
+		{"images version", "images/ubuntu/24.04", func(s *Store, b BlobInfo) error {
+			_, err := s.LinkImage(noble, LinkKernel, b.Path)
+			return err
+		}},
+		{"images arch", "images/ubuntu/24.04/amd64", func(s *Store, b BlobInfo) error {
+			_, err := s.LinkImage(noble, LinkKernel, b.Path)
+			return err
+		}},
+		{"records distro", "records/ubuntu", func(s *Store, b BlobInfo) error {
+			return s.SaveResolution(ctx, catalog.Resolution{Spec: noble})
+		}},
+		{"records version", "records/ubuntu/24.04", func(s *Store, b BlobInfo) error {
+			return s.SaveResolution(ctx, catalog.Resolution{Spec: noble})
+		}},
+		{"images itself", "images", func(s *Store, b BlobInfo) error {
+			_, err := s.LinkImage(noble, LinkKernel, b.Path)
+			return err
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t)
+			b := commit(t, s, content("A", 100))
+			outside := t.TempDir()
+			p := filepath.Join(s.Root(), tc.planted)
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.RemoveAll(p); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(outside, p); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.publish(s, b); !errors.Is(err, ErrInvalidName) {
+				t.Errorf("publish through %s = %v, want ErrInvalidName", tc.planted, err)
+			}
+			if n := dirNames(t, outside); len(n) != 0 {
+				t.Errorf("wrote outside the store: %v", n)
+			}
+		})
+	}
+}
