@@ -2,6 +2,7 @@ package resolve
 
 import (
 	"regexp"
+	"strings"
 	"testing"
 )
 
@@ -51,5 +52,51 @@ func TestGreatestMatchAndListing(t *testing.T) {
 		if got != tt.want || ok != tt.ok {
 			t.Errorf("hrefs %q: got %q %v, want %q %v", tt.hrefs, got, ok, tt.want, tt.ok)
 		}
+	}
+}
+
+// FuzzListing feeds hostile directory listings to the discovery helpers:
+// no panic, every name is a plain file in the listed directory, at most
+// maxListedLinks of them, and the chosen one is a greatest listed name.
+func FuzzListing(f *testing.F) {
+	f.Add([]byte(`<a href="../">Parent Directory</a><a href="?C=N;O=D">Name</a>` +
+		`<a href="Fedora-Cloud-41-1.4-x86_64-CHECKSUM">x</a><a href="Fedora-Cloud-41-1.10-x86_64-CHECKSUM">y</a>`))
+	f.Add([]byte(`<A HREF='./F%2041.CHECKSUM#frag'> <a href = "%2e%2e"> <a href="https://evil.example/x-CHECKSUM"> <a href="a%00b">`))
+	f.Add([]byte(`<a href="/pub/fedora/linux/releases/41/Cloud/x86_64/images/Fedora-Cloud-41-1.4-x86_64-CHECKSUM">`))
+	re := regexp.MustCompile(`^(?:.*CHECKSUM)$`)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		names := listedNames(body)
+		if len(names) > maxListedLinks {
+			t.Fatalf("%d names from one listing", len(names))
+		}
+		for _, n := range names {
+			if n == "" || n == "." || n == ".." || strings.ContainsAny(n, "/\\\x00") {
+				t.Fatalf("listed name %q leaves the directory", n)
+			}
+		}
+		best, ok := greatestMatch(names, re)
+		if !ok {
+			return
+		}
+		if !re.MatchString(best) {
+			t.Fatalf("greatestMatch returned %q, which does not match", best)
+		}
+		for _, n := range names {
+			if re.MatchString(n) && naturalLess(best, n) {
+				t.Fatalf("%q was chosen but %q is greater", best, n)
+			}
+			if naturalLess(n, n) {
+				t.Fatalf("naturalLess(%q, %q) is true", n, n)
+			}
+		}
+	})
+}
+
+// TestListingLinkCap: a listing with more links than the cap yields no more
+// names than the cap.
+func TestListingLinkCap(t *testing.T) {
+	body := []byte(strings.Repeat(`<a href="x-CHECKSUM">`, maxListedLinks+5))
+	if got := len(listedNames(body)); got != maxListedLinks {
+		t.Fatalf("%d names, want the cap %d", got, maxListedLinks)
 	}
 }

@@ -323,18 +323,30 @@ func (r *Resolver) discover(ctx context.Context, spec catalog.ImageSpec, mp cata
 	if ferr != nil {
 		return "", &Error{Spec: spec, Op: OpIndex, URL: mp.IndexURL, Retryable: ferr.retryable, Err: ferr.err}
 	}
-	var names []string
-	for _, m := range hrefRE.FindAllSubmatch(body, -1) {
-		if name, ok := listedName(string(m[1])); ok {
-			names = append(names, name)
-		}
-	}
+	names := listedNames(body)
 	name, ok := greatestMatch(names, mp.Pattern)
 	if !ok {
 		return "", &Error{Spec: spec, Op: OpIndex, URL: mp.IndexURL,
 			Err: fmt.Errorf("%w: no manifest matching %s among %d links", ErrNoMatch, mp.Pattern, len(names))}
 	}
 	return mp.IndexURL + url.PathEscape(name), nil
+}
+
+// maxListedLinks caps the links read from one directory listing: Fedora's
+// have a few dozen, and a hostile 4 MiB page of empty links would otherwise
+// cost tens of MiB of match slices.
+const maxListedLinks = 10000
+
+// listedNames returns the plain file names an HTML directory listing links
+// to, at most maxListedLinks links considered.
+func listedNames(body []byte) []string {
+	var names []string
+	for _, loc := range hrefRE.FindAllSubmatchIndex(body, maxListedLinks) {
+		if name, ok := listedName(string(body[loc[2]:loc[3]])); ok {
+			names = append(names, name)
+		}
+	}
+	return names
 }
 
 // listedName returns the file name a listing link points to, if it is a
