@@ -318,6 +318,7 @@ func (s *Store) Commit(ctx context.Context, ingestPath string, expected digest.D
 		return BlobInfo{}, fmt.Errorf("store: commit %s: fsync: %w", src, err)
 	}
 	f.Close()
+	s.step("commit:verified")
 
 	unlockGC, err := s.gcShared(ctx)
 	if err != nil {
@@ -346,9 +347,17 @@ func (s *Store) Commit(ctx context.Context, ingestPath string, expected digest.D
 	if err != nil || !os.SameFile(fi, cur) {
 		return BlobInfo{}, fmt.Errorf("store: commit %s: ingest file replaced or removed during commit", src)
 	}
-	if err := os.Chmod(src, 0o444); err != nil {
-		return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
+	// The alias goes before the blob: an alias whose blob a crash kept from
+	// being published is harmless (Lookup says ErrNotFound, GC removes it),
+	// whereas a published blob without its alias is invisible to SHA-512
+	// lookups and to the records that name it, so it would be fetched again.
+	if err := s.writeAlias(exp, sumHex); err != nil {
+		return BlobInfo{}, err
 	}
+	s.step("commit:aliased")
+	// No chmod before the rename: a crash must leave the ingest file writable
+	// for the download engine. seal makes the published blob read-only.
+	s.step("commit:before-rename")
 	if err := os.Rename(src, final); err != nil {
 		return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
 	}
@@ -358,12 +367,11 @@ func (s *Store) Commit(ctx context.Context, ingestPath string, expected digest.D
 	if err := syncDir(filepath.Dir(src)); err != nil {
 		return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
 	}
+	s.step("commit:renamed")
 	if err := s.seal(final, s.blobStampPath(sumHex), stamp{SHA256: sumHex}); err != nil {
 		return BlobInfo{}, err
 	}
-	if err := s.writeAlias(exp, sumHex); err != nil {
-		return BlobInfo{}, err
-	}
+	s.step("commit:sealed")
 	s.removeIngest(src)
 	s.log.Debug("store: committed", "digest", info.SHA256, "size", n, "expected", exp)
 	return info, nil

@@ -205,6 +205,7 @@ func (s *Store) PutDerived(ctx context.Context, k DerivedKey, produce func(ctx c
 		s.removeAll(path)
 		return "", fmt.Errorf("store: derive %s: %w", k, err)
 	}
+	s.step("derive:produced")
 	fi, err := os.Lstat(path)
 	if err != nil {
 		return "", fmt.Errorf("store: derive %s: producer reported success but %s is missing: %w", k, path, err)

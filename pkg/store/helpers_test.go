@@ -77,6 +77,22 @@ func helperMain(mode string) error {
 			}
 		}
 		return nil
+	case "crashcommit":
+		// Commit the content at envSource as envDigest, dying by SIGKILL at
+		// step envName (see Store.crashPoint).
+		s.crashPoint = killAt(os.Getenv(envName))
+		return commitCopy(ctx, s, mustParse(os.Getenv(envDigest)), os.Getenv(envSource), "")
+	case "crashderive":
+		s.crashPoint = killAt(os.Getenv(envName))
+		src := mustParse(os.Getenv(envDigest))
+		_, err := s.PutDerived(ctx, DerivedKey{Source: src, Converter: "c-1", Format: "raw"}, func(ctx context.Context, dst string) error {
+			return WriteAtomic(dst, 0o644, func(f *os.File) error {
+				_, err := f.Write(content("derived", 10000))
+				s.step("derive:mid-produce")
+				return err
+			})
+		})
+		return err
 	case "holdlock":
 		unlock, err := s.Lock(ctx, os.Getenv(envName))
 		if err != nil {
@@ -89,6 +105,25 @@ func helperMain(mode string) error {
 	return fmt.Errorf("unknown mode %q", mode)
 }
 
+func killAt(step string) func(string) {
+	return func(at string) {
+		if at == step {
+			if p, err := os.FindProcess(os.Getpid()); err == nil {
+				_ = p.Kill() // SIGKILL: no deferred cleanup runs
+			}
+			select {} // the signal is delivered asynchronously
+		}
+	}
+}
+
+func mustParse(s string) digest.Digest {
+	d, err := digest.Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return d
+}
+
 // commitCopy copies src into its own ingest file (suffix tag) and commits it,
 // without any caller-side lock: Commit alone must cope with racing committers.
 func commitCopy(ctx context.Context, s *Store, d digest.Digest, src, tag string) error {
@@ -96,7 +131,10 @@ func commitCopy(ctx context.Context, s *Store, d digest.Digest, src, tag string)
 	if err != nil {
 		return err
 	}
-	p := s.IngestPath(d) + "." + tag
+	p := s.IngestPath(d)
+	if tag != "" {
+		p += "." + tag
+	}
 	if err := os.WriteFile(p, b, 0o644); err != nil {
 		return err
 	}

@@ -109,6 +109,9 @@ type Store struct {
 	hashedBytes atomic.Int64
 	// gcAfterScan, if set (tests only), runs between GC's scan and its removals.
 	gcAfterScan func()
+	// crashPoint, if set (tests only), is called at named steps of Commit and
+	// PutDerived; crash tests kill the process there.
+	crashPoint func(step string)
 }
 
 // Option configures a Store.
@@ -185,6 +188,12 @@ func Open(root string, opts ...Option) (*Store, error) {
 
 // Root returns the absolute store root.
 func (s *Store) Root() string { return s.root }
+
+func (s *Store) step(name string) {
+	if s.crashPoint != nil {
+		s.crashPoint(name)
+	}
+}
 
 func (s *Store) path(elem ...string) string {
 	return filepath.Join(append([]string{s.root}, elem...)...)

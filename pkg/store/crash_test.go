@@ -1,0 +1,129 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// runKilled runs a helper process that SIGKILLs itself at step and checks
+// that it really died there (not earlier, not by finishing).
+func runKilled(t *testing.T, mode, root, step string, env ...string) {
+	t.Helper()
+	cmd := startHelper(t, mode, append(env, envRoot+"="+root, envName+"="+step)...)
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != -1 {
+		t.Fatalf("helper was not killed at %s: %v", step, err)
+	}
+}
+
+// checkNoDebris fails if GC (which just ran) left temporaries or partials.
+func checkNoDebris(t *testing.T, s *Store) {
+	t.Helper()
+	_ = filepath.WalkDir(s.Root(), func(p string, de fs.DirEntry, err error) error {
+		if err == nil && !de.IsDir() && (isTempName(de.Name()) || filepath.Dir(p) == s.path(dirIngest)) {
+			t.Errorf("left behind: %s", p)
+		}
+		return nil
+	})
+}
+
+// TestCommitKilledAtEveryStep kills a committing process at each step and
+// checks that the next process copes: what is published is found (a
+// published SHA-512 blob through its alias, without downloading again), what
+// is not is ErrNotFound, committing again works, the ingest file is left
+// writable for the download engine to resume, and GC clears the debris.
+func TestCommitKilledAtEveryStep(t *testing.T) {
+	data := content("killed commit", 300<<10)
+	exp := sha512Of(data)
+	for _, step := range []string{"commit:verified", "commit:aliased", "commit:before-rename", "commit:renamed", "commit:sealed"} {
+		t.Run(step, func(t *testing.T) {
+			ctx := context.Background()
+			s := newStore(t)
+			src := filepath.Join(t.TempDir(), "src")
+			if err := os.WriteFile(src, data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			runKilled(t, "crashcommit", s.Root(), step, envDigest+"="+exp.String(), envSource+"="+src)
+
+			published := exists(s.blobPath(sha256Of(data).Hex))
+			info, err := s.Lookup(ctx, exp)
+			switch {
+			case err == nil:
+				if b, rerr := os.ReadFile(info.Path); rerr != nil || !bytes.Equal(b, data) {
+					t.Fatalf("Lookup after the kill returned wrong content (%v)", rerr)
+				}
+			case published:
+				t.Fatalf("blob was published but Lookup(%s) = %v: it would be downloaded again", exp.Algorithm, err)
+			case !errors.Is(err, ErrNotFound):
+				t.Fatalf("Lookup after the kill = %v, want ErrNotFound", err)
+			default:
+				if fi, serr := os.Stat(s.IngestPath(exp)); serr == nil && fi.Mode().Perm()&0o200 == 0 {
+					t.Errorf("killed commit left the ingest file read-only (%v): the download engine cannot resume it", fi.Mode())
+				}
+				if err := os.WriteFile(s.IngestPath(exp), data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := s.Commit(ctx, s.IngestPath(exp), exp, int64(len(data))); err != nil {
+					t.Fatalf("commit after the kill: %v", err)
+				}
+			}
+			if _, err := s.Lookup(ctx, exp); err != nil {
+				t.Fatal(err)
+			}
+			before := s.hashedBytes.Load()
+			if _, err := s.Lookup(ctx, exp); err != nil {
+				t.Fatal(err)
+			}
+			if n := s.hashedBytes.Load() - before; n != 0 {
+				t.Errorf("warm Lookup after recovery hashed %d bytes", n)
+			}
+			if _, err := s.GC(ctx, GCOptions{MinAge: time.Hour, PartialMaxAge: time.Nanosecond}); err != nil {
+				t.Fatal(err)
+			}
+			checkNoDebris(t, s)
+			if _, err := s.Lookup(ctx, exp); err != nil {
+				t.Fatalf("after GC: %v", err)
+			}
+		})
+	}
+}
+
+// TestPutDerivedKilledAtEveryStep kills a producing process mid-write and
+// between publishing and sealing: the next Derived must not serve unsealed
+// output, PutDerived must produce again, and GC clears the debris.
+func TestPutDerivedKilledAtEveryStep(t *testing.T) {
+	want := content("derived", 10000) // what the helper's producer writes
+	for _, step := range []string{"derive:mid-produce", "derive:produced"} {
+		t.Run(step, func(t *testing.T) {
+			ctx := context.Background()
+			s := newStore(t)
+			src := commit(t, s, content("source", 1000))
+			runKilled(t, "crashderive", s.Root(), step, envDigest+"="+src.SHA256.String())
+			k := DerivedKey{Source: src.SHA256, Converter: "c-1", Format: "raw"}
+			if _, err := s.Derived(ctx, k); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("Derived after a killed producer = %v, want ErrNotFound", err)
+			}
+			p, err := s.PutDerived(ctx, k, func(ctx context.Context, dst string) error {
+				return WriteAtomic(dst, 0o644, func(f *os.File) error { _, err := f.Write(want); return err })
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b, err := os.ReadFile(p); err != nil || !bytes.Equal(b, want) {
+				t.Fatalf("derived content after recovery wrong (%v)", err)
+			}
+			if _, err := s.GC(ctx, GCOptions{MinAge: time.Hour, PartialMaxAge: time.Nanosecond}); err != nil {
+				t.Fatal(err)
+			}
+			checkNoDebris(t, s)
+		})
+	}
+}
