@@ -123,3 +123,39 @@ func TestStalledBodyWithoutClientTimeout(t *testing.T) {
 		t.Errorf("stalled manifest requested %d times, want 3 (every attempt times out)", got)
 	}
 }
+
+// A name chosen by name_pattern among a manifest's entries becomes the last
+// element of the asset URL: entries in other folders (or "..") never
+// qualify, even when a loose user pattern matches them.
+func TestNamePatternIgnoresEntriesOutsideTheDirectory(t *testing.T) {
+	m := newMirror(t, testmirror.WithUbuntu())
+	sum := func(s string) string { h := sha256.Sum256([]byte(s)); return hex.EncodeToString(h[:]) }
+	m.Put("loose/1/SUMS", []byte(sum("good")+"  disk-1.qcow2\n"+sum("evil")+"  sub/disk-9.qcow2\n"+sum("up")+"  ..\n"))
+	catFile := filepath.Join(t.TempDir(), "loose.yaml")
+	content := `
+images:
+  - distro: loose
+    base_url: https://unused.example/
+    versions: ["1"]
+    arches: {amd64: amd64}
+    boot_mode: firmware
+    assets:
+      - role: disk
+        url: loose/{version}/{name}
+        name_pattern: '.*disk-[0-9]+\.qcow2|\.\.'
+        manifest:
+          url: loose/{version}/SUMS
+          signature: none
+`
+	if err := os.WriteFile(catFile, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, err := newResolver(t, m, []catalog.Option{catalog.WithFile(catFile)}).Resolve(t.Context(), catalog.ImageSpec{Distro: "loose", Version: "1", Arch: "amd64"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := res.Asset(catalog.RoleDisk)
+	if a.Name != "disk-1.qcow2" || a.URL != m.URL+"loose/1/disk-1.qcow2" || a.Digest.Hex != sum("good") {
+		t.Fatalf("asset %+v; want disk-1.qcow2 in loose/1/", a)
+	}
+}

@@ -201,7 +201,12 @@ func (r *Resolver) lookup(plan catalog.Plan, a catalog.PlannedAsset, v *verified
 	if name == "" {
 		var names []string
 		for _, e := range v.m.Entries() {
-			names = append(names, e.Name)
+			// The name becomes the last element of the asset URL: only plain
+			// file names in the manifest's directory qualify, whatever a
+			// loose user pattern would match.
+			if plainFileName(e.Name) {
+				names = append(names, e.Name)
+			}
 		}
 		var ok bool
 		if name, ok = greatestMatch(names, a.NamePattern); !ok {
@@ -360,6 +365,20 @@ func listedName(href string) (string, bool) {
 		return "", false
 	}
 	return path.Base(name), true
+}
+
+// plainFileName reports whether name can stand as one URL path element:
+// not empty, ".", or "..", and free of slashes and control characters.
+func plainFileName(name string) bool {
+	if name == "" || name == "." || name == ".." {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c == '/' || c == '\\' || c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // greatestMatch returns the greatest name, in natural order, that re matches.
