@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
@@ -244,6 +245,9 @@ func (k *Keyring) verify(signed io.Reader, packets []byte, sigs []*packet.Signat
 	}
 	if err != nil {
 		err = mapError(err)
+		if errors.Is(err, ErrExpiredKey) {
+			err = withClockHint(err, sigs, time.Now())
+		}
 		if errors.Is(err, ErrUnknownSigner) {
 			err = fmt.Errorf("%w (signed by %s; keyring holds %s)", err,
 				strings.Join(issuers(sigs), ", "), strings.Join(k.Fingerprints(), ", "))
@@ -254,6 +258,19 @@ func (k *Keyring) verify(signed io.Reader, packets []byte, sigs []*packet.Signat
 		return Signer{}, fmt.Errorf("%w: library returned no signer", ErrBadSignature)
 	}
 	return signerOf(entity), nil
+}
+
+// withClockHint explains an "expired" verdict that is really clock skew:
+// the library reports a signature dated after the local clock as expired,
+// which sends an operator looking at keys instead of at the host's time.
+func withClockHint(err error, sigs []*packet.Signature, now time.Time) error {
+	for _, sig := range sigs {
+		if sig.CreationTime.Unix() > now.Unix() {
+			return fmt.Errorf("%w (the signature is dated %s, after this host's clock %s: check the system time)",
+				err, sig.CreationTime.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+		}
+	}
+	return err
 }
 
 // readErrorRecorder remembers the first read error other than io.EOF.

@@ -373,3 +373,23 @@ func TestVerifyClearsigned(t *testing.T) {
 		})
 	}
 }
+
+// A signature dated after the local clock is refused (the library calls it
+// expired), and the message points at the clock, not at the key.
+func TestSignatureFromTheFuture(t *testing.T) {
+	e := newEntity(t, "future")
+	data := []byte("SHA256 (a.img) = 00\n")
+	future := time.Now().Add(2 * time.Hour)
+	var sig bytes.Buffer
+	if err := openpgp.DetachSign(&sig, e, bytes.NewReader(data), &packet.Config{Time: func() time.Time { return future }}); err != nil {
+		t.Fatal(err)
+	}
+	kr, err := signature.ReadKeyring(bytes.NewReader(serializeBinary(t, e)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = kr.VerifyDetached(bytes.NewReader(data), sig.Bytes())
+	if !errors.Is(err, signature.ErrExpiredKey) || !strings.Contains(err.Error(), "check the system time") {
+		t.Fatalf("VerifyDetached = %v; want ErrExpiredKey with a clock hint", err)
+	}
+}
