@@ -88,9 +88,13 @@ func runCache(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	// Looking at a store that does not exist should not create one.
 	if _, err := os.Stat(root); errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(stderr, "vmprep cache: no store at %s (nothing cached yet)\n", root)
-		if *asJSON {
-			fmt.Fprintln(stdout, "[]")
+		if !*asJSON {
+			return 0
 		}
+		if sub == "gc" { // same shape as a real report
+			return writeJSON(stdout, stderr, store.GCReport{DryRun: gcOpts.DryRun, Removed: []store.GCItem{}})
+		}
+		fmt.Fprintln(stdout, "[]")
 		return 0
 	}
 	st, err := store.Open(root)
@@ -229,7 +233,10 @@ func cacheGC(ctx context.Context, st *store.Store, opts store.GCOptions, asJSON 
 		if rep.Removed == nil {
 			rep.Removed = []store.GCItem{}
 		}
-		return writeJSON(stdout, stderr, rep)
+		if code := writeJSON(stdout, stderr, rep); code != 0 {
+			return code
+		}
+		return gcFailures(rep, stderr)
 	}
 	verb := "removed"
 	if rep.DryRun {
@@ -247,6 +254,17 @@ func cacheGC(ctx context.Context, st *store.Store, opts store.GCOptions, asJSON 
 		fmt.Fprintf(stdout, "busy (in use, kept): %s\n", p)
 	}
 	fmt.Fprintf(stdout, "%s %d files, %s; kept %d\n", verb, len(rep.Removed), store.HumanSize(rep.Freed), rep.Kept)
+	return gcFailures(rep, stderr)
+}
+
+// gcFailures reports files GC could not remove; they make the exit status 1.
+func gcFailures(rep store.GCReport, stderr io.Writer) int {
+	for _, it := range rep.Failed {
+		fmt.Fprintf(stderr, "vmprep cache gc: %s %s: %s\n", it.Kind, it.Path, it.Reason)
+	}
+	if len(rep.Failed) > 0 {
+		return 1
+	}
 	return 0
 }
 

@@ -195,3 +195,42 @@ func TestCacheUsage(t *testing.T) {
 		t.Errorf("looking at a missing store created it: %v", err)
 	}
 }
+
+// TestCacheGCReportsFailures: a file GC cannot remove (here a non-empty
+// directory planted where a blob belongs, which even root cannot unlink) is
+// named on stderr and makes the exit status 1, in table and JSON modes.
+func TestCacheGCReportsFailures(t *testing.T) {
+	root, _, _ := cacheFixture(t)
+	debris := filepath.Join(root, "blobs", "sha256", strings.Repeat("ab", 32))
+	if err := os.MkdirAll(debris, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(debris, "inner"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"gc"}, {"gc", "--json"}} {
+		code, out, errOut := runCacheT(t, append(args, "--partial-max-age=1ns", "--cache-dir", root)...)
+		if code != 1 || !strings.Contains(errOut, debris) {
+			t.Errorf("%v: exit %d (want 1), stderr %q should name %s\n%s", args, code, errOut, debris, out)
+		}
+	}
+}
+
+// TestCacheMissingStoreJSON: --json output keeps its shape when there is no store.
+func TestCacheMissingStoreJSON(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nothing-here")
+	tests := []struct {
+		cmd  string
+		into any
+	}{
+		{"ls", &[]store.Entry{}},
+		{"verify", &[]store.VerifyResult{}},
+		{"gc", &store.GCReport{}},
+	}
+	for _, tc := range tests {
+		code, out, errOut := runCacheT(t, tc.cmd, "--json", "--cache-dir", missing)
+		if err := json.Unmarshal([]byte(out), tc.into); code != 0 || err != nil {
+			t.Errorf("%s --json on a missing store: exit %d, %v\n%s%s", tc.cmd, code, err, out, errOut)
+		}
+	}
+}

@@ -51,6 +51,8 @@ type GCReport struct {
 	Kept int `json:"kept"`
 	// Busy lists files left because someone held their lock.
 	Busy []string `json:"busy,omitempty"`
+	// Failed lists files GC meant to remove but could not (Reason says why).
+	Failed []GCItem `json:"failed,omitempty"`
 }
 
 // GC removes blobs and derived files that no image link or record
@@ -165,6 +167,8 @@ func (g *gcRun) remove(it GCItem) bool {
 	if !g.opts.DryRun {
 		if err := os.Remove(it.Path); err != nil && !notExist(err) {
 			g.s.log.Warn("store: gc: cannot remove", "path", it.Path, "err", err)
+			it.Reason = fmt.Sprintf("%s; cannot remove: %v", it.Reason, err)
+			g.rep.Failed = append(g.rep.Failed, it)
 			return false
 		}
 	}

@@ -296,3 +296,19 @@ func TestList(t *testing.T) {
 		t.Error("blobs are not listed before derived files")
 	}
 }
+
+// TestGCReportsFailures: what GC cannot remove is reported, not just logged.
+func TestGCReportsFailures(t *testing.T) {
+	s := newStore(t)
+	debris := filepath.Join(s.Root(), dirDerived, ".x"+tempMarker+"1")
+	if err := os.MkdirAll(filepath.Join(debris, "inner"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := s.GC(context.Background(), GCOptions{PartialMaxAge: time.Nanosecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Failed) != 1 || rep.Failed[0].Path != debris || len(rep.Removed) != 0 {
+		t.Fatalf("GC report %+v: want exactly %s failed", rep, debris)
+	}
+}
