@@ -3,8 +3,11 @@ package store
 import (
 	"context"
 	"errors"
+	"os"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -115,5 +118,79 @@ func TestLockNames(t *testing.T) {
 			continue
 		}
 		u()
+	}
+}
+
+// TestLockSurvivesLockFileRemoval: GC deletes lock files nobody holds, while
+// other workers wait on (or are about to open) the same file. Mutual
+// exclusion must hold throughout: a waiter that locked a deleted file must
+// notice and lock the new one. Workers use separate Store values, so they
+// contend through flock exactly as separate processes do.
+func TestLockSurvivesLockFileRemoval(t *testing.T) {
+	root := newStore(t).Root()
+	open := func() *Store {
+		s, err := Open(root, WithLockPoll(time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	ctx := context.Background()
+	const name = "sha256:contended"
+	var inside, overlaps, entries atomic.Int64
+	stop := make(chan struct{})
+	gcDone := make(chan struct{})
+	go func() { // GC's orphan sweep, as fast as it can go
+		defer close(gcDone)
+		gc := open()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			g := &gcRun{s: gc, ctx: ctx, rep: &GCReport{}}
+			if err := g.orphans(); err != nil {
+				t.Error(err)
+				return
+			}
+			// The same as orphans does, holding the lock a little longer
+			// after the removal so that waiters pile up on the old file.
+			if u, ok, err := gc.lock(ctx, lockUser, name, true); err == nil && ok {
+				_ = os.Remove(gc.path(dirLocks, lockUser, name))
+				time.Sleep(200 * time.Microsecond)
+				_ = u()
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := open()
+			for range 500 {
+				u, err := s.Lock(ctx, name)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if inside.Add(1) != 1 {
+					overlaps.Add(1)
+				}
+				entries.Add(1)
+				runtime.Gosched()
+				inside.Add(-1)
+				if err := u(); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-gcDone
+	if n := overlaps.Load(); n != 0 {
+		t.Errorf("%d of %d lock holders overlapped another", n, entries.Load())
 	}
 }
