@@ -71,12 +71,21 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 		opts.MinAge = 0
 	}
 	rep := GCReport{DryRun: opts.DryRun}
+	// With the GC lock held exclusively no Commit or PutDerived is running,
+	// so a temporary in derived/ is a killed producer's and can go at once
+	// (a killed conversion may leave gigabytes). A dry run does not wait for
+	// the lock; it only tries, to report what a real run would remove now.
+	var writersIdle bool
 	if !opts.DryRun {
 		unlock, err := s.gcExclusive(ctx)
 		if err != nil {
 			return rep, fmt.Errorf("store: gc: %w", err)
 		}
 		defer unlock()
+		writersIdle = true
+	} else if unlock, ok, err := s.fileLock(ctx, s.path(dirLocks, lockGCName), false, true); err == nil && ok {
+		defer unlock()
+		writersIdle = true
 	}
 	inv, err := s.scan(ctx)
 	if err != nil {
@@ -109,8 +118,17 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 	for _, p := range inv.dangling {
 		g.remove(GCItem{Kind: "link", Path: p, Reason: "dangling image link"})
 	}
-	for _, p := range append(inv.temps, inv.derivedJunk...) {
+	for _, p := range inv.temps {
 		if age, size, ok := fileAge(p, now); ok && age >= opts.PartialMaxAge {
+			g.remove(GCItem{Kind: "temp", Path: p, Size: size, Reason: fmt.Sprintf("leftover temporary, untouched for %s", age.Round(time.Second))})
+		}
+	}
+	for _, p := range inv.derivedJunk {
+		age, size, ok := fileAge(p, now)
+		switch {
+		case ok && writersIdle:
+			g.remove(GCItem{Kind: "temp", Path: p, Size: size, Reason: "leftover of an interrupted derivation (no producer is running)"})
+		case ok && age >= opts.PartialMaxAge:
 			g.remove(GCItem{Kind: "temp", Path: p, Size: size, Reason: fmt.Sprintf("leftover temporary, untouched for %s", age.Round(time.Second))})
 		}
 	}

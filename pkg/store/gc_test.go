@@ -22,7 +22,9 @@ type gcFixture struct {
 	derivedOldConverter                     string
 	stalePartial, freshPartial, heldPartial string
 	staleTemp, freshTemp, danglingLink      string
-	releaseHeld                             func() error
+	// a killed producer's temporary: removed at once while no writer runs
+	freshDerivedTemp string
+	releaseHeld      func() error
 }
 
 func newGCFixture(t *testing.T) *gcFixture {
@@ -82,7 +84,8 @@ func newGCFixture(t *testing.T) *gcFixture {
 	f.heldPartial = mk(s.IngestPath(held), true)
 	f.releaseHeld = holdLockInChild(t, s.Root(), held.String())
 	f.staleTemp = mk(filepath.Join(s.Root(), dirBlobs, "sha256", ".x"+tempMarker+"1"), true)
-	f.freshTemp = mk(filepath.Join(s.Root(), dirDerived, ".y"+tempMarker+"2"), false)
+	f.freshTemp = mk(filepath.Join(s.Root(), dirRecords, ".y.json"+tempMarker+"2"), false)
+	f.freshDerivedTemp = mk(filepath.Join(s.Root(), dirDerived, ".z"+tempMarker+"3"), false)
 	dir, _ := s.ImageDir(noble)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -121,7 +124,7 @@ func TestGC(t *testing.T) {
 		}
 	}
 
-	wantRemoved := []string{f.orphan.Path, f.derivedOfOrphan, f.derivedOldConverter, f.stalePartial, f.stalePartial + ".meta", f.staleTemp, f.danglingLink}
+	wantRemoved := []string{f.orphan.Path, f.derivedOfOrphan, f.derivedOldConverter, f.stalePartial, f.stalePartial + ".meta", f.staleTemp, f.danglingLink, f.freshDerivedTemp}
 	wantKept := []string{f.recorded.Path, f.linked.Path, f.derivedOfRecorded, f.freshPartial, f.heldPartial, f.freshTemp}
 	sort.Strings(wantRemoved)
 
@@ -194,7 +197,18 @@ func TestGCWaitsForWriters(t *testing.T) {
 	if _, err := s.GC(ctx, GCOptions{}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("GC during a write = %v, want it to wait until ctx expires", err)
 	}
+	// A producer's fresh temporary is not garbage while a writer runs.
+	tmp := filepath.Join(s.Root(), dirDerived, ".out"+tempMarker+"1")
+	if err := os.WriteFile(tmp, []byte("being written"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := s.GC(context.Background(), GCOptions{DryRun: true}); err != nil || len(rep.Removed) != 0 {
+		t.Errorf("dry-run GC during a write = %+v, %v: want nothing removed", rep, err)
+	}
 	unlock()
+	if rep, err := s.GC(context.Background(), GCOptions{DryRun: true}); err != nil || len(rep.Removed) != 1 {
+		t.Errorf("dry-run GC after the write = %+v, %v: want the temporary reported", rep, err)
+	}
 	if _, err := s.GC(context.Background(), GCOptions{}); err != nil {
 		t.Error(err)
 	}

@@ -60,7 +60,8 @@ type inventory struct {
 	dangling []string
 	// temporaries: leftovers of interrupted atomic writes
 	temps []string
-	// junk in derived/ that is not a derived key (a crashed producer's file)
+	// junk in derived/ that is not a derived key (a crashed producer's
+	// temporary, or debris)
 	derivedJunk []string
 }
 
