@@ -142,7 +142,7 @@ func (r *ResolverFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&r.Mirror, "mirror", envOr("VMPREP_MIRROR", ""), "base URL replacing every catalog host, e.g. a local mirror (env VMPREP_MIRROR)")
 	fs.StringVar(&r.Keyring, "keyring", envOr("VMPREP_KEYRING", ""), "OpenPGP keyring file whose keys replace the built-in trusted keys (env VMPREP_KEYRING)")
 	fs.StringVar(&r.CatalogFile, "catalog", envOr("VMPREP_CATALOG", ""), "user catalog file (JSON or YAML) adding images; see docs/catalog.md (env VMPREP_CATALOG)")
-	fs.BoolVar(&r.AllowUnsigned, "allow-unsigned", false, "accept manifests without a valid signature (logs a warning; off by default)")
+	fs.BoolVar(&r.AllowUnsigned, "allow-unsigned", false, "resolve images whose manifests have no configured signing key (e.g. Fedora without --keyring) without signature verification; logs a warning. Published or configured signatures are still required")
 	fs.DurationVar(&r.MaxAge, "resolution-max-age", 24*time.Hour, "reuse a stored resolution this young without asking the network")
 }
 
