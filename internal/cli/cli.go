@@ -163,7 +163,7 @@ func (r *ResolverFlags) Resolver(log *slog.Logger) (*resolve.Resolver, error) {
 		opts = append(opts, catalog.WithKeyring(kr))
 	}
 	if r.AllowUnsigned {
-		log.Warn("--allow-unsigned: manifests without a valid signature will be trusted")
+		log.Warn("--allow-unsigned: images without a configured signing key will be resolved without signature verification")
 		opts = append(opts, catalog.WithAllowUnsigned(true))
 	}
 	cat, err := catalog.New(opts...)
