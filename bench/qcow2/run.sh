@@ -51,14 +51,15 @@ fi
 want=$(cat "$work/want.sha256")
 ls -l "$work"/*.qcow2 >&2
 
-# measure LABEL CMD...: prints "seconds rss_kib"
+# measure CMD...: prints "wall_seconds rss_kib cpu_seconds" (cpu = user + sys)
 measure() {
   local log="$work/time.log"
   /usr/bin/time -v "$@" 2>"$log" >/dev/null
-  local wall rss
+  local wall rss cpu
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$log")
   rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
-  echo "$wall $rss"
+  cpu=$(awk -F': ' '/User time|System time/ {s+=$2} END {print s}' "$log")
+  echo "$wall $rss $cpu"
 }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
@@ -66,23 +67,26 @@ jobs_flag=()
 [ "$JOBS" -gt 0 ] && jobs_flag=(-j "$JOBS")
 # qemu-img does not fsync its output; ours does (temp file, fsync, rename).
 # "qemu+fsync" times qemu-img followed by an fsync of its output, the like-for-like figure.
-printf "%-6s %9s %11s %9s %7s %9s %10s %10s\n" image qemu-img qemu+fsync ours ratio "ratio(f)" "ours RSS" "qemu RSS"
+# CPU time (user + sys) is reported too: on a shared machine it varies far
+# less than wall time.
+printf "%-6s %9s %11s %9s %7s %9s %9s %9s %10s %10s\n" image qemu-img qemu+fsync ours ratio "ratio(f)" "qemu CPU" "ours CPU" "ours RSS" "qemu RSS"
 for img in plain zlib zstd; do
-  : >"$work/q.t"; : >"$work/qs.t"; : >"$work/o.t"; orss=0; qrss=0
+  : >"$work/q.t"; : >"$work/qs.t"; : >"$work/o.t"; : >"$work/qc.t"; : >"$work/oc.t"; orss=0; qrss=0
   for _ in $(seq "$ROUNDS"); do
-    read -r t r < <(measure qemu-img convert -f qcow2 -O raw "$work/$img.qcow2" "$work/q.raw")
-    echo "$t" >>"$work/q.t"; qrss=$(( r > qrss ? r : qrss ))
+    read -r t r c < <(measure qemu-img convert -f qcow2 -O raw "$work/$img.qcow2" "$work/q.raw")
+    echo "$t" >>"$work/q.t"; echo "$c" >>"$work/qc.t"; qrss=$(( r > qrss ? r : qrss ))
     rm -f "$work/q.raw"
-    read -r t r < <(measure sh -c 'qemu-img convert -f qcow2 -O raw "$1" "$2" && sync "$2"' sh "$work/$img.qcow2" "$work/q.raw")
+    read -r t r c < <(measure sh -c 'qemu-img convert -f qcow2 -O raw "$1" "$2" && sync "$2"' sh "$work/$img.qcow2" "$work/q.raw")
     echo "$t" >>"$work/qs.t"
     rm -f "$work/q.raw"
-    read -r t r < <(measure "$work/qcow2bench" "${jobs_flag[@]}" "$work/$img.qcow2" "$work/o.raw")
-    echo "$t" >>"$work/o.t"; orss=$(( r > orss ? r : orss ))
+    read -r t r c < <(measure "$work/qcow2bench" "${jobs_flag[@]}" "$work/$img.qcow2" "$work/o.raw")
+    echo "$t" >>"$work/o.t"; echo "$c" >>"$work/oc.t"; orss=$(( r > orss ? r : orss ))
     got=$(sha256sum <"$work/o.raw" | cut -d' ' -f1)
     [ "$got" = "$want" ] || { echo "$img: output digest $got != source $want" >&2; exit 1; }
     rm -f "$work/o.raw"
   done
   q=$(median <"$work/q.t"); qs=$(median <"$work/qs.t"); o=$(median <"$work/o.t")
-  printf "%-6s %8.2fs %10.2fs %8.2fs %6.2fx %8.2fx %6d KiB %6d KiB\n" "$img" "$q" "$qs" "$o" \
-    "$(echo "$o / $q" | bc -l)" "$(echo "$o / $qs" | bc -l)" "$orss" "$qrss"
+  qc=$(median <"$work/qc.t"); oc=$(median <"$work/oc.t")
+  printf "%-6s %8.2fs %10.2fs %8.2fs %6.2fx %8.2fx %8.2fs %8.2fs %6d KiB %6d KiB\n" "$img" "$q" "$qs" "$o" \
+    "$(echo "$o / $q" | bc -l)" "$(echo "$o / $qs" | bc -l)" "$qc" "$oc" "$orss" "$qrss"
 done

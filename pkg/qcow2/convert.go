@@ -60,7 +60,9 @@ var zeroBlock [holeBlock]byte
 // image at dstPath, byte-identical to `qemu-img convert -f qcow2 -O raw`.
 // The output is written to a temporary file in dstPath's directory, fsynced
 // and renamed into place; on error nothing is left at dstPath (an existing
-// file there is untouched) and the temporary file is removed.
+// file there is untouched) and the temporary file is removed. The one
+// exception is a failure of the final directory fsync: the complete file is
+// then in place and the error says the rename may not be durable yet.
 func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertOption) (stats ConvertStats, err error) {
 	// Twice the CPUs: a worker blocked in pread/pwrite leaves its CPU to
 	// another (measured: 4 workers beat 2 on 2 cores for every image kind).
@@ -115,7 +117,9 @@ func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertO
 	e := &engine{cfg: cfg, img: img, src: src, dst: tmp, size: stats.VirtualSize}
 	e.writeback = newWriteback(tmp)
 	defer e.writeback.close()
-	if stats.DataBytes, err = e.run(ctx); err != nil {
+	stats.DataBytes, err = e.run(ctx)
+	e.writeback.close() // no kicks once we fsync and close
+	if err != nil {
 		if img != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("%s: %w", srcPath, err)
 		}
@@ -423,11 +427,12 @@ const writebackEvery = 64 << 20
 // little left to do. Kicks come from a goroutine of its own: workers never
 // wait for them.
 type writeback struct {
-	f       *os.File
-	mu      sync.Mutex
-	pending int64
-	kick    chan struct{}
-	done    chan struct{}
+	f         *os.File
+	mu        sync.Mutex
+	pending   int64
+	kick      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
 }
 
 func newWriteback(f *os.File) *writeback {
@@ -457,7 +462,10 @@ func (wb *writeback) wrote(n int64) {
 	}
 }
 
+// close stops the kicking goroutine and waits for it; it is idempotent.
 func (wb *writeback) close() {
-	close(wb.kick)
-	<-wb.done
+	wb.closeOnce.Do(func() {
+		close(wb.kick)
+		<-wb.done
+	})
 }
