@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/gofrs/flock"
+
+	"github.com/vmprep/vmprep/pkg/digest"
 )
 
 // Lock namespaces under locks/: user names cannot collide with the store's
@@ -155,6 +157,12 @@ func (s *Store) lock(ctx context.Context, ns, name string, try bool) (unlock fun
 func (s *Store) Lock(ctx context.Context, name string) (unlock func() error, err error) {
 	if err := validLockName(name); err != nil {
 		return nil, fmt.Errorf("store: lock: %w", err)
+	}
+	// A digest is locked under its canonical spelling, so that "sha256:ABC…"
+	// and "sha256:abc…" exclude each other and GC, which tries the lock of a
+	// partial download by IngestPath's (canonical) digest, sees it held.
+	if d, err := digest.Parse(name); err == nil {
+		name = d.String()
 	}
 	unlock, _, err = s.lock(ctx, lockUser, name, false)
 	if err != nil {

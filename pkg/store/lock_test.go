@@ -194,3 +194,39 @@ func TestLockSurvivesLockFileRemoval(t *testing.T) {
 		t.Errorf("%d of %d lock holders overlapped another", n, entries.Load())
 	}
 }
+
+// TestLockDigestSpellings: a digest's lock does not depend on the case of
+// its hex (the pipeline passes digests as published; GC uses IngestPath's
+// canonical form when it checks whether a partial download is in progress).
+func TestLockDigestSpellings(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	d := sha256Of([]byte("spelled"))
+	upper := "SHA256:" + strings.ToUpper(d.Hex)
+	unlock, err := s.Lock(ctx, upper)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	short, cancel := context.WithTimeout(ctx, 30*time.Millisecond)
+	defer cancel()
+	if _, err := s.Lock(short, d.String()); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Lock(%s) while %s is held = %v, want it to wait", d, upper, err)
+	}
+	// GC must see the download in progress and keep its (stale) partial.
+	p := s.IngestPath(d)
+	if err := os.WriteFile(p, []byte("partial"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-48 * time.Hour)
+	if err := os.Chtimes(p, old, old); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := s.GC(ctx, GCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !exists(p) || len(rep.Busy) != 1 {
+		t.Errorf("GC removed a partial whose download lock is held (busy %v)", rep.Busy)
+	}
+}
