@@ -66,3 +66,12 @@ func HumanSize(n int64) string {
 
 // errSpaceUnknown: the platform offers no way to read free space.
 var errSpaceUnknown = errors.New("free space unknown on this platform")
+
+// capBytes multiplies a block count by a block size without overflowing.
+func capBytes(blocks, size uint64) int64 {
+	const limit = 1 << 62
+	if size != 0 && blocks > limit/size {
+		return limit
+	}
+	return int64(blocks * size)
+}

@@ -1,17 +1,15 @@
-//go:build linux || darwin || freebsd
+//go:build darwin || freebsd
 
 package store
 
 import "syscall"
 
+// availableBytes: on the BSDs f_bsize is the fundamental block size that
+// f_bavail counts.
 func availableBytes(dir string) (int64, error) {
 	var fs syscall.Statfs_t
 	if err := syscall.Statfs(dir, &fs); err != nil {
 		return 0, err
 	}
-	avail := uint64(fs.Bavail) * uint64(fs.Bsize)
-	if avail > 1<<62 {
-		avail = 1 << 62
-	}
-	return int64(avail), nil
+	return capBytes(uint64(fs.Bavail), uint64(fs.Bsize)), nil
 }
