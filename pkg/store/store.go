@@ -42,6 +42,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -178,8 +179,13 @@ func Open(root string, opts ...Option) (*Store, error) {
 		filepath.Join(dirLocks, lockBlob),
 		filepath.Join(dirLocks, lockDerived),
 	}
+	if err := os.MkdirAll(abs, 0o755); err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", abs, err)
+	}
+	// The root may be a symlink; the layout inside it may not, or a planted
+	// link (locks -> /etc) would make the store create files elsewhere.
 	for _, d := range dirs {
-		if err := os.MkdirAll(filepath.Join(abs, d), 0o755); err != nil {
+		if _, err := s.mkdirInRoot(strings.Split(d, string(filepath.Separator))...); err != nil {
 			return nil, fmt.Errorf("store: open %s: %w", abs, err)
 		}
 	}
