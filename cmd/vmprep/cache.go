@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -97,7 +98,10 @@ func runCache(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintln(stdout, "[]")
 		return 0
 	}
-	st, err := store.Open(root)
+	// Warnings (a quarantined file, gc waiting for a running conversion)
+	// go to stderr; the results themselves are on stdout.
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	st, err := store.Open(root, store.WithLogger(logger))
 	if err != nil {
 		fmt.Fprintf(stderr, "vmprep cache: %v\n", err)
 		return 1

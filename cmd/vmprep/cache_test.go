@@ -9,7 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
@@ -232,5 +234,66 @@ func TestCacheMissingStoreJSON(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), tc.into); code != 0 || err != nil {
 			t.Errorf("%s --json on a missing store: exit %d, %v\n%s%s", tc.cmd, code, err, out, errOut)
 		}
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestCacheGCSaysWhyItWaits: gc waits for a running conversion, and says so
+// on stderr instead of looking hung; it then completes.
+func TestCacheGCSaysWhyItWaits(t *testing.T) {
+	root, used, _ := cacheFixture(t)
+	st, err := store.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	started, release := make(chan struct{}), make(chan struct{})
+	derived := make(chan error, 1)
+	go func() {
+		_, err := st.PutDerived(context.Background(), store.DerivedKey{Source: used.SHA256, Converter: "slow-1", Format: "raw"},
+			func(ctx context.Context, dst string) error {
+				close(started)
+				<-release
+				return store.WriteAtomic(dst, 0o644, func(f *os.File) error { _, err := f.Write([]byte("raw")); return err })
+			})
+		derived <- err
+	}()
+	<-started
+	var stdout, stderr lockedBuffer
+	code := make(chan int, 1)
+	go func() { code <- runCache(context.Background(), []string{"gc", "--cache-dir", root}, &stdout, &stderr) }()
+	hung := time.After(30 * time.Second) // a hang detector, not a timing assertion
+	for !strings.Contains(stderr.String(), "waiting for running commits and conversions") {
+		select {
+		case c := <-code:
+			t.Fatalf("gc finished (exit %d) while a conversion held the store; stderr %q", c, stderr.String())
+		case <-hung:
+			close(release)
+			t.Fatalf("gc waits for the conversion without saying so; stderr %q", stderr.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	close(release)
+	if err := <-derived; err != nil {
+		t.Fatal(err)
+	}
+	if c := <-code; c != 0 {
+		t.Errorf("gc exit %d after the conversion finished; stderr %q", c, stderr.String())
 	}
 }

@@ -77,7 +77,13 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 	// the lock; it only tries, to report what a real run would remove now.
 	var writersIdle bool
 	if !opts.DryRun {
-		unlock, err := s.gcExclusive(ctx)
+		unlock, ok, err := s.fileLock(ctx, s.path(dirLocks, lockGCName), false, true)
+		if err == nil && !ok {
+			// A conversion can hold the shared lock for minutes: say why
+			// nothing happens rather than look hung.
+			s.log.Warn("store: gc: waiting for running commits and conversions to finish", "root", s.root)
+			unlock, err = s.gcExclusive(ctx)
+		}
 		if err != nil {
 			return rep, fmt.Errorf("store: gc: %w", err)
 		}
