@@ -34,6 +34,12 @@
 // produce). Publishing: LinkImage for each file and SaveResolution for the
 // resolution. GC keeps blobs that records or image links name, derived files
 // that image links name, and anything younger than GCOptions.MinAge.
+//
+// GC and writers: Commit, PutDerived and LinkImage hold the GC lock shared,
+// GC holds it exclusively, so GC never sees half a publication. A path that
+// Lookup or Derived returned is not protected, though: an unreferenced file
+// older than MinAge may be collected before the caller links it, in which
+// case LinkImage fails with fs.ErrNotExist and the caller fetches again.
 package store
 
 import (
