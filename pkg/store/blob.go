@@ -341,6 +341,12 @@ func (s *Store) Commit(ctx context.Context, ingestPath string, expected digest.D
 			s.removeIngest(src)
 			return info, nil
 		}
+	} else if err == nil {
+		// A directory or symlink in the way would make the rename fail on
+		// every attempt: move it aside as Lookup would.
+		if _, err := s.quarantine(final, quarantineNote{Reason: fmt.Sprintf("not a regular file (%s)", bfi.Mode().Type()), Expected: info.SHA256.String()}); err != nil {
+			return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
+		}
 	}
 	// The file we hashed must still be the one we publish.
 	cur, err := os.Lstat(src)
@@ -485,6 +491,7 @@ func (s *Store) quarantine(path string, note quarantineNote) (string, error) {
 		return "", nil
 	}
 	_ = syncDir(filepath.Dir(path))
+	_ = syncDir(filepath.Dir(dst))
 	b, _ := json.MarshalIndent(note, "", "  ")
 	if err := writeFileAtomic(dst+".note.json", append(b, '\n'), 0o644); err != nil {
 		s.log.Warn("store: cannot write quarantine note", "path", dst, "err", err)

@@ -127,3 +127,34 @@ func TestPutDerivedKilledAtEveryStep(t *testing.T) {
 		})
 	}
 }
+
+// TestCommitOverDebris: whatever occupies a blob's final path that is not a
+// regular file (a directory, a symlink) must not block commits forever.
+func TestCommitOverDebris(t *testing.T) {
+	data := content("debris", 5000)
+	tests := []struct {
+		name  string
+		plant func(t *testing.T, p string)
+	}{
+		{"non-empty directory", func(t *testing.T, p string) {
+			if err := os.MkdirAll(filepath.Join(p, "inner"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"symlink", func(t *testing.T, p string) {
+			if err := os.Symlink(t.TempDir(), p); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t)
+			tc.plant(t, s.blobPath(sha256Of(data).Hex))
+			info := commit(t, s, data)
+			if b, err := os.ReadFile(info.Path); err != nil || !bytes.Equal(b, data) {
+				t.Fatalf("blob after commit over debris: %v", err)
+			}
+		})
+	}
+}
