@@ -147,6 +147,12 @@ func (fe *fetch) attempt(ctx context.Context) error {
 	if err := fe.accept(resp, rangeStart); err != nil {
 		return err
 	}
+	if fe.total > fe.have && fe.total > fe.reserved {
+		if err := preallocate(fe.f, fe.total); err != nil {
+			return fe.permanent("reserve disk space", 0, fmt.Errorf("%d bytes for %s: %w", fe.total, fe.req.Dest, err))
+		}
+		fe.reserved = fe.total
+	}
 	return fe.copyBody(ctx, actx, resp.Body, stall)
 }
 

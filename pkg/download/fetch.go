@@ -151,6 +151,8 @@ type fetch struct {
 	have  int64   // bytes in the file, all written and submitted for hashing
 	total int64   // full size if known, else 0
 	meta  sidecar // what the first `have` bytes are a prefix of
+	// reserved is how much disk space was preallocated, so we do it once.
+	reserved int64
 
 	resumed     bool
 	fromDisk    bool // have > 0 came from an earlier Fetch and was not yet confirmed by the server
@@ -275,7 +277,7 @@ func (fe *fetch) restart() error {
 	if err := fe.f.Truncate(0); err != nil {
 		return fe.permanent("truncate", 0, err)
 	}
-	fe.have, fe.total = 0, 0
+	fe.have, fe.total, fe.reserved = 0, 0, 0
 	fe.meta = sidecar{}
 	fe.resumed, fe.fromDisk = false, false
 	return nil

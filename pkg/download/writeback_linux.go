@@ -1,6 +1,7 @@
 package download
 
 import (
+	"errors"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -16,4 +17,24 @@ func startWriteback(f *os.File, off, n int64) {
 	_ = rc.Control(func(fd uintptr) {
 		_ = unix.SyncFileRange(int(fd), off, n, unix.SYNC_FILE_RANGE_WRITE)
 	})
+}
+
+// preallocate reserves disk blocks for the whole file without changing its
+// size, so that a full disk fails the download at once rather than after
+// most of it has been transferred. Filesystems without fallocate are fine.
+func preallocate(f *os.File, size int64) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) {
+		ferr = unix.Fallocate(int(fd), unix.FALLOC_FL_KEEP_SIZE, 0, size)
+	}); err != nil {
+		return nil
+	}
+	if errors.Is(ferr, unix.ENOSPC) || errors.Is(ferr, unix.EDQUOT) || errors.Is(ferr, unix.EFBIG) {
+		return ferr
+	}
+	return nil
 }
