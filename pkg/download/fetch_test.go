@@ -841,3 +841,38 @@ func TestMemoryBounded(t *testing.T) {
 		t.Errorf("allocated %d bytes for a %d-byte download", alloc, size)
 	}
 }
+
+// countingTransport counts round trips and records Accept-Encoding.
+type countingTransport struct {
+	mu        sync.Mutex
+	trips     int
+	encodings []string
+	next      http.RoundTripper
+}
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.mu.Lock()
+	c.trips++
+	c.encodings = append(c.encodings, r.Header.Get("Accept-Encoding"))
+	c.mu.Unlock()
+	return c.next.RoundTrip(r)
+}
+
+// A caller's HTTP client is used as given, and we ask for identity encoding
+// so that its transport never decompresses behind our back.
+func TestWithHTTPClient(t *testing.T) {
+	content := randomBytes(1<<20, 16)
+	srv := newFileServer(t, content, fault{cutAfter: 1 << 19})
+	tr := &countingTransport{next: &http.Transport{}}
+	c, _ := newTestClient(WithHTTPClient(&http.Client{Transport: tr}))
+	req := Request{URL: srv.URL, Dest: filepath.Join(t.TempDir(), "h"), Expected: sha256Of(content)}
+	if _, err := c.Fetch(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	checkFile(t, req.Dest, content)
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.trips != 2 || tr.encodings[0] != "identity" || tr.encodings[1] != "identity" {
+		t.Errorf("round trips %d with Accept-Encoding %q; want 2 with identity", tr.trips, tr.encodings)
+	}
+}
