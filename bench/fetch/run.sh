@@ -43,6 +43,11 @@ timed() {
 	local name=$1
 	shift
 	rm -f "$WORK/out" "$WORK/out.meta"
+	# Settle the filesystem first: / is mounted with "discard", and the
+	# journal commit that discards the previous run's 1 GiB would otherwise
+	# land on whichever run comes next (it slows ours, which fsyncs, far more
+	# than curl, which never touches the disk while timed).
+	sync -f "$WORK"
 	/usr/bin/time -f "%e %M %U %S" -o "$WORK/time" "$@" >/dev/null
 	awk '{printf "%s %s %.2f\n", $1, $2, $3 + $4}' "$WORK/time" >>"$WORK/$name"
 	rm -f "$WORK/out" "$WORK/out.meta"
@@ -51,13 +56,24 @@ run_curl() { timed curl curl -s -o "$WORK/out" "$URL"; }
 run_curl_sync() { timed curl_sync sh -c 'curl -s -o "$1" "$2" && sync "$1"' sh "$WORK/out" "$URL"; }
 run_ours() { timed ours "$WORK/fetch" -url "$URL" -dest "$WORK/out" -size "$SIZE" -digest "sha256:$SUM"; }
 
-# Warm the page cache for the served file, then alternate the order each
-# run so that neither tool always follows the other.
-run_curl
-: >"$WORK/curl"
-for i in $(seq "$RUNS"); do
-	if ((i % 2)); then run_curl; run_curl_sync; run_ours; else run_ours; run_curl_sync; run_curl; fi
-done
+# A run's speed depends on what ran just before it: on this VM, ours takes
+# 1.5-2.7 s right after a curl run but 1.1-1.5 s after one of its own, while
+# curl is the same either way (see docs/BENCHMARKS.md). So each tool is timed
+# in a block of consecutive runs after one untimed warm-up run of its own,
+# and the blocks go in ABC then CBA order to spread drift in the machine's load.
+block() {
+	local tool=$1 n=$2 name
+	name=${tool#run_}
+	"$tool"
+	sed -i '$d' "$WORK/$name" # drop the warm-up
+	for _ in $(seq "$n"); do "$tool"; done
+}
+FIRST=$(((RUNS + 1) / 2))
+SECOND=$((RUNS - FIRST))
+for t in run_curl run_curl_sync run_ours; do block "$t" "$FIRST"; done
+if ((SECOND > 0)); then
+	for t in run_ours run_curl_sync run_curl; do block "$t" "$SECOND"; done
+fi
 
 median() { cut -d' ' -f"$2" "$WORK/$1" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 CURL=$(median curl 1)
