@@ -287,23 +287,23 @@ func (fe *fetch) saveMeta(resp *http.Response) error {
 func (fe *fetch) copyBody(ctx, actx context.Context, body io.Reader, stall *time.Timer) error {
 	limit := fe.limit()
 	for {
-		buf := fe.pipe.get()
-		n, rerr := fe.fill(body, buf, stall)
+		c := fe.pipe.get()
+		n, rerr := fe.fill(body, c.buf, stall)
 		if n > 0 {
 			if fe.have+int64(n) > limit {
-				fe.pipe.put(buf)
+				fe.pipe.put(c)
 				return fe.tooBig("body of at least", fe.have+int64(n))
 			}
-			if _, err := fe.f.Write(buf[:n]); err != nil {
-				fe.pipe.put(buf)
+			if _, err := fe.f.Write(c.buf[:n]); err != nil {
+				fe.pipe.put(c)
 				return fe.permanent("write", 0, err)
 			}
-			fe.pipe.submit(buf[:n])
+			fe.pipe.submit(c, n)
 			fe.have += int64(n)
 			fe.wb.written(fe.have)
 			fe.transferred += int64(n)
 		} else {
-			fe.pipe.put(buf)
+			fe.pipe.put(c)
 		}
 		if rerr == io.EOF {
 			break

@@ -254,9 +254,9 @@ func (fe *fetch) rehash(ctx context.Context, n int64) error {
 		if err := ctx.Err(); err != nil {
 			return fe.permanent("read partial", 0, err)
 		}
-		buf := fe.pipe.get()
-		m, err := io.ReadFull(r, buf)
-		fe.pipe.submit(buf[:m])
+		c := fe.pipe.get()
+		m, err := io.ReadFull(r, c.buf)
+		fe.pipe.submit(c, m)
 		fe.have += int64(m)
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			break
