@@ -74,8 +74,8 @@ func (c *Client) Fetch(ctx context.Context, req Request) (Result, error) {
 	}
 	// Serialise fetches of the same file: a second caller waits, then
 	// finds the file complete (or resumes it).
-	lock := flock.New(req.Dest, flock.SetPermissions(0o644))
-	if _, err := lock.TryLockContext(ctx, 50*time.Millisecond); err != nil {
+	lock, err := lockPath(ctx, req.Dest)
+	if err != nil {
 		return Result{}, fe.permanent("lock", 0, err)
 	}
 	defer lock.Close()
@@ -134,6 +134,31 @@ func (c *Client) Fetch(ctx context.Context, req Request) (Result, error) {
 		res.SHA256 = fe.sha256Digest()
 		res.Digest = got
 		return res, nil
+	}
+}
+
+// lockPath takes an exclusive lock on the file at path, creating it if need
+// be. The file may be removed or renamed (committed) between opening it and
+// locking it (flock reopens the path on each try, so only that window is
+// open); then the lock we got is on a file no longer at path, and we try again.
+func lockPath(ctx context.Context, path string) (*flock.Flock, error) {
+	for {
+		l := flock.New(path, flock.SetPermissions(0o644))
+		if _, err := l.TryLockContext(ctx, 50*time.Millisecond); err != nil {
+			return nil, err
+		}
+		held, err1 := l.Stat()
+		cur, err2 := os.Stat(path)
+		if err1 == nil && err2 == nil && os.SameFile(held, cur) {
+			return l, nil
+		}
+		l.Close()
+		if err1 != nil {
+			return nil, err1
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 	}
 }
 
