@@ -19,8 +19,9 @@ var (
 )
 
 // Error describes a failed download. Retryable says whether the last failure
-// was transient (a Fetch returning a retryable Error gave up because its
-// retry budget ran out or its context ended).
+// was transient: a Fetch returning a retryable Error gave up because its
+// retry budget ran out, and a later Fetch may succeed (and resumes). A
+// cancelled or expired ctx gives a non-retryable Error that wraps ctx's error.
 type Error struct {
 	Name       string // asset name from the Request, may be empty
 	URL        string
