@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/gofrs/flock"
 	"github.com/nats-io/nats.go"
@@ -18,6 +19,7 @@ import (
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/pipeline"
+	"github.com/vmprep/vmprep/pkg/stage"
 	"github.com/vmprep/vmprep/pkg/store"
 )
 
@@ -238,6 +240,9 @@ func startLocal(cacheDir string, rf *cli.ResolverFlags, concurrency int, log *sl
 		Logger:           log,
 		Concurrency:      concurrency,
 		ResolutionMaxAge: rf.MaxAge,
+		// This process exits as soon as the result is in: short pulls make the
+		// shutdown quick, and there is nothing left to drain then.
+		RunnerOptions: []stage.Option{stage.WithPullWait(200 * time.Millisecond)},
 	}
 	emb, err := pipeline.StartEmbedded(jsDir, "", pipeline.AllStages, deps)
 	if err != nil {

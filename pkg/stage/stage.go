@@ -186,6 +186,17 @@ func WithLogger(l *slog.Logger) Option {
 	}
 }
 
+// WithPullWait sets how long one pull waits for a message (default 2s). It is
+// also how long a drain may wait for the pull in progress: a short-lived
+// process (vmprep prepare) uses a short one.
+func WithPullWait(d time.Duration) Option {
+	return func(c *config) {
+		if d > 0 {
+			c.fetchWait = d
+		}
+	}
+}
+
 // WithDrainTimeout bounds how long in-flight work may continue after Run's
 // context ends (default 30s); work still running then is cancelled and nak'ed.
 func WithDrainTimeout(d time.Duration) Option { return func(c *config) { c.drainTimeout = d } }
