@@ -33,8 +33,19 @@ func median(d []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
+// settle writes back what earlier phases left dirty, so that each timed
+// phase starts from the same state instead of paying for the previous one.
+func settle(b *testing.B) {
+	b.Helper()
+	if out, err := exec.Command("sync").CombinedOutput(); err != nil {
+		b.Fatalf("sync: %v %s", err, out)
+	}
+	time.Sleep(time.Second)
+}
+
 func timeCmd(b *testing.B, name string, args ...string) time.Duration {
 	b.Helper()
+	settle(b)
 	start := time.Now()
 	cmd := exec.Command(name, args...)
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -92,6 +103,7 @@ qemu-img convert -f qcow2 -O raw disk.img disk.raw`, dir, urls[catalog.RoleKerne
 			procs[s] = c.Stage(s, "--concurrency", "3", "--log-level", "warn")
 		}
 		time.Sleep(500 * time.Millisecond) // let the consumers attach
+		settle(b)
 		start := time.Now()
 		res := c.Prepare(catalog.ArchAMD64, catalog.FormatRaw).Result(b, 10*time.Minute)
 		cold = append(cold, time.Since(start))
