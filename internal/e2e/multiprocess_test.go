@@ -1,9 +1,6 @@
 package e2e
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,32 +10,12 @@ import (
 
 	"github.com/vmprep/vmprep/internal/cluster"
 	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
-func sha256File(t *testing.T, path string) string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
-
-func qemuRaw(t *testing.T, src string) string {
-	t.Helper()
-	out := filepath.Join(t.TempDir(), "want.raw")
-	if b, err := exec.Command("qemu-img", "convert", "-f", "qcow2", "-O", "raw", src, out).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img convert: %v\n%s", err, b)
-	}
-	return sha256File(t, out)
-}
+func sha256File(t *testing.T, path string) string { return testutil.FileSHA256(t, path) }
 
 func TestKilledWorkersResume(t *testing.T) {
 	if testing.Short() {
@@ -106,7 +83,7 @@ func TestKilledWorkersResume(t *testing.T) {
 	if total := m.BytesServed(diskRel); total > diskSize+diskSize/2 {
 		t.Errorf("disk bytes served %d for a %d-byte file: the download restarted instead of resuming", total, diskSize)
 	}
-	if got, want := sha256File(t, res.Disk), qemuRaw(t, filepath.Join(m.Dir, filepath.FromSlash(diskRel))); got != want {
+	if got, want := sha256File(t, res.Disk), testutil.QemuRawSHA256(t, filepath.Join(m.Dir, filepath.FromSlash(diskRel))); got != want {
 		t.Errorf("raw disk sha256 %s, want qemu-img's %s", got, want)
 	}
 	if got := sha256File(t, res.Initramfs); got != m.Digest(m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleInitramfs)).Hex {

@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -21,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/messages"
@@ -104,8 +104,6 @@ func prepare(t *testing.T, nc *nats.Conn, req messages.PrepareRequest) messages.
 // without the Go client's validation, and waits for its result.
 func prepareUnchecked(t *testing.T, nc *nats.Conn, req messages.PrepareRequest) messages.Result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -114,22 +112,10 @@ func prepareUnchecked(t *testing.T, nc *nats.Conn, req messages.PrepareRequest) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.Publish(ctx, messages.SubjectPrepare, data); err != nil {
+	if _, err := js.Publish(context.Background(), messages.SubjectPrepare, data); err != nil {
 		t.Fatal(err)
 	}
-	cons, err := js.OrderedConsumer(ctx, messages.StreamResults, jetstream.OrderedConsumerConfig{FilterSubjects: []string{messages.ResultSubject(req.RequestID)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg, err := cons.Next(jetstream.FetchContext(ctx))
-	if err != nil {
-		t.Fatalf("no result for %s: %v", req.RequestID, err)
-	}
-	var res messages.Result
-	if err := messages.Decode(msg.Data(), messages.TypeResult, &res); err != nil {
-		t.Fatal(err)
-	}
-	return res
+	return prepareResultOnly(t, nc, req.RequestID)
 }
 
 // prepareResultOnly waits for the stored result of a request published elsewhere.
@@ -156,32 +142,11 @@ func prepareResultOnly(t *testing.T, nc *nats.Conn, id string) messages.Result {
 	return res
 }
 
-func fileSHA256(t *testing.T, path string) string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
+func fileSHA256(t *testing.T, path string) string { return testutil.FileSHA256(t, path) }
 
 // qemuRawSHA256 converts the mirror's disk with qemu-img, the yardstick.
 func qemuRawSHA256(t *testing.T, m *testmirror.Mirror, rel string) string {
-	t.Helper()
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Fatalf("qemu-img is needed (apt-get install qemu-utils): %v", err)
-	}
-	out := filepath.Join(t.TempDir(), "want.raw")
-	cmd := exec.Command("qemu-img", "convert", "-f", "qcow2", "-O", "raw", filepath.Join(m.Dir, filepath.FromSlash(rel)), out)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img convert: %v\n%s", err, b)
-	}
-	return fileSHA256(t, out)
+	return testutil.QemuRawSHA256(t, filepath.Join(m.Dir, filepath.FromSlash(rel)))
 }
 
 func TestPrepareEndToEnd(t *testing.T) {

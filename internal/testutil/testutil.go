@@ -1,0 +1,42 @@
+// Package testutil holds small helpers shared by the integration tests:
+// digests of files and qemu-img's conversion as the yardstick.
+package testutil
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// FileSHA256 returns the hex SHA-256 of the file at path.
+func FileSHA256(tb testing.TB, path string) string {
+	tb.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		tb.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// QemuRawSHA256 converts the qcow2 at src to raw with qemu-img and returns the
+// output's SHA-256. It fails the test if qemu-img is missing (CI installs it).
+func QemuRawSHA256(tb testing.TB, src string) string {
+	tb.Helper()
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		tb.Fatalf("qemu-img is needed (apt-get install qemu-utils): %v", err)
+	}
+	out := filepath.Join(tb.TempDir(), "want.raw")
+	if b, err := exec.Command("qemu-img", "convert", "-f", "qcow2", "-O", "raw", src, out).CombinedOutput(); err != nil {
+		tb.Fatalf("qemu-img convert: %v\n%s", err, b)
+	}
+	return FileSHA256(tb, out)
+}
