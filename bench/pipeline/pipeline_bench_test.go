@@ -81,9 +81,7 @@ func BenchmarkPrepareVsShell(b *testing.B) {
 
 	var shell, cold, single, warm, warmHash []time.Duration
 	rss := map[string]int64{}
-	b.ResetTimer()
-	for round := 0; round < rounds; round++ {
-		// The shell pipeline a user would write.
+	runShell := func(round int) {
 		dir := filepath.Join(work, fmt.Sprintf("shell-%d", round))
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			b.Fatal(err)
@@ -94,8 +92,8 @@ sha256sum vmlinuz initrd disk.img >/dev/null
 qemu-img convert -f qcow2 -O raw disk.img disk.raw`, dir, urls[catalog.RoleKernel], urls[catalog.RoleInitramfs], urls[catalog.RoleDisk])
 		shell = append(shell, timeCmd(b, "bash", "-c", script))
 		_ = os.RemoveAll(dir)
-
-		// vmprep, stages as separate processes, cold cache.
+	}
+	runCluster := func(round int) {
 		c := cluster.New(b, bin)
 		c.MirrorURL, c.KeyringFile = m.URL, m.KeyringFile()
 		procs := map[string]*cluster.Proc{}
@@ -116,8 +114,9 @@ qemu-img convert -f qcow2 -O raw disk.img disk.raw`, dir, urls[catalog.RoleKerne
 			}
 		}
 		c.StopAll()
-
-		// The single binary (embedded NATS), cold then warm.
+		_ = os.RemoveAll(c.Cache)
+	}
+	runSingle := func(round int) {
 		cache := filepath.Join(work, fmt.Sprintf("cache-%d", round))
 		args := []string{"prepare", "--cache-dir", cache, "--mirror", m.URL, "--keyring", m.KeyringFile(), "--format", "raw", "--arch", "amd64", "ubuntu", "24.04"}
 		single = append(single, timeCmd(b, filepath.Join(bin, "vmprep"), args...))
@@ -125,6 +124,15 @@ qemu-img convert -f qcow2 -O raw disk.img disk.raw`, dir, urls[catalog.RoleKerne
 		view := filepath.Join(cache, "images", "ubuntu", "24.04", "amd64")
 		warmHash = append(warmHash, timeCmd(b, "sha256sum", filepath.Join(view, "vmlinuz"), filepath.Join(view, "initramfs"), filepath.Join(view, "disk.raw")))
 		_ = os.RemoveAll(cache)
+	}
+	// The order rotates from round to round, so no contender always pays for
+	// the page-cache and writeback state the one before it left.
+	phases := []func(int){runShell, runCluster, runSingle}
+	b.ResetTimer()
+	for round := 0; round < rounds; round++ {
+		for i := range phases {
+			phases[(i+round)%len(phases)](round)
+		}
 	}
 	b.StopTimer()
 
