@@ -17,7 +17,7 @@ import (
 func runConvert(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("convert", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	jobs := fs.Int("j", 0, "chunks converted in parallel (default: number of CPUs)")
+	jobs := fs.Int("j", 0, "chunks converted in parallel (default: 2 per CPU, capped by a 40 MiB buffer budget)")
 	quiet := fs.Bool("q", false, "print nothing on success")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: vmprep convert [-j N] [-q] SRC DST")

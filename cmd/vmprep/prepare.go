@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -54,19 +55,25 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	fs.SetOutput(stderr)
 	arch := fs.String("arch", "", "amd64|x86_64 or arm64|aarch64 (default: this host's)")
 	format := fs.String("format", string(defaultFormat()), "disk format wanted: raw or qcow2")
-	cacheDir := fs.String("cache-dir", os.Getenv(store.EnvCacheDir), "content store directory (env "+store.EnvCacheDir+")")
-	natsURL := fs.String("nats", "", "use a running vmprep deployment at this NATS URL instead of the embedded one")
+	cacheDir := fs.String("cache-dir", os.Getenv(store.EnvCacheDir), "embedded mode: content store directory (env "+store.EnvCacheDir+"; default <user cache dir>/vmprep)")
+	natsURL := fs.String("nats", "", "use a running vmprep deployment at this NATS URL instead of the embedded one (its stages' cache, catalog and mirror settings apply)")
 	creds := fs.String("creds", os.Getenv("NATS_CREDS"), "NATS credentials file, with --nats")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	requestID := fs.String("request-id", "", "request id (default: random); the same id yields the same one result")
 	timeout := fs.Duration("timeout", 0, "give up after this long (default: no limit; slow downloads are fine while bytes flow)")
-	logLevel := fs.String("log-level", "error", "stage log level in embedded mode: debug, info, warn, error (the outcome is always reported)")
-	concurrency := fs.Int("concurrency", 3, "assets worked on at once by each stage in embedded mode")
+	logLevel := fs.String("log-level", "error", "embedded mode: stage log level, debug, info, warn or error (the outcome is always reported)")
+	concurrency := fs.Int("concurrency", 3, "embedded mode: assets worked on at once by each stage")
 	var rf cli.ResolverFlags
 	rf.Register(fs)
-	fs.Usage = cli.Usage(fs, "vmprep prepare [flags] DISTRO VERSION")
+	fs.Usage = cli.Usage(fs, "vmprep prepare [flags] DISTRO VERSION\n\n"+
+		"Without --nats, all stages run in this process on an embedded NATS server.\n"+
+		"With --nats, only --arch, --format, --json, --request-id, --timeout and --creds apply;\n"+
+		"the deployment's own cache, catalog, mirror and keyring settings are used.")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
 	if len(pos) != 2 {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -11,7 +12,6 @@ import (
 	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/pipeline"
-	"github.com/vmprep/vmprep/pkg/stage"
 	"github.com/vmprep/vmprep/pkg/store"
 )
 
@@ -27,8 +27,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	c.Register(fs)
 	var rf cli.ResolverFlags
 	rf.Register(fs)
+	var runner cli.RunnerFlags
+	runner.Register(fs)
 	fs.Usage = cli.Usage(fs, "vmprep serve [flags]")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
 	stages, err := pipeline.ParseStages(*stagesFlag)
@@ -55,7 +60,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
 		return 1
 	}
-	deps := pipeline.Deps{Logger: log, Concurrency: c.Concurrency, ResolutionMaxAge: rf.MaxAge, RunnerOptions: []stage.Option{}}
+	deps := pipeline.Deps{Logger: log, Concurrency: c.Concurrency, ResolutionMaxAge: rf.MaxAge, RunnerOptions: runner.Options()}
 	if len(stages) > 0 {
 		if deps.Store, err = store.Open(root, store.WithLogger(log)); err != nil {
 			fmt.Fprintf(stderr, "vmprep serve: %v\n", err)

@@ -21,6 +21,7 @@ import (
 	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/signature"
+	"github.com/vmprep/vmprep/pkg/stage"
 	"github.com/vmprep/vmprep/pkg/store"
 )
 
@@ -48,11 +49,16 @@ type Common struct {
 	LogFormat   string
 }
 
-// Register adds the common flags to fs.
-func (c *Common) Register(fs *flag.FlagSet) {
+// RegisterConnection adds the flags that say which NATS server to use.
+func (c *Common) RegisterConnection(fs *flag.FlagSet) {
 	fs.StringVar(&c.NATSURL, "nats", envOr("NATS_URL", nats.DefaultURL), "NATS server URL(s), comma-separated (env NATS_URL)")
 	fs.StringVar(&c.Creds, "creds", envOr("NATS_CREDS", ""), "NATS credentials file (env NATS_CREDS)")
-	fs.StringVar(&c.CacheDir, "cache-dir", envOr(store.EnvCacheDir, ""), "content store directory, shared by the stages of a host (env "+store.EnvCacheDir+"; default: the user cache dir)")
+}
+
+// Register adds the flags every stage-running process takes (cache, logging,
+// concurrency).
+func (c *Common) Register(fs *flag.FlagSet) {
+	fs.StringVar(&c.CacheDir, "cache-dir", envOr(store.EnvCacheDir, ""), "content store directory, shared by the stages of a host (env "+store.EnvCacheDir+"; default: <user cache dir>/vmprep)")
 	fs.IntVar(&c.Concurrency, "concurrency", envInt("VMPREP_CONCURRENCY", 2), "messages worked on at once by each stage in this process (env VMPREP_CONCURRENCY)")
 	fs.StringVar(&c.LogLevel, "log-level", envOr("VMPREP_LOG_LEVEL", "info"), "debug, info, warn or error (env VMPREP_LOG_LEVEL)")
 	fs.StringVar(&c.LogFormat, "log-format", envOr("VMPREP_LOG_FORMAT", "text"), "text or json (env VMPREP_LOG_FORMAT)")
@@ -179,6 +185,25 @@ func SignalContext() (context.Context, context.CancelFunc) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	context.AfterFunc(ctx, stop)
 	return ctx, stop
+}
+
+// RunnerFlags are the delivery settings of stage runners.
+type RunnerFlags struct {
+	Drain      time.Duration
+	AckWait    time.Duration
+	MaxDeliver int
+}
+
+// Register adds the runner flags to fs.
+func (r *RunnerFlags) Register(fs *flag.FlagSet) {
+	fs.DurationVar(&r.Drain, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight work may finish before it is handed back")
+	fs.DurationVar(&r.AckWait, "ack-wait", 30*time.Second, "how soon a dead worker's message is redelivered (in-progress acks keep live work); applies when the consumer is created")
+	fs.IntVar(&r.MaxDeliver, "max-deliver", 5, "deliveries of one message before its request fails")
+}
+
+// Options turns the flags into stage runner options.
+func (r *RunnerFlags) Options() []stage.Option {
+	return []stage.Option{stage.WithDrainTimeout(r.Drain), stage.WithAckWait(r.AckWait), stage.WithMaxDeliver(r.MaxDeliver)}
 }
 
 // Usage formats a flag set's usage with a one-line synopsis.

@@ -1,15 +1,14 @@
 package cli
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"slices"
-	"time"
 
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/pipeline"
-	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // StageMain is the whole main of a stage process: it parses flags, connects to
@@ -19,16 +18,19 @@ func StageMain(command string, args []string, stderr io.Writer, stages ...string
 	fs := flag.NewFlagSet(command, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var c Common
+	c.RegisterConnection(fs)
 	c.Register(fs)
 	var rf ResolverFlags
 	if slices.Contains(stages, messages.StageResolver) {
 		rf.Register(fs)
 	}
-	drain := fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight work may finish before it is handed back")
-	ackWait := fs.Duration("ack-wait", 30*time.Second, "how soon a dead worker's message is redelivered (in-progress acks keep live work)")
-	maxDeliver := fs.Int("max-deliver", 5, "deliveries of one message before its request fails")
+	var runner RunnerFlags
+	runner.Register(fs)
 	fs.Usage = Usage(fs, command+" [flags]")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
 	if fs.NArg() != 0 {
@@ -53,7 +55,7 @@ func StageMain(command string, args []string, stderr io.Writer, stages ...string
 		Logger:           log,
 		Concurrency:      c.Concurrency,
 		ResolutionMaxAge: rf.MaxAge,
-		RunnerOptions:    []stage.Option{stage.WithDrainTimeout(*drain), stage.WithAckWait(*ackWait), stage.WithMaxDeliver(*maxDeliver)},
+		RunnerOptions:    runner.Options(),
 	}
 	if slices.Contains(stages, messages.StageResolver) {
 		if deps.Resolver, err = rf.Resolver(log); err != nil {

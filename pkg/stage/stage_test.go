@@ -250,13 +250,13 @@ func TestLongWorkIsKeptAlive(t *testing.T) {
 	h := func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
 		calls.Add(1)
 		select { // work for three ack waits
-		case <-time.After(4 * time.Second):
+		case <-time.After(8 * time.Second):
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
 		return []stage.Event{{Subject: outSubject, Data: m.Data, ID: "long"}}, nil
 	}
-	runRunner(t, js, h, stage.WithAckWait(time.Second), stage.WithConcurrency(2))
+	runRunner(t, js, h, stage.WithAckWait(2*time.Second), stage.WithConcurrency(2))
 	publish(t, js, "long")
 	collect(t, js, outSubject, 1)
 	if n := calls.Load(); n != 1 {
