@@ -187,8 +187,9 @@ func (inv *inventory) sha256Of(d digest.Digest) string {
 	return ""
 }
 
-func (s *Store) scanRecords(ctx context.Context, inv *inventory) error {
-	root := s.path(dirRecords)
+// walkFiles calls fn for every file under root, noting temp files in inv
+// instead, and stops when ctx ends.
+func walkFiles(ctx context.Context, root string, inv *inventory, fn func(p string, de fs.DirEntry) error) error {
 	return filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -203,6 +204,13 @@ func (s *Store) scanRecords(ctx context.Context, inv *inventory) error {
 			inv.temps = append(inv.temps, p)
 			return nil
 		}
+		return fn(p, de)
+	})
+}
+
+func (s *Store) scanRecords(ctx context.Context, inv *inventory) error {
+	root := s.path(dirRecords)
+	return walkFiles(ctx, root, inv, func(p string, de fs.DirEntry) error {
 		if !strings.HasSuffix(de.Name(), ".json") {
 			return nil
 		}
@@ -237,20 +245,7 @@ func (s *Store) scanImages(ctx context.Context, inv *inventory) error {
 	root := s.path(dirImages)
 	blobDir := s.path(dirBlobs, "sha256")
 	derivedDir := s.path(dirDerived)
-	return filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if de.IsDir() {
-			return nil
-		}
-		if isTempName(de.Name()) {
-			inv.temps = append(inv.temps, p)
-			return nil
-		}
+	return walkFiles(ctx, root, inv, func(p string, de fs.DirEntry) error {
 		if de.Type()&fs.ModeSymlink == 0 {
 			return nil
 		}
