@@ -9,10 +9,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/store"
@@ -237,24 +237,6 @@ func TestCacheMissingStoreJSON(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestCacheGCSaysWhyItWaits: gc waits for a running conversion, and says so
 // on stderr instead of looking hung; it then completes.
 func TestCacheGCSaysWhyItWaits(t *testing.T) {
@@ -275,7 +257,7 @@ func TestCacheGCSaysWhyItWaits(t *testing.T) {
 		derived <- err
 	}()
 	<-started
-	var stdout, stderr lockedBuffer
+	var stdout, stderr testutil.LockedBuffer
 	code := make(chan int, 1)
 	go func() { code <- runCache(context.Background(), []string{"gc", "--cache-dir", root}, &stdout, &stderr) }()
 	hung := time.After(30 * time.Second) // a hang detector, not a timing assertion

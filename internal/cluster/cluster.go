@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
@@ -38,7 +39,7 @@ func Build(tb testing.TB) string {
 type Proc struct {
 	Name string
 	Cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *testutil.LockedBuffer
 	done chan struct{}
 }
 
@@ -84,23 +85,6 @@ func (p *Proc) Holding(prefix string) bool {
 	return false
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // Cluster is a NATS server process plus the stage processes started on it.
 type Cluster struct {
 	tb    testing.TB
@@ -126,7 +110,7 @@ func New(tb testing.TB, bin string) *Cluster {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	buf := &lockedBuffer{}
+	buf := &testutil.LockedBuffer{}
 	cmd.Stderr = buf
 	if err := cmd.Start(); err != nil {
 		tb.Fatal(err)
@@ -148,7 +132,7 @@ func (c *Cluster) Start(name string, args ...string) *Proc {
 	c.tb.Helper()
 	exe, _, _ := strings.Cut(name, "#")
 	cmd := exec.Command(filepath.Join(c.Bin, exe), args...)
-	buf := &lockedBuffer{}
+	buf := &testutil.LockedBuffer{}
 	cmd.Stdout, cmd.Stderr = buf, buf
 	cmd.Env = append(os.Environ(), "VMPREP_LOG_FORMAT=text", "VMPREP_LOG_LEVEL=info")
 	if err := cmd.Start(); err != nil {

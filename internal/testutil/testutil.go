@@ -3,12 +3,14 @@
 package testutil
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -39,4 +41,25 @@ func QemuRawSHA256(tb testing.TB, src string) string {
 		tb.Fatalf("qemu-img convert: %v\n%s", err, b)
 	}
 	return FileSHA256(tb, out)
+}
+
+// LockedBuffer is a bytes.Buffer safe for one goroutine writing (a child
+// process's output, say) while another reads.
+type LockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write implements io.Writer.
+func (l *LockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// String returns what was written so far.
+func (l *LockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
