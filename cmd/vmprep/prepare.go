@@ -7,20 +7,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
-	"time"
 
-	"github.com/gofrs/flock"
-	"github.com/nats-io/nats.go"
 	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/client"
+	"github.com/vmprep/vmprep/pkg/embedded"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/pipeline"
-	"github.com/vmprep/vmprep/pkg/stage"
 	"github.com/vmprep/vmprep/pkg/store"
 )
 
@@ -95,7 +90,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	req := messages.PrepareRequest{RequestID: *requestID, Spec: spec, Format: catalog.DiskFormat(*format)}
 	if req.RequestID == "" {
-		req.RequestID = pipeline.NewRequestID()
+		req.RequestID = client.NewRequestID()
 	}
 	if err := req.Validate(); err != nil {
 		fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
@@ -113,26 +108,44 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return 2
 	}
 
-	var nc *nats.Conn
+	var cl *client.Client
 	if *natsURL != "" {
 		c := cli.Common{NATSURL: *natsURL, Creds: *creds}
-		if nc, err = c.Connect("vmprep-prepare", log, false); err != nil {
-			fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
-			return 1
-		}
-		defer nc.Close()
-	} else {
-		emb, err := startLocal(*cacheDir, &rf, *concurrency, log)
+		nc, err := c.Connect("vmprep-prepare", log, false)
 		if err != nil {
 			fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
 			return 1
 		}
-		defer emb.close()
-		nc = emb.Conn
+		defer nc.Close()
+		if cl, err = client.New(nc); err != nil {
+			fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
+			return 1
+		}
+	} else {
+		catOpts, err := rf.CatalogOptions(log)
+		if err != nil {
+			fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
+			return 1
+		}
+		// The stages run in this process until the result is in: short pulls
+		// make the shutdown quick, and there is nothing left to drain then.
+		dep, err := embedded.Start(ctx, embedded.WithCacheDir(*cacheDir), embedded.WithCatalog(catOpts...),
+			embedded.WithLogger(log), embedded.WithConcurrency(*concurrency),
+			embedded.WithResolutionMaxAge(rf.MaxAge), embedded.WithShortPulls())
+		if err != nil {
+			fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
+			return 1
+		}
+		defer dep.Close()
+		cl = dep.Client()
 	}
 
 	bars := newProgressBars(ctx, stderr, !*asJSON && cli.IsTerminal(stderr))
-	res, err := pipeline.Prepare(ctx, nc, req, bars.update)
+	res, err := cl.Prepare(ctx, req, client.WithProgress(bars.update))
+	var failed *client.FailedError
+	if errors.As(err, &failed) {
+		err = nil // reported from the result below
+	}
 	bars.finish(err == nil && res.Status == messages.ResultPrepared)
 	if err != nil {
 		fmt.Fprintf(stderr, "vmprep prepare: %s: %v\n", specLabel(spec), err)
@@ -187,75 +200,4 @@ func printResult(w io.Writer, r messages.Result) {
 	if r.ResolvedFrom == messages.ResolvedFromCache {
 		fmt.Fprintln(w, "resolution: from the cache (no network needed)")
 	}
-}
-
-// local is the single-binary mode: an embedded server, all stages, one store.
-type local struct {
-	*pipeline.Embedded
-	lock *flock.Flock
-	tmp  string
-}
-
-func (l *local) close() {
-	if l.Embedded != nil {
-		_ = l.Close()
-	}
-	if l.lock != nil {
-		_ = l.lock.Unlock()
-	}
-	if l.tmp != "" {
-		_ = os.RemoveAll(l.tmp)
-	}
-}
-
-// startLocal runs every stage in this process on an embedded server whose
-// JetStream files live under the cache dir. A second concurrent vmprep on the
-// same cache gets its own temporary JetStream directory (the content store is
-// safe to share; a JetStream directory is not).
-func startLocal(cacheDir string, rf *cli.ResolverFlags, concurrency int, log *slog.Logger) (*local, error) {
-	if cacheDir == "" {
-		var err error
-		if cacheDir, err = store.DefaultRoot(); err != nil {
-			return nil, err
-		}
-	}
-	st, err := store.Open(cacheDir, store.WithLogger(log))
-	if err != nil {
-		return nil, err
-	}
-	resolver, err := rf.Resolver(log)
-	if err != nil {
-		return nil, err
-	}
-	l := &local{}
-	jsDir := filepath.Join(cacheDir, "jetstream")
-	if err := os.MkdirAll(jsDir, 0o755); err != nil {
-		return nil, err
-	}
-	l.lock = flock.New(filepath.Join(cacheDir, "jetstream.lock"))
-	if ok, err := l.lock.TryLock(); err != nil || !ok {
-		l.lock = nil
-		if l.tmp, err = os.MkdirTemp(cacheDir, "jetstream-"); err != nil {
-			return nil, err
-		}
-		jsDir = l.tmp
-	}
-	deps := pipeline.Deps{
-		Store:            st,
-		Resolver:         resolver,
-		Downloader:       cli.Downloader(log),
-		Logger:           log,
-		Concurrency:      concurrency,
-		ResolutionMaxAge: rf.MaxAge,
-		// This process exits as soon as the result is in: short pulls make the
-		// shutdown quick, and there is nothing left to drain then.
-		RunnerOptions: []stage.Option{stage.WithPullWait(200 * time.Millisecond)},
-	}
-	emb, err := pipeline.StartEmbedded(jsDir, "", pipeline.AllStages, deps)
-	if err != nil {
-		l.close()
-		return nil, err
-	}
-	l.Embedded = emb
-	return l, nil
 }

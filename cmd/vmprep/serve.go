@@ -6,12 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/vmprep/vmprep/internal/cli"
+	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/pkg/embedded"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/pipeline"
 	"github.com/vmprep/vmprep/pkg/store"
 )
 
@@ -56,36 +57,27 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if *jsDir == "" {
 		*jsDir = filepath.Join(root, "jetstream-serve")
 	}
-	if err := os.MkdirAll(*jsDir, 0o755); err != nil {
-		fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
-		return 1
+	opts := []embedded.Option{
+		embedded.WithCacheDir(root), embedded.WithJetStreamDir(*jsDir), embedded.WithListen(*listen),
+		embedded.WithStages(stages...), embedded.WithLogger(log), embedded.WithConcurrency(c.Concurrency),
+		embedded.WithResolutionMaxAge(rf.MaxAge), embedded.WithRunnerOptions(runner.Options()...),
 	}
-	deps := pipeline.Deps{Logger: log, Concurrency: c.Concurrency, ResolutionMaxAge: rf.MaxAge, RunnerOptions: runner.Options()}
-	if len(stages) > 0 {
-		if deps.Store, err = store.Open(root, store.WithLogger(log)); err != nil {
+	if slices.Contains(stages, messages.StageResolver) {
+		catOpts, err := rf.CatalogOptions(log)
+		if err != nil {
 			fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
 			return 1
 		}
-		for _, s := range stages {
-			switch s {
-			case messages.StageResolver:
-				if deps.Resolver, err = rf.Resolver(log); err != nil {
-					fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
-					return 1
-				}
-			case messages.StageFetcher:
-				deps.Downloader = cli.Downloader(log)
-			}
-		}
+		opts = append(opts, embedded.WithCatalog(catOpts...))
 	}
-	emb, err := pipeline.StartEmbedded(*jsDir, *listen, stages, deps)
+	emb, err := embedded.Start(ctx, opts...)
 	if err != nil {
 		fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
 		return 1
 	}
 	// The first line on stdout is the URL, for scripts and tests.
-	fmt.Fprintf(stdout, "nats: %s\n", emb.Server.ClientURL())
-	log.Info("serving", "nats", emb.Server.ClientURL(), "jetstream", *jsDir, "stages", cli.JoinNames(stages))
+	fmt.Fprintf(stdout, "nats: %s\n", emb.URL())
+	log.Info("serving", "nats", emb.URL(), "jetstream", *jsDir, "stages", cli.JoinNames(stages))
 	<-ctx.Done()
 	log.Info("shutting down")
 	if err := emb.Close(); err != nil {

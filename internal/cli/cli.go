@@ -152,8 +152,9 @@ func (r *ResolverFlags) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&r.MaxAge, "resolution-max-age", 24*time.Hour, "reuse a stored resolution this young without asking the network")
 }
 
-// Resolver builds the catalog and resolver the flags describe.
-func (r *ResolverFlags) Resolver(log *slog.Logger) (*resolve.Resolver, error) {
+// CatalogOptions turns the flags into catalog options (mirror, user catalog,
+// keyring, unsigned images).
+func (r *ResolverFlags) CatalogOptions(log *slog.Logger) ([]catalog.Option, error) {
 	var opts []catalog.Option
 	if r.Mirror != "" {
 		opts = append(opts, catalog.WithMirror(r.Mirror))
@@ -171,6 +172,15 @@ func (r *ResolverFlags) Resolver(log *slog.Logger) (*resolve.Resolver, error) {
 	if r.AllowUnsigned {
 		log.Warn("--allow-unsigned: images without a configured signing key will be resolved without signature verification")
 		opts = append(opts, catalog.WithAllowUnsigned(true))
+	}
+	return opts, nil
+}
+
+// Resolver builds the catalog and resolver the flags describe.
+func (r *ResolverFlags) Resolver(log *slog.Logger) (*resolve.Resolver, error) {
+	opts, err := r.CatalogOptions(log)
+	if err != nil {
+		return nil, err
 	}
 	cat, err := catalog.New(opts...)
 	if err != nil {

@@ -7,8 +7,8 @@ import (
 	"io"
 	"slices"
 
+	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/pipeline"
 )
 
 // StageMain is the whole main of a stage process: it parses flags, connects to

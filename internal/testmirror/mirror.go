@@ -31,10 +31,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/signtest"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/signature"
-	"github.com/vmprep/vmprep/pkg/signature/signtest"
 )
 
 // Fault changes how the mirror answers requests for one path. Fields combine:

@@ -4,14 +4,20 @@ package testutil
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/vmprep/vmprep/pkg/client"
+	"github.com/vmprep/vmprep/pkg/messages"
 )
 
 // FileSHA256 returns the hex SHA-256 of the file at path.
@@ -62,4 +68,24 @@ func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// Prepare runs one request through the Go client and returns its result,
+// failed or not: a *client.FailedError is not an error here, since tests
+// look at the result's failure themselves.
+func Prepare(ctx context.Context, nc *nats.Conn, req messages.PrepareRequest, onProgress func(messages.Progress)) (messages.Result, error) {
+	c, err := client.New(nc)
+	if err != nil {
+		return messages.Result{}, err
+	}
+	var opts []client.PrepareOption
+	if onProgress != nil {
+		opts = append(opts, client.WithProgress(onProgress))
+	}
+	res, err := c.Prepare(ctx, req, opts...)
+	var failed *client.FailedError
+	if errors.As(err, &failed) {
+		err = nil
+	}
+	return res, err
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	_ "embed"
 	"fmt"
+	"github.com/vmprep/vmprep/pkg/image"
 	"maps"
 	"path"
 	"path/filepath"
@@ -116,7 +117,7 @@ func (c *Catalog) add(f File, source, dir string) error {
 	seen := map[string]bool{}
 	for i, img := range f.Images {
 		if err := img.validate(); err != nil {
-			return fmt.Errorf("%w: %s: images[%d] %s: %w", ErrInvalidCatalog, source, i, printable(img.Distro), err)
+			return fmt.Errorf("%w: %s: images[%d] %s: %w", ErrInvalidCatalog, source, i, image.Printable(img.Distro), err)
 		}
 		if seen[img.Distro] {
 			return fmt.Errorf("%w: %s: images[%d]: distro %s listed twice", ErrInvalidCatalog, source, i, img.Distro)

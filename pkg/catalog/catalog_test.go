@@ -9,9 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vmprep/vmprep/internal/signtest"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/signature"
-	"github.com/vmprep/vmprep/pkg/signature/signtest"
 )
 
 // ubuntuFingerprint is the published Ubuntu cloud-image signing key (see
@@ -53,25 +53,25 @@ func TestNormalize(t *testing.T) {
 		in   catalog.ImageSpec
 		want catalog.ImageSpec // zero: expect ErrInvalidSpec
 	}{
-		{"plain", catalog.ImageSpec{"ubuntu", "24.04", "arm64"}, catalog.ImageSpec{"ubuntu", "24.04", catalog.ArchARM64}},
-		{"case", catalog.ImageSpec{"Ubuntu", "Noble", "X86_64"}, catalog.ImageSpec{"ubuntu", "noble", catalog.ArchAMD64}},
-		{"host arch", catalog.ImageSpec{"debian", "12", ""}, catalog.ImageSpec{"debian", "12", catalog.HostArch()}},
-		{"max length", catalog.ImageSpec{strings.Repeat("a", 64), "1", "amd64"}, catalog.ImageSpec{strings.Repeat("a", 64), "1", catalog.ArchAMD64}},
-		{"empty distro", catalog.ImageSpec{"", "1", "amd64"}, catalog.ImageSpec{}},
-		{"empty version", catalog.ImageSpec{"ubuntu", "", "amd64"}, catalog.ImageSpec{}},
-		{"traversal", catalog.ImageSpec{"ubuntu", "../../etc", "amd64"}, catalog.ImageSpec{}},
-		{"dotdot inside", catalog.ImageSpec{"ubuntu", "24..04", "amd64"}, catalog.ImageSpec{}},
-		{"slash", catalog.ImageSpec{"ubu/ntu", "24.04", "amd64"}, catalog.ImageSpec{}},
-		{"backslash", catalog.ImageSpec{"ubuntu", "24\\04", "amd64"}, catalog.ImageSpec{}},
-		{"nul", catalog.ImageSpec{"ubuntu\x00", "24.04", "amd64"}, catalog.ImageSpec{}},
-		{"newline", catalog.ImageSpec{"ubuntu", "24.04\n", "amd64"}, catalog.ImageSpec{}},
-		{"leading dot", catalog.ImageSpec{"ubuntu", ".hidden", "amd64"}, catalog.ImageSpec{}},
-		{"leading dash", catalog.ImageSpec{"-rf", "1", "amd64"}, catalog.ImageSpec{}},
-		{"url chars", catalog.ImageSpec{"ubuntu", "24.04?x=1", "amd64"}, catalog.ImageSpec{}},
-		{"unicode", catalog.ImageSpec{"ubuntü", "1", "amd64"}, catalog.ImageSpec{}},
-		{"kelvin sign folds to ASCII k", catalog.ImageSpec{"ubuntu", "\u212aey", "amd64"}, catalog.ImageSpec{}},
-		{"too long", catalog.ImageSpec{strings.Repeat("a", 65), "1", "amd64"}, catalog.ImageSpec{}},
-		{"bad arch", catalog.ImageSpec{"ubuntu", "24.04", "sparc"}, catalog.ImageSpec{}},
+		{"plain", catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"}, catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchARM64}},
+		{"case", catalog.ImageSpec{Distro: "Ubuntu", Version: "Noble", Arch: "X86_64"}, catalog.ImageSpec{Distro: "ubuntu", Version: "noble", Arch: catalog.ArchAMD64}},
+		{"host arch", catalog.ImageSpec{Distro: "debian", Version: "12", Arch: ""}, catalog.ImageSpec{Distro: "debian", Version: "12", Arch: catalog.HostArch()}},
+		{"max length", catalog.ImageSpec{Distro: strings.Repeat("a", 64), Version: "1", Arch: "amd64"}, catalog.ImageSpec{Distro: strings.Repeat("a", 64), Version: "1", Arch: catalog.ArchAMD64}},
+		{"empty distro", catalog.ImageSpec{Distro: "", Version: "1", Arch: "amd64"}, catalog.ImageSpec{}},
+		{"empty version", catalog.ImageSpec{Distro: "ubuntu", Version: "", Arch: "amd64"}, catalog.ImageSpec{}},
+		{"traversal", catalog.ImageSpec{Distro: "ubuntu", Version: "../../etc", Arch: "amd64"}, catalog.ImageSpec{}},
+		{"dotdot inside", catalog.ImageSpec{Distro: "ubuntu", Version: "24..04", Arch: "amd64"}, catalog.ImageSpec{}},
+		{"slash", catalog.ImageSpec{Distro: "ubu/ntu", Version: "24.04", Arch: "amd64"}, catalog.ImageSpec{}},
+		{"backslash", catalog.ImageSpec{Distro: "ubuntu", Version: "24\\04", Arch: "amd64"}, catalog.ImageSpec{}},
+		{"nul", catalog.ImageSpec{Distro: "ubuntu\x00", Version: "24.04", Arch: "amd64"}, catalog.ImageSpec{}},
+		{"newline", catalog.ImageSpec{Distro: "ubuntu", Version: "24.04\n", Arch: "amd64"}, catalog.ImageSpec{}},
+		{"leading dot", catalog.ImageSpec{Distro: "ubuntu", Version: ".hidden", Arch: "amd64"}, catalog.ImageSpec{}},
+		{"leading dash", catalog.ImageSpec{Distro: "-rf", Version: "1", Arch: "amd64"}, catalog.ImageSpec{}},
+		{"url chars", catalog.ImageSpec{Distro: "ubuntu", Version: "24.04?x=1", Arch: "amd64"}, catalog.ImageSpec{}},
+		{"unicode", catalog.ImageSpec{Distro: "ubuntü", Version: "1", Arch: "amd64"}, catalog.ImageSpec{}},
+		{"kelvin sign folds to ASCII k", catalog.ImageSpec{Distro: "ubuntu", Version: "\u212aey", Arch: "amd64"}, catalog.ImageSpec{}},
+		{"too long", catalog.ImageSpec{Distro: strings.Repeat("a", 65), Version: "1", Arch: "amd64"}, catalog.ImageSpec{}},
+		{"bad arch", catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "sparc"}, catalog.ImageSpec{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -157,7 +157,7 @@ func TestPlanDebianAndFedora(t *testing.T) {
 		wantSigned catalog.SignatureKind
 		check      func(t *testing.T, p catalog.Plan)
 	}{
-		{"debian number", nil, catalog.ImageSpec{"debian", "12", "arm64"}, nil, catalog.SignatureNone, func(t *testing.T, p catalog.Plan) {
+		{"debian number", nil, catalog.ImageSpec{Distro: "debian", Version: "12", Arch: "arm64"}, nil, catalog.SignatureNone, func(t *testing.T, p catalog.Plan) {
 			a := p.Assets[0]
 			if a.URL != "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-arm64.qcow2" ||
 				a.Manifest.URL != "https://cloud.debian.org/images/cloud/bookworm/latest/SHA512SUMS" ||
@@ -165,14 +165,14 @@ func TestPlanDebianAndFedora(t *testing.T) {
 				t.Errorf("%+v", a)
 			}
 		}},
-		{"debian codename", nil, catalog.ImageSpec{"debian", "Trixie", "amd64"}, nil, catalog.SignatureNone, func(t *testing.T, p catalog.Plan) {
+		{"debian codename", nil, catalog.ImageSpec{Distro: "debian", Version: "Trixie", Arch: "amd64"}, nil, catalog.SignatureNone, func(t *testing.T, p catalog.Plan) {
 			if p.Spec.Version != "13" || !strings.Contains(p.Assets[0].URL, "/trixie/latest/debian-13-genericcloud-amd64.qcow2") {
 				t.Errorf("%v %s", p.Spec, p.Assets[0].URL)
 			}
 		}},
-		{"debian unknown version", nil, catalog.ImageSpec{"debian", "10", "amd64"}, catalog.ErrUnknownVersion, "", nil},
-		{"fedora without key", nil, catalog.ImageSpec{"fedora", "41", "amd64"}, catalog.ErrNoTrustedKey, "", nil},
-		{"fedora with key", []catalog.Option{catalog.WithKeyring(key.Keyring())}, catalog.ImageSpec{"fedora", "41", "arm64"}, nil, catalog.SignatureClearsigned, func(t *testing.T, p catalog.Plan) {
+		{"debian unknown version", nil, catalog.ImageSpec{Distro: "debian", Version: "10", Arch: "amd64"}, catalog.ErrUnknownVersion, "", nil},
+		{"fedora without key", nil, catalog.ImageSpec{Distro: "fedora", Version: "41", Arch: "amd64"}, catalog.ErrNoTrustedKey, "", nil},
+		{"fedora with key", []catalog.Option{catalog.WithKeyring(key.Keyring())}, catalog.ImageSpec{Distro: "fedora", Version: "41", Arch: "arm64"}, nil, catalog.SignatureClearsigned, func(t *testing.T, p catalog.Plan) {
 			a := p.Assets[0]
 			dir := "https://download.fedoraproject.org/pub/fedora/linux/releases/41/Cloud/aarch64/images/"
 			if a.Name != "" || a.URL != dir || a.Manifest.IndexURL != dir || a.Manifest.URL != "" {
@@ -197,14 +197,14 @@ func TestPlanDebianAndFedora(t *testing.T) {
 				t.Errorf("URLFor = %s", got)
 			}
 		}},
-		{"fedora allow unsigned", []catalog.Option{catalog.WithAllowUnsigned(true)}, catalog.ImageSpec{"fedora", "41", "amd64"}, nil, catalog.SignatureClearsigned, func(t *testing.T, p catalog.Plan) {
+		{"fedora allow unsigned", []catalog.Option{catalog.WithAllowUnsigned(true)}, catalog.ImageSpec{Distro: "fedora", Version: "41", Arch: "amd64"}, nil, catalog.SignatureClearsigned, func(t *testing.T, p catalog.Plan) {
 			if !p.AllowUnsigned || p.Assets[0].Manifest.Keyring != nil {
 				t.Errorf("%+v", p)
 			}
 		}},
-		{"fedora codename-free version check", nil, catalog.ImageSpec{"fedora", "rawhide", "amd64"}, catalog.ErrUnknownVersion, "", nil},
-		{"alpine", nil, catalog.ImageSpec{"alpine", "3.20", "amd64"}, catalog.ErrUnsupportedDistro, "", nil},
-		{"unknown", nil, catalog.ImageSpec{"gentoo", "1", "amd64"}, catalog.ErrUnknownDistro, "", nil},
+		{"fedora codename-free version check", nil, catalog.ImageSpec{Distro: "fedora", Version: "rawhide", Arch: "amd64"}, catalog.ErrUnknownVersion, "", nil},
+		{"alpine", nil, catalog.ImageSpec{Distro: "alpine", Version: "3.20", Arch: "amd64"}, catalog.ErrUnsupportedDistro, "", nil},
+		{"unknown", nil, catalog.ImageSpec{Distro: "gentoo", Version: "1", Arch: "amd64"}, catalog.ErrUnknownDistro, "", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -258,7 +258,7 @@ func TestDistroErrors(t *testing.T) {
 func TestWithMirror(t *testing.T) {
 	const mirror = "http://127.0.0.1:9/m/"
 	c := mustNew(t, catalog.WithMirror(mirror), catalog.WithAllowUnsigned(true))
-	for _, spec := range []catalog.ImageSpec{{"ubuntu", "22.04", "amd64"}, {"debian", "11", "arm64"}, {"fedora", "40", "amd64"}} {
+	for _, spec := range []catalog.ImageSpec{{Distro: "ubuntu", Version: "22.04", Arch: "amd64"}, {Distro: "debian", Version: "11", Arch: "arm64"}, {Distro: "fedora", Version: "40", Arch: "amd64"}} {
 		p, err := c.Plan(spec)
 		if err != nil {
 			t.Fatal(err)

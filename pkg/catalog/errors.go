@@ -3,14 +3,15 @@ package catalog
 import (
 	"errors"
 	"fmt"
+	"github.com/vmprep/vmprep/pkg/image"
 	"strings"
 )
 
 // Sentinel errors, testable with errors.Is.
 var (
 	// ErrInvalidSpec: a distro, version or arch is empty, too long, or holds
-	// characters that could escape a URL path or the cache.
-	ErrInvalidSpec = errors.New("invalid image spec")
+	// characters that could escape a URL path or the cache (image.ErrInvalidSpec).
+	ErrInvalidSpec = image.ErrInvalidSpec
 	// ErrUnknownDistro: no catalog entry for the distro (see *UnknownDistroError).
 	ErrUnknownDistro = errors.New("unknown distro")
 	// ErrUnsupportedDistro: the distro is known but cannot be prepared (see *UnsupportedError).

@@ -1,6 +1,7 @@
 package catalog
 
 import (
+	"github.com/vmprep/vmprep/pkg/image"
 	"strings"
 	"testing"
 )
@@ -15,7 +16,7 @@ func FuzzNormalize(f *testing.F) {
 			return
 		}
 		for _, v := range []string{got.Distro, got.Version} {
-			if v == "" || len(v) > maxNameLen || strings.Contains(v, "..") || strings.ContainsAny(v, "/\\%?#:\x00\n ") || v[0] == '.' || v[0] == '-' {
+			if v == "" || len(v) > image.MaxNameLen || strings.Contains(v, "..") || strings.ContainsAny(v, "/\\%?#:\x00\n ") || v[0] == '.' || v[0] == '-' {
 				t.Fatalf("Normalize accepted %q", v)
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/vmprep/vmprep/pkg/image"
 	"io"
 	"net/url"
 	"os"
@@ -198,7 +199,7 @@ var (
 
 // validate checks an image description and fills defaults.
 func (img *Image) validate() error {
-	d, err := checkName("distro", img.Distro)
+	d, err := image.CheckName("distro", img.Distro)
 	if err != nil {
 		return err
 	}
@@ -213,7 +214,7 @@ func (img *Image) validate() error {
 		return fmt.Errorf("base_url: %w", err)
 	}
 	for _, v := range img.Versions {
-		if _, err := checkName("version", v); err != nil {
+		if _, err := image.CheckName("version", v); err != nil {
 			return fmt.Errorf("versions: %w", err)
 		}
 	}
@@ -223,10 +224,10 @@ func (img *Image) validate() error {
 		}
 	}
 	for v, c := range img.Codenames {
-		if _, err := checkName("codenames key", v); err != nil {
+		if _, err := image.CheckName("codenames key", v); err != nil {
 			return err
 		}
-		if _, err := checkName("codename", c); err != nil {
+		if _, err := image.CheckName("codename", c); err != nil {
 			return err
 		}
 	}
@@ -237,7 +238,7 @@ func (img *Image) validate() error {
 		if pa, err := ParseArch(string(a)); err != nil || pa != a {
 			return fmt.Errorf("arches: key %q must be amd64 or arm64", a)
 		}
-		if _, err := checkName("arch name", name); err != nil {
+		if _, err := image.CheckName("arch name", name); err != nil {
 			return fmt.Errorf("arches: %w", err)
 		}
 	}

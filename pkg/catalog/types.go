@@ -3,43 +3,42 @@ package catalog
 import (
 	"time"
 
-	"github.com/vmprep/vmprep/pkg/digest"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
-// Arch is a CPU architecture in Debian/Ubuntu spelling.
-type Arch string
+// The types that name an image live in pkg/image, so that the wire contract
+// does not depend on the catalog; these aliases keep the catalog's spelling.
+type (
+	// Arch is a CPU architecture in Debian/Ubuntu spelling.
+	Arch = image.Arch
+	// ImageSpec names an image.
+	ImageSpec = image.Spec
+	// Role is what an asset is for.
+	Role = image.Role
+	// DiskFormat is the on-disk format of a root disk.
+	DiskFormat = image.DiskFormat
+	// Trust records where confidence in an asset's digest came from.
+	Trust = image.Trust
+	// Asset is one file of a resolved image.
+	Asset = image.Asset
+)
 
-// Supported architectures. "x86_64" and "aarch64" are accepted as aliases.
+// Re-exported constants of pkg/image.
 const (
-	ArchAMD64 Arch = "amd64"
-	ArchARM64 Arch = "arm64"
+	ArchAMD64     = image.ArchAMD64
+	ArchARM64     = image.ArchARM64
+	RoleKernel    = image.RoleKernel
+	RoleInitramfs = image.RoleInitramfs
+	RoleDisk      = image.RoleDisk
+	FormatQCOW2   = image.FormatQCOW2
+	FormatRaw     = image.FormatRaw
 )
 
-// ImageSpec names an image. Distro is case-insensitive; an empty Arch means the host's.
-type ImageSpec struct {
-	Distro  string `json:"distro"`
-	Version string `json:"version"`
-	Arch    Arch   `json:"arch,omitempty"`
-}
+// ParseArch accepts an architecture in Debian or kernel spelling (see image.ParseArch).
+func ParseArch(s string) (Arch, error) { return image.ParseArch(s) }
 
-// Role is what an asset is for.
-type Role string
-
-// Asset roles.
-const (
-	RoleKernel    Role = "kernel"
-	RoleInitramfs Role = "initramfs"
-	RoleDisk      Role = "disk"
-)
-
-// DiskFormat is the on-disk format of a root disk.
-type DiskFormat string
-
-// Disk formats.
-const (
-	FormatQCOW2 DiskFormat = "qcow2"
-	FormatRaw   DiskFormat = "raw"
-)
+// HostArch is the architecture this program runs on (see image.HostArch).
+func HostArch() Arch { return image.HostArch() }
 
 // BootMode says how the image boots.
 type BootMode string
@@ -51,36 +50,6 @@ const (
 	// BootFirmware: the disk boots through firmware/EFI; there is no kernel asset.
 	BootFirmware BootMode = "firmware"
 )
-
-// Trust records where confidence in an asset's digest came from.
-type Trust struct {
-	// Signed is true when the manifest's OpenPGP signature was verified.
-	Signed bool `json:"signed"`
-	// Signer is the upper-case hex fingerprint of the key that signed the manifest.
-	Signer string `json:"signer,omitempty"`
-	// ManifestURL is the checksum manifest that listed the digest.
-	ManifestURL string `json:"manifest_url"`
-	// SignatureURL is the detached signature, if any (empty for clearsigned or unsigned).
-	SignatureURL string `json:"signature_url,omitempty"`
-	// Note explains an unsigned result ("the distribution publishes no signature", or
-	// "allow-unsigned was set").
-	Note string `json:"note,omitempty"`
-}
-
-// Asset is one file of a resolved image.
-type Asset struct {
-	Role Role `json:"role"`
-	// Name is the file name the manifest lists it under.
-	Name string `json:"name"`
-	URL  string `json:"url"`
-	// Digest is the expected digest from the verified manifest.
-	Digest digest.Digest `json:"digest"`
-	// Size in bytes when known, else 0.
-	Size int64 `json:"size,omitempty"`
-	// Format is set for RoleDisk.
-	Format DiskFormat `json:"format,omitempty"`
-	Trust  Trust      `json:"trust"`
-}
 
 // Resolution is a spec resolved to its assets.
 type Resolution struct {

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 func TestDecode(t *testing.T) {
@@ -36,7 +36,7 @@ func TestDecode(t *testing.T) {
 }
 
 func TestEncodeStampsHeader(t *testing.T) {
-	req := PrepareRequest{RequestID: "x", Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04"}, Format: catalog.FormatRaw}
+	req := PrepareRequest{RequestID: "x", Spec: image.Spec{Distro: "ubuntu", Version: "24.04"}, Format: image.FormatRaw}
 	b, err := Encode(TypePrepareRequest, &req)
 	if err != nil {
 		t.Fatal(err)

@@ -5,8 +5,8 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/vmprep/vmprep/internal/signtest"
 	"github.com/vmprep/vmprep/pkg/signature"
-	"github.com/vmprep/vmprep/pkg/signature/signtest"
 )
 
 // FuzzVerify feeds hostile keyrings, signatures and clearsigned messages

@@ -15,7 +15,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/vmprep/vmprep/pkg/natsembed"
+	"github.com/vmprep/vmprep/internal/natsembed"
 	"github.com/vmprep/vmprep/pkg/stage"
 )
 

@@ -9,11 +9,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/vmprep/vmprep/internal/natsembed"
+	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/natsembed"
-	"github.com/vmprep/vmprep/pkg/pipeline"
 )
 
 func freeAddr(t *testing.T) string {
@@ -67,7 +68,7 @@ func TestServerRestartMidRequest(t *testing.T) {
 	go func() {
 		pctx, pcancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer pcancel()
-		res, err := pipeline.Prepare(pctx, clientConn, messages.PrepareRequest{
+		res, err := testutil.Prepare(pctx, clientConn, messages.PrepareRequest{
 			RequestID: "restart", Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}, Format: catalog.FormatRaw,
 		}, nil)
 		got <- outcome{res, err}

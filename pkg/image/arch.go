@@ -1,4 +1,4 @@
-package catalog
+package image
 
 import (
 	"fmt"
@@ -15,7 +15,7 @@ func ParseArch(s string) (Arch, error) {
 	case "arm64", "aarch64":
 		return ArchARM64, nil
 	}
-	return "", fmt.Errorf("%w: unknown architecture %q (want amd64/x86_64 or arm64/aarch64)", ErrInvalidSpec, printable(s))
+	return "", fmt.Errorf("%w: unknown architecture %q (want amd64/x86_64 or arm64/aarch64)", ErrInvalidSpec, Printable(s))
 }
 
 // HostArch is the architecture this program runs on; for any GOARCH other

@@ -1,4 +1,4 @@
-package catalog
+package image
 
 import (
 	"fmt"
@@ -6,43 +6,43 @@ import (
 	"strings"
 )
 
-// maxNameLen bounds a distro or version: longer values are never legitimate
+// MaxNameLen bounds a distro or version: longer values are never legitimate
 // and would only bloat URLs, cache paths and error messages.
-const maxNameLen = 64
+const MaxNameLen = 64
 
 // Normalize returns the spec in canonical form: distro and version
 // lower-cased and validated, arch parsed (empty means the host's). A
 // distro or version must match [a-z0-9][a-z0-9._-]{0,63} and hold no "..",
 // so it can never name a path outside a cache directory or URL prefix.
-func (s ImageSpec) Normalize() (ImageSpec, error) {
-	distro, err := checkName("distro", s.Distro)
+func (s Spec) Normalize() (Spec, error) {
+	distro, err := CheckName("distro", s.Distro)
 	if err != nil {
-		return ImageSpec{}, err
+		return Spec{}, err
 	}
-	version, err := checkName("version", s.Version)
+	version, err := CheckName("version", s.Version)
 	if err != nil {
-		return ImageSpec{}, err
+		return Spec{}, err
 	}
 	arch := HostArch()
 	if s.Arch != "" {
 		if arch, err = ParseArch(string(s.Arch)); err != nil {
-			return ImageSpec{}, err
+			return Spec{}, err
 		}
 	}
-	return ImageSpec{Distro: distro, Version: version, Arch: arch}, nil
+	return Spec{Distro: distro, Version: version, Arch: arch}, nil
 }
 
 // String renders the spec as "distro version arch".
-func (s ImageSpec) String() string {
-	return strings.TrimSpace(fmt.Sprintf("%s %s %s", printable(s.Distro), printable(s.Version), printable(string(s.Arch))))
+func (s Spec) String() string {
+	return strings.TrimSpace(fmt.Sprintf("%s %s %s", Printable(s.Distro), Printable(s.Version), Printable(string(s.Arch))))
 }
 
-func checkName(field, v string) (string, error) {
+func CheckName(field, v string) (string, error) {
 	if v == "" {
 		return "", fmt.Errorf("%w: %s is empty", ErrInvalidSpec, field)
 	}
-	if len(v) > maxNameLen {
-		return "", fmt.Errorf("%w: %s is %d bytes long (at most %d)", ErrInvalidSpec, field, len(v), maxNameLen)
+	if len(v) > MaxNameLen {
+		return "", fmt.Errorf("%w: %s is %d bytes long (at most %d)", ErrInvalidSpec, field, len(v), MaxNameLen)
 	}
 	// Check the bytes before lower-casing: strings.ToLower folds some
 	// non-ASCII runes into ASCII (the Kelvin sign U+212A becomes "k").
@@ -63,9 +63,9 @@ func checkName(field, v string) (string, error) {
 	return v, nil
 }
 
-// printable quotes s when it holds anything but plain characters, and
+// Printable quotes s when it holds anything but plain characters, and
 // truncates it, so hostile input cannot garble a message or a log line.
-func printable(s string) string {
+func Printable(s string) string {
 	const limit = 80
 	if len(s) > limit {
 		s = s[:limit] + "…"

@@ -5,7 +5,7 @@ import (
 	"fmt"
 
 	"github.com/nats-io/nats.go"
-	"github.com/vmprep/vmprep/pkg/natsembed"
+	"github.com/vmprep/vmprep/internal/natsembed"
 )
 
 // Embedded is a nats-server with JetStream running in this process together
@@ -20,8 +20,9 @@ type Embedded struct {
 }
 
 // StartEmbedded starts the server (JetStream files in storeDir; listening on
-// listen, or in-process only when it is empty) and runs the named stages on it.
-func StartEmbedded(storeDir, listen string, stages []string, d Deps) (*Embedded, error) {
+// listen, or in-process only when it is empty) and runs the named stages on
+// it until ctx ends or Close is called.
+func StartEmbedded(ctx context.Context, storeDir, listen string, stages []string, d Deps) (*Embedded, error) {
 	srv, err := natsembed.Start(natsembed.Options{StoreDir: storeDir, Listen: listen})
 	if err != nil {
 		return nil, err
@@ -37,7 +38,7 @@ func StartEmbedded(storeDir, listen string, stages []string, d Deps) (*Embedded,
 		srv.Shutdown()
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(ctx)
 	e := &Embedded{Server: srv, Conn: nc, stages: snc, cancel: cancel, done: make(chan error, 1)}
 	// Set up and bind the consumers before returning, so that a client can
 	// publish at once and a configuration error is reported now.

@@ -19,12 +19,13 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/pipeline"
 	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/stage"
 	"github.com/vmprep/vmprep/pkg/store"
@@ -81,7 +82,7 @@ func newEnv(t *testing.T, m *testmirror.Mirror) *env {
 
 func (e *env) start(t *testing.T) *pipeline.Embedded {
 	t.Helper()
-	emb, err := pipeline.StartEmbedded(t.TempDir(), "", pipeline.AllStages, e.deps)
+	emb, err := pipeline.StartEmbedded(context.Background(), t.TempDir(), "", pipeline.AllStages, e.deps)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +94,7 @@ func prepare(t *testing.T, nc *nats.Conn, req messages.PrepareRequest) messages.
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	res, err := pipeline.Prepare(ctx, nc, req, nil)
+	res, err := testutil.Prepare(ctx, nc, req, nil)
 	if err != nil {
 		t.Fatalf("prepare %+v: %v", req, err)
 	}
@@ -166,7 +167,7 @@ func TestPrepareEndToEnd(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(string(tt.arch)+"-"+string(tt.format), func(t *testing.T) {
 			spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: tt.arch}
-			res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: pipeline.NewRequestID(), Spec: spec, Format: tt.format})
+			res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: client.NewRequestID(), Spec: spec, Format: tt.format})
 			if res.Status != messages.ResultPrepared {
 				t.Fatalf("status %s: %+v", res.Status, res.Failure)
 			}
@@ -272,8 +273,8 @@ func TestRequestIDs(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, err := pipeline.Prepare(ctx, emb.Conn, messages.PrepareRequest{RequestID: "shared-id", Spec: spec, Format: catalog.FormatRaw}, nil)
-	if !errors.Is(err, pipeline.ErrRequestIDReused) {
+	_, err := testutil.Prepare(ctx, emb.Conn, messages.PrepareRequest{RequestID: "shared-id", Spec: spec, Format: catalog.FormatRaw}, nil)
+	if !errors.Is(err, client.ErrRequestIDReused) {
 		t.Fatalf("reusing an id for another format: err = %v, want ErrRequestIDReused", err)
 	}
 	// The original's result is untouched and there is still exactly one.
@@ -563,7 +564,7 @@ func TestConcurrentWorkersOneResultEach(t *testing.T) {
 		go func() {
 			cctx, ccancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer ccancel()
-			res, err := pipeline.Prepare(cctx, emb.Conn, messages.PrepareRequest{
+			res, err := testutil.Prepare(cctx, emb.Conn, messages.PrepareRequest{
 				RequestID: j.id, Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: j.arch}, Format: j.format,
 			}, nil)
 			if err != nil {

@@ -5,8 +5,8 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/vmprep/vmprep/internal/signtest"
 	"github.com/vmprep/vmprep/pkg/signature"
-	"github.com/vmprep/vmprep/pkg/signature/signtest"
 )
 
 // TestRoundTrip checks that every fixture kind verifies against the key's

@@ -1,0 +1,245 @@
+// Package client is what a provisioning backend imports to use a vmprep
+// deployment: it publishes prepare requests and waits for their one result,
+// reporting progress on the way. It depends on nats.go and the wire types
+// (pkg/messages, pkg/image) only.
+//
+// A deployment is any set of vmprep stage processes on a NATS server with
+// JetStream: vmprep serve, the stage binaries, or an embedded deployment
+// (pkg/embedded) in a test.
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/pkg/image"
+	"github.com/vmprep/vmprep/pkg/messages"
+)
+
+// The wire types, under the names a client uses.
+type (
+	// Request asks for an image: see messages.PrepareRequest.
+	Request = messages.PrepareRequest
+	// Result is a request's one answer: see messages.Result.
+	Result = messages.Result
+	// Progress reports bytes done on one asset: see messages.Progress.
+	Progress = messages.Progress
+)
+
+var (
+	// ErrNoDeployment means the NATS server has no vmprep streams: no stage
+	// has ever started against it.
+	ErrNoDeployment = errors.New("no vmprep deployment on this NATS server")
+	// ErrRequestIDReused means a request id already names a different request
+	// (another image or format): its result is not this request's.
+	ErrRequestIDReused = errors.New("request id reused")
+)
+
+// FailedError is a request that ended with a failed result: which stage
+// failed, for which asset, why, and whether trying again may help.
+type FailedError struct {
+	RequestID string
+	Spec      image.Spec
+	messages.Failure
+}
+
+func (e *FailedError) Error() string {
+	return fmt.Sprintf("request %s (%s): %s", e.RequestID, e.Spec, e.Failure.Error())
+}
+
+// NewRequestID returns a random request id.
+func NewRequestID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Client talks to one vmprep deployment over a NATS connection.
+type Client struct {
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	owned bool
+}
+
+// New returns a client on an existing connection; the caller keeps it and
+// closes it.
+func New(nc *nats.Conn) (*Client, error) {
+	if nc == nil {
+		return nil, errors.New("client: nil NATS connection")
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	return &Client{nc: nc, js: js}, nil
+}
+
+// Connect connects to the NATS server(s) at url (comma-separated) and
+// returns a client that owns the connection: Close closes it.
+func Connect(url string, opts ...nats.Option) (*Client, error) {
+	nc, err := nats.Connect(url, append([]nats.Option{nats.Name("vmprep-client"), nats.MaxReconnects(-1)}, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("client: connect to NATS: %w", err)
+	}
+	c, err := New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	c.owned = true
+	return c, nil
+}
+
+// Conn returns the client's NATS connection.
+func (c *Client) Conn() *nats.Conn { return c.nc }
+
+// Close closes the connection if the client opened it.
+func (c *Client) Close() {
+	if c.owned {
+		c.nc.Close()
+	}
+}
+
+// PrepareOption configures one Prepare call.
+type PrepareOption func(*prepareConfig)
+
+type prepareConfig struct {
+	progress func(Progress)
+}
+
+// WithProgress calls fn with each progress event while waiting (from the
+// NATS connection's goroutine: return quickly). Progress is best effort.
+func WithProgress(fn func(Progress)) PrepareOption {
+	return func(c *prepareConfig) { c.progress = fn }
+}
+
+// WithProgressChan sends progress events to ch, dropping them when ch is full
+// rather than slowing the connection.
+func WithProgressChan(ch chan<- Progress) PrepareOption {
+	return WithProgress(func(p Progress) {
+		select {
+		case ch <- p:
+		default:
+		}
+	})
+}
+
+// Prepare publishes req and waits for its one result (which may already
+// exist when the request id was used before). An empty RequestID gets a
+// random one; an empty Format means qcow2. A failed result is returned
+// together with a *FailedError; a result that belongs to another request
+// with the same id is refused with ErrRequestIDReused.
+func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption) (Result, error) {
+	var cfg prepareConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if req.RequestID == "" {
+		req.RequestID = NewRequestID()
+	}
+	if req.Format == "" {
+		req.Format = image.FormatQCOW2
+	}
+	if err := req.Validate(); err != nil {
+		return Result{}, err
+	}
+	spec, err := req.Spec.Normalize()
+	if err != nil {
+		return Result{}, err
+	}
+	req.Spec = spec
+	if !c.nc.IsConnected() {
+		return Result{}, fmt.Errorf("not connected to NATS at %s", c.nc.ConnectedUrlRedacted())
+	}
+	if _, err := c.js.Stream(ctx, messages.StreamWork); err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return Result{}, fmt.Errorf("%w (stream %s is missing: start the stages or vmprep serve)", ErrNoDeployment, messages.StreamWork)
+		}
+		return Result{}, fmt.Errorf("reach the vmprep deployment: %w", err)
+	}
+	if cfg.progress != nil {
+		sub, err := c.nc.Subscribe(messages.ProgressSubject(req.RequestID), func(m *nats.Msg) {
+			var p Progress
+			if messages.Decode(m.Data, messages.TypeProgress, &p) == nil {
+				cfg.progress(p)
+			}
+		})
+		if err != nil {
+			return Result{}, err
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+	}
+	// Subscribe to the result before publishing, from the last stored one, so
+	// neither a fast answer nor an earlier answer to the same id is missed.
+	cons, err := c.js.OrderedConsumer(ctx, messages.StreamResults, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{messages.ResultSubject(req.RequestID)},
+		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+	})
+	if err != nil {
+		return Result{}, fmt.Errorf("watch for the result: %w", err)
+	}
+	data, err := messages.Encode(messages.TypePrepareRequest, &req)
+	if err != nil {
+		return Result{}, err
+	}
+	if _, err := c.js.Publish(ctx, messages.SubjectPrepare, data, jetstream.WithMsgID("prepare."+req.RequestID)); err != nil {
+		return Result{}, fmt.Errorf("publish prepare request: %w", err)
+	}
+	for {
+		m, err := nextWithContext(ctx, cons)
+		if err != nil {
+			if ctx.Err() != nil {
+				return Result{}, fmt.Errorf("waiting for the result of request %s: %w", req.RequestID, ctx.Err())
+			}
+			if errors.Is(err, nats.ErrConnectionClosed) {
+				return Result{}, fmt.Errorf("waiting for the result of request %s: %w", req.RequestID, err)
+			}
+			continue // timeouts and reconnects: keep waiting
+		}
+		var res Result
+		if err := messages.Decode(m.Data(), messages.TypeResult, &res); err != nil {
+			return Result{}, fmt.Errorf("unreadable result for request %s: %w", req.RequestID, err)
+		}
+		if (res.Spec != image.Spec{} && res.Spec != spec) || (res.Format != "" && res.Format != req.Format) {
+			return Result{}, fmt.Errorf("%w: request id %s was already used for %s (%s)",
+				ErrRequestIDReused, req.RequestID, res.Spec, res.Format)
+		}
+		if res.Status != messages.ResultPrepared {
+			f := messages.Failure{Stage: "unknown", Cause: "failed without a reason"}
+			if res.Failure != nil {
+				f = *res.Failure
+			}
+			return res, &FailedError{RequestID: req.RequestID, Spec: spec, Failure: f}
+		}
+		return res, nil
+	}
+}
+
+// nextWithContext waits for the next message but returns as soon as ctx ends:
+// an ordered consumer's Next keeps recreating its consumer while the server is
+// away and does not watch the context meanwhile.
+func nextWithContext(ctx context.Context, cons jetstream.Consumer) (jetstream.Msg, error) {
+	type next struct {
+		m   jetstream.Msg
+		err error
+	}
+	ch := make(chan next, 1)
+	go func() {
+		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		m, err := cons.Next(jetstream.FetchContext(fctx))
+		ch <- next{m, err}
+	}()
+	select {
+	case n := <-ch:
+		return n.m, n.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}

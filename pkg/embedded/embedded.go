@@ -1,0 +1,240 @@
+// Package embedded runs a whole vmprep deployment inside the calling process:
+// a nats-server with JetStream (in-process only, or listening) and every
+// stage, on one content store. It is the single-binary mode of vmprep
+// prepare and vmprep serve, and what a backend's own tests use to get a real
+// deployment without running anything else:
+//
+//	d, err := embedded.Start(ctx, embedded.WithCacheDir(t.TempDir()), embedded.WithCatalog(catalog.WithMirror(url)))
+//	defer d.Close()
+//	res, err := d.Client().Prepare(ctx, client.Request{Spec: image.Spec{Distro: "ubuntu", Version: "24.04"}})
+package embedded
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/gofrs/flock"
+	"github.com/nats-io/nats.go"
+	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/client"
+	"github.com/vmprep/vmprep/pkg/download"
+	"github.com/vmprep/vmprep/pkg/resolve"
+	"github.com/vmprep/vmprep/pkg/stage"
+	"github.com/vmprep/vmprep/pkg/store"
+)
+
+// Stage names, for WithStages.
+const (
+	StageResolver  = "resolver"
+	StageFetcher   = "fetcher"
+	StageVerifier  = "verifier"
+	StageConverter = "converter"
+	StageCollector = "collector"
+)
+
+type config struct {
+	cacheDir     string
+	jsDir        string
+	listen       string
+	stages       []string
+	catalogOpts  []catalog.Option
+	resolveOpts  []resolve.Option
+	downloadOpts []download.Option
+	runnerOpts   []stage.Option
+	logger       *slog.Logger
+	concurrency  int
+	maxAge       time.Duration
+	store        *store.Store
+	shortPulls   bool
+}
+
+// Option configures Start.
+type Option func(*config)
+
+// WithCacheDir sets the content store directory (default: store.DefaultRoot,
+// i.e. $VMPREP_CACHE_DIR or <user cache dir>/vmprep).
+func WithCacheDir(dir string) Option { return func(c *config) { c.cacheDir = dir } }
+
+// WithJetStreamDir sets where the server keeps its JetStream files (default
+// <cache dir>/jetstream, locked by <cache dir>/jetstream.lock; when another
+// process holds that lock, a temporary directory under the cache dir that is
+// removed on Close).
+func WithJetStreamDir(dir string) Option { return func(c *config) { c.jsDir = dir } }
+
+// WithListen makes the server accept network clients on addr ("host:port";
+// port 0 picks a free one). Without it, only in-process clients connect.
+func WithListen(addr string) Option { return func(c *config) { c.listen = addr } }
+
+// WithStages runs only the named stages (default: all). With none, the
+// deployment is a bare NATS server that stage processes elsewhere join.
+func WithStages(names ...string) Option {
+	return func(c *config) { c.stages = append([]string{}, names...) }
+}
+
+// WithCatalog passes options to the catalog: a mirror, a keyring, a user
+// catalog file, allowing unsigned images.
+func WithCatalog(opts ...catalog.Option) Option {
+	return func(c *config) { c.catalogOpts = append(c.catalogOpts, opts...) }
+}
+
+// WithResolveOptions passes options to the resolver (timeouts, retries).
+func WithResolveOptions(opts ...resolve.Option) Option {
+	return func(c *config) { c.resolveOpts = append(c.resolveOpts, opts...) }
+}
+
+// WithDownloadOptions passes options to the download engine.
+func WithDownloadOptions(opts ...download.Option) Option {
+	return func(c *config) { c.downloadOpts = append(c.downloadOpts, opts...) }
+}
+
+// WithRunnerOptions passes options to every stage runner (retries, ack wait).
+func WithRunnerOptions(opts ...stage.Option) Option {
+	return func(c *config) { c.runnerOpts = append(c.runnerOpts, opts...) }
+}
+
+// WithLogger sets the stages' logger (default: discard).
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// WithConcurrency sets how many messages each stage works on at once (default 3).
+func WithConcurrency(n int) Option { return func(c *config) { c.concurrency = n } }
+
+// WithResolutionMaxAge reuses a stored resolution this young without asking
+// the network (default 0: always ask, falling back to the stored one offline).
+func WithResolutionMaxAge(d time.Duration) Option { return func(c *config) { c.maxAge = d } }
+
+// WithShortPulls makes the stages poll briefly, so a short-lived process
+// (one prepare, then exit) shuts down at once.
+func WithShortPulls() Option { return func(c *config) { c.shortPulls = true } }
+
+// Deployment is a running embedded deployment.
+type Deployment struct {
+	emb    *pipeline.Embedded
+	store  *store.Store
+	client *client.Client
+	lock   *flock.Flock
+	tmp    string
+	jsDir  string
+}
+
+// Start starts the server and the stages; they run until ctx ends or Close
+// is called. Close must be called either way to release the server.
+func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
+	c := config{stages: pipeline.AllStages, concurrency: 3}
+	for _, o := range opts {
+		o(&c)
+	}
+	if c.logger == nil {
+		c.logger = slog.New(slog.DiscardHandler)
+	}
+	if c.cacheDir == "" {
+		var err error
+		if c.cacheDir, err = store.DefaultRoot(); err != nil {
+			return nil, err
+		}
+	}
+	d := &Deployment{}
+	var err error
+	if d.store, err = store.Open(c.cacheDir, store.WithLogger(c.logger)); err != nil {
+		return nil, err
+	}
+	if err := d.lockJetStreamDir(c.cacheDir, c.jsDir); err != nil {
+		return nil, err
+	}
+	deps := pipeline.Deps{
+		Store:            d.store,
+		Logger:           c.logger,
+		Concurrency:      c.concurrency,
+		ResolutionMaxAge: c.maxAge,
+		RunnerOptions:    c.runnerOpts,
+	}
+	if c.shortPulls {
+		deps.RunnerOptions = append([]stage.Option{stage.WithPullWait(200 * time.Millisecond)}, deps.RunnerOptions...)
+	}
+	for _, s := range c.stages {
+		switch s {
+		case StageResolver:
+			cat, err := catalog.New(c.catalogOpts...)
+			if err != nil {
+				d.release()
+				return nil, err
+			}
+			deps.Resolver = resolve.New(cat, append([]resolve.Option{resolve.WithLogger(c.logger)}, c.resolveOpts...)...)
+		case StageFetcher:
+			deps.Downloader = download.New(append([]download.Option{download.WithLogger(c.logger)}, c.downloadOpts...)...)
+		}
+	}
+	d.emb, err = pipeline.StartEmbedded(ctx, d.jsDir, c.listen, c.stages, deps)
+	if err != nil {
+		d.release()
+		return nil, err
+	}
+	d.client, _ = client.New(d.emb.Conn)
+	return d, nil
+}
+
+// lockJetStreamDir picks the JetStream directory: the one asked for, else
+// <cache>/jetstream if no other process uses it, else a private temporary
+// one (a content store is safe to share between processes; a JetStream
+// directory is not).
+func (d *Deployment) lockJetStreamDir(cacheDir, asked string) error {
+	if asked != "" {
+		d.jsDir = asked
+		return os.MkdirAll(asked, 0o755)
+	}
+	d.jsDir = filepath.Join(cacheDir, "jetstream")
+	if err := os.MkdirAll(d.jsDir, 0o755); err != nil {
+		return err
+	}
+	d.lock = flock.New(filepath.Join(cacheDir, "jetstream.lock"))
+	if ok, err := d.lock.TryLock(); err == nil && ok {
+		return nil
+	}
+	d.lock = nil
+	tmp, err := os.MkdirTemp(cacheDir, "jetstream-")
+	if err != nil {
+		return fmt.Errorf("embedded: private JetStream directory: %w", err)
+	}
+	d.tmp, d.jsDir = tmp, tmp
+	return nil
+}
+
+func (d *Deployment) release() {
+	if d.lock != nil {
+		_ = d.lock.Unlock()
+	}
+	if d.tmp != "" {
+		_ = os.RemoveAll(d.tmp)
+	}
+}
+
+// Client returns a client of this deployment.
+func (d *Deployment) Client() *client.Client { return d.client }
+
+// Conn returns an in-process client connection to the server.
+func (d *Deployment) Conn() *nats.Conn { return d.emb.Conn }
+
+// URL is the address network clients use ("" without WithListen).
+func (d *Deployment) URL() string { return d.emb.Server.ClientURL() }
+
+// Store is the deployment's content store.
+func (d *Deployment) Store() *store.Store { return d.store }
+
+// JetStreamDir is where the server keeps its JetStream files.
+func (d *Deployment) JetStreamDir() string { return d.jsDir }
+
+// Close drains the stages, stops the server and releases the JetStream
+// directory.
+func (d *Deployment) Close() error {
+	err := d.emb.Close()
+	d.release()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
