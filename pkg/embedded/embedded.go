@@ -50,7 +50,6 @@ type config struct {
 	logger       *slog.Logger
 	concurrency  int
 	maxAge       time.Duration
-	store        *store.Store
 	shortPulls   bool
 }
 
