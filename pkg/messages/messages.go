@@ -63,6 +63,15 @@ const (
 
 	// BucketRequests is the KV bucket that joins a request's assets into one result.
 	BucketRequests = "VMPREP_REQUESTS"
+
+	// SubjectTargetPrefix + host carries a targeted request's verified assets
+	// to the converter running on that host (see TargetSubject).
+	SubjectTargetPrefix = "vmprep.asset.target."
+	// BucketLeases is the KV bucket of origin-download leases, one per digest.
+	BucketLeases = "VMPREP_LEASES"
+	// BucketVerified is the KV bucket where the verifier records which object
+	// versions it streamed and found matching their signed digest.
+	BucketVerified = "VMPREP_VERIFIED"
 )
 
 // Stage (and durable consumer) names.
@@ -79,6 +88,23 @@ func ResultSubject(id string) string { return SubjectResultPrefix + id }
 
 // ProgressSubject is where progress of request id is published.
 func ProgressSubject(id string) string { return SubjectProgressPrefix + id }
+
+// TargetSubject is where the assets of requests targeted at host go.
+func TargetSubject(host string) string { return SubjectTargetPrefix + host }
+
+// TargetConsumer is the durable consumer of the converter on host.
+func TargetConsumer(host string) string { return StageConverter + "_" + host }
+
+var targetPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// ValidateTarget checks a target host name: it becomes a subject token and
+// part of a durable consumer name.
+func ValidateTarget(host string) error {
+	if !targetPattern.MatchString(host) {
+		return fmt.Errorf("%w: target host %q must be 1-64 characters of A-Z a-z 0-9 _ -", ErrInvalid, host)
+	}
+	return nil
+}
 
 // DeadSubject is where a stage publishes its dead letters.
 func DeadSubject(stage string) string { return SubjectDeadPrefix + stage }
@@ -114,6 +140,24 @@ type PrepareRequest struct {
 	Spec      image.Spec `json:"spec"`
 	// Format is the disk format wanted: "qcow2" or "raw".
 	Format image.DiskFormat `json:"format"`
+	// Target, if set, names the host that must end up with the files: the
+	// converter started with --target <host> pulls them into its own cache,
+	// converts there, and the result names that host and its paths.
+	Target string `json:"target,omitempty"`
+	// ClientConverts says the requester pulls the verified objects itself and
+	// converts locally (what vmprep prepare --nats does): with an object
+	// store, the deployment then converts nothing for this request.
+	ClientConverts bool `json:"client_converts,omitempty"`
+}
+
+// ObjectRef says where verified bytes are in a JetStream Object Store.
+type ObjectRef struct {
+	Bucket string `json:"bucket"`
+	// Name is the object name, the content address: "sha256/<hex>".
+	Name string `json:"name"`
+	// NUID identifies the object version.
+	NUID string `json:"nuid,omitempty"`
+	Size int64  `json:"size"`
 }
 
 // AssetStatus says how far an asset has come.
@@ -150,7 +194,7 @@ type AssetEvent struct {
 	Ingest string `json:"ingest,omitempty"`
 	// Blob is the SHA-256 of the verified bytes in the content store.
 	Blob digest.Digest `json:"blob,omitempty"`
-	// Path is where the final file is (absolute, on the hosts sharing the cache).
+	// Path is where the final file is (absolute, on Host).
 	Path string `json:"path,omitempty"`
 	// Size of the final file in bytes.
 	Size int64 `json:"size,omitempty"`
@@ -219,6 +263,11 @@ type Result struct {
 	Spec      image.Spec   `json:"spec"`
 	// Format is the disk format the request asked for.
 	Format image.DiskFormat `json:"format,omitempty"`
+	// Target is the host the request named, if any.
+	Target string `json:"target,omitempty"`
+	// Host is the host on which View and the paths are valid; empty when
+	// the files are only objects (Files[role].Object).
+	Host string `json:"host,omitempty"`
 	// View is the user-facing directory images/<distro>/<version>/<arch>/ whose
 	// links point at the latest prepared files of this spec.
 	View string `json:"view,omitempty"`
@@ -318,6 +367,11 @@ func (r *PrepareRequest) Validate() error {
 	case image.FormatQCOW2, image.FormatRaw:
 	default:
 		return fmt.Errorf("%w: disk format %q (want qcow2 or raw)", ErrInvalid, r.Format)
+	}
+	if r.Target != "" {
+		if err := ValidateTarget(r.Target); err != nil {
+			return err
+		}
 	}
 	return nil
 }

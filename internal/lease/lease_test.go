@@ -1,0 +1,149 @@
+package lease_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/internal/lease"
+	"github.com/vmprep/vmprep/internal/natsembed"
+)
+
+func bucket(t *testing.T, ttl time.Duration) jetstream.KeyValue {
+	t.Helper()
+	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := srv.Connect(nats.Name("lease-test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	kv, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "L", TTL: ttl, History: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
+}
+
+func TestOneHolderAtATime(t *testing.T) {
+	ctx := context.Background()
+	kv := bucket(t, time.Minute)
+	a, b := lease.New(kv, "a", time.Minute), lease.New(kv, "b", time.Minute)
+	la, err := a.TryAcquire(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.TryAcquire(ctx, "k")
+	var held *lease.HeldError
+	if !errors.As(err, &held) || held.Record.Holder != "a" || !errors.Is(err, lease.ErrHeld) {
+		t.Fatalf("second acquire: %v", err)
+	}
+	if err := la.Renew(ctx, 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := la.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	lb, err := b.TryAcquire(ctx, "k")
+	if err != nil {
+		t.Fatalf("acquire after release: %v", err)
+	}
+	// a's stale handle can neither renew nor release b's lease.
+	if err := la.Renew(ctx, 20); !errors.Is(err, lease.ErrLost) {
+		t.Fatalf("renew of a released lease: %v", err)
+	}
+	if err := la.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.TryAcquire(ctx, "k"); !errors.Is(err, lease.ErrHeld) {
+		t.Fatalf("b's lease disappeared: %v", err)
+	}
+	_ = lb.Release(ctx)
+}
+
+// A holder that stops renewing (it died) loses the lease after the TTL, and
+// its handle then knows it lost it.
+func TestLapseAndTakeover(t *testing.T) {
+	ctx := context.Background()
+	const ttl = time.Second
+	kv := bucket(t, ttl)
+	a, b := lease.New(kv, "a", ttl), lease.New(kv, "b", ttl)
+	la, err := a.TryAcquire(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	woke := make(chan error, 1)
+	go func() { woke <- b.Wait(ctx, "k", 100*time.Millisecond, func() bool { return false }) }()
+	select {
+	case err := <-woke:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the waiter never saw the lapse")
+	}
+	if time.Since(start) < ttl/2 {
+		t.Fatalf("the lease lapsed after %s, TTL %s", time.Since(start), ttl)
+	}
+	if _, err := b.TryAcquire(ctx, "k"); err != nil {
+		t.Fatalf("takeover: %v", err)
+	}
+	if err := la.Renew(ctx, 1); !errors.Is(err, lease.ErrLost) {
+		t.Fatalf("the old holder renewed over the new one: %v", err)
+	}
+}
+
+// Keep renews while progress moves, so the lease outlives its TTL; a waiter
+// is woken by the release at once.
+func TestKeepWhileBytesFlow(t *testing.T) {
+	ctx := context.Background()
+	const ttl = time.Second
+	kv := bucket(t, ttl)
+	a, b := lease.New(kv, "a", ttl), lease.New(kv, "b", ttl)
+	la, err := a.TryAcquire(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var done atomic.Int64
+	stopTicking := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stopTicking:
+				return
+			case <-time.After(50 * time.Millisecond):
+				done.Add(1)
+			}
+		}
+	}()
+	defer close(stopTicking)
+	stop := la.Keep(ctx, done.Load, func(err error) { t.Errorf("lost: %v", err) })
+	time.Sleep(3 * ttl)
+	if _, err := b.TryAcquire(ctx, "k"); !errors.Is(err, lease.ErrHeld) {
+		t.Fatalf("a kept lease was taken: %v", err)
+	}
+	woke := make(chan error, 1)
+	go func() { woke <- b.Wait(ctx, "k", time.Hour, func() bool { return false }) }()
+	time.Sleep(100 * time.Millisecond)
+	stop()
+	if err := la.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-woke:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("release did not wake the waiter (it polls hourly: only the watch can)")
+	}
+}
