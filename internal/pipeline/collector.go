@@ -2,17 +2,16 @@ package pipeline
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/place"
 	"github.com/vmprep/vmprep/pkg/stage"
 	"github.com/vmprep/vmprep/pkg/store"
 )
@@ -22,27 +21,17 @@ import (
 // redeliveries agree; the result is decided once, stored in the entry, and
 // published with a deterministic id (republished harmlessly on redelivery).
 type CollectorStage struct {
-	Store  *store.Store
-	KV     jetstream.KeyValue
+	Store    *store.Store
+	Requests *Requests
+	// Host names this host in results of a deployment that shares one cache
+	// directory (where the paths are valid).
+	Host   string
 	Logger *slog.Logger
 }
 
-// viewName is the file name of each role in images/<distro>/<version>/<arch>/.
+// viewName is the file name of the event's file in the images view.
 func viewName(ev messages.AssetEvent) string {
-	role, format := ev.Asset.Role, ev.FileFormat
-	switch role {
-	case catalog.RoleKernel:
-		if ev.Status == messages.StatusConverted {
-			return "vmlinux" // unpacked from a gzip-compressed vmlinuz
-		}
-		return "vmlinuz"
-	case catalog.RoleInitramfs:
-		return "initramfs"
-	}
-	if format == catalog.FormatRaw {
-		return "disk.raw"
-	}
-	return "disk.img"
+	return place.ViewName(ev.Asset.Role, ev.Status == messages.StatusConverted, ev.FileFormat)
 }
 
 // Handle implements stage.Handler.
@@ -52,10 +41,10 @@ func (s *CollectorStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 		return nil, err
 	}
 	for attempt := 0; attempt < 20; attempt++ {
-		st, rev, err := loadStateRev(ctx, s.KV, ev.RequestID)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
+		st, rev, err := s.Requests.Load(ctx, ev.RequestID)
+		if errors.Is(err, errStateNotFound) {
 			// A failure before the resolver recorded the request.
-			st, rev = requestState{Spec: ev.Spec, Format: ev.Format, Roles: ev.Roles, ResolvedFrom: ev.ResolvedFrom}, 0
+			st, rev = requestState{Spec: ev.Spec, Format: ev.Format, Target: ev.Target, ClientConverts: ev.ClientConverts, Roles: ev.Roles, ResolvedFrom: ev.ResolvedFrom}, 0
 		} else if err != nil {
 			return nil, err
 		}
@@ -78,16 +67,8 @@ func (s *CollectorStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 				return nil, err
 			}
 			st.Final = final
-			b, err := json.Marshal(st)
-			if err != nil {
-				return nil, stage.Permanent(err)
-			}
-			if rev == 0 {
-				_, err = s.KV.Create(ctx, ev.RequestID, b)
-			} else {
-				_, err = s.KV.Update(ctx, ev.RequestID, b, rev)
-			}
-			if errors.Is(err, jetstream.ErrKeyExists) || isWrongRevision(err) {
+			err = s.Requests.Save(ctx, ev.RequestID, st, rev)
+			if errors.Is(err, errStateChanged) {
 				continue // another collector got there first: re-read and merge
 			}
 			if err != nil {
@@ -106,17 +87,13 @@ func (s *CollectorStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 	return nil, fmt.Errorf("request %s: too much contention on its state", ev.RequestID)
 }
 
-func isWrongRevision(err error) bool {
-	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists)
-}
-
 // decide returns the final result when the request is complete (all roles
 // done, or any failed), else nil. On success it also links the user-facing
 // images/<distro>/<version>/<arch>/ view. The paths in the result are found
 // in the store from the digests, not taken from the events: they name
 // immutable, verified files.
 func (s *CollectorStage) decide(ctx context.Context, st requestState, id string) (*messages.Result, error) {
-	res := &messages.Result{RequestID: id, Spec: st.Spec, Format: st.Format, ResolvedFrom: st.ResolvedFrom, CompletedAt: time.Now().UTC()}
+	res := &messages.Result{RequestID: id, Spec: st.Spec, Format: st.Format, Target: st.Target, ResolvedFrom: st.ResolvedFrom, CompletedAt: time.Now().UTC()}
 	for _, ev := range st.Done {
 		if ev.Status == messages.StatusFailed {
 			res.Status, res.Failure = messages.ResultFailed, ev.Failure
@@ -136,31 +113,38 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 	}
 	res.Status = messages.ResultPrepared
 	res.Files = map[catalog.Role]messages.File{}
+	hosts := map[string]bool{}
 	for _, r := range st.Roles {
 		ev := st.Done[r]
-		path, err := s.storedPath(ctx, ev)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", r, err)
-		}
-		view, err := s.Store.LinkImage(st.Spec, viewName(ev), path)
-		if err != nil {
-			return nil, fmt.Errorf("link %s into the images view: %w", r, err)
-		}
-		res.View = filepath.Dir(view)
-		f := messages.File{Path: path, Digest: ev.Asset.Digest, Size: ev.Size, URL: ev.Asset.URL}
+		f := messages.File{Digest: ev.Asset.Digest, Size: ev.Size, URL: ev.Asset.URL, Object: ev.Object}
 		if ev.Status == messages.StatusConverted {
 			// The published digest vouches for the source; this file is derived from it.
 			f.Digest, f.DerivedFrom = digest.Digest{}, ev.Asset.Digest
 		}
-		switch r {
-		case catalog.RoleKernel:
-			res.Kernel = path
-		case catalog.RoleInitramfs:
-			res.Initramfs = path
-		case catalog.RoleDisk:
+		if r == catalog.RoleDisk {
 			f.Format = ev.FileFormat
-			res.Disk, res.DiskFormat = path, ev.FileFormat
+			res.DiskFormat = ev.FileFormat
 		}
+		if ev.Object == nil {
+			// One shared cache directory: the paths are found in the store
+			// from the digests, not taken from the events, and linked here.
+			path, err := s.storedPath(ctx, ev)
+			if err != nil {
+				return nil, &assetError{Role: r, Err: err}
+			}
+			view, err := s.Store.LinkImage(st.Spec, viewName(ev), path)
+			if err != nil {
+				return nil, &assetError{Role: r, Err: fmt.Errorf("link into the images view: %w", err)}
+			}
+			res.View = filepath.Dir(view)
+			f.Path, f.Host = path, s.Host
+		} else if ev.Host != "" && ev.Path != "" {
+			f.Path, f.Host = ev.Path, ev.Host
+			if ev.View != "" {
+				res.View = ev.View
+			}
+		}
+		hosts[f.Host] = true
 		res.Files[r] = f
 		if ev.Asset.Trust.Signed {
 			res.Signer = ev.Asset.Trust.Signer
@@ -171,8 +155,33 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 	if res.Unsigned {
 		res.Signer = ""
 	}
+	// The top-level paths are set when every file is on one host.
+	if len(hosts) == 1 && !hosts[""] {
+		for r, f := range res.Files {
+			res.Host = f.Host
+			switch r {
+			case catalog.RoleKernel:
+				res.Kernel = f.Path
+			case catalog.RoleInitramfs:
+				res.Initramfs = f.Path
+			case catalog.RoleDisk:
+				res.Disk = f.Path
+			}
+		}
+	} else {
+		res.View = ""
+	}
 	return res, nil
 }
+
+// assetError says which asset a collector failure is about.
+type assetError struct {
+	Role catalog.Role
+	Err  error
+}
+
+func (e *assetError) Error() string { return string(e.Role) + ": " + e.Err.Error() }
+func (e *assetError) Unwrap() error { return e.Err }
 
 // storedPath finds the file an asset event stands for in the store.
 func (s *CollectorStage) storedPath(ctx context.Context, ev messages.AssetEvent) (string, error) {
@@ -183,9 +192,9 @@ func (s *CollectorStage) storedPath(ctx context.Context, ev messages.AssetEvent)
 	if ev.Status != messages.StatusConverted {
 		return blob.Path, nil
 	}
-	key := store.DerivedKey{Source: blob.SHA256, Converter: ConverterName, Format: string(catalog.FormatRaw)}
+	key := store.DerivedKey{Source: blob.SHA256, Converter: place.ConverterName, Format: string(catalog.FormatRaw)}
 	if ev.Asset.Role == catalog.RoleKernel {
-		key = store.DerivedKey{Source: blob.SHA256, Converter: KernelUnpackerName, Format: "vmlinux"}
+		key = store.DerivedKey{Source: blob.SHA256, Converter: place.KernelUnpackerName, Format: "vmlinux"}
 	}
 	return s.Store.Derived(ctx, key)
 }

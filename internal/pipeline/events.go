@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/vmprep/vmprep/pkg/catalog"
@@ -14,7 +15,7 @@ import (
 )
 
 // assetEvent encodes ev for subject with the deterministic id
-// "<request>.<role>.<step>".
+// "<request>.<role>.<step>[.r<refetch>]".
 func assetEvent(subject, step string, ev messages.AssetEvent) (stage.Event, error) {
 	data, err := messages.Encode(messages.TypeAsset, &ev)
 	if err != nil {
@@ -24,7 +25,13 @@ func assetEvent(subject, step string, ev messages.AssetEvent) (stage.Event, erro
 	if role == "" {
 		role = "request"
 	}
-	return stage.Event{Subject: subject, Data: data, ID: ev.RequestID + "." + role + "." + step}, nil
+	id := ev.RequestID + "." + role + "." + step
+	if ev.Refetch > 0 {
+		// A re-fetch after a bad object repeats steps: new ids, or the
+		// hand-offs would be dropped as duplicates.
+		id += ".r" + strconv.Itoa(ev.Refetch)
+	}
+	return stage.Event{Subject: subject, Data: data, ID: id}, nil
 }
 
 func resultEvent(res messages.Result) (stage.Event, error) {

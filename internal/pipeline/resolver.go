@@ -2,17 +2,16 @@ package pipeline
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/stage"
 	"github.com/vmprep/vmprep/pkg/store"
+	"golang.org/x/sync/singleflight"
 )
 
 // Resolver resolves an image spec to its verified assets (pkg/resolve).
@@ -27,11 +26,18 @@ type Resolver interface {
 type ResolverStage struct {
 	Resolver Resolver
 	Store    *store.Store
-	KV       jetstream.KeyValue
+	Requests *Requests
+	// Objects says whether the deployment has an object store; without one
+	// every file is on Host, and a request for another target is refused.
+	Objects bool
+	Host    string
 	// MaxAge is how long a stored resolution is used without asking the network
 	// again (0: always ask, falling back to the stored one when offline).
 	MaxAge time.Duration
 	Logger *slog.Logger
+
+	// flight makes concurrent requests for one spec share one resolution.
+	flight singleflight.Group
 }
 
 // Handle implements stage.Handler.
@@ -53,9 +59,14 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 	req.Spec = spec
 	log := s.Logger.With("request", req.RequestID, "spec", specString(spec))
 
-	state, err := loadState(ctx, s.KV, req.RequestID)
+	if req.Target != "" && !s.Objects && req.Target != s.Host {
+		return nil, stage.Permanent(fmt.Errorf("target host %s: this deployment keeps every file in one cache directory on %s; "+
+			"targets on other hosts need an object store (start the stages with --store nats:BUCKET)", req.Target, s.Host))
+	}
+
+	state, _, err := s.Requests.Load(ctx, req.RequestID)
 	switch {
-	case err == nil && (state.Spec != spec || state.Format != req.Format):
+	case err == nil && !state.sameRequest(req):
 		return nil, stage.Poison(&requestIDReusedError{ID: req.RequestID, Spec: state.Spec, Format: state.Format})
 	case err == nil && state.Final != nil:
 		log.Info("duplicate request: already answered")
@@ -70,7 +81,7 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 		// (deduplicated by message id), never a newer release.
 		log.Info("redelivered: handing off the recorded resolution again")
 		return fetchEvents(req, *state.Resolution, state.ResolvedFrom)
-	case err != nil && !errors.Is(err, jetstream.ErrKeyNotFound):
+	case err != nil && !errors.Is(err, errStateNotFound):
 		return nil, err
 	}
 
@@ -87,8 +98,9 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 	if err != nil {
 		return nil, err
 	}
-	if err := createState(ctx, s.KV, req.RequestID, requestState{
-		Spec: spec, Format: req.Format, Roles: roles(res), ResolvedFrom: from, Resolution: &res,
+	if err := s.Requests.Create(ctx, req.RequestID, requestState{
+		Spec: spec, Format: req.Format, Target: req.Target, ClientConverts: req.ClientConverts,
+		Roles: roles(res), ResolvedFrom: from, Resolution: &res,
 	}); err != nil {
 		return nil, err
 	}
@@ -121,6 +133,7 @@ func fetchEvents(req messages.PrepareRequest, res catalog.Resolution, from strin
 	for _, a := range res.Assets {
 		ev, err := assetEvent(messages.SubjectFetch, "fetch", messages.AssetEvent{
 			RequestID: req.RequestID, Spec: req.Spec, Format: req.Format, Roles: rs,
+			Target: req.Target, ClientConverts: req.ClientConverts,
 			ResolvedFrom: from, Asset: a, Status: messages.StatusResolved,
 		})
 		if err != nil {
@@ -136,12 +149,21 @@ func (s *ResolverStage) resolve(ctx context.Context, spec catalog.ImageSpec, log
 	if cerr == nil && s.MaxAge > 0 && time.Since(cached.ResolvedAt) < s.MaxAge {
 		return cached, messages.ResolvedFromCache, nil
 	}
-	res, err := s.Resolver.Resolve(ctx, spec)
-	if err == nil {
-		if serr := s.Store.SaveResolution(ctx, res); serr != nil {
-			log.Warn("could not record resolution", "err", serr)
+	// A burst of requests for one spec asks the network once.
+	v, err, shared := s.flight.Do(specString(spec), func() (any, error) {
+		res, err := s.Resolver.Resolve(ctx, spec)
+		if err == nil {
+			if serr := s.Store.SaveResolution(ctx, res); serr != nil {
+				log.Warn("could not record resolution", "err", serr)
+			}
 		}
-		return res, messages.ResolvedFromNetwork, nil
+		return res, err
+	})
+	if err == nil {
+		if shared {
+			log.Debug("shared a concurrent resolution")
+		}
+		return v.(catalog.Resolution), messages.ResolvedFromNetwork, nil
 	}
 	if cerr == nil && isRetryable(err) {
 		log.Warn("resolution failed; using the stored resolution", "err", err, "resolved_at", cached.ResolvedAt)
@@ -157,43 +179,3 @@ func specString(s catalog.ImageSpec) string {
 	return s.Distro + " " + s.Version + " " + string(s.Arch)
 }
 
-// requestState is the collector's join record for one request (KV value).
-type requestState struct {
-	Spec         catalog.ImageSpec  `json:"spec"`
-	Format       catalog.DiskFormat `json:"format"`
-	Roles        []catalog.Role     `json:"roles"`
-	ResolvedFrom string             `json:"resolved_from,omitempty"`
-	// Resolution is what the request was resolved to, reused on redelivery.
-	Resolution *catalog.Resolution                  `json:"resolution,omitempty"`
-	Done       map[catalog.Role]messages.AssetEvent `json:"done,omitempty"`
-	// Final is the result once decided; it is republished on redelivery.
-	Final *messages.Result `json:"final,omitempty"`
-}
-
-func loadState(ctx context.Context, kv jetstream.KeyValue, id string) (requestState, error) {
-	st, _, err := loadStateRev(ctx, kv, id)
-	return st, err
-}
-
-func loadStateRev(ctx context.Context, kv jetstream.KeyValue, id string) (requestState, uint64, error) {
-	var st requestState
-	e, err := kv.Get(ctx, id)
-	if err != nil {
-		return st, 0, err
-	}
-	if err := json.Unmarshal(e.Value(), &st); err != nil {
-		return st, 0, fmt.Errorf("request %s: corrupt state: %w", id, err)
-	}
-	return st, e.Revision(), nil
-}
-
-func createState(ctx context.Context, kv jetstream.KeyValue, id string, st requestState) error {
-	b, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	if _, err := kv.Create(ctx, id, b); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-		return fmt.Errorf("request %s: record state: %w", id, err)
-	}
-	return nil
-}

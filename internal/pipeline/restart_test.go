@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/natsembed"
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
@@ -50,7 +51,11 @@ func TestServerRestartMidRequest(t *testing.T) {
 	stagesConn, clientConn := connect(), connect()
 	ctx, cancel := context.WithCancel(context.Background())
 	stagesDone := make(chan error, 1)
-	if _, err := pipeline.WaitForSetupOnce(ctx, stagesConn); err != nil {
+	js, err := jetstream.New(stagesConn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pipeline.Setup(ctx, js, pipeline.SetupConfig{}); err != nil {
 		t.Fatal(err)
 	}
 	go func() { stagesDone <- pipeline.RunStages(ctx, stagesConn, pipeline.AllStages, e.deps) }()

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/place"
 	"github.com/vmprep/vmprep/pkg/stage"
 	"github.com/vmprep/vmprep/pkg/store"
 )
@@ -61,6 +64,20 @@ type Deps struct {
 	ResolutionMaxAge time.Duration
 	// RunnerOptions are appended to every runner's options (tests shorten waits).
 	RunnerOptions []stage.Option
+
+	// ObjectBucket, if set, makes this a multi-host deployment: verified
+	// content lives in that JetStream Object Store bucket, and each process
+	// keeps Store as its own local read-through cache.
+	ObjectBucket string
+	// Replicas of the streams and buckets this process creates (default 1).
+	Replicas int
+	// Host is this host's name: results name it where their paths are
+	// valid, and with an object store the converter takes the work of
+	// requests targeted at it (default: place.HostName()).
+	Host string
+	// TargetedOnly makes the converter take only work targeted at Host,
+	// not the untargeted work that any converter may do.
+	TargetedOnly bool
 }
 
 // RunStages sets up the streams and runs the named stages on nc until ctx
@@ -99,11 +116,17 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 	if d.Concurrency <= 0 {
 		d.Concurrency = 1
 	}
+	if d.Host == "" {
+		d.Host = place.HostName()
+	}
+	if err := messages.ValidateTarget(d.Host); err != nil {
+		return nil, fmt.Errorf("host name: %w", err)
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
 	}
-	kv, err := WaitForSetup(ctx, js, d.Logger)
+	infra, err := WaitForSetup(ctx, js, SetupConfig{Replicas: d.Replicas, ObjectBucket: d.ObjectBucket, Logger: d.Logger})
 	if err != nil {
 		return nil, err
 	}
@@ -113,11 +136,11 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			_ = nc.Publish(messages.ProgressSubject(p.RequestID), data)
 		}
 	}
-	type spec struct {
-		filter  string
-		handler stage.Handler
+	type binding struct {
+		name, consumer, filter string
+		handler                stage.Handler
 	}
-	specs := map[string]spec{}
+	var bindings []binding
 	for _, name := range names {
 		log := d.Logger.With("stage", name)
 		switch name {
@@ -125,37 +148,44 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			if d.Resolver == nil {
 				return nil, errors.New("resolver stage needs a resolver")
 			}
-			h := &ResolverStage{Resolver: d.Resolver, Store: d.Store, KV: kv, MaxAge: d.ResolutionMaxAge, Logger: log}
-			specs[name] = spec{messages.SubjectPrepare, h.Handle}
+			h := &ResolverStage{Resolver: d.Resolver, Store: d.Store, Requests: infra.Requests, Objects: infra.Objects != nil,
+				Host: d.Host, MaxAge: d.ResolutionMaxAge, Logger: log}
+			bindings = append(bindings, binding{name, name, messages.SubjectPrepare, h.Handle})
 		case messages.StageFetcher:
 			if d.Downloader == nil {
 				return nil, errors.New("fetcher stage needs a downloader")
 			}
-			h := &FetcherStage{Store: d.Store, KV: kv, Downloader: d.Downloader, Progress: progress, Logger: log}
-			specs[name] = spec{messages.SubjectFetch, h.Handle}
+			h := &FetcherStage{Store: d.Store, Requests: infra.Requests, Downloader: d.Downloader, Objects: infra.Objects,
+				Leases: infra.leasesFor(d.Host + "/" + strconv.Itoa(os.Getpid())), Progress: progress, Logger: log}
+			bindings = append(bindings, binding{name, name, messages.SubjectFetch, h.Handle})
 		case messages.StageVerifier:
-			h := &VerifierStage{Store: d.Store, Logger: log}
-			specs[name] = spec{messages.SubjectVerify, h.Handle}
+			h := &VerifierStage{Store: d.Store, Objects: infra.Objects, Verified: newVerifiedObjects(infra.Verified), Progress: progress, Logger: log}
+			bindings = append(bindings, binding{name, name, messages.SubjectVerify, h.Handle})
 		case messages.StageConverter:
-			h := &ConverterStage{Store: d.Store, KV: kv, Progress: progress, Logger: log}
-			specs[name] = spec{messages.SubjectConvert, h.Handle}
+			h := &ConverterStage{Store: d.Store, Requests: infra.Requests, Objects: infra.Objects, Host: d.Host,
+				Progress: progress, Concurrency: d.Concurrency, Logger: log}
+			if !d.TargetedOnly || infra.Objects == nil {
+				bindings = append(bindings, binding{name, name, messages.SubjectConvert, h.Handle})
+			}
+			if infra.Objects != nil {
+				bindings = append(bindings, binding{name, messages.TargetConsumer(d.Host), messages.TargetSubject(d.Host), h.Handle})
+			}
 		case messages.StageCollector:
-			h := &CollectorStage{Store: d.Store, KV: kv, Logger: log}
-			specs[name] = spec{messages.SubjectDone, h.Handle}
+			h := &CollectorStage{Store: d.Store, Requests: infra.Requests, Host: d.Host, Logger: log}
+			bindings = append(bindings, binding{name, name, messages.SubjectDone, h.Handle})
 		default:
 			return nil, fmt.Errorf("unknown stage %q", name)
 		}
 	}
 	var runners []*stage.Runner
-	for _, name := range names {
-		sp := specs[name]
+	for _, b := range bindings {
 		opts := append([]stage.Option{
 			stage.WithConcurrency(d.Concurrency),
 			stage.WithLogger(d.Logger),
-			stage.WithFailure(FailurePolicy(name, d.Logger)),
-			stage.WithDeadLetter(DeadLetterPolicy(name)),
+			stage.WithFailure(FailurePolicy(b.name, d.Logger)),
+			stage.WithDeadLetter(DeadLetterPolicy(b.name)),
 		}, d.RunnerOptions...)
-		r, err := stage.New(ctx, js, messages.StreamWork, name, sp.filter, sp.handler, opts...)
+		r, err := stage.New(ctx, js, messages.StreamWork, b.consumer, b.filter, b.handler, opts...)
 		if err != nil {
 			return nil, err
 		}

@@ -1,8 +1,8 @@
 // Package pipeline wires vmprep's domain packages (catalog/resolve, download,
-// store, qcow2) into the stage handlers that run on JetStream through pkg/stage:
-// resolver → fetcher → verifier → [converter] → collector. It also declares the
-// streams, consumers and KV bucket, runs every stage in one process for the
-// single-binary mode, and implements the client side of a prepare request.
+// store, objectstore, qcow2) into the stage handlers that run on JetStream
+// through pkg/stage: resolver → fetcher → verifier → [converter] → collector.
+// It also declares the streams, consumers and buckets, and runs every stage
+// in one process for the single-binary mode.
 package pipeline
 
 import (
@@ -10,11 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/internal/lease"
 	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/objectstore"
 )
 
 // Stream and bucket retention.
@@ -23,12 +25,33 @@ const (
 	deadMaxAge     = 7 * 24 * time.Hour
 	requestsMaxAge = 7 * 24 * time.Hour
 	dedupWindow    = 2 * time.Minute
+	// LeaseTTL is how long a download lease lasts unrenewed: a dead
+	// fetcher's lease lapses within it and another fetcher takes over.
+	LeaseTTL = 20 * time.Second
 )
 
-// Setup creates or updates the streams and the KV bucket the pipeline uses.
-// Every stage process calls it at start-up; it is idempotent.
-func Setup(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
-	streams := []jetstream.StreamConfig{
+// SetupConfig says how missing streams and buckets are created.
+type SetupConfig struct {
+	// Replicas of every stream and bucket created (default 1; 3 on a
+	// three-node cluster). Existing ones are left as they are.
+	Replicas int
+	// ObjectBucket, if set, is the object store of a multi-host deployment.
+	ObjectBucket string
+	// Logger receives drift warnings.
+	Logger *slog.Logger
+}
+
+// Infra is what the stages use besides their own consumers.
+type Infra struct {
+	Requests *Requests
+	Leases   jetstream.KeyValue
+	Verified jetstream.KeyValue
+	// Objects is nil in a deployment without an object store.
+	Objects *objectstore.Store
+}
+
+func streamConfigs(replicas int) []jetstream.StreamConfig {
+	return []jetstream.StreamConfig{
 		{
 			Name:        messages.StreamWork,
 			Description: "vmprep pending work: prepare requests and asset events",
@@ -36,6 +59,7 @@ func Setup(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, err
 			Retention:   jetstream.WorkQueuePolicy,
 			Storage:     jetstream.FileStorage,
 			Duplicates:  dedupWindow,
+			Replicas:    replicas,
 		},
 		{
 			Name:              messages.StreamResults,
@@ -46,6 +70,7 @@ func Setup(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, err
 			MaxAge:            resultsMaxAge,
 			MaxMsgsPerSubject: 1,
 			Duplicates:        dedupWindow,
+			Replicas:          replicas,
 		},
 		{
 			Name:        messages.StreamDead,
@@ -55,34 +80,169 @@ func Setup(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, err
 			Storage:     jetstream.FileStorage,
 			MaxAge:      deadMaxAge,
 			Duplicates:  dedupWindow,
+			Replicas:    replicas,
 		},
 	}
-	for _, cfg := range streams {
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-			return nil, fmt.Errorf("setup stream %s: %w", cfg.Name, err)
+}
+
+func kvConfigs(replicas int) []jetstream.KeyValueConfig {
+	return []jetstream.KeyValueConfig{
+		{
+			Bucket:      messages.BucketRequests,
+			Description: "vmprep request state: joins a request's assets into one result",
+			History:     1,
+			TTL:         requestsMaxAge,
+			Storage:     jetstream.FileStorage,
+			Replicas:    replicas,
+		},
+		{
+			Bucket:      messages.BucketLeases,
+			Description: "vmprep origin-download leases, one per digest (renewed while bytes flow)",
+			History:     1,
+			TTL:         LeaseTTL,
+			Storage:     jetstream.FileStorage,
+			Replicas:    replicas,
+		},
+		{
+			Bucket:      messages.BucketVerified,
+			Description: "vmprep verifier records: object versions streamed and found matching their signed digest",
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    replicas,
+		},
+	}
+}
+
+// Setup creates the streams and buckets the pipeline uses if they are
+// missing. Existing ones are used as they are — an operator may have
+// changed them (replicas, limits) — and differences from what this build
+// would create are logged as drift. Every stage process calls it at
+// start-up; it is idempotent.
+func Setup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) (*Infra, error) {
+	if cfg.Replicas <= 0 {
+		cfg.Replicas = 1
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	for _, want := range streamConfigs(cfg.Replicas) {
+		if err := ensureStream(ctx, js, want, log); err != nil {
+			return nil, err
 		}
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      messages.BucketRequests,
-		Description: "vmprep request state: joins a request's assets into one result",
-		History:     1,
-		TTL:         requestsMaxAge,
-		Storage:     jetstream.FileStorage,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("setup key-value bucket %s: %w", messages.BucketRequests, err)
+	infra := &Infra{}
+	for _, want := range kvConfigs(cfg.Replicas) {
+		kv, err := js.KeyValue(ctx, want.Bucket)
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			kv, err = js.CreateKeyValue(ctx, want)
+			if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				kv, err = js.KeyValue(ctx, want.Bucket)
+			}
+		} else if err == nil {
+			if st, serr := kv.Status(ctx); serr == nil {
+				warnKVDrift(log, want, st)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("setup key-value bucket %s: %w", want.Bucket, err)
+		}
+		switch want.Bucket {
+		case messages.BucketRequests:
+			infra.Requests = &Requests{kv: kv}
+		case messages.BucketLeases:
+			infra.Leases = kv
+		case messages.BucketVerified:
+			infra.Verified = kv
+		}
 	}
-	return kv, nil
+	if cfg.ObjectBucket != "" {
+		objs, err := objectstore.Open(ctx, js, objectstore.Config{Bucket: cfg.ObjectBucket, Replicas: cfg.Replicas},
+			objectstore.WithLogger(log))
+		if err != nil {
+			return nil, fmt.Errorf("setup object bucket: %w", err)
+		}
+		infra.Objects = objs
+	}
+	return infra, nil
+}
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, log *slog.Logger) error {
+	s, err := js.Stream(ctx, want.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		_, err = js.CreateStream(ctx, want)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return nil // created by another process meanwhile
+		}
+		if err != nil {
+			return fmt.Errorf("setup stream %s: %w", want.Name, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("setup stream %s: %w", want.Name, err)
+	}
+	got := s.CachedInfo().Config
+	if drift := streamDrift(want, got); len(drift) > 0 {
+		log.Warn("stream differs from what this build creates; leaving it as it is", "stream", want.Name, "drift", drift)
+	}
+	// A stream without the subjects the stages publish to cannot work.
+	for _, subj := range want.Subjects {
+		if !slices.Contains(got.Subjects, subj) {
+			return fmt.Errorf("stream %s exists without subject %q that vmprep needs (it has %v): add it or delete the stream", want.Name, subj, got.Subjects)
+		}
+	}
+	if got.Retention != want.Retention {
+		return fmt.Errorf("stream %s has retention %s, vmprep needs %s: delete the stream to recreate it", want.Name, got.Retention, want.Retention)
+	}
+	return nil
+}
+
+// streamDrift lists the settings of got that differ from want.
+func streamDrift(want, got jetstream.StreamConfig) []string {
+	var d []string
+	if got.Replicas != want.Replicas {
+		d = append(d, fmt.Sprintf("replicas %d (would create %d)", got.Replicas, want.Replicas))
+	}
+	if got.MaxAge != want.MaxAge {
+		d = append(d, fmt.Sprintf("max age %s (would create %s)", got.MaxAge, want.MaxAge))
+	}
+	if got.MaxMsgsPerSubject != want.MaxMsgsPerSubject && want.MaxMsgsPerSubject != 0 {
+		d = append(d, fmt.Sprintf("max messages per subject %d (would create %d)", got.MaxMsgsPerSubject, want.MaxMsgsPerSubject))
+	}
+	if got.Storage != want.Storage {
+		d = append(d, fmt.Sprintf("storage %s (would create %s)", got.Storage, want.Storage))
+	}
+	if got.Duplicates != want.Duplicates {
+		d = append(d, fmt.Sprintf("duplicate window %s (would create %s)", got.Duplicates, want.Duplicates))
+	}
+	return d
+}
+
+func warnKVDrift(log *slog.Logger, want jetstream.KeyValueConfig, st jetstream.KeyValueStatus) {
+	var d []string
+	if st.TTL() != want.TTL {
+		d = append(d, fmt.Sprintf("ttl %s (would create %s)", st.TTL(), want.TTL))
+	}
+	if kvs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+		if r := kvs.StreamInfo().Config.Replicas; r != want.Replicas {
+			d = append(d, fmt.Sprintf("replicas %d (would create %d)", r, want.Replicas))
+		}
+	}
+	if len(d) > 0 {
+		log.Warn("key-value bucket differs from what this build creates; leaving it as it is", "bucket", want.Bucket, "drift", d)
+	}
 }
 
 // WaitForSetup retries Setup until it succeeds or ctx ends: a stage may start
 // before its NATS server is reachable.
-func WaitForSetup(ctx context.Context, js jetstream.JetStream, log *slog.Logger) (jetstream.KeyValue, error) {
+func WaitForSetup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) (*Infra, error) {
+	log := cfg.Logger
 	delay := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		kv, err := Setup(ctx, js)
+		infra, err := Setup(ctx, js, cfg)
 		if err == nil {
-			return kv, nil
+			return infra, nil
 		}
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500 && apiErr.Code != 408 {
@@ -108,11 +268,10 @@ func WaitForSetup(ctx context.Context, js jetstream.JetStream, log *slog.Logger)
 	}
 }
 
-// WaitForSetupOnce runs Setup once on nc.
-func WaitForSetupOnce(ctx context.Context, nc *nats.Conn) (jetstream.KeyValue, error) {
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, err
+// leasesFor returns the download leases of infra taken in holder's name.
+func (i *Infra) leasesFor(holder string) *lease.Leases {
+	if i == nil || i.Leases == nil {
+		return nil
 	}
-	return Setup(ctx, js)
+	return lease.New(i.Leases, holder, LeaseTTL)
 }

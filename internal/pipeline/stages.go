@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,13 +9,16 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/internal/lease"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/download"
-	"github.com/vmprep/vmprep/pkg/kernel"
 	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/objectstore"
+	"github.com/vmprep/vmprep/pkg/place"
 	"github.com/vmprep/vmprep/pkg/qcow2"
 	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/stage"
@@ -34,10 +38,6 @@ func isRetryable(err error) bool {
 	}
 	if stage.IsPermanent(err) {
 		return false
-	}
-	var r interface{ IsRetryable() bool }
-	if errors.As(err, &r) {
-		return r.IsRetryable()
 	}
 	var de *download.Error
 	if errors.As(err, &de) {
@@ -81,27 +81,28 @@ func throttled(interval time.Duration, report ProgressFunc) func(p messages.Prog
 	}
 }
 
-// requestFailed reports whether the request has already ended in failure (say,
-// its kernel was not found), so that its other assets need no more work. Any
-// doubt (no KV, no state, an error) means "not failed".
-func requestFailed(ctx context.Context, kv jetstream.KeyValue, id string) bool {
-	if kv == nil {
-		return false
-	}
-	st, err := loadState(ctx, kv, id)
-	return err == nil && st.Final != nil && st.Final.Status == messages.ResultFailed
-}
+// maxRefetch bounds how often one request re-fetches an asset whose object
+// turned out bad.
+const maxRefetch = 2
 
-// FetcherStage downloads an asset into the store's ingest area, resuming a
-// partial file left by an earlier (possibly crashed) worker. An asset already
-// in the store is not fetched again.
+// leaseKey is the download lease of content d.
+func leaseKey(d digest.Digest) string { return string(d.Algorithm) + "." + d.Hex }
+
+// FetcherStage downloads an asset from its origin. On one host it leaves the
+// bytes in the store's ingest area for the verifier; with an object store it
+// puts them into the bucket, one download per digest fleet-wide (a lease per
+// digest; others wait for the object). An asset already stored is not
+// fetched again.
 type FetcherStage struct {
 	Store *store.Store
-	// KV, if set, lets the fetcher skip assets of requests that already failed.
-	KV         jetstream.KeyValue
+	// Requests, if set, lets the fetcher skip assets of requests that already failed.
+	Requests   *Requests
 	Downloader *download.Client
-	Progress   ProgressFunc
-	Logger     *slog.Logger
+	// Objects and Leases are set in a deployment with an object store.
+	Objects  *objectstore.Store
+	Leases   *lease.Leases
+	Progress ProgressFunc
+	Logger   *slog.Logger
 }
 
 // Handle implements stage.Handler.
@@ -115,9 +116,12 @@ func (s *FetcherStage) Handle(ctx context.Context, m stage.Message) ([]stage.Eve
 		return nil, stage.Poison(fmt.Errorf("%w (role %q, digest %q, url %q)", errNoAsset, a.Role, a.Digest, a.URL))
 	}
 	log := s.Logger.With("request", ev.RequestID, "asset", a.Role)
-	if requestFailed(ctx, s.KV, ev.RequestID) {
+	if s.Requests.Failed(ctx, ev.RequestID) {
 		log.Info("request already failed; not fetching")
 		return nil, nil
+	}
+	if s.Objects != nil {
+		return s.fetchToObjects(ctx, ev, log)
 	}
 	next := func() ([]stage.Event, error) {
 		out, err := assetEvent(messages.SubjectVerify, "verify", ev)
@@ -141,25 +145,9 @@ func (s *FetcherStage) Handle(ctx context.Context, m stage.Message) ([]stage.Eve
 		ev.Status = messages.StatusFetched
 		return next()
 	}
-	dest := s.Store.IngestPath(a.Digest)
-	if a.Size > 0 {
-		have := int64(0)
-		if fi, err := os.Stat(dest); err == nil {
-			have = fi.Size()
-		}
-		if err := s.Store.CheckFree(filepath.Dir(dest), a.Size-have); err != nil {
-			return nil, err // transient: space may be freed
-		}
-	}
-	report := throttled(250*time.Millisecond, s.Progress)
-	res, err := s.Downloader.Fetch(ctx, download.Request{
-		URL: a.URL, Dest: dest, ExpectedSize: a.Size, Expected: a.Digest, Name: string(a.Role),
-		Progress: func(p download.Progress) {
-			report(messages.Progress{RequestID: ev.RequestID, Stage: messages.StageFetcher, Asset: a.Role, Done: p.Done, Total: p.Total, BytesPerSecond: p.BytesPerSecond})
-		},
-	})
+	res, err := s.download(ctx, ev, nil)
 	if err != nil {
-		return nil, classify(err)
+		return nil, err
 	}
 	rel, err := filepath.Rel(s.Store.Root(), res.Path)
 	if err != nil {
@@ -170,12 +158,150 @@ func (s *FetcherStage) Handle(ctx context.Context, m stage.Message) ([]stage.Eve
 	return next()
 }
 
-// VerifierStage re-reads what the fetcher stored — it does not take the
-// fetcher's word — and commits it to the content store, then routes the asset
-// to the converter (a qcow2 disk wanted as raw) or straight to completion.
+// download fetches the asset into the store's ingest area (resuming a
+// partial file), reporting progress; moved, if set, counts bytes for a lease.
+func (s *FetcherStage) download(ctx context.Context, ev messages.AssetEvent, moved *atomic.Int64) (download.Result, error) {
+	a := ev.Asset
+	dest := s.Store.IngestPath(a.Digest)
+	if a.Size > 0 {
+		have := int64(0)
+		if fi, err := os.Stat(dest); err == nil {
+			have = fi.Size()
+		}
+		if err := s.Store.CheckFree(filepath.Dir(dest), a.Size-have); err != nil {
+			return download.Result{}, err // transient: space may be freed
+		}
+	}
+	report := throttled(250*time.Millisecond, s.Progress)
+	res, err := s.Downloader.Fetch(ctx, download.Request{
+		URL: a.URL, Dest: dest, ExpectedSize: a.Size, Expected: a.Digest, Name: string(a.Role),
+		Progress: func(p download.Progress) {
+			if moved != nil {
+				moved.Store(p.Done)
+			}
+			report(messages.Progress{RequestID: ev.RequestID, Stage: messages.StageFetcher, Step: "fetch", Asset: a.Role, Done: p.Done, Total: p.Total, BytesPerSecond: p.BytesPerSecond})
+		},
+	})
+	if err != nil {
+		return download.Result{}, classify(err)
+	}
+	return res, nil
+}
+
+// fetchToObjects makes sure the asset is in the object store, downloading
+// it from the origin only if nobody has and nobody else is.
+func (s *FetcherStage) fetchToObjects(ctx context.Context, ev messages.AssetEvent, log *slog.Logger) ([]stage.Event, error) {
+	a := ev.Asset
+	key := leaseKey(a.Digest)
+	waited := false
+	for {
+		info, err := s.Objects.Stat(ctx, a.Digest)
+		if err == nil {
+			if waited {
+				log.Info("another fetcher stored it", "object", info.Name)
+			}
+			return s.handOff(ev, info)
+		}
+		if !errors.Is(err, objectstore.ErrNotFound) {
+			return nil, err
+		}
+		l, err := s.Leases.TryAcquire(ctx, key)
+		if errors.Is(err, lease.ErrHeld) {
+			if !waited {
+				log.Info("another fetcher is downloading it; waiting for the object", "lease", err)
+			}
+			waited = true
+			ready := func() bool { _, err := s.Objects.Stat(ctx, a.Digest); return err == nil }
+			if err := s.Leases.Wait(ctx, key, 2*time.Second, ready); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		info, err = s.downloadAndPut(ctx, ev, l, log)
+		if rerr := l.Release(context.WithoutCancel(ctx)); rerr != nil {
+			log.Warn("could not release the download lease; it will lapse", "err", rerr)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return s.handOff(ev, info)
+	}
+}
+
+// errLeaseLost: another fetcher took over the download.
+var errLeaseLost = errors.New("lost the download lease to another fetcher")
+
+func (s *FetcherStage) downloadAndPut(ctx context.Context, ev messages.AssetEvent, l *lease.Lease, log *slog.Logger) (objectstore.Info, error) {
+	a := ev.Asset
+	// Someone may have finished between our look and taking the lease.
+	if info, err := s.Objects.Stat(ctx, a.Digest); err == nil {
+		return info, nil
+	}
+	var moved atomic.Int64
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := l.Keep(wctx, moved.Load, func(err error) { cancel(errLeaseLost) })
+	defer stop()
+
+	src, fromIngest := "", false
+	if blob, err := s.Store.Lookup(ctx, a.Digest); err == nil {
+		src = blob.Path // this host has it already: no origin download
+	} else {
+		res, err := s.download(wctx, ev, &moved)
+		if err != nil {
+			if errors.Is(context.Cause(wctx), errLeaseLost) {
+				return objectstore.Info{}, errLeaseLost
+			}
+			return objectstore.Info{}, err
+		}
+		log.Info("fetched", "bytes", res.Size, "transferred", res.Transferred, "resumed", res.Resumed)
+		src, fromIngest = res.Path, true
+	}
+	base := moved.Load()
+	report := throttled(250*time.Millisecond, s.Progress)
+	info, err := s.Objects.PutFile(wctx, a.Digest, src, func(done int64) {
+		moved.Store(base + done)
+		report(messages.Progress{RequestID: ev.RequestID, Stage: messages.StageFetcher, Step: "store", Asset: a.Role, Done: done, Total: a.Size})
+	})
+	if err != nil {
+		if errors.Is(context.Cause(wctx), errLeaseLost) {
+			return objectstore.Info{}, errLeaseLost
+		}
+		if errors.Is(err, objectstore.ErrDigestMismatch) && fromIngest {
+			s.Store.DiscardIngest(a.Digest)
+		}
+		return objectstore.Info{}, err
+	}
+	if fromIngest {
+		s.Store.DiscardIngest(a.Digest)
+	}
+	log.Info("stored in the object store", "object", info.Name, "bytes", info.Size)
+	return info, nil
+}
+
+func (s *FetcherStage) handOff(ev messages.AssetEvent, info objectstore.Info) ([]stage.Event, error) {
+	ev.Status, ev.Object, ev.Size, ev.Ingest = messages.StatusFetched, place.RefOf(info), info.Size, ""
+	out, err := assetEvent(messages.SubjectVerify, "verify", ev)
+	return []stage.Event{out}, err
+}
+
+// VerifierStage checks the fetched bytes itself — it does not take the
+// fetcher's word — and routes the asset on: to a converter (a qcow2 disk
+// wanted as raw, a compressed kernel), to the target host's converter, or
+// straight to completion. On one host it commits the ingest file to the
+// content store; with an object store it streams the object back and checks
+// it against the signed digest, deleting a bad object and sending the asset
+// back to be fetched again.
 type VerifierStage struct {
-	Store  *store.Store
-	Logger *slog.Logger
+	Store *store.Store
+	// Objects and Verified are set in a deployment with an object store.
+	Objects  *objectstore.Store
+	Verified *verifiedObjects
+	Progress ProgressFunc
+	Logger   *slog.Logger
 }
 
 // Handle implements stage.Handler.
@@ -187,6 +313,9 @@ func (s *VerifierStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 	a := ev.Asset
 	if !validRole(a.Role) || a.Digest.IsZero() {
 		return nil, stage.Poison(errNoAsset)
+	}
+	if s.Objects != nil {
+		return s.verifyObject(ctx, ev)
 	}
 	unlock, err := s.Store.Lock(ctx, a.Digest.String())
 	if err != nil {
@@ -215,27 +344,83 @@ func (s *VerifierStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 		return nil, err
 	}
 	ev.Status, ev.Blob, ev.Path, ev.Size, ev.Ingest = messages.StatusVerified, blob.SHA256, blob.Path, blob.Size, ""
+	unpack := false
 	if a.Role == catalog.RoleKernel {
 		// A gzip-compressed kernel (Ubuntu arm64) must be unpacked for direct boot;
 		// reading its two magic bytes is the only read on a warm request.
-		gz, err := kernel.IsGzip(blob.Path)
-		if err != nil {
+		if unpack, err = place.KernelNeedsUnpack(blob); err != nil {
 			return nil, err
-		}
-		if gz {
-			out, err := assetEvent(messages.SubjectConvert, "convert", ev)
-			return []stage.Event{out}, err
 		}
 	}
 	if a.Role == catalog.RoleDisk {
 		ev.FileFormat = a.Format
-		if ev.Format == catalog.FormatRaw && a.Format != catalog.FormatRaw {
-			out, err := assetEvent(messages.SubjectConvert, "convert", ev)
-			return []stage.Event{out}, err
+	}
+	return route(ev, unpack, false)
+}
+
+// route sends a verified asset on: to the target host's converter, to a
+// shared converter when it needs converting, or to the collector.
+func route(ev messages.AssetEvent, kernelNeedsUnpack, objects bool) ([]stage.Event, error) {
+	a := ev.Asset
+	wantsRaw := a.Role == catalog.RoleDisk && ev.Format == catalog.FormatRaw && a.Format != catalog.FormatRaw
+	subject, step := messages.SubjectDone, "done"
+	switch {
+	case objects && ev.Target != "":
+		subject, step = messages.TargetSubject(ev.Target), "place"
+	case objects && ev.ClientConverts:
+	case kernelNeedsUnpack || wantsRaw:
+		subject, step = messages.SubjectConvert, "convert"
+	}
+	out, err := assetEvent(subject, step, ev)
+	return []stage.Event{out}, err
+}
+
+// refetch sends the asset back to the fetcher after its object was found
+// bad (and deleted), at most maxRefetch times per request.
+func refetch(ev messages.AssetEvent, why error) ([]stage.Event, error) {
+	if ev.Refetch >= maxRefetch {
+		return nil, stage.Permanent(fmt.Errorf("%s %s: the stored object was bad %d times: %w", ev.Asset.Role, ev.Asset.Digest, ev.Refetch+1, why))
+	}
+	ev.Refetch++
+	ev.Status, ev.Object, ev.Path, ev.Host, ev.Blob = messages.StatusResolved, nil, "", "", digest.Digest{}
+	out, err := assetEvent(messages.SubjectFetch, "fetch", ev)
+	return []stage.Event{out}, err
+}
+
+func (s *VerifierStage) verifyObject(ctx context.Context, ev messages.AssetEvent) ([]stage.Event, error) {
+	a := ev.Asset
+	log := s.Logger.With("request", ev.RequestID, "asset", a.Role)
+	info, err := s.Objects.Stat(ctx, a.Digest)
+	if errors.Is(err, objectstore.ErrNotFound) {
+		log.Warn("object missing; fetching it again", "object", objectstore.Name(a.Digest))
+		return refetch(ev, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	report := throttled(250*time.Millisecond, s.Progress)
+	rec, err := s.Verified.Check(ctx, s.Objects, info, a, func(done int64) {
+		report(messages.Progress{RequestID: ev.RequestID, Stage: messages.StageVerifier, Step: "verify", Asset: a.Role, Done: done, Total: info.Size})
+	})
+	if errors.Is(err, errObjectMismatch) {
+		log.Warn("object does not match its signed digest; deleting it and fetching again", "object", info.Name, "version", info.NUID, "err", err)
+		if derr := s.Objects.Delete(ctx, a.Digest, info.NUID); derr != nil {
+			return nil, derr
+		}
+		s.Verified.Forget(ctx, a.Digest)
+		return refetch(ev, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ev.Status, ev.Object, ev.Blob, ev.Size = messages.StatusVerified, place.RefOf(info), rec.SHA256, info.Size
+	if a.Role == catalog.RoleDisk {
+		ev.FileFormat = a.Format
+		if f, _ := qcow2.DetectFormat(bytes.NewReader(rec.Head), int64(len(rec.Head))); a.Format == catalog.FormatQCOW2 && f != qcow2.FormatQcow2 {
+			return nil, stage.Permanent(fmt.Errorf("disk %s is published as qcow2 but its verified bytes are not a qcow2 image", a.Name))
 		}
 	}
-	out, err := assetEvent(messages.SubjectDone, "done", ev)
-	return []stage.Event{out}, err
+	return route(ev, a.Role == catalog.RoleKernel && place.KernelHeadNeedsUnpack(rec.Head), true)
 }
 
 // ingestPath turns the event's store-relative ingest path into an absolute
@@ -251,17 +436,20 @@ func (s *VerifierStage) ingestPath(rel string) (string, error) {
 	return p, nil
 }
 
-// ConverterName identifies the conversion in derived-artifact keys; bump it
-// when the converter's output could change.
-const ConverterName = "vmprep-qcow2raw-1"
-
-// ConverterStage converts a verified qcow2 disk to raw into the store's derived
-// area (keyed by source digest, converter version and format). The verified
-// source is never modified; a conversion already done is reused.
+// ConverterStage makes files usable on its host. On one host it converts a
+// verified qcow2 disk to raw (and unpacks a compressed kernel) into the
+// store's derived area. With an object store it first pulls the verified
+// object into its own store; for a request targeted at its host it places
+// every file there (pull, convert, link the images view), and its event
+// names the host and the local paths.
 type ConverterStage struct {
 	Store *store.Store
-	// KV, if set, lets the converter skip disks of requests that already failed.
-	KV          jetstream.KeyValue
+	// Requests, if set, lets the converter skip disks of requests that already failed.
+	Requests *Requests
+	// Objects is set in a deployment with an object store.
+	Objects *objectstore.Store
+	// Host is this converter's host name (its --target).
+	Host        string
 	Progress    ProgressFunc
 	Concurrency int
 	Logger      *slog.Logger
@@ -273,88 +461,97 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 	if err != nil {
 		return nil, err
 	}
-	if (ev.Asset.Role != catalog.RoleDisk && ev.Asset.Role != catalog.RoleKernel) || ev.Blob.IsZero() {
-		return nil, stage.Poison(fmt.Errorf("converter got a %q asset without a verified blob", ev.Asset.Role))
+	role := ev.Asset.Role
+	if !validRole(role) || ev.Asset.Digest.IsZero() || (s.Objects == nil && ev.Blob.IsZero()) || (s.Objects != nil && ev.Object == nil) {
+		return nil, stage.Poison(fmt.Errorf("converter got a %q asset without a verified blob or object", role))
 	}
-	if requestFailed(ctx, s.KV, ev.RequestID) {
-		s.Logger.Info("request already failed; not converting", "request", ev.RequestID)
+	log := s.Logger.With("request", ev.RequestID, "asset", role)
+	if s.Requests.Failed(ctx, ev.RequestID) {
+		log.Info("request already failed; not converting")
 		return nil, nil
 	}
-	blob, err := s.Store.Lookup(ctx, ev.Blob)
-	if err != nil {
+	report := throttled(250*time.Millisecond, s.Progress)
+	p := &place.Placer{Store: s.Store, Objects: s.Objects, Concurrency: s.Concurrency,
+		Progress: func(step string, r catalog.Role, done, total int64) {
+			report(messages.Progress{RequestID: ev.RequestID, Stage: messages.StageConverter, Step: step, Asset: r, Done: done, Total: total})
+		}}
+	var blob store.BlobInfo
+	if s.Objects == nil {
+		blob, err = s.Store.Lookup(ctx, ev.Blob)
 		if errors.Is(err, store.ErrNotFound) {
-			return nil, stage.Permanent(fmt.Errorf("%s blob %s is no longer in the store: %w", ev.Asset.Role, ev.Blob, err))
+			return nil, stage.Permanent(fmt.Errorf("%s blob %s is no longer in the store: %w", role, ev.Blob, err))
 		}
-		return nil, err
-	}
-	if ev.Asset.Role == catalog.RoleKernel {
-		return s.unpackKernel(ctx, ev, blob)
-	}
-	key := store.DerivedKey{Source: blob.SHA256, Converter: ConverterName, Format: string(catalog.FormatRaw)}
-	path, err := s.Store.Derived(ctx, key)
-	if errors.Is(err, store.ErrNotFound) {
-		if img, oerr := qcow2.OpenFile(blob.Path); oerr == nil {
-			// The sparse output needs at most the virtual size (and a booted VM grows
-			// it towards that anyway): refuse up front rather than fail half-way.
-			if cerr := s.Store.CheckFree(filepath.Join(s.Store.Root(), "derived"), img.Info().VirtualSize); cerr != nil {
-				_ = img.Close()
-				return nil, cerr
+	} else {
+		blob, err = p.Pull(ctx, role, ev.Asset.Digest, ev.Asset.Size, ev.Object)
+		var bad *place.BadObjectError
+		if errors.As(err, &bad) {
+			// Not ours to fetch again: the verifier looks at it once more,
+			// finds it gone, and has it fetched.
+			log.Warn("pulled object does not match its signed digest; deleting it", "object", bad.Ref.Name, "err", err)
+			if derr := s.Objects.Delete(ctx, ev.Asset.Digest, bad.Ref.NUID); derr != nil {
+				return nil, derr
 			}
-			_ = img.Close()
+			ev.Refetch++
+			if ev.Refetch > maxRefetch {
+				return nil, stage.Permanent(err)
+			}
+			out, oerr := assetEvent(messages.SubjectVerify, "verify", ev)
+			return []stage.Event{out}, oerr
 		}
-		report := throttled(250*time.Millisecond, s.Progress)
-		path, err = s.Store.PutDerived(ctx, key, func(ctx context.Context, dst string) error {
-			_, err := qcow2.ConvertToRaw(ctx, blob.Path, dst,
-				qcow2.WithConcurrency(s.Concurrency),
-				qcow2.WithProgress(func(done, total int64) {
-					report(messages.Progress{RequestID: ev.RequestID, Stage: messages.StageConverter, Asset: catalog.RoleDisk, Done: done, Total: total})
-				}))
-			return err
-		})
 	}
 	if err != nil {
-		var fe *qcow2.FeatureError
-		var me *qcow2.MalformedError
-		var fmtErr *qcow2.FormatError
-		if errors.As(err, &fe) || errors.As(err, &me) || errors.As(err, &fmtErr) || errors.Is(err, qcow2.ErrNotQcow2) {
-			return nil, stage.Permanent(fmt.Errorf("convert disk %s: %w", ev.Asset.Name, err))
-		}
 		return nil, err
+	}
+	path, status, format := blob.Path, messages.StatusVerified, ev.Asset.Format
+	switch {
+	case role == catalog.RoleKernel:
+		unpack, err := place.KernelNeedsUnpack(blob)
+		if err != nil {
+			return nil, err
+		}
+		if unpack && !ev.ClientConverts {
+			if path, err = p.Kernel(ctx, blob); err != nil {
+				if ctx.Err() == nil && !errors.Is(err, store.ErrInsufficientSpace) {
+					return nil, stage.Permanent(fmt.Errorf("unpack kernel %s: %w", ev.Asset.Name, err))
+				}
+				return nil, err
+			}
+			status = messages.StatusConverted
+			log.Info("unpacked kernel", "path", path)
+		}
+	case role == catalog.RoleDisk && ev.Format == catalog.FormatRaw && ev.Asset.Format != catalog.FormatRaw:
+		if path, err = p.RawDisk(ctx, blob); err != nil {
+			var fe *qcow2.FeatureError
+			var me *qcow2.MalformedError
+			var fmtErr *qcow2.FormatError
+			if errors.As(err, &fe) || errors.As(err, &me) || errors.As(err, &fmtErr) || errors.Is(err, qcow2.ErrNotQcow2) {
+				return nil, stage.Permanent(fmt.Errorf("convert disk %s: %w", ev.Asset.Name, err))
+			}
+			return nil, err
+		}
+		status, format = messages.StatusConverted, catalog.FormatRaw
+		log.Info("converted", "path", path)
 	}
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, err
 	}
-	s.Logger.Info("converted", "request", ev.RequestID, "path", path)
-	ev.Status, ev.Path, ev.Size, ev.FileFormat = messages.StatusConverted, path, fi.Size(), catalog.FormatRaw
-	out, err := assetEvent(messages.SubjectDone, "done", ev)
-	return []stage.Event{out}, err
-}
-
-// KernelUnpackerName identifies kernel decompression in derived-artifact keys.
-const KernelUnpackerName = "vmprep-gunzip-1"
-
-// unpackKernel stores the uncompressed kernel as a derived artifact.
-func (s *ConverterStage) unpackKernel(ctx context.Context, ev messages.AssetEvent, blob store.BlobInfo) ([]stage.Event, error) {
-	key := store.DerivedKey{Source: blob.SHA256, Converter: KernelUnpackerName, Format: "vmlinux"}
-	path, err := s.Store.Derived(ctx, key)
-	if errors.Is(err, store.ErrNotFound) {
-		path, err = s.Store.PutDerived(ctx, key, func(ctx context.Context, dst string) error {
-			return kernel.Gunzip(ctx, blob.Path, dst, 0)
-		})
-		if err != nil && ctx.Err() == nil && !errors.Is(err, store.ErrInsufficientSpace) {
-			return nil, stage.Permanent(fmt.Errorf("unpack kernel %s: %w", ev.Asset.Name, err))
+	ev.Status, ev.Blob, ev.Path, ev.Size = status, blob.SHA256, path, fi.Size()
+	if role == catalog.RoleDisk {
+		ev.FileFormat = format
+	}
+	if s.Objects != nil {
+		ev.Host = s.Host
+		if ev.Target != "" {
+			// The host's own view: links replaced one by one as files arrive.
+			name := place.ViewName(role, status == messages.StatusConverted, format)
+			view, err := s.Store.LinkImage(ev.Spec, name, path)
+			if err != nil {
+				return nil, fmt.Errorf("link %s into the images view: %w", role, err)
+			}
+			ev.View = filepath.Dir(view)
 		}
 	}
-	if err != nil {
-		return nil, err
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	s.Logger.Info("unpacked kernel", "request", ev.RequestID, "path", path)
-	ev.Status, ev.Path, ev.Size = messages.StatusConverted, path, fi.Size()
 	out, err := assetEvent(messages.SubjectDone, "done", ev)
 	return []stage.Event{out}, err
 }

@@ -190,10 +190,24 @@ type AssetEvent struct {
 	ResolvedFrom string      `json:"resolved_from"`
 	Asset        image.Asset `json:"asset"`
 	Status       AssetStatus `json:"status"`
-	// Ingest is the store-relative path of the fetched, not yet verified, bytes.
+	// Target and ClientConverts are copied from the request.
+	Target         string `json:"target,omitempty"`
+	ClientConverts bool   `json:"client_converts,omitempty"`
+	// Ingest is the store-relative path of the fetched, not yet verified,
+	// bytes (deployments that share one cache directory).
 	Ingest string `json:"ingest,omitempty"`
+	// Object is where the bytes are in the object store (deployments with
+	// --store nats:<bucket>).
+	Object *ObjectRef `json:"object,omitempty"`
+	// Refetch counts the times a bad object was deleted and fetched again.
+	Refetch int `json:"refetch,omitempty"`
+	// Host names the host on which Path and View are valid.
+	Host string `json:"host,omitempty"`
+	// View is the images/<distro>/<version>/<arch>/ directory on Host that
+	// links the file (targeted requests).
+	View string `json:"view,omitempty"`
 	// Blob is the SHA-256 of the verified bytes in the content store.
-	Blob digest.Digest `json:"blob,omitempty"`
+	Blob digest.Digest `json:"blob,omitzero"`
 	// Path is where the final file is (absolute, on Host).
 	Path string `json:"path,omitempty"`
 	// Size of the final file in bytes.
@@ -224,11 +238,14 @@ func (f *Failure) Error() string {
 // Progress reports bytes done on one asset.
 type Progress struct {
 	Header
-	RequestID string     `json:"request_id"`
-	Stage     string     `json:"stage"`
-	Asset     image.Role `json:"asset"`
-	Done      int64      `json:"done"`
-	Total     int64      `json:"total"`
+	RequestID string `json:"request_id"`
+	Stage     string `json:"stage"`
+	// Step says what the stage is doing: fetch, store, verify, pull,
+	// convert or unpack.
+	Step  string     `json:"step,omitempty"`
+	Asset image.Role `json:"asset"`
+	Done  int64      `json:"done"`
+	Total int64      `json:"total"`
 	// BytesPerSecond is the recent rate.
 	BytesPerSecond float64 `json:"bytes_per_second,omitempty"`
 }
@@ -244,15 +261,21 @@ const (
 
 // File is one prepared file.
 type File struct {
-	Path string `json:"path"`
+	// Path is the file on Host; empty when the file is only an object.
+	Path string `json:"path,omitempty"`
+	// Host is the host on which Path is valid.
+	Host string `json:"host,omitempty"`
 	// Digest is the verified digest of the file as published. It is empty for a
 	// derived file (a raw disk converted locally), whose DerivedFrom names the
 	// verified source instead.
-	Digest      digest.Digest    `json:"digest,omitempty"`
-	DerivedFrom digest.Digest    `json:"derived_from,omitempty"`
+	Digest      digest.Digest    `json:"digest,omitzero"`
+	DerivedFrom digest.Digest    `json:"derived_from,omitzero"`
 	Size        int64            `json:"size"`
 	Format      image.DiskFormat `json:"format,omitempty"`
 	URL         string           `json:"url,omitempty"`
+	// Object is where the verified bytes are in the object store, when the
+	// deployment has one; Digest (or DerivedFrom) is what they must hash to.
+	Object *ObjectRef `json:"object,omitempty"`
 }
 
 // Result is the one final answer to a request.

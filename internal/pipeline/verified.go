@@ -1,0 +1,160 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/pkg/digest"
+	"github.com/vmprep/vmprep/pkg/image"
+	"github.com/vmprep/vmprep/pkg/objectstore"
+)
+
+// errObjectMismatch: an object's bytes are not what the signed manifest says.
+var errObjectMismatch = errors.New("object does not match its signed digest")
+
+// headSize is how much of an object's start the verifier keeps: enough for
+// every magic number routing looks at (gzip, qcow2, EFI zboot).
+const headSize = 64
+
+// verifiedRecord is what the verifier records about an object version it
+// streamed and found matching.
+type verifiedRecord struct {
+	NUID   string        `json:"nuid"`
+	Size   int64         `json:"size"`
+	SHA256 digest.Digest `json:"sha256"`
+	// Head is the object's first bytes (routing reads magic numbers from it).
+	Head       []byte    `json:"head"`
+	VerifiedAt time.Time `json:"verified_at"`
+}
+
+// verifiedObjects remembers verified object versions (KV_VMPREP_VERIFIED),
+// so that a thousand requests for one image stream it once; a new version of
+// the object (a new NUID) is verified again. Concurrent checks of the same
+// version in this process share one stream.
+type verifiedObjects struct {
+	kv       jetstream.KeyValue
+	mu       sync.Mutex
+	inflight map[string]*verifyCall
+}
+
+type verifyCall struct {
+	done chan struct{}
+	rec  verifiedRecord
+	err  error
+}
+
+func newVerifiedObjects(kv jetstream.KeyValue) *verifiedObjects {
+	return &verifiedObjects{kv: kv, inflight: map[string]*verifyCall{}}
+}
+
+func verifiedKey(d digest.Digest) string { return string(d.Algorithm) + "." + strings.ToLower(d.Hex) }
+
+// Check returns the record of object version info if it was verified
+// before, else streams it and compares size and digest with asset's (the
+// signed manifest's). A mismatch is errObjectMismatch.
+func (v *verifiedObjects) Check(ctx context.Context, objs *objectstore.Store, info objectstore.Info, a image.Asset, progress func(int64)) (verifiedRecord, error) {
+	key := verifiedKey(a.Digest)
+	if e, err := v.kv.Get(ctx, key); err == nil {
+		var rec verifiedRecord
+		if json.Unmarshal(e.Value(), &rec) == nil && rec.NUID == info.NUID && rec.Size == info.Size {
+			return rec, nil
+		}
+	}
+	flight := key + "@" + info.NUID
+	v.mu.Lock()
+	if c, ok := v.inflight[flight]; ok {
+		v.mu.Unlock()
+		select {
+		case <-c.done:
+			return c.rec, c.err
+		case <-ctx.Done():
+			return verifiedRecord{}, ctx.Err()
+		}
+	}
+	c := &verifyCall{done: make(chan struct{})}
+	v.inflight[flight] = c
+	v.mu.Unlock()
+	c.rec, c.err = v.stream(ctx, objs, info, a, progress)
+	if c.err == nil {
+		data, _ := json.Marshal(c.rec)
+		if _, err := v.kv.Put(ctx, key, data); err != nil {
+			c.err = fmt.Errorf("record verification of %s: %w", info.Name, err)
+		}
+	}
+	v.mu.Lock()
+	delete(v.inflight, flight)
+	v.mu.Unlock()
+	close(c.done)
+	return c.rec, c.err
+}
+
+// Forget drops the record for d (its object was deleted).
+func (v *verifiedObjects) Forget(ctx context.Context, d digest.Digest) {
+	_ = v.kv.Delete(ctx, verifiedKey(d))
+}
+
+func (v *verifiedObjects) stream(ctx context.Context, objs *objectstore.Store, info objectstore.Info, a image.Asset, progress func(int64)) (verifiedRecord, error) {
+	if a.Size > 0 && info.Size != a.Size {
+		return verifiedRecord{}, fmt.Errorf("%w: %s holds %d bytes, the manifest says %d", errObjectMismatch, info.Name, info.Size, a.Size)
+	}
+	r, err := objs.Open(ctx, info)
+	if err != nil {
+		return verifiedRecord{}, err
+	}
+	defer r.Close()
+	want, err := a.Digest.Algorithm.New()
+	if err != nil {
+		return verifiedRecord{}, err
+	}
+	h256 := sha256.New()
+	head := &headWriter{max: headSize}
+	n, err := io.Copy(io.MultiWriter(want, h256, head, &progressWriter{fn: progress}), r)
+	if errors.Is(err, objectstore.ErrDigestMismatch) {
+		return verifiedRecord{}, fmt.Errorf("%w: %v", errObjectMismatch, err)
+	}
+	if err != nil {
+		return verifiedRecord{}, fmt.Errorf("verify %s: %w", info.Name, err)
+	}
+	got, sum256 := digest.FromHash(a.Digest.Algorithm, want), digest.FromHash(digest.SHA256, h256)
+	if n != info.Size || (a.Size > 0 && n != a.Size) {
+		return verifiedRecord{}, fmt.Errorf("%w: %s streamed %d bytes, expected %d", errObjectMismatch, info.Name, n, a.Size)
+	}
+	if !strings.EqualFold(got.Hex, a.Digest.Hex) {
+		return verifiedRecord{}, fmt.Errorf("%w: %s hashes to %s, the signed manifest says %s", errObjectMismatch, info.Name, got, a.Digest)
+	}
+	return verifiedRecord{NUID: info.NUID, Size: n, SHA256: sum256, Head: head.b, VerifiedAt: time.Now().UTC()}, nil
+}
+
+type headWriter struct {
+	b   []byte
+	max int
+}
+
+func (h *headWriter) Write(p []byte) (int, error) {
+	if room := h.max - len(h.b); room > 0 {
+		h.b = append(h.b, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+// progressWriter reports the bytes written so far.
+type progressWriter struct {
+	n  int64
+	fn func(int64)
+}
+
+func (p *progressWriter) Write(b []byte) (int, error) {
+	p.n += int64(len(b))
+	if p.fn != nil {
+		p.fn(p.n)
+	}
+	return len(b), nil
+}

@@ -1,0 +1,220 @@
+// Package place puts verified images on the host that boots them: it pulls
+// content from the object store into the local content store (verifying it
+// again on the way in), derives what the hypervisor needs (a raw disk from a
+// qcow2, an uncompressed kernel) and links the images view. The targeted
+// converter and vmprep prepare --nats both place files this way.
+package place
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/vmprep/vmprep/pkg/digest"
+	"github.com/vmprep/vmprep/pkg/image"
+	"github.com/vmprep/vmprep/pkg/kernel"
+	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/objectstore"
+	"github.com/vmprep/vmprep/pkg/qcow2"
+	"github.com/vmprep/vmprep/pkg/store"
+)
+
+// Names of the conversions in derived-artifact keys; bump one when its
+// output could change.
+const (
+	ConverterName      = "vmprep-qcow2raw-1"
+	KernelUnpackerName = "vmprep-gunzip-1"
+)
+
+// Steps reported to Progress.
+const (
+	StepPull    = "pull"
+	StepConvert = "convert"
+	StepUnpack  = "unpack"
+)
+
+// ErrBadObject: an object's bytes do not match the digest they must have;
+// the caller should delete that object version and have it fetched again.
+var ErrBadObject = errors.New("object content does not match its signed digest")
+
+// Placer places files in one local store.
+type Placer struct {
+	Store *store.Store
+	// Objects is where Pull reads from; nil for a store-only placer.
+	Objects *objectstore.Store
+	// Concurrency of the qcow2 converter (0: its default).
+	Concurrency int
+	// Progress, if set, receives bytes done per step and role.
+	Progress func(step string, role image.Role, done, total int64)
+}
+
+func (p *Placer) report(step string, role image.Role, done, total int64) {
+	if p.Progress != nil {
+		p.Progress(step, role, done, total)
+	}
+}
+
+// Pull returns the local blob with digest want, streaming it from object
+// ref into the local store if it is not there yet. Bytes that do not match
+// want (or size, if > 0) are reported as ErrBadObject.
+func (p *Placer) Pull(ctx context.Context, role image.Role, want digest.Digest, size int64, ref *messages.ObjectRef) (store.BlobInfo, error) {
+	if info, err := p.Store.Lookup(ctx, want); err == nil {
+		return info, nil // warm: a stat and a stamp, nothing read
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return store.BlobInfo{}, err
+	}
+	if ref == nil || p.Objects == nil {
+		return store.BlobInfo{}, fmt.Errorf("%s %s: not in the local store and no object to pull it from: %w", role, want, store.ErrNotFound)
+	}
+	if ref.Bucket != p.Objects.Bucket() {
+		return store.BlobInfo{}, fmt.Errorf("%s: object is in bucket %q, this process uses %q", role, ref.Bucket, p.Objects.Bucket())
+	}
+	info, err := p.Objects.Stat(ctx, want)
+	if err != nil {
+		return store.BlobInfo{}, fmt.Errorf("pull %s %s: %w", role, want, err)
+	}
+	r, err := p.Objects.Open(ctx, info)
+	if err != nil {
+		return store.BlobInfo{}, fmt.Errorf("pull %s %s: %w", role, want, err)
+	}
+	defer r.Close()
+	counted := &progressReader{r: r, report: func(n int64) { p.report(StepPull, role, n, info.Size) }}
+	blob, err := p.Store.Ingest(ctx, want, size, counted)
+	switch {
+	case err == nil:
+		p.report(StepPull, role, info.Size, info.Size)
+		return blob, nil
+	case errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch) || errors.Is(err, objectstore.ErrDigestMismatch):
+		return store.BlobInfo{}, &BadObjectError{Ref: refOf(info), Err: err}
+	}
+	return store.BlobInfo{}, fmt.Errorf("pull %s %s: %w", role, want, err)
+}
+
+// BadObjectError names the object version whose bytes were wrong.
+type BadObjectError struct {
+	Ref messages.ObjectRef
+	Err error
+}
+
+func (e *BadObjectError) Error() string {
+	return fmt.Sprintf("object %s/%s (version %s): %v", e.Ref.Bucket, e.Ref.Name, e.Ref.NUID, e.Err)
+}
+
+// Is makes errors.Is(err, ErrBadObject) true.
+func (e *BadObjectError) Is(target error) bool { return target == ErrBadObject }
+
+func (e *BadObjectError) Unwrap() error { return e.Err }
+
+// RefOf is the wire reference of an object version.
+func RefOf(info objectstore.Info) *messages.ObjectRef {
+	r := refOf(info)
+	return &r
+}
+
+func refOf(info objectstore.Info) messages.ObjectRef {
+	return messages.ObjectRef{Bucket: info.Bucket, Name: info.Name, NUID: info.NUID, Size: info.Size}
+}
+
+// RawDisk returns the raw disk converted from the qcow2 blob, converting it
+// (sparse) if that was not done before. A disk that is not qcow2 at all is
+// refused.
+func (p *Placer) RawDisk(ctx context.Context, blob store.BlobInfo) (string, error) {
+	key := store.DerivedKey{Source: blob.SHA256, Converter: ConverterName, Format: string(image.FormatRaw)}
+	path, err := p.Store.Derived(ctx, key)
+	if !errors.Is(err, store.ErrNotFound) {
+		return path, err
+	}
+	if img, oerr := qcow2.OpenFile(blob.Path); oerr == nil {
+		// The sparse output needs at most the virtual size: refuse up front
+		// rather than fail half-way.
+		if cerr := p.Store.CheckFree(filepath.Join(p.Store.Root(), "derived"), img.Info().VirtualSize); cerr != nil {
+			_ = img.Close()
+			return "", cerr
+		}
+		_ = img.Close()
+	}
+	return p.Store.PutDerived(ctx, key, func(ctx context.Context, dst string) error {
+		_, err := qcow2.ConvertToRaw(ctx, blob.Path, dst,
+			qcow2.WithConcurrency(p.Concurrency),
+			qcow2.WithProgress(func(done, total int64) { p.report(StepConvert, image.RoleDisk, done, total) }))
+		return err
+	})
+}
+
+// KernelNeedsUnpack reports whether the kernel blob is compressed in a way
+// direct boot cannot take (a gzip'd Image).
+func KernelNeedsUnpack(blob store.BlobInfo) (bool, error) { return kernel.IsGzip(blob.Path) }
+
+// KernelHeadNeedsUnpack is KernelNeedsUnpack for the first bytes of a kernel.
+func KernelHeadNeedsUnpack(head []byte) bool {
+	return len(head) >= 2 && head[0] == 0x1f && head[1] == 0x8b
+}
+
+// Kernel returns the uncompressed kernel derived from blob, unpacking it if
+// that was not done before.
+func (p *Placer) Kernel(ctx context.Context, blob store.BlobInfo) (string, error) {
+	key := store.DerivedKey{Source: blob.SHA256, Converter: KernelUnpackerName, Format: "vmlinux"}
+	path, err := p.Store.Derived(ctx, key)
+	if !errors.Is(err, store.ErrNotFound) {
+		return path, err
+	}
+	return p.Store.PutDerived(ctx, key, func(ctx context.Context, dst string) error {
+		return kernel.Gunzip(ctx, blob.Path, dst, 0)
+	})
+}
+
+// ViewName is the file name of a role in images/<distro>/<version>/<arch>/.
+func ViewName(role image.Role, unpacked bool, format image.DiskFormat) string {
+	switch role {
+	case image.RoleKernel:
+		if unpacked {
+			return "vmlinux" // unpacked from a compressed vmlinuz
+		}
+		return "vmlinuz"
+	case image.RoleInitramfs:
+		return "initramfs"
+	}
+	if format == image.FormatRaw {
+		return "disk.raw"
+	}
+	return "disk.img"
+}
+
+// HostName is this host's name as a target: the host name up to its first
+// dot, with characters a NATS subject token cannot hold replaced by '-'.
+func HostName() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "localhost"
+	}
+	h, _, _ = strings.Cut(h, ".")
+	b := []byte(h)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			b[i] = '-'
+		}
+	}
+	if len(b) > 64 {
+		b = b[:64]
+	}
+	return string(b)
+}
+
+type progressReader struct {
+	r      io.Reader
+	n      int64
+	report func(int64)
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	p.n += int64(n)
+	if n > 0 {
+		p.report(p.n)
+	}
+	return n, err
+}
