@@ -178,4 +178,3 @@ func (s *ResolverStage) resolve(ctx context.Context, spec catalog.ImageSpec, log
 func specString(s catalog.ImageSpec) string {
 	return s.Distro + " " + s.Version + " " + string(s.Arch)
 }
-
