@@ -11,11 +11,14 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/embedded"
 	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/objectstore"
+	"github.com/vmprep/vmprep/pkg/place"
 	"github.com/vmprep/vmprep/pkg/store"
 )
 
@@ -50,8 +53,9 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	fs.SetOutput(stderr)
 	arch := fs.String("arch", "", "amd64|x86_64 or arm64|aarch64 (default: this host's)")
 	format := fs.String("format", string(defaultFormat()), "disk format wanted: raw or qcow2")
-	cacheDir := fs.String("cache-dir", os.Getenv(store.EnvCacheDir), "embedded mode: content store directory (env "+store.EnvCacheDir+"; default <user cache dir>/vmprep)")
-	natsURL := fs.String("nats", "", "use a running vmprep deployment at this NATS URL instead of the embedded one (its stages' cache, catalog and mirror settings apply)")
+	cacheDir := fs.String("cache-dir", os.Getenv(store.EnvCacheDir), "content store directory where the files end up (env "+store.EnvCacheDir+"; default <user cache dir>/vmprep)")
+	natsURL := fs.String("nats", "", "use a running vmprep deployment at this NATS URL (comma-separated for a cluster) instead of the embedded one")
+	target := fs.String("target", "", "with --nats: the host that must end up with the files (a converter started with --target NAME); the result names it and its paths")
 	creds := fs.String("creds", os.Getenv("NATS_CREDS"), "NATS credentials file, with --nats")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	requestID := fs.String("request-id", "", "request id (default: random); the same id yields the same one result")
@@ -62,8 +66,11 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	rf.Register(fs)
 	fs.Usage = cli.Usage(fs, "vmprep prepare [flags] DISTRO VERSION\n\n"+
 		"Without --nats, all stages run in this process on an embedded NATS server.\n"+
-		"With --nats, only --arch, --format, --json, --request-id, --timeout and --creds apply;\n"+
-		"the deployment's own cache, catalog, mirror and keyring settings are used.")
+		"With --nats, the deployment resolves, fetches and verifies (its catalog, mirror and keyring\n"+
+		"settings apply; --mirror, --keyring, --catalog, --allow-unsigned, --concurrency are ignored).\n"+
+		"If it keeps content in an object store (--store nats:BUCKET), the files are pulled into\n"+
+		"--cache-dir and converted here, and local paths are printed; with --target NAME they are\n"+
+		"placed on that host instead. A deployment that shares one cache directory prints its paths.")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -88,7 +95,13 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
 		return 2
 	}
-	req := messages.PrepareRequest{RequestID: *requestID, Spec: spec, Format: catalog.DiskFormat(*format)}
+	req := messages.PrepareRequest{RequestID: *requestID, Spec: spec, Format: catalog.DiskFormat(*format), Target: *target}
+	if *target != "" && *natsURL == "" {
+		fmt.Fprintln(stderr, "vmprep prepare: --target needs --nats (a deployment with converters on other hosts)")
+		return 2
+	}
+	// With --nats and no target, this process pulls and converts itself.
+	req.ClientConverts = *natsURL != "" && *target == ""
 	if req.RequestID == "" {
 		req.RequestID = client.NewRequestID()
 	}
@@ -121,6 +134,11 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
 			return 1
 		}
+		for _, f := range []string{"mirror", "keyring", "catalog", "allow-unsigned", "concurrency"} {
+			if flagSet(fs, f) {
+				fmt.Fprintf(stderr, "vmprep prepare: warning: --%s is ignored with --nats (the deployment's own setting applies)\n", f)
+			}
+		}
 	} else {
 		catOpts, err := rf.CatalogOptions(log)
 		if err != nil {
@@ -150,6 +168,12 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if err != nil {
 		fmt.Fprintf(stderr, "vmprep prepare: %s: %v\n", specLabel(spec), err)
 		return 1
+	}
+	if res.Status == messages.ResultPrepared && req.ClientConverts {
+		if res, err = localize(ctx, cl, *cacheDir, res, stderr, !*asJSON && cli.IsTerminal(stderr)); err != nil {
+			fmt.Fprintf(stderr, "vmprep prepare: %s: %v\n", specLabel(spec), err)
+			return 1
+		}
 	}
 	if res.Status != messages.ResultPrepared {
 		cause := "failed without a reason"
@@ -200,4 +224,52 @@ func printResult(w io.Writer, r messages.Result) {
 	if r.ResolvedFrom == messages.ResolvedFromCache {
 		fmt.Fprintln(w, "resolution: from the cache (no network needed)")
 	}
+}
+
+// flagSet reports whether the flag was given on the command line.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// localize brings a result's objects into the local cache (pulling,
+// verifying, converting to raw, unpacking the kernel) and returns the
+// result with local paths. A deployment that shares one cache directory
+// returns files, not objects: its result is printed as it is.
+func localize(ctx context.Context, cl *client.Client, cacheDir string, res messages.Result, stderr io.Writer, showProgress bool) (messages.Result, error) {
+	var bucket string
+	for _, f := range res.Files {
+		if f.Object != nil {
+			bucket = f.Object.Bucket
+		}
+	}
+	if bucket == "" {
+		return res, nil
+	}
+	if cacheDir == "" {
+		var err error
+		if cacheDir, err = store.DefaultRoot(); err != nil {
+			return res, err
+		}
+	}
+	st, err := store.Open(cacheDir)
+	if err != nil {
+		return res, err
+	}
+	js, err := jetstream.New(cl.Conn())
+	if err != nil {
+		return res, err
+	}
+	objs, err := objectstore.Bind(ctx, js, bucket)
+	if err != nil {
+		return res, fmt.Errorf("the deployment's object store: %w", err)
+	}
+	bars := newProgressBars(ctx, stderr, showProgress)
+	p := &place.Placer{Store: st, Objects: objs, Progress: func(step string, role catalog.Role, done, total int64) {
+		bars.update(messages.Progress{RequestID: res.RequestID, Stage: "client", Step: step, Asset: role, Done: done, Total: total})
+	}}
+	out, err := p.Localize(ctx, res, place.HostName())
+	bars.finish(err == nil)
+	return out, err
 }

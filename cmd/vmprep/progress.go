@@ -30,9 +30,12 @@ func (pb *progressBars) update(ev messages.Progress) {
 	if pb.p == nil {
 		return
 	}
-	verb := "fetch"
-	if ev.Stage == messages.StageConverter {
-		verb = "convert"
+	verb := ev.Step
+	if verb == "" {
+		verb = "fetch"
+		if ev.Stage == messages.StageConverter {
+			verb = "convert"
+		}
 	}
 	key := verb + " " + string(ev.Asset)
 	pb.mu.Lock()

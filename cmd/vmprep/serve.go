@@ -28,6 +28,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	c.Register(fs)
 	var rf cli.ResolverFlags
 	rf.Register(fs)
+	var target cli.TargetFlags
+	target.Register(fs)
 	var runner cli.RunnerFlags
 	runner.Register(fs)
 	fs.Usage = cli.Usage(fs, "vmprep serve [flags]")
@@ -47,6 +49,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
 		return 2
 	}
+	bucket, err := c.ObjectBucket()
+	if err != nil {
+		fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
+		return 2
+	}
 	root := c.CacheDir
 	if root == "" {
 		if root, err = store.DefaultRoot(); err != nil {
@@ -61,6 +68,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		embedded.WithCacheDir(root), embedded.WithJetStreamDir(*jsDir), embedded.WithListen(*listen),
 		embedded.WithStages(stages...), embedded.WithLogger(log), embedded.WithConcurrency(c.Concurrency),
 		embedded.WithResolutionMaxAge(rf.MaxAge), embedded.WithRunnerOptions(runner.Options()...),
+		embedded.WithObjectStore(bucket), embedded.WithReplicas(c.Replicas), embedded.WithHost(target.Target),
+	}
+	if target.TargetedOnly {
+		opts = append(opts, embedded.WithTargetedOnly())
 	}
 	if slices.Contains(stages, messages.StageResolver) {
 		catOpts, err := rf.CatalogOptions(log)

@@ -19,6 +19,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/download"
+	"github.com/vmprep/vmprep/pkg/objectstore"
+	"github.com/vmprep/vmprep/pkg/place"
 	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/signature"
 	"github.com/vmprep/vmprep/pkg/stage"
@@ -47,6 +49,8 @@ type Common struct {
 	Concurrency int
 	LogLevel    string
 	LogFormat   string
+	Store       string
+	Replicas    int
 }
 
 // RegisterConnection adds the flags that say which NATS server to use.
@@ -62,6 +66,42 @@ func (c *Common) Register(fs *flag.FlagSet) {
 	fs.IntVar(&c.Concurrency, "concurrency", envInt("VMPREP_CONCURRENCY", 2), "messages worked on at once by each stage in this process (env VMPREP_CONCURRENCY)")
 	fs.StringVar(&c.LogLevel, "log-level", envOr("VMPREP_LOG_LEVEL", "info"), "debug, info, warn or error (env VMPREP_LOG_LEVEL)")
 	fs.StringVar(&c.LogFormat, "log-format", envOr("VMPREP_LOG_FORMAT", "text"), "text or json (env VMPREP_LOG_FORMAT)")
+	fs.StringVar(&c.Store, "store", envOr("VMPREP_STORE", "local"), "where verified content lives: local (the stages share --cache-dir on one host) or nats:BUCKET "+
+		"(a JetStream Object Store bucket, for stages on separate hosts; --cache-dir is then this process's own cache) (env VMPREP_STORE)")
+	fs.IntVar(&c.Replicas, "replicas", envInt("VMPREP_REPLICAS", 1), "replicas of the streams and buckets this process creates if missing: 1, or 3 on a three-node cluster (env VMPREP_REPLICAS)")
+}
+
+// ObjectBucket parses --store: "" for local, else the bucket name.
+func (c *Common) ObjectBucket() (string, error) {
+	return ParseStore(c.Store)
+}
+
+// ParseStore reads a --store value: "local" (or "") is the shared cache
+// directory, "nats:BUCKET" a JetStream Object Store bucket.
+func ParseStore(s string) (string, error) {
+	switch {
+	case s == "" || s == "local":
+		return "", nil
+	case strings.HasPrefix(s, "nats:"):
+		bucket := strings.TrimPrefix(s, "nats:")
+		if err := objectstore.ValidBucket(bucket); err != nil {
+			return "", fmt.Errorf("--store %s: %w", s, err)
+		}
+		return bucket, nil
+	}
+	return "", fmt.Errorf("--store %q: want local or nats:BUCKET", s)
+}
+
+// TargetFlags are the converter's host flags.
+type TargetFlags struct {
+	Target       string
+	TargetedOnly bool
+}
+
+// Register adds the converter's flags to fs.
+func (t *TargetFlags) Register(fs *flag.FlagSet) {
+	fs.StringVar(&t.Target, "target", envOr("VMPREP_TARGET", place.HostName()), "this host's name: with --store nats:…, the converter takes the work of requests targeted at it (env VMPREP_TARGET; default: the host name)")
+	fs.BoolVar(&t.TargetedOnly, "targeted-only", false, "with --store nats:…, take only work targeted at --target, not untargeted conversions that any converter may do")
 }
 
 // Logger builds the logger the flags ask for: text through tint (coloured on a

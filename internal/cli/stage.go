@@ -24,6 +24,10 @@ func StageMain(command string, args []string, stderr io.Writer, stages ...string
 	if slices.Contains(stages, messages.StageResolver) {
 		rf.Register(fs)
 	}
+	var target TargetFlags
+	if slices.Contains(stages, messages.StageConverter) {
+		target.Register(fs)
+	}
 	var runner RunnerFlags
 	runner.Register(fs)
 	fs.Usage = Usage(fs, command+" [flags]")
@@ -42,6 +46,17 @@ func StageMain(command string, args []string, stderr io.Writer, stages ...string
 		fmt.Fprintf(stderr, "%s: %v\n", command, err)
 		return 2
 	}
+	bucket, err := c.ObjectBucket()
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", command, err)
+		return 2
+	}
+	if target.Target != "" {
+		if err := messages.ValidateTarget(target.Target); err != nil {
+			fmt.Fprintf(stderr, "%s: --target: %v\n", command, err)
+			return 2
+		}
+	}
 	ctx, stop := SignalContext()
 	defer stop()
 
@@ -56,6 +71,10 @@ func StageMain(command string, args []string, stderr io.Writer, stages ...string
 		Concurrency:      c.Concurrency,
 		ResolutionMaxAge: rf.MaxAge,
 		RunnerOptions:    runner.Options(),
+		ObjectBucket:     bucket,
+		Replicas:         c.Replicas,
+		Host:             target.Target,
+		TargetedOnly:     target.TargetedOnly,
 	}
 	if slices.Contains(stages, messages.StageResolver) {
 		if deps.Resolver, err = rf.Resolver(log); err != nil {
@@ -72,7 +91,7 @@ func StageMain(command string, args []string, stderr io.Writer, stages ...string
 		return 1
 	}
 	defer nc.Close()
-	log.Info("serving", "stages", JoinNames(stages), "nats", c.NATSURL, "cache", st.Root(), "concurrency", c.Concurrency)
+	log.Info("serving", "stages", JoinNames(stages), "nats", c.NATSURL, "cache", st.Root(), "store", c.Store, "concurrency", c.Concurrency)
 	if err := pipeline.RunStages(ctx, nc, stages, deps); err != nil && ctx.Err() == nil {
 		log.Error("stage failed", "err", err)
 		return 1

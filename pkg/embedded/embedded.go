@@ -51,6 +51,10 @@ type config struct {
 	concurrency  int
 	maxAge       time.Duration
 	shortPulls   bool
+	objectBucket string
+	replicas     int
+	host         string
+	targetedOnly bool
 }
 
 // Option configures Start.
@@ -111,6 +115,21 @@ func WithResolutionMaxAge(d time.Duration) Option { return func(c *config) { c.m
 // (one prepare, then exit) shuts down at once.
 func WithShortPulls() Option { return func(c *config) { c.shortPulls = true } }
 
+// WithObjectStore keeps verified content in the JetStream Object Store
+// bucket (created if missing): stage processes on other hosts joining this
+// server then share it, each with its own cache directory.
+func WithObjectStore(bucket string) Option { return func(c *config) { c.objectBucket = bucket } }
+
+// WithReplicas sets the replicas of streams and buckets created (default 1).
+func WithReplicas(n int) Option { return func(c *config) { c.replicas = n } }
+
+// WithHost names this host (results, and the converter's target; default:
+// the host name).
+func WithHost(name string) Option { return func(c *config) { c.host = name } }
+
+// WithTargetedOnly makes the converter take only work targeted at its host.
+func WithTargetedOnly() Option { return func(c *config) { c.targetedOnly = true } }
+
 // Deployment is a running embedded deployment.
 type Deployment struct {
 	emb    *pipeline.Embedded
@@ -151,6 +170,10 @@ func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
 		Concurrency:      c.concurrency,
 		ResolutionMaxAge: c.maxAge,
 		RunnerOptions:    c.runnerOpts,
+		ObjectBucket:     c.objectBucket,
+		Replicas:         c.replicas,
+		Host:             c.host,
+		TargetedOnly:     c.targetedOnly,
 	}
 	if c.shortPulls {
 		deps.RunnerOptions = append([]stage.Option{stage.WithPullWait(200 * time.Millisecond)}, deps.RunnerOptions...)

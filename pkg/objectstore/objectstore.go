@@ -182,14 +182,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Optio
 	if err := ValidBucket(cfg.Bucket); err != nil {
 		return nil, err
 	}
-	s := &Store{
-		js: js, bucket: cfg.Bucket,
-		chunkSize: 256 << 10, window: 16, stall: 30 * time.Second, attempts: 4,
-		log: slog.New(slog.DiscardHandler),
-	}
-	for _, o := range opts {
-		o(s)
-	}
+	s := newStore(js, cfg.Bucket, opts)
 	stream, err := js.Stream(ctx, streamName(cfg.Bucket))
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		stream, err = js.CreateStream(ctx, StreamConfig(cfg))
@@ -202,6 +195,33 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Optio
 	}
 	s.stream = stream
 	return s, nil
+}
+
+// Bind binds to an existing bucket without creating it (a client that
+// only reads).
+func Bind(ctx context.Context, js jetstream.JetStream, bucket string, opts ...Option) (*Store, error) {
+	if err := ValidBucket(bucket); err != nil {
+		return nil, err
+	}
+	s := newStore(js, bucket, opts)
+	stream, err := js.Stream(ctx, streamName(bucket))
+	if err != nil {
+		return nil, fmt.Errorf("object bucket %s: %w", bucket, err)
+	}
+	s.stream = stream
+	return s, nil
+}
+
+func newStore(js jetstream.JetStream, bucket string, opts []Option) *Store {
+	s := &Store{
+		js: js, bucket: bucket,
+		chunkSize: 256 << 10, window: 16, stall: 30 * time.Second, attempts: 4,
+		log: slog.New(slog.DiscardHandler),
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // Bucket is the bucket's name.
