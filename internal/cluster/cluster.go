@@ -24,13 +24,16 @@ import (
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
-// Build compiles every command into a fresh directory, removed when tb ends.
+// Build compiles every command, and nats-server at the version go.mod
+// requires, into a fresh directory, removed when tb ends.
 func Build(tb testing.TB) string {
 	tb.Helper()
 	dir := tb.TempDir()
-	cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator), "github.com/vmprep/vmprep/cmd/...")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		tb.Fatalf("go build: %v\n%s", err, out)
+	for _, pkg := range []string{"github.com/vmprep/vmprep/cmd/...", "github.com/nats-io/nats-server/v2"} {
+		cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator), pkg)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			tb.Fatalf("go build %s: %v\n%s", pkg, err, out)
+		}
 	}
 	return dir
 }
@@ -95,8 +98,11 @@ type Cluster struct {
 	// --mirror and --keyring are added by Stage when Mirror is set).
 	MirrorURL   string
 	KeyringFile string
-	mu          sync.Mutex
-	procs       []*Proc
+	// Replicas is passed to stages started on hosts (0: their default).
+	Replicas   int
+	mu         sync.Mutex
+	procs      []*Proc
+	mountPoint string
 }
 
 // New starts `vmprep serve --stages none` from bin with a fresh JetStream

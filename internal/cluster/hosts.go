@@ -1,0 +1,287 @@
+package cluster
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmprep/vmprep/internal/testutil"
+	"github.com/vmprep/vmprep/pkg/catalog"
+)
+
+// Bucket is the object bucket the multi-host tests use (--store nats:Bucket).
+const Bucket = "vmprep"
+
+// RequireNamespaces skips tb unless processes can be put into mount
+// namespaces of their own (root and unshare(1)); under CI=true it fails
+// instead, since CI must run these tests.
+func RequireNamespaces(tb testing.TB) {
+	tb.Helper()
+	why := ""
+	if os.Geteuid() != 0 {
+		why = "not root"
+	} else if _, err := exec.LookPath("unshare"); err != nil {
+		why = "unshare(1) not found (util-linux)"
+	} else if out, err := exec.Command("unshare", "-m", "--propagation", "private", "true").CombinedOutput(); err != nil {
+		why = fmt.Sprintf("unshare -m failed: %v %s", err, out)
+	}
+	if why == "" {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		tb.Fatalf("separate-host tests need mount namespaces: %s", why)
+	}
+	tb.Skipf("separate-host tests need mount namespaces (root and unshare): %s", why)
+}
+
+// Host is one simulated machine. Its processes run in a mount namespace of
+// their own in which the host's private directory is bind-mounted over the
+// path every host uses (MountPoint): a path one host hands another names a
+// different file system there, as it would across machines.
+type Host struct {
+	c    *Cluster
+	Name string
+	// Dir is the host's directory as the test (outside every namespace) sees it.
+	Dir string
+}
+
+// MountPoint is the path at which every host sees its own directory; its
+// cache directory is MountPoint itself.
+func (c *Cluster) MountPoint() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.mountPoint == "" {
+		c.mountPoint = c.tb.TempDir()
+	}
+	return c.mountPoint
+}
+
+// Host returns a new host named name.
+func (c *Cluster) Host(name string) *Host {
+	c.tb.Helper()
+	RequireNamespaces(c.tb)
+	dir := filepath.Join(c.tb.TempDir(), name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		c.tb.Fatal(err)
+	}
+	c.MountPoint()
+	return &Host{c: c, Name: name, Dir: dir}
+}
+
+// Real maps a path this host's processes reported (under MountPoint) to
+// where the test finds it.
+func (h *Host) Real(p string) string {
+	mp := h.c.MountPoint()
+	if p == mp || strings.HasPrefix(p, mp+string(os.PathSeparator)) {
+		return filepath.Join(h.Dir, strings.TrimPrefix(p, mp))
+	}
+	return p
+}
+
+// command wraps bin args in the host's namespace.
+func (h *Host) command(exe string, args ...string) *exec.Cmd {
+	script := `mount --bind "$1" "$2" && shift 2 && exec "$@"`
+	full := append([]string{"-m", "--propagation", "private", "sh", "-c", script, "sh", h.Dir, h.c.MountPoint(), filepath.Join(h.c.Bin, exe)}, args...)
+	return exec.Command("unshare", full...)
+}
+
+// Start runs a binary on the host.
+func (h *Host) Start(name string, args ...string) *Proc {
+	h.c.tb.Helper()
+	exe, _, _ := strings.Cut(name, "#")
+	cmd := h.command(exe, args...)
+	return h.c.startCmd(h.Name+"/"+name, cmd)
+}
+
+// Stage starts a stage process on the host against the object store, with
+// its cache at MountPoint.
+func (h *Host) Stage(name string, extra ...string) *Proc {
+	exe, _, _ := strings.Cut(name, "#")
+	args := []string{"--nats", h.c.NATS, "--cache-dir", h.c.MountPoint(), "--store", "nats:" + Bucket,
+		"--ack-wait", "3s", "--concurrency", "2", "--drain-timeout", "2s"}
+	if h.c.Replicas > 0 {
+		args = append(args, "--replicas", fmt.Sprint(h.c.Replicas))
+	}
+	if exe == "resolver" {
+		if h.c.MirrorURL != "" {
+			args = append(args, "--mirror", h.c.MirrorURL)
+		}
+		if h.c.KeyringFile != "" {
+			args = append(args, "--keyring", h.c.KeyringFile)
+		}
+	}
+	return h.Start(name, append(args, extra...)...)
+}
+
+// Prepare runs `vmprep prepare --nats … --json` on the host, its cache at
+// MountPoint.
+func (h *Host) Prepare(arch catalog.Arch, format catalog.DiskFormat, extra ...string) *PrepareRun {
+	r := &PrepareRun{done: make(chan error, 1)}
+	args := append([]string{"prepare", "--nats", h.c.NATS, "--cache-dir", h.c.MountPoint(), "--json",
+		"--arch", string(arch), "--format", string(format)}, extra...)
+	r.cmd = h.command("vmprep", append(args, "ubuntu", "24.04")...)
+	r.cmd.Stdout, r.cmd.Stderr = &r.stdout, &r.stderr
+	if err := r.cmd.Start(); err != nil {
+		h.c.tb.Fatal(err)
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	return r
+}
+
+// startCmd starts cmd as a tracked process.
+func (c *Cluster) startCmd(name string, cmd *exec.Cmd) *Proc {
+	c.tb.Helper()
+	buf := &testutil.LockedBuffer{}
+	cmd.Stdout, cmd.Stderr = buf, buf
+	cmd.Env = append(os.Environ(), "VMPREP_LOG_FORMAT=text", "VMPREP_LOG_LEVEL=info")
+	if err := cmd.Start(); err != nil {
+		c.tb.Fatalf("start %s: %v", name, err)
+	}
+	p := &Proc{Name: name, Cmd: cmd, out: buf, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	c.mu.Lock()
+	c.procs = append(c.procs, p)
+	c.mu.Unlock()
+	return p
+}
+
+// NATSNode is one nats-server process of a cluster.
+type NATSNode struct {
+	Name    string
+	server  string
+	URL     string
+	Monitor string
+	args    []string
+	bin     string
+	c       *Cluster
+	Proc    *Proc
+}
+
+// Kill9 kills the node's server with SIGKILL.
+func (n *NATSNode) Kill9(tb testing.TB) { n.Proc.Kill9(tb) }
+
+// Restart starts the node again on the same ports and storage.
+func (n *NATSNode) Restart(tb testing.TB) {
+	tb.Helper()
+	n.Proc = n.c.startCmd(n.Name, exec.Command(n.bin, n.args...))
+}
+
+// freePorts returns n free loopback TCP ports.
+func freePorts(tb testing.TB, n int) []int {
+	tb.Helper()
+	var ls []net.Listener
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return ports
+}
+
+// NewNATSCluster starts a cluster of n real nats-server processes (built
+// from go.mod's version by Build) with JetStream, and returns a Cluster
+// whose NATS is the comma-separated list of their client URLs.
+func NewNATSCluster(tb testing.TB, bin string, n int) (*Cluster, []*NATSNode) {
+	tb.Helper()
+	c := &Cluster{tb: tb, Bin: bin, Cache: tb.TempDir(), Replicas: n}
+	tb.Cleanup(c.StopAll)
+	ports := freePorts(tb, 3*n)
+	var routes []string
+	for i := range n {
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[3*i+1]))
+	}
+	var nodes []*NATSNode
+	var urls []string
+	for i := range n {
+		name := fmt.Sprintf("n%d", i+1)
+		args := []string{
+			"-a", "127.0.0.1", "-p", fmt.Sprint(ports[3*i]), "-n", name, "-js", "-sd", filepath.Join(tb.TempDir(), name),
+			"--cluster_name", "vmprep", "--cluster", fmt.Sprintf("nats://127.0.0.1:%d", ports[3*i+1]),
+			"--routes", strings.Join(routes, ","), "-m", fmt.Sprint(ports[3*i+2]),
+		}
+		node := &NATSNode{Name: "nats-" + name, server: name, URL: fmt.Sprintf("nats://127.0.0.1:%d", ports[3*i]),
+			Monitor: fmt.Sprintf("http://127.0.0.1:%d", ports[3*i+2]), args: args, bin: filepath.Join(bin, "nats-server"), c: c}
+		node.Proc = c.startCmd(node.Name, exec.Command(node.bin, args...))
+		nodes = append(nodes, node)
+		urls = append(urls, node.URL)
+	}
+	c.NATS = strings.Join(urls, ",")
+	WaitFor(tb, "a JetStream meta leader with all peers", 30*time.Second, func() bool { return JetStreamReady(nodes) })
+	return c, nodes
+}
+
+// JetStreamReady reports whether every node is healthy and the cluster's
+// JetStream meta leader sees all peers current.
+func JetStreamReady(nodes []*NATSNode) bool {
+	for _, n := range nodes {
+		if !n.Healthy() {
+			return false
+		}
+	}
+	type jsz struct {
+		Meta *struct {
+			Leader  string `json:"leader"`
+			Size    int    `json:"cluster_size"`
+			Replica []struct {
+				Current bool `json:"current"`
+			} `json:"replicas"`
+		} `json:"meta_cluster"`
+	}
+	var first jsz
+	if err := getJSON(nodes[0].Monitor+"/jsz", &first); err != nil || first.Meta == nil || first.Meta.Leader == "" || first.Meta.Size != len(nodes) {
+		return false
+	}
+	for _, n := range nodes {
+		if n.server != first.Meta.Leader {
+			continue
+		}
+		var lead jsz
+		if err := getJSON(n.Monitor+"/jsz", &lead); err != nil || lead.Meta == nil || len(lead.Meta.Replica) != len(nodes)-1 {
+			return false
+		}
+		for _, r := range lead.Meta.Replica {
+			if !r.Current {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// Healthy reports whether the node's /healthz says ok.
+func (n *NATSNode) Healthy() bool {
+	resp, err := http.Get(n.Monitor + "/healthz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+func getJSON(url string, v any) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(v)
+}
