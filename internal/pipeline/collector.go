@@ -78,7 +78,7 @@ func (s *CollectorStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 		if st.Final == nil {
 			return nil, nil // still waiting for other assets
 		}
-		out, err := resultEvent(*st.Final)
+		out, err := resultEvent(*st.Final, "result."+ev.RequestID)
 		if err != nil {
 			return nil, stage.Permanent(err)
 		}

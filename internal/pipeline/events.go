@@ -34,12 +34,16 @@ func assetEvent(subject, step string, ev messages.AssetEvent) (stage.Event, erro
 	return stage.Event{Subject: subject, Data: data, ID: id}, nil
 }
 
-func resultEvent(res messages.Result) (stage.Event, error) {
+// resultEvent publishes a request's result. id tells publications apart:
+// the collector's decision is "result.<request>" (a redelivery of it is
+// deduplicated), an answer to a repeated request message carries that
+// message's sequence, so every request message gets its answer.
+func resultEvent(res messages.Result, id string) (stage.Event, error) {
 	data, err := messages.Encode(messages.TypeResult, &res)
 	if err != nil {
 		return stage.Event{}, fmt.Errorf("encode result: %w", err)
 	}
-	return stage.Event{Subject: messages.ResultSubject(res.RequestID), Data: data, ID: "result." + res.RequestID, Once: true}, nil
+	return stage.Event{Subject: messages.ResultSubject(res.RequestID), Data: data, ID: id}, nil
 }
 
 // decodeAsset reads an asset event; anything unreadable is poison.
@@ -69,12 +73,6 @@ func failureCause(err error) string {
 func FailurePolicy(stageName string, logger *slog.Logger) stage.FailureFunc {
 	return func(m stage.Message, err error) []stage.Event {
 		f := &messages.Failure{Stage: stageName, Cause: failureCause(err), Retryable: !stage.IsPermanent(err)}
-		var reused *requestIDReusedError
-		if errors.As(err, &reused) {
-			// The request id belongs to another request: telling "it" would fail
-			// that one. The dead letter records the refusal.
-			return nil
-		}
 		switch m.Subject {
 		case messages.SubjectPrepare:
 			var req messages.PrepareRequest
@@ -105,8 +103,9 @@ func FailurePolicy(stageName string, logger *slog.Logger) stage.FailureFunc {
 			}
 			f.Asset = ev.Asset.Role
 			out, e := resultEvent(messages.Result{
-				RequestID: ev.RequestID, Status: messages.ResultFailed, Spec: ev.Spec, Failure: f, CompletedAt: time.Now().UTC(),
-			})
+				RequestID: ev.RequestID, Status: messages.ResultFailed, Spec: ev.Spec, Format: ev.Format, Target: ev.Target,
+				Failure: f, CompletedAt: time.Now().UTC(),
+			}, "result."+ev.RequestID)
 			if e != nil {
 				return nil
 			}

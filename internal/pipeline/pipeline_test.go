@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -600,5 +601,81 @@ func TestConcurrentWorkersOneResultEach(t *testing.T) {
 	}
 	if info.State.Msgs != 8 || info.State.LastSeq != 8 {
 		t.Errorf("results stream holds %d results after %d publishes, want 8 and 8", info.State.Msgs, info.State.LastSeq)
+	}
+}
+
+// asAnyClient publishes req the way the README tells a client in any
+// language to (a plain JetStream publish, no message id, a core
+// subscription to the result subject made first) and returns the answer.
+func asAnyClient(t *testing.T, nc *nats.Conn, req any, id string) messages.Result {
+	t.Helper()
+	sub, err := nc.SubscribeSync(messages.ResultSubject(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	data, err := json.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	if _, err := js.Publish(context.Background(), messages.SubjectPrepare, data); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := sub.NextMsg(time.Minute)
+	if err != nil {
+		t.Fatalf("no answer for %s: %v", id, err)
+	}
+	var res messages.Result
+	if err := messages.Decode(msg.Data, messages.TypeResult, &res); err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// TestRequestIDReuseForAnyClient: a client that follows the README and
+// reuses an id for another image is told so on the subject it listens on,
+// and never sees the other image's files; repeating the original request
+// gets the original result again; format may be left out.
+func TestRequestIDReuseForAnyClient(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	e := newEnv(t, m)
+	emb := e.start(t)
+	spec := map[string]string{"distro": "ubuntu", "version": "24.04", "arch": "amd64"}
+	request := func(id, format string) map[string]any {
+		r := map[string]any{"v": 1, "type": "prepare.request", "request_id": id, "spec": spec}
+		if format != "" {
+			r["format"] = format
+		}
+		return r
+	}
+	// No format: qcow2.
+	first := asAnyClient(t, emb.Conn, request("reused", ""), "reused")
+	if first.Status != messages.ResultPrepared || first.Format != catalog.FormatQCOW2 || first.DiskFormat != catalog.FormatQCOW2 {
+		t.Fatalf("first (no format): %+v", first)
+	}
+	// The same id for raw, at once and after the first finished: a refusal
+	// that echoes what was asked, with no files.
+	for i := range 2 {
+		res := asAnyClient(t, emb.Conn, request("reused", "raw"), "reused")
+		if res.Status != messages.ResultFailed || res.Failure == nil || res.Failure.Code != messages.FailureRequestIDReused {
+			t.Fatalf("reuse %d: %+v", i, res)
+		}
+		if res.Format != catalog.FormatRaw || res.Disk != "" || len(res.Files) != 0 {
+			t.Fatalf("reuse %d: the refusal carries another request's image: %+v", i, res)
+		}
+		if !strings.Contains(res.Failure.Cause, "already used") || !strings.Contains(res.Failure.Cause, "qcow2") {
+			t.Errorf("cause: %s", res.Failure.Cause)
+		}
+	}
+	// The original request again: the original result again.
+	again := asAnyClient(t, emb.Conn, request("reused", "qcow2"), "reused")
+	if again.Status != messages.ResultPrepared || !again.CompletedAt.Equal(first.CompletedAt) || again.Disk != first.Disk {
+		t.Fatalf("original repeated: %+v", again)
+	}
+	// A format vmprep does not make: said in the request's own words.
+	bad := asAnyClient(t, emb.Conn, request("badformat", "vmdk"), "badformat")
+	if bad.Status != messages.ResultFailed || !strings.Contains(bad.Failure.Cause, `"format": "vmdk" is not a disk format`) || strings.Contains(bad.Failure.Cause, "invalid message") {
+		t.Fatalf("bad format: %+v", bad.Failure)
 	}
 }

@@ -49,6 +49,9 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 	if err := messages.ValidateRequestID(req.RequestID); err != nil {
 		return nil, stage.Poison(err)
 	}
+	if req.Format == "" {
+		req.Format = messages.DefaultFormat
+	}
 	if err := req.Validate(); err != nil {
 		return nil, stage.Permanent(err)
 	}
@@ -67,13 +70,27 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 	state, _, err := s.Requests.Load(ctx, req.RequestID)
 	switch {
 	case err == nil && !state.sameRequest(req):
-		return nil, stage.Poison(&requestIDReusedError{ID: req.RequestID, Spec: state.Spec, Format: state.Format})
+		// The id names a request for another image. Answer this requester
+		// on the id's result subject — with a failure that echoes what it
+		// asked for, so that nobody mistakes the other image's result for
+		// its own — and leave the other request's state alone.
+		log.Warn("request id reused for another image; refusing it", "used_for", specString(state.Spec), "format", state.Format)
+		out, err := resultEvent(messages.Result{
+			RequestID: req.RequestID, Status: messages.ResultFailed, Spec: req.Spec, Format: req.Format, Target: req.Target,
+			Failure: &messages.Failure{Stage: messages.StageResolver, Code: messages.FailureRequestIDReused,
+				Cause: fmt.Sprintf("request id %s is already used by a request for %s (%s); choose a new request id", req.RequestID, specString(state.Spec), state.Format)},
+			CompletedAt: time.Now().UTC(),
+		}, answerID(req.RequestID, m))
+		return []stage.Event{out}, err
 	case err == nil && state.Final != nil:
-		log.Info("duplicate request: already answered")
-		return nil, nil
+		// The same request again: the same result again, so that a client
+		// that subscribed after the first answer hears it too.
+		log.Info("repeated request: publishing its result again")
+		out, err := resultEvent(*state.Final, answerID(req.RequestID, m))
+		return []stage.Event{out}, err
 	case err == nil && m.Delivery == 1:
 		// Another message with this id created the state: a duplicate publish
-		// of a request still in flight.
+		// of a request still in flight; its result will answer both.
 		log.Info("duplicate request: already in progress")
 		return nil, nil
 	case err == nil && state.Resolution != nil:
@@ -108,15 +125,10 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 	return events, nil
 }
 
-// requestIDReusedError refuses a request whose id already names another request.
-type requestIDReusedError struct {
-	ID     string
-	Spec   catalog.ImageSpec
-	Format catalog.DiskFormat
-}
-
-func (e *requestIDReusedError) Error() string {
-	return fmt.Sprintf("request id %s is already used by a request for %s (%s)", e.ID, specString(e.Spec), e.Format)
+// answerID is the publication id of an answer to request message m: one
+// per message (a redelivery of m is deduplicated).
+func answerID(id string, m stage.Message) string {
+	return fmt.Sprintf("result.%s.%d", id, m.Sequence)
 }
 
 func roles(res catalog.Resolution) []catalog.Role {

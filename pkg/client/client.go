@@ -188,9 +188,14 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 	if err != nil {
 		return Result{}, err
 	}
-	if _, err := c.js.Publish(ctx, messages.SubjectPrepare, data, jetstream.WithMsgID("prepare."+req.RequestID)); err != nil {
+	// The publication id names the request's content: a retried publish of
+	// this request is deduplicated, a request for another image with the
+	// same id is not (the deployment answers it with a refusal).
+	msgID := "prepare." + req.RequestID + "." + req.Fingerprint()
+	if _, err := c.js.Publish(ctx, messages.SubjectPrepare, data, jetstream.WithMsgID(msgID)); err != nil {
 		return Result{}, fmt.Errorf("publish prepare request: %w", err)
 	}
+	nudged := false
 	for {
 		m, err := nextWithContext(ctx, cons)
 		if err != nil {
@@ -206,19 +211,43 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 		if err := messages.Decode(m.Data(), messages.TypeResult, &res); err != nil {
 			return Result{}, fmt.Errorf("unreadable result for request %s: %w", req.RequestID, err)
 		}
-		if (res.Spec != image.Spec{} && res.Spec != spec) || (res.Format != "" && res.Format != req.Format) {
-			return Result{}, fmt.Errorf("%w: request id %s was already used for %s (%s)",
-				ErrRequestIDReused, req.RequestID, res.Spec, res.Format)
+		if !answers(res, req) {
+			// The id's last answer is about another request (another image,
+			// or a refusal of someone else's reuse of the id). Ours comes:
+			// unless our publish was deduplicated as a repeat, so publish
+			// once more under a fresh id, which the deployment answers.
+			if !nudged {
+				nudged = true
+				if _, err := c.js.Publish(ctx, messages.SubjectPrepare, data, jetstream.WithMsgID(msgID+"."+NewRequestID())); err != nil {
+					return Result{}, fmt.Errorf("publish prepare request: %w", err)
+				}
+			}
+			continue
 		}
 		if res.Status != messages.ResultPrepared {
 			f := messages.Failure{Stage: "unknown", Cause: "failed without a reason"}
 			if res.Failure != nil {
 				f = *res.Failure
 			}
+			if f.Code == messages.FailureRequestIDReused {
+				return res, fmt.Errorf("%w: %s", ErrRequestIDReused, f.Cause)
+			}
 			return res, &FailedError{RequestID: req.RequestID, Spec: spec, Failure: f}
 		}
 		return res, nil
 	}
+}
+
+// answers reports whether res is the answer to req: results echo what was
+// asked (a result of an older build may leave fields empty).
+func answers(res Result, req Request) bool {
+	if res.Spec != (image.Spec{}) && res.Spec != req.Spec {
+		return false
+	}
+	if res.Format != "" && res.Format != req.Format {
+		return false
+	}
+	return res.Target == req.Target
 }
 
 // nextWithContext waits for the next message but returns as soon as ctx ends:

@@ -9,6 +9,8 @@
 package messages
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -120,9 +122,24 @@ var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 // ValidateRequestID checks that id is safe as a NATS subject token and a KV key.
 func ValidateRequestID(id string) error {
 	if !requestIDPattern.MatchString(id) {
-		return fmt.Errorf("%w: request id %q must be 1-64 characters of A-Z a-z 0-9 _ -", ErrInvalid, id)
+		return fmt.Errorf("%w: request id %q must be 1-64 characters of A-Z a-z 0-9 _ -", ErrInvalidRequest, id)
 	}
 	return nil
+}
+
+// Fingerprint identifies what a request asks for (spec, format, target,
+// client_converts), so that two requests with one id can be told apart.
+func (r *PrepareRequest) Fingerprint() string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%s\x00%t", r.Spec.Distro, r.Spec.Version, r.Spec.Arch, r.format(), r.Target, r.ClientConverts)
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+func (r *PrepareRequest) format() image.DiskFormat {
+	if r.Format == "" {
+		return DefaultFormat
+	}
+	return r.Format
 }
 
 // Header is the part every event shares.
@@ -220,12 +237,18 @@ type AssetEvent struct {
 
 // Failure says what went wrong, in words a person can act on.
 type Failure struct {
-	Stage     string     `json:"stage"`
+	Stage string `json:"stage"`
+	// Code classifies failures a client acts on (FailureRequestIDReused).
+	Code      string     `json:"code,omitempty"`
 	Asset     image.Role `json:"asset,omitempty"`
 	URL       string     `json:"url,omitempty"`
 	Cause     string     `json:"cause"`
 	Retryable bool       `json:"retryable"`
 }
+
+// FailureRequestIDReused is the code of a failed result that answers a
+// request whose id already names a request for another image.
+const FailureRequestIDReused = "request_id_reused"
 
 func (f *Failure) Error() string {
 	s := f.Stage + " failed"
@@ -381,15 +404,23 @@ func Encode(typ string, v interface{ setHeader(Header) }) ([]byte, error) {
 
 func (h *Header) setHeader(v Header) { *h = v }
 
-// Validate checks a prepare request before any work is done for it.
+// ErrInvalidRequest is returned for a prepare request that asks for
+// something vmprep cannot do (a disk format it does not make, a bad id).
+var ErrInvalidRequest = errors.New("invalid prepare request")
+
+// DefaultFormat is the disk format of a request that names none.
+const DefaultFormat = image.FormatQCOW2
+
+// Validate checks a prepare request before any work is done for it. An
+// empty Format means DefaultFormat.
 func (r *PrepareRequest) Validate() error {
 	if err := ValidateRequestID(r.RequestID); err != nil {
 		return err
 	}
 	switch r.Format {
-	case image.FormatQCOW2, image.FormatRaw:
+	case image.FormatQCOW2, image.FormatRaw, "":
 	default:
-		return fmt.Errorf("%w: disk format %q (want qcow2 or raw)", ErrInvalid, r.Format)
+		return fmt.Errorf("%w: \"format\": %q is not a disk format vmprep makes: use \"qcow2\" (the default) or \"raw\"", ErrInvalidRequest, r.Format)
 	}
 	if r.Target != "" {
 		if err := ValidateTarget(r.Target); err != nil {

@@ -39,6 +39,9 @@ type Message struct {
 	Header  nats.Header
 	// Delivery counts deliveries of this message, starting at 1.
 	Delivery int
+	// Sequence is the message's sequence in its stream (0 if unknown): it
+	// tells two messages with the same content apart.
+	Sequence uint64
 }
 
 // Event is one message to publish. ID becomes the Nats-Msg-Id header: it must be
@@ -375,7 +378,7 @@ func sleep(ctx context.Context, d time.Duration) {
 func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 	m := Message{Subject: jm.Subject(), Data: jm.Data(), Header: jm.Headers(), Delivery: 1}
 	if md, err := jm.Metadata(); err == nil {
-		m.Delivery = int(md.NumDelivered)
+		m.Delivery, m.Sequence = int(md.NumDelivered), md.Sequence.Stream
 	}
 	log := r.cfg.logger.With("stage", r.name, "subject", m.Subject, "delivery", m.Delivery)
 
