@@ -312,3 +312,16 @@ func rewriteObject(js jetstream.JetStream, info objectstore.Info, path string) e
 	_, err = obs.PutBytes(context.Background(), info.Name, data)
 	return err
 }
+
+// A request for a target host that no converter has ever served fails at
+// once, saying what to start, instead of waiting forever.
+func TestMultiHostUnknownTarget(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	f := newFleet(t, m)
+	f.host("gateway", []string{messages.StageResolver, messages.StageCollector, messages.StageFetcher, messages.StageVerifier}, nil)
+	res := prepare(t, f.conn(), messages.PrepareRequest{RequestID: "nobody", Format: catalog.FormatRaw, Target: "mac9",
+		Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}})
+	if res.Status != messages.ResultFailed || res.Failure == nil || !strings.Contains(res.Failure.Cause, "converter --target mac9") {
+		t.Fatalf("%+v %+v", res, res.Failure)
+	}
+}

@@ -159,7 +159,14 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 				Leases: infra.leasesFor(d.Host + "/" + strconv.Itoa(os.Getpid())), Progress: progress, Logger: log}
 			bindings = append(bindings, binding{name, name, messages.SubjectFetch, h.Handle})
 		case messages.StageVerifier:
-			h := &VerifierStage{Store: d.Store, Objects: infra.Objects, Verified: newVerifiedObjects(infra.Verified), Progress: progress, Logger: log}
+			h := &VerifierStage{Store: d.Store, Objects: infra.Objects, Verified: newVerifiedObjects(infra.Verified), Progress: progress, Logger: log,
+				TargetKnown: func(ctx context.Context, host string) (bool, error) {
+					_, err := js.Consumer(ctx, messages.StreamWork, messages.TargetConsumer(host))
+					if errors.Is(err, jetstream.ErrConsumerNotFound) {
+						return false, nil
+					}
+					return err == nil, err
+				}}
 			bindings = append(bindings, binding{name, name, messages.SubjectVerify, h.Handle})
 		case messages.StageConverter:
 			h := &ConverterStage{Store: d.Store, Requests: infra.Requests, Objects: infra.Objects, Host: d.Host,

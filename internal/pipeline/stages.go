@@ -300,8 +300,12 @@ type VerifierStage struct {
 	// Objects and Verified are set in a deployment with an object store.
 	Objects  *objectstore.Store
 	Verified *verifiedObjects
-	Progress ProgressFunc
-	Logger   *slog.Logger
+	// TargetKnown reports whether a converter ever served target host (its
+	// durable consumer exists): work for a host nobody serves would wait
+	// forever, so such a request fails at once instead.
+	TargetKnown func(ctx context.Context, host string) (bool, error)
+	Progress    ProgressFunc
+	Logger      *slog.Logger
 }
 
 // Handle implements stage.Handler.
@@ -418,6 +422,15 @@ func (s *VerifierStage) verifyObject(ctx context.Context, ev messages.AssetEvent
 		ev.FileFormat = a.Format
 		if f, _ := qcow2.DetectFormat(bytes.NewReader(rec.Head), int64(len(rec.Head))); a.Format == catalog.FormatQCOW2 && f != qcow2.FormatQcow2 {
 			return nil, stage.Permanent(fmt.Errorf("disk %s is published as qcow2 but its verified bytes are not a qcow2 image", a.Name))
+		}
+	}
+	if ev.Target != "" && s.TargetKnown != nil {
+		known, err := s.TargetKnown(ctx, ev.Target)
+		if err != nil {
+			return nil, err
+		}
+		if !known {
+			return nil, stage.Permanent(fmt.Errorf("no converter serves target host %s: start `converter --target %s --store nats:%s` there", ev.Target, ev.Target, s.Objects.Bucket()))
 		}
 	}
 	return route(ev, a.Role == catalog.RoleKernel && place.KernelHeadNeedsUnpack(rec.Head), true)
