@@ -30,14 +30,14 @@ type config struct {
 	ubuntuSerials []string
 	debian        []string
 	debianSerials []string
-	fedora       []string
-	arches       []catalog.Arch
-	virtualSize  int64
-	dataSize     int64
-	compressDisk bool
-	kernelSize   int
-	initrdSize   int
-	gzipKernel   map[catalog.Arch]bool
+	fedora        []string
+	arches        []catalog.Arch
+	virtualSize   int64
+	dataSize      int64
+	compressDisk  bool
+	kernelSize    int
+	initrdSize    int
+	gzipKernel    map[catalog.Arch]bool
 }
 
 func defaultConfig() config {
@@ -45,13 +45,13 @@ func defaultConfig() config {
 		ubuntu:        []string{"24.04"},
 		ubuntuSerials: []string{DefaultUbuntuSerial},
 		debianSerials: []string{DefaultDebianSerial},
-		arches:       []catalog.Arch{catalog.ArchAMD64, catalog.ArchARM64},
-		virtualSize:  64 << 20,
-		dataSize:     4 << 20,
-		compressDisk: true,
-		kernelSize:   256 << 10,
-		initrdSize:   512 << 10,
-		gzipKernel:   map[catalog.Arch]bool{catalog.ArchARM64: true},
+		arches:        []catalog.Arch{catalog.ArchAMD64, catalog.ArchARM64},
+		virtualSize:   64 << 20,
+		dataSize:      4 << 20,
+		compressDisk:  true,
+		kernelSize:    256 << 10,
+		initrdSize:    512 << 10,
+		gzipKernel:    map[catalog.Arch]bool{catalog.ArchARM64: true},
 	}
 }
 
