@@ -306,7 +306,13 @@ type Result struct {
 	Header
 	RequestID string       `json:"request_id"`
 	Status    ResultStatus `json:"status"`
-	Spec      image.Spec   `json:"spec"`
+	// Spec is the image as the request named it (normalized).
+	Spec image.Spec `json:"spec"`
+	// Resolved is the image the request resolved to: the canonical version
+	// (a codename's number) and, for catalogs that publish serials, the
+	// serial of the build. A later request with this spec gets the same
+	// build, even after newer ones are published.
+	Resolved *image.Spec `json:"resolved,omitempty"`
 	// Format is the disk format the request asked for.
 	Format image.DiskFormat `json:"format,omitempty"`
 	// Target is the host the request named, if any.
@@ -315,7 +321,8 @@ type Result struct {
 	// the files are only objects (Files[role].Object).
 	Host string `json:"host,omitempty"`
 	// View is the user-facing directory images/<distro>/<version>/<arch>/ whose
-	// links point at the latest prepared files of this spec.
+	// links point at the latest prepared files of this image (its "serial"
+	// file names their build); the version is the canonical one.
 	View string `json:"view,omitempty"`
 	// Kernel, Initramfs and Disk are absolute paths of immutable, verified files
 	// in the content store; Kernel and Initramfs are empty for firmware-booted

@@ -13,6 +13,13 @@ import (
 	"github.com/vmprep/vmprep/pkg/image"
 )
 
+// Canonical validates spec against the catalog and returns it canonically
+// spelled: a codename becomes its version (catalog.Catalog.Canonical). Its
+// errors are the catalog's.
+func (r *Resolver) Canonical(spec catalog.ImageSpec) (catalog.ImageSpec, error) {
+	return r.cat.Canonical(spec)
+}
+
 // Serial is one build of a version that a catalog's listing offers.
 type Serial struct {
 	Serial string `json:"serial"`

@@ -205,3 +205,35 @@ func (s *Store) RaiseNewestSerial(ctx context.Context, spec catalog.ImageSpec, s
 	}
 	return m, nil
 }
+
+// ViewSerialName is the file in an images/<distro>/<version>/<arch>/ view
+// that names the build its links point at.
+const ViewSerialName = "serial"
+
+// SetViewSerial writes spec.Serial (and a newline) to the view's serial
+// file, atomically, after its links were replaced; an image without a
+// serial has the file removed, so it never names a build the links left.
+func (s *Store) SetViewSerial(spec catalog.ImageSpec) error {
+	p, err := specPath(spec)
+	if err != nil {
+		return err
+	}
+	dir := append([]string{dirImages}, p...)
+	path := s.path(append(dir, ViewSerialName)...)
+	if spec.Serial == "" {
+		if err := os.Remove(path); err != nil && !notExist(err) {
+			return fmt.Errorf("store: %w", err)
+		}
+		return nil
+	}
+	if err := checkSerial(spec.Serial); err != nil {
+		return err
+	}
+	if _, err := s.mkdirInRoot(dir...); err != nil {
+		return fmt.Errorf("store: view serial %s: %w", path, err)
+	}
+	if err := writeFileAtomic(path, []byte(spec.Serial+"\n"), 0o444); err != nil {
+		return fmt.Errorf("store: view serial: %w", err)
+	}
+	return nil
+}
