@@ -237,3 +237,43 @@ func (s *Store) SetViewSerial(spec catalog.ImageSpec) error {
 	}
 	return nil
 }
+
+// RecordedImages lists the images of distro that have a latest resolution
+// in records/ (distro, version and arch; the serial is the record's).
+func (s *Store) RecordedImages(ctx context.Context, distro string) ([]catalog.ImageSpec, error) {
+	d := strings.ToLower(distro)
+	if err := validComponent("distro", d); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	versions, err := os.ReadDir(s.path(dirRecords, d))
+	if notExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	var out []catalog.ImageSpec
+	for _, v := range versions {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if !v.IsDir() || validComponent("version", v.Name()) != nil {
+			continue
+		}
+		arches, err := os.ReadDir(s.path(dirRecords, d, v.Name()))
+		if err != nil {
+			continue
+		}
+		for _, a := range arches {
+			arch, ok := strings.CutSuffix(a.Name(), ".json")
+			if !ok || !a.Type().IsRegular() || isTempName(a.Name()) || validComponent("arch", arch) != nil {
+				continue
+			}
+			spec := catalog.ImageSpec{Distro: d, Version: v.Name(), Arch: catalog.Arch(arch)}
+			if r, err := s.LoadResolution(ctx, spec); err == nil {
+				out = append(out, r.Spec)
+			}
+		}
+	}
+	return out, nil
+}
