@@ -6,6 +6,11 @@
 // ranges, wrong bytes) so that fetchers and pipelines can be tested against
 // a real server instead of mocks.
 //
+// Ubuntu and Debian versions are published as builds in directories of their
+// own, named by serial (WithSerials, WithDebianSerials), with a listing of
+// the version's directory and a moving release/ (latest/) copy of the newest;
+// AddSerial publishes a newer build and RollBack withdraws the newest.
+//
 // Typical use:
 //
 //	m := testmirror.New(t)
