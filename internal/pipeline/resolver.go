@@ -155,7 +155,7 @@ func fetchEvents(req messages.PrepareRequest, res catalog.Resolution, from strin
 	events := make([]stage.Event, 0, len(res.Assets))
 	for _, a := range res.Assets {
 		ev, err := assetEvent(messages.SubjectFetch, "fetch", messages.AssetEvent{
-			RequestID: req.RequestID, Spec: req.Spec, Format: req.Format, Roles: rs,
+			RequestID: req.RequestID, Spec: req.Spec, Resolved: &res.Spec, Format: req.Format, Roles: rs,
 			Target: req.Target, ClientConverts: req.ClientConverts,
 			ResolvedFrom: from, Asset: a, Status: messages.StatusResolved,
 		})
