@@ -57,6 +57,24 @@ func TestSerialsNewestPinnedAndMissing(t *testing.T) {
 		t.Errorf("spec %v (want the request's %v), from %s", newest.Spec, noble, newest.ResolvedFrom)
 	}
 
+	// Asking again (MaxAge 0) reads the listing only: the newest build is
+	// already verified, from a directory that never changes.
+	manifests := func() int {
+		n := 0
+		for _, role := range []catalog.Role{catalog.RoleDisk, catalog.RoleKernel} {
+			mp := m.SerialManifestPath("ubuntu", "24.04", "20260926", catalog.ArchAMD64, role)
+			n += m.Requests(mp) + m.Requests(mp+".gpg")
+		}
+		return n
+	}
+	listings, fetched := m.Requests(m.VersionDir("ubuntu", "24.04")), manifests()
+	again := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "again", Spec: noble, Format: catalog.FormatQCOW2})
+	checkBuild(t, m, again, "20260926")
+	if again.ResolvedFrom != messages.ResolvedFromCache || manifests() != fetched || m.Requests(m.VersionDir("ubuntu", "24.04")) != listings+1 {
+		t.Errorf("repeat: from %s, %d manifest/signature and %d listing requests; want the record after one listing",
+			again.ResolvedFrom, manifests()-fetched, m.Requests(m.VersionDir("ubuntu", "24.04"))-listings)
+	}
+
 	older := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "older", Spec: withSerial(noble, "20260901"), Format: catalog.FormatQCOW2})
 	checkBuild(t, m, older, "20260901")
 
