@@ -8,6 +8,7 @@
 //	vmprep convert SRC DST                  convert a qcow2 (or raw) image to raw
 //	vmprep inspect [--json] FILE            describe a disk image
 //	vmprep cache ls|verify|gc [flags]       look after the content store
+//	vmprep catalog [DISTRO [VERSION]]       list distros, versions, and the builds (serials) published
 package main
 
 import (
@@ -32,6 +33,7 @@ func commands() map[string]command {
 		"convert": {runConvert, "convert a qcow2 (or raw) image to raw: vmprep convert SRC DST"},
 		"inspect": {runInspect, "describe a disk image: vmprep inspect [--json] FILE"},
 		"cache":   {runCache, "look after the content store: vmprep cache ls|verify|gc"},
+		"catalog": {runCatalog, "list distros, versions and published builds: vmprep catalog [DISTRO [VERSION]]"},
 		"version": {runVersion, "print the version"},
 	}
 }
@@ -39,7 +41,7 @@ func commands() map[string]command {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: vmprep COMMAND [flags] [args]")
 	fmt.Fprintln(w, "\ncommands:")
-	for _, name := range []string{"prepare", "serve", "convert", "inspect", "cache", "version"} {
+	for _, name := range []string{"prepare", "catalog", "serve", "convert", "inspect", "cache", "version"} {
 		fmt.Fprintf(w, "  %-8s %s\n", name, commands()[name].summary)
 	}
 	fmt.Fprintln(w, "\nRun 'vmprep COMMAND -h' for a command's flags.")

@@ -52,6 +52,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	fs := flag.NewFlagSet("prepare", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	arch := fs.String("arch", "", "amd64|x86_64 or arm64|aarch64 (default: this host's)")
+	serial := fs.String("serial", "", "pin one build (e.g. 20260926 for Ubuntu; see vmprep catalog DISTRO VERSION) instead of the newest; a result's resolved.serial repeats a build exactly")
 	format := fs.String("format", string(defaultFormat()), "disk format wanted: raw or qcow2")
 	cacheDir := fs.String("cache-dir", os.Getenv(store.EnvCacheDir), "content store directory where the files end up (env "+store.EnvCacheDir+"; default <user cache dir>/vmprep)")
 	natsURL := fs.String("nats", "", "use a running vmprep deployment at this NATS URL (comma-separated for a cluster) instead of the embedded one")
@@ -82,7 +83,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintln(stderr, "vmprep prepare: want DISTRO VERSION, e.g. vmprep prepare ubuntu 24.04")
 		return 2
 	}
-	spec := catalog.ImageSpec{Distro: pos[0], Version: pos[1]}
+	spec := catalog.ImageSpec{Distro: pos[0], Version: pos[1], Serial: *serial}
 	if *arch != "" {
 		a, err := catalog.ParseArch(*arch)
 		if err != nil {
@@ -198,9 +199,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	return 0
 }
 
-func specLabel(s catalog.ImageSpec) string {
-	return fmt.Sprintf("%s %s %s", s.Distro, s.Version, s.Arch)
-}
+func specLabel(s catalog.ImageSpec) string { return s.String() }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
@@ -214,6 +213,9 @@ func printResult(w io.Writer, r messages.Result) {
 	fmt.Fprintf(w, "disk:       %s (%s)\n", r.Disk, r.DiskFormat)
 	if r.View != "" {
 		fmt.Fprintf(w, "view:       %s\n", r.View)
+	}
+	if r.Resolved != nil && r.Resolved.Serial != "" {
+		fmt.Fprintf(w, "serial:     %s (--serial %s prepares this build again)\n", r.Resolved.Serial, r.Resolved.Serial)
 	}
 	switch {
 	case r.Signer != "":

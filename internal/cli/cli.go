@@ -185,7 +185,7 @@ type ResolverFlags struct {
 
 // Register adds the resolver flags to fs.
 func (r *ResolverFlags) Register(fs *flag.FlagSet) {
-	fs.StringVar(&r.Mirror, "mirror", envOr("VMPREP_MIRROR", ""), "base URL replacing every catalog host, e.g. a local mirror (env VMPREP_MIRROR)")
+	fs.StringVar(&r.Mirror, "mirror", envOr("VMPREP_MIRROR", ""), "base URL replacing every catalog host: the root that contains the upstream paths, e.g. for Ubuntu the directory holding releases/ (http://mirror.example/ubuntu-cloud/, not …/releases/); it must carry the build directories (releases/24.04/release-<serial>/) and their listings (env VMPREP_MIRROR)")
 	fs.StringVar(&r.Keyring, "keyring", envOr("VMPREP_KEYRING", ""), "OpenPGP keyring file whose keys replace the built-in trusted keys (env VMPREP_KEYRING)")
 	fs.StringVar(&r.CatalogFile, "catalog", envOr("VMPREP_CATALOG", ""), "user catalog file (JSON or YAML) adding images; see docs/catalog.md (env VMPREP_CATALOG)")
 	fs.BoolVar(&r.AllowUnsigned, "allow-unsigned", false, "resolve images whose manifests have no configured signing key (e.g. Fedora without --keyring) without signature verification; logs a warning. Published or configured signatures are still required")

@@ -113,7 +113,14 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 	}
 	res.Status = messages.ResultPrepared
 	res.Files = map[catalog.Role]messages.File{}
+	// The view is the resolved image's: a codename and its number are one.
+	img := st.Spec
+	if st.Resolution != nil {
+		img = st.Resolution.Spec
+		res.Resolved = &img
+	}
 	hosts := map[string]bool{}
+	linked := false
 	for _, r := range st.Roles {
 		ev := st.Done[r]
 		f := messages.File{Digest: ev.Asset.Digest, Size: ev.Size, URL: ev.Asset.URL, Object: ev.Object}
@@ -132,11 +139,11 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 			if err != nil {
 				return nil, &assetError{Role: r, Err: err}
 			}
-			view, err := s.Store.LinkImage(st.Spec, viewName(ev), path)
+			view, err := s.Store.LinkImage(img, viewName(ev), path)
 			if err != nil {
 				return nil, &assetError{Role: r, Err: fmt.Errorf("link into the images view: %w", err)}
 			}
-			res.View = filepath.Dir(view)
+			res.View, linked = filepath.Dir(view), true
 			f.Path, f.Host = path, s.Host
 		} else if ev.Host != "" && ev.Path != "" {
 			f.Path, f.Host = ev.Path, ev.Host
@@ -154,6 +161,11 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 	}
 	if res.Unsigned {
 		res.Signer = ""
+	}
+	if linked {
+		if err := s.Store.SetViewSerial(img); err != nil {
+			return nil, fmt.Errorf("images view: %w", err)
+		}
 	}
 	// The top-level paths are set when every file is on one host.
 	if len(hosts) == 1 && !hosts[""] {

@@ -107,8 +107,23 @@ func TestMultiHostTargetedAndClientPlacement(t *testing.T) {
 	f.host("conv", []string{messages.StageConverter}, nil)
 	client := f.conn()
 
+	// checkView: a codename is the same image as its number, so the view is
+	// images/ubuntu/24.04/<arch>/ on every host, naming the build it holds.
+	checkView := func(t *testing.T, view string, arch catalog.Arch) {
+		t.Helper()
+		if !strings.HasSuffix(view, filepath.Join("images", "ubuntu", "24.04", string(arch))) {
+			t.Errorf("view %s is not the 24.04 view", view)
+		}
+		if b, err := os.ReadFile(filepath.Join(view, store.ViewSerialName)); err != nil || string(b) != testmirror.DefaultUbuntuSerial+"\n" {
+			t.Errorf("view serial %q, %v", b, err)
+		}
+	}
 	for _, arch := range []catalog.Arch{catalog.ArchAMD64, catalog.ArchARM64} {
-		spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: arch}
+		version := "24.04"
+		if arch == catalog.ArchARM64 {
+			version = "noble"
+		}
+		spec := catalog.ImageSpec{Distro: "ubuntu", Version: version, Arch: arch}
 		diskSrc := filepath.Join(m.Dir, filepath.FromSlash(m.Path("ubuntu", "24.04", arch, catalog.RoleDisk)))
 		t.Run("target mac1 raw "+string(arch), func(t *testing.T) {
 			res := prepare(t, client, messages.PrepareRequest{RequestID: "mac1-" + string(arch), Spec: spec, Format: catalog.FormatRaw, Target: "mac1"})
@@ -126,6 +141,7 @@ func TestMultiHostTargetedAndClientPlacement(t *testing.T) {
 			if !f.under("mac1", res.View) {
 				t.Errorf("view %s is not on mac1", res.View)
 			}
+			checkView(t, res.View, arch)
 			if got, want := testutil.FileSHA256(t, res.Disk), testutil.QemuRawSHA256(t, diskSrc); got != want {
 				t.Errorf("raw disk on mac1 %s, qemu-img convert gives %s", got, want)
 			}
@@ -172,6 +188,7 @@ func TestMultiHostTargetedAndClientPlacement(t *testing.T) {
 				if out.Host != "laptop" || !strings.HasPrefix(out.Disk, local.Root()) || out.DiskFormat != format {
 					t.Fatalf("localized result %+v", out)
 				}
+				checkView(t, out.View, arch)
 				want := testutil.FileSHA256(t, diskSrc)
 				if format == catalog.FormatRaw {
 					want = testutil.QemuRawSHA256(t, diskSrc)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/stage"
 	"github.com/vmprep/vmprep/pkg/store"
 	"golang.org/x/sync/singleflight"
@@ -16,13 +17,19 @@ import (
 
 // Resolver resolves an image spec to its verified assets (pkg/resolve).
 type Resolver interface {
+	// Canonical validates spec against the catalog and spells it canonically
+	// (a codename becomes its version), so that both spellings are one image.
+	Canonical(spec catalog.ImageSpec) (catalog.ImageSpec, error)
+	// Serials lists the builds published for spec's version, newest first;
+	// an error wrapping catalog.ErrNoSerials when its catalog has none.
+	Serials(ctx context.Context, spec catalog.ImageSpec) ([]resolve.Serial, error)
 	Resolve(ctx context.Context, spec catalog.ImageSpec) (catalog.Resolution, error)
 }
 
 // ResolverStage handles prepare requests: it validates the request, resolves
-// the spec (from the stored resolution when it is fresh, else from the
-// network, falling back to the stored one when the network fails), records the
-// request for the collector, and emits one fetch event per asset.
+// the spec (see resolve in resolution.go: stored resolutions, serials and the
+// rollback check), records the request for the collector, and emits one fetch
+// event per asset.
 type ResolverStage struct {
 	Resolver Resolver
 	Store    *store.Store
@@ -102,7 +109,11 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 		return nil, err
 	}
 
-	res, from, err := s.resolve(ctx, spec, log)
+	canonical, err := s.Resolver.Canonical(spec)
+	if err != nil {
+		return nil, stage.Permanent(&resolve.Error{Spec: spec, Op: resolve.OpPlan, Err: err})
+	}
+	res, from, err := s.resolve(ctx, canonical, log)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +155,7 @@ func fetchEvents(req messages.PrepareRequest, res catalog.Resolution, from strin
 	events := make([]stage.Event, 0, len(res.Assets))
 	for _, a := range res.Assets {
 		ev, err := assetEvent(messages.SubjectFetch, "fetch", messages.AssetEvent{
-			RequestID: req.RequestID, Spec: req.Spec, Format: req.Format, Roles: rs,
+			RequestID: req.RequestID, Spec: req.Spec, Resolved: &res.Spec, Format: req.Format, Roles: rs,
 			Target: req.Target, ClientConverts: req.ClientConverts,
 			ResolvedFrom: from, Asset: a, Status: messages.StatusResolved,
 		})
@@ -154,37 +165,6 @@ func fetchEvents(req messages.PrepareRequest, res catalog.Resolution, from strin
 		events = append(events, ev)
 	}
 	return events, nil
-}
-
-func (s *ResolverStage) resolve(ctx context.Context, spec catalog.ImageSpec, log *slog.Logger) (catalog.Resolution, string, error) {
-	cached, cerr := s.Store.LoadResolution(ctx, spec)
-	if cerr == nil && s.MaxAge > 0 && time.Since(cached.ResolvedAt) < s.MaxAge {
-		return cached, messages.ResolvedFromCache, nil
-	}
-	// A burst of requests for one spec asks the network once.
-	v, err, shared := s.flight.Do(specString(spec), func() (any, error) {
-		res, err := s.Resolver.Resolve(ctx, spec)
-		if err == nil {
-			if serr := s.Store.SaveResolution(ctx, res); serr != nil {
-				log.Warn("could not record resolution", "err", serr)
-			}
-		}
-		return res, err
-	})
-	if err == nil {
-		if shared {
-			log.Debug("shared a concurrent resolution")
-		}
-		return v.(catalog.Resolution), messages.ResolvedFromNetwork, nil
-	}
-	if cerr == nil && isRetryable(err) {
-		log.Warn("resolution failed; using the stored resolution", "err", err, "resolved_at", cached.ResolvedAt)
-		return cached, messages.ResolvedFromCache, nil
-	}
-	if isRetryable(err) {
-		return catalog.Resolution{}, "", err
-	}
-	return catalog.Resolution{}, "", stage.Permanent(err)
 }
 
 func specString(s catalog.ImageSpec) string {

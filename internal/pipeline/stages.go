@@ -558,9 +558,12 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 		if ev.Target != "" {
 			// The host's own view: links replaced one by one as files arrive.
 			name := place.ViewName(role, status == messages.StatusConverted, format)
-			view, err := s.Store.LinkImage(ev.Spec, name, path)
+			view, err := s.Store.LinkImage(ev.Image(), name, path)
 			if err != nil {
 				return nil, fmt.Errorf("link %s into the images view: %w", role, err)
+			}
+			if err := s.Store.SetViewSerial(ev.Image()); err != nil {
+				return nil, fmt.Errorf("images view: %w", err)
 			}
 			ev.View = filepath.Dir(view)
 		}

@@ -26,28 +26,32 @@ import (
 type Option func(*config)
 
 type config struct {
-	ubuntu       []string
-	debian       []string
-	fedora       []string
-	arches       []catalog.Arch
-	virtualSize  int64
-	dataSize     int64
-	compressDisk bool
-	kernelSize   int
-	initrdSize   int
-	gzipKernel   map[catalog.Arch]bool
+	ubuntu        []string
+	ubuntuSerials []string
+	debian        []string
+	debianSerials []string
+	fedora        []string
+	arches        []catalog.Arch
+	virtualSize   int64
+	dataSize      int64
+	compressDisk  bool
+	kernelSize    int
+	initrdSize    int
+	gzipKernel    map[catalog.Arch]bool
 }
 
 func defaultConfig() config {
 	return config{
-		ubuntu:       []string{"24.04"},
-		arches:       []catalog.Arch{catalog.ArchAMD64, catalog.ArchARM64},
-		virtualSize:  64 << 20,
-		dataSize:     4 << 20,
-		compressDisk: true,
-		kernelSize:   256 << 10,
-		initrdSize:   512 << 10,
-		gzipKernel:   map[catalog.Arch]bool{catalog.ArchARM64: true},
+		ubuntu:        []string{"24.04"},
+		ubuntuSerials: []string{DefaultUbuntuSerial},
+		debianSerials: []string{DefaultDebianSerial},
+		arches:        []catalog.Arch{catalog.ArchAMD64, catalog.ArchARM64},
+		virtualSize:   64 << 20,
+		dataSize:      4 << 20,
+		compressDisk:  true,
+		kernelSize:    256 << 10,
+		initrdSize:    512 << 10,
+		gzipKernel:    map[catalog.Arch]bool{catalog.ArchARM64: true},
 	}
 }
 
@@ -55,6 +59,21 @@ func defaultConfig() config {
 // arguments, no Ubuntu images are published.
 func WithUbuntu(versions ...string) Option {
 	return func(c *config) { c.ubuntu = slices.Clone(versions) }
+}
+
+// WithSerials sets the builds published for every Ubuntu version (default
+// DefaultUbuntuSerial), each in its own release-<serial>/ directory with its
+// own signed manifests and distinct content; release/ holds a copy of the
+// newest, as on cloud-images.ubuntu.com. At least one is needed.
+func WithSerials(serials ...string) Option {
+	return func(c *config) { c.ubuntuSerials = slices.Clone(serials) }
+}
+
+// WithDebianSerials sets the dated builds published for every Debian version
+// (default DefaultDebianSerial), each in its own <serial>/ directory whose
+// file names carry the serial; latest/ holds a copy of the newest.
+func WithDebianSerials(serials ...string) Option {
+	return func(c *config) { c.debianSerials = slices.Clone(serials) }
 }
 
 // WithDebian publishes Debian genericcloud images for these release numbers
@@ -129,38 +148,66 @@ func (b *builder) build() {
 	b.t.Helper()
 	c := b.m.cfg
 	for _, v := range c.ubuntu {
-		rel := &manifestFile{rel: path.Join(ubuntuReleaseDir(v), "SHA256SUMS"), alg: digest.SHA256, style: styleGNUBinary, sig: sigDetached}
-		unp := &manifestFile{rel: path.Join(ubuntuUnpackedDir(v), "SHA256SUMS"), alg: digest.SHA256, style: styleGNUBinary, sig: sigDetached}
-		for _, a := range c.arches {
-			disk := assetPath("ubuntu", v, a, catalog.RoleDisk)
-			b.content(rel, disk, b.qcow2())
-			// A neighbour the real directory also has, so lookups must match exactly.
-			b.content(rel, path.Join(ubuntuReleaseDir(v), ubuntuPrefix(v, a)+".manifest"), []byte("adduser\t3.137ubuntu1\napt\t2.7.14build2\n"))
-			b.content(unp, assetPath("ubuntu", v, a, catalog.RoleKernel), b.kernel(a))
-			b.content(unp, assetPath("ubuntu", v, a, catalog.RoleInitramfs), b.random(c.initrdSize))
+		if len(c.ubuntuSerials) == 0 {
+			b.t.Fatalf("testmirror: Ubuntu %s: no serials", v)
 		}
-		b.publish(rel)
-		b.publish(unp)
+		for _, s := range c.ubuntuSerials {
+			b.buildSerial("ubuntu", v, s)
+		}
+		b.m.setSerials("ubuntu", v, c.ubuntuSerials)
 	}
 	for _, v := range c.debian {
 		if debianCodenames[v] == "" {
 			b.t.Fatalf("testmirror: unknown Debian release %q (want 11, 12 or 13)", v)
 		}
-		mf := &manifestFile{rel: path.Join(debianDir(v), "SHA512SUMS"), alg: digest.SHA512, style: styleGNUText, sig: sigNone}
-		for _, a := range c.arches {
-			b.content(mf, assetPath("debian", v, a, catalog.RoleDisk), b.qcow2())
+		if len(c.debianSerials) == 0 {
+			b.t.Fatalf("testmirror: Debian %s: no serials", v)
 		}
-		b.publish(mf)
+		for _, s := range c.debianSerials {
+			b.buildSerial("debian", v, s)
+		}
+		b.m.setSerials("debian", v, c.debianSerials)
 	}
 	for _, v := range c.fedora {
 		for _, a := range c.arches {
-			mf := &manifestFile{rel: manifestPath("fedora", v, a, catalog.RoleDisk), alg: digest.SHA256, style: styleFedora, sig: sigClearsigned}
-			b.content(mf, assetPath("fedora", v, a, catalog.RoleDisk), b.qcow2())
+			mf := &manifestFile{rel: manifestPath("fedora", v, "", a, catalog.RoleDisk), alg: digest.SHA256, style: styleFedora, sig: sigClearsigned}
+			b.content(mf, assetPath("fedora", v, "", a, catalog.RoleDisk), b.qcow2())
 			// The real directory also holds a raw.xz image; a name pattern must not pick it.
 			b.content(mf, path.Join(fedoraDir(v, a), fmt.Sprintf("Fedora-Cloud-Base-Generic-%s-%s.%s.raw.xz", v, FedoraCompose, fedoraArch(a))), b.random(4096))
 			b.publish(mf)
 		}
 	}
+}
+
+// buildSerial publishes one build of an Ubuntu or Debian version in its own
+// directory, with fresh content, dated by its serial.
+func (b *builder) buildSerial(distro, v, serial string) {
+	b.t.Helper()
+	c := b.m.cfg
+	dir := buildDir(distro, v, serial)
+	switch distro {
+	case "ubuntu":
+		rel := &manifestFile{rel: manifestPath(distro, v, serial, "", catalog.RoleDisk), alg: digest.SHA256, style: styleGNUBinary, sig: sigDetached}
+		unp := &manifestFile{rel: manifestPath(distro, v, serial, "", catalog.RoleKernel), alg: digest.SHA256, style: styleGNUBinary, sig: sigDetached}
+		for _, a := range c.arches {
+			b.content(rel, assetPath(distro, v, serial, a, catalog.RoleDisk), b.qcow2())
+			// A neighbour the real directory also has, so lookups must match exactly.
+			b.content(rel, path.Join(dir, ubuntuPrefix(v, a)+".manifest"), []byte("adduser\t3.137ubuntu1\napt\t2.7.14build2\n"))
+			b.content(unp, assetPath(distro, v, serial, a, catalog.RoleKernel), b.kernel(a))
+			b.content(unp, assetPath(distro, v, serial, a, catalog.RoleInitramfs), b.random(c.initrdSize))
+		}
+		b.publish(rel)
+		b.publish(unp)
+	case "debian":
+		mf := &manifestFile{rel: manifestPath(distro, v, serial, "", catalog.RoleDisk), alg: digest.SHA512, style: styleGNUText, sig: sigNone}
+		for _, a := range c.arches {
+			b.content(mf, assetPath(distro, v, serial, a, catalog.RoleDisk), b.qcow2())
+		}
+		b.publish(mf)
+	default:
+		b.t.Fatalf("testmirror: %s publishes no serials", distro)
+	}
+	b.m.setModTime(dir, serialTime(serial))
 }
 
 // content writes a content file listed by mf, recording its published digest.

@@ -6,6 +6,11 @@
 // ranges, wrong bytes) so that fetchers and pipelines can be tested against
 // a real server instead of mocks.
 //
+// Ubuntu and Debian versions are published as builds in directories of their
+// own, named by serial (WithSerials, WithDebianSerials), with a listing of
+// the version's directory and a moving release/ (latest/) copy of the newest;
+// AddSerial publishes a newer build and RollBack withdraws the newest.
+//
 // Typical use:
 //
 //	m := testmirror.New(t)
@@ -20,6 +25,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -34,6 +40,7 @@ import (
 	"github.com/vmprep/vmprep/internal/signtest"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/signature"
 )
 
@@ -121,7 +128,10 @@ type Mirror struct {
 	srv         *httptest.Server
 	closed      chan struct{}
 
+	b *builder // kept to publish builds later (AddSerial)
+
 	mu        sync.Mutex
+	serials   map[string][]string // "distro/version" → published serials, newest first
 	files     map[string]*file
 	manifests map[string]*manifestFile
 	faults    map[string]*activeFault
@@ -145,6 +155,7 @@ func New(t testing.TB, opts ...Option) *Mirror {
 		cfg:       cfg,
 		key:       signtest.NewKey(t, "vmprep testmirror"),
 		closed:    make(chan struct{}),
+		serials:   make(map[string][]string),
 		files:     make(map[string]*file),
 		manifests: make(map[string]*manifestFile),
 		faults:    make(map[string]*activeFault),
@@ -155,8 +166,8 @@ func New(t testing.TB, opts ...Option) *Mirror {
 	if err := os.WriteFile(m.keyringFile, m.key.ArmoredPublic(), 0o644); err != nil {
 		t.Fatalf("testmirror: write keyring file: %v", err)
 	}
-	b := newBuilder(t, m)
-	b.build()
+	m.b = newBuilder(t, m)
+	m.b.build()
 	m.srv = httptest.NewServer(m)
 	m.URL = m.srv.URL + "/"
 	t.Cleanup(func() {
@@ -176,33 +187,182 @@ func (m *Mirror) KeyringFile() string { return m.keyringFile }
 // Fingerprint is the upper-case hex fingerprint of the mirror's signing key.
 func (m *Mirror) Fingerprint() string { return m.key.Fingerprint() }
 
-// Path returns the mirror-relative path of an asset, e.g.
-// "releases/24.04/release/ubuntu-24.04-server-cloudimg-amd64.img". The test
-// fails if the mirror does not publish it.
+// Path returns the mirror-relative path of an asset of the newest build,
+// e.g. "releases/24.04/release-20261120/ubuntu-24.04-server-cloudimg-amd64.img"
+// (Fedora has no builds directories). The test fails if the mirror does not
+// publish it.
 func (m *Mirror) Path(distro, version string, arch catalog.Arch, role catalog.Role) string {
 	m.t.Helper()
-	p := assetPath(distro, version, arch, role)
+	return m.SerialPath(distro, version, m.newest(distro, version), arch, role)
+}
+
+// SerialPath returns the mirror-relative path of an asset of one build;
+// serial "" names the moving directory (release/, latest/).
+func (m *Mirror) SerialPath(distro, version, serial string, arch catalog.Arch, role catalog.Role) string {
+	m.t.Helper()
+	p := assetPath(distro, version, serial, arch, role)
 	m.mu.Lock()
 	_, ok := m.files[p]
 	m.mu.Unlock()
 	if p == "" || !ok {
-		m.t.Fatalf("testmirror: no %s asset for %s %s %s in this mirror", role, distro, version, arch)
+		m.t.Fatalf("testmirror: no %s asset for %s %s %s (serial %q) in this mirror", role, distro, version, arch, serial)
 	}
 	return p
 }
 
+// MovingPath returns the path of an asset in the directory that is
+// repointed at each publication (Ubuntu's release/, Debian's latest/).
+func (m *Mirror) MovingPath(distro, version string, arch catalog.Arch, role catalog.Role) string {
+	m.t.Helper()
+	return m.SerialPath(distro, version, "", arch, role)
+}
+
 // ManifestPath returns the mirror-relative path of the checksum manifest that
-// lists the asset. For Ubuntu the detached signature is ManifestPath+".gpg".
+// lists the asset in the newest build. For Ubuntu the detached signature is
+// ManifestPath+".gpg".
 func (m *Mirror) ManifestPath(distro, version string, arch catalog.Arch, role catalog.Role) string {
 	m.t.Helper()
-	p := manifestPath(distro, version, arch, role)
+	return m.SerialManifestPath(distro, version, m.newest(distro, version), arch, role)
+}
+
+// SerialManifestPath is ManifestPath for one build.
+func (m *Mirror) SerialManifestPath(distro, version, serial string, arch catalog.Arch, role catalog.Role) string {
+	m.t.Helper()
+	p := manifestPath(distro, version, serial, arch, role)
 	m.mu.Lock()
 	_, ok := m.manifests[p]
 	m.mu.Unlock()
 	if p == "" || !ok {
-		m.t.Fatalf("testmirror: no manifest for %s %s %s %s in this mirror", role, distro, version, arch)
+		m.t.Fatalf("testmirror: no manifest for %s %s %s %s (serial %q) in this mirror", role, distro, version, arch, serial)
 	}
 	return p
+}
+
+// VersionDir returns the directory whose listing names a version's builds
+// ("releases/24.04"); Requests counts its listings under this name.
+func (m *Mirror) VersionDir(distro, version string) string { return versionDir(distro, version) }
+
+// Serials returns the serials published for a version, newest first.
+func (m *Mirror) Serials(distro, version string) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.serials[distro+"/"+version])
+}
+
+func (m *Mirror) newest(distro, version string) string {
+	if distro != "ubuntu" && distro != "debian" {
+		return ""
+	}
+	s := m.Serials(distro, version)
+	if len(s) == 0 {
+		m.t.Fatalf("testmirror: %s %s has no builds in this mirror", distro, version)
+	}
+	return s[0]
+}
+
+// AddSerial publishes a new build of an Ubuntu or Debian version (fresh,
+// signed content in its own directory), and points the moving directory at
+// it if it is the newest.
+func (m *Mirror) AddSerial(distro, version, serial string) {
+	m.t.Helper()
+	m.b.buildSerial(distro, version, serial)
+	m.setSerials(distro, version, append(m.Serials(distro, version), serial))
+}
+
+// RollBack makes the mirror look rolled back to its previous build: the
+// newest build's directory is removed (gone from the listing, its files
+// answering 404) and the moving directory holds the previous build again.
+// It returns the serial removed; the test fails if fewer than two remain.
+func (m *Mirror) RollBack(distro, version string) string {
+	m.t.Helper()
+	serials := m.Serials(distro, version)
+	if len(serials) < 2 {
+		m.t.Fatalf("testmirror: RollBack(%s %s): %d builds, need two", distro, version, len(serials))
+	}
+	m.removeTree(buildDir(distro, version, serials[0]))
+	m.setSerials(distro, version, serials[1:])
+	return serials[0]
+}
+
+// setSerials records the published serials and copies the newest into the
+// moving directory.
+func (m *Mirror) setSerials(distro, version string, serials []string) {
+	m.t.Helper()
+	sorted := slices.Clone(serials)
+	slices.SortFunc(sorted, func(a, b string) int { return image.CompareNatural(b, a) })
+	sorted = slices.Compact(sorted)
+	m.mu.Lock()
+	m.serials[distro+"/"+version] = sorted
+	m.mu.Unlock()
+	moving := buildDir(distro, version, "")
+	m.removeTree(moving)
+	m.copyBuild(distro, buildDir(distro, version, sorted[0]), moving, sorted[0])
+}
+
+// copyBuild copies a build's files and manifests (signed anew) to dir.
+func (m *Mirror) copyBuild(distro, from, to, serial string) {
+	m.t.Helper()
+	target := func(rel string) string {
+		dir, name := path.Split(strings.TrimPrefix(rel, from+"/"))
+		return path.Join(to, dir, movingName(distro, serial, name))
+	}
+	type item struct {
+		rel string
+		f   file
+	}
+	var contents []item
+	var manifests []*manifestFile
+	m.mu.Lock()
+	for rel, f := range m.files {
+		if strings.HasPrefix(rel, from+"/") && f.kind == kindContent {
+			contents = append(contents, item{rel, *f})
+		}
+	}
+	for rel, mf := range m.manifests {
+		if strings.HasPrefix(rel, from+"/") {
+			c := *mf
+			c.rel = target(rel)
+			c.entries = nil
+			for _, e := range mf.entries {
+				c.entries = append(c.entries, target(e))
+			}
+			manifests = append(manifests, &c)
+		}
+	}
+	m.mu.Unlock()
+	for _, it := range contents {
+		m.writeFile(target(it.rel), m.Content(it.rel), kindContent, it.f.published)
+	}
+	for _, mf := range manifests {
+		m.publishManifest(mf, m.manifestText(mf))
+	}
+}
+
+// removeTree stops serving everything under dir.
+func (m *Mirror) removeTree(dir string) {
+	m.t.Helper()
+	m.mu.Lock()
+	for rel := range m.files {
+		if strings.HasPrefix(rel, dir+"/") {
+			delete(m.files, rel)
+			delete(m.manifests, rel)
+		}
+	}
+	m.mu.Unlock()
+	if err := os.RemoveAll(m.diskPath(dir)); err != nil {
+		m.t.Fatalf("testmirror: remove %s: %v", dir, err)
+	}
+}
+
+// setModTime dates every file under dir, as a build published then.
+func (m *Mirror) setModTime(dir string, t time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for rel, f := range m.files {
+		if strings.HasPrefix(rel, dir+"/") {
+			f.modTime = t
+		}
+	}
 }
 
 // FileURL returns the absolute URL of a mirror-relative path.
@@ -532,16 +692,16 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveIndex writes an Apache-style HTML listing of the directory rel, as
-// Fedora's mirrors serve; false if there is no such directory.
+// cloud-images.ubuntu.com and Fedora's mirrors serve (a date column after
+// each link: the newest file under it); false if there is no such directory.
 func (m *Mirror) serveIndex(w http.ResponseWriter, r *http.Request, rel string) bool {
 	prefix := rel
 	if prefix != "" {
 		prefix += "/"
 	}
-	seen := map[string]bool{}
-	var names []string
+	dates := map[string]time.Time{}
 	m.mu.Lock()
-	for p := range m.files {
+	for p, f := range m.files {
 		rest, ok := strings.CutPrefix(p, prefix)
 		if !ok {
 			continue
@@ -550,23 +710,22 @@ func (m *Mirror) serveIndex(w http.ResponseWriter, r *http.Request, rel string) 
 		if sub {
 			name += "/"
 		}
-		if !seen[name] {
-			seen[name] = true
-			names = append(names, name)
+		if d, seen := dates[name]; !seen || f.modTime.After(d) {
+			dates[name] = f.modTime
 		}
 	}
 	m.mu.Unlock()
-	if len(names) == 0 {
+	if len(dates) == 0 {
 		return false
 	}
-	slices.Sort(names)
+	names := slices.Sorted(maps.Keys(dates))
 	var b strings.Builder
 	fmt.Fprintf(&b, "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 3.2 Final//EN\">\n<html><head><title>Index of /%s</title></head><body>\n<h1>Index of /%s</h1>\n<pre>", rel, rel)
-	b.WriteString("<a href=\"../\">Parent Directory</a>\n")
+	b.WriteString("<a href=\"?C=N;O=D\">Name</a>                    <a href=\"?C=M;O=A\">Last modified</a>      <a href=\"?C=S;O=A\">Size</a>\n<hr><a href=\"../\">Parent Directory</a>                             -\n")
 	for _, n := range names {
-		fmt.Fprintf(&b, "<a href=\"%s\">%s</a>\n", n, n)
+		fmt.Fprintf(&b, "<a href=\"%s\">%s</a>%s  %s    -\n", n, n, strings.Repeat(" ", max(1, 30-len(n))), dates[n].UTC().Format("2006-01-02 15:04"))
 	}
-	b.WriteString("</pre></body></html>\n")
+	b.WriteString("<hr></pre></body></html>\n")
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	if r.Method != http.MethodHead {
 		_, _ = io.WriteString(w, b.String())

@@ -65,6 +65,7 @@ type Catalog struct {
 type entry struct {
 	Image
 	versionRE     *regexp.Regexp
+	serialRE      *regexp.Regexp
 	keyring       *signature.Keyring
 	keyringSource string
 }
@@ -129,6 +130,9 @@ func (c *Catalog) add(f File, source, dir string) error {
 		}
 		if img.VersionPattern != "" {
 			e.versionRE = regexp.MustCompile(`^(?:` + img.VersionPattern + `)$`) // validated above
+		}
+		if img.Serials != nil {
+			e.serialRE = regexp.MustCompile(`^(?:` + img.Serials.Pattern + `)$`) // validated above
 		}
 		switch k := img.Keyring; {
 		case k == "":
@@ -224,30 +228,113 @@ func (m ManifestPlan) ID() string {
 	return m.IndexURL + "#" + m.Pattern.String()
 }
 
-// Plan computes, without network access, what resolving spec involves.
-func (c *Catalog) Plan(spec ImageSpec) (Plan, error) {
+// Canonical validates spec against the catalog and returns it in canonical
+// form: normalized (image.Spec.Normalize), the version in canonical spelling
+// (a codename becomes its number), the serial kept. A codename and its
+// number are one image: everything stored or linked is keyed by this form.
+// It fails for unknown or unsupported distros, unknown versions, arches the
+// distro does not publish, and a serial for a distro without serials.
+func (c *Catalog) Canonical(spec ImageSpec) (ImageSpec, error) {
+	s, _, err := c.canonical(spec)
+	return s, err
+}
+
+func (c *Catalog) canonical(spec ImageSpec) (ImageSpec, *entry, error) {
 	s, err := spec.Normalize()
 	if err != nil {
-		return Plan{}, fmt.Errorf("catalog: %w", err)
+		return ImageSpec{}, nil, fmt.Errorf("catalog: %w", err)
 	}
 	e, ok := c.entries[s.Distro]
 	if !ok {
-		return Plan{}, &UnknownDistroError{Distro: s.Distro, Supported: c.Distros()}
+		return ImageSpec{}, nil, &UnknownDistroError{Distro: s.Distro, Supported: c.Distros()}
 	}
 	if u := e.Unsupported; u != nil {
-		return Plan{}, &UnsupportedError{Distro: s.Distro, Reason: u.Reason, Instead: u.Instead}
+		return ImageSpec{}, nil, &UnsupportedError{Distro: s.Distro, Reason: u.Reason, Instead: u.Instead}
 	}
 	if s.Version, err = e.canonicalVersion(s.Version); err != nil {
-		return Plan{}, err
+		return ImageSpec{}, nil, err
 	}
-	archName, ok := e.Arches[s.Arch]
-	if !ok {
-		return Plan{}, fmt.Errorf("catalog: %s %s: %w %s (available: %s)", s.Distro, s.Version, ErrUnsupportedArch, s.Arch, strings.Join(e.archList(), ", "))
+	if _, ok := e.Arches[s.Arch]; !ok {
+		return ImageSpec{}, nil, fmt.Errorf("catalog: %s %s: %w %s (available: %s)", s.Distro, s.Version, ErrUnsupportedArch, s.Arch, strings.Join(e.archList(), ", "))
 	}
-	vars := map[string]string{"distro": s.Distro, "version": s.Version, "arch": archName}
+	if s.Serial != "" {
+		if e.serialRE == nil {
+			return ImageSpec{}, nil, fmt.Errorf("catalog: %s: %w: %s publishes each build under the same name, so a serial cannot be pinned (drop the serial)", s, ErrNoSerials, s.Distro)
+		}
+		if !e.serialRE.MatchString(s.Serial) {
+			return ImageSpec{}, nil, fmt.Errorf("catalog: %s: %w: serial %q is not a %s serial (they match %s)", s, ErrInvalidSpec, s.Serial, s.Distro, e.Serials.Pattern)
+		}
+	}
+	return s, e, nil
+}
+
+// SerialSource is where the serials of one image are listed.
+type SerialSource struct {
+	// Spec is the canonical spec, without a serial.
+	Spec ImageSpec
+	// IndexURL is the directory whose HTML listing names a subdirectory per serial.
+	IndexURL string
+	dir      *regexp.Regexp
+}
+
+// Serial returns the serial a listed subdirectory name (without its
+// trailing "/") stands for, if it is one: its name has the catalog's form
+// and the serial matches the catalog's pattern and image.CheckSerial.
+func (s SerialSource) Serial(dirName string) (string, bool) {
+	m := s.dir.FindStringSubmatch(dirName)
+	if m == nil || image.CheckSerial(m[1]) != nil {
+		return "", false
+	}
+	return m[1], true
+}
+
+// Serials returns where the serials of spec's version are listed, or an
+// error wrapping ErrNoSerials if its catalog entry publishes none.
+func (c *Catalog) Serials(spec ImageSpec) (SerialSource, error) {
+	spec.Serial = ""
+	s, e, err := c.canonical(spec)
+	if err != nil {
+		return SerialSource{}, err
+	}
+	if e.Serials == nil {
+		return SerialSource{}, fmt.Errorf("catalog: %s: %w: %s publishes each build under the same name", s, ErrNoSerials, s.Distro)
+	}
+	vars := e.vars(s)
+	if err := needVars(vars, e.Serials.Index); err != nil {
+		return SerialSource{}, fmt.Errorf("catalog: %s: serials: %w", s, err)
+	}
+	prefix, suffix, _ := strings.Cut(e.Serials.Directory, "{serial}")
+	return SerialSource{
+		Spec:     s,
+		IndexURL: joinURL(e.BaseURL, expand(e.Serials.Index, vars, nil)),
+		dir:      regexp.MustCompile(`^` + regexp.QuoteMeta(prefix) + `(` + e.Serials.Pattern + `)` + regexp.QuoteMeta(suffix) + `$`), // validated
+	}, nil
+}
+
+// vars are the template values for a canonical spec.
+func (e *entry) vars(s ImageSpec) map[string]string {
+	vars := map[string]string{"distro": s.Distro, "version": s.Version, "arch": e.Arches[s.Arch]}
 	if cn, ok := e.Codenames[s.Version]; ok {
 		vars["codename"] = cn
 	}
+	if s.Serial != "" {
+		vars["serial"] = s.Serial
+	}
+	return vars
+}
+
+// Plan computes, without network access, what resolving spec involves. For
+// an image with serials, spec must name one (else ErrSerialRequired): list
+// them with Serials.
+func (c *Catalog) Plan(spec ImageSpec) (Plan, error) {
+	s, e, err := c.canonical(spec)
+	if err != nil {
+		return Plan{}, err
+	}
+	if e.Serials != nil && s.Serial == "" {
+		return Plan{}, fmt.Errorf("catalog: %s: %w (list them with Serials)", s, ErrSerialRequired)
+	}
+	vars := e.vars(s)
 	p := Plan{Spec: s, BootMode: e.BootMode, AllowUnsigned: c.allowUnsigned}
 	for _, at := range e.Assets {
 		a, err := c.planAsset(e, at, vars)
@@ -408,4 +495,81 @@ func pathEscape(name string) string {
 		}
 	}
 	return b.String()
+}
+
+// Info describes a catalog entry for people and scripts (vmprep catalog).
+type Info struct {
+	Distro      string   `json:"distro"`
+	Description string   `json:"description,omitempty"`
+	BootMode    BootMode `json:"boot_mode,omitempty"`
+	Arches      []Arch   `json:"arches,omitempty"`
+	// Versions are the versions the entry lists; with VersionPattern instead,
+	// the versions named in Codenames.
+	Versions       []string          `json:"versions,omitempty"`
+	VersionPattern string            `json:"version_pattern,omitempty"`
+	Codenames      map[string]string `json:"codenames,omitempty"`
+	// Signatures are the kinds of signature its manifests carry.
+	Signatures []SignatureKind `json:"signatures,omitempty"`
+	// Keyring names the keys trusted to sign them; empty when none is
+	// configured (then KeyHelp says where to get one).
+	Keyring string `json:"keyring,omitempty"`
+	KeyHelp string `json:"key_help,omitempty"`
+	// Serials is true when each build has its own directory and can be pinned.
+	Serials bool `json:"serials"`
+	// Unsupported is set for a distro that is known but cannot be prepared.
+	Unsupported *Unsupported `json:"unsupported,omitempty"`
+}
+
+// Entries describes every catalog entry, supported or not, sorted by distro.
+func (c *Catalog) Entries() []Info {
+	out := make([]Info, 0, len(c.entries))
+	for _, name := range slices.Sorted(maps.Keys(c.entries)) {
+		out = append(out, c.entries[name].info())
+	}
+	return out
+}
+
+// Entry describes one distro's entry (*UnknownDistroError if there is none).
+func (c *Catalog) Entry(distro string) (Info, error) {
+	d, err := image.CheckName("distro", distro)
+	if err != nil {
+		return Info{}, fmt.Errorf("catalog: %w", err)
+	}
+	e, ok := c.entries[d]
+	if !ok {
+		return Info{}, &UnknownDistroError{Distro: d, Supported: c.Distros()}
+	}
+	return e.info(), nil
+}
+
+func (e *entry) info() Info {
+	in := Info{Distro: e.Distro, Description: e.Description, Unsupported: e.Unsupported}
+	if e.Unsupported != nil {
+		return in
+	}
+	in.BootMode, in.Arches, in.Serials = e.BootMode, e.archArches(), e.Serials != nil
+	in.VersionPattern, in.Codenames = e.VersionPattern, maps.Clone(e.Codenames)
+	in.Versions = slices.Clone(e.Versions)
+	if len(in.Versions) == 0 {
+		in.Versions = slices.Collect(maps.Keys(e.Codenames))
+	}
+	slices.SortFunc(in.Versions, func(a, b string) int { return image.CompareNatural(b, a) })
+	for _, a := range e.Assets {
+		if !slices.Contains(in.Signatures, a.Manifest.Signature) {
+			in.Signatures = append(in.Signatures, a.Manifest.Signature)
+		}
+	}
+	if e.keyring != nil {
+		in.Keyring = e.keyringSource
+	}
+	in.KeyHelp = e.KeyHelp
+	return in
+}
+
+func (e *entry) archArches() []Arch {
+	var out []Arch
+	for _, a := range e.archList() {
+		out = append(out, Arch(a))
+	}
+	return out
 }

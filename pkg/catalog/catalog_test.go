@@ -113,17 +113,18 @@ func TestPlanUbuntu(t *testing.T) {
 	c := mustNew(t)
 	for _, arch := range []catalog.Arch{catalog.ArchAMD64, catalog.ArchARM64} {
 		for _, version := range []string{"24.04", "noble"} {
-			p, err := c.Plan(catalog.ImageSpec{Distro: "ubuntu", Version: version, Arch: arch})
+			p, err := c.Plan(catalog.ImageSpec{Distro: "ubuntu", Version: version, Arch: arch, Serial: "20260926.1"})
 			if err != nil {
 				t.Fatalf("Plan(ubuntu %s %s): %v", version, arch, err)
 			}
-			if p.Spec.Version != "24.04" || p.BootMode != catalog.BootKernel {
+			if p.Spec.Version != "24.04" || p.Spec.Serial != "20260926.1" || p.BootMode != catalog.BootKernel {
 				t.Errorf("spec %v boot %s", p.Spec, p.BootMode)
 			}
 			if got := roles(p); !slices.Equal(got, []catalog.Role{catalog.RoleDisk, catalog.RoleKernel, catalog.RoleInitramfs}) {
 				t.Fatalf("roles %v", got)
 			}
-			base := "https://cloud-images.ubuntu.com/releases/24.04/release/"
+			// Everything comes from the serial's own directory, never the moving release/.
+			base := "https://cloud-images.ubuntu.com/releases/24.04/release-20260926.1/"
 			prefix := "ubuntu-24.04-server-cloudimg-" + string(arch)
 			want := []struct{ name, url, manifest string }{
 				{prefix + ".img", base + prefix + ".img", base + "SHA256SUMS"},
@@ -157,16 +158,16 @@ func TestPlanDebianAndFedora(t *testing.T) {
 		wantSigned catalog.SignatureKind
 		check      func(t *testing.T, p catalog.Plan)
 	}{
-		{"debian number", nil, catalog.ImageSpec{Distro: "debian", Version: "12", Arch: "arm64"}, nil, catalog.SignatureNone, func(t *testing.T, p catalog.Plan) {
+		{"debian number", nil, catalog.ImageSpec{Distro: "debian", Version: "12", Arch: "arm64", Serial: "20260901-2211"}, nil, catalog.SignatureNone, func(t *testing.T, p catalog.Plan) {
 			a := p.Assets[0]
-			if a.URL != "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-arm64.qcow2" ||
-				a.Manifest.URL != "https://cloud.debian.org/images/cloud/bookworm/latest/SHA512SUMS" ||
+			if a.URL != "https://cloud.debian.org/images/cloud/bookworm/20260901-2211/debian-12-genericcloud-arm64-20260901-2211.qcow2" ||
+				a.Manifest.URL != "https://cloud.debian.org/images/cloud/bookworm/20260901-2211/SHA512SUMS" ||
 				a.Manifest.UnsignedNote == "" || a.Manifest.Keyring != nil {
 				t.Errorf("%+v", a)
 			}
 		}},
-		{"debian codename", nil, catalog.ImageSpec{Distro: "debian", Version: "Trixie", Arch: "amd64"}, nil, catalog.SignatureNone, func(t *testing.T, p catalog.Plan) {
-			if p.Spec.Version != "13" || !strings.Contains(p.Assets[0].URL, "/trixie/latest/debian-13-genericcloud-amd64.qcow2") {
+		{"debian codename", nil, catalog.ImageSpec{Distro: "debian", Version: "Trixie", Arch: "amd64", Serial: "20260901-2211"}, nil, catalog.SignatureNone, func(t *testing.T, p catalog.Plan) {
+			if p.Spec.Version != "13" || !strings.Contains(p.Assets[0].URL, "/trixie/20260901-2211/debian-13-genericcloud-amd64-20260901-2211.qcow2") {
 				t.Errorf("%v %s", p.Spec, p.Assets[0].URL)
 			}
 		}},
@@ -258,10 +259,16 @@ func TestDistroErrors(t *testing.T) {
 func TestWithMirror(t *testing.T) {
 	const mirror = "http://127.0.0.1:9/m/"
 	c := mustNew(t, catalog.WithMirror(mirror), catalog.WithAllowUnsigned(true))
-	for _, spec := range []catalog.ImageSpec{{Distro: "ubuntu", Version: "22.04", Arch: "amd64"}, {Distro: "debian", Version: "11", Arch: "arm64"}, {Distro: "fedora", Version: "40", Arch: "amd64"}} {
+	for _, spec := range []catalog.ImageSpec{{Distro: "ubuntu", Version: "22.04", Arch: "amd64", Serial: "20260101"}, {Distro: "debian", Version: "11", Arch: "arm64", Serial: "20260101-0001"}, {Distro: "fedora", Version: "40", Arch: "amd64"}} {
 		p, err := c.Plan(spec)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if spec.Serial != "" {
+			src, err := c.Serials(spec)
+			if err != nil || !strings.HasPrefix(src.IndexURL, mirror) {
+				t.Errorf("%v: serials listed at %q (%v), not under the mirror", spec, src.IndexURL, err)
+			}
 		}
 		for _, a := range p.Assets {
 			for _, u := range []string{a.URL, a.Manifest.URL, a.Manifest.IndexURL, a.Manifest.SignatureURL} {
@@ -423,7 +430,7 @@ func TestInvalidCatalogFiles(t *testing.T) {
 // The keyring given to WithKeyring replaces the built-in Ubuntu key.
 func TestWithKeyringReplaces(t *testing.T) {
 	key := signtest.NewKey(t, "mirror")
-	p, err := mustNew(t, catalog.WithKeyring(key.Keyring())).Plan(catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
+	p, err := mustNew(t, catalog.WithKeyring(key.Keyring())).Plan(catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: "20260926"})
 	if err != nil {
 		t.Fatal(err)
 	}

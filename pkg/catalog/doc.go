@@ -43,13 +43,28 @@
 //	    unsupported: {reason: why, instead: what to do}
 //
 // Placeholders: {distro}, {version} (canonical, never a codename),
-// {codename}, {arch} (the distro's spelling) and, ending an asset url only,
+// {codename}, {arch} (the distro's spelling), {serial} (images with
+// serials) and, ending an asset url only,
 // {name}. When a file name is not known in advance (Fedora's compose id),
 // the asset url ends in {name} and name_pattern (an RE2 template, whole
 // match; placeholder values are quoted) selects it among the manifest's
 // entries; a manifest may likewise be found by index (a directory URL ending
 // in "/") and pattern. Among several matches the greatest in natural order
 // (numbers compared numerically) wins.
+//
+// Serials: a distribution that publishes every build in a directory of its
+// own that never changes (Ubuntu's releases/24.04/release-20260926/,
+// Debian's images/cloud/bookworm/20260901-2211/) describes it in a serials
+// section (index: the listing naming the builds; directory: a build's
+// subdirectory name with {serial}; pattern: RE2 for a serial), and every
+// asset and manifest template then uses {serial}. Plan needs a spec with a
+// Serial for such an image; Serials says where to list them (package
+// resolve lists them and picks the newest).
+//
+//	serials:
+//	  index: releases/{version}/
+//	  directory: release-{serial}
+//	  pattern: '[0-9]{8}(\.[0-9]+)?'
 //
 // Templates are relative to base_url: no scheme, no leading "/", no "." or
 // ".." segments, no query. Spec values are restricted to a safe character

@@ -25,6 +25,12 @@ var (
 	ErrNoTrustedKey = errors.New("no trusted signing key")
 	// ErrInvalidCatalog: a catalog file (or option) is malformed.
 	ErrInvalidCatalog = errors.New("invalid catalog")
+	// ErrNoSerials: a serial was given for a distro whose catalog entry
+	// publishes none (each resolution takes the build published then).
+	ErrNoSerials = errors.New("no serials")
+	// ErrSerialRequired: Plan was asked for an image whose catalog entry has
+	// serials without naming one; Serials says where to list them.
+	ErrSerialRequired = errors.New("a serial is required")
 )
 
 // UnknownDistroError reports a distro no catalog entry describes.

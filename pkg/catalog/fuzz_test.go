@@ -1,6 +1,8 @@
 package catalog
 
 import (
+	"errors"
+
 	"github.com/vmprep/vmprep/pkg/image"
 	"strings"
 	"testing"
@@ -44,7 +46,13 @@ func FuzzCatalogFile(f *testing.F) {
 		}
 		for name, e := range c.entries {
 			for _, version := range []string{"1", "1001"} { // 1001: beyond Go's repeat-count cap
+				if src, err := c.Serials(ImageSpec{Distro: name, Version: version, Arch: ArchAMD64}); err == nil && !strings.HasPrefix(src.IndexURL, e.BaseURL) {
+					t.Fatalf("serials index %s escapes %s", src.IndexURL, e.BaseURL)
+				}
 				p, err := c.Plan(ImageSpec{Distro: name, Version: version, Arch: ArchAMD64})
+				if errors.Is(err, ErrSerialRequired) {
+					p, err = c.Plan(ImageSpec{Distro: name, Version: version, Arch: ArchAMD64, Serial: "1"})
+				}
 				if err != nil {
 					continue
 				}

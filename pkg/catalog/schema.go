@@ -50,8 +50,13 @@ type Image struct {
 	// file path (relative to the catalog file) or "builtin:ubuntu-cloud-images".
 	Keyring string `json:"keyring,omitempty" yaml:"keyring,omitempty"`
 	// KeyHelp tells users where to get the signing key when none is configured.
-	KeyHelp string          `json:"key_help,omitempty" yaml:"key_help,omitempty"`
-	Assets  []AssetTemplate `json:"assets,omitempty" yaml:"assets,omitempty"`
+	KeyHelp string `json:"key_help,omitempty" yaml:"key_help,omitempty"`
+	// Serials says where each build of a version is published in its own
+	// directory that never changes (Ubuntu's release-<serial>/). With it,
+	// every asset and manifest template must use {serial}, so nothing is
+	// ever fetched from a directory that is repointed to newer builds.
+	Serials *SerialsTemplate `json:"serials,omitempty" yaml:"serials,omitempty"`
+	Assets  []AssetTemplate  `json:"assets,omitempty" yaml:"assets,omitempty"`
 	// Unsupported marks a distro that is known but cannot be prepared.
 	Unsupported *Unsupported `json:"unsupported,omitempty" yaml:"unsupported,omitempty"`
 }
@@ -76,6 +81,20 @@ type AssetTemplate struct {
 	NamePattern string           `json:"name_pattern,omitempty" yaml:"name_pattern,omitempty"`
 	Format      DiskFormat       `json:"format,omitempty" yaml:"format,omitempty"`
 	Manifest    ManifestTemplate `json:"manifest" yaml:"manifest"`
+}
+
+// SerialsTemplate describes a distribution's per-build directories.
+type SerialsTemplate struct {
+	// Index is the directory (a template ending in "/") whose HTML listing
+	// names one subdirectory per build, e.g. "releases/{version}/".
+	Index string `json:"index" yaml:"index"`
+	// Directory is such a subdirectory's name, {serial} standing for the
+	// serial: "release-{serial}" (Ubuntu) or "{serial}" (Debian).
+	Directory string `json:"directory" yaml:"directory"`
+	// Pattern is an RE2 regexp a serial must match as a whole, e.g.
+	// '[0-9]{8}(\.[0-9]+)?'. Serials are ordered naturally (numbers
+	// compared as numbers); the greatest is the newest.
+	Pattern string `json:"pattern" yaml:"pattern"`
 }
 
 // SignatureKind is how a checksum manifest is signed.
@@ -192,8 +211,8 @@ func readCatalogFile(p string) (File, error) {
 
 // placeholders each template kind may use.
 var (
-	pathVars    = []string{"distro", "version", "codename", "arch"}
-	assetVars   = []string{"distro", "version", "codename", "arch", "name"}
+	pathVars    = []string{"distro", "version", "codename", "arch", "serial"}
+	assetVars   = []string{"distro", "version", "codename", "arch", "serial", "name"}
 	placeholder = regexp.MustCompile(`\{[^{}]*\}`)
 )
 
@@ -261,6 +280,9 @@ func (img *Image) validate() error {
 		}
 		roles[a.Role] = true
 	}
+	if err := img.validateSerials(); err != nil {
+		return err
+	}
 	switch {
 	case !roles[RoleDisk]:
 		return errors.New("assets: no disk")
@@ -268,6 +290,59 @@ func (img *Image) validate() error {
 		return errors.New("boot_mode kernel needs a kernel asset")
 	case img.BootMode == BootFirmware && (roles[RoleKernel] || roles[RoleInitramfs]):
 		return errors.New("boot_mode firmware takes no kernel or initramfs asset")
+	}
+	return nil
+}
+
+// serialDirRE is what a serials.directory may hold around its {serial}.
+var serialDirRE = regexp.MustCompile(`^[A-Za-z0-9._-]*\{serial\}[A-Za-z0-9._-]*$`)
+
+// validateSerials checks the serials section, and that templates use
+// {serial} exactly when the image has one.
+func (img *Image) validateSerials() error {
+	const ph = "{serial}"
+	var used []string
+	for i, a := range img.Assets {
+		m := a.Manifest
+		for _, t := range []string{a.URL, a.NamePattern, m.URL, m.Index, m.Pattern, m.SignatureURL} {
+			if strings.Contains(t, ph) {
+				used = append(used, fmt.Sprintf("assets[%d]", i))
+				break
+			}
+		}
+	}
+	sr := img.Serials
+	if sr == nil {
+		if len(used) > 0 {
+			return fmt.Errorf("%s use {serial} but the image has no serials section", strings.Join(used, ", "))
+		}
+		return nil
+	}
+	if err := checkTemplate(sr.Index, pathVars); err != nil {
+		return fmt.Errorf("serials: index: %w", err)
+	}
+	switch {
+	case !strings.HasSuffix(sr.Index, "/"):
+		return errors.New("serials: index: must end in /")
+	case strings.Contains(sr.Index, ph):
+		return errors.New("serials: index: cannot use {serial} (it lists the serials)")
+	case !serialDirRE.MatchString(sr.Directory):
+		return fmt.Errorf("serials: directory %q: want one {serial} with [A-Za-z0-9._-] around it", sr.Directory)
+	case sr.Pattern == "":
+		return errors.New("serials: pattern is empty")
+	}
+	if _, err := regexp.Compile(`^(?:` + sr.Pattern + `)$`); err != nil {
+		return fmt.Errorf("serials: pattern: %w", err)
+	}
+	for i, a := range img.Assets {
+		// Every file must come from the serial's directory: a template
+		// without {serial} would fetch from one that changes under us.
+		if !strings.Contains(a.URL, ph) {
+			return fmt.Errorf("assets[%d] (%s): url does not use {serial}, so it would be fetched from a directory that changes", i, a.Role)
+		}
+		if m := a.Manifest; !strings.Contains(m.URL+m.Index, ph) || (m.SignatureURL != "" && !strings.Contains(m.SignatureURL, ph)) {
+			return fmt.Errorf("assets[%d] (%s): manifest or signature does not use {serial}, so it would be fetched from a directory that changes", i, a.Role)
+		}
 	}
 	return nil
 }
@@ -406,7 +481,7 @@ func checkTemplate(t string, allowed []string) error {
 
 func checkPattern(p string) error {
 	// Braces that are not placeholders are regexp repetitions like {2}.
-	_, err := regexp.Compile(`^(?:` + expand(p, map[string]string{"distro": "d", "version": "1", "codename": "c", "arch": "a"}, regexp.QuoteMeta) + `)$`)
+	_, err := regexp.Compile(`^(?:` + expand(p, map[string]string{"distro": "d", "version": "1", "codename": "c", "arch": "a", "serial": "s"}, regexp.QuoteMeta) + `)$`)
 	return err
 }
 

@@ -25,10 +25,16 @@ const (
 )
 
 // Spec names an image. Distro is case-insensitive; an empty Arch means the host's.
+//
+// Serial pins one build of a version, for catalogs that publish each build
+// in its own immutable directory (Ubuntu's release-<serial>/): empty means
+// the newest, and a result names the serial it resolved to, so a later
+// request can ask for exactly that build again.
 type Spec struct {
 	Distro  string `json:"distro"`
 	Version string `json:"version"`
 	Arch    Arch   `json:"arch,omitempty"`
+	Serial  string `json:"serial,omitempty"`
 }
 
 // Role is what an asset is for.

@@ -29,14 +29,52 @@ func (s Spec) Normalize() (Spec, error) {
 			return Spec{}, err
 		}
 	}
-	return Spec{Distro: distro, Version: version, Arch: arch}, nil
+	if s.Serial != "" {
+		if err := CheckSerial(s.Serial); err != nil {
+			return Spec{}, err
+		}
+	}
+	return Spec{Distro: distro, Version: version, Arch: arch, Serial: s.Serial}, nil
 }
 
-// String renders the spec as "distro version arch".
+// String renders the spec as "distro version arch", followed by
+// "serial S" when one is set.
 func (s Spec) String() string {
-	return strings.TrimSpace(fmt.Sprintf("%s %s %s", Printable(s.Distro), Printable(s.Version), Printable(string(s.Arch))))
+	out := strings.TrimSpace(fmt.Sprintf("%s %s %s", Printable(s.Distro), Printable(s.Version), Printable(string(s.Arch))))
+	if s.Serial != "" {
+		out += " serial " + Printable(s.Serial)
+	}
+	return out
 }
 
+// CheckSerial accepts a serial that can stand as one URL path element and
+// one file name: 1 to 64 bytes of [A-Za-z0-9._-], starting with a letter or
+// digit, without "..". Serials are case-sensitive (they name directories),
+// so unlike distro and version they are not lower-cased.
+func CheckSerial(v string) error {
+	if v == "" {
+		return fmt.Errorf("%w: serial is empty", ErrInvalidSpec)
+	}
+	if len(v) > MaxNameLen {
+		return fmt.Errorf("%w: serial is %d bytes long (at most %d)", ErrInvalidSpec, len(v), MaxNameLen)
+	}
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case (c == '.' || c == '_' || c == '-') && i > 0:
+		default:
+			return fmt.Errorf("%w: serial %s: character %s at offset %d is not allowed (use A-Z a-z 0-9, and . _ - after the first)",
+				ErrInvalidSpec, strconv.Quote(Printable(v)), strconv.Quote(v[i:i+1]), i)
+		}
+	}
+	if strings.Contains(v, "..") {
+		return fmt.Errorf("%w: serial %q contains \"..\"", ErrInvalidSpec, v)
+	}
+	return nil
+}
+
+// CheckName validates a distro or version (see Normalize) and returns it
+// lower-cased; field names it in errors.
 func CheckName(field, v string) (string, error) {
 	if v == "" {
 		return "", fmt.Errorf("%w: %s is empty", ErrInvalidSpec, field)

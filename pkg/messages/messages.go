@@ -132,6 +132,10 @@ func ValidateRequestID(id string) error {
 func (r *PrepareRequest) Fingerprint() string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%s\x00%t", r.Spec.Distro, r.Spec.Version, r.Spec.Arch, r.format(), r.Target, r.ClientConverts)
+	if r.Spec.Serial != "" {
+		// Only when set, so a request without one keeps its fingerprint.
+		fmt.Fprintf(h, "\x00%s", r.Spec.Serial)
+	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
@@ -198,9 +202,12 @@ const (
 // AssetEvent follows one asset of one request through the stages.
 type AssetEvent struct {
 	Header
-	RequestID string           `json:"request_id"`
-	Spec      image.Spec       `json:"spec"`
-	Format    image.DiskFormat `json:"format"`
+	RequestID string     `json:"request_id"`
+	Spec      image.Spec `json:"spec"`
+	// Resolved is the image the request resolved to (canonical version,
+	// serial); the images view is linked under it (see Image).
+	Resolved *image.Spec      `json:"resolved,omitempty"`
+	Format   image.DiskFormat `json:"format"`
 	// Roles lists every role the request has, so the collector knows when it is complete.
 	Roles []image.Role `json:"roles"`
 	// ResolvedFrom is "network" or "cache" (a warm request that used the stored resolution).
@@ -233,6 +240,15 @@ type AssetEvent struct {
 	FileFormat image.DiskFormat `json:"file_format,omitempty"`
 	// Failure is set when Status is "failed".
 	Failure *Failure `json:"failure,omitempty"`
+}
+
+// Image is the image the event's files belong to: Resolved when set (a
+// codename and its version are one image), else Spec.
+func (ev *AssetEvent) Image() image.Spec {
+	if ev.Resolved != nil {
+		return *ev.Resolved
+	}
+	return ev.Spec
 }
 
 // Failure says what went wrong, in words a person can act on.
@@ -306,7 +322,13 @@ type Result struct {
 	Header
 	RequestID string       `json:"request_id"`
 	Status    ResultStatus `json:"status"`
-	Spec      image.Spec   `json:"spec"`
+	// Spec is the image as the request named it (normalized).
+	Spec image.Spec `json:"spec"`
+	// Resolved is the image the request resolved to: the canonical version
+	// (a codename's number) and, for catalogs that publish serials, the
+	// serial of the build. A later request with this spec gets the same
+	// build, even after newer ones are published.
+	Resolved *image.Spec `json:"resolved,omitempty"`
 	// Format is the disk format the request asked for.
 	Format image.DiskFormat `json:"format,omitempty"`
 	// Target is the host the request named, if any.
@@ -315,7 +337,8 @@ type Result struct {
 	// the files are only objects (Files[role].Object).
 	Host string `json:"host,omitempty"`
 	// View is the user-facing directory images/<distro>/<version>/<arch>/ whose
-	// links point at the latest prepared files of this spec.
+	// links point at the latest prepared files of this image (its "serial"
+	// file names their build); the version is the canonical one.
 	View string `json:"view,omitempty"`
 	// Kernel, Initramfs and Disk are absolute paths of immutable, verified files
 	// in the content store; Kernel and Initramfs are empty for firmware-booted
@@ -333,6 +356,14 @@ type Result struct {
 	// Failure is set when Status is "failed".
 	Failure     *Failure  `json:"failure,omitempty"`
 	CompletedAt time.Time `json:"completed_at"`
+}
+
+// Image is the image the result's files belong to: Resolved when set, else Spec.
+func (r *Result) Image() image.Spec {
+	if r.Resolved != nil {
+		return *r.Resolved
+	}
+	return r.Spec
 }
 
 // DeadLetter records a message that could not be processed at all (garbage,

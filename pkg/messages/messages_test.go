@@ -64,3 +64,19 @@ func TestRequestIDs(t *testing.T) {
 		}
 	}
 }
+
+// A pinned serial is part of what a request asks for: the same id with
+// another serial is another request (and another message id).
+func TestFingerprintCoversSerial(t *testing.T) {
+	a := PrepareRequest{RequestID: "r", Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}}
+	b := a
+	b.Spec.Serial = "20260926"
+	c := b
+	c.Spec.Serial = "20260901"
+	if a.Fingerprint() == b.Fingerprint() || b.Fingerprint() == c.Fingerprint() {
+		t.Fatalf("fingerprints %s %s %s do not tell the serials apart", a.Fingerprint(), b.Fingerprint(), c.Fingerprint())
+	}
+	if b2 := b; b2.Fingerprint() != b.Fingerprint() {
+		t.Fatal("fingerprint is not stable")
+	}
+}

@@ -78,12 +78,15 @@ func (p *Placer) Localize(ctx context.Context, res messages.Result, host string)
 				nf.Size = fi.Size()
 			}
 		}
-		view, err := p.Store.LinkImage(res.Spec, ViewName(role, derived, nf.Format), nf.Path)
+		view, err := p.Store.LinkImage(res.Image(), ViewName(role, derived, nf.Format), nf.Path)
 		if err != nil {
 			return res, fmt.Errorf("%s: link into the images view: %w", role, err)
 		}
 		out.View = filepath.Dir(view)
 		out.Files[role] = nf
+	}
+	if err := p.Store.SetViewSerial(res.Image()); err != nil {
+		return res, fmt.Errorf("images view: %w", err)
 	}
 	return out, nil
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"strings"
 
 	"github.com/vmprep/vmprep/pkg/catalog"
 )
@@ -15,6 +17,7 @@ type Op string
 const (
 	OpPlan      Op = "plan"
 	OpIndex     Op = "list directory"
+	OpSerials   Op = "list serials"
 	OpManifest  Op = "fetch manifest"
 	OpSignature Op = "fetch signature"
 	OpVerify    Op = "verify signature"
@@ -33,6 +36,9 @@ var (
 	ErrNoMatch = errors.New("no name matches the pattern")
 	// ErrInsecureRedirect: an https URL redirected to plain http.
 	ErrInsecureRedirect = errors.New("refused redirect from https to http")
+	// ErrNotListing: a directory listing URL answered with something other
+	// than an HTML page.
+	ErrNotListing = errors.New("not an HTML directory listing")
 )
 
 // Error is a failed resolution. URL is the manifest (or listing) concerned;
@@ -54,7 +60,32 @@ func (e *Error) Error() string {
 	if e.URL != "" {
 		msg += " " + e.URL
 	}
-	return msg + ": " + e.Err.Error()
+	msg += ": " + e.Err.Error()
+	if errors.Is(e.Err, ErrNotFound) {
+		msg += mirrorHint(e.URL)
+	}
+	return msg
+}
+
+// mirrorHint explains a 404 whose URL repeats a path element, the mark of a
+// mirror given as the directory a catalog's paths start with (…/releases/)
+// rather than the root that contains it.
+func mirrorHint(u string) string {
+	parsed, err := url.Parse(u)
+	if err != nil {
+		return ""
+	}
+	segs := strings.Split(strings.Trim(parsed.Path, "/"), "/")
+	for i := 1; i < len(segs); i++ {
+		if segs[i] != "" && segs[i] == segs[i-1] {
+			root := *parsed
+			root.Path = "/" + strings.Join(segs[:i], "/") + "/"
+			root.Path = strings.TrimSuffix(root.Path, segs[i]+"/")
+			return fmt.Sprintf(" (the URL repeats %q: --mirror must be the root that contains %s/…, e.g. %s, not the %s/ directory itself)",
+				segs[i]+"/"+segs[i], segs[i], root.String(), segs[i])
+		}
+	}
+	return ""
 }
 
 func (e *Error) Unwrap() error { return e.Err }

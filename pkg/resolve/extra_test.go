@@ -97,13 +97,22 @@ func TestHTTPSDowngradeRedirectRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := resolve.New(cat, resolve.WithHTTPClient(tlsFront.Client()), resolve.WithRetry(2, time.Millisecond))
-	res, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "debian", Version: "12", Arch: "amd64"})
-	var re *resolve.Error
-	if !errors.Is(err, resolve.ErrInsecureRedirect) || !errors.As(err, &re) || re.Op != resolve.OpManifest || re.Retryable {
-		t.Fatalf("Resolve = %+v, %v; want a permanent ErrInsecureRedirect", res, err)
+	// Neither the listing of serials nor, for a pinned serial, the manifest.
+	for spec, op := range map[catalog.ImageSpec]resolve.Op{
+		{Distro: "debian", Version: "12", Arch: "amd64"}:                                         resolve.OpSerials,
+		{Distro: "debian", Version: "12", Arch: "amd64", Serial: testmirror.DefaultDebianSerial}: resolve.OpManifest,
+	} {
+		res, err := r.Resolve(t.Context(), spec)
+		var re *resolve.Error
+		if !errors.Is(err, resolve.ErrInsecureRedirect) || !errors.As(err, &re) || re.Op != op || re.Retryable {
+			t.Fatalf("Resolve(%v) = %+v, %v; want a permanent ErrInsecureRedirect at %s", spec, res, err, op)
+		}
 	}
 	if got := m.Requests(m.ManifestPath("debian", "12", catalog.ArchAMD64, catalog.RoleDisk)); got != 0 {
 		t.Fatalf("the plain-http manifest was requested %d times", got)
+	}
+	if got := m.Requests(m.VersionDir("debian", "12")); got != 0 {
+		t.Fatalf("the plain-http listing was requested %d times", got)
 	}
 }
 

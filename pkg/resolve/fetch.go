@@ -18,9 +18,13 @@ type fetchError struct {
 	retryable bool
 }
 
+// responseCheck vets a response's headers before its body is read.
+type responseCheck func(*http.Response) error
+
 // fetch GETs a small file, retrying transient failures with exponential
-// backoff up to r.attempts tries. The body is capped at limit bytes.
-func (r *Resolver) fetch(ctx context.Context, url string, limit int64) ([]byte, *fetchError) {
+// backoff up to r.attempts tries. The body is capped at limit bytes; check,
+// if set, may refuse the response from its headers.
+func (r *Resolver) fetch(ctx context.Context, url string, limit int64, check responseCheck) ([]byte, *fetchError) {
 	b := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(r.initialBackoff),
 		backoff.WithMaxInterval(max(r.initialBackoff*16, r.initialBackoff)),
@@ -29,7 +33,7 @@ func (r *Resolver) fetch(ctx context.Context, url string, limit int64) ([]byte, 
 	var policy backoff.BackOff = backoff.WithContext(backoff.WithMaxRetries(b, uint64(max(r.attempts-1, 0))), ctx)
 	var last *fetchError
 	body, err := backoff.RetryWithData(func() ([]byte, error) {
-		body, err := r.fetchOnce(ctx, url, limit)
+		body, err := r.fetchOnce(ctx, url, limit, check)
 		if err == nil {
 			return body, nil
 		}
@@ -53,7 +57,7 @@ func (r *Resolver) fetch(ctx context.Context, url string, limit int64) ([]byte, 
 	return nil, last
 }
 
-func (r *Resolver) fetchOnce(ctx context.Context, url string, limit int64) ([]byte, error) {
+func (r *Resolver) fetchOnce(ctx context.Context, url string, limit int64, check responseCheck) ([]byte, error) {
 	// The deadline covers the body too: a trickling server is cut off.
 	ctx, cancel := context.WithTimeout(ctx, r.attemptTimeout)
 	defer cancel()
@@ -74,6 +78,11 @@ func (r *Resolver) fetchOnce(ctx context.Context, url string, limit int64) ([]by
 	}
 	if resp.ContentLength > limit {
 		return nil, fmt.Errorf("%w: %d bytes announced, limit %d", ErrTooLarge, resp.ContentLength, limit)
+	}
+	if check != nil {
+		if err := check(resp); err != nil {
+			return nil, err
+		}
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
@@ -96,7 +105,7 @@ func transient(ctx context.Context, err error) bool {
 	if errors.As(err, &se) {
 		return se.transient()
 	}
-	if errors.Is(err, ErrTooLarge) {
+	if errors.Is(err, ErrTooLarge) || errors.Is(err, ErrNotListing) {
 		return false
 	}
 	var ne net.Error

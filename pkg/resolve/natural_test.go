@@ -16,7 +16,10 @@ func TestNaturalLess(t *testing.T) {
 		{"a", "b", true},
 		{"x-2", "x-10", true},
 		{"x-010", "x-9", false},
-		{"x-01", "x-1", false},
+		{"x-01", "x-1", true}, // equal numbers: byte order breaks the tie
+		{"x-1", "x-01", false},
+		{"20260926", "20260926.1", true},
+		{"20260926.10", "20260926.9", false},
 		{"same", "same", false},
 		{"ab", "abc", true},
 		{"", "a", true},

@@ -13,15 +13,14 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"path"
 	"regexp"
 	"runtime/debug"
-	"strings"
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp/clearsign"
 
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/manifest"
 	"github.com/vmprep/vmprep/pkg/signature"
 )
@@ -29,9 +28,7 @@ import (
 // Defaults.
 const (
 	DefaultMaxManifestSize = 4 << 20
-	// maxIndexSize caps a directory listing; Fedora's are a few KiB.
-	maxIndexSize   = 4 << 20
-	defaultTimeout = time.Minute
+	defaultTimeout         = time.Minute
 )
 
 // Option configures New.
@@ -165,9 +162,22 @@ type verified struct {
 }
 
 // Resolve fetches and verifies the manifests for spec and returns its
-// assets with their expected digests. Errors are *Error.
+// assets with their expected digests. For an image with serials it reads
+// everything from one serial's directory: spec.Serial's, or else the newest
+// listed (Resolution.Spec.Serial names it). A serial that is not published
+// fails with an error wrapping *UnknownSerialError. Errors are *Error.
 func (r *Resolver) Resolve(ctx context.Context, spec catalog.ImageSpec) (catalog.Resolution, error) {
 	plan, err := r.cat.Plan(spec)
+	if errors.Is(err, catalog.ErrSerialRequired) {
+		// The newest build, read from its own directory: never from one
+		// that is repointed while we read it.
+		serials, lerr := r.Serials(ctx, spec)
+		if lerr != nil {
+			return catalog.Resolution{}, lerr
+		}
+		spec.Serial = serials[0].Serial
+		plan, err = r.cat.Plan(spec)
+	}
 	if err != nil {
 		return catalog.Resolution{}, &Error{Spec: spec, Op: OpPlan, Err: err}
 	}
@@ -181,7 +191,7 @@ func (r *Resolver) Resolve(ctx context.Context, spec catalog.ImageSpec) (catalog
 		v, ok := manifests[id]
 		if !ok {
 			if v, err = r.loadManifest(ctx, plan, a); err != nil {
-				return catalog.Resolution{}, err
+				return catalog.Resolution{}, r.explainMissing(ctx, plan.Spec, err)
 			}
 			manifests[id] = v
 		}
@@ -241,7 +251,7 @@ func (r *Resolver) loadManifest(ctx context.Context, plan catalog.Plan, a catalo
 		}
 		manifestURL = u
 	}
-	data, ferr := r.fetch(ctx, manifestURL, r.maxManifest)
+	data, ferr := r.fetch(ctx, manifestURL, r.maxManifest, nil)
 	if ferr != nil {
 		return nil, &Error{Spec: spec, Op: OpManifest, URL: manifestURL, Retryable: ferr.retryable, Err: ferr.err}
 	}
@@ -265,7 +275,7 @@ func (r *Resolver) loadManifest(ctx context.Context, plan catalog.Plan, a catalo
 
 	case mp.Signature == catalog.SignatureDetached:
 		trust.SignatureURL = mp.SignatureURL
-		sig, ferr := r.fetch(ctx, mp.SignatureURL, signature.MaxSignatureSize)
+		sig, ferr := r.fetch(ctx, mp.SignatureURL, signature.MaxSignatureSize, nil)
 		// A key is configured, so a signature is required even with
 		// allow-unsigned: accepting a missing one would let anyone who can
 		// tamper with the manifest also strip (404) its signature, making
@@ -319,12 +329,9 @@ func clearsignedText(data []byte) []byte {
 	return data
 }
 
-// hrefRE finds link targets in an HTML directory listing.
-var hrefRE = regexp.MustCompile(`(?i)href\s*=\s*["']([^"'<>]*)["']`)
-
 // discover finds the manifest's file name in the directory listing at IndexURL.
 func (r *Resolver) discover(ctx context.Context, spec catalog.ImageSpec, mp catalog.ManifestPlan) (string, error) {
-	body, ferr := r.fetch(ctx, mp.IndexURL, maxIndexSize)
+	body, ferr := r.fetchListing(ctx, mp.IndexURL)
 	if ferr != nil {
 		return "", &Error{Spec: spec, Op: OpIndex, URL: mp.IndexURL, Retryable: ferr.retryable, Err: ferr.err}
 	}
@@ -335,36 +342,6 @@ func (r *Resolver) discover(ctx context.Context, spec catalog.ImageSpec, mp cata
 			Err: fmt.Errorf("%w: no manifest matching %s among %d links", ErrNoMatch, mp.Pattern, len(names))}
 	}
 	return mp.IndexURL + url.PathEscape(name), nil
-}
-
-// maxListedLinks caps the links read from one directory listing: Fedora's
-// have a few dozen, and a hostile 4 MiB page of empty links would otherwise
-// cost tens of MiB of match slices.
-const maxListedLinks = 10000
-
-// listedNames returns the plain file names an HTML directory listing links
-// to, at most maxListedLinks links considered.
-func listedNames(body []byte) []string {
-	var names []string
-	for _, loc := range hrefRE.FindAllSubmatchIndex(body, maxListedLinks) {
-		if name, ok := listedName(string(body[loc[2]:loc[3]])); ok {
-			names = append(names, name)
-		}
-	}
-	return names
-}
-
-// listedName returns the file name a listing link points to, if it is a
-// plain file in the same directory.
-func listedName(href string) (string, bool) {
-	href, _, _ = strings.Cut(href, "?")
-	href, _, _ = strings.Cut(href, "#")
-	href = strings.TrimPrefix(href, "./")
-	name, err := url.PathUnescape(href)
-	if err != nil || name == "" || strings.ContainsAny(name, "/\\\x00") || name == "." || name == ".." {
-		return "", false
-	}
-	return path.Base(name), true
 }
 
 // plainFileName reports whether name can stand as one URL path element:
@@ -393,39 +370,8 @@ func greatestMatch(names []string, re *regexp.Regexp) (string, bool) {
 	return best, found
 }
 
-// naturalLess compares strings with digit runs compared as numbers, so
-// compose "1.10" sorts after "1.9".
-func naturalLess(a, b string) bool {
-	for a != "" && b != "" {
-		ra, rb := leadingRun(a), leadingRun(b)
-		if ra != rb {
-			da, db := isDigit(ra[0]), isDigit(rb[0])
-			if da && db {
-				na, nb := strings.TrimLeft(ra, "0"), strings.TrimLeft(rb, "0")
-				if len(na) != len(nb) {
-					return len(na) < len(nb)
-				}
-				if na != nb {
-					return na < nb
-				}
-			} else {
-				return ra < rb
-			}
-		}
-		a, b = a[len(ra):], b[len(rb):]
-	}
-	return len(a) < len(b)
-}
-
-func leadingRun(s string) string {
-	d := isDigit(s[0])
-	i := 1
-	for i < len(s) && isDigit(s[i]) == d {
-		i++
-	}
-	return s[:i]
-}
-
-func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+// naturalLess orders names with digit runs compared as numbers (see
+// image.CompareNatural), so compose "1.10" sorts after "1.9".
+func naturalLess(a, b string) bool { return image.CompareNatural(a, b) < 0 }
 
 func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }

@@ -68,7 +68,7 @@ func TestResolveUbuntu(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if want := (catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: arch}); res.Spec != want || res.BootMode != catalog.BootKernel {
+			if want := (catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: arch, Serial: testmirror.DefaultUbuntuSerial}); res.Spec != want || res.BootMode != catalog.BootKernel {
 				t.Fatalf("spec %v boot %s", res.Spec, res.BootMode)
 			}
 			if res.ResolvedAt.IsZero() || len(res.Assets) != 3 {
@@ -95,7 +95,7 @@ func TestResolveUbuntu(t *testing.T) {
 		})
 	}
 	// Each manifest and signature is fetched once per resolution, and no content at all.
-	for _, p := range []string{"releases/24.04/release/SHA256SUMS", "releases/24.04/release/unpacked/SHA256SUMS.gpg"} {
+	for _, p := range []string{m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk), m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel) + ".gpg"} {
 		if got := m.Requests(p); got != 2 {
 			t.Errorf("%s requested %d times for 2 resolutions", p, got)
 		}
@@ -432,27 +432,29 @@ images:
     arches: {arm64: arm64}
     boot_mode: kernel
     keyring: ` + keyring + `
+    serials: {index: "releases/{version}/", directory: "release-{serial}", pattern: "[0-9]+"}
     assets:
       - role: disk
-        url: releases/{version}/release/ubuntu-{version}-server-cloudimg-{arch}.img
+        url: releases/{version}/release-{serial}/ubuntu-{version}-server-cloudimg-{arch}.img
         manifest:
-          url: releases/{version}/release/SHA256SUMS
+          url: releases/{version}/release-{serial}/SHA256SUMS
           signature: detached
-          signature_url: releases/{version}/release/SHA256SUMS.gpg
+          signature_url: releases/{version}/release-{serial}/SHA256SUMS.gpg
       - role: kernel
-        url: releases/{version}/release/unpacked/ubuntu-{version}-server-cloudimg-{arch}-vmlinuz-generic
+        url: releases/{version}/release-{serial}/unpacked/ubuntu-{version}-server-cloudimg-{arch}-vmlinuz-generic
         manifest:
-          url: releases/{version}/release/unpacked/SHA256SUMS
+          url: releases/{version}/release-{serial}/unpacked/SHA256SUMS
           signature: detached
-          signature_url: releases/{version}/release/unpacked/SHA256SUMS.gpg
+          signature_url: releases/{version}/release-{serial}/unpacked/SHA256SUMS.gpg
 `
 	jsonCat := `{"images": [{"distro": "mirrorbuntu", "base_url": "https://unused.example/", "versions": ["24.04"],
   "arches": {"arm64": "arm64"}, "boot_mode": "kernel", "keyring": "` + keyring + `",
+  "serials": {"index": "releases/{version}/", "directory": "release-{serial}", "pattern": "[0-9]+"},
   "assets": [
-    {"role": "disk", "url": "releases/{version}/release/ubuntu-{version}-server-cloudimg-{arch}.img",
-     "manifest": {"url": "releases/{version}/release/SHA256SUMS", "signature": "detached", "signature_url": "releases/{version}/release/SHA256SUMS.gpg"}},
-    {"role": "kernel", "url": "releases/{version}/release/unpacked/ubuntu-{version}-server-cloudimg-{arch}-vmlinuz-generic",
-     "manifest": {"url": "releases/{version}/release/unpacked/SHA256SUMS", "signature": "detached", "signature_url": "releases/{version}/release/unpacked/SHA256SUMS.gpg"}}]}]}`
+    {"role": "disk", "url": "releases/{version}/release-{serial}/ubuntu-{version}-server-cloudimg-{arch}.img",
+     "manifest": {"url": "releases/{version}/release-{serial}/SHA256SUMS", "signature": "detached", "signature_url": "releases/{version}/release-{serial}/SHA256SUMS.gpg"}},
+    {"role": "kernel", "url": "releases/{version}/release-{serial}/unpacked/ubuntu-{version}-server-cloudimg-{arch}-vmlinuz-generic",
+     "manifest": {"url": "releases/{version}/release-{serial}/unpacked/SHA256SUMS", "signature": "detached", "signature_url": "releases/{version}/release-{serial}/unpacked/SHA256SUMS.gpg"}}]}]}`
 	for _, tc := range []struct{ file, content string }{{"cat.yaml", yamlCat}, {"cat.json", jsonCat}} {
 		t.Run(tc.file, func(t *testing.T) {
 			// The keyring path is relative to the catalog file.

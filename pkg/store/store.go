@@ -13,6 +13,7 @@
 //	stamps/{blobs,derived}/…  stat stamps recorded at commit (the fast path)
 //	images/<distro>/<version>/<arch>/<name>    relative symlinks into blobs/ or derived/
 //	records/<distro>/<version>/<arch>.json     verified catalog.Resolution
+//	serials/<distro>/<version>/<arch>/…        per-build records and the newest serial (serials.go)
 //	quarantine/               files that failed verification, with a .note.json
 //	locks/                    flock files; never hold one across processes by other means
 //
@@ -81,6 +82,7 @@ const (
 	dirStamps     = "stamps"
 	dirImages     = "images"
 	dirRecords    = "records"
+	dirSerials    = "serials"
 	dirQuarantine = "quarantine"
 	dirLocks      = "locks"
 )
@@ -180,6 +182,7 @@ func Open(root string, opts ...Option) (*Store, error) {
 		filepath.Join(dirStamps, "derived"),
 		dirImages,
 		dirRecords,
+		dirSerials,
 		dirQuarantine,
 		filepath.Join(dirLocks, lockUser),
 		filepath.Join(dirLocks, lockBlob),

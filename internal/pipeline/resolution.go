@@ -1,0 +1,158 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
+	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/resolve"
+	"github.com/vmprep/vmprep/pkg/stage"
+	"github.com/vmprep/vmprep/pkg/store"
+)
+
+// resolve returns the resolution of spec, which is canonical (a codename is
+// its version, so both spellings share stored records), and where it came
+// from (messages.ResolvedFromNetwork or ResolvedFromCache).
+//
+//   - A pinned serial is one build whose directory never changes: its stored
+//     record answers without the network, whatever its age.
+//   - Otherwise a stored resolution younger than MaxAge answers. Else, for
+//     catalogs with serials, the listing names the newest build: one already
+//     verified is taken from its record (no manifests fetched); one older
+//     than the newest ever verified is a rollback, never taken silently (the
+//     newer build is kept if stored, else the request fails saying how to
+//     pin); a new one is resolved from its own directory.
+//   - When the network fails transiently, the newest stored build answers.
+//
+// A burst of requests for one image shares one resolution.
+func (s *ResolverStage) resolve(ctx context.Context, spec catalog.ImageSpec, log *slog.Logger) (catalog.Resolution, string, error) {
+	type resolved struct {
+		res  catalog.Resolution
+		from string
+	}
+	v, err, shared := s.flight.Do(spec.String(), func() (any, error) {
+		res, from, err := s.resolveOnce(ctx, spec, log)
+		return resolved{res, from}, err
+	})
+	if err != nil {
+		return catalog.Resolution{}, "", err
+	}
+	if shared {
+		log.Debug("shared a concurrent resolution")
+	}
+	r := v.(resolved)
+	return r.res, r.from, nil
+}
+
+func (s *ResolverStage) resolveOnce(ctx context.Context, spec catalog.ImageSpec, log *slog.Logger) (catalog.Resolution, string, error) {
+	if spec.Serial != "" {
+		if rec, err := s.Store.LoadSerialResolution(ctx, spec); err == nil {
+			return rec, messages.ResolvedFromCache, nil
+		}
+		res, err := s.Resolver.Resolve(ctx, spec)
+		if err != nil {
+			return catalog.Resolution{}, "", classify(err)
+		}
+		s.record(ctx, res, false, log)
+		return res, messages.ResolvedFromNetwork, nil
+	}
+
+	cached, cerr := s.Store.LoadResolution(ctx, spec)
+	if cerr == nil && s.MaxAge > 0 && time.Since(cached.ResolvedAt) < s.MaxAge {
+		return cached, messages.ResolvedFromCache, nil
+	}
+	serials, err := s.Resolver.Serials(ctx, spec)
+	switch {
+	case errors.Is(err, catalog.ErrNoSerials):
+		// Each resolution takes the build published then.
+		res, err := s.Resolver.Resolve(ctx, spec)
+		if err != nil {
+			return s.offline(ctx, spec, err, log)
+		}
+		s.record(ctx, res, true, log)
+		return res, messages.ResolvedFromNetwork, nil
+	case err != nil:
+		return s.offline(ctx, spec, err, log)
+	}
+
+	newest := spec
+	newest.Serial = serials[0].Serial
+	mark, merr := s.Store.NewestSerial(ctx, spec)
+	if merr != nil && !errors.Is(merr, store.ErrNotFound) {
+		log.Warn("unreadable newest-serial mark; the rollback check is skipped until the next verified build", "err", merr)
+	}
+	if merr == nil && image.CompareNatural(newest.Serial, mark.Serial) < 0 {
+		verified := spec
+		verified.Serial = mark.Serial
+		rec, err := s.Store.LoadSerialResolution(ctx, verified)
+		if err != nil && cerr == nil && cached.Spec.Serial == mark.Serial {
+			rec, err = cached, nil
+		}
+		if err == nil {
+			log.Warn("the mirror offers only builds older than one verified before (stale or rolled back): keeping the newer build",
+				"offered", newest.Serial, "kept", mark.Serial)
+			return rec, messages.ResolvedFromCache, nil
+		}
+		return catalog.Resolution{}, "", stage.Permanent(&resolve.RolledBackError{
+			Spec: spec, Offered: newest.Serial, Verified: mark.Serial, VerifiedAt: mark.VerifiedAt})
+	}
+	if rec, err := s.Store.LoadSerialResolution(ctx, newest); err == nil {
+		// Verified before, from a directory that never changes.
+		if cerr != nil || cached.Spec.Serial != newest.Serial {
+			s.record(ctx, rec, true, log)
+		}
+		return rec, messages.ResolvedFromCache, nil
+	}
+	res, err := s.Resolver.Resolve(ctx, newest)
+	if err != nil {
+		return s.offline(ctx, spec, err, log)
+	}
+	s.record(ctx, res, true, log)
+	return res, messages.ResolvedFromNetwork, nil
+}
+
+// offline answers a failed network resolution: when the failure is
+// transient, with the newest build stored for spec (by the newest-serial
+// mark, else the latest resolution); otherwise with the error.
+func (s *ResolverStage) offline(ctx context.Context, spec catalog.ImageSpec, err error, log *slog.Logger) (catalog.Resolution, string, error) {
+	if !isRetryable(err) {
+		return catalog.Resolution{}, "", stage.Permanent(err)
+	}
+	if mark, merr := s.Store.NewestSerial(ctx, spec); merr == nil {
+		verified := spec
+		verified.Serial = mark.Serial
+		if rec, rerr := s.Store.LoadSerialResolution(ctx, verified); rerr == nil {
+			log.Warn("resolution failed; using the newest stored build", "err", err, "serial", mark.Serial)
+			return rec, messages.ResolvedFromCache, nil
+		}
+	}
+	if cached, cerr := s.Store.LoadResolution(ctx, spec); cerr == nil {
+		log.Warn("resolution failed; using the stored resolution", "err", err, "resolved_at", cached.ResolvedAt)
+		return cached, messages.ResolvedFromCache, nil
+	}
+	return catalog.Resolution{}, "", err
+}
+
+// record stores a verified resolution: per build and in the newest-serial
+// mark when it has a serial, and as the latest resolution when latest is
+// set (a pinned build does not replace what unpinned requests get). Failures
+// are logged: the request is answered anyway, only warm starts suffer.
+func (s *ResolverStage) record(ctx context.Context, res catalog.Resolution, latest bool, log *slog.Logger) {
+	if res.Spec.Serial != "" {
+		if err := s.Store.SaveSerialResolution(ctx, res); err != nil {
+			log.Warn("could not record the build's resolution", "err", err)
+		}
+		if _, err := s.Store.RaiseNewestSerial(ctx, res.Spec, res.Spec.Serial, res.ResolvedAt); err != nil {
+			log.Warn("could not record the newest serial", "err", err)
+		}
+	}
+	if latest {
+		if err := s.Store.SaveResolution(ctx, res); err != nil {
+			log.Warn("could not record resolution", "err", err)
+		}
+	}
+}

@@ -1,0 +1,279 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
+)
+
+// Builds of catalogs with serials (Ubuntu's release-<serial>/) are recorded
+// per serial, beside the records/ of the latest resolution:
+//
+//	serials/<distro>/<version>/<arch>/<serial>.json   verified resolution of that build
+//	serials/<distro>/<version>/<arch>/newest           SerialMark: the newest serial verified
+//
+// A build's directory never changes, so its record never goes stale: a
+// request pinned to it is answered from here, without the network. The mark
+// only moves forward; a resolution that finds only older serials is a
+// rollback. Per-serial records do not keep blobs from GC (records/ and the
+// images/ links do): an old pinned build GC removed is fetched again.
+// Callers key everything by the canonical version (a codename's number).
+
+const markName = "newest"
+
+// SerialMark is the newest serial verified for an image.
+type SerialMark struct {
+	Serial     string    `json:"serial"`
+	VerifiedAt time.Time `json:"verified_at"`
+}
+
+// serialDir validates spec and returns the elements of its serials/ directory.
+func serialDir(spec catalog.ImageSpec) ([]string, error) {
+	p, err := specPath(spec)
+	if err != nil {
+		return nil, err
+	}
+	return append([]string{dirSerials}, p...), nil
+}
+
+func checkSerial(serial string) error {
+	if err := image.CheckSerial(serial); err != nil {
+		return fmt.Errorf("store: %w: %w", ErrInvalidName, err)
+	}
+	return nil
+}
+
+// serialRecordPath returns the path of spec's per-serial record.
+func (s *Store) serialRecordPath(spec catalog.ImageSpec) ([]string, string, error) {
+	dir, err := serialDir(spec)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := checkSerial(spec.Serial); err != nil {
+		return nil, "", err
+	}
+	return dir, s.path(append(dir, spec.Serial+".json")...), nil
+}
+
+// SaveSerialResolution records a verified resolution of one build (its
+// Spec.Serial must be set), atomically.
+func (s *Store) SaveSerialResolution(ctx context.Context, r catalog.Resolution) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	dir, path, err := s.serialRecordPath(r.Spec)
+	if err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("store: record %s: %w", path, err)
+	}
+	if _, err := s.mkdirInRoot(dir...); err != nil {
+		return fmt.Errorf("store: record %s: %w", path, err)
+	}
+	if err := writeFileAtomic(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("store: record: %w", err)
+	}
+	return nil
+}
+
+// LoadSerialResolution returns the recorded resolution of the build
+// spec.Serial names, or ErrNotFound.
+func (s *Store) LoadSerialResolution(ctx context.Context, spec catalog.ImageSpec) (catalog.Resolution, error) {
+	if err := ctx.Err(); err != nil {
+		return catalog.Resolution{}, err
+	}
+	_, path, err := s.serialRecordPath(spec)
+	if err != nil {
+		return catalog.Resolution{}, err
+	}
+	r, err := readRecord(path)
+	if err != nil {
+		return catalog.Resolution{}, err
+	}
+	if !strings.EqualFold(r.Spec.Distro, spec.Distro) || r.Spec.Version != spec.Version || r.Spec.Arch != spec.Arch || r.Spec.Serial != spec.Serial {
+		return catalog.Resolution{}, fmt.Errorf("store: record %s: holds %s, not the requested build", path, r.Spec)
+	}
+	return r, nil
+}
+
+// RecordedSerials lists the serials of spec's image that have a record,
+// newest first (spec.Serial is ignored).
+func (s *Store) RecordedSerials(ctx context.Context, spec catalog.ImageSpec) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	dir, err := serialDir(spec)
+	if err != nil {
+		return nil, err
+	}
+	ents, err := os.ReadDir(s.path(dir...))
+	if notExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	var out []string
+	for _, de := range ents {
+		serial, ok := strings.CutSuffix(de.Name(), ".json")
+		if ok && de.Type().IsRegular() && !isTempName(de.Name()) && image.CheckSerial(serial) == nil {
+			out = append(out, serial)
+		}
+	}
+	slices.SortFunc(out, func(a, b string) int { return image.CompareNatural(b, a) })
+	return out, nil
+}
+
+// NewestSerial returns the newest serial verified for spec's image, or
+// ErrNotFound before the first.
+func (s *Store) NewestSerial(ctx context.Context, spec catalog.ImageSpec) (SerialMark, error) {
+	if err := ctx.Err(); err != nil {
+		return SerialMark{}, err
+	}
+	dir, err := serialDir(spec)
+	if err != nil {
+		return SerialMark{}, err
+	}
+	return s.readMark(s.path(append(dir, markName)...))
+}
+
+func (s *Store) readMark(path string) (SerialMark, error) {
+	b, err := readCapped(path, 4<<10)
+	if notExist(err) {
+		return SerialMark{}, fmt.Errorf("store: serial mark %s: %w", path, ErrNotFound)
+	}
+	if err != nil {
+		return SerialMark{}, fmt.Errorf("store: serial mark: %w", err)
+	}
+	var m SerialMark
+	if err := json.Unmarshal(b, &m); err != nil {
+		return SerialMark{}, fmt.Errorf("store: serial mark %s: %w", path, err)
+	}
+	if err := checkSerial(m.Serial); err != nil {
+		return SerialMark{}, fmt.Errorf("store: serial mark %s: %w", path, err)
+	}
+	return m, nil
+}
+
+// RaiseNewestSerial records serial, verified at at, as the newest of spec's
+// image unless a newer one (image.CompareNatural) is recorded already, and
+// returns the mark in force afterwards. Concurrent callers, in this process
+// or others sharing the store, never lower it.
+func (s *Store) RaiseNewestSerial(ctx context.Context, spec catalog.ImageSpec, serial string, at time.Time) (SerialMark, error) {
+	dir, err := serialDir(spec)
+	if err != nil {
+		return SerialMark{}, err
+	}
+	if err := checkSerial(serial); err != nil {
+		return SerialMark{}, err
+	}
+	unlock, _, err := s.lock(ctx, lockUser, strings.Join(append([]string{"serial-mark"}, dir[1:]...), "@"), false)
+	if err != nil {
+		return SerialMark{}, fmt.Errorf("store: serial mark: %w", err)
+	}
+	defer unlock()
+	path := s.path(append(dir, markName)...)
+	cur, err := s.readMark(path)
+	switch {
+	case err == nil && image.CompareNatural(cur.Serial, serial) >= 0:
+		return cur, nil
+	case err != nil && !errors.Is(err, ErrNotFound):
+		// A damaged mark is replaced: losing it only weakens the rollback
+		// check until this write, while keeping it would fail every request.
+		s.log.Warn("store: replacing an unreadable serial mark", "path", path, "err", err)
+	}
+	m := SerialMark{Serial: serial, VerifiedAt: at.UTC()}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return SerialMark{}, err
+	}
+	if _, err := s.mkdirInRoot(dir...); err != nil {
+		return SerialMark{}, fmt.Errorf("store: serial mark %s: %w", path, err)
+	}
+	if err := writeFileAtomic(path, append(b, '\n'), 0o644); err != nil {
+		return SerialMark{}, fmt.Errorf("store: serial mark: %w", err)
+	}
+	return m, nil
+}
+
+// ViewSerialName is the file in an images/<distro>/<version>/<arch>/ view
+// that names the build its links point at.
+const ViewSerialName = "serial"
+
+// SetViewSerial writes spec.Serial (and a newline) to the view's serial
+// file, atomically, after its links were replaced; an image without a
+// serial has the file removed, so it never names a build the links left.
+func (s *Store) SetViewSerial(spec catalog.ImageSpec) error {
+	p, err := specPath(spec)
+	if err != nil {
+		return err
+	}
+	dir := append([]string{dirImages}, p...)
+	path := s.path(append(dir, ViewSerialName)...)
+	if spec.Serial == "" {
+		if err := os.Remove(path); err != nil && !notExist(err) {
+			return fmt.Errorf("store: %w", err)
+		}
+		return nil
+	}
+	if err := checkSerial(spec.Serial); err != nil {
+		return err
+	}
+	if _, err := s.mkdirInRoot(dir...); err != nil {
+		return fmt.Errorf("store: view serial %s: %w", path, err)
+	}
+	if err := writeFileAtomic(path, []byte(spec.Serial+"\n"), 0o444); err != nil {
+		return fmt.Errorf("store: view serial: %w", err)
+	}
+	return nil
+}
+
+// RecordedImages lists the images of distro that have a latest resolution
+// in records/ (distro, version and arch; the serial is the record's).
+func (s *Store) RecordedImages(ctx context.Context, distro string) ([]catalog.ImageSpec, error) {
+	d := strings.ToLower(distro)
+	if err := validComponent("distro", d); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	versions, err := os.ReadDir(s.path(dirRecords, d))
+	if notExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	var out []catalog.ImageSpec
+	for _, v := range versions {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if !v.IsDir() || validComponent("version", v.Name()) != nil {
+			continue
+		}
+		arches, err := os.ReadDir(s.path(dirRecords, d, v.Name()))
+		if err != nil {
+			continue
+		}
+		for _, a := range arches {
+			arch, ok := strings.CutSuffix(a.Name(), ".json")
+			if !ok || !a.Type().IsRegular() || isTempName(a.Name()) || validComponent("arch", arch) != nil {
+				continue
+			}
+			spec := catalog.ImageSpec{Distro: d, Version: v.Name(), Arch: catalog.Arch(arch)}
+			if r, err := s.LoadResolution(ctx, spec); err == nil {
+				out = append(out, r.Spec)
+			}
+		}
+	}
+	return out, nil
+}
