@@ -27,7 +27,7 @@ import (
 // output could change.
 const (
 	ConverterName      = "vmprep-qcow2raw-1"
-	KernelUnpackerName = "vmprep-gunzip-1"
+	KernelUnpackerName = "vmprep-unpack-kernel-2" // 2: EFI zboot kernels too
 )
 
 // Steps reported to Progress.
@@ -145,14 +145,15 @@ func (p *Placer) RawDisk(ctx context.Context, blob store.BlobInfo) (string, erro
 	})
 }
 
-// KernelNeedsUnpack reports whether the kernel blob is compressed in a way
-// direct boot cannot take (a gzip'd Image).
-func KernelNeedsUnpack(blob store.BlobInfo) (bool, error) { return kernel.IsGzip(blob.Path) }
+// KernelNeedsUnpack reports whether the kernel blob is packed in a way
+// direct boot cannot take (a gzip'd Image, an EFI zboot application).
+func KernelNeedsUnpack(blob store.BlobInfo) (bool, error) {
+	p, err := kernel.Detect(blob.Path)
+	return p.NeedsUnpacking(), err
+}
 
 // KernelHeadNeedsUnpack is KernelNeedsUnpack for the first bytes of a kernel.
-func KernelHeadNeedsUnpack(head []byte) bool {
-	return len(head) >= 2 && head[0] == 0x1f && head[1] == 0x8b
-}
+func KernelHeadNeedsUnpack(head []byte) bool { return kernel.DetectHead(head).NeedsUnpacking() }
 
 // Kernel returns the uncompressed kernel derived from blob, unpacking it if
 // that was not done before.
@@ -163,7 +164,7 @@ func (p *Placer) Kernel(ctx context.Context, blob store.BlobInfo) (string, error
 		return path, err
 	}
 	return p.Store.PutDerived(ctx, key, func(ctx context.Context, dst string) error {
-		return kernel.Gunzip(ctx, blob.Path, dst, 0)
+		return kernel.Unpack(ctx, blob.Path, dst, 0)
 	})
 }
 
