@@ -181,6 +181,7 @@ type fetch struct {
 
 	resumed     bool
 	fromDisk    bool // have > 0 came from an earlier Fetch and was not yet confirmed by the server
+	noResume    bool // the server answered a range request with the whole file
 	transferred int64
 	attempts    int
 	start       time.Time
