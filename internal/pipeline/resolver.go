@@ -177,14 +177,11 @@ func (s *ResolverStage) resolve(ctx context.Context, spec catalog.ImageSpec, log
 		}
 		return v.(catalog.Resolution), messages.ResolvedFromNetwork, nil
 	}
-	if cerr == nil && isRetryable(err) {
+	if cerr == nil && Classify(err) == Retry {
 		log.Warn("resolution failed; using the stored resolution", "err", err, "resolved_at", cached.ResolvedAt)
 		return cached, messages.ResolvedFromCache, nil
 	}
-	if isRetryable(err) {
-		return catalog.Resolution{}, "", err
-	}
-	return catalog.Resolution{}, "", stage.Permanent(err)
+	return catalog.Resolution{}, "", err
 }
 
 func specString(s catalog.ImageSpec) string {

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,22 +13,8 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/vmprep/vmprep/internal/kerneltest"
 )
-
-// arm64Image returns an Image-like kernel: the arm64 boot header (an EFI
-// stub's "MZ", image size, "ARM\x64" magic at 0x38) followed by random and
-// zero regions, so that it compresses like a kernel without being trivial.
-func arm64Image(size int) []byte {
-	b := make([]byte, size)
-	copy(b, "MZ\x00\x91")                              // code0: "MZ" doubles as an instruction
-	binary.LittleEndian.PutUint64(b[16:], uint64(size)) // image_size
-	copy(b[0x38:], "ARM\x64")
-	rng := rand.New(rand.NewPCG(uint64(size), 11))
-	for i := 64; i < size/3; i++ {
-		b[i] = byte(rng.Uint32())
-	}
-	return b
-}
 
 func gzipBytes(t *testing.T, data []byte) []byte {
 	t.Helper()
@@ -68,42 +53,16 @@ func zstdBytes(t *testing.T, data []byte) []byte {
 	return enc.EncodeAll(data, nil)
 }
 
-// zbootFile wraps a compressed payload the way drivers/firmware/efi/libstub
-// does: the zboot header (with LINUX_PE_MAGIC and the PE header offset),
-// a PE signature, some decompressor code, the payload at a page boundary,
-// and — for every method but gzip — the uncompressed size appended after
-// the payload and left out of the header's payload size.
-func zbootFile(comp string, payload []byte, imageSize int) []byte {
-	const payloadOff = 0x1000
-	b := make([]byte, payloadOff, payloadOff+len(payload)+512)
-	copy(b, "MZ\x00\x00zimg")
-	binary.LittleEndian.PutUint32(b[8:], payloadOff)
-	binary.LittleEndian.PutUint32(b[12:], uint32(len(payload)))
-	copy(b[24:], comp+"\x00")
-	binary.LittleEndian.PutUint32(b[0x38:], 0x818223cd) // LINUX_PE_MAGIC
-	binary.LittleEndian.PutUint32(b[0x3c:], 0x40)       // PE header offset
-	copy(b[0x40:], "PE\x00\x00\x64\xaa")                // signature, arm64 machine type
-	rng := rand.New(rand.NewPCG(3, 4))
-	for i := 0x200; i < payloadOff; i++ {
-		b[i] = byte(rng.Uint32()) // the decompressor stub
-	}
-	b = append(b, payload...)
-	if comp != "gzip" {
-		b = binary.LittleEndian.AppendUint32(b, uint32(imageSize))
-	}
-	return append(b, make([]byte, 512-len(b)%512)...) // section alignment padding
-}
-
 func TestDetect(t *testing.T) {
-	image := arm64Image(64 << 10)
+	image := kerneltest.Arm64Image(64 << 10)
 	tests := []struct {
 		name string
 		data []byte
 		want Packing
 	}{
 		{"gzip Image (Ubuntu arm64)", gzipBytes(t, image), Gzip},
-		{"EFI zboot, gzip (Fedora arm64)", zbootFile("gzip", gzipBytes(t, image), len(image)), ZBoot},
-		{"EFI zboot, zstd", zbootFile("zstd22", zstdBytes(t, image), len(image)), ZBoot},
+		{"EFI zboot, gzip (Fedora arm64)", kerneltest.ZBoot("gzip", gzipBytes(t, image), len(image)), ZBoot},
+		{"EFI zboot, zstd", kerneltest.ZBoot("zstd22", zstdBytes(t, image), len(image)), ZBoot},
 		{"plain arm64 Image: MZ without zimg", image, Plain},
 		{"empty", nil, Plain},
 		{"two bytes of MZ", []byte("MZ"), Plain},
@@ -126,10 +85,10 @@ func TestDetect(t *testing.T) {
 }
 
 func TestUnpack(t *testing.T) {
-	image := arm64Image(3 << 20)
+	image := kerneltest.Arm64Image(3 << 20)
 	gz, zs := gzipBytes(t, image), zstdBytes(t, image)
-	zbGzip := zbootFile("gzip", gz, len(image))
-	zbZstd := zbootFile("zstd", zs, len(image))
+	zbGzip := kerneltest.ZBoot("gzip", gz, len(image))
+	zbZstd := kerneltest.ZBoot("zstd", zs, len(image))
 	// mutate returns a copy of b changed by f.
 	mutate := func(b []byte, f func(b []byte)) []byte {
 		b = bytes.Clone(b)
@@ -147,14 +106,14 @@ func TestUnpack(t *testing.T) {
 		{name: "gzip Image", src: gz},
 		{name: "zboot gzip", src: zbGzip},
 		{name: "zboot zstd", src: zbZstd},
-		{name: "zboot zstd22 (before Linux 6.14)", src: zbootFile("zstd22", zs, len(image))},
+		{name: "zboot zstd22 (before Linux 6.14)", src: kerneltest.ZBoot("zstd22", zs, len(image))},
 
 		{name: "gzip bomb over the cap", src: gz, max: 1 << 20, wantErr: ErrTooLarge},
 		{name: "zboot gzip bomb over the cap", src: zbGzip, max: 1 << 20, wantErr: ErrTooLarge},
 		{name: "zboot zstd bomb over the cap", src: zbZstd, max: 1 << 20, wantErr: ErrTooLarge},
-		{name: "lzma is refused by name", src: zbootFile("lzma", gz, len(image)), wantErr: ErrUnsupportedCompression, wantText: `"lzma"`},
-		{name: "xzkern is refused by name", src: zbootFile("xzkern", gz, len(image)), wantErr: ErrUnsupportedCompression, wantText: `"xzkern"`},
-		{name: "unprintable name is quoted", src: zbootFile("\xff\x01", gz, len(image)), wantErr: ErrUnsupportedCompression, wantText: `"\xff\x01"`},
+		{name: "lzma is refused by name", src: kerneltest.ZBoot("lzma", gz, len(image)), wantErr: ErrUnsupportedCompression, wantText: `"lzma"`},
+		{name: "xzkern is refused by name", src: kerneltest.ZBoot("xzkern", gz, len(image)), wantErr: ErrUnsupportedCompression, wantText: `"xzkern"`},
+		{name: "unprintable name is quoted", src: kerneltest.ZBoot("\xff\x01", gz, len(image)), wantErr: ErrUnsupportedCompression, wantText: `"\xff\x01"`},
 		{name: "name without NUL", src: mutate(zbGzip, func(b []byte) { copy(b[24:0x38], bytes.Repeat([]byte("z"), 32)) }), wantErr: ErrMalformed, wantText: "NUL"},
 		{name: "payload past the end", src: mutate(zbGzip, func(b []byte) { le.PutUint32(b[12:], uint32(len(b))) }), wantErr: ErrMalformed, wantText: "outside"},
 		{name: "offset and size overflow", src: mutate(zbGzip, func(b []byte) { le.PutUint32(b[8:], 0xffffffff); le.PutUint32(b[12:], 0xffffffff) }), wantErr: ErrMalformed, wantText: "outside"},
@@ -162,8 +121,8 @@ func TestUnpack(t *testing.T) {
 		{name: "empty payload", src: mutate(zbGzip, func(b []byte) { le.PutUint32(b[12:], 0) }), wantErr: ErrMalformed, wantText: "empty"},
 		{name: "header cut short", src: zbGzip[:40], wantErr: ErrMalformed, wantText: "cut short"},
 		{name: "zboot zstd stream cut short", src: mutate(zbZstd, func(b []byte) { le.PutUint32(b[12:], uint32(len(zs)/2)) }), wantErr: ErrMalformed},
-		{name: "zboot payload is not gzip", src: zbootFile("gzip", zs, len(image)), wantErr: ErrMalformed},
-		{name: "zboot payload is not zstd", src: zbootFile("zstd", gz, len(image)), wantErr: ErrMalformed},
+		{name: "zboot payload is not gzip", src: kerneltest.ZBoot("gzip", zs, len(image)), wantErr: ErrMalformed},
+		{name: "zboot payload is not zstd", src: kerneltest.ZBoot("zstd", gz, len(image)), wantErr: ErrMalformed},
 		{name: "truncated gzip", src: gz[:len(gz)/2], wantErr: ErrMalformed},
 		{name: "plain Image has nothing to unpack", src: image, wantErr: ErrNotPacked},
 	}
@@ -208,7 +167,7 @@ func TestUnpack(t *testing.T) {
 func TestUnpackCancelled(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "vmlinuz")
-	if err := os.WriteFile(src, zbootFile("gzip", gzipBytes(t, arm64Image(1<<20)), 1<<20), 0o644); err != nil {
+	if err := os.WriteFile(src, kerneltest.ZBoot("gzip", gzipBytes(t, kerneltest.Arm64Image(1<<20)), 1<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"syscall"
 )
 
 // ConvertStats summarises a conversion.
@@ -130,8 +131,11 @@ func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertO
 		}
 	}()
 	if err = tmp.Truncate(stats.VirtualSize); err != nil {
-		// EFBIG here: the file system cannot hold a file of the virtual size.
-		return stats, fmt.Errorf("size the raw output for %s to %d bytes: %w", srcPath, stats.VirtualSize, err)
+		if errors.Is(err, syscall.EFBIG) {
+			return stats, fmt.Errorf("%s: the raw output would be %d bytes, larger than the file system of %s allows: %w",
+				srcPath, stats.VirtualSize, filepath.Dir(dstPath), err)
+		}
+		return stats, err
 	}
 	cfg.workers = min(cfg.workers, maxWorkers(img, cfg.chunkBytes))
 	e := &engine{cfg: cfg, img: img, src: src, dst: tmp, size: stats.VirtualSize}

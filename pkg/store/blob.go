@@ -59,6 +59,10 @@ func (e *MismatchError) Error() string {
 	return b.String()
 }
 
+// Permanent reports that the error cannot pass with time: the bytes are not
+// the expected ones, and reading them again does not change that.
+func (e *MismatchError) Permanent() bool { return true }
+
 // Is makes errors.Is(err, ErrDigestMismatch / ErrSizeMismatch / ErrQuarantined) work.
 func (e *MismatchError) Is(target error) bool {
 	switch target {
