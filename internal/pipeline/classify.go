@@ -7,6 +7,7 @@ import (
 	"syscall"
 
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/stage"
 )
 
@@ -100,4 +101,12 @@ func failedRole(err error, own catalog.Role) catalog.Role {
 		return ae.Role
 	}
 	return own
+}
+
+// reportRetry tells the requester what the fetcher is retrying, so that a
+// client that gives up (a --timeout) can say why it was waiting.
+func (s *FetcherStage) reportRetry(id string, role catalog.Role, err error) {
+	if s.Progress != nil {
+		s.Progress(messages.Progress{RequestID: id, Stage: messages.StageFetcher, Asset: role, Retrying: err.Error()})
+	}
 }

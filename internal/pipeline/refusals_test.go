@@ -3,6 +3,8 @@ package pipeline_test
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -10,12 +12,16 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vmprep/vmprep/internal/kerneltest"
 	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/resolve"
+	"github.com/vmprep/vmprep/pkg/stage"
 	"github.com/vmprep/vmprep/pkg/store"
 	"golang.org/x/sys/unix"
 )
@@ -234,5 +240,32 @@ func TestZBootKernelIsUnpacked(t *testing.T) {
 	}
 	if target, err := filepath.EvalSymlinks(filepath.Join(res.View, "vmlinux")); err != nil || target != res.Kernel {
 		t.Errorf("view vmlinux -> %s (%v), want %s", target, err, res.Kernel)
+	}
+}
+
+// TestGivingUpNamesWhatWasRetried: a client whose context ends (vmprep
+// prepare --timeout) while the fetcher retries says what it was retrying,
+// not only "context canceled".
+func TestGivingUpNamesWhatWasRetried(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m.SetFault(m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk), testmirror.Fault{Status: http.StatusServiceUnavailable})
+	e := newEnv(t, m)
+	// Retry for a minute: only the client's context ends this request.
+	e.deps.Downloader = download.New(download.WithLogger(quietLogger()), download.WithBackoff(20*time.Millisecond, 100*time.Millisecond), download.WithRetry(1000, time.Minute))
+	e.deps.RunnerOptions = append(e.deps.RunnerOptions, stage.WithDrainTimeout(100*time.Millisecond)) // the retrying fetch is then cut at shutdown
+	emb := e.start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a bound only if no retry is ever reported
+	defer cancel()
+	_, err := testutil.Prepare(ctx, emb.Conn, messages.PrepareRequest{RequestID: "impatient", Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}, Format: catalog.FormatQCOW2},
+		func(p messages.Progress) {
+			if p.Retrying != "" {
+				cancel() // the client gives up once a retry is under way
+			}
+		})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("error %v, want context.Canceled", err)
+	}
+	if !strings.Contains(err.Error(), "last error: fetcher, disk") || !strings.Contains(err.Error(), "HTTP 503") {
+		t.Errorf("error %q does not say what the fetcher was retrying", err)
 	}
 }

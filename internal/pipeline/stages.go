@@ -149,6 +149,7 @@ func (s *FetcherStage) download(ctx context.Context, ev messages.AssetEvent, mov
 			}
 			report(messages.Progress{RequestID: ev.RequestID, Stage: messages.StageFetcher, Step: "fetch", Asset: a.Role, Done: p.Done, Total: p.Total, BytesPerSecond: p.BytesPerSecond})
 		},
+		OnRetry: func(err error) { s.reportRetry(ev.RequestID, a.Role, err) },
 	})
 	if err != nil {
 		return download.Result{}, err

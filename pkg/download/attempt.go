@@ -106,6 +106,9 @@ func (fe *fetch) transfer(ctx context.Context) error {
 		}
 		c.log.Warn("download attempt failed, retrying", "asset", fe.req.Name, "url", fe.req.URL,
 			"attempt", fe.attempts, "have", fe.have, "delay", delay, "err", e)
+		if fe.req.OnRetry != nil {
+			fe.req.OnRetry(e)
+		}
 		if err := c.sleep(ctx, delay); err != nil {
 			e := fe.permanent("wait to retry", 0, fmt.Errorf("%w (last error: %s)", err, e.cause()))
 			e.Attempts = fe.attempts

@@ -30,6 +30,10 @@ type Request struct {
 	Progress func(Progress)
 	// Name is the asset name used in errors and logs (e.g. "kernel").
 	Name string
+	// OnRetry, if set, is called with each failure that is about to be
+	// retried, before the wait: the caller can tell its user what is going
+	// wrong while the download keeps trying.
+	OnRetry func(err error)
 }
 
 // Progress reports how far a download is.
