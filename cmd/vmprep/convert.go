@@ -19,10 +19,16 @@ func runConvert(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	fs.SetOutput(stderr)
 	jobs := fs.Int("j", 0, "chunks converted in parallel (default: 2 per CPU, capped by a 40 MiB buffer budget)")
 	quiet := fs.Bool("q", false, "print nothing on success")
+	var from string
+	const fromUsage = "source format: qcow2 (refuse anything else), raw (copy as is) or auto (detect; no known magic means raw)"
+	fs.StringVar(&from, "from", "auto", fromUsage)
+	fs.StringVar(&from, "f", "auto", "short for --from")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: vmprep convert [-j N] [-q] SRC DST")
+		fmt.Fprintln(stderr, "usage: vmprep convert [-f|--from qcow2|raw|auto] [-j N] [-q] SRC DST")
 		fmt.Fprintln(stderr, "Converts a qcow2 (or raw) disk image to a sparse raw image, identical to")
 		fmt.Fprintln(stderr, "`qemu-img convert -f qcow2 -O raw`. DST appears only once complete.")
+		fmt.Fprintln(stderr, "Say --from qcow2 for a file that must be qcow2: without it, a qcow2 whose")
+		fmt.Fprintln(stderr, "header is damaged has no magic left and is copied as raw.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -39,6 +45,14 @@ func runConvert(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	var opts []qcow2.ConvertOption
 	if *jobs > 0 {
 		opts = append(opts, qcow2.WithConcurrency(*jobs))
+	}
+	switch from {
+	case "auto":
+	case string(qcow2.FormatQcow2), string(qcow2.FormatRaw):
+		opts = append(opts, qcow2.WithSourceFormat(qcow2.Format(from)))
+	default:
+		fmt.Fprintf(stderr, "vmprep convert: --from %q: want qcow2, raw or auto\n", from)
+		return 2
 	}
 	stats, err := qcow2.ConvertToRaw(ctx, src, dst, opts...)
 	if err != nil {
@@ -146,16 +160,8 @@ func inspectImage(ctx context.Context, path string) (*inspectReport, error) {
 	info := img.Info()
 	rep.VirtualSize = info.VirtualSize
 	rep.Qcow2 = &qcow2Report{Info: info}
-	for e, err := range img.Extents() {
-		if err != nil {
-			return nil, err
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		if e.Kind == qcow2.ExtentData || e.Kind == qcow2.ExtentCompressed {
-			rep.Qcow2.AllocatedBytes += e.Length
-		}
+	if rep.Qcow2.AllocatedBytes, err = img.AllocatedBytes(ctx); err != nil {
+		return nil, err
 	}
 	return rep, nil
 }

@@ -51,6 +51,52 @@ func TestRunConvert(t *testing.T) {
 	}
 }
 
+// TestRunConvertFrom: --from (-f) qcow2 refuses a file whose qcow2 magic is
+// broken instead of copying it as raw, as qemu-img -f qcow2 does.
+func TestRunConvertFrom(t *testing.T) {
+	good, err := os.ReadFile(filepath.Join(corpus, "valid/zstd.qcow2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken := bytes.Clone(good)
+	broken[3] = 0 // "QFI\xfb" -> "QFI\x00"
+	tests := []struct {
+		name       string
+		src        []byte
+		args       []string
+		wantCode   int
+		wantStderr string
+	}{
+		{name: "--from qcow2 refuses a broken magic", src: broken, args: []string{"--from", "qcow2"}, wantCode: 1, wantStderr: "no qcow2 magic"},
+		{name: "-f qcow2 refuses a broken magic", src: broken, args: []string{"-f", "qcow2"}, wantCode: 1, wantStderr: "no qcow2 magic"},
+		{name: "-f qcow2 converts a qcow2", src: good, args: []string{"-f", "qcow2"}, wantCode: 0},
+		{name: "detection copies a broken magic as raw", src: broken, wantCode: 0},
+		{name: "-f raw copies a qcow2 as is", src: good, args: []string{"-f", "raw"}, wantCode: 0},
+		{name: "unknown format", src: good, args: []string{"-f", "vmdk"}, wantCode: 2, wantStderr: "want qcow2, raw or auto"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			src, dst := filepath.Join(dir, "disk.qcow2"), filepath.Join(dir, "out.raw")
+			if err := os.WriteFile(src, tt.src, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var stdout, stderr bytes.Buffer
+			code := runConvert(context.Background(), append(append([]string{}, tt.args...), "-q", src, dst), &stdout, &stderr)
+			if code != tt.wantCode {
+				t.Fatalf("exit %d, want %d; stderr %q", code, tt.wantCode, stderr.String())
+			}
+			_, statErr := os.Stat(dst)
+			if exists := statErr == nil; exists != (tt.wantCode == 0) {
+				t.Fatalf("DST exists: %t, want %t", exists, tt.wantCode == 0)
+			}
+			if !strings.Contains(stderr.String(), tt.wantStderr) {
+				t.Errorf("stderr %q does not say %q", stderr.String(), tt.wantStderr)
+			}
+		})
+	}
+}
+
 func TestRunConvertUsage(t *testing.T) {
 	tests := []struct {
 		name string

@@ -27,8 +27,8 @@ func newProgressBars(ctx context.Context, w io.Writer, enabled bool) *progressBa
 }
 
 func (pb *progressBars) update(ev messages.Progress) {
-	if pb.p == nil {
-		return
+	if pb.p == nil || ev.Retrying != "" {
+		return // a retry note carries no counts
 	}
 	verb := ev.Step
 	if verb == "" {

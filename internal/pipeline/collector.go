@@ -61,9 +61,6 @@ func (s *CollectorStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 			}
 			final, err := s.decide(ctx, st, ev.RequestID)
 			if err != nil {
-				if errors.Is(err, store.ErrInvalidName) || errors.Is(err, store.ErrNotFound) {
-					return nil, stage.Permanent(err)
-				}
 				return nil, err
 			}
 			st.Final = final
@@ -136,6 +133,10 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 			// One shared cache directory: the paths are found in the store
 			// from the digests, not taken from the events, and linked here.
 			path, err := s.storedPath(ctx, ev)
+			if errors.Is(err, store.ErrNotFound) {
+				// Removed since it was verified (GC): the collector cannot bring it back.
+				err = stage.Permanent(err)
+			}
 			if err != nil {
 				return nil, &assetError{Role: r, Err: err}
 			}

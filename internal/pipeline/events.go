@@ -101,7 +101,7 @@ func FailurePolicy(stageName string, logger *slog.Logger) stage.FailureFunc {
 			if messages.Decode(m.Data, messages.TypeAsset, &ev) != nil || messages.ValidateRequestID(ev.RequestID) != nil {
 				return nil
 			}
-			f.Asset = ev.Asset.Role
+			f.Asset = failedRole(err, ev.Asset.Role)
 			out, e := resultEvent(messages.Result{
 				RequestID: ev.RequestID, Status: messages.ResultFailed, Spec: ev.Spec, Format: ev.Format, Target: ev.Target,
 				Failure: f, CompletedAt: time.Now().UTC(),

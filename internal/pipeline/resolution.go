@@ -55,7 +55,7 @@ func (s *ResolverStage) resolveOnce(ctx context.Context, spec catalog.ImageSpec,
 		}
 		res, err := s.Resolver.Resolve(ctx, spec)
 		if err != nil {
-			return catalog.Resolution{}, "", classify(err)
+			return catalog.Resolution{}, "", err
 		}
 		s.record(ctx, res, false, log)
 		return res, messages.ResolvedFromNetwork, nil
@@ -119,7 +119,7 @@ func (s *ResolverStage) resolveOnce(ctx context.Context, spec catalog.ImageSpec,
 // transient, with the newest build stored for spec (by the newest-serial
 // mark, else the latest resolution); otherwise with the error.
 func (s *ResolverStage) offline(ctx context.Context, spec catalog.ImageSpec, err error, log *slog.Logger) (catalog.Resolution, string, error) {
-	if !isRetryable(err) {
+	if Classify(err) != Retry {
 		return catalog.Resolution{}, "", stage.Permanent(err)
 	}
 	if mark, merr := s.Store.NewestSerial(ctx, spec); merr == nil {

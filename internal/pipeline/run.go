@@ -192,7 +192,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			stage.WithFailure(FailurePolicy(b.name, d.Logger)),
 			stage.WithDeadLetter(DeadLetterPolicy(b.name)),
 		}, d.RunnerOptions...)
-		r, err := stage.New(ctx, js, messages.StreamWork, b.consumer, b.filter, b.handler, opts...)
+		r, err := stage.New(ctx, js, messages.StreamWork, b.consumer, b.filter, classified(b.handler), opts...)
 		if err != nil {
 			return nil, err
 		}

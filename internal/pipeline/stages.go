@@ -20,7 +20,6 @@ import (
 	"github.com/vmprep/vmprep/pkg/objectstore"
 	"github.com/vmprep/vmprep/pkg/place"
 	"github.com/vmprep/vmprep/pkg/qcow2"
-	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/stage"
 	"github.com/vmprep/vmprep/pkg/store"
 )
@@ -28,37 +27,6 @@ import (
 // ProgressFunc receives progress events (the stage processes publish them on
 // core NATS; nothing depends on their delivery).
 type ProgressFunc func(messages.Progress)
-
-// isRetryable says whether a domain error is worth another delivery. Errors
-// that do not say are treated as transient (I/O, NATS), which is bounded by
-// MaxDeliver anyway.
-func isRetryable(err error) bool {
-	if err == nil {
-		return false
-	}
-	if stage.IsPermanent(err) {
-		return false
-	}
-	var de *download.Error
-	if errors.As(err, &de) {
-		return de.Retryable
-	}
-	var re *resolve.Error
-	if errors.As(err, &re) {
-		return re.Retryable
-	}
-	if errors.Is(err, catalog.ErrInvalidSpec) || errors.Is(err, catalog.ErrUnknownDistro) || errors.Is(err, catalog.ErrUnsupportedDistro) {
-		return false
-	}
-	return true
-}
-
-func classify(err error) error {
-	if err == nil || isRetryable(err) {
-		return err
-	}
-	return stage.Permanent(err)
-}
 
 // throttled calls report at most every interval (and always for the final call).
 func throttled(interval time.Duration, report ProgressFunc) func(p messages.Progress) {
@@ -169,7 +137,7 @@ func (s *FetcherStage) download(ctx context.Context, ev messages.AssetEvent, mov
 			have = fi.Size()
 		}
 		if err := s.Store.CheckFree(filepath.Dir(dest), a.Size-have); err != nil {
-			return download.Result{}, err // transient: space may be freed
+			return download.Result{}, err // permanent only if the file system could never hold it
 		}
 	}
 	report := throttled(250*time.Millisecond, s.Progress)
@@ -181,9 +149,10 @@ func (s *FetcherStage) download(ctx context.Context, ev messages.AssetEvent, mov
 			}
 			report(messages.Progress{RequestID: ev.RequestID, Stage: messages.StageFetcher, Step: "fetch", Asset: a.Role, Done: p.Done, Total: p.Total, BytesPerSecond: p.BytesPerSecond})
 		},
+		OnRetry: func(err error) { s.reportRetry(ev.RequestID, a.Role, err) },
 	})
 	if err != nil {
-		return download.Result{}, classify(err)
+		return download.Result{}, err
 	}
 	return res, nil
 }
@@ -337,11 +306,12 @@ func (s *VerifierStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 			return nil, stage.Poison(perr)
 		}
 		blob, err = s.Store.Commit(ctx, ingest, a.Digest, a.Size)
+		if errors.Is(err, os.ErrNotExist) {
+			// The fetched file is gone: the verifier cannot fetch it again.
+			return nil, stage.Permanent(fmt.Errorf("%s from %s: %w", a.Role, a.URL, err))
+		}
 		if err != nil {
-			if errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch) || errors.Is(err, os.ErrNotExist) {
-				return nil, stage.Permanent(fmt.Errorf("%s from %s: %w", a.Role, a.URL, err))
-			}
-			return nil, err
+			return nil, fmt.Errorf("%s from %s: %w", a.Role, a.URL, err)
 		}
 		s.Logger.Info("verified and committed", "request", ev.RequestID, "asset", a.Role, "sha256", blob.SHA256.Hex)
 	} else if err != nil {
@@ -350,13 +320,16 @@ func (s *VerifierStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 	ev.Status, ev.Blob, ev.Path, ev.Size, ev.Ingest = messages.StatusVerified, blob.SHA256, blob.Path, blob.Size, ""
 	unpack := false
 	if a.Role == catalog.RoleKernel {
-		// A gzip-compressed kernel (Ubuntu arm64) must be unpacked for direct boot;
-		// reading its two magic bytes is the only read on a warm request.
+		// A packed kernel (gzip: Ubuntu arm64; EFI zboot: Fedora arm64) must be
+		// unpacked for direct boot; reading its magic is the only read on a warm request.
 		if unpack, err = place.KernelNeedsUnpack(blob); err != nil {
 			return nil, err
 		}
 	}
 	if a.Role == catalog.RoleDisk {
+		if err := checkDeclaredFormat(blob.Path, a); err != nil {
+			return nil, err
+		}
 		ev.FileFormat = a.Format
 	}
 	return route(ev, unpack, false)
@@ -524,23 +497,14 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 		}
 		if unpack && !ev.ClientConverts {
 			if path, err = p.Kernel(ctx, blob); err != nil {
-				if ctx.Err() == nil && !errors.Is(err, store.ErrInsufficientSpace) {
-					return nil, stage.Permanent(fmt.Errorf("unpack kernel %s: %w", ev.Asset.Name, err))
-				}
-				return nil, err
+				return nil, fmt.Errorf("unpack kernel %s: %w", ev.Asset.Name, err)
 			}
 			status = messages.StatusConverted
 			log.Info("unpacked kernel", "path", path)
 		}
 	case role == catalog.RoleDisk && ev.Format == catalog.FormatRaw && ev.Asset.Format != catalog.FormatRaw:
 		if path, err = p.RawDisk(ctx, blob); err != nil {
-			var fe *qcow2.FeatureError
-			var me *qcow2.MalformedError
-			var fmtErr *qcow2.FormatError
-			if errors.As(err, &fe) || errors.As(err, &me) || errors.As(err, &fmtErr) || errors.Is(err, qcow2.ErrNotQcow2) {
-				return nil, stage.Permanent(fmt.Errorf("convert disk %s: %w", ev.Asset.Name, err))
-			}
-			return nil, err
+			return nil, fmt.Errorf("convert disk %s: %w", ev.Asset.Name, err)
 		}
 		status, format = messages.StatusConverted, catalog.FormatRaw
 		log.Info("converted", "path", path)

@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -163,18 +164,30 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 		}
 		return Result{}, fmt.Errorf("reach the vmprep deployment: %w", err)
 	}
-	if cfg.progress != nil {
-		sub, err := c.nc.Subscribe(messages.ProgressSubject(req.RequestID), func(m *nats.Msg) {
-			var p Progress
-			if messages.Decode(m.Data, messages.TypeProgress, &p) == nil {
-				cfg.progress(p)
-			}
-		})
-		if err != nil {
-			return Result{}, err
-		}
-		defer func() { _ = sub.Unsubscribe() }()
+	// Progress is watched even without WithProgress: the last failure a stage
+	// reported retrying says why, if ctx ends before the result comes.
+	var lastRetry struct {
+		sync.Mutex
+		what string
 	}
+	sub, err := c.nc.Subscribe(messages.ProgressSubject(req.RequestID), func(m *nats.Msg) {
+		var p Progress
+		if messages.Decode(m.Data, messages.TypeProgress, &p) != nil {
+			return
+		}
+		if p.Retrying != "" {
+			lastRetry.Lock()
+			lastRetry.what = fmt.Sprintf("%s, %s: %s", p.Stage, p.Asset, p.Retrying)
+			lastRetry.Unlock()
+		}
+		if cfg.progress != nil {
+			cfg.progress(p)
+		}
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
 	// Subscribe to the result before publishing, from the last stored one, so
 	// neither a fast answer nor an earlier answer to the same id is missed.
 	cons, err := c.js.OrderedConsumer(ctx, messages.StreamResults, jetstream.OrderedConsumerConfig{
@@ -200,7 +213,13 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 		m, err := nextWithContext(ctx, cons)
 		if err != nil {
 			if ctx.Err() != nil {
-				return Result{}, fmt.Errorf("waiting for the result of request %s: %w", req.RequestID, ctx.Err())
+				err := fmt.Errorf("waiting for the result of request %s: %w", req.RequestID, ctx.Err())
+				lastRetry.Lock()
+				if lastRetry.what != "" {
+					err = fmt.Errorf("%w (last error: %s)", err, lastRetry.what)
+				}
+				lastRetry.Unlock()
+				return Result{}, err
 			}
 			if errors.Is(err, nats.ErrConnectionClosed) {
 				return Result{}, fmt.Errorf("waiting for the result of request %s: %w", req.RequestID, err)

@@ -59,6 +59,7 @@ func (fe *fetch) transfer(ctx context.Context) error {
 	failures := 0
 	since := time.Now()
 	mark := fe.have // file size when the retry budget was last renewed
+	var last *Error // the last failure retried, quoted if ctx ends the Fetch
 	for {
 		if fe.complete() {
 			return nil
@@ -76,8 +77,14 @@ func (fe *fetch) transfer(ctx context.Context) error {
 			e = fe.permanent("fetch", 0, err)
 		}
 		if !e.Retryable {
+			if ctx.Err() != nil && last != nil {
+				// "context deadline exceeded" alone hides what was going wrong.
+				e.Err = fmt.Errorf("%w (last error: %s)", e.Err, last.cause())
+				e.Attempts = fe.attempts
+			}
 			return e
 		}
+		last = e
 		// Only net progress renews the budget: bytes gained and then lost to
 		// a restart from zero do not count.
 		if fe.have >= mark+progressReset || (fe.have > mark && fe.total > 0 && fe.have == fe.total) {
@@ -88,23 +95,39 @@ func (fe *fetch) transfer(ctx context.Context) error {
 		}
 		failures++
 		if failures >= c.maxAttempts {
-			e.Attempts = fe.attempts
-			return e
+			return fe.giveUp(e)
 		}
 		delay := bo.NextBackOff()
 		if e.retryAfter > 0 {
 			delay = max(delay, min(e.retryAfter, c.maxRetryAfter))
 		}
 		if time.Since(since)+delay > c.maxElapsed {
-			e.Attempts = fe.attempts
-			return e
+			return fe.giveUp(e)
 		}
 		c.log.Warn("download attempt failed, retrying", "asset", fe.req.Name, "url", fe.req.URL,
 			"attempt", fe.attempts, "have", fe.have, "delay", delay, "err", e)
+		if fe.req.OnRetry != nil {
+			fe.req.OnRetry(e)
+		}
 		if err := c.sleep(ctx, delay); err != nil {
-			return fe.permanent("wait to retry", 0, fmt.Errorf("%w (after: %v)", err, e))
+			e := fe.permanent("wait to retry", 0, fmt.Errorf("%w (last error: %s)", err, e.cause()))
+			e.Attempts = fe.attempts
+			return e
 		}
 	}
+}
+
+// giveUp ends a Fetch whose retry budget ran out on the retryable e. It
+// stays retryable — a later Fetch resumes where this one stopped — unless
+// the body keeps ending early and the server answers range requests with
+// the whole file: a later Fetch would start from zero and end the same way.
+func (fe *fetch) giveUp(e *Error) *Error {
+	e.Attempts = fe.attempts
+	if fe.noResume && errors.Is(e, io.ErrUnexpectedEOF) {
+		e.Retryable = false
+		e.Err = fmt.Errorf("%w; the server cannot resume (it answers a range request with the whole file) and its body keeps ending early", e.Err)
+	}
+	return e
 }
 
 // attempt makes one request and streams its body into the file.
@@ -170,6 +193,7 @@ func (fe *fetch) accept(resp *http.Response, rangeStart int64) error {
 	switch {
 	case st == http.StatusOK:
 		if fe.have > 0 {
+			fe.noResume = true
 			fe.c.log.Info("server sent the whole file to a range request, starting over",
 				"asset", fe.req.Name, "url", fe.req.URL, "had", fe.have)
 			if err := fe.restart(); err != nil {
@@ -345,6 +369,14 @@ func (fe *fetch) classify(ctx, actx context.Context, op string, err error) *Erro
 	}
 	if errors.Is(context.Cause(actx), errStalled) {
 		return fe.retryable(op, 0, fmt.Errorf("no data for %v (stall timeout)", fe.c.stallTimeout))
+	}
+	// A redirect to file://, ftp:// or anything else we do not fetch: the
+	// transport refuses it each time ("unsupported protocol scheme").
+	var ue *url.Error
+	if errors.As(err, &ue) && ue.URL != fe.req.URL {
+		if cerr := checkURL(ue.URL); cerr != nil {
+			return fe.permanent(op, 0, fmt.Errorf("redirected to %s: %w", ue.URL, cerr))
+		}
 	}
 	var (
 		certErr  *tls.CertificateVerificationError

@@ -64,6 +64,24 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// Permanent reports whether a later Fetch cannot do better: the request,
+// the server's answer or the content is wrong. A retryable Error only ran
+// out of this Fetch's retry budget.
+func (e *Error) Permanent() bool { return !e.Retryable }
+
+// cause is the failure without the URL and the verdict, for quoting it in
+// a later error.
+func (e *Error) cause() string {
+	s := e.Op
+	if e.StatusCode != 0 {
+		s += fmt.Sprintf(": HTTP %d", e.StatusCode)
+	}
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
 // IsRetryable reports whether err is an *Error marked retryable.
 func IsRetryable(err error) bool {
 	var e *Error

@@ -30,6 +30,10 @@ type Request struct {
 	Progress func(Progress)
 	// Name is the asset name used in errors and logs (e.g. "kernel").
 	Name string
+	// OnRetry, if set, is called with each failure that is about to be
+	// retried, before the wait: the caller can tell its user what is going
+	// wrong while the download keeps trying.
+	OnRetry func(err error)
 }
 
 // Progress reports how far a download is.
@@ -181,6 +185,7 @@ type fetch struct {
 
 	resumed     bool
 	fromDisk    bool // have > 0 came from an earlier Fetch and was not yet confirmed by the server
+	noResume    bool // the server answered a range request with the whole file
 	transferred int64
 	attempts    int
 	start       time.Time

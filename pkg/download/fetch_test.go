@@ -876,3 +876,86 @@ func TestWithHTTPClient(t *testing.T) {
 		t.Errorf("round trips %d with Accept-Encoding %q; want 2 with identity", tr.trips, tr.encodings)
 	}
 }
+
+// TestRedirectToUnsupportedScheme: a redirect to file:// (or ftp://) is
+// refused by the transport every time; it is permanent at once, not retried
+// for the whole retry budget.
+func TestRedirectToUnsupportedScheme(t *testing.T) {
+	for _, target := range []string{"file:///etc/passwd", "ftp://127.0.0.1/disk.img"} {
+		t.Run(target, func(t *testing.T) {
+			var hits atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				hits.Add(1)
+				http.Redirect(w, r, target, http.StatusFound)
+			}))
+			defer srv.Close()
+			c, delays := newTestClient()
+			req := Request{URL: srv.URL + "/disk.img", Dest: filepath.Join(t.TempDir(), "d"), Name: "disk"}
+			_, err := c.Fetch(context.Background(), req)
+			var e *Error
+			if !errors.As(err, &e) || e.Retryable || !e.Permanent() {
+				t.Fatalf("error %v, want a permanent *Error", err)
+			}
+			if !strings.Contains(err.Error(), target) || !strings.Contains(err.Error(), "unsupported URL scheme") {
+				t.Errorf("error %q does not name the redirect target and its scheme", err)
+			}
+			if n := hits.Load(); n != 1 || len(delays.get()) != 0 {
+				t.Errorf("%d requests and %d waits, want one request and no retry", n, len(delays.get()))
+			}
+		})
+	}
+}
+
+// TestShortBodyWithoutRangeSupport: a server that announces more bytes than
+// it sends and answers every range request with the whole file cannot be
+// resumed; once the retries are spent the failure is permanent and says why.
+// A server that resumes stays retryable (TestDribblingServerGivesUp).
+func TestShortBodyWithoutRangeSupport(t *testing.T) {
+	srv := newFileServer(t, randomBytes(testSize, 21))
+	srv.every = &fault{cutAfter: testSize / 2, ignoreRange: true}
+	c, _ := newTestClient(WithRetry(4, time.Minute))
+	req := Request{URL: srv.URL + "/disk.img", Dest: filepath.Join(t.TempDir(), "d"), Name: "disk", ExpectedSize: testSize}
+	_, err := c.Fetch(context.Background(), req)
+	var e *Error
+	if !errors.As(err, &e) || e.Retryable || !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("error %v, want a permanent *Error for a short body", err)
+	}
+	if !strings.Contains(err.Error(), "cannot resume") || e.Attempts != 4 {
+		t.Errorf("error %q after %d attempts, want the cause after 4", err, e.Attempts)
+	}
+	for i, r := range srv.requests()[1:] {
+		if r.Range == "" {
+			t.Errorf("request %d did not try to resume", i+2)
+		}
+	}
+}
+
+// TestCancelledFetchNamesLastError: when ctx ends an attempt after earlier
+// attempts failed, the error says what was failing, not only "context
+// canceled".
+func TestCancelledFetchNamesLastError(t *testing.T) {
+	stalled := make(chan struct{})
+	var n atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == 1 {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		w.Header().Set("Content-Length", "1000")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		close(stalled)
+		<-r.Context().Done()
+	}))
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-stalled; cancel() }()
+	c, _ := newTestClient()
+	_, err := c.Fetch(ctx, Request{URL: srv.URL, Dest: filepath.Join(t.TempDir(), "d"), Name: "disk"})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("error %v, want context.Canceled", err)
+	}
+	if !strings.Contains(err.Error(), "last error: request: HTTP 502") {
+		t.Errorf("error %q does not name the last failure (HTTP 502)", err)
+	}
+}

@@ -287,6 +287,9 @@ type Progress struct {
 	Total int64      `json:"total"`
 	// BytesPerSecond is the recent rate.
 	BytesPerSecond float64 `json:"bytes_per_second,omitempty"`
+	// Retrying, when set, is the failure the stage is about to retry; Done
+	// and Total are then not reported.
+	Retrying string `json:"retrying,omitempty"`
 }
 
 // ResultStatus is the outcome of a request.

@@ -27,7 +27,7 @@ import (
 // output could change.
 const (
 	ConverterName      = "vmprep-qcow2raw-1"
-	KernelUnpackerName = "vmprep-gunzip-1"
+	KernelUnpackerName = "vmprep-unpack-kernel-2" // 2: EFI zboot kernels too
 )
 
 // Steps reported to Progress.
@@ -120,39 +120,59 @@ func refOf(info objectstore.Info) messages.ObjectRef {
 }
 
 // RawDisk returns the raw disk converted from the qcow2 blob, converting it
-// (sparse) if that was not done before. A disk that is not qcow2 at all is
-// refused.
+// (sparse) if that was not done before. A disk that is not qcow2 at all —
+// a broken magic included — is refused, never copied as raw.
 func (p *Placer) RawDisk(ctx context.Context, blob store.BlobInfo) (string, error) {
 	key := store.DerivedKey{Source: blob.SHA256, Converter: ConverterName, Format: string(image.FormatRaw)}
 	path, err := p.Store.Derived(ctx, key)
 	if !errors.Is(err, store.ErrNotFound) {
 		return path, err
 	}
-	if img, oerr := qcow2.OpenFile(blob.Path); oerr == nil {
-		// The sparse output needs at most the virtual size: refuse up front
-		// rather than fail half-way.
-		if cerr := p.Store.CheckFree(filepath.Join(p.Store.Root(), "derived"), img.Info().VirtualSize); cerr != nil {
-			_ = img.Close()
-			return "", cerr
-		}
-		_ = img.Close()
+	// Refuse up front rather than fail half-way.
+	if err := p.checkConversionSpace(ctx, blob.Path); err != nil {
+		return "", err
 	}
 	return p.Store.PutDerived(ctx, key, func(ctx context.Context, dst string) error {
 		_, err := qcow2.ConvertToRaw(ctx, blob.Path, dst,
+			qcow2.WithSourceFormat(qcow2.FormatQcow2),
 			qcow2.WithConcurrency(p.Concurrency),
 			qcow2.WithProgress(func(done, total int64) { p.report(StepConvert, image.RoleDisk, done, total) }))
 		return err
 	})
 }
 
-// KernelNeedsUnpack reports whether the kernel blob is compressed in a way
-// direct boot cannot take (a gzip'd Image).
-func KernelNeedsUnpack(blob store.BlobInfo) (bool, error) { return kernel.IsGzip(blob.Path) }
+// checkConversionSpace checks that derived/ has room for the raw conversion
+// of the qcow2 image at path. The output is sparse: it takes the image's
+// allocated data, not its virtual size (a 3.5 GiB cloud disk holds a few
+// hundred MiB), plus a margin for file-system metadata.
+func (p *Placer) checkConversionSpace(ctx context.Context, path string) error {
+	img, err := qcow2.OpenFile(path)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	data, err := img.AllocatedBytes(ctx)
+	if err != nil {
+		return err
+	}
+	return p.Store.CheckFree(filepath.Join(p.Store.Root(), "derived"), conversionSpace(data))
+}
+
+// conversionSpace is what a raw conversion writing data bytes may take: the
+// data, extent metadata (well under 1/64 of it) and 16 MiB of slack.
+func conversionSpace(data int64) int64 {
+	return data + data/64 + 16<<20
+}
+
+// KernelNeedsUnpack reports whether the kernel blob is packed in a way
+// direct boot cannot take (a gzip'd Image, an EFI zboot application).
+func KernelNeedsUnpack(blob store.BlobInfo) (bool, error) {
+	p, err := kernel.Detect(blob.Path)
+	return p.NeedsUnpacking(), err
+}
 
 // KernelHeadNeedsUnpack is KernelNeedsUnpack for the first bytes of a kernel.
-func KernelHeadNeedsUnpack(head []byte) bool {
-	return len(head) >= 2 && head[0] == 0x1f && head[1] == 0x8b
-}
+func KernelHeadNeedsUnpack(head []byte) bool { return kernel.DetectHead(head).NeedsUnpacking() }
 
 // Kernel returns the uncompressed kernel derived from blob, unpacking it if
 // that was not done before.
@@ -163,7 +183,7 @@ func (p *Placer) Kernel(ctx context.Context, blob store.BlobInfo) (string, error
 		return path, err
 	}
 	return p.Store.PutDerived(ctx, key, func(ctx context.Context, dst string) error {
-		return kernel.Gunzip(ctx, blob.Path, dst, 0)
+		return kernel.Unpack(ctx, blob.Path, dst, 0)
 	})
 }
 

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"syscall"
 )
 
 // ConvertStats summarises a conversion.
@@ -26,6 +27,16 @@ type convertConfig struct {
 	progress   func(done, total int64)
 	workers    int
 	chunkBytes int64
+	format     Format // declared source format; "" detects it
+}
+
+// WithSourceFormat declares the source's format, as qemu-img's -f does.
+// FormatQcow2 refuses anything else with a *FormatError: a file that should
+// be qcow2 but whose magic is broken is not copied as raw. FormatRaw copies
+// the bytes as they are, whatever magic they start with. Without this option
+// the format is detected and a file with no known magic is copied as raw.
+func WithSourceFormat(f Format) ConvertOption {
+	return func(c *convertConfig) { c.format = f }
 }
 
 // WithProgress registers fn to be called with the number of guest bytes
@@ -86,6 +97,15 @@ func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertO
 	if err != nil {
 		return stats, fmt.Errorf("%s: %w", srcPath, err)
 	}
+	switch cfg.format {
+	case "", format:
+	case FormatRaw:
+		format = FormatRaw // declared raw: a magic at its start is guest data
+	case FormatQcow2:
+		return stats, fmt.Errorf("%s: %w", srcPath, &FormatError{Format: format})
+	default:
+		return stats, fmt.Errorf("%s: cannot convert from %q: the source format must be qcow2 or raw", srcPath, cfg.format)
+	}
 	var img *Image
 	switch format {
 	case FormatQcow2:
@@ -111,6 +131,10 @@ func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertO
 		}
 	}()
 	if err = tmp.Truncate(stats.VirtualSize); err != nil {
+		if errors.Is(err, syscall.EFBIG) {
+			return stats, fmt.Errorf("%s: the raw output would be %d bytes, larger than the file system of %s allows: %w",
+				srcPath, stats.VirtualSize, filepath.Dir(dstPath), err)
+		}
 		return stats, err
 	}
 	cfg.workers = min(cfg.workers, maxWorkers(img, cfg.chunkBytes))

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -237,6 +238,57 @@ func TestMaxWorkers(t *testing.T) {
 			got := int64(maxWorkers(img, defaultChunk))
 			if got < 1 || got*per > workerBudget || (got+1)*per <= workerBudget {
 				t.Fatalf("maxWorkers = %d with %d bytes each: not the most that fit %d", got, per, workerBudget)
+			}
+		})
+	}
+}
+
+// TestConvertDeclaredFormat: WithSourceFormat works like qemu-img's -f. A
+// qcow2 whose magic is broken is refused when qcow2 is declared (detection
+// alone would copy it as raw); declaring raw copies any file as it is.
+func TestConvertDeclaredFormat(t *testing.T) {
+	good := corpusBytes(t, "v3-c4096.qcow2")
+	broken := bytes.Clone(good)
+	copy(broken, "QFI\x00") // one byte of the magic lost
+	tests := []struct {
+		name       string
+		src        []byte
+		declared   Format
+		wantErr    error  // nil: success
+		wantCopy   bool   // the output is the source's bytes
+		wantSource Format // stats.SourceFormat on success
+	}{
+		{"broken magic declared qcow2 is refused", broken, FormatQcow2, ErrNotQcow2, false, ""},
+		{"broken magic detected is copied as raw", broken, "", nil, true, FormatRaw},
+		{"qcow2 declared qcow2 converts", good, FormatQcow2, nil, false, FormatQcow2},
+		{"qcow2 declared raw is copied", good, FormatRaw, nil, true, FormatRaw},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			src := writeTemp(t, dir, "src", tt.src)
+			dst := filepath.Join(dir, "dst.raw")
+			var opts []ConvertOption
+			if tt.declared != "" {
+				opts = append(opts, WithSourceFormat(tt.declared))
+			}
+			stats, err := ConvertToRaw(context.Background(), src, dst, opts...)
+			if tt.wantErr != nil {
+				var fe *FormatError
+				if !errors.Is(err, tt.wantErr) || !errors.As(err, &fe) || !strings.Contains(err.Error(), "no qcow2 magic") {
+					t.Fatalf("error %v, want a FormatError saying the magic is missing", err)
+				}
+				assertOnly(t, dir, "src")
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stats.SourceFormat != tt.wantSource {
+				t.Errorf("source format %q, want %q", stats.SourceFormat, tt.wantSource)
+			}
+			if same := fileSHA256(t, dst) == fileSHA256(t, src); same != tt.wantCopy {
+				t.Errorf("output identical to the source: %v, want %v", same, tt.wantCopy)
 			}
 		})
 	}

@@ -31,10 +31,18 @@ type FormatError struct {
 }
 
 func (e *FormatError) Error() string {
+	if e.Format == FormatRaw {
+		// "raw" is only what is left when no magic matches: say what is missing.
+		return fmt.Sprintf("not a qcow2 image: no qcow2 magic (%q) at offset 0", qcowMagic)
+	}
 	return fmt.Sprintf("%s image, not qcow2", e.Format)
 }
 
 func (e *FormatError) Unwrap() error { return ErrNotQcow2 }
+
+// Permanent reports that the error cannot pass with time: the bytes are what
+// they are. (Every error type of this package says so; the pipeline asks.)
+func (e *FormatError) Permanent() bool { return true }
 
 // FeatureError reports a qcow2 feature that this reader refuses: Kind is one
 // of ErrBackingFile, ErrEncrypted, ErrExternalDataFile, ErrCorruptBit or
@@ -52,6 +60,9 @@ func (e *FeatureError) Error() string {
 }
 
 func (e *FeatureError) Unwrap() []error { return []error{ErrUnsupported, e.Kind} }
+
+// Permanent reports that the refusal cannot pass with time.
+func (e *FeatureError) Permanent() bool { return true }
 
 // MalformedError reports a structural violation. What names the structure
 // ("header", "L1 table", "L2 entry for guest offset 0x10000", …), Reason the
@@ -76,6 +87,10 @@ func (e *MalformedError) Unwrap() []error {
 	}
 	return []error{ErrMalformed, e.Err}
 }
+
+// Permanent reports that the violation cannot pass with time: reading the
+// same (digest-checked) bytes again finds it again.
+func (e *MalformedError) Permanent() bool { return true }
 
 func malformed(what, format string, args ...any) error {
 	return &MalformedError{What: what, Reason: fmt.Sprintf(format, args...)}

@@ -1,6 +1,9 @@
 package qcow2
 
-import "iter"
+import (
+	"context"
+	"iter"
+)
 
 // Extent is a run of guest bytes [Offset, Offset+Length) of one kind.
 // HostOffset is the file offset of ExtentData (contiguous on the host for
@@ -118,4 +121,24 @@ func (img *Image) emitZeroBits(off int64, m mapping, emit func(Extent) bool) boo
 		}
 	}
 	return true
+}
+
+// AllocatedBytes counts the guest bytes backed by data or compressed
+// clusters. A raw conversion writes at most this much (it leaves zero blocks
+// as holes), so a caller can check free space against it rather than
+// against the virtual size.
+func (img *Image) AllocatedBytes(ctx context.Context) (int64, error) {
+	var n int64
+	for e, err := range img.Extents() {
+		if err != nil {
+			return 0, err
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		if e.Kind == ExtentData || e.Kind == ExtentCompressed {
+			n += e.Length
+		}
+	}
+	return n, nil
 }

@@ -24,6 +24,7 @@ const (
 	maxClusterBits    = 21
 	v2HeaderLen       = 72
 	v3HeaderLen       = 104
+	sectorSize        = 512 // QEMU's unit of disk size (BDRV_SECTOR_SIZE)
 )
 
 // Table entry bits (qcow2.rst "Cluster mapping").
@@ -371,10 +372,13 @@ func (img *Image) parseHeader() error {
 		img.subSize = cs / 32
 	}
 	img.l2Entries = cs / img.entryBytes
+	// QEMU counts a disk in 512-byte sectors and drops a partial last one:
+	// for a header saying 1000001 bytes, qemu-img info and convert give
+	// 999936. The guest never sees the tail, so neither does our output.
 	img.info = Info{
 		Format:               FormatQcow2,
 		Version:              int(h.version),
-		VirtualSize:          int64(h.size),
+		VirtualSize:          int64(h.size) &^ (sectorSize - 1),
 		ClusterSize:          cs,
 		CompressionType:      CompressionType(h.compression),
 		Compression:          CompressionType(h.compression).String(),

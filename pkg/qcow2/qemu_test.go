@@ -136,6 +136,12 @@ func compareMap(t *testing.T, qemuImg, path string) {
 	if err := json.Unmarshal(out, &entries); err != nil {
 		t.Fatal(err)
 	}
+	var wantAllocated int64
+	for _, e := range entries {
+		if e.Data {
+			wantAllocated += e.Length
+		}
+	}
 	type unit struct {
 		kind ExtentKind
 		host int64
@@ -180,6 +186,9 @@ func compareMap(t *testing.T, qemuImg, path string) {
 	}
 	if len(got) != len(want) {
 		t.Fatalf("extents cover %d units, qemu-img map %d", len(got), len(want))
+	}
+	if n, err := img.AllocatedBytes(context.Background()); err != nil || n != wantAllocated {
+		t.Errorf("AllocatedBytes = %d, %v; qemu-img map has %d bytes of data", n, err, wantAllocated)
 	}
 	for i := range got {
 		if got[i] != want[i] {
@@ -246,4 +255,88 @@ func TestInfoMatchesQemuImg(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestQemuImgOddVirtualSize: a header whose virtual size is not a multiple
+// of 512 (qemu-img create rounds up, other tools need not). QEMU counts whole
+// sectors and drops the partial last one; our Info, output and extents must
+// say the same as qemu-img info, convert and map.
+func TestQemuImgOddVirtualSize(t *testing.T) {
+	qemuImg, qemuIO := requireQemu(t)
+	tests := []struct {
+		name    string
+		cluster int64
+		size    int64
+	}{
+		{"1000001", 65536, 1000001},
+		{"one short of a sector", 65536, 3*65536 + 511},
+		{"one past an L2 table", 512, 512*64 + 1},
+		{"less than a sector", 65536, 100},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			img := filepath.Join(dir, "odd.qcow2")
+			rounded := (tt.size + 511) &^ 511
+			run(t, qemuImg, "create", "-q", "-f", "qcow2", "-o", fmt.Sprintf("cluster_size=%d", tt.cluster), img, fmt.Sprint(rounded))
+			// Data in the last whole sector and in the partial one that is dropped.
+			run(t, qemuIO, "-c", fmt.Sprintf("write -P 0x5a %d 512", rounded-512), img)
+			if rounded >= 1024 {
+				run(t, qemuIO, "-c", fmt.Sprintf("write -P 0x33 %d 512", rounded-1024), img)
+			}
+			b, err := os.ReadFile(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			be.PutUint64(b[24:], uint64(tt.size)) // the header's size field
+			if err := os.WriteFile(img, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+
+			out, err := exec.Command(qemuImg, "info", "--output=json", img).Output()
+			if err != nil {
+				t.Fatalf("qemu-img info: %v", err)
+			}
+			var q struct {
+				VirtualSize int64 `json:"virtual-size"`
+			}
+			if err := json.Unmarshal(out, &q); err != nil {
+				t.Fatal(err)
+			}
+			im, err := OpenFile(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := im.Info().VirtualSize
+			im.Close()
+			if got != q.VirtualSize {
+				t.Errorf("virtual size %d, qemu-img info %d", got, q.VirtualSize)
+			}
+
+			ref := filepath.Join(dir, "qemu.raw")
+			run(t, qemuImg, "convert", "-f", "qcow2", "-O", "raw", img, ref)
+			ours := filepath.Join(dir, "ours.raw")
+			stats, err := ConvertToRaw(context.Background(), img, ours)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rs, os1 := fileSize(t, ref), fileSize(t, ours)
+			if rs != os1 || stats.VirtualSize != rs {
+				t.Errorf("output %d bytes (stats %d), qemu-img's %d", os1, stats.VirtualSize, rs)
+			}
+			if got, want := fileSHA256(t, ours), fileSHA256(t, ref); got != want {
+				t.Errorf("sha256 %s, qemu-img %s", got, want)
+			}
+			compareMap(t, qemuImg, img)
+		})
+	}
+}
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
 }

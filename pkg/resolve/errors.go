@@ -90,6 +90,9 @@ func mirrorHint(u string) string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// Permanent reports whether trying again later cannot help (see Retryable).
+func (e *Error) Permanent() bool { return !e.Retryable }
+
 // IsRetryable reports whether err is a resolution error worth retrying later.
 func IsRetryable(err error) bool {
 	var re *Error

@@ -59,6 +59,10 @@ func (e *MismatchError) Error() string {
 	return b.String()
 }
 
+// Permanent reports that the error cannot pass with time: the bytes are not
+// the expected ones, and reading them again does not change that.
+func (e *MismatchError) Permanent() bool { return true }
+
 // Is makes errors.Is(err, ErrDigestMismatch / ErrSizeMismatch / ErrQuarantined) work.
 func (e *MismatchError) Is(target error) bool {
 	switch target {
@@ -182,7 +186,7 @@ func (s *Store) checkBlobLocked(ctx context.Context, hex string, force bool) (in
 	var size int64
 	reason := ""
 	if !fi.Mode().IsRegular() {
-		reason = fmt.Sprintf("not a regular file (%s)", fi.Mode().Type())
+		reason = fmt.Sprintf("a %s, not a regular file", fileKind(fi.Mode()))
 	} else {
 		actual, _, size, err = s.hashPath(ctx, path, "")
 		if err != nil {
@@ -273,7 +277,7 @@ func (s *Store) Commit(ctx context.Context, ingestPath string, expected digest.D
 		return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return BlobInfo{}, fmt.Errorf("store: commit %s: not a regular file (%s)", src, fi.Mode().Type())
+		return BlobInfo{}, fmt.Errorf("store: commit %s: a %s, not a regular file", src, fileKind(fi.Mode()))
 	}
 	mismatch := func(actual digest.Digest, actualSize int64) error {
 		f.Close()
@@ -344,7 +348,7 @@ func (s *Store) Commit(ctx context.Context, ingestPath string, expected digest.D
 	} else if err == nil {
 		// A directory or symlink in the way would make the rename fail on
 		// every attempt: move it aside as Lookup would.
-		if _, err := s.quarantine(final, quarantineNote{Reason: fmt.Sprintf("not a regular file (%s)", bfi.Mode().Type()), Expected: info.SHA256.String()}); err != nil {
+		if _, err := s.quarantine(final, quarantineNote{Reason: fmt.Sprintf("a %s, not a regular file", fileKind(bfi.Mode())), Expected: info.SHA256.String()}); err != nil {
 			return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
 		}
 	}

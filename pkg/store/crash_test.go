@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -8,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -156,5 +159,118 @@ func TestCommitOverDebris(t *testing.T) {
 				t.Fatalf("blob after commit over debris: %v", err)
 			}
 		})
+	}
+}
+
+// derivedTemps lists the temporary files of key k in derived/.
+func derivedTemps(t *testing.T, s *Store, k DerivedKey) []string {
+	t.Helper()
+	name, err := k.fileName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, n := range dirNames(t, s.path(dirDerived)) {
+		if strings.HasPrefix(n, "."+name+tempMarker) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// TestPutDerivedRemovesKilledProducersTemp: the temporary file of a
+// producer killed mid-write (a multi-GiB raw disk, say) is removed when the
+// next producer of the same key starts, not left for GC; another key's
+// temporary file is not touched.
+func TestPutDerivedRemovesKilledProducersTemp(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	src := commit(t, s, content("source", 1000))
+	k := DerivedKey{Source: src.SHA256, Converter: "c-1", Format: "raw"}
+	runKilled(t, "crashderive", s.Root(), "derive:mid-produce", envDigest+"="+src.SHA256.String())
+	if left := derivedTemps(t, s, k); len(left) != 1 {
+		t.Fatalf("the killed producer left %v, want one temporary file", left)
+	}
+	other := DerivedKey{Source: src.SHA256, Converter: "c-2", Format: "raw"}
+	otherName, err := other.fileName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherTemp := filepath.Join(s.path(dirDerived), "."+otherName+tempMarker+"123")
+	if err := os.WriteFile(otherTemp, []byte("another key at work"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var atStart []string
+	if _, err := s.PutDerived(ctx, k, func(ctx context.Context, dst string) error {
+		atStart = derivedTemps(t, s, k)
+		return WriteAtomic(dst, 0o644, func(f *os.File) error { _, err := f.Write([]byte("raw")); return err })
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(atStart) != 0 {
+		t.Errorf("the next producer started beside the killed one's %v", atStart)
+	}
+	if _, err := os.Stat(otherTemp); err != nil {
+		t.Errorf("another key's temporary file was removed: %v", err)
+	}
+}
+
+// TestPutDerivedKeepsLiveProducersTemp: a producer of the same key in
+// another process, still writing, keeps its temporary file: the next
+// producer waits for the key's lock before it removes anything.
+func TestPutDerivedKeepsLiveProducersTemp(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	src := commit(t, s, content("source", 1000))
+	k := DerivedKey{Source: src.SHA256, Converter: "c-1", Format: "raw"}
+	child := startHelper(t, "slowderive", envRoot+"="+s.Root(), envDigest+"="+src.SHA256.String())
+	stdin, err := child.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); _ = child.Wait() })
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "producing\n" {
+		t.Fatalf("child did not start producing: %q %v", line, err)
+	}
+
+	locking := make(chan struct{})
+	var once sync.Once
+	s.crashPoint = func(step string) {
+		if step == "derive:locking" {
+			once.Do(func() { close(locking) })
+		}
+	}
+	type result struct {
+		path string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		p, err := s.PutDerived(ctx, k, func(context.Context, string) error {
+			return errors.New("produced again although the other process did")
+		})
+		done <- result{p, err}
+	}()
+	<-locking // everything before the key's lock has run
+	if left := derivedTemps(t, s, k); len(left) != 1 {
+		t.Fatalf("the live producer's temporary file is gone: %v", left)
+	}
+	stdin.Close()
+	if err := child.Wait(); err != nil {
+		t.Fatalf("the live producer failed (its temporary file was removed?): %v", err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if b, err := os.ReadFile(r.path); err != nil || !bytes.Equal(b, content("derived", 10000)) {
+		t.Errorf("derived content is not the other process's output (%v)", err)
 	}
 }

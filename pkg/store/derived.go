@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/vmprep/vmprep/pkg/digest"
@@ -126,7 +127,7 @@ func (s *Store) checkDerivedLocked(ctx context.Context, name string, force bool)
 	reason := ""
 	switch {
 	case !fi.Mode().IsRegular():
-		reason = fmt.Sprintf("not a regular file (%s)", fi.Mode().Type())
+		reason = fmt.Sprintf("a %s, not a regular file", fileKind(fi.Mode()))
 	case stErr != nil || st.SparseSHA256 == "":
 		// A crash between produce and stamp, or a stray file: its content is
 		// of unknown provenance. It can be derived again, so don't trust it.
@@ -190,6 +191,7 @@ func (s *Store) PutDerived(ctx context.Context, k DerivedKey, produce func(ctx c
 		return "", fmt.Errorf("store: derive %s: %w", k, err)
 	}
 	defer unlockGC()
+	s.step("derive:locking")
 	unlock, _, err := s.lock(ctx, lockDerived, name, false)
 	if err != nil {
 		return "", fmt.Errorf("store: derive %s: %w", k, err)
@@ -200,6 +202,7 @@ func (s *Store) PutDerived(ctx context.Context, k DerivedKey, produce func(ctx c
 	} else if !errors.Is(err, ErrNotFound) {
 		return "", err
 	}
+	s.removeKilledTemps(name)
 	path := s.path(dirDerived, name)
 	if err := produce(ctx, path); err != nil {
 		s.removeAll(path)
@@ -212,7 +215,7 @@ func (s *Store) PutDerived(ctx context.Context, k DerivedKey, produce func(ctx c
 	}
 	if !fi.Mode().IsRegular() {
 		s.removeAll(path)
-		return "", fmt.Errorf("store: derive %s: producer left a %s at %s, want a regular file", k, fi.Mode().Type(), path)
+		return "", fmt.Errorf("store: derive %s: producer left a %s at %s, want a regular file", k, fileKind(fi.Mode()), path)
 	}
 	sum, _, err := s.sparseHash(ctx, path)
 	if err != nil {
@@ -224,6 +227,28 @@ func (s *Store) PutDerived(ctx context.Context, k DerivedKey, produce func(ctx c
 	}
 	s.log.Debug("store: derived", "key", k.String(), "sparse_sha256", sum, "size", fi.Size())
 	return path, nil
+}
+
+// removeKilledTemps removes the temporary files of derived/<name> (named
+// ".<name>.tmp-*" by WriteAtomic and qcow2.ConvertToRaw) before another
+// producer starts: a killed converter's can be many GiB, and waiting for GC
+// could leave no room for the new one. The caller holds the key's lock, which
+// every producer of the key holds while it writes, so any such file now is a
+// dead producer's; other keys' files are never touched.
+func (s *Store) removeKilledTemps(name string) {
+	dir := s.path(dirDerived)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		s.log.Warn("store: cannot list derived files", "dir", dir, "err", err)
+		return
+	}
+	prefix := "." + name + tempMarker
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix) {
+			s.log.Info("store: removing a killed producer's temporary file", "path", filepath.Join(dir, e.Name()))
+			s.removeAll(filepath.Join(dir, e.Name()))
+		}
+	}
 }
 
 func (s *Store) removeAll(path string) {

@@ -103,10 +103,10 @@ func TestPutDerivedFailures(t *testing.T) {
 		{name: "success without output", produce: func(ctx context.Context, dst string) error { return nil }, wantErr: "missing"},
 		{name: "directory instead of file", produce: func(ctx context.Context, dst string) error {
 			return os.MkdirAll(filepath.Join(dst, "sub"), 0o755)
-		}, wantErr: "regular file"},
+		}, wantErr: "left a directory at"},
 		{name: "symlink instead of file", produce: func(ctx context.Context, dst string) error {
 			return os.Symlink("/etc/passwd", dst)
-		}, wantErr: "regular file"},
+		}, wantErr: "left a symbolic link at"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -102,7 +102,7 @@ func readCapped(path string, max int64) ([]byte, error) {
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: %w: not a regular file (%s)", path, errDamaged, fi.Mode().Type())
+		return nil, fmt.Errorf("%s: %w: a %s, not a regular file", path, errDamaged, fileKind(fi.Mode()))
 	}
 	b, err := io.ReadAll(io.LimitReader(f, max+1))
 	if err != nil {
@@ -162,7 +162,7 @@ func (s *Store) mkdirInRoot(elem ...string) (string, error) {
 			return "", err
 		}
 		if !fi.IsDir() {
-			return "", fmt.Errorf("%w: %s is a %s, not a directory", ErrInvalidName, p, fi.Mode().Type())
+			return "", fmt.Errorf("%w: %s is a %s, not a directory", ErrInvalidName, p, fileKind(fi.Mode()))
 		}
 	}
 	return p, nil

@@ -93,6 +93,22 @@ func helperMain(mode string) error {
 			})
 		})
 		return err
+	case "slowderive":
+		// Produce derived output for envDigest, announcing "producing" with
+		// the temporary file written, and finishing once stdin closes. The
+		// rename fails if anyone removed the temporary file meanwhile.
+		src := mustParse(os.Getenv(envDigest))
+		_, err := s.PutDerived(ctx, DerivedKey{Source: src, Converter: "c-1", Format: "raw"}, func(ctx context.Context, dst string) error {
+			return WriteAtomic(dst, 0o644, func(f *os.File) error {
+				if _, err := f.Write(content("derived", 10000)); err != nil {
+					return err
+				}
+				fmt.Println("producing")
+				_, _ = io.Copy(io.Discard, os.Stdin)
+				return nil
+			})
+		})
+		return err
 	case "holdlock":
 		unlock, err := s.Lock(ctx, os.Getenv(envName))
 		if err != nil {

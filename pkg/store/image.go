@@ -99,6 +99,10 @@ func (s *Store) LinkImage(spec catalog.ImageSpec, name string, target string) (s
 		return "", fmt.Errorf("store: link %s: %w", name, err)
 	}
 	link := filepath.Join(dir, name)
+	if fi, err := os.Lstat(link); err == nil && fi.IsDir() {
+		// rename cannot replace it, and no retry will: say what is in the way.
+		return "", fmt.Errorf("store: link %s: %w: %s is a directory, not a link", name, ErrInvalidName, link)
+	}
 	tmp, err := symlinkTemp(rel, dir, name)
 	if err != nil {
 		return "", fmt.Errorf("store: link %s: %w", link, err)

@@ -200,23 +200,32 @@ func mustRecordPath(t *testing.T, s *Store, spec catalog.ImageSpec) string {
 
 func TestCheckFree(t *testing.T) {
 	s := newStore(t)
-	avail, err := availableBytes(s.Root())
+	avail, total, err := diskSpace(s.Root())
 	if err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
-		name    string
-		minFree int64
-		need    int64
-		wantErr bool
+		name          string
+		minFree       int64
+		need          int64
+		wantErr       bool
+		wantPermanent bool // more than the file system holds: freeing space cannot help
 	}{
-		{"small", 0, 1, false},
-		{"zero", 0, 0, false},
-		{"more than the disk", 0, avail + 1<<40, true},
-		{"reserve too large", avail + 1<<40, 1, true},
+		{"small", 0, 1, false, false},
+		{"zero", 0, 0, false, false},
+		{"more than the file system", 0, total + 1, true, true},
+		{"reserve larger than the file system", total + 1, 1, true, true},
+		{"need plus reserve exceed the file system", total / 2, total/2 + 1<<20, true, true},
+		// Between what is free and what the file system holds: space may be
+		// freed. (A margin of a GiB on each side keeps other writers on this
+		// file system from changing the answer.)
+		{"more than is free", 0, avail + (total-avail)/2, true, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.wantErr && !tc.wantPermanent && (tc.need-avail < 1<<30 || total-tc.need < 1<<30) {
+				t.Skipf("file system too full or too empty (%d of %d bytes free) to tell", avail, total)
+			}
 			st, err := Open(s.Root(), WithMinFree(tc.minFree))
 			if err != nil {
 				t.Fatal(err)
@@ -238,8 +247,14 @@ func TestCheckFree(t *testing.T) {
 					t.Errorf("message %q lacks %q", msg, want)
 				}
 			}
-			if se.Available <= 0 || se.Need != tc.need {
+			if se.Available <= 0 || se.Need != tc.need || se.Total != total {
 				t.Errorf("SpaceError %+v", se)
+			}
+			if se.Permanent() != tc.wantPermanent {
+				t.Errorf("Permanent() = %v, want %v (%v)", se.Permanent(), tc.wantPermanent, err)
+			}
+			if tc.wantPermanent && !strings.Contains(msg, "whole") {
+				t.Errorf("message %q does not say the file system is too small", msg)
 			}
 		})
 	}
@@ -323,8 +338,13 @@ func TestPublishRefusesSymlinkedDirs(t *testing.T) {
 			if err := os.Symlink(outside, p); err != nil {
 				t.Fatal(err)
 			}
-			if err := tc.publish(s, b); !errors.Is(err, ErrInvalidName) {
+			err := tc.publish(s, b)
+			if !errors.Is(err, ErrInvalidName) {
 				t.Errorf("publish through %s = %v, want ErrInvalidName", tc.planted, err)
+			}
+			// Said in words: a file mode string ("L---------") is unreadable.
+			if err != nil && !strings.Contains(err.Error(), p+" is a symbolic link, not a directory") {
+				t.Errorf("error %q does not say that %s is a symbolic link", err, p)
 			}
 			if n := dirNames(t, outside); len(n) != 0 {
 				t.Errorf("wrote outside the store: %v", n)

@@ -15,7 +15,7 @@ func openSmall(path string) (*os.File, error) {
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file (%s)", path, fi.Mode().Type())
+		return nil, fmt.Errorf("%s: a %s, not a regular file", path, fileKind(fi.Mode()))
 	}
 	return os.Open(path)
 }

@@ -11,6 +11,7 @@ type SpaceError struct {
 	Need      int64 // bytes asked for
 	Reserve   int64 // WithMinFree reserve kept on top
 	Available int64
+	Total     int64 // the file system's size, 0 if unknown
 }
 
 func (e *SpaceError) Error() string {
@@ -18,21 +19,33 @@ func (e *SpaceError) Error() string {
 	if e.Reserve > 0 {
 		reserve = fmt.Sprintf(" plus a %s reserve", HumanSize(e.Reserve))
 	}
-	return fmt.Sprintf("store: %s: %v: need %s%s, %s available",
+	msg := fmt.Sprintf("store: %s: %v: need %s%s, %s available",
 		e.Path, ErrInsufficientSpace, HumanSize(e.Need), reserve, HumanSize(e.Available))
+	if e.Permanent() {
+		msg += fmt.Sprintf(", more than the whole %s file system holds", HumanSize(e.Total))
+	}
+	return msg
 }
 
 // Is makes errors.Is(err, ErrInsufficientSpace) work.
 func (e *SpaceError) Is(target error) bool { return target == ErrInsufficientSpace }
 
+// Permanent reports whether freeing space can never help: more is needed
+// than the whole file system holds. Otherwise space may be freed (by GC,
+// by another download finishing) and a later attempt may succeed.
+func (e *SpaceError) Permanent() bool {
+	return e.Total > 0 && (e.Need > e.Total || e.Reserve > e.Total-e.Need)
+}
+
 // CheckFree returns a *SpaceError unless the file system holding dir (the
-// root if dir is "") has need bytes available plus the WithMinFree reserve.
-// On platforms where free space cannot be read it returns nil.
+// root if dir is "") has need bytes available plus the WithMinFree reserve;
+// the error is Permanent when even the whole file system is too small. On
+// platforms where free space cannot be read it returns nil.
 func (s *Store) CheckFree(dir string, need int64) error {
 	if dir == "" {
 		dir = s.root
 	}
-	avail, err := availableBytes(dir)
+	avail, total, err := diskSpace(dir)
 	if errors.Is(err, errSpaceUnknown) {
 		return nil
 	}
@@ -43,7 +56,7 @@ func (s *Store) CheckFree(dir string, need int64) error {
 		need = 0
 	}
 	if avail < need || avail-need < s.minFree {
-		return &SpaceError{Path: dir, Need: need, Reserve: s.minFree, Available: avail}
+		return &SpaceError{Path: dir, Need: need, Reserve: s.minFree, Available: avail, Total: total}
 	}
 	return nil
 }

@@ -2,4 +2,4 @@
 
 package store
 
-func availableBytes(dir string) (int64, error) { return 0, errSpaceUnknown }
+func diskSpace(dir string) (avail, total int64, err error) { return 0, 0, errSpaceUnknown }

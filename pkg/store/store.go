@@ -66,9 +66,20 @@ var (
 	ErrSizeMismatch = errors.New("size mismatch")
 	// ErrInsufficientSpace: a file system lacks room (see *SpaceError).
 	ErrInsufficientSpace = errors.New("insufficient disk space")
-	// ErrInvalidName: a name would escape the store root or is otherwise unusable.
-	ErrInvalidName = errors.New("invalid name")
+	// ErrInvalidName: a name would escape the store root or is otherwise
+	// unusable (a planted symlink where a directory belongs, say). It is
+	// permanent: the same name fails the same way until someone intervenes.
+	ErrInvalidName error = permanentSentinel("invalid name")
 )
+
+// permanentSentinel is a sentinel error that says, like the store's error
+// types, that it cannot pass with time.
+type permanentSentinel string
+
+func (e permanentSentinel) Error() string { return string(e) }
+
+// Permanent reports that the error cannot pass with time.
+func (permanentSentinel) Permanent() bool { return true }
 
 // EnvCacheDir names the environment variable that overrides DefaultRoot.
 const EnvCacheDir = "VMPREP_CACHE_DIR"

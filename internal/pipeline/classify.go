@@ -1,0 +1,112 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/stage"
+)
+
+// Class is what a handler's error means for the message it was handling.
+type Class int
+
+const (
+	// Retry: the failure may pass (a dropped connection, a busy server, NATS
+	// away, a full disk that GC may free). The message is delivered again,
+	// up to the runner's MaxDeliver.
+	Retry Class = iota
+	// Permanent: another delivery would fail the same way (a 404, content
+	// that does not match its digest, a malformed image). The request fails now.
+	Permanent
+	// Poison: the message itself cannot be processed (unreadable, unknown
+	// schema). It is dead-lettered, and its requester is told when known.
+	Poison
+)
+
+func (c Class) String() string {
+	switch c {
+	case Retry:
+		return "retry"
+	case Permanent:
+		return "permanent"
+	case Poison:
+		return "poison"
+	}
+	return fmt.Sprintf("Class(%d)", int(c))
+}
+
+// permanence is how a domain package says whether one of its errors can
+// pass with time. The domain packages know nothing of the pipeline; their
+// error types just have the method: *download.Error, *resolve.Error,
+// *store.SpaceError, *store.MismatchError, *qcow2.FormatError,
+// *qcow2.FeatureError, *qcow2.MalformedError, *kernel.Error.
+type permanence interface{ Permanent() bool }
+
+// Classify is the one place that decides whether an error from a handler is
+// retried. In order:
+//   - what the handler marked (stage.Poison, stage.Permanent), for facts only
+//     it knows: an unreadable event, a blob that should be in the store;
+//   - a context that ended (a drain, a deadline) is Retry, whatever wraps it:
+//     the work was cut short, not refused;
+//   - the first error in the chain that says, through Permanent(), whether it
+//     can pass (the outermost knows most: a download error that gave up on
+//     a short body wraps the retryable EOF);
+//   - EFBIG: the file system cannot hold a file that large (a raw disk of
+//     1 PiB on ext4), however much space is freed;
+//   - anything else (I/O, NATS) is Retry, bounded by MaxDeliver.
+func Classify(err error) Class {
+	var p permanence
+	switch {
+	case err == nil:
+		return Retry
+	case stage.IsPoison(err):
+		return Poison
+	case stage.IsPermanent(err):
+		return Permanent
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return Retry
+	case errors.As(err, &p):
+		if p.Permanent() {
+			return Permanent
+		}
+		return Retry
+	case errors.Is(err, syscall.EFBIG):
+		return Permanent
+	}
+	return Retry
+}
+
+// classified runs h and marks its errors with their Class for the runner,
+// so that handlers return domain errors as they are.
+func classified(h stage.Handler) stage.Handler {
+	return func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
+		events, err := h(ctx, m)
+		if err != nil && Classify(err) == Permanent && !stage.IsPermanent(err) {
+			err = stage.Permanent(err)
+		}
+		return events, err
+	}
+}
+
+// failedRole is the asset err is about (an *assetError: the collector
+// handling the initramfs's event may fail to link the disk), else the
+// message's own.
+func failedRole(err error, own catalog.Role) catalog.Role {
+	var ae *assetError
+	if errors.As(err, &ae) {
+		return ae.Role
+	}
+	return own
+}
+
+// reportRetry tells the requester what the fetcher is retrying, so that a
+// client that gives up (a --timeout) can say why it was waiting.
+func (s *FetcherStage) reportRetry(id string, role catalog.Role, err error) {
+	if s.Progress != nil {
+		s.Progress(messages.Progress{RequestID: id, Stage: messages.StageFetcher, Asset: role, Retrying: err.Error()})
+	}
+}
