@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/cli"
+	"github.com/vmprep/vmprep/internal/redact"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/embedded"
@@ -55,9 +56,10 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	serial := fs.String("serial", "", "pin one build (e.g. 20260926 for Ubuntu; see vmprep catalog DISTRO VERSION) instead of the newest; a result's resolved.serial repeats a build exactly")
 	format := fs.String("format", string(defaultFormat()), "disk format wanted: raw or qcow2")
 	cacheDir := fs.String("cache-dir", os.Getenv(store.EnvCacheDir), "content store directory where the files end up (env "+store.EnvCacheDir+"; default <user cache dir>/vmprep)")
-	natsURL := fs.String("nats", "", "use a running vmprep deployment at this NATS URL (comma-separated for a cluster) instead of the embedded one")
+	var conn cli.Connection
+	fs.StringVar(&conn.NATSURL, "nats", "", "use a running vmprep deployment at this NATS URL (comma-separated for a cluster) instead of the embedded one")
+	conn.RegisterAuth(fs)
 	target := fs.String("target", "", "with --nats: the host that must end up with the files (a converter started with --target NAME); the result names it and its paths")
-	creds := fs.String("creds", os.Getenv("NATS_CREDS"), "NATS credentials file, with --nats")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	requestID := fs.String("request-id", "", "request id (default: random); the same id yields the same one result")
 	timeout := fs.Duration("timeout", 0, "give up after this long (default: no limit; slow downloads are fine while bytes flow)")
@@ -71,7 +73,8 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		"settings apply; --mirror, --keyring, --catalog, --allow-unsigned, --concurrency are ignored).\n"+
 		"If it keeps content in an object store (--store nats:BUCKET), the files are pulled into\n"+
 		"--cache-dir and converted here, and local paths are printed; with --target NAME they are\n"+
-		"placed on that host instead. A deployment that shares one cache directory prints its paths.")
+		"placed on that host instead. A deployment that shares one cache directory prints its paths.\n"+
+		"With --nats, the credential and TLS flags (--creds, --user, --password-file, --tls-*) apply.")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -97,12 +100,12 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return 2
 	}
 	req := messages.PrepareRequest{RequestID: *requestID, Spec: spec, Format: catalog.DiskFormat(*format), Target: *target}
-	if *target != "" && *natsURL == "" {
+	if *target != "" && conn.NATSURL == "" {
 		fmt.Fprintln(stderr, "vmprep prepare: --target needs --nats (a deployment with converters on other hosts)")
 		return 2
 	}
 	// With --nats and no target, this process pulls and converts itself.
-	req.ClientConverts = *natsURL != "" && *target == ""
+	req.ClientConverts = conn.NATSURL != "" && *target == ""
 	if req.RequestID == "" {
 		req.RequestID = client.NewRequestID()
 	}
@@ -123,11 +126,10 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 
 	var cl *client.Client
-	if *natsURL != "" {
-		c := cli.Common{NATSURL: *natsURL, Creds: *creds}
-		nc, err := c.Connect("vmprep-prepare", log, false)
+	if conn.NATSURL != "" {
+		nc, err := conn.Connect("vmprep-prepare", log, false)
 		if err != nil {
-			fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
+			fmt.Fprintf(stderr, "vmprep prepare: %v\n", redact.Error(err))
 			return 1
 		}
 		defer nc.Close()
@@ -167,7 +169,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	bars.finish(err == nil && res.Status == messages.ResultPrepared)
 	if err != nil {
-		fmt.Fprintf(stderr, "vmprep prepare: %s: %v\n", specLabel(spec), err)
+		fmt.Fprintf(stderr, "vmprep prepare: %s: %v\n", specLabel(spec), redact.Error(err))
 		return 1
 	}
 	if res.Status == messages.ResultPrepared && req.ClientConverts {

@@ -6,11 +6,20 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/cli"
+	"github.com/vmprep/vmprep/internal/metrics"
+	"github.com/vmprep/vmprep/internal/natsembed"
+	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/internal/redact"
+	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/embedded"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/store"
@@ -21,10 +30,13 @@ import (
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	listen := fs.String("listen", "127.0.0.1:4222", "HOST:PORT for NATS clients (port 0 picks a free one)")
-	jsDir := fs.String("jetstream-dir", "", "JetStream file storage (default: <cache-dir>/jetstream-serve)")
+	listen := fs.String("listen", "127.0.0.1:4222", "HOST:PORT for NATS clients (port 0 picks a free one); with --config, the file's listen applies unless this is given")
+	configFile := fs.String("config", "", "nats-server configuration file (users and permissions, accounts, TLS, cluster); JetStream is always on")
+	insecure := fs.Bool("insecure", false, "allow listening on a non-loopback address without client authentication")
+	jsDir := fs.String("jetstream-dir", "", "JetStream file storage (default: the --config file's store_dir, else <cache-dir>/jetstream-serve)")
 	stagesFlag := fs.String("stages", "all", "stages to run in this process: a comma-separated list of resolver, fetcher, verifier, converter, collector; or all; or none")
 	var c cli.Common
+	c.RegisterAuth(fs)
 	c.Register(fs)
 	var rf cli.ResolverFlags
 	rf.Register(fs)
@@ -32,40 +44,86 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	target.Register(fs)
 	var runner cli.RunnerFlags
 	runner.Register(fs)
-	fs.Usage = cli.Usage(fs, "vmprep serve [flags]")
+	fs.Usage = cli.Usage(fs, "vmprep serve [flags]\n\n"+
+		"Runs a nats-server with JetStream and the chosen stages in this process. Its first line\n"+
+		"on stdout is \"nats: <url>\". It refuses a non-loopback --listen unless the server\n"+
+		"authenticates clients (--config with users, NKeys, JWTs or verified client certificates)\n"+
+		"or --insecure is given. The stages in this process connect in-process; when the server\n"+
+		"has users, they authenticate with --creds or --user/--password-file.")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
 	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "vmprep serve: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	fail := func(code int, format string, a ...any) int {
+		fmt.Fprintf(stderr, "vmprep serve: "+format+"\n", a...)
+		return code
+	}
 	stages, err := pipeline.ParseStages(*stagesFlag)
 	if err != nil {
-		fmt.Fprintf(stderr, "vmprep serve: --stages: %v\n", err)
-		return 2
+		return fail(2, "--stages: %v", err)
 	}
 	log, err := c.Logger(stderr)
 	if err != nil {
-		fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
-		return 2
+		return fail(2, "%v", err)
 	}
 	bucket, err := c.ObjectBucket()
 	if err != nil {
-		fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
-		return 2
+		return fail(2, "%v", err)
 	}
+	connOpts, err := c.Options()
+	if err != nil {
+		return fail(2, "%v", err)
+	}
+	srvOpts := natsembed.Options{}
+	if *configFile != "" {
+		if srvOpts.Config, err = natsembed.LoadConfig(*configFile); err != nil {
+			return fail(2, "--config: %v", err)
+		}
+	}
+	// The address the server will listen on: --listen, else the file's.
+	host := ""
+	if cfg := srvOpts.Config; cfg == nil || given["listen"] || (cfg.Host == "" && cfg.Port == 0) {
+		srvOpts.Listen = *listen
+		if host, _, err = net.SplitHostPort(*listen); err != nil {
+			return fail(2, "--listen %q: %v", *listen, err)
+		}
+	} else {
+		host = cfg.Host
+	}
+	if auth := natsembed.ClientAuth(srvOpts.Config); auth == "" && !natsembed.Loopback(host) && !*insecure {
+		where := host
+		if where == "" {
+			where = "every interface"
+		}
+		return fail(2, "refusing to listen on %s without client authentication: anyone who reaches the port could submit work and read results. Give --config a file with users (see deploy/nats-server.conf), or --insecure to accept the risk", where)
+	} else if auth == "" && !natsembed.Loopback(host) {
+		log.Warn("--insecure: listening without client authentication", "host", host)
+	}
+
 	root := c.CacheDir
 	if root == "" {
 		if root, err = store.DefaultRoot(); err != nil {
-			fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
-			return 1
+			return fail(1, "%v", err)
 		}
 	}
-	if *jsDir == "" {
+	switch {
+	case *jsDir != "":
+	case srvOpts.Config != nil && srvOpts.Config.StoreDir != "":
+		*jsDir = srvOpts.Config.StoreDir
+	default:
 		*jsDir = filepath.Join(root, "jetstream-serve")
 	}
 	opts := []embedded.Option{
-		embedded.WithCacheDir(root), embedded.WithJetStreamDir(*jsDir), embedded.WithListen(*listen),
+		embedded.WithCacheDir(root), embedded.WithJetStreamDir(*jsDir), embedded.WithListen(srvOpts.Listen),
+		embedded.WithServerOptions(srvOpts.Config), embedded.WithConnectOptions(connOpts...),
 		embedded.WithStages(stages...), embedded.WithLogger(log), embedded.WithConcurrency(c.Concurrency),
 		embedded.WithResolutionMaxAge(rf.MaxAge), embedded.WithRunnerOptions(runner.Options()...),
 		embedded.WithObjectStore(bucket), embedded.WithReplicas(c.Replicas), embedded.WithHost(target.Target),
@@ -76,24 +134,70 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if slices.Contains(stages, messages.StageResolver) {
 		catOpts, err := rf.CatalogOptions(log)
 		if err != nil {
-			fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
-			return 1
+			return fail(1, "%v", err)
 		}
 		opts = append(opts, embedded.WithCatalog(catOpts...))
 	}
-	emb, err := embedded.Start(ctx, opts...)
-	if err != nil {
-		fmt.Fprintf(stderr, "vmprep serve: %v\n", err)
-		return 1
+
+	// The endpoint is up before the server, so that a probe sees it starting.
+	var dep atomic.Pointer[embedded.Deployment]
+	if c.MetricsListen != "" {
+		reg := metrics.NewRegistry(download.Version)
+		opts = append(opts, embedded.WithPrometheus(reg))
+		live := func() error {
+			if d := dep.Load(); d != nil {
+				return d.Live()
+			}
+			return errors.New("starting")
+		}
+		ready := func() error {
+			if dep.Load() == nil {
+				return errors.New("server and stages not started yet")
+			}
+			return nil
+		}
+		ms, err := metrics.Listen(c.MetricsListen, metrics.Handler(reg, live, ready), log)
+		if err != nil {
+			return fail(1, "%v", err)
+		}
+		defer ms.Close()
+		log.Info("metrics listening", "addr", ms.Addr(), "url", "http://"+ms.Addr()+"/metrics")
 	}
+	d, err := embedded.Start(ctx, opts...)
+	if err != nil {
+		return fail(1, "%v", redact.Error(err))
+	}
+	dep.Store(d)
 	// The first line on stdout is the URL, for scripts and tests.
-	fmt.Fprintf(stdout, "nats: %s\n", emb.URL())
-	log.Info("serving", "nats", emb.URL(), "jetstream", *jsDir, "stages", cli.JoinNames(stages))
+	fmt.Fprintf(stdout, "nats: %s\n", d.URL())
+	log.Info("serving", "nats", d.URL(), "jetstream", d.JetStreamDir(), "stages", cli.JoinNames(stages), "auth", authLabel(srvOpts.Config))
+	hbDone := make(chan struct{})
+	hbCtx, stopHB := context.WithCancel(ctx)
+	go func() {
+		defer close(hbDone)
+		if len(stages) == 0 {
+			return
+		}
+		js, err := jetstream.New(d.Conn())
+		if err != nil {
+			return
+		}
+		ops.Announce(hbCtx, js, stages, ops.Process{Name: "vmprep-serve", Version: download.Version, Concurrency: c.Concurrency, Consumers: d.Consumers()}, d.Live, log)
+	}()
 	<-ctx.Done()
 	log.Info("shutting down")
-	if err := emb.Close(); err != nil {
+	stopHB()
+	<-hbDone
+	if err := d.Close(); err != nil {
 		log.Error("stages stopped with an error", "err", err)
 		return 1
 	}
 	return 0
+}
+
+func authLabel(o *server.Options) string {
+	if a := natsembed.ClientAuth(o); a != "" {
+		return a
+	}
+	return "none"
 }

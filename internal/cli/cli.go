@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/lmittmann/tint"
-	"github.com/nats-io/nats.go"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/objectstore"
@@ -43,20 +42,14 @@ func envInt(key string, def int) int {
 
 // Common are the flags every stage process takes, with environment fallbacks.
 type Common struct {
-	NATSURL     string
-	Creds       string
-	CacheDir    string
-	Concurrency int
-	LogLevel    string
-	LogFormat   string
-	Store       string
-	Replicas    int
-}
-
-// RegisterConnection adds the flags that say which NATS server to use.
-func (c *Common) RegisterConnection(fs *flag.FlagSet) {
-	fs.StringVar(&c.NATSURL, "nats", envOr("NATS_URL", nats.DefaultURL), "NATS server URL(s), comma-separated (env NATS_URL)")
-	fs.StringVar(&c.Creds, "creds", envOr("NATS_CREDS", ""), "NATS credentials file (env NATS_CREDS)")
+	Connection
+	CacheDir      string
+	Concurrency   int
+	LogLevel      string
+	LogFormat     string
+	MetricsListen string
+	Store         string
+	Replicas      int
 }
 
 // Register adds the flags every stage-running process takes (cache, logging,
@@ -65,7 +58,8 @@ func (c *Common) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.CacheDir, "cache-dir", envOr(store.EnvCacheDir, ""), "content store directory, shared by the stages of a host (env "+store.EnvCacheDir+"; default: <user cache dir>/vmprep)")
 	fs.IntVar(&c.Concurrency, "concurrency", envInt("VMPREP_CONCURRENCY", 2), "messages worked on at once by each stage in this process (env VMPREP_CONCURRENCY)")
 	fs.StringVar(&c.LogLevel, "log-level", envOr("VMPREP_LOG_LEVEL", "info"), "debug, info, warn or error (env VMPREP_LOG_LEVEL)")
-	fs.StringVar(&c.LogFormat, "log-format", envOr("VMPREP_LOG_FORMAT", "text"), "text or json (env VMPREP_LOG_FORMAT)")
+	fs.StringVar(&c.LogFormat, "log-format", envOr("VMPREP_LOG_FORMAT", "text"), "text or json (env VMPREP_LOG_FORMAT); services want json")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", envOr("VMPREP_METRICS_LISTEN", ""), "HOST:PORT serving /metrics (Prometheus), /healthz and /readyz (env VMPREP_METRICS_LISTEN; default: off)")
 	fs.StringVar(&c.Store, "store", envOr("VMPREP_STORE", "local"), "where verified content lives: local (the stages share --cache-dir on one host) or nats:BUCKET "+
 		"(a JetStream Object Store bucket, for stages on separate hosts; --cache-dir is then this process's own cache) (env VMPREP_STORE)")
 	fs.IntVar(&c.Replicas, "replicas", envInt("VMPREP_REPLICAS", 1), "replicas of the streams and buckets this process creates if missing: 1, or 3 on a three-node cluster (env VMPREP_REPLICAS)")
@@ -128,33 +122,6 @@ func IsTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
-}
-
-// Connect connects to NATS, reconnecting forever (a stage outlives server
-// restarts). With waitForServer, a server that is not up yet is waited for;
-// without it (a one-shot client), an unreachable server is an error at once.
-func (c *Common) Connect(name string, log *slog.Logger, waitForServer bool) (*nats.Conn, error) {
-	opts := []nats.Option{
-		nats.Name(name),
-		nats.MaxReconnects(-1),
-		nats.ReconnectWait(500 * time.Millisecond),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				log.Warn("disconnected from NATS", "err", err)
-			}
-		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "url", nc.ConnectedUrlRedacted()) }),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { log.Warn("NATS error", "err", err) }),
-		nats.RetryOnFailedConnect(waitForServer),
-	}
-	if c.Creds != "" {
-		opts = append(opts, nats.UserCredentials(c.Creds))
-	}
-	nc, err := nats.Connect(c.NATSURL, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", c.NATSURL, err)
-	}
-	return nc, nil
 }
 
 // OpenStore opens the content store the flags name.

@@ -1,20 +1,36 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"slices"
+	"sync/atomic"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/internal/metrics"
+	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
-// StageMain is the whole main of a stage process: it parses flags, connects to
-// NATS, opens the store and runs the given stages until SIGINT/SIGTERM, then
-// drains. It returns the exit status.
+// StageMain is the whole main of a stage process: it runs RunStage until
+// SIGINT/SIGTERM and returns the exit status.
 func StageMain(command string, args []string, stderr io.Writer, stages ...string) int {
+	ctx, stop := SignalContext()
+	defer stop()
+	return RunStage(ctx, command, args, stderr, stages...)
+}
+
+// RunStage parses flags, connects to NATS, opens the store, serves the
+// metrics endpoint if asked, and runs the given stages until ctx ends, then
+// drains. It returns the exit status: 2 for bad usage, 1 when it could not
+// run (or NATS refused it), 0 after a clean stop.
+func RunStage(ctx context.Context, command string, args []string, stderr io.Writer, stages ...string) int {
 	fs := flag.NewFlagSet(command, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var c Common
@@ -30,7 +46,7 @@ func StageMain(command string, args []string, stderr io.Writer, stages ...string
 	}
 	var runner RunnerFlags
 	runner.Register(fs)
-	fs.Usage = Usage(fs, command+" [flags]")
+	fs.Usage = Usage(fs, command+" [flags]\n\nRuns the "+JoinNames(stages)+" stage(s) of a vmprep deployment until SIGTERM, then drains.")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -57,8 +73,10 @@ func StageMain(command string, args []string, stderr io.Writer, stages ...string
 			return 2
 		}
 	}
-	ctx, stop := SignalContext()
-	defer stop()
+	if _, err := c.Options(); err != nil {
+		log.Error("bad connection flags", "err", err)
+		return 2
+	}
 
 	st, err := c.OpenStore(log)
 	if err != nil {
@@ -85,15 +103,81 @@ func StageMain(command string, args []string, stderr io.Writer, stages ...string
 	if slices.Contains(stages, messages.StageFetcher) {
 		deps.Downloader = Downloader(log)
 	}
-	nc, err := c.Connect("vmprep-"+command, log, true)
+
+	// The endpoint is up before NATS is reached, so that a probe sees the
+	// process waiting (503) rather than nothing.
+	var conn atomic.Pointer[nats.Conn]
+	var bound atomic.Pointer[pipeline.Stages]
+	live := func() error {
+		if nc := conn.Load(); nc == nil || !nc.IsConnected() {
+			return errors.New("not connected to NATS")
+		}
+		s := bound.Load()
+		if s == nil {
+			return errors.New("stages not started yet")
+		}
+		return s.Consuming()
+	}
+	ready := func() error {
+		if bound.Load() == nil {
+			return errors.New("stages not bound to their consumers yet")
+		}
+		return nil
+	}
+	if c.MetricsListen != "" {
+		reg := metrics.NewRegistry(download.Version)
+		if deps.Metrics, err = metrics.New(reg); err != nil {
+			log.Error("cannot set up metrics", "err", err)
+			return 1
+		}
+		srv, err := metrics.Listen(c.MetricsListen, metrics.Handler(reg, live, ready), log)
+		if err != nil {
+			log.Error("cannot serve metrics", "err", err)
+			return 1
+		}
+		defer srv.Close()
+		log.Info("metrics listening", "addr", srv.Addr(), "url", "http://"+srv.Addr()+"/metrics")
+	}
+
+	name := "vmprep-" + command
+	nc, err := c.Connect(name, log, true)
 	if err != nil {
 		log.Error("cannot connect", "err", err)
 		return 1
 	}
 	defer nc.Close()
-	log.Info("serving", "stages", JoinNames(stages), "nats", c.NATSURL, "cache", st.Root(), "store", c.Store, "concurrency", c.Concurrency)
-	if err := pipeline.RunStages(ctx, nc, stages, deps); err != nil && ctx.Err() == nil {
-		log.Error("stage failed", "err", err)
+	conn.Store(nc)
+	ctx, cancel := ClosedCause(ctx, nc)
+	defer cancel()
+
+	log.Info("starting", "stages", JoinNames(stages), "nats", c.RedactedURL(), "cache", st.Root(), "store", c.Store, "concurrency", c.Concurrency)
+	s, err := pipeline.NewStages(ctx, nc, stages, deps)
+	if err != nil {
+		if ctx.Err() != nil {
+			if cause := context.Cause(ctx); !errors.Is(cause, context.Canceled) {
+				log.Error("cannot start the stages", "err", cause)
+				return 1
+			}
+			log.Info("stopped before the stages started")
+			return 0
+		}
+		log.Error("cannot start the stages", "err", err)
+		return 1
+	}
+	bound.Store(s)
+	if js, err := jetstream.New(nc); err == nil {
+		hbCtx, stopHB := context.WithCancel(ctx)
+		hbDone := make(chan struct{})
+		go func() {
+			defer close(hbDone)
+			ops.Announce(hbCtx, js, stages, ops.Process{Name: name, Version: download.Version, Concurrency: c.Concurrency, Consumers: s.Names()}, s.Consuming, log)
+		}()
+		defer func() { stopHB(); <-hbDone }()
+	}
+	log.Info("serving", "stages", JoinNames(stages))
+	s.Run(ctx)
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		log.Error("stopped", "err", cause)
 		return 1
 	}
 	log.Info("stopped")

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -27,6 +28,10 @@ type Options struct {
 	SyncAlways bool
 	// ReadyTimeout bounds start-up (default 10s).
 	ReadyTimeout time.Duration
+	// Config is the base server configuration (see LoadConfig): users,
+	// accounts, TLS, cluster. StoreDir and Listen, when set, override its
+	// JetStream directory and client listener; JetStream is always on.
+	Config *server.Options
 }
 
 // Server is a running embedded nats-server.
@@ -37,26 +42,34 @@ type Server struct {
 
 // Start starts a server and waits until it accepts connections.
 func Start(o Options) (*Server, error) {
-	if o.StoreDir == "" {
+	so := &server.Options{}
+	if o.Config != nil {
+		so = o.Config.Clone()
+	}
+	if o.StoreDir != "" {
+		so.StoreDir = o.StoreDir
+	}
+	if so.StoreDir == "" {
 		return nil, errors.New("natsembed: StoreDir is required")
 	}
-	if o.ServerName == "" {
-		o.ServerName = "vmprep"
+	if o.ServerName != "" || so.ServerName == "" {
+		so.ServerName = o.ServerName
+		if so.ServerName == "" {
+			so.ServerName = "vmprep"
+		}
 	}
 	if o.ReadyTimeout == 0 {
 		o.ReadyTimeout = 10 * time.Second
 	}
-	so := &server.Options{
-		ServerName: o.ServerName,
-		JetStream:  true,
-		StoreDir:   o.StoreDir,
-		NoSigs:     true,
-		NoLog:      true,
-		SyncAlways: o.SyncAlways,
-	}
-	if o.Listen == "" {
+	so.JetStream = true
+	so.NoSigs, so.NoLog = true, true
+	so.SyncAlways = so.SyncAlways || o.SyncAlways
+	switch {
+	case o.Listen == "" && o.Config == nil:
 		so.DontListen = true
-	} else {
+	case o.Listen == "":
+		// The configuration's listener; with none, nats-server's default port.
+	default:
 		host, portStr, err := net.SplitHostPort(o.Listen)
 		if err != nil {
 			return nil, fmt.Errorf("natsembed: listen address %q: %w", o.Listen, err)
@@ -90,14 +103,14 @@ func (s *Server) ClientURL() string {
 	return s.srv.ClientURL()
 }
 
-// Connect returns a client connection (in-process when there is no listener).
-// It reconnects forever, since the server may restart under a long request.
+// Connect returns an in-process client connection: no network and no TLS
+// (the server does not ask it of in-process clients), but the server's
+// authentication applies, so opts carry the credentials it needs.
 func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
-	base := []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
-	if s.inProc {
-		base = append(base, nats.InProcessServer(s.srv))
-	}
-	nc, err := nats.Connect(s.ClientURL(), append(base, opts...)...)
+	base := []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond), nats.InProcessServer(s.srv)}
+	// No URL: the connection is in-process whatever the listener's scheme
+	// (tls:// would make the client insist on TLS over the in-process pipe).
+	nc, err := nats.Connect("", append(base, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("natsembed: connect: %w", err)
 	}
@@ -109,3 +122,56 @@ func (s *Server) Shutdown() {
 	s.srv.Shutdown()
 	s.srv.WaitForShutdown()
 }
+
+// LoadConfig reads a nats-server configuration file with the server's own
+// parser (includes, $VARIABLES from the environment, accounts, TLS, cluster).
+func LoadConfig(path string) (*server.Options, error) {
+	o, err := server.ProcessConfigFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("nats-server configuration %s: %w", path, err)
+	}
+	return o, nil
+}
+
+// ClientAuth names how clients must authenticate to a server with options
+// o, or returns "" when anyone who reaches its client port may connect (no
+// users, or a no_auth_user that anonymous clients become).
+func ClientAuth(o *server.Options) string {
+	if o == nil {
+		return ""
+	}
+	if o.NoAuthUser != "" {
+		return ""
+	}
+	switch {
+	case len(o.TrustedOperators) > 0 || len(o.TrustedKeys) > 0:
+		return "operator JWTs"
+	case len(o.Users) > 0 || o.Username != "":
+		return "user passwords"
+	case len(o.Nkeys) > 0:
+		return "NKeys"
+	case o.Authorization != "":
+		return "a token"
+	case o.TLSVerify:
+		return "client certificates"
+	case o.AuthCallout != nil:
+		return "auth callout"
+	case o.CustomClientAuthentication != nil:
+		return "custom authentication"
+	}
+	return ""
+}
+
+// Loopback reports whether a listener on host accepts connections from this
+// machine only: "localhost" or a loopback address. An empty host, like
+// 0.0.0.0, listens on every interface.
+func Loopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(strings.Trim(host, "[]"))
+	return ip != nil && ip.IsLoopback()
+}
+
+// Running reports whether the server is running.
+func (s *Server) Running() bool { return s.srv.Running() }

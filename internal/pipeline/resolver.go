@@ -67,7 +67,7 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 		return nil, stage.Permanent(err)
 	}
 	req.Spec = spec
-	log := s.Logger.With("request", req.RequestID, "spec", specString(spec))
+	log := s.Logger.With("request_id", req.RequestID, "spec", specString(spec))
 
 	if req.Target != "" && !s.Objects && req.Target != s.Host {
 		return nil, stage.Permanent(fmt.Errorf("target host %s: this deployment keeps every file in one cache directory on %s; "+

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/internal/metrics"
 	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/place"
@@ -78,6 +79,8 @@ type Deps struct {
 	// TargetedOnly makes the converter take only work targeted at Host,
 	// not the untargeted work that any converter may do.
 	TargetedOnly bool
+	// Metrics, if set, observes every runner and counts what the stages move.
+	Metrics *metrics.Metrics
 }
 
 // RunStages sets up the streams and runs the named stages on nc until ctx
@@ -156,10 +159,10 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 				return nil, errors.New("fetcher stage needs a downloader")
 			}
 			h := &FetcherStage{Store: d.Store, Requests: infra.Requests, Downloader: d.Downloader, Objects: infra.Objects,
-				Leases: infra.leasesFor(d.Host + "/" + strconv.Itoa(os.Getpid())), Progress: progress, Logger: log}
+				Leases: infra.leasesFor(d.Host + "/" + strconv.Itoa(os.Getpid())), Progress: progress, Logger: log, Metrics: d.Metrics}
 			bindings = append(bindings, binding{name, name, messages.SubjectFetch, h.Handle})
 		case messages.StageVerifier:
-			h := &VerifierStage{Store: d.Store, Objects: infra.Objects, Verified: newVerifiedObjects(infra.Verified), Progress: progress, Logger: log,
+			h := &VerifierStage{Store: d.Store, Objects: infra.Objects, Verified: newVerifiedObjects(infra.Verified), Progress: progress, Logger: log, Metrics: d.Metrics,
 				TargetKnown: func(ctx context.Context, host string) (bool, error) {
 					_, err := js.Consumer(ctx, messages.StreamWork, messages.TargetConsumer(host))
 					if errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -170,7 +173,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			bindings = append(bindings, binding{name, name, messages.SubjectVerify, h.Handle})
 		case messages.StageConverter:
 			h := &ConverterStage{Store: d.Store, Requests: infra.Requests, Objects: infra.Objects, Host: d.Host,
-				Progress: progress, Concurrency: d.Concurrency, Logger: log}
+				Progress: progress, Concurrency: d.Concurrency, Logger: log, Metrics: d.Metrics}
 			if !d.TargetedOnly || infra.Objects == nil {
 				bindings = append(bindings, binding{name, name, messages.SubjectConvert, h.Handle})
 			}
@@ -191,7 +194,9 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			stage.WithLogger(d.Logger),
 			stage.WithFailure(FailurePolicy(b.name, d.Logger)),
 			stage.WithDeadLetter(DeadLetterPolicy(b.name)),
+			stage.WithObserver(d.Metrics.Observer()),
 		}, d.RunnerOptions...)
+		d.Metrics.Stage(b.consumer)
 		r, err := stage.New(ctx, js, messages.StreamWork, b.consumer, b.filter, classified(b.handler), opts...)
 		if err != nil {
 			return nil, err

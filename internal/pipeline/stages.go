@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/lease"
+	"github.com/vmprep/vmprep/internal/metrics"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/download"
@@ -71,6 +72,9 @@ type FetcherStage struct {
 	Leases   *lease.Leases
 	Progress ProgressFunc
 	Logger   *slog.Logger
+	// Metrics, if set, counts bytes from the origin and into the object
+	// store, and lease waits.
+	Metrics *metrics.Metrics
 }
 
 // Handle implements stage.Handler.
@@ -83,7 +87,7 @@ func (s *FetcherStage) Handle(ctx context.Context, m stage.Message) ([]stage.Eve
 	if !validRole(a.Role) || a.Digest.IsZero() || a.URL == "" {
 		return nil, stage.Poison(fmt.Errorf("%w (role %q, digest %q, url %q)", errNoAsset, a.Role, a.Digest, a.URL))
 	}
-	log := s.Logger.With("request", ev.RequestID, "asset", a.Role)
+	log := s.Logger.With("request_id", ev.RequestID, "asset", a.Role)
 	if s.Requests.Failed(ctx, ev.RequestID) {
 		log.Info("request already failed; not fetching")
 		return nil, nil
@@ -151,6 +155,7 @@ func (s *FetcherStage) download(ctx context.Context, ev messages.AssetEvent, mov
 		},
 		OnRetry: func(err error) { s.reportRetry(ev.RequestID, a.Role, err) },
 	})
+	s.Metrics.OriginBytes(res.Transferred)
 	if err != nil {
 		return download.Result{}, err
 	}
@@ -163,10 +168,12 @@ func (s *FetcherStage) fetchToObjects(ctx context.Context, ev messages.AssetEven
 	a := ev.Asset
 	key := leaseKey(a.Digest)
 	waited := false
+	var waitStart time.Time
 	for {
 		info, err := s.Objects.Stat(ctx, a.Digest)
 		if err == nil {
 			if waited {
+				s.Metrics.LeaseWait(metrics.LeaseObjectAppeared, time.Since(waitStart))
 				log.Info("another fetcher stored it", "object", info.Name)
 			}
 			return s.handOff(ev, info)
@@ -178,16 +185,26 @@ func (s *FetcherStage) fetchToObjects(ctx context.Context, ev messages.AssetEven
 		if errors.Is(err, lease.ErrHeld) {
 			if !waited {
 				log.Info("another fetcher is downloading it; waiting for the object", "lease", err)
+				waitStart = time.Now()
 			}
 			waited = true
 			ready := func() bool { _, err := s.Objects.Stat(ctx, a.Digest); return err == nil }
 			if err := s.Leases.Wait(ctx, key, 2*time.Second, ready); err != nil {
+				s.Metrics.LeaseWait(metrics.LeaseAbandoned, time.Since(waitStart))
 				return nil, err
 			}
 			continue
 		}
 		if err != nil {
+			if waited {
+				s.Metrics.LeaseWait(metrics.LeaseAbandoned, time.Since(waitStart))
+			}
 			return nil, err
+		}
+		if waited {
+			s.Metrics.LeaseWait(metrics.LeaseTakenOver, time.Since(waitStart))
+		} else {
+			s.Metrics.LeaseWait(metrics.LeaseAcquired, 0)
 		}
 		info, err = s.downloadAndPut(ctx, ev, l, log)
 		if rerr := l.Release(context.WithoutCancel(ctx)); rerr != nil {
@@ -247,6 +264,7 @@ func (s *FetcherStage) downloadAndPut(ctx context.Context, ev messages.AssetEven
 	if fromIngest {
 		s.Store.DiscardIngest(a.Digest)
 	}
+	s.Metrics.ObjectStoreBytes(metrics.ToObjectStore, info.Size)
 	log.Info("stored in the object store", "object", info.Name, "bytes", info.Size)
 	return info, nil
 }
@@ -275,6 +293,8 @@ type VerifierStage struct {
 	TargetKnown func(ctx context.Context, host string) (bool, error)
 	Progress    ProgressFunc
 	Logger      *slog.Logger
+	// Metrics, if set, counts the bytes read back from the object store.
+	Metrics *metrics.Metrics
 }
 
 // Handle implements stage.Handler.
@@ -313,7 +333,7 @@ func (s *VerifierStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 		if err != nil {
 			return nil, fmt.Errorf("%s from %s: %w", a.Role, a.URL, err)
 		}
-		s.Logger.Info("verified and committed", "request", ev.RequestID, "asset", a.Role, "sha256", blob.SHA256.Hex)
+		s.Logger.Info("verified and committed", "request_id", ev.RequestID, "asset", a.Role, "sha256", blob.SHA256.Hex)
 	} else if err != nil {
 		return nil, err
 	}
@@ -366,7 +386,7 @@ func refetch(ev messages.AssetEvent, why error) ([]stage.Event, error) {
 
 func (s *VerifierStage) verifyObject(ctx context.Context, ev messages.AssetEvent) ([]stage.Event, error) {
 	a := ev.Asset
-	log := s.Logger.With("request", ev.RequestID, "asset", a.Role)
+	log := s.Logger.With("request_id", ev.RequestID, "asset", a.Role)
 	info, err := s.Objects.Stat(ctx, a.Digest)
 	if errors.Is(err, objectstore.ErrNotFound) {
 		log.Warn("object missing; fetching it again", "object", objectstore.Name(a.Digest))
@@ -376,7 +396,9 @@ func (s *VerifierStage) verifyObject(ctx context.Context, ev messages.AssetEvent
 		return nil, err
 	}
 	report := throttled(250*time.Millisecond, s.Progress)
+	read := runningTotal(func(n int64) { s.Metrics.ObjectStoreBytes(metrics.FromObjectStore, n) })
 	rec, err := s.Verified.Check(ctx, s.Objects, info, a, func(done int64) {
+		read(done)
 		report(messages.Progress{RequestID: ev.RequestID, Stage: messages.StageVerifier, Step: "verify", Asset: a.Role, Done: done, Total: info.Size})
 	})
 	if errors.Is(err, errObjectMismatch) {
@@ -439,6 +461,8 @@ type ConverterStage struct {
 	Progress    ProgressFunc
 	Concurrency int
 	Logger      *slog.Logger
+	// Metrics, if set, counts the bytes pulled from the object store.
+	Metrics *metrics.Metrics
 }
 
 // Handle implements stage.Handler.
@@ -451,14 +475,18 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 	if !validRole(role) || ev.Asset.Digest.IsZero() || (s.Objects == nil && ev.Blob.IsZero()) || (s.Objects != nil && ev.Object == nil) {
 		return nil, stage.Poison(fmt.Errorf("converter got a %q asset without a verified blob or object", role))
 	}
-	log := s.Logger.With("request", ev.RequestID, "asset", role)
+	log := s.Logger.With("request_id", ev.RequestID, "asset", role)
 	if s.Requests.Failed(ctx, ev.RequestID) {
 		log.Info("request already failed; not converting")
 		return nil, nil
 	}
 	report := throttled(250*time.Millisecond, s.Progress)
+	pulled := runningTotal(func(n int64) { s.Metrics.ObjectStoreBytes(metrics.FromObjectStore, n) })
 	p := &place.Placer{Store: s.Store, Objects: s.Objects, Concurrency: s.Concurrency,
 		Progress: func(step string, r catalog.Role, done, total int64) {
+			if step == place.StepPull {
+				pulled(done)
+			}
 			report(messages.Progress{RequestID: ev.RequestID, Stage: messages.StageConverter, Step: step, Asset: r, Done: done, Total: total})
 		}}
 	var blob store.BlobInfo

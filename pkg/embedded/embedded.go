@@ -19,7 +19,11 @@ import (
 	"time"
 
 	"github.com/gofrs/flock"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vmprep/vmprep/internal/metrics"
+	"github.com/vmprep/vmprep/internal/natsembed"
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/client"
@@ -55,6 +59,9 @@ type config struct {
 	replicas     int
 	host         string
 	targetedOnly bool
+	serverOpts   *server.Options
+	connOpts     []nats.Option
+	registerer   prometheus.Registerer
 }
 
 // Option configures Start.
@@ -130,6 +137,24 @@ func WithHost(name string) Option { return func(c *config) { c.host = name } }
 // WithTargetedOnly makes the converter take only work targeted at its host.
 func WithTargetedOnly() Option { return func(c *config) { c.targetedOnly = true } }
 
+// WithServerOptions starts the server from a nats-server configuration (say,
+// one read by server.ProcessConfigFile: users, accounts, TLS, cluster).
+// WithListen and WithJetStreamDir, when given, override its listener and
+// JetStream directory; JetStream is always on.
+func WithServerOptions(o *server.Options) Option { return func(c *config) { c.serverOpts = o } }
+
+// WithConnectOptions adds options to the deployment's own connections (they
+// are in-process, so TLS does not apply, but credentials do: a server with
+// users needs nats.UserInfo or nats.UserCredentials here).
+func WithConnectOptions(opts ...nats.Option) Option {
+	return func(c *config) { c.connOpts = append(c.connOpts, opts...) }
+}
+
+// WithPrometheus registers the deployment's vmprep_* metrics (deliveries by
+// stage and outcome, durations, in-flight work, dead letters, bytes from the
+// origin) on reg.
+func WithPrometheus(reg prometheus.Registerer) Option { return func(c *config) { c.registerer = reg } }
+
 // Deployment is a running embedded deployment.
 type Deployment struct {
 	emb    *pipeline.Embedded
@@ -175,6 +200,12 @@ func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
 		Host:             c.host,
 		TargetedOnly:     c.targetedOnly,
 	}
+	if c.registerer != nil {
+		if deps.Metrics, err = metrics.New(c.registerer); err != nil {
+			d.release()
+			return nil, err
+		}
+	}
 	if c.shortPulls {
 		deps.RunnerOptions = append([]stage.Option{stage.WithPullWait(200 * time.Millisecond)}, deps.RunnerOptions...)
 	}
@@ -191,12 +222,14 @@ func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
 			deps.Downloader = download.New(append([]download.Option{download.WithLogger(c.logger)}, c.downloadOpts...)...)
 		}
 	}
-	d.emb, err = pipeline.StartEmbedded(ctx, d.jsDir, c.listen, c.stages, deps)
+	d.emb, err = pipeline.StartEmbeddedServer(ctx, natsembed.Options{StoreDir: d.jsDir, Listen: c.listen, Config: c.serverOpts}, c.connOpts, c.stages, deps)
 	if err != nil {
 		d.release()
 		return nil, err
 	}
-	d.client, _ = client.New(d.emb.Conn)
+	if d.emb.Conn != nil {
+		d.client, _ = client.New(d.emb.Conn)
+	}
 	return d, nil
 }
 
@@ -235,10 +268,12 @@ func (d *Deployment) release() {
 	}
 }
 
-// Client returns a client of this deployment.
+// Client returns a client of this deployment (nil for a server that
+// authenticates clients, runs no stages and was given no credentials).
 func (d *Deployment) Client() *client.Client { return d.client }
 
-// Conn returns an in-process client connection to the server.
+// Conn returns an in-process client connection to the server (nil when
+// Client is).
 func (d *Deployment) Conn() *nats.Conn { return d.emb.Conn }
 
 // URL is the address network clients use ("" without WithListen).
@@ -249,6 +284,14 @@ func (d *Deployment) Store() *store.Store { return d.store }
 
 // JetStreamDir is where the server keeps its JetStream files.
 func (d *Deployment) JetStreamDir() string { return d.jsDir }
+
+// Consumers lists the durable consumers its stages pull from (one per
+// stage; a converter with a host also has converter_<host>).
+func (d *Deployment) Consumers() []string { return d.emb.Consumers() }
+
+// Live reports nil while the deployment's stages are connected and
+// consuming, else why not: what a liveness probe asks.
+func (d *Deployment) Live() error { return d.emb.Live() }
 
 // Close drains the stages, stops the server and releases the JetStream
 // directory.

@@ -25,11 +25,13 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/pkg/messages"
 )
 
 // Message is one delivery handed to a Handler.
@@ -122,6 +124,9 @@ type Runner struct {
 	pub      Publisher
 	handler  Handler
 	cfg      config
+	// running and pullOK say whether the runner is consuming (Consuming).
+	running atomic.Bool
+	pullOK  atomic.Bool
 }
 
 type config struct {
@@ -135,6 +140,7 @@ type config struct {
 	drainTimeout  time.Duration
 	fetchWait     time.Duration
 	publishTimout time.Duration
+	observer      Observer
 }
 
 // Option configures a Runner.
@@ -278,6 +284,7 @@ func New(ctx context.Context, js jetstream.JetStream, stream, name, filter strin
 		drainTimeout:  30 * time.Second,
 		fetchWait:     2 * time.Second,
 		publishTimout: 30 * time.Second,
+		observer:      nopObserver{},
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -286,14 +293,16 @@ func New(ctx context.Context, js jetstream.JetStream, stream, name, filter strin
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: create consumer on %s: %w", name, stream, err)
 	}
-	return &Runner{
+	r := &Runner{
 		conn:     js.Conn(),
 		name:     name,
 		consumer: cons,
 		pub:      JetStreamPublisher{JS: js},
 		handler:  h,
 		cfg:      cfg,
-	}, nil
+	}
+	r.pullOK.Store(true) // the consumer was just bound
+	return r, nil
 }
 
 // JetStreamPublisher publishes events to JetStream with Nats-Msg-Id set.
@@ -333,6 +342,8 @@ func (r *Runner) Run(ctx context.Context) error {
 	})
 	defer stopDrain()
 
+	r.running.Store(true)
+	defer r.running.Store(false)
 	var wg sync.WaitGroup
 	for i := 0; i < r.cfg.concurrency; i++ {
 		wg.Add(1)
@@ -356,11 +367,15 @@ func (r *Runner) worker(pull, work context.Context) {
 				return
 			}
 			if !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+				r.pullOK.Store(false)
 				r.cfg.logger.Warn("pull failed; retrying", "stage", r.name, "err", err)
 				sleep(pull, 500*time.Millisecond)
+				continue
 			}
+			r.pullOK.Store(true)
 			continue
 		}
+		r.pullOK.Store(true)
 		r.process(work, msg)
 	}
 }
@@ -381,6 +396,13 @@ func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 		m.Delivery, m.Sequence = int(md.NumDelivered), md.Sequence.Stream
 	}
 	log := r.cfg.logger.With("stage", r.name, "subject", m.Subject, "delivery", m.Delivery)
+	if id, ok := messages.PeekRequestID(m.Data); ok {
+		log = log.With("request_id", id)
+	}
+	start := time.Now()
+	r.cfg.observer.Started(r.name, m.Delivery)
+	outcome := OutcomeRetry
+	defer func() { r.cfg.observer.Settled(r.name, outcome, time.Since(start)) }()
 
 	// The keep-alive runs until the message is settled: publishing the hand-off
 	// can take a while during a reconnect or leader election.
@@ -390,11 +412,11 @@ func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 	if m.Delivery > r.cfg.maxDeliver+crashAllowance {
 		// Its workers never finished it: each was drained, killed or crashed.
 		log.Error("giving up without running the handler", "max", r.cfg.maxDeliver)
-		r.fail(ctx, jm, m, fmt.Errorf("gave up after %d deliveries: the workers handling it stopped or crashed each time", m.Delivery), false, log)
+		outcome = r.fail(ctx, jm, m, fmt.Errorf("gave up after %d deliveries: the workers handling it stopped or crashed each time", m.Delivery), OutcomeExhausted, log)
 		return
 	}
 	hctx, cancel := context.WithCancel(ctx)
-	events, err := r.call(hctx, m)
+	events, err := r.call(hctx, m, log)
 	cancel()
 
 	switch {
@@ -404,12 +426,14 @@ func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 			r.nak(jm, m, log)
 			return
 		}
+		outcome = OutcomeOK
 		if aerr := jm.DoubleAck(ctx); aerr != nil {
 			// The events are out with deterministic ids; a redelivery repeats them harmlessly.
 			log.Warn("ack failed", "err", aerr)
 		}
 	case ctx.Err() != nil:
 		// Draining: give the message to another worker now.
+		outcome = OutcomeDrained
 		log.Info("drained before completion; returning message", "err", err)
 		if err := jm.Nak(); err != nil {
 			log.Warn("nak failed", "err", err)
@@ -421,13 +445,13 @@ func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 		}
 	case IsPoison(err):
 		log.Error("dead letter", "reason", err)
-		r.fail(ctx, jm, m, err, true, log)
+		outcome = r.fail(ctx, jm, m, err, OutcomePoison, log)
 	case IsPermanent(err):
 		log.Warn("permanent failure", "err", err)
-		r.fail(ctx, jm, m, err, false, log)
+		outcome = r.fail(ctx, jm, m, err, OutcomePermanent, log)
 	case m.Delivery >= r.cfg.maxDeliver:
 		log.Warn("giving up after max deliveries", "max", r.cfg.maxDeliver, "err", err)
-		r.fail(ctx, jm, m, fmt.Errorf("gave up after %d attempts: %w", m.Delivery, err), false, log)
+		outcome = r.fail(ctx, jm, m, fmt.Errorf("gave up after %d attempts: %w", m.Delivery, err), OutcomeExhausted, log)
 	default:
 		log.Info("transient failure; will retry", "err", err)
 		r.nak(jm, m, log)
@@ -435,10 +459,10 @@ func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 }
 
 // call runs the handler, turning a panic into a Poison error.
-func (r *Runner) call(ctx context.Context, m Message) (events []Event, err error) {
+func (r *Runner) call(ctx context.Context, m Message, log *slog.Logger) (events []Event, err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			r.cfg.logger.Error("handler panic", "stage", r.name, "panic", p, "stack", string(debug.Stack()))
+			log.Error("handler panic", "panic", p, "stack", string(debug.Stack()))
 			events, err = nil, Poison(fmt.Errorf("handler panic: %v", p))
 		}
 	}()
@@ -494,18 +518,21 @@ func (r *Runner) nak(jm jetstream.Msg, m Message, log *slog.Logger) {
 // fail publishes the failure events (which tell the requester) and, for
 // poison, the dead letter, then ends the message. If the failure events cannot
 // be published the message is retried instead, so a requester is never left
-// without an answer; a dead letter is best effort.
-func (r *Runner) fail(ctx context.Context, jm jetstream.Msg, m Message, err error, poison bool, log *slog.Logger) {
+// without an answer; a dead letter is best effort. It returns the outcome:
+// the one asked for, or OutcomeRetry.
+func (r *Runner) fail(ctx context.Context, jm jetstream.Msg, m Message, err error, outcome Outcome, log *slog.Logger) Outcome {
 	if r.cfg.failure != nil {
 		if perr := r.publish(ctx, r.cfg.failure(m, err)); perr != nil {
 			log.Warn("could not publish failure; will retry", "err", perr)
 			r.nak(jm, m, log)
-			return
+			return OutcomeRetry
 		}
 	}
-	if poison && r.cfg.deadLetter != nil {
+	if outcome == OutcomePoison && r.cfg.deadLetter != nil {
 		if perr := r.publish(ctx, []Event{r.cfg.deadLetter(m, err.Error())}); perr != nil {
 			log.Error("could not publish dead letter; dropping the message", "err", perr, "reason", err, "bytes", len(m.Data))
+		} else {
+			r.cfg.observer.DeadLettered(r.name)
 		}
 	}
 	reason := err.Error()
@@ -515,4 +542,5 @@ func (r *Runner) fail(ctx context.Context, jm jetstream.Msg, m Message, err erro
 	if terr := jm.TermWithReason(reason); terr != nil {
 		log.Warn("term failed", "err", terr)
 	}
+	return outcome
 }

@@ -1,0 +1,290 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmprep/vmprep/internal/cli"
+	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/internal/testutil"
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/messages"
+)
+
+// serveRun is runServe in a goroutine.
+type serveRun struct {
+	stdout, stderr *testutil.LockedBuffer
+	code           chan int
+	cancel         context.CancelFunc
+}
+
+func startServe(t *testing.T, args ...string) *serveRun {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &serveRun{stdout: &testutil.LockedBuffer{}, stderr: &testutil.LockedBuffer{}, code: make(chan int, 1), cancel: cancel}
+	args = append([]string{"--cache-dir", t.TempDir(), "--jetstream-dir", t.TempDir(), "--log-format", "json", "--drain-timeout", "1s"}, args...)
+	go func() { r.code <- runServe(ctx, args, r.stdout, r.stderr) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.code:
+		case <-time.After(30 * time.Second):
+			t.Error("vmprep serve did not stop")
+		}
+		if t.Failed() {
+			t.Logf("serve stderr:\n%s", r.stderr.String())
+		}
+	})
+	return r
+}
+
+// url waits for the first stdout line ("nats: URL"); it fails if serve exits first.
+func (r *serveRun) url(t *testing.T) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if line, _, ok := strings.Cut(r.stdout.String(), "\n"); ok {
+			return strings.TrimPrefix(line, "nats: ")
+		}
+		select {
+		case c := <-r.code:
+			r.code <- c
+			t.Fatalf("vmprep serve exited %d: %s", c, r.stderr.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	t.Fatal("vmprep serve printed no URL")
+	return ""
+}
+
+// exit waits for serve to end by itself.
+func (r *serveRun) exit(t *testing.T) int {
+	t.Helper()
+	select {
+	case c := <-r.code:
+		r.code <- c
+		return c
+	case <-time.After(30 * time.Second):
+		t.Fatal("vmprep serve is still running")
+		return 0
+	}
+}
+
+// logAttr waits for a JSON log record with message msg and returns attribute key.
+func logAttr(t *testing.T, log *testutil.LockedBuffer, msg, key string) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, line := range strings.Split(log.String(), "\n") {
+			var rec map[string]any
+			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg {
+				v, _ := rec[key].(string)
+				return v
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("no log record %q:\n%s", msg, log.String())
+	return ""
+}
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestServeRefusesUnauthenticatedListener: serve will not open a client port
+// beyond this host unless the server authenticates clients or --insecure is
+// given; loopback needs neither.
+func TestServeRefusesUnauthenticatedListener(t *testing.T) {
+	noUsers := writeFile(t, "open.conf", "listen: 0.0.0.0:-1\n")
+	defaultHost := writeFile(t, "port-only.conf", "port: -1\n")
+	anonymous := writeFile(t, "noauth.conf", `listen: 0.0.0.0:-1
+authorization { users: [ {user: a, password: b} ] }
+no_auth_user: a
+`)
+	users := writeFile(t, "users.conf", `listen: 0.0.0.0:-1
+authorization { users: [ {user: a, password: b} ] }
+`)
+	tests := []struct {
+		name   string
+		args   []string
+		serves bool
+	}{
+		{"all interfaces", []string{"--listen", "0.0.0.0:0"}, false},
+		{"config without users", []string{"--config", noUsers}, false},
+		{"config without a host", []string{"--config", defaultHost}, false},
+		{"config with no_auth_user", []string{"--config", anonymous}, false},
+		{"loopback", []string{"--listen", "127.0.0.1:0"}, true},
+		{"all interfaces, --insecure", []string{"--listen", "0.0.0.0:0", "--insecure"}, true},
+		{"config with users", []string{"--config", users}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := startServe(t, append([]string{"--stages", "none"}, tt.args...)...)
+			if tt.serves {
+				r.url(t)
+				return
+			}
+			if code := r.exit(t); code != 2 {
+				t.Errorf("exit %d, want 2", code)
+			}
+			if msg := r.stderr.String(); !strings.Contains(msg, "without client authentication") || !strings.Contains(msg, "--insecure") {
+				t.Errorf("stderr does not say why or how to proceed: %s", msg)
+			}
+		})
+	}
+}
+
+// TestServeConfigFile runs serve on deploy/nats-server.conf (users with
+// passwords from the environment): its own stages authenticate with
+// --user/--password-file, a client prepares as the client user, and the
+// metrics endpoint shows what the stages did.
+func TestServeConfigFile(t *testing.T) {
+	t.Setenv("VMPREP_STAGE_PASSWORD", "stage-"+t.Name())
+	t.Setenv("VMPREP_CLIENT_PASSWORD", "client-"+t.Name())
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	r := startServe(t, "--config", filepath.Join("..", "..", "deploy", "nats-server.conf"), "--listen", "127.0.0.1:0",
+		"--user", "stage", "--password-file", writeFile(t, "stage-pw", "stage-"+t.Name()+"\n"),
+		"--mirror", m.URL, "--keyring", m.KeyringFile(), "--metrics-listen", "127.0.0.1:0")
+	url := r.url(t)
+	base := "http://" + logAttr(t, r.stderr, "metrics listening", "addr")
+
+	var stdout, stderr strings.Builder
+	args := []string{"prepare", "--nats", url, "--user", "client", "--password-file", writeFile(t, "client-pw", "client-"+t.Name()),
+		"--json", "--arch", "amd64", "--format", "qcow2", "ubuntu", "24.04"}
+	if code := run(args, &stdout, &stderr); code != 0 {
+		t.Fatalf("prepare as the client user: exit %d: %s", code, stderr.String())
+	}
+
+	// A wrong password is refused at once, and said so, without the password.
+	stdout.Reset()
+	stderr.Reset()
+	wrong := "nats://client:not-" + t.Name() + "@" + strings.TrimPrefix(url, "nats://")
+	if code := run([]string{"prepare", "--nats", wrong, "ubuntu", "24.04"}, &stdout, &stderr); code != 1 {
+		t.Errorf("prepare with a wrong password: exit %d, want 1", code)
+	}
+	if msg := stderr.String(); !strings.Contains(msg, "authorization violation") || strings.Contains(msg, "not-"+t.Name()) {
+		t.Errorf("prepare with a wrong password said: %s", msg)
+	}
+
+	if code, body := testutil.Get(t, base+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz %d %q", code, body)
+	}
+	got := testutil.Scrape(t, base+"/metrics")
+	for _, s := range []string{"resolver", "fetcher", "verifier", "collector"} {
+		if v, _ := got.Value("vmprep_messages_handled_total", "stage", s, "outcome", "ok"); v < 1 {
+			t.Errorf("vmprep_messages_handled_total{stage=%s,outcome=ok} = %v, want ≥ 1", s, v)
+		}
+	}
+	var want int64
+	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
+		want += m.BytesServed(m.Path("ubuntu", "24.04", catalog.ArchAMD64, role))
+	}
+	if v, _ := got.Value("vmprep_origin_bytes_total"); int64(v) != want {
+		t.Errorf("vmprep_origin_bytes_total = %v, want %d (what the mirror served)", v, want)
+	}
+	if strings.Contains(r.stderr.String(), "stage-"+t.Name()) {
+		t.Error("the stage password reached serve's log")
+	}
+}
+
+// TestTLS: a server that verifies client certificates (a throwaway CA made
+// here), a stage process and a client working over TLS with theirs, and a
+// client without one refused at once.
+func TestTLS(t *testing.T) {
+	ca := testutil.NewCA(t)
+	serverCert, serverKey := ca.Issue("nats-server")
+	stageCert, stageKey := ca.Issue("stage")
+	clientCert, clientKey := ca.Issue("client")
+	conf := writeFile(t, "tls.conf", fmt.Sprintf(`listen: 127.0.0.1:-1
+tls {
+  cert_file: %q
+  key_file: %q
+  ca_file: %q
+  verify: true
+}
+`, serverCert, serverKey, ca.CertFile))
+	r := startServe(t, "--config", conf, "--stages", "none")
+	url := r.url(t)
+	if !strings.HasPrefix(url, "tls://") {
+		t.Errorf("serve's URL %q does not say tls://", url)
+	}
+
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	ctx, cancel := context.WithCancel(context.Background())
+	stageLog := &testutil.LockedBuffer{}
+	stageDone := make(chan int, 1)
+	go func() {
+		stageDone <- cli.RunStage(ctx, "stages", []string{"--nats", url, "--cache-dir", t.TempDir(),
+			"--tls-ca", ca.CertFile, "--tls-cert", stageCert, "--tls-key", stageKey,
+			"--mirror", m.URL, "--keyring", m.KeyringFile(), "--log-format", "json", "--drain-timeout", "1s"},
+			stageLog, pipeline.AllStages...)
+	}()
+	defer func() {
+		cancel()
+		if code := <-stageDone; code != 0 {
+			t.Errorf("stage process exit %d:\n%s", code, stageLog.String())
+		}
+	}()
+
+	var stdout, stderr strings.Builder
+	args := []string{"prepare", "--nats", url, "--tls-ca", ca.CertFile, "--tls-cert", clientCert, "--tls-key", clientKey,
+		"--json", "--timeout", "2m", "--arch", "amd64", "--format", "qcow2", "ubuntu", "24.04"}
+	if code := run(args, &stdout, &stderr); code != 0 {
+		t.Fatalf("prepare over TLS: exit %d: %s\nstage log:\n%s", code, stderr.String(), stageLog.String())
+	}
+	var res messages.Result
+	if err := json.Unmarshal([]byte(stdout.String()), &res); err != nil || res.Status != messages.ResultPrepared {
+		t.Fatalf("prepare over TLS: %v %s", err, stdout.String())
+	}
+
+	// Without a client certificate: refused, at once, saying TLS.
+	tests := []struct {
+		name string
+		args []string
+	}{
+		{"no client certificate", []string{"--tls-ca", ca.CertFile}},
+		{"certificate from another CA", func() []string {
+			other := testutil.NewCA(t)
+			c, k := other.Issue("intruder")
+			return []string{"--tls-ca", ca.CertFile, "--tls-cert", c, "--tls-key", k}
+		}()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr strings.Builder
+			args := append(append([]string{"prepare", "--nats", url}, tt.args...), "--timeout", "1m", "ubuntu", "24.04")
+			if code := run(args, &stdout, &stderr); code != 1 {
+				t.Fatalf("exit %d, want 1: %s", code, stderr.String())
+			}
+			if msg := stderr.String(); !strings.Contains(msg, "TLS") {
+				t.Errorf("the refusal does not say TLS: %s", msg)
+			}
+		})
+	}
+}
+
+// TestPrepareNeverShowsThePassword: a URL's credentials stay out of the
+// error when the server cannot be reached.
+func TestPrepareNeverShowsThePassword(t *testing.T) {
+	var stdout, stderr strings.Builder
+	if code := run([]string{"prepare", "--nats", "nats://stage:hunter2-secret@127.0.0.1:1", "ubuntu", "24.04"}, &stdout, &stderr); code != 1 {
+		t.Fatalf("exit %d, want 1: %s", code, stderr.String())
+	}
+	if msg := stderr.String(); strings.Contains(msg, "hunter2") || !strings.Contains(msg, "nats://REDACTED@127.0.0.1:1") {
+		t.Errorf("prepare said: %s", msg)
+	}
+}

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/vmprep/vmprep/internal/cli"
+	"github.com/vmprep/vmprep/internal/ops"
+	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/store"
+)
+
+// runStatus shows the deployment at a glance, or one request's state.
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var conn opsConn
+	conn.register(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	fs.Usage = cli.Usage(fs, "vmprep status [flags] [REQUEST-ID]\n\n"+
+		"Without a request id: the deployment's streams, each stage's backlog (pending, being worked\n"+
+		"on, redelivered) and its live processes (each stage process keeps an entry, refreshed every\n"+
+		"10 s, in KV bucket "+ops.BucketProcesses+"). With one: where each of the request's assets is,\n"+
+		"and its result.")
+	if ok, code := parseFlags(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() > 1 {
+		return failf(stderr, 2, "vmprep status", "want at most one REQUEST-ID")
+	}
+	js, err := conn.connect("vmprep-status", stderr)
+	if err != nil {
+		return failf(stderr, 1, "vmprep status", "%v", err)
+	}
+	defer conn.close()
+	if fs.NArg() == 1 {
+		st, err := ops.GetRequest(ctx, js, fs.Arg(0))
+		if err != nil {
+			return failf(stderr, 1, "vmprep status", "%v", err)
+		}
+		if *asJSON {
+			return writeJSON(stdout, stderr, st)
+		}
+		printRequest(stdout, st)
+		return 0
+	}
+	ov, err := ops.GetOverview(ctx, js)
+	if err != nil {
+		return failf(stderr, 1, "vmprep status", "%v", err)
+	}
+	if *asJSON {
+		return writeJSON(stdout, stderr, ov)
+	}
+	printOverview(stdout, ov)
+	return 0
+}
+
+func printOverview(w io.Writer, ov ops.Overview) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "STREAM\tMESSAGES\tSIZE\tCONSUMERS")
+	for _, s := range ov.Streams {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\n", s.Name, s.Messages, store.HumanSize(int64(s.Bytes)), s.Consumers)
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "STAGE\tSUBJECT\tPENDING\tIN PROGRESS\tREDELIVERED\tIDLE PULLS\tPROCESSES")
+	for _, c := range ov.Consumers {
+		n := 0
+		for _, p := range ov.Processes {
+			if p.Stage == c.Name {
+				n++
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\n", c.Name, c.Filter, c.Pending, c.AckPending, c.Redelivered, c.Waiting, n)
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "PROCESS\tSTAGE\tHOST\tPID\tVERSION\tUP\tCONSUMING")
+	for _, p := range ov.Processes {
+		consuming := "yes"
+		if !p.Consuming {
+			consuming = "NO: " + p.Problem
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", p.Name, p.Stage, p.Host, p.PID, p.Version, time.Since(p.Started).Round(time.Second), consuming)
+	}
+	_ = tw.Flush()
+	if len(ov.Processes) == 0 {
+		fmt.Fprintln(w, "(no live stage process has announced itself)")
+	}
+	if len(ov.Idle) > 0 {
+		fmt.Fprintf(w, "\nno live process serves: %s\n", strings.Join(ov.Idle, ", "))
+	}
+}
+
+func printRequest(w io.Writer, st ops.RequestStatus) {
+	state := "in progress"
+	switch {
+	case st.Result != nil:
+		state = string(st.Result.Status)
+	case st.Queued:
+		state = "waiting for the resolver"
+	}
+	target := ""
+	if st.Target != "" {
+		target = " for " + st.Target
+	}
+	fmt.Fprintf(w, "request %s: %s %s %s, %s%s — %s\n", st.RequestID, st.Spec.Distro, st.Spec.Version, st.Spec.Arch, st.Format, target, state)
+	if len(st.Assets) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "ASSET\tSTATUS\tWHERE\tFILE")
+		for _, a := range st.Assets {
+			where := "done"
+			if !a.Done {
+				where = "unknown"
+				if a.Stage != "" {
+					where = "at the " + a.Stage + " (" + a.Subject + ")"
+				}
+			}
+			file := a.Path
+			switch {
+			case a.Failure != nil:
+				file = a.Failure.Error()
+			case file != "" && a.Host != "":
+				file = a.Host + ":" + file
+			case file == "" && a.Object != nil:
+				file = "object " + a.Object.Bucket + "/" + a.Object.Name
+			case file == "":
+				file = a.URL
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", a.Role, a.Status, where, file)
+		}
+		_ = tw.Flush()
+	}
+	if st.ScanTruncated {
+		fmt.Fprintf(w, "(the work stream is too long to search whole; some assets may be missing)\n")
+	}
+	if r := st.Result; r != nil {
+		fmt.Fprintf(w, "result (%s):\n", r.CompletedAt.Local().Format(time.DateTime))
+		if r.Status == messages.ResultPrepared {
+			printResult(w, *r)
+		} else if r.Failure != nil {
+			fmt.Fprintf(w, "failed:     %s\n", r.Failure.Error())
+		}
+	}
+}
