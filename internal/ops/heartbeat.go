@@ -34,17 +34,17 @@ const (
 
 // Process is one stage of one live process, as announced.
 type Process struct {
-	Stage       string    `json:"stage"`
-	Host        string    `json:"host"`
-	PID         int       `json:"pid"`
-	Name        string    `json:"name,omitempty"` // the NATS connection name
-	Version     string    `json:"version,omitempty"`
-	Concurrency int       `json:"concurrency,omitempty"`
+	Stage       string `json:"stage"`
+	Host        string `json:"host"`
+	PID         int    `json:"pid"`
+	Name        string `json:"name,omitempty"` // the NATS connection name
+	Version     string `json:"version,omitempty"`
+	Concurrency int    `json:"concurrency,omitempty"`
 	// Consumers are the durable consumers the process pulls from (a
 	// targeted converter's is converter_<host>).
-	Consumers []string `json:"consumers,omitempty"`
-	Started     time.Time `json:"started"`
-	Seen        time.Time `json:"seen"`
+	Consumers []string  `json:"consumers,omitempty"`
+	Started   time.Time `json:"started"`
+	Seen      time.Time `json:"seen"`
 	// Consuming is false when the process's pulls are failing (see /healthz).
 	Consuming bool   `json:"consuming"`
 	Problem   string `json:"problem,omitempty"`
