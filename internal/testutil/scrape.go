@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -77,4 +78,18 @@ func Get(tb testing.TB, url string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// Gather collects g's metrics in-process, failing the test on any error.
+func Gather(tb testing.TB, g prometheus.Gatherer) Metrics {
+	tb.Helper()
+	fams, err := g.Gather()
+	if err != nil {
+		tb.Fatalf("gather metrics: %v", err)
+	}
+	out := Metrics{}
+	for _, f := range fams {
+		out[f.GetName()] = f
+	}
+	return out
 }
