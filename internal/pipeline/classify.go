@@ -105,8 +105,8 @@ func failedRole(err error, own catalog.Role) catalog.Role {
 
 // reportRetry tells the requester what the fetcher is retrying, so that a
 // client that gives up (a --timeout) can say why it was waiting.
-func (s *FetcherStage) reportRetry(id string, role catalog.Role, err error) {
+func (s *FetcherStage) reportRetry(ns, id string, role catalog.Role, err error) {
 	if s.Progress != nil {
-		s.Progress(messages.Progress{RequestID: id, Stage: messages.StageFetcher, Asset: role, Retrying: err.Error()})
+		s.Progress(messages.Progress{Namespace: ns, RequestID: id, Stage: messages.StageFetcher, Asset: role, Retrying: err.Error()})
 	}
 }

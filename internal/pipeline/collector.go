@@ -41,10 +41,11 @@ func (s *CollectorStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 		return nil, err
 	}
 	for attempt := 0; attempt < 20; attempt++ {
-		st, rev, err := s.Requests.Load(ctx, ev.RequestID)
+		key := messages.RequestKey(ev.Namespace, ev.RequestID)
+		st, rev, err := s.Requests.Load(ctx, key)
 		if errors.Is(err, errStateNotFound) {
 			// A failure before the resolver recorded the request.
-			st, rev = requestState{Spec: ev.Spec, Format: ev.Format, Target: ev.Target, ClientConverts: ev.ClientConverts, Roles: ev.Roles, ResolvedFrom: ev.ResolvedFrom}, 0
+			st, rev = requestState{Namespace: ev.Namespace, Spec: ev.Spec, Format: ev.Format, Target: ev.Target, ClientConverts: ev.ClientConverts, Roles: ev.Roles, ResolvedFrom: ev.ResolvedFrom}, 0
 		} else if err != nil {
 			return nil, err
 		}
@@ -64,7 +65,7 @@ func (s *CollectorStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 				return nil, err
 			}
 			st.Final = final
-			err = s.Requests.Save(ctx, ev.RequestID, st, rev)
+			err = s.Requests.Save(ctx, key, st, rev)
 			if errors.Is(err, errStateChanged) {
 				continue // another collector got there first: re-read and merge
 			}
@@ -75,7 +76,7 @@ func (s *CollectorStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 		if st.Final == nil {
 			return nil, nil // still waiting for other assets
 		}
-		out, err := resultEvent(*st.Final, "result."+ev.RequestID)
+		out, err := resultEvent(*st.Final, "result."+key)
 		if err != nil {
 			return nil, stage.Permanent(err)
 		}
@@ -90,7 +91,7 @@ func (s *CollectorStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 // in the store from the digests, not taken from the events: they name
 // immutable, verified files.
 func (s *CollectorStage) decide(ctx context.Context, st requestState, id string) (*messages.Result, error) {
-	res := &messages.Result{RequestID: id, Spec: st.Spec, Format: st.Format, Target: st.Target, ResolvedFrom: st.ResolvedFrom, CompletedAt: time.Now().UTC()}
+	res := &messages.Result{Namespace: st.Namespace, RequestID: id, Spec: st.Spec, Format: st.Format, Target: st.Target, ResolvedFrom: st.ResolvedFrom, CompletedAt: time.Now().UTC()}
 	for _, ev := range st.Done {
 		if ev.Status == messages.StatusFailed {
 			res.Status, res.Failure = messages.ResultFailed, ev.Failure

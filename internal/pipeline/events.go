@@ -25,7 +25,7 @@ func assetEvent(subject, step string, ev messages.AssetEvent) (stage.Event, erro
 	if role == "" {
 		role = "request"
 	}
-	id := ev.RequestID + "." + role + "." + step
+	id := messages.RequestKey(ev.Namespace, ev.RequestID) + "." + role + "." + step
 	if ev.Refetch > 0 {
 		// A re-fetch after a bad object repeats steps: new ids, or the
 		// hand-offs would be dropped as duplicates.
@@ -43,7 +43,7 @@ func resultEvent(res messages.Result, id string) (stage.Event, error) {
 	if err != nil {
 		return stage.Event{}, fmt.Errorf("encode result: %w", err)
 	}
-	return stage.Event{Subject: messages.ResultSubject(res.RequestID), Data: data, ID: id}, nil
+	return stage.Event{Subject: messages.ResultSubjectIn(res.Namespace, res.RequestID), Data: data, ID: id}, nil
 }
 
 // decodeAsset reads an asset event; anything unreadable is poison.
@@ -73,8 +73,9 @@ func failureCause(err error) string {
 func FailurePolicy(stageName string, logger *slog.Logger) stage.FailureFunc {
 	return func(m stage.Message, err error) []stage.Event {
 		f := &messages.Failure{Stage: stageName, Cause: failureCause(err), Retryable: !stage.IsPermanent(err)}
-		switch m.Subject {
-		case messages.SubjectPrepare:
+		ns, isRequest := messages.NamespaceOf(m.Subject)
+		switch {
+		case isRequest:
 			var req messages.PrepareRequest
 			if messages.Decode(m.Data, messages.TypePrepareRequest, &req) != nil {
 				// An unreadable request (say, a newer schema version) whose id can
@@ -89,23 +90,23 @@ func FailurePolicy(stageName string, logger *slog.Logger) stage.FailureFunc {
 				return nil
 			}
 			ev, e := assetEvent(messages.SubjectDone, "failed", messages.AssetEvent{
-				RequestID: req.RequestID, Spec: req.Spec, Format: req.Format, Status: messages.StatusFailed, Failure: f,
+				Namespace: ns, RequestID: req.RequestID, Spec: req.Spec, Format: req.Format, Status: messages.StatusFailed, Failure: f,
 			})
 			if e != nil {
 				logger.Error("cannot encode failure", "err", e)
 				return nil
 			}
 			return []stage.Event{ev}
-		case messages.SubjectDone:
+		case m.Subject == messages.SubjectDone:
 			var ev messages.AssetEvent
 			if messages.Decode(m.Data, messages.TypeAsset, &ev) != nil || messages.ValidateRequestID(ev.RequestID) != nil {
 				return nil
 			}
 			f.Asset = failedRole(err, ev.Asset.Role)
 			out, e := resultEvent(messages.Result{
-				RequestID: ev.RequestID, Status: messages.ResultFailed, Spec: ev.Spec, Format: ev.Format, Target: ev.Target,
+				Namespace: ev.Namespace, RequestID: ev.RequestID, Status: messages.ResultFailed, Spec: ev.Spec, Format: ev.Format, Target: ev.Target,
 				Failure: f, CompletedAt: time.Now().UTC(),
-			}, "result."+ev.RequestID)
+			}, "result."+messages.RequestKey(ev.Namespace, ev.RequestID))
 			if e != nil {
 				return nil
 			}

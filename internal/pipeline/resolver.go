@@ -49,6 +49,10 @@ type ResolverStage struct {
 
 // Handle implements stage.Handler.
 func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Event, error) {
+	ns, ok := messages.NamespaceOf(m.Subject)
+	if !ok {
+		return nil, stage.Poison(fmt.Errorf("prepare request on %q: not a request subject (vmprep.prepare or vmprep.prepare.<namespace>)", m.Subject))
+	}
 	var req messages.PrepareRequest
 	if err := messages.Decode(m.Data, messages.TypePrepareRequest, &req); err != nil {
 		return nil, stage.Poison(err)
@@ -68,13 +72,17 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 	}
 	req.Spec = spec
 	log := s.Logger.With("request_id", req.RequestID, "spec", specString(spec))
+	if ns != "" {
+		log = log.With("namespace", ns)
+	}
+	key := messages.RequestKey(ns, req.RequestID)
 
 	if req.Target != "" && !s.Objects && req.Target != s.Host {
 		return nil, stage.Permanent(fmt.Errorf("target host %s: this deployment keeps every file in one cache directory on %s; "+
 			"targets on other hosts need an object store (start the stages with --store nats:BUCKET)", req.Target, s.Host))
 	}
 
-	state, _, err := s.Requests.Load(ctx, req.RequestID)
+	state, _, err := s.Requests.Load(ctx, key)
 	switch {
 	case err == nil && !state.sameRequest(req):
 		// The id names a request for another image. Answer this requester
@@ -83,17 +91,17 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 		// its own — and leave the other request's state alone.
 		log.Warn("request id reused for another image; refusing it", "used_for", specString(state.Spec), "format", state.Format)
 		out, err := resultEvent(messages.Result{
-			RequestID: req.RequestID, Status: messages.ResultFailed, Spec: req.Spec, Format: req.Format, Target: req.Target,
+			Namespace: ns, RequestID: req.RequestID, Status: messages.ResultFailed, Spec: req.Spec, Format: req.Format, Target: req.Target,
 			Failure: &messages.Failure{Stage: messages.StageResolver, Code: messages.FailureRequestIDReused,
 				Cause: fmt.Sprintf("request id %s is already used by a request for %s (%s); choose a new request id", req.RequestID, specString(state.Spec), state.Format)},
 			CompletedAt: time.Now().UTC(),
-		}, answerID(req.RequestID, m))
+		}, answerID(key, m))
 		return []stage.Event{out}, err
 	case err == nil && state.Final != nil:
 		// The same request again: the same result again, so that a client
 		// that subscribed after the first answer hears it too.
 		log.Info("repeated request: publishing its result again")
-		out, err := resultEvent(*state.Final, answerID(req.RequestID, m))
+		out, err := resultEvent(*state.Final, answerID(key, m))
 		return []stage.Event{out}, err
 	case err == nil && m.Delivery == 1:
 		// Another message with this id created the state: a duplicate publish
@@ -104,7 +112,7 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 		// A redelivery of our own message: hand off the same resolution again
 		// (deduplicated by message id), never a newer release.
 		log.Info("redelivered: handing off the recorded resolution again")
-		return fetchEvents(req, *state.Resolution, state.ResolvedFrom)
+		return fetchEvents(ns, req, *state.Resolution, state.ResolvedFrom)
 	case err != nil && !errors.Is(err, errStateNotFound):
 		return nil, err
 	}
@@ -122,12 +130,12 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 	} else if disk.Format == catalog.FormatRaw && req.Format == catalog.FormatQCOW2 {
 		return nil, stage.Permanent(fmt.Errorf("%s publishes a raw disk; converting raw to qcow2 is not supported (ask for --format raw)", specString(spec)))
 	}
-	events, err := fetchEvents(req, res, from)
+	events, err := fetchEvents(ns, req, res, from)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.Requests.Create(ctx, req.RequestID, requestState{
-		Spec: spec, Format: req.Format, Target: req.Target, ClientConverts: req.ClientConverts,
+	if err := s.Requests.Create(ctx, key, requestState{
+		Namespace: ns, Spec: spec, Format: req.Format, Target: req.Target, ClientConverts: req.ClientConverts,
 		Roles: roles(res), ResolvedFrom: from, Resolution: &res,
 	}); err != nil {
 		return nil, err
@@ -136,10 +144,10 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 	return events, nil
 }
 
-// answerID is the publication id of an answer to request message m: one
-// per message (a redelivery of m is deduplicated).
-func answerID(id string, m stage.Message) string {
-	return fmt.Sprintf("result.%s.%d", id, m.Sequence)
+// answerID is the publication id of an answer to request message m (key:
+// messages.RequestKey): one per message (a redelivery of m is deduplicated).
+func answerID(key string, m stage.Message) string {
+	return fmt.Sprintf("result.%s.%d", key, m.Sequence)
 }
 
 func roles(res catalog.Resolution) []catalog.Role {
@@ -150,12 +158,12 @@ func roles(res catalog.Resolution) []catalog.Role {
 	return out
 }
 
-func fetchEvents(req messages.PrepareRequest, res catalog.Resolution, from string) ([]stage.Event, error) {
+func fetchEvents(ns string, req messages.PrepareRequest, res catalog.Resolution, from string) ([]stage.Event, error) {
 	rs := roles(res)
 	events := make([]stage.Event, 0, len(res.Assets))
 	for _, a := range res.Assets {
 		ev, err := assetEvent(messages.SubjectFetch, "fetch", messages.AssetEvent{
-			RequestID: req.RequestID, Spec: req.Spec, Resolved: &res.Spec, Format: req.Format, Roles: rs,
+			Namespace: ns, RequestID: req.RequestID, Spec: req.Spec, Resolved: &res.Spec, Format: req.Format, Roles: rs,
 			Target: req.Target, ClientConverts: req.ClientConverts,
 			ResolvedFrom: from, Asset: a, Status: messages.StatusResolved,
 		})

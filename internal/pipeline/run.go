@@ -136,7 +136,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 	progress := func(p messages.Progress) {
 		data, err := messages.Encode(messages.TypeProgress, &p)
 		if err == nil {
-			_ = nc.Publish(messages.ProgressSubject(p.RequestID), data)
+			_ = nc.Publish(messages.ProgressSubjectIn(p.Namespace, p.RequestID), data)
 		}
 	}
 	type binding struct {
@@ -196,6 +196,10 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			stage.WithDeadLetter(DeadLetterPolicy(b.name)),
 			stage.WithObserver(d.Metrics.Observer()),
 		}, d.RunnerOptions...)
+		if b.filter == messages.SubjectPrepare {
+			// Requests in a namespace: vmprep.prepare.<ns>.
+			opts = append(opts, stage.WithMoreSubjects(messages.SubjectPrepare+".>"))
+		}
 		d.Metrics.Stage(b.consumer)
 		r, err := stage.New(ctx, js, messages.StreamWork, b.consumer, b.filter, classified(b.handler), opts...)
 		if err != nil {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -55,7 +56,7 @@ func streamConfigs(replicas int) []jetstream.StreamConfig {
 		{
 			Name:        messages.StreamWork,
 			Description: "vmprep pending work: prepare requests and asset events",
-			Subjects:    []string{messages.SubjectPrepare, "vmprep.asset.>"},
+			Subjects:    []string{messages.SubjectPrepare, messages.SubjectPrepare + ".>", "vmprep.asset.>"},
 			Retention:   jetstream.WorkQueuePolicy,
 			Storage:     jetstream.FileStorage,
 			Duplicates:  dedupWindow,
@@ -64,7 +65,7 @@ func streamConfigs(replicas int) []jetstream.StreamConfig {
 		{
 			Name:              messages.StreamResults,
 			Description:       "vmprep final results, one per request id",
-			Subjects:          []string{messages.SubjectResultPrefix + "*"},
+			Subjects:          []string{messages.SubjectResultPrefix + ">"},
 			Retention:         jetstream.LimitsPolicy,
 			Storage:           jetstream.FileStorage,
 			MaxAge:            resultsMaxAge,
@@ -186,15 +187,22 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	if drift := streamDrift(want, got); len(drift) > 0 {
 		log.Warn("stream differs from what this build creates; leaving it as it is", "stream", want.Name, "drift", drift)
 	}
-	// A stream without the subjects the stages publish to cannot work.
-	for _, subj := range want.Subjects {
-		if !slices.Contains(got.Subjects, subj) {
-			return fmt.Errorf("stream %s exists without subject %q that vmprep needs (it has %v): add it or delete the stream", want.Name, subj, got.Subjects)
-		}
-	}
 	if got.Retention != want.Retention {
 		return fmt.Errorf("stream %s has retention %s, vmprep needs %s: delete the stream to recreate it", want.Name, got.Retention, want.Retention)
 	}
+	// A stream without the subjects the stages publish to cannot work (an
+	// older build's stream, say, before namespaces): add what is missing,
+	// replacing what a new subject covers, and change nothing else.
+	subjects, changed := neededSubjects(got.Subjects, want.Subjects)
+	if !changed {
+		return nil
+	}
+	upd := got
+	upd.Subjects = subjects
+	if _, err := js.UpdateStream(ctx, upd); err != nil {
+		return fmt.Errorf("stream %s lacks subjects vmprep needs (%v; it has %v), and adding them failed: %w", want.Name, want.Subjects, got.Subjects, err)
+	}
+	log.Warn("added the subjects vmprep needs to the stream", "stream", want.Name, "from", got.Subjects, "to", subjects)
 	return nil
 }
 
@@ -274,4 +282,44 @@ func (i *Infra) leasesFor(holder string) *lease.Leases {
 		return nil
 	}
 	return lease.New(i.Leases, holder, LeaseTTL)
+}
+
+// neededSubjects returns have plus every subject of need it lacks, without
+// the ones a needed wildcard covers (a stream's subjects may not overlap).
+func neededSubjects(have, need []string) ([]string, bool) {
+	var missing []string
+	for _, n := range need {
+		if !slices.Contains(have, n) {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) == 0 {
+		return have, false
+	}
+	var out []string
+	for _, h := range have {
+		covered := false
+		for _, m := range missing {
+			covered = covered || subjectCovers(m, h)
+		}
+		if !covered {
+			out = append(out, h)
+		}
+	}
+	return append(out, missing...), true
+}
+
+// subjectCovers reports whether wildcard subject w matches every subject s
+// matches (tokens: * one, > the rest).
+func subjectCovers(w, s string) bool {
+	wt, st := strings.Split(w, "."), strings.Split(s, ".")
+	for i, t := range wt {
+		if t == ">" {
+			return len(st) > i
+		}
+		if i >= len(st) || (t != "*" && t != st[i]) || (t == "*" && st[i] == ">") {
+			return false
+		}
+	}
+	return len(wt) == len(st)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -54,14 +55,46 @@ func TestSetupKeepsOperatorChanges(t *testing.T) {
 	if !strings.Contains(logs.String(), messages.StreamResults) || !strings.Contains(logs.String(), "max age 24h0m0s") {
 		t.Fatalf("no drift warning: %s", logs.String())
 	}
-	// A stream without a subject the stages need is refused, not silently used.
-	w, _ := js.Stream(ctx, messages.StreamWork)
-	wcfg := w.CachedInfo().Config
-	wcfg.Subjects = []string{messages.SubjectPrepare}
-	if _, err := js.UpdateStream(ctx, wcfg); err != nil {
+	// A stream of an older build — results on vmprep.result.* and requests
+	// on vmprep.prepare only — gets the subjects this build needs (the
+	// wildcard that covers an old one replaces it), and keeps the rest.
+	for name, old := range map[string][]string{
+		messages.StreamResults: {"vmprep.result.*"},
+		messages.StreamWork:    {messages.SubjectPrepare, "vmprep.asset.>"},
+	} {
+		st, _ := js.Stream(ctx, name)
+		c := st.CachedInfo().Config
+		c.Subjects = old
+		if _, err := js.UpdateStream(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logs.Reset()
+	if _, err := pipeline.Setup(ctx, js, pipeline.SetupConfig{Logger: log}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pipeline.Setup(ctx, js, pipeline.SetupConfig{}); err == nil || !strings.Contains(err.Error(), "vmprep.asset.>") {
-		t.Fatalf("setup against a work stream without the asset subjects: %v", err)
+	for name, want := range map[string][]string{
+		messages.StreamResults: {"vmprep.result.>"},
+		messages.StreamWork:    {messages.SubjectPrepare, messages.SubjectPrepare + ".>", "vmprep.asset.>"},
+	} {
+		st, _ := js.Stream(ctx, name)
+		got := st.CachedInfo().Config.Subjects
+		if !sameStrings(got, want) {
+			t.Errorf("%s subjects %v, want %v", name, got, want)
+		}
 	}
+	s, _ = js.Stream(ctx, messages.StreamResults)
+	if got := s.CachedInfo().Config.MaxAge; got != 24*time.Hour {
+		t.Fatalf("adding subjects reverted the operator's max age to %s", got)
+	}
+	if !strings.Contains(logs.String(), "added the subjects") {
+		t.Errorf("no word about the added subjects: %s", logs.String())
+	}
+}
+
+func sameStrings(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
 }

@@ -88,7 +88,7 @@ func (s *FetcherStage) Handle(ctx context.Context, m stage.Message) ([]stage.Eve
 		return nil, stage.Poison(fmt.Errorf("%w (role %q, digest %q, url %q)", errNoAsset, a.Role, a.Digest, a.URL))
 	}
 	log := s.Logger.With("request_id", ev.RequestID, "asset", a.Role)
-	if s.Requests.Failed(ctx, ev.RequestID) {
+	if s.Requests.Failed(ctx, messages.RequestKey(ev.Namespace, ev.RequestID)) {
 		log.Info("request already failed; not fetching")
 		return nil, nil
 	}
@@ -151,9 +151,9 @@ func (s *FetcherStage) download(ctx context.Context, ev messages.AssetEvent, mov
 			if moved != nil {
 				moved.Store(p.Done)
 			}
-			report(messages.Progress{RequestID: ev.RequestID, Stage: messages.StageFetcher, Step: "fetch", Asset: a.Role, Done: p.Done, Total: p.Total, BytesPerSecond: p.BytesPerSecond})
+			report(messages.Progress{Namespace: ev.Namespace, RequestID: ev.RequestID, Stage: messages.StageFetcher, Step: "fetch", Asset: a.Role, Done: p.Done, Total: p.Total, BytesPerSecond: p.BytesPerSecond})
 		},
-		OnRetry: func(err error) { s.reportRetry(ev.RequestID, a.Role, err) },
+		OnRetry: func(err error) { s.reportRetry(ev.Namespace, ev.RequestID, a.Role, err) },
 	})
 	s.Metrics.OriginBytes(res.Transferred)
 	if err != nil {
@@ -250,7 +250,7 @@ func (s *FetcherStage) downloadAndPut(ctx context.Context, ev messages.AssetEven
 	report := throttled(250*time.Millisecond, s.Progress)
 	info, err := s.Objects.PutFile(wctx, a.Digest, src, func(done int64) {
 		moved.Store(base + done)
-		report(messages.Progress{RequestID: ev.RequestID, Stage: messages.StageFetcher, Step: "store", Asset: a.Role, Done: done, Total: a.Size})
+		report(messages.Progress{Namespace: ev.Namespace, RequestID: ev.RequestID, Stage: messages.StageFetcher, Step: "store", Asset: a.Role, Done: done, Total: a.Size})
 	})
 	if err != nil {
 		if errors.Is(context.Cause(wctx), errLeaseLost) {
@@ -399,7 +399,7 @@ func (s *VerifierStage) verifyObject(ctx context.Context, ev messages.AssetEvent
 	read := runningTotal(func(n int64) { s.Metrics.ObjectStoreBytes(metrics.FromObjectStore, n) })
 	rec, err := s.Verified.Check(ctx, s.Objects, info, a, func(done int64) {
 		read(done)
-		report(messages.Progress{RequestID: ev.RequestID, Stage: messages.StageVerifier, Step: "verify", Asset: a.Role, Done: done, Total: info.Size})
+		report(messages.Progress{Namespace: ev.Namespace, RequestID: ev.RequestID, Stage: messages.StageVerifier, Step: "verify", Asset: a.Role, Done: done, Total: info.Size})
 	})
 	if errors.Is(err, errObjectMismatch) {
 		log.Warn("object does not match its signed digest; deleting it and fetching again", "object", info.Name, "version", info.NUID, "err", err)
@@ -476,7 +476,7 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 		return nil, stage.Poison(fmt.Errorf("converter got a %q asset without a verified blob or object", role))
 	}
 	log := s.Logger.With("request_id", ev.RequestID, "asset", role)
-	if s.Requests.Failed(ctx, ev.RequestID) {
+	if s.Requests.Failed(ctx, messages.RequestKey(ev.Namespace, ev.RequestID)) {
 		log.Info("request already failed; not converting")
 		return nil, nil
 	}
@@ -487,7 +487,7 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 			if step == place.StepPull {
 				pulled(done)
 			}
-			report(messages.Progress{RequestID: ev.RequestID, Stage: messages.StageConverter, Step: step, Asset: r, Done: done, Total: total})
+			report(messages.Progress{Namespace: ev.Namespace, RequestID: ev.RequestID, Stage: messages.StageConverter, Step: step, Asset: r, Done: done, Total: total})
 		}}
 	var blob store.BlobInfo
 	if s.Objects == nil {

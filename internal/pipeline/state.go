@@ -14,6 +14,8 @@ import (
 // requestState is the join record of one request: what it asked for, what
 // it was resolved to, which assets are done, and its result once decided.
 type requestState struct {
+	// Namespace is the requester's (messages.PrepareSubject).
+	Namespace      string             `json:"namespace,omitempty"`
 	Spec           catalog.ImageSpec  `json:"spec"`
 	Format         catalog.DiskFormat `json:"format"`
 	Target         string             `json:"target,omitempty"`

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/vmprep/vmprep/pkg/digest"
@@ -85,11 +86,62 @@ const (
 	StageCollector = "collector"
 )
 
-// ResultSubject is where the result of request id is published.
+// Namespaces keep clients apart. A client that publishes its requests to
+// vmprep.prepare.<ns> gets its results on vmprep.result.<ns>.<id> and its
+// progress on vmprep.progress.<ns>.<id>, and its request ids are its own:
+// NATS permissions that pin a user to one namespace keep users from reading
+// (or answering) each other's requests. The namespace comes from the subject
+// a request arrived on, never from its body. Requests published to
+// vmprep.prepare are in the default namespace "".
+
+// PrepareSubject is where requests in namespace ns are published.
+func PrepareSubject(ns string) string {
+	if ns == "" {
+		return SubjectPrepare
+	}
+	return SubjectPrepare + "." + ns
+}
+
+// NamespaceOf returns the namespace of a request that arrived on subject,
+// and whether subject is a prepare subject at all.
+func NamespaceOf(subject string) (string, bool) {
+	if subject == SubjectPrepare {
+		return "", true
+	}
+	ns, ok := strings.CutPrefix(subject, SubjectPrepare+".")
+	if !ok || ValidateNamespace(ns) != nil {
+		return "", false
+	}
+	return ns, true
+}
+
+// ValidateNamespace checks a namespace: one subject token.
+func ValidateNamespace(ns string) error {
+	if !targetPattern.MatchString(ns) {
+		return fmt.Errorf("%w: namespace %q must be 1-64 characters of A-Z a-z 0-9 _ -", ErrInvalidRequest, ns)
+	}
+	return nil
+}
+
+// RequestKey is the request state key of request id in namespace ns.
+func RequestKey(ns, id string) string {
+	if ns == "" {
+		return id
+	}
+	return ns + "." + id
+}
+
+// ResultSubject is where the result of request id (default namespace) is published.
 func ResultSubject(id string) string { return SubjectResultPrefix + id }
 
-// ProgressSubject is where progress of request id is published.
+// ResultSubjectIn is where the result of request id in namespace ns is published.
+func ResultSubjectIn(ns, id string) string { return SubjectResultPrefix + RequestKey(ns, id) }
+
+// ProgressSubject is where progress of request id (default namespace) is published.
 func ProgressSubject(id string) string { return SubjectProgressPrefix + id }
+
+// ProgressSubjectIn is where progress of request id in namespace ns is published.
+func ProgressSubjectIn(ns, id string) string { return SubjectProgressPrefix + RequestKey(ns, id) }
 
 // TargetSubject is where the assets of requests targeted at host go.
 func TargetSubject(host string) string { return SubjectTargetPrefix + host }
@@ -202,6 +254,8 @@ const (
 // AssetEvent follows one asset of one request through the stages.
 type AssetEvent struct {
 	Header
+	// Namespace is the requester's namespace (from the prepare subject).
+	Namespace string     `json:"namespace,omitempty"`
 	RequestID string     `json:"request_id"`
 	Spec      image.Spec `json:"spec"`
 	// Resolved is the image the request resolved to (canonical version,
@@ -277,6 +331,8 @@ func (f *Failure) Error() string {
 // Progress reports bytes done on one asset.
 type Progress struct {
 	Header
+	// Namespace is the requester's namespace.
+	Namespace string `json:"namespace,omitempty"`
 	RequestID string `json:"request_id"`
 	Stage     string `json:"stage"`
 	// Step says what the stage is doing: fetch, store, verify, pull,
@@ -323,6 +379,8 @@ type File struct {
 // Result is the one final answer to a request.
 type Result struct {
 	Header
+	// Namespace is the requester's namespace (see PrepareSubject).
+	Namespace string       `json:"namespace,omitempty"`
 	RequestID string       `json:"request_id"`
 	Status    ResultStatus `json:"status"`
 	// Spec is the image as the request named it (normalized).

@@ -130,6 +130,7 @@ type Runner struct {
 }
 
 type config struct {
+	moreFilters   []string
 	concurrency   int
 	ackWait       time.Duration
 	maxDeliver    int
@@ -178,6 +179,11 @@ func WithMaxDeliver(n int) Option {
 // interval of a fresh BackOff from newBackOff.
 func WithBackoff(newBackOff func() backoff.BackOff) Option {
 	return func(c *config) { c.backoff = newBackOff }
+}
+
+// WithMoreSubjects makes the stage consume these subjects as well as its filter.
+func WithMoreSubjects(subjects ...string) Option {
+	return func(c *config) { c.moreFilters = append(c.moreFilters, subjects...) }
 }
 
 // WithFailure sets the policy for messages that will not be retried any more.
@@ -231,26 +237,39 @@ const crashAllowance = 10
 // server never stops redelivering (MaxDeliver -1): the runner decides when a
 // message has had enough deliveries and ends it with a failure event, so a
 // request always gets an answer.
-func ConsumerConfig(name, filter string, ackWait time.Duration) jetstream.ConsumerConfig {
-	return jetstream.ConsumerConfig{
+func ConsumerConfig(name string, filters []string, ackWait time.Duration) jetstream.ConsumerConfig {
+	c := jetstream.ConsumerConfig{
 		Durable:       name,
-		FilterSubject: filter,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       ackWait,
 		MaxDeliver:    -1,
 		MaxAckPending: 1000,
 	}
+	if len(filters) == 1 {
+		c.FilterSubject = filters[0]
+	} else {
+		c.FilterSubjects = filters
+	}
+	return c
+}
+
+// consumerFilters are the subjects a consumer config filters on.
+func consumerFilters(c jetstream.ConsumerConfig) []string {
+	if c.FilterSubject != "" {
+		return []string{c.FilterSubject}
+	}
+	return c.FilterSubjects
 }
 
 // bindConsumer returns the stage's durable consumer, creating it if absent.
 // The first process to create it sets its ack wait; later processes adopt the
 // server's value, so that every worker's keep-alive matches what the server
 // enforces.
-func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name, filter string, cfg *config) (jetstream.Consumer, error) {
+func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name string, filters []string, cfg *config) (jetstream.Consumer, error) {
 	for attempt := 0; attempt < 3; attempt++ {
 		cons, err := js.Consumer(ctx, stream, name)
 		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			cons, err = js.CreateConsumer(ctx, stream, ConsumerConfig(name, filter, cfg.ackWait))
+			cons, err = js.CreateConsumer(ctx, stream, ConsumerConfig(name, filters, cfg.ackWait))
 			if errors.Is(err, jetstream.ErrConsumerExists) {
 				continue // another process created it first: adopt it
 			}
@@ -259,8 +278,21 @@ func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name, fil
 			return nil, err
 		}
 		info := cons.CachedInfo()
-		if info.Config.FilterSubject != filter {
-			return nil, fmt.Errorf("consumer %s exists with filter %q, want %q: delete it to reconfigure", name, info.Config.FilterSubject, filter)
+		if got := consumerFilters(info.Config); !sameSet(got, filters) {
+			// What the stage consumes is the build's business (a newer build
+			// consumes more subjects): update the filters, nothing else.
+			upd := info.Config
+			upd.FilterSubject, upd.FilterSubjects = "", nil
+			if len(filters) == 1 {
+				upd.FilterSubject = filters[0]
+			} else {
+				upd.FilterSubjects = filters
+			}
+			if cons, err = js.UpdateConsumer(ctx, stream, upd); err != nil {
+				return nil, fmt.Errorf("consumer %s filters %q, want %q: update: %w", name, got, filters, err)
+			}
+			cfg.logger.Warn("updated the consumer's subjects", "stage", name, "from", got, "to", filters)
+			info = cons.CachedInfo()
 		}
 		if got := info.Config.AckWait; got > 0 && got != cfg.ackWait {
 			cfg.logger.Warn("using the existing consumer's ack wait; delete the consumer to change it",
@@ -273,7 +305,8 @@ func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name, fil
 }
 
 // New creates (or updates) the stage's durable consumer on stream and returns a
-// Runner for it. filter is the subject the stage consumes.
+// Runner for it. filter is the subject the stage consumes (WithMoreSubjects
+// adds others).
 func New(ctx context.Context, js jetstream.JetStream, stream, name, filter string, h Handler, opts ...Option) (*Runner, error) {
 	cfg := config{
 		concurrency:   1,
@@ -289,7 +322,7 @@ func New(ctx context.Context, js jetstream.JetStream, stream, name, filter strin
 	for _, o := range opts {
 		o(&cfg)
 	}
-	cons, err := bindConsumer(ctx, js, stream, name, filter, &cfg)
+	cons, err := bindConsumer(ctx, js, stream, name, append([]string{filter}, cfg.moreFilters...), &cfg)
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: create consumer on %s: %w", name, stream, err)
 	}
@@ -543,4 +576,22 @@ func (r *Runner) fail(ctx context.Context, jm jetstream.Msg, m Message, err erro
 		log.Warn("term failed", "err", terr)
 	}
 	return outcome
+}
+
+// sameSet reports whether a and b hold the same strings.
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	seen := map[string]int{}
+	for _, x := range a {
+		seen[x]++
+	}
+	for _, x := range b {
+		if seen[x] == 0 {
+			return false
+		}
+		seen[x]--
+	}
+	return true
 }

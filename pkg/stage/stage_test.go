@@ -330,7 +330,7 @@ func TestDrainTimeoutReturnsWork(t *testing.T) {
 func TestCrashLoopEndsInFailure(t *testing.T) {
 	js := startJS(t)
 	ctx := context.Background()
-	cons, err := js.CreateConsumer(ctx, testStream, stage.ConsumerConfig("worker", inSubject, 30*time.Second))
+	cons, err := js.CreateConsumer(ctx, testStream, stage.ConsumerConfig("worker", []string{inSubject}, 30*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
