@@ -60,6 +60,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	fs.StringVar(&conn.NATSURL, "nats", "", "use a running vmprep deployment at this NATS URL (comma-separated for a cluster) instead of the embedded one")
 	conn.RegisterAuth(fs)
 	target := fs.String("target", "", "with --nats: the host that must end up with the files (a converter started with --target NAME); the result names it and its paths")
+	namespace := fs.String("namespace", os.Getenv("VMPREP_NAMESPACE"), "with --nats: publish to vmprep.prepare.NAMESPACE and read results there, as a deployment that keeps clients apart requires (env VMPREP_NAMESPACE)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	requestID := fs.String("request-id", "", "request id (default: random); the same id yields the same one result")
 	timeout := fs.Duration("timeout", 0, "give up after this long (default: no limit; slow downloads are fine while bytes flow)")
@@ -133,7 +134,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			return 1
 		}
 		defer nc.Close()
-		if cl, err = client.New(nc); err != nil {
+		if cl, err = client.New(nc, client.WithNamespace(*namespace)); err != nil {
 			fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
 			return 1
 		}

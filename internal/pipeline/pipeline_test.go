@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -677,5 +678,79 @@ func TestRequestIDReuseForAnyClient(t *testing.T) {
 	bad := asAnyClient(t, emb.Conn, request("badformat", "vmdk"), "badformat")
 	if bad.Status != messages.ResultFailed || !strings.Contains(bad.Failure.Cause, `"format": "vmdk" is not a disk format`) || strings.Contains(bad.Failure.Cause, "invalid message") {
 		t.Fatalf("bad format: %+v", bad.Failure)
+	}
+}
+
+// Namespaces keep clients apart: the same request id in two namespaces is
+// two requests, each answered and reported on its own subjects.
+func TestNamespaces(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	e := newEnv(t, m)
+	emb := e.start(t)
+	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+	// Someone listening to the default namespace's subjects hears nothing
+	// of the namespaced requests.
+	leak, err := emb.Conn.SubscribeSync("vmprep.*.same-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := map[string]messages.Result{}
+	for ns, format := range map[string]catalog.DiskFormat{"alice": catalog.FormatQCOW2, "bob": catalog.FormatRaw} {
+		c, err := client.New(emb.Conn, client.WithNamespace(ns))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var progress []messages.Progress
+		var mu sync.Mutex
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		res, err := c.Prepare(ctx, client.Request{RequestID: "same-id", Spec: spec, Format: format}, client.WithProgress(func(p messages.Progress) {
+			mu.Lock()
+			progress = append(progress, p)
+			mu.Unlock()
+		}))
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v", ns, err)
+		}
+		if res.Namespace != ns || res.Format != format || res.Status != messages.ResultPrepared {
+			t.Fatalf("%s: %+v", ns, res)
+		}
+		mu.Lock()
+		for _, p := range progress {
+			if p.Namespace != ns {
+				t.Errorf("%s heard progress of namespace %q", ns, p.Namespace)
+			}
+		}
+		mu.Unlock()
+		results[ns] = res
+	}
+	if results["alice"].DiskFormat == results["bob"].DiskFormat {
+		t.Fatal("one id in two namespaces gave one answer")
+	}
+	if msg, err := leak.NextMsg(200 * time.Millisecond); err == nil {
+		t.Fatalf("a default-namespace subscriber heard %s", msg.Subject)
+	}
+	// A malformed namespace never becomes a request.
+	js, _ := jetstream.New(emb.Conn)
+	if _, err := js.Publish(context.Background(), "vmprep.prepare.bad.ns", []byte(`{"v":1,"type":"prepare.request","request_id":"x","spec":{"distro":"ubuntu","version":"24.04"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.New(emb.Conn, client.WithNamespace("bad.ns")); err == nil {
+		t.Fatal("a namespace with a dot was accepted")
+	}
+	dead, err := js.Stream(context.Background(), messages.StreamDead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		msg, err := dead.GetLastMsgForSubject(context.Background(), messages.DeadSubject(messages.StageResolver))
+		if err == nil && strings.Contains(string(msg.Data), "not a request subject") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no dead letter for the malformed namespace (%v)", err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -63,14 +63,34 @@ func NewRequestID() string {
 
 // Client talks to one vmprep deployment over a NATS connection.
 type Client struct {
-	nc    *nats.Conn
-	js    jetstream.JetStream
-	owned bool
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	owned     bool
+	namespace string
+}
+
+// Option configures a Client.
+type Option func(*Client) error
+
+// WithNamespace makes the client publish its requests to
+// vmprep.prepare.<ns> and read their results and progress under that
+// namespace, where its request ids are its own. A deployment's NATS
+// permissions may pin a user to one namespace (see deploy/).
+func WithNamespace(ns string) Option {
+	return func(c *Client) error {
+		if ns != "" {
+			if err := messages.ValidateNamespace(ns); err != nil {
+				return err
+			}
+		}
+		c.namespace = ns
+		return nil
+	}
 }
 
 // New returns a client on an existing connection; the caller keeps it and
 // closes it.
-func New(nc *nats.Conn) (*Client, error) {
+func New(nc *nats.Conn, opts ...Option) (*Client, error) {
 	if nc == nil {
 		return nil, errors.New("client: nil NATS connection")
 	}
@@ -78,8 +98,17 @@ func New(nc *nats.Conn) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	return &Client{nc: nc, js: js}, nil
+	c := &Client{nc: nc, js: js}
+	for _, o := range opts {
+		if err := o(c); err != nil {
+			return nil, fmt.Errorf("client: %w", err)
+		}
+	}
+	return c, nil
 }
+
+// Namespace is the namespace the client's requests are in ("" for the default).
+func (c *Client) Namespace() string { return c.namespace }
 
 // Connect connects to the NATS server(s) at url (comma-separated) and
 // returns a client that owns the connection: Close closes it.
@@ -170,7 +199,7 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 		sync.Mutex
 		what string
 	}
-	sub, err := c.nc.Subscribe(messages.ProgressSubject(req.RequestID), func(m *nats.Msg) {
+	sub, err := c.nc.Subscribe(messages.ProgressSubjectIn(c.namespace, req.RequestID), func(m *nats.Msg) {
 		var p Progress
 		if messages.Decode(m.Data, messages.TypeProgress, &p) != nil {
 			return
@@ -191,7 +220,7 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 	// Subscribe to the result before publishing, from the last stored one, so
 	// neither a fast answer nor an earlier answer to the same id is missed.
 	cons, err := c.js.OrderedConsumer(ctx, messages.StreamResults, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{messages.ResultSubject(req.RequestID)},
+		FilterSubjects: []string{messages.ResultSubjectIn(c.namespace, req.RequestID)},
 		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
 	})
 	if err != nil {
@@ -204,8 +233,8 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 	// The publication id names the request's content: a retried publish of
 	// this request is deduplicated, a request for another image with the
 	// same id is not (the deployment answers it with a refusal).
-	msgID := "prepare." + req.RequestID + "." + req.Fingerprint()
-	if _, err := c.js.Publish(ctx, messages.SubjectPrepare, data, jetstream.WithMsgID(msgID)); err != nil {
+	msgID := "prepare." + messages.RequestKey(c.namespace, req.RequestID) + "." + req.Fingerprint()
+	if _, err := c.js.Publish(ctx, messages.PrepareSubject(c.namespace), data, jetstream.WithMsgID(msgID)); err != nil {
 		return Result{}, fmt.Errorf("publish prepare request: %w", err)
 	}
 	nudged := false
@@ -237,7 +266,7 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 			// once more under a fresh id, which the deployment answers.
 			if !nudged {
 				nudged = true
-				if _, err := c.js.Publish(ctx, messages.SubjectPrepare, data, jetstream.WithMsgID(msgID+"."+NewRequestID())); err != nil {
+				if _, err := c.js.Publish(ctx, messages.PrepareSubject(c.namespace), data, jetstream.WithMsgID(msgID+"."+NewRequestID())); err != nil {
 					return Result{}, fmt.Errorf("publish prepare request: %w", err)
 				}
 			}
