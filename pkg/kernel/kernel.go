@@ -18,7 +18,7 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
-	"github.com/vmprep/vmprep/pkg/store"
+	"github.com/vmprep/vmprep/internal/atomicfile"
 )
 
 // MaxUncompressedSize bounds the output: real kernels are tens of MiB, so
@@ -162,7 +162,7 @@ func Unpack(ctx context.Context, src, dst string, maxSize int64) error {
 		return &Error{Path: src, Err: err}
 	}
 	defer dec.Close()
-	return store.WriteAtomic(dst, 0o444, func(f *os.File) error {
+	return atomicfile.Write(dst, 0o444, func(f *os.File) error {
 		n, err := io.Copy(f, io.LimitReader(ctxReader{ctx, dec}, maxSize+1))
 		switch {
 		case ctx.Err() != nil:

@@ -11,6 +11,8 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+
+	"github.com/vmprep/vmprep/internal/atomicfile"
 )
 
 // ConvertStats summarises a conversion.
@@ -120,61 +122,27 @@ func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertO
 	}
 	stats.SourceFormat = format
 
-	tmp, err := os.CreateTemp(filepath.Dir(dstPath), "."+filepath.Base(dstPath)+".tmp-*")
-	if err != nil {
-		return stats, err
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
+	err = atomicfile.Write(dstPath, 0o644, func(tmp *os.File) error {
+		if err := tmp.Truncate(stats.VirtualSize); err != nil {
+			if errors.Is(err, syscall.EFBIG) {
+				return fmt.Errorf("%s: the raw output would be %d bytes, larger than the file system of %s allows: %w",
+					srcPath, stats.VirtualSize, filepath.Dir(dstPath), err)
+			}
+			return err
 		}
-	}()
-	if err = tmp.Truncate(stats.VirtualSize); err != nil {
-		if errors.Is(err, syscall.EFBIG) {
-			return stats, fmt.Errorf("%s: the raw output would be %d bytes, larger than the file system of %s allows: %w",
-				srcPath, stats.VirtualSize, filepath.Dir(dstPath), err)
-		}
-		return stats, err
-	}
-	cfg.workers = min(cfg.workers, maxWorkers(img, cfg.chunkBytes))
-	e := &engine{cfg: cfg, img: img, src: src, dst: tmp, size: stats.VirtualSize}
-	e.writeback = newWriteback(tmp)
-	defer e.writeback.close()
-	stats.DataBytes, err = e.run(ctx)
-	e.writeback.close() // no kicks once we fsync and close
-	if err != nil {
-		if img != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		cfg.workers = min(cfg.workers, maxWorkers(img, cfg.chunkBytes))
+		e := &engine{cfg: cfg, img: img, src: src, dst: tmp, size: stats.VirtualSize}
+		e.writeback = newWriteback(tmp)
+		defer e.writeback.close()
+		var err error
+		stats.DataBytes, err = e.run(ctx)
+		e.writeback.close() // no kicks once the file is fsynced and closed
+		if err != nil && img != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("%s: %w", srcPath, err)
 		}
-		return stats, err
-	}
-	if err = tmp.Chmod(0o644); err != nil {
-		return stats, err
-	}
-	if err = tmp.Sync(); err != nil {
-		return stats, err
-	}
-	if err = tmp.Close(); err != nil {
-		return stats, err
-	}
-	if err = os.Rename(tmp.Name(), dstPath); err != nil {
-		return stats, err
-	}
-	if err = syncDir(filepath.Dir(dstPath)); err != nil {
-		// The data is in place; a failed directory sync only weakens durability.
-		return stats, fmt.Errorf("sync directory of %s: %w", dstPath, err)
-	}
-	return stats, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
 		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	})
+	return stats, err
 }
 
 // workerBudget bounds the buffers of all workers together, keeping the

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/pkg/digest"
 )
 
@@ -371,10 +372,10 @@ func (s *Store) Commit(ctx context.Context, ingestPath string, expected digest.D
 	if err := os.Rename(src, final); err != nil {
 		return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
 	}
-	if err := syncDir(filepath.Dir(final)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(final)); err != nil {
 		return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
 	}
-	if err := syncDir(filepath.Dir(src)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(src)); err != nil {
 		return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
 	}
 	s.step("commit:renamed")
@@ -398,7 +399,7 @@ func (s *Store) writeAlias(exp digest.Digest, sha256Hex string) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return fmt.Errorf("store: alias %s: %w", exp, err)
 	}
-	if err := writeFileAtomic(p, []byte(sha256Hex+"\n"), 0o644); err != nil {
+	if err := atomicfile.WriteFile(p, []byte(sha256Hex+"\n"), 0o644); err != nil {
 		return fmt.Errorf("store: alias %s: %w", exp, err)
 	}
 	return nil
@@ -494,10 +495,10 @@ func (s *Store) quarantine(path string, note quarantineNote) (string, error) {
 		s.log.Warn("store: bad file removed", "path", path, "reason", note.Reason, "move_err", err)
 		return "", nil
 	}
-	_ = syncDir(filepath.Dir(path))
-	_ = syncDir(filepath.Dir(dst))
+	_ = atomicfile.SyncDir(filepath.Dir(path))
+	_ = atomicfile.SyncDir(filepath.Dir(dst))
 	b, _ := json.MarshalIndent(note, "", "  ")
-	if err := writeFileAtomic(dst+".note.json", append(b, '\n'), 0o644); err != nil {
+	if err := atomicfile.WriteFile(dst+".note.json", append(b, '\n'), 0o644); err != nil {
 		s.log.Warn("store: cannot write quarantine note", "path", dst, "err", err)
 	}
 	s.log.Warn("store: quarantined", "path", path, "to", dst, "reason", note.Reason,

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/pkg/digest"
 )
 
@@ -380,7 +381,7 @@ func TestConcurrentCommitSameDigest(t *testing.T) {
 			}
 			for _, dir := range []string{dirIngest, dirQuarantine, filepath.Join(dirStamps, "blobs"), filepath.Join(dirIndex, "sha512")} {
 				for _, n := range dirNames(t, filepath.Join(s.Root(), dir)) {
-					if dir == dirIngest || isTempName(n) || dir == dirQuarantine {
+					if dir == dirIngest || atomicfile.IsTemp(n) || dir == dirQuarantine {
 						t.Errorf("left in %s: %s", dir, n)
 					}
 				}

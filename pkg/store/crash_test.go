@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vmprep/vmprep/internal/atomicfile"
 )
 
 // runKilled runs a helper process that SIGKILLs itself at step and checks
@@ -31,7 +33,7 @@ func runKilled(t *testing.T, mode, root, step string, env ...string) {
 func checkNoDebris(t *testing.T, s *Store) {
 	t.Helper()
 	_ = filepath.WalkDir(s.Root(), func(p string, de fs.DirEntry, err error) error {
-		if err == nil && !de.IsDir() && (isTempName(de.Name()) || filepath.Dir(p) == s.path(dirIngest)) {
+		if err == nil && !de.IsDir() && (atomicfile.IsTemp(de.Name()) || filepath.Dir(p) == s.path(dirIngest)) {
 			t.Errorf("left behind: %s", p)
 		}
 		return nil
@@ -171,7 +173,7 @@ func derivedTemps(t *testing.T, s *Store, k DerivedKey) []string {
 	}
 	var out []string
 	for _, n := range dirNames(t, s.path(dirDerived)) {
-		if strings.HasPrefix(n, "."+name+tempMarker) {
+		if strings.HasPrefix(n, atomicfile.TempPrefix(name)) {
 			out = append(out, n)
 		}
 	}
@@ -196,7 +198,7 @@ func TestPutDerivedRemovesKilledProducersTemp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherTemp := filepath.Join(s.path(dirDerived), "."+otherName+tempMarker+"123")
+	otherTemp := filepath.Join(s.path(dirDerived), atomicfile.TempPrefix(otherName)+"123")
 	if err := os.WriteFile(otherTemp, []byte("another key at work"), 0o644); err != nil {
 		t.Fatal(err)
 	}

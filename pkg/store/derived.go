@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/pkg/digest"
 )
 
@@ -242,7 +243,7 @@ func (s *Store) removeKilledTemps(name string) {
 		s.log.Warn("store: cannot list derived files", "dir", dir, "err", err)
 		return
 	}
-	prefix := "." + name + tempMarker
+	prefix := atomicfile.TempPrefix(name)
 	for _, e := range ents {
 		if strings.HasPrefix(e.Name(), prefix) {
 			s.log.Info("store: removing a killed producer's temporary file", "path", filepath.Join(dir, e.Name()))

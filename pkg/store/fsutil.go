@@ -6,78 +6,20 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
-)
 
-// tempMarker is part of every temporary name the store (and WriteAtomic)
-// creates, so GC can recognise leftovers of a crash.
-const tempMarker = ".tmp-"
+	"github.com/vmprep/vmprep/internal/atomicfile"
+)
 
 // WriteAtomic publishes dst: write is called with a temporary file in dst's
 // directory (named ".<base>.tmp-*", which GC removes when stale); the file is
 // then chmodded to perm, fsynced, renamed to dst and the directory fsynced.
-// On any error the temporary file is removed and dst is untouched.
+// On any error before the rename the temporary file is removed and dst is
+// untouched; write's own error is returned as it is.
 // Producers given a path by PutDerived may use it.
-func WriteAtomic(dst string, perm os.FileMode, write func(f *os.File) error) (err error) {
-	dir, base := filepath.Split(dst)
-	if dir == "" {
-		dir = "."
-	}
-	f, err := os.CreateTemp(dir, "."+base+tempMarker+"*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err = write(f); err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	if err = f.Chmod(perm); err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("write %s: fsync: %w", dst, err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	if err = os.Rename(tmp, dst); err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	if err = syncDir(dir); err != nil {
-		return fmt.Errorf("write %s: %w", dst, err)
-	}
-	return nil
-}
-
-func writeFileAtomic(dst string, data []byte, perm os.FileMode) error {
-	return WriteAtomic(dst, perm, func(f *os.File) error {
-		_, err := f.Write(data)
-		return err
-	})
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	if runtime.GOOS == "windows" {
-		return nil // directories cannot be fsynced there; renames are journalled
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("fsync dir: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync dir %s: %w", dir, err)
-	}
-	return nil
+func WriteAtomic(dst string, perm os.FileMode, write func(f *os.File) error) error {
+	return atomicfile.Write(dst, perm, write)
 }
 
 // errDamaged marks a store metadata file that cannot be what the store
@@ -138,8 +80,6 @@ func validComponent(what, v string) error {
 	}
 	return nil
 }
-
-func isTempName(name string) bool { return strings.Contains(name, tempMarker) }
 
 func notExist(err error) bool { return errors.Is(err, os.ErrNotExist) }
 

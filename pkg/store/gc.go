@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/pkg/digest"
 )
 
@@ -281,7 +282,7 @@ func (g *gcRun) orphans() error {
 			return fmt.Errorf("store: gc: %w", err)
 		}
 		for _, de := range ents {
-			if isTempName(de.Name()) || exists(de.Name()) {
+			if atomicfile.IsTemp(de.Name()) || exists(de.Name()) {
 				continue
 			}
 			g.remove(GCItem{Kind: kind, Path: filepath.Join(dir, de.Name()), Reason: "orphaned " + kind})

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 )
@@ -83,9 +84,9 @@ func newGCFixture(t *testing.T) *gcFixture {
 	held := sha512Of([]byte("held download"))
 	f.heldPartial = mk(s.IngestPath(held), true)
 	f.releaseHeld = holdLockInChild(t, s.Root(), held.String())
-	f.staleTemp = mk(filepath.Join(s.Root(), dirBlobs, "sha256", ".x"+tempMarker+"1"), true)
-	f.freshTemp = mk(filepath.Join(s.Root(), dirRecords, ".y.json"+tempMarker+"2"), false)
-	f.freshDerivedTemp = mk(filepath.Join(s.Root(), dirDerived, ".z"+tempMarker+"3"), false)
+	f.staleTemp = mk(filepath.Join(s.Root(), dirBlobs, "sha256", ".x"+atomicfile.TempMarker+"1"), true)
+	f.freshTemp = mk(filepath.Join(s.Root(), dirRecords, ".y.json"+atomicfile.TempMarker+"2"), false)
+	f.freshDerivedTemp = mk(filepath.Join(s.Root(), dirDerived, ".z"+atomicfile.TempMarker+"3"), false)
 	dir, _ := s.ImageDir(noble)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -198,7 +199,7 @@ func TestGCWaitsForWriters(t *testing.T) {
 		t.Errorf("GC during a write = %v, want it to wait until ctx expires", err)
 	}
 	// A producer's fresh temporary is not garbage while a writer runs.
-	tmp := filepath.Join(s.Root(), dirDerived, ".out"+tempMarker+"1")
+	tmp := filepath.Join(s.Root(), dirDerived, ".out"+atomicfile.TempMarker+"1")
 	if err := os.WriteFile(tmp, []byte("being written"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +315,7 @@ func TestList(t *testing.T) {
 // TestGCReportsFailures: what GC cannot remove is reported, not just logged.
 func TestGCReportsFailures(t *testing.T) {
 	s := newStore(t)
-	debris := filepath.Join(s.Root(), dirDerived, ".x"+tempMarker+"1")
+	debris := filepath.Join(s.Root(), dirDerived, ".x"+atomicfile.TempMarker+"1")
 	if err := os.MkdirAll(filepath.Join(debris, "inner"), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -2,15 +2,13 @@ package store
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/pkg/catalog"
 )
 
@@ -62,7 +60,7 @@ func (s *Store) LinkImage(spec catalog.ImageSpec, name string, target string) (s
 	if err := validComponent("link name", name); err != nil {
 		return "", fmt.Errorf("store: link: %w", err)
 	}
-	if isTempName(name) {
+	if atomicfile.IsTemp(name) {
 		return "", fmt.Errorf("store: link: %w: %q looks like a temporary name", ErrInvalidName, name)
 	}
 	abs, err := filepath.Abs(target)
@@ -84,7 +82,7 @@ func (s *Store) LinkImage(spec catalog.ImageSpec, name string, target string) (s
 	if err != nil {
 		return "", fmt.Errorf("store: link %s: target: %w", name, err)
 	}
-	if !fi.Mode().IsRegular() || isTempName(filepath.Base(abs)) {
+	if !fi.Mode().IsRegular() || atomicfile.IsTemp(filepath.Base(abs)) {
 		return "", fmt.Errorf("store: link %s: %w: target %s is not a published file", name, ErrInvalidName, abs)
 	}
 	rel, err := filepath.Rel(s.root, dir)
@@ -103,35 +101,10 @@ func (s *Store) LinkImage(spec catalog.ImageSpec, name string, target string) (s
 		// rename cannot replace it, and no retry will: say what is in the way.
 		return "", fmt.Errorf("store: link %s: %w: %s is a directory, not a link", name, ErrInvalidName, link)
 	}
-	tmp, err := symlinkTemp(rel, dir, name)
-	if err != nil {
-		return "", fmt.Errorf("store: link %s: %w", link, err)
-	}
-	if err := os.Rename(tmp, link); err != nil {
-		os.Remove(tmp)
-		return "", fmt.Errorf("store: link %s: %w", link, err)
-	}
-	if err := syncDir(dir); err != nil {
-		return "", fmt.Errorf("store: link %s: %w", link, err)
+	if err := atomicfile.Symlink(rel, link); err != nil {
+		return "", fmt.Errorf("store: %w", err)
 	}
 	return link, nil
-}
-
-// symlinkTemp creates a symlink to target at a fresh temporary name in dir.
-func symlinkTemp(target, dir, name string) (string, error) {
-	for range 10 {
-		var r [8]byte
-		_, _ = rand.Read(r[:])
-		tmp := filepath.Join(dir, "."+name+tempMarker+hex.EncodeToString(r[:]))
-		err := os.Symlink(target, tmp)
-		if err == nil {
-			return tmp, nil
-		}
-		if !errors.Is(err, os.ErrExist) {
-			return "", err
-		}
-	}
-	return "", fmt.Errorf("no free temporary name in %s", dir)
 }
 
 func (s *Store) recordPath(spec catalog.ImageSpec) (string, error) {
@@ -160,7 +133,7 @@ func (s *Store) SaveResolution(ctx context.Context, r catalog.Resolution) error 
 	if _, err := s.mkdirInRoot(dirRecords, sp[0], sp[1]); err != nil {
 		return fmt.Errorf("store: record %s: %w", path, err)
 	}
-	if err := writeFileAtomic(path, append(b, '\n'), 0o644); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("store: record: %w", err)
 	}
 	return nil

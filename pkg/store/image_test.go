@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/pkg/catalog"
 )
 
@@ -76,7 +77,7 @@ func TestLinkImageReplaceIsAtomic(t *testing.T) {
 		t.Errorf("%d of %d reads saw no valid link", failures.Load(), reads.Load())
 	}
 	for _, n := range dirNames(t, filepath.Dir(link)) {
-		if isTempName(n) {
+		if atomicfile.IsTemp(n) {
 			t.Errorf("temporary left: %s", n)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 )
@@ -80,7 +81,7 @@ func (s *Store) scan(ctx context.Context) (*inventory, error) {
 	for _, de := range ents {
 		name := de.Name()
 		p := filepath.Join(blobDir, name)
-		if isTempName(name) {
+		if atomicfile.IsTemp(name) {
 			inv.temps = append(inv.temps, p)
 			continue
 		}
@@ -136,7 +137,7 @@ func (s *Store) scan(ctx context.Context) (*inventory, error) {
 	for _, de := range ents {
 		name := de.Name()
 		p := filepath.Join(idxDir, name)
-		if isTempName(name) {
+		if atomicfile.IsTemp(name) {
 			inv.temps = append(inv.temps, p)
 			continue
 		}
@@ -161,7 +162,7 @@ func (s *Store) scan(ctx context.Context) (*inventory, error) {
 			return nil, err
 		}
 		for _, de := range ents {
-			if isTempName(de.Name()) {
+			if atomicfile.IsTemp(de.Name()) {
 				inv.temps = append(inv.temps, filepath.Join(dir, de.Name()))
 			}
 		}
@@ -200,7 +201,7 @@ func walkFiles(ctx context.Context, root string, inv *inventory, fn func(p strin
 		if de.IsDir() {
 			return nil
 		}
-		if isTempName(de.Name()) {
+		if atomicfile.IsTemp(de.Name()) {
 			inv.temps = append(inv.temps, p)
 			return nil
 		}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 )
@@ -80,7 +81,7 @@ func (s *Store) SaveSerialResolution(ctx context.Context, r catalog.Resolution) 
 	if _, err := s.mkdirInRoot(dir...); err != nil {
 		return fmt.Errorf("store: record %s: %w", path, err)
 	}
-	if err := writeFileAtomic(path, append(b, '\n'), 0o644); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("store: record: %w", err)
 	}
 	return nil
@@ -126,7 +127,7 @@ func (s *Store) RecordedSerials(ctx context.Context, spec catalog.ImageSpec) ([]
 	var out []string
 	for _, de := range ents {
 		serial, ok := strings.CutSuffix(de.Name(), ".json")
-		if ok && de.Type().IsRegular() && !isTempName(de.Name()) && image.CheckSerial(serial) == nil {
+		if ok && de.Type().IsRegular() && !atomicfile.IsTemp(de.Name()) && image.CheckSerial(serial) == nil {
 			out = append(out, serial)
 		}
 	}
@@ -200,7 +201,7 @@ func (s *Store) RaiseNewestSerial(ctx context.Context, spec catalog.ImageSpec, s
 	if _, err := s.mkdirInRoot(dir...); err != nil {
 		return SerialMark{}, fmt.Errorf("store: serial mark %s: %w", path, err)
 	}
-	if err := writeFileAtomic(path, append(b, '\n'), 0o644); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o644); err != nil {
 		return SerialMark{}, fmt.Errorf("store: serial mark: %w", err)
 	}
 	return m, nil
@@ -232,7 +233,7 @@ func (s *Store) SetViewSerial(spec catalog.ImageSpec) error {
 	if _, err := s.mkdirInRoot(dir...); err != nil {
 		return fmt.Errorf("store: view serial %s: %w", path, err)
 	}
-	if err := writeFileAtomic(path, []byte(spec.Serial+"\n"), 0o444); err != nil {
+	if err := atomicfile.WriteFile(path, []byte(spec.Serial+"\n"), 0o444); err != nil {
 		return fmt.Errorf("store: view serial: %w", err)
 	}
 	return nil
@@ -266,7 +267,7 @@ func (s *Store) RecordedImages(ctx context.Context, distro string) ([]catalog.Im
 		}
 		for _, a := range arches {
 			arch, ok := strings.CutSuffix(a.Name(), ".json")
-			if !ok || !a.Type().IsRegular() || isTempName(a.Name()) || validComponent("arch", arch) != nil {
+			if !ok || !a.Type().IsRegular() || atomicfile.IsTemp(a.Name()) || validComponent("arch", arch) != nil {
 				continue
 			}
 			spec := catalog.ImageSpec{Distro: d, Version: v.Name(), Arch: catalog.Arch(arch)}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"time"
+
+	"github.com/vmprep/vmprep/internal/atomicfile"
 )
 
 // stamp is what os.Stat said about a file right after the store verified and
@@ -60,7 +62,7 @@ func writeStamp(path string, st stamp) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, append(b, '\n'), 0o644)
+	return atomicfile.WriteFile(path, append(b, '\n'), 0o644)
 }
 
 // stampMatches reports whether the file at path (already Lstat-ed as fi) still
