@@ -324,7 +324,7 @@ func (fe *fetch) copyBody(ctx, actx context.Context, body io.Reader, stall *time
 			}
 			fe.pipe.submit(c, n)
 			fe.have += int64(n)
-			fe.wb.written(fe.have)
+			fe.wb.Wrote(int64(n))
 			fe.transferred += int64(n)
 		} else {
 			fe.pipe.put(c)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gofrs/flock"
+	"github.com/vmprep/vmprep/internal/writeback"
 	"github.com/vmprep/vmprep/pkg/digest"
 )
 
@@ -99,8 +100,8 @@ func (c *Client) Fetch(ctx context.Context, req Request) (Result, error) {
 	}
 	fe.pipe = newHashPipe(c.ringBuffers, c.bufferSize, hashes...)
 	defer fe.pipe.close()
-	fe.wb = newWriteback(f)
-	defer fe.wb.close()
+	fe.wb = writeback.Start(f, writebackChunk)
+	defer fe.wb.Close()
 	fe.start = time.Now()
 
 	if err := fe.loadPartial(ctx); err != nil {
@@ -166,13 +167,18 @@ func lockPath(ctx context.Context, path string) (*flock.Flock, error) {
 	}
 }
 
+// writebackChunk is how much newly written data makes us ask the kernel to
+// start writing it to disk. Doing so during the download leaves little for
+// the final fsync, which would otherwise flush the whole file at the end.
+const writebackChunk = 32 << 20
+
 // fetch is the state of one Fetch across its attempts.
 type fetch struct {
 	c    *Client
 	req  Request
 	f    *os.File
 	pipe *hashPipe
-	wb   *writeback
+	wb   *writeback.Writeback
 
 	sha256 hash.Hash
 	alt    hash.Hash // the expected algorithm's hash when it is not SHA-256

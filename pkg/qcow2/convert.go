@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/vmprep/vmprep/internal/atomicfile"
+	"github.com/vmprep/vmprep/internal/writeback"
 )
 
 // ConvertStats summarises a conversion.
@@ -132,11 +133,11 @@ func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertO
 		}
 		cfg.workers = min(cfg.workers, maxWorkers(img, cfg.chunkBytes))
 		e := &engine{cfg: cfg, img: img, src: src, dst: tmp, size: stats.VirtualSize}
-		e.writeback = newWriteback(tmp)
-		defer e.writeback.close()
+		e.writeback = writeback.Start(tmp, writebackEvery)
+		defer e.writeback.Close()
 		var err error
 		stats.DataBytes, err = e.run(ctx)
-		e.writeback.close() // no kicks once the file is fsynced and closed
+		e.writeback.Close() // no kicks once the file is fsynced and closed
 		if err != nil && img != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("%s: %w", srcPath, err)
 		}
@@ -170,7 +171,7 @@ type engine struct {
 	dst       io.WriterAt
 	writeMu   sync.Mutex // serialises writes to dst
 	size      int64
-	writeback *writeback // optional: starts flushing written data early
+	writeback *writeback.Writeback // optional: starts flushing written data early
 }
 
 type job struct {
@@ -347,7 +348,7 @@ func (w *worker) process(j job) (int64, error) {
 func (w *worker) processAndFlush(j job) (int64, error) {
 	n, err := w.process(j)
 	if err == nil && n > 0 && w.e.writeback != nil && hasCompressed(j.ms) {
-		w.e.writeback.wrote(n)
+		w.e.writeback.Wrote(n)
 	}
 	return n, err
 }
@@ -421,51 +422,3 @@ func (w *worker) writeNonZero(b []byte, base int64, filled []bool) (int64, error
 
 // writebackEvery is how much newly written data triggers a writeback kick.
 const writebackEvery = 64 << 20
-
-// writeback starts the kernel writing the output's dirty pages to disk in
-// the background while conversion goes on, so that the final fsync finds
-// little left to do. Kicks come from a goroutine of its own: workers never
-// wait for them.
-type writeback struct {
-	f         *os.File
-	mu        sync.Mutex
-	pending   int64
-	kick      chan struct{}
-	done      chan struct{}
-	closeOnce sync.Once
-}
-
-func newWriteback(f *os.File) *writeback {
-	wb := &writeback{f: f, kick: make(chan struct{}, 1), done: make(chan struct{})}
-	go func() {
-		defer close(wb.done)
-		for range wb.kick {
-			startWriteback(f, 0, 0) // 0, 0: the whole file
-		}
-	}()
-	return wb
-}
-
-func (wb *writeback) wrote(n int64) {
-	wb.mu.Lock()
-	wb.pending += n
-	fire := wb.pending >= writebackEvery
-	if fire {
-		wb.pending = 0
-	}
-	wb.mu.Unlock()
-	if fire {
-		select {
-		case wb.kick <- struct{}{}:
-		default: // a kick is already queued
-		}
-	}
-}
-
-// close stops the kicking goroutine and waits for it; it is idempotent.
-func (wb *writeback) close() {
-	wb.closeOnce.Do(func() {
-		close(wb.kick)
-		<-wb.done
-	})
-}
