@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gofrs/flock"
+	"github.com/vmprep/vmprep/internal/filelock"
 	"github.com/vmprep/vmprep/internal/writeback"
 	"github.com/vmprep/vmprep/pkg/digest"
 )
@@ -79,11 +79,11 @@ func (c *Client) Fetch(ctx context.Context, req Request) (Result, error) {
 	}
 	// Serialise fetches of the same file: a second caller waits, then
 	// finds the file complete (or resumes it).
-	lock, err := lockPath(ctx, req.Dest)
+	lock, err := filelock.Acquire(ctx, req.Dest, filelock.MaxPoll(50*time.Millisecond))
 	if err != nil {
 		return Result{}, fe.permanent("lock", 0, err)
 	}
-	defer lock.Close()
+	defer lock.Unlock()
 
 	f, err := os.OpenFile(req.Dest, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
@@ -139,31 +139,6 @@ func (c *Client) Fetch(ctx context.Context, req Request) (Result, error) {
 		res.SHA256 = fe.sha256Digest()
 		res.Digest = got
 		return res, nil
-	}
-}
-
-// lockPath takes an exclusive lock on the file at path, creating it if need
-// be. The file may be removed or renamed (committed) between opening it and
-// locking it (flock reopens the path on each try, so only that window is
-// open); then the lock we got is on a file no longer at path, and we try again.
-func lockPath(ctx context.Context, path string) (*flock.Flock, error) {
-	for {
-		l := flock.New(path, flock.SetPermissions(0o644))
-		if _, err := l.TryLockContext(ctx, 50*time.Millisecond); err != nil {
-			return nil, err
-		}
-		held, err1 := l.Stat()
-		cur, err2 := os.Stat(path)
-		if err1 == nil && err2 == nil && os.SameFile(held, cur) {
-			return l, nil
-		}
-		l.Close()
-		if err1 != nil {
-			return nil, err1
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
 	}
 }
 

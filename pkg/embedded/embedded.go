@@ -18,10 +18,10 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/gofrs/flock"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vmprep/vmprep/internal/filelock"
 	"github.com/vmprep/vmprep/internal/metrics"
 	"github.com/vmprep/vmprep/internal/natsembed"
 	"github.com/vmprep/vmprep/internal/pipeline"
@@ -160,7 +160,7 @@ type Deployment struct {
 	emb    *pipeline.Embedded
 	store  *store.Store
 	client *client.Client
-	lock   *flock.Flock
+	lock   *filelock.Lock
 	tmp    string
 	jsDir  string
 }
@@ -186,7 +186,7 @@ func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
 	if d.store, err = store.Open(c.cacheDir, store.WithLogger(c.logger)); err != nil {
 		return nil, err
 	}
-	if err := d.lockJetStreamDir(c.cacheDir, c.jsDir); err != nil {
+	if err := d.lockJetStreamDir(ctx, c.cacheDir, c.jsDir); err != nil {
 		return nil, err
 	}
 	deps := pipeline.Deps{
@@ -237,7 +237,7 @@ func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
 // <cache>/jetstream if no other process uses it, else a private temporary
 // one (a content store is safe to share between processes; a JetStream
 // directory is not).
-func (d *Deployment) lockJetStreamDir(cacheDir, asked string) error {
+func (d *Deployment) lockJetStreamDir(ctx context.Context, cacheDir, asked string) error {
 	if asked != "" {
 		d.jsDir = asked
 		return os.MkdirAll(asked, 0o755)
@@ -246,11 +246,10 @@ func (d *Deployment) lockJetStreamDir(cacheDir, asked string) error {
 	if err := os.MkdirAll(d.jsDir, 0o755); err != nil {
 		return err
 	}
-	d.lock = flock.New(filepath.Join(cacheDir, "jetstream.lock"))
-	if ok, err := d.lock.TryLock(); err == nil && ok {
+	if l, ok, err := filelock.TryAcquire(ctx, filepath.Join(cacheDir, "jetstream.lock")); err == nil && ok {
+		d.lock = l
 		return nil
 	}
-	d.lock = nil
 	tmp, err := os.MkdirTemp(cacheDir, "jetstream-")
 	if err != nil {
 		return fmt.Errorf("embedded: private JetStream directory: %w", err)

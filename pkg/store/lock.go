@@ -3,14 +3,11 @@ package store
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
-	"time"
 
-	"github.com/gofrs/flock"
-
+	"github.com/vmprep/vmprep/internal/filelock"
 	"github.com/vmprep/vmprep/pkg/digest"
 )
 
@@ -76,52 +73,25 @@ func (t *lockTable) acquire(ctx context.Context, name string, try bool) (release
 	return func() { <-sl.token; t.drop(name, sl) }, true, nil
 }
 
-// fileLock takes a flock on path, polling with growing intervals (flock
-// cannot be interrupted by a context). After taking it, it checks that path
-// still names the locked inode: GC may delete a lock file it holds, and a
-// waiter that opened the old file must then retry on the new one.
+// fileLock takes a flock on path, polling up to s.lockPoll apart, and makes
+// sure the lock is on the file at path now: GC may delete a lock file it
+// holds, and a waiter that opened the old file must then lock the new one.
 func (s *Store) fileLock(ctx context.Context, path string, shared, try bool) (unlock func() error, ok bool, err error) {
-	wait := 2 * time.Millisecond
-	for replaced := 0; ; {
-		if err := ctx.Err(); err != nil {
-			return nil, false, err
-		}
-		fl := flock.New(path, flock.SetPermissions(0o644))
-		var got bool
-		if shared {
-			got, err = fl.TryRLock()
-		} else {
-			got, err = fl.TryLock()
-		}
-		if err != nil {
-			return nil, false, fmt.Errorf("lock %s: %w", path, err)
-		}
-		if got {
-			held, herr := fl.Stat()
-			cur, cerr := os.Stat(path)
-			if herr == nil && cerr == nil && os.SameFile(held, cur) {
-				return fl.Unlock, true, nil
-			}
-			_ = fl.Unlock()
-			// The file was replaced under us: lock the new one. Bounded, so
-			// that a path that never stats the same cannot spin forever.
-			if replaced++; replaced > 100 {
-				return nil, false, fmt.Errorf("lock %s: lock file keeps changing (stat: %v)", path, cerr)
-			}
-			continue
-		}
-		if try {
-			return nil, false, nil
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, false, ctx.Err()
-		case <-t.C:
-		}
-		wait = min(wait*2, s.lockPoll)
+	opts := []filelock.Option{filelock.MaxPoll(s.lockPoll)}
+	if shared {
+		opts = append(opts, filelock.Shared())
 	}
+	var l *filelock.Lock
+	if try {
+		l, ok, err = filelock.TryAcquire(ctx, path, opts...)
+	} else {
+		l, err = filelock.Acquire(ctx, path, opts...)
+		ok = err == nil
+	}
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	return l.Unlock, true, nil
 }
 
 // lock takes the named exclusive lock in namespace ns, in-process and across
