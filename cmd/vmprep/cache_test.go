@@ -43,7 +43,7 @@ func cacheFixture(t *testing.T) (root string, used, unused store.BlobInfo) {
 	used = put(bytes.Repeat([]byte("k"), 3<<20))
 	unused = put([]byte("left over"))
 	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
-	if _, err := st.LinkImage(spec, store.LinkKernel, used.Path); err != nil {
+	if _, err := st.LinkImage(t.Context(), spec, store.LinkKernel, used.Path); err != nil {
 		t.Fatal(err)
 	}
 	raw, err := st.PutDerived(ctx, store.DerivedKey{Source: used.SHA256, Converter: "test-1", Format: "raw"}, func(ctx context.Context, dst string) error {
@@ -52,7 +52,7 @@ func cacheFixture(t *testing.T) (root string, used, unused store.BlobInfo) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.LinkImage(spec, store.LinkDiskRaw, raw); err != nil {
+	if _, err := st.LinkImage(t.Context(), spec, store.LinkDiskRaw, raw); err != nil {
 		t.Fatal(err)
 	}
 	if err := st.SaveResolution(ctx, catalog.Resolution{Spec: spec, Assets: []catalog.Asset{{Role: catalog.RoleKernel, Digest: used.SHA256}}}); err != nil {

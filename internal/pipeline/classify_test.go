@@ -44,7 +44,7 @@ func TestClassify(t *testing.T) {
 	_, truncatedQcow2 := qcow2.OpenFile(write("short.qcow2", []byte("QFI\xfb\x00\x00\x00\x03")))
 	tooBig := st.CheckFree("", 1<<62)
 	plainKernel := kernel.Unpack(context.Background(), write("vmlinuz", make([]byte, 100)), filepath.Join(dir, "vmlinux"), 0)
-	_, badName := st.LinkImage(catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"}, "../escape", filepath.Join(dir, "raw.img"))
+	_, badName := st.LinkImage(t.Context(), catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"}, "../escape", filepath.Join(dir, "raw.img"))
 	cancelled := &download.Error{URL: "https://example.org/d", Op: "request", Err: fmt.Errorf("%w (last error: read body: EOF)", context.DeadlineExceeded)}
 
 	tests := []struct {

@@ -141,7 +141,7 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 			if err != nil {
 				return nil, &assetError{Role: r, Err: err}
 			}
-			view, err := s.Store.LinkImage(img, viewName(ev), path)
+			view, err := s.Store.LinkImage(ctx, img, viewName(ev), path)
 			if err != nil {
 				return nil, &assetError{Role: r, Err: fmt.Errorf("link into the images view: %w", err)}
 			}

@@ -550,7 +550,7 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 		if ev.Target != "" {
 			// The host's own view: links replaced one by one as files arrive.
 			name := place.ViewName(role, status == messages.StatusConverted, format)
-			view, err := s.Store.LinkImage(ev.Image(), name, path)
+			view, err := s.Store.LinkImage(ctx, ev.Image(), name, path)
 			if err != nil {
 				return nil, fmt.Errorf("link %s into the images view: %w", role, err)
 			}

@@ -78,7 +78,7 @@ func (p *Placer) Localize(ctx context.Context, res messages.Result, host string)
 				nf.Size = fi.Size()
 			}
 		}
-		view, err := p.Store.LinkImage(res.Image(), ViewName(role, derived, nf.Format), nf.Path)
+		view, err := p.Store.LinkImage(ctx, res.Image(), ViewName(role, derived, nf.Format), nf.Path)
 		if err != nil {
 			return res, fmt.Errorf("%s: link into the images view: %w", role, err)
 		}

@@ -44,7 +44,7 @@ func newGCFixture(t *testing.T) *gcFixture {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.LinkImage(catalog.ImageSpec{Distro: "debian", Version: "13", Arch: "arm64"}, LinkKernel, f.linked.Path); err != nil {
+	if _, err := s.LinkImage(t.Context(), catalog.ImageSpec{Distro: "debian", Version: "13", Arch: "arm64"}, LinkKernel, f.linked.Path); err != nil {
 		t.Fatal(err)
 	}
 	var calls atomic.Int64
@@ -53,7 +53,7 @@ func newGCFixture(t *testing.T) *gcFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.LinkImage(noble, LinkDiskRaw, f.derivedOfRecorded); err != nil {
+	if _, err := s.LinkImage(t.Context(), noble, LinkDiskRaw, f.derivedOfRecorded); err != nil {
 		t.Fatal(err)
 	}
 	// Output of an older converter for a recorded source: no longer linked.

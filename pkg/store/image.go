@@ -51,8 +51,12 @@ func (s *Store) ImageDir(spec catalog.ImageSpec) (string, error) {
 // must be a blob or derived file of this store, with a relative symlink
 // replaced atomically (symlink at a temporary name, rename). It returns the
 // link's path. It waits while GC runs; a target GC removed meanwhile is an
-// error (fs.ErrNotExist), so the caller fetches or derives it again.
-func (s *Store) LinkImage(spec catalog.ImageSpec, name string, target string) (string, error) {
+// error (fs.ErrNotExist), so the caller fetches or derives it again. The
+// wait for GC ends with ctx.
+func (s *Store) LinkImage(ctx context.Context, spec catalog.ImageSpec, name string, target string) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
 	dir, err := s.ImageDir(spec)
 	if err != nil {
 		return "", err
@@ -73,7 +77,7 @@ func (s *Store) LinkImage(spec catalog.ImageSpec, name string, target string) (s
 	// Shared GC lock: GC must not remove the target (or this link, as
 	// dangling) between its scan and its removals. Checking the target under
 	// the lock means a target GC removed is reported rather than linked.
-	unlockGC, err := s.gcShared(context.Background())
+	unlockGC, err := s.gcShared(ctx)
 	if err != nil {
 		return "", fmt.Errorf("store: link %s: %w", name, err)
 	}

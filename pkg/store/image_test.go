@@ -22,7 +22,7 @@ var noble = catalog.ImageSpec{Distro: "Ubuntu", Version: "24.04", Arch: catalog.
 func TestLinkImage(t *testing.T) {
 	s := newStore(t)
 	a := commit(t, s, content("A", 100))
-	link, err := s.LinkImage(noble, LinkDisk, a.Path)
+	link, err := s.LinkImage(t.Context(), noble, LinkDisk, a.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,12 +41,38 @@ func TestLinkImage(t *testing.T) {
 	}
 }
 
+// TestLinkImageHonoursContext: LinkImage waits while GC runs, but no longer
+// than its context allows, and does nothing once the context has ended.
+func TestLinkImageHonoursContext(t *testing.T) {
+	s := newStore(t)
+	a := commit(t, s, content("A", 100))
+	cancelled, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := s.LinkImage(cancelled, noble, LinkDisk, a.Path); !errors.Is(err, context.Canceled) {
+		t.Fatalf("LinkImage with a cancelled context = %v, want context.Canceled", err)
+	}
+	unlockGC, err := s.gcExclusive(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlockGC()
+	ctx, cancel2 := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel2()
+	if _, err := s.LinkImage(ctx, noble, LinkDisk, a.Path); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("LinkImage while GC runs = %v, want context.DeadlineExceeded", err)
+	}
+	dir, _ := s.ImageDir(noble)
+	if _, err := os.Lstat(filepath.Join(dir, LinkDisk)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("link made although LinkImage failed: %v", err)
+	}
+}
+
 // TestLinkImageReplaceIsAtomic relinks between two blobs while readers keep
 // opening the link: no reader may ever find it missing.
 func TestLinkImageReplaceIsAtomic(t *testing.T) {
 	s := newStore(t)
 	blobs := []BlobInfo{commit(t, s, content("A", 100)), commit(t, s, content("B", 200))}
-	link, err := s.LinkImage(noble, LinkKernel, blobs[0].Path)
+	link, err := s.LinkImage(t.Context(), noble, LinkKernel, blobs[0].Path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +93,7 @@ func TestLinkImageReplaceIsAtomic(t *testing.T) {
 		}()
 	}
 	for i := range 300 {
-		if _, err := s.LinkImage(noble, LinkKernel, blobs[i%2].Path); err != nil {
+		if _, err := s.LinkImage(t.Context(), noble, LinkKernel, blobs[i%2].Path); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -110,7 +136,7 @@ func TestLinkImageRefuses(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := s.LinkImage(tc.spec, tc.link, tc.target); !errors.Is(err, ErrInvalidName) {
+			if _, err := s.LinkImage(t.Context(), tc.spec, tc.link, tc.target); !errors.Is(err, ErrInvalidName) {
 				t.Errorf("LinkImage = %v, want ErrInvalidName", err)
 			}
 		})
@@ -302,15 +328,15 @@ func TestPublishRefusesSymlinkedDirs(t *testing.T) {
 		publish func(s *Store, b BlobInfo) error
 	}{
 		{"images distro", "images/ubuntu", func(s *Store, b BlobInfo) error {
-			_, err := s.LinkImage(noble, LinkKernel, b.Path)
+			_, err := s.LinkImage(t.Context(), noble, LinkKernel, b.Path)
 			return err
 		}},
 		{"images version", "images/ubuntu/24.04", func(s *Store, b BlobInfo) error {
-			_, err := s.LinkImage(noble, LinkKernel, b.Path)
+			_, err := s.LinkImage(t.Context(), noble, LinkKernel, b.Path)
 			return err
 		}},
 		{"images arch", "images/ubuntu/24.04/amd64", func(s *Store, b BlobInfo) error {
-			_, err := s.LinkImage(noble, LinkKernel, b.Path)
+			_, err := s.LinkImage(t.Context(), noble, LinkKernel, b.Path)
 			return err
 		}},
 		{"records distro", "records/ubuntu", func(s *Store, b BlobInfo) error {
@@ -320,7 +346,7 @@ func TestPublishRefusesSymlinkedDirs(t *testing.T) {
 			return s.SaveResolution(ctx, catalog.Resolution{Spec: noble})
 		}},
 		{"images itself", "images", func(s *Store, b BlobInfo) error {
-			_, err := s.LinkImage(noble, LinkKernel, b.Path)
+			_, err := s.LinkImage(t.Context(), noble, LinkKernel, b.Path)
 			return err
 		}},
 	}

@@ -28,7 +28,7 @@ func TestGCDoesNotRaceWithLinkImage(t *testing.T) {
 	linked := make(chan error, 1)
 	s.gcAfterScan = func() {
 		go func() {
-			_, err := s.LinkImage(noble, LinkKernel, b.Path)
+			_, err := s.LinkImage(t.Context(), noble, LinkKernel, b.Path)
 			linked <- err
 		}()
 		// Give an unsynchronised LinkImage every chance to finish inside
