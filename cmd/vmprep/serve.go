@@ -189,7 +189,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	stopHB()
 	<-hbDone
 	if err := d.Close(); err != nil {
-		log.Error("stages stopped with an error", "err", err)
+		log.Error("shutdown incomplete", "err", err)
 		return 1
 	}
 	return 0

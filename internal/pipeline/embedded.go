@@ -19,7 +19,7 @@ type Embedded struct {
 	stages *nats.Conn
 	bound  *Stages
 	cancel context.CancelFunc
-	done   chan error
+	done   chan struct{}
 }
 
 // StartEmbedded starts the server (JetStream files in storeDir; listening on
@@ -41,11 +41,11 @@ func StartEmbeddedServer(ctx context.Context, so natsembed.Options, connOpts []n
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	e := &Embedded{Server: srv, cancel: cancel, done: make(chan error, 1)}
+	e := &Embedded{Server: srv, cancel: cancel, done: make(chan struct{})}
 	if len(stages) == 0 && len(connOpts) == 0 && natsembed.ClientAuth(so.Config) != "" {
 		// A bare server whose configuration authenticates clients, and no
 		// credentials for this process: it serves others, not itself.
-		e.done <- nil
+		close(e.done)
 		return e, nil
 	}
 	connOpts = append([]nats.Option{nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
@@ -76,14 +76,14 @@ func StartEmbeddedServer(ctx context.Context, so natsembed.Options, connOpts []n
 		return fail(fmt.Errorf("start stages: %w", err))
 	}
 	e.bound = st
-	go func() { st.Run(ctx); e.done <- nil }()
+	go func() { st.Run(ctx); close(e.done) }()
 	return e, nil
 }
 
 // Close drains the stages, then stops the server.
-func (e *Embedded) Close() error {
+func (e *Embedded) Close() {
 	e.cancel()
-	err := <-e.done
+	<-e.done
 	if e.stages != nil {
 		e.stages.Close()
 	}
@@ -91,5 +91,4 @@ func (e *Embedded) Close() error {
 		e.Conn.Close()
 	}
 	e.Server.Shutdown()
-	return err
 }

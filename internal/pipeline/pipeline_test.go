@@ -88,7 +88,7 @@ func (e *env) start(t *testing.T) *pipeline.Embedded {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = emb.Close() })
+	t.Cleanup(emb.Close)
 	return emb
 }
 

@@ -104,7 +104,7 @@ func (s *Stages) Run(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_ = r.Run(ctx)
+			r.Run(ctx)
 		}()
 	}
 	wg.Wait()

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -163,6 +164,9 @@ type Deployment struct {
 	lock   *filelock.Lock
 	tmp    string
 	jsDir  string
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Start starts the server and the stages; they run until ctx ends or Close
@@ -214,7 +218,7 @@ func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
 		case StageResolver:
 			cat, err := catalog.New(c.catalogOpts...)
 			if err != nil {
-				d.release()
+				_ = d.release()
 				return nil, err
 			}
 			deps.Resolver = resolve.New(cat, append([]resolve.Option{resolve.WithLogger(c.logger)}, c.resolveOpts...)...)
@@ -224,7 +228,7 @@ func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
 	}
 	d.emb, err = pipeline.StartEmbeddedServer(ctx, natsembed.Options{StoreDir: d.jsDir, Listen: c.listen, Config: c.serverOpts}, c.connOpts, c.stages, deps)
 	if err != nil {
-		d.release()
+		_ = d.release()
 		return nil, err
 	}
 	if d.emb.Conn != nil {
@@ -258,13 +262,21 @@ func (d *Deployment) lockJetStreamDir(ctx context.Context, cacheDir, asked strin
 	return nil
 }
 
-func (d *Deployment) release() {
+// release gives the JetStream directory back: unlocks the shared one or
+// removes the private one.
+func (d *Deployment) release() error {
+	var errs []error
 	if d.lock != nil {
-		_ = d.lock.Unlock()
+		if err := d.lock.Unlock(); err != nil {
+			errs = append(errs, fmt.Errorf("embedded: unlock the JetStream directory: %w", err))
+		}
 	}
 	if d.tmp != "" {
-		_ = os.RemoveAll(d.tmp)
+		if err := os.RemoveAll(d.tmp); err != nil {
+			errs = append(errs, fmt.Errorf("embedded: remove the private JetStream directory: %w", err))
+		}
 	}
+	return errors.Join(errs...)
 }
 
 // Client returns a client of this deployment (nil for a server that
@@ -293,12 +305,12 @@ func (d *Deployment) Consumers() []string { return d.emb.Consumers() }
 func (d *Deployment) Live() error { return d.emb.Live() }
 
 // Close drains the stages, stops the server and releases the JetStream
-// directory.
+// directory (the error says if that failed). It may be called more than
+// once, also after Start's context ended.
 func (d *Deployment) Close() error {
-	err := d.emb.Close()
-	d.release()
-	if errors.Is(err, context.Canceled) {
-		err = nil
-	}
-	return err
+	d.closeOnce.Do(func() {
+		d.emb.Close()
+		d.closeErr = d.release()
+	})
+	return d.closeErr
 }

@@ -170,7 +170,7 @@ func TestConsumingFollowsTheConsumer(t *testing.T) {
 		t.Fatal("consuming before Run")
 	}
 	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
+	go func() { defer close(done); r.Run(ctx) }()
 	waitUntil(t, "the runner to consume", r.Consuming)
 	if err := js.DeleteConsumer(context.Background(), testStream, "probe"); err != nil {
 		t.Fatal(err)

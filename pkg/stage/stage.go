@@ -359,8 +359,9 @@ func (p JetStreamPublisher) Publish(ctx context.Context, ev Event) error {
 }
 
 // Run serves until ctx ends, then drains: it stops pulling, lets in-flight work
-// finish within the drain timeout and naks what is still running.
-func (r *Runner) Run(ctx context.Context) error {
+// finish within the drain timeout and naks what is still running. It returns
+// once every worker has stopped.
+func (r *Runner) Run(ctx context.Context) {
 	// work outlives ctx by the drain timeout.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
@@ -386,7 +387,6 @@ func (r *Runner) Run(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
-	return nil
 }
 
 func (r *Runner) worker(pull, work context.Context) {
@@ -439,7 +439,7 @@ func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 
 	// The keep-alive runs until the message is settled: publishing the hand-off
 	// can take a while during a reconnect or leader election.
-	stopKeepAlive := r.keepAlive(jm)
+	stopKeepAlive := r.keepAlive(jm, log)
 	defer stopKeepAlive()
 
 	if m.Delivery > r.cfg.maxDeliver+crashAllowance {
@@ -502,8 +502,10 @@ func (r *Runner) call(ctx context.Context, m Message, log *slog.Logger) (events 
 	return r.handler(ctx, m)
 }
 
-// keepAlive sends in-progress acks until the returned func is called.
-func (r *Runner) keepAlive(jm jetstream.Msg) func() {
+// keepAlive sends in-progress acks until the returned func is called. Failed
+// ones are logged (see keepAliveLog): while they fail, the server will hand
+// the message to another worker once the ack wait passes.
+func (r *Runner) keepAlive(jm jetstream.Msg, log *slog.Logger) func() {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -511,16 +513,48 @@ func (r *Runner) keepAlive(jm jetstream.Msg) func() {
 		defer wg.Done()
 		t := time.NewTicker(r.cfg.ackWait / 3)
 		defer t.Stop()
+		kl := keepAliveLog{every: r.cfg.ackWait}
 		for {
 			select {
 			case <-done:
 				return
 			case <-t.C:
-				_ = jm.InProgress()
+				err := jm.InProgress()
+				if n, ok := kl.note(err, time.Now()); ok && err != nil {
+					log.Warn("keep-alive failed: after the ack wait the server may give this message to another worker",
+						"err", err, "consecutive_failures", n, "ack_wait", r.cfg.ackWait)
+				} else if ok {
+					log.Info("keep-alive works again", "consecutive_failures", n)
+				}
 			}
 		}
 	}()
 	return func() { close(done); wg.Wait() }
+}
+
+// keepAliveLog decides which keep-alive outcomes are worth a log line, so
+// that a connection that stays down yields a line per `every` rather than one
+// per tick: the first failure, then one line per `every` while they go on,
+// and the first success after them.
+type keepAliveLog struct {
+	every  time.Duration
+	streak int       // consecutive failures
+	last   time.Time // of the last failure line
+}
+
+// note records one outcome and says whether to log it, with the number of
+// consecutive failures so far (for a success: the ones it ends).
+func (k *keepAliveLog) note(err error, now time.Time) (streak int, log bool) {
+	if err == nil {
+		streak, k.streak = k.streak, 0
+		return streak, streak > 0
+	}
+	k.streak++
+	if k.streak > 1 && now.Sub(k.last) < k.every {
+		return k.streak, false
+	}
+	k.last = now
+	return k.streak, true
 }
 
 func (r *Runner) publish(ctx context.Context, events []Event) error {

@@ -16,6 +16,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/natsembed"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/stage"
 )
 
@@ -127,7 +128,7 @@ func runRunner(t *testing.T, js jetstream.JetStream, h stage.Handler, opts ...st
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
+	go func() { defer close(done); r.Run(ctx) }()
 	stop := func() { cancel(); <-done }
 	t.Cleanup(stop)
 	return stop
@@ -261,6 +262,35 @@ func TestLongWorkIsKeptAlive(t *testing.T) {
 	collect(t, js, outSubject, 1)
 	if n := calls.Load(); n != 1 {
 		t.Fatalf("handler ran %d times; in-progress acks should have prevented redelivery", n)
+	}
+}
+
+// TestFailedKeepAliveIsLogged: when in-progress acks cannot be sent (here the
+// connection is gone), the runner says so: the message may be redelivered to
+// another worker while this one still works on it.
+func TestFailedKeepAliveIsLogged(t *testing.T) {
+	js := startJS(t)
+	var logs testutil.LockedBuffer
+	started := make(chan struct{})
+	h := func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
+		close(started)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	runRunner(t, js, h, stage.WithAckWait(300*time.Millisecond), stage.WithDrainTimeout(time.Millisecond),
+		stage.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	publish(t, js, "x")
+	<-started
+	js.Conn().Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(logs.String(), "keep-alive failed") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "keep-alive failed") {
+		t.Fatalf("no keep-alive failure logged; log:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), "connection closed") {
+		t.Errorf("the keep-alive failure does not say why; log:\n%s", logs.String())
 	}
 }
 
