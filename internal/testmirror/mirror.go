@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/signtest"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/image"
@@ -834,4 +835,12 @@ func (b *bodyWriter) Unwrap() http.ResponseWriter { return b.ResponseWriter }
 // catalog.New(m.CatalogOptions()...).
 func (m *Mirror) CatalogOptions() []catalog.Option {
 	return []catalog.Option{catalog.WithMirror(m.URL), catalog.WithKeyring(m.Keyring())}
+}
+
+// Start builds and serves a mirror outside a test, for Example functions
+// (which get no testing.TB): stop shuts it down and removes its files. A
+// failure to build it panics, which fails the example.
+func Start(opts ...Option) (m *Mirror, stop func()) {
+	tb := testutil.NewExampleTB("testmirror")
+	return New(tb, opts...), tb.Close
 }

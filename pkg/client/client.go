@@ -145,12 +145,15 @@ type prepareConfig struct {
 
 // WithProgress calls fn with each progress event while waiting (from the
 // NATS connection's goroutine: return quickly). Progress is best effort.
+// Prepare returns only after the last call of fn has returned, and fn is not
+// called after that.
 func WithProgress(fn func(Progress)) PrepareOption {
 	return func(c *prepareConfig) { c.progress = fn }
 }
 
 // WithProgressChan sends progress events to ch, dropping them when ch is full
-// rather than slowing the connection.
+// rather than slowing the connection. Nothing is sent once Prepare has
+// returned, so the caller may close ch then.
 func WithProgressChan(ch chan<- Progress) PrepareOption {
 	return WithProgress(func(p Progress) {
 		select {
@@ -199,6 +202,11 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 		sync.Mutex
 		what string
 	}
+	// An async subscription's callback may still be running (or about to
+	// run) when Unsubscribe returns: ended, set under the lock each call of
+	// cfg.progress holds, keeps it from being called once Prepare returns.
+	var delivering sync.Mutex
+	ended := false
 	sub, err := c.nc.Subscribe(messages.ProgressSubjectIn(c.namespace, req.RequestID), func(m *nats.Msg) {
 		var p Progress
 		if messages.Decode(m.Data, messages.TypeProgress, &p) != nil {
@@ -210,13 +218,22 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 			lastRetry.Unlock()
 		}
 		if cfg.progress != nil {
-			cfg.progress(p)
+			delivering.Lock()
+			defer delivering.Unlock()
+			if !ended {
+				cfg.progress(p)
+			}
 		}
 	})
 	if err != nil {
 		return Result{}, err
 	}
-	defer func() { _ = sub.Unsubscribe() }()
+	defer func() {
+		_ = sub.Unsubscribe()
+		delivering.Lock()
+		ended = true
+		delivering.Unlock()
+	}()
 	// Subscribe to the result before publishing, from the last stored one, so
 	// neither a fast answer nor an earlier answer to the same id is missed.
 	cons, err := c.js.OrderedConsumer(ctx, messages.StreamResults, jetstream.OrderedConsumerConfig{
