@@ -93,7 +93,7 @@ func runCache(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return 0
 		}
 		if sub == "gc" { // same shape as a real report
-			return writeJSON(stdout, stderr, store.GCReport{DryRun: gcOpts.DryRun, Removed: []store.GCItem{}})
+			return writeJSON(stdout, stderr, "vmprep cache", store.GCReport{DryRun: gcOpts.DryRun, Removed: []store.GCItem{}})
 		}
 		fmt.Fprintln(stdout, "[]")
 		return 0
@@ -123,7 +123,7 @@ func cacheList(ctx context.Context, st *store.Store, asJSON bool, stdout, stderr
 		return 1
 	}
 	if asJSON {
-		return writeJSON(stdout, stderr, entries)
+		return writeJSON(stdout, stderr, "vmprep cache", entries)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "KIND\tDIGEST\tSIZE\tCOMMITTED\tUSED BY")
@@ -209,7 +209,7 @@ func cacheVerify(ctx context.Context, st *store.Store, asJSON bool, stdout, stde
 		if results == nil {
 			results = []verifyLine{}
 		}
-		if code := writeJSON(stdout, stderr, results); code != 0 {
+		if code := writeJSON(stdout, stderr, "vmprep cache", results); code != 0 {
 			return code
 		}
 	}
@@ -237,7 +237,7 @@ func cacheGC(ctx context.Context, st *store.Store, opts store.GCOptions, asJSON 
 		if rep.Removed == nil {
 			rep.Removed = []store.GCItem{}
 		}
-		if code := writeJSON(stdout, stderr, rep); code != 0 {
+		if code := writeJSON(stdout, stderr, "vmprep cache", rep); code != 0 {
 			return code
 		}
 		return gcFailures(rep, stderr)
@@ -272,11 +272,12 @@ func gcFailures(rep store.GCReport, stderr io.Writer) int {
 	return 0
 }
 
-func writeJSON(stdout, stderr io.Writer, v any) int {
+// writeJSON prints v as indented JSON; command names the failure.
+func writeJSON(stdout, stderr io.Writer, command string, v any) int {
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(v); err != nil {
-		fmt.Fprintf(stderr, "vmprep cache: %v\n", err)
+		fmt.Fprintf(stderr, "%s: %v\n", command, err)
 		return 1
 	}
 	return 0

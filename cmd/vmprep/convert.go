@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -115,13 +114,7 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return 1
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
-			fmt.Fprintf(stderr, "vmprep inspect: %v\n", err)
-			return 1
-		}
-		return 0
+		return writeJSON(stdout, stderr, "vmprep inspect", rep)
 	}
 	printInspect(stdout, rep)
 	return 0

@@ -79,7 +79,7 @@ func runDead(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			if entries == nil {
 				entries = []ops.DeadEntry{}
 			}
-			return writeJSON(stdout, stderr, entries)
+			return writeJSON(stdout, stderr, "vmprep dead", entries)
 		}
 		if len(entries) == 0 {
 			fmt.Fprintln(stdout, "no dead letters")
@@ -101,7 +101,7 @@ func runDead(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return failf(stderr, 1, prefix, "%v", err)
 		}
 		if *asJSON {
-			return writeJSON(stdout, stderr, e)
+			return writeJSON(stdout, stderr, "vmprep dead", e)
 		}
 		printDeadLetter(stdout, e)
 		return 0
@@ -111,7 +111,7 @@ func runDead(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return failf(stderr, 1, prefix, "%v", err)
 		}
 		if *asJSON {
-			return writeJSON(stdout, stderr, r)
+			return writeJSON(stdout, stderr, "vmprep dead", r)
 		}
 		if r.Duplicate {
 			fmt.Fprintf(stdout, "dead letter %d was already replayed moments ago (%s): not published again\n", seq, r.MsgID)

@@ -44,7 +44,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			return failf(stderr, 1, "vmprep status", "%v", err)
 		}
 		if *asJSON {
-			return writeJSON(stdout, stderr, st)
+			return writeJSON(stdout, stderr, "vmprep status", st)
 		}
 		printRequest(stdout, st)
 		return 0
@@ -54,7 +54,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return failf(stderr, 1, "vmprep status", "%v", err)
 	}
 	if *asJSON {
-		return writeJSON(stdout, stderr, ov)
+		return writeJSON(stdout, stderr, "vmprep status", ov)
 	}
 	printOverview(stdout, ov)
 	return 0

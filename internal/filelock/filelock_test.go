@@ -6,10 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vmprep/vmprep/internal/testutil"
 )
 
 func TestExclusiveAndShared(t *testing.T) {
@@ -126,38 +126,19 @@ func TestUnusablePath(t *testing.T) {
 func TestLockFileRemovedUnderWaiters(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "contended.lock")
-	var inside, overlaps, entries atomic.Int64
-	var wg sync.WaitGroup
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range 500 {
-				l, err := Acquire(ctx, path, MaxPoll(time.Millisecond))
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if inside.Add(1) != 1 {
-					overlaps.Add(1)
-				}
-				entries.Add(1)
+	testutil.MutualExclusion(t, 4, 500, func(w, i int) (func() error, error) {
+		l, err := Acquire(ctx, path, MaxPoll(time.Millisecond))
+		if err != nil {
+			return nil, err
+		}
+		return func() error {
+			if (w+i)%2 == 0 {
+				// Removed while locked: waiters that opened it are left
+				// holding a file nobody else will lock.
+				_ = os.Remove(path)
 				runtime.Gosched()
-				inside.Add(-1)
-				if (w+i)%2 == 0 {
-					// Removed while locked: waiters that opened it are
-					// left holding a file nobody else will lock.
-					_ = os.Remove(path)
-					runtime.Gosched()
-				}
-				if err := l.Unlock(); err != nil {
-					t.Error(err)
-				}
 			}
-		}()
-	}
-	wg.Wait()
-	if n := overlaps.Load(); n != 0 {
-		t.Errorf("%d of %d lock holders overlapped another", n, entries.Load())
-	}
+			return l.Unlock()
+		}, nil
+	})
 }

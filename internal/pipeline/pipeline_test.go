@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/pipeline"
@@ -38,14 +37,6 @@ func quietLogger() *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return slog.New(slog.DiscardHandler)
-}
-
-func fastBackoff() backoff.BackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = 20 * time.Millisecond
-	b.MaxInterval = 200 * time.Millisecond
-	b.MaxElapsedTime = 0
-	return b
 }
 
 type env struct {
@@ -77,7 +68,7 @@ func newEnv(t *testing.T, m *testmirror.Mirror) *env {
 			Concurrency: 3,
 			// Always ask the mirror: tests of the cached resolution set MaxAge themselves.
 			ResolutionMaxAge: 0,
-			RunnerOptions:    []stage.Option{stage.WithBackoff(fastBackoff), stage.WithMaxDeliver(3), stage.WithAckWait(5 * time.Second)},
+			RunnerOptions:    []stage.Option{stage.WithBackoff(testutil.Backoff(20*time.Millisecond, 200*time.Millisecond)), stage.WithMaxDeliver(3), stage.WithAckWait(5 * time.Second)},
 		},
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/natsembed"
@@ -36,19 +35,12 @@ func newMirror(t *testing.T) *testmirror.Mirror {
 // catalog on m, with retries short enough for failures to end quickly.
 func startDeployment(t *testing.T, m *testmirror.Mirror, opts ...embedded.Option) *embedded.Deployment {
 	t.Helper()
-	fast := func() backoff.BackOff {
-		b := backoff.NewExponentialBackOff()
-		b.InitialInterval = 20 * time.Millisecond
-		b.MaxInterval = 200 * time.Millisecond
-		b.MaxElapsedTime = 0
-		return b
-	}
 	base := []embedded.Option{
 		embedded.WithCacheDir(t.TempDir()),
 		embedded.WithResolveOptions(resolve.WithRetry(2, 10*time.Millisecond)),
 		embedded.WithDownloadOptions(download.WithBackoff(10*time.Millisecond, 100*time.Millisecond),
 			download.WithRetry(2, 10*time.Second), download.WithStallTimeout(2*time.Second)),
-		embedded.WithRunnerOptions(stage.WithBackoff(fast), stage.WithMaxDeliver(2), stage.WithAckWait(5*time.Second)),
+		embedded.WithRunnerOptions(stage.WithBackoff(testutil.Backoff(20*time.Millisecond, 200*time.Millisecond)), stage.WithMaxDeliver(2), stage.WithAckWait(5*time.Second)),
 		embedded.WithShortPulls(),
 	}
 	if m != nil {

@@ -29,6 +29,7 @@ import (
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/download"
+	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/stage"
 	"github.com/vmprep/vmprep/pkg/store"
@@ -36,11 +37,11 @@ import (
 
 // Stage names, for WithStages.
 const (
-	StageResolver  = "resolver"
-	StageFetcher   = "fetcher"
-	StageVerifier  = "verifier"
-	StageConverter = "converter"
-	StageCollector = "collector"
+	StageResolver  = messages.StageResolver
+	StageFetcher   = messages.StageFetcher
+	StageVerifier  = messages.StageVerifier
+	StageConverter = messages.StageConverter
+	StageCollector = messages.StageCollector
 )
 
 type config struct {

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/vmprep/vmprep/internal/testutil"
 )
 
 // TestZstdMultiFrame rewrites a compressed cluster as two zstd frames
@@ -169,7 +170,7 @@ func TestConvertRaw(t *testing.T) {
 			if stats.SourceFormat != FormatRaw {
 				t.Errorf("source format %q, want raw", stats.SourceFormat)
 			}
-			if fileSHA256(t, dst) != fileSHA256(t, src) {
+			if testutil.FileSHA256(t, dst) != testutil.FileSHA256(t, src) {
 				t.Fatal("raw copy differs from source")
 			}
 			if a, s := allocatedBytes(t, dst), allocatedBytes(t, src); a >= s {
@@ -287,7 +288,7 @@ func TestConvertDeclaredFormat(t *testing.T) {
 			if stats.SourceFormat != tt.wantSource {
 				t.Errorf("source format %q, want %q", stats.SourceFormat, tt.wantSource)
 			}
-			if same := fileSHA256(t, dst) == fileSHA256(t, src); same != tt.wantCopy {
+			if same := testutil.FileSHA256(t, dst) == testutil.FileSHA256(t, src); same != tt.wantCopy {
 				t.Errorf("output identical to the source: %v, want %v", same, tt.wantCopy)
 			}
 		})

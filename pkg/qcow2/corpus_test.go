@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/vmprep/vmprep/internal/testutil"
 )
 
 const corpusDir = "../../testdata/qcow2"
@@ -39,20 +41,6 @@ func loadExpected(t *testing.T) []corpusCase {
 		t.Fatal("empty expected.sha256")
 	}
 	return cases
-}
-
-func fileSHA256(t *testing.T, path string) string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 // allocatedBytes is what du counts: allocated 512-byte blocks.
@@ -113,7 +101,7 @@ func TestConvertCorpus(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := fileSHA256(t, dst); got != tc.sha {
+			if got := testutil.FileSHA256(t, dst); got != tc.sha {
 				t.Fatalf("sha256 %s, want %s (qemu-img)", got, tc.sha)
 			}
 			if calls == 0 || last != total || total != stats.VirtualSize {

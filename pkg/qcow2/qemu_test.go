@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vmprep/vmprep/internal/testutil"
 )
 
 // requireQemu returns the paths of qemu-img and qemu-io or skips the test.
@@ -107,7 +109,7 @@ func TestQemuImgLive(t *testing.T) {
 			if _, err := ConvertToRaw(context.Background(), img, ours); err != nil {
 				t.Fatal(err)
 			}
-			if got, want := fileSHA256(t, ours), fileSHA256(t, ref); got != want {
+			if got, want := testutil.FileSHA256(t, ours), testutil.FileSHA256(t, ref); got != want {
 				t.Fatalf("sha256 %s, qemu-img %s", got, want)
 			}
 			if o, q := allocatedBytes(t, ours), allocatedBytes(t, ref); o > q {
@@ -324,7 +326,7 @@ func TestQemuImgOddVirtualSize(t *testing.T) {
 			if rs != os1 || stats.VirtualSize != rs {
 				t.Errorf("output %d bytes (stats %d), qemu-img's %d", os1, stats.VirtualSize, rs)
 			}
-			if got, want := fileSHA256(t, ours), fileSHA256(t, ref); got != want {
+			if got, want := testutil.FileSHA256(t, ours), testutil.FileSHA256(t, ref); got != want {
 				t.Errorf("sha256 %s, qemu-img %s", got, want)
 			}
 			compareMap(t, qemuImg, img)

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/natsembed"
 	"github.com/vmprep/vmprep/internal/testutil"
@@ -52,14 +51,6 @@ func startJS(t *testing.T) jetstream.JetStream {
 		t.Fatal(err)
 	}
 	return js
-}
-
-func fastBackoff() backoff.BackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = 10 * time.Millisecond
-	b.MaxInterval = 50 * time.Millisecond
-	b.MaxElapsedTime = 0
-	return b
 }
 
 // collect reads n messages from subject on the TEST_OUT stream, failing after a generous deadline.
@@ -112,7 +103,7 @@ func runRunner(t *testing.T, js jetstream.JetStream, h stage.Handler, opts ...st
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	base := []stage.Option{
-		stage.WithBackoff(fastBackoff),
+		stage.WithBackoff(testutil.Backoff(10*time.Millisecond, 50*time.Millisecond)),
 		stage.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
 		stage.WithMaxDeliver(3),
 		stage.WithFailure(func(m stage.Message, err error) []stage.Event {
