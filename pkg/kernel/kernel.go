@@ -19,6 +19,7 @@ import (
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/vmprep/vmprep/internal/atomicfile"
+	"github.com/vmprep/vmprep/internal/ctxio"
 )
 
 // MaxUncompressedSize bounds the output: real kernels are tens of MiB, so
@@ -163,7 +164,7 @@ func Unpack(ctx context.Context, src, dst string, maxSize int64) error {
 	}
 	defer dec.Close()
 	return atomicfile.Write(dst, 0o444, func(f *os.File) error {
-		n, err := io.Copy(f, io.LimitReader(ctxReader{ctx, dec}, maxSize+1))
+		n, err := io.Copy(f, io.LimitReader(ctxio.Reader(ctx, dec), maxSize+1))
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
@@ -240,16 +241,4 @@ func (d gzipDecoder) Close() { _ = d.Reader.Close() }
 func isDecodeError(err error) bool {
 	var pe *os.PathError
 	return !errors.As(err, &pe)
-}
-
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/vmprep/vmprep/internal/ctxio"
 	"github.com/vmprep/vmprep/pkg/digest"
 )
 
@@ -42,7 +43,7 @@ func (s *Store) Ingest(ctx context.Context, expected digest.Digest, size int64, 
 	if err != nil {
 		return BlobInfo{}, fmt.Errorf("store: ingest %s: %w", exp, err)
 	}
-	n, err := io.Copy(f, ctxReader{ctx: ctx, r: r})
+	n, err := io.Copy(f, ctxio.Reader(ctx, r))
 	if err == nil && size > 0 && n != size {
 		err = fmt.Errorf("got %d bytes, expected %d: %w", n, size, ErrSizeMismatch)
 	}
@@ -62,17 +63,4 @@ func (s *Store) DiscardIngest(expected digest.Digest) {
 	if p := s.IngestPath(expected); p != "" {
 		s.removeIngest(p)
 	}
-}
-
-// ctxReader stops a copy when ctx ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
