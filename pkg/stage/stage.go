@@ -52,10 +52,6 @@ type Event struct {
 	Subject string
 	Data    []byte
 	ID      string
-	// Once publishes only if the subject holds no message yet; if one exists
-	// the publish counts as done. It makes a final answer exactly-once
-	// regardless of the deduplication window.
-	Once bool
 }
 
 // Handler does one stage's step. It returns the events to publish next, or an
@@ -347,14 +343,7 @@ func (p JetStreamPublisher) Publish(ctx context.Context, ev Event) error {
 	if ev.ID != "" {
 		opts = append(opts, jetstream.WithMsgID(ev.ID))
 	}
-	if ev.Once {
-		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(0))
-	}
 	_, err := p.JS.Publish(ctx, ev.Subject, ev.Data, opts...)
-	var apiErr *jetstream.APIError
-	if ev.Once && errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
-		return nil // already published
-	}
 	return err
 }
 

@@ -379,27 +379,6 @@ func TestCrashLoopEndsInFailure(t *testing.T) {
 	}
 }
 
-func TestOnceEventsArePublishedOnce(t *testing.T) {
-	js := startJS(t)
-	var calls atomic.Int32
-	runRunner(t, js, func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
-		n := calls.Add(1)
-		// Different ids, so only Once can stop the second.
-		return []stage.Event{{Subject: outSubject, Data: m.Data, ID: fmt.Sprint("final-", n), Once: true}}, nil
-	})
-	publish(t, js, "a", "b")
-	deadline := time.Now().Add(30 * time.Second)
-	for (calls.Load() < 2 || workLeft(t, js) != 0) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if calls.Load() != 2 || workLeft(t, js) != 0 {
-		t.Fatalf("handled %d, %d left: the second publish must count as done", calls.Load(), workLeft(t, js))
-	}
-	if n := count(t, js, outSubject); n != 1 {
-		t.Fatalf("out holds %d messages, want 1", n)
-	}
-}
-
 func TestWorkersShareOneConsumer(t *testing.T) {
 	js := startJS(t)
 	var mu sync.Mutex
