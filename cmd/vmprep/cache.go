@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/store"
 )
@@ -54,8 +55,17 @@ func runCache(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	asJSON := fs.Bool("json", false, "print JSON")
 	var gcOpts store.GCOptions
 	switch sub {
-	case "ls", "verify":
+	case "ls":
+		fs.Usage = cli.Usage(fs, "vmprep cache ls [--json] [--cache-dir D]\n\n"+
+			"Lists blobs and derived files: size (a sparse raw disk's apparent size), the disk space\n"+
+			"they take, when they were committed, and the images and records that use them.")
+	case "verify":
+		fs.Usage = cli.Usage(fs, "vmprep cache verify [--json] [--cache-dir D]\n\n"+
+			"Re-hashes every stored file; one that no longer matches is moved to quarantine/ and\n"+
+			"fetched or derived again by the next request that needs it.")
 	case "gc":
+		fs.Usage = cli.Usage(fs, "vmprep cache gc [--dry-run] [--partial-max-age D] [--min-age D] [--purge-quarantine] [--json] [--cache-dir D]\n\n"+
+			"Removes what no image link or record uses, and stale partial downloads.")
 		fs.BoolVar(&gcOpts.DryRun, "dry-run", false, "report what would be removed, remove nothing")
 		fs.DurationVar(&gcOpts.PartialMaxAge, "partial-max-age", store.DefaultPartialMaxAge, "remove partial downloads untouched for this long")
 		fs.DurationVar(&gcOpts.MinAge, "min-age", store.DefaultGCMinAge, "keep unreferenced files committed more recently than this (negative: no grace)")
@@ -126,13 +136,14 @@ func cacheList(ctx context.Context, st *store.Store, asJSON bool, stdout, stderr
 		return writeJSON(stdout, stderr, "vmprep cache", entries)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "KIND\tDIGEST\tSIZE\tCOMMITTED\tUSED BY")
-	var total, unused int64
+	fmt.Fprintln(tw, "KIND\tDIGEST\tSIZE\tON DISK\tCOMMITTED\tUSED BY")
+	var total, allocated, unused int64
 	var nBlobs, nDerived int
 	for _, e := range entries {
 		total += e.Size
+		allocated += e.Allocated
 		if !e.Referenced() {
-			unused += e.Size
+			unused += e.Allocated
 		}
 		if e.Kind == store.KindBlob {
 			nBlobs++
@@ -158,13 +169,15 @@ func cacheList(ctx context.Context, st *store.Store, asJSON bool, stdout, stderr
 		if e.Kind == store.KindDerived && e.SparseSHA256 != "" {
 			id = shortDigest(digest.Digest{Algorithm: "sparse", Hex: e.SparseSHA256})
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Kind, id, store.HumanSize(e.Size), committed, strings.Join(uses, ", "))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Kind, id, store.HumanSize(e.Size), store.HumanSize(e.Allocated), committed, strings.Join(uses, ", "))
 	}
 	if err := tw.Flush(); err != nil {
 		return 1
 	}
-	fmt.Fprintf(stdout, "\n%d blobs, %d derived, %s in %s (%s unused)\n", nBlobs, nDerived,
-		store.HumanSize(total), st.Root(), store.HumanSize(unused))
+	// Sparse raw disks make the apparent total much larger than what the
+	// files take; both are shown, and "unused" is what gc would free.
+	fmt.Fprintf(stdout, "\n%d blobs, %d derived in %s: %s on disk (%s apparent), %s of it unused\n", nBlobs, nDerived,
+		st.Root(), store.HumanSize(allocated), store.HumanSize(total), store.HumanSize(unused))
 	return 0
 }
 
@@ -199,9 +212,16 @@ func cacheVerify(ctx context.Context, st *store.Store, asJSON bool, stdout, stde
 			return
 		}
 		rel, _ := filepath.Rel(st.Root(), r.Path)
-		if r.OK {
+		var q *store.QuarantinedError
+		switch {
+		case r.OK:
 			fmt.Fprintf(stdout, "ok    %s  %s\n", rel, store.HumanSize(r.Size))
-		} else {
+		case errors.As(r.Err, &q) && q.To != "":
+			to, _ := filepath.Rel(st.Root(), q.To)
+			fmt.Fprintf(stdout, "BAD   %s: %s; moved to %s\n", rel, q.Reason, to)
+		case errors.As(r.Err, &q):
+			fmt.Fprintf(stdout, "BAD   %s: %s; removed\n", rel, q.Reason)
+		default:
 			fmt.Fprintf(stdout, "BAD   %s: %v\n", rel, r.Err)
 		}
 	})

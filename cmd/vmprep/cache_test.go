@@ -111,6 +111,29 @@ func TestCacheLs(t *testing.T) {
 		if e.Digest == used.SHA256 && (e.Size != used.Size || len(e.Images) != 1 || len(e.Records) != 1) {
 			t.Errorf("used entry %+v", e)
 		}
+		// The 1 GiB raw disk of the fixture is all hole: it takes (almost) nothing.
+		if e.Kind == store.KindDerived && (e.Size != 1<<30 || e.Allocated >= 1<<20) {
+			t.Errorf("sparse derived entry: size %d, allocated %d; want 1 GiB apparent, under 1 MiB allocated", e.Size, e.Allocated)
+		}
+	}
+}
+
+// TestCacheLsCountsDiskSpace: the total says what the files take on disk,
+// not only the apparent size a sparse raw disk inflates.
+func TestCacheLsCountsDiskSpace(t *testing.T) {
+	root, _, _ := cacheFixture(t)
+	code, out, errOut := runCacheT(t, "ls", "--cache-dir", root)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if !strings.Contains(lines[0], "ON DISK") {
+		t.Errorf("header lacks ON DISK: %q", lines[0])
+	}
+	total := lines[len(lines)-1]
+	// 3 MiB + 9 bytes of blobs and a 1 GiB hole: about 3 MiB on disk.
+	if !strings.Contains(total, "3.0 MiB on disk") || !strings.Contains(total, "1.0 GiB apparent") {
+		t.Errorf("total line %q: want 3.0 MiB on disk and 1.0 GiB apparent", total)
 	}
 }
 
@@ -130,6 +153,11 @@ func TestCacheVerify(t *testing.T) {
 	code, out, errOut = runCacheT(t, "verify", "--cache-dir", root)
 	if code != 1 || !strings.Contains(out, "BAD") || !strings.Contains(out, unused.SHA256.Hex) || !strings.Contains(errOut, "1 of 3") {
 		t.Errorf("verify corrupt: exit %d\n%s%s", code, out, errOut)
+	}
+	// Said once, in words: what was wrong and where it went.
+	bad := "BAD   blobs/sha256/" + unused.SHA256.Hex + ": content no longer matches its digest; moved to quarantine/"
+	if !strings.Contains(out, bad) || strings.Contains(out, "not found") || strings.Contains(out, "quarantined (") {
+		t.Errorf("verify's report of the bad blob: want a line starting %q, got:\n%s", bad, out)
 	}
 	// It was quarantined, so the next run is clean.
 	code, out, _ = runCacheT(t, "verify", "--json", "--cache-dir", root)
@@ -166,6 +194,32 @@ func TestCacheGC(t *testing.T) {
 	}
 	if _, err := os.Stat(used.Path); err != nil {
 		t.Errorf("used blob removed: %v", err)
+	}
+}
+
+// TestSubcommandHelp: -h and --help of every subcommand print its own
+// synopsis (not Go's "Usage of …") and exit 0; version's help is not the version.
+func TestSubcommandHelp(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"cache", "ls", "--help"}, "usage: vmprep cache ls"},
+		{[]string{"cache", "verify", "-h"}, "usage: vmprep cache verify"},
+		{[]string{"cache", "gc", "--help"}, "usage: vmprep cache gc"},
+		{[]string{"version", "--help"}, "usage: vmprep version"},
+		{[]string{"version", "-h"}, "usage: vmprep version"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run(tc.args, &stdout, &stderr)
+			if code != 0 || !strings.HasPrefix(stderr.String(), tc.want) || strings.Contains(stderr.String(), "Usage of") {
+				t.Errorf("exit %d, stderr %q; want exit 0 and %q", code, stderr.String(), tc.want)
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("help printed on stdout: %q", stdout.String())
+			}
+		})
 	}
 }
 

@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"syscall"
 
 	"github.com/vmprep/vmprep/pkg/qcow2"
+	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // runConvert implements `vmprep convert [-j N] SRC DST`.
@@ -131,9 +131,7 @@ func inspectImage(ctx context.Context, path string) (*inspectReport, error) {
 		return nil, err
 	}
 	rep := &inspectReport{Filename: path, VirtualSize: st.Size()}
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		rep.DiskSize = sys.Blocks * 512
-	}
+	rep.DiskSize = store.AllocatedSize(st)
 	format, err := qcow2.DetectFormat(f, st.Size())
 	if err != nil {
 		return nil, err

@@ -15,6 +15,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -51,7 +53,20 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "\nRun 'vmprep COMMAND -h' for a command's flags.")
 }
 
-func runVersion(_ context.Context, _ []string, stdout, _ io.Writer) int {
+func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("version", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = cli.Usage(fs, "vmprep version\n\nPrints the version of this build (set with -ldflags \"-X github.com/vmprep/vmprep/pkg/download.Version=…\").")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "vmprep version: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
 	fmt.Fprintln(stdout, "vmprep", download.Version)
 	return 0
 }

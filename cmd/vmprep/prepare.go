@@ -64,8 +64,8 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	requestID := fs.String("request-id", "", "request id (default: random); the same id yields the same one result")
 	timeout := fs.Duration("timeout", 0, "give up after this long (default: no limit; slow downloads are fine while bytes flow)")
-	logLevel := fs.String("log-level", "error", "embedded mode: stage log level, debug, info, warn or error (the outcome is always reported)")
-	concurrency := fs.Int("concurrency", 3, "embedded mode: assets worked on at once by each stage")
+	common := cli.Common{LogFormat: "text"}
+	common.RegisterEmbedded(fs, 3, "error")
 	var rf cli.ResolverFlags
 	rf.Register(fs)
 	fs.Usage = cli.Usage(fs, "vmprep prepare [flags] DISTRO VERSION\n\n"+
@@ -119,7 +119,6 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		ctx, cancel = context.WithTimeout(ctx, *timeout)
 		defer cancel()
 	}
-	common := cli.Common{LogLevel: *logLevel, LogFormat: "text"}
 	log, err := common.Logger(stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
@@ -152,7 +151,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		// The stages run in this process until the result is in: short pulls
 		// make the shutdown quick, and there is nothing left to drain then.
 		dep, err := embedded.Start(ctx, embedded.WithCacheDir(*cacheDir), embedded.WithCatalog(catOpts...),
-			embedded.WithLogger(log), embedded.WithConcurrency(*concurrency),
+			embedded.WithLogger(log), embedded.WithConcurrency(common.Concurrency),
 			embedded.WithResolutionMaxAge(rf.MaxAge), embedded.WithShortPulls())
 		if err != nil {
 			fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)

@@ -34,6 +34,17 @@ func TestPrepareCommand(t *testing.T) {
 	if out["disk_format"] != "raw" {
 		t.Errorf("disk_format = %v, want raw", out["disk_format"])
 	}
+	// A converted file has derived_from and no digest; a file as published
+	// has digest and no derived_from: empty fields are left out, not "".
+	files, _ := out["files"].(map[string]any)
+	disk, _ := files["disk"].(map[string]any)
+	initramfs, _ := files["initramfs"].(map[string]any)
+	if _, has := disk["digest"]; has || disk["derived_from"] == nil {
+		t.Errorf("--json files.disk = %v: want derived_from and no digest", disk)
+	}
+	if _, has := initramfs["derived_from"]; has || initramfs["digest"] == nil {
+		t.Errorf("--json files.initramfs = %v: want digest and no derived_from", initramfs)
+	}
 
 	// Flags after the positional arguments work too; plain output names each file.
 	stdout.Reset()
@@ -75,5 +86,28 @@ func TestPrepareCommand(t *testing.T) {
 				t.Errorf("stderr %q does not mention %q", msg, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestPrepareFlagsFromEnvironment: --concurrency and --log-level read the
+// same environment variables as the stage processes.
+func TestPrepareFlagsFromEnvironment(t *testing.T) {
+	t.Setenv("VMPREP_CONCURRENCY", "7")
+	t.Setenv("VMPREP_LOG_LEVEL", "warn")
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"prepare", "--help"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("prepare --help: exit %d", code)
+	}
+	help := stderr.String()
+	for _, want := range []string{"env VMPREP_CONCURRENCY) (default 7)", "env VMPREP_LOG_LEVEL) (default \"warn\")"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("prepare --help lacks %q:\n%s", want, help)
+		}
+	}
+	// A bad value from the environment is refused like a bad flag.
+	t.Setenv("VMPREP_LOG_LEVEL", "chatty")
+	stderr.Reset()
+	if code := run([]string{"prepare", "--cache-dir", t.TempDir(), "ubuntu", "24.04"}, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "chatty") {
+		t.Errorf("VMPREP_LOG_LEVEL=chatty: exit %d, stderr %q; want 2 naming the value", code, stderr.String())
 	}
 }

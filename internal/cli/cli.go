@@ -65,6 +65,15 @@ func (c *Common) Register(fs *flag.FlagSet) {
 	fs.IntVar(&c.Replicas, "replicas", envInt("VMPREP_REPLICAS", 1), "replicas of the streams and buckets this process creates if missing: 1, or 3 on a three-node cluster (env VMPREP_REPLICAS)")
 }
 
+// RegisterEmbedded adds --concurrency and --log-level, with the environment
+// variables the stage processes read (VMPREP_CONCURRENCY, VMPREP_LOG_LEVEL),
+// to a command that runs the stages in its own process (vmprep prepare), with
+// that command's defaults.
+func (c *Common) RegisterEmbedded(fs *flag.FlagSet, concurrency int, logLevel string) {
+	fs.IntVar(&c.Concurrency, "concurrency", envInt("VMPREP_CONCURRENCY", concurrency), "embedded mode: assets worked on at once by each stage (env VMPREP_CONCURRENCY)")
+	fs.StringVar(&c.LogLevel, "log-level", envOr("VMPREP_LOG_LEVEL", logLevel), "embedded mode: stage log level, debug, info, warn or error; the outcome is always reported (env VMPREP_LOG_LEVEL)")
+}
+
 // ObjectBucket parses --store: "" for local, else the bucket name.
 func (c *Common) ObjectBucket() (string, error) {
 	return ParseStore(c.Store)
@@ -226,8 +235,13 @@ func (r *RunnerFlags) Options() []stage.Option {
 // Usage formats a flag set's usage with a one-line synopsis.
 func Usage(fs *flag.FlagSet, synopsis string) func() {
 	return func() {
-		fmt.Fprintf(fs.Output(), "usage: %s\n\nflags:\n", synopsis)
-		fs.PrintDefaults()
+		fmt.Fprintf(fs.Output(), "usage: %s\n", synopsis)
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprintln(fs.Output(), "\nflags:")
+			fs.PrintDefaults()
+		}
 	}
 }
 

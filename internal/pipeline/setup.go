@@ -248,8 +248,14 @@ func WaitForSetup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) 
 	log := cfg.Logger
 	delay := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		infra, err := Setup(ctx, js, cfg)
-		if err == nil {
+		var infra *Infra
+		var err error
+		if nc := js.Conn(); nc != nil && !nc.IsConnected() {
+			// Setup's calls would wait for the connection and time out with
+			// only "context deadline exceeded"; the connection's own log
+			// says why it cannot connect.
+			err = fmt.Errorf("not connected to NATS at %s (%s)", strings.Join(nc.Servers(), ","), strings.ToLower(nc.Status().String()))
+		} else if infra, err = Setup(ctx, js, cfg); err == nil {
 			return infra, nil
 		}
 		var apiErr *jetstream.APIError

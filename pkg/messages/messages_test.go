@@ -1,10 +1,12 @@
 package messages
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 
+	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/image"
 )
 
@@ -78,5 +80,30 @@ func TestFingerprintCoversSerial(t *testing.T) {
 	}
 	if b2 := b; b2.Fingerprint() != b.Fingerprint() {
 		t.Fatal("fingerprint is not stable")
+	}
+}
+
+// TestFileLeavesOutEmptyDigests: a converted file has derived_from and no
+// "digest": "" (and a published one the reverse), so that a client can
+// tell them apart by the keys present.
+func TestFileLeavesOutEmptyDigests(t *testing.T) {
+	d := digest.Digest{Algorithm: digest.SHA256, Hex: strings.Repeat("ab", 32)}
+	for _, tc := range []struct {
+		name       string
+		f          File
+		want, lack string
+	}{
+		{"converted", File{Path: "/x", DerivedFrom: d, Size: 1}, `"derived_from":"sha256:`, `"digest"`},
+		{"published", File{Path: "/x", Digest: d, Size: 1}, `"digest":"sha256:`, `"derived_from"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := json.Marshal(tc.f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(b), tc.want) || strings.Contains(string(b), tc.lack) {
+				t.Errorf("%s: want %s and no %s", b, tc.want, tc.lack)
+			}
+		})
 	}
 }

@@ -205,7 +205,7 @@ func (s *Store) checkBlobLocked(ctx context.Context, hex string, force bool) (in
 		if qerr != nil {
 			return BlobInfo{}, "", qerr
 		}
-		return BlobInfo{}, q, fmt.Errorf("store: blob %s: %s, moved to %s: %w (%w)", want, reason, q, ErrQuarantined, ErrNotFound)
+		return BlobInfo{}, q, &QuarantinedError{What: "blob " + want.String(), Reason: reason, To: q}
 	}
 	// Good content with a stale or missing stamp (a touch, a copy of the
 	// store, a crash between rename and stamp): re-seal it.

@@ -150,7 +150,7 @@ func (s *Store) checkDerivedLocked(ctx context.Context, name string, force bool)
 		if qerr != nil {
 			return "", "", "", qerr
 		}
-		return "", "", q, fmt.Errorf("store: derived %s: %s, moved to %s: %w (%w)", name, reason, q, ErrQuarantined, ErrNotFound)
+		return "", "", q, &QuarantinedError{What: "derived " + name, Reason: reason, To: q}
 	}
 	if err := s.seal(path, s.derivedStampPath(name), stamp{SparseSHA256: actual, CommittedAt: st.CommittedAt}); err != nil {
 		return "", "", "", err

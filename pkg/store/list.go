@@ -35,6 +35,9 @@ type Entry struct {
 	// Aliases are other digests (SHA-512) known to name this blob.
 	Aliases []digest.Digest `json:"aliases,omitempty"`
 	Size    int64           `json:"size"`
+	// Allocated is the disk space the file takes: less than Size for a
+	// sparse raw disk, whose holes take none.
+	Allocated int64 `json:"allocated"`
 	// Derived is set for derived files.
 	Derived     *DerivedKey `json:"derived,omitempty"`
 	CommittedAt time.Time   `json:"committed_at,omitzero"`
@@ -94,7 +97,7 @@ func (s *Store) scan(ctx context.Context) (*inventory, error) {
 		if err != nil {
 			continue // removed meanwhile
 		}
-		e := &Entry{Kind: KindBlob, Path: p, Digest: d, Size: fi.Size()}
+		e := &Entry{Kind: KindBlob, Path: p, Digest: d, Size: fi.Size(), Allocated: AllocatedSize(fi)}
 		if st, err := readStamp(s.blobStampPath(name)); err == nil {
 			e.CommittedAt = st.CommittedAt
 		}
@@ -121,7 +124,7 @@ func (s *Store) scan(ctx context.Context) (*inventory, error) {
 		if err != nil {
 			continue
 		}
-		e := &Entry{Kind: KindDerived, Path: p, Size: fi.Size(), Derived: &k}
+		e := &Entry{Kind: KindDerived, Path: p, Size: fi.Size(), Allocated: AllocatedSize(fi), Derived: &k}
 		if st, err := readStamp(s.derivedStampPath(name)); err == nil {
 			e.CommittedAt = st.CommittedAt
 			e.SparseSHA256 = st.SparseSHA256

@@ -72,6 +72,29 @@ var (
 	ErrInvalidName error = permanentSentinel("invalid name")
 )
 
+// QuarantinedError is a stored file that stopped matching its digest and was
+// moved out of the way (or deleted, when it could not be moved): it is no
+// longer in the store, so it matches ErrNotFound as well as ErrQuarantined,
+// and the next request fetches or derives it again.
+type QuarantinedError struct {
+	// What names the file: "blob sha256:…" or "derived <name>".
+	What string
+	// Reason says what was wrong with it.
+	Reason string
+	// To is where it was moved; empty when it had to be deleted.
+	To string
+}
+
+func (e *QuarantinedError) Error() string {
+	if e.To == "" {
+		return "store: " + e.What + ": " + e.Reason + "; removed (it will be fetched or derived again)"
+	}
+	return "store: " + e.What + ": " + e.Reason + "; moved to " + e.To + " (it will be fetched or derived again)"
+}
+
+// Is makes errors.Is(err, ErrQuarantined) and errors.Is(err, ErrNotFound) hold.
+func (e *QuarantinedError) Is(target error) bool { return target == ErrQuarantined || target == ErrNotFound }
+
 // permanentSentinel is a sentinel error that says, like the store's error
 // types, that it cannot pass with time.
 type permanentSentinel string
