@@ -93,7 +93,9 @@ func (e *QuarantinedError) Error() string {
 }
 
 // Is makes errors.Is(err, ErrQuarantined) and errors.Is(err, ErrNotFound) hold.
-func (e *QuarantinedError) Is(target error) bool { return target == ErrQuarantined || target == ErrNotFound }
+func (e *QuarantinedError) Is(target error) bool {
+	return target == ErrQuarantined || target == ErrNotFound
+}
 
 // permanentSentinel is a sentinel error that says, like the store's error
 // types, that it cannot pass with time.
