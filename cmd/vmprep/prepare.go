@@ -152,7 +152,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		// make the shutdown quick, and there is nothing left to drain then.
 		dep, err := embedded.Start(ctx, embedded.WithCacheDir(*cacheDir), embedded.WithCatalog(catOpts...),
 			embedded.WithLogger(log), embedded.WithConcurrency(common.Concurrency),
-			embedded.WithResolutionMaxAge(rf.MaxAge), embedded.WithShortPulls())
+			embedded.WithResolutionMaxAge(rf.MaxAge), embedded.WithShortPulls(), embedded.WithInteractive())
 		if err != nil {
 			fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
 			return 1
@@ -161,7 +161,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		cl = dep.Client()
 	}
 
-	bars := newProgressBars(ctx, stderr, !*asJSON && cli.IsTerminal(stderr))
+	bars := newProgressView(ctx, stderr, specLabel(spec), !*asJSON && cli.IsTerminal(stderr))
 	res, err := cl.Prepare(ctx, req, client.WithProgress(bars.update))
 	var failed *client.FailedError
 	if errors.As(err, &failed) {
@@ -269,7 +269,7 @@ func localize(ctx context.Context, cl *client.Client, cacheDir string, res messa
 	if err != nil {
 		return res, fmt.Errorf("the deployment's object store: %w", err)
 	}
-	bars := newProgressBars(ctx, stderr, showProgress)
+	bars := newProgressView(ctx, stderr, specLabel(res.Image()), showProgress)
 	p := &place.Placer{Store: st, Objects: objs, Progress: func(step string, role catalog.Role, done, total int64) {
 		bars.update(messages.Progress{RequestID: res.RequestID, Stage: "client", Step: step, Asset: role, Done: done, Total: total})
 	}}

@@ -110,3 +110,30 @@ func (s *FetcherStage) reportRetry(ns, id string, role catalog.Role, err error) 
 		s.Progress(messages.Progress{Namespace: ns, RequestID: id, Stage: messages.StageFetcher, Asset: role, Retrying: err.Error()})
 	}
 }
+
+// retryProgress tells the requester of a message the runner hands back for
+// another delivery what failed and when it is tried again.
+func retryProgress(stageName string, progress ProgressFunc) func(stage.Retry) {
+	step := map[string]string{
+		messages.StageResolver: messages.StepResolve, messages.StageFetcher: messages.StepFetch,
+		messages.StageVerifier: messages.StepVerify, messages.StageConverter: messages.StepConvert,
+	}[stageName]
+	return func(r stage.Retry) {
+		id, ok := messages.PeekRequestID(r.Message.Data)
+		if !ok {
+			return
+		}
+		p := messages.Progress{RequestID: id, Stage: stageName, Step: step, Retrying: r.Err.Error(),
+			RetryInSeconds: r.In.Seconds(), Attempt: r.Next, MaxAttempts: r.Max}
+		if ns, isRequest := messages.NamespaceOf(r.Message.Subject); isRequest {
+			p.Namespace = ns
+		} else {
+			var ev messages.AssetEvent
+			if messages.Decode(r.Message.Data, messages.TypeAsset, &ev) != nil {
+				return
+			}
+			p.Namespace, p.Asset = ev.Namespace, ev.Asset.Role
+		}
+		progress(p)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/vmprep/vmprep/pkg/catalog"
@@ -42,6 +43,9 @@ type ResolverStage struct {
 	// again (0: always ask, falling back to the stored one when offline).
 	MaxAge time.Duration
 	Logger *slog.Logger
+	// Progress, if set, tells the requester that resolving started and what
+	// it retries.
+	Progress ProgressFunc
 
 	// flight makes concurrent requests for one spec share one resolution.
 	flight singleflight.Group
@@ -121,6 +125,15 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 	if err != nil {
 		return nil, stage.Permanent(&resolve.Error{Spec: spec, Op: resolve.OpPlan, Err: err})
 	}
+	s.report(messages.Progress{Namespace: ns, RequestID: req.RequestID, Stage: messages.StageResolver, Step: messages.StepResolve})
+	ctx = resolve.WithRetryNotify(ctx, func(n resolve.RetryNotice) {
+		cause := n.Err.Error()
+		if !strings.Contains(cause, n.URL) {
+			cause = n.URL + ": " + cause
+		}
+		s.report(messages.Progress{Namespace: ns, RequestID: req.RequestID, Stage: messages.StageResolver, Step: messages.StepResolve,
+			Retrying: cause, RetryInSeconds: n.In.Seconds(), Attempt: n.Attempt, MaxAttempts: n.Attempts})
+	})
 	res, from, err := s.resolve(ctx, canonical, log)
 	if err != nil {
 		return nil, err
@@ -142,6 +155,12 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 	}
 	log.Info("resolved", "from", from, "assets", len(events))
 	return events, nil
+}
+
+func (s *ResolverStage) report(p messages.Progress) {
+	if s.Progress != nil {
+		s.Progress(p)
+	}
 }
 
 // answerID is the publication id of an answer to request message m (key:

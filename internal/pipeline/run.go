@@ -152,7 +152,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 				return nil, errors.New("resolver stage needs a resolver")
 			}
 			h := &ResolverStage{Resolver: d.Resolver, Store: d.Store, Requests: infra.Requests, Objects: infra.Objects != nil,
-				Host: d.Host, MaxAge: d.ResolutionMaxAge, Logger: log}
+				Host: d.Host, MaxAge: d.ResolutionMaxAge, Logger: log, Progress: progress}
 			bindings = append(bindings, binding{name, name, messages.SubjectPrepare, h.Handle})
 		case messages.StageFetcher:
 			if d.Downloader == nil {
@@ -195,6 +195,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			stage.WithFailure(FailurePolicy(b.name, d.Logger)),
 			stage.WithDeadLetter(DeadLetterPolicy(b.name)),
 			stage.WithObserver(d.Metrics.Observer()),
+			stage.WithRetryNotify(retryProgress(b.name, progress)),
 		}, d.RunnerOptions...)
 		if b.filter == messages.SubjectPrepare {
 			// Requests in a namespace: vmprep.prepare.<ns>.

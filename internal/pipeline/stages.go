@@ -325,7 +325,13 @@ func (s *VerifierStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 		if perr != nil {
 			return nil, stage.Poison(perr)
 		}
+		// Committing re-reads every byte: say so (the store reports no
+		// progress within one file, so the step shows its start and end).
+		s.report(messages.Progress{Namespace: ev.Namespace, RequestID: ev.RequestID, Stage: messages.StageVerifier, Step: messages.StepVerify, Asset: a.Role, Total: a.Size})
 		blob, err = s.Store.Commit(ctx, ingest, a.Digest, a.Size)
+		if err == nil {
+			s.report(messages.Progress{Namespace: ev.Namespace, RequestID: ev.RequestID, Stage: messages.StageVerifier, Step: messages.StepVerify, Asset: a.Role, Done: blob.Size, Total: blob.Size})
+		}
 		if errors.Is(err, os.ErrNotExist) {
 			// The fetched file is gone: the verifier cannot fetch it again.
 			return nil, stage.Permanent(fmt.Errorf("%s from %s: %w", a.Role, a.URL, err))
@@ -353,6 +359,12 @@ func (s *VerifierStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 		ev.FileFormat = a.Format
 	}
 	return route(ev, unpack, false)
+}
+
+func (s *VerifierStage) report(p messages.Progress) {
+	if s.Progress != nil {
+		s.Progress(p)
+	}
 }
 
 // route sends a verified asset on: to the target host's converter, to a

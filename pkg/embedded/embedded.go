@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,6 +65,7 @@ type config struct {
 	serverOpts   *server.Options
 	connOpts     []nats.Option
 	registerer   prometheus.Registerer
+	interactive  bool
 }
 
 // Option configures Start.
@@ -124,6 +126,29 @@ func WithResolutionMaxAge(d time.Duration) Option { return func(c *config) { c.m
 // (one prepare, then exit) shuts down at once.
 func WithShortPulls() Option { return func(c *config) { c.shortPulls = true } }
 
+// WithInteractive is for a person waiting on a terminal (vmprep prepare):
+// failures are retried fewer times and sooner, so that an offline run fails
+// in seconds, saying why, instead of in minutes. Each retry is announced in
+// the request's progress events either way. A delivery is tried 3 times, 1 s
+// and then 2 s apart (stage processes: --max-deliver, 5, backoff 1 s up to
+// 30 s); the resolver tries each file 3 times 0.25 s apart (4 times from
+// 0.5 s); a download gives up after 4 tries without progress 0.5 s up to 4 s
+// apart (8 tries, 1 s up to 60 s) — any bytes gained renew its budget, so a
+// slow or flaky download still goes on. Options given explicitly override these.
+func WithInteractive() Option { return func(c *config) { c.interactive = true } }
+
+// interactiveBackoff paces redeliveries while a person waits: 1 s, then 2 s.
+func interactiveBackoff() backoff.BackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = time.Second
+	b.Multiplier = 2
+	b.MaxInterval = 2 * time.Second
+	b.RandomizationFactor = 0
+	b.MaxElapsedTime = 0
+	b.Reset()
+	return b
+}
+
 // WithObjectStore keeps verified content in the JetStream Object Store
 // bucket (created if missing): stage processes on other hosts joining this
 // server then share it, each with its own cache directory.
@@ -179,6 +204,11 @@ func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
 	}
 	if c.logger == nil {
 		c.logger = slog.New(slog.DiscardHandler)
+	}
+	if c.interactive {
+		c.runnerOpts = append([]stage.Option{stage.WithMaxDeliver(3), stage.WithBackoff(interactiveBackoff)}, c.runnerOpts...)
+		c.resolveOpts = append([]resolve.Option{resolve.WithRetry(3, 250*time.Millisecond)}, c.resolveOpts...)
+		c.downloadOpts = append([]download.Option{download.WithRetry(4, download.DefaultMaxElapsed), download.WithBackoff(500*time.Millisecond, 4*time.Second)}, c.downloadOpts...)
 	}
 	if c.cacheDir == "" {
 		var err error

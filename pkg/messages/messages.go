@@ -328,15 +328,16 @@ func (f *Failure) Error() string {
 	return s + ": " + f.Cause
 }
 
-// Progress reports bytes done on one asset.
+// Progress reports what a stage is doing for a request: bytes done on one
+// asset, or a step starting, or a failure about to be retried.
 type Progress struct {
 	Header
 	// Namespace is the requester's namespace.
 	Namespace string `json:"namespace,omitempty"`
 	RequestID string `json:"request_id"`
 	Stage     string `json:"stage"`
-	// Step says what the stage is doing: fetch, store, verify, pull,
-	// convert or unpack.
+	// Step says what the stage is doing: resolve (the request's image, no
+	// asset and no counts), fetch, store, verify, pull, convert or unpack.
 	Step  string     `json:"step,omitempty"`
 	Asset image.Role `json:"asset"`
 	Done  int64      `json:"done"`
@@ -346,7 +347,21 @@ type Progress struct {
 	// Retrying, when set, is the failure the stage is about to retry; Done
 	// and Total are then not reported.
 	Retrying string `json:"retrying,omitempty"`
+	// RetryInSeconds is how long until the retry (with Retrying).
+	RetryInSeconds float64 `json:"retry_in_seconds,omitempty"`
+	// Attempt is the number of the attempt that comes next and MaxAttempts
+	// how many are allowed, when the stage knows (with Retrying).
+	Attempt     int `json:"attempt,omitempty"`
+	MaxAttempts int `json:"max_attempts,omitempty"`
 }
+
+// Steps of a request, as Progress.Step names them.
+const (
+	StepResolve = "resolve"
+	StepFetch   = "fetch"
+	StepVerify  = "verify"
+	StepConvert = "convert"
+)
 
 // ResultStatus is the outcome of a request.
 type ResultStatus string

@@ -8,8 +8,10 @@ import (
 	"net"
 	"net/http"
 	"syscall"
+	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/vmprep/vmprep/internal/neterr"
 )
 
 // fetchError is a failed fetch and whether the failure was transient.
@@ -21,9 +23,33 @@ type fetchError struct {
 // responseCheck vets a response's headers before its body is read.
 type responseCheck func(*http.Response) error
 
+// RetryNotice describes a fetch the resolver is about to try again.
+type RetryNotice struct {
+	URL string
+	Err error
+	// In is the pause before the next try; Attempt is its number, of Attempts.
+	In                time.Duration
+	Attempt, Attempts int
+}
+
+type retryNotifyKey struct{}
+
+// WithRetryNotify returns a context under which the resolver calls fn before
+// each retry of a fetch, so that someone waiting can be told what is being
+// retried and why (the resolver is shared by many requests; the hook belongs
+// to the one whose context carries it).
+func WithRetryNotify(ctx context.Context, fn func(RetryNotice)) context.Context {
+	return context.WithValue(ctx, retryNotifyKey{}, fn)
+}
+
 // fetch GETs a small file, retrying transient failures with exponential
 // backoff up to r.attempts tries. The body is capped at limit bytes; check,
 // if set, may refuse the response from its headers.
+//
+// A host that cannot be reached at all (its name does not resolve, no
+// route) is not retried here: it fails again at once, and the pauses of this
+// loop would only make a person wait. The error stays retryable: whoever
+// retries over minutes (the stage runner's redeliveries) may still.
 func (r *Resolver) fetch(ctx context.Context, url string, limit int64, check responseCheck) ([]byte, *fetchError) {
 	b := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(r.initialBackoff),
@@ -31,19 +57,26 @@ func (r *Resolver) fetch(ctx context.Context, url string, limit int64, check res
 		backoff.WithMaxElapsedTime(0), // bounded by the attempt count instead
 	)
 	var policy backoff.BackOff = backoff.WithContext(backoff.WithMaxRetries(b, uint64(max(r.attempts-1, 0))), ctx)
+	notify, _ := ctx.Value(retryNotifyKey{}).(func(RetryNotice))
 	var last *fetchError
-	body, err := backoff.RetryWithData(func() ([]byte, error) {
+	attempt := 0
+	body, err := backoff.RetryNotifyWithData(func() ([]byte, error) {
+		attempt++
 		body, err := r.fetchOnce(ctx, url, limit, check)
 		if err == nil {
 			return body, nil
 		}
 		last = &fetchError{err: err, retryable: transient(ctx, err)}
-		if !last.retryable {
+		if !last.retryable || neterr.Unreachable(err) {
 			return nil, backoff.Permanent(err)
 		}
 		r.logger.DebugContext(ctx, "transient fetch failure", "url", url, "err", err)
 		return nil, err
-	}, policy)
+	}, policy, func(err error, in time.Duration) {
+		if notify != nil {
+			notify(RetryNotice{URL: url, Err: err, In: in, Attempt: attempt + 1, Attempts: r.attempts})
+		}
+	})
 	if err == nil {
 		return body, nil
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/vmprep/vmprep/internal/signtest"
 	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/manifest"
 	"github.com/vmprep/vmprep/pkg/resolve"
@@ -475,5 +476,57 @@ images:
 				}
 			}
 		})
+	}
+}
+
+// TestUnreachableHostIsNotRetriedHere: a mirror whose name does not resolve
+// (offline, or a wrong name) fails at once, retryable, after one lookup per
+// address family; the resolver's own pauses would only make a person wait.
+func TestUnreachableHostIsNotRetriedHere(t *testing.T) {
+	dns := testutil.StartNXDomain(t)
+	cat, err := catalog.New(catalog.WithMirror("http://mirror.vmprep-test.example/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: dns.Dialer().DialContext}}
+	var notices []resolve.RetryNotice
+	ctx := resolve.WithRetryNotify(t.Context(), func(n resolve.RetryNotice) { notices = append(notices, n) })
+	r := resolve.New(cat, resolve.WithHTTPClient(hc), resolve.WithRetry(4, 50*time.Millisecond))
+	_, err = r.Serials(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
+	if err == nil || !strings.Contains(err.Error(), "no such host") || !resolve.IsRetryable(err) {
+		t.Fatalf("Serials = %v; want a retryable error saying no such host", err)
+	}
+	if q := dns.Queries(); q == 0 || q > 2 {
+		t.Errorf("%d DNS queries; want one lookup (A and AAAA), not one per retry", q)
+	}
+	if len(notices) != 0 {
+		t.Errorf("retries announced for an unreachable host: %+v", notices)
+	}
+}
+
+// TestRetryNotify: each retry of a transient failure is announced to the
+// context that asked, with the URL, the cause, the pause and the attempt.
+func TestRetryNotify(t *testing.T) {
+	m := newMirror(t, testmirror.WithArches(catalog.ArchARM64))
+	dir := m.VersionDir("ubuntu", "24.04")
+	m.SetFault(dir, testmirror.Fault{Status: http.StatusServiceUnavailable, Times: 2})
+	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())}, resolve.WithRetry(3, time.Millisecond))
+	var notices []resolve.RetryNotice
+	ctx := resolve.WithRetryNotify(t.Context(), func(n resolve.RetryNotice) { notices = append(notices, n) })
+	if _, err := r.Serials(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(notices) != 2 {
+		t.Fatalf("%d notices, want 2: %+v", len(notices), notices)
+	}
+	for i, n := range notices {
+		if n.Attempt != i+2 || n.Attempts != 3 || n.In <= 0 || !strings.Contains(n.Err.Error(), "503") || !strings.Contains(n.URL, dir) {
+			t.Errorf("notice %d: %+v", i, n)
+		}
+	}
+	// Without the hook nothing is called (and nothing breaks).
+	m.SetFault(dir, testmirror.Fault{Status: http.StatusServiceUnavailable, Times: 1})
+	if _, err := r.Serials(t.Context(), catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"}); err != nil {
+		t.Fatal(err)
 	}
 }

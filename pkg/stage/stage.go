@@ -138,6 +138,7 @@ type config struct {
 	fetchWait     time.Duration
 	publishTimout time.Duration
 	observer      Observer
+	retryNotify   func(Retry)
 }
 
 // Option configures a Runner.
@@ -181,6 +182,23 @@ func WithBackoff(newBackOff func() backoff.BackOff) Option {
 func WithMoreSubjects(subjects ...string) Option {
 	return func(c *config) { c.moreFilters = append(c.moreFilters, subjects...) }
 }
+
+// Retry describes a delivery that failed transiently and goes back to be
+// delivered again (see WithRetryNotify).
+type Retry struct {
+	Message Message
+	Err     error
+	// In is how long until the next delivery; Next is its number, of Max
+	// deliveries allowed.
+	In        time.Duration
+	Next, Max int
+}
+
+// WithRetryNotify calls fn (from the worker; return quickly) for each
+// delivery that failed transiently and will be delivered again, before it is
+// handed back: whoever waits for the work can be told what is being retried,
+// why, and when.
+func WithRetryNotify(fn func(Retry)) Option { return func(c *config) { c.retryNotify = fn } }
 
 // WithFailure sets the policy for messages that will not be retried any more.
 func WithFailure(f FailureFunc) Option { return func(c *config) { c.failure = f } }
@@ -475,8 +493,12 @@ func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 		log.Warn("giving up after max deliveries", "max", r.cfg.maxDeliver, "err", err)
 		outcome = r.fail(ctx, jm, m, fmt.Errorf("gave up after %d attempts: %w", m.Delivery, err), OutcomeExhausted, log)
 	default:
-		log.Info("transient failure; will retry", "err", err)
-		r.nak(jm, m, log)
+		delay := r.retryDelay(m.Delivery)
+		log.Info("transient failure; will retry", "err", err, "in", delay)
+		if r.cfg.retryNotify != nil {
+			r.cfg.retryNotify(Retry{Message: m, Err: err, In: delay, Next: m.Delivery + 1, Max: r.cfg.maxDeliver})
+		}
+		r.nakWithDelay(jm, delay, log)
 	}
 }
 
@@ -559,13 +581,23 @@ func (r *Runner) publish(ctx context.Context, events []Event) error {
 }
 
 func (r *Runner) nak(jm jetstream.Msg, m Message, log *slog.Logger) {
+	r.nakWithDelay(jm, r.retryDelay(m.Delivery), log)
+}
+
+// retryDelay is how long the delivery-th delivery's retry waits: the n-th
+// interval of a fresh backoff.
+func (r *Runner) retryDelay(delivery int) time.Duration {
 	b := r.cfg.backoff()
 	delay := time.Second
-	for i := 0; i < m.Delivery; i++ {
+	for i := 0; i < delivery; i++ {
 		if d := b.NextBackOff(); d != backoff.Stop {
 			delay = d
 		}
 	}
+	return delay
+}
+
+func (r *Runner) nakWithDelay(jm jetstream.Msg, delay time.Duration, log *slog.Logger) {
 	if err := jm.NakWithDelay(delay); err != nil {
 		log.Warn("nak failed", "err", err)
 	}

@@ -418,3 +418,35 @@ func TestWorkersShareOneConsumer(t *testing.T) {
 		t.Errorf("work not shared: %d / %d", byRunner[0].Load(), byRunner[1].Load())
 	}
 }
+
+// TestRetryNotify: each transient failure that goes back for another
+// delivery is reported with its cause, the delay and the delivery that
+// comes next; the last one (which fails the message) and permanent ones are not.
+func TestRetryNotify(t *testing.T) {
+	js := startJS(t)
+	var mu sync.Mutex
+	var retries []stage.Retry
+	cause := errors.New("host not reachable")
+	runRunner(t, js, func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
+		if string(m.Data) == "permanent" {
+			return nil, stage.Permanent(errors.New("no"))
+		}
+		return nil, cause
+	}, stage.WithRetryNotify(func(r stage.Retry) {
+		mu.Lock()
+		defer mu.Unlock()
+		retries = append(retries, r)
+	}))
+	publish(t, js, "permanent", "flaky")
+	collect(t, js, failSubj, 2)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(retries) != 2 { // deliveries 1 and 2 of 3 are retried; the 3rd fails
+		t.Fatalf("%d retries reported, want 2: %+v", len(retries), retries)
+	}
+	for i, r := range retries {
+		if string(r.Message.Data) != "flaky" || !errors.Is(r.Err, cause) || r.Next != i+2 || r.Max != 3 || r.In <= 0 || r.Message.Delivery != i+1 {
+			t.Errorf("retry %d: %+v", i, r)
+		}
+	}
+}
