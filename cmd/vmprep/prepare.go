@@ -50,6 +50,7 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 }
 
 func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	signals := ctx // ends on ^C or SIGTERM; ctx also ends on --timeout
 	fs := flag.NewFlagSet("prepare", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	arch := fs.String("arch", "", "amd64|x86_64 or arm64|aarch64 (default: this host's)")
@@ -126,6 +127,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 
 	var cl *client.Client
+	var dep *embedded.Deployment
 	if conn.NATSURL != "" {
 		nc, err := conn.Connect("vmprep-prepare", log, false)
 		if err != nil {
@@ -150,14 +152,18 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		}
 		// The stages run in this process until the result is in: short pulls
 		// make the shutdown quick, and there is nothing left to drain then.
-		dep, err := embedded.Start(ctx, embedded.WithCacheDir(*cacheDir), embedded.WithCatalog(catOpts...),
+		dep, err = embedded.Start(ctx, embedded.WithCacheDir(*cacheDir), embedded.WithCatalog(catOpts...),
 			embedded.WithLogger(log), embedded.WithConcurrency(common.Concurrency),
 			embedded.WithResolutionMaxAge(rf.MaxAge), embedded.WithShortPulls(), embedded.WithInteractive())
 		if err != nil {
 			fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
 			return 1
 		}
-		defer dep.Close()
+		defer func() {
+			if dep != nil {
+				_ = dep.Close()
+			}
+		}()
 		cl = dep.Client()
 	}
 
@@ -168,6 +174,9 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		err = nil // reported from the result below
 	}
 	bars.finish(err == nil && res.Status == messages.ResultPrepared)
+	if err != nil && signals.Err() != nil {
+		return interrupted(stderr, &dep, req.RequestID)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "vmprep prepare: %s: %v\n", specLabel(spec), redact.Error(err))
 		return 1
@@ -199,6 +208,23 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	printResult(stdout, res)
 	return 0
+}
+
+// interrupted ends a prepare stopped by ^C (or SIGTERM). In embedded mode
+// the stages let in-flight work finish (within their drain timeout) — a
+// second ^C quits at once, the default action of a signal once the first
+// has been taken. Partial downloads are resumable either way: they stay in
+// the ingest area with their sidecars. With --nats the deployment goes on.
+func interrupted(stderr io.Writer, dep **embedded.Deployment, id string) int {
+	if *dep == nil {
+		fmt.Fprintf(stderr, "vmprep prepare: stopped waiting; the deployment goes on with request %s (--request-id %s waits for its result again)\n", id, id)
+		return 130
+	}
+	fmt.Fprintln(stderr, "vmprep prepare: stopping: finishing in-flight work (^C again to quit now)")
+	_ = (*dep).Close()
+	*dep = nil
+	fmt.Fprintln(stderr, "vmprep prepare: stopped; partial downloads are kept and resume on the next run")
+	return 130
 }
 
 func specLabel(s catalog.ImageSpec) string { return s.String() }

@@ -7,6 +7,7 @@ import (
 	"syscall"
 
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/stage"
 )
@@ -105,9 +106,11 @@ func failedRole(err error, own catalog.Role) catalog.Role {
 
 // reportRetry tells the requester what the fetcher is retrying, so that a
 // client that gives up (a --timeout) can say why it was waiting.
-func (s *FetcherStage) reportRetry(ns, id string, role catalog.Role, err error) {
+func (s *FetcherStage) reportRetry(ns, id string, role catalog.Role, r download.Retry) {
 	if s.Progress != nil {
-		s.Progress(messages.Progress{Namespace: ns, RequestID: id, Stage: messages.StageFetcher, Asset: role, Retrying: err.Error()})
+		// The download's own count: failures in a row without progress.
+		s.Progress(messages.Progress{Namespace: ns, RequestID: id, Stage: messages.StageFetcher, Step: messages.StepFetch, Asset: role, Retrying: r.Err.Error(),
+			RetryInSeconds: r.In.Seconds(), Attempt: r.Failures + 1, MaxAttempts: r.MaxFailures})
 	}
 }
 

@@ -153,7 +153,7 @@ func (s *FetcherStage) download(ctx context.Context, ev messages.AssetEvent, mov
 			}
 			report(messages.Progress{Namespace: ev.Namespace, RequestID: ev.RequestID, Stage: messages.StageFetcher, Step: "fetch", Asset: a.Role, Done: p.Done, Total: p.Total, BytesPerSecond: p.BytesPerSecond})
 		},
-		OnRetry: func(err error) { s.reportRetry(ev.Namespace, ev.RequestID, a.Role, err) },
+		OnRetry: func(r download.Retry) { s.reportRetry(ev.Namespace, ev.RequestID, a.Role, r) },
 	})
 	s.Metrics.OriginBytes(res.Transferred)
 	if err != nil {

@@ -107,7 +107,7 @@ func (fe *fetch) transfer(ctx context.Context) error {
 		c.log.Warn("download attempt failed, retrying", "asset", fe.req.Name, "url", fe.req.URL,
 			"attempt", fe.attempts, "have", fe.have, "delay", delay, "err", e)
 		if fe.req.OnRetry != nil {
-			fe.req.OnRetry(e)
+			fe.req.OnRetry(Retry{Err: e, In: delay, Failures: failures, MaxFailures: c.maxAttempts})
 		}
 		if err := c.sleep(ctx, delay); err != nil {
 			e := fe.permanent("wait to retry", 0, fmt.Errorf("%w (last error: %s)", err, e.cause()))

@@ -34,7 +34,17 @@ type Request struct {
 	// OnRetry, if set, is called with each failure that is about to be
 	// retried, before the wait: the caller can tell its user what is going
 	// wrong while the download keeps trying.
-	OnRetry func(err error)
+	OnRetry func(Retry)
+}
+
+// Retry describes a failed attempt that is about to be retried.
+type Retry struct {
+	Err error
+	// In is the wait before the next attempt.
+	In time.Duration
+	// Failures counts the attempts in a row that made no progress, of
+	// MaxFailures allowed (bytes gained start the count again).
+	Failures, MaxFailures int
 }
 
 // Progress reports how far a download is.

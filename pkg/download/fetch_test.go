@@ -959,3 +959,26 @@ func TestCancelledFetchNamesLastError(t *testing.T) {
 		t.Errorf("error %q does not name the last failure (HTTP 502)", err)
 	}
 }
+
+// TestOnRetrySaysWhenAndHowMany: each retried failure is announced with its
+// cause, the wait before the next attempt, and the failures in a row so far
+// of those allowed.
+func TestOnRetrySaysWhenAndHowMany(t *testing.T) {
+	content := []byte(strings.Repeat("v", 4096))
+	srv := newFileServer(t, content, fault{status: http.StatusServiceUnavailable}, fault{status: http.StatusBadGateway})
+	c, delays := newTestClient(WithRetry(5, time.Hour))
+	var retries []Retry
+	_, err := c.Fetch(context.Background(), Request{URL: srv.URL, Dest: filepath.Join(t.TempDir(), "d"), Name: "disk",
+		OnRetry: func(r Retry) { retries = append(retries, r) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(retries) != 2 {
+		t.Fatalf("%d retries announced, want 2: %+v", len(retries), retries)
+	}
+	for i, r := range retries {
+		if r.Failures != i+1 || r.MaxFailures != 5 || r.In != delays.get()[i] || !strings.Contains(r.Err.Error(), []string{"503", "502"}[i]) {
+			t.Errorf("retry %d: %+v (waited %v)", i, r, delays.get())
+		}
+	}
+}

@@ -128,13 +128,14 @@ func WithShortPulls() Option { return func(c *config) { c.shortPulls = true } }
 
 // WithInteractive is for a person waiting on a terminal (vmprep prepare):
 // failures are retried fewer times and sooner, so that an offline run fails
-// in seconds, saying why, instead of in minutes. Each retry is announced in
+// in seconds, saying why, instead of in a minute. Each retry is announced in
 // the request's progress events either way. A delivery is tried 3 times, 1 s
-// and then 2 s apart (stage processes: --max-deliver, 5, backoff 1 s up to
-// 30 s); the resolver tries each file 3 times 0.25 s apart (4 times from
-// 0.5 s); a download gives up after 4 tries without progress 0.5 s up to 4 s
-// apart (8 tries, 1 s up to 60 s) — any bytes gained renew its budget, so a
-// slow or flaky download still goes on. Options given explicitly override these.
+// and then 2 s apart (stage processes: --max-deliver 5, backoff 1 s doubling
+// up to 30 s), and that is the only retry of a resolution (the resolver
+// itself tries each file once instead of 4 times); a download gives up
+// after 4 tries in a row without progress, 0.5 s up to 4 s apart (8 tries,
+// 1 s up to 60 s) — bytes gained renew that budget, so a slow or flaky
+// download still goes on. Options given explicitly override these.
 func WithInteractive() Option { return func(c *config) { c.interactive = true } }
 
 // interactiveBackoff paces redeliveries while a person waits: 1 s, then 2 s.
@@ -207,7 +208,7 @@ func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
 	}
 	if c.interactive {
 		c.runnerOpts = append([]stage.Option{stage.WithMaxDeliver(3), stage.WithBackoff(interactiveBackoff)}, c.runnerOpts...)
-		c.resolveOpts = append([]resolve.Option{resolve.WithRetry(3, 250*time.Millisecond)}, c.resolveOpts...)
+		c.resolveOpts = append([]resolve.Option{resolve.WithRetry(1, 0)}, c.resolveOpts...)
 		c.downloadOpts = append([]download.Option{download.WithRetry(4, download.DefaultMaxElapsed), download.WithBackoff(500*time.Millisecond, 4*time.Second)}, c.downloadOpts...)
 	}
 	if c.cacheDir == "" {

@@ -1,0 +1,178 @@
+//go:build unix
+
+package main
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/internal/testutil"
+	"github.com/vmprep/vmprep/pkg/catalog"
+)
+
+// onTerminal is a child process whose stdout and stderr are a
+// pseudo-terminal of 100 columns, and what it wrote there.
+type onTerminal struct {
+	cmd  *exec.Cmd
+	out  testutil.LockedBuffer
+	done chan error
+}
+
+func startOnTerminal(t *testing.T, cmd *exec.Cmd) *onTerminal {
+	t.Helper()
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		t.Skipf("no pseudo-terminal here: %v", err)
+	}
+	if err := pty.Setsize(ptmx, &pty.Winsize{Cols: 100, Rows: 40}); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = tty, tty
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	_ = tty.Close()
+	ot := &onTerminal{cmd: cmd, done: make(chan error, 1)}
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		_, _ = io.Copy(&ot.out, ptmx) // ends with EIO once the child is gone
+	}()
+	go func() {
+		err := cmd.Wait()
+		<-copied
+		_ = ptmx.Close()
+		ot.done <- err
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+		}
+	})
+	return ot
+}
+
+var ansi = regexp.MustCompile("\x1b\\[[0-9;]*[A-Za-z]|\r")
+
+// text is what the terminal showed, without the escape sequences.
+func (ot *onTerminal) text() string { return ansi.ReplaceAllString(ot.out.String(), "") }
+
+// waitFor waits until the terminal shows s (a bounded wait, not a timing check).
+func (ot *onTerminal) waitFor(t *testing.T, s string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for !strings.Contains(ot.text(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the terminal never showed %q:\n%s", s, ot.text())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// exit waits for the child and returns its exit status (-1 if a signal ended it).
+func (ot *onTerminal) exit(t *testing.T) int {
+	t.Helper()
+	select {
+	case err := <-ot.done:
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatal(err)
+		}
+		return ot.cmd.ProcessState.ExitCode()
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("still running:\n%s", ot.text())
+	}
+	return 0
+}
+
+// TestOfflineRunShowsWhatIsHappening (issue 11, item 4): a first run whose
+// mirror cannot be reached shows on the terminal that it is resolving, then
+// each retry with when, which attempt and the cause, and ends after three
+// tries with the cause in one line.
+func TestOfflineRunShowsWhatIsHappening(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mirror := "http://" + l.Addr().String() + "/"
+	_ = l.Close() // nothing listens there now: connection refused
+	ot := startOnTerminal(t, vmprepCommand(t, "prepare", "--cache-dir", t.TempDir(), "--mirror", mirror, "ubuntu", "24.04", "--arch", "amd64"))
+	if code := ot.exit(t); code != 1 {
+		t.Errorf("exit status %d, want 1", code)
+	}
+	out := ot.text()
+	resolving := strings.Index(out, "resolve ubuntu 24.04 amd64")
+	retry2 := strings.Index(out, "retry 2 of 3 in ")
+	retry3 := strings.Index(out, "retry 3 of 3 in ")
+	failed := strings.Index(out, "vmprep prepare: ubuntu 24.04 amd64: resolver failed: gave up after 3 attempts")
+	if resolving < 0 || retry2 < resolving || retry3 < retry2 || failed < retry3 {
+		t.Errorf("want resolving, retries 2 and 3 of 3, then the failure, in that order:\n%s", out)
+	}
+	t.Logf("the terminal showed:\n%s", out)
+	if !strings.Contains(out, "connection refused") {
+		t.Errorf("the cause is not shown:\n%s", out)
+	}
+}
+
+// TestInterruptSaysItIsStopping (issue 11, item 5): the first ^C says the
+// in-flight work is being finished and how to quit now; the second quits;
+// the partial download stays and the next run resumes it.
+func TestInterruptSaysItIsStopping(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 16<<20))
+	disk := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	const stallAt = 6 << 20
+	m.SetFault(disk, testmirror.Fault{Stall: true, After: stallAt})
+	cache := t.TempDir()
+	args := []string{"prepare", "--cache-dir", cache, "--mirror", m.URL, "--keyring", m.KeyringFile(), "--arch", "amd64", "ubuntu", "24.04"}
+	ot := startOnTerminal(t, vmprepCommand(t, args...))
+	ot.waitFor(t, "fetch   disk")
+	for m.BytesServed(disk) < stallAt {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := ot.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	ot.waitFor(t, "stopping: finishing in-flight work (^C again to quit now)")
+	if strings.Contains(ot.text(), "context canceled") {
+		t.Errorf("^C reported as an error:\n%s", ot.text())
+	}
+	if err := ot.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	ot.exit(t)
+	if ws, ok := ot.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGINT {
+		t.Errorf("the second ^C did not quit at once: %v\n%s", ot.cmd.ProcessState, ot.text())
+	}
+
+	// The partial download is in the ingest area, and the next run resumes it.
+	partials, _ := filepath.Glob(filepath.Join(cache, "ingest", "*"))
+	var have int64
+	for _, p := range partials {
+		if fi, err := os.Stat(p); err == nil && !strings.HasSuffix(p, ".meta") && fi.Size() > have {
+			have = fi.Size()
+		}
+	}
+	if have == 0 {
+		t.Fatalf("no partial download kept in %s/ingest: %v", cache, partials)
+	}
+	t.Logf("the terminal showed:\n%s", ot.text())
+	m.ClearFault(disk)
+	size := int64(len(m.Content(disk)))
+	if out, err := vmprepCommand(t, args...).CombinedOutput(); err != nil {
+		t.Fatalf("the run after: %v\n%s", err, out)
+	}
+	if served := m.BytesServed(disk); served > stallAt+size-have {
+		t.Errorf("the disk was downloaded again from the start: %d bytes served in all, %d were kept", served, have)
+	}
+}
