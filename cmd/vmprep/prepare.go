@@ -126,6 +126,27 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return 2
 	}
 
+	var embeddedOpts []embedded.Option
+	if *natsURL == "" {
+		catOpts, err := rf.CatalogOptions(log)
+		if err != nil {
+			fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
+			return 1
+		}
+		embeddedOpts = []embedded.Option{embedded.WithCacheDir(*cacheDir), embedded.WithCatalog(catOpts...),
+			embedded.WithLogger(log), embedded.WithConcurrency(common.Concurrency),
+			embedded.WithResolutionMaxAge(rf.MaxAge), embedded.WithShortPulls(), embedded.WithInteractive()}
+		// A warm request (everything stored, the resolution young enough)
+		// is answered from the store with the pipeline's own steps, without
+		// starting a server: milliseconds instead of a server's start-up.
+		// Not with --request-id: the deployment keeps what an id was used for.
+		if *requestID == "" {
+			if res, ok, err := embedded.FromStore(ctx, req, embeddedOpts...); err == nil && ok {
+				return reportResult(stdout, stderr, res, spec, *asJSON)
+			}
+		}
+	}
+
 	var cl *client.Client
 	var dep *embedded.Deployment
 	if conn.NATSURL != "" {
@@ -145,16 +166,10 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			}
 		}
 	} else {
-		catOpts, err := rf.CatalogOptions(log)
-		if err != nil {
-			fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
-			return 1
-		}
 		// The stages run in this process until the result is in: short pulls
 		// make the shutdown quick, and there is nothing left to drain then.
-		dep, err = embedded.Start(ctx, embedded.WithCacheDir(*cacheDir), embedded.WithCatalog(catOpts...),
-			embedded.WithLogger(log), embedded.WithConcurrency(common.Concurrency),
-			embedded.WithResolutionMaxAge(rf.MaxAge), embedded.WithShortPulls(), embedded.WithInteractive())
+		var err error
+		dep, err = embedded.Start(ctx, embeddedOpts...)
 		if err != nil {
 			fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
 			return 1
@@ -187,18 +202,24 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			return 1
 		}
 	}
+	return reportResult(stdout, stderr, res, spec, *asJSON)
+}
+
+// reportResult prints a result — its paths, or JSON — and returns the exit
+// status: 0 when prepared, else 1 with the cause on stderr.
+func reportResult(stdout, stderr io.Writer, res messages.Result, spec catalog.ImageSpec, asJSON bool) int {
 	if res.Status != messages.ResultPrepared {
 		cause := "failed without a reason"
 		if res.Failure != nil {
 			cause = res.Failure.Error()
 		}
-		if *asJSON {
+		if asJSON {
 			_ = json.NewEncoder(stdout).Encode(res)
 		}
 		fmt.Fprintf(stderr, "vmprep prepare: %s: %s\n", specLabel(spec), oneLine(cause))
 		return 1
 	}
-	if *asJSON {
+	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(res); err != nil {

@@ -206,9 +206,5 @@ func (s *CollectorStage) storedPath(ctx context.Context, ev messages.AssetEvent)
 	if ev.Status != messages.StatusConverted {
 		return blob.Path, nil
 	}
-	key := store.DerivedKey{Source: blob.SHA256, Converter: place.ConverterName, Format: string(catalog.FormatRaw)}
-	if ev.Asset.Role == catalog.RoleKernel {
-		key = store.DerivedKey{Source: blob.SHA256, Converter: place.KernelUnpackerName, Format: "vmlinux"}
-	}
-	return s.Store.Derived(ctx, key)
+	return s.Store.Derived(ctx, place.DerivedKeyOf(ev.Asset.Role, blob.SHA256))
 }

@@ -48,11 +48,23 @@ func (s *ResolverStage) resolve(ctx context.Context, spec catalog.ImageSpec, log
 	return r.res, r.from, nil
 }
 
-func (s *ResolverStage) resolveOnce(ctx context.Context, spec catalog.ImageSpec, log *slog.Logger) (catalog.Resolution, string, error) {
+// storedResolution is the resolution of spec the store answers without the
+// network, if any: a pinned build's record (its directory never changes),
+// or the latest resolution while it is younger than maxAge.
+func storedResolution(ctx context.Context, st *store.Store, spec catalog.ImageSpec, maxAge time.Duration) (catalog.Resolution, bool) {
 	if spec.Serial != "" {
-		if rec, err := s.Store.LoadSerialResolution(ctx, spec); err == nil {
-			return rec, messages.ResolvedFromCache, nil
-		}
+		rec, err := st.LoadSerialResolution(ctx, spec)
+		return rec, err == nil
+	}
+	cached, err := st.LoadResolution(ctx, spec)
+	return cached, err == nil && maxAge > 0 && time.Since(cached.ResolvedAt) < maxAge
+}
+
+func (s *ResolverStage) resolveOnce(ctx context.Context, spec catalog.ImageSpec, log *slog.Logger) (catalog.Resolution, string, error) {
+	if rec, ok := storedResolution(ctx, s.Store, spec, s.MaxAge); ok {
+		return rec, messages.ResolvedFromCache, nil
+	}
+	if spec.Serial != "" {
 		res, err := s.Resolver.Resolve(ctx, spec)
 		if err != nil {
 			return catalog.Resolution{}, "", err
@@ -62,9 +74,6 @@ func (s *ResolverStage) resolveOnce(ctx context.Context, spec catalog.ImageSpec,
 	}
 
 	cached, cerr := s.Store.LoadResolution(ctx, spec)
-	if cerr == nil && s.MaxAge > 0 && time.Since(cached.ResolvedAt) < s.MaxAge {
-		return cached, messages.ResolvedFromCache, nil
-	}
 	serials, err := s.Resolver.Serials(ctx, spec)
 	switch {
 	case errors.Is(err, catalog.ErrNoSerials):

@@ -370,18 +370,24 @@ func (s *VerifierStage) report(p messages.Progress) {
 // route sends a verified asset on: to the target host's converter, to a
 // shared converter when it needs converting, or to the collector.
 func route(ev messages.AssetEvent, kernelNeedsUnpack, objects bool) ([]stage.Event, error) {
-	a := ev.Asset
-	wantsRaw := a.Role == catalog.RoleDisk && ev.Format == catalog.FormatRaw && a.Format != catalog.FormatRaw
 	subject, step := messages.SubjectDone, "done"
 	switch {
 	case objects && ev.Target != "":
 		subject, step = messages.TargetSubject(ev.Target), "place"
 	case objects && ev.ClientConverts:
-	case kernelNeedsUnpack || wantsRaw:
+	case needsConverting(ev, kernelNeedsUnpack):
 		subject, step = messages.SubjectConvert, "convert"
 	}
 	out, err := assetEvent(subject, step, ev)
 	return []stage.Event{out}, err
+}
+
+// needsConverting reports whether a verified asset goes to a converter: a
+// qcow2 disk wanted as raw, or a packed kernel.
+func needsConverting(ev messages.AssetEvent, kernelNeedsUnpack bool) bool {
+	a := ev.Asset
+	wantsRaw := a.Role == catalog.RoleDisk && ev.Format == catalog.FormatRaw && a.Format != catalog.FormatRaw
+	return kernelNeedsUnpack || wantsRaw
 }
 
 // refetch sends the asset back to the fetcher after its object was found

@@ -31,6 +31,7 @@ import (
 	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/place"
 	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/stage"
 	"github.com/vmprep/vmprep/pkg/store"
@@ -267,6 +268,46 @@ func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
 		d.client, _ = client.New(d.emb.Conn)
 	}
 	return d, nil
+}
+
+// FromStore answers req from the content store alone — without starting a
+// server or any stage — when the deployment would find everything done: the
+// image's resolution is stored and may be used without the network (a
+// pinned serial's, or one younger than WithResolutionMaxAge), and every file
+// and conversion is stored and still matches its stamp. The result is the
+// one Start's deployment would give (the view is linked the same way), in
+// milliseconds instead of the time a server takes to start. ok is false when
+// the request needs the deployment: Start one and Prepare. A request with a
+// target or whose client converts is never answered here, and nothing is
+// recorded under its id: use it for requests with fresh ids (an empty
+// RequestID gets one). Options other than the cache directory, catalog,
+// resolution age and host are ignored.
+func FromStore(ctx context.Context, req client.Request, opts ...Option) (res client.Result, ok bool, err error) {
+	var c config
+	for _, o := range opts {
+		o(&c)
+	}
+	if c.cacheDir == "" {
+		if c.cacheDir, err = store.DefaultRoot(); err != nil {
+			return client.Result{}, false, err
+		}
+	}
+	if c.host == "" {
+		c.host = place.HostName()
+	}
+	if req.RequestID == "" {
+		req.RequestID = client.NewRequestID()
+	}
+	cat, err := catalog.New(c.catalogOpts...)
+	if err != nil {
+		return client.Result{}, false, err
+	}
+	st, err := store.Open(c.cacheDir, store.WithLogger(c.logger))
+	if err != nil {
+		return client.Result{}, false, err
+	}
+	res, ok = pipeline.Warm(ctx, st, cat, c.maxAge, c.host, req)
+	return res, ok, nil
 }
 
 // lockJetStreamDir picks the JetStream directory: the one asked for, else

@@ -123,7 +123,7 @@ func refOf(info objectstore.Info) messages.ObjectRef {
 // (sparse) if that was not done before. A disk that is not qcow2 at all —
 // a broken magic included — is refused, never copied as raw.
 func (p *Placer) RawDisk(ctx context.Context, blob store.BlobInfo) (string, error) {
-	key := store.DerivedKey{Source: blob.SHA256, Converter: ConverterName, Format: string(image.FormatRaw)}
+	key := DerivedKeyOf(image.RoleDisk, blob.SHA256)
 	path, err := p.Store.Derived(ctx, key)
 	if !errors.Is(err, store.ErrNotFound) {
 		return path, err
@@ -177,7 +177,7 @@ func KernelHeadNeedsUnpack(head []byte) bool { return kernel.DetectHead(head).Ne
 // Kernel returns the uncompressed kernel derived from blob, unpacking it if
 // that was not done before.
 func (p *Placer) Kernel(ctx context.Context, blob store.BlobInfo) (string, error) {
-	key := store.DerivedKey{Source: blob.SHA256, Converter: KernelUnpackerName, Format: "vmlinux"}
+	key := DerivedKeyOf(image.RoleKernel, blob.SHA256)
 	path, err := p.Store.Derived(ctx, key)
 	if !errors.Is(err, store.ErrNotFound) {
 		return path, err
@@ -185,6 +185,16 @@ func (p *Placer) Kernel(ctx context.Context, blob store.BlobInfo) (string, error
 	return p.Store.PutDerived(ctx, key, func(ctx context.Context, dst string) error {
 		return kernel.Unpack(ctx, blob.Path, dst, 0)
 	})
+}
+
+// DerivedKeyOf is the key under which the store keeps what is derived from
+// a role's verified source: the raw conversion of a disk, the unpacked
+// kernel.
+func DerivedKeyOf(role image.Role, source digest.Digest) store.DerivedKey {
+	if role == image.RoleKernel {
+		return store.DerivedKey{Source: source, Converter: KernelUnpackerName, Format: "vmlinux"}
+	}
+	return store.DerivedKey{Source: source, Converter: ConverterName, Format: string(image.FormatRaw)}
 }
 
 // ViewName is the file name of a role in images/<distro>/<version>/<arch>/.

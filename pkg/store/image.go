@@ -105,6 +105,9 @@ func (s *Store) LinkImage(ctx context.Context, spec catalog.ImageSpec, name stri
 		// rename cannot replace it, and no retry will: say what is in the way.
 		return "", fmt.Errorf("store: link %s: %w: %s is a directory, not a link", name, ErrInvalidName, link)
 	}
+	if cur, err := os.Readlink(link); err == nil && cur == rel {
+		return link, nil // already points there: a warm request writes nothing
+	}
 	if err := atomicfile.Symlink(rel, link); err != nil {
 		return "", fmt.Errorf("store: %w", err)
 	}
