@@ -127,7 +127,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 
 	var embeddedOpts []embedded.Option
-	if *natsURL == "" {
+	if conn.NATSURL == "" {
 		catOpts, err := rf.CatalogOptions(log)
 		if err != nil {
 			fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
