@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -109,5 +110,56 @@ func TestPrepareFlagsFromEnvironment(t *testing.T) {
 	stderr.Reset()
 	if code := run([]string{"prepare", "--cache-dir", t.TempDir(), "ubuntu", "24.04"}, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "chatty") {
 		t.Errorf("VMPREP_LOG_LEVEL=chatty: exit %d, stderr %q; want 2 naming the value", code, stderr.String())
+	}
+}
+
+// TestWarmPrepareStartsNoServer (issue 11, item 14): a warm prepare is
+// answered from the store — no embedded server starts (its JetStream
+// directory is not even created) — with the result a run through the
+// stages prints; --request-id goes through the stages (the deployment
+// keeps what an id was used for), and so does a resolution too old for
+// --resolution-max-age.
+func TestWarmPrepareStartsNoServer(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	cache := t.TempDir()
+	base := []string{"prepare", "--cache-dir", cache, "--mirror", m.URL, "--keyring", m.KeyringFile(), "--arch", "amd64", "--format", "raw", "--json"}
+	prep := func(extra ...string) map[string]any {
+		t.Helper()
+		var stdout, stderr bytes.Buffer
+		if code := run(append(append(append([]string{}, base...), extra...), "ubuntu", "24.04"), &stdout, &stderr); code != 0 {
+			t.Fatalf("exit %d: %s", code, stderr.String())
+		}
+		var out map[string]any
+		if err := json.Unmarshal(stdout.Bytes(), &out); err != nil {
+			t.Fatal(err)
+		}
+		delete(out, "request_id")
+		delete(out, "completed_at")
+		return out
+	}
+	prep() // cold
+	js := filepath.Join(cache, "jetstream")
+	if err := os.RemoveAll(js); err != nil {
+		t.Fatal(err)
+	}
+	warm := prep()
+	if _, err := os.Stat(js); !os.IsNotExist(err) {
+		t.Fatalf("a warm prepare started the embedded server (%s exists: %v)", js, err)
+	}
+	viaStages := prep("--request-id", "through-the-stages")
+	if _, err := os.Stat(js); err != nil {
+		t.Fatalf("--request-id did not go through the embedded server: %v", err)
+	}
+	w, _ := json.Marshal(warm)
+	s, _ := json.Marshal(viaStages)
+	if string(w) != string(s) || warm["resolved_from"] != "cache" {
+		t.Errorf("warm answer differs from the stages':\n%s\n%s", w, s)
+	}
+	if err := os.RemoveAll(js); err != nil {
+		t.Fatal(err)
+	}
+	prep("--resolution-max-age", "1ns")
+	if _, err := os.Stat(js); err != nil {
+		t.Errorf("a stale resolution did not go through the stages (and the network): %v", err)
 	}
 }

@@ -71,6 +71,8 @@ func Warm(ctx context.Context, st *store.Store, cat Canonicalizer, maxAge time.D
 	if err != nil || final == nil || final.Status != messages.ResultPrepared {
 		return messages.Result{}, false
 	}
+	// As the result reads once published (and decoded by a client).
+	final.Header = messages.Header{V: messages.Version, Type: messages.TypeResult}
 	return *final, true
 }
 
