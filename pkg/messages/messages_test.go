@@ -55,7 +55,7 @@ func TestRequestIDs(t *testing.T) {
 		ok bool
 	}{
 		{"req-42", true}, {"A_b-9", true}, {strings.Repeat("a", 64), true},
-		{"", false}, {strings.Repeat("a", 65), false}, {"a.b", false}, {"a*", false}, {"a>", false}, {"../x", false}, {"a b", false},
+		{"", false}, {strings.Repeat("a", 65), false}, {"a.b", false}, {"a*", false}, {"a>", false}, {"../x", false}, {"a b", false}, {"naïve", false}, {"tab\t", false}, {"Z9_-", true},
 	} {
 		if err := ValidateRequestID(tt.id); (err == nil) != tt.ok {
 			t.Errorf("ValidateRequestID(%q) = %v, want ok=%v", tt.id, err, tt.ok)
