@@ -11,6 +11,7 @@ package warm_bench
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -23,6 +24,8 @@ import (
 
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/client"
+	"github.com/vmprep/vmprep/pkg/embedded"
 )
 
 func envInt(key string, def int) int {
@@ -132,4 +135,32 @@ func BenchmarkWarmPrepare(b *testing.B) {
 	}
 	b.ReportMetric(ms(quantile(samples[1], 0.5, wall)), "warm-ms")
 	b.ReportMetric(ms(quantile(samples[3], 0.5, wall)), "pipeline-ms")
+}
+
+// BenchmarkFromStore is the warm answer's own work, in one process: open
+// the store, build the catalog, read the stored resolution, check each
+// file's stamp (and the qcow2 header), look up the raw conversion, and see
+// that the view already points at the files. What a `vmprep prepare` adds
+// to it is the process starting.
+func BenchmarkFromStore(b *testing.B) {
+	m := testmirror.New(b, testmirror.WithArches(catalog.ArchAMD64))
+	ctx := context.Background()
+	opts := []embedded.Option{embedded.WithCacheDir(b.TempDir()), embedded.WithShortPulls(), embedded.WithResolutionMaxAge(time.Hour),
+		embedded.WithCatalog(catalog.WithMirror(m.URL), catalog.WithKeyring(m.Keyring()))}
+	req := client.Request{Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}, Format: catalog.FormatRaw}
+	d, err := embedded.Start(ctx, opts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, err = d.Client().Prepare(ctx, req)
+	_ = d.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, ok, err := embedded.FromStore(ctx, req, opts...); !ok || err != nil {
+			b.Fatalf("FromStore: %v, %v", ok, err)
+		}
+	}
 }
