@@ -183,7 +183,6 @@ var ErrUnknownVersion = errors.New("unknown message version")
 // ErrInvalid is returned for an event that is not well formed.
 var ErrInvalid = errors.New("invalid message")
 
-
 // ValidateRequestID checks that id is safe as a NATS subject token and a KV key.
 func ValidateRequestID(id string) error {
 	if !isToken(id) {
