@@ -214,7 +214,11 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 		}
 		if p.Retrying != "" {
 			lastRetry.Lock()
-			lastRetry.what = fmt.Sprintf("%s, %s: %s", p.Stage, p.Asset, p.Retrying)
+			what := p.Stage // "fetcher, disk"; "resolver" (a request-wide step)
+			if p.Asset != "" {
+				what += ", " + string(p.Asset)
+			}
+			lastRetry.what = what + ": " + p.Retrying
 			lastRetry.Unlock()
 		}
 		if cfg.progress != nil {

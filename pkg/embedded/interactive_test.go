@@ -91,3 +91,29 @@ func TestInteractiveOfflineFailsFastSayingWhy(t *testing.T) {
 		}
 	}
 }
+
+// TestGivingUpQuotesTheRetry: a client that stops waiting while the
+// resolver retries says what it was retrying.
+func TestGivingUpQuotesTheRetry(t *testing.T) {
+	dns := testutil.StartNXDomain(t)
+	hc := &http.Client{Transport: &http.Transport{DialContext: dns.Dialer().DialContext}}
+	d, err := embedded.Start(t.Context(), embedded.WithCacheDir(t.TempDir()), embedded.WithShortPulls(), embedded.WithInteractive(),
+		embedded.WithCatalog(catalog.WithMirror("http://mirror.vmprep-test.example/")),
+		embedded.WithResolveOptions(resolve.WithHTTPClient(hc)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	_, err = d.Client().Prepare(ctx, client.Request{Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}},
+		client.WithProgress(func(p client.Progress) {
+			if p.Retrying != "" {
+				cancel() // give up at the first retry
+			}
+		}))
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "(last error: resolver: resolve ubuntu 24.04 amd64: ") ||
+		!strings.Contains(err.Error(), "no such host") {
+		t.Errorf("Prepare = %v; want it to quote the resolver's retry", err)
+	}
+}
