@@ -21,27 +21,16 @@ import (
 
 // serveRun is runServe in a goroutine.
 type serveRun struct {
+	*testutil.Background
 	stdout, stderr *testutil.LockedBuffer
-	code           chan int
-	cancel         context.CancelFunc
 }
 
 func startServe(t *testing.T, args ...string) *serveRun {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &serveRun{stdout: &testutil.LockedBuffer{}, stderr: &testutil.LockedBuffer{}, code: make(chan int, 1), cancel: cancel}
+	r := &serveRun{stdout: &testutil.LockedBuffer{}, stderr: &testutil.LockedBuffer{}}
 	args = append([]string{"--cache-dir", t.TempDir(), "--jetstream-dir", t.TempDir(), "--log-format", "json", "--drain-timeout", "1s"}, args...)
-	go func() { r.code <- runServe(ctx, args, r.stdout, r.stderr) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-r.code:
-		case <-time.After(30 * time.Second):
-			t.Error("vmprep serve did not stop")
-		}
-		if t.Failed() {
-			t.Logf("serve stderr:\n%s", r.stderr.String())
-		}
+	r.Background = testutil.StartBackground(t, "vmprep serve", r.stderr, func(ctx context.Context) int {
+		return runServe(ctx, args, r.stdout, r.stderr)
 	})
 	return r
 }
@@ -54,12 +43,10 @@ func (r *serveRun) url(t *testing.T) string {
 		if line, _, ok := strings.Cut(r.stdout.String(), "\n"); ok {
 			return strings.TrimPrefix(line, "nats: ")
 		}
-		select {
-		case c := <-r.code:
-			r.code <- c
+		if c, exited := r.Exited(); exited {
 			t.Fatalf("vmprep serve exited %d: %s", c, r.stderr.String())
-		case <-time.After(10 * time.Millisecond):
 		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatal("vmprep serve printed no URL")
 	return ""
@@ -68,14 +55,11 @@ func (r *serveRun) url(t *testing.T) string {
 // exit waits for serve to end by itself.
 func (r *serveRun) exit(t *testing.T) int {
 	t.Helper()
-	select {
-	case c := <-r.code:
-		r.code <- c
-		return c
-	case <-time.After(30 * time.Second):
+	c, exited := r.Wait(30 * time.Second)
+	if !exited {
 		t.Fatal("vmprep serve is still running")
-		return 0
 	}
+	return c
 }
 
 // logAttr waits for a JSON log record with message msg and returns attribute key.

@@ -50,27 +50,16 @@ func hostPort(srv *server.Server) string {
 
 // stageRun is RunStage in a goroutine, with its JSON log.
 type stageRun struct {
-	log    *testutil.LockedBuffer
-	code   chan int
-	cancel context.CancelFunc
+	*testutil.Background
+	log *testutil.LockedBuffer
 }
 
 func startVerifier(t *testing.T, args ...string) *stageRun {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &stageRun{log: &testutil.LockedBuffer{}, code: make(chan int, 1), cancel: cancel}
+	r := &stageRun{log: &testutil.LockedBuffer{}}
 	args = append([]string{"--cache-dir", t.TempDir(), "--log-format", "json", "--log-level", "debug", "--drain-timeout", "1s"}, args...)
-	go func() { r.code <- cli.RunStage(ctx, "verifier", args, r.log, messages.StageVerifier) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-r.code:
-		case <-time.After(30 * time.Second):
-			t.Error("stage did not stop")
-		}
-		if t.Failed() {
-			t.Logf("stage log:\n%s", r.log.String())
-		}
+	r.Background = testutil.StartBackground(t, "verifier", r.log, func(ctx context.Context) int {
+		return cli.RunStage(ctx, "verifier", args, r.log, messages.StageVerifier)
 	})
 	return r
 }
@@ -78,14 +67,11 @@ func startVerifier(t *testing.T, args ...string) *stageRun {
 // exit waits for the stage to end by itself and returns its status.
 func (r *stageRun) exit(t *testing.T) int {
 	t.Helper()
-	select {
-	case c := <-r.code:
-		r.code <- c // for the cleanup
-		return c
-	case <-time.After(60 * time.Second):
+	c, exited := r.Wait(60 * time.Second)
+	if !exited {
 		t.Fatalf("stage still running; log:\n%s", r.log.String())
-		return 0
 	}
+	return c
 }
 
 // records parses the JSON log; every line must be a JSON object.
@@ -182,7 +168,7 @@ func TestStageProcess(t *testing.T) {
 	// The server goes away: the process is no longer healthy.
 	srv.Shutdown()
 	waitStatus(t, base+"/healthz", http.StatusServiceUnavailable)
-	r.cancel()
+	r.Stop()
 	if code := r.exit(t); code != 0 {
 		t.Errorf("exit %d after SIGTERM, want 0", code)
 	}

@@ -137,19 +137,7 @@ func New(tb testing.TB, bin string) *Cluster {
 func (c *Cluster) Start(name string, args ...string) *Proc {
 	c.tb.Helper()
 	exe, _, _ := strings.Cut(name, "#")
-	cmd := exec.Command(filepath.Join(c.Bin, exe), args...)
-	buf := &testutil.LockedBuffer{}
-	cmd.Stdout, cmd.Stderr = buf, buf
-	cmd.Env = append(os.Environ(), "VMPREP_LOG_FORMAT=text", "VMPREP_LOG_LEVEL=info")
-	if err := cmd.Start(); err != nil {
-		c.tb.Fatalf("start %s: %v", name, err)
-	}
-	p := &Proc{Name: name, Cmd: cmd, out: buf, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(p.done) }()
-	c.mu.Lock()
-	c.procs = append(c.procs, p)
-	c.mu.Unlock()
-	return p
+	return c.startCmd(name, exec.Command(filepath.Join(c.Bin, exe), args...))
 }
 
 // Stage starts a stage process ("resolver", "fetcher#2", …) on the cluster
