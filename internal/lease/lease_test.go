@@ -10,22 +10,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/lease"
-	"github.com/vmprep/vmprep/internal/natsembed"
+	"github.com/vmprep/vmprep/internal/testutil"
 )
 
 func bucket(t *testing.T, ttl time.Duration) jetstream.KeyValue {
 	t.Helper()
-	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := srv.Connect(nats.Name("lease-test"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	_, _, js := testutil.EmbeddedJetStream(t, nats.Name("lease-test"))
 	kv, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "L", TTL: ttl, History: 1})
 	if err != nil {
 		t.Fatal(err)

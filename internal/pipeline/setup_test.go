@@ -9,26 +9,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/vmprep/vmprep/internal/natsembed"
 	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
 // A process starting against streams an operator changed leaves them as
 // they are and says how they differ.
 func TestSetupKeepsOperatorChanges(t *testing.T) {
-	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	nc, err := srv.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	_, _, js := testutil.EmbeddedJetStream(t)
 	ctx := context.Background()
 	if _, err := pipeline.Setup(ctx, js, pipeline.SetupConfig{ObjectBucket: "b"}); err != nil {
 		t.Fatal(err)

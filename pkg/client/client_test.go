@@ -12,7 +12,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/vmprep/vmprep/internal/natsembed"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/client"
@@ -347,16 +346,7 @@ func TestCancel(t *testing.T) {
 
 // TestNoDeployment: a NATS server no stage ever ran on is named as such.
 func TestNoDeployment(t *testing.T) {
-	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	nc, err := srv.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	_, nc, _ := testutil.EmbeddedJetStream(t)
 	c, err := client.New(nc)
 	if err != nil {
 		t.Fatal(err)
