@@ -140,6 +140,27 @@ func (c *Cluster) Start(name string, args ...string) *Proc {
 	return c.startCmd(name, exec.Command(filepath.Join(c.Bin, exe), args...))
 }
 
+// WaitForHolder waits until served reports at least min bytes and one of
+// procs holds a file under dir open, and returns that process: the one to
+// kill mid-download.
+func WaitForHolder(tb testing.TB, what string, procs []*Proc, dir string, served func() int64, min int64) *Proc {
+	tb.Helper()
+	var holder *Proc
+	WaitFor(tb, what, time.Minute, func() bool {
+		if served() < min {
+			return false
+		}
+		for _, p := range procs {
+			if p.Holding(dir) {
+				holder = p
+				return true
+			}
+		}
+		return false
+	})
+	return holder
+}
+
 // Stage starts a stage process ("resolver", "fetcher#2", …) on the cluster
 // with a short ack wait, so that a killed worker's message returns quickly.
 func (c *Cluster) Stage(name string, extra ...string) *Proc {

@@ -123,19 +123,8 @@ func TestLeaseHolderKilled(t *testing.T) {
 	run := laptop.Prepare(catalog.ArchAMD64, catalog.FormatQCOW2)
 
 	ingest := c.MountPoint() + string(os.PathSeparator) + "ingest" + string(os.PathSeparator)
-	var holder *cluster.Proc
-	cluster.WaitFor(t, "a fetcher downloading the disk", time.Minute, func() bool {
-		if m.BytesServed(diskRel) < diskSize/4 {
-			return false
-		}
-		for _, f := range fetchers {
-			if f.Holding(ingest) {
-				holder = f
-				return true
-			}
-		}
-		return false
-	})
+	holder := cluster.WaitForHolder(t, "a fetcher downloading the disk", fetchers, ingest,
+		func() int64 { return m.BytesServed(diskRel) }, diskSize/4)
 	holder.Kill9(t)
 	if served := m.BytesServed(diskRel); served >= diskSize/2 {
 		t.Fatalf("%d of %d bytes served before the kill: throttle too weak for this test", served, diskSize)

@@ -44,19 +44,8 @@ func TestKilledWorkersResume(t *testing.T) {
 
 	// Kill -9 whichever fetcher is writing the disk once a good part has arrived.
 	ingest := filepath.Join(c.Cache, "ingest") + string(os.PathSeparator)
-	var victim *cluster.Proc
-	cluster.WaitFor(t, "a fetcher writing the disk", time.Minute, func() bool {
-		if m.BytesServed(diskRel) < diskSize/4 {
-			return false
-		}
-		for _, f := range fetchers {
-			if f.Holding(ingest) {
-				victim = f
-				return true
-			}
-		}
-		return false
-	})
+	victim := cluster.WaitForHolder(t, "a fetcher writing the disk", fetchers, ingest,
+		func() int64 { return m.BytesServed(diskRel) }, diskSize/4)
 	victim.Kill9(t)
 	step("fetcher killed")
 	if served := m.BytesServed(diskRel); served >= diskSize {
