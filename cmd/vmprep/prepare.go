@@ -61,7 +61,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	fs.StringVar(&conn.NATSURL, "nats", "", "use a running vmprep deployment at this NATS URL (comma-separated for a cluster) instead of the embedded one")
 	conn.RegisterAuth(fs)
 	target := fs.String("target", "", "with --nats: the host that must end up with the files (a converter started with --target NAME); the result names it and its paths")
-	namespace := fs.String("namespace", os.Getenv("VMPREP_NAMESPACE"), "with --nats: publish to vmprep.prepare.NAMESPACE and read results there, as a deployment that keeps clients apart requires (env VMPREP_NAMESPACE)")
+	namespace := fs.String("namespace", os.Getenv("VMPREP_NAMESPACE"), "with --nats: publish to vmprep.prepare.NAMESPACE and read results there, as a deployment that keeps clients apart requires (env VMPREP_NAMESPACE; default: the --user name, which deploy/nats/auth.conf makes each client's namespace)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	requestID := fs.String("request-id", "", "request id (default: random); the same id yields the same one result")
 	timeout := fs.Duration("timeout", 0, "give up after this long (default: no limit; slow downloads are fine while bytes flow)")
@@ -156,7 +156,11 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			return 1
 		}
 		defer nc.Close()
-		if cl, err = client.New(nc, client.WithNamespace(*namespace)); err != nil {
+		ns := *namespace
+		if ns == "" && conn.User != "" && messages.ValidateNamespace(conn.User) == nil {
+			ns = conn.User
+		}
+		if cl, err = client.New(nc, client.WithNamespace(ns)); err != nil {
 			fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
 			return 1
 		}

@@ -132,31 +132,33 @@ authorization { users: [ {user: a, password: b} ] }
 	}
 }
 
-// TestServeConfigFile runs serve on deploy/nats-server.conf (users with
-// passwords from the environment): its own stages authenticate with
-// --user/--password-file, a client prepares as the client user, and the
-// metrics endpoint shows what the stages did.
+// TestServeConfigFile runs serve on deploy/nats-server.conf (the users of
+// deploy/nats/auth.conf, passwords from the environment): its own stages
+// authenticate as admin with --user/--password-file, a client prepares as
+// alice (in her namespace, by default), and the metrics endpoint shows what
+// the stages did.
 func TestServeConfigFile(t *testing.T) {
-	t.Setenv("VMPREP_STAGE_PASSWORD", "stage-"+t.Name())
-	t.Setenv("VMPREP_CLIENT_PASSWORD", "client-"+t.Name())
+	for _, user := range []string{"ADMIN", "RESOLVER", "FETCHER", "VERIFIER", "CONVERTER", "ALICE", "BOB"} {
+		t.Setenv("VMPREP_"+user+"_PASSWORD", strings.ToLower(user)+"-"+t.Name())
+	}
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	r := startServe(t, "--config", filepath.Join("..", "..", "deploy", "nats-server.conf"), "--listen", "127.0.0.1:0",
-		"--user", "stage", "--password-file", writeFile(t, "stage-pw", "stage-"+t.Name()+"\n"),
+		"--user", "admin", "--password-file", writeFile(t, "admin-pw", "admin-"+t.Name()+"\n"),
 		"--mirror", m.URL, "--keyring", m.KeyringFile(), "--metrics-listen", "127.0.0.1:0")
 	url := r.url(t)
 	base := "http://" + logAttr(t, r.stderr, "metrics listening", "addr")
 
 	var stdout, stderr strings.Builder
-	args := []string{"prepare", "--nats", url, "--user", "client", "--password-file", writeFile(t, "client-pw", "client-"+t.Name()),
+	args := []string{"prepare", "--nats", url, "--user", "alice", "--password-file", writeFile(t, "alice-pw", "alice-"+t.Name()),
 		"--json", "--arch", "amd64", "--format", "qcow2", "ubuntu", "24.04"}
 	if code := run(args, &stdout, &stderr); code != 0 {
-		t.Fatalf("prepare as the client user: exit %d: %s", code, stderr.String())
+		t.Fatalf("prepare as alice: exit %d: %s", code, stderr.String())
 	}
 
 	// A wrong password is refused at once, and said so, without the password.
 	stdout.Reset()
 	stderr.Reset()
-	wrong := "nats://client:not-" + t.Name() + "@" + strings.TrimPrefix(url, "nats://")
+	wrong := "nats://alice:not-" + t.Name() + "@" + strings.TrimPrefix(url, "nats://")
 	if code := run([]string{"prepare", "--nats", wrong, "ubuntu", "24.04"}, &stdout, &stderr); code != 1 {
 		t.Errorf("prepare with a wrong password: exit %d, want 1", code)
 	}
@@ -180,8 +182,8 @@ func TestServeConfigFile(t *testing.T) {
 	if v, _ := got.Value("vmprep_origin_bytes_total"); int64(v) != want {
 		t.Errorf("vmprep_origin_bytes_total = %v, want %d (what the mirror served)", v, want)
 	}
-	if strings.Contains(r.stderr.String(), "stage-"+t.Name()) {
-		t.Error("the stage password reached serve's log")
+	if strings.Contains(r.stderr.String(), "admin-"+t.Name()) {
+		t.Error("the admin password reached serve's log")
 	}
 }
 

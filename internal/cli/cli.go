@@ -60,6 +60,12 @@ func (c *Common) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogLevel, "log-level", envOr("VMPREP_LOG_LEVEL", "info"), "debug, info, warn or error (env VMPREP_LOG_LEVEL)")
 	fs.StringVar(&c.LogFormat, "log-format", envOr("VMPREP_LOG_FORMAT", "text"), "text or json (env VMPREP_LOG_FORMAT); services want json")
 	fs.StringVar(&c.MetricsListen, "metrics-listen", envOr("VMPREP_METRICS_LISTEN", ""), "HOST:PORT serving /metrics (Prometheus), /healthz and /readyz (env VMPREP_METRICS_LISTEN; default: off)")
+	c.RegisterDeployment(fs)
+}
+
+// RegisterDeployment adds --store and --replicas: what the streams and
+// buckets are (the stages, and vmprep setup, which creates them).
+func (c *Common) RegisterDeployment(fs *flag.FlagSet) {
 	fs.StringVar(&c.Store, "store", envOr("VMPREP_STORE", "local"), "where verified content lives: local (the stages share --cache-dir on one host) or nats:BUCKET "+
 		"(a JetStream Object Store bucket, for stages on separate hosts; --cache-dir is then this process's own cache) (env VMPREP_STORE)")
 	fs.IntVar(&c.Replicas, "replicas", envInt("VMPREP_REPLICAS", 1), "replicas of the streams and buckets this process creates if missing: 1, or 3 on a three-node cluster (env VMPREP_REPLICAS)")

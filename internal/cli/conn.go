@@ -32,6 +32,10 @@ type Connection struct {
 	TLSCA        string
 	TLSCert      string
 	TLSKey       string
+	// InboxPrefix is where replies to this process's requests arrive
+	// (default _INBOX_<user> with --user, so that permissions can give each
+	// user its own inbox; _INBOX otherwise).
+	InboxPrefix string
 }
 
 // RegisterConnection adds --nats and the authentication and TLS flags.
@@ -50,6 +54,7 @@ func (c *Connection) RegisterAuth(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSCA, "tls-ca", envOr("NATS_CA", ""), "PEM file of the CA(s) that sign the NATS servers' certificates (env NATS_CA)")
 	fs.StringVar(&c.TLSCert, "tls-cert", envOr("NATS_CERT", ""), "PEM client certificate, for servers that verify clients (env NATS_CERT)")
 	fs.StringVar(&c.TLSKey, "tls-key", envOr("NATS_KEY", ""), "PEM private key of --tls-cert (env NATS_KEY)")
+	fs.StringVar(&c.InboxPrefix, "inbox-prefix", envOr("NATS_INBOX_PREFIX", ""), "subject prefix of this process's reply inboxes (env NATS_INBOX_PREFIX; default _INBOX_<user> with --user, else _INBOX); the server's permissions let each user subscribe to its own")
 }
 
 // RedactedURL is the --nats value fit for logs and messages.
@@ -97,6 +102,12 @@ func (c *Connection) Options() ([]nats.Option, error) {
 		}
 		opts = append(opts, nats.UserInfo(c.User, pw))
 	}
+	if prefix := c.Inbox(); prefix != "" {
+		if err := validInboxPrefix(prefix); err != nil {
+			return nil, fmt.Errorf("--inbox-prefix: %w", err)
+		}
+		opts = append(opts, nats.CustomInboxPrefix(prefix))
+	}
 	if c.TLSCA != "" {
 		if err := readable(c.TLSCA); err != nil {
 			return nil, fmt.Errorf("--tls-ca: %w", err)
@@ -113,6 +124,29 @@ func (c *Connection) Options() ([]nats.Option, error) {
 		opts = append(opts, nats.ClientCert(c.TLSCert, c.TLSKey))
 	}
 	return opts, nil
+}
+
+// Inbox is the inbox prefix the connection uses: --inbox-prefix, else
+// _INBOX_<user> with --user, else "" (nats.go's _INBOX).
+func (c *Connection) Inbox() string {
+	switch {
+	case c.InboxPrefix != "":
+		return c.InboxPrefix
+	case c.User != "":
+		return "_INBOX_" + c.User
+	}
+	return ""
+}
+
+// validInboxPrefix checks a prefix: subject tokens without wildcards, no
+// trailing dot (nats.go appends ".<id>").
+func validInboxPrefix(p string) error {
+	for _, tok := range strings.Split(p, ".") {
+		if tok == "" || strings.ContainsAny(tok, "*> \t\r\n") {
+			return fmt.Errorf("%q is not a subject prefix (dot-separated tokens without wildcards or spaces)", p)
+		}
+	}
+	return nil
 }
 
 func readable(path string) error {

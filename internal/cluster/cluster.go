@@ -49,6 +49,17 @@ type Proc struct {
 // Output returns what the process wrote so far (stdout and stderr).
 func (p *Proc) Output() string { return p.out.String() }
 
+// Wait waits up to timeout for the process to exit and returns its state,
+// or false if it is still running.
+func (p *Proc) Wait(timeout time.Duration) (*os.ProcessState, bool) {
+	select {
+	case <-p.done:
+		return p.Cmd.ProcessState, true
+	case <-time.After(timeout):
+		return nil, false
+	}
+}
+
 // Kill9 kills the process with SIGKILL and waits for it.
 func (p *Proc) Kill9(tb testing.TB) {
 	tb.Helper()

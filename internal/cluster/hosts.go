@@ -198,6 +198,56 @@ func freePorts(tb testing.TB, n int) []int {
 // whose NATS is the comma-separated list of their client URLs.
 func NewNATSCluster(tb testing.TB, bin string, n int) (*Cluster, []*NATSNode) {
 	tb.Helper()
+	return newNATSCluster(tb, bin, n, nil)
+}
+
+// NewNATSClusterFromConfigs starts node i of a cluster from configuration
+// file confs[i] (users, permissions, JetStream settings, server_name: a
+// deployment's own files). Only what a test must own is changed: ports,
+// routes and the monitoring port come from the command line, and each
+// node's store_dir is a temporary directory (the file is copied, with the
+// other files of its directory that it may include, and its one store_dir
+// line replaced). Values the files take from the environment (passwords)
+// must be set in the test's environment.
+func NewNATSClusterFromConfigs(tb testing.TB, bin string, confs []string) (*Cluster, []*NATSNode) {
+	tb.Helper()
+	var copies []string
+	for _, conf := range confs {
+		dir := tb.TempDir()
+		store := filepath.Join(tb.TempDir(), "jetstream")
+		siblings, err := filepath.Glob(filepath.Join(filepath.Dir(conf), "*.conf"))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for _, f := range siblings {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			if filepath.Base(f) == filepath.Base(conf) {
+				lines := strings.Split(string(b), "\n")
+				replaced := 0
+				for i, l := range lines {
+					if k, _, ok := strings.Cut(strings.TrimSpace(l), ":"); ok && k == "store_dir" {
+						lines[i] = fmt.Sprintf("  store_dir: %q", store)
+						replaced++
+					}
+				}
+				if replaced != 1 {
+					tb.Fatalf("%s: %d store_dir lines, want 1", conf, replaced)
+				}
+				b = []byte(strings.Join(lines, "\n"))
+			}
+			if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), b, 0o600); err != nil {
+				tb.Fatal(err)
+			}
+		}
+		copies = append(copies, filepath.Join(dir, filepath.Base(conf)))
+	}
+	return newNATSCluster(tb, bin, len(confs), copies)
+}
+
+func newNATSCluster(tb testing.TB, bin string, n int, confs []string) (*Cluster, []*NATSNode) {
 	c := &Cluster{tb: tb, Bin: bin, Cache: tb.TempDir(), Replicas: n}
 	tb.Cleanup(c.StopAll)
 	ports := freePorts(tb, 3*n)
@@ -210,12 +260,20 @@ func NewNATSCluster(tb testing.TB, bin string, n int) (*Cluster, []*NATSNode) {
 	for i := range n {
 		name := fmt.Sprintf("n%d", i+1)
 		args := []string{
-			"-a", "127.0.0.1", "-p", fmt.Sprint(ports[3*i]), "-n", name, "-js", "-sd", filepath.Join(tb.TempDir(), name),
-			"--cluster_name", "vmprep", "--cluster", fmt.Sprintf("nats://127.0.0.1:%d", ports[3*i+1]),
+			"-a", "127.0.0.1", "-p", fmt.Sprint(ports[3*i]),
+			"--cluster", fmt.Sprintf("nats://127.0.0.1:%d", ports[3*i+1]),
 			"--routes", strings.Join(routes, ","), "-m", fmt.Sprint(ports[3*i+2]),
 		}
-		node := &NATSNode{Name: "nats-" + name, server: name, URL: fmt.Sprintf("nats://127.0.0.1:%d", ports[3*i]),
+		if confs == nil {
+			args = append(args, "-n", name, "-js", "-sd", filepath.Join(tb.TempDir(), name), "--cluster_name", "vmprep")
+		} else {
+			args = append(args, "-c", confs[i])
+		}
+		node := &NATSNode{Name: "nats-" + name, URL: fmt.Sprintf("nats://127.0.0.1:%d", ports[3*i]),
 			Monitor: fmt.Sprintf("http://127.0.0.1:%d", ports[3*i+2]), args: args, bin: filepath.Join(bin, "nats-server"), c: c}
+		if confs == nil {
+			node.server = name
+		}
 		node.Proc = c.startCmd(node.Name, exec.Command(node.bin, args...))
 		nodes = append(nodes, node)
 		urls = append(urls, node.URL)
@@ -231,6 +289,16 @@ func JetStreamReady(nodes []*NATSNode) bool {
 	for _, n := range nodes {
 		if !n.Healthy() {
 			return false
+		}
+		if n.server == "" {
+			// a node started from a file: its server_name
+			var varz struct {
+				Name string `json:"server_name"`
+			}
+			if err := getJSON(n.Monitor+"/varz", &varz); err != nil || varz.Name == "" {
+				return false
+			}
+			n.server = varz.Name
 		}
 	}
 	type jsz struct {

@@ -12,20 +12,21 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
-	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/store"
 )
 
-// TestDeployNATSConfig runs the pipeline on a server started from
-// deploy/nats-server.conf: stages as the "stage" user, a prepare request as
-// the "client" user, and checks that a client cannot publish asset events.
+// TestDeployNATSConfig runs the pipeline on a single server started from
+// deploy/nats-server.conf (the users of deploy/nats/auth.conf): every stage
+// in one process as admin (what vmprep serve does), a prepare request as
+// alice in her namespace, and checks that alice cannot publish asset events.
+// TestDeployPermissions runs each stage as its own user on a cluster.
 func TestDeployNATSConfig(t *testing.T) {
-	t.Setenv("VMPREP_STAGE_PASSWORD", "stage-secret")
-	t.Setenv("VMPREP_CLIENT_PASSWORD", "client-secret")
+	passwords, _ := deployPasswords(t)
 	opts, err := server.ProcessConfigFile(filepath.Join("..", "..", "deploy", "nats-server.conf"))
 	if err != nil {
 		t.Fatalf("deploy/nats-server.conf: %v", err)
@@ -52,7 +53,7 @@ func TestDeployNATSConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stageConn, err := nats.Connect(srv.ClientURL(), nats.UserInfo("stage", "stage-secret"))
+	stageConn, err := nats.Connect(srv.ClientURL(), nats.UserInfo("admin", passwords["admin"]), nats.CustomInboxPrefix("_INBOX_admin"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,14 +63,14 @@ func TestDeployNATSConfig(t *testing.T) {
 		Store: st, Resolver: resolve.New(cat), Downloader: download.New(), Concurrency: 2,
 	})
 	if err != nil {
-		t.Fatalf("stages as the stage user: %v", err)
+		t.Fatalf("stages as the admin user: %v", err)
 	}
 	done := make(chan struct{})
 	go func() { stages.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 
 	violations := make(chan error, 10)
-	clientConn, err := nats.Connect(srv.ClientURL(), nats.UserInfo("client", "client-secret"),
+	clientConn, err := nats.Connect(srv.ClientURL(), nats.UserInfo("alice", passwords["alice"]), nats.CustomInboxPrefix("_INBOX_alice"),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
 	if err != nil {
 		t.Fatal(err)
@@ -77,17 +78,21 @@ func TestDeployNATSConfig(t *testing.T) {
 	defer clientConn.Close()
 	pctx, pcancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer pcancel()
-	res, err := testutil.Prepare(pctx, clientConn, messages.PrepareRequest{
-		Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}, Format: catalog.FormatQCOW2,
-	}, func(messages.Progress) {})
+	alice, err := client.New(clientConn, client.WithNamespace("alice"))
 	if err != nil {
-		t.Fatalf("prepare as the client user: %v", err)
+		t.Fatal(err)
+	}
+	res, err := alice.Prepare(pctx, messages.PrepareRequest{
+		Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}, Format: catalog.FormatQCOW2,
+	})
+	if err != nil {
+		t.Fatalf("prepare as alice: %v", err)
 	}
 	if res.Status != messages.ResultPrepared {
-		t.Fatalf("prepare as the client user: %+v", res.Failure)
+		t.Fatalf("prepare as alice: %+v", res.Failure)
 	}
 
-	// A client must not be able to inject asset events.
+	// alice must not be able to inject asset events.
 	js, err := jetstream.New(clientConn)
 	if err != nil {
 		t.Fatal(err)
@@ -95,7 +100,7 @@ func TestDeployNATSConfig(t *testing.T) {
 	ictx, icancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer icancel()
 	if _, err := js.Publish(ictx, messages.SubjectFetch, []byte(`{"v":1}`)); err == nil {
-		t.Fatal("the client user published an asset event")
+		t.Fatal("alice published an asset event")
 	}
 	select {
 	case err := <-violations:
@@ -103,6 +108,6 @@ func TestDeployNATSConfig(t *testing.T) {
 			t.Errorf("unexpected async error: %v", err)
 		}
 	case <-time.After(5 * time.Second):
-		t.Error("no permissions violation reported for the client's asset event")
+		t.Error("no permissions violation reported for alice's asset event")
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // BucketProcesses is the KV bucket (stream KV_VMPREP_PROCESSES) where every
@@ -61,23 +62,28 @@ func (p Process) key() string {
 	return fmt.Sprintf("%s.%s.%d", p.Stage, host, p.PID)
 }
 
-// processBucket binds the liveness bucket, creating it if need be.
-func processBucket(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      BucketProcesses,
-		Description: "vmprep live stage processes: one entry per stage of each process, expiring when not refreshed",
-		History:     1,
-		TTL:         ProcessTTL,
-		Storage:     jetstream.MemoryStorage,
-	})
-	if err == nil {
-		return kv, nil
+// ProcessBucket binds the liveness bucket, creating it if it is missing
+// (vmprep setup does, as the operator; a stage whose user may only write
+// entries binds what setup made).
+func ProcessBucket(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, BucketProcesses)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      BucketProcesses,
+			Description: "vmprep live stage processes: one entry per stage of each process, expiring when not refreshed",
+			History:     1,
+			TTL:         ProcessTTL,
+			Storage:     jetstream.MemoryStorage,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			kv, err = js.KeyValue(ctx, BucketProcesses)
+		}
+		err = stage.CreateDenied(js.Conn(), err, "key-value bucket "+BucketProcesses, "$JS.API.STREAM.CREATE.KV_"+BucketProcesses)
 	}
-	// A user allowed to write entries but not to manage buckets.
-	if kv, berr := js.KeyValue(ctx, BucketProcesses); berr == nil {
-		return kv, nil
+	if err != nil {
+		return nil, fmt.Errorf("liveness bucket %s: %w", BucketProcesses, err)
 	}
-	return nil, fmt.Errorf("liveness bucket %s: %w", BucketProcesses, err)
+	return kv, nil
 }
 
 // Announce keeps an entry for each of stages in BucketProcesses until ctx
@@ -98,7 +104,7 @@ func Announce(ctx context.Context, js jetstream.JetStream, stages []string, self
 	refresh := func() {
 		var err error
 		if kv == nil {
-			if kv, err = processBucket(ctx, js); err != nil {
+			if kv, err = ProcessBucket(ctx, js); err != nil {
 				if !warned {
 					log.Warn("cannot announce this process; vmprep status will not list it", "err", err)
 					warned = true

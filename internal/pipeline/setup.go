@@ -18,6 +18,7 @@ import (
 	"github.com/vmprep/vmprep/internal/lease"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/objectstore"
+	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // Stream and bucket retention.
@@ -140,6 +141,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) (*Infra
 			if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 				kv, err = js.KeyValue(ctx, want.Bucket)
 			}
+			err = stage.CreateDenied(js.Conn(), err, "key-value bucket "+want.Bucket, "$JS.API.STREAM.CREATE.KV_"+want.Bucket)
 		} else if err == nil {
 			if st, serr := kv.Status(ctx); serr == nil {
 				warnKVDrift(log, want, st)
@@ -161,6 +163,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) (*Infra
 		objs, err := objectstore.Open(ctx, js, objectstore.Config{Bucket: cfg.ObjectBucket, Replicas: cfg.Replicas},
 			objectstore.WithLogger(log))
 		if err != nil {
+			err = stage.CreateDenied(js.Conn(), err, "object bucket "+cfg.ObjectBucket, "$JS.API.STREAM.CREATE."+objectstore.StreamName(cfg.ObjectBucket))
 			return nil, fmt.Errorf("setup object bucket: %w", err)
 		}
 		infra.Objects = objs
@@ -176,7 +179,7 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 			return nil // created by another process meanwhile
 		}
 		if err != nil {
-			return fmt.Errorf("setup stream %s: %w", want.Name, err)
+			return fmt.Errorf("setup stream %s: %w", want.Name, stage.CreateDenied(js.Conn(), err, "stream "+want.Name, "$JS.API.STREAM.CREATE."+want.Name))
 		}
 		return nil
 	}
@@ -200,6 +203,9 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	upd := got
 	upd.Subjects = subjects
 	if _, err := js.UpdateStream(ctx, upd); err != nil {
+		if stage.Denied(js.Conn(), "$JS.API.STREAM.UPDATE."+want.Name) {
+			err = fmt.Errorf("this user may not change it: run `vmprep setup` as an admin user: %w", err)
+		}
 		return fmt.Errorf("stream %s lacks subjects vmprep needs (%v; it has %v), and adding them failed: %w", want.Name, want.Subjects, got.Subjects, err)
 	}
 	log.Warn("added the subjects vmprep needs to the stream", "stream", want.Name, "from", got.Subjects, "to", subjects)
@@ -242,6 +248,39 @@ func warnKVDrift(log *slog.Logger, want jetstream.KeyValueConfig, st jetstream.K
 	}
 }
 
+// StageConsumer is the durable consumer that every process of a stage
+// shares, and the subjects it takes.
+type StageConsumer struct {
+	Name    string
+	Filters []string
+}
+
+// StageConsumers are the consumers of the stages that share work. A
+// converter's own converter_<host> (targeted work) is not among them: the
+// converter creates it, the permissions pinning it to a target subject.
+func StageConsumers() []StageConsumer {
+	return []StageConsumer{
+		{messages.StageResolver, []string{messages.SubjectPrepare, messages.SubjectPrepare + ".>"}},
+		{messages.StageFetcher, []string{messages.SubjectFetch}},
+		{messages.StageVerifier, []string{messages.SubjectVerify}},
+		{messages.StageConverter, []string{messages.SubjectConvert}},
+		{messages.StageCollector, []string{messages.SubjectDone}},
+	}
+}
+
+// SetupConsumers creates the stage consumers that are missing (with
+// ackWait) and gives existing ones the subjects this build consumes,
+// changing nothing else: with least-privilege users the stages can only
+// bind, so the operator (vmprep setup) creates them first.
+func SetupConsumers(ctx context.Context, js jetstream.JetStream, ackWait time.Duration, log *slog.Logger) error {
+	for _, c := range StageConsumers() {
+		if err := stage.EnsureConsumer(ctx, js, messages.StreamWork, c.Name, c.Filters, ackWait, log); err != nil {
+			return fmt.Errorf("setup consumer %s: %w", c.Name, err)
+		}
+	}
+	return nil
+}
+
 // WaitForSetup retries Setup until it succeeds or ctx ends: a stage may start
 // before its NATS server is reachable.
 func WaitForSetup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) (*Infra, error) {
@@ -257,6 +296,9 @@ func WaitForSetup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) 
 			err = fmt.Errorf("not connected to NATS at %s (%s)", strings.Join(nc.Servers(), ","), strings.ToLower(nc.Status().String()))
 		} else if infra, err = Setup(ctx, js, cfg); err == nil {
 			return infra, nil
+		}
+		if errors.Is(err, stage.ErrCreateDenied) {
+			return nil, err // an operator must create it
 		}
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500 && apiErr.Code != 408 {

@@ -137,7 +137,8 @@ type Config struct {
 	MaxBytes int64
 }
 
-func streamName(bucket string) string { return "OBJ_" + bucket }
+// StreamName is the stream that holds bucket.
+func StreamName(bucket string) string { return "OBJ_" + bucket }
 
 // StreamConfig is the stream that backs bucket cfg.Bucket.
 func StreamConfig(cfg Config) jetstream.StreamConfig {
@@ -150,7 +151,7 @@ func StreamConfig(cfg Config) jetstream.StreamConfig {
 		maxBytes = -1
 	}
 	return jetstream.StreamConfig{
-		Name:        streamName(cfg.Bucket),
+		Name:        StreamName(cfg.Bucket),
 		Description: "vmprep verified content, named by digest",
 		Subjects:    []string{"$O." + cfg.Bucket + ".C.>", "$O." + cfg.Bucket + ".M.>"},
 		MaxAge:      0,
@@ -183,11 +184,11 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config, opts ...Optio
 		return nil, err
 	}
 	s := newStore(js, cfg.Bucket, opts)
-	stream, err := js.Stream(ctx, streamName(cfg.Bucket))
+	stream, err := js.Stream(ctx, StreamName(cfg.Bucket))
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		stream, err = js.CreateStream(ctx, StreamConfig(cfg))
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			stream, err = js.Stream(ctx, streamName(cfg.Bucket))
+			stream, err = js.Stream(ctx, StreamName(cfg.Bucket))
 		}
 	}
 	if err != nil {
@@ -204,7 +205,7 @@ func Bind(ctx context.Context, js jetstream.JetStream, bucket string, opts ...Op
 		return nil, err
 	}
 	s := newStore(js, bucket, opts)
-	stream, err := js.Stream(ctx, streamName(bucket))
+	stream, err := js.Stream(ctx, StreamName(bucket))
 	if err != nil {
 		return nil, fmt.Errorf("object bucket %s: %w", bucket, err)
 	}

@@ -26,7 +26,7 @@ func (s *Store) Open(ctx context.Context, info Info) (io.ReadCloser, error) {
 	if info.Size == 0 {
 		return r, nil
 	}
-	cons, err := s.js.OrderedConsumer(ctx, streamName(s.bucket), jetstream.OrderedConsumerConfig{
+	cons, err := s.js.OrderedConsumer(ctx, StreamName(s.bucket), jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{s.chunkSubject(info.NUID)},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	})

@@ -287,6 +287,7 @@ func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name stri
 			if errors.Is(err, jetstream.ErrConsumerExists) {
 				continue // another process created it first: adopt it
 			}
+			err = CreateDenied(js.Conn(), err, "consumer "+name+" of stream "+stream, "$JS.API.CONSUMER.CREATE."+stream+"."+name)
 		}
 		if err != nil {
 			return nil, err
@@ -303,6 +304,9 @@ func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name stri
 				upd.FilterSubjects = filters
 			}
 			if cons, err = js.UpdateConsumer(ctx, stream, upd); err != nil {
+				if Denied(js.Conn(), "$JS.API.CONSUMER.CREATE."+stream+"."+name) {
+					err = fmt.Errorf("this user may not change it: run `vmprep setup` as an admin user: %w", err)
+				}
 				return nil, fmt.Errorf("consumer %s filters %q, want %q: update: %w", name, got, filters, err)
 			}
 			cfg.logger.Warn("updated the consumer's subjects", "stage", name, "from", got, "to", filters)
@@ -316,6 +320,19 @@ func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name stri
 		return cons, nil
 	}
 	return nil, fmt.Errorf("consumer %s: created and deleted concurrently", name)
+}
+
+// EnsureConsumer creates the durable consumer name of a stage on stream
+// (filtering filters, with ackWait) if it is missing, and gives an existing
+// one the filters if they differ, changing nothing else: what the operator's
+// vmprep setup does for each stage before the stages, which may only bind,
+// start.
+func EnsureConsumer(ctx context.Context, js jetstream.JetStream, stream, name string, filters []string, ackWait time.Duration, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	_, err := bindConsumer(ctx, js, stream, name, filters, &config{ackWait: ackWait, logger: log})
+	return err
 }
 
 // New creates (or updates) the stage's durable consumer on stream and returns a
