@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"encoding/xml"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -109,5 +111,102 @@ func TestDeployNATSConfig(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Error("no permissions violation reported for alice's asset event")
+	}
+}
+
+// TestDeployServiceUnits checks what .ci/run's systemd-analyze verify cannot:
+// each unit runs its stage as that stage's NATS user of deploy/nats/auth.conf
+// with a password handed over by LoadCredential (never inline), hardened and
+// able to write only its cache; and the launchd plist (well-formed XML) does
+// the same for a targeted macOS converter.
+func TestDeployServiceUnits(t *testing.T) {
+	auth, err := os.ReadFile(filepath.Join("..", "..", "deploy", "nats", "auth.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	units := map[string]string{ // unit → NATS user
+		"vmprep-resolver.service": "resolver", "vmprep-fetcher.service": "fetcher",
+		"vmprep-verifier.service": "verifier", "vmprep-converter.service": "converter",
+		"vmprep-setup.service": "admin",
+	}
+	for unit, user := range units {
+		t.Run(unit, func(t *testing.T) {
+			b, err := os.ReadFile(filepath.Join("..", "..", "deploy", "systemd", unit))
+			if err != nil {
+				t.Fatal(err)
+			}
+			settings := map[string][]string{}
+			for _, line := range strings.Split(string(b), "\n") {
+				if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+					settings[k] = append(settings[k], v)
+				}
+			}
+			if !strings.Contains(string(auth), "user: "+user+"\n") {
+				t.Errorf("auth.conf has no user %s", user)
+			}
+			exec := strings.Join(settings["ExecStart"], " ")
+			for _, want := range []string{"--user " + user + " ", "--password-file %d/nats-password"} {
+				if !strings.Contains(exec, want) {
+					t.Errorf("ExecStart %q lacks %q", exec, want)
+				}
+			}
+			if got := strings.Join(settings["LoadCredential"], " "); got != "nats-password:/etc/vmprep/"+user+".password" {
+				t.Errorf("LoadCredential=%s", got)
+			}
+			for k, want := range map[string]string{"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes", "CapabilityBoundingSet": ""} {
+				if got := settings[k]; len(got) != 1 || got[0] != want {
+					t.Errorf("%s=%v, want %q", k, got, want)
+				}
+			}
+			if settings["DynamicUser"] == nil && settings["User"] == nil {
+				t.Error("neither DynamicUser nor a dedicated User")
+			}
+			if user != "admin" && len(settings["CacheDirectory"]) != 1 {
+				t.Errorf("CacheDirectory=%v", settings["CacheDirectory"])
+			}
+			if strings.Contains(strings.ToLower(string(b)), "password=") || strings.Contains(string(b), "NATS_CREDS") {
+				t.Error("a secret (or a credentials variable) inline in the unit")
+			}
+		})
+	}
+
+	b, err := os.ReadFile(filepath.Join("..", "..", "deploy", "launchd", "com.vmprep.converter.plist"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plist struct {
+		Dict struct {
+			Inner []byte `xml:",innerxml"`
+		} `xml:"dict"`
+	}
+	if err := xml.Unmarshal(b, &plist); err != nil {
+		t.Fatalf("launchd plist is not well-formed XML: %v", err)
+	}
+	dec := xml.NewDecoder(strings.NewReader(string(plist.Dict.Inner)))
+	var args []string
+	inArgs := false
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			break
+		}
+		switch tk := tok.(type) {
+		case xml.StartElement:
+			inArgs = inArgs || tk.Name.Local == "array"
+		case xml.EndElement:
+			if tk.Name.Local == "array" {
+				inArgs = false
+			}
+		case xml.CharData:
+			if s := strings.TrimSpace(string(tk)); inArgs && s != "" {
+				args = append(args, s)
+			}
+		}
+	}
+	joined := strings.Join(args, " ")
+	for _, want := range []string{"/usr/local/bin/converter ", "--target ", "--user converter ", "--password-file /", "--store nats:vmprep"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("launchd ProgramArguments %q lack %q", joined, want)
+		}
 	}
 }
