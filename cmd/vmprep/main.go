@@ -10,6 +10,7 @@
 //	vmprep cache ls|verify|gc [flags]       look after the content store
 //	vmprep catalog [DISTRO [VERSION]]       list distros, versions, and the builds (serials) published
 //	vmprep setup [flags]                    create the streams, buckets and consumers (as the operator)
+//	vmprep passwd < FILE                    a bcrypt hash of a password, for nats-server's users
 //	vmprep status [flags] [REQUEST-ID]      a deployment at a glance, or one request
 //	vmprep dead ls|show|replay [flags]      dead letters: list, show, replay after a fix
 package main
@@ -39,6 +40,7 @@ func commands() map[string]command {
 		"inspect": {runInspect, "describe a disk image: vmprep inspect [--json] FILE"},
 		"cache":   {runCache, "look after the content store: vmprep cache ls|verify|gc"},
 		"catalog": {runCatalog, "list distros, versions and published builds: vmprep catalog [DISTRO [VERSION]]"},
+		"passwd":  {runPasswd, "print a bcrypt hash of a password (stdin) for nats-server's users: vmprep passwd"},
 		"setup":   {runSetup, "create the streams, buckets and stage consumers, as the operator: vmprep setup [--replicas 3]"},
 		"status":  {runStatus, "a deployment at a glance, or one request: vmprep status [--nats URL] [REQUEST-ID]"},
 		"dead":    {runDead, "dead letters: vmprep dead ls | show SEQ | replay SEQ"},
@@ -49,7 +51,7 @@ func commands() map[string]command {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: vmprep COMMAND [flags] [args]")
 	fmt.Fprintln(w, "\ncommands:")
-	for _, name := range []string{"prepare", "catalog", "serve", "setup", "status", "dead", "convert", "inspect", "cache", "version"} {
+	for _, name := range []string{"prepare", "catalog", "serve", "setup", "status", "dead", "passwd", "convert", "inspect", "cache", "version"} {
 		fmt.Fprintf(w, "  %-8s %s\n", name, commands()[name].summary)
 	}
 	fmt.Fprintln(w, "\nRun 'vmprep COMMAND -h' for a command's flags.")
