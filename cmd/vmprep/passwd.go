@@ -14,8 +14,9 @@ import (
 	"golang.org/x/term"
 )
 
-// minBcryptCost is the lowest cost nats-server takes without a warning.
-const minBcryptCost = 11
+// defaultBcryptCost is the cost nats-server's own tooling uses (nats
+// server passwd): a login takes some milliseconds of the server's time.
+const defaultBcryptCost = 11
 
 // runPasswd prints a bcrypt hash of a password, for a nats-server
 // configuration (deploy/nats/auth.conf takes hashes as well as passwords).
@@ -26,7 +27,7 @@ func runPasswd(_ context.Context, args []string, stdout, stderr io.Writer) int {
 func passwd(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("passwd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	cost := fs.Int("cost", minBcryptCost, fmt.Sprintf("bcrypt cost (%d to %d)", minBcryptCost, bcrypt.MaxCost))
+	cost := fs.Int("cost", defaultBcryptCost, fmt.Sprintf("bcrypt cost (%d to %d): each step doubles the work of a login, and of guessing", bcrypt.MinCost, bcrypt.MaxCost))
 	fs.Usage = cli.Usage(fs, "vmprep passwd [--cost N] < PASSWORD-FILE\n\n"+
 		"Prints the bcrypt hash of a password read from standard input (asked twice, without echo, on a\n"+
 		"terminal), for nats-server: put the hash where the password went (auth.conf's $VMPREP_*_PASSWORD),\n"+
@@ -37,8 +38,8 @@ func passwd(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 	if fs.NArg() != 0 {
 		return failf(stderr, 2, "vmprep passwd", "unexpected argument %q (the password is read from standard input)", fs.Arg(0))
 	}
-	if *cost < minBcryptCost || *cost > bcrypt.MaxCost {
-		return failf(stderr, 2, "vmprep passwd", "--cost %d: want %d to %d", *cost, minBcryptCost, bcrypt.MaxCost)
+	if *cost < bcrypt.MinCost || *cost > bcrypt.MaxCost {
+		return failf(stderr, 2, "vmprep passwd", "--cost %d: want %d to %d", *cost, bcrypt.MinCost, bcrypt.MaxCost)
 	}
 	var pw []byte
 	if fd := int(stdin.Fd()); term.IsTerminal(fd) {

@@ -68,17 +68,19 @@ func (p Process) key() string {
 func ProcessBucket(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
 	kv, err := js.KeyValue(ctx, BucketProcesses)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      BucketProcesses,
-			Description: "vmprep live stage processes: one entry per stage of each process, expiring when not refreshed",
-			History:     1,
-			TTL:         ProcessTTL,
-			Storage:     jetstream.MemoryStorage,
+		err = stage.Create(ctx, js.Conn(), "key-value bucket "+BucketProcesses, "$JS.API.STREAM.CREATE.KV_"+BucketProcesses, func(ctx context.Context) (err error) {
+			kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+				Bucket:      BucketProcesses,
+				Description: "vmprep live stage processes: one entry per stage of each process, expiring when not refreshed",
+				History:     1,
+				TTL:         ProcessTTL,
+				Storage:     jetstream.MemoryStorage,
+			})
+			return err
 		})
 		if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			kv, err = js.KeyValue(ctx, BucketProcesses)
 		}
-		err = stage.CreateDenied(js.Conn(), err, "key-value bucket "+BucketProcesses, "$JS.API.STREAM.CREATE.KV_"+BucketProcesses)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("liveness bucket %s: %w", BucketProcesses, err)

@@ -137,11 +137,13 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) (*Infra
 	for _, want := range kvConfigs(cfg.Replicas) {
 		kv, err := js.KeyValue(ctx, want.Bucket)
 		if errors.Is(err, jetstream.ErrBucketNotFound) {
-			kv, err = js.CreateKeyValue(ctx, want)
+			err = stage.Create(ctx, js.Conn(), "key-value bucket "+want.Bucket, "$JS.API.STREAM.CREATE.KV_"+want.Bucket, func(ctx context.Context) (err error) {
+				kv, err = js.CreateKeyValue(ctx, want)
+				return err
+			})
 			if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 				kv, err = js.KeyValue(ctx, want.Bucket)
 			}
-			err = stage.CreateDenied(js.Conn(), err, "key-value bucket "+want.Bucket, "$JS.API.STREAM.CREATE.KV_"+want.Bucket)
 		} else if err == nil {
 			if st, serr := kv.Status(ctx); serr == nil {
 				warnKVDrift(log, want, st)
@@ -160,10 +162,12 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) (*Infra
 		}
 	}
 	if cfg.ObjectBucket != "" {
-		objs, err := objectstore.Open(ctx, js, objectstore.Config{Bucket: cfg.ObjectBucket, Replicas: cfg.Replicas},
-			objectstore.WithLogger(log))
+		var objs *objectstore.Store
+		err := stage.Create(ctx, js.Conn(), "object bucket "+cfg.ObjectBucket, "$JS.API.STREAM.CREATE."+objectstore.StreamName(cfg.ObjectBucket), func(ctx context.Context) (err error) {
+			objs, err = objectstore.Open(ctx, js, objectstore.Config{Bucket: cfg.ObjectBucket, Replicas: cfg.Replicas}, objectstore.WithLogger(log))
+			return err
+		})
 		if err != nil {
-			err = stage.CreateDenied(js.Conn(), err, "object bucket "+cfg.ObjectBucket, "$JS.API.STREAM.CREATE."+objectstore.StreamName(cfg.ObjectBucket))
 			return nil, fmt.Errorf("setup object bucket: %w", err)
 		}
 		infra.Objects = objs
@@ -174,12 +178,15 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) (*Infra
 func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, log *slog.Logger) error {
 	s, err := js.Stream(ctx, want.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		_, err = js.CreateStream(ctx, want)
+		err = stage.Create(ctx, js.Conn(), "stream "+want.Name, "$JS.API.STREAM.CREATE."+want.Name, func(ctx context.Context) error {
+			_, err := js.CreateStream(ctx, want)
+			return err
+		})
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			return nil // created by another process meanwhile
 		}
 		if err != nil {
-			return fmt.Errorf("setup stream %s: %w", want.Name, stage.CreateDenied(js.Conn(), err, "stream "+want.Name, "$JS.API.STREAM.CREATE."+want.Name))
+			return fmt.Errorf("setup stream %s: %w", want.Name, err)
 		}
 		return nil
 	}
@@ -202,8 +209,12 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	}
 	upd := got
 	upd.Subjects = subjects
-	if _, err := js.UpdateStream(ctx, upd); err != nil {
-		if stage.Denied(js.Conn(), "$JS.API.STREAM.UPDATE."+want.Name) {
+	denied, err := stage.Call(ctx, js.Conn(), "$JS.API.STREAM.UPDATE."+want.Name, func(ctx context.Context) error {
+		_, err := js.UpdateStream(ctx, upd)
+		return err
+	})
+	if err != nil {
+		if denied {
 			err = fmt.Errorf("this user may not change it: run `vmprep setup` as an admin user: %w", err)
 		}
 		return fmt.Errorf("stream %s lacks subjects vmprep needs (%v; it has %v), and adding them failed: %w", want.Name, want.Subjects, got.Subjects, err)

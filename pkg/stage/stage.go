@@ -283,11 +283,13 @@ func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name stri
 	for attempt := 0; attempt < 3; attempt++ {
 		cons, err := js.Consumer(ctx, stream, name)
 		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			cons, err = js.CreateConsumer(ctx, stream, ConsumerConfig(name, filters, cfg.ackWait))
+			err = Create(ctx, js.Conn(), "consumer "+name+" of stream "+stream, "$JS.API.CONSUMER.CREATE."+stream+"."+name, func(ctx context.Context) (err error) {
+				cons, err = js.CreateConsumer(ctx, stream, ConsumerConfig(name, filters, cfg.ackWait))
+				return err
+			})
 			if errors.Is(err, jetstream.ErrConsumerExists) {
 				continue // another process created it first: adopt it
 			}
-			err = CreateDenied(js.Conn(), err, "consumer "+name+" of stream "+stream, "$JS.API.CONSUMER.CREATE."+stream+"."+name)
 		}
 		if err != nil {
 			return nil, err
@@ -303,8 +305,12 @@ func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name stri
 			} else {
 				upd.FilterSubjects = filters
 			}
-			if cons, err = js.UpdateConsumer(ctx, stream, upd); err != nil {
-				if Denied(js.Conn(), "$JS.API.CONSUMER.CREATE."+stream+"."+name) {
+			denied, err := Call(ctx, js.Conn(), "$JS.API.CONSUMER.CREATE."+stream+"."+name, func(ctx context.Context) (err error) {
+				cons, err = js.UpdateConsumer(ctx, stream, upd)
+				return err
+			})
+			if err != nil {
+				if denied {
 					err = fmt.Errorf("this user may not change it: run `vmprep setup` as an admin user: %w", err)
 				}
 				return nil, fmt.Errorf("consumer %s filters %q, want %q: update: %w", name, got, filters, err)
