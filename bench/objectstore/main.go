@@ -54,7 +54,11 @@ func main() {
 }
 
 func run(o options) error {
-	ctx := context.Background()
+	// A deadline of our own: without one, every JetStream API call of both
+	// implementations times out after nats.go's default 5 s, which a loaded
+	// server that has just taken a GiB can exceed (seen: nats.go's Get).
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
 	nc, err := nats.Connect(o.url)
 	if err != nil {
 		return err
