@@ -84,6 +84,28 @@ func (p *Proc) PeakRSS() int64 {
 	return 0
 }
 
+// CPUTime returns the user+system CPU time the running process has used so
+// far (Linux /proc/PID/stat), or 0.
+func (p *Proc) CPUTime() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces; fields count from after it.
+	_, rest, ok := bytes.Cut(b, []byte(") "))
+	if !ok {
+		return 0
+	}
+	f := strings.Fields(string(rest))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	const clockTicks = 100 // USER_HZ, 100 on every Linux architecture Go supports
+	return time.Duration(utime+stime) * time.Second / clockTicks
+}
+
 // Holding reports whether the process has a file open under prefix.
 func (p *Proc) Holding(prefix string) bool {
 	dir := fmt.Sprintf("/proc/%d/fd", p.Cmd.Process.Pid)
@@ -110,8 +132,10 @@ type Cluster struct {
 	MirrorURL   string
 	KeyringFile string
 	// Replicas is passed to stages started on hosts (0: their default).
-	Replicas   int
-	mu         sync.Mutex
+	Replicas int
+	mu       sync.Mutex
+	// Server is the `vmprep serve` process New started (nil for NewNATSCluster).
+	Server     *Proc
 	procs      []*Proc
 	mountPoint string
 }
@@ -139,6 +163,7 @@ func New(tb testing.TB, bin string) *Cluster {
 	}
 	go func() { _, _ = io.Copy(buf, stdout); _ = cmd.Wait(); close(p.done) }()
 	c.procs = append(c.procs, p)
+	c.Server = p
 	c.NATS = strings.TrimSpace(strings.TrimPrefix(line, "nats: "))
 	return c
 }
@@ -218,6 +243,62 @@ type PrepareRun struct {
 	stdout bytes.Buffer
 	stderr bytes.Buffer
 	done   chan error
+	// start and end bound the run, and peak is the highest VmHWM seen
+	// (all set before done is sent).
+	start, end time.Time
+	peak       int64
+}
+
+// run starts r.cmd and reports its end on r.done. While it runs, its peak
+// RSS is sampled from /proc: wait4's ru_maxrss would not do, since a child
+// started by vfork (as os/exec does) inherits its parent's high-water mark.
+func (r *PrepareRun) run() error {
+	r.cmd.Stdout, r.cmd.Stderr = &r.stdout, &r.stderr
+	r.start = time.Now()
+	if err := r.cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	sampled := make(chan int64, 1)
+	go func() {
+		p := &Proc{Cmd: r.cmd}
+		var peak int64
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			peak = max(peak, p.PeakRSS())
+			select {
+			case <-exited:
+				sampled <- peak
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	go func() {
+		err := r.cmd.Wait()
+		r.end = time.Now()
+		close(exited)
+		r.peak = <-sampled
+		r.done <- err
+	}()
+	return nil
+}
+
+// Stderr is what the finished run wrote to standard error.
+func (r *PrepareRun) Stderr() string { return r.stderr.String() }
+
+// Elapsed is the finished run's wall time, from start to exit.
+func (r *PrepareRun) Elapsed() time.Duration { return r.end.Sub(r.start) }
+
+// Usage is the finished run's peak RSS in bytes (sampled every 20 ms, so a
+// peak in its last moments may be missed) and its user+system CPU time.
+func (r *PrepareRun) Usage() (peakRSS int64, cpu time.Duration) {
+	st := r.cmd.ProcessState
+	if st == nil {
+		return r.peak, 0
+	}
+	return r.peak, st.UserTime() + st.SystemTime()
 }
 
 // Prepare starts `vmprep prepare` against the cluster.
@@ -225,11 +306,9 @@ func (c *Cluster) Prepare(arch catalog.Arch, format catalog.DiskFormat, extra ..
 	r := &PrepareRun{done: make(chan error, 1)}
 	args := append([]string{"prepare", "--nats", c.NATS, "--json", "--arch", string(arch), "--format", string(format)}, extra...)
 	r.cmd = exec.Command(filepath.Join(c.Bin, "vmprep"), append(args, "ubuntu", "24.04")...)
-	r.cmd.Stdout, r.cmd.Stderr = &r.stdout, &r.stderr
-	if err := r.cmd.Start(); err != nil {
+	if err := r.run(); err != nil {
 		c.tb.Fatal(err)
 	}
-	go func() { r.done <- r.cmd.Wait() }()
 	return r
 }
 

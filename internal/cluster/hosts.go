@@ -128,11 +128,9 @@ func (h *Host) Prepare(arch catalog.Arch, format catalog.DiskFormat, extra ...st
 	args := append([]string{"prepare", "--nats", h.c.NATS, "--cache-dir", h.c.MountPoint(), "--json",
 		"--arch", string(arch), "--format", string(format)}, extra...)
 	r.cmd = h.command("vmprep", append(args, "ubuntu", "24.04")...)
-	r.cmd.Stdout, r.cmd.Stderr = &r.stdout, &r.stderr
-	if err := r.cmd.Start(); err != nil {
+	if err := r.run(); err != nil {
 		h.c.tb.Fatal(err)
 	}
-	go func() { r.done <- r.cmd.Wait() }()
 	return r
 }
 
