@@ -72,7 +72,7 @@ start_servers() { # R: R=1 one node, else an R-node cluster
 	for ((i = 0; i < r; i++)); do
 		local args=(-a 127.0.0.1 -p $((BASE + 10 * i)) -n "n$((i + 1))" -js -sd "$WORK/js-r$r-n$i" -m $((BASE + 10 * i + 2)))
 		if ((r > 1)); then args+=(--cluster_name bench --cluster "nats://127.0.0.1:$((BASE + 10 * i + 1))" --routes "$routes"); fi
-		"$WORK/nats-server" "${args[@]}" >"$WORK/nats-n$i.log" 2>&1 &
+		"$WORK/nats-server" "${args[@]}" >>"$WORK/nats-n$i.log" 2>&1 &
 		PIDS+=($!)
 		URLS+="${URLS:+,}nats://127.0.0.1:$((BASE + 10 * i))"
 		MONITORS+=("http://127.0.0.1:$((BASE + 10 * i + 2))")
@@ -112,8 +112,14 @@ osop() {
 	shift 7
 	sync -f "$WORK"
 	reset_hwm "${PIDS[@]}"
-	/usr/bin/time -f "%M %U %S" -o "$WORK/time" "$WORK/osbench" -nats "$URLS" -file "$file" -sha256 "$sum" \
-		-replicas "$r" -impl "$impl" -mode "$op" -bucket "$bucket" "$@" >"$WORK/line"
+	if ! /usr/bin/time -f "%M %U %S" -o "$WORK/time" "$WORK/osbench" -nats "$URLS" -file "$file" -sha256 "$sum" \
+		-replicas "$r" -impl "$impl" -mode "$op" -bucket "$bucket" "$@" >"$WORK/line" 2>"$WORK/err"; then
+		# A failed transfer is a result too (nats.go's put can overflow the
+		# server's stream ingest queue: 429 "too many requests").
+		echo "R$r $impl $op failed: $(tail -1 "$WORK/err")" | tee -a "$WORK/failures" >&2
+		record "$label" "$r" "$impl" "$op" FAIL 0 0 "$(max_hwm_kb "${PIDS[@]}")"
+		return 1
+	fi
 	local mbps rss cpu
 	mbps=$(cut -d' ' -f5 "$WORK/line")
 	read -r rss cpu < <(awk '{printf "%s %.2f\n", $1, $2 + $3}' "$WORK/time")
@@ -123,8 +129,9 @@ run_os() { # LABEL R IMPL FILE SUM [driver flags...]: put, get, delete the bucke
 	local label=$1 r=$2 impl=$3 file=$4 sum=$5
 	shift 5
 	local bucket="b$RANDOM"
-	osop "$label" "$r" "$impl" put "$file" "$sum" "$bucket" "$@"
-	osop "$label" "$r" "$impl" get "$file" "$sum" "$bucket" "$@"
+	if osop "$label" "$r" "$impl" put "$file" "$sum" "$bucket" "$@"; then
+		osop "$label" "$r" "$impl" get "$file" "$sum" "$bucket" "$@" || true
+	fi
 	"$WORK/osbench" -nats "$URLS" -mode delete -bucket "$bucket"
 }
 run_curl() { # LABEL R
@@ -194,7 +201,8 @@ function median(s,   a, n, i, j, t) {
 }
 {
 	k = $1 " R" $2 " " $3 " " $4
-	if (!(k in mb)) order[++nk] = k
+	if (!(k in mb)) { order[++nk] = k; mb[k] = "" }
+	if ($5 == "FAIL") { fail[k]++; if ($8 > srss[k]) srss[k] = $8; next }
 	mb[k] = mb[k] (mb[k] == "" ? "" : " ") $5
 	cpu[k] = cpu[k] (cpu[k] == "" ? "" : " ") $7
 	if ($6 > crss[k]) crss[k] = $6
@@ -204,13 +212,15 @@ END {
 	printf "%-34s %9s %-30s %11s %11s %12s\n", "size replicas contender op", "MB/s", "(runs)", "client RSS", "client CPU", "server RSS"
 	for (i = 1; i <= nk; i++) {
 		k = order[i]
-		printf "%-34s %9.0f %-30s %7.1f MiB %9.2f s %8.1f MiB\n", k, median(mb[k]), "(" mb[k] ")", crss[k] / 1024, median(cpu[k]), srss[k] / 1024
+		runs = "(" mb[k] (fail[k] ? (mb[k] == "" ? "" : "; ") fail[k] " failed" : "") ")"
+		if (mb[k] == "") { printf "%-34s %9s %-30s %11s %11s %8.1f MiB\n", k, "-", runs, "-", "-", srss[k] / 1024; continue }
+		printf "%-34s %9.0f %-30s %7.1f MiB %9.2f s %8.1f MiB\n", k, median(mb[k]), runs, crss[k] / 1024, median(cpu[k]), srss[k] / 1024
 		med[k] = median(mb[k])
 	}
 	print ""
 	for (i = 1; i <= nk; i++) {
 		k = order[i]; split(k, f, " ")
-		if (f[3] != "ours") continue
+		if (f[3] != "ours" || !(k in med)) continue
 		c = f[1] " " f[2] " curl get"; g = f[1] " " f[2] " natsgo " f[4]
 		line = sprintf("%s: ours %s", f[1] " " f[2] " " f[4], med[k])
 		if (c in med) line = line sprintf("  ours/curl %.2fx", med[k] / med[c])
@@ -218,3 +228,9 @@ END {
 		print line " (MB/s ratios; >1 is faster)"
 	}
 }'
+if [[ -s $WORK/failures ]]; then
+	echo
+	echo "failed transfers ($(wc -l <"$WORK/failures")):"
+	sort "$WORK/failures" | uniq -c
+fi
+echo "nats-server log: $(cat "$WORK"/nats-n*.log | grep -c 'excessive stream ingest rate' || true) warnings of dropped messages (excessive stream ingest rate)"
