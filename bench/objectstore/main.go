@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -32,6 +33,7 @@ import (
 
 type options struct {
 	url, file, bucket, impl, mode, sum string
+	cpuProfile                         string
 	replicas, chunk, window            int
 }
 
@@ -46,6 +48,7 @@ func main() {
 	flag.IntVar(&o.replicas, "replicas", 1, "bucket replicas")
 	flag.IntVar(&o.chunk, "chunk", 0, "chunk size in bytes (0: the implementation's default)")
 	flag.IntVar(&o.window, "window", 0, "chunks in flight (ours only; 0: default)")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the transfers to this file (go tool pprof)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "objectstore bench:", err)
@@ -93,6 +96,16 @@ func run(o options) error {
 	}
 	if err != nil {
 		return err
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	for _, op := range strings.Split(o.mode, ",") {
 		f := map[string]func() (int64, error){"put": put, "get": get}[op]
