@@ -90,13 +90,14 @@ func BenchmarkClients(b *testing.B) {
 	rounds := envInt("BENCH_ROUNDS", 2)
 	counts := envInts("BENCH_CLIENTS", []int{1, 10, 50})
 	dataMiB := int64(envInt("BENCH_DISK_DATA_MIB", 256))
+	kernelKiB, initrdKiB := envInt("BENCH_KERNEL_KIB", 14<<10), envInt("BENCH_INITRD_KIB", 60<<10)
 	format := catalog.DiskFormat(os.Getenv("BENCH_FORMAT"))
 	if format == "" {
 		format = catalog.FormatQCOW2
 	}
 	m := testmirror.New(b, testmirror.WithArches(catalog.ArchAMD64),
 		testmirror.WithDiskSize(2<<30, dataMiB<<20), testmirror.WithCompressedDisk(false),
-		testmirror.WithKernelSize(14<<20, 60<<20))
+		testmirror.WithKernelSize(kernelKiB<<10, initrdKiB<<10))
 	size := map[catalog.Role]int64{}
 	var imageBytes int64
 	for _, role := range roles {
