@@ -72,7 +72,7 @@ func run(o options) error {
 		return err
 	}
 	if o.mode == "delete" {
-		err := js.DeleteStream(ctx, "OBJ_"+o.bucket)
+		err := js.DeleteStream(ctx, objectstore.StreamName(o.bucket))
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			err = nil
 		}
