@@ -23,16 +23,10 @@ import (
 
 	"github.com/vmprep/vmprep/internal/cluster"
 	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
-
-func envInt(key string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(key)); err == nil && v > 0 {
-		return v
-	}
-	return def
-}
 
 func envInts(key string, def []int) []int {
 	var out []int
@@ -87,10 +81,10 @@ var roles = []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.Ro
 // cache.
 func BenchmarkClients(b *testing.B) {
 	cluster.RequireNamespaces(b)
-	rounds := envInt("BENCH_ROUNDS", 2)
+	rounds := testutil.EnvInt("BENCH_ROUNDS", 2)
 	counts := envInts("BENCH_CLIENTS", []int{1, 10, 50})
-	dataMiB := int64(envInt("BENCH_DISK_DATA_MIB", 256))
-	kernelKiB, initrdKiB := envInt("BENCH_KERNEL_KIB", 14<<10), envInt("BENCH_INITRD_KIB", 60<<10)
+	dataMiB := int64(testutil.EnvInt("BENCH_DISK_DATA_MIB", 256))
+	kernelKiB, initrdKiB := testutil.EnvInt("BENCH_KERNEL_KIB", 14<<10), testutil.EnvInt("BENCH_INITRD_KIB", 60<<10)
 	format := catalog.DiskFormat(os.Getenv("BENCH_FORMAT"))
 	if format == "" {
 		format = catalog.FormatQCOW2

@@ -21,12 +21,12 @@ import (
 	"io"
 	"os"
 	"runtime/pprof"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/internal/cluster"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/objectstore"
 )
@@ -121,7 +121,7 @@ func run(o options) error {
 		if n != size {
 			return fmt.Errorf("%s moved %d bytes, the file has %d", op, n, size)
 		}
-		fmt.Printf("%s %s %d %.3f %.1f %d\n", op, o.impl, n, el.Seconds(), float64(n)/el.Seconds()/1e6, peakRSS())
+		fmt.Printf("%s %s %d %.3f %.1f %d\n", op, o.impl, n, el.Seconds(), float64(n)/el.Seconds()/1e6, cluster.PeakRSSOf(os.Getpid()))
 	}
 	return nil
 }
@@ -219,17 +219,3 @@ func natsgo(ctx context.Context, js jetstream.JetStream, o options, d digest.Dig
 	return put, get, nil
 }
 
-// peakRSS is this process's peak resident set size (Linux VmHWM), or 0.
-func peakRSS() int64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}

@@ -10,22 +10,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/vmprep/vmprep/internal/cluster"
 	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
-
-func envInt(key string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(key)); err == nil && v > 0 {
-		return v
-	}
-	return def
-}
 
 func median(d []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), d...)
@@ -64,8 +57,8 @@ func BenchmarkPrepareVsShell(b *testing.B) {
 			b.Fatalf("%s is needed: %v", tool, err)
 		}
 	}
-	rounds := envInt("BENCH_ROUNDS", 3)
-	dataMiB := int64(envInt("BENCH_DISK_DATA_MIB", 1800))
+	rounds := testutil.EnvInt("BENCH_ROUNDS", 3)
+	dataMiB := int64(testutil.EnvInt("BENCH_DISK_DATA_MIB", 1800))
 	m := testmirror.New(b, testmirror.WithArches(catalog.ArchAMD64),
 		testmirror.WithDiskSize(4<<30, dataMiB<<20), testmirror.WithCompressedDisk(true),
 		testmirror.WithKernelSize(14<<20, 60<<20))

@@ -17,23 +17,16 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/embedded"
 )
-
-func envInt(key string, def int) int {
-	if v, err := strconv.Atoi(os.Getenv(key)); err == nil && v > 0 {
-		return v
-	}
-	return def
-}
 
 // sample is one run: its wall time and the CPU it used (user + system).
 type sample struct{ wall, cpu time.Duration }
@@ -64,7 +57,7 @@ func runOnce(b *testing.B, bin string, args []string, want string) sample {
 }
 
 func BenchmarkWarmPrepare(b *testing.B) {
-	rounds := envInt("BENCH_ROUNDS", 30)
+	rounds := testutil.EnvInt("BENCH_ROUNDS", 30)
 	work := b.TempDir()
 	bin := filepath.Join(work, "vmprep")
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/vmprep/vmprep/cmd/vmprep").CombinedOutput(); err != nil {

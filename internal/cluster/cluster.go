@@ -70,8 +70,12 @@ func (p *Proc) Kill9(tb testing.TB) {
 }
 
 // PeakRSS returns the process's peak resident set size in bytes (Linux VmHWM).
-func (p *Proc) PeakRSS() int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
+func (p *Proc) PeakRSS() int64 { return PeakRSSOf(p.Cmd.Process.Pid) }
+
+// PeakRSSOf returns process pid's peak resident set size in bytes (Linux
+// VmHWM), or 0 when it cannot be read.
+func PeakRSSOf(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
