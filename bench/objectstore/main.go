@@ -218,4 +218,3 @@ func natsgo(ctx context.Context, js jetstream.JetStream, o options, d digest.Dig
 	}
 	return put, get, nil
 }
-
