@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -102,7 +104,7 @@ func TestDeployPermissions(t *testing.T) {
 	}
 	stages := []*cluster.Proc{
 		c.Start("resolver", append(stageArgs("resolver"), "--mirror", m.URL, "--keyring", m.KeyringFile())...),
-		c.Start("fetcher", stageArgs("fetcher")...),
+		c.Start("fetcher", append(stageArgs("fetcher"), "--metrics-listen", "127.0.0.1:0")...),
 		c.Start("verifier", stageArgs("verifier")...),
 	}
 	converterCache := t.TempDir()
@@ -120,6 +122,22 @@ func TestDeployPermissions(t *testing.T) {
 		if out := p.Output(); strings.Contains(strings.ToLower(out), "permissions violation") {
 			t.Errorf("%s was refused something it needs:\n%s", p.Name, out)
 		}
+	}
+
+	// The fetcher's metrics: healthy, and the bytes it took from the origin.
+	addr := regexp.MustCompile(`metrics listening addr=(\S+)`).FindStringSubmatch(stages[1].Output())
+	if addr == nil {
+		t.Fatalf("the fetcher did not say where its metrics are:\n%s", stages[1].Output())
+	}
+	if code, body := testutil.Get(t, "http://"+addr[1]+"/healthz"); code != http.StatusOK {
+		t.Errorf("fetcher /healthz: %d %s", code, body)
+	}
+	var served int64
+	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
+		served += m.BytesServed(m.Path("ubuntu", "24.04", catalog.ArchAMD64, role))
+	}
+	if v, _ := testutil.Scrape(t, "http://"+addr[1]+"/metrics").Value("vmprep_origin_bytes_total"); int64(v) != served {
+		t.Errorf("fetcher vmprep_origin_bytes_total = %v, want %d (what the mirror served)", v, served)
 	}
 
 	// The operator sees every stage process alive (each announced itself

@@ -292,6 +292,11 @@ func SetupConsumers(ctx context.Context, js jetstream.JetStream, ackWait time.Du
 	return nil
 }
 
+// errCodeNoPeers is JetStream's "no suitable peers for placement" (a 400):
+// a cluster still forming, or with a node down, cannot place an R3 stream
+// yet; it can once the node is back.
+const errCodeNoPeers jetstream.ErrorCode = 10005
+
 // WaitForSetup retries Setup until it succeeds or ctx ends: a stage may start
 // before its NATS server is reachable.
 func WaitForSetup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) (*Infra, error) {
@@ -312,7 +317,8 @@ func WaitForSetup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) 
 			return nil, err // an operator must create it
 		}
 		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500 && apiErr.Code != 408 {
+		if errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500 && apiErr.Code != 408 &&
+			apiErr.ErrorCode != errCodeNoPeers {
 			// The server refused the configuration (not "not ready yet"): waiting won't help.
 			return nil, err
 		}
