@@ -38,6 +38,7 @@ type config struct {
 	kernelSize    int
 	initrdSize    int
 	gzipKernel    map[catalog.Arch]bool
+	listen        string
 }
 
 func defaultConfig() config {
@@ -110,6 +111,13 @@ func WithCompressedDisk(on bool) Option {
 // WithKernelSize sets the kernel and initramfs sizes in bytes (before gzip).
 func WithKernelSize(kernel, initramfs int) Option {
 	return func(c *config) { c.kernelSize, c.initrdSize = kernel, initramfs }
+}
+
+// WithListenAddr serves the mirror on addr (host:port, port 0 for any)
+// instead of a free port on 127.0.0.1: say, the gateway address of a Docker
+// network, so that containers on it can download from the test's mirror.
+func WithListenAddr(addr string) Option {
+	return func(c *config) { c.listen = addr }
 }
 
 // WithGzipKernel sets which architectures get a gzip-compressed kernel, as

@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -169,7 +170,16 @@ func New(t testing.TB, opts ...Option) *Mirror {
 	}
 	m.b = newBuilder(t, m)
 	m.b.build()
-	m.srv = httptest.NewServer(m)
+	m.srv = httptest.NewUnstartedServer(m)
+	if cfg.listen != "" {
+		l, err := net.Listen("tcp", cfg.listen)
+		if err != nil {
+			t.Fatalf("testmirror: listen on %s: %v", cfg.listen, err)
+		}
+		m.srv.Listener.Close()
+		m.srv.Listener = l
+	}
+	m.srv.Start()
 	m.URL = m.srv.URL + "/"
 	t.Cleanup(func() {
 		close(m.closed) // releases stalled handlers so Close can return
