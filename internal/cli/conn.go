@@ -36,7 +36,20 @@ type Connection struct {
 	// (default _INBOX_<user> with --user, so that permissions can give each
 	// user its own inbox; _INBOX otherwise).
 	InboxPrefix string
+
+	// pingInterval overrides PingInterval (tests).
+	pingInterval time.Duration
 }
+
+// A connection whose network vanished without a word (a host detached from
+// its network, an address changed, a NAT that forgot the flow) looks alive
+// until pings go unanswered. nats.go's default, a ping every 2 minutes and 2
+// outstanding, leaves a stage deaf, and healthy on /healthz, for up to 6
+// minutes; this notices within about 3 intervals and reconnects.
+const (
+	PingInterval        = 10 * time.Second
+	MaxPingsOutstanding = 2
+)
 
 // RegisterConnection adds --nats and the authentication and TLS flags.
 func (c *Connection) RegisterConnection(fs *flag.FlagSet) {
@@ -173,9 +186,15 @@ func (c *Connection) Connect(name string, log *slog.Logger, waitForServer bool) 
 		return nil, err
 	}
 	var lastReconnectErr sync.Map // one log line per distinct reconnect error
+	ping := c.pingInterval
+	if ping == 0 {
+		ping = PingInterval
+	}
 	opts := append([]nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
+		nats.PingInterval(ping),
+		nats.MaxPingsOutstanding(MaxPingsOutstanding),
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {

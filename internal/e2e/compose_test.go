@@ -1,0 +1,415 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/internal/ops"
+	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/internal/testutil"
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/messages"
+)
+
+// requireCompose returns the compose command (docker compose, or
+// docker-compose), skipping the test where Docker is absent, except in CI
+// (CI=true), where the test must run.
+func requireCompose(t *testing.T) []string {
+	t.Helper()
+	var why string
+	var compose []string
+	if _, err := exec.LookPath("docker"); err != nil {
+		why = "docker is not installed"
+	} else if out, err := exec.Command("docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput(); err != nil {
+		why = fmt.Sprintf("the Docker daemon does not answer (docker info: %v: %s)", err, bytes.TrimSpace(out))
+	} else if exec.Command("docker", "compose", "version").Run() == nil {
+		compose = []string{"docker", "compose"}
+	} else if _, err := exec.LookPath("docker-compose"); err == nil {
+		compose = []string{"docker-compose"}
+	} else {
+		why = "neither docker compose nor docker-compose is installed"
+	}
+	if why == "" {
+		return compose
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("CI=true, and %s: the compose cluster test must run in CI", why)
+	}
+	t.Skipf("%s: skipping the compose cluster test (in CI, CI=true, it fails instead)", why)
+	return nil
+}
+
+// composeProject is one run of deploy/docker/docker-compose.yml under a
+// project name of its own.
+type composeProject struct {
+	t       *testing.T
+	compose []string
+	args    []string // -p NAME -f FILE -f OVERRIDE
+	name    string
+	env     []string
+}
+
+func (p *composeProject) cmd(args ...string) *exec.Cmd {
+	all := append(append(append([]string{}, p.compose[1:]...), p.args...), args...)
+	cmd := exec.Command(p.compose[0], all...)
+	cmd.Env = append(os.Environ(), p.env...)
+	return cmd
+}
+
+// run runs a compose command and fails the test if it fails.
+func (p *composeProject) run(args ...string) string {
+	p.t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := p.cmd(args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		p.t.Fatalf("%s %s: %v\n%s%s", strings.Join(p.compose, " "), strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	return strings.TrimSpace(stdout.String())
+}
+
+// container is the id of a service's index'th container (1-based).
+func (p *composeProject) container(service string, index int) string {
+	p.t.Helper()
+	out, err := exec.Command("docker", "ps", "-a", "-q", "--no-trunc",
+		"--filter", "label=com.docker.compose.project="+p.name,
+		"--filter", "label=com.docker.compose.service="+service,
+		"--filter", fmt.Sprintf("label=com.docker.compose.container-number=%d", index)).Output()
+	id := strings.TrimSpace(string(out))
+	if err != nil || id == "" || strings.Contains(id, "\n") {
+		p.t.Fatalf("container %d of %s: %q, %v", index, service, id, err)
+	}
+	return id
+}
+
+// port is the host address (127.0.0.1:N) a container port is published on.
+func (p *composeProject) port(service string, index, port int) string {
+	p.t.Helper()
+	out := p.run("port", "--index", fmt.Sprint(index), service, fmt.Sprint(port))
+	if !strings.HasPrefix(out, "127.0.0.1:") {
+		p.t.Fatalf("%s %d: port %d is published on %q, want 127.0.0.1", service, index, port, out)
+	}
+	return out
+}
+
+func docker(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("docker", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// poll calls cond every 250 ms until it holds, failing the test after timeout.
+func poll(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func healthy(addr string) bool {
+	resp, err := http.Get("http://" + addr + "/healthz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// clientRun is one vmprep prepare --nats run of the client alice.
+type clientRun struct {
+	cmd            *exec.Cmd
+	stdout, stderr bytes.Buffer
+	done           chan error
+}
+
+func (r *clientRun) result(t *testing.T, timeout time.Duration) messages.Result {
+	t.Helper()
+	select {
+	case err := <-r.done:
+		if err != nil {
+			t.Fatalf("vmprep prepare: %v\nstderr: %s\nstdout: %s", err, r.stderr.String(), r.stdout.String())
+		}
+	case <-time.After(timeout):
+		_ = r.cmd.Process.Kill()
+		<-r.done
+		t.Fatalf("vmprep prepare did not finish within %s; stderr: %s", timeout, r.stderr.String())
+	}
+	var res messages.Result
+	if err := json.Unmarshal(r.stdout.Bytes(), &res); err != nil {
+		t.Fatalf("prepare output is not a result: %v\n%s", err, r.stdout.String())
+	}
+	if res.Status != messages.ResultPrepared {
+		t.Fatalf("status %s: %+v", res.Status, res.Failure)
+	}
+	return res
+}
+
+// checkImage checks every file of a prepared result, read through local
+// (which returns a path on this host for a path the result names): the
+// published bytes, or qemu-img's raw conversion of the published disk.
+func checkImage(t *testing.T, m *testmirror.Mirror, version string, arch catalog.Arch, res messages.Result, local func(string) string) {
+	t.Helper()
+	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
+		f, ok := res.Files[role]
+		if !ok {
+			t.Fatalf("no %s in %+v", role, res.Files)
+		}
+		rel := m.Path("ubuntu", version, arch, role)
+		want := m.Digest(rel).Hex
+		if role == catalog.RoleDisk && res.DiskFormat == catalog.FormatRaw {
+			want = testutil.QemuRawSHA256(t, filepath.Join(m.Dir, filepath.FromSlash(rel)))
+		}
+		if got := testutil.FileSHA256(t, local(f.Path)); got != want {
+			t.Errorf("%s %s %s: %s holds %s, want %s", version, arch, role, f.Path, got, want)
+		}
+	}
+}
+
+// The deployment of deploy/docker, for real: images built FROM scratch, a
+// three-node NATS cluster with a user per stage, a resolver, two fetchers, a
+// verifier and two converter hosts, downloading from a test mirror that the
+// containers reach on their network's gateway. A client (alice) prepares
+// images through a published NATS port; a targeted request lands in host1's
+// volume; a NATS node stops while a download runs, and a fetcher is cut off
+// the network while it downloads: the requests still complete with exact
+// files, and the fetcher rejoins.
+func TestComposeCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds images and runs a compose deployment")
+	}
+	compose := requireCompose(t)
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(root, "deploy", "docker")
+	tmp := t.TempDir()
+	const tag = "e2e"
+
+	// Images (kept afterwards: the next run reuses their layers), and the
+	// static binaries, of which this test runs vmprep as the client.
+	bin := filepath.Join(tmp, "bin")
+	build := exec.Command(filepath.Join(dir, "build.sh"))
+	build.Env = append(os.Environ(), "VMPREP_IMAGE_TAG="+tag, "VMPREP_BIN_DIR="+bin)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build.sh: %v\n%s", err, out)
+	}
+
+	secrets := filepath.Join(tmp, "secrets")
+	if out, err := exec.Command(filepath.Join(dir, "secrets.sh"), secrets).CombinedOutput(); err != nil {
+		t.Fatalf("secrets.sh: %v\n%s", err, out)
+	}
+
+	// The network is made first, so that the mirror can listen on its
+	// gateway address before the resolver is told the mirror's URL.
+	suffix := make([]byte, 4)
+	_, _ = rand.Read(suffix)
+	name := "vmprep-e2e-" + hex.EncodeToString(suffix)
+	network := name + "-net"
+	docker(t, "network", "create", "--label", "vmprep-e2e=1", network)
+	p := &composeProject{t: t, compose: compose, name: name}
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := p.cmd("logs", "--no-color", "--tail", "60").CombinedOutput()
+			t.Logf("compose logs:\n%s", out)
+		}
+		if out, err := p.cmd("down", "-v", "--remove-orphans", "-t", "5").CombinedOutput(); err != nil {
+			t.Errorf("compose down: %v\n%s", err, out)
+		}
+		if out, err := exec.Command("docker", "network", "rm", network).CombinedOutput(); err != nil {
+			t.Errorf("docker network rm %s: %v\n%s", network, err, out)
+		}
+	})
+	gateway := docker(t, "network", "inspect", "--format", "{{range .IPAM.Config}}{{.Gateway}}{{end}}", network)
+	if gateway == "" {
+		t.Fatalf("network %s has no gateway address", network)
+	}
+
+	// Four image sets, so that each phase below downloads something new.
+	// The mirror is throttled so that downloads last while things break.
+	m := testmirror.New(t, testmirror.WithUbuntu("22.04", "24.04"), testmirror.WithListenAddr(gateway+":0"),
+		testmirror.WithDiskSize(32<<20, 6<<20), testmirror.WithGzipKernel())
+
+	override := filepath.Join(tmp, "override.yml")
+	if err := os.WriteFile(override, fmt.Appendf(nil, `
+services:
+  resolver:
+    environment:
+      VMPREP_MIRROR: %q
+      VMPREP_KEYRING: /etc/vmprep/keyring.asc
+    volumes: [%q]
+networks:
+  default:
+    external: true
+    name: %s
+`, m.URL, m.KeyringFile()+":/etc/vmprep/keyring.asc:ro", network), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.args = []string{"--project-name", name, "-f", filepath.Join(dir, "docker-compose.yml"), "-f", override}
+	p.env = []string{"VMPREP_IMAGE_TAG=" + tag, "VMPREP_SECRETS=" + secrets, "COMPOSE_INTERACTIVE_NO_CLI=1"}
+	p.run("up", "-d", "--no-color")
+
+	stages := []struct {
+		service string
+		index   int
+	}{{"resolver", 1}, {"fetcher", 1}, {"fetcher", 2}, {"verifier", 1}, {"converter-host1", 1}, {"converter-host2", 1}}
+	metrics := map[string]string{}
+	for _, s := range stages {
+		addr := p.port(s.service, s.index, 9102)
+		metrics[fmt.Sprintf("%s/%d", s.service, s.index)] = addr
+		poll(t, s.service+" /healthz", 2*time.Minute, func() bool { return healthy(addr) })
+	}
+	var urls []string
+	for _, n := range []string{"nats1", "nats2", "nats3"} {
+		urls = append(urls, "nats://"+p.port(n, 1, 4222))
+	}
+	natsURL := strings.Join(urls, ",")
+
+	prepare := func(version string, arch catalog.Arch, format catalog.DiskFormat, extra ...string) *clientRun {
+		r := &clientRun{done: make(chan error, 1)}
+		args := append([]string{"prepare", "--nats", natsURL, "--user", "alice", "--password-file", filepath.Join(secrets, "alice.password"),
+			"--namespace", "alice", "--cache-dir", filepath.Join(tmp, "alice-cache"), "--json",
+			"--arch", string(arch), "--format", string(format)}, extra...)
+		r.cmd = exec.Command(filepath.Join(bin, "vmprep"), append(args, "ubuntu", version)...)
+		r.cmd.Env = append(os.Environ(), "NATS_URL=", "VMPREP_LOG_LEVEL=warn")
+		r.cmd.Stdout, r.cmd.Stderr = &r.stdout, &r.stderr
+		if err := r.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { r.done <- r.cmd.Wait() }()
+		return r
+	}
+	onHost := func(p string) string { return p }
+	const timeout = 3 * time.Minute
+
+	// 1. alice prepares a raw image for herself: the stages fetch and verify
+	// into the bucket, her vmprep pulls and converts.
+	res := prepare("24.04", catalog.ArchAMD64, catalog.FormatRaw).result(t, timeout)
+	checkImage(t, m, "24.04", catalog.ArchAMD64, res, onHost)
+
+	// 2. The same image, raw, for host1: converted there, into host1's volume.
+	res = prepare("24.04", catalog.ArchAMD64, catalog.FormatRaw, "--target", "host1").result(t, timeout)
+	if res.Host != "host1" {
+		t.Fatalf("targeted result names host %q, want host1", res.Host)
+	}
+	host1 := p.container("converter-host1", 1)
+	copied := filepath.Join(tmp, "from-host1")
+	checkImage(t, m, "24.04", catalog.ArchAMD64, res, func(path string) string {
+		dst := filepath.Join(copied, filepath.Base(path))
+		if err := os.MkdirAll(copied, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		docker(t, "cp", "-L", host1+":"+path, dst)
+		return dst
+	})
+
+	// 3. nats2 stops while a download runs: the request completes, and so
+	// does the next one (new downloads, two nodes of three).
+	m.Throttle(1 << 20)
+	disk := m.Path("ubuntu", "24.04", catalog.ArchARM64, catalog.RoleDisk)
+	run := prepare("24.04", catalog.ArchARM64, catalog.FormatRaw)
+	poll(t, "the arm64 disk's download to start", timeout, func() bool { return m.BytesServed(disk) > 0 })
+	p.run("stop", "-t", "5", "nats2")
+	checkImage(t, m, "24.04", catalog.ArchARM64, run.result(t, timeout), onHost)
+	res = prepare("22.04", catalog.ArchAMD64, catalog.FormatQCOW2).result(t, timeout)
+	checkImage(t, m, "22.04", catalog.ArchAMD64, res, onHost)
+	p.run("start", "nats2")
+
+	// 4. The fetcher that downloads is cut off the network: the other one
+	// takes the work over once the lease lapses, and the request completes;
+	// reconnected, the first one rejoins (it notices its dead connection and
+	// announces itself again).
+	originBytes := func(index int) float64 {
+		v, _ := testutil.Scrape(t, "http://"+metrics[fmt.Sprintf("fetcher/%d", index)]+"/metrics").Value("vmprep_origin_bytes_total")
+		return v
+	}
+	before := []float64{0, originBytes(1), originBytes(2)}
+	disk = m.Path("ubuntu", "22.04", catalog.ArchARM64, catalog.RoleDisk)
+	run = prepare("22.04", catalog.ArchARM64, catalog.FormatRaw, "--target", "host2")
+	poll(t, "the 22.04 arm64 disk's download to start", timeout, func() bool { return m.BytesServed(disk) > 0 })
+	cut := 0
+	poll(t, "a fetcher's origin bytes to grow", timeout, func() bool {
+		for i := 1; i <= 2; i++ {
+			if originBytes(i) > before[i] {
+				cut = i
+				return true
+			}
+		}
+		return false
+	})
+	cutID := p.container("fetcher", cut)
+	cutHost := docker(t, "inspect", "--format", "{{.Config.Hostname}}", cutID)
+	docker(t, "network", "disconnect", network, cutID)
+	disconnected := time.Now()
+	res = run.result(t, timeout)
+	if res.Host != "host2" {
+		t.Fatalf("targeted result names host %q, want host2", res.Host)
+	}
+	host2 := p.container("converter-host2", 1)
+	checkImage(t, m, "22.04", catalog.ArchARM64, res, func(path string) string {
+		dst := filepath.Join(tmp, "from-host2", filepath.Base(path))
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		docker(t, "cp", "-L", host2+":"+path, dst)
+		return dst
+	})
+	docker(t, "network", "connect", network, cutID)
+	reconnected := time.Now()
+	t.Logf("fetcher %d (%s) was cut off for %s", cut, cutHost, reconnected.Sub(disconnected).Round(time.Second))
+
+	admin, err := nats.Connect(natsURL, nats.UserInfo("admin", readSecret(t, secrets, "admin")))
+	if err != nil {
+		t.Fatalf("connect as admin: %v", err)
+	}
+	defer admin.Close()
+	js, err := jetstream.New(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "the cut-off fetcher to announce itself again", 2*time.Minute, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		procs, err := ops.Processes(ctx, js)
+		if err != nil {
+			return false
+		}
+		for _, pr := range procs {
+			if pr.Stage == messages.StageFetcher && pr.Host == cutHost && pr.Seen.After(reconnected) && pr.Consuming {
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("it announced itself again %s after it was reconnected", time.Since(reconnected).Round(time.Second))
+	m.Throttle(0)
+}
+
+func readSecret(t *testing.T, dir, user string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, user+".password"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
