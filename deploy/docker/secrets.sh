@@ -23,8 +23,10 @@ for u in $users; do
   f="$dir/$u.password"
   [ -s "$f" ] && continue
   # 32 random bytes, base64url without padding: no character that needs
-  # quoting in nats-server's configuration or in an env file.
-  pw=$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+  # quoting in nats-server's configuration or in an env file. nats-server
+  # parses a variable's value as it would a literal, so a value starting with
+  # a digit or "-" is read as a number ("Expected a digit"): start with a letter.
+  pw=vp$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
   printf '%s\n' "$pw" >"$f.tmp"
   mv "$f.tmp" "$f"
 done

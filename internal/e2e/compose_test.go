@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -220,13 +222,24 @@ func TestComposeCluster(t *testing.T) {
 		t.Fatalf("secrets.sh: %v\n%s", err, out)
 	}
 
-	// The network is made first, so that the mirror can listen on its
-	// gateway address before the resolver is told the mirror's URL.
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
 	name := "vmprep-e2e-" + hex.EncodeToString(suffix)
 	network := name + "-net"
-	docker(t, "network", "create", "--label", "vmprep-e2e=1", network)
+	// The network is made first, so that the mirror can listen on its
+	// gateway address before the resolver is told the mirror's URL. It is
+	// made twice: Docker picks a free subnet, and the second network has
+	// that subnet as its own setting, which lets a container be reconnected
+	// with another address.
+	docker(t, "network", "create", network)
+	subnet := docker(t, "network", "inspect", "--format", "{{range .IPAM.Config}}{{.Subnet}}{{end}}", network)
+	gateway := docker(t, "network", "inspect", "--format", "{{range .IPAM.Config}}{{.Gateway}}{{end}}", network)
+	docker(t, "network", "rm", network)
+	docker(t, "network", "create", "--label", "vmprep-e2e=1", "--subnet", subnet, "--gateway", gateway, network)
+	prefix, err := netip.ParsePrefix(subnet)
+	if err != nil || !prefix.Addr().Is4() || prefix.Bits() > 28 {
+		t.Fatalf("network %s: subnet %q, gateway %q: want an IPv4 subnet of 16 addresses or more", network, subnet, gateway)
+	}
 	p := &composeProject{t: t, compose: compose, name: name}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -240,10 +253,6 @@ func TestComposeCluster(t *testing.T) {
 			t.Errorf("docker network rm %s: %v\n%s", network, err, out)
 		}
 	})
-	gateway := docker(t, "network", "inspect", "--format", "{{range .IPAM.Config}}{{.Gateway}}{{end}}", network)
-	if gateway == "" {
-		t.Fatalf("network %s has no gateway address", network)
-	}
 
 	// Four image sets, so that each phase below downloads something new.
 	// The mirror is throttled so that downloads last while things break.
@@ -374,7 +383,11 @@ networks:
 		docker(t, "cp", "-L", host2+":"+path, dst)
 		return dst
 	})
-	docker(t, "network", "connect", network, cutID)
+	// Back on the network with another address, as a host that comes back
+	// from an outage with a new lease: its old connection is dead without a
+	// word (what it sends leaves from an address that is gone, what the
+	// server sends goes nowhere), which only its pings can tell.
+	docker(t, "network", "connect", "--ip", lastAddr(prefix, 3).String(), network, cutID)
 	reconnected := time.Now()
 	t.Logf("fetcher %d (%s) was cut off for %s", cut, cutHost, reconnected.Sub(disconnected).Round(time.Second))
 
@@ -402,7 +415,18 @@ networks:
 		return false
 	})
 	t.Logf("it announced itself again %s after it was reconnected", time.Since(reconnected).Round(time.Second))
+	addr := p.port("fetcher", cut, 9102)
+	poll(t, "the cut-off fetcher's /healthz", time.Minute, func() bool { return healthy(addr) })
 	m.Throttle(0)
+}
+
+// lastAddr is the n'th address from the end of an IPv4 prefix (0 is its
+// broadcast address): far from the ones Docker hands out from the start.
+func lastAddr(p netip.Prefix, n uint32) netip.Addr {
+	a := p.Masked().Addr().As4()
+	v := binary.BigEndian.Uint32(a[:]) | (1<<(32-p.Bits()) - 1)
+	binary.BigEndian.PutUint32(a[:], v-n)
+	return netip.AddrFrom4(a)
 }
 
 func readSecret(t *testing.T, dir, user string) string {

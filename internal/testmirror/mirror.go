@@ -183,6 +183,9 @@ func New(t testing.TB, opts ...Option) *Mirror {
 	m.URL = m.srv.URL + "/"
 	t.Cleanup(func() {
 		close(m.closed) // releases stalled handlers so Close can return
+		// A handler writing to a client whose network is gone (a container
+		// cut off its network) would block Close until TCP gives up.
+		m.srv.CloseClientConnections()
 		m.srv.Close()
 	})
 	return m
