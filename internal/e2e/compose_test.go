@@ -8,6 +8,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/netip"
 	"os"
@@ -17,8 +19,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
@@ -241,10 +243,23 @@ func TestComposeCluster(t *testing.T) {
 		t.Fatalf("network %s: subnet %q, gateway %q: want an IPv4 subnet of 16 addresses or more", network, subnet, gateway)
 	}
 	p := &composeProject{t: t, compose: compose, name: name}
+	var natsURL string     // once the cluster is up
+	var requests []string // the request ids of alice's runs
 	t.Cleanup(func() {
 		if t.Failed() {
-			out, _ := p.cmd("logs", "--no-color", "--tail", "60").CombinedOutput()
+			out, _ := p.cmd("logs", "--no-color", "--tail", "100", "resolver", "fetcher", "verifier", "converter-host1", "converter-host2").CombinedOutput()
 			t.Logf("compose logs:\n%s", out)
+			for _, id := range append([]string{""}, requests...) {
+				if natsURL == "" {
+					break
+				}
+				args := []string{"status", "--nats", natsURL, "--user", "admin", "--password-file", filepath.Join(secrets, "admin.password")}
+				if id != "" {
+					args = append(args, id)
+				}
+				out, _ := exec.Command(filepath.Join(bin, "vmprep"), args...).CombinedOutput()
+				t.Logf("vmprep %s:\n%s", strings.Join(args, " "), out)
+			}
 		}
 		if out, err := p.cmd("down", "-v", "--remove-orphans", "-t", "5").CombinedOutput(); err != nil {
 			t.Errorf("compose down: %v\n%s", err, out)
@@ -292,11 +307,13 @@ networks:
 	for _, n := range []string{"nats1", "nats2", "nats3"} {
 		urls = append(urls, "nats://"+p.port(n, 1, 4222))
 	}
-	natsURL := strings.Join(urls, ",")
+	natsURL = strings.Join(urls, ",")
 
 	prepare := func(version string, arch catalog.Arch, format catalog.DiskFormat, extra ...string) *clientRun {
 		r := &clientRun{done: make(chan error, 1)}
-		args := append([]string{"prepare", "--nats", natsURL, "--user", "alice", "--password-file", filepath.Join(secrets, "alice.password"),
+		id := fmt.Sprintf("compose-%d", len(requests)+1)
+		requests = append(requests, id)
+		args := append([]string{"prepare", "--request-id", id, "--nats", natsURL, "--user", "alice", "--password-file", filepath.Join(secrets, "alice.password"),
 			"--namespace", "alice", "--cache-dir", filepath.Join(tmp, "alice-cache"), "--json",
 			"--arch", string(arch), "--format", string(format)}, extra...)
 		r.cmd = exec.Command(filepath.Join(bin, "vmprep"), append(args, "ubuntu", version)...)
@@ -391,7 +408,8 @@ networks:
 	reconnected := time.Now()
 	t.Logf("fetcher %d (%s) was cut off for %s", cut, cutHost, reconnected.Sub(disconnected).Round(time.Second))
 
-	admin, err := nats.Connect(natsURL, nats.UserInfo("admin", readSecret(t, secrets, "admin")))
+	conn := cli.Connection{NATSURL: natsURL, User: "admin", PasswordFile: filepath.Join(secrets, "admin.password")}
+	admin, err := conn.Connect("e2e-admin", slog.New(slog.NewTextHandler(io.Discard, nil)), false)
 	if err != nil {
 		t.Fatalf("connect as admin: %v", err)
 	}
@@ -405,6 +423,7 @@ networks:
 		defer cancel()
 		procs, err := ops.Processes(ctx, js)
 		if err != nil {
+			t.Logf("liveness entries: %v", err)
 			return false
 		}
 		for _, pr := range procs {
@@ -427,13 +446,4 @@ func lastAddr(p netip.Prefix, n uint32) netip.Addr {
 	v := binary.BigEndian.Uint32(a[:]) | (1<<(32-p.Bits()) - 1)
 	binary.BigEndian.PutUint32(a[:], v-n)
 	return netip.AddrFrom4(a)
-}
-
-func readSecret(t *testing.T, dir, user string) string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, user+".password"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.TrimSpace(string(b))
 }
