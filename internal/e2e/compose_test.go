@@ -243,7 +243,7 @@ func TestComposeCluster(t *testing.T) {
 		t.Fatalf("network %s: subnet %q, gateway %q: want an IPv4 subnet of 16 addresses or more", network, subnet, gateway)
 	}
 	p := &composeProject{t: t, compose: compose, name: name}
-	var natsURL string     // once the cluster is up
+	var natsURL string    // once the cluster is up
 	var requests []string // the request ids of alice's runs
 	t.Cleanup(func() {
 		if t.Failed() {
