@@ -21,11 +21,13 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/cli"
+	"github.com/vmprep/vmprep/internal/lease"
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // requireCompose returns the compose command (docker compose, or
@@ -361,27 +363,47 @@ networks:
 	checkImage(t, m, "22.04", catalog.ArchAMD64, res, onHost)
 	p.run("start", "nats2")
 
-	// 4. The fetcher that downloads is cut off the network: the other one
-	// takes the work over once the lease lapses, and the request completes;
-	// reconnected, the first one rejoins (it notices its dead connection and
-	// announces itself again).
-	originBytes := func(index int) float64 {
-		v, _ := testutil.Scrape(t, "http://"+metrics[fmt.Sprintf("fetcher/%d", index)]+"/metrics").Value("vmprep_origin_bytes_total")
-		return v
+	// 4. The fetcher that downloads is cut off the network (the lease on the
+	// disk's digest names it): the other one takes the work over once the
+	// lease lapses, and the request completes; reconnected, the first one
+	// rejoins (it notices its dead connection and announces itself again).
+	conn := cli.Connection{NATSURL: natsURL, User: "admin", PasswordFile: filepath.Join(secrets, "admin.password")}
+	admin, err := conn.Connect("e2e-admin", slog.New(slog.NewTextHandler(io.Discard, nil)), false)
+	if err != nil {
+		t.Fatalf("connect as admin: %v", err)
 	}
-	before := []float64{0, originBytes(1), originBytes(2)}
+	defer admin.Close()
+	js, err := jetstream.New(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetcherHosts := map[string]int{}
+	for i := 1; i <= 2; i++ {
+		fetcherHosts[docker(t, "inspect", "--format", "{{.Config.Hostname}}", p.container("fetcher", i))] = i
+	}
 	disk = m.Path("ubuntu", "22.04", catalog.ArchARM64, catalog.RoleDisk)
 	run = prepare("22.04", catalog.ArchARM64, catalog.FormatRaw, "--target", "host2")
-	poll(t, "the 22.04 arm64 disk's download to start", timeout, func() bool { return m.BytesServed(disk) > 0 })
 	cut := 0
-	poll(t, "a fetcher's origin bytes to grow", timeout, func() bool {
-		for i := 1; i <= 2; i++ {
-			if originBytes(i) > before[i] {
-				cut = i
-				return true
-			}
+	poll(t, "a fetcher to take the lease on the 22.04 arm64 disk", timeout, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		kv, err := js.KeyValue(ctx, "VMPREP_LEASES")
+		if err != nil {
+			return false
 		}
-		return false
+		e, err := kv.Get(ctx, "sha256."+m.Digest(disk).Hex)
+		if err != nil {
+			return false
+		}
+		var rec lease.Record
+		if err := json.Unmarshal(e.Value(), &rec); err != nil {
+			t.Fatalf("lease record %q: %v", e.Value(), err)
+		}
+		host, _, _ := strings.Cut(rec.Holder, "/")
+		if cut = fetcherHosts[host]; cut == 0 {
+			t.Fatalf("the disk's lease is held by %q, not by a fetcher (%v)", rec.Holder, fetcherHosts)
+		}
+		return true
 	})
 	cutID := p.container("fetcher", cut)
 	cutHost := docker(t, "inspect", "--format", "{{.Config.Hostname}}", cutID)
@@ -408,16 +430,6 @@ networks:
 	reconnected := time.Now()
 	t.Logf("fetcher %d (%s) was cut off for %s", cut, cutHost, reconnected.Sub(disconnected).Round(time.Second))
 
-	conn := cli.Connection{NATSURL: natsURL, User: "admin", PasswordFile: filepath.Join(secrets, "admin.password")}
-	admin, err := conn.Connect("e2e-admin", slog.New(slog.NewTextHandler(io.Discard, nil)), false)
-	if err != nil {
-		t.Fatalf("connect as admin: %v", err)
-	}
-	defer admin.Close()
-	js, err := jetstream.New(admin)
-	if err != nil {
-		t.Fatal(err)
-	}
 	poll(t, "the cut-off fetcher to announce itself again", 2*time.Minute, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -436,6 +448,20 @@ networks:
 	t.Logf("it announced itself again %s after it was reconnected", time.Since(reconnected).Round(time.Second))
 	addr := p.port("fetcher", cut, 9102)
 	poll(t, "the cut-off fetcher's /healthz", time.Minute, func() bool { return healthy(addr) })
+	metrics[fmt.Sprintf("fetcher/%d", cut)] = addr
+
+	// Every stage's metrics endpoint answers in Prometheus's format; the
+	// ones that had work to do have counted it.
+	for name, addr := range metrics {
+		fams := testutil.Scrape(t, "http://"+addr+"/metrics")
+		if _, ok := fams.Value("vmprep_build_info"); !ok {
+			t.Errorf("%s: no vmprep_build_info in /metrics", name)
+		}
+		consumer := map[string]string{"resolver/1": "resolver", "verifier/1": "verifier", "converter-host1/1": "converter_host1", "converter-host2/1": "converter_host2"}[name]
+		if v, _ := fams.Value("vmprep_messages_handled_total", "stage", consumer, "outcome", string(stage.OutcomeOK)); consumer != "" && v == 0 {
+			t.Errorf("%s: vmprep_messages_handled_total{stage=%q,outcome=\"ok\"} is 0 after the requests above", name, consumer)
+		}
+	}
 	m.Throttle(0)
 }
 

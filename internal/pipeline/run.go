@@ -158,8 +158,15 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			if d.Downloader == nil {
 				return nil, errors.New("fetcher stage needs a downloader")
 			}
+			// The holder tells operators (and other fetchers' logs) who is
+			// downloading: a fetcher has no --target, and in a container its
+			// pid is 1, so the host name is what names it.
+			holder := d.Host
+			if holder == "" {
+				holder, _ = os.Hostname()
+			}
 			h := &FetcherStage{Store: d.Store, Requests: infra.Requests, Downloader: d.Downloader, Objects: infra.Objects,
-				Leases: infra.leasesFor(d.Host + "/" + strconv.Itoa(os.Getpid())), Progress: progress, Logger: log, Metrics: d.Metrics}
+				Leases: infra.leasesFor(holder + "/" + strconv.Itoa(os.Getpid())), Progress: progress, Logger: log, Metrics: d.Metrics}
 			bindings = append(bindings, binding{name, name, messages.SubjectFetch, h.Handle})
 		case messages.StageVerifier:
 			h := &VerifierStage{Store: d.Store, Objects: infra.Objects, Verified: newVerifiedObjects(infra.Verified), Progress: progress, Logger: log, Metrics: d.Metrics,
