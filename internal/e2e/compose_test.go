@@ -249,7 +249,7 @@ func TestComposeCluster(t *testing.T) {
 	var requests []string // the request ids of alice's runs
 	t.Cleanup(func() {
 		if t.Failed() {
-			out, _ := p.cmd("logs", "--no-color", "--tail", "100", "resolver", "fetcher", "verifier", "converter-host1", "converter-host2").CombinedOutput()
+			out, _ := p.cmd("logs", "--no-color", "--tail", "200", "resolver", "fetcher", "verifier", "converter-host1", "converter-host2").CombinedOutput()
 			t.Logf("compose logs:\n%s", out)
 			for _, id := range append([]string{""}, requests...) {
 				if natsURL == "" {
@@ -292,7 +292,8 @@ networks:
 		t.Fatal(err)
 	}
 	p.args = []string{"--project-name", name, "-f", filepath.Join(dir, "docker-compose.yml"), "-f", override}
-	p.env = []string{"VMPREP_IMAGE_TAG=" + tag, "VMPREP_SECRETS=" + secrets, "COMPOSE_INTERACTIVE_NO_CLI=1"}
+	// Debug logs: on failure, the stages' last lines say what each did.
+	p.env = []string{"VMPREP_IMAGE_TAG=" + tag, "VMPREP_SECRETS=" + secrets, "VMPREP_LOG_LEVEL=debug", "COMPOSE_INTERACTIVE_NO_CLI=1"}
 	p.run("up", "-d", "--no-color")
 
 	stages := []struct {
