@@ -196,9 +196,9 @@ func checkImage(t *testing.T, m *testmirror.Mirror, version string, arch catalog
 // verifier and two converter hosts, downloading from a test mirror that the
 // containers reach on their network's gateway. A client (alice) prepares
 // images through a published NATS port; a targeted request lands in host1's
-// volume; a NATS node stops while a download runs, and a fetcher is cut off
-// the network while it downloads: the requests still complete with exact
-// files, and the fetcher rejoins.
+// volume; a NATS node stops while a download runs, a fetcher is cut off the
+// network while it downloads, and host1 while work for it waits: the
+// requests still complete with exact files, and both rejoin.
 func TestComposeCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds images and runs a compose deployment")
@@ -341,16 +341,23 @@ networks:
 	if res.Host != "host1" {
 		t.Fatalf("targeted result names host %q, want host1", res.Host)
 	}
-	host1 := p.container("converter-host1", 1)
-	copied := filepath.Join(tmp, "from-host1")
-	checkImage(t, m, "24.04", catalog.ArchAMD64, res, func(path string) string {
-		dst := filepath.Join(copied, filepath.Base(path))
-		if err := os.MkdirAll(copied, 0o755); err != nil {
+	// copyOut returns a function that copies a file out of a container
+	// (docker cp) into a directory of its own, and says where.
+	copies := 0
+	copyOut := func(container string) func(string) string {
+		copies++
+		dir := filepath.Join(tmp, fmt.Sprintf("copied-%d", copies))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		docker(t, "cp", "-L", host1+":"+path, dst)
-		return dst
-	})
+		return func(path string) string {
+			dst := filepath.Join(dir, filepath.Base(path))
+			docker(t, "cp", "-L", container+":"+path, dst)
+			return dst
+		}
+	}
+	host1 := p.container("converter-host1", 1)
+	checkImage(t, m, "24.04", catalog.ArchAMD64, res, copyOut(host1))
 
 	// 3. nats2 stops while a download runs: the request completes, and so
 	// does the next one (new downloads, two nodes of three).
@@ -414,15 +421,7 @@ networks:
 	if res.Host != "host2" {
 		t.Fatalf("targeted result names host %q, want host2", res.Host)
 	}
-	host2 := p.container("converter-host2", 1)
-	checkImage(t, m, "22.04", catalog.ArchARM64, res, func(path string) string {
-		dst := filepath.Join(tmp, "from-host2", filepath.Base(path))
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		docker(t, "cp", "-L", host2+":"+path, dst)
-		return dst
-	})
+	checkImage(t, m, "22.04", catalog.ArchARM64, res, copyOut(p.container("converter-host2", 1)))
 	// Back on the network with another address, as a host that comes back
 	// from an outage with a new lease: its old connection is dead without a
 	// word (what it sends leaves from an address that is gone, what the
@@ -450,6 +449,30 @@ networks:
 	addr := p.port("fetcher", cut, 9102)
 	poll(t, "the cut-off fetcher's /healthz", time.Minute, func() bool { return healthy(addr) })
 	metrics[fmt.Sprintf("fetcher/%d", cut)] = addr
+
+	// 5. host1 is cut off the network, and a request for host1 waits for it
+	// in host1's consumer; back with another address, host1's converter
+	// notices its dead connection, reconnects and does the work.
+	docker(t, "network", "disconnect", network, host1)
+	run = prepare("24.04", catalog.ArchARM64, catalog.FormatRaw, "--target", "host1")
+	poll(t, "work for host1 in its consumer", timeout, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := js.Consumer(ctx, messages.StreamWork, "converter_host1")
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(ctx)
+		return err == nil && info.NumPending+uint64(info.NumAckPending) > 0
+	})
+	docker(t, "network", "connect", "--ip", lastAddr(prefix, 4).String(), network, host1)
+	res = run.result(t, timeout)
+	if res.Host != "host1" {
+		t.Fatalf("targeted result names host %q, want host1", res.Host)
+	}
+	checkImage(t, m, "24.04", catalog.ArchARM64, res, copyOut(host1))
+	metrics["converter-host1/1"] = p.port("converter-host1", 1, 9102)
+	poll(t, "host1's /healthz", time.Minute, func() bool { return healthy(metrics["converter-host1/1"]) })
 
 	// Every stage's metrics endpoint answers in Prometheus's format; the
 	// ones that had work to do have counted it.
