@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -22,7 +23,8 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	var conn opsConn
 	conn.register(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	fs.Usage = cli.Usage(fs, "vmprep status [flags] [REQUEST-ID]\n\n"+
+	namespace := fs.String("namespace", os.Getenv("VMPREP_NAMESPACE"), "the namespace of REQUEST-ID (env VMPREP_NAMESPACE; NAMESPACE.REQUEST-ID says the same; default: the default namespace)")
+	fs.Usage = cli.Usage(fs, "vmprep status [flags] [[NAMESPACE.]REQUEST-ID]\n\n"+
 		"Without a request id: the deployment's streams, each stage's backlog (pending, being worked\n"+
 		"on, redelivered) and its live processes (each stage process keeps an entry, refreshed every\n"+
 		"10 s, in KV bucket "+ops.BucketProcesses+"). With one: where each of the request's assets is,\n"+
@@ -39,7 +41,11 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	defer conn.close()
 	if fs.NArg() == 1 {
-		st, err := ops.GetRequest(ctx, js, fs.Arg(0))
+		ns, id := *namespace, fs.Arg(0)
+		if before, after, ok := strings.Cut(id, "."); ok { // request ids have no dots
+			ns, id = before, after
+		}
+		st, err := ops.GetRequest(ctx, js, ns, id)
 		if err != nil {
 			return failf(stderr, 1, "vmprep status", "%v", err)
 		}

@@ -95,6 +95,24 @@ type Replayed struct {
 // carries: the same dead letter replayed twice is one message.
 func ReplayID(sum string) string { return "replay." + sum }
 
+func isPrepare(subject string) bool {
+	_, ok := messages.NamespaceOf(subject)
+	return ok
+}
+
+// namespaceOfWork is the requester's namespace of a work message: from a
+// prepare subject, or from the asset event it holds.
+func namespaceOfWork(subject string, data []byte) string {
+	if ns, ok := messages.NamespaceOf(subject); ok {
+		return ns
+	}
+	var ev messages.AssetEvent
+	if messages.Decode(data, messages.TypeAsset, &ev) == nil {
+		return ev.Namespace
+	}
+	return ""
+}
+
 // Replay publishes the original of dead letter seq again on its original
 // subject, once whatever made it fail has been fixed. It refuses an original
 // that was truncated or is not work, and a request that already has its
@@ -107,7 +125,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, seq uint64) (Replayed, 
 	switch {
 	case e.Truncated:
 		return Replayed{}, fmt.Errorf("dead letter %d %w: only the first %d of its %d bytes were kept", seq, ErrNotReplayable, len(e.Data), e.Size)
-	case e.Subject != messages.SubjectPrepare && !strings.HasPrefix(e.Subject, "vmprep.asset."):
+	case !isPrepare(e.Subject) && !strings.HasPrefix(e.Subject, "vmprep.asset."):
 		return Replayed{}, fmt.Errorf("dead letter %d %w: its subject %q is not a work subject", seq, ErrNotReplayable, e.Subject)
 	case len(e.Data) == 0 || len(e.SHA256) < 32:
 		return Replayed{}, fmt.Errorf("dead letter %d %w: it holds no original message", seq, ErrNotReplayable)
@@ -117,12 +135,13 @@ func Replay(ctx context.Context, js jetstream.JetStream, seq uint64) (Replayed, 
 		r.RequestID, _ = messages.PeekRequestID(e.Data)
 	}
 	if r.RequestID != "" {
-		res, err := lastResult(ctx, js, r.RequestID)
+		ns := namespaceOfWork(e.Subject, e.Data)
+		res, err := lastResult(ctx, js, ns, r.RequestID)
 		if err != nil {
 			return r, err
 		}
 		if res == nil {
-			rec, err := requestRecordOf(ctx, js, r.RequestID)
+			rec, err := requestRecordOf(ctx, js, ns, r.RequestID)
 			if err != nil {
 				return r, err
 			}

@@ -114,7 +114,7 @@ func TestDeadLetters(t *testing.T) {
 
 	// r-poison ended with a failed result: replaying cannot change it.
 	eventually(t, "r-poison's failed result", func() bool {
-		st, err := ops.GetRequest(ctx(t), js, "r-poison")
+		st, err := ops.GetRequest(ctx(t), js, "", "r-poison")
 		return err == nil && st.Result != nil
 	})
 	if _, err := ops.Replay(ctx(t), js, fetch.Seq); !errors.Is(err, ops.ErrAlreadyAnswered) || !strings.Contains(err.Error(), "r-poison") {
@@ -139,6 +139,12 @@ func TestDeadLetters(t *testing.T) {
 // by an earlier build that could not process it) runs when replayed, and a
 // replay after its result does not run it again.
 func TestReplayRunsOnce(t *testing.T) {
+	for _, ns := range []string{"", "alice"} {
+		t.Run("namespace "+ns, func(t *testing.T) { testReplayRunsOnce(t, ns) })
+	}
+}
+
+func testReplayRunsOnce(t *testing.T, ns string) {
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	_, js := deploy(t, m)
 	req := messages.PrepareRequest{RequestID: "r-fixed", Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}, Format: catalog.FormatQCOW2}
@@ -146,7 +152,7 @@ func TestReplayRunsOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dl := pipeline.DeadLetterPolicy(messages.StageResolver)(stageMessage(messages.SubjectPrepare, data), "handler panic: a bug since fixed")
+	dl := pipeline.DeadLetterPolicy(messages.StageResolver)(stageMessage(messages.PrepareSubject(ns), data), "handler panic: a bug since fixed")
 	if _, err := js.Publish(ctx(t), dl.Subject, dl.Data); err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +166,7 @@ func TestReplayRunsOnce(t *testing.T) {
 	}
 	var st ops.RequestStatus
 	eventually(t, "r-fixed's result", func() bool {
-		st, err = ops.GetRequest(ctx(t), js, "r-fixed")
+		st, err = ops.GetRequest(ctx(t), js, ns, "r-fixed")
 		return err == nil && st.Result != nil
 	})
 	if st.Result.Status != messages.ResultPrepared {
@@ -198,7 +204,7 @@ func TestStatus(t *testing.T) {
 	var st ops.RequestStatus
 	eventually(t, "three assets waiting for the fetcher", func() bool {
 		var err error
-		st, err = ops.GetRequest(ctx(t), js, "r-status")
+		st, err = ops.GetRequest(ctx(t), js, "", "r-status")
 		if err != nil || len(st.Assets) != 3 {
 			return false
 		}
@@ -244,7 +250,7 @@ func TestStatus(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("prepare: %v", err)
 	}
-	st, err = ops.GetRequest(ctx(t), js, "r-status")
+	st, err = ops.GetRequest(ctx(t), js, "", "r-status")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,7 +290,7 @@ func TestStatus(t *testing.T) {
 		t.Errorf("after the process stopped: %v %+v", err, ov.Processes)
 	}
 
-	if _, err := ops.GetRequest(ctx(t), js, "r-nobody"); !errors.Is(err, ops.ErrUnknownRequest) {
+	if _, err := ops.GetRequest(ctx(t), js, "", "r-nobody"); !errors.Is(err, ops.ErrUnknownRequest) {
 		t.Errorf("unknown request: %v", err)
 	}
 }
@@ -314,4 +320,35 @@ func findConsumer(ov ops.Overview, name string) *ops.ConsumerState {
 		}
 	}
 	return nil
+}
+
+// TestStatusInNamespaces: one request id used in two namespaces is two
+// requests, and status finds each in its own (a namespace it was not used in
+// knows nothing of it).
+func TestStatusInNamespaces(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	d, js := deploy(t, m)
+	formats := map[string]image.DiskFormat{"": catalog.FormatQCOW2, "alice": catalog.FormatRaw}
+	for ns, format := range formats {
+		c, err := client.New(d.Conn(), client.WithNamespace(ns))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Prepare(ctx(t), client.Request{RequestID: "r-ns", Format: format,
+			Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}}); err != nil {
+			t.Fatalf("prepare in namespace %q: %v", ns, err)
+		}
+	}
+	for ns, format := range formats {
+		st, err := ops.GetRequest(ctx(t), js, ns, "r-ns")
+		if err != nil {
+			t.Fatalf("status in namespace %q: %v", ns, err)
+		}
+		if st.Namespace != ns || st.Result == nil || st.Result.Format != format || len(st.Assets) != 3 {
+			t.Errorf("status in namespace %q: %+v, want its own %s result", ns, st, format)
+		}
+	}
+	if _, err := ops.GetRequest(ctx(t), js, "bob", "r-ns"); !errors.Is(err, ops.ErrUnknownRequest) {
+		t.Errorf("status in namespace bob: %v, want ErrUnknownRequest", err)
+	}
 }

@@ -155,6 +155,7 @@ type AssetState struct {
 // RequestStatus is one request's state.
 type RequestStatus struct {
 	RequestID    string           `json:"request_id"`
+	Namespace    string           `json:"namespace,omitempty"`
 	Spec         image.Spec       `json:"spec"`
 	Format       image.DiskFormat `json:"format,omitempty"`
 	Target       string           `json:"target,omitempty"`
@@ -183,8 +184,8 @@ type requestRecord struct {
 // scanLimit bounds how many work messages a status or replay reads.
 const scanLimit = 100000
 
-// lastResult returns the stored result of request id, or nil.
-func lastResult(ctx context.Context, js jetstream.JetStream, id string) (*messages.Result, error) {
+// lastResult returns the stored result of request id in namespace ns, or nil.
+func lastResult(ctx context.Context, js jetstream.JetStream, ns, id string) (*messages.Result, error) {
 	s, err := js.Stream(ctx, messages.StreamResults)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil, nil
@@ -192,7 +193,7 @@ func lastResult(ctx context.Context, js jetstream.JetStream, id string) (*messag
 	if err != nil {
 		return nil, err
 	}
-	m, err := s.GetLastMsgForSubject(ctx, messages.ResultSubject(id))
+	m, err := s.GetLastMsgForSubject(ctx, messages.ResultSubjectIn(ns, id))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, nil
 	}
@@ -206,8 +207,8 @@ func lastResult(ctx context.Context, js jetstream.JetStream, id string) (*messag
 	return &res, nil
 }
 
-// requestRecordOf reads request id's KV entry, or nil.
-func requestRecordOf(ctx context.Context, js jetstream.JetStream, id string) (*requestRecord, error) {
+// requestRecordOf reads the KV entry of request id in namespace ns, or nil.
+func requestRecordOf(ctx context.Context, js jetstream.JetStream, ns, id string) (*requestRecord, error) {
 	kv, err := js.KeyValue(ctx, messages.BucketRequests)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, nil
@@ -215,7 +216,7 @@ func requestRecordOf(ctx context.Context, js jetstream.JetStream, id string) (*r
 	if err != nil {
 		return nil, err
 	}
-	e, err := kv.Get(ctx, id)
+	e, err := kv.Get(ctx, messages.RequestKey(ns, id))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, nil
 	}
@@ -229,12 +230,18 @@ func requestRecordOf(ctx context.Context, js jetstream.JetStream, id string) (*r
 	return &rec, nil
 }
 
-// GetRequest gathers request id's state: its KV entry (the assets the
-// collector has), the events of it waiting in the work stream, and its result.
-func GetRequest(ctx context.Context, js jetstream.JetStream, id string) (RequestStatus, error) {
-	st := RequestStatus{RequestID: id}
+// GetRequest gathers the state of request id in namespace ns ("" is the
+// default namespace): its KV entry (the assets the collector has), the events
+// of it waiting in the work stream, and its result.
+func GetRequest(ctx context.Context, js jetstream.JetStream, ns, id string) (RequestStatus, error) {
+	st := RequestStatus{RequestID: id, Namespace: ns}
 	if err := messages.ValidateRequestID(id); err != nil {
 		return st, err
+	}
+	if ns != "" {
+		if err := messages.ValidateNamespace(ns); err != nil {
+			return st, err
+		}
 	}
 	work, err := js.Stream(ctx, messages.StreamWork)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -243,11 +250,11 @@ func GetRequest(ctx context.Context, js jetstream.JetStream, id string) (Request
 	if err != nil {
 		return st, err
 	}
-	rec, err := requestRecordOf(ctx, js, id)
+	rec, err := requestRecordOf(ctx, js, ns, id)
 	if err != nil {
 		return st, err
 	}
-	if st.Result, err = lastResult(ctx, js, id); err != nil {
+	if st.Result, err = lastResult(ctx, js, ns, id); err != nil {
 		return st, err
 	}
 	assets := map[image.Role]*AssetState{}
@@ -277,8 +284,11 @@ func GetRequest(ctx context.Context, js jetstream.JetStream, id string) (Request
 		if got, ok := messages.PeekRequestID(m.Data); !ok || got != id {
 			return true
 		}
-		found = true
-		if m.Subject == messages.SubjectPrepare {
+		if reqNS, isPrepare := messages.NamespaceOf(m.Subject); isPrepare {
+			if reqNS != ns {
+				return true
+			}
+			found = true
 			st.Queued = true
 			var req messages.PrepareRequest
 			if messages.Decode(m.Data, messages.TypePrepareRequest, &req) == nil && st.Spec == (image.Spec{}) {
@@ -287,7 +297,11 @@ func GetRequest(ctx context.Context, js jetstream.JetStream, id string) (Request
 			return true
 		}
 		var ev messages.AssetEvent
-		if messages.Decode(m.Data, messages.TypeAsset, &ev) != nil || ev.Asset.Role == "" {
+		if messages.Decode(m.Data, messages.TypeAsset, &ev) != nil || ev.Namespace != ns {
+			return true
+		}
+		found = true
+		if ev.Asset.Role == "" {
 			return true
 		}
 		if st.Spec == (image.Spec{}) {
@@ -308,7 +322,11 @@ func GetRequest(ctx context.Context, js jetstream.JetStream, id string) (Request
 		return st, fmt.Errorf("search %s: %w", messages.StreamWork, err)
 	}
 	if !found {
-		return st, fmt.Errorf("%w %s: no state, queued work or result (results are kept 7 days)", ErrUnknownRequest, id)
+		where := ""
+		if ns != "" {
+			where = " in namespace " + ns
+		}
+		return st, fmt.Errorf("%w %s%s: no state, queued work or result (results are kept 7 days)", ErrUnknownRequest, id, where)
 	}
 	if st.Result != nil && st.Spec == (image.Spec{}) {
 		st.Spec, st.Format = st.Result.Spec, st.Result.Format
