@@ -170,27 +170,6 @@ func (r *clientRun) result(t *testing.T, timeout time.Duration) messages.Result 
 	return res
 }
 
-// checkImage checks every file of a prepared result, read through local
-// (which returns a path on this host for a path the result names): the
-// published bytes, or qemu-img's raw conversion of the published disk.
-func checkImage(t *testing.T, m *testmirror.Mirror, version string, arch catalog.Arch, res messages.Result, local func(string) string) {
-	t.Helper()
-	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
-		f, ok := res.Files[role]
-		if !ok {
-			t.Fatalf("no %s in %+v", role, res.Files)
-		}
-		rel := m.Path("ubuntu", version, arch, role)
-		want := m.Digest(rel).Hex
-		if role == catalog.RoleDisk && res.DiskFormat == catalog.FormatRaw {
-			want = testutil.QemuRawSHA256(t, filepath.Join(m.Dir, filepath.FromSlash(rel)))
-		}
-		if got := testutil.FileSHA256(t, local(f.Path)); got != want {
-			t.Errorf("%s %s %s: %s holds %s, want %s", version, arch, role, f.Path, got, want)
-		}
-	}
-}
-
 // The deployment of deploy/docker, for real: images built FROM scratch, a
 // three-node NATS cluster with a user per stage, a resolver, two fetchers, a
 // verifier and two converter hosts, downloading from a test mirror that the
@@ -334,7 +313,7 @@ networks:
 	// 1. alice prepares a raw image for herself: the stages fetch and verify
 	// into the bucket, her vmprep pulls and converts.
 	res := prepare("24.04", catalog.ArchAMD64, catalog.FormatRaw).result(t, timeout)
-	checkImage(t, m, "24.04", catalog.ArchAMD64, res, onHost)
+	checkPrepared(t, "alice", m, "24.04", catalog.ArchAMD64, res, onHost)
 
 	// 2. The same image, raw, for host1: converted there, into host1's volume.
 	res = prepare("24.04", catalog.ArchAMD64, catalog.FormatRaw, "--target", "host1").result(t, timeout)
@@ -357,7 +336,7 @@ networks:
 		}
 	}
 	host1 := p.container("converter-host1", 1)
-	checkImage(t, m, "24.04", catalog.ArchAMD64, res, copyOut(host1))
+	checkPrepared(t, "alice", m, "24.04", catalog.ArchAMD64, res, copyOut(host1))
 
 	// 3. nats2 stops while a download runs: the request completes, and so
 	// does the next one (new downloads, two nodes of three).
@@ -366,9 +345,9 @@ networks:
 	run := prepare("24.04", catalog.ArchARM64, catalog.FormatRaw)
 	poll(t, "the arm64 disk's download to start", timeout, func() bool { return m.BytesServed(disk) > 0 })
 	p.run("stop", "-t", "5", "nats2")
-	checkImage(t, m, "24.04", catalog.ArchARM64, run.result(t, timeout), onHost)
+	checkPrepared(t, "alice", m, "24.04", catalog.ArchARM64, run.result(t, timeout), onHost)
 	res = prepare("22.04", catalog.ArchAMD64, catalog.FormatQCOW2).result(t, timeout)
-	checkImage(t, m, "22.04", catalog.ArchAMD64, res, onHost)
+	checkPrepared(t, "alice", m, "22.04", catalog.ArchAMD64, res, onHost)
 	p.run("start", "nats2")
 
 	// 4. The fetcher that downloads is cut off the network (the lease on the
@@ -421,7 +400,7 @@ networks:
 	if res.Host != "host2" {
 		t.Fatalf("targeted result names host %q, want host2", res.Host)
 	}
-	checkImage(t, m, "22.04", catalog.ArchARM64, res, copyOut(p.container("converter-host2", 1)))
+	checkPrepared(t, "alice", m, "22.04", catalog.ArchARM64, res, copyOut(p.container("converter-host2", 1)))
 	// Back on the network with another address, as a host that comes back
 	// from an outage with a new lease: its old connection is dead without a
 	// word (what it sends leaves from an address that is gone, what the
@@ -470,7 +449,7 @@ networks:
 	if res.Host != "host1" {
 		t.Fatalf("targeted result names host %q, want host1", res.Host)
 	}
-	checkImage(t, m, "24.04", catalog.ArchARM64, res, copyOut(host1))
+	checkPrepared(t, "alice", m, "24.04", catalog.ArchARM64, res, copyOut(host1))
 	metrics["converter-host1/1"] = p.port("converter-host1", 1, 9102)
 	poll(t, "host1's /healthz", time.Minute, func() bool { return healthy(metrics["converter-host1/1"]) })
 
