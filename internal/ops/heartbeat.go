@@ -88,6 +88,10 @@ func ProcessBucket(ctx context.Context, js jetstream.JetStream) (jetstream.KeyVa
 	return kv, nil
 }
 
+// startGrace is how long a starting process's first liveness entry waits
+// for its stages to consume.
+const startGrace = 5 * time.Second
+
 // Announce keeps an entry for each of stages in BucketProcesses until ctx
 // ends, then deletes them. consuming (optional) is asked at each refresh.
 // Liveness is informational: failures are logged, never fatal.
@@ -128,6 +132,16 @@ func Announce(ctx context.Context, js jetstream.JetStream, stages []string, self
 				log.Warn("cannot refresh this process's liveness entry", "err", err)
 				warned = true
 			}
+		}
+	}
+	// The first entry is written as the process starts, before its
+	// runners' first pulls: give them a moment, so that a healthy process is
+	// not listed as "not consuming" until the next refresh.
+	for deadline := time.Now().Add(startGrace); consuming != nil && consuming() != nil && time.Now().Before(deadline); {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	refresh()

@@ -12,6 +12,7 @@ import (
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/download"
@@ -351,4 +352,34 @@ func TestStatusInNamespaces(t *testing.T) {
 	if _, err := ops.GetRequest(ctx(t), js, "bob", "r-ns"); !errors.Is(err, ops.ErrUnknownRequest) {
 		t.Errorf("status in namespace bob: %v, want ErrUnknownRequest", err)
 	}
+}
+
+// TestAnnounceWaitsForConsuming: a process that starts consuming moments
+// after it announces itself is never listed as not consuming.
+func TestAnnounceWaitsForConsuming(t *testing.T) {
+	_, _, js := testutil.EmbeddedJetStream(t)
+	started := time.Now()
+	consuming := func() error {
+		if time.Since(started) < 300*time.Millisecond {
+			return errors.New("not consuming: fetcher")
+		}
+		return nil
+	}
+	actx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ops.Announce(actx, js, []string{messages.StageFetcher}, ops.Process{Host: "h1"}, consuming, slog.New(slog.DiscardHandler))
+	}()
+	defer func() { stop(); <-done }()
+	eventually(t, "the fetcher's liveness entry", func() bool {
+		ps, err := ops.Processes(ctx(t), js)
+		if err != nil || len(ps) == 0 {
+			return false
+		}
+		if !ps[0].Consuming {
+			t.Fatalf("first liveness entry: %+v, want consuming", ps[0])
+		}
+		return true
+	})
 }
