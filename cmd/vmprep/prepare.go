@@ -257,6 +257,11 @@ func specLabel(s catalog.ImageSpec) string { return s.String() }
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 func printResult(w io.Writer, r messages.Result) {
+	// A targeted result's paths are on the target host, not here: say so
+	// before them.
+	if r.Target != "" && r.Host != "" {
+		fmt.Fprintf(w, "host:       %s (the paths below are on that host)\n", r.Host)
+	}
 	if r.Kernel != "" {
 		fmt.Fprintf(w, "kernel:     %s\n", r.Kernel)
 	}
