@@ -15,7 +15,7 @@ import (
 )
 
 // ErrNoDeployment means the server has no vmprep streams.
-var ErrNoDeployment = errors.New("no vmprep deployment on this NATS server (stream " + messages.StreamWork + " is missing: start the stages or vmprep serve)")
+var ErrNoDeployment = errors.New("no vmprep deployment on this NATS server (stream " + messages.StreamWork + " is missing: run `vmprep setup` as the operator, or start vmprep serve)")
 
 // ErrUnknownRequest means no trace of a request id was found.
 var ErrUnknownRequest = errors.New("unknown request")
