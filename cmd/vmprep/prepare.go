@@ -206,7 +206,15 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			return 1
 		}
 	}
-	return reportResult(stdout, stderr, res, spec, *asJSON)
+	code := reportResult(stdout, stderr, res, spec, *asJSON)
+	if conn.NATSURL != "" && !*asJSON {
+		out := stdout
+		if code != 0 {
+			out = stderr
+		}
+		fmt.Fprint(out, requestLine(res))
+	}
+	return code
 }
 
 // reportResult prints a result — its paths, or JSON — and returns the exit
@@ -233,6 +241,16 @@ func reportResult(stdout, stderr io.Writer, res messages.Result, spec catalog.Im
 	}
 	printResult(stdout, res)
 	return 0
+}
+
+// requestLine names a deployment's request the way vmprep status takes it,
+// so that an operator can look it up.
+func requestLine(r messages.Result) string {
+	id := r.RequestID
+	if r.Namespace != "" {
+		id = r.Namespace + "." + id
+	}
+	return fmt.Sprintf("request:    %s (vmprep status %s)\n", id, id)
 }
 
 // interrupted ends a prepare stopped by ^C (or SIGTERM). In embedded mode

@@ -192,3 +192,18 @@ func TestPrintResultNamesTargetHost(t *testing.T) {
 		})
 	}
 }
+
+// A deployment's request is named as vmprep status takes it.
+func TestRequestLine(t *testing.T) {
+	for _, tc := range []struct {
+		res  messages.Result
+		want string
+	}{
+		{messages.Result{Namespace: "alice", RequestID: "abc"}, "request:    alice.abc (vmprep status alice.abc)\n"},
+		{messages.Result{RequestID: "abc"}, "request:    abc (vmprep status abc)\n"},
+	} {
+		if got := requestLine(tc.res); got != tc.want {
+			t.Errorf("requestLine(%+v) = %q, want %q", tc.res, got, tc.want)
+		}
+	}
+}

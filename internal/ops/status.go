@@ -322,7 +322,7 @@ func GetRequest(ctx context.Context, js jetstream.JetStream, ns, id string) (Req
 		return st, fmt.Errorf("search %s: %w", messages.StreamWork, err)
 	}
 	if !found {
-		where := ""
+		where := " in the default namespace (a client's request is NAMESPACE.REQUEST-ID, and a client's namespace is its user name)"
 		if ns != "" {
 			where = " in namespace " + ns
 		}
