@@ -77,7 +77,7 @@ func printOverview(w io.Writer, ov ops.Overview) {
 	for _, c := range ov.Consumers {
 		n := 0
 		for _, p := range ov.Processes {
-			if p.Stage == c.Name {
+			if p.Serves(c.Name) {
 				n++
 			}
 		}
