@@ -10,7 +10,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/cli"
-	"github.com/vmprep/vmprep/internal/redact"
 )
 
 // opsConn is the connection of the operator commands (status, dead): the
@@ -37,18 +36,15 @@ func (o *opsConn) connect(name string, stderr io.Writer) (jetstream.JetStream, e
 // this connection's JetStream API calls for want of permission: it drops
 // such a call without an answer, so err alone is only a timeout.
 func (o *opsConn) explain(err error) error {
-	if err == nil || o.nc == nil {
-		return err
-	}
-	last := o.nc.LastError()
-	if last == nil || !errors.Is(last, nats.ErrPermissionViolation) {
+	refused := cli.PermissionRefusal(o.nc)
+	if err == nil || refused == nil {
 		return err
 	}
 	user := o.User
 	if user == "" {
 		user = "this user"
 	}
-	return fmt.Errorf("%w: the server refused it: %s (%s may not do this: the operator commands need a user like deploy/nats/auth.conf's admin)", err, redact.Error(last), user)
+	return fmt.Errorf("%w: the server refused it: %v (%s may not do this: the operator commands need a user like deploy/nats/auth.conf's admin)", err, refused, user)
 }
 
 func (o *opsConn) close() {

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/internal/redact"
@@ -149,14 +150,16 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 
 	var cl *client.Client
 	var dep *embedded.Deployment
+	var nc *nats.Conn // with --nats
+	ns := *namespace
 	if conn.NATSURL != "" {
-		nc, err := conn.Connect("vmprep-prepare", log, false)
+		var err error
+		nc, err = conn.Connect("vmprep-prepare", log, false)
 		if err != nil {
 			fmt.Fprintf(stderr, "vmprep prepare: %v\n", redact.Error(err))
 			return 1
 		}
 		defer nc.Close()
-		ns := *namespace
 		if ns == "" && conn.User != "" && messages.ValidateNamespace(conn.User) == nil {
 			ns = conn.User
 		}
@@ -195,6 +198,13 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	bars.finish(err == nil && res.Status == messages.ResultPrepared)
 	if err != nil && signals.Err() != nil {
 		return interrupted(stderr, &dep, req.RequestID)
+	}
+	if refused := cli.PermissionRefusal(nc); err != nil && refused != nil {
+		hint := "this user may not do this"
+		if ns != conn.User {
+			hint = fmt.Sprintf("namespace %q is not user %q's: with per-client permissions a client uses only its own, its user name", ns, conn.User)
+		}
+		err = fmt.Errorf("%w: the server refused it: %v (%s)", err, refused, hint)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "vmprep prepare: %s: %v\n", specLabel(spec), redact.Error(err))

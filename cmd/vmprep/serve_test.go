@@ -290,14 +290,24 @@ func TestOperatorCommandsNameTheRefusal(t *testing.T) {
 		t.Fatalf("setup as admin: exit %d: %s", code, stderr.String())
 	}
 	alice := []string{"--nats", url, "--user", "alice", "--password-file", writeFile(t, "alice-pw", "alice-"+t.Name())}
-	for _, args := range [][]string{{"status"}, {"dead", "ls"}} {
-		t.Run(strings.Join(args, " "), func(t *testing.T) {
+	bob := []string{"--nats", url, "--user", "bob", "--password-file", writeFile(t, "bob-pw", "bob-"+t.Name())}
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{append([]string{"status"}, alice...), []string{"permissions violation", "alice may not", "admin"}},
+		{append([]string{"dead", "ls"}, alice...), []string{"permissions violation", "alice may not", "admin"}},
+		// bob in alice's namespace: refused, and told why.
+		{append(append([]string{"prepare"}, bob...), "--namespace", "alice", "ubuntu", "24.04"),
+			[]string{"permissions violation", `namespace "alice" is not user "bob"'s`}},
+	} {
+		t.Run(strings.Join(tc.args[:1], " "), func(t *testing.T) {
 			var stdout, stderr strings.Builder
-			if code := run(append(args, alice...), &stdout, &stderr); code != 1 {
+			if code := run(tc.args, &stdout, &stderr); code != 1 {
 				t.Errorf("exit %d, want 1; stderr: %s", code, stderr.String())
 			}
 			msg := strings.ToLower(stderr.String())
-			for _, want := range []string{"permissions violation", "alice may not", "admin"} {
+			for _, want := range tc.want {
 				if !strings.Contains(msg, want) {
 					t.Errorf("stderr does not say %q: %s", want, stderr.String())
 				}
