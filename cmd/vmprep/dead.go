@@ -73,7 +73,7 @@ func runDead(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "ls":
 		entries, truncated, err := ops.DeadLetters(ctx, js, *stageName, *limit)
 		if err != nil {
-			return failf(stderr, 1, prefix, "%v", err)
+			return failf(stderr, 1, prefix, "%v", conn.explain(err))
 		}
 		if *asJSON {
 			if entries == nil {
@@ -98,7 +98,7 @@ func runDead(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "show":
 		e, err := ops.GetDeadLetter(ctx, js, seq)
 		if err != nil {
-			return failf(stderr, 1, prefix, "%v", err)
+			return failf(stderr, 1, prefix, "%v", conn.explain(err))
 		}
 		if *asJSON {
 			return writeJSON(stdout, stderr, "vmprep dead", e)
@@ -108,7 +108,7 @@ func runDead(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	default:
 		r, err := ops.Replay(ctx, js, seq)
 		if err != nil {
-			return failf(stderr, 1, prefix, "%v", err)
+			return failf(stderr, 1, prefix, "%v", conn.explain(err))
 		}
 		if *asJSON {
 			return writeJSON(stdout, stderr, "vmprep dead", r)

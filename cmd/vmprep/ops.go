@@ -32,6 +32,21 @@ func (o *opsConn) connect(name string, stderr io.Writer) (jetstream.JetStream, e
 	return jetstream.New(nc)
 }
 
+// explain adds to err the server's refusal, when the server refused one of
+// this connection's JetStream API calls for want of permission: it drops
+// such a call without an answer, so err alone is only a timeout.
+func (o *opsConn) explain(err error) error {
+	refused := cli.PermissionRefusal(o.nc)
+	if err == nil || refused == nil {
+		return err
+	}
+	user := o.User
+	if user == "" {
+		user = "this user"
+	}
+	return fmt.Errorf("%w: the server refused it: %v (%s may not do this: the operator commands need a user like deploy/nats/auth.conf's admin)", err, refused, user)
+}
+
 func (o *opsConn) close() {
 	if o.nc != nil {
 		o.nc.Close()

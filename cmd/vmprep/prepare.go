@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/internal/redact"
@@ -149,14 +150,16 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 
 	var cl *client.Client
 	var dep *embedded.Deployment
+	var nc *nats.Conn // with --nats
+	ns := *namespace
 	if conn.NATSURL != "" {
-		nc, err := conn.Connect("vmprep-prepare", log, false)
+		var err error
+		nc, err = conn.Connect("vmprep-prepare", log, false)
 		if err != nil {
 			fmt.Fprintf(stderr, "vmprep prepare: %v\n", redact.Error(err))
 			return 1
 		}
 		defer nc.Close()
-		ns := *namespace
 		if ns == "" && conn.User != "" && messages.ValidateNamespace(conn.User) == nil {
 			ns = conn.User
 		}
@@ -196,6 +199,13 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if err != nil && signals.Err() != nil {
 		return interrupted(stderr, &dep, req.RequestID)
 	}
+	if refused := cli.PermissionRefusal(nc); err != nil && refused != nil {
+		hint := "this user may not do this"
+		if ns != conn.User {
+			hint = fmt.Sprintf("namespace %q is not user %q's: with per-client permissions a client uses only its own, its user name", ns, conn.User)
+		}
+		err = fmt.Errorf("%w: the server refused it: %v (%s)", err, refused, hint)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "vmprep prepare: %s: %v\n", specLabel(spec), redact.Error(err))
 		return 1
@@ -206,7 +216,15 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			return 1
 		}
 	}
-	return reportResult(stdout, stderr, res, spec, *asJSON)
+	code := reportResult(stdout, stderr, res, spec, *asJSON)
+	if conn.NATSURL != "" && !*asJSON {
+		out := stdout
+		if code != 0 {
+			out = stderr
+		}
+		fmt.Fprint(out, requestLine(res))
+	}
+	return code
 }
 
 // reportResult prints a result — its paths, or JSON — and returns the exit
@@ -235,6 +253,16 @@ func reportResult(stdout, stderr io.Writer, res messages.Result, spec catalog.Im
 	return 0
 }
 
+// requestLine names a deployment's request the way vmprep status takes it,
+// so that an operator can look it up.
+func requestLine(r messages.Result) string {
+	id := r.RequestID
+	if r.Namespace != "" {
+		id = r.Namespace + "." + id
+	}
+	return fmt.Sprintf("request:    %s (vmprep status %s)\n", id, id)
+}
+
 // interrupted ends a prepare stopped by ^C (or SIGTERM). In embedded mode
 // the stages let in-flight work finish (within their drain timeout) — a
 // second ^C quits at once, the default action of a signal once the first
@@ -257,6 +285,11 @@ func specLabel(s catalog.ImageSpec) string { return s.String() }
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 func printResult(w io.Writer, r messages.Result) {
+	// A targeted result's paths are on the target host, not here: say so
+	// before them.
+	if r.Target != "" && r.Host != "" {
+		fmt.Fprintf(w, "host:       %s (the paths below are on that host)\n", r.Host)
+	}
 	if r.Kernel != "" {
 		fmt.Fprintf(w, "kernel:     %s\n", r.Kernel)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/messages"
 )
 
 func TestPrepareCommand(t *testing.T) {
@@ -161,5 +162,48 @@ func TestWarmPrepareStartsNoServer(t *testing.T) {
 	prep("--resolution-max-age", "1ns")
 	if _, err := os.Stat(js); err != nil {
 		t.Errorf("a stale resolution did not go through the stages (and the network): %v", err)
+	}
+}
+
+// A targeted result's paths are on another host: the text output names it
+// before them; an untargeted one (paths here) has no host line.
+func TestPrintResultNamesTargetHost(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		res      messages.Result
+		wantHost string // "" when no host line is wanted
+	}{
+		{"targeted", messages.Result{Target: "host1", Host: "host1", Disk: "/var/cache/vmprep/d", DiskFormat: "raw"}, "host:       host1 (the paths below are on that host)\n"},
+		{"local", messages.Result{Host: "laptop", Disk: "/home/a/d", DiskFormat: "qcow2"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b bytes.Buffer
+			printResult(&b, tc.res)
+			out := b.String()
+			if tc.wantHost == "" {
+				if strings.Contains(out, "host:") {
+					t.Errorf("output names a host:\n%s", out)
+				}
+				return
+			}
+			if !strings.HasPrefix(out, tc.wantHost) {
+				t.Errorf("output does not start with %q:\n%s", tc.wantHost, out)
+			}
+		})
+	}
+}
+
+// A deployment's request is named as vmprep status takes it.
+func TestRequestLine(t *testing.T) {
+	for _, tc := range []struct {
+		res  messages.Result
+		want string
+	}{
+		{messages.Result{Namespace: "alice", RequestID: "abc"}, "request:    alice.abc (vmprep status alice.abc)\n"},
+		{messages.Result{RequestID: "abc"}, "request:    abc (vmprep status abc)\n"},
+	} {
+		if got := requestLine(tc.res); got != tc.want {
+			t.Errorf("requestLine(%+v) = %q, want %q", tc.res, got, tc.want)
+		}
 	}
 }

@@ -274,3 +274,44 @@ func TestPrepareNeverShowsThePassword(t *testing.T) {
 		t.Errorf("prepare said: %s", msg)
 	}
 }
+
+// The operator commands as a user the permissions do not allow them: the
+// server drops the API call unanswered, and the error says it refused it
+// and who may, not only that a deadline passed.
+func TestOperatorCommandsNameTheRefusal(t *testing.T) {
+	for _, user := range []string{"ADMIN", "RESOLVER", "FETCHER", "VERIFIER", "CONVERTER", "ALICE", "BOB"} {
+		t.Setenv("VMPREP_"+user+"_PASSWORD", strings.ToLower(user)+"-"+t.Name())
+	}
+	r := startServe(t, "--config", filepath.Join("..", "..", "deploy", "nats-server.conf"), "--listen", "127.0.0.1:0", "--stages", "none")
+	url := r.url(t)
+	var stdout, stderr strings.Builder
+	admin := []string{"--nats", url, "--user", "admin", "--password-file", writeFile(t, "admin-pw", "admin-"+t.Name())}
+	if code := run(append([]string{"setup"}, admin...), &stdout, &stderr); code != 0 {
+		t.Fatalf("setup as admin: exit %d: %s", code, stderr.String())
+	}
+	alice := []string{"--nats", url, "--user", "alice", "--password-file", writeFile(t, "alice-pw", "alice-"+t.Name())}
+	bob := []string{"--nats", url, "--user", "bob", "--password-file", writeFile(t, "bob-pw", "bob-"+t.Name())}
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{append([]string{"status"}, alice...), []string{"permissions violation", "alice may not", "admin"}},
+		{append([]string{"dead", "ls"}, alice...), []string{"permissions violation", "alice may not", "admin"}},
+		// bob in alice's namespace: refused, and told why.
+		{append(append([]string{"prepare"}, bob...), "--namespace", "alice", "ubuntu", "24.04"),
+			[]string{"permissions violation", `namespace "alice" is not user "bob"'s`}},
+	} {
+		t.Run(strings.Join(tc.args[:1], " "), func(t *testing.T) {
+			var stdout, stderr strings.Builder
+			if code := run(tc.args, &stdout, &stderr); code != 1 {
+				t.Errorf("exit %d, want 1; stderr: %s", code, stderr.String())
+			}
+			msg := strings.ToLower(stderr.String())
+			for _, want := range tc.want {
+				if !strings.Contains(msg, want) {
+					t.Errorf("stderr does not say %q: %s", want, stderr.String())
+				}
+			}
+		})
+	}
+}

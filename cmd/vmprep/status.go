@@ -47,7 +47,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		}
 		st, err := ops.GetRequest(ctx, js, ns, id)
 		if err != nil {
-			return failf(stderr, 1, "vmprep status", "%v", err)
+			return failf(stderr, 1, "vmprep status", "%v", conn.explain(err))
 		}
 		if *asJSON {
 			return writeJSON(stdout, stderr, "vmprep status", st)
@@ -57,7 +57,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	ov, err := ops.GetOverview(ctx, js)
 	if err != nil {
-		return failf(stderr, 1, "vmprep status", "%v", err)
+		return failf(stderr, 1, "vmprep status", "%v", conn.explain(err))
 	}
 	if *asJSON {
 		return writeJSON(stdout, stderr, "vmprep status", ov)
@@ -77,7 +77,7 @@ func printOverview(w io.Writer, ov ops.Overview) {
 	for _, c := range ov.Consumers {
 		n := 0
 		for _, p := range ov.Processes {
-			if p.Stage == c.Name {
+			if p.Serves(c.Name) {
 				n++
 			}
 		}

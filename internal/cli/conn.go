@@ -230,6 +230,20 @@ func (c *Connection) Connect(name string, log *slog.Logger, waitForServer bool) 
 	return nc, nil
 }
 
+// PermissionRefusal returns the server's last refusal of one of nc's
+// publishes or subscriptions for want of permission, or nil. The server
+// drops such a request without an answer, so the caller's own error is only
+// a timeout: this names the cause.
+func PermissionRefusal(nc *nats.Conn) error {
+	if nc == nil {
+		return nil
+	}
+	if err := nc.LastError(); err != nil && errors.Is(err, nats.ErrPermissionViolation) {
+		return redact.Error(err)
+	}
+	return nil
+}
+
 // refusal words a refused connection for the operator, wrapping ErrRefused
 // and the cause.
 func refusal(err error) error {

@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/store"
+	"go.yaml.in/yaml/v3"
 )
 
 // TestDeployNATSConfig runs the pipeline on a single server started from
@@ -207,6 +209,43 @@ func TestDeployServiceUnits(t *testing.T) {
 	for _, want := range []string{"/usr/local/bin/converter ", "--target ", "--user converter ", "--password-file /", "--store nats:vmprep"} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("launchd ProgramArguments %q lack %q", joined, want)
+		}
+	}
+}
+
+// TestComposeVolumesInPathOrder: docker-compose 1.x sorts a service's
+// volumes (by source, then container path) when it merges an override file
+// (the way deploy/docker/README.md sets a mirror), and a service whose list
+// then differs from its running container's is recreated: listed in another
+// order, adding an override restarted all three NATS nodes at once.
+func TestComposeVolumesInPathOrder(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "deploy", "docker", "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file struct {
+		Services map[string]struct {
+			Volumes []string `yaml:"volumes"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(b, &file); err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	if len(file.Services) == 0 {
+		t.Fatal("docker-compose.yml: no services")
+	}
+	for name, svc := range file.Services {
+		var sources, paths []string
+		for _, v := range svc.Volumes {
+			parts := strings.Split(v, ":")
+			if len(parts) < 2 {
+				t.Errorf("service %s: volume %q has no container path", name, v)
+				continue
+			}
+			sources, paths = append(sources, parts[0]), append(paths, parts[1])
+		}
+		if !slices.IsSorted(sources) || !slices.IsSorted(paths) {
+			t.Errorf("service %s: volumes %q, want them sorted by source and by container path", name, svc.Volumes)
 		}
 	}
 }

@@ -51,6 +51,12 @@ type Process struct {
 	Problem   string `json:"problem,omitempty"`
 }
 
+// Serves reports whether the process pulls from the durable consumer named
+// consumer: its stage's, or another it announced (converter_<host>).
+func (p Process) Serves(consumer string) bool {
+	return p.Stage == consumer || slices.Contains(p.Consumers, consumer)
+}
+
 var unsafeKeyChars = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
 
 // key is the process's KV key for stage: three tokens, whatever the host is called.

@@ -276,6 +276,10 @@ func TestStatus(t *testing.T) {
 	if fc == nil || fc.Pending != 0 || fc.Filter != messages.SubjectFetch {
 		t.Errorf("fetcher consumer: %+v", fc)
 	}
+	// The resolver's consumer takes two subjects: both are its filter.
+	if rc := findConsumer(ov, messages.StageResolver); rc == nil || !strings.Contains(rc.Filter, "vmprep.prepare.>") {
+		t.Errorf("resolver consumer: %+v, want a filter naming vmprep.prepare.>", rc)
+	}
 	for _, idle := range ov.Idle {
 		if idle == messages.StageFetcher {
 			t.Errorf("the fetcher is listed as idle while its process is alive: %v", ov.Idle)
@@ -382,4 +386,18 @@ func TestAnnounceWaitsForConsuming(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// A converter serves its stage's consumer and the targeted one it announced;
+// status counts it for both.
+func TestProcessServes(t *testing.T) {
+	p := ops.Process{Stage: "converter", Consumers: []string{"converter", "converter_host1"}}
+	for _, tc := range []struct {
+		consumer string
+		want     bool
+	}{{"converter", true}, {"converter_host1", true}, {"converter_host2", false}, {"fetcher", false}} {
+		if got := p.Serves(tc.consumer); got != tc.want {
+			t.Errorf("Serves(%q) = %v, want %v", tc.consumer, got, tc.want)
+		}
+	}
 }

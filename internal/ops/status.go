@@ -15,7 +15,7 @@ import (
 )
 
 // ErrNoDeployment means the server has no vmprep streams.
-var ErrNoDeployment = errors.New("no vmprep deployment on this NATS server (stream " + messages.StreamWork + " is missing: start the stages or vmprep serve)")
+var ErrNoDeployment = errors.New("no vmprep deployment on this NATS server (stream " + messages.StreamWork + " is missing: run `vmprep setup` as the operator, or start vmprep serve)")
 
 // ErrUnknownRequest means no trace of a request id was found.
 var ErrUnknownRequest = errors.New("unknown request")
@@ -110,7 +110,7 @@ func GetOverview(ctx context.Context, js jetstream.JetStream) (Overview, error) 
 	consumers := work.ListConsumers(ctx)
 	for info := range consumers.Info() {
 		ov.Consumers = append(ov.Consumers, ConsumerState{
-			Name: info.Name, Filter: info.Config.FilterSubject, Pending: info.NumPending, AckPending: info.NumAckPending,
+			Name: info.Name, Filter: filterOf(info.Config), Pending: info.NumPending, AckPending: info.NumAckPending,
 			Redelivered: info.NumRedelivered, Waiting: info.NumWaiting, AckWait: info.Config.AckWait,
 		})
 	}
@@ -122,12 +122,21 @@ func GetOverview(ctx context.Context, js jetstream.JetStream) (Overview, error) 
 		return ov, fmt.Errorf("live processes: %w", err)
 	}
 	for _, c := range ov.Consumers {
-		served := slices.ContainsFunc(ov.Processes, func(p Process) bool { return p.Stage == c.Name || slices.Contains(p.Consumers, c.Name) })
+		served := slices.ContainsFunc(ov.Processes, func(p Process) bool { return p.Serves(c.Name) })
 		if !served {
 			ov.Idle = append(ov.Idle, c.Name)
 		}
 	}
 	return ov, nil
+}
+
+// filterOf is a consumer's filter: its one subject, or its subjects
+// separated by spaces (the resolver's: vmprep.prepare and vmprep.prepare.>).
+func filterOf(c jetstream.ConsumerConfig) string {
+	if c.FilterSubject != "" {
+		return c.FilterSubject
+	}
+	return strings.Join(c.FilterSubjects, " ")
 }
 
 // AssetState is where one asset of a request is.
@@ -322,7 +331,7 @@ func GetRequest(ctx context.Context, js jetstream.JetStream, ns, id string) (Req
 		return st, fmt.Errorf("search %s: %w", messages.StreamWork, err)
 	}
 	if !found {
-		where := ""
+		where := " in the default namespace (a client's request is NAMESPACE.REQUEST-ID, and a client's namespace is its user name)"
 		if ns != "" {
 			where = " in namespace " + ns
 		}

@@ -192,7 +192,7 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 	}
 	if _, err := c.js.Stream(ctx, messages.StreamWork); err != nil {
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			return Result{}, fmt.Errorf("%w (stream %s is missing: start the stages or vmprep serve)", ErrNoDeployment, messages.StreamWork)
+			return Result{}, fmt.Errorf("%w (stream %s is missing: run `vmprep setup` as the operator, or start vmprep serve)", ErrNoDeployment, messages.StreamWork)
 		}
 		return Result{}, fmt.Errorf("reach the vmprep deployment: %w", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/stage"
 )
@@ -180,6 +181,52 @@ func TestConsumingFollowsTheConsumer(t *testing.T) {
 	<-done
 	if r.Consuming() {
 		t.Fatal("consuming after Run returned")
+	}
+}
+
+// TestPullFailuresLogOncePerOutage: while its consumer is gone, every worker
+// of a runner retries its pull twice a second; that is one warning, the
+// rest at debug, and one line when pulls reach the consumer again.
+func TestPullFailuresLogOncePerOutage(t *testing.T) {
+	js := startJS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var logs testutil.LockedBuffer
+	log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r, err := stage.New(ctx, js, testStream, "probe", inSubject, func(context.Context, stage.Message) ([]stage.Event, error) {
+		return nil, nil
+	}, stage.WithPullWait(100*time.Millisecond), stage.WithConcurrency(4), stage.WithLogger(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx) }()
+	waitUntil(t, "the runner to consume", r.Consuming)
+	if err := js.DeleteConsumer(context.Background(), testStream, "probe"); err != nil {
+		t.Fatal(err)
+	}
+	count := func(msg, level string) int {
+		n := 0
+		for _, line := range strings.Split(logs.String(), "\n") {
+			var rec struct{ Msg, Level string }
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == msg && (level == "" || rec.Level == level) {
+				n++
+			}
+		}
+		return n
+	}
+	waitUntil(t, "eight failed pulls", func() bool { return count("pull failed; retrying", "") >= 8 })
+	if n := count("pull failed; retrying", "WARN"); n != 1 {
+		t.Errorf("%d warnings about failed pulls in one outage, want 1:\n%s", n, logs.String())
+	}
+	if _, err := js.CreateOrUpdateConsumer(context.Background(), testStream, jetstream.ConsumerConfig{Durable: "probe", FilterSubject: inSubject, AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the runner to pull again", r.Consuming)
+	cancel()
+	<-done
+	if n := count("pulling again", "INFO"); n != 1 {
+		t.Errorf("%d lines saying pulls work again, want 1:\n%s", n, logs.String())
 	}
 }
 

@@ -430,16 +430,30 @@ func (r *Runner) worker(pull, work context.Context) {
 				return
 			}
 			if !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-				r.pullOK.Store(false)
-				r.cfg.logger.Warn("pull failed; retrying", "stage", r.name, "err", err)
+				// Every worker retries twice a second while NATS is away: one
+				// warning per outage (and one line when it ends), the rest at
+				// debug.
+				if r.pullOK.Swap(false) {
+					r.cfg.logger.Warn("pull failed; retrying", "stage", r.name, "err", err)
+				} else {
+					r.cfg.logger.Debug("pull failed; retrying", "stage", r.name, "err", err)
+				}
 				sleep(pull, 500*time.Millisecond)
 				continue
 			}
-			r.pullOK.Store(true)
+			r.pulling()
 			continue
 		}
-		r.pullOK.Store(true)
+		r.pulling()
 		r.process(work, msg)
+	}
+}
+
+// pulling records a pull that reached the consumer, and says so once after
+// pulls failed.
+func (r *Runner) pulling() {
+	if !r.pullOK.Swap(true) {
+		r.cfg.logger.Info("pulling again", "stage", r.name)
 	}
 }
 
