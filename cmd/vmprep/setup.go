@@ -26,6 +26,7 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	var c cli.Common
 	c.RegisterConnection(fs)
 	c.RegisterDeployment(fs)
+	wait := fs.Duration("wait", time.Minute, "how long to wait for NATS and for a cluster that is still forming (\"no suitable peers for placement\") before giving up")
 	ackWait := fs.Duration("ack-wait", 30*time.Second, "ack wait of the stage consumers it creates (how soon a dead worker's message is redelivered)")
 	fs.Usage = cli.Usage(fs, "vmprep setup [flags]\n\n"+
 		"Creates the streams ("+strings.Join([]string{messages.StreamWork, messages.StreamResults, messages.StreamDead}, ", ")+"), the key-value buckets,\n"+
@@ -56,7 +57,15 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return failf(stderr, 1, "vmprep setup", "%v", err)
 	}
 	defer conn.close()
-	if _, err := pipeline.Setup(ctx, js, pipeline.SetupConfig{Replicas: c.Replicas, ObjectBucket: bucket, Logger: log}); err != nil {
+	// Nodes just started may not have formed their cluster yet: wait for it,
+	// as the stages do. A cancel rather than a deadline bounds the wait, so
+	// each JetStream call keeps its own short timeout.
+	wctx, stopWaiting := context.WithCancel(ctx)
+	defer stopWaiting()
+	timer := time.AfterFunc(*wait, stopWaiting)
+	_, err = pipeline.WaitForSetup(wctx, js, pipeline.SetupConfig{Replicas: c.Replicas, ObjectBucket: bucket, Logger: log})
+	timer.Stop()
+	if err != nil {
 		return failf(stderr, 1, "vmprep setup", "%v", err)
 	}
 	if _, err := ops.ProcessBucket(ctx, js); err != nil {
