@@ -110,6 +110,24 @@ func TestDeployPermissions(t *testing.T) {
 	converterCache := t.TempDir()
 	stages = append(stages, c.Start("converter", append(as("converter"), "--store", "nats:"+cluster.Bucket, "--cache-dir", converterCache, "--target", "mac1")...))
 
+	// A request that fails ends with a failed result, whichever stage fails
+	// it: every stage's user may tell the collector (vmprep.asset.done).
+	// Refused, the failure was retried forever and alice waited forever.
+	failing := func(stageName string, args ...string) {
+		t.Helper()
+		base := []string{"prepare", "--json", "--arch", "amd64", "--format", "qcow2", "--cache-dir", t.TempDir(), "--timeout", "2m"}
+		out, err := exec.Command(filepath.Join(c.Bin, "vmprep"), append(append(base, as("alice")...), args...)...).Output()
+		var res messages.Result
+		if jerr := json.Unmarshal(out, &res); err == nil || jerr != nil || res.Status != messages.ResultFailed || res.Failure == nil || res.Failure.Stage != stageName {
+			t.Errorf("a request the %s fails: exit %v, result %s", stageName, err, out)
+		}
+	}
+	failing(messages.StageResolver, "ubuntu", "22.04") // not on the mirror
+	disk := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	m.SetFault(disk, testmirror.Fault{Status: http.StatusNotFound})
+	failing(messages.StageFetcher, "ubuntu", "24.04")
+	m.ClearFault(disk)
+
 	aliceCache := t.TempDir()
 	res := c.Prepare(catalog.ArchAMD64, catalog.FormatRaw, append(as("alice")[2:], "--cache-dir", aliceCache)...).Result(t, 3*time.Minute)
 	checkPrepared(t, "alice", m, "24.04", catalog.ArchAMD64, res, under(t, aliceCache))
