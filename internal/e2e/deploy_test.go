@@ -249,3 +249,19 @@ func TestComposeVolumesInPathOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestDockerfileDeclaresNoVolume: a VOLUME in the image gives every container
+// an anonymous volume, and docker-compose leaves one behind at each
+// scale-down or recreate, out of reach of `down -v` (the operator's trial of
+// deploy/docker left eight).
+func TestDockerfileDeclaresNoVolume(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "deploy", "docker", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && strings.EqualFold(f[0], "VOLUME") {
+			t.Errorf("Dockerfile:%d: %s", i+1, line)
+		}
+	}
+}
