@@ -499,6 +499,13 @@ func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 	switch {
 	case err == nil:
 		if perr := r.publish(ctx, events); perr != nil {
+			if m.Delivery >= r.cfg.maxDeliver+crashAllowance {
+				// The next stage's subject refuses every time (a permission
+				// missing, a stream without it): tell the requester instead.
+				log.Error("giving up on the hand-off", "err", perr)
+				outcome = r.fail(ctx, jm, m, fmt.Errorf("handing on the result failed %d times: %w", m.Delivery, perr), OutcomeExhausted, log)
+				return
+			}
 			log.Warn("hand-off failed; will retry", "err", perr)
 			r.nak(jm, m, log)
 			return
@@ -643,14 +650,21 @@ func (r *Runner) nakWithDelay(jm jetstream.Msg, delay time.Duration, log *slog.L
 // fail publishes the failure events (which tell the requester) and, for
 // poison, the dead letter, then ends the message. If the failure events cannot
 // be published the message is retried instead, so a requester is never left
-// without an answer; a dead letter is best effort. It returns the outcome:
-// the one asked for, or OutcomeRetry.
+// without an answer — until crashAllowance deliveries past MaxDeliver: a
+// failure subject that refuses every time (a permission missing) would
+// otherwise keep the message forever, so it becomes a dead letter that names
+// both errors. A dead letter is best effort. It returns the outcome: the one
+// asked for, OutcomePoison, or OutcomeRetry.
 func (r *Runner) fail(ctx context.Context, jm jetstream.Msg, m Message, err error, outcome Outcome, log *slog.Logger) Outcome {
 	if r.cfg.failure != nil {
 		if perr := r.publish(ctx, r.cfg.failure(m, err)); perr != nil {
-			log.Warn("could not publish failure; will retry", "err", perr)
-			r.nak(jm, m, log)
-			return OutcomeRetry
+			if m.Delivery < r.cfg.maxDeliver+crashAllowance {
+				log.Warn("could not publish failure; will retry", "err", perr)
+				r.nak(jm, m, log)
+				return OutcomeRetry
+			}
+			log.Error("could not publish failure; giving up: dead letter", "err", perr, "failure", err)
+			err, outcome = fmt.Errorf("its failure could not be published after %d deliveries (%v): %w", m.Delivery, perr, err), OutcomePoison
 		}
 	}
 	if outcome == OutcomePoison && r.cfg.deadLetter != nil {

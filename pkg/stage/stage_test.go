@@ -436,3 +436,56 @@ func TestRetryNotify(t *testing.T) {
 		}
 	}
 }
+
+// A subject that refuses every publish (no stream takes it here; in a
+// deployment, a permission missing) does not keep a message forever: a
+// hand-off that never goes out ends in a failure event, and a failure event
+// that never goes out ends in a dead letter naming both errors.
+func TestUnpublishableEnds(t *testing.T) {
+	const nowhere = "nowhere.at.all"
+	tests := []struct {
+		name    string
+		handler stage.Handler
+		opts    []stage.Option
+		subject string // where the message ends
+		says    string
+	}{
+		{
+			name: "hand-off refused",
+			handler: func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
+				return []stage.Event{{Subject: nowhere, Data: m.Data, ID: "out-" + string(m.Data)}}, nil
+			},
+			subject: failSubj,
+			says:    "handing on the result failed",
+		},
+		{
+			name: "failure refused",
+			handler: func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
+				return nil, stage.Permanent(errors.New("404 not found"))
+			},
+			opts: []stage.Option{stage.WithFailure(func(m stage.Message, err error) []stage.Event {
+				return []stage.Event{{Subject: nowhere, Data: []byte(err.Error()), ID: "fail-" + string(m.Data)}}
+			})},
+			subject: deadSubj,
+			says:    "its failure could not be published",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			js := startJS(t)
+			runRunner(t, js, tt.handler, tt.opts...)
+			publish(t, js, "stuck")
+			got := collect(t, js, tt.subject, 1)
+			if !strings.Contains(string(got[0].Data()), tt.says) {
+				t.Errorf("%s: %q does not say %q", tt.subject, got[0].Data(), tt.says)
+			}
+			deadline := time.Now().Add(30 * time.Second)
+			for workLeft(t, js) != 0 && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if n := workLeft(t, js); n != 0 {
+				t.Errorf("%d messages still in the work stream", n)
+			}
+		})
+	}
+}
