@@ -15,7 +15,10 @@
 //   - a transient error is retried with backoff up to MaxDeliver deliveries, then
 //     the Failure policy turns it into final events; a permanent error goes to the
 //     Failure policy at once; an unreadable message or a handler panic becomes a
-//     dead letter with the reason, and the worker keeps serving.
+//     dead letter with the reason, and the worker keeps serving;
+//   - events that cannot be published (the hand-off, or the failure events) are
+//     retried too, but not forever: MaxDeliver plus a crash allowance later a
+//     refused hand-off becomes a failure, and a refused failure a dead letter.
 package stage
 
 import (
