@@ -113,7 +113,7 @@ func printRequest(w io.Writer, st ops.RequestStatus) {
 	if st.Target != "" {
 		target = " for " + st.Target
 	}
-	fmt.Fprintf(w, "request %s: %s %s %s, %s%s — %s\n", st.RequestID, st.Spec.Distro, st.Spec.Version, st.Spec.Arch, st.Format, target, state)
+	fmt.Fprintf(w, "request %s: %s %s %s, %s%s — %s\n", messages.RequestKey(st.Namespace, st.RequestID), st.Spec.Distro, st.Spec.Version, st.Spec.Arch, st.Format, target, state)
 	if len(st.Assets) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "ASSET\tSTATUS\tWHERE\tFILE")
