@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // MutualExclusion has workers goroutines each take a lock rounds times —
@@ -48,11 +49,5 @@ func MutualExclusion(tb testing.TB, workers, rounds int, lock func(worker, round
 // Backoff returns a retry policy for stage runners (stage.WithBackoff) with
 // short intervals, so that tests of retries end quickly.
 func Backoff(initial, maxInterval time.Duration) func() backoff.BackOff {
-	return func() backoff.BackOff {
-		b := backoff.NewExponentialBackOff()
-		b.InitialInterval = initial
-		b.MaxInterval = maxInterval
-		b.MaxElapsedTime = 0
-		return b
-	}
+	return func() backoff.BackOff { return stage.Exponential(initial, maxInterval, 0.5) }
 }

@@ -140,16 +140,7 @@ func WithShortPulls() Option { return func(c *config) { c.shortPulls = true } }
 func WithInteractive() Option { return func(c *config) { c.interactive = true } }
 
 // interactiveBackoff paces redeliveries while a person waits: 1 s, then 2 s.
-func interactiveBackoff() backoff.BackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = time.Second
-	b.Multiplier = 2
-	b.MaxInterval = 2 * time.Second
-	b.RandomizationFactor = 0
-	b.MaxElapsedTime = 0
-	b.Reset()
-	return b
-}
+func interactiveBackoff() backoff.BackOff { return stage.Exponential(time.Second, 2*time.Second, 0) }
 
 // WithObjectStore keeps verified content in the JetStream Object Store
 // bucket (created if missing): stage processes on other hosts joining this

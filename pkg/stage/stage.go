@@ -234,12 +234,17 @@ func WithPullWait(d time.Duration) Option {
 func WithDrainTimeout(d time.Duration) Option { return func(c *config) { c.drainTimeout = d } }
 
 // DefaultBackoff is exponential with jitter: about 1s, 2s, 4s … capped at 30s.
-func DefaultBackoff() backoff.BackOff {
+func DefaultBackoff() backoff.BackOff { return Exponential(time.Second, 30*time.Second, 0.5) }
+
+// Exponential is a retry policy for WithBackoff: initial, doubling up to
+// maxInterval, each interval randomized by ±jitter (0 to 1), never giving up
+// (the runner's MaxDeliver does).
+func Exponential(initial, maxInterval time.Duration, jitter float64) backoff.BackOff {
 	b := backoff.NewExponentialBackOff()
-	b.InitialInterval = time.Second
+	b.InitialInterval = initial
 	b.Multiplier = 2
-	b.MaxInterval = 30 * time.Second
-	b.RandomizationFactor = 0.5
+	b.MaxInterval = maxInterval
+	b.RandomizationFactor = jitter
 	b.MaxElapsedTime = 0
 	b.Reset() // the constructor reset with its own defaults; start from ours
 	return b
