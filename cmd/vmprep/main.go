@@ -24,7 +24,7 @@ import (
 	"os"
 
 	"github.com/vmprep/vmprep/internal/cli"
-	"github.com/vmprep/vmprep/pkg/download"
+	"github.com/vmprep/vmprep/internal/version"
 )
 
 type command struct {
@@ -60,7 +60,7 @@ func usage(w io.Writer) {
 func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("version", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = cli.Usage(fs, "vmprep version\n\nPrints the version of this build (set with -ldflags \"-X github.com/vmprep/vmprep/pkg/download.Version=…\").")
+	fs.Usage = cli.Usage(fs, "vmprep version\n\nPrints the version of this build, the commit it was built from and the Go toolchain\n(a release build sets the version with -ldflags \"-X github.com/vmprep/vmprep/internal/version.release=…\").")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -71,7 +71,7 @@ func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "vmprep version: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	fmt.Fprintln(stdout, "vmprep", download.Version)
+	fmt.Fprint(stdout, version.Read())
 	return 0
 }
 
@@ -80,6 +80,9 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
+		args[0] = "version"
+	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stderr)
 		if len(args) == 0 {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/vmprep/vmprep/internal/version"
 	"io"
 	"net"
 	"path/filepath"
@@ -19,7 +20,6 @@ import (
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/redact"
-	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/embedded"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/store"
@@ -142,7 +142,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	// The endpoint is up before the server, so that a probe sees it starting.
 	var dep atomic.Pointer[embedded.Deployment]
 	if c.MetricsListen != "" {
-		reg := metrics.NewRegistry(download.Version)
+		reg := metrics.NewRegistry(version.Short())
 		opts = append(opts, embedded.WithPrometheus(reg))
 		live := func() error {
 			if d := dep.Load(); d != nil {
@@ -182,7 +182,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		if err != nil {
 			return
 		}
-		ops.Announce(hbCtx, js, stages, ops.Process{Name: "vmprep-serve", Version: download.Version, Concurrency: c.Concurrency, Consumers: d.Consumers()}, d.Live, log)
+		ops.Announce(hbCtx, js, stages, ops.Process{Name: "vmprep-serve", Version: version.Short(), Concurrency: c.Concurrency, Consumers: d.Consumers()}, d.Live, log)
 	}()
 	<-ctx.Done()
 	log.Info("shutting down")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/vmprep/vmprep/internal/version"
 	"io"
 	"slices"
 	"sync/atomic"
@@ -14,7 +15,6 @@ import (
 	"github.com/vmprep/vmprep/internal/metrics"
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/pipeline"
-	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -125,7 +125,7 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 		return nil
 	}
 	if c.MetricsListen != "" {
-		reg := metrics.NewRegistry(download.Version)
+		reg := metrics.NewRegistry(version.Short())
 		if deps.Metrics, err = metrics.New(reg); err != nil {
 			log.Error("cannot set up metrics", "err", err)
 			return 1
@@ -170,7 +170,7 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 		hbDone := make(chan struct{})
 		go func() {
 			defer close(hbDone)
-			ops.Announce(hbCtx, js, stages, ops.Process{Name: name, Version: download.Version, Concurrency: c.Concurrency, Consumers: s.Names()}, s.Consuming, log)
+			ops.Announce(hbCtx, js, stages, ops.Process{Name: name, Version: version.Short(), Concurrency: c.Concurrency, Consumers: s.Names()}, s.Consuming, log)
 		}()
 		defer func() { stopHB(); <-hbDone }()
 	}

@@ -11,6 +11,7 @@ package download
 
 import (
 	"context"
+	"github.com/vmprep/vmprep/internal/version"
 	"io"
 	"log/slog"
 	"net"
@@ -19,10 +20,10 @@ import (
 	"time"
 )
 
-// Version is reported in the default User-Agent. Set it at build time:
-//
-//	go build -ldflags "-X github.com/vmprep/vmprep/pkg/download.Version=1.2.3"
-var Version = "dev"
+// Version is reported in the default User-Agent; empty means the running
+// build's version (internal/version: a release number, else the module
+// version or "dev+<revision>").
+var Version = ""
 
 // Defaults. The stall timeout replaces a total timeout: a slow download is
 // fine as long as bytes keep arriving.
@@ -76,7 +77,7 @@ func WithProxy(proxy func(*http.Request) (*url.URL, error)) Option {
 	return func(c *Client) { c.proxy = proxy }
 }
 
-// WithUserAgent sets the User-Agent header (default "vmprep/"+Version).
+// WithUserAgent sets the User-Agent header (default "vmprep/" and the build's version).
 func WithUserAgent(ua string) Option { return func(c *Client) { c.userAgent = ua } }
 
 // WithStallTimeout aborts an attempt (retryably) when no response headers or
@@ -117,7 +118,7 @@ func WithBufferSize(n int) Option { return func(c *Client) { c.bufferSize = n } 
 func New(opts ...Option) *Client {
 	c := &Client{
 		proxy:          http.ProxyFromEnvironment,
-		userAgent:      "vmprep/" + Version,
+		userAgent:      "vmprep/" + userAgentVersion(),
 		stallTimeout:   DefaultStallTimeout,
 		connectTimeout: DefaultConnectTimeout,
 		maxSize:        DefaultMaxSize,
@@ -200,4 +201,11 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+func userAgentVersion() string {
+	if Version != "" {
+		return Version
+	}
+	return version.Short()
 }

@@ -538,7 +538,7 @@ func TestUserAgent(t *testing.T) {
 		opts []Option
 		want string
 	}{
-		{"default", nil, "vmprep/" + Version},
+		{"default", nil, "vmprep/" + userAgentVersion()},
 		{"custom", []Option{WithUserAgent("fleet-prep/7")}, "fleet-prep/7"},
 	}
 	for _, tt := range tests {
