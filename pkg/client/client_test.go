@@ -390,3 +390,29 @@ func TestConnect(t *testing.T) {
 		t.Error("Connect to a closed port succeeded")
 	}
 }
+
+// TestPrepareRefusedBeforeSending: what docs/go-api.md says is caught before
+// anything is sent is, with the error it names.
+func TestPrepareRefusedBeforeSending(t *testing.T) {
+	c := startDeployment(t, newMirror(t)).Client()
+	for _, tc := range []struct {
+		name string
+		req  client.Request
+		want error
+	}{
+		{"bad request id", client.Request{RequestID: "a.b", Spec: noble}, messages.ErrInvalidRequest},
+		{"bad format", client.Request{Spec: noble, Format: "vmdk"}, messages.ErrInvalidRequest},
+		{"bad target host", client.Request{Spec: noble, Target: "mac1.>"}, messages.ErrInvalidRequest},
+		{"empty distro", client.Request{Spec: image.Spec{Version: "24.04", Arch: image.ArchAMD64}}, image.ErrInvalidSpec},
+		{"distro with a slash", client.Request{Spec: image.Spec{Distro: "ubuntu/../x", Version: "24.04", Arch: image.ArchAMD64}}, image.ErrInvalidSpec},
+		{"unknown arch", client.Request{Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "sparc"}}, image.ErrInvalidSpec},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			if _, err := c.Prepare(ctx, tc.req); !errors.Is(err, tc.want) {
+				t.Errorf("Prepare = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}

@@ -541,10 +541,10 @@ func (r *PrepareRequest) Validate() error {
 	default:
 		return fmt.Errorf("%w: \"format\": %q is not a disk format vmprep makes: use \"qcow2\" (the default) or \"raw\"", ErrInvalidRequest, r.Format)
 	}
-	if r.Target != "" {
-		if err := ValidateTarget(r.Target); err != nil {
-			return err
-		}
+	if r.Target != "" && !isToken(r.Target) {
+		// The same rule as ValidateTarget's, as a request error: the
+		// caller asked for a host that can never exist.
+		return fmt.Errorf("%w: target host %q must be 1-64 characters of A-Z a-z 0-9 _ -", ErrInvalidRequest, r.Target)
 	}
 	return nil
 }
