@@ -124,9 +124,18 @@ func (c *Common) Logger(w io.Writer) (*slog.Logger, error) {
 	case "text":
 		return slog.New(tint.NewTextHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly, NoColor: !IsTerminal(w)})), nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})), nil
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: durationsAsText})), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", c.LogFormat)
+}
+
+// durationsAsText writes a duration as "1.5s", as the text logs do, instead
+// of the JSON handler's nanoseconds (1500000000), which nobody reads right.
+func durationsAsText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 // IsTerminal reports whether w is a character device (a terminal).
