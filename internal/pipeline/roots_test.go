@@ -1,6 +1,9 @@
 package pipeline_test
 
 import (
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +16,7 @@ import (
 	"github.com/vmprep/vmprep/pkg/place"
 	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/signature"
+	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // mirrorRoots are the trust roots of spec under m's catalog (m's URL and key).
@@ -44,6 +48,20 @@ func mirrorAsked(m *testmirror.Mirror) int {
 	return m.Requests(m.VersionDir("ubuntu", "24.04")) + m.Requests(m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)) + m.TotalContentRequests()
 }
 
+// viewRoots reads the trust roots a view says its links' build rests on.
+func viewRoots(t *testing.T, view string) catalog.TrustRoots {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(view, store.ViewRootsName))
+	if err != nil {
+		t.Fatalf("the view names no roots: %v", err)
+	}
+	var r catalog.TrustRoots
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatalf("view roots %s: %v", b, err)
+	}
+	return r
+}
+
 // TestTrustRootsBindStoredResolutions: a build resolved against mirror A
 // with A's throwaway key answers — from the store, without the network,
 // through the stages and through Warm — only requests under the same roots.
@@ -68,6 +86,9 @@ func TestTrustRootsBindStoredResolutions(t *testing.T) {
 	checkBuild(t, a, cold, testmirror.DefaultUbuntuSerial)
 	if cold.Signer != a.Fingerprint() {
 		t.Fatalf("signer %s, want mirror A's key %s", cold.Signer, a.Fingerprint())
+	}
+	if r := viewRoots(t, cold.View); !r.Equal(mirrorRoots(t, a, noble)) {
+		t.Errorf("the view names roots %s, want mirror A's", r)
 	}
 	// The same roots: warm, no network.
 	asked := mirrorAsked(a)
@@ -133,6 +154,9 @@ func TestTrustRootsBindStoredResolutions(t *testing.T) {
 		checkBuild(t, b, res, testmirror.DefaultUbuntuSerial)
 		if res.ResolvedFrom != messages.ResolvedFromNetwork || res.Signer != b.Fingerprint() {
 			t.Errorf("resolved from %s, signed by %s; want the network and mirror B's key %s", res.ResolvedFrom, res.Signer, b.Fingerprint())
+		}
+		if r := viewRoots(t, res.View); !r.Equal(mirrorRoots(t, b, noble)) {
+			t.Errorf("the view, relinked to B's build, names roots %s", r)
 		}
 		for role, f := range res.Files {
 			if !strings.HasPrefix(f.URL, b.URL) {

@@ -301,6 +301,45 @@ func (s *Store) SetViewSerial(spec catalog.ImageSpec) error {
 	return nil
 }
 
+// ViewRootsName is the file in an images/<distro>/<version>/<arch>/ view
+// that names the trust roots (catalog.TrustRoots, JSON) of the build its
+// links point at, so that whoever boots from the view can tell a build a
+// test key or another mirror vouched for from one of the distribution's.
+const ViewRootsName = "roots"
+
+// SetViewRoots writes roots to the view's roots file, atomically, after its
+// links were replaced; nil roots (unknown) remove the file, so it never
+// names roots the links left.
+func (s *Store) SetViewRoots(spec catalog.ImageSpec, roots *catalog.TrustRoots) error {
+	p, err := specPath(spec)
+	if err != nil {
+		return err
+	}
+	dir := append([]string{dirImages}, p...)
+	path := s.path(append(dir, ViewRootsName)...)
+	if roots == nil {
+		if err := os.Remove(path); err != nil && !notExist(err) {
+			return fmt.Errorf("store: %w", err)
+		}
+		return nil
+	}
+	b, err := json.MarshalIndent(roots, "", "  ")
+	if err != nil {
+		return fmt.Errorf("store: view roots: %w", err)
+	}
+	b = append(b, '\n')
+	if cur, err := readCapped(path, 64<<10); err == nil && string(cur) == string(b) {
+		return nil // already names them: a warm request writes nothing
+	}
+	if _, err := s.mkdirInRoot(dir...); err != nil {
+		return fmt.Errorf("store: view roots %s: %w", path, err)
+	}
+	if err := atomicfile.WriteFile(path, b, 0o444); err != nil {
+		return fmt.Errorf("store: view roots: %w", err)
+	}
+	return nil
+}
+
 // RecordedImages lists the images of distro that have a latest resolution
 // in records/ (distro, version and arch; the serial is the record's),
 // whatever trust roots it was resolved under.
