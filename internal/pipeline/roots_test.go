@@ -2,9 +2,12 @@ package pipeline_test
 
 import (
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -138,6 +141,51 @@ func TestTrustRootsBindStoredResolutions(t *testing.T) {
 			if !strings.Contains(res.Failure.Cause, want) {
 				t.Errorf("cause %q does not say %q", res.Failure.Cause, want)
 			}
+		}
+	})
+
+	t.Run("same key, another mirror", func(t *testing.T) {
+		// Mirror A's files, same key and digests, served from another URL.
+		var mu sync.Mutex
+		asked := map[string]int{}
+		files := http.FileServer(http.Dir(a.Dir))
+		copyOfA := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			asked[r.URL.Path]++
+			mu.Unlock()
+			files.ServeHTTP(w, r)
+		}))
+		t.Cleanup(copyOfA.Close)
+		eb, cat := rootsEnv(t, e, copyOfA.URL+"/", a.Keyring())
+		if warm(cat, "c-warm") {
+			t.Error("Warm answered with URLs of another mirror")
+		}
+		emb := eb.start(t)
+		t.Cleanup(emb.Close)
+		askedA := mirrorAsked(a)
+		res := prepare(t, emb.Conn, req("c-online"))
+		if res.Status != messages.ResultPrepared {
+			t.Fatalf("status %s: %+v", res.Status, res.Failure)
+		}
+		for role, f := range res.Files {
+			if !strings.HasPrefix(f.URL, copyOfA.URL+"/") || f.Digest != cold.Files[role].Digest {
+				t.Errorf("%s: %s from %s; want %s (the same build) from the mirror configured (%s)", role, f.Digest, f.URL, cold.Files[role].Digest, copyOfA.URL)
+			}
+		}
+		mu.Lock()
+		listed, manifests := asked["/"+a.VersionDir("ubuntu", "24.04")+"/"], asked["/"+a.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)]
+		disk := asked["/"+a.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)]
+		mu.Unlock()
+		if res.ResolvedFrom != messages.ResolvedFromNetwork || listed == 0 || manifests == 0 {
+			t.Errorf("resolved from %s; the configured mirror was asked for the listing %d times, the manifest %d times", res.ResolvedFrom, listed, manifests)
+		}
+		// The files themselves are the digests the new resolution names:
+		// reused from the store, fetched from neither mirror.
+		if n := mirrorAsked(a) - askedA; n != 0 {
+			t.Errorf("mirror A asked %d times for a request configured for another mirror", n)
+		}
+		if disk != 0 {
+			t.Errorf("the stored disk was downloaded again (%d requests), though its digest is the one resolved", disk)
 		}
 	})
 
