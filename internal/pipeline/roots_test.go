@@ -142,6 +142,23 @@ func TestTrustRootsBindStoredResolutions(t *testing.T) {
 				t.Errorf("cause %q does not say %q", res.Failure.Cause, want)
 			}
 		}
+
+		// A pinned build's record is bound the same way: offline, its
+		// directory unreachable, the build A's key vouched for is not taken.
+		pinnedManifest := a.SerialManifestPath("ubuntu", "24.04", testmirror.DefaultUbuntuSerial, catalog.ArchAMD64, catalog.RoleDisk)
+		a.SetFault(pinnedManifest, testmirror.Fault{Status: 503, Times: 1000})
+		defer a.ClearFault(pinnedManifest)
+		pinned := req("b-pinned-offline")
+		pinned.Spec = withSerial(noble, testmirror.DefaultUbuntuSerial)
+		res = prepare(t, emb.Conn, pinned)
+		if res.Status != messages.ResultFailed || res.Failure == nil {
+			t.Fatalf("offline under another keyring, the pinned build's record was used: %s signed by %s", res.Status, res.Signer)
+		}
+		for _, want := range []string{"the cached build of ubuntu 24.04 amd64 (serial " + testmirror.DefaultUbuntuSerial + ")", "resolved under other trust roots", "cannot re-resolve offline"} {
+			if !strings.Contains(res.Failure.Cause, want) {
+				t.Errorf("pinned: cause %q does not say %q", res.Failure.Cause, want)
+			}
+		}
 	})
 
 	t.Run("same key, another mirror", func(t *testing.T) {
