@@ -55,7 +55,7 @@ func cacheFixture(t *testing.T) (root string, used, unused store.BlobInfo) {
 	if _, err := st.LinkImage(t.Context(), spec, store.LinkDiskRaw, raw); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.SaveResolution(ctx, catalog.Resolution{Spec: spec, Assets: []catalog.Asset{{Role: catalog.RoleKernel, Digest: used.SHA256}}}); err != nil {
+	if err := st.SaveResolution(ctx, catalog.Resolution{Spec: spec, Roots: &catalog.TrustRoots{Mirror: "https://cloud-images.ubuntu.com/"}, Assets: []catalog.Asset{{Role: catalog.RoleKernel, Digest: used.SHA256}}}); err != nil {
 		t.Fatal(err)
 	}
 	return root, used, unused

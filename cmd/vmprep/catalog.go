@@ -271,6 +271,12 @@ func (c *catalogCmd) serials(ctx context.Context, distro, version string) error 
 	if err != nil {
 		return err
 	}
+	// Only builds recorded under the trust roots in force count as cached:
+	// no other would answer a prepare.
+	roots, err := c.cat.Roots(spec)
+	if err != nil {
+		return err
+	}
 	out := serialsOutput{Spec: spec, Source: "network", Serials: []serialInfo{}}
 	listed, err := c.res.Serials(ctx, spec)
 	switch {
@@ -281,7 +287,7 @@ func (c *catalogCmd) serials(ctx context.Context, distro, version string) error 
 	case err != nil:
 		// No network: say so, and show what the cache knows.
 		out.Source, out.Error = "cache", err.Error()
-		recorded, rerr := c.st.RecordedSerials(ctx, spec)
+		recorded, rerr := c.st.RecordedSerials(ctx, spec, roots)
 		if rerr != nil {
 			return errors.Join(err, rerr)
 		}
@@ -289,12 +295,12 @@ func (c *catalogCmd) serials(ctx context.Context, distro, version string) error 
 			listed = append(listed, resolve.Serial{Serial: s})
 		}
 	}
-	mark, _ := c.st.NewestSerial(ctx, spec)
+	mark, _ := c.st.NewestSerial(ctx, spec, roots)
 	for _, l := range listed {
 		si := serialInfo{Serial: l.Serial, Date: l.Date, URL: l.URL, NewestVerified: l.Serial == mark.Serial}
 		build := spec
 		build.Serial = l.Serial
-		if rec, err := c.st.LoadSerialResolution(ctx, build); err == nil {
+		if rec, err := c.st.LoadSerialResolution(ctx, build, roots); err == nil {
 			si.Recorded = true
 			si.Cached = c.present(ctx, rec)
 			if si.Date.IsZero() {
@@ -344,7 +350,11 @@ func (c *catalogCmd) serials(ctx context.Context, distro, version string) error 
 
 // noSerials reports a version whose catalog entry has no serials.
 func (c *catalogCmd) noSerials(ctx context.Context, spec catalog.ImageSpec) error {
-	rec, err := c.st.LoadResolution(ctx, spec)
+	roots, err := c.cat.Roots(spec)
+	if err != nil {
+		return err
+	}
+	rec, err := c.st.LoadResolution(ctx, spec, roots)
 	cached := err == nil && c.present(ctx, rec)
 	if c.asJSON {
 		return c.printJSON(struct {

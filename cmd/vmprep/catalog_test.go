@@ -72,11 +72,19 @@ func TestCatalogCommandAndSerials(t *testing.T) {
 	}
 
 	// No network: the cached builds, and a note saying so.
-	offline := []string{"--cache-dir", cache, "--mirror", "http://127.0.0.1:1/", "--arch", "arm64"}
-	out, errOut := runOK(t, append([]string{"catalog", "ubuntu", "24.04"}, offline...)...)
+	m.SetFault(m.VersionDir("ubuntu", "24.04"), testmirror.Fault{Status: 503, Times: 1000})
+	out, errOut := runOK(t, append([]string{"catalog", "ubuntu", "24.04"}, src...)...)
 	if !strings.Contains(errOut, "cannot list serials from the network") ||
 		!regexp.MustCompile(`(?s)20260926\s+\S+\s+yes, newest verified\n20260901\s+\S+\s+yes\n`).MatchString(out) {
 		t.Errorf("offline catalog:\nstdout: %s\nstderr: %s", out, errOut)
+	}
+	m.ClearFault(m.VersionDir("ubuntu", "24.04"))
+	// Under other trust roots (another mirror, the built-in keys) those
+	// builds would answer no prepare: none is listed as cached.
+	offline := []string{"--cache-dir", cache, "--mirror", "http://127.0.0.1:1/", "--arch", "arm64"}
+	out, errOut = runOK(t, append([]string{"catalog", "ubuntu", "24.04"}, offline...)...)
+	if !strings.Contains(errOut, "cannot list serials from the network") || !strings.Contains(out, "(none)") {
+		t.Errorf("offline catalog under other roots:\nstdout: %s\nstderr: %s", out, errOut)
 	}
 
 	out, _ = runOK(t, append([]string{"catalog", "fedora", "41"}, src...)...)

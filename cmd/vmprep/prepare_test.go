@@ -207,3 +207,64 @@ func TestRequestLine(t *testing.T) {
 		}
 	}
 }
+
+// TestPrepareCacheBoundToTrustRoots (issue 15, item 11): after a prepare
+// against a test mirror with its throwaway key, a prepare with the built-in
+// Ubuntu keys is not answered from the cache: against that mirror it
+// re-resolves and the throwaway key's signature fails; offline (another
+// mirror, unreachable) it fails saying the cached build was resolved under
+// other trust roots. The same mirror and keyring are still answered warm,
+// without the server or the network.
+func TestPrepareCacheBoundToTrustRoots(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(4<<20, 256<<10), testmirror.WithKernelSize(8<<10, 8<<10))
+	cache := t.TempDir()
+	js := filepath.Join(cache, "jetstream")
+	prep := func(wantOK bool, args ...string) (map[string]any, string) {
+		t.Helper()
+		if err := os.RemoveAll(js); err != nil {
+			t.Fatal(err)
+		}
+		var stdout, stderr bytes.Buffer
+		code := run(append(append([]string{"prepare", "--cache-dir", cache, "--arch", "amd64", "--json", "--resolution-max-age", "1h"}, args...), "ubuntu", "24.04"), &stdout, &stderr)
+		if (code == 0) != wantOK {
+			t.Fatalf("vmprep prepare %s: exit %d: %s\n%s", strings.Join(args, " "), code, stderr.String(), stdout.String())
+		}
+		var out map[string]any
+		if wantOK {
+			if err := json.Unmarshal(stdout.Bytes(), &out); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return out, stdout.String() + stderr.String()
+	}
+	throwaway := []string{"--mirror", m.URL, "--keyring", m.KeyringFile()}
+	if out, _ := prep(true, throwaway...); out["signer"] != m.Fingerprint() {
+		t.Fatalf("signer %v, want the test mirror's key", out["signer"])
+	}
+
+	// The built-in Ubuntu keys, the same mirror: resolved again and refused.
+	_, msg := prep(false, "--mirror", m.URL)
+	if _, err := os.Stat(js); err != nil {
+		t.Errorf("answered without the stages under the built-in keys: %v", err)
+	}
+	if !strings.Contains(msg, "signature") && !strings.Contains(msg, "key") {
+		t.Errorf("failure says nothing of the signature:\n%s", msg)
+	}
+	// The built-in keys and another mirror, unreachable: fails saying why.
+	_, msg = prep(false, "--mirror", "http://127.0.0.1:1/")
+	for _, want := range []string{"the cached build of ubuntu 24.04 amd64", "resolved under other trust roots", "keyring " + m.Fingerprint(), "mirror " + m.URL + " (now http://127.0.0.1:1/)", "cannot re-resolve offline"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("offline under other roots, the failure does not say %q:\n%s", want, msg)
+		}
+	}
+
+	// The same roots: warm, no server, no network.
+	asked := m.Requests(m.VersionDir("ubuntu", "24.04")) + m.TotalContentRequests()
+	out, _ := prep(true, throwaway...)
+	if _, err := os.Stat(js); !os.IsNotExist(err) || out["resolved_from"] != "cache" {
+		t.Errorf("the same roots were not answered warm (resolved from %v; %s: %v)", out["resolved_from"], js, err)
+	}
+	if now := m.Requests(m.VersionDir("ubuntu", "24.04")) + m.TotalContentRequests(); now != asked {
+		t.Errorf("the warm prepare asked the mirror %d times", now-asked)
+	}
+}

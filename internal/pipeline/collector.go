@@ -168,6 +168,13 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 		if err := s.Store.SetViewSerial(img); err != nil {
 			return nil, fmt.Errorf("images view: %w", err)
 		}
+		var roots *catalog.TrustRoots
+		if st.Resolution != nil {
+			roots = st.Resolution.Roots
+		}
+		if err := s.Store.SetViewRoots(img, roots); err != nil {
+			return nil, fmt.Errorf("images view: %w", err)
+		}
 	}
 	// The top-level paths are set when every file is on one host.
 	if len(hosts) == 1 && !hosts[""] {

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -17,6 +18,12 @@ import (
 // resolve returns the resolution of spec, which is canonical (a codename is
 // its version, so both spellings share stored records), and where it came
 // from (messages.ResolvedFromNetwork or ResolvedFromCache).
+//
+// Stored records answer only under the trust roots they were resolved
+// under (the resolver's keyring, catalog entry and mirror: see
+// catalog.TrustRoots): under other roots the image is resolved again, and
+// when the network is down the request fails saying why, never with a build
+// that other keys vouched for or other URLs name.
 //
 //   - A pinned serial is one build whose directory never changes: its stored
 //     record answers without the network, whatever its age.
@@ -49,55 +56,59 @@ func (s *ResolverStage) resolve(ctx context.Context, spec catalog.ImageSpec, log
 }
 
 // storedResolution is the resolution of spec the store answers without the
-// network, if any: a pinned build's record (its directory never changes),
-// or the latest resolution while it is younger than maxAge.
-func storedResolution(ctx context.Context, st *store.Store, spec catalog.ImageSpec, maxAge time.Duration) (catalog.Resolution, bool) {
+// network under roots, if any: a pinned build's record (its directory never
+// changes), or the latest resolution while it is younger than maxAge.
+func storedResolution(ctx context.Context, st *store.Store, spec catalog.ImageSpec, roots catalog.TrustRoots, maxAge time.Duration) (catalog.Resolution, bool) {
 	if spec.Serial != "" {
-		rec, err := st.LoadSerialResolution(ctx, spec)
+		rec, err := st.LoadSerialResolution(ctx, spec, roots)
 		return rec, err == nil
 	}
-	cached, err := st.LoadResolution(ctx, spec)
+	cached, err := st.LoadResolution(ctx, spec, roots)
 	return cached, err == nil && maxAge > 0 && time.Since(cached.ResolvedAt) < maxAge
 }
 
 func (s *ResolverStage) resolveOnce(ctx context.Context, spec catalog.ImageSpec, log *slog.Logger) (catalog.Resolution, string, error) {
-	if rec, ok := storedResolution(ctx, s.Store, spec, s.MaxAge); ok {
+	roots, err := s.Resolver.Roots(spec)
+	if err != nil {
+		return catalog.Resolution{}, "", stage.Permanent(&resolve.Error{Spec: spec, Op: resolve.OpPlan, Err: err})
+	}
+	if rec, ok := storedResolution(ctx, s.Store, spec, roots, s.MaxAge); ok {
 		return rec, messages.ResolvedFromCache, nil
 	}
 	if spec.Serial != "" {
 		res, err := s.Resolver.Resolve(ctx, spec)
 		if err != nil {
-			return catalog.Resolution{}, "", err
+			return catalog.Resolution{}, "", s.otherRoots(ctx, spec, roots, err, log)
 		}
 		s.record(ctx, res, false, log)
 		return res, messages.ResolvedFromNetwork, nil
 	}
 
-	cached, cerr := s.Store.LoadResolution(ctx, spec)
+	cached, cerr := s.Store.LoadResolution(ctx, spec, roots)
 	serials, err := s.Resolver.Serials(ctx, spec)
 	switch {
 	case errors.Is(err, catalog.ErrNoSerials):
 		// Each resolution takes the build published then.
 		res, err := s.Resolver.Resolve(ctx, spec)
 		if err != nil {
-			return s.offline(ctx, spec, err, log)
+			return s.offline(ctx, spec, roots, err, log)
 		}
 		s.record(ctx, res, true, log)
 		return res, messages.ResolvedFromNetwork, nil
 	case err != nil:
-		return s.offline(ctx, spec, err, log)
+		return s.offline(ctx, spec, roots, err, log)
 	}
 
 	newest := spec
 	newest.Serial = serials[0].Serial
-	mark, merr := s.Store.NewestSerial(ctx, spec)
+	mark, merr := s.Store.NewestSerial(ctx, spec, roots)
 	if merr != nil && !errors.Is(merr, store.ErrNotFound) {
 		log.Warn("unreadable newest-serial mark; the rollback check is skipped until the next verified build", "err", merr)
 	}
 	if merr == nil && image.CompareNatural(newest.Serial, mark.Serial) < 0 {
 		verified := spec
 		verified.Serial = mark.Serial
-		rec, err := s.Store.LoadSerialResolution(ctx, verified)
+		rec, err := s.Store.LoadSerialResolution(ctx, verified, roots)
 		if err != nil && cerr == nil && cached.Spec.Serial == mark.Serial {
 			rec, err = cached, nil
 		}
@@ -109,7 +120,7 @@ func (s *ResolverStage) resolveOnce(ctx context.Context, spec catalog.ImageSpec,
 		return catalog.Resolution{}, "", stage.Permanent(&resolve.RolledBackError{
 			Spec: spec, Offered: newest.Serial, Verified: mark.Serial, VerifiedAt: mark.VerifiedAt})
 	}
-	if rec, err := s.Store.LoadSerialResolution(ctx, newest); err == nil {
+	if rec, err := s.Store.LoadSerialResolution(ctx, newest, roots); err == nil {
 		// Verified before, from a directory that never changes.
 		if cerr != nil || cached.Spec.Serial != newest.Serial {
 			s.record(ctx, rec, true, log)
@@ -118,32 +129,54 @@ func (s *ResolverStage) resolveOnce(ctx context.Context, spec catalog.ImageSpec,
 	}
 	res, err := s.Resolver.Resolve(ctx, newest)
 	if err != nil {
-		return s.offline(ctx, spec, err, log)
+		return s.offline(ctx, spec, roots, err, log)
 	}
 	s.record(ctx, res, true, log)
 	return res, messages.ResolvedFromNetwork, nil
 }
 
 // offline answers a failed network resolution: when the failure is
-// transient, with the newest build stored for spec (by the newest-serial
-// mark, else the latest resolution); otherwise with the error.
-func (s *ResolverStage) offline(ctx context.Context, spec catalog.ImageSpec, err error, log *slog.Logger) (catalog.Resolution, string, error) {
+// transient, with the newest build stored for spec under roots (by the
+// newest-serial mark, else the latest resolution); otherwise with the error.
+func (s *ResolverStage) offline(ctx context.Context, spec catalog.ImageSpec, roots catalog.TrustRoots, err error, log *slog.Logger) (catalog.Resolution, string, error) {
 	if Classify(err) != Retry {
 		return catalog.Resolution{}, "", stage.Permanent(err)
 	}
-	if mark, merr := s.Store.NewestSerial(ctx, spec); merr == nil {
+	if mark, merr := s.Store.NewestSerial(ctx, spec, roots); merr == nil {
 		verified := spec
 		verified.Serial = mark.Serial
-		if rec, rerr := s.Store.LoadSerialResolution(ctx, verified); rerr == nil {
+		if rec, rerr := s.Store.LoadSerialResolution(ctx, verified, roots); rerr == nil {
 			log.Warn("resolution failed; using the newest stored build", "err", err, "serial", mark.Serial)
 			return rec, messages.ResolvedFromCache, nil
 		}
 	}
-	if cached, cerr := s.Store.LoadResolution(ctx, spec); cerr == nil {
+	if cached, cerr := s.Store.LoadResolution(ctx, spec, roots); cerr == nil {
 		log.Warn("resolution failed; using the stored resolution", "err", err, "resolved_at", cached.ResolvedAt)
 		return cached, messages.ResolvedFromCache, nil
 	}
-	return catalog.Resolution{}, "", err
+	return catalog.Resolution{}, "", s.otherRoots(ctx, spec, roots, err, log)
+}
+
+// otherRoots explains a resolution that failed for want of the network
+// when the store holds spec only under other trust roots: the cached build
+// exists but may not answer, and the requester must learn why rather than
+// see a bare network error. Other errors are returned as they are.
+func (s *ResolverStage) otherRoots(ctx context.Context, spec catalog.ImageSpec, roots catalog.TrustRoots, err error, log *slog.Logger) error {
+	if Classify(err) != Retry {
+		return err
+	}
+	var lerr error
+	if spec.Serial != "" {
+		_, lerr = s.Store.LoadSerialResolution(ctx, spec, roots)
+	} else {
+		_, lerr = s.Store.LoadResolution(ctx, spec, roots)
+	}
+	var oe *store.OtherRootsError
+	if !errors.As(lerr, &oe) {
+		return err
+	}
+	log.Warn("resolution failed, and the stored build was resolved under other trust roots: not using it", "err", err, "stored_roots", catalog.Differences(oe.Recorded, roots))
+	return fmt.Errorf("%w; cannot re-resolve offline: %w", oe, err)
 }
 
 // record stores a verified resolution: per build and in the newest-serial
@@ -155,7 +188,9 @@ func (s *ResolverStage) record(ctx context.Context, res catalog.Resolution, late
 		if err := s.Store.SaveSerialResolution(ctx, res); err != nil {
 			log.Warn("could not record the build's resolution", "err", err)
 		}
-		if _, err := s.Store.RaiseNewestSerial(ctx, res.Spec, res.Spec.Serial, res.ResolvedAt); err != nil {
+		if res.Roots == nil {
+			log.Warn("could not record the newest serial: the resolution names no trust roots")
+		} else if _, err := s.Store.RaiseNewestSerial(ctx, res.Spec, *res.Roots, res.Spec.Serial, res.ResolvedAt); err != nil {
 			log.Warn("could not record the newest serial", "err", err)
 		}
 	}

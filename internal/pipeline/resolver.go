@@ -24,7 +24,12 @@ type Resolver interface {
 	// Serials lists the builds published for spec's version, newest first;
 	// an error wrapping catalog.ErrNoSerials when its catalog has none.
 	Serials(ctx context.Context, spec catalog.ImageSpec) ([]resolve.Serial, error)
+	// Resolve resolves spec; the resolution names the trust roots it
+	// rests on (Roots' answer for spec).
 	Resolve(ctx context.Context, spec catalog.ImageSpec) (catalog.Resolution, error)
+	// Roots are the trust roots (keyring, catalog entry, mirror) a
+	// resolution of spec rests on: stored records answer only under the same.
+	Roots(spec catalog.ImageSpec) (catalog.TrustRoots, error)
 }
 
 // ResolverStage handles prepare requests: it validates the request, resolves

@@ -140,7 +140,7 @@ func TestRollbackIsNeverSilent(t *testing.T) {
 
 	// A host that verified a newer build it no longer has (its records were
 	// removed) refuses the rollback and says how to pin on purpose.
-	if _, err := e.store.RaiseNewestSerial(context.Background(), noble, "20261001", time.Now()); err != nil {
+	if _, err := e.store.RaiseNewestSerial(context.Background(), noble, mirrorRoots(t, m, noble), "20261001", time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	refused := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "refused", Spec: noble, Format: catalog.FormatQCOW2})
@@ -157,7 +157,7 @@ func TestRollbackIsNeverSilent(t *testing.T) {
 	}
 	// Pinned on purpose, the older build is prepared.
 	checkBuild(t, m, prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "on-purpose", Spec: withSerial(noble, "20260901"), Format: catalog.FormatQCOW2}), "20260901")
-	if mark, err := e.store.NewestSerial(context.Background(), noble); err != nil || mark.Serial != "20261001" {
+	if mark, err := e.store.NewestSerial(context.Background(), noble, mirrorRoots(t, m, noble)); err != nil || mark.Serial != "20261001" {
 		t.Errorf("pinning an older build moved the mark: %+v, %v", mark, err)
 	}
 }

@@ -11,15 +11,18 @@ import (
 	"github.com/vmprep/vmprep/pkg/store"
 )
 
-// Canonicalizer spells an image spec canonically (a *catalog.Catalog).
+// Canonicalizer spells an image spec canonically and names the trust roots
+// its resolution must rest on (a *catalog.Catalog).
 type Canonicalizer interface {
 	Canonical(spec catalog.ImageSpec) (catalog.ImageSpec, error)
+	Roots(spec catalog.ImageSpec) (catalog.TrustRoots, error)
 }
 
 // Warm answers a request from the local store alone — no NATS server, no
 // stages — when the pipeline would find every step already done: the
-// resolution is stored and may be used without the network (a pinned
-// build's record, or one younger than maxAge), every file is stored and
+// resolution is stored under cat's trust roots (keyring, catalog entry,
+// mirror) and may be used without the network (a pinned build's record,
+// or one younger than maxAge), every file is stored and
 // still matches its stamp (re-hashed if it changed, as the verifier would),
 // and every conversion is stored too. It walks the steps the stages would
 // take on such a request, with their own functions (storedResolution, the
@@ -49,7 +52,11 @@ func Warm(ctx context.Context, st *store.Store, cat Canonicalizer, maxAge time.D
 	if err != nil {
 		return messages.Result{}, false
 	}
-	resolution, ok := storedResolution(ctx, st, canonical, maxAge)
+	roots, err := cat.Roots(canonical)
+	if err != nil {
+		return messages.Result{}, false
+	}
+	resolution, ok := storedResolution(ctx, st, canonical, roots, maxAge)
 	if !ok {
 		return messages.Result{}, false
 	}

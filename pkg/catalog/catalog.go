@@ -68,6 +68,8 @@ type entry struct {
 	serialRE      *regexp.Regexp
 	keyring       *signature.Keyring
 	keyringSource string
+	// hash is the entry's content hash as parsed (TrustRoots.Catalog).
+	hash string
 }
 
 // New builds a catalog from the built-in images and the options.
@@ -124,7 +126,11 @@ func (c *Catalog) add(f File, source, dir string) error {
 			return fmt.Errorf("%w: %s: images[%d]: distro %s listed twice", ErrInvalidCatalog, source, i, img.Distro)
 		}
 		seen[img.Distro] = true
-		e := &entry{Image: img}
+		hash, err := entryHash(img)
+		if err != nil {
+			return err
+		}
+		e := &entry{Image: img, hash: hash}
 		if !strings.HasSuffix(e.BaseURL, "/") && e.BaseURL != "" {
 			e.BaseURL += "/"
 		}

@@ -57,6 +57,10 @@ type Resolution struct {
 	BootMode   BootMode  `json:"boot_mode"`
 	Assets     []Asset   `json:"assets"`
 	ResolvedAt time.Time `json:"resolved_at"`
+	// Roots are the trust roots it was resolved under (Catalog.Roots); nil
+	// in records written before resolutions named them, which answer no
+	// request.
+	Roots *TrustRoots `json:"roots,omitempty"`
 }
 
 // Asset returns the asset with the given role, if present.

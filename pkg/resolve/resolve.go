@@ -181,8 +181,12 @@ func (r *Resolver) Resolve(ctx context.Context, spec catalog.ImageSpec) (catalog
 	if err != nil {
 		return catalog.Resolution{}, &Error{Spec: spec, Op: OpPlan, Err: err}
 	}
+	roots, err := r.cat.Roots(plan.Spec)
+	if err != nil {
+		return catalog.Resolution{}, &Error{Spec: spec, Op: OpPlan, Err: err}
+	}
 	manifests := map[string]*verified{}
-	res := catalog.Resolution{Spec: plan.Spec, BootMode: plan.BootMode}
+	res := catalog.Resolution{Spec: plan.Spec, BootMode: plan.BootMode, Roots: &roots}
 	for _, a := range plan.Assets {
 		id := a.Manifest.ID()
 		if a.Manifest.Format == catalog.ManifestSingle {
@@ -203,6 +207,13 @@ func (r *Resolver) Resolve(ctx context.Context, spec catalog.ImageSpec) (catalog
 	}
 	res.ResolvedAt = time.Now().UTC()
 	return res, nil
+}
+
+// Roots returns the trust roots a resolution of spec rests on: the
+// keyring, catalog entry and mirror this resolver reads it with
+// (catalog.Catalog.Roots). Its errors are the catalog's.
+func (r *Resolver) Roots(spec catalog.ImageSpec) (catalog.TrustRoots, error) {
+	return r.cat.Roots(spec)
 }
 
 func (r *Resolver) lookup(plan catalog.Plan, a catalog.PlannedAsset, v *verified) (catalog.Asset, error) {

@@ -40,6 +40,7 @@ func newGCFixture(t *testing.T) *gcFixture {
 
 	if err := s.SaveResolution(ctx, catalog.Resolution{
 		Spec:   noble,
+		Roots:  &testRoots,
 		Assets: []catalog.Asset{{Role: catalog.RoleDisk, Digest: sha512Of(recData)}},
 	}); err != nil {
 		t.Fatal(err)

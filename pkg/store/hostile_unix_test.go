@@ -50,13 +50,13 @@ func TestHostileSmallFiles(t *testing.T) {
 			p, _ := s.recordPath(noble)
 			return mkfifo(t, p)
 		}, func(s *Store, b BlobInfo) error {
-			if _, err := s.LoadResolution(ctx, noble); err == nil {
+			if _, err := s.LoadResolution(ctx, noble, testRoots); err == nil {
 				return errors.New("LoadResolution of a pipe succeeded")
 			}
 			if _, err := s.GC(ctx, GCOptions{}); err != nil {
 				return err
 			}
-			return s.SaveResolution(ctx, catalog.Resolution{Spec: noble})
+			return s.SaveResolution(ctx, catalog.Resolution{Spec: noble, Roots: &testRoots})
 		}},
 		{"ingest file is a pipe", func(t *testing.T, s *Store, b BlobInfo) string {
 			return mkfifo(t, s.IngestPath(sha256Of([]byte("never written"))))
@@ -68,7 +68,7 @@ func TestHostileSmallFiles(t *testing.T) {
 			return nil
 		}},
 		{"record is a symlink out of the root", func(t *testing.T, s *Store, b BlobInfo) string {
-			r := catalog.Resolution{Spec: noble, Assets: []catalog.Asset{{Role: catalog.RoleKernel, Digest: b.SHA256}}}
+			r := catalog.Resolution{Spec: noble, Roots: &testRoots, Assets: []catalog.Asset{{Role: catalog.RoleKernel, Digest: b.SHA256}}}
 			js, _ := json.Marshal(r)
 			if err := os.WriteFile(outside, js, 0o644); err != nil {
 				t.Fatal(err)
@@ -82,7 +82,7 @@ func TestHostileSmallFiles(t *testing.T) {
 			}
 			return p
 		}, func(s *Store, b BlobInfo) error {
-			if _, err := s.LoadResolution(ctx, noble); err == nil {
+			if _, err := s.LoadResolution(ctx, noble, testRoots); err == nil {
 				return errors.New("LoadResolution followed a symlink out of the store")
 			}
 			return nil

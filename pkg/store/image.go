@@ -123,7 +123,8 @@ func (s *Store) recordPath(spec catalog.ImageSpec) (string, error) {
 }
 
 // SaveResolution records a verified resolution (atomically), so that a warm
-// request needs neither the network nor a re-read of the manifests.
+// request needs neither the network nor a re-read of the manifests. It
+// must name its trust roots: only requests under the same roots reuse it.
 func (s *Store) SaveResolution(ctx context.Context, r catalog.Resolution) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -131,6 +132,9 @@ func (s *Store) SaveResolution(ctx context.Context, r catalog.Resolution) error 
 	path, err := s.recordPath(r.Spec)
 	if err != nil {
 		return err
+	}
+	if r.Roots == nil {
+		return fmt.Errorf("store: record %s: the resolution names no trust roots", path)
 	}
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
@@ -146,8 +150,31 @@ func (s *Store) SaveResolution(ctx context.Context, r catalog.Resolution) error 
 	return nil
 }
 
-// LoadResolution returns the recorded resolution for spec, or ErrNotFound.
-func (s *Store) LoadResolution(ctx context.Context, spec catalog.ImageSpec) (catalog.Resolution, error) {
+// LoadResolution returns the recorded resolution for spec if it was
+// resolved under roots; a *OtherRootsError (ErrOtherRoots) if it was
+// resolved under others; or ErrNotFound.
+func (s *Store) LoadResolution(ctx context.Context, spec catalog.ImageSpec, roots catalog.TrustRoots) (catalog.Resolution, error) {
+	r, err := s.loadAnyResolution(ctx, spec)
+	if err != nil {
+		return catalog.Resolution{}, err
+	}
+	if err := checkRoots(r, roots); err != nil {
+		return catalog.Resolution{}, err
+	}
+	return r, nil
+}
+
+// checkRoots fails with *OtherRootsError unless r was resolved under roots.
+func checkRoots(r catalog.Resolution, roots catalog.TrustRoots) error {
+	if r.Roots == nil || !r.Roots.Equal(roots) {
+		return &OtherRootsError{Spec: r.Spec, Recorded: r.Roots, Now: roots}
+	}
+	return nil
+}
+
+// loadAnyResolution returns the recorded resolution for spec whatever its
+// roots: for listings, never to answer a request.
+func (s *Store) loadAnyResolution(ctx context.Context, spec catalog.ImageSpec) (catalog.Resolution, error) {
 	if err := ctx.Err(); err != nil {
 		return catalog.Resolution{}, err
 	}

@@ -19,6 +19,13 @@ import (
 
 var noble = catalog.ImageSpec{Distro: "Ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
 
+// testRoots are the trust roots the tests' records are resolved under;
+// otherRoots differ in the keyring and the mirror.
+var (
+	testRoots  = catalog.TrustRoots{Keyring: []string{"AAAA1111"}, Catalog: "sha256:0123456789abcdef0123", Mirror: "https://mirror-a.invalid/"}
+	otherRoots = catalog.TrustRoots{Keyring: []string{"BBBB2222"}, Catalog: "sha256:0123456789abcdef0123", Mirror: "https://mirror-b.invalid/"}
+)
+
 func TestLinkImage(t *testing.T) {
 	s := newStore(t)
 	a := commit(t, s, content("A", 100))
@@ -162,15 +169,16 @@ func TestResolutionRoundTrip(t *testing.T) {
 			Role: catalog.RoleKernel, Name: "vmlinuz", Digest: sha512Of(data),
 		}},
 		ResolvedAt: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC),
+		Roots:      &testRoots,
 	}
-	if _, err := s.LoadResolution(ctx, noble); !errors.Is(err, ErrNotFound) {
+	if _, err := s.LoadResolution(ctx, noble, testRoots); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("LoadResolution before save = %v, want ErrNotFound", err)
 	}
 	if err := s.SaveResolution(ctx, r); err != nil {
 		t.Fatal(err)
 	}
 	for _, spec := range []catalog.ImageSpec{noble, {Distro: "ubuntu", Version: "24.04", Arch: "amd64"}} {
-		got, err := s.LoadResolution(ctx, spec)
+		got, err := s.LoadResolution(ctx, spec, testRoots)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -184,10 +192,10 @@ func TestResolutionRoundTrip(t *testing.T) {
 	if err := s.SaveResolution(ctx, r2); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := s.LoadResolution(ctx, noble); len(got.Assets) != 1 {
+	if got, _ := s.LoadResolution(ctx, noble, testRoots); len(got.Assets) != 1 {
 		t.Errorf("overwrite: %d assets", len(got.Assets))
 	}
-	if _, err := s.LoadResolution(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "22.04", Arch: "amd64"}); !errors.Is(err, ErrNotFound) {
+	if _, err := s.LoadResolution(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "22.04", Arch: "amd64"}, testRoots); !errors.Is(err, ErrNotFound) {
 		t.Errorf("other version: %v", err)
 	}
 	bad := r
@@ -204,14 +212,14 @@ func TestResolutionRoundTrip(t *testing.T) {
 	if err := os.WriteFile(p, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.LoadResolution(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "25.04", Arch: "amd64"}); err == nil || !strings.Contains(err.Error(), "not the requested image") {
+	if _, err := s.LoadResolution(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "25.04", Arch: "amd64"}, testRoots); err == nil || !strings.Contains(err.Error(), "not the requested image") {
 		t.Errorf("mismatched record: %v", err)
 	}
 	// A garbage record is an error naming the file, not a panic.
 	if err := os.WriteFile(p, []byte("{\"assets\": [{\"digest\": \"md5:00\"}]}"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.LoadResolution(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "25.04", Arch: "amd64"}); err == nil || !strings.Contains(err.Error(), p) {
+	if _, err := s.LoadResolution(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "25.04", Arch: "amd64"}, testRoots); err == nil || !strings.Contains(err.Error(), p) {
 		t.Errorf("garbage record: %v", err)
 	}
 }
@@ -340,10 +348,10 @@ func TestPublishRefusesSymlinkedDirs(t *testing.T) {
 			return err
 		}},
 		{"records distro", "records/ubuntu", func(s *Store, b BlobInfo) error {
-			return s.SaveResolution(ctx, catalog.Resolution{Spec: noble})
+			return s.SaveResolution(ctx, catalog.Resolution{Spec: noble, Roots: &testRoots})
 		}},
 		{"records version", "records/ubuntu/24.04", func(s *Store, b BlobInfo) error {
-			return s.SaveResolution(ctx, catalog.Resolution{Spec: noble})
+			return s.SaveResolution(ctx, catalog.Resolution{Spec: noble, Roots: &testRoots})
 		}},
 		{"images itself", "images", func(s *Store, b BlobInfo) error {
 			_, err := s.LinkImage(t.Context(), noble, LinkKernel, b.Path)

@@ -16,15 +16,20 @@ import (
 )
 
 // Builds of catalogs with serials (Ubuntu's release-<serial>/) are recorded
-// per serial, beside the records/ of the latest resolution:
+// per serial and per trust roots (catalog.TrustRoots.ID: keyring, catalog
+// entry, mirror), beside the records/ of the latest resolution:
 //
-//	serials/<distro>/<version>/<arch>/<serial>.json   verified resolution of that build
-//	serials/<distro>/<version>/<arch>/newest           SerialMark: the newest serial verified
+//	serials/<distro>/<version>/<arch>/<roots>/<serial>.json   verified resolution of that build
+//	serials/<distro>/<version>/<arch>/<roots>/newest           SerialMark: the newest serial verified
 //
 // A build's directory never changes, so its record never goes stale: a
-// request pinned to it is answered from here, without the network. The mark
-// only moves forward; a resolution that finds only older serials is a
-// rollback. Per-serial records do not keep blobs from GC (records/ and the
+// request pinned to it under the same roots is answered from here, without
+// the network. The mark only moves forward; a resolution that finds only
+// older serials is a rollback. Both are per roots: a build a test mirror's
+// throwaway key signed answers no request under the distribution's keys,
+// and a test mirror's far-future serial does not make every real build look
+// like a rollback. Records from before roots were recorded (files directly
+// in <arch>/) are ignored. Per-serial records do not keep blobs from GC (records/ and the
 // images/ links do): an old pinned build GC removed is fetched again.
 // Callers key everything by the canonical version (a codename's number).
 
@@ -36,13 +41,24 @@ type SerialMark struct {
 	VerifiedAt time.Time `json:"verified_at"`
 }
 
-// serialDir validates spec and returns the elements of its serials/ directory.
-func serialDir(spec catalog.ImageSpec) ([]string, error) {
+// imageSerialsDir validates spec and returns the elements of its serials/
+// directory, which holds one directory per trust roots.
+func imageSerialsDir(spec catalog.ImageSpec) ([]string, error) {
 	p, err := specPath(spec)
 	if err != nil {
 		return nil, err
 	}
 	return append([]string{dirSerials}, p...), nil
+}
+
+// serialDir validates spec and returns the elements of its serials/
+// directory under roots.
+func serialDir(spec catalog.ImageSpec, roots catalog.TrustRoots) ([]string, error) {
+	dir, err := imageSerialsDir(spec)
+	if err != nil {
+		return nil, err
+	}
+	return append(dir, roots.ID()), nil
 }
 
 func checkSerial(serial string) error {
@@ -52,9 +68,9 @@ func checkSerial(serial string) error {
 	return nil
 }
 
-// serialRecordPath returns the path of spec's per-serial record.
-func (s *Store) serialRecordPath(spec catalog.ImageSpec) ([]string, string, error) {
-	dir, err := serialDir(spec)
+// serialRecordPath returns the path of spec's per-serial record under roots.
+func (s *Store) serialRecordPath(spec catalog.ImageSpec, roots catalog.TrustRoots) ([]string, string, error) {
+	dir, err := serialDir(spec, roots)
 	if err != nil {
 		return nil, "", err
 	}
@@ -65,12 +81,15 @@ func (s *Store) serialRecordPath(spec catalog.ImageSpec) ([]string, string, erro
 }
 
 // SaveSerialResolution records a verified resolution of one build (its
-// Spec.Serial must be set), atomically.
+// Spec.Serial and Roots must be set), atomically, under its roots.
 func (s *Store) SaveSerialResolution(ctx context.Context, r catalog.Resolution) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	dir, path, err := s.serialRecordPath(r.Spec)
+	if r.Roots == nil {
+		return fmt.Errorf("store: record of %s: the resolution names no trust roots", r.Spec)
+	}
+	dir, path, err := s.serialRecordPath(r.Spec, *r.Roots)
 	if err != nil {
 		return err
 	}
@@ -88,15 +107,32 @@ func (s *Store) SaveSerialResolution(ctx context.Context, r catalog.Resolution) 
 }
 
 // LoadSerialResolution returns the recorded resolution of the build
-// spec.Serial names, or ErrNotFound.
-func (s *Store) LoadSerialResolution(ctx context.Context, spec catalog.ImageSpec) (catalog.Resolution, error) {
+// spec.Serial names, resolved under roots; a *OtherRootsError
+// (ErrOtherRoots) when only other roots recorded it; or ErrNotFound.
+func (s *Store) LoadSerialResolution(ctx context.Context, spec catalog.ImageSpec, roots catalog.TrustRoots) (catalog.Resolution, error) {
 	if err := ctx.Err(); err != nil {
 		return catalog.Resolution{}, err
 	}
-	_, path, err := s.serialRecordPath(spec)
+	_, path, err := s.serialRecordPath(spec, roots)
 	if err != nil {
 		return catalog.Resolution{}, err
 	}
+	r, err := s.readSerialRecord(path, spec)
+	if errors.Is(err, ErrNotFound) {
+		if other, ok := s.otherRootsSerial(spec, roots); ok {
+			return catalog.Resolution{}, &OtherRootsError{Spec: spec, Recorded: other.Roots, Now: roots}
+		}
+	}
+	if err != nil {
+		return catalog.Resolution{}, err
+	}
+	if err := checkRoots(r, roots); err != nil {
+		return catalog.Resolution{}, err
+	}
+	return r, nil
+}
+
+func (s *Store) readSerialRecord(path string, spec catalog.ImageSpec) (catalog.Resolution, error) {
 	r, err := readRecord(path)
 	if err != nil {
 		return catalog.Resolution{}, err
@@ -107,13 +143,35 @@ func (s *Store) LoadSerialResolution(ctx context.Context, spec catalog.ImageSpec
 	return r, nil
 }
 
-// RecordedSerials lists the serials of spec's image that have a record,
-// newest first (spec.Serial is ignored).
-func (s *Store) RecordedSerials(ctx context.Context, spec catalog.ImageSpec) ([]string, error) {
+// otherRootsSerial finds a record of spec's build under roots other than
+// roots, so that a request that cannot use it can say why.
+func (s *Store) otherRootsSerial(spec catalog.ImageSpec, roots catalog.TrustRoots) (catalog.Resolution, bool) {
+	dir, err := imageSerialsDir(spec)
+	if err != nil || checkSerial(spec.Serial) != nil {
+		return catalog.Resolution{}, false
+	}
+	ents, err := os.ReadDir(s.path(dir...))
+	if err != nil {
+		return catalog.Resolution{}, false
+	}
+	for _, de := range ents {
+		if !de.IsDir() || de.Name() == roots.ID() || validComponent("roots", de.Name()) != nil {
+			continue
+		}
+		if r, err := s.readSerialRecord(s.path(append(dir, de.Name(), spec.Serial+".json")...), spec); err == nil {
+			return r, true
+		}
+	}
+	return catalog.Resolution{}, false
+}
+
+// RecordedSerials lists the serials of spec's image that have a record
+// under roots, newest first (spec.Serial is ignored).
+func (s *Store) RecordedSerials(ctx context.Context, spec catalog.ImageSpec, roots catalog.TrustRoots) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	dir, err := serialDir(spec)
+	dir, err := serialDir(spec, roots)
 	if err != nil {
 		return nil, err
 	}
@@ -135,13 +193,13 @@ func (s *Store) RecordedSerials(ctx context.Context, spec catalog.ImageSpec) ([]
 	return out, nil
 }
 
-// NewestSerial returns the newest serial verified for spec's image, or
-// ErrNotFound before the first.
-func (s *Store) NewestSerial(ctx context.Context, spec catalog.ImageSpec) (SerialMark, error) {
+// NewestSerial returns the newest serial verified for spec's image under
+// roots, or ErrNotFound before the first.
+func (s *Store) NewestSerial(ctx context.Context, spec catalog.ImageSpec, roots catalog.TrustRoots) (SerialMark, error) {
 	if err := ctx.Err(); err != nil {
 		return SerialMark{}, err
 	}
-	dir, err := serialDir(spec)
+	dir, err := serialDir(spec, roots)
 	if err != nil {
 		return SerialMark{}, err
 	}
@@ -166,12 +224,13 @@ func (s *Store) readMark(path string) (SerialMark, error) {
 	return m, nil
 }
 
-// RaiseNewestSerial records serial, verified at at, as the newest of spec's
-// image unless a newer one (image.CompareNatural) is recorded already, and
-// returns the mark in force afterwards. Concurrent callers, in this process
-// or others sharing the store, never lower it.
-func (s *Store) RaiseNewestSerial(ctx context.Context, spec catalog.ImageSpec, serial string, at time.Time) (SerialMark, error) {
-	dir, err := serialDir(spec)
+// RaiseNewestSerial records serial, verified at at under roots, as the
+// newest of spec's image under roots unless a newer one
+// (image.CompareNatural) is recorded already, and returns the mark in force
+// afterwards. Concurrent callers, in this process or others sharing the
+// store, never lower it.
+func (s *Store) RaiseNewestSerial(ctx context.Context, spec catalog.ImageSpec, roots catalog.TrustRoots, serial string, at time.Time) (SerialMark, error) {
+	dir, err := serialDir(spec, roots)
 	if err != nil {
 		return SerialMark{}, err
 	}
@@ -242,8 +301,48 @@ func (s *Store) SetViewSerial(spec catalog.ImageSpec) error {
 	return nil
 }
 
+// ViewRootsName is the file in an images/<distro>/<version>/<arch>/ view
+// that names the trust roots (catalog.TrustRoots, JSON) of the build its
+// links point at, so that whoever boots from the view can tell a build a
+// test key or another mirror vouched for from one of the distribution's.
+const ViewRootsName = "roots"
+
+// SetViewRoots writes roots to the view's roots file, atomically, after its
+// links were replaced; nil roots (unknown) remove the file, so it never
+// names roots the links left.
+func (s *Store) SetViewRoots(spec catalog.ImageSpec, roots *catalog.TrustRoots) error {
+	p, err := specPath(spec)
+	if err != nil {
+		return err
+	}
+	dir := append([]string{dirImages}, p...)
+	path := s.path(append(dir, ViewRootsName)...)
+	if roots == nil {
+		if err := os.Remove(path); err != nil && !notExist(err) {
+			return fmt.Errorf("store: %w", err)
+		}
+		return nil
+	}
+	b, err := json.MarshalIndent(roots, "", "  ")
+	if err != nil {
+		return fmt.Errorf("store: view roots: %w", err)
+	}
+	b = append(b, '\n')
+	if cur, err := readCapped(path, 64<<10); err == nil && string(cur) == string(b) {
+		return nil // already names them: a warm request writes nothing
+	}
+	if _, err := s.mkdirInRoot(dir...); err != nil {
+		return fmt.Errorf("store: view roots %s: %w", path, err)
+	}
+	if err := atomicfile.WriteFile(path, b, 0o444); err != nil {
+		return fmt.Errorf("store: view roots: %w", err)
+	}
+	return nil
+}
+
 // RecordedImages lists the images of distro that have a latest resolution
-// in records/ (distro, version and arch; the serial is the record's).
+// in records/ (distro, version and arch; the serial is the record's),
+// whatever trust roots it was resolved under.
 func (s *Store) RecordedImages(ctx context.Context, distro string) ([]catalog.ImageSpec, error) {
 	d := strings.ToLower(distro)
 	if err := validComponent("distro", d); err != nil {
@@ -274,7 +373,7 @@ func (s *Store) RecordedImages(ctx context.Context, distro string) ([]catalog.Im
 				continue
 			}
 			spec := catalog.ImageSpec{Distro: d, Version: v.Name(), Arch: catalog.Arch(arch)}
-			if r, err := s.LoadResolution(ctx, spec); err == nil {
+			if r, err := s.loadAnyResolution(ctx, spec); err == nil {
 				out = append(out, r.Spec)
 			}
 		}

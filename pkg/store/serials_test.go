@@ -20,7 +20,7 @@ func TestSerialRecords(t *testing.T) {
 	s := newStore(t)
 	build := func(serial string) catalog.Resolution {
 		spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64, Serial: serial}
-		return catalog.Resolution{Spec: spec, BootMode: catalog.BootKernel, ResolvedAt: time.Date(2026, 9, 27, 0, 0, 0, 0, time.UTC),
+		return catalog.Resolution{Spec: spec, BootMode: catalog.BootKernel, ResolvedAt: time.Date(2026, 9, 27, 0, 0, 0, 0, time.UTC), Roots: &testRoots,
 			Assets: []catalog.Asset{{Role: catalog.RoleDisk, Name: "d.img", Digest: sha256Of(content(serial, 10))}}}
 	}
 	for _, serial := range []string{"20260926.2", "20260901", "20260926.10"} {
@@ -29,43 +29,43 @@ func TestSerialRecords(t *testing.T) {
 		}
 	}
 	for _, serial := range []string{"20260926.2", "20260901", "20260926.10"} {
-		got, err := s.LoadSerialResolution(ctx, build(serial).Spec)
+		got, err := s.LoadSerialResolution(ctx, build(serial).Spec, testRoots)
 		if err != nil || !reflect.DeepEqual(got, build(serial)) {
 			t.Errorf("LoadSerialResolution(%s) = %+v, %v", serial, got, err)
 		}
 	}
 	missing := build("20250101").Spec
-	if _, err := s.LoadSerialResolution(ctx, missing); !errors.Is(err, ErrNotFound) {
+	if _, err := s.LoadSerialResolution(ctx, missing, testRoots); !errors.Is(err, ErrNotFound) {
 		t.Errorf("missing build: %v", err)
 	}
 	// Debris and temporaries are not serials.
-	dir := filepath.Join(s.Root(), "serials", "ubuntu", "24.04", "amd64")
+	dir := filepath.Join(s.Root(), "serials", "ubuntu", "24.04", "amd64", testRoots.ID())
 	for _, junk := range []string{".20260930.json.tmp-1", "notes.txt", "x y.json"} {
 		if err := os.WriteFile(filepath.Join(dir, junk), nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	got, err := s.RecordedSerials(ctx, noble)
+	got, err := s.RecordedSerials(ctx, noble, testRoots)
 	if want := []string{"20260926.10", "20260926.2", "20260901"}; err != nil || !slices.Equal(got, want) {
 		t.Errorf("RecordedSerials = %v, %v; want %v", got, err, want)
 	}
-	if got, err := s.RecordedSerials(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "22.04", Arch: "amd64"}); err != nil || len(got) != 0 {
+	if got, err := s.RecordedSerials(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "22.04", Arch: "amd64"}, testRoots); err != nil || len(got) != 0 {
 		t.Errorf("RecordedSerials of an image never recorded = %v, %v", got, err)
 	}
 	// A record copied under another serial's name is refused.
 	if err := os.Rename(filepath.Join(dir, "20260901.json"), filepath.Join(dir, "20260902.json")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.LoadSerialResolution(ctx, build("20260902").Spec); err == nil {
+	if _, err := s.LoadSerialResolution(ctx, build("20260902").Spec, testRoots); err == nil {
 		t.Error("a record holding another build was accepted")
 	}
 	for _, bad := range []string{"", "../x", "a/b", ".hidden", "x\x00"} {
 		spec := build("x").Spec
 		spec.Serial = bad
-		if err := s.SaveSerialResolution(ctx, catalog.Resolution{Spec: spec}); !errors.Is(err, ErrInvalidName) {
+		if err := s.SaveSerialResolution(ctx, catalog.Resolution{Spec: spec, Roots: &testRoots}); !errors.Is(err, ErrInvalidName) {
 			t.Errorf("SaveSerialResolution(serial %q) = %v, want ErrInvalidName", bad, err)
 		}
-		if _, err := s.RaiseNewestSerial(ctx, noble, bad, time.Now()); !errors.Is(err, ErrInvalidName) {
+		if _, err := s.RaiseNewestSerial(ctx, noble, testRoots, bad, time.Now()); !errors.Is(err, ErrInvalidName) {
 			t.Errorf("RaiseNewestSerial(%q) = %v, want ErrInvalidName", bad, err)
 		}
 	}
@@ -74,7 +74,7 @@ func TestSerialRecords(t *testing.T) {
 func TestNewestSerialOnlyMovesForward(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
-	if _, err := s.NewestSerial(ctx, noble); !errors.Is(err, ErrNotFound) {
+	if _, err := s.NewestSerial(ctx, noble, testRoots); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("before any: %v", err)
 	}
 	day := time.Date(2026, 9, 27, 0, 0, 0, 0, time.UTC)
@@ -86,23 +86,23 @@ func TestNewestSerialOnlyMovesForward(t *testing.T) {
 		{"20260926.9", "20260926.10"}, // numerically, not as strings
 	}
 	for i, st := range steps {
-		m, err := s.RaiseNewestSerial(ctx, noble, st.raise, day.Add(time.Duration(i)*time.Hour))
+		m, err := s.RaiseNewestSerial(ctx, noble, testRoots, st.raise, day.Add(time.Duration(i)*time.Hour))
 		if err != nil || m.Serial != st.want {
 			t.Fatalf("raise %s: %+v, %v; want %s", st.raise, m, err, st.want)
 		}
-		if got, err := s.NewestSerial(ctx, noble); err != nil || got != m {
+		if got, err := s.NewestSerial(ctx, noble, testRoots); err != nil || got != m {
 			t.Fatalf("NewestSerial = %+v, %v; want %+v", got, err, m)
 		}
 	}
 	// A damaged mark is replaced by the next verified serial.
-	p := filepath.Join(s.Root(), "serials", "ubuntu", "24.04", "amd64", "newest")
+	p := filepath.Join(s.Root(), "serials", "ubuntu", "24.04", "amd64", testRoots.ID(), "newest")
 	if err := os.WriteFile(p, []byte("{garbage"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.NewestSerial(ctx, noble); err == nil || errors.Is(err, ErrNotFound) {
+	if _, err := s.NewestSerial(ctx, noble, testRoots); err == nil || errors.Is(err, ErrNotFound) {
 		t.Fatalf("damaged mark: %v", err)
 	}
-	if m, err := s.RaiseNewestSerial(ctx, noble, "20261001", day); err != nil || m.Serial != "20261001" {
+	if m, err := s.RaiseNewestSerial(ctx, noble, testRoots, "20261001", day); err != nil || m.Serial != "20261001" {
 		t.Fatalf("raise over a damaged mark: %+v, %v", m, err)
 	}
 }
@@ -123,13 +123,13 @@ func TestNewestSerialConcurrent(t *testing.T) {
 			st = b
 		}
 		wg.Go(func() {
-			if _, err := st.RaiseNewestSerial(ctx, noble, fmt.Sprintf("202609%02d", i%30+1), time.Now()); err != nil {
+			if _, err := st.RaiseNewestSerial(ctx, noble, testRoots, fmt.Sprintf("202609%02d", i%30+1), time.Now()); err != nil {
 				t.Error(err)
 			}
 		})
 	}
 	wg.Wait()
-	if m, err := a.NewestSerial(ctx, noble); err != nil || m.Serial != "20260930" {
+	if m, err := a.NewestSerial(ctx, noble, testRoots); err != nil || m.Serial != "20260930" {
 		t.Fatalf("after concurrent raises: %+v, %v; want 20260930", m, err)
 	}
 }

@@ -52,6 +52,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/vmprep/vmprep/pkg/catalog"
 )
 
 // Sentinel errors; test with errors.Is.
@@ -70,7 +72,31 @@ var (
 	// unusable (a planted symlink where a directory belongs, say). It is
 	// permanent: the same name fails the same way until someone intervenes.
 	ErrInvalidName error = permanentSentinel("invalid name")
+	// ErrOtherRoots: a record exists but was resolved under other trust
+	// roots (see *OtherRootsError); it answers no request under these.
+	ErrOtherRoots = errors.New("resolved under other trust roots")
 )
+
+// OtherRootsError is a stored resolution of Spec that was resolved under
+// other trust roots (keyring, catalog entry, mirror) than the caller's.
+type OtherRootsError struct {
+	Spec catalog.ImageSpec
+	// Recorded are the roots the record names (nil for a record written
+	// before records named theirs); Now are the caller's.
+	Recorded *catalog.TrustRoots
+	Now      catalog.TrustRoots
+}
+
+func (e *OtherRootsError) Error() string {
+	name := strings.ToLower(e.Spec.Distro) + " " + e.Spec.Version + " " + string(e.Spec.Arch)
+	if e.Spec.Serial != "" {
+		name += " (serial " + e.Spec.Serial + ")"
+	}
+	return fmt.Sprintf("the cached build of %s was resolved under other trust roots (%s)", name, catalog.Differences(e.Recorded, e.Now))
+}
+
+// Unwrap makes errors.Is(err, ErrOtherRoots) hold.
+func (e *OtherRootsError) Unwrap() error { return ErrOtherRoots }
 
 // QuarantinedError is a stored file that stopped matching its digest and was
 // moved out of the way (or deleted, when it could not be moved): it is no
