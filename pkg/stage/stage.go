@@ -126,6 +126,8 @@ type Runner struct {
 	// running and pullOK say whether the runner is consuming (Consuming).
 	running atomic.Bool
 	pullOK  atomic.Bool
+	// fq is the fair queue while a fair runner runs.
+	fq atomic.Pointer[fairQueue]
 }
 
 type config struct {
@@ -142,6 +144,7 @@ type config struct {
 	publishTimout time.Duration
 	observer      Observer
 	retryNotify   func(Retry)
+	fair          *fairConfig
 }
 
 // Option configures a Runner.
@@ -416,6 +419,10 @@ func (r *Runner) Run(ctx context.Context) {
 
 	r.running.Store(true)
 	defer r.running.Store(false)
+	if r.cfg.fair != nil {
+		r.runFair(ctx, work)
+		return
+	}
 	var wg sync.WaitGroup
 	for i := 0; i < r.cfg.concurrency; i++ {
 		wg.Add(1)
@@ -476,10 +483,7 @@ func sleep(ctx context.Context, d time.Duration) {
 
 // process runs the handler on one delivery and settles it.
 func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
-	m := Message{Subject: jm.Subject(), Data: jm.Data(), Header: jm.Headers(), Delivery: 1}
-	if md, err := jm.Metadata(); err == nil {
-		m.Delivery, m.Sequence = int(md.NumDelivered), md.Sequence.Stream
-	}
+	m := messageOf(jm)
 	log := r.cfg.logger.With("stage", r.name, "subject", m.Subject, "delivery", m.Delivery)
 	if id, ok := messages.PeekRequestID(m.Data); ok {
 		log = log.With("request_id", id)
@@ -552,6 +556,15 @@ func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 		}
 		r.nakWithDelay(jm, delay, log)
 	}
+}
+
+// messageOf is the Message of one delivery.
+func messageOf(jm jetstream.Msg) Message {
+	m := Message{Subject: jm.Subject(), Data: jm.Data(), Header: jm.Headers(), Delivery: 1}
+	if md, err := jm.Metadata(); err == nil {
+		m.Delivery, m.Sequence = int(md.NumDelivered), md.Sequence.Stream
+	}
+	return m
 }
 
 // call runs the handler, turning a panic into a Poison error.
