@@ -196,3 +196,109 @@ func TestQueuedPerNamespaceLimit(t *testing.T) {
 		t.Fatalf("bob's request: %v; want it taken and waiting, not refused", err)
 	}
 }
+
+// TestResolverFairAcrossNamespaces: alice has 2000 requests queued when
+// bob's one arrives; the resolver takes bob's while alice's are still
+// waiting, instead of after all of them (what stream order would do), and
+// alice's requests past the per-namespace limit are refused rather than
+// queued. The assertion is on order (KV revisions), not on seconds.
+func TestResolverFairAcrossNamespaces(t *testing.T) {
+	const flood = 2000
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	e := newEnv(t, m)
+	e.deps.Concurrency = 1
+	_, nc, js := testutil.EmbeddedJetStream(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	if _, err := pipeline.Setup(ctx, js, pipeline.SetupConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	publishReq := func(ns, id string) {
+		t.Helper()
+		data, err := messages.Encode(messages.TypePrepareRequest, &messages.PrepareRequest{RequestID: id,
+			Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := js.PublishAsync(messages.PrepareSubject(ns), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < flood; i++ {
+		publishReq("alice", fmt.Sprintf("a%d", i))
+	}
+	publishReq("bob", "b0")
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(time.Minute):
+		t.Fatal("publishing the requests took over a minute")
+	}
+	sent := time.Now()
+
+	st, err := pipeline.NewStages(ctx, nc, []string{messages.StageResolver}, e.deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); st.Run(ctx) }()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	kv, err := js.KeyValue(ctx, messages.BucketRequests)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bobRev uint64
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		if e, err := kv.Get(ctx, messages.RequestKey("bob", "b0")); err == nil {
+			bobRev = e.Revision()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("bob's request was not resolved in 5 minutes")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("bob's request was resolved %s after it was queued behind %d of alice's", time.Since(sent).Round(time.Millisecond), flood)
+	// Let the resolver finish what it took of alice's, then compare.
+	cons, err := js.Consumer(ctx, messages.StreamWork, messages.StageResolver)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		info, err := cons.Info(ctx)
+		if err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the resolver did not finish alice's requests: %+v %v", info, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	keys, err := kv.ListKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before, after int
+	for k := range keys.Keys() {
+		if !strings.HasPrefix(k, "alice.") {
+			continue
+		}
+		e, err := kv.Get(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Revision() < bobRev {
+			before++
+		} else {
+			after++
+		}
+	}
+	t.Logf("alice's requests resolved before bob's: %d, after: %d, refused: %d", before, after, flood-before-after)
+	if after == 0 {
+		t.Fatalf("bob's request was resolved after every one of alice's %d: no fairness", before)
+	}
+	if before+after > flood/2 {
+		t.Errorf("%d of alice's %d requests were taken: the per-namespace limit (%d) should have refused most", before+after, flood, pipeline.DefaultMaxQueuedPerNamespace)
+	}
+}
