@@ -83,7 +83,7 @@ type Deps struct {
 	// Metrics, if set, observes every runner and counts what the stages move.
 	Metrics *metrics.Metrics
 	// FairAhead bounds how many messages each stage pulls ahead of its
-	// workers to serve namespaces fairly (0: the consumer's MaxAckPending).
+	// workers to serve namespaces fairly (0: see fairAhead).
 	FairAhead int
 }
 
@@ -214,7 +214,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			stage.WithObserver(d.Metrics.Observer()),
 			stage.WithRetryNotify(retryProgress(b.name, progress)),
 			// One namespace's flood must not hold up another's work.
-			stage.WithFairness(namespaceKey, d.FairAhead),
+			stage.WithFairness(namespaceKey, fairAhead(b.name, d)),
 		}, d.RunnerOptions...)
 		if b.filter == messages.SubjectPrepare {
 			// Requests in a namespace: vmprep.prepare.<ns>.
@@ -229,4 +229,21 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 		runners = append(runners, r)
 	}
 	return &Stages{runners: runners}, nil
+}
+
+// fairAhead is how far a stage pulls ahead of its workers: how far back in
+// the stream a fair turn can reach. The resolver and the collector do quick
+// work and see everything (the consumer's MaxAckPending), so a flood is
+// refused or passed at once; the fetcher, verifier and converter do long
+// work spread over hosts, and a process holding a large backlog would
+// leave the others idle, so they hold a few per worker.
+func fairAhead(stageName string, d Deps) int {
+	if d.FairAhead > 0 {
+		return d.FairAhead
+	}
+	switch stageName {
+	case messages.StageResolver, messages.StageCollector:
+		return 0
+	}
+	return max(32, 8*d.Concurrency)
 }
