@@ -285,10 +285,7 @@ func (r *Runner) pullAhead(pull, work context.Context, q *fairQueue) {
 			if pull.Err() != nil {
 				return
 			}
-			if r.pullOK.Swap(false) {
-				r.cfg.logger.Warn("pull failed; retrying", "stage", r.name, "err", err)
-			}
-			sleep(pull, 500*time.Millisecond)
+			r.pullFailed(pull, err)
 			continue
 		}
 		r.pulling()

@@ -445,15 +445,7 @@ func (r *Runner) worker(pull, work context.Context) {
 				return
 			}
 			if !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-				// Every worker retries twice a second while NATS is away: one
-				// warning per outage (and one line when it ends), the rest at
-				// debug.
-				if r.pullOK.Swap(false) {
-					r.cfg.logger.Warn("pull failed; retrying", "stage", r.name, "err", err)
-				} else {
-					r.cfg.logger.Debug("pull failed; retrying", "stage", r.name, "err", err)
-				}
-				sleep(pull, 500*time.Millisecond)
+				r.pullFailed(pull, err)
 				continue
 			}
 			r.pulling()
@@ -462,6 +454,18 @@ func (r *Runner) worker(pull, work context.Context) {
 		r.pulling()
 		r.process(work, msg)
 	}
+}
+
+// pullFailed logs a failed pull and waits before the next: every worker
+// retries twice a second while NATS is away, so one warning per outage (and
+// one line when it ends, see pulling), the rest at debug.
+func (r *Runner) pullFailed(pull context.Context, err error) {
+	if r.pullOK.Swap(false) {
+		r.cfg.logger.Warn("pull failed; retrying", "stage", r.name, "err", err)
+	} else {
+		r.cfg.logger.Debug("pull failed; retrying", "stage", r.name, "err", err)
+	}
+	sleep(pull, 500*time.Millisecond)
 }
 
 // pulling records a pull that reached the consumer, and says so once after
