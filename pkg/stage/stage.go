@@ -5,7 +5,9 @@
 //
 // Delivery contract:
 //   - one durable pull consumer per stage, shared by every worker of the stage in
-//     every process; each worker pulls one message only when it is free;
+//     every process; each worker pulls one message only when it is free — or,
+//     WithFairness, the process pulls a bounded number ahead and its workers
+//     take them round-robin across keys (tenants), see fair.go;
 //   - while a handler runs, the runner sends in-progress acks every AckWait/3, so
 //     long work is never redelivered while its worker lives, and a dead worker's
 //     message comes back after AckWait;
