@@ -28,12 +28,15 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	c.RegisterDeployment(fs)
 	wait := fs.Duration("wait", time.Minute, "how long to wait for NATS and for a cluster that is still forming (\"no suitable peers for placement\") before giving up")
 	ackWait := fs.Duration("ack-wait", 30*time.Second, "ack wait of the stage consumers it creates (how soon a dead worker's message is redelivered)")
+	limits := registerLimits(fs)
 	fs.Usage = cli.Usage(fs, "vmprep setup [flags]\n\n"+
 		"Creates the streams ("+strings.Join([]string{messages.StreamWork, messages.StreamResults, messages.StreamDead}, ", ")+"), the key-value buckets,\n"+
 		"the object bucket of --store nats:BUCKET and the stages' consumers, as the operator (deploy/nats/auth.conf:\n"+
 		"--user admin). Run it once before starting the stages, and again after an upgrade: it creates what is\n"+
-		"missing, adds subjects a newer build consumes, and leaves everything else as it is (replicas, limits\n"+
-		"an operator changed are kept; differences are warned about). --replicas 3 on a three-node cluster.")
+		"missing, adds subjects a newer build consumes, and leaves everything else as it is (replicas and\n"+
+		"retention an operator changed are kept; differences are warned about). --replicas 3 on a three-node cluster.\n"+
+		"Every stream and bucket gets the size limits of the flags below (each run applies them again: a run\n"+
+		"with other values updates them), and the limit of requests queued per namespace.")
 	if ok, code := parseFlags(fs, args); !ok {
 		return code
 	}
@@ -49,6 +52,10 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	if *ackWait <= 0 {
 		return failf(stderr, 2, "vmprep setup", "--ack-wait %s: want a positive duration", *ackWait)
+	}
+	lim, err := limits()
+	if err != nil {
+		return failf(stderr, 2, "vmprep setup", "%v", err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	conn := opsConn{Connection: c.Connection}
@@ -72,6 +79,11 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return failf(stderr, 1, "vmprep setup", "%v", err)
 	}
 	if err := pipeline.SetupConsumers(ctx, js, *ackWait, log); err != nil {
+		return failf(stderr, 1, "vmprep setup", "%v", err)
+	}
+	limitRows, err := pipeline.ApplyLimits(ctx, js, lim,
+		[]string{messages.BucketRequests, messages.BucketLeases, messages.BucketVerified, ops.BucketProcesses}, bucket, log)
+	if err != nil {
 		return failf(stderr, 1, "vmprep setup", "%v", err)
 	}
 
@@ -104,6 +116,9 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(tw, "%s.%s\t%s\t%s\n", messages.StreamWork, sc.Name, cfg.AckWait, strings.Join(filters, " "))
 	}
 	if err := tw.Flush(); err != nil {
+		return failf(stderr, 1, "vmprep setup", "%v", err)
+	}
+	if err := printLimits(stdout, limitRows, lim.QueuedPerNamespace); err != nil {
 		return failf(stderr, 1, "vmprep setup", "%v", err)
 	}
 	return 0

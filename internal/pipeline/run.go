@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -81,6 +82,9 @@ type Deps struct {
 	TargetedOnly bool
 	// Metrics, if set, observes every runner and counts what the stages move.
 	Metrics *metrics.Metrics
+	// FairAhead bounds how many messages each stage pulls ahead of its
+	// workers to serve namespaces fairly (0: see fairAhead).
+	FairAhead int
 }
 
 // RunStages sets up the streams and runs the named stages on nc until ctx
@@ -194,6 +198,12 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			return nil, fmt.Errorf("unknown stage %q", name)
 		}
 	}
+	queuedLimit := 0
+	if slices.Contains(names, messages.StageResolver) {
+		if queuedLimit, err = QueuedPerNamespace(ctx, js); err != nil {
+			return nil, err
+		}
+	}
 	var runners []*stage.Runner
 	for _, b := range bindings {
 		opts := append([]stage.Option{
@@ -203,10 +213,13 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			stage.WithDeadLetter(DeadLetterPolicy(b.name)),
 			stage.WithObserver(d.Metrics.Observer()),
 			stage.WithRetryNotify(retryProgress(b.name, progress)),
+			// One namespace's flood must not hold up another's work.
+			stage.WithFairness(namespaceKey, fairAhead(b.name, d)),
 		}, d.RunnerOptions...)
 		if b.filter == messages.SubjectPrepare {
 			// Requests in a namespace: vmprep.prepare.<ns>.
-			opts = append(opts, stage.WithMoreSubjects(messages.SubjectPrepare+".>"))
+			opts = append(opts, stage.WithMoreSubjects(messages.SubjectPrepare+".>"),
+				stage.WithKeyLimit(queuedLimit, errQueuedLimit))
 		}
 		d.Metrics.Stage(b.consumer)
 		r, err := stage.New(ctx, js, messages.StreamWork, b.consumer, b.filter, classified(b.handler), opts...)
@@ -216,4 +229,21 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 		runners = append(runners, r)
 	}
 	return &Stages{runners: runners}, nil
+}
+
+// fairAhead is how far a stage pulls ahead of its workers: how far back in
+// the stream a fair turn can reach. The resolver and the collector do quick
+// work and see everything (the consumer's MaxAckPending), so a flood is
+// refused or passed at once; the fetcher, verifier and converter do long
+// work spread over hosts, and a process holding a large backlog would
+// leave the others idle, so they hold a few per worker.
+func fairAhead(stageName string, d Deps) int {
+	if d.FairAhead > 0 {
+		return d.FairAhead
+	}
+	switch stageName {
+	case messages.StageResolver, messages.StageCollector:
+		return 0
+	}
+	return max(32, 8*d.Concurrency)
 }

@@ -5,7 +5,9 @@
 //
 // Delivery contract:
 //   - one durable pull consumer per stage, shared by every worker of the stage in
-//     every process; each worker pulls one message only when it is free;
+//     every process; each worker pulls one message only when it is free — or,
+//     WithFairness, the process pulls a bounded number ahead and its workers
+//     take them round-robin across keys (tenants), see fair.go;
 //   - while a handler runs, the runner sends in-progress acks every AckWait/3, so
 //     long work is never redelivered while its worker lives, and a dead worker's
 //     message comes back after AckWait;
@@ -126,6 +128,8 @@ type Runner struct {
 	// running and pullOK say whether the runner is consuming (Consuming).
 	running atomic.Bool
 	pullOK  atomic.Bool
+	// fq is the fair queue while a fair runner runs.
+	fq atomic.Pointer[fairQueue]
 }
 
 type config struct {
@@ -142,6 +146,7 @@ type config struct {
 	publishTimout time.Duration
 	observer      Observer
 	retryNotify   func(Retry)
+	fair          *fairConfig
 }
 
 // Option configures a Runner.
@@ -416,6 +421,10 @@ func (r *Runner) Run(ctx context.Context) {
 
 	r.running.Store(true)
 	defer r.running.Store(false)
+	if r.cfg.fair != nil {
+		r.runFair(ctx, work)
+		return
+	}
 	var wg sync.WaitGroup
 	for i := 0; i < r.cfg.concurrency; i++ {
 		wg.Add(1)
@@ -438,15 +447,7 @@ func (r *Runner) worker(pull, work context.Context) {
 				return
 			}
 			if !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-				// Every worker retries twice a second while NATS is away: one
-				// warning per outage (and one line when it ends), the rest at
-				// debug.
-				if r.pullOK.Swap(false) {
-					r.cfg.logger.Warn("pull failed; retrying", "stage", r.name, "err", err)
-				} else {
-					r.cfg.logger.Debug("pull failed; retrying", "stage", r.name, "err", err)
-				}
-				sleep(pull, 500*time.Millisecond)
+				r.pullFailed(pull, err)
 				continue
 			}
 			r.pulling()
@@ -455,6 +456,18 @@ func (r *Runner) worker(pull, work context.Context) {
 		r.pulling()
 		r.process(work, msg)
 	}
+}
+
+// pullFailed logs a failed pull and waits before the next: every worker
+// retries twice a second while NATS is away, so one warning per outage (and
+// one line when it ends, see pulling), the rest at debug.
+func (r *Runner) pullFailed(pull context.Context, err error) {
+	if r.pullOK.Swap(false) {
+		r.cfg.logger.Warn("pull failed; retrying", "stage", r.name, "err", err)
+	} else {
+		r.cfg.logger.Debug("pull failed; retrying", "stage", r.name, "err", err)
+	}
+	sleep(pull, 500*time.Millisecond)
 }
 
 // pulling records a pull that reached the consumer, and says so once after
@@ -476,10 +489,7 @@ func sleep(ctx context.Context, d time.Duration) {
 
 // process runs the handler on one delivery and settles it.
 func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
-	m := Message{Subject: jm.Subject(), Data: jm.Data(), Header: jm.Headers(), Delivery: 1}
-	if md, err := jm.Metadata(); err == nil {
-		m.Delivery, m.Sequence = int(md.NumDelivered), md.Sequence.Stream
-	}
+	m := messageOf(jm)
 	log := r.cfg.logger.With("stage", r.name, "subject", m.Subject, "delivery", m.Delivery)
 	if id, ok := messages.PeekRequestID(m.Data); ok {
 		log = log.With("request_id", id)
@@ -552,6 +562,15 @@ func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 		}
 		r.nakWithDelay(jm, delay, log)
 	}
+}
+
+// messageOf is the Message of one delivery.
+func messageOf(jm jetstream.Msg) Message {
+	m := Message{Subject: jm.Subject(), Data: jm.Data(), Header: jm.Headers(), Delivery: 1}
+	if md, err := jm.Metadata(); err == nil {
+		m.Delivery, m.Sequence = int(md.NumDelivered), md.Sequence.Stream
+	}
+	return m
 }
 
 // call runs the handler, turning a panic into a Poison error.
