@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/metrics"
+	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/place"
@@ -81,6 +82,13 @@ type Deps struct {
 	TargetedOnly bool
 	// Metrics, if set, observes every runner and counts what the stages move.
 	Metrics *metrics.Metrics
+	// SweepInterval and OrphanGrace drive the verifier's sweep of orphaned
+	// object chunks (defaults DefaultSweepInterval, DefaultOrphanGrace).
+	SweepInterval, OrphanGrace time.Duration
+	// LeaseStall is how long a download lease may be renewed without its
+	// progress growing before a waiting fetcher takes it over (default
+	// DefaultLeaseStall).
+	LeaseStall time.Duration
 }
 
 // RunStages sets up the streams and runs the named stages on nc until ctx
@@ -94,12 +102,23 @@ func RunStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) error
 	return nil
 }
 
-// Stages are stage runners bound to their consumers, ready to run.
-type Stages struct{ runners []*stage.Runner }
+// Stages are stage runners bound to their consumers, ready to run, and the
+// periodic jobs of their processes (the verifier's orphan sweep).
+type Stages struct {
+	runners    []*stage.Runner
+	background []func(context.Context)
+}
 
 // Run serves until ctx ends, then drains every stage.
 func (s *Stages) Run(ctx context.Context) {
 	var wg sync.WaitGroup
+	for _, job := range s.background {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			job(ctx)
+		}()
+	}
 	for _, r := range s.runners {
 		wg.Add(1)
 		go func() {
@@ -144,6 +163,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 		handler                stage.Handler
 	}
 	var bindings []binding
+	var background []func(context.Context)
 	for _, name := range names {
 		log := d.Logger.With("stage", name)
 		switch name {
@@ -178,9 +198,26 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 					return err == nil, err
 				}}
 			bindings = append(bindings, binding{name, name, messages.SubjectVerify, h.Handle})
+			if infra.Objects != nil {
+				// The verifier may delete objects: it heals reported ones and
+				// collects the chunks of interrupted puts.
+				heal := &HealerStage{Objects: infra.Objects, Verified: h.Verified, Logger: log.With("consumer", messages.ConsumerHealer)}
+				bindings = append(bindings, binding{name, messages.ConsumerHealer, messages.SubjectCorrupt, heal.Handle})
+				interval, grace := d.SweepInterval, d.OrphanGrace
+				if interval <= 0 {
+					interval = DefaultSweepInterval
+				}
+				if grace <= 0 {
+					grace = DefaultOrphanGrace
+				}
+				background = append(background, func(ctx context.Context) { sweepLoop(ctx, infra.Objects, interval, grace, log) })
+			}
 		case messages.StageConverter:
 			h := &ConverterStage{Store: d.Store, Requests: infra.Requests, Objects: infra.Objects, Host: d.Host,
-				Progress: progress, Concurrency: d.Concurrency, Logger: log, Metrics: d.Metrics}
+				Progress: progress, Concurrency: d.Concurrency, Logger: log, Metrics: d.Metrics,
+				ReportCorrupt: func(ctx context.Context, bad *place.BadObjectError) error {
+					return client.ReportCorrupt(ctx, js, bad.Ref, bad.Err.Error())
+				}}
 			if !d.TargetedOnly || infra.Objects == nil {
 				bindings = append(bindings, binding{name, name, messages.SubjectConvert, h.Handle})
 			}
@@ -215,5 +252,5 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 		}
 		runners = append(runners, r)
 	}
-	return &Stages{runners: runners}, nil
+	return &Stages{runners: runners, background: background}, nil
 }

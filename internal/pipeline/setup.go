@@ -276,6 +276,8 @@ func StageConsumers() []StageConsumer {
 		{messages.StageVerifier, []string{messages.SubjectVerify}},
 		{messages.StageConverter, []string{messages.SubjectConvert}},
 		{messages.StageCollector, []string{messages.SubjectDone}},
+		// The verifier process takes reports of corrupt objects.
+		{messages.ConsumerHealer, []string{messages.SubjectCorrupt}},
 	}
 }
 

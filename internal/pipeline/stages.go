@@ -481,6 +481,8 @@ type ConverterStage struct {
 	Logger      *slog.Logger
 	// Metrics, if set, counts the bytes pulled from the object store.
 	Metrics *metrics.Metrics
+	// ReportCorrupt, if set, tells the healer of an object that pulled wrong.
+	ReportCorrupt func(context.Context, *place.BadObjectError) error
 }
 
 // Handle implements stage.Handler.
@@ -517,18 +519,16 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 		blob, err = p.Pull(ctx, role, ev.Asset.Digest, ev.Asset.Size, ev.Object)
 		var bad *place.BadObjectError
 		if errors.As(err, &bad) {
-			// Not ours to fetch again: the verifier looks at it once more,
-			// finds it gone, and has it fetched.
-			log.Warn("pulled object does not match its signed digest; deleting it", "object", bad.Ref.Name, "err", err)
-			if derr := s.Objects.Delete(ctx, ev.Asset.Digest, bad.Ref.NUID); derr != nil {
-				return nil, derr
+			// A converter may not delete objects: it reports the bad one to
+			// the healer (which checks it itself and deletes it), and this
+			// request ends rather than pulling the same bad bytes again.
+			log.Warn("pulled object does not match its signed digest; reporting it", "object", bad.Ref.Name, "version", bad.Ref.NUID, "err", err)
+			if s.ReportCorrupt != nil {
+				if rerr := s.ReportCorrupt(ctx, bad); rerr != nil {
+					log.Error("could not report the corrupt object", "err", rerr)
+				}
 			}
-			ev.Refetch++
-			if ev.Refetch > maxRefetch {
-				return nil, stage.Permanent(err)
-			}
-			out, oerr := assetEvent(messages.SubjectVerify, "verify", ev)
-			return []stage.Event{out}, oerr
+			return nil, stage.Permanent(fmt.Errorf("%w (reported for deletion: a new request fetches it again)", err))
 		}
 	}
 	if err != nil {
