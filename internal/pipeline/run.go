@@ -186,7 +186,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 				holder, _ = os.Hostname()
 			}
 			h := &FetcherStage{Store: d.Store, Requests: infra.Requests, Downloader: d.Downloader, Objects: infra.Objects,
-				Leases: infra.leasesFor(holder + "/" + strconv.Itoa(os.Getpid())), Progress: progress, Logger: log, Metrics: d.Metrics}
+				Leases: infra.leasesFor(holder+"/"+strconv.Itoa(os.Getpid()), d.LeaseStall), Progress: progress, Logger: log, Metrics: d.Metrics}
 			bindings = append(bindings, binding{name, name, messages.SubjectFetch, h.Handle})
 		case messages.StageVerifier:
 			h := &VerifierStage{Store: d.Store, Objects: infra.Objects, Verified: newVerifiedObjects(infra.Verified), Progress: progress, Logger: log, Metrics: d.Metrics,

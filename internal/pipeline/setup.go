@@ -30,6 +30,12 @@ const (
 	// LeaseTTL is how long a download lease lasts unrenewed: a dead
 	// fetcher's lease lapses within it and another fetcher takes over.
 	LeaseTTL = 20 * time.Second
+	// DefaultLeaseStall is how long a download lease may be renewed without
+	// its recorded progress growing before a waiting fetcher takes it over
+	// (a stuck holder, or a forged lease renewed forever). It is well above
+	// LeaseTTL: an honest holder records progress every LeaseTTL/4 while
+	// bytes flow, and lets its lease lapse after a LeaseTTL without them.
+	DefaultLeaseStall = time.Minute
 )
 
 // SetupConfig says how missing streams and buckets are created.
@@ -343,12 +349,16 @@ func WaitForSetup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) 
 	}
 }
 
-// leasesFor returns the download leases of infra taken in holder's name.
-func (i *Infra) leasesFor(holder string) *lease.Leases {
+// leasesFor returns the download leases of infra taken in holder's name,
+// taken over from a holder without progress after stall (0: the default).
+func (i *Infra) leasesFor(holder string, stall time.Duration) *lease.Leases {
 	if i == nil || i.Leases == nil {
 		return nil
 	}
-	return lease.New(i.Leases, holder, LeaseTTL)
+	if stall <= 0 {
+		stall = DefaultLeaseStall
+	}
+	return lease.New(i.Leases, holder, LeaseTTL, lease.WithStall(stall))
 }
 
 // neededSubjects returns have plus every subject of need it lacks, without

@@ -189,11 +189,19 @@ func (s *FetcherStage) fetchToObjects(ctx context.Context, ev messages.AssetEven
 			}
 			waited = true
 			ready := func() bool { _, err := s.Objects.Stat(ctx, a.Digest); return err == nil }
-			if err := s.Leases.Wait(ctx, key, 2*time.Second, ready); err != nil {
+			var taken *lease.Lease
+			taken, err = s.Leases.WaitOrTakeOver(ctx, key, 2*time.Second, ready)
+			if err != nil {
 				s.Metrics.LeaseWait(metrics.LeaseAbandoned, time.Since(waitStart))
 				return nil, err
 			}
-			continue
+			if taken == nil {
+				continue
+			}
+			// Its holder renewed it without progress for the stall bound
+			// (stuck, or a forged lease): the download is ours now.
+			log.Warn("took over a download lease that made no progress", "lease", key, "stall", s.Leases.Stall())
+			l = taken
 		}
 		if err != nil {
 			if waited {
@@ -246,10 +254,16 @@ func (s *FetcherStage) downloadAndPut(ctx context.Context, ev messages.AssetEven
 		log.Info("fetched", "bytes", res.Size, "transferred", res.Transferred, "resumed", res.Resumed)
 		src, fromIngest = res.Path, true
 	}
-	base := moved.Load()
 	report := throttled(250*time.Millisecond, s.Progress)
+	// The lease records every byte moved, growing only: a put attempt that
+	// starts over must not look like progress going backwards to waiters.
+	var attempt int64
 	info, err := s.Objects.PutFile(wctx, a.Digest, src, func(done int64) {
-		moved.Store(base + done)
+		if done < attempt {
+			attempt = 0
+		}
+		moved.Add(done - attempt)
+		attempt = done
 		report(messages.Progress{Namespace: ev.Namespace, RequestID: ev.RequestID, Stage: messages.StageFetcher, Step: "store", Asset: a.Role, Done: done, Total: a.Size})
 	})
 	if err != nil {
