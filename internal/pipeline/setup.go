@@ -282,8 +282,6 @@ func StageConsumers() []StageConsumer {
 		{messages.StageVerifier, []string{messages.SubjectVerify}},
 		{messages.StageConverter, []string{messages.SubjectConvert}},
 		{messages.StageCollector, []string{messages.SubjectDone}},
-		// The verifier process takes reports of corrupt objects.
-		{messages.ConsumerHealer, []string{messages.SubjectCorrupt}},
 	}
 }
 
@@ -296,6 +294,23 @@ func SetupConsumers(ctx context.Context, js jetstream.JetStream, ackWait time.Du
 		if err := stage.EnsureConsumer(ctx, js, messages.StreamWork, c.Name, c.Filters, ackWait, log); err != nil {
 			return fmt.Errorf("setup consumer %s: %w", c.Name, err)
 		}
+	}
+	return nil
+}
+
+// HealerConsumer is the consumer of corruption reports, which the verifier
+// process binds in a deployment with an object store (only there: without
+// one nobody would pull from it).
+func HealerConsumer() StageConsumer {
+	return StageConsumer{messages.ConsumerHealer, []string{messages.SubjectCorrupt}}
+}
+
+// SetupHealer creates the healer consumer if it is missing (see
+// SetupConsumers).
+func SetupHealer(ctx context.Context, js jetstream.JetStream, ackWait time.Duration, log *slog.Logger) error {
+	c := HealerConsumer()
+	if err := stage.EnsureConsumer(ctx, js, messages.StreamWork, c.Name, c.Filters, ackWait, log); err != nil {
+		return fmt.Errorf("setup consumer %s: %w", c.Name, err)
 	}
 	return nil
 }
