@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -202,6 +203,36 @@ func TestDeployHealing(t *testing.T) {
 				}
 			}
 		})
+	}
+	// Orphaned chunks (a put cut off before its meta, as the fetcher user
+	// leaves them) are collected with the verifier user's rights; the
+	// stored objects are not touched.
+	_, fetcherJS := connect("fetcher", nil)
+	orphan := "$O." + cluster.Bucket + ".C.orphan" + fmt.Sprint(time.Now().UnixNano())
+	for range 2 {
+		if _, err := fetcherJS.Publish(ctx, orphan, []byte("chunk of an interrupted put")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, verifierJS := connect("verifier", nil)
+	sweeper, err := objectstore.Bind(ctx, verifierJS, cluster.Bucket, objectstore.WithStallTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	swept, err := sweeper.Sweep(ctx, 2*time.Second)
+	if err != nil || len(swept) != 1 || "$O."+cluster.Bucket+".C."+swept[0].NUID != orphan {
+		t.Errorf("sweep as the verifier: %+v, %v; want the orphan %s only", swept, err, orphan)
+	}
+	if info, err := objs.Stat(ctx, disk); err != nil {
+		t.Errorf("the disk after the sweep: %v", err)
+	} else if r, err := objs.Open(ctx, info); err != nil {
+		t.Errorf("the disk after the sweep: %v", err)
+	} else {
+		if n, err := io.Copy(io.Discard, r); err != nil || n != info.Size {
+			t.Errorf("the disk after the sweep reads %d of %d bytes: %v", n, info.Size, err)
+		}
+		r.Close()
 	}
 	if n, err := stream.Info(ctx); err != nil || n.State.Msgs == 0 {
 		t.Errorf("the object bucket after the purge attempts: %v, %v", n, err)
