@@ -359,5 +359,15 @@ func localize(ctx context.Context, cl *client.Client, cacheDir string, res messa
 	}}
 	out, err := p.Localize(ctx, res, place.HostName())
 	bars.finish(err == nil)
+	var bad *place.BadObjectError
+	if errors.As(err, &bad) {
+		// This client may not delete the object: the deployment's healer
+		// checks it and deletes it if it is bad, and the next request
+		// fetches it again.
+		if rerr := client.ReportCorrupt(ctx, js, bad.Ref, bad.Err.Error()); rerr != nil {
+			return out, fmt.Errorf("%w (and reporting it failed: %v)", err, rerr)
+		}
+		return out, fmt.Errorf("%w: reported to the deployment, which deletes a bad object; a new request fetches it again", err)
+	}
 	return out, err
 }

@@ -81,6 +81,14 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if err := pipeline.SetupConsumers(ctx, js, *ackWait, log); err != nil {
 		return failf(stderr, 1, "vmprep setup", "%v", err)
 	}
+	consumers := pipeline.StageConsumers()
+	if bucket != "" {
+		// Reports of corrupt objects, healed by the verifier.
+		if err := pipeline.SetupHealer(ctx, js, *ackWait, log); err != nil {
+			return failf(stderr, 1, "vmprep setup", "%v", err)
+		}
+		consumers = append(consumers, pipeline.HealerConsumer())
+	}
 	limitRows, err := pipeline.ApplyLimits(ctx, js, lim,
 		[]string{messages.BucketRequests, messages.BucketLeases, messages.BucketVerified, ops.BucketProcesses}, bucket, log)
 	if err != nil {
@@ -103,7 +111,7 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(tw, "%s\t%d\t%s\n", name, cfg.Replicas, strings.Join(cfg.Subjects, " "))
 	}
 	fmt.Fprintln(tw, "\nCONSUMER\tACK WAIT\tSUBJECTS")
-	for _, sc := range pipeline.StageConsumers() {
+	for _, sc := range consumers {
 		cons, err := js.Consumer(ctx, messages.StreamWork, sc.Name)
 		if err != nil {
 			return failf(stderr, 1, "vmprep setup", "consumer %s: %v", sc.Name, err)

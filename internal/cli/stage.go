@@ -9,6 +9,7 @@ import (
 	"io"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -46,6 +47,14 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 	}
 	var runner RunnerFlags
 	runner.Register(fs)
+	var leaseStall, sweepInterval, orphanGrace time.Duration
+	if slices.Contains(stages, messages.StageFetcher) {
+		fs.DurationVar(&leaseStall, "lease-stall", pipeline.DefaultLeaseStall, "take over another fetcher's download lease once its progress has not grown for this long")
+	}
+	if slices.Contains(stages, messages.StageVerifier) {
+		fs.DurationVar(&sweepInterval, "sweep-interval", pipeline.DefaultSweepInterval, "how often to delete orphaned object chunks (of puts interrupted before their meta)")
+		fs.DurationVar(&orphanGrace, "orphan-grace", pipeline.DefaultOrphanGrace, "how old unreferenced object chunks must be to be deleted (above the put stall timeout, 30s)")
+	}
 	fs.Usage = Usage(fs, command+" [flags]\n\nRuns the "+JoinNames(stages)+" stage(s) of a vmprep deployment until SIGTERM, then drains.")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -93,6 +102,9 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 		Replicas:         c.Replicas,
 		Host:             target.Target,
 		TargetedOnly:     target.TargetedOnly,
+		LeaseStall:       leaseStall,
+		SweepInterval:    sweepInterval,
+		OrphanGrace:      orphanGrace,
 	}
 	if slices.Contains(stages, messages.StageResolver) {
 		if deps.Resolver, err = rf.Resolver(log); err != nil {

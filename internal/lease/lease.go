@@ -3,6 +3,12 @@
 // exists), an Update with the last revision renews it, and the bucket's TTL
 // (its MaxAge) makes a dead holder's lease lapse. A per-key TTL cannot be
 // extended, hence the bucket-wide one.
+//
+// A holder that renews forever without progress (stuck, or a forged lease)
+// would never lapse: a waiter watches the progress a lease records and,
+// once it has not grown for the stall bound (WithStall), takes the lease
+// over with a compare-and-set on the revision it saw, so the old holder's
+// next renewal fails and it stops.
 package lease
 
 import (
@@ -51,12 +57,30 @@ type Leases struct {
 	kv     jetstream.KeyValue
 	holder string
 	ttl    time.Duration
+	stall  time.Duration
 }
 
+// Option configures Leases.
+type Option func(*Leases)
+
+// WithStall lets WaitOrTakeOver take over a lease whose recorded progress
+// has not grown for d (0: never; a lapse by TTL only). d must be well above
+// the TTL: an honest holder records progress at least every TTL/4 while
+// bytes flow, and lets its lease lapse after a TTL without them.
+func WithStall(d time.Duration) Option { return func(l *Leases) { l.stall = d } }
+
 // New returns leases in kv (whose TTL must be ttl) taken in holder's name.
-func New(kv jetstream.KeyValue, holder string, ttl time.Duration) *Leases {
-	return &Leases{kv: kv, holder: holder, ttl: ttl}
+func New(kv jetstream.KeyValue, holder string, ttl time.Duration, opts ...Option) *Leases {
+	l := &Leases{kv: kv, holder: holder, ttl: ttl}
+	for _, o := range opts {
+		o(l)
+	}
+	return l
 }
+
+// Stall is how long a lease may go without progress before a waiter takes
+// it over (0: never).
+func (l *Leases) Stall() time.Duration { return l.stall }
 
 // TTL is how long a lease lasts without renewal.
 func (l *Leases) TTL() time.Duration { return l.ttl }
@@ -181,6 +205,21 @@ func (ls *Lease) Keep(ctx context.Context, progress func() int64, onLost func(er
 // hands, when ready() reports true, or when ctx ends. It watches the key and
 // also looks every poll, since a lapse by TTL is silent to watchers.
 func (l *Leases) Wait(ctx context.Context, key string, poll time.Duration, ready func() bool) error {
+	_, err := l.wait(ctx, key, poll, ready, false)
+	return err
+}
+
+// WaitOrTakeOver is Wait, except that a lease whose recorded progress
+// (Record.Done) has not grown for the stall bound is taken over: it then
+// returns the lease, now ours. It returns a nil lease when the lease came
+// free or ready() reported true. The bound counts from when this waiter
+// first saw the lease, so a takeover comes at most stall (plus a poll)
+// after a waiter starts watching a lease that makes no progress.
+func (l *Leases) WaitOrTakeOver(ctx context.Context, key string, poll time.Duration, ready func() bool) (*Lease, error) {
+	return l.wait(ctx, key, poll, ready, l.stall > 0)
+}
+
+func (l *Leases) wait(ctx context.Context, key string, poll time.Duration, ready func() bool, takeover bool) (*Lease, error) {
 	w, err := l.kv.Watch(ctx, key, jetstream.UpdatesOnly())
 	var updates <-chan jetstream.KeyValueEntry
 	if err == nil {
@@ -189,25 +228,78 @@ func (l *Leases) Wait(ctx context.Context, key string, poll time.Duration, ready
 	}
 	t := time.NewTicker(poll)
 	defer t.Stop()
+	// The most progress seen, and when it last grew (by this waiter's clock:
+	// the holder's own timestamps are its word).
+	best, grew := int64(-1), time.Now()
+	var holder Record
+	look := func(e jetstream.KeyValueEntry) (*Lease, error) {
+		var rec Record
+		if json.Unmarshal(e.Value(), &rec) != nil {
+			rec.Done = -1 // unreadable: no progress
+		}
+		if rec.Holder != holder.Holder || !rec.Since.Equal(holder.Since) {
+			// A new holder (the old one's lease lapsed between two looks)
+			// gets the whole bound afresh.
+			holder, best, grew = rec, rec.Done, time.Now()
+			return nil, nil
+		}
+		if rec.Done > best {
+			best, grew = rec.Done, time.Now()
+			return nil, nil
+		}
+		if !takeover || time.Since(grew) < l.stall {
+			return nil, nil
+		}
+		return l.takeOver(ctx, key, e.Revision(), rec)
+	}
 	for {
 		if ready() {
-			return nil
+			return nil, nil
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil, ctx.Err()
 		case e, ok := <-updates:
 			if !ok {
 				updates = nil
 				continue
 			}
 			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				return nil // deleted or purged: free
+				return nil, nil // deleted or purged: free
+			}
+			if ls, err := look(e); ls != nil || err != nil {
+				return ls, err
 			}
 		case <-t.C:
-			if _, err := l.kv.Get(ctx, key); errors.Is(err, jetstream.ErrKeyNotFound) {
-				return nil
+			e, err := l.kv.Get(ctx, key)
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				return nil, nil
+			}
+			if err == nil {
+				if ls, err := look(e); ls != nil || err != nil {
+					return ls, err
+				}
 			}
 		}
 	}
+}
+
+// takeOver replaces the lease at revision rev (a holder without progress)
+// with ours. If the holder renewed meanwhile the compare-and-set fails and
+// nil is returned: the waiter looks again at the next poll.
+func (l *Leases) takeOver(ctx context.Context, key string, rev uint64, old Record) (*Lease, error) {
+	now := time.Now().UTC()
+	rec := Record{Holder: l.holder, Since: now, Renewed: now}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	nrev, err := l.kv.Update(ctx, key, data, rev)
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lease %s: take over from %s: %w", key, old.Holder, err)
+	}
+	return &Lease{leases: l, key: key, rec: rec, rev: nrev}, nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/metrics"
+	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/place"
@@ -85,6 +86,13 @@ type Deps struct {
 	// FairAhead bounds how many messages each stage pulls ahead of its
 	// workers to serve namespaces fairly (0: see fairAhead).
 	FairAhead int
+	// SweepInterval and OrphanGrace drive the verifier's sweep of orphaned
+	// object chunks (defaults DefaultSweepInterval, DefaultOrphanGrace).
+	SweepInterval, OrphanGrace time.Duration
+	// LeaseStall is how long a download lease may be renewed without its
+	// progress growing before a waiting fetcher takes it over (default
+	// DefaultLeaseStall).
+	LeaseStall time.Duration
 }
 
 // RunStages sets up the streams and runs the named stages on nc until ctx
@@ -98,12 +106,23 @@ func RunStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) error
 	return nil
 }
 
-// Stages are stage runners bound to their consumers, ready to run.
-type Stages struct{ runners []*stage.Runner }
+// Stages are stage runners bound to their consumers, ready to run, and the
+// periodic jobs of their processes (the verifier's orphan sweep).
+type Stages struct {
+	runners    []*stage.Runner
+	background []func(context.Context)
+}
 
 // Run serves until ctx ends, then drains every stage.
 func (s *Stages) Run(ctx context.Context) {
 	var wg sync.WaitGroup
+	for _, job := range s.background {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			job(ctx)
+		}()
+	}
 	for _, r := range s.runners {
 		wg.Add(1)
 		go func() {
@@ -148,6 +167,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 		handler                stage.Handler
 	}
 	var bindings []binding
+	var background []func(context.Context)
 	for _, name := range names {
 		log := d.Logger.With("stage", name)
 		switch name {
@@ -170,7 +190,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 				holder, _ = os.Hostname()
 			}
 			h := &FetcherStage{Store: d.Store, Requests: infra.Requests, Downloader: d.Downloader, Objects: infra.Objects,
-				Leases: infra.leasesFor(holder + "/" + strconv.Itoa(os.Getpid())), Progress: progress, Logger: log, Metrics: d.Metrics}
+				Leases: infra.leasesFor(holder+"/"+strconv.Itoa(os.Getpid()), d.LeaseStall), Progress: progress, Logger: log, Metrics: d.Metrics}
 			bindings = append(bindings, binding{name, name, messages.SubjectFetch, h.Handle})
 		case messages.StageVerifier:
 			h := &VerifierStage{Store: d.Store, Objects: infra.Objects, Verified: newVerifiedObjects(infra.Verified), Progress: progress, Logger: log, Metrics: d.Metrics,
@@ -182,9 +202,26 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 					return err == nil, err
 				}}
 			bindings = append(bindings, binding{name, name, messages.SubjectVerify, h.Handle})
+			if infra.Objects != nil {
+				// The verifier may delete objects: it heals reported ones and
+				// collects the chunks of interrupted puts.
+				heal := &HealerStage{Objects: infra.Objects, Verified: h.Verified, Logger: log.With("consumer", messages.ConsumerHealer)}
+				bindings = append(bindings, binding{name, messages.ConsumerHealer, messages.SubjectCorrupt, heal.Handle})
+				interval, grace := d.SweepInterval, d.OrphanGrace
+				if interval <= 0 {
+					interval = DefaultSweepInterval
+				}
+				if grace <= 0 {
+					grace = DefaultOrphanGrace
+				}
+				background = append(background, func(ctx context.Context) { sweepLoop(ctx, infra.Objects, interval, grace, log) })
+			}
 		case messages.StageConverter:
 			h := &ConverterStage{Store: d.Store, Requests: infra.Requests, Objects: infra.Objects, Host: d.Host,
-				Progress: progress, Concurrency: d.Concurrency, Logger: log, Metrics: d.Metrics}
+				Progress: progress, Concurrency: d.Concurrency, Logger: log, Metrics: d.Metrics,
+				ReportCorrupt: func(ctx context.Context, bad *place.BadObjectError) error {
+					return client.ReportCorrupt(ctx, js, bad.Ref, bad.Err.Error())
+				}}
 			if !d.TargetedOnly || infra.Objects == nil {
 				bindings = append(bindings, binding{name, name, messages.SubjectConvert, h.Handle})
 			}
@@ -228,7 +265,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 		}
 		runners = append(runners, r)
 	}
-	return &Stages{runners: runners}, nil
+	return &Stages{runners: runners, background: background}, nil
 }
 
 // fairAhead is how far a stage pulls ahead of its workers: how far back in

@@ -30,6 +30,12 @@ const (
 	// LeaseTTL is how long a download lease lasts unrenewed: a dead
 	// fetcher's lease lapses within it and another fetcher takes over.
 	LeaseTTL = 20 * time.Second
+	// DefaultLeaseStall is how long a download lease may be renewed without
+	// its recorded progress growing before a waiting fetcher takes it over
+	// (a stuck holder, or a forged lease renewed forever). It is well above
+	// LeaseTTL: an honest holder records progress every LeaseTTL/4 while
+	// bytes flow, and lets its lease lapse after a LeaseTTL without them.
+	DefaultLeaseStall = time.Minute
 )
 
 // SetupConfig says how missing streams and buckets are created.
@@ -292,6 +298,23 @@ func SetupConsumers(ctx context.Context, js jetstream.JetStream, ackWait time.Du
 	return nil
 }
 
+// HealerConsumer is the consumer of corruption reports, which the verifier
+// process binds in a deployment with an object store (only there: without
+// one nobody would pull from it).
+func HealerConsumer() StageConsumer {
+	return StageConsumer{messages.ConsumerHealer, []string{messages.SubjectCorrupt}}
+}
+
+// SetupHealer creates the healer consumer if it is missing (see
+// SetupConsumers).
+func SetupHealer(ctx context.Context, js jetstream.JetStream, ackWait time.Duration, log *slog.Logger) error {
+	c := HealerConsumer()
+	if err := stage.EnsureConsumer(ctx, js, messages.StreamWork, c.Name, c.Filters, ackWait, log); err != nil {
+		return fmt.Errorf("setup consumer %s: %w", c.Name, err)
+	}
+	return nil
+}
+
 // errCodeNoPeers is JetStream's "no suitable peers for placement" (a 400):
 // a cluster still forming, or with a node down, cannot place an R3 stream
 // yet; it can once the node is back.
@@ -341,12 +364,16 @@ func WaitForSetup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) 
 	}
 }
 
-// leasesFor returns the download leases of infra taken in holder's name.
-func (i *Infra) leasesFor(holder string) *lease.Leases {
+// leasesFor returns the download leases of infra taken in holder's name,
+// taken over from a holder without progress after stall (0: the default).
+func (i *Infra) leasesFor(holder string, stall time.Duration) *lease.Leases {
 	if i == nil || i.Leases == nil {
 		return nil
 	}
-	return lease.New(i.Leases, holder, LeaseTTL)
+	if stall <= 0 {
+		stall = DefaultLeaseStall
+	}
+	return lease.New(i.Leases, holder, LeaseTTL, lease.WithStall(stall))
 }
 
 // neededSubjects returns have plus every subject of need it lacks, without

@@ -189,11 +189,19 @@ func (s *FetcherStage) fetchToObjects(ctx context.Context, ev messages.AssetEven
 			}
 			waited = true
 			ready := func() bool { _, err := s.Objects.Stat(ctx, a.Digest); return err == nil }
-			if err := s.Leases.Wait(ctx, key, 2*time.Second, ready); err != nil {
+			var taken *lease.Lease
+			taken, err = s.Leases.WaitOrTakeOver(ctx, key, 2*time.Second, ready)
+			if err != nil {
 				s.Metrics.LeaseWait(metrics.LeaseAbandoned, time.Since(waitStart))
 				return nil, err
 			}
-			continue
+			if taken == nil {
+				continue
+			}
+			// Its holder renewed it without progress for the stall bound
+			// (stuck, or a forged lease): the download is ours now.
+			log.Warn("took over a download lease that made no progress", "lease", key, "stall", s.Leases.Stall())
+			l = taken
 		}
 		if err != nil {
 			if waited {
@@ -246,10 +254,16 @@ func (s *FetcherStage) downloadAndPut(ctx context.Context, ev messages.AssetEven
 		log.Info("fetched", "bytes", res.Size, "transferred", res.Transferred, "resumed", res.Resumed)
 		src, fromIngest = res.Path, true
 	}
-	base := moved.Load()
 	report := throttled(250*time.Millisecond, s.Progress)
+	// The lease records every byte moved, growing only: a put attempt that
+	// starts over must not look like progress going backwards to waiters.
+	var attempt int64
 	info, err := s.Objects.PutFile(wctx, a.Digest, src, func(done int64) {
-		moved.Store(base + done)
+		if done < attempt {
+			attempt = 0
+		}
+		moved.Add(done - attempt)
+		attempt = done
 		report(messages.Progress{Namespace: ev.Namespace, RequestID: ev.RequestID, Stage: messages.StageFetcher, Step: "store", Asset: a.Role, Done: done, Total: a.Size})
 	})
 	if err != nil {
@@ -481,6 +495,8 @@ type ConverterStage struct {
 	Logger      *slog.Logger
 	// Metrics, if set, counts the bytes pulled from the object store.
 	Metrics *metrics.Metrics
+	// ReportCorrupt, if set, tells the healer of an object that pulled wrong.
+	ReportCorrupt func(context.Context, *place.BadObjectError) error
 }
 
 // Handle implements stage.Handler.
@@ -517,18 +533,16 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 		blob, err = p.Pull(ctx, role, ev.Asset.Digest, ev.Asset.Size, ev.Object)
 		var bad *place.BadObjectError
 		if errors.As(err, &bad) {
-			// Not ours to fetch again: the verifier looks at it once more,
-			// finds it gone, and has it fetched.
-			log.Warn("pulled object does not match its signed digest; deleting it", "object", bad.Ref.Name, "err", err)
-			if derr := s.Objects.Delete(ctx, ev.Asset.Digest, bad.Ref.NUID); derr != nil {
-				return nil, derr
+			// A converter may not delete objects: it reports the bad one to
+			// the healer (which checks it itself and deletes it), and this
+			// request ends rather than pulling the same bad bytes again.
+			log.Warn("pulled object does not match its signed digest; reporting it", "object", bad.Ref.Name, "version", bad.Ref.NUID, "err", err)
+			if s.ReportCorrupt != nil {
+				if rerr := s.ReportCorrupt(ctx, bad); rerr != nil {
+					log.Error("could not report the corrupt object", "err", rerr)
+				}
 			}
-			ev.Refetch++
-			if ev.Refetch > maxRefetch {
-				return nil, stage.Permanent(err)
-			}
-			out, oerr := assetEvent(messages.SubjectVerify, "verify", ev)
-			return []stage.Event{out}, oerr
+			return nil, stage.Permanent(fmt.Errorf("%w (reported for deletion: a new request fetches it again)", err))
 		}
 	}
 	if err != nil {

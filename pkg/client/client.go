@@ -341,3 +341,21 @@ func nextWithContext(ctx context.Context, cons jetstream.Consumer) (jetstream.Ms
 		return nil, ctx.Err()
 	}
 }
+
+// ReportCorrupt tells the deployment that object version ref read wrong
+// (its bytes do not match its digest), reason saying how. Readers may not
+// delete objects; the deployment's healer re-reads the object itself and
+// deletes it only if it is bad, so that the next request fetches it again.
+// There is no message ID on purpose: a forger could pre-empt a real report
+// with a false one under the same ID, and the real one would be dropped as
+// a duplicate.
+func ReportCorrupt(ctx context.Context, js jetstream.JetStream, ref messages.ObjectRef, reason string) error {
+	data, err := messages.Encode(messages.TypeCorruptReport, &messages.CorruptReport{Object: ref, Reason: reason})
+	if err != nil {
+		return err
+	}
+	if _, err := js.Publish(ctx, messages.SubjectCorrupt, data); err != nil {
+		return fmt.Errorf("report corrupt object %s/%s: %w", ref.Bucket, ref.Name, err)
+	}
+	return nil
+}

@@ -31,6 +31,7 @@ const (
 	TypeProgress       = "progress"
 	TypeResult         = "result"
 	TypeDeadLetter     = "dead_letter"
+	TypeCorruptReport  = "corrupt_report"
 )
 
 // Subjects, streams and consumers. The work stream uses WorkQueue retention: each
@@ -48,6 +49,13 @@ const (
 	SubjectConvert = "vmprep.asset.convert"
 	// SubjectDone carries finished or failed AssetEvents to the collector.
 	SubjectDone = "vmprep.asset.done"
+	// SubjectCorrupt carries CorruptReport from whoever found a stored
+	// object's bytes wrong (a converter, a client) to the healer, which
+	// checks the object itself and deletes it if it is bad.
+	SubjectCorrupt = "vmprep.asset.corrupt"
+	// ConsumerHealer is the durable consumer of SubjectCorrupt (the
+	// verifier process binds it: it may delete objects).
+	ConsumerHealer = "healer"
 
 	// StreamResults keeps final results (limits retention) so a client that
 	// subscribes late, or repeats a request id, still reads the one result.
@@ -452,6 +460,17 @@ func (r *Result) Image() image.Spec {
 		return *r.Resolved
 	}
 	return r.Spec
+}
+
+// CorruptReport says that a reader found an object version's bytes wrong.
+// It is a hint, never trusted: the healer re-reads the object and deletes it
+// only if the bytes do not hash to the object's own name (its content
+// address).
+type CorruptReport struct {
+	Header
+	Object ObjectRef `json:"object"`
+	// Reason is what the reader saw, for logs.
+	Reason string `json:"reason,omitempty"`
 }
 
 // DeadLetter records a message that could not be processed at all (garbage,
