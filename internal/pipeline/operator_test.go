@@ -67,7 +67,7 @@ func TestSetupByTheOperator(t *testing.T) {
 		if _, err := pipeline.Setup(ctx, admin, cfg); err != nil {
 			t.Fatal(err)
 		}
-		if err := pipeline.SetupConsumers(ctx, admin, 30*time.Second, nil); err != nil {
+		if err := pipeline.SetupConsumers(ctx, admin, 30*time.Second, nil, nil); err != nil {
 			t.Fatal(err)
 		}
 		s, err := admin.Stream(ctx, messages.StreamResults)
