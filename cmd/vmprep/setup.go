@@ -27,7 +27,7 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	c.RegisterConnection(fs)
 	c.RegisterDeployment(fs)
 	wait := fs.Duration("wait", time.Minute, "how long to wait for NATS and for a cluster that is still forming (\"no suitable peers for placement\") before giving up")
-	ackWait := fs.Duration("ack-wait", 30*time.Second, "ack wait of the stage consumers it creates (how soon a dead worker's message is redelivered)")
+	ackWait := fs.Duration("ack-wait", 30*time.Second, "ack wait of the stage consumers (how soon a dead worker's message is redelivered): given, it is set on every one; not given, existing ones keep theirs")
 	hostList := fs.String("hosts", "", "comma-separated converter hosts (their --target names): creates each host's consumer converter_<host>, which its own user may use but not create (see `vmprep users converters`)")
 	fs.Usage = cli.Usage(fs, "vmprep setup [flags]\n\n"+
 		"Creates the streams ("+strings.Join([]string{messages.StreamWork, messages.StreamResults, messages.StreamDead}, ", ")+"), the key-value buckets,\n"+
@@ -78,7 +78,13 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if _, err := ops.ProcessBucket(ctx, js); err != nil {
 		return failf(stderr, 1, "vmprep setup", "%v", err)
 	}
-	if err := pipeline.SetupConsumers(ctx, js, *ackWait, hosts, log); err != nil {
+	chosen := time.Duration(0) // existing consumers keep theirs
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "ack-wait" {
+			chosen = *ackWait
+		}
+	})
+	if err := pipeline.SetupConsumers(ctx, js, chosen, hosts, log); err != nil {
 		return failf(stderr, 1, "vmprep setup", "%v", err)
 	}
 

@@ -303,9 +303,10 @@ func ConsumerFilters(name string) ([]string, bool) {
 	return nil, false
 }
 
-// SetupConsumers creates the stage consumers that are missing (with
-// ackWait), and the converter consumers of hosts, and restores any that
-// were changed (see stage.EnsureConsumer): with least-privilege users the
+// SetupConsumers creates the stage consumers that are missing, and the
+// converter consumers of hosts, and restores any that were changed (see
+// stage.EnsureConsumer; ackWait, if positive, is given to all of them, 0
+// keeps theirs): with least-privilege users the
 // stages can only bind, so the operator (vmprep setup) makes them — a
 // converter host's user may not create even its own, so that no stage
 // user may create or change any consumer.

@@ -182,3 +182,20 @@ func (r *Runner) watchDrift(ctx context.Context) {
 		}
 	}
 }
+
+// consumerConfig reads the configuration of consumer name of stream, pull
+// or push.
+func consumerConfig(ctx context.Context, js jetstream.JetStream, stream, name string) (jetstream.ConsumerConfig, error) {
+	cons, err := js.Consumer(ctx, stream, name)
+	if errors.Is(err, jetstream.ErrNotPullConsumer) {
+		push, perr := js.PushConsumer(ctx, stream, name)
+		if perr != nil {
+			return jetstream.ConsumerConfig{}, perr
+		}
+		return push.CachedInfo().Config, nil
+	}
+	if err != nil {
+		return jetstream.ConsumerConfig{}, err
+	}
+	return cons.CachedInfo().Config, nil
+}

@@ -309,6 +309,13 @@ func consumerFilters(c jetstream.ConsumerConfig) []string {
 func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name string, filters []string, cfg *config) (jetstream.Consumer, error) {
 	for attempt := 0; attempt < 3; attempt++ {
 		cons, err := js.Consumer(ctx, stream, name)
+		if errors.Is(err, jetstream.ErrNotPullConsumer) {
+			// Made a push consumer: it would relay the stage's work to its
+			// deliver subject.
+			if got, cerr := consumerConfig(ctx, js, stream, name); cerr == nil {
+				return nil, &DriftError{Stream: stream, Consumer: name, Drift: ConsumerDrift(name, filters, got)}
+			}
+		}
 		if errors.Is(err, jetstream.ErrConsumerNotFound) {
 			err = Create(ctx, js.Conn(), "consumer "+name+" of stream "+stream, "$JS.API.CONSUMER.CREATE."+stream+"."+name, func(ctx context.Context) (err error) {
 				cons, err = js.CreateConsumer(ctx, stream, ConsumerConfig(name, filters, cfg.ackWait))
@@ -338,7 +345,8 @@ func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name stri
 			})
 			if err != nil {
 				if denied {
-					err = fmt.Errorf("this user may not change it: run `vmprep setup` as an admin user: %w", err)
+					// Not this stage's to repair: the operator's setup does.
+					return nil, &DriftError{Stream: stream, Consumer: name, Drift: ConsumerDrift(name, filters, info.Config)}
 				}
 				return nil, fmt.Errorf("consumer %s filters %q, want %q: update: %w", name, got, filters, err)
 			}
@@ -360,25 +368,32 @@ func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name stri
 	return nil, fmt.Errorf("consumer %s: created and deleted concurrently", name)
 }
 
+// DefaultAckWait is the ack wait of a stage consumer made without one chosen.
+const DefaultAckWait = 30 * time.Second
+
 // EnsureConsumer is the operator's side of a stage consumer: it creates the
-// durable consumer name of a stage on stream (filtering filters, with
-// ackWait) if it is missing, and restores one that drifted from what it
-// makes (see ConsumerDrift) — an update where the server allows one, else
-// a delete and create (the work stays in the stream: a work queue keeps a
-// message until it is acknowledged). An existing consumer keeps the ack
-// wait recorded when it was made (or, made by an older build, the one it
-// has).
+// durable consumer name of a stage on stream (filtering filters) if it is
+// missing, and restores one that drifted from what it makes (see
+// ConsumerDrift) — an update where the server allows one, else a delete and
+// create (the work stays in the stream: a work queue keeps a message until
+// it is acknowledged). ackWait, if positive, is set and recorded (see
+// MetaAckWait); 0 keeps the ack wait recorded when the consumer was made
+// (made by an older build: the one it has), DefaultAckWait for a new one.
 func EnsureConsumer(ctx context.Context, js jetstream.JetStream, stream, name string, filters []string, ackWait time.Duration, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	create := func() error {
+		wait := ackWait
+		if wait <= 0 {
+			wait = DefaultAckWait
+		}
 		return Create(ctx, js.Conn(), "consumer "+name+" of stream "+stream, "$JS.API.CONSUMER.CREATE."+stream+"."+name, func(ctx context.Context) error {
-			_, err := js.CreateConsumer(ctx, stream, ConsumerConfig(name, filters, ackWait))
+			_, err := js.CreateConsumer(ctx, stream, ConsumerConfig(name, filters, wait))
 			return err
 		})
 	}
-	cons, err := js.Consumer(ctx, stream, name)
+	got, err := consumerConfig(ctx, js, stream, name)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
 		if err := create(); err != nil && !errors.Is(err, jetstream.ErrConsumerExists) {
 			return err
@@ -388,15 +403,17 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, stream, name st
 	if err != nil {
 		return err
 	}
-	got := cons.CachedInfo().Config
 	keep := got.AckWait
 	if s, ok := got.Metadata[MetaAckWait]; ok {
 		if d, perr := time.ParseDuration(s); perr == nil && d > 0 {
 			keep = d
 		}
 	}
-	if keep <= 0 {
+	if ackWait > 0 {
 		keep = ackWait
+	}
+	if keep <= 0 {
+		keep = DefaultAckWait
 	}
 	drift := ConsumerDrift(name, filters, got)
 	if len(drift) == 0 && got.Metadata[MetaAckWait] == keep.String() {
