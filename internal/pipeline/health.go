@@ -66,6 +66,15 @@ func (e *Embedded) Live() error {
 	return e.bound.Consuming()
 }
 
+// Ready reports nil while the embedded stages' consumers are as setup made
+// them, else what differs.
+func (e *Embedded) Ready() error {
+	if e.bound == nil {
+		return nil
+	}
+	return e.bound.Drift()
+}
+
 // runningTotal turns running totals (what progress callbacks report) into
 // increments for add. A total below the last one starts over (a restarted
 // read). It is called from one goroutine at a time.
