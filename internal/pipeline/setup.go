@@ -311,10 +311,26 @@ func ConsumerFilters(name string) ([]string, bool) {
 // converter host's user may not create even its own, so that no stage
 // user may create or change any consumer.
 func SetupConsumers(ctx context.Context, js jetstream.JetStream, ackWait time.Duration, hosts []string, log *slog.Logger) error {
+	hosts = slices.Clone(hosts)
 	for _, h := range hosts {
 		if err := messages.ValidateTarget(h); err != nil {
 			return fmt.Errorf("converter host: %w", err)
 		}
+	}
+	// The hosts' consumers made before are checked too, so that a setup
+	// without --hosts restores a changed converter_<host> as well.
+	work, err := js.Stream(ctx, messages.StreamWork)
+	if err != nil {
+		return fmt.Errorf("setup consumers: %w", err)
+	}
+	names := work.ConsumerNames(ctx)
+	for name := range names.Name() {
+		if host, ok := strings.CutPrefix(name, messages.StageConverter+"_"); ok && messages.ValidateTarget(host) == nil && !slices.Contains(hosts, host) {
+			hosts = append(hosts, host)
+		}
+	}
+	if err := names.Err(); err != nil {
+		return fmt.Errorf("setup consumers: list %s: %w", messages.StreamWork, err)
 	}
 	for _, c := range append(StageConsumers(), TargetConsumers(hosts)...) {
 		if err := stage.EnsureConsumer(ctx, js, messages.StreamWork, c.Name, c.Filters, ackWait, log); err != nil {
