@@ -151,10 +151,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return errors.New("starting")
 		}
 		ready := func() error {
-			if dep.Load() == nil {
+			d := dep.Load()
+			if d == nil {
 				return errors.New("server and stages not started yet")
 			}
-			return nil
+			return d.Ready()
 		}
 		ms, err := metrics.Listen(c.MetricsListen, metrics.Handler(reg, live, ready), log)
 		if err != nil {

@@ -99,6 +99,11 @@ func printOverview(w io.Writer, ov ops.Overview) {
 	if len(ov.Idle) > 0 {
 		fmt.Fprintf(w, "\nno live process serves: %s\n", strings.Join(ov.Idle, ", "))
 	}
+	for _, c := range ov.Consumers {
+		if len(c.Drift) > 0 {
+			fmt.Fprintf(w, "\nCHANGED SINCE SETUP: consumer %s: %s\n  its stage takes no work from it: run `vmprep setup` as an admin user to restore it\n", c.Name, strings.Join(c.Drift, "; "))
+		}
+	}
 }
 
 func printRequest(w io.Writer, st ops.RequestStatus) {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,6 +19,7 @@ import (
 	"github.com/lmittmann/tint"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/download"
+	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/objectstore"
 	"github.com/vmprep/vmprep/pkg/place"
 	"github.com/vmprep/vmprep/pkg/resolve"
@@ -233,6 +235,7 @@ type RunnerFlags struct {
 	Drain      time.Duration
 	AckWait    time.Duration
 	MaxDeliver int
+	DriftCheck time.Duration
 }
 
 // Register adds the runner flags to fs.
@@ -240,11 +243,12 @@ func (r *RunnerFlags) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&r.Drain, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight work may finish before it is handed back")
 	fs.DurationVar(&r.AckWait, "ack-wait", 30*time.Second, "how soon a dead worker's message is redelivered (in-progress acks keep live work); applies when the consumer is created")
 	fs.IntVar(&r.MaxDeliver, "max-deliver", 5, "deliveries of one message before its request fails")
+	fs.DurationVar(&r.DriftCheck, "drift-check", 30*time.Second, "how often a stage checks that its consumer is as vmprep setup made it (it takes no work from one that was changed)")
 }
 
 // Options turns the flags into stage runner options.
 func (r *RunnerFlags) Options() []stage.Option {
-	return []stage.Option{stage.WithDrainTimeout(r.Drain), stage.WithAckWait(r.AckWait), stage.WithMaxDeliver(r.MaxDeliver)}
+	return []stage.Option{stage.WithDrainTimeout(r.Drain), stage.WithAckWait(r.AckWait), stage.WithMaxDeliver(r.MaxDeliver), stage.WithDriftCheck(r.DriftCheck)}
 }
 
 // Usage formats a flag set's usage with a one-line synopsis.
@@ -262,3 +266,22 @@ func Usage(fs *flag.FlagSet, synopsis string) func() {
 
 // JoinNames formats a list for messages.
 func JoinNames(names []string) string { return strings.Join(names, ", ") }
+
+// SplitHosts reads a comma-separated list of converter host names (their
+// --target names), each checked, without repeats.
+func SplitHosts(list string) ([]string, error) {
+	var hosts []string
+	for _, h := range strings.Split(list, ",") {
+		h = strings.TrimSpace(h)
+		if h == "" {
+			continue
+		}
+		if err := messages.ValidateTarget(h); err != nil {
+			return nil, err
+		}
+		if !slices.Contains(hosts, h) {
+			hosts = append(hosts, h)
+		}
+	}
+	return hosts, nil
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/place"
 )
 
 // StageMain is the whole main of a stage process: it runs RunStage until
@@ -92,6 +93,13 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 		log.Error("cannot open the content store", "err", err)
 		return 1
 	}
+	// A converter host's name: its targeted work, its consumer
+	// converter_<host>, and its liveness key, which a per-host user's
+	// permissions pin (vmprep users converters).
+	host := target.Target
+	if host == "" && slices.Contains(stages, messages.StageConverter) {
+		host = place.HostName()
+	}
 	deps := pipeline.Deps{
 		Store:            st,
 		Logger:           log,
@@ -100,7 +108,7 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 		RunnerOptions:    runner.Options(),
 		ObjectBucket:     bucket,
 		Replicas:         c.Replicas,
-		Host:             target.Target,
+		Host:             host,
 		TargetedOnly:     target.TargetedOnly,
 		LeaseStall:       leaseStall,
 		SweepInterval:    sweepInterval,
@@ -131,10 +139,11 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 		return s.Consuming()
 	}
 	ready := func() error {
-		if bound.Load() == nil {
+		s := bound.Load()
+		if s == nil {
 			return errors.New("stages not bound to their consumers yet")
 		}
-		return nil
+		return s.Drift()
 	}
 	if c.MetricsListen != "" {
 		reg := metrics.NewRegistry(version.Short())
@@ -182,7 +191,7 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 		hbDone := make(chan struct{})
 		go func() {
 			defer close(hbDone)
-			ops.Announce(hbCtx, js, stages, ops.Process{Name: name, Version: version.Short(), Concurrency: c.Concurrency, Consumers: s.Names()}, s.Consuming, log)
+			ops.Announce(hbCtx, js, stages, ops.Process{Name: name, Host: host, Version: version.Short(), Concurrency: c.Concurrency, Consumers: s.Names()}, s.Consuming, log)
 		}()
 		defer func() { stopHB(); <-hbDone }()
 	}

@@ -201,7 +201,9 @@ func TestComposeCluster(t *testing.T) {
 	}
 
 	secrets := filepath.Join(tmp, "secrets")
-	if out, err := exec.Command(filepath.Join(dir, "secrets.sh"), secrets).CombinedOutput(); err != nil {
+	mkSecrets := exec.Command(filepath.Join(dir, "secrets.sh"), secrets)
+	mkSecrets.Env = append(os.Environ(), "VMPREP_IMAGE_TAG="+tag) // it runs vmprep users converters from the image
+	if out, err := mkSecrets.CombinedOutput(); err != nil {
 		t.Fatalf("secrets.sh: %v\n%s", err, out)
 	}
 

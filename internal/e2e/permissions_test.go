@@ -61,12 +61,11 @@ func TestDeployPermissions(t *testing.T) {
 		t.Skip("multi-process test")
 	}
 	passwords, pwFiles := deployPasswords(t)
-	deployDir := filepath.Join("..", "..", "deploy", "nats")
-	var confs []string
-	for i := 1; i <= 3; i++ {
-		confs = append(confs, filepath.Join(deployDir, fmt.Sprintf("node%d.conf", i)))
-	}
-	c, _ := cluster.NewNATSClusterFromConfigs(t, cluster.Build(t), confs)
+	bin := cluster.Build(t)
+	// mac1 is a converter host with its own user (vmprep users converters).
+	confs, hostFiles := deployWithHosts(t, bin, "mac1")
+	pwFiles["converter_mac1"] = hostFiles["converter_mac1"]
+	c, _ := cluster.NewNATSClusterFromConfigs(t, bin, confs)
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 16<<20))
 	as := func(user string) []string {
 		return []string{"--nats", c.NATS, "--user", user, "--password-file", pwFiles[user]}
@@ -88,7 +87,7 @@ func TestDeployPermissions(t *testing.T) {
 
 	// The operator sets up, twice: the second run changes nothing.
 	for range 2 {
-		if out, err := vmprep(append([]string{"setup", "--store", "nats:" + cluster.Bucket, "--replicas", "3"}, as("admin")...)...); err != nil {
+		if out, err := vmprep(append([]string{"setup", "--store", "nats:" + cluster.Bucket, "--replicas", "3", "--hosts", "mac1"}, as("admin")...)...); err != nil {
 			t.Fatalf("vmprep setup as admin: %v\n%s", err, out)
 		} else {
 			for _, want := range [][2]string{{"VMPREP_WORK", "3"}, {"OBJ_" + cluster.Bucket, "3"}, {"KV_VMPREP_LEASES", "3"}, {"VMPREP_WORK.fetcher", "30s"}} {
@@ -108,7 +107,7 @@ func TestDeployPermissions(t *testing.T) {
 		c.Start("verifier", stageArgs("verifier")...),
 	}
 	converterCache := t.TempDir()
-	stages = append(stages, c.Start("converter", append(as("converter"), "--store", "nats:"+cluster.Bucket, "--cache-dir", converterCache, "--target", "mac1")...))
+	stages = append(stages, c.Start("converter", append(as("converter_mac1"), "--store", "nats:"+cluster.Bucket, "--cache-dir", converterCache, "--target", "mac1")...))
 
 	// A request that fails ends with a failed result, whichever stage fails
 	// it: every stage's user may tell the collector (vmprep.asset.done).

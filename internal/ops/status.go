@@ -10,8 +10,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // ErrNoDeployment means the server has no vmprep streams.
@@ -42,6 +44,10 @@ type ConsumerState struct {
 	// Waiting pull requests: idle workers asking for work.
 	Waiting int           `json:"waiting"`
 	AckWait time.Duration `json:"ack_wait"`
+	// Drift says how the consumer differs from what vmprep setup made (a
+	// stage's, or a converter host's): its stage takes no work from it
+	// until setup restores it.
+	Drift []string `json:"drift,omitempty"`
 }
 
 // Overview is the deployment at a glance.
@@ -52,6 +58,8 @@ type Overview struct {
 	Processes []Process `json:"processes"`
 	// Idle lists consumers that no live process serves.
 	Idle []string `json:"idle,omitempty"`
+	// Drifted lists consumers that differ from what vmprep setup made.
+	Drifted []string `json:"drifted,omitempty"`
 }
 
 // deploymentStream says whether a stream belongs to a vmprep deployment: its
@@ -113,11 +121,18 @@ func GetOverview(ctx context.Context, js jetstream.JetStream) (Overview, error) 
 			Name: info.Name, Filter: filterOf(info.Config), Pending: info.NumPending, AckPending: info.NumAckPending,
 			Redelivered: info.NumRedelivered, Waiting: info.NumWaiting, AckWait: info.Config.AckWait,
 		})
+		if filters, ok := pipeline.ConsumerFilters(info.Name); ok {
+			if d := stage.ConsumerDrift(info.Name, filters, info.Config); len(d) > 0 {
+				ov.Consumers[len(ov.Consumers)-1].Drift = d
+				ov.Drifted = append(ov.Drifted, info.Name)
+			}
+		}
 	}
 	if err := consumers.Err(); err != nil {
 		return ov, fmt.Errorf("list consumers of %s: %w", messages.StreamWork, err)
 	}
 	slices.SortFunc(ov.Consumers, func(a, b ConsumerState) int { return strings.Compare(a.Name, b.Name) })
+	slices.Sort(ov.Drifted)
 	if ov.Processes, err = Processes(ctx, js); err != nil {
 		return ov, fmt.Errorf("live processes: %w", err)
 	}

@@ -261,6 +261,9 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 		d.Metrics.Stage(b.consumer)
 		r, err := stage.New(ctx, js, messages.StreamWork, b.consumer, b.filter, classified(b.handler), opts...)
 		if err != nil {
+			if b.consumer != b.name && errors.Is(err, stage.ErrCreateDenied) {
+				err = fmt.Errorf("%w (for this host: vmprep setup --hosts %s)", err, d.Host)
+			}
 			return nil, err
 		}
 		runners = append(runners, r)

@@ -273,8 +273,8 @@ type StageConsumer struct {
 }
 
 // StageConsumers are the consumers of the stages that share work. A
-// converter's own converter_<host> (targeted work) is not among them: the
-// converter creates it, the permissions pinning it to a target subject.
+// converter host's own converter_<host> (targeted work) is not among them:
+// see TargetConsumers.
 func StageConsumers() []StageConsumer {
 	return []StageConsumer{
 		{messages.StageResolver, []string{messages.SubjectPrepare, messages.SubjectPrepare + ".>"}},
@@ -285,12 +285,60 @@ func StageConsumers() []StageConsumer {
 	}
 }
 
-// SetupConsumers creates the stage consumers that are missing (with
-// ackWait) and gives existing ones the subjects this build consumes,
-// changing nothing else: with least-privilege users the stages can only
-// bind, so the operator (vmprep setup) creates them first.
-func SetupConsumers(ctx context.Context, js jetstream.JetStream, ackWait time.Duration, log *slog.Logger) error {
+// TargetConsumers are the consumers of the converters on hosts: each takes
+// only its host's target subject.
+func TargetConsumers(hosts []string) []StageConsumer {
+	var out []StageConsumer
+	for _, h := range hosts {
+		out = append(out, StageConsumer{messages.TargetConsumer(h), []string{messages.TargetSubject(h)}})
+	}
+	return out
+}
+
+// ConsumerFilters returns the filter subjects setup gives the consumer of
+// VMPREP_WORK named name, and whether it is one setup makes.
+func ConsumerFilters(name string) ([]string, bool) {
 	for _, c := range StageConsumers() {
+		if c.Name == name {
+			return c.Filters, true
+		}
+	}
+	if host, ok := strings.CutPrefix(name, messages.StageConverter+"_"); ok && messages.ValidateTarget(host) == nil {
+		return []string{messages.TargetSubject(host)}, true
+	}
+	return nil, false
+}
+
+// SetupConsumers creates the stage consumers that are missing, and the
+// converter consumers of hosts, and restores any that were changed (see
+// stage.EnsureConsumer; ackWait, if positive, is given to all of them, 0
+// keeps theirs): with least-privilege users the
+// stages can only bind, so the operator (vmprep setup) makes them — a
+// converter host's user may not create even its own, so that no stage
+// user may create or change any consumer.
+func SetupConsumers(ctx context.Context, js jetstream.JetStream, ackWait time.Duration, hosts []string, log *slog.Logger) error {
+	hosts = slices.Clone(hosts)
+	for _, h := range hosts {
+		if err := messages.ValidateTarget(h); err != nil {
+			return fmt.Errorf("converter host: %w", err)
+		}
+	}
+	// The hosts' consumers made before are checked too, so that a setup
+	// without --hosts restores a changed converter_<host> as well.
+	work, err := js.Stream(ctx, messages.StreamWork)
+	if err != nil {
+		return fmt.Errorf("setup consumers: %w", err)
+	}
+	names := work.ConsumerNames(ctx)
+	for name := range names.Name() {
+		if host, ok := strings.CutPrefix(name, messages.StageConverter+"_"); ok && messages.ValidateTarget(host) == nil && !slices.Contains(hosts, host) {
+			hosts = append(hosts, host)
+		}
+	}
+	if err := names.Err(); err != nil {
+		return fmt.Errorf("setup consumers: list %s: %w", messages.StreamWork, err)
+	}
+	for _, c := range append(StageConsumers(), TargetConsumers(hosts)...) {
 		if err := stage.EnsureConsumer(ctx, js, messages.StreamWork, c.Name, c.Filters, ackWait, log); err != nil {
 			return fmt.Errorf("setup consumer %s: %w", c.Name, err)
 		}

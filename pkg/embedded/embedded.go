@@ -368,6 +368,10 @@ func (d *Deployment) Consumers() []string { return d.emb.Consumers() }
 // consuming, else why not: what a liveness probe asks.
 func (d *Deployment) Live() error { return d.emb.Live() }
 
+// Ready reports nil while the stages' consumers are as setup made them,
+// else what differs (see stage.ConsumerDrift).
+func (d *Deployment) Ready() error { return d.emb.Ready() }
+
 // Close drains the stages, stops the server and releases the JetStream
 // directory (the error says if that failed). It may be called more than
 // once, also after Start's context ended.

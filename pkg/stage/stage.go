@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -130,6 +131,10 @@ type Runner struct {
 	pullOK  atomic.Bool
 	// fq is the fair queue while a fair runner runs.
 	fq atomic.Pointer[fairQueue]
+	// drift is the last drift check's finding (*DriftError), or nil.
+	drift   atomic.Pointer[DriftError]
+	filters []string
+	stream  string
 }
 
 type config struct {
@@ -147,6 +152,7 @@ type config struct {
 	observer      Observer
 	retryNotify   func(Retry)
 	fair          *fairConfig
+	driftCheck    time.Duration
 }
 
 // Option configures a Runner.
@@ -234,6 +240,16 @@ func WithPullWait(d time.Duration) Option {
 	}
 }
 
+// WithDriftCheck sets how often the runner checks that its consumer is
+// still as it was made (default 30s; see ConsumerDrift).
+func WithDriftCheck(d time.Duration) Option {
+	return func(c *config) {
+		if d > 0 {
+			c.driftCheck = d
+		}
+	}
+}
+
 // WithDrainTimeout bounds how long in-flight work may continue after Run's
 // context ends (default 30s); work still running then is cancelled and nak'ed.
 func WithDrainTimeout(d time.Duration) Option { return func(c *config) { c.drainTimeout = d } }
@@ -272,6 +288,9 @@ func ConsumerConfig(name string, filters []string, ackWait time.Duration) jetstr
 		MaxDeliver:    -1,
 		MaxAckPending: 1000,
 	}
+	if ackWait > 0 {
+		c.Metadata = map[string]string{MetaAckWait: ackWait.String()}
+	}
 	if len(filters) == 1 {
 		c.FilterSubject = filters[0]
 	} else {
@@ -295,6 +314,13 @@ func consumerFilters(c jetstream.ConsumerConfig) []string {
 func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name string, filters []string, cfg *config) (jetstream.Consumer, error) {
 	for attempt := 0; attempt < 3; attempt++ {
 		cons, err := js.Consumer(ctx, stream, name)
+		if errors.Is(err, jetstream.ErrNotPullConsumer) {
+			// Made a push consumer: it would relay the stage's work to its
+			// deliver subject.
+			if got, cerr := consumerConfig(ctx, js, stream, name); cerr == nil {
+				return nil, &DriftError{Stream: stream, Consumer: name, Drift: ConsumerDrift(name, filters, got)}
+			}
+		}
 		if errors.Is(err, jetstream.ErrConsumerNotFound) {
 			err = Create(ctx, js.Conn(), "consumer "+name+" of stream "+stream, "$JS.API.CONSUMER.CREATE."+stream+"."+name, func(ctx context.Context) (err error) {
 				cons, err = js.CreateConsumer(ctx, stream, ConsumerConfig(name, filters, cfg.ackWait))
@@ -324,12 +350,18 @@ func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name stri
 			})
 			if err != nil {
 				if denied {
-					err = fmt.Errorf("this user may not change it: run `vmprep setup` as an admin user: %w", err)
+					// Not this stage's to repair: the operator's setup does.
+					return nil, &DriftError{Stream: stream, Consumer: name, Drift: ConsumerDrift(name, filters, info.Config)}
 				}
 				return nil, fmt.Errorf("consumer %s filters %q, want %q: update: %w", name, got, filters, err)
 			}
 			cfg.logger.Warn("updated the consumer's subjects", "stage", name, "from", got, "to", filters)
 			info = cons.CachedInfo()
+		}
+		// Anything else changed is not this stage's to undo: someone who
+		// could rewrite it once can again, and only the operator can tell.
+		if d := ConsumerDrift(name, filters, info.Config); len(d) > 0 {
+			return nil, &DriftError{Stream: stream, Consumer: name, Drift: d}
 		}
 		if got := info.Config.AckWait; got > 0 && got != cfg.ackWait {
 			cfg.logger.Warn("using the existing consumer's ack wait; delete the consumer to change it",
@@ -341,17 +373,83 @@ func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name stri
 	return nil, fmt.Errorf("consumer %s: created and deleted concurrently", name)
 }
 
-// EnsureConsumer creates the durable consumer name of a stage on stream
-// (filtering filters, with ackWait) if it is missing, and gives an existing
-// one the filters if they differ, changing nothing else: what the operator's
-// vmprep setup does for each stage before the stages, which may only bind,
-// start.
+// DefaultAckWait is the ack wait of a stage consumer made without one chosen.
+const DefaultAckWait = 30 * time.Second
+
+// EnsureConsumer is the operator's side of a stage consumer: it creates the
+// durable consumer name of a stage on stream (filtering filters) if it is
+// missing, and restores one that drifted from what it makes (see
+// ConsumerDrift) — an update where the server allows one, else a delete and
+// create (the work stays in the stream: a work queue keeps a message until
+// it is acknowledged). ackWait, if positive, is set and recorded (see
+// MetaAckWait); 0 keeps the ack wait recorded when the consumer was made
+// (made by an older build: the one it has), DefaultAckWait for a new one.
 func EnsureConsumer(ctx context.Context, js jetstream.JetStream, stream, name string, filters []string, ackWait time.Duration, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	_, err := bindConsumer(ctx, js, stream, name, filters, &config{ackWait: ackWait, logger: log})
-	return err
+	create := func() error {
+		wait := ackWait
+		if wait <= 0 {
+			wait = DefaultAckWait
+		}
+		return Create(ctx, js.Conn(), "consumer "+name+" of stream "+stream, "$JS.API.CONSUMER.CREATE."+stream+"."+name, func(ctx context.Context) error {
+			_, err := js.CreateConsumer(ctx, stream, ConsumerConfig(name, filters, wait))
+			return err
+		})
+	}
+	got, err := consumerConfig(ctx, js, stream, name)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		if err := create(); err != nil && !errors.Is(err, jetstream.ErrConsumerExists) {
+			return err
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	keep := got.AckWait
+	if s, ok := got.Metadata[MetaAckWait]; ok {
+		if d, perr := time.ParseDuration(s); perr == nil && d > 0 {
+			keep = d
+		}
+	}
+	if ackWait > 0 {
+		keep = ackWait
+	}
+	if keep <= 0 {
+		keep = DefaultAckWait
+	}
+	drift := ConsumerDrift(name, filters, got)
+	if len(drift) == 0 && got.Metadata[MetaAckWait] == keep.String() {
+		return nil
+	}
+	want := ConsumerConfig(name, filters, keep)
+	if want.Metadata == nil {
+		want.Metadata = map[string]string{}
+	}
+	// Keep what the server or an operator set that is not drift.
+	want.Replicas, want.Description = got.Replicas, got.Description
+	for k, v := range got.Metadata {
+		if k != MetaAckWait {
+			want.Metadata[k] = v
+		}
+	}
+	if _, err := js.UpdateConsumer(ctx, stream, want); err != nil {
+		// A setting the server will not update (deliver policy, a push
+		// deliver subject, …): make it again.
+		log.Warn("consumer cannot be updated back; deleting and creating it again", "consumer", name, "drift", drift, "err", err)
+		if derr := js.DeleteConsumer(ctx, stream, name); derr != nil && !errors.Is(derr, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("consumer %s differs from what setup makes (%s): update: %v; delete: %w", name, strings.Join(drift, "; "), err, derr)
+		}
+		if _, err := js.CreateConsumer(ctx, stream, want); err != nil {
+			return fmt.Errorf("consumer %s: create again: %w", name, err)
+		}
+	}
+	if len(drift) > 0 {
+		log.Warn("restored a consumer that had been changed", "consumer", name, "drift", drift)
+	}
+	return nil
 }
 
 // New creates (or updates) the stage's durable consumer on stream and returns a
@@ -368,11 +466,13 @@ func New(ctx context.Context, js jetstream.JetStream, stream, name, filter strin
 		fetchWait:     2 * time.Second,
 		publishTimout: 30 * time.Second,
 		observer:      nopObserver{},
+		driftCheck:    30 * time.Second,
 	}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	cons, err := bindConsumer(ctx, js, stream, name, append([]string{filter}, cfg.moreFilters...), &cfg)
+	filters := append([]string{filter}, cfg.moreFilters...)
+	cons, err := bindConsumer(ctx, js, stream, name, filters, &cfg)
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: create consumer on %s: %w", name, stream, err)
 	}
@@ -383,7 +483,10 @@ func New(ctx context.Context, js jetstream.JetStream, stream, name, filter strin
 		pub:      JetStreamPublisher{JS: js},
 		handler:  h,
 		cfg:      cfg,
+		filters:  filters,
+		stream:   stream,
 	}
+	r.noteDrift(name, nil)
 	r.pullOK.Store(true) // the consumer was just bound
 	return r, nil
 }
@@ -426,6 +529,11 @@ func (r *Runner) Run(ctx context.Context) {
 		return
 	}
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.watchDrift(ctx)
+	}()
 	for i := 0; i < r.cfg.concurrency; i++ {
 		wg.Add(1)
 		go func() {
@@ -438,6 +546,12 @@ func (r *Runner) Run(ctx context.Context) {
 
 func (r *Runner) worker(pull, work context.Context) {
 	for pull.Err() == nil {
+		if r.drift.Load() != nil {
+			// A rewritten consumer may hand out another stage's work (or
+			// none): take nothing from it until the operator restores it.
+			sleep(pull, r.cfg.fetchWait)
+			continue
+		}
 		// A bounded wait rather than the pull context: cancelling a pull can drop
 		// a message the server is delivering at that moment, which would then sit
 		// out the ack wait. A message that arrives while draining is handled.
