@@ -275,7 +275,7 @@ func StageConsumers() []StageConsumer {
 		{messages.StageFetcher, []string{messages.SubjectFetch}},
 		{messages.StageVerifier, []string{messages.SubjectVerify}},
 		{messages.StageConverter, []string{messages.SubjectConvert}},
-		{messages.StageCollector, []string{messages.SubjectDone}},
+		{messages.StageCollector, []string{messages.SubjectDone + ".>"}},
 	}
 }
 
