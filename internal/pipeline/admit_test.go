@@ -78,7 +78,10 @@ func TestCollectorAdmitsOnlyWhatTheResolutionSays(t *testing.T) {
 		{name: "objects: targeted converter places a disk", bucket: "vmprep", target: "mac1", subject: mac1, role: catalog.RoleDisk,
 			edit: func(ev *messages.AssetEvent) { *ev = onHost(*ev, "mac1") }},
 		{name: "objects: untargeted converter unpacks a kernel", bucket: "vmprep", subject: mac2, role: catalog.RoleKernel,
-			edit: func(ev *messages.AssetEvent) { *ev = onHost(*ev, "mac2"); ev.Status, ev.Size = messages.StatusConverted, 99 }},
+			edit: func(ev *messages.AssetEvent) {
+				*ev = onHost(*ev, "mac2")
+				ev.Status, ev.Size = messages.StatusConverted, 99
+			}},
 		{name: "objects: client converts, verifier finishes", bucket: "vmprep", format: catalog.FormatRaw, client: true, subject: verifier, role: catalog.RoleDisk},
 		{name: "a failure from the fetcher", subject: fetcher, role: catalog.RoleDisk,
 			edit: func(ev *messages.AssetEvent) {
@@ -99,7 +102,11 @@ func TestCollectorAdmitsOnlyWhatTheResolutionSays(t *testing.T) {
 		{name: "another URL", subject: verifier, role: catalog.RoleDisk, refused: "name",
 			edit: func(ev *messages.AssetEvent) { ev.Object, ev.Asset.URL = nil, "http://127.0.0.1/evil" }},
 		{name: "another build", subject: verifier, role: catalog.RoleDisk, refused: "resolved build",
-			edit: func(ev *messages.AssetEvent) { r := *ev.Resolved; r.Serial = "20990101"; ev.Object, ev.Resolved = nil, &r }},
+			edit: func(ev *messages.AssetEvent) {
+				r := *ev.Resolved
+				r.Serial = "20990101"
+				ev.Object, ev.Resolved = nil, &r
+			}},
 		{name: "a role the resolution lacks", subject: verifier, role: catalog.RoleDisk, refused: "role",
 			edit: func(ev *messages.AssetEvent) { ev.Object, ev.Asset.Role = nil, "firmware" }},
 		{name: "another namespace's request", subject: verifier, role: catalog.RoleDisk, refused: "namespace",
