@@ -83,10 +83,10 @@ func (s *CollectorStage) admit(subject string, st *requestState, ev messages.Ass
 	case ev.Status == messages.StatusVerified && a.Size > 0 && ev.Size != a.Size:
 		return ev, refuse("%s size %d from %s: the resolution has %d", a.Role, ev.Size, from, a.Size)
 	}
-	if err := s.admitFormat(st, a, from, ev); err != nil {
+	if err := s.admitPlace(st, a, pub, host, from, ev); err != nil {
 		return ev, err
 	}
-	if err := s.admitPlace(st, a, pub, host, from, ev); err != nil {
+	if err := s.admitFormat(st, a, from, ev); err != nil {
 		return ev, err
 	}
 	// What the result says about the file comes from the resolution.
