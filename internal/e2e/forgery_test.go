@@ -33,42 +33,8 @@ func TestForgedDoneEvents(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
-	passwords, pwFiles := deployPasswords(t)
-	deployDir := filepath.Join("..", "..", "deploy", "nats")
-	var confs []string
-	for i := 1; i <= 3; i++ {
-		confs = append(confs, filepath.Join(deployDir, fmt.Sprintf("node%d.conf", i)))
-	}
-	c, _ := cluster.NewNATSClusterFromConfigs(t, cluster.Build(t), confs)
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 16<<20))
-	as := func(user string) []string {
-		return []string{"--nats", c.NATS, "--user", user, "--password-file", pwFiles[user]}
-	}
-	if out, err := runVmprep(c, append([]string{"setup", "--store", "nats:" + cluster.Bucket, "--replicas", "3"}, as("admin")...)...); err != nil {
-		t.Fatalf("vmprep setup as admin: %v\n%s", err, out)
-	}
-	stageArgs := func(user string) []string {
-		return append(as(user), "--store", "nats:"+cluster.Bucket, "--replicas", "3", "--cache-dir", t.TempDir(), "--drain-timeout", "2s")
-	}
-	c.Start("resolver", append(stageArgs("resolver"), "--mirror", m.URL, "--keyring", m.KeyringFile())...)
-	c.Start("fetcher", stageArgs("fetcher")...)
-	c.Start("verifier", stageArgs("verifier")...)
-
-	connect := func(user string) (*nats.Conn, jetstream.JetStream, chan error) {
-		t.Helper()
-		errs := make(chan error, 64)
-		nc, err := nats.Connect(c.NATS, nats.UserInfo(user, passwords[user]), nats.CustomInboxPrefix("_INBOX_"+user),
-			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return nc, js, errs
-	}
+	d := startDeployment(t, "resolver", "fetcher", "verifier")
+	c, as, connect := d.c, d.as, d.connect
 	_, admin, _ := connect("admin")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -243,6 +209,60 @@ func TestForgedDoneEvents(t *testing.T) {
 	if res.Signer != disk.Trust.Signer {
 		t.Errorf("signer %q, the resolution has %q", res.Signer, disk.Trust.Signer)
 	}
+}
+
+// deployment is deploy/nats as a three-node cluster, set up by admin, with
+// some stage processes running as their own users.
+type deployment struct {
+	c       *cluster.Cluster
+	m       *testmirror.Mirror
+	as      func(user string) []string
+	connect func(user string) (*nats.Conn, jetstream.JetStream, chan error)
+}
+
+func startDeployment(t *testing.T, stages ...string) deployment {
+	t.Helper()
+	passwords, pwFiles := deployPasswords(t)
+	deployDir := filepath.Join("..", "..", "deploy", "nats")
+	var confs []string
+	for i := 1; i <= 3; i++ {
+		confs = append(confs, filepath.Join(deployDir, fmt.Sprintf("node%d.conf", i)))
+	}
+	c, _ := cluster.NewNATSClusterFromConfigs(t, cluster.Build(t), confs)
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 16<<20))
+	as := func(user string) []string {
+		return []string{"--nats", c.NATS, "--user", user, "--password-file", pwFiles[user]}
+	}
+	if out, err := runVmprep(c, append([]string{"setup", "--store", "nats:" + cluster.Bucket, "--replicas", "3"}, as("admin")...)...); err != nil {
+		t.Fatalf("vmprep setup as admin: %v\n%s", err, out)
+	}
+	stageArgs := func(user string) []string {
+		return append(as(user), "--store", "nats:"+cluster.Bucket, "--replicas", "3", "--cache-dir", t.TempDir(), "--drain-timeout", "2s")
+	}
+	for _, s := range stages {
+		args := stageArgs(s)
+		if s == "resolver" {
+			args = append(args, "--mirror", m.URL, "--keyring", m.KeyringFile())
+		}
+		c.Start(s, args...)
+	}
+
+	connect := func(user string) (*nats.Conn, jetstream.JetStream, chan error) {
+		t.Helper()
+		errs := make(chan error, 64)
+		nc, err := nats.Connect(c.NATS, nats.UserInfo(user, passwords[user]), nats.CustomInboxPrefix("_INBOX_"+user),
+			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return nc, js, errs
+	}
+	return deployment{c: c, m: m, as: as, connect: connect}
 }
 
 func runVmprep(c *cluster.Cluster, args ...string) (string, error) {
