@@ -244,7 +244,10 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 		return Result{}, fmt.Errorf("watch for the result: %w", err)
 	}
 	defer func() { _ = rsub.Unsubscribe() }()
-	if err := c.nc.FlushWithContext(ctx); err != nil {
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = c.nc.FlushWithContext(fctx)
+	cancel()
+	if err != nil {
 		return Result{}, fmt.Errorf("watch for the result: %w", err)
 	}
 	stored, err := c.lastResult(ctx, subject)
@@ -268,15 +271,15 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 	poll := time.NewTicker(resultPoll)
 	defer poll.Stop()
 	for {
-		data := stored
+		got := stored
 		stored = nil
-		for data == nil {
+		for got == nil {
 			select {
 			case m := <-live:
-				data = m.Data
+				got = m.Data
 			case <-poll.C:
-				if data, err = c.lastResult(ctx, subject); err != nil && ctx.Err() == nil {
-					data = nil // the connection is away: keep waiting
+				if got, err = c.lastResult(ctx, subject); err != nil && ctx.Err() == nil {
+					got = nil // the connection is away: keep waiting
 				}
 			case <-ctx.Done():
 				err := fmt.Errorf("waiting for the result of request %s: %w", req.RequestID, ctx.Err())
@@ -292,7 +295,7 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 			}
 		}
 		var res Result
-		if err := messages.Decode(data, messages.TypeResult, &res); err != nil {
+		if err := messages.Decode(got, messages.TypeResult, &res); err != nil {
 			return Result{}, fmt.Errorf("unreadable result for request %s: %w", req.RequestID, err)
 		}
 		if !answers(res, req) {
