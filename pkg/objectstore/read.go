@@ -9,6 +9,7 @@ import (
 	"hash"
 	"io"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -18,12 +19,14 @@ import (
 // returns ErrNotFound if that version is deleted or replaced while it is
 // being read, ErrStalled if no chunk arrives within the stall timeout, and
 // ErrDigestMismatch at the end if the bytes do not match the writer's digest
-// or size. At most Window chunks are asked for at a time.
+// or size. About two Windows of chunks are buffered.
 //
 // The chunks are read by batched direct gets (nats-server 2.11+: one request
-// answers up to Window messages of the chunk subject, then an end-of-batch
-// status), not by a consumer: a reader needs no right to create consumers,
-// which would let it make the server deliver to any subject.
+// answers up to Window messages of the chunk subject from a sequence on,
+// then a "204 EOB" status), not by a consumer: a reader needs no right to
+// create consumers, which would let it make the server deliver a stream's
+// messages onto any subject. The next batch is asked for as soon as one
+// ends, while the reader still works through it.
 func (s *Store) Open(ctx context.Context, info Info) (io.ReadCloser, error) {
 	if info.NUID == "" {
 		return nil, fmt.Errorf("%s/%s: no object version: %w", s.bucket, info.Name, ErrNotFound)
@@ -35,14 +38,17 @@ func (s *Store) Open(ctx context.Context, info Info) (io.ReadCloser, error) {
 	}
 	nc := s.js.Conn()
 	r.inbox = nc.NewInbox()
-	// Room for a whole batch and its end: a full channel would drop chunks.
-	r.msgs = make(chan *nats.Msg, s.window+2)
-	sub, err := nc.ChanSubscribe(r.inbox, r.msgs)
+	r.msgs = make(chan *nats.Msg, 2*s.window+2)
+	sub, err := nc.Subscribe(r.inbox, r.reply)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("read %s/%s: %w", s.bucket, info.Name, err)
 	}
 	r.sub = sub
+	if err := r.ask(1); err != nil {
+		r.Close()
+		return nil, err
+	}
 	return r, nil
 }
 
@@ -53,10 +59,12 @@ type reader struct {
 	cancel context.CancelFunc
 	inbox  string
 	sub    *nats.Subscription
-	msgs   chan *nats.Msg
-	// asked says a batch is under way; from is the stream sequence the next
-	// batch starts at.
-	asked  bool
+	// msgs carries the replies to the reader, in order.
+	msgs chan *nats.Msg
+	// next is the sequence after the last chunk that arrived (reply's side).
+	mu   sync.Mutex
+	next uint64
+	// from is the sequence after the last chunk taken (Read's side).
 	from   uint64
 	h      hash.Hash
 	buf    []byte
@@ -74,7 +82,7 @@ func (r *reader) Read(p []byte) (int, error) {
 			r.err = r.finish()
 			return 0, r.err
 		}
-		if err := r.next(); err != nil {
+		if err := r.nextChunk(); err != nil {
 			r.err = err
 			return 0, err
 		}
@@ -92,28 +100,46 @@ type directBatch struct {
 	Batch   int    `json:"batch"`
 }
 
-// ask requests the next batch of chunks.
-func (r *reader) ask() error {
-	body, err := json.Marshal(directBatch{Seq: r.from, NextFor: r.s.chunkSubject(r.info.NUID), Batch: r.s.window})
+// ask requests the batch of chunks from sequence from on.
+func (r *reader) ask(from uint64) error {
+	body, err := json.Marshal(directBatch{Seq: from, NextFor: r.s.chunkSubject(r.info.NUID), Batch: r.s.window})
 	if err != nil {
 		return err
 	}
 	if err := r.s.js.Conn().PublishRequest("$JS.API.DIRECT.GET."+StreamName(r.s.bucket), r.inbox, body); err != nil {
 		return fmt.Errorf("read %s/%s at byte %d: %w", r.s.bucket, r.info.Name, r.read, err)
 	}
-	r.asked = true
 	return nil
 }
 
-// next waits for the next chunk, at most the stall timeout, asking for the
-// next batch when one ends.
-func (r *reader) next() error {
-	for {
-		if !r.asked {
-			if err := r.ask(); err != nil {
-				return err
-			}
+// reply takes each reply on the subscription's goroutine: it asks for the
+// next batch when one ends with more chunks pending, and hands every reply
+// on to Read (waiting while Read is two batches behind).
+func (r *reader) reply(m *nats.Msg) {
+	switch m.Header.Get("Status") {
+	case "":
+		if seq, err := strconv.ParseUint(m.Header.Get("Nats-Sequence"), 10, 64); err == nil {
+			r.mu.Lock()
+			r.next = max(r.next, seq+1)
+			r.mu.Unlock()
 		}
+	case "204":
+		r.mu.Lock()
+		next := r.next
+		r.mu.Unlock()
+		if m.Header.Get("Nats-Num-Pending") != "0" {
+			_ = r.ask(next) // a lost request is asked again by wait
+		}
+	}
+	select {
+	case r.msgs <- m:
+	case <-r.ctx.Done():
+	}
+}
+
+// nextChunk waits for the next chunk, at most the stall timeout.
+func (r *reader) nextChunk() error {
+	for {
 		m, err := r.wait()
 		if err != nil {
 			return err
@@ -123,13 +149,11 @@ func (r *reader) next() error {
 			if taken, err := r.chunk(m); taken || err != nil {
 				return err
 			}
-		case "204": // end of batch
-			r.asked = false
+		case "204": // end of a batch: the next is asked for unless none is pending
 			if m.Header.Get("Nats-Num-Pending") == "0" {
 				return r.short()
 			}
-		case "404": // no chunk at or after r.from
-			r.asked = false
+		case "404": // no chunk at or after the sequence asked for
 			return r.short()
 		default:
 			return fmt.Errorf("read %s/%s at byte %d: server answered %s %s", r.s.bucket, r.info.Name, r.read, status, m.Header.Get("Description"))
@@ -137,9 +161,10 @@ func (r *reader) next() error {
 	}
 }
 
-// wait returns the next reply to this reader's batches. While waiting, it
-// looks now and then whether this version still exists: a deleted or
-// replaced object's chunks never come.
+// wait returns the next reply. While waiting, it looks now and then whether
+// this version still exists (a deleted or replaced object's chunks never
+// come), and asks again from where Read is (a reply lost to a reconnect
+// never comes; what arrives twice is skipped by sequence).
 func (r *reader) wait() (*nats.Msg, error) {
 	select {
 	case m := <-r.msgs:
@@ -160,10 +185,10 @@ func (r *reader) wait() (*nats.Msg, error) {
 			if time.Now().After(deadline) {
 				return nil, fmt.Errorf("read %s/%s: %w: no data for %s at byte %d", r.s.bucket, r.info.Name, ErrStalled, r.s.stall, r.read)
 			}
-			// A reply lost to a reconnect never comes: ask again (what
-			// arrives twice is skipped by sequence).
-			if err := r.ask(); err != nil {
-				return nil, err
+			if len(r.msgs) == 0 {
+				if err := r.ask(max(r.from, 1)); err != nil {
+					return nil, err
+				}
 			}
 		case <-r.ctx.Done():
 			return nil, r.ctx.Err()
@@ -171,8 +196,7 @@ func (r *reader) wait() (*nats.Msg, error) {
 	}
 }
 
-// chunk takes one chunk of a batch; one already taken (a batch asked for
-// again, see wait) is skipped.
+// chunk takes one chunk of a batch; one already taken is skipped.
 func (r *reader) chunk(m *nats.Msg) (bool, error) {
 	seq, err := strconv.ParseUint(m.Header.Get("Nats-Sequence"), 10, 64)
 	if err != nil {
@@ -210,9 +234,9 @@ func (r *reader) finish() error {
 }
 
 func (r *reader) Close() error {
+	r.cancel() // first: a reply waiting to be handed on gives up
 	if r.sub != nil {
 		_ = r.sub.Unsubscribe()
 	}
-	r.cancel()
 	return nil
 }
