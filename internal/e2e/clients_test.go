@@ -54,7 +54,7 @@ func TestClientsCannotRelayOrEnumerate(t *testing.T) {
 	}{
 		{"push consumer of her results delivering onto bob's progress", "$JS.API.CONSUMER.CREATE.VMPREP_RESULTS",
 			push(messages.StreamResults, messages.ResultSubjectIn("alice", res.RequestID))},
-		{"named push consumer of her results", "$JS.API.CONSUMER.CREATE.VMPREP_RESULTS.relay.vmprep.result.alice.*", func(ctx context.Context, nc *nats.Conn) error {
+		{"named push consumer of her results", "$JS.API.CONSUMER.CREATE.VMPREP_RESULTS.relay." + messages.ResultSubjectIn("alice", res.RequestID), func(ctx context.Context, nc *nats.Conn) error {
 			subject := "$JS.API.CONSUMER.CREATE.VMPREP_RESULTS.relay." + messages.ResultSubjectIn("alice", res.RequestID)
 			body := `{"stream_name":"VMPREP_RESULTS","config":{"name":"relay","deliver_subject":"` + bobProgress + `","filter_subject":"` + messages.ResultSubjectIn("alice", res.RequestID) + `","ack_policy":"none"}}`
 			_, err := nc.RequestWithContext(ctx, subject, []byte(body))
