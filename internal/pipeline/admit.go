@@ -31,8 +31,9 @@ func refuse(format string, args ...any) error {
 // field a result takes from it (digest, name, URL, signer, image, format)
 // and come from the stage that produces it — a file on a host only from that
 // host's converter subject. A failure only has to come from a stage that
-// could have had the asset: any stage can stall a request by dropping its
-// work anyway, so a forged failure is a denial of service, never a result.
+// could have had the asset (any stage, for a request the resolver never
+// recorded): any stage can stall a request by dropping its work anyway, so
+// a forged failure is a denial of service, never a result.
 func (s *CollectorStage) admit(subject string, st *requestState, ev messages.AssetEvent) (messages.AssetEvent, error) {
 	pub, host, ok := messages.DonePublisher(subject)
 	if !ok {
@@ -91,9 +92,6 @@ func (s *CollectorStage) admit(subject string, st *requestState, ev messages.Ass
 	}
 	// What the result says about the file comes from the resolution.
 	ev.Asset, ev.Resolved, ev.Roles = a, &res.Spec, st.Roles
-	if ev.Host == "" {
-		ev.Path, ev.View = "", ""
-	}
 	return ev, nil
 }
 
@@ -161,10 +159,9 @@ func (s *CollectorStage) admitFailure(pub, host, from string, st *requestState, 
 		return refuse("failure of stage %q from %s", ev.Failure.Stage, from)
 	}
 	if st == nil {
-		// Only the resolver fails a request it has not recorded.
-		if pub != messages.StageResolver {
-			return refuse("failure from %s for request %s, which was never resolved", from, messages.RequestKey(ev.Namespace, ev.RequestID))
-		}
+		// A request the resolver never recorded: its failure may come from
+		// any stage (an unreadable asset event whose request id can be
+		// read still tells its requester). It can only fail that id.
 		return nil
 	}
 	if ev.Asset.Role != "" && st.Resolution != nil {

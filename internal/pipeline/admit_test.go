@@ -142,7 +142,7 @@ func TestCollectorAdmitsOnlyWhatTheResolutionSays(t *testing.T) {
 		{name: "a converter for a client that converts", bucket: "vmprep", client: true, subject: mac1, role: catalog.RoleDisk, refused: "requester converts",
 			edit: func(ev *messages.AssetEvent) { *ev = onHost(*ev, "mac1") }},
 		{name: "not a done subject", subject: "vmprep.asset.done.collector", role: catalog.RoleDisk, refused: "no stage's done subject"},
-		{name: "a failure before any state from the fetcher", noState: true, subject: fetcher, role: catalog.RoleDisk, refused: "never resolved",
+		{name: "a failure before any state from the fetcher", noState: true, subject: fetcher, role: catalog.RoleDisk,
 			edit: func(ev *messages.AssetEvent) {
 				ev.Status, ev.Failure = messages.StatusFailed, &messages.Failure{Stage: messages.StageFetcher, Cause: "x"}
 			}},
