@@ -227,7 +227,12 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 		return fmt.Errorf("stream %s lacks subjects or direct gets vmprep needs (subjects %v; it has %v; allow_direct %t), and adding them failed: %w",
 			want.Name, want.Subjects, got.Subjects, got.AllowDirect, err)
 	}
-	log.Warn("added what vmprep needs to the stream", "stream", want.Name, "from", got.Subjects, "to", subjects, "allow_direct", upd.AllowDirect)
+	if changed {
+		log.Warn("added the subjects vmprep needs to the stream", "stream", want.Name, "from", got.Subjects, "to", subjects)
+	}
+	if direct {
+		log.Warn("turned on direct gets on the stream: clients read it by direct get, with no consumer", "stream", want.Name)
+	}
 	return nil
 }
 
