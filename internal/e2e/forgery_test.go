@@ -139,8 +139,14 @@ func TestForgedDoneEvents(t *testing.T) {
 		case <-time.After(time.Second):
 		}
 	}
-	// Nobody may speak on another stage's subject.
-	for user, subject := range map[string]string{"fetcher": messages.DoneSubject(messages.StageVerifier), "verifier": messages.DoneSubjectOf("mac1"), "converter": messages.DoneSubject(messages.StageVerifier)} {
+	// Nobody may speak on another stage's subject, nor write the request
+	// state the collector checks against (only the resolver user may).
+	kvSubject := "$KV." + messages.BucketRequests + "." + key
+	for _, p := range [][2]string{
+		{"fetcher", messages.DoneSubject(messages.StageVerifier)}, {"verifier", messages.DoneSubjectOf("mac1")}, {"converter", messages.DoneSubject(messages.StageVerifier)},
+		{"fetcher", kvSubject}, {"verifier", kvSubject}, {"converter", kvSubject}, {"bob", kvSubject},
+	} {
+		user, subject := p[0], p[1]
 		nc, _, errs := connect(user)
 		_ = nc.Publish(subject, []byte(`{}`))
 		_ = nc.Flush()
