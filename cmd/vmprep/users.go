@@ -179,15 +179,12 @@ func converterHostUser(host, hash string) string {
             "$JS.API.CONSUMER.INFO.VMPREP_WORK.{USER}", "$JS.API.CONSUMER.MSG.NEXT.VMPREP_WORK.{USER}", "$JS.ACK.VMPREP_WORK.{USER}.>",
             "$JS.API.CONSUMER.INFO.VMPREP_WORK.converter", "$JS.API.CONSUMER.MSG.NEXT.VMPREP_WORK.converter", "$JS.ACK.VMPREP_WORK.converter.>",
             "vmprep.asset.done.converter.{HOST}", "vmprep.asset.done.converter",
-            # until done events are published per publisher (vmprep.asset.done.converter[.<host>])
-            "vmprep.asset.done",
             "vmprep.progress.>", "vmprep.dead.converter",
             # an object that pulled wrong: reported to the healer, never deleted
             "vmprep.asset.corrupt",
             "$JS.API.DIRECT.GET.KV_VMPREP_REQUESTS.>",
-            "$JS.API.DIRECT.GET.OBJ_vmprep.>", "$JS.API.STREAM.MSG.GET.OBJ_vmprep",
-            "$JS.API.CONSUMER.CREATE.OBJ_vmprep.*.$O.vmprep.C.*", "$JS.API.CONSUMER.INFO.OBJ_vmprep.*",
-            "$JS.API.CONSUMER.MSG.NEXT.OBJ_vmprep.*", "$JS.API.CONSUMER.DELETE.OBJ_vmprep.*",
+            # verified objects, read by batched direct gets (no consumer rights)
+            "$JS.API.DIRECT.GET.OBJ_vmprep", "$JS.API.DIRECT.GET.OBJ_vmprep.>", "$JS.API.STREAM.MSG.GET.OBJ_vmprep",
             "$KV.VMPREP_PROCESSES.converter.{HOST}.>",
           ]
         }

@@ -203,12 +203,8 @@ func TestDeployPermissions(t *testing.T) {
 			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "MINE", Subjects: []string{"mine.>"}})
 			return err
 		}},
-		{"client reads a VMPREP_WORK message", "alice", "$JS.API.STREAM.MSG.GET.VMPREP_WORK", func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error {
-			s, err := js.Stream(ctx, messages.StreamWork)
-			if err != nil {
-				return err
-			}
-			_, err = s.GetMsg(ctx, 1)
+		{"client reads a VMPREP_WORK message", "alice", "$JS.API.STREAM.MSG.GET.VMPREP_WORK", func(ctx context.Context, nc *nats.Conn, _ jetstream.JetStream) error {
+			_, err := nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.VMPREP_WORK", []byte(`{"seq":1}`))
 			return err
 		}},
 		{"client consumes VMPREP_WORK", "alice", "$JS.API.CONSUMER.CREATE.VMPREP_WORK", func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error {
@@ -237,12 +233,8 @@ func TestDeployPermissions(t *testing.T) {
 		{"client subscribes to another client's progress", "alice", "vmprep.progress.bob.>", func(ctx context.Context, nc *nats.Conn, _ jetstream.JetStream) error {
 			return subscribeFlush(nc, "vmprep.progress.bob.>")
 		}},
-		{"client reads another client's request state", "alice", "$JS.API.DIRECT.GET.KV_VMPREP_REQUESTS.$KV.VMPREP_REQUESTS." + kvKey, func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error {
-			kv, err := js.KeyValue(ctx, messages.BucketRequests)
-			if err != nil {
-				return err
-			}
-			_, err = kv.Get(ctx, kvKey)
+		{"client reads another client's request state", "alice", "$JS.API.DIRECT.GET.KV_VMPREP_REQUESTS.$KV.VMPREP_REQUESTS." + kvKey, func(ctx context.Context, nc *nats.Conn, _ jetstream.JetStream) error {
+			_, err := nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET.KV_VMPREP_REQUESTS.$KV.VMPREP_REQUESTS."+kvKey, nil)
 			return err
 		}},
 		{"client subscribes to another user's inbox", "alice", "_INBOX_bob.>", func(ctx context.Context, nc *nats.Conn, _ jetstream.JetStream) error {

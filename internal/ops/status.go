@@ -79,7 +79,8 @@ func stageOf(subject string) string {
 		return messages.StageVerifier
 	case messages.SubjectConvert:
 		return messages.StageConverter
-	case messages.SubjectDone:
+	}
+	if strings.HasPrefix(subject, messages.SubjectDone+".") {
 		return messages.StageCollector
 	}
 	if host, ok := strings.CutPrefix(subject, messages.SubjectTargetPrefix); ok {

@@ -165,6 +165,8 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 	type binding struct {
 		name, consumer, filter string
 		handler                stage.Handler
+		// done is where the stage's failures go (messages.DoneSubject).
+		done string
 	}
 	var bindings []binding
 	var background []func(context.Context)
@@ -177,7 +179,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			}
 			h := &ResolverStage{Resolver: d.Resolver, Store: d.Store, Requests: infra.Requests, Objects: infra.Objects != nil,
 				Host: d.Host, MaxAge: d.ResolutionMaxAge, Logger: log, Progress: progress}
-			bindings = append(bindings, binding{name, name, messages.SubjectPrepare, h.Handle})
+			bindings = append(bindings, binding{name, name, messages.SubjectPrepare, h.Handle, messages.DoneSubject(name)})
 		case messages.StageFetcher:
 			if d.Downloader == nil {
 				return nil, errors.New("fetcher stage needs a downloader")
@@ -191,7 +193,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			}
 			h := &FetcherStage{Store: d.Store, Requests: infra.Requests, Downloader: d.Downloader, Objects: infra.Objects,
 				Leases: infra.leasesFor(holder+"/"+strconv.Itoa(os.Getpid()), d.LeaseStall), Progress: progress, Logger: log, Metrics: d.Metrics}
-			bindings = append(bindings, binding{name, name, messages.SubjectFetch, h.Handle})
+			bindings = append(bindings, binding{name, name, messages.SubjectFetch, h.Handle, messages.DoneSubject(name)})
 		case messages.StageVerifier:
 			h := &VerifierStage{Store: d.Store, Objects: infra.Objects, Verified: newVerifiedObjects(infra.Verified), Progress: progress, Logger: log, Metrics: d.Metrics,
 				TargetKnown: func(ctx context.Context, host string) (bool, error) {
@@ -201,12 +203,12 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 					}
 					return err == nil, err
 				}}
-			bindings = append(bindings, binding{name, name, messages.SubjectVerify, h.Handle})
+			bindings = append(bindings, binding{name, name, messages.SubjectVerify, h.Handle, messages.DoneSubject(name)})
 			if infra.Objects != nil {
 				// The verifier may delete objects: it heals reported ones and
 				// collects the chunks of interrupted puts.
 				heal := &HealerStage{Objects: infra.Objects, Verified: h.Verified, Logger: log.With("consumer", messages.ConsumerHealer)}
-				bindings = append(bindings, binding{name, messages.ConsumerHealer, messages.SubjectCorrupt, heal.Handle})
+				bindings = append(bindings, binding{name, messages.ConsumerHealer, messages.SubjectCorrupt, heal.Handle, messages.DoneSubject(name)})
 				interval, grace := d.SweepInterval, d.OrphanGrace
 				if interval <= 0 {
 					interval = DefaultSweepInterval
@@ -223,14 +225,18 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 					return client.ReportCorrupt(ctx, js, bad.Ref, bad.Err.Error())
 				}}
 			if !d.TargetedOnly || infra.Objects == nil {
-				bindings = append(bindings, binding{name, name, messages.SubjectConvert, h.Handle})
+				bindings = append(bindings, binding{name, name, messages.SubjectConvert, h.Handle, h.doneSubject()})
 			}
 			if infra.Objects != nil {
-				bindings = append(bindings, binding{name, messages.TargetConsumer(d.Host), messages.TargetSubject(d.Host), h.Handle})
+				bindings = append(bindings, binding{name, messages.TargetConsumer(d.Host), messages.TargetSubject(d.Host), h.Handle, h.doneSubject()})
 			}
 		case messages.StageCollector:
 			h := &CollectorStage{Store: d.Store, Requests: infra.Requests, Host: d.Host, Logger: log}
-			bindings = append(bindings, binding{name, name, messages.SubjectDone, h.Handle})
+			if infra.Objects != nil {
+				h.Bucket = infra.Objects.Bucket()
+			}
+			// The collector's own failures are results, never done events.
+			bindings = append(bindings, binding{name, name, messages.SubjectDone + ".>", h.Handle, ""})
 		default:
 			return nil, fmt.Errorf("unknown stage %q", name)
 		}
@@ -246,7 +252,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 		opts := append([]stage.Option{
 			stage.WithConcurrency(d.Concurrency),
 			stage.WithLogger(d.Logger),
-			stage.WithFailure(FailurePolicy(b.name, d.Logger)),
+			stage.WithFailure(FailurePolicy(b.name, b.done, d.Logger)),
 			stage.WithDeadLetter(DeadLetterPolicy(b.name)),
 			stage.WithObserver(d.Metrics.Observer()),
 			stage.WithRetryNotify(retryProgress(b.name, progress)),

@@ -79,6 +79,11 @@ func streamConfigs(replicas int) []jetstream.StreamConfig {
 			MaxMsgsPerSubject: 1,
 			Duplicates:        dedupWindow,
 			Replicas:          replicas,
+			// Clients read their result by direct get (plus a core
+			// subscription), so they need no consumer: a consumer's
+			// deliver subject is not checked against its creator's
+			// permissions, and would let a client relay messages.
+			AllowDirect: true,
 		},
 		{
 			Name:        messages.StreamDead,
@@ -210,11 +215,13 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	// older build's stream, say, before namespaces): add what is missing,
 	// replacing what a new subject covers, and change nothing else.
 	subjects, changed := neededSubjects(got.Subjects, want.Subjects)
-	if !changed {
+	direct := want.AllowDirect && !got.AllowDirect
+	if !changed && !direct {
 		return nil
 	}
 	upd := got
 	upd.Subjects = subjects
+	upd.AllowDirect = upd.AllowDirect || want.AllowDirect
 	denied, err := stage.Call(ctx, js.Conn(), "$JS.API.STREAM.UPDATE."+want.Name, func(ctx context.Context) error {
 		_, err := js.UpdateStream(ctx, upd)
 		return err
@@ -223,9 +230,15 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 		if denied {
 			err = fmt.Errorf("this user may not change it: run `vmprep setup` as an admin user: %w", err)
 		}
-		return fmt.Errorf("stream %s lacks subjects vmprep needs (%v; it has %v), and adding them failed: %w", want.Name, want.Subjects, got.Subjects, err)
+		return fmt.Errorf("stream %s lacks subjects or direct gets vmprep needs (subjects %v; it has %v; allow_direct %t), and adding them failed: %w",
+			want.Name, want.Subjects, got.Subjects, got.AllowDirect, err)
 	}
-	log.Warn("added the subjects vmprep needs to the stream", "stream", want.Name, "from", got.Subjects, "to", subjects)
+	if changed {
+		log.Warn("added the subjects vmprep needs to the stream", "stream", want.Name, "from", got.Subjects, "to", subjects)
+	}
+	if direct {
+		log.Warn("turned on direct gets on the stream: clients read it by direct get, with no consumer", "stream", want.Name)
+	}
 	return nil
 }
 
@@ -281,7 +294,7 @@ func StageConsumers() []StageConsumer {
 		{messages.StageFetcher, []string{messages.SubjectFetch}},
 		{messages.StageVerifier, []string{messages.SubjectVerify}},
 		{messages.StageConverter, []string{messages.SubjectConvert}},
-		{messages.StageCollector, []string{messages.SubjectDone}},
+		{messages.StageCollector, []string{messages.SubjectDone + ".>"}},
 	}
 }
 

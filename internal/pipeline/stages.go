@@ -384,7 +384,7 @@ func (s *VerifierStage) report(p messages.Progress) {
 // route sends a verified asset on: to the target host's converter, to a
 // shared converter when it needs converting, or to the collector.
 func route(ev messages.AssetEvent, kernelNeedsUnpack, objects bool) ([]stage.Event, error) {
-	subject, step := messages.SubjectDone, "done"
+	subject, step := messages.DoneSubject(messages.StageVerifier), "done"
 	switch {
 	case objects && ev.Target != "":
 		subject, step = messages.TargetSubject(ev.Target), "place"
@@ -592,6 +592,16 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 			ev.View = filepath.Dir(view)
 		}
 	}
-	out, err := assetEvent(messages.SubjectDone, "done", ev)
+	out, err := assetEvent(s.doneSubject(), "done", ev)
 	return []stage.Event{out}, err
+}
+
+// doneSubject is where this converter reports: with an object store its
+// files are on its host, which only its host's subject may say; in a shared
+// cache the collector finds the files itself.
+func (s *ConverterStage) doneSubject() string {
+	if s.Objects != nil {
+		return messages.DoneSubjectOf(s.Host)
+	}
+	return messages.DoneSubject(messages.StageConverter)
 }

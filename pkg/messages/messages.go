@@ -47,7 +47,9 @@ const (
 	SubjectVerify = "vmprep.asset.verify"
 	// SubjectConvert carries disk AssetEvents that need conversion to the converter.
 	SubjectConvert = "vmprep.asset.convert"
-	// SubjectDone carries finished or failed AssetEvents to the collector.
+	// SubjectDone + "." + publisher carries finished or failed AssetEvents
+	// to the collector (see DoneSubject): each stage publishes on its own
+	// subject, so the collector knows who speaks.
 	SubjectDone = "vmprep.asset.done"
 	// SubjectCorrupt carries CorruptReport from whoever found a stored
 	// object's bytes wrong (a converter, a client) to the healer, which
@@ -180,6 +182,35 @@ func ValidateTarget(host string) error {
 		return fmt.Errorf("%w: target host %q must be 1-64 characters of A-Z a-z 0-9 _ -", ErrInvalid, host)
 	}
 	return nil
+}
+
+// DoneSubject is where stage publishes its finished or failed assets:
+// vmprep.asset.done.<stage>. A converter that reports files on its host
+// publishes on DoneSubjectOf(host) instead.
+func DoneSubject(stage string) string { return SubjectDone + "." + stage }
+
+// DoneSubjectOf is where the converter on host publishes: only that host's
+// converter user may, so a file it names on host is host's own word.
+func DoneSubjectOf(host string) string { return DoneSubject(StageConverter) + "." + host }
+
+// DonePublisher reads who published on a done subject: the stage, and for
+// a converter on a host, the host. ok is false for any other subject.
+func DonePublisher(subject string) (stage, host string, ok bool) {
+	rest, found := strings.CutPrefix(subject, SubjectDone+".")
+	if !found {
+		return "", "", false
+	}
+	stage, host, _ = strings.Cut(rest, ".")
+	switch stage {
+	case StageResolver, StageFetcher, StageVerifier:
+		return stage, "", host == "" && !strings.Contains(rest, ".")
+	case StageConverter:
+		if !strings.Contains(rest, ".") {
+			return stage, "", true
+		}
+		return stage, host, isToken(host)
+	}
+	return "", "", false
 }
 
 // DeadSubject is where a stage publishes its dead letters.
