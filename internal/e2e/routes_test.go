@@ -122,10 +122,13 @@ func TestDeployRoutes(t *testing.T) {
 				// Its interest in ">" travels to the cluster once it has joined.
 				time.Sleep(time.Second)
 			} else {
+				// Refused, or (the flaw this test guards against) joined.
 				cluster.WaitFor(t, target.Name+" to refuse the rogue", 30*time.Second, func() bool {
 					out := target.Proc.Output()
-					return strings.Count(out, "authentication error")+strings.Count(out, "TLS route handshake error") > before
+					return strings.Count(out, "authentication error")+strings.Count(out, "TLS route handshake error") > before ||
+						routeNamed(t, target, name)
 				})
+				time.Sleep(time.Second)
 			}
 			subject := "vmprep.progress.alice.probe-" + name
 			if err := admin.Publish(subject, []byte("alice's request")); err != nil {
