@@ -168,7 +168,7 @@ func (c *Connection) secure(urls []*url.URL) bool {
 }
 
 // ErrCleartext marks a refusal to send credentials without TLS.
-var ErrCleartext = errors.New("credentials would cross the network in clear")
+var ErrCleartext = errors.New("the password or token would cross the network in clear")
 
 // checkCleartext refuses, unless Insecure, to send a password or token to a
 // server beyond this host over a connection that may be plain: a nats://
@@ -201,8 +201,8 @@ func (c *Connection) checkCleartext() (plainLoopback bool, err error) {
 		if s := strings.ToLower(u.Scheme); s == "tls" || s == "wss" || loopbackHost(u.Hostname()) {
 			continue
 		}
-		return false, fmt.Errorf("%w: %s is beyond this host and plain %s://, and %s sends a password: use tls://%s with --tls-ca (the CA of the server's certificate), or --insecure to accept the risk",
-			ErrCleartext, redact.URLs(u.String()), u.Scheme, c.identity(), u.Host)
+		return false, fmt.Errorf("refusing to connect %s to %s: it is beyond this host and %s:// without TLS, so %w. Use tls://%s with --tls-ca (the CA of the server's certificate), or --insecure to accept the risk",
+			c.identity(), redact.URLs(u.String()), u.Scheme, ErrCleartext, u.Host)
 	}
 	return true, nil
 }
