@@ -172,6 +172,13 @@ func TestServeConfigFile(t *testing.T) {
 	for _, user := range []string{"ADMIN", "RESOLVER", "FETCHER", "VERIFIER", "CONVERTER", "ALICE", "BOB"} {
 		t.Setenv("VMPREP_"+user+"_PASSWORD", strings.ToLower(user)+"-"+t.Name())
 	}
+	// The file requires TLS of clients: its certificate files, and the CA
+	// for the client (NATS_CA, the default of --tls-ca).
+	ca := testutil.NewCA(t)
+	cert, key := ca.Issue("nats")
+	for k, v := range map[string]string{"VMPREP_TLS_CERT": cert, "VMPREP_TLS_KEY": key, "VMPREP_TLS_CA": ca.CertFile, "NATS_CA": ca.CertFile} {
+		t.Setenv(k, v)
+	}
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	r := startServe(t, "--config", filepath.Join("..", "..", "deploy", "nats-server.conf"), "--listen", "127.0.0.1:0",
 		"--user", "admin", "--password-file", writeFile(t, "admin-pw", "admin-"+t.Name()+"\n"),
@@ -189,7 +196,8 @@ func TestServeConfigFile(t *testing.T) {
 	// A wrong password is refused at once, and said so, without the password.
 	stdout.Reset()
 	stderr.Reset()
-	wrong := "nats://alice:not-" + t.Name() + "@" + strings.TrimPrefix(url, "nats://")
+	scheme, hostPort, _ := strings.Cut(url, "://")
+	wrong := scheme + "://alice:not-" + t.Name() + "@" + hostPort
 	if code := run([]string{"prepare", "--nats", wrong, "ubuntu", "24.04"}, &stdout, &stderr); code != 1 {
 		t.Errorf("prepare with a wrong password: exit %d, want 1", code)
 	}
@@ -312,6 +320,13 @@ func TestPrepareNeverShowsThePassword(t *testing.T) {
 func TestOperatorCommandsNameTheRefusal(t *testing.T) {
 	for _, user := range []string{"ADMIN", "RESOLVER", "FETCHER", "VERIFIER", "CONVERTER", "ALICE", "BOB"} {
 		t.Setenv("VMPREP_"+user+"_PASSWORD", strings.ToLower(user)+"-"+t.Name())
+	}
+	// The file requires TLS of clients: its certificate files, and the CA
+	// for the client (NATS_CA, the default of --tls-ca).
+	ca := testutil.NewCA(t)
+	cert, key := ca.Issue("nats")
+	for k, v := range map[string]string{"VMPREP_TLS_CERT": cert, "VMPREP_TLS_KEY": key, "VMPREP_TLS_CA": ca.CertFile, "NATS_CA": ca.CertFile} {
+		t.Setenv(k, v)
 	}
 	r := startServe(t, "--config", filepath.Join("..", "..", "deploy", "nats-server.conf"), "--listen", "127.0.0.1:0", "--stages", "none")
 	url := r.url(t)
