@@ -1,41 +1,125 @@
 #!/usr/bin/env bash
-# Generates the NATS users' passwords of the compose deployment, once: a file
-# per user (<user>.password, handed to that user's containers as a compose
-# secret) and nats.env (every password, for the nats-server containers, whose
-# auth.conf reads them from the environment). Existing files are kept, so
-# running it again changes nothing; delete a file to rotate that password
-# (then docker-compose up -d recreates the containers that use it).
+# Generates the secrets of a vmprep deployment, once (compose, or the hosts
+# of README "Running a fleet"), into DIR:
+#
+#   <user>.password   a password per NATS user, handed to that user's
+#                     processes as a file (compose secret, LoadCredential=)
+#   route.password    the route secret the NATS nodes authenticate each other with
+#   routes.conf       the nodes' route URLs with the route secret, included by
+#                     deploy/nats/node*.conf (nats-server sends an explicit
+#                     route's own user info, and does not substitute a
+#                     $VARIABLE inside a URL: so the secret is in this file)
+#   nats.env          the nodes' environment: a bcrypt hash of every
+#                     password and of the route secret (auth.conf and the
+#                     cluster authorization accept hashes); no password in
+#                     clear ever sits in a container's environment
+#   ca.pem, ca-key.pem   a CA for the deployment (ca-key.pem stays here: it
+#                     issues more certificates, and no container gets it)
+#   server.pem, server-key.pem   the nodes' certificate (clients' TLS and the
+#                     routes' mutual TLS), for the names in VMPREP_NATS_HOSTS
+#                     plus localhost, 127.0.0.1 and VMPREP_TLS_NAMES
 #
 #   deploy/docker/secrets.sh [DIR]     # default: deploy/docker/secrets
 #
+# Settings from the environment:
+#   VMPREP_NATS_HOSTS  the nodes' names, which the route URLs and the
+#                      certificate carry (default "nats1 nats2 nats3")
+#   VMPREP_TLS_NAMES   more names or IP addresses clients dial the nodes by
+#   VMPREP             the vmprep binary that makes the bcrypt hashes
+#                      (default: vmprep on PATH, else the image
+#                      vmprep:${VMPREP_IMAGE_TAG:-local} that build.sh made)
+#
+# openssl makes the CA and the certificate. Existing files are kept, so
+# running it again changes nothing; delete a file to rotate it (a password
+# and its .hash; the certificates: server.pem; everything: ca.pem), then
+# docker-compose up -d recreates the containers that use it.
+#
 # Never commit DIR (.gitignore lists secrets/). DIR is 0700, so only its owner
-# on this host can open the files; the files themselves are world-readable
-# because the containers run as uid 65532, which must read its bind-mounted
-# secret.
+# on this host can open the files; the files handed to containers are
+# world-readable because the containers run as uid 65532, which must read
+# its bind-mounted secret.
 set -euo pipefail
 dir=${1:-$(cd "$(dirname "$0")" && pwd)/secrets}
 users="admin resolver fetcher verifier converter alice bob"
+hosts=${VMPREP_NATS_HOSTS:-nats1 nats2 nats3}
 
 mkdir -p "$dir"
 chmod 0700 "$dir"
 umask 022
-for u in $users; do
+
+# hash prints the bcrypt hash of the password on stdin.
+hash() {
+  if [ -n "${VMPREP:-}" ]; then
+    "$VMPREP" passwd
+  elif command -v vmprep >/dev/null 2>&1; then
+    vmprep passwd
+  else
+    docker run --rm -i --network none --entrypoint /usr/bin/vmprep "vmprep:${VMPREP_IMAGE_TAG:-local}" passwd
+  fi
+}
+
+# put writes stdin to file $1 atomically (temp + rename).
+put() {
+  cat >"$1.tmp"
+  mv "$1.tmp" "$1"
+}
+
+for u in $users route; do
   f="$dir/$u.password"
-  [ -s "$f" ] && continue
-  # 32 random bytes, base64url without padding: no character that needs
-  # quoting in nats-server's configuration or in an env file. nats-server
-  # parses a variable's value as it would a literal, so a value starting with
-  # a digit or "-" is read as a number ("Expected a digit"): start with a letter.
-  pw=vp$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
-  printf '%s\n' "$pw" >"$f.tmp"
-  mv "$f.tmp" "$f"
+  if [ ! -s "$f" ]; then
+    # 32 random bytes, base64url without padding: no character that needs
+    # quoting in nats-server's configuration, an env file or a URL. nats-server
+    # parses a variable's value as it would a literal, so a value starting with
+    # a digit or "-" is read as a number ("Expected a digit"): start with a letter.
+    printf 'vp%s\n' "$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')" | put "$f"
+    rm -f "$dir/$u.hash"
+  fi
+  # A hash made once per password: a new salt at every run would change
+  # nats.env, and compose would recreate all three nodes at once.
+  [ -s "$dir/$u.hash" ] || head -n1 "$f" | hash | put "$dir/$u.hash"
 done
+
+secret=$(head -n1 "$dir/route.password")
+{
+  echo "# Generated by secrets.sh from route.password: the route URLs, with the route secret."
+  echo "routes: ["
+  for h in $hosts; do printf '  "nats-route://route:%s@%s:6222"\n' "$secret" "$h"; done
+  echo "]"
+} | put "$dir/routes.conf"
+
 umask 077
 {
-  echo "# Generated by secrets.sh from the *.password files beside it."
-  for u in $users; do
-    printf 'VMPREP_%s_PASSWORD=%s\n' "$(echo "$u" | tr a-z A-Z)" "$(head -n1 "$dir/$u.password")"
+  echo "# Generated by secrets.sh: bcrypt hashes of the passwords beside it (single-quoted: no \$ expansion)."
+  for u in $users route; do
+    printf "VMPREP_%s_PASSWORD='%s'\n" "$(echo "$u" | tr a-z A-Z)" "$(head -n1 "$dir/$u.hash")"
   done
-} >"$dir/nats.env.tmp"
-mv "$dir/nats.env.tmp" "$dir/nats.env"
-echo "passwords in $dir"
+} | put "$dir/nats.env"
+
+if [ ! -s "$dir/ca.pem" ] || [ ! -s "$dir/ca-key.pem" ]; then
+  openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -sha256 -days 3650 \
+    -subj "/CN=vmprep NATS CA" -keyout "$dir/ca-key.pem.tmp" -out "$dir/ca.pem.tmp" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  mv "$dir/ca-key.pem.tmp" "$dir/ca-key.pem"
+  chmod 0644 "$dir/ca.pem.tmp" # every process reads it, as its own user
+  mv "$dir/ca.pem.tmp" "$dir/ca.pem"
+  rm -f "$dir/server.pem"
+fi
+umask 022
+if [ ! -s "$dir/server.pem" ] || [ ! -s "$dir/server-key.pem" ]; then
+  san="DNS:localhost,IP:127.0.0.1"
+  for n in $hosts ${VMPREP_TLS_NAMES:-}; do
+    if [[ $n =~ ^[0-9.]+$ || $n == *:* ]]; then san="$san,IP:$n"; else san="$san,DNS:$n"; fi
+  done
+  ext=$(mktemp)
+  trap 'rm -f "$ext" "$dir/server.csr"' EXIT
+  printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=CA:FALSE\n' "$san" >"$ext"
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -sha256 -subj "/CN=vmprep NATS" \
+    -keyout "$dir/server-key.pem.tmp" -out "$dir/server.csr" 2>/dev/null
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca-key.pem" -set_serial "0x$(openssl rand -hex 16)" \
+    -days 825 -sha256 -extfile "$ext" -out "$dir/server.pem.tmp" 2>/dev/null
+  # Read by nats-server as uid 65532 through a bind mount; DIR keeps others out.
+  chmod 0644 "$dir/server-key.pem.tmp"
+  mv "$dir/server-key.pem.tmp" "$dir/server-key.pem"
+  mv "$dir/server.pem.tmp" "$dir/server.pem"
+fi
+echo "secrets in $dir"

@@ -201,7 +201,9 @@ func TestComposeCluster(t *testing.T) {
 	}
 
 	secrets := filepath.Join(tmp, "secrets")
-	if out, err := exec.Command(filepath.Join(dir, "secrets.sh"), secrets).CombinedOutput(); err != nil {
+	secretsCmd := exec.Command(filepath.Join(dir, "secrets.sh"), secrets)
+	secretsCmd.Env = append(os.Environ(), "VMPREP="+filepath.Join(bin, "vmprep"))
+	if out, err := secretsCmd.CombinedOutput(); err != nil {
 		t.Fatalf("secrets.sh: %v\n%s", err, out)
 	}
 
@@ -234,7 +236,7 @@ func TestComposeCluster(t *testing.T) {
 				if natsURL == "" {
 					break
 				}
-				args := []string{"status", "--nats", natsURL, "--user", "admin", "--password-file", filepath.Join(secrets, "admin.password")}
+				args := []string{"status", "--nats", natsURL, "--user", "admin", "--password-file", filepath.Join(secrets, "admin.password"), "--tls-ca", filepath.Join(secrets, "ca.pem")}
 				if id != "" {
 					args = append(args, id)
 				}
@@ -291,12 +293,32 @@ networks:
 	}
 	natsURL = strings.Join(urls, ",")
 
+	// No password, and no route secret, in clear in any container's
+	// environment (docker inspect shows it to whoever may use Docker):
+	// the nodes have bcrypt hashes, the stages password files.
+	var secretValues []string
+	for _, u := range []string{"admin", "resolver", "fetcher", "verifier", "converter", "alice", "bob", "route"} {
+		b, err := os.ReadFile(filepath.Join(secrets, u+".password"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		secretValues = append(secretValues, strings.TrimSpace(string(b)))
+	}
+	for _, svc := range []string{"nats1", "nats2", "nats3", "setup", "resolver", "fetcher", "verifier", "converter-host1"} {
+		env := docker(t, "inspect", "--format", "{{json .Config.Env}}", p.container(svc, 1))
+		for _, v := range secretValues {
+			if strings.Contains(env, v) {
+				t.Errorf("%s has a password in clear in its environment", svc)
+			}
+		}
+	}
+
 	prepare := func(version string, arch catalog.Arch, format catalog.DiskFormat, extra ...string) *clientRun {
 		r := &clientRun{done: make(chan error, 1)}
 		id := fmt.Sprintf("compose-%d", len(requests)+1)
 		requests = append(requests, id)
 		args := append([]string{"prepare", "--request-id", id, "--nats", natsURL, "--user", "alice", "--password-file", filepath.Join(secrets, "alice.password"),
-			"--namespace", "alice", "--cache-dir", filepath.Join(tmp, "alice-cache"), "--json",
+			"--tls-ca", filepath.Join(secrets, "ca.pem"), "--namespace", "alice", "--cache-dir", filepath.Join(tmp, "alice-cache"), "--json",
 			"--arch", string(arch), "--format", string(format)}, extra...)
 		r.cmd = exec.Command(filepath.Join(bin, "vmprep"), append(args, "ubuntu", version)...)
 		r.cmd.Env = append(os.Environ(), "NATS_URL=", "VMPREP_LOG_LEVEL=warn")
@@ -354,7 +376,7 @@ networks:
 	// disk's digest names it): the other one takes the work over once the
 	// lease lapses, and the request completes; reconnected, the first one
 	// rejoins (it notices its dead connection and announces itself again).
-	conn := cli.Connection{NATSURL: natsURL, User: "admin", PasswordFile: filepath.Join(secrets, "admin.password")}
+	conn := cli.Connection{NATSURL: natsURL, User: "admin", PasswordFile: filepath.Join(secrets, "admin.password"), TLSCA: filepath.Join(secrets, "ca.pem")}
 	admin, err := conn.Connect("e2e-admin", slog.New(slog.NewTextHandler(io.Discard, nil)), false)
 	if err != nil {
 		t.Fatalf("connect as admin: %v", err)
