@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/internal/lease"
@@ -311,6 +312,43 @@ networks:
 				t.Errorf("%s has a password in clear in its environment", svc)
 			}
 		}
+	}
+
+	// A nats-server in a container on the compose network dials nats1:6222
+	// as a route, with a wrong secret and no certificate: nats1 refuses it,
+	// and a subscriber on the rogue sees nothing of what the cluster carries.
+	// (Before routes authenticated, it read every message and wrote results.)
+	rogue := docker(t, "run", "-d", "--rm", "--network", network, "--publish", "127.0.0.1::4222",
+		"vmprep-nats:"+tag, "--cluster_name", "vmprep", "--cluster", "nats://0.0.0.0:6222",
+		"--routes", "nats-route://route:wrong@nats1:6222", "-n", "rogue")
+	defer func() { _, _ = exec.Command("docker", "rm", "-f", rogue).CombinedOutput() }()
+	rogueAddr := strings.TrimSpace(docker(t, "port", rogue, "4222/tcp"))
+	rogueAddr = strings.Split(rogueAddr, "\n")[0]
+	var spy *nats.Conn
+	poll(t, "the rogue's client port", time.Minute, func() bool {
+		spy, err = nats.Connect("nats://" + rogueAddr)
+		return err == nil
+	})
+	defer spy.Close()
+	seen, err := spy.SubscribeSync(">")
+	if err != nil || spy.Flush() != nil {
+		t.Fatalf("subscribe on the rogue: %v", err)
+	}
+	poll(t, "nats1 to refuse the rogue route", time.Minute, func() bool {
+		out, _ := exec.Command("docker", "logs", p.container("nats1", 1)).CombinedOutput()
+		return strings.Contains(string(out), "TLS route handshake error") || strings.Contains(string(out), "authentication error")
+	})
+	probe, err := (&cli.Connection{NATSURL: natsURL, User: "admin", PasswordFile: filepath.Join(secrets, "admin.password"),
+		TLSCA: filepath.Join(secrets, "ca.pem")}).Connect("e2e-probe", slog.New(slog.NewTextHandler(io.Discard, nil)), false)
+	if err != nil {
+		t.Fatalf("connect as admin: %v", err)
+	}
+	if err := probe.Publish("vmprep.progress.alice.probe", []byte("alice's progress")); err != nil || probe.Flush() != nil {
+		t.Fatalf("publish as admin: %v", err)
+	}
+	probe.Close()
+	if m, err := seen.NextMsg(3 * time.Second); err == nil {
+		t.Errorf("a rogue server on the compose network received %q on %s", m.Data, m.Subject)
 	}
 
 	prepare := func(version string, arch catalog.Arch, format catalog.DiskFormat, extra ...string) *clientRun {
