@@ -432,6 +432,11 @@ networks:
 	run = prepare("22.04", catalog.ArchARM64, catalog.FormatRaw, "--target", "host2")
 	cut := 0
 	poll(t, "a fetcher to take the lease on the 22.04 arm64 disk", timeout, func() bool {
+		select {
+		case err := <-run.done:
+			t.Fatalf("vmprep prepare ended before a fetcher took the lease: %v\nstderr: %s\nstdout: %s", err, run.stderr.String(), run.stdout.String())
+		default:
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		kv, err := js.KeyValue(ctx, "VMPREP_LEASES")
