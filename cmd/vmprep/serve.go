@@ -78,6 +78,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if err != nil {
 		return fail(2, "%v", err)
 	}
+	// The stages here connect in-process, where the server asks no TLS:
+	// a CA or certificate (say NATS_CA in the environment) would make
+	// nats.go insist on TLS over the pipe and fail.
+	c.TLSCA, c.TLSCert, c.TLSKey = "", "", ""
 	connOpts, err := c.Options()
 	if err != nil {
 		return fail(2, "%v", err)
