@@ -61,6 +61,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	var conn cli.Connection
 	fs.StringVar(&conn.NATSURL, "nats", "", "use a running vmprep deployment at this NATS URL (comma-separated for a cluster) instead of the embedded one")
 	conn.RegisterAuth(fs)
+	conn.RegisterInsecure(fs)
 	target := fs.String("target", "", "with --nats: the host that must end up with the files (a converter started with --target NAME); the result names it and its paths")
 	namespace := fs.String("namespace", os.Getenv("VMPREP_NAMESPACE"), "with --nats: publish to vmprep.prepare.NAMESPACE and read results there, as a deployment that keeps clients apart requires (env VMPREP_NAMESPACE; default: the --user name, which deploy/nats/auth.conf makes each client's namespace)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")

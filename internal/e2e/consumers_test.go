@@ -132,7 +132,7 @@ func TestStageConsumersOwnOnly(t *testing.T) {
 		}
 		t.Run(user, func(t *testing.T) {
 			violations := make(chan error, 64)
-			nc, err := nats.Connect(c.NATS, nats.UserInfo(user, passwords[user]), nats.CustomInboxPrefix("_INBOX_"+user),
+			nc, err := nats.Connect(c.NATS, deployCA(), nats.UserInfo(user, passwords[user]), nats.CustomInboxPrefix("_INBOX_"+user),
 				nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
 			if err != nil {
 				t.Fatal(err)
@@ -292,7 +292,7 @@ func status(t *testing.T, vmprep func(...string) (string, error), as []string) o
 
 func connectAs(t *testing.T, url, user, password string) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.UserInfo(user, password), nats.CustomInboxPrefix("_INBOX_"+user))
+	nc, err := nats.Connect(url, deployCA(), nats.UserInfo(user, password), nats.CustomInboxPrefix("_INBOX_"+user))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,7 +57,7 @@ func TestDeployNATSConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stageConn, err := nats.Connect(srv.ClientURL(), nats.UserInfo("admin", passwords["admin"]), nats.CustomInboxPrefix("_INBOX_admin"))
+	stageConn, err := nats.Connect(srv.ClientURL(), nats.UserInfo("admin", passwords["admin"]), nats.CustomInboxPrefix("_INBOX_admin"), deployCA())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func TestDeployNATSConfig(t *testing.T) {
 	defer func() { cancel(); <-done }()
 
 	violations := make(chan error, 10)
-	clientConn, err := nats.Connect(srv.ClientURL(), nats.UserInfo("alice", passwords["alice"]), nats.CustomInboxPrefix("_INBOX_alice"),
+	clientConn, err := nats.Connect(srv.ClientURL(), nats.UserInfo("alice", passwords["alice"]), nats.CustomInboxPrefix("_INBOX_alice"), deployCA(),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
 	if err != nil {
 		t.Fatal(err)

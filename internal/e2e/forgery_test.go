@@ -258,7 +258,7 @@ func startDeployment(t *testing.T, stages ...string) deployment {
 	connect := func(user string) (*nats.Conn, jetstream.JetStream, chan error) {
 		t.Helper()
 		errs := make(chan error, 64)
-		nc, err := nats.Connect(c.NATS, nats.UserInfo(user, passwords[user]), nats.CustomInboxPrefix("_INBOX_"+user),
+		nc, err := nats.Connect(c.NATS, deployCA(), nats.UserInfo(user, passwords[user]), nats.CustomInboxPrefix("_INBOX_"+user),
 			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
 		if err != nil {
 			t.Fatal(err)

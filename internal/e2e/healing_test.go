@@ -63,7 +63,7 @@ func TestDeployHealing(t *testing.T) {
 
 	connect := func(user string, errs chan<- error) (*nats.Conn, jetstream.JetStream) {
 		t.Helper()
-		opts := []nats.Option{nats.UserInfo(user, passwords[user]), nats.CustomInboxPrefix("_INBOX_" + user)}
+		opts := []nats.Option{deployCA(), nats.UserInfo(user, passwords[user]), nats.CustomInboxPrefix("_INBOX_" + user)}
 		if errs != nil {
 			opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
 		}

@@ -34,10 +34,12 @@ var deployUsers = map[string]string{
 
 // deployPasswords gives every user of deploy/nats/auth.conf a password (in
 // the environment, for nats-server) and a password file, and returns the
-// passwords and the files by user.
+// passwords and the files by user. The certificates and the route secret
+// the files also take from the environment are set by deployTLS.
 func deployPasswords(t *testing.T) (passwords, files map[string]string) {
 	t.Helper()
 	passwords, files = map[string]string{}, map[string]string{}
+	deployTLS(t)
 	dir := t.TempDir()
 	for user, env := range deployUsers {
 		pw := user + "-pw-" + fmt.Sprint(time.Now().UnixNano())
@@ -250,7 +252,7 @@ func TestDeployPermissions(t *testing.T) {
 	for _, d := range denials {
 		t.Run(d.name, func(t *testing.T) {
 			violations := make(chan error, 16)
-			nc, err := nats.Connect(c.NATS, nats.UserInfo(d.user, passwords[d.user]), nats.CustomInboxPrefix("_INBOX_"+d.user),
+			nc, err := nats.Connect(c.NATS, nats.UserInfo(d.user, passwords[d.user]), nats.CustomInboxPrefix("_INBOX_"+d.user), deployCA(),
 				nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
 			if err != nil {
 				t.Fatal(err)
