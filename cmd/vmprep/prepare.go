@@ -303,6 +303,9 @@ func printResult(w io.Writer, r messages.Result) {
 	if r.Resolved != nil && r.Resolved.Serial != "" {
 		fmt.Fprintf(w, "serial:     %s (--serial %s prepares this build again)\n", r.Resolved.Serial, r.Resolved.Serial)
 	}
+	if r.Unpinned {
+		fmt.Fprintln(w, "serial:     none — the mirror holds only release/ and does not say which build it is, so this build is unpinned (--serial cannot ask for it again)")
+	}
 	switch {
 	case r.Signer != "":
 		fmt.Fprintf(w, "signed by:  %s\n", r.Signer)

@@ -264,7 +264,7 @@ func (m *Mirror) Serials(distro, version string) []string {
 }
 
 func (m *Mirror) newest(distro, version string) string {
-	if distro != "ubuntu" && distro != "debian" {
+	if distro != "ubuntu" && distro != "debian" || distro == "ubuntu" && m.cfg.classic != layoutSerials {
 		return ""
 	}
 	s := m.Serials(distro, version)

@@ -57,6 +57,10 @@ type Resolution struct {
 	BootMode   BootMode  `json:"boot_mode"`
 	Assets     []Asset   `json:"assets"`
 	ResolvedAt time.Time `json:"resolved_at"`
+	// Unpinned is true when the build came from a mirror in the classic
+	// layout (only release/) that does not say which build it is: Spec has
+	// no serial, and the build cannot be pinned or asked for again.
+	Unpinned bool `json:"unpinned,omitempty"`
 }
 
 // Asset returns the asset with the given role, if present.
