@@ -44,6 +44,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	target.Register(fs)
 	var runner cli.RunnerFlags
 	runner.Register(fs)
+	var ff cli.FetcherFlags
+	ff.Register(fs)
 	fs.Usage = cli.Usage(fs, "vmprep serve [flags]\n\n"+
 		"Runs a nats-server with JetStream and the chosen stages in this process. Its first line\n"+
 		"on stdout is \"nats: <url>\". It refuses a non-loopback --listen unless the server\n"+
@@ -126,7 +128,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		embedded.WithServerOptions(srvOpts.Config), embedded.WithConnectOptions(connOpts...),
 		embedded.WithStages(stages...), embedded.WithLogger(log), embedded.WithConcurrency(c.Concurrency),
 		embedded.WithResolutionMaxAge(rf.MaxAge), embedded.WithRunnerOptions(runner.Options()...),
-		embedded.WithObjectStore(bucket), embedded.WithReplicas(c.Replicas), embedded.WithHost(target.Target),
+		embedded.WithOriginTimeout(ff.OriginTimeout), embedded.WithObjectStore(bucket), embedded.WithReplicas(c.Replicas), embedded.WithHost(target.Target),
 	}
 	if target.TargetedOnly {
 		opts = append(opts, embedded.WithTargetedOnly())

@@ -44,6 +44,10 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 	if slices.Contains(stages, messages.StageConverter) {
 		target.Register(fs)
 	}
+	var ff FetcherFlags
+	if slices.Contains(stages, messages.StageFetcher) {
+		ff.Register(fs)
+	}
 	var runner RunnerFlags
 	runner.Register(fs)
 	fs.Usage = Usage(fs, command+" [flags]\n\nRuns the "+JoinNames(stages)+" stage(s) of a vmprep deployment until SIGTERM, then drains.")
@@ -88,6 +92,7 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 		Logger:           log,
 		Concurrency:      c.Concurrency,
 		ResolutionMaxAge: rf.MaxAge,
+		OriginTimeout:    ff.OriginTimeout,
 		RunnerOptions:    runner.Options(),
 		ObjectBucket:     bucket,
 		Replicas:         c.Replicas,

@@ -63,6 +63,8 @@ type Deps struct {
 	Concurrency int
 	// ResolutionMaxAge: see ResolverStage.MaxAge.
 	ResolutionMaxAge time.Duration
+	// OriginTimeout: see FetcherStage.OriginTimeout.
+	OriginTimeout time.Duration
 	// RunnerOptions are appended to every runner's options (tests shorten waits).
 	RunnerOptions []stage.Option
 
@@ -166,7 +168,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 				holder, _ = os.Hostname()
 			}
 			h := &FetcherStage{Store: d.Store, Requests: infra.Requests, Downloader: d.Downloader, Objects: infra.Objects,
-				Leases: infra.leasesFor(holder + "/" + strconv.Itoa(os.Getpid())), Progress: progress, Logger: log, Metrics: d.Metrics}
+				Leases: infra.leasesFor(holder + "/" + strconv.Itoa(os.Getpid())), Progress: progress, Logger: log, Metrics: d.Metrics, OriginTimeout: d.OriginTimeout}
 			bindings = append(bindings, binding{name, name, messages.SubjectFetch, h.Handle})
 		case messages.StageVerifier:
 			h := &VerifierStage{Store: d.Store, Objects: infra.Objects, Verified: newVerifiedObjects(infra.Verified), Progress: progress, Logger: log, Metrics: d.Metrics,

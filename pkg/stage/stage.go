@@ -126,6 +126,8 @@ type Runner struct {
 	// running and pullOK say whether the runner is consuming (Consuming).
 	running atomic.Bool
 	pullOK  atomic.Bool
+	// slots counts workers and the slots idle handlers lend (see Idle).
+	slots slots
 }
 
 type config struct {
@@ -416,19 +418,30 @@ func (r *Runner) Run(ctx context.Context) {
 
 	r.running.Store(true)
 	defer r.running.Store(false)
-	var wg sync.WaitGroup
-	for i := 0; i < r.cfg.concurrency; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r.worker(ctx, work)
-		}()
+	s := &r.slots
+	s.mu.Lock()
+	s.limit, s.workers, s.spawning = r.cfg.concurrency, r.cfg.concurrency, true
+	s.spawn = func() {
+		defer s.wg.Done()
+		r.worker(ctx, work)
 	}
-	wg.Wait()
+	s.wg.Add(r.cfg.concurrency)
+	s.mu.Unlock()
+	for i := 0; i < r.cfg.concurrency; i++ {
+		go s.spawn()
+	}
+	<-ctx.Done()
+	s.mu.Lock()
+	s.spawning = false // no spare worker starts once draining
+	s.mu.Unlock()
+	s.wg.Wait()
 }
 
 func (r *Runner) worker(pull, work context.Context) {
 	for pull.Err() == nil {
+		if r.slots.surplus() {
+			return // a spare whose loan ended
+		}
 		// A bounded wait rather than the pull context: cancelling a pull can drop
 		// a message the server is delivering at that moment, which would then sit
 		// out the ack wait. A message that arrives while draining is handled.
@@ -500,7 +513,7 @@ func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 		outcome = r.fail(ctx, jm, m, fmt.Errorf("gave up after %d deliveries: the workers handling it stopped or crashed each time", m.Delivery), OutcomeExhausted, log)
 		return
 	}
-	hctx, cancel := context.WithCancel(ctx)
+	hctx, cancel := context.WithCancel(context.WithValue(ctx, slotsKey{}, &r.slots))
 	events, err := r.call(hctx, m, log)
 	cancel()
 
