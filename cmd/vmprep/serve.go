@@ -34,7 +34,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	configFile := fs.String("config", "", "nats-server configuration file (users and permissions, accounts, TLS, cluster); JetStream is always on")
 	insecure := fs.Bool("insecure", false, "allow listening on a non-loopback address without client authentication")
 	jsDir := fs.String("jetstream-dir", "", "JetStream file storage (default: the --config file's store_dir, else <cache-dir>/jetstream-serve)")
-	stagesFlag := fs.String("stages", "all", "stages to run in this process: a comma-separated list of resolver, fetcher, verifier, converter, collector; or all; or none")
+	stagesFlag := fs.String("stages", "all", "stages to run in this process: a comma-separated list of resolver (which includes the collector, as the resolver binary does), fetcher, verifier, converter, collector; or all; or none")
 	var c cli.Common
 	c.RegisterAuth(fs)
 	c.Register(fs)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -99,6 +100,9 @@ func printOverview(w io.Writer, ov ops.Overview) {
 	if len(ov.Idle) > 0 {
 		fmt.Fprintf(w, "\nno live process serves: %s\n", strings.Join(ov.Idle, ", "))
 	}
+	for _, u := range ov.Stranded {
+		fmt.Fprintf(w, "WARNING: %s: start a %s (or vmprep serve --stages %s); until then its requests are not answered\n", u, stageName(u.Consumer), stageName(u.Consumer))
+	}
 }
 
 func printRequest(w io.Writer, st ops.RequestStatus) {
@@ -151,4 +155,16 @@ func printRequest(w io.Writer, st ops.RequestStatus) {
 			fmt.Fprintf(w, "failed:     %s\n", r.Failure.Error())
 		}
 	}
+}
+
+// stageName is the stage process that serves a consumer: the resolver
+// runs the collector too; a target host's consumer is a converter's.
+func stageName(consumer string) string {
+	switch {
+	case consumer == messages.StageCollector:
+		return messages.StageResolver
+	case slices.Contains(ops.StageConsumers(), consumer):
+		return consumer
+	}
+	return messages.StageConverter
 }

@@ -25,7 +25,9 @@ import (
 var AllStages = []string{messages.StageResolver, messages.StageFetcher, messages.StageVerifier, messages.StageConverter, messages.StageCollector}
 
 // ParseStages reads a comma-separated stage list; "all" means every stage and
-// "none" (or "") means no stage.
+// "none" (or "") means no stage. The names mean what the stage binaries
+// run: "resolver" brings the collector with it, as the resolver binary does
+// (a deployment without a collector would take requests and never answer).
 func ParseStages(s string) ([]string, error) {
 	switch strings.TrimSpace(s) {
 	case "all":
@@ -48,6 +50,9 @@ func ParseStages(s string) ([]string, error) {
 			seen[name] = true
 			out = append(out, name)
 		}
+	}
+	if seen[messages.StageResolver] && !seen[messages.StageCollector] {
+		out = append(out, messages.StageCollector)
 	}
 	return out, nil
 }
