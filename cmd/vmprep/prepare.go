@@ -191,7 +191,18 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 
 	bars := newProgressView(ctx, stderr, specLabel(spec), !*asJSON && cli.IsTerminal(stderr))
+	stopWatching := func() {}
+	if nc != nil {
+		wctx, stopWatch := context.WithCancel(ctx)
+		watched := make(chan struct{})
+		go func() {
+			defer close(watched)
+			watchStages(wctx, func() (*nats.Conn, error) { return conn.Connect("vmprep-prepare-watch", log, false) }, *target, bars.note, log)
+		}()
+		stopWatching = func() { stopWatch(); <-watched }
+	}
 	res, err := cl.Prepare(ctx, req, client.WithProgress(bars.update))
+	stopWatching()
 	var failed *client.FailedError
 	if errors.As(err, &failed) {
 		err = nil // reported from the result below
@@ -303,6 +314,9 @@ func printResult(w io.Writer, r messages.Result) {
 	}
 	if r.Resolved != nil && r.Resolved.Serial != "" {
 		fmt.Fprintf(w, "serial:     %s (--serial %s prepares this build again)\n", r.Resolved.Serial, r.Resolved.Serial)
+	}
+	if r.Unpinned {
+		fmt.Fprintln(w, "serial:     none — the mirror holds only release/ and does not say which build it is, so this build is unpinned (--serial cannot ask for it again)")
 	}
 	switch {
 	case r.Signer != "":

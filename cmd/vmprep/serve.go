@@ -34,7 +34,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	configFile := fs.String("config", "", "nats-server configuration file (users and permissions, accounts, TLS, cluster); JetStream is always on")
 	insecure := fs.Bool("insecure", false, "allow listening on a non-loopback address without client authentication")
 	jsDir := fs.String("jetstream-dir", "", "JetStream file storage (default: the --config file's store_dir, else <cache-dir>/jetstream-serve)")
-	stagesFlag := fs.String("stages", "all", "stages to run in this process: a comma-separated list of resolver, fetcher, verifier, converter, collector; or all; or none")
+	stagesFlag := fs.String("stages", "all", "stages to run in this process: a comma-separated list of resolver (which includes the collector, as the resolver binary does), fetcher, verifier, converter, collector; or all; or none")
 	var c cli.Common
 	c.RegisterAuth(fs)
 	c.Register(fs)
@@ -44,6 +44,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	target.Register(fs)
 	var runner cli.RunnerFlags
 	runner.Register(fs)
+	var ff cli.FetcherFlags
+	ff.Register(fs)
 	fs.Usage = cli.Usage(fs, "vmprep serve [flags]\n\n"+
 		"Runs a nats-server with JetStream and the chosen stages in this process. Its first line\n"+
 		"on stdout is \"nats: <url>\". It refuses a non-loopback --listen unless the server\n"+
@@ -142,7 +144,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		embedded.WithServerOptions(srvOpts.Config), embedded.WithConnectOptions(connOpts...),
 		embedded.WithStages(stages...), embedded.WithLogger(log), embedded.WithConcurrency(c.Concurrency),
 		embedded.WithResolutionMaxAge(rf.MaxAge), embedded.WithRunnerOptions(runner.Options()...),
-		embedded.WithObjectStore(bucket), embedded.WithReplicas(c.Replicas), embedded.WithHost(target.Target),
+		embedded.WithOriginTimeout(ff.OriginTimeout), embedded.WithObjectStore(bucket), embedded.WithReplicas(c.Replicas), embedded.WithHost(target.Target),
 	}
 	if target.TargetedOnly {
 		opts = append(opts, embedded.WithTargetedOnly())

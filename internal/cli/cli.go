@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/lmittmann/tint"
+	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/messages"
@@ -249,6 +250,17 @@ func (r *RunnerFlags) Register(fs *flag.FlagSet) {
 // Options turns the flags into stage runner options.
 func (r *RunnerFlags) Options() []stage.Option {
 	return []stage.Option{stage.WithDrainTimeout(r.Drain), stage.WithAckWait(r.AckWait), stage.WithMaxDeliver(r.MaxDeliver), stage.WithDriftCheck(r.DriftCheck)}
+}
+
+// FetcherFlags are the fetcher stage's.
+type FetcherFlags struct {
+	OriginTimeout time.Duration
+}
+
+// Register adds the fetcher flags to fs.
+func (f *FetcherFlags) Register(fs *flag.FlagSet) {
+	fs.DurationVar(&f.OriginTimeout, "origin-timeout", pipeline.DefaultOriginTimeout,
+		"how long an origin may send no bytes before the asset fails for good, naming its URL and the last cause (every request waiting on it fails too)")
 }
 
 // Usage formats a flag set's usage with a one-line synopsis.

@@ -46,11 +46,15 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 	if slices.Contains(stages, messages.StageConverter) {
 		target.Register(fs)
 	}
+	var ff FetcherFlags
+	if slices.Contains(stages, messages.StageFetcher) {
+		ff.Register(fs)
+	}
 	var runner RunnerFlags
 	runner.Register(fs)
 	var leaseStall, sweepInterval, orphanGrace time.Duration
 	if slices.Contains(stages, messages.StageFetcher) {
-		fs.DurationVar(&leaseStall, "lease-stall", pipeline.DefaultLeaseStall, "take over another fetcher's download lease once its progress has not grown for this long")
+		fs.DurationVar(&leaseStall, "lease-stall", pipeline.DefaultLeaseStall, "take over another fetcher's download lease once its progress has not grown for this long (at least twice --origin-timeout)")
 	}
 	if slices.Contains(stages, messages.StageVerifier) {
 		fs.DurationVar(&sweepInterval, "sweep-interval", pipeline.DefaultSweepInterval, "how often to delete orphaned object chunks (of puts interrupted before their meta)")
@@ -105,6 +109,7 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 		Logger:           log,
 		Concurrency:      c.Concurrency,
 		ResolutionMaxAge: rf.MaxAge,
+		OriginTimeout:    ff.OriginTimeout,
 		RunnerOptions:    runner.Options(),
 		ObjectBucket:     bucket,
 		Replicas:         c.Replicas,

@@ -37,6 +37,11 @@ type Record struct {
 	Renewed time.Time `json:"renewed"`
 	// Done is the holder's progress (bytes), for operators.
 	Done int64 `json:"done,omitempty"`
+	// Failed, when set, says the holder's work failed for good (the origin
+	// stopped answering): the key stays taken until the bucket's TTL, so
+	// that those waiting, and those coming within the TTL, are answered
+	// with the failure instead of trying again one after the other.
+	Failed string `json:"failed,omitempty"`
 }
 
 // HeldError says who holds a lease.
@@ -46,6 +51,9 @@ type HeldError struct {
 }
 
 func (e *HeldError) Error() string {
+	if e.Record.Failed != "" {
+		return fmt.Sprintf("lease %s: %s failed at %s: %s", e.Key, e.Record.Holder, e.Record.Renewed.Format(time.RFC3339), e.Record.Failed)
+	}
 	return fmt.Sprintf("lease %s held by %s since %s", e.Key, e.Record.Holder, e.Record.Since.Format(time.RFC3339))
 }
 
@@ -162,11 +170,36 @@ func (ls *Lease) Release(ctx context.Context) error {
 	return nil
 }
 
+// Fail ends the lease with a failure that those waiting (Wait) and those
+// trying to take it (TryAcquire: a *HeldError whose Record.Failed is set)
+// see until the bucket's TTL removes it.
+func (ls *Lease) Fail(ctx context.Context, cause string) error {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.lost {
+		return nil
+	}
+	ls.lost = true
+	rec := ls.rec
+	rec.Renewed, rec.Failed = time.Now().UTC(), cause
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if _, err := ls.leases.kv.Update(ctx, ls.key, data, ls.rev); err != nil {
+		return fmt.Errorf("lease %s: record failure: %w", ls.key, err)
+	}
+	return nil
+}
+
 // Keep renews the lease every TTL/4 while progress reports new bytes, until
-// ctx ends. If progress stops for a whole TTL the lease is left to lapse, so
-// that a stuck holder hands over. onLost is called once if the lease is
-// lost; the returned func stops keeping it.
-func (ls *Lease) Keep(ctx context.Context, progress func() int64, onLost func(error)) (stop func()) {
+// ctx ends. If progress stops for stuck (at least a TTL) the lease is left to
+// lapse, so that a stuck holder hands over; a holder that bounds its own
+// wait for bytes passes that bound, so that nobody takes over (and starts
+// the wait again) while it still tries. onLost is called once if the lease
+// is lost; the returned func stops keeping it.
+func (ls *Lease) Keep(ctx context.Context, progress func() int64, stuck time.Duration, onLost func(error)) (stop func()) {
+	stuck = max(stuck, ls.leases.ttl)
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -184,7 +217,7 @@ func (ls *Lease) Keep(ctx context.Context, progress func() int64, onLost func(er
 			if cur != last {
 				last, lastMove = cur, time.Now()
 			}
-			if time.Since(lastMove) > ls.leases.ttl {
+			if time.Since(lastMove) > stuck {
 				continue // no bytes: let it lapse
 			}
 			rctx, rcancel := context.WithTimeout(ctx, ls.leases.ttl/4)
@@ -203,7 +236,8 @@ func (ls *Lease) Keep(ctx context.Context, progress func() int64, onLost func(er
 
 // Wait returns when the lease on key is free (deleted or lapsed) or changed
 // hands, when ready() reports true, or when ctx ends. It watches the key and
-// also looks every poll, since a lapse by TTL is silent to watchers.
+// also looks every poll, since a lapse by TTL is silent to watchers. A
+// holder's failure (Fail) returns a *HeldError whose Record.Failed says it.
 func (l *Leases) Wait(ctx context.Context, key string, poll time.Duration, ready func() bool) error {
 	_, err := l.wait(ctx, key, poll, ready, false)
 	return err
@@ -267,6 +301,9 @@ func (l *Leases) wait(ctx context.Context, key string, poll time.Duration, ready
 			if e == nil || e.Operation() != jetstream.KeyValuePut {
 				return nil, nil // deleted or purged: free
 			}
+			if held := failed(key, e.Value()); held != nil {
+				return nil, held
+			}
 			if ls, err := look(e); ls != nil || err != nil {
 				return ls, err
 			}
@@ -276,6 +313,9 @@ func (l *Leases) wait(ctx context.Context, key string, poll time.Duration, ready
 				return nil, nil
 			}
 			if err == nil {
+				if held := failed(key, e.Value()); held != nil {
+					return nil, held
+				}
 				if ls, err := look(e); ls != nil || err != nil {
 					return ls, err
 				}
@@ -302,4 +342,13 @@ func (l *Leases) takeOver(ctx context.Context, key string, rev uint64, old Recor
 		return nil, fmt.Errorf("lease %s: take over from %s: %w", key, old.Holder, err)
 	}
 	return &Lease{leases: l, key: key, rec: rec, rev: nrev}, nil
+}
+
+// failed is the *HeldError of a lease value that records a failure, or nil.
+func failed(key string, value []byte) *HeldError {
+	var rec Record
+	if json.Unmarshal(value, &rec) != nil || rec.Failed == "" {
+		return nil
+	}
+	return &HeldError{Key: key, Record: rec}
 }

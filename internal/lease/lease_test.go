@@ -116,7 +116,7 @@ func TestKeepWhileBytesFlow(t *testing.T) {
 		}
 	}()
 	defer close(stopTicking)
-	stop := la.Keep(ctx, done.Load, func(err error) { t.Errorf("lost: %v", err) })
+	stop := la.Keep(ctx, done.Load, 0, func(err error) { t.Errorf("lost: %v", err) })
 	time.Sleep(3 * ttl)
 	if _, err := b.TryAcquire(ctx, "k"); !errors.Is(err, lease.ErrHeld) {
 		t.Fatalf("a kept lease was taken: %v", err)

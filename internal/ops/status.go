@@ -60,6 +60,9 @@ type Overview struct {
 	Idle []string `json:"idle,omitempty"`
 	// Drifted lists consumers that differ from what vmprep setup made.
 	Drifted []string `json:"drifted,omitempty"`
+	// Stranded are the idle consumers that hold work: requests that will
+	// not be answered until a process for that stage starts.
+	Stranded []Unconsumed `json:"stranded,omitempty"`
 }
 
 // deploymentStream says whether a stream belongs to a vmprep deployment: its
@@ -137,10 +140,26 @@ func GetOverview(ctx context.Context, js jetstream.JetStream) (Overview, error) 
 	if ov.Processes, err = Processes(ctx, js); err != nil {
 		return ov, fmt.Errorf("live processes: %w", err)
 	}
+	for _, name := range StageConsumers() {
+		if slices.ContainsFunc(ov.Consumers, func(c ConsumerState) bool { return c.Name == name }) {
+			continue
+		}
+		// No process of this stage ever bound: its work waits in the stream.
+		u, err := missingConsumer(ctx, js, name)
+		if err != nil {
+			return ov, err
+		}
+		if u.Waiting > 0 {
+			ov.Stranded = append(ov.Stranded, u)
+		}
+	}
 	for _, c := range ov.Consumers {
 		served := slices.ContainsFunc(ov.Processes, func(p Process) bool { return p.Serves(c.Name) })
 		if !served {
 			ov.Idle = append(ov.Idle, c.Name)
+			if c.Pending > 0 || c.AckPending > 0 {
+				ov.Stranded = append(ov.Stranded, Unconsumed{Consumer: c.Name, Subject: c.Filter, Waiting: c.Pending + uint64(c.AckPending)})
+			}
 		}
 	}
 	return ov, nil

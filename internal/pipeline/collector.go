@@ -130,6 +130,7 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 	if st.Resolution != nil {
 		img = st.Resolution.Spec
 		res.Resolved = &img
+		res.Unpinned = st.Resolution.Unpinned
 	}
 	hosts := map[string]bool{}
 	linked := false

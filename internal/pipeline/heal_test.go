@@ -27,7 +27,7 @@ func TestForgedLeaseIsTakenOver(t *testing.T) {
 	f := newFleet(t, m)
 	stall := 2 * time.Second
 	f.host("gateway", []string{messages.StageResolver, messages.StageCollector, messages.StageVerifier}, nil)
-	f.host("fetch1", []string{messages.StageFetcher}, func(d *pipeline.Deps) { d.LeaseStall = stall })
+	f.host("fetch1", []string{messages.StageFetcher}, func(d *pipeline.Deps) { d.LeaseStall, d.OriginTimeout = stall, stall/2 })
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

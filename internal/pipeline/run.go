@@ -27,7 +27,9 @@ import (
 var AllStages = []string{messages.StageResolver, messages.StageFetcher, messages.StageVerifier, messages.StageConverter, messages.StageCollector}
 
 // ParseStages reads a comma-separated stage list; "all" means every stage and
-// "none" (or "") means no stage.
+// "none" (or "") means no stage. The names mean what the stage binaries
+// run: "resolver" brings the collector with it, as the resolver binary does
+// (a deployment without a collector would take requests and never answer).
 func ParseStages(s string) ([]string, error) {
 	switch strings.TrimSpace(s) {
 	case "all":
@@ -51,6 +53,9 @@ func ParseStages(s string) ([]string, error) {
 			out = append(out, name)
 		}
 	}
+	if seen[messages.StageResolver] && !seen[messages.StageCollector] {
+		out = append(out, messages.StageCollector)
+	}
 	return out, nil
 }
 
@@ -65,6 +70,8 @@ type Deps struct {
 	Concurrency int
 	// ResolutionMaxAge: see ResolverStage.MaxAge.
 	ResolutionMaxAge time.Duration
+	// OriginTimeout: see FetcherStage.OriginTimeout.
+	OriginTimeout time.Duration
 	// RunnerOptions are appended to every runner's options (tests shorten waits).
 	RunnerOptions []stage.Option
 
@@ -192,7 +199,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 				holder, _ = os.Hostname()
 			}
 			h := &FetcherStage{Store: d.Store, Requests: infra.Requests, Downloader: d.Downloader, Objects: infra.Objects,
-				Leases: infra.leasesFor(holder+"/"+strconv.Itoa(os.Getpid()), d.LeaseStall), Progress: progress, Logger: log, Metrics: d.Metrics}
+				Leases: infra.leasesFor(holder+"/"+strconv.Itoa(os.Getpid()), leaseStall(d)), Progress: progress, Logger: log, Metrics: d.Metrics, OriginTimeout: d.OriginTimeout}
 			bindings = append(bindings, binding{name, name, messages.SubjectFetch, h.Handle, messages.DoneSubject(name)})
 		case messages.StageVerifier:
 			h := &VerifierStage{Store: d.Store, Objects: infra.Objects, Verified: newVerifiedObjects(infra.Verified), Progress: progress, Logger: log, Metrics: d.Metrics,
@@ -292,4 +299,19 @@ func fairAhead(stageName string, d Deps) int {
 		return 0
 	}
 	return max(32, 8*d.Concurrency)
+}
+
+// leaseStall is the fetcher's takeover bound: d.LeaseStall (default
+// DefaultLeaseStall), never less than twice the origin timeout, within which
+// an honest holder whose origin went silent fails its lease.
+func leaseStall(d Deps) time.Duration {
+	stall := d.LeaseStall
+	if stall <= 0 {
+		stall = DefaultLeaseStall
+	}
+	origin := d.OriginTimeout
+	if origin <= 0 {
+		origin = DefaultOriginTimeout
+	}
+	return max(stall, 2*origin)
 }

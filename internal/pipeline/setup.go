@@ -32,10 +32,14 @@ const (
 	LeaseTTL = 20 * time.Second
 	// DefaultLeaseStall is how long a download lease may be renewed without
 	// its recorded progress growing before a waiting fetcher takes it over
-	// (a stuck holder, or a forged lease renewed forever). It is well above
-	// LeaseTTL: an honest holder records progress every LeaseTTL/4 while
-	// bytes flow, and lets its lease lapse after a LeaseTTL without them.
-	DefaultLeaseStall = time.Minute
+	// (a stuck holder, or a forged lease renewed forever). An honest holder
+	// records progress every LeaseTTL/4 while bytes flow, and when the
+	// origin stops sending it keeps the lease until it fails the download
+	// for all waiters (Record.Failed) within the origin timeout: so the
+	// stall is never less than twice the origin timeout (see leaseStall),
+	// and a silent origin ends every request instead of a takeover
+	// restarting the wait.
+	DefaultLeaseStall = 2 * DefaultOriginTimeout
 )
 
 // SetupConfig says how missing streams and buckets are created.

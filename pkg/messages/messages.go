@@ -477,8 +477,12 @@ type Result struct {
 	// Files has each file's path, digest, size and format, by role.
 	Files map[image.Role]File `json:"files,omitempty"`
 	// Signer is the fingerprint that vouched for the digests, or "" when unsigned.
-	Signer       string `json:"signer,omitempty"`
-	Unsigned     bool   `json:"unsigned,omitempty"`
+	Signer   string `json:"signer,omitempty"`
+	Unsigned bool   `json:"unsigned,omitempty"`
+	// Unpinned is set when the image has serials but the mirror (in the
+	// classic layout, only release/) does not say which build it served:
+	// Resolved has no serial and the build cannot be asked for again.
+	Unpinned     bool   `json:"unpinned,omitempty"`
 	ResolvedFrom string `json:"resolved_from,omitempty"`
 	// Failure is set when Status is "failed".
 	Failure     *Failure  `json:"failure,omitempty"`

@@ -242,20 +242,21 @@ func (r *Runner) runFair(pull, work context.Context) {
 		defer wg.Done()
 		r.keepQueuedAlive(pull, q)
 	}()
-	for i := 0; i < r.cfg.concurrency; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for pull.Err() == nil {
-				it := q.pop(pull)
-				if it == nil {
-					return
-				}
-				r.process(work, it.jm)
-				q.done(it)
+	// The workers, and a spare per slot a handler lends while it waits
+	// (Idle): a waiting handler keeps its message, not the stage.
+	r.runWorkers(pull, func() {
+		for pull.Err() == nil {
+			if r.slots.surplus() {
+				return // a spare whose loan ended
 			}
-		}()
-	}
+			it := q.pop(pull)
+			if it == nil {
+				return
+			}
+			r.process(work, it.jm)
+			q.done(it)
+		}
+	})
 	wg.Wait()
 }
 
@@ -264,6 +265,12 @@ func (r *Runner) runFair(pull, work context.Context) {
 func (r *Runner) pullAhead(pull, work context.Context, q *fairQueue) {
 	defer r.handBack(q)
 	for pull.Err() == nil {
+		if r.drift.Load() != nil {
+			// A rewritten consumer may hand out another stage's work (or
+			// none): take nothing more from it until the operator restores it.
+			sleep(pull, r.cfg.fetchWait)
+			continue
+		}
 		n := q.room()
 		if n == 0 {
 			select {

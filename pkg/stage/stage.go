@@ -135,6 +135,8 @@ type Runner struct {
 	drift   atomic.Pointer[DriftError]
 	filters []string
 	stream  string
+	// slots counts workers and the slots idle handlers lend (see Idle).
+	slots slots
 }
 
 type config struct {
@@ -524,28 +526,50 @@ func (r *Runner) Run(ctx context.Context) {
 
 	r.running.Store(true)
 	defer r.running.Store(false)
+	// The consumer is checked against what setup made for as long as the
+	// runner pulls, whichever way it schedules.
+	var watch sync.WaitGroup
+	watch.Add(1)
+	go func() {
+		defer watch.Done()
+		r.watchDrift(ctx)
+	}()
+	defer watch.Wait()
 	if r.cfg.fair != nil {
 		r.runFair(ctx, work)
 		return
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		r.watchDrift(ctx)
-	}()
-	for i := 0; i < r.cfg.concurrency; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r.worker(ctx, work)
-		}()
+	r.runWorkers(ctx, func() { r.worker(ctx, work) })
+}
+
+// runWorkers runs concurrency workers (each running body until it returns)
+// and, while handlers wait in Idle, a spare worker per lent slot. It returns
+// once ctx has ended and every worker has stopped.
+func (r *Runner) runWorkers(ctx context.Context, body func()) {
+	s := &r.slots
+	s.mu.Lock()
+	s.limit, s.workers, s.spawning = r.cfg.concurrency, r.cfg.concurrency, true
+	s.spawn = func() {
+		defer s.wg.Done()
+		body()
 	}
-	wg.Wait()
+	s.wg.Add(r.cfg.concurrency)
+	s.mu.Unlock()
+	for i := 0; i < r.cfg.concurrency; i++ {
+		go s.spawn()
+	}
+	<-ctx.Done()
+	s.mu.Lock()
+	s.spawning = false // no spare worker starts once draining
+	s.mu.Unlock()
+	s.wg.Wait()
 }
 
 func (r *Runner) worker(pull, work context.Context) {
 	for pull.Err() == nil {
+		if r.slots.surplus() {
+			return // a spare whose loan ended
+		}
 		if r.drift.Load() != nil {
 			// A rewritten consumer may hand out another stage's work (or
 			// none): take nothing from it until the operator restores it.
@@ -624,7 +648,7 @@ func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 		outcome = r.fail(ctx, jm, m, fmt.Errorf("gave up after %d deliveries: the workers handling it stopped or crashed each time", m.Delivery), OutcomeExhausted, log)
 		return
 	}
-	hctx, cancel := context.WithCancel(ctx)
+	hctx, cancel := context.WithCancel(context.WithValue(ctx, slotsKey{}, &r.slots))
 	events, err := r.call(hctx, m, log)
 	cancel()
 
