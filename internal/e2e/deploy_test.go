@@ -266,3 +266,46 @@ func TestDockerfileDeclaresNoVolume(t *testing.T) {
 		}
 	}
 }
+
+// TestComposeProjectAndVolumes: the compose project is named vmprep whatever
+// its directory is called (it was "docker", so two checkouts on one host
+// collided), and every stage whose cache outlives a `down`/`up` has a named
+// volume for it: the resolver's stored resolutions (without them a fully
+// stored image needed the mirror again) and each converter host's cache.
+func TestComposeProjectAndVolumes(t *testing.T) {
+	dir := filepath.Join("..", "..", "deploy", "docker")
+	env, err := os.ReadFile(filepath.Join(dir, ".env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(strings.Split(string(env), "\n"), "COMPOSE_PROJECT_NAME=vmprep") {
+		t.Errorf("deploy/docker/.env does not name the project vmprep:\n%s", env)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file struct {
+		Services map[string]struct {
+			Volumes []string `yaml:"volumes"`
+		} `yaml:"services"`
+		Volumes map[string]any `yaml:"volumes"`
+	}
+	if err := yaml.Unmarshal(b, &file); err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	for _, svc := range []string{"resolver", "converter-host1", "converter-host2"} {
+		found := false
+		for _, v := range file.Services[svc].Volumes {
+			parts := strings.Split(v, ":")
+			if len(parts) >= 2 && parts[1] == "/var/cache/vmprep" {
+				if _, named := file.Volumes[parts[0]]; named {
+					found = true
+				}
+			}
+		}
+		if !found {
+			t.Errorf("service %s has no named volume at /var/cache/vmprep (its cache, VMPREP_CACHE_DIR): volumes %q", svc, file.Services[svc].Volumes)
+		}
+	}
+}
