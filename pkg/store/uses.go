@@ -101,8 +101,9 @@ func (s *Store) StoredFile(path string) (string, error) {
 // RecordUse publishes u (Base relative to the root, Holder absolute; the
 // holder's file identity is filled in). produce, if not nil, runs first with
 // the GC lock held shared, so that GC cannot remove Base between the
-// creation of the holder (the clone) and its record.
-func (s *Store) RecordUse(ctx context.Context, u Use, produce func() error) error {
+// creation of the holder (the clone) and its record; it may complete u
+// (the method it used).
+func (s *Store) RecordUse(ctx context.Context, u Use, produce func(u *Use) error) error {
 	if _, err := s.StoredFile(s.path(filepath.FromSlash(u.Base))); err != nil {
 		return err
 	}
@@ -118,7 +119,7 @@ func (s *Store) RecordUse(ctx context.Context, u Use, produce func() error) erro
 	}
 	defer unlock()
 	if produce != nil {
-		if err := produce(); err != nil {
+		if err := produce(&u); err != nil {
 			return err
 		}
 	}

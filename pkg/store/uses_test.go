@@ -29,7 +29,7 @@ func TestGCKeepsBasesThatClonesUse(t *testing.T) {
 	record := func(base, dest string, u Use, opts clone.Options) {
 		t.Helper()
 		u.Kind, u.Base, u.Holder = "clone", rel(base), dest
-		err := s.RecordUse(ctx, u, func() error {
+		err := s.RecordUse(ctx, u, func(*Use) error {
 			_, err := clone.Clone(ctx, base, dest, opts)
 			return err
 		})
