@@ -172,7 +172,9 @@ func Publish(tmp, path string, perm os.FileMode, replace bool) (err error) {
 			os.Remove(tmp)
 		}
 	}()
-	f, err := os.OpenFile(tmp, os.O_RDWR, 0)
+	// Read-only is enough to chmod and fsync, and works on a clone that
+	// clonefile(2) made with its read-only source's mode.
+	f, err := os.Open(tmp)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
