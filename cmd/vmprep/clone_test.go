@@ -119,6 +119,15 @@ func TestCloneCommand(t *testing.T) {
 	}
 }
 
+func cloneOutputOf(t *testing.T, b []byte) cloneOutput {
+	t.Helper()
+	var res cloneOutput
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatalf("clone --json: %v\n%s", err, b)
+	}
+	return res
+}
+
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]int64{"1073741824": 1 << 30, "20G": 20 << 30, "512M": 512 << 20, "1GiB": 1 << 30, "3k": 3 << 10, "2T": 2 << 40} {
 		if got, err := parseSize(in); err != nil || got != want {
