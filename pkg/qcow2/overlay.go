@@ -134,7 +134,7 @@ func Backing(r io.ReaderAt) (name string, format Format, ok bool, err error) {
 	if off == 0 {
 		return "", "", false, nil
 	}
-	if size > maxBackingNameLen || off+uint64(size) > uint64(len(buf)) {
+	if size > maxBackingNameLen || off > uint64(len(buf)) || off+uint64(size) > uint64(len(buf)) {
 		return "", "", false, malformed("header", "backing file name at %#x+%d lies outside the first %d bytes", off, size, len(buf))
 	}
 	name = string(buf[off : off+uint64(size)])
