@@ -149,24 +149,19 @@ func Clone(ctx context.Context, src, dest string, opts Options) (Result, error) 
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
-	if opts.Format == FormatQcow2 {
-		res.Method = MethodOverlay
-		err = atomicfile.Write(dest, opts.Perm, func(f *os.File) error {
-			_, err := qcow2.WriteOverlay(f, qcow2.OverlaySpec{Backing: base, BackingFormat: baseFmt, VirtualSize: size})
-			return err
-		})
-		if err != nil {
-			return res, fmt.Errorf("clone %s: %w", dest, err)
-		}
-		return res, nil
-	}
-	if baseFmt != FormatRaw {
-		return res, fmt.Errorf("clone %s: base %s is %s: a raw clone needs a raw base (prepare --format raw), or ask for a qcow2 overlay", dest, base, baseFmt)
-	}
 	tmp := atomicfile.TempName(dest)
-	if res.Method, err = cloneRaw(ctx, base, tmp, opts); err == nil && size > virt {
-		if err = os.Truncate(tmp, size); err != nil {
-			err = fmt.Errorf("grow to %d bytes: %w", size, err)
+	switch {
+	case opts.Format == FormatQcow2:
+		res.Method = MethodOverlay
+		res.Size = (size + 511) / 512 * 512 // QEMU's sectors, as the header says
+		err = writeOverlay(tmp, qcow2.OverlaySpec{Backing: base, BackingFormat: baseFmt, VirtualSize: size})
+	case baseFmt != FormatRaw:
+		return res, fmt.Errorf("clone %s: base %s is %s: a raw clone needs a raw base (prepare --format raw), or ask for a qcow2 overlay", dest, base, baseFmt)
+	default:
+		if res.Method, err = cloneRaw(ctx, base, tmp, opts); err == nil && size > virt {
+			if err = os.Truncate(tmp, size); err != nil {
+				err = fmt.Errorf("grow to %d bytes: %w", size, err)
+			}
 		}
 	}
 	if err != nil {
@@ -180,6 +175,19 @@ func Clone(ctx context.Context, src, dest string, opts Options) (Result, error) 
 		return res, fmt.Errorf("clone: %w", err)
 	}
 	return res, nil
+}
+
+// writeOverlay writes a qcow2 overlay at tmp, which must not exist.
+func writeOverlay(tmp string, spec qcow2.OverlaySpec) error {
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = qcow2.WriteOverlay(f, spec)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // probe returns the base's format (raw or qcow2) and virtual size.

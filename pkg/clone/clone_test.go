@@ -321,7 +321,7 @@ func TestOverlayQemu(t *testing.T) {
 			wantSize := max(tc.size, 64*mib)
 			wantSize = (wantSize + 511) / 512 * 512
 			realBase, _ := filepath.EvalSymlinks(tc.base)
-			if res.Method != MethodOverlay || res.Format != FormatQcow2 || res.Base != realBase {
+			if res.Method != MethodOverlay || res.Format != FormatQcow2 || res.Base != realBase || res.Size != wantSize {
 				t.Fatalf("result %+v", res)
 			}
 			var info struct {
