@@ -2,13 +2,13 @@
 
 package clone
 
-import "testing"
+import (
+	"testing"
 
-// mountFS: loop-mounting test file systems is done on Linux only.
-func mountFS(t *testing.T, kind string) string {
-	t.Skipf("loop-mounted %s: Linux only", kind)
-	return ""
-}
+	"github.com/vmprep/vmprep/internal/testutil"
+)
+
+func mountFS(t *testing.T, kind string) string { return testutil.MountLoopFS(t, kind) }
 
 func sharedBytes(t *testing.T, path string) (shared, mapped int64) {
 	t.Skip("FIEMAP: Linux only")

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/clone"
 	"github.com/vmprep/vmprep/pkg/qcow2"
 )
@@ -144,5 +145,46 @@ func TestRecordUseRefusesFilesOutsideTheStore(t *testing.T) {
 	err := s.RecordUse(context.Background(), Use{Kind: "clone", Base: "../../etc/passwd", Holder: outside}, nil)
 	if err == nil {
 		t.Fatal("RecordUse accepted a base outside the store")
+	}
+}
+
+// On XFS with reflink, a clone shares its base's blocks: gc keeps the base
+// while the clone lives, and removes it once the clone is gone.
+func TestGCKeepsReflinkedBase(t *testing.T) {
+	ctx := context.Background()
+	mnt := testutil.MountLoopFS(t, "xfs")
+	s, err := Open(filepath.Join(mnt, "cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := commit(t, s, content("reflinked base", 4<<20))
+	dest := filepath.Join(mnt, "vm.raw")
+	rel, err := s.StoredFile(b.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var method clone.Method
+	err = s.RecordUse(ctx, Use{Kind: "clone", Base: rel, Holder: dest}, func(u *Use) error {
+		res, err := clone.Clone(ctx, b.Path, dest, clone.Options{RequireCOW: true})
+		method, u.Method, u.Pins = res.Method, string(res.Method), res.Method.Shares()
+		return err
+	})
+	if err != nil || method != clone.MethodReflink {
+		t.Fatalf("clone on XFS: %s, %v", method, err)
+	}
+	if _, err := s.GC(ctx, GCOptions{MinAge: -1}); err != nil {
+		t.Fatal(err)
+	}
+	if !exists(b.Path) {
+		t.Fatal("gc removed a base a reflink clone shares")
+	}
+	if err := os.Remove(dest); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GC(ctx, GCOptions{MinAge: -1}); err != nil {
+		t.Fatal(err)
+	}
+	if exists(b.Path) {
+		t.Fatal("gc kept the base after its only clone was removed")
 	}
 }
