@@ -264,16 +264,17 @@ func requestLine(r messages.Result) string {
 }
 
 // interrupted ends a prepare stopped by ^C (or SIGTERM). In embedded mode
-// the stages let in-flight work finish (within their drain timeout) — a
-// second ^C quits at once, the default action of a signal once the first
-// has been taken. Partial downloads are resumable either way: they stay in
-// the ingest area with their sidecars. With --nats the deployment goes on.
+// the stages' in-flight work is cancelled at once (no drain: a person waits
+// for the prompt); each download writes what it has received and fsyncs it
+// before returning, so the partial file and its sidecar in the ingest area
+// resume on the next run. A second ^C quits at once (the signal's default
+// action once the first has been taken). With --nats the deployment goes on.
 func interrupted(stderr io.Writer, dep **embedded.Deployment, id string) int {
 	if *dep == nil {
 		fmt.Fprintf(stderr, "vmprep prepare: stopped waiting; the deployment goes on with request %s (--request-id %s waits for its result again)\n", id, id)
 		return 130
 	}
-	fmt.Fprintln(stderr, "vmprep prepare: stopping: finishing in-flight work (^C again to quit now)")
+	fmt.Fprintln(stderr, "vmprep prepare: stopping: saving partial downloads")
 	_ = (*dep).Close()
 	*dep = nil
 	fmt.Fprintln(stderr, "vmprep prepare: stopped; partial downloads are kept and resume on the next run")
