@@ -64,6 +64,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	target := fs.String("target", "", "with --nats: the host that must end up with the files (a converter started with --target NAME); the result names it and its paths")
 	namespace := fs.String("namespace", os.Getenv("VMPREP_NAMESPACE"), "with --nats: publish to vmprep.prepare.NAMESPACE and read results there, as a deployment that keeps clients apart requires (env VMPREP_NAMESPACE; default: the --user name, which deploy/nats/auth.conf makes each client's namespace)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	progressFlag := fs.String("progress", string(progressAuto), "how to show progress on stderr: tty (lines redrawn in place), plain (a line per step and a progress line every 5 s or 10%: for logs, CI, pipes), none, or auto (tty on a terminal, else plain; none with --json)")
 	requestID := fs.String("request-id", "", "request id (default: random); the same id yields the same one result")
 	timeout := fs.Duration("timeout", 0, "give up after this long (default: no limit; slow downloads are fine while bytes flow)")
 	common := cli.Common{LogFormat: "text"}
@@ -89,6 +90,12 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintln(stderr, "vmprep prepare: want DISTRO VERSION, e.g. vmprep prepare ubuntu 24.04")
 		return 2
 	}
+	pmode, err := parseProgressMode(*progressFlag)
+	if err != nil {
+		fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
+		return 2
+	}
+	pmode = pmode.resolve(stderr, *asJSON)
 	spec := catalog.ImageSpec{Distro: pos[0], Version: pos[1], Serial: *serial}
 	if *arch != "" {
 		a, err := catalog.ParseArch(*arch)
@@ -189,7 +196,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		cl = dep.Client()
 	}
 
-	bars := newProgressView(ctx, stderr, specLabel(spec), !*asJSON && cli.IsTerminal(stderr))
+	bars := newProgressView(ctx, stderr, specLabel(spec), pmode)
 	res, err := cl.Prepare(ctx, req, client.WithProgress(bars.update))
 	var failed *client.FailedError
 	if errors.As(err, &failed) {
@@ -211,7 +218,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return 1
 	}
 	if res.Status == messages.ResultPrepared && req.ClientConverts {
-		if res, err = localize(ctx, cl, *cacheDir, res, stderr, !*asJSON && cli.IsTerminal(stderr)); err != nil {
+		if res, err = localize(ctx, cl, *cacheDir, res, stderr, pmode); err != nil {
 			fmt.Fprintf(stderr, "vmprep prepare: %s: %v\n", specLabel(spec), err)
 			return 1
 		}
@@ -326,7 +333,7 @@ func flagSet(fs *flag.FlagSet, name string) bool {
 // verifying, converting to raw, unpacking the kernel) and returns the
 // result with local paths. A deployment that shares one cache directory
 // returns files, not objects: its result is printed as it is.
-func localize(ctx context.Context, cl *client.Client, cacheDir string, res messages.Result, stderr io.Writer, showProgress bool) (messages.Result, error) {
+func localize(ctx context.Context, cl *client.Client, cacheDir string, res messages.Result, stderr io.Writer, pmode progressMode) (messages.Result, error) {
 	var bucket string
 	for _, f := range res.Files {
 		if f.Object != nil {
@@ -354,7 +361,7 @@ func localize(ctx context.Context, cl *client.Client, cacheDir string, res messa
 	if err != nil {
 		return res, fmt.Errorf("the deployment's object store: %w", err)
 	}
-	bars := newProgressView(ctx, stderr, specLabel(res.Image()), showProgress)
+	bars := newProgressView(ctx, stderr, specLabel(res.Image()), pmode)
 	p := &place.Placer{Store: st, Objects: objs, Progress: func(step string, role catalog.Role, done, total int64) {
 		bars.update(messages.Progress{RequestID: res.RequestID, Stage: "client", Step: step, Asset: role, Done: done, Total: total})
 	}}

@@ -224,3 +224,69 @@ func lastShownFetched(t *testing.T, out, asset string) int64 {
 	}
 	return int64(shown * 0.995)
 }
+
+// TestProgressWithoutTerminal (issue 16, item 9): with stderr a pipe (a
+// journal, CI, docker compose run), prepare printed nothing for minutes.
+// Now it prints a line when each step starts and ends and progress lines
+// while a download runs, without escape sequences; --progress none prints
+// none, and a wrong --progress is refused.
+func TestProgressWithoutTerminal(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 16<<20))
+	m.Throttle(2 << 20) // a few seconds for the disk: several progress lines
+	prepare := func(extra ...string) (string, error) {
+		args := append([]string{"prepare", "--cache-dir", t.TempDir(), "--mirror", m.URL, "--keyring", m.KeyringFile(), "--arch", "amd64"}, extra...)
+		cmd := vmprepCommand(t, append(args, "ubuntu", "24.04")...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr // a pipe
+		err := cmd.Run()
+		return stderr.String(), err
+	}
+
+	out, err := prepare()
+	if err != nil {
+		t.Fatalf("prepare: %v\n%s", err, out)
+	}
+	t.Logf("stderr, a pipe:\n%s", out)
+	if strings.Contains(out, "\x1b[") || strings.Contains(out, "\r") {
+		t.Errorf("escape sequences or carriage returns on a pipe:\n%q", out)
+	}
+	if !regexp.MustCompile(`(?m)^resolve ubuntu 24\.04 amd64 .*done`).MatchString(out) {
+		t.Errorf("no line saying the image was resolved:\n%s", out)
+	}
+	var shown []int64
+	doneLine := false
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.HasPrefix(line, "fetch   disk") {
+			continue
+		}
+		if strings.Contains(line, " done ") {
+			doneLine = true
+			continue
+		}
+		if mm := fetchedRow.FindStringSubmatch(line); mm != nil && !doneLine {
+			shown = append(shown, lastShownFetched(t, line, "disk"))
+		}
+	}
+	if !doneLine {
+		t.Errorf("no line saying the disk was fetched:\n%s", out)
+	}
+	if len(shown) < 3 {
+		t.Errorf("want the start and at least two progress lines while the disk downloads, got %d:\n%s", len(shown), out)
+	}
+	for i := 1; i < len(shown); i++ {
+		if shown[i] <= shown[i-1] {
+			t.Errorf("progress lines repeat or go back (%v):\n%s", shown, out)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^verify  disk .*done`).MatchString(out) {
+		t.Errorf("no line saying the disk was verified:\n%s", out)
+	}
+
+	m.Throttle(0)
+	if out, err := prepare("--progress", "none"); err != nil || strings.Contains(out, "fetch ") || strings.Contains(out, "resolve ") {
+		t.Errorf("--progress none: %v\n%s", err, out)
+	}
+	if out, err := prepare("--progress", "bars"); err == nil || !strings.Contains(out, `--progress "bars": want auto, tty, plain or none`) {
+		t.Errorf("--progress bars: %v\n%s", err, out)
+	}
+}
