@@ -357,12 +357,12 @@ func (pv *progressView) line(r *progressRow, now time.Time) string {
 		return fmt.Sprintf("%-*s %s  %s", colStep, r.step, pv.subject, r.status(now))
 	}
 	head := fmt.Sprintf("%-*s %-*s ", colStep, r.step, colAsset, r.asset)
-	bar, pct := "["+strings.Repeat(" ", barWidth)+"]", "   "
+	bar, pct := "["+strings.Repeat(" ", barWidth)+"]", "    "
 	if r.total > 0 {
 		frac := math.Min(float64(r.done)/float64(r.total), 1)
 		n := int(frac * barWidth)
 		bar = "[" + strings.Repeat("=", n) + strings.Repeat(" ", barWidth-n) + "]"
-		pct = fmt.Sprintf("%3d", int(frac*100))
+		pct = fmt.Sprintf("%3d%%", int(frac*100))
 	}
 	total := "?"
 	if r.total > 0 {
@@ -371,13 +371,13 @@ func (pv *progressView) line(r *progressRow, now time.Time) string {
 	counts := fmt.Sprintf("%*s / %-*s", colSize, compactSize(r.done), colSize, total)
 	if r.retry != "" {
 		// No rate while waiting to retry: the state gets the room.
-		return fmt.Sprintf("%s%s %s%% %s  %s", head, bar, pct, counts, r.status(now))
+		return fmt.Sprintf("%s%s %s %s  %s", head, bar, pct, counts, r.status(now))
 	}
 	rate := ""
 	if r.rate > 0 && r.state == rowRunning {
 		rate = compactSize(int64(r.rate)) + "/s"
 	}
-	return fmt.Sprintf("%s%s %s%% %s  %*s  %s", head, bar, pct, counts, colRate, rate, r.status(now))
+	return fmt.Sprintf("%s%s %s %s  %*s  %s", head, bar, pct, counts, colRate, rate, r.status(now))
 }
 
 // compactSize formats a byte count in at most 8 columns: three or four
