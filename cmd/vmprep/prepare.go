@@ -318,7 +318,9 @@ func printResult(w io.Writer, r messages.Result) {
 		fmt.Fprintln(w, "signed by:  nobody — the distribution publishes no signature for these checksums")
 	}
 	if r.ResolvedFrom == messages.ResolvedFromCache {
-		fmt.Fprintln(w, "resolution: from the cache (no network needed)")
+		// Only the resolution: a file missing or corrupt in the cache was
+		// still fetched (the progress lines say so).
+		fmt.Fprintln(w, "resolution: from the cache (the manifests were not fetched again)")
 	}
 }
 

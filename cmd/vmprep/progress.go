@@ -63,6 +63,7 @@ type progressRow struct {
 	sampleAt   time.Time
 	sampleDone int64
 
+	note         string // a remark on the step: the cached copy was corrupt
 	retry        string // the failure being retried
 	retryAt      time.Time
 	attempt, max int
@@ -71,6 +72,7 @@ type progressRow struct {
 	printed      bool
 	printedState int
 	printedRetry string
+	printedNote  string
 	printedAt    time.Time
 	printedDone  int64
 }
@@ -213,6 +215,13 @@ func (pv *progressView) applyLocked(ev messages.Progress) {
 		pv.byKey[key] = r
 		pv.rows = append(pv.rows, r)
 	}
+	if ev.Note != "" {
+		r.note = ev.Note
+		if ev.Total > 0 {
+			r.total = ev.Total
+		}
+		return
+	}
 	if ev.Retrying != "" {
 		r.retry = ev.Retrying
 		r.retryAt = now.Add(time.Duration(ev.RetryInSeconds * float64(time.Second)))
@@ -317,7 +326,7 @@ func (pv *progressView) printLocked() {
 	now := pv.now()
 	var b strings.Builder
 	for _, r := range pv.rows {
-		news := !r.printed || r.state != r.printedState || r.retry != r.printedRetry
+		news := !r.printed || r.state != r.printedState || r.retry != r.printedRetry || r.note != r.printedNote
 		if !news && r.state == rowRunning && r.done != r.printedDone {
 			tenth := r.total > 0 && r.done-r.printedDone >= r.total/10
 			news = tenth || now.Sub(r.printedAt) >= plainEvery
@@ -327,10 +336,13 @@ func (pv *progressView) printLocked() {
 		}
 		b.WriteString(strings.TrimRight(pv.line(r, now), " "))
 		b.WriteByte('\n')
+		if r.note != "" && r.note != r.printedNote {
+			b.WriteString(strings.Repeat(" ", causeIndent) + oneLine(r.note) + "\n")
+		}
 		if r.retry != "" && r.retry != r.printedRetry {
 			b.WriteString(strings.Repeat(" ", causeIndent) + oneLine(r.retry) + "\n")
 		}
-		r.printed, r.printedState, r.printedRetry, r.printedAt, r.printedDone = true, r.state, r.retry, now, r.done
+		r.printed, r.printedState, r.printedRetry, r.printedNote, r.printedAt, r.printedDone = true, r.state, r.retry, r.note, now, r.done
 	}
 	_, _ = io.WriteString(pv.w, b.String())
 }
@@ -343,6 +355,9 @@ func (pv *progressView) linesLocked(width int) []string {
 	out := make([]string, 0, len(pv.rows))
 	for _, r := range pv.rows {
 		out = append(out, fitWidth(pv.line(r, now), width-1))
+		if r.note != "" {
+			out = append(out, strings.Repeat(" ", causeIndent)+fitWidth(oneLine(r.note), width-1-causeIndent))
+		}
 		if r.retry != "" {
 			out = append(out, strings.Repeat(" ", causeIndent)+fitWidthLeft(oneLine(r.retry), width-1-causeIndent))
 		}

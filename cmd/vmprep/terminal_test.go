@@ -290,3 +290,69 @@ func TestProgressWithoutTerminal(t *testing.T) {
 		t.Errorf("--progress bars: %v\n%s", err, out)
 	}
 }
+
+// TestCorruptCachedFileIsSaid (issue 16, item 10): a stored file that no
+// longer matches its digest was fetched again silently, the output saying
+// no network was needed; offline the run failed "gave up after 3 attempts
+// … gave up after 4 attempts" without saying the cached file was corrupt.
+// Both runs now say that the cached copy was corrupt and where it went.
+func TestCorruptCachedFileIsSaid(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	disk := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	cache := t.TempDir()
+	prepare := func() (stdout, stderr string, err error) {
+		cmd := vmprepCommand(t, "prepare", "--cache-dir", cache, "--mirror", m.URL, "--keyring", m.KeyringFile(), "--arch", "amd64", "--format", "qcow2", "ubuntu", "24.04")
+		var o, e strings.Builder
+		cmd.Stdout, cmd.Stderr = &o, &e // pipes: plain progress
+		err = cmd.Run()
+		return o.String(), e.String(), err
+	}
+	out, errOut, err := prepare()
+	if err != nil {
+		t.Fatalf("first run: %v\n%s", err, errOut)
+	}
+	mm := regexp.MustCompile(`(?m)^disk: +(\S+) \(qcow2\)`).FindStringSubmatch(out)
+	if mm == nil {
+		t.Fatalf("no disk path in:\n%s", out)
+	}
+	blob := mm[1]
+	corrupt := func() {
+		t.Helper()
+		b, err := os.ReadFile(blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[len(b)/2] ^= 0xff
+		_ = os.Chmod(blob, 0o644)
+		if err := os.WriteFile(blob, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const said = "the cached copy was corrupt (content no longer matches its digest; moved to "
+
+	corrupt()
+	out, errOut, err = prepare()
+	if err != nil {
+		t.Fatalf("run with a corrupt disk: %v\n%s", err, errOut)
+	}
+	t.Logf("a run with a corrupt cached disk:\n%s%s", errOut, out)
+	if !strings.Contains(errOut, said) || !strings.Contains(errOut, "; fetching it again") {
+		t.Errorf("the re-fetch of the corrupt disk is not said:\n%s", errOut)
+	}
+	if strings.Contains(out, "no network") {
+		t.Errorf("the result says no network was needed though the disk was fetched again:\n%s", out)
+	}
+
+	// Offline for the disk: the failure says why it had to be fetched.
+	corrupt()
+	m.SetFault(disk, testmirror.Fault{Reset: true})
+	_, errOut, err = prepare()
+	if err == nil {
+		t.Fatalf("a run with a corrupt disk and its origin unreachable succeeded:\n%s", errOut)
+	}
+	t.Logf("offline with a corrupt cached disk:\n%s", errOut)
+	last := errOut[strings.LastIndex(errOut, "vmprep prepare: ubuntu 24.04 amd64:"):]
+	if !strings.Contains(last, said) || !strings.Contains(last, "and fetching it again failed") {
+		t.Errorf("the failure does not say the cached copy was corrupt:\n%s", last)
+	}
+}

@@ -365,6 +365,9 @@ type Progress struct {
 	// how many are allowed, when the stage knows (with Retrying).
 	Attempt     int `json:"attempt,omitempty"`
 	MaxAttempts int `json:"max_attempts,omitempty"`
+	// Note, when set, is a remark on the step for the person watching:
+	// say, that the cached copy of the file was corrupt and is fetched again.
+	Note string `json:"note,omitempty"`
 }
 
 // Steps of a request, as Progress.Step names them.
