@@ -42,6 +42,7 @@ func commands() map[string]command {
 		"catalog": {runCatalog, "list distros, versions and published builds: vmprep catalog [DISTRO [VERSION]]"},
 		"passwd":  {runPasswd, "print a bcrypt hash of a password (stdin) for nats-server's users: vmprep passwd"},
 		"setup":   {runSetup, "create the streams, buckets and stage consumers, as the operator: vmprep setup [--replicas 3]"},
+		"users":   {runUsers, "one NATS user per converter host: vmprep users converters --hosts H1,H2 --out DIR"},
 		"status":  {runStatus, "a deployment at a glance, or one request: vmprep status [--nats URL] [REQUEST-ID]"},
 		"dead":    {runDead, "dead letters: vmprep dead ls | show SEQ | replay SEQ"},
 		"version": {runVersion, "print the version"},
@@ -51,7 +52,7 @@ func commands() map[string]command {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: vmprep COMMAND [flags] [args]")
 	fmt.Fprintln(w, "\ncommands:")
-	for _, name := range []string{"prepare", "catalog", "serve", "setup", "status", "dead", "passwd", "convert", "inspect", "cache", "version"} {
+	for _, name := range []string{"prepare", "catalog", "serve", "setup", "status", "dead", "passwd", "users", "convert", "inspect", "cache", "version"} {
 		fmt.Fprintf(w, "  %-8s %s\n", name, commands()[name].summary)
 	}
 	fmt.Fprintln(w, "\nRun 'vmprep COMMAND -h' for a command's flags.")

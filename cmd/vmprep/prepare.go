@@ -61,6 +61,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	var conn cli.Connection
 	fs.StringVar(&conn.NATSURL, "nats", "", "use a running vmprep deployment at this NATS URL (comma-separated for a cluster) instead of the embedded one")
 	conn.RegisterAuth(fs)
+	conn.RegisterInsecure(fs)
 	target := fs.String("target", "", "with --nats: the host that must end up with the files (a converter started with --target NAME); the result names it and its paths")
 	namespace := fs.String("namespace", os.Getenv("VMPREP_NAMESPACE"), "with --nats: publish to vmprep.prepare.NAMESPACE and read results there, as a deployment that keeps clients apart requires (env VMPREP_NAMESPACE; default: the --user name, which deploy/nats/auth.conf makes each client's namespace)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
@@ -197,7 +198,18 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 
 	bars := newProgressView(ctx, stderr, specLabel(spec), pmode)
+	stopWatching := func() {}
+	if nc != nil {
+		wctx, stopWatch := context.WithCancel(ctx)
+		watched := make(chan struct{})
+		go func() {
+			defer close(watched)
+			watchStages(wctx, func() (*nats.Conn, error) { return conn.Connect("vmprep-prepare-watch", log, false) }, *target, bars.note, log)
+		}()
+		stopWatching = func() { stopWatch(); <-watched }
+	}
 	res, err := cl.Prepare(ctx, req, client.WithProgress(bars.update))
+	stopWatching()
 	var failed *client.FailedError
 	if errors.As(err, &failed) {
 		err = nil // reported from the result below
@@ -311,6 +323,9 @@ func printResult(w io.Writer, r messages.Result) {
 	if r.Resolved != nil && r.Resolved.Serial != "" {
 		fmt.Fprintf(w, "serial:     %s (--serial %s prepares this build again)\n", r.Resolved.Serial, r.Resolved.Serial)
 	}
+	if r.Unpinned {
+		fmt.Fprintln(w, "serial:     none — the mirror holds only release/ and does not say which build it is, so this build is unpinned (--serial cannot ask for it again)")
+	}
 	switch {
 	case r.Signer != "":
 		fmt.Fprintf(w, "signed by:  %s\n", r.Signer)
@@ -369,5 +384,15 @@ func localize(ctx context.Context, cl *client.Client, cacheDir string, res messa
 	}}
 	out, err := p.Localize(ctx, res, place.HostName())
 	bars.finish(err == nil)
+	var bad *place.BadObjectError
+	if errors.As(err, &bad) {
+		// This client may not delete the object: the deployment's healer
+		// checks it and deletes it if it is bad, and the next request
+		// fetches it again.
+		if rerr := client.ReportCorrupt(ctx, js, bad.Ref, bad.Err.Error()); rerr != nil {
+			return out, fmt.Errorf("%w (and reporting it failed: %v)", err, rerr)
+		}
+		return out, fmt.Errorf("%w: reported to the deployment, which deletes a bad object; a new request fetches it again", err)
+	}
 	return out, err
 }

@@ -274,6 +274,22 @@ func (pv *progressView) markLocked(state int) {
 	}
 }
 
+// note prints a line above the bars (or alone, when there are none).
+func (pv *progressView) note(msg string) {
+	pv.mu.Lock()
+	defer pv.mu.Unlock()
+	if pv.stop == nil || pv.stopped {
+		fmt.Fprintln(pv.w, msg)
+		return
+	}
+	if pv.drawn > 0 {
+		fmt.Fprintf(pv.w, "\r\x1b[%dA\x1b[J", pv.drawn)
+		pv.drawn = 0
+	}
+	fmt.Fprintln(pv.w, msg)
+	pv.paintLocked()
+}
+
 // finish marks what is still running as done (ok) or failed, draws the
 // lines a last time and stops redrawing.
 func (pv *progressView) finish(ok bool) {

@@ -34,7 +34,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	configFile := fs.String("config", "", "nats-server configuration file (users and permissions, accounts, TLS, cluster); JetStream is always on")
 	insecure := fs.Bool("insecure", false, "allow listening on a non-loopback address without client authentication")
 	jsDir := fs.String("jetstream-dir", "", "JetStream file storage (default: the --config file's store_dir, else <cache-dir>/jetstream-serve)")
-	stagesFlag := fs.String("stages", "all", "stages to run in this process: a comma-separated list of resolver, fetcher, verifier, converter, collector; or all; or none")
+	stagesFlag := fs.String("stages", "all", "stages to run in this process: a comma-separated list of resolver (which includes the collector, as the resolver binary does), fetcher, verifier, converter, collector; or all; or none")
 	var c cli.Common
 	c.RegisterAuth(fs)
 	c.Register(fs)
@@ -44,6 +44,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	target.Register(fs)
 	var runner cli.RunnerFlags
 	runner.Register(fs)
+	var ff cli.FetcherFlags
+	ff.Register(fs)
 	fs.Usage = cli.Usage(fs, "vmprep serve [flags]\n\n"+
 		"Runs a nats-server with JetStream and the chosen stages in this process. Its first line\n"+
 		"on stdout is \"nats: <url>\". It refuses a non-loopback --listen unless the server\n"+
@@ -78,6 +80,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if err != nil {
 		return fail(2, "%v", err)
 	}
+	// The stages here connect in-process, where the server asks no TLS:
+	// a CA or certificate (say NATS_CA in the environment) would make
+	// nats.go insist on TLS over the pipe and fail.
+	c.TLSCA, c.TLSCert, c.TLSKey = "", "", ""
 	connOpts, err := c.Options()
 	if err != nil {
 		return fail(2, "%v", err)
@@ -98,14 +104,26 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	} else {
 		host = cfg.Host
 	}
-	if auth := natsembed.ClientAuth(srvOpts.Config); auth == "" && !natsembed.Loopback(host) && !*insecure {
-		where := host
-		if where == "" {
+	// Every listener the server opens, not only the clients': a websocket,
+	// MQTT or leafnode port reaches the same JetStream API, and a route or
+	// gateway port lets a server in that bypasses every permission.
+	listeners := []natsembed.Listener{{Kind: "client", Host: host}}
+	if srvOpts.Config != nil {
+		listeners = natsembed.Listeners(srvOpts.Config, host)
+	}
+	for _, l := range listeners {
+		if l.Auth != "" || natsembed.Loopback(l.Host) {
+			continue
+		}
+		where := l.Host
+		if where == "" || where == "0.0.0.0" || where == "::" {
 			where = "every interface"
 		}
-		return fail(2, "refusing to listen on %s without client authentication: anyone who reaches the port could submit work and read results. Give --config a file with users (see deploy/nats-server.conf), or --insecure to accept the risk", where)
-	} else if auth == "" && !natsembed.Loopback(host) {
-		log.Warn("--insecure: listening without client authentication", "host", host)
+		if !*insecure {
+			return fail(2, "refusing to open the %s listener on %s without authentication: %s. %s, or give --insecure to accept the risk",
+				l.Kind, where, listenerRisk[l.Kind], listenerFix[l.Kind])
+		}
+		log.Warn("--insecure: listening without authentication", "listener", l.Kind, "host", l.Host)
 	}
 
 	root := c.CacheDir
@@ -126,7 +144,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		embedded.WithServerOptions(srvOpts.Config), embedded.WithConnectOptions(connOpts...),
 		embedded.WithStages(stages...), embedded.WithLogger(log), embedded.WithConcurrency(c.Concurrency),
 		embedded.WithResolutionMaxAge(rf.MaxAge), embedded.WithRunnerOptions(runner.Options()...),
-		embedded.WithObjectStore(bucket), embedded.WithReplicas(c.Replicas), embedded.WithHost(target.Target),
+		embedded.WithOriginTimeout(ff.OriginTimeout), embedded.WithObjectStore(bucket), embedded.WithReplicas(c.Replicas), embedded.WithHost(target.Target),
 	}
 	if target.TargetedOnly {
 		opts = append(opts, embedded.WithTargetedOnly())
@@ -151,10 +169,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return errors.New("starting")
 		}
 		ready := func() error {
-			if dep.Load() == nil {
+			d := dep.Load()
+			if d == nil {
 				return errors.New("server and stages not started yet")
 			}
-			return nil
+			return d.Ready()
 		}
 		ms, err := metrics.Listen(c.MetricsListen, metrics.Handler(reg, live, ready), log)
 		if err != nil {
@@ -193,6 +212,30 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	return 0
+}
+
+// listenerRisk says what anyone who reaches an unauthenticated listener
+// could do; listenerFix, how to close it.
+var listenerRisk = map[string]string{
+	"client":     "anyone who reaches the port could submit work and read results",
+	"websocket":  "anyone who reaches the port could submit work and read results",
+	"mqtt":       "anyone who reaches the port could publish and subscribe",
+	"leafnode":   "any server that reaches the port could join as a leaf node and exchange messages",
+	"cluster":    "any nats-server that reaches the port could join as a route, read every message and bypass every permission",
+	"gateway":    "any nats-server that reaches the port could join as a gateway and exchange messages",
+	"monitoring": "the monitoring port has no authentication and tells anyone the server's connections, subjects and streams",
+	"profiling":  "the profiling port has no authentication",
+}
+
+var listenerFix = map[string]string{
+	"client":     "Give --config a file with users (see deploy/nats-server.conf)",
+	"websocket":  "Give the configuration users (or the websocket block an authorization of its own) and no no_auth_user",
+	"mqtt":       "Give the configuration users (or the mqtt block an authorization of its own) and no no_auth_user",
+	"leafnode":   "Give the configuration users (or the leafnodes block an authorization of its own)",
+	"cluster":    "Give the cluster block an authorization (user and password: see deploy/nats/node1.conf) or a tls block with verify: true",
+	"gateway":    "Give the gateway block an authorization or a tls block with verify: true",
+	"monitoring": "Put http (or https) on 127.0.0.1 and a proxy with authentication in front",
+	"profiling":  "Put prof_port on a loopback listen address, or remove it",
 }
 
 func authLabel(o *server.Options) string {

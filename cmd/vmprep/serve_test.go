@@ -89,44 +89,75 @@ func writeFile(t *testing.T, name, content string) string {
 	return p
 }
 
-// TestServeRefusesUnauthenticatedListener: serve will not open a client port
-// beyond this host unless the server authenticates clients or --insecure is
-// given; loopback needs neither.
+// TestServeRefusesUnauthenticatedListener: serve will not open any port
+// beyond this host — client, websocket, MQTT, leafnode, cluster, gateway,
+// monitoring — unless whoever reaches it must authenticate, or --insecure is
+// given; loopback needs neither. Only the client port was checked before: a
+// websocket on 0.0.0.0 let an anonymous client queue a request.
 func TestServeRefusesUnauthenticatedListener(t *testing.T) {
-	noUsers := writeFile(t, "open.conf", "listen: 0.0.0.0:-1\n")
-	defaultHost := writeFile(t, "port-only.conf", "port: -1\n")
-	anonymous := writeFile(t, "noauth.conf", `listen: 0.0.0.0:-1
-authorization { users: [ {user: a, password: b} ] }
-no_auth_user: a
-`)
-	users := writeFile(t, "users.conf", `listen: 0.0.0.0:-1
-authorization { users: [ {user: a, password: b} ] }
-`)
-	tests := []struct {
+	const users = "authorization { users: [ {user: a, password: b} ] }\n"
+	// Each listener kind on every interface (-1: a free port), with and
+	// without what authenticates it; the client port stays on loopback.
+	loopback := "listen: 127.0.0.1:-1\n"
+	kinds := []struct {
+		kind, open, closed string
+	}{
+		{"client", "listen: 0.0.0.0:-1\n", "listen: 0.0.0.0:-1\n" + users},
+		{"client", "port: -1\n", "port: -1\n" + users}, // no host: every interface
+		{"websocket", loopback + users + "websocket { listen: 0.0.0.0:-1, no_tls: true, no_auth_user: a }\n",
+			loopback + users + "websocket { listen: 0.0.0.0:-1, no_tls: true }\n"},
+		{"websocket", loopback + "websocket { listen: 0.0.0.0:-1, no_tls: true }\n",
+			loopback + "websocket { listen: 0.0.0.0:-1, no_tls: true, authorization { token: s3cret } }\n"},
+		{"mqtt", loopback + "server_name: m\nmqtt { listen: 0.0.0.0:-1 }\n",
+			loopback + "server_name: m\nmqtt { listen: 0.0.0.0:-1, authorization { user: u, password: p } }\n"},
+		{"leafnode", loopback + "leafnodes { listen: 0.0.0.0:-1 }\n",
+			loopback + "leafnodes { listen: 0.0.0.0:-1, authorization { user: leaf, password: p } }\n"},
+		{"cluster", loopback + users + "cluster { name: c, listen: 0.0.0.0:-1 }\n",
+			loopback + users + "cluster { name: c, listen: 0.0.0.0:-1, authorization { user: route, password: p } }\n"},
+		{"gateway", loopback + users + "server_name: g\ngateway { name: g, listen: 0.0.0.0:-1 }\n",
+			loopback + users + "server_name: g\ngateway { name: g, listen: 0.0.0.0:-1, authorization { user: gw, password: p } }\n"},
+		{"monitoring", loopback + users + "http: 0.0.0.0:-1\n", loopback + users + "http: 127.0.0.1:-1\n"},
+		{"monitoring", "listen: 0.0.0.0:-1\n" + users + "http_port: -1\n", "listen: 0.0.0.0:-1\n" + users},
+	}
+	type tc struct {
 		name   string
 		args   []string
 		serves bool
-	}{
-		{"all interfaces", []string{"--listen", "0.0.0.0:0"}, false},
-		{"config without users", []string{"--config", noUsers}, false},
-		{"config without a host", []string{"--config", defaultHost}, false},
-		{"config with no_auth_user", []string{"--config", anonymous}, false},
-		{"loopback", []string{"--listen", "127.0.0.1:0"}, true},
-		{"all interfaces, --insecure", []string{"--listen", "0.0.0.0:0", "--insecure"}, true},
-		{"config with users", []string{"--config", users}, true},
+		kind   string
+	}
+	tests := []tc{
+		{"all interfaces", []string{"--listen", "0.0.0.0:0"}, false, "client"},
+		{"config with no_auth_user", []string{"--config", writeFile(t, "noauth.conf", "listen: 0.0.0.0:-1\n"+users+"no_auth_user: a\n")}, false, "client"},
+		{"loopback", []string{"--listen", "127.0.0.1:0"}, true, ""},
+		{"all interfaces, --insecure", []string{"--listen", "0.0.0.0:0", "--insecure"}, true, ""},
+		{"websocket open, --insecure", []string{"--insecure", "--config", writeFile(t, "ws.conf", kinds[3].open)}, true, ""},
+	}
+	peer := map[string]string{"cluster": "cluster", "gateway": "gateway"}
+	for i, k := range kinds {
+		tests = append(tests,
+			tc{fmt.Sprintf("%s %d without authentication", k.kind, i), []string{"--config", writeFile(t, fmt.Sprintf("open%d.conf", i), k.open)}, false, k.kind},
+			tc{fmt.Sprintf("%s %d with authentication", k.kind, i), []string{"--config", writeFile(t, fmt.Sprintf("closed%d.conf", i), k.closed)}, true, peer[k.kind]})
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := startServe(t, append([]string{"--stages", "none"}, tt.args...)...)
 			if tt.serves {
-				r.url(t)
+				// Past the guard. A lone node of a cluster (or gateway)
+				// with JetStream may never become ready for want of peers:
+				// anything but the guard's refusal will do there.
+				if tt.kind == "" {
+					r.url(t)
+				} else if code, exited := r.Wait(30 * time.Second); exited && (code == 2 || strings.Contains(r.stderr.String(), "refusing")) {
+					t.Errorf("refused (exit %d): %s", code, r.stderr.String())
+				}
 				return
 			}
 			if code := r.exit(t); code != 2 {
 				t.Errorf("exit %d, want 2", code)
 			}
-			if msg := r.stderr.String(); !strings.Contains(msg, "without client authentication") || !strings.Contains(msg, "--insecure") {
-				t.Errorf("stderr does not say why or how to proceed: %s", msg)
+			want := "refusing to open the " + tt.kind + " listener on "
+			if msg := r.stderr.String(); !strings.Contains(msg, want) || !strings.Contains(msg, "without authentication") || !strings.Contains(msg, "--insecure") {
+				t.Errorf("stderr does not say %q, why or how to proceed: %s", want, msg)
 			}
 		})
 	}
@@ -140,6 +171,13 @@ authorization { users: [ {user: a, password: b} ] }
 func TestServeConfigFile(t *testing.T) {
 	for _, user := range []string{"ADMIN", "RESOLVER", "FETCHER", "VERIFIER", "CONVERTER", "ALICE", "BOB"} {
 		t.Setenv("VMPREP_"+user+"_PASSWORD", strings.ToLower(user)+"-"+t.Name())
+	}
+	// The file requires TLS of clients: its certificate files, and the CA
+	// for the client (NATS_CA, the default of --tls-ca).
+	ca := testutil.NewCA(t)
+	cert, key := ca.Issue("nats")
+	for k, v := range map[string]string{"VMPREP_TLS_CERT": cert, "VMPREP_TLS_KEY": key, "VMPREP_TLS_CA": ca.CertFile, "NATS_CA": ca.CertFile} {
+		t.Setenv(k, v)
 	}
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	r := startServe(t, "--config", filepath.Join("..", "..", "deploy", "nats-server.conf"), "--listen", "127.0.0.1:0",
@@ -158,7 +196,8 @@ func TestServeConfigFile(t *testing.T) {
 	// A wrong password is refused at once, and said so, without the password.
 	stdout.Reset()
 	stderr.Reset()
-	wrong := "nats://alice:not-" + t.Name() + "@" + strings.TrimPrefix(url, "nats://")
+	scheme, hostPort, _ := strings.Cut(url, "://")
+	wrong := scheme + "://alice:not-" + t.Name() + "@" + hostPort
 	if code := run([]string{"prepare", "--nats", wrong, "ubuntu", "24.04"}, &stdout, &stderr); code != 1 {
 		t.Errorf("prepare with a wrong password: exit %d, want 1", code)
 	}
@@ -281,6 +320,13 @@ func TestPrepareNeverShowsThePassword(t *testing.T) {
 func TestOperatorCommandsNameTheRefusal(t *testing.T) {
 	for _, user := range []string{"ADMIN", "RESOLVER", "FETCHER", "VERIFIER", "CONVERTER", "ALICE", "BOB"} {
 		t.Setenv("VMPREP_"+user+"_PASSWORD", strings.ToLower(user)+"-"+t.Name())
+	}
+	// The file requires TLS of clients: its certificate files, and the CA
+	// for the client (NATS_CA, the default of --tls-ca).
+	ca := testutil.NewCA(t)
+	cert, key := ca.Issue("nats")
+	for k, v := range map[string]string{"VMPREP_TLS_CERT": cert, "VMPREP_TLS_KEY": key, "VMPREP_TLS_CA": ca.CertFile, "NATS_CA": ca.CertFile} {
+		t.Setenv(k, v)
 	}
 	r := startServe(t, "--config", filepath.Join("..", "..", "deploy", "nats-server.conf"), "--listen", "127.0.0.1:0", "--stages", "none")
 	url := r.url(t)

@@ -27,13 +27,19 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	c.RegisterConnection(fs)
 	c.RegisterDeployment(fs)
 	wait := fs.Duration("wait", time.Minute, "how long to wait for NATS and for a cluster that is still forming (\"no suitable peers for placement\") before giving up")
-	ackWait := fs.Duration("ack-wait", 30*time.Second, "ack wait of the stage consumers it creates (how soon a dead worker's message is redelivered)")
+	ackWait := fs.Duration("ack-wait", 30*time.Second, "ack wait of the stage consumers (how soon a dead worker's message is redelivered): given, it is set on every one; not given, existing ones keep theirs")
+	limits := registerLimits(fs)
+	hostList := fs.String("hosts", "", "comma-separated converter hosts (their --target names): creates each host's consumer converter_<host>, which its own user may use but not create (see `vmprep users converters`)")
 	fs.Usage = cli.Usage(fs, "vmprep setup [flags]\n\n"+
 		"Creates the streams ("+strings.Join([]string{messages.StreamWork, messages.StreamResults, messages.StreamDead}, ", ")+"), the key-value buckets,\n"+
 		"the object bucket of --store nats:BUCKET and the stages' consumers, as the operator (deploy/nats/auth.conf:\n"+
 		"--user admin). Run it once before starting the stages, and again after an upgrade: it creates what is\n"+
-		"missing, adds subjects a newer build consumes, and leaves everything else as it is (replicas, limits\n"+
-		"an operator changed are kept; differences are warned about). --replicas 3 on a three-node cluster.")
+		"missing, adds subjects a newer build consumes, and leaves everything else as it is (replicas and\n"+
+		"retention an operator changed are kept; differences are warned about). --replicas 3 on a three-node cluster.\n"+
+		"Every stream and bucket gets the size limits of the flags below (each run applies them again: a run\n"+
+		"with other values updates them), and the limit of requests queued per namespace.\n"+
+		"A consumer changed since setup made it (filters, deliver or ack settings, a pause) is restored: its stage\n"+
+		"refuses to consume from it until then.")
 	if ok, code := parseFlags(fs, args); !ok {
 		return code
 	}
@@ -49,6 +55,14 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	if *ackWait <= 0 {
 		return failf(stderr, 2, "vmprep setup", "--ack-wait %s: want a positive duration", *ackWait)
+	}
+	lim, err := limits()
+	if err != nil {
+		return failf(stderr, 2, "vmprep setup", "%v", err)
+	}
+	hosts, err := cli.SplitHosts(*hostList)
+	if err != nil {
+		return failf(stderr, 2, "vmprep setup", "--hosts: %v", err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	conn := opsConn{Connection: c.Connection}
@@ -71,7 +85,26 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if _, err := ops.ProcessBucket(ctx, js); err != nil {
 		return failf(stderr, 1, "vmprep setup", "%v", err)
 	}
-	if err := pipeline.SetupConsumers(ctx, js, *ackWait, log); err != nil {
+	chosen := time.Duration(0) // existing consumers keep theirs
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "ack-wait" {
+			chosen = *ackWait
+		}
+	})
+	if err := pipeline.SetupConsumers(ctx, js, chosen, hosts, log); err != nil {
+		return failf(stderr, 1, "vmprep setup", "%v", err)
+	}
+	consumers := pipeline.StageConsumers()
+	if bucket != "" {
+		// Reports of corrupt objects, healed by the verifier.
+		if err := pipeline.SetupHealer(ctx, js, *ackWait, log); err != nil {
+			return failf(stderr, 1, "vmprep setup", "%v", err)
+		}
+		consumers = append(consumers, pipeline.HealerConsumer())
+	}
+	limitRows, err := pipeline.ApplyLimits(ctx, js, lim,
+		[]string{messages.BucketRequests, messages.BucketLeases, messages.BucketVerified, ops.BucketProcesses}, bucket, log)
+	if err != nil {
 		return failf(stderr, 1, "vmprep setup", "%v", err)
 	}
 
@@ -91,7 +124,7 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(tw, "%s\t%d\t%s\n", name, cfg.Replicas, strings.Join(cfg.Subjects, " "))
 	}
 	fmt.Fprintln(tw, "\nCONSUMER\tACK WAIT\tSUBJECTS")
-	for _, sc := range pipeline.StageConsumers() {
+	for _, sc := range append(consumers, pipeline.TargetConsumers(hosts)...) {
 		cons, err := js.Consumer(ctx, messages.StreamWork, sc.Name)
 		if err != nil {
 			return failf(stderr, 1, "vmprep setup", "consumer %s: %v", sc.Name, err)
@@ -104,6 +137,9 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(tw, "%s.%s\t%s\t%s\n", messages.StreamWork, sc.Name, cfg.AckWait, strings.Join(filters, " "))
 	}
 	if err := tw.Flush(); err != nil {
+		return failf(stderr, 1, "vmprep setup", "%v", err)
+	}
+	if err := printLimits(stdout, limitRows, lim.QueuedPerNamespace); err != nil {
 		return failf(stderr, 1, "vmprep setup", "%v", err)
 	}
 	return 0

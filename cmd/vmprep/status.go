@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -99,6 +100,14 @@ func printOverview(w io.Writer, ov ops.Overview) {
 	if len(ov.Idle) > 0 {
 		fmt.Fprintf(w, "\nno live process serves: %s\n", strings.Join(ov.Idle, ", "))
 	}
+	for _, c := range ov.Consumers {
+		if len(c.Drift) > 0 {
+			fmt.Fprintf(w, "\nCHANGED SINCE SETUP: consumer %s: %s\n  its stage takes no work from it: run `vmprep setup` as an admin user to restore it\n", c.Name, strings.Join(c.Drift, "; "))
+		}
+	}
+	for _, u := range ov.Stranded {
+		fmt.Fprintf(w, "WARNING: %s: start a %s (or vmprep serve --stages %s); until then its requests are not answered\n", u, stageName(u.Consumer), stageName(u.Consumer))
+	}
 }
 
 func printRequest(w io.Writer, st ops.RequestStatus) {
@@ -151,4 +160,16 @@ func printRequest(w io.Writer, st ops.RequestStatus) {
 			fmt.Fprintf(w, "failed:     %s\n", r.Failure.Error())
 		}
 	}
+}
+
+// stageName is the stage process that serves a consumer: the resolver
+// runs the collector too; a target host's consumer is a converter's.
+func stageName(consumer string) string {
+	switch {
+	case consumer == messages.StageCollector:
+		return messages.StageResolver
+	case slices.Contains(ops.StageConsumers(), consumer):
+		return consumer
+	}
+	return messages.StageConverter
 }

@@ -10,14 +10,17 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/lmittmann/tint"
+	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/download"
+	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/objectstore"
 	"github.com/vmprep/vmprep/pkg/place"
 	"github.com/vmprep/vmprep/pkg/resolve"
@@ -233,6 +236,7 @@ type RunnerFlags struct {
 	Drain      time.Duration
 	AckWait    time.Duration
 	MaxDeliver int
+	DriftCheck time.Duration
 }
 
 // Register adds the runner flags to fs.
@@ -240,11 +244,23 @@ func (r *RunnerFlags) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&r.Drain, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight work may finish before it is handed back")
 	fs.DurationVar(&r.AckWait, "ack-wait", 30*time.Second, "how soon a dead worker's message is redelivered (in-progress acks keep live work); applies when the consumer is created")
 	fs.IntVar(&r.MaxDeliver, "max-deliver", 5, "deliveries of one message before its request fails")
+	fs.DurationVar(&r.DriftCheck, "drift-check", 30*time.Second, "how often a stage checks that its consumer is as vmprep setup made it (it takes no work from one that was changed)")
 }
 
 // Options turns the flags into stage runner options.
 func (r *RunnerFlags) Options() []stage.Option {
-	return []stage.Option{stage.WithDrainTimeout(r.Drain), stage.WithAckWait(r.AckWait), stage.WithMaxDeliver(r.MaxDeliver)}
+	return []stage.Option{stage.WithDrainTimeout(r.Drain), stage.WithAckWait(r.AckWait), stage.WithMaxDeliver(r.MaxDeliver), stage.WithDriftCheck(r.DriftCheck)}
+}
+
+// FetcherFlags are the fetcher stage's.
+type FetcherFlags struct {
+	OriginTimeout time.Duration
+}
+
+// Register adds the fetcher flags to fs.
+func (f *FetcherFlags) Register(fs *flag.FlagSet) {
+	fs.DurationVar(&f.OriginTimeout, "origin-timeout", pipeline.DefaultOriginTimeout,
+		"how long an origin may send no bytes before the asset fails for good, naming its URL and the last cause (every request waiting on it fails too)")
 }
 
 // Usage formats a flag set's usage with a one-line synopsis.
@@ -262,3 +278,22 @@ func Usage(fs *flag.FlagSet, synopsis string) func() {
 
 // JoinNames formats a list for messages.
 func JoinNames(names []string) string { return strings.Join(names, ", ") }
+
+// SplitHosts reads a comma-separated list of converter host names (their
+// --target names), each checked, without repeats.
+func SplitHosts(list string) ([]string, error) {
+	var hosts []string
+	for _, h := range strings.Split(list, ",") {
+		h = strings.TrimSpace(h)
+		if h == "" {
+			continue
+		}
+		if err := messages.ValidateTarget(h); err != nil {
+			return nil, err
+		}
+		if !slices.Contains(hosts, h) {
+			hosts = append(hosts, h)
+		}
+	}
+	return hosts, nil
+}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -36,9 +37,14 @@ type Connection struct {
 	// (default _INBOX_<user> with --user, so that permissions can give each
 	// user its own inbox; _INBOX otherwise).
 	InboxPrefix string
+	// Insecure allows sending a password or token to a server beyond this
+	// host without TLS (--insecure).
+	Insecure bool
 
 	// pingInterval overrides PingInterval (tests).
 	pingInterval time.Duration
+	// dialer replaces nats.go's (tests: name lookups on a loopback DNS server).
+	dialer *net.Dialer
 }
 
 // A connection whose network vanished without a word (a host detached from
@@ -57,6 +63,13 @@ func (c *Connection) RegisterConnection(fs *flag.FlagSet) {
 	// --help shows the default, which may come from NATS_URL.
 	fs.Lookup("nats").DefValue = redact.URLs(c.NATSURL)
 	c.RegisterAuth(fs)
+	c.RegisterInsecure(fs)
+}
+
+// RegisterInsecure adds --insecure: send credentials in clear beyond this
+// host (commands that take --nats; vmprep serve has an --insecure of its own).
+func (c *Connection) RegisterInsecure(fs *flag.FlagSet) {
+	fs.BoolVar(&c.Insecure, "insecure", false, "allow sending a password or token to a NATS server beyond this host without TLS (anyone on the path could read it)")
 }
 
 // RegisterAuth adds the authentication and TLS flags (not --nats).
@@ -139,6 +152,70 @@ func (c *Connection) Options() ([]nats.Option, error) {
 	return opts, nil
 }
 
+// secure reports whether every connection is TLS whatever the server says:
+// a CA or a client certificate given (nats.go then refuses a server that
+// offers no TLS), or every URL tls:// or wss://.
+func (c *Connection) secure(urls []*url.URL) bool {
+	if c.TLSCA != "" || c.TLSCert != "" {
+		return true
+	}
+	for _, u := range urls {
+		if s := strings.ToLower(u.Scheme); s != "tls" && s != "wss" {
+			return false
+		}
+	}
+	return true
+}
+
+// ErrCleartext marks a refusal to send credentials without TLS.
+var ErrCleartext = errors.New("the password or token would cross the network in clear")
+
+// checkCleartext refuses, unless Insecure, to send a password or token to a
+// server beyond this host over a connection that may be plain: a nats://
+// URL upgrades to TLS only when the server asks, and a server an attacker
+// stands in for does not ask. Loopback is allowed: the password never
+// leaves the host. It returns whether credentials go in clear to loopback
+// (the connection must then not follow servers the cluster advertises).
+func (c *Connection) checkCleartext() (plainLoopback bool, err error) {
+	var urls []*url.URL
+	userInURL := false
+	for _, raw := range strings.Split(c.NATSURL, ",") {
+		raw = strings.TrimSpace(raw)
+		if raw == "" {
+			continue
+		}
+		if !strings.Contains(raw, "://") {
+			raw = "nats://" + raw // as nats.go reads a bare host:port
+		}
+		u, err := url.Parse(raw)
+		if err != nil {
+			return false, fmt.Errorf("--nats %s: %w", redact.URLs(raw), redact.Error(err))
+		}
+		urls = append(urls, u)
+		userInURL = userInURL || u.User != nil
+	}
+	if (c.User == "" && !userInURL) || c.Insecure || c.secure(urls) {
+		return false, nil
+	}
+	for _, u := range urls {
+		if s := strings.ToLower(u.Scheme); s == "tls" || s == "wss" || loopbackHost(u.Hostname()) {
+			continue
+		}
+		return false, fmt.Errorf("refusing to connect %s to %s: it is beyond this host and %s:// without TLS, so %w. Use tls://%s with --tls-ca (the CA of the server's certificate), or --insecure to accept the risk",
+			c.identity(), redact.URLs(u.String()), u.Scheme, ErrCleartext, u.Host)
+	}
+	return true, nil
+}
+
+// loopbackHost reports whether host names this machine only.
+func loopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 // Inbox is the inbox prefix the connection uses: --inbox-prefix, else
 // _INBOX_<user> with --user, else "" (nats.go's _INBOX).
 func (c *Connection) Inbox() string {
@@ -184,6 +261,18 @@ func (c *Connection) Connect(name string, log *slog.Logger, waitForServer bool) 
 	auth, err := c.Options()
 	if err != nil {
 		return nil, err
+	}
+	plainLoopback, err := c.checkCleartext()
+	if err != nil {
+		return nil, err
+	}
+	if c.dialer != nil {
+		auth = append(auth, nats.SetCustomDialer(c.dialer))
+	}
+	if plainLoopback {
+		// A cluster advertises its other servers' addresses; the
+		// password would go to them in clear on a reconnect.
+		auth = append(auth, nats.IgnoreDiscoveredServers())
 	}
 	var lastReconnectErr sync.Map // one log line per distinct reconnect error
 	ping := c.pingInterval

@@ -2,13 +2,18 @@ package cli
 
 import (
 	"context"
+	"errors"
+	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/natsembed"
 	"github.com/vmprep/vmprep/internal/pipeline"
@@ -156,4 +161,83 @@ func TestSilentlyDeadConnectionIsNoticed(t *testing.T) {
 	if out := logs.String(); !strings.Contains(out, "disconnected from NATS") || !strings.Contains(out, "stale connection") {
 		t.Errorf("the disconnect is not logged as a stale connection:\n%s", out)
 	}
+}
+
+// TestNoPasswordInClear: a password or token goes to a server beyond this
+// host only over TLS (a tls:// URL, or --tls-ca/--tls-cert, with which
+// nats.go refuses a server that offers none); a plain nats:// URL upgrades
+// only when the server asks, and one an attacker stands in for does not.
+// Refused before any dial, with the URL redacted and the fix; --insecure,
+// loopback and no credentials are let through. Names resolve on a loopback
+// DNS server that knows none, so nothing leaves this host either way.
+func TestNoPasswordInClear(t *testing.T) {
+	dns := testutil.StartNXDomain(t)
+	pwFile := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pwFile, []byte("hunter2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ca := testutil.NewCA(t)
+	const host = "nats1.vmprep-test.invalid:4222"
+	tests := []struct {
+		name    string
+		c       Connection
+		refused bool
+	}{
+		{"user over nats://", Connection{NATSURL: "nats://" + host, User: "alice", PasswordFile: pwFile}, true},
+		{"user, bare host:port", Connection{NATSURL: host, User: "alice", PasswordFile: pwFile}, true},
+		{"password in the URL", Connection{NATSURL: "nats://alice:p@ss/w#rd@" + host}, true},
+		{"token in the URL", Connection{NATSURL: "nats://s3cr3t-token@" + host}, true},
+		{"one server of a list in clear", Connection{NATSURL: "tls://" + host + ",nats://" + host, User: "alice", PasswordFile: pwFile}, true},
+		{"websocket in clear", Connection{NATSURL: "ws://" + host, User: "alice", PasswordFile: pwFile}, true},
+		{"tls://", Connection{NATSURL: "tls://" + host, User: "alice", PasswordFile: pwFile}, false},
+		{"nats:// with --tls-ca", Connection{NATSURL: "nats://" + host, User: "alice", PasswordFile: pwFile, TLSCA: ca.CertFile}, false},
+		{"--insecure", Connection{NATSURL: "nats://" + host, User: "alice", PasswordFile: pwFile, Insecure: true}, false},
+		{"no credentials", Connection{NATSURL: "nats://" + host}, false},
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.c.dialer = dns.Dialer()
+			nc, err := tt.c.Connect("test", log, false)
+			if nc != nil {
+				nc.Close()
+				t.Fatal("connected to a name no DNS knows")
+			}
+			if got := errors.Is(err, ErrCleartext); got != tt.refused {
+				t.Fatalf("refused for cleartext: %v, want %v (%v)", got, tt.refused, err)
+			}
+			if !tt.refused {
+				return
+			}
+			msg := err.Error()
+			for _, secret := range []string{"hunter2", "p@ss", "w#rd", "s3cr3t"} {
+				if strings.Contains(msg, secret) {
+					t.Errorf("the refusal shows a secret: %s", msg)
+				}
+			}
+			for _, want := range []string{"nats1.vmprep-test.invalid:4222", "tls://", "--tls-ca", "--insecure"} {
+				if !strings.Contains(msg, want) {
+					t.Errorf("the refusal does not say %q: %s", want, msg)
+				}
+			}
+		})
+	}
+	if n := dns.Queries(); n == 0 {
+		t.Error("no case got past the guard to a lookup: the allowed ones were not tried")
+	}
+
+	// Loopback in clear is this host's business: it connects, with the
+	// password, to a real server with users.
+	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), Listen: "127.0.0.1:0",
+		Config: &server.Options{Users: []*server.User{{Username: "alice", Password: "hunter2"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	c := Connection{NATSURL: srv.ClientURL(), User: "alice", PasswordFile: pwFile}
+	nc, err := c.Connect("test", log, false)
+	if err != nil {
+		t.Fatalf("loopback in clear: %v", err)
+	}
+	nc.Close()
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -16,6 +17,7 @@ import (
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/place"
 )
 
 // StageMain is the whole main of a stage process: it runs RunStage until
@@ -44,8 +46,20 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 	if slices.Contains(stages, messages.StageConverter) {
 		target.Register(fs)
 	}
+	var ff FetcherFlags
+	if slices.Contains(stages, messages.StageFetcher) {
+		ff.Register(fs)
+	}
 	var runner RunnerFlags
 	runner.Register(fs)
+	var leaseStall, sweepInterval, orphanGrace time.Duration
+	if slices.Contains(stages, messages.StageFetcher) {
+		fs.DurationVar(&leaseStall, "lease-stall", pipeline.DefaultLeaseStall, "take over another fetcher's download lease once its progress has not grown for this long (at least twice --origin-timeout)")
+	}
+	if slices.Contains(stages, messages.StageVerifier) {
+		fs.DurationVar(&sweepInterval, "sweep-interval", pipeline.DefaultSweepInterval, "how often to delete orphaned object chunks (of puts interrupted before their meta)")
+		fs.DurationVar(&orphanGrace, "orphan-grace", pipeline.DefaultOrphanGrace, "how old unreferenced object chunks must be to be deleted (above the put stall timeout, 30s)")
+	}
 	fs.Usage = Usage(fs, command+" [flags]\n\nRuns the "+JoinNames(stages)+" stage(s) of a vmprep deployment until SIGTERM, then drains.")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -83,16 +97,27 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 		log.Error("cannot open the content store", "err", err)
 		return 1
 	}
+	// A converter host's name: its targeted work, its consumer
+	// converter_<host>, and its liveness key, which a per-host user's
+	// permissions pin (vmprep users converters).
+	host := target.Target
+	if host == "" && slices.Contains(stages, messages.StageConverter) {
+		host = place.HostName()
+	}
 	deps := pipeline.Deps{
 		Store:            st,
 		Logger:           log,
 		Concurrency:      c.Concurrency,
 		ResolutionMaxAge: rf.MaxAge,
+		OriginTimeout:    ff.OriginTimeout,
 		RunnerOptions:    runner.Options(),
 		ObjectBucket:     bucket,
 		Replicas:         c.Replicas,
-		Host:             target.Target,
+		Host:             host,
 		TargetedOnly:     target.TargetedOnly,
+		LeaseStall:       leaseStall,
+		SweepInterval:    sweepInterval,
+		OrphanGrace:      orphanGrace,
 	}
 	if slices.Contains(stages, messages.StageResolver) {
 		if deps.Resolver, err = rf.Resolver(log); err != nil {
@@ -119,10 +144,11 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 		return s.Consuming()
 	}
 	ready := func() error {
-		if bound.Load() == nil {
+		s := bound.Load()
+		if s == nil {
 			return errors.New("stages not bound to their consumers yet")
 		}
-		return nil
+		return s.Drift()
 	}
 	if c.MetricsListen != "" {
 		reg := metrics.NewRegistry(version.Short())
@@ -170,7 +196,7 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 		hbDone := make(chan struct{})
 		go func() {
 			defer close(hbDone)
-			ops.Announce(hbCtx, js, stages, ops.Process{Name: name, Version: version.Short(), Concurrency: c.Concurrency, Consumers: s.Names()}, s.Consuming, log)
+			ops.Announce(hbCtx, js, stages, ops.Process{Name: name, Host: host, Version: version.Short(), Concurrency: c.Concurrency, Consumers: s.Names()}, s.Consuming, log)
 		}()
 		defer func() { stopHB(); <-hbDone }()
 	}

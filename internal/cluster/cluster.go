@@ -289,6 +289,10 @@ func (r *PrepareRun) run() error {
 	return nil
 }
 
+// Wait waits for the run and returns its exit error (use it or Result,
+// not both).
+func (r *PrepareRun) Wait() error { return <-r.done }
+
 // Stderr is what the finished run wrote to standard error.
 func (r *PrepareRun) Stderr() string { return r.stderr.String() }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -157,10 +158,12 @@ type NATSNode struct {
 	server  string
 	URL     string
 	Monitor string
-	args    []string
-	bin     string
-	c       *Cluster
-	Proc    *Proc
+	// RoutePort is the node's cluster (route) port on 127.0.0.1.
+	RoutePort int
+	args      []string
+	bin       string
+	c         *Cluster
+	Proc      *Proc
 }
 
 // Kill9 kills the node's server with SIGKILL.
@@ -172,8 +175,8 @@ func (n *NATSNode) Restart(tb testing.TB) {
 	n.Proc = n.c.startCmd(n.Name, exec.Command(n.bin, n.args...))
 }
 
-// freePorts returns n free loopback TCP ports.
-func freePorts(tb testing.TB, n int) []int {
+// FreePorts returns n free loopback TCP ports.
+func FreePorts(tb testing.TB, n int) []int {
 	tb.Helper()
 	var ls []net.Listener
 	var ports []int
@@ -196,21 +199,35 @@ func freePorts(tb testing.TB, n int) []int {
 // whose NATS is the comma-separated list of their client URLs.
 func NewNATSCluster(tb testing.TB, bin string, n int) (*Cluster, []*NATSNode) {
 	tb.Helper()
-	return newNATSCluster(tb, bin, n, nil)
+	return newNATSCluster(tb, bin, n, nil, nil)
 }
 
+// EnvRoutePassword holds the route secret of deploy/nats's node files
+// (cluster authorization). A test sets it in clear: NewNATSClusterFromConfigs
+// writes the route URLs with it.
+const EnvRoutePassword = "VMPREP_ROUTE_PASSWORD"
+
 // NewNATSClusterFromConfigs starts node i of a cluster from configuration
-// file confs[i] (users, permissions, JetStream settings, server_name: a
-// deployment's own files). Only what a test must own is changed: ports,
-// routes and the monitoring port come from the command line, and each
-// node's store_dir is a temporary directory (the file is copied, with the
-// other files of its directory that it may include, and its one store_dir
-// line replaced). Values the files take from the environment (passwords)
-// must be set in the test's environment.
+// file confs[i] (users, permissions, TLS, route authorization, JetStream
+// settings, server_name: a deployment's own files). Only what a test must
+// own is changed: the client and monitoring ports come from the command
+// line; each node's store_dir is a temporary directory and its cluster
+// listen a loopback port (the file is copied, with the other files of its
+// directory that it may include, and its one store_dir line and the
+// cluster block's one listen line replaced); and routes.conf, which the
+// files include for their route URLs, is written with the route secret
+// from $VMPREP_ROUTE_PASSWORD. Values the files take from the environment
+// (passwords, certificate files) must be set in the test's environment.
 func NewNATSClusterFromConfigs(tb testing.TB, bin string, confs []string) (*Cluster, []*NATSNode) {
 	tb.Helper()
+	ports := FreePorts(tb, 3*len(confs))
+	var routes []string
+	for i := range confs {
+		routes = append(routes, fmt.Sprintf("%q", RouteURL(os.Getenv(EnvRoutePassword), ports[3*i+1])))
+	}
+	routesConf := "routes: [" + strings.Join(routes, ", ") + "]\n"
 	var copies []string
-	for _, conf := range confs {
+	for ci, conf := range confs {
 		dir := tb.TempDir()
 		store := filepath.Join(tb.TempDir(), "jetstream")
 		siblings, err := filepath.Glob(filepath.Join(filepath.Dir(conf), "*.conf"))
@@ -224,15 +241,25 @@ func NewNATSClusterFromConfigs(tb testing.TB, bin string, confs []string) (*Clus
 			}
 			if filepath.Base(f) == filepath.Base(conf) {
 				lines := strings.Split(string(b), "\n")
-				replaced := 0
+				replaced, listens := 0, 0
+				inCluster := false
 				for i, l := range lines {
-					if k, _, ok := strings.Cut(strings.TrimSpace(l), ":"); ok && k == "store_dir" {
+					k, _, ok := strings.Cut(strings.TrimSpace(l), ":")
+					switch {
+					case strings.HasPrefix(l, "cluster {"):
+						inCluster = true
+					case l == "}":
+						inCluster = false
+					case ok && k == "store_dir":
 						lines[i] = fmt.Sprintf("  store_dir: %q", store)
 						replaced++
+					case ok && k == "listen" && inCluster:
+						lines[i] = fmt.Sprintf("  listen: 127.0.0.1:%d", ports[3*ci+1])
+						listens++
 					}
 				}
-				if replaced != 1 {
-					tb.Fatalf("%s: %d store_dir lines, want 1", conf, replaced)
+				if replaced != 1 || listens != 1 {
+					tb.Fatalf("%s: %d store_dir lines and %d cluster listen lines, want 1 each", conf, replaced, listens)
 				}
 				b = []byte(strings.Join(lines, "\n"))
 			}
@@ -240,15 +267,30 @@ func NewNATSClusterFromConfigs(tb testing.TB, bin string, confs []string) (*Clus
 				tb.Fatal(err)
 			}
 		}
+		if err := os.WriteFile(filepath.Join(dir, "routes.conf"), []byte(routesConf), 0o600); err != nil {
+			tb.Fatal(err)
+		}
 		copies = append(copies, filepath.Join(dir, filepath.Base(conf)))
 	}
-	return newNATSCluster(tb, bin, len(confs), copies)
+	return newNATSCluster(tb, bin, len(confs), copies, ports)
 }
 
-func newNATSCluster(tb testing.TB, bin string, n int, confs []string) (*Cluster, []*NATSNode) {
+// RouteURL is the URL of a route to 127.0.0.1:port that authenticates with
+// the route secret (none when secret is empty).
+func RouteURL(secret string, port int) string {
+	u := url.URL{Scheme: "nats-route", Host: fmt.Sprintf("127.0.0.1:%d", port)}
+	if secret != "" {
+		u.User = url.UserPassword("route", secret)
+	}
+	return u.String()
+}
+
+func newNATSCluster(tb testing.TB, bin string, n int, confs []string, ports []int) (*Cluster, []*NATSNode) {
 	c := &Cluster{tb: tb, Bin: bin, Cache: tb.TempDir(), Replicas: n}
 	tb.Cleanup(c.StopAll)
-	ports := freePorts(tb, 3*n)
+	if ports == nil {
+		ports = FreePorts(tb, 3*n)
+	}
 	var routes []string
 	for i := range n {
 		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[3*i+1]))
@@ -257,17 +299,16 @@ func newNATSCluster(tb testing.TB, bin string, n int, confs []string) (*Cluster,
 	var urls []string
 	for i := range n {
 		name := fmt.Sprintf("n%d", i+1)
-		args := []string{
-			"-a", "127.0.0.1", "-p", fmt.Sprint(ports[3*i]),
-			"--cluster", fmt.Sprintf("nats://127.0.0.1:%d", ports[3*i+1]),
-			"--routes", strings.Join(routes, ","), "-m", fmt.Sprint(ports[3*i+2]),
-		}
+		args := []string{"-a", "127.0.0.1", "-p", fmt.Sprint(ports[3*i]), "-m", fmt.Sprint(ports[3*i+2])}
 		if confs == nil {
-			args = append(args, "-n", name, "-js", "-sd", filepath.Join(tb.TempDir(), name), "--cluster_name", "vmprep")
+			args = append(args, "-n", name, "-js", "-sd", filepath.Join(tb.TempDir(), name), "--cluster_name", "vmprep",
+				"--cluster", fmt.Sprintf("nats://127.0.0.1:%d", ports[3*i+1]), "--routes", strings.Join(routes, ","))
 		} else {
+			// The file's cluster block as it is: --cluster would drop its
+			// authorization, --routes its route URLs.
 			args = append(args, "-c", confs[i])
 		}
-		node := &NATSNode{Name: "nats-" + name, URL: fmt.Sprintf("nats://127.0.0.1:%d", ports[3*i]),
+		node := &NATSNode{Name: "nats-" + name, URL: fmt.Sprintf("nats://127.0.0.1:%d", ports[3*i]), RoutePort: ports[3*i+1],
 			Monitor: fmt.Sprintf("http://127.0.0.1:%d", ports[3*i+2]), args: args, bin: filepath.Join(bin, "nats-server"), c: c}
 		if confs == nil {
 			node.server = name

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/internal/lease"
@@ -201,7 +202,10 @@ func TestComposeCluster(t *testing.T) {
 	}
 
 	secrets := filepath.Join(tmp, "secrets")
-	if out, err := exec.Command(filepath.Join(dir, "secrets.sh"), secrets).CombinedOutput(); err != nil {
+	secretsCmd := exec.Command(filepath.Join(dir, "secrets.sh"), secrets)
+	// The hashes and the converter hosts' users come from the vmprep built here.
+	secretsCmd.Env = append(os.Environ(), "VMPREP="+filepath.Join(bin, "vmprep"), "VMPREP_IMAGE_TAG="+tag)
+	if out, err := secretsCmd.CombinedOutput(); err != nil {
 		t.Fatalf("secrets.sh: %v\n%s", err, out)
 	}
 
@@ -234,7 +238,7 @@ func TestComposeCluster(t *testing.T) {
 				if natsURL == "" {
 					break
 				}
-				args := []string{"status", "--nats", natsURL, "--user", "admin", "--password-file", filepath.Join(secrets, "admin.password")}
+				args := []string{"status", "--nats", natsURL, "--user", "admin", "--password-file", filepath.Join(secrets, "admin.password"), "--tls-ca", filepath.Join(secrets, "ca.pem")}
 				if id != "" {
 					args = append(args, id)
 				}
@@ -291,12 +295,69 @@ networks:
 	}
 	natsURL = strings.Join(urls, ",")
 
+	// No password, and no route secret, in clear in any container's
+	// environment (docker inspect shows it to whoever may use Docker):
+	// the nodes have bcrypt hashes, the stages password files.
+	var secretValues []string
+	for _, u := range []string{"admin", "resolver", "fetcher", "verifier", "converter", "alice", "bob", "route"} {
+		b, err := os.ReadFile(filepath.Join(secrets, u+".password"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		secretValues = append(secretValues, strings.TrimSpace(string(b)))
+	}
+	for _, svc := range []string{"nats1", "nats2", "nats3", "setup", "resolver", "fetcher", "verifier", "converter-host1"} {
+		env := docker(t, "inspect", "--format", "{{json .Config.Env}}", p.container(svc, 1))
+		for _, v := range secretValues {
+			if strings.Contains(env, v) {
+				t.Errorf("%s has a password in clear in its environment", svc)
+			}
+		}
+	}
+
+	// A nats-server in a container on the compose network dials nats1:6222
+	// as a route, with a wrong secret and no certificate: nats1 refuses it,
+	// and a subscriber on the rogue sees nothing of what the cluster carries.
+	// (Before routes authenticated, it read every message and wrote results.)
+	rogue := docker(t, "run", "-d", "--rm", "--network", network, "--publish", "127.0.0.1::4222",
+		"vmprep-nats:"+tag, "--cluster_name", "vmprep", "--cluster", "nats://0.0.0.0:6222",
+		"--routes", "nats-route://route:wrong@nats1:6222", "-n", "rogue")
+	defer func() { _, _ = exec.Command("docker", "rm", "-f", rogue).CombinedOutput() }()
+	rogueAddr := strings.TrimSpace(docker(t, "port", rogue, "4222/tcp"))
+	rogueAddr = strings.Split(rogueAddr, "\n")[0]
+	var spy *nats.Conn
+	poll(t, "the rogue's client port", time.Minute, func() bool {
+		spy, err = nats.Connect("nats://" + rogueAddr)
+		return err == nil
+	})
+	defer spy.Close()
+	seen, err := spy.SubscribeSync(">")
+	if err != nil || spy.Flush() != nil {
+		t.Fatalf("subscribe on the rogue: %v", err)
+	}
+	poll(t, "nats1 to refuse the rogue route", time.Minute, func() bool {
+		out, _ := exec.Command("docker", "logs", p.container("nats1", 1)).CombinedOutput()
+		return strings.Contains(string(out), "TLS route handshake error") || strings.Contains(string(out), "authentication error")
+	})
+	probe, err := (&cli.Connection{NATSURL: natsURL, User: "admin", PasswordFile: filepath.Join(secrets, "admin.password"),
+		TLSCA: filepath.Join(secrets, "ca.pem")}).Connect("e2e-probe", slog.New(slog.NewTextHandler(io.Discard, nil)), false)
+	if err != nil {
+		t.Fatalf("connect as admin: %v", err)
+	}
+	if err := probe.Publish("vmprep.progress.alice.probe", []byte("alice's progress")); err != nil || probe.Flush() != nil {
+		t.Fatalf("publish as admin: %v", err)
+	}
+	probe.Close()
+	if m, err := seen.NextMsg(3 * time.Second); err == nil {
+		t.Errorf("a rogue server on the compose network received %q on %s", m.Data, m.Subject)
+	}
+
 	prepare := func(version string, arch catalog.Arch, format catalog.DiskFormat, extra ...string) *clientRun {
 		r := &clientRun{done: make(chan error, 1)}
 		id := fmt.Sprintf("compose-%d", len(requests)+1)
 		requests = append(requests, id)
 		args := append([]string{"prepare", "--request-id", id, "--nats", natsURL, "--user", "alice", "--password-file", filepath.Join(secrets, "alice.password"),
-			"--namespace", "alice", "--cache-dir", filepath.Join(tmp, "alice-cache"), "--json",
+			"--tls-ca", filepath.Join(secrets, "ca.pem"), "--namespace", "alice", "--cache-dir", filepath.Join(tmp, "alice-cache"), "--json",
 			"--arch", string(arch), "--format", string(format)}, extra...)
 		r.cmd = exec.Command(filepath.Join(bin, "vmprep"), append(args, "ubuntu", version)...)
 		r.cmd.Env = append(os.Environ(), "NATS_URL=", "VMPREP_LOG_LEVEL=warn")
@@ -354,7 +415,7 @@ networks:
 	// disk's digest names it): the other one takes the work over once the
 	// lease lapses, and the request completes; reconnected, the first one
 	// rejoins (it notices its dead connection and announces itself again).
-	conn := cli.Connection{NATSURL: natsURL, User: "admin", PasswordFile: filepath.Join(secrets, "admin.password")}
+	conn := cli.Connection{NATSURL: natsURL, User: "admin", PasswordFile: filepath.Join(secrets, "admin.password"), TLSCA: filepath.Join(secrets, "ca.pem")}
 	admin, err := conn.Connect("e2e-admin", slog.New(slog.NewTextHandler(io.Discard, nil)), false)
 	if err != nil {
 		t.Fatalf("connect as admin: %v", err)
@@ -372,6 +433,11 @@ networks:
 	run = prepare("22.04", catalog.ArchARM64, catalog.FormatRaw, "--target", "host2")
 	cut := 0
 	poll(t, "a fetcher to take the lease on the 22.04 arm64 disk", timeout, func() bool {
+		select {
+		case err := <-run.done:
+			t.Fatalf("vmprep prepare ended before a fetcher took the lease: %v\nstderr: %s\nstdout: %s", err, run.stderr.String(), run.stdout.String())
+		default:
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		kv, err := js.KeyValue(ctx, "VMPREP_LEASES")

@@ -57,7 +57,7 @@ func TestDeployNATSConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stageConn, err := nats.Connect(srv.ClientURL(), nats.UserInfo("admin", passwords["admin"]), nats.CustomInboxPrefix("_INBOX_admin"))
+	stageConn, err := nats.Connect(srv.ClientURL(), nats.UserInfo("admin", passwords["admin"]), nats.CustomInboxPrefix("_INBOX_admin"), deployCA())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func TestDeployNATSConfig(t *testing.T) {
 	defer func() { cancel(); <-done }()
 
 	violations := make(chan error, 10)
-	clientConn, err := nats.Connect(srv.ClientURL(), nats.UserInfo("alice", passwords["alice"]), nats.CustomInboxPrefix("_INBOX_alice"),
+	clientConn, err := nats.Connect(srv.ClientURL(), nats.UserInfo("alice", passwords["alice"]), nats.CustomInboxPrefix("_INBOX_alice"), deployCA(),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
 	if err != nil {
 		t.Fatal(err)
@@ -128,7 +128,8 @@ func TestDeployServiceUnits(t *testing.T) {
 	}
 	units := map[string]string{ // unit → NATS user
 		"vmprep-resolver.service": "resolver", "vmprep-fetcher.service": "fetcher",
-		"vmprep-verifier.service": "verifier", "vmprep-converter.service": "converter",
+		"vmprep-verifier.service": "verifier", "vmprep-converter.service": "converter_%l", // this host's own user
+
 		"vmprep-setup.service": "admin",
 	}
 	for unit, user := range units {
@@ -143,7 +144,7 @@ func TestDeployServiceUnits(t *testing.T) {
 					settings[k] = append(settings[k], v)
 				}
 			}
-			if !strings.Contains(string(auth), "user: "+user+"\n") {
+			if !strings.Contains(string(auth), "user: "+user+"\n") && !strings.HasPrefix(user, "converter_") {
 				t.Errorf("auth.conf has no user %s", user)
 			}
 			exec := strings.Join(settings["ExecStart"], " ")
@@ -206,7 +207,7 @@ func TestDeployServiceUnits(t *testing.T) {
 		}
 	}
 	joined := strings.Join(args, " ")
-	for _, want := range []string{"/usr/local/bin/converter ", "--target ", "--user converter ", "--password-file /", "--store nats:vmprep"} {
+	for _, want := range []string{"/usr/local/bin/converter ", "--target mac-07 ", "--user converter_mac-07 ", "--password-file /", "--store nats:vmprep"} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("launchd ProgramArguments %q lack %q", joined, want)
 		}
@@ -262,6 +263,49 @@ func TestDockerfileDeclaresNoVolume(t *testing.T) {
 	for i, line := range strings.Split(string(b), "\n") {
 		if f := strings.Fields(line); len(f) > 0 && strings.EqualFold(f[0], "VOLUME") {
 			t.Errorf("Dockerfile:%d: %s", i+1, line)
+		}
+	}
+}
+
+// TestComposeProjectAndVolumes: the compose project is named vmprep whatever
+// its directory is called (it was "docker", so two checkouts on one host
+// collided), and every stage whose cache outlives a `down`/`up` has a named
+// volume for it: the resolver's stored resolutions (without them a fully
+// stored image needed the mirror again) and each converter host's cache.
+func TestComposeProjectAndVolumes(t *testing.T) {
+	dir := filepath.Join("..", "..", "deploy", "docker")
+	env, err := os.ReadFile(filepath.Join(dir, ".env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(strings.Split(string(env), "\n"), "COMPOSE_PROJECT_NAME=vmprep") {
+		t.Errorf("deploy/docker/.env does not name the project vmprep:\n%s", env)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file struct {
+		Services map[string]struct {
+			Volumes []string `yaml:"volumes"`
+		} `yaml:"services"`
+		Volumes map[string]any `yaml:"volumes"`
+	}
+	if err := yaml.Unmarshal(b, &file); err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	for _, svc := range []string{"resolver", "converter-host1", "converter-host2"} {
+		found := false
+		for _, v := range file.Services[svc].Volumes {
+			parts := strings.Split(v, ":")
+			if len(parts) >= 2 && parts[1] == "/var/cache/vmprep" {
+				if _, named := file.Volumes[parts[0]]; named {
+					found = true
+				}
+			}
+		}
+		if !found {
+			t.Errorf("service %s has no named volume at /var/cache/vmprep (its cache, VMPREP_CACHE_DIR): volumes %q", svc, file.Services[svc].Volumes)
 		}
 	}
 }

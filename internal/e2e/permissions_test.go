@@ -34,10 +34,12 @@ var deployUsers = map[string]string{
 
 // deployPasswords gives every user of deploy/nats/auth.conf a password (in
 // the environment, for nats-server) and a password file, and returns the
-// passwords and the files by user.
+// passwords and the files by user. The certificates and the route secret
+// the files also take from the environment are set by deployTLS.
 func deployPasswords(t *testing.T) (passwords, files map[string]string) {
 	t.Helper()
 	passwords, files = map[string]string{}, map[string]string{}
+	deployTLS(t)
 	dir := t.TempDir()
 	for user, env := range deployUsers {
 		pw := user + "-pw-" + fmt.Sprint(time.Now().UnixNano())
@@ -61,12 +63,11 @@ func TestDeployPermissions(t *testing.T) {
 		t.Skip("multi-process test")
 	}
 	passwords, pwFiles := deployPasswords(t)
-	deployDir := filepath.Join("..", "..", "deploy", "nats")
-	var confs []string
-	for i := 1; i <= 3; i++ {
-		confs = append(confs, filepath.Join(deployDir, fmt.Sprintf("node%d.conf", i)))
-	}
-	c, _ := cluster.NewNATSClusterFromConfigs(t, cluster.Build(t), confs)
+	bin := cluster.Build(t)
+	// mac1 is a converter host with its own user (vmprep users converters).
+	confs, hostFiles := deployWithHosts(t, bin, "mac1")
+	pwFiles["converter_mac1"] = hostFiles["converter_mac1"]
+	c, _ := cluster.NewNATSClusterFromConfigs(t, bin, confs)
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 16<<20))
 	as := func(user string) []string {
 		return []string{"--nats", c.NATS, "--user", user, "--password-file", pwFiles[user]}
@@ -88,7 +89,7 @@ func TestDeployPermissions(t *testing.T) {
 
 	// The operator sets up, twice: the second run changes nothing.
 	for range 2 {
-		if out, err := vmprep(append([]string{"setup", "--store", "nats:" + cluster.Bucket, "--replicas", "3"}, as("admin")...)...); err != nil {
+		if out, err := vmprep(append([]string{"setup", "--store", "nats:" + cluster.Bucket, "--replicas", "3", "--hosts", "mac1"}, as("admin")...)...); err != nil {
 			t.Fatalf("vmprep setup as admin: %v\n%s", err, out)
 		} else {
 			for _, want := range [][2]string{{"VMPREP_WORK", "3"}, {"OBJ_" + cluster.Bucket, "3"}, {"KV_VMPREP_LEASES", "3"}, {"VMPREP_WORK.fetcher", "30s"}} {
@@ -108,7 +109,7 @@ func TestDeployPermissions(t *testing.T) {
 		c.Start("verifier", stageArgs("verifier")...),
 	}
 	converterCache := t.TempDir()
-	stages = append(stages, c.Start("converter", append(as("converter"), "--store", "nats:"+cluster.Bucket, "--cache-dir", converterCache, "--target", "mac1")...))
+	stages = append(stages, c.Start("converter", append(as("converter_mac1"), "--store", "nats:"+cluster.Bucket, "--cache-dir", converterCache, "--target", "mac1")...))
 
 	// A request that fails ends with a failed result, whichever stage fails
 	// it: every stage's user may tell the collector (vmprep.asset.done).
@@ -204,12 +205,8 @@ func TestDeployPermissions(t *testing.T) {
 			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "MINE", Subjects: []string{"mine.>"}})
 			return err
 		}},
-		{"client reads a VMPREP_WORK message", "alice", "$JS.API.STREAM.MSG.GET.VMPREP_WORK", func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error {
-			s, err := js.Stream(ctx, messages.StreamWork)
-			if err != nil {
-				return err
-			}
-			_, err = s.GetMsg(ctx, 1)
+		{"client reads a VMPREP_WORK message", "alice", "$JS.API.STREAM.MSG.GET.VMPREP_WORK", func(ctx context.Context, nc *nats.Conn, _ jetstream.JetStream) error {
+			_, err := nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.VMPREP_WORK", []byte(`{"seq":1}`))
 			return err
 		}},
 		{"client consumes VMPREP_WORK", "alice", "$JS.API.CONSUMER.CREATE.VMPREP_WORK", func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error {
@@ -238,12 +235,8 @@ func TestDeployPermissions(t *testing.T) {
 		{"client subscribes to another client's progress", "alice", "vmprep.progress.bob.>", func(ctx context.Context, nc *nats.Conn, _ jetstream.JetStream) error {
 			return subscribeFlush(nc, "vmprep.progress.bob.>")
 		}},
-		{"client reads another client's request state", "alice", "$JS.API.DIRECT.GET.KV_VMPREP_REQUESTS.$KV.VMPREP_REQUESTS." + kvKey, func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error {
-			kv, err := js.KeyValue(ctx, messages.BucketRequests)
-			if err != nil {
-				return err
-			}
-			_, err = kv.Get(ctx, kvKey)
+		{"client reads another client's request state", "alice", "$JS.API.DIRECT.GET.KV_VMPREP_REQUESTS.$KV.VMPREP_REQUESTS." + kvKey, func(ctx context.Context, nc *nats.Conn, _ jetstream.JetStream) error {
+			_, err := nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET.KV_VMPREP_REQUESTS.$KV.VMPREP_REQUESTS."+kvKey, nil)
 			return err
 		}},
 		{"client subscribes to another user's inbox", "alice", "_INBOX_bob.>", func(ctx context.Context, nc *nats.Conn, _ jetstream.JetStream) error {
@@ -259,7 +252,7 @@ func TestDeployPermissions(t *testing.T) {
 	for _, d := range denials {
 		t.Run(d.name, func(t *testing.T) {
 			violations := make(chan error, 16)
-			nc, err := nats.Connect(c.NATS, nats.UserInfo(d.user, passwords[d.user]), nats.CustomInboxPrefix("_INBOX_"+d.user),
+			nc, err := nats.Connect(c.NATS, nats.UserInfo(d.user, passwords[d.user]), nats.CustomInboxPrefix("_INBOX_"+d.user), deployCA(),
 				nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
 			if err != nil {
 				t.Fatal(err)

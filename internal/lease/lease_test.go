@@ -116,7 +116,7 @@ func TestKeepWhileBytesFlow(t *testing.T) {
 		}
 	}()
 	defer close(stopTicking)
-	stop := la.Keep(ctx, done.Load, func(err error) { t.Errorf("lost: %v", err) })
+	stop := la.Keep(ctx, done.Load, 0, func(err error) { t.Errorf("lost: %v", err) })
 	time.Sleep(3 * ttl)
 	if _, err := b.TryAcquire(ctx, "k"); !errors.Is(err, lease.ErrHeld) {
 		t.Fatalf("a kept lease was taken: %v", err)
@@ -135,5 +135,74 @@ func TestKeepWhileBytesFlow(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("release did not wake the waiter (it polls hourly: only the watch can)")
+	}
+}
+
+// TestStalledHolderIsTakenOver: a holder that renews its lease forever
+// without its progress growing (stuck, or a forged lease) is taken over
+// after the stall bound, and its next renewal fails; a holder whose
+// progress grows keeps its lease.
+func TestStalledHolderIsTakenOver(t *testing.T) {
+	ctx := context.Background()
+	ttl, stall := 2*time.Second, time.Second
+	kv := bucket(t, ttl)
+	forger, waiter := lease.New(kv, "forger", ttl), lease.New(kv, "waiter", ttl, lease.WithStall(stall))
+
+	// A growing holder first: it is never taken over.
+	lg, err := forger.TryAcquire(ctx, "growing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gctx, gstop := context.WithCancel(ctx)
+	go func() {
+		for done := int64(1); gctx.Err() == nil; done++ {
+			_ = lg.Renew(gctx, done)
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	wctx, wcancel := context.WithTimeout(ctx, 4*stall)
+	got, err := waiter.WaitOrTakeOver(wctx, "growing", 100*time.Millisecond, func() bool { return false })
+	wcancel()
+	gstop()
+	if got != nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a holder with growing progress was taken over (lease %v, err %v)", got != nil, err)
+	}
+
+	lf, err := forger.TryAcquire(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fctx, fstop := context.WithCancel(ctx)
+	defer fstop()
+	renewErr := make(chan error, 1)
+	go func() {
+		for fctx.Err() == nil {
+			if err := lf.Renew(fctx, 42); err != nil {
+				renewErr <- err
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	wctx, wcancel = context.WithTimeout(ctx, time.Minute)
+	defer wcancel()
+	start := time.Now()
+	got, err = waiter.WaitOrTakeOver(wctx, "k", 100*time.Millisecond, func() bool { return false })
+	if err != nil || got == nil {
+		t.Fatalf("a lease renewed without progress was not taken over: %v", err)
+	}
+	if waited := time.Since(start); waited < stall {
+		t.Errorf("taken over after %s, before the stall bound %s", waited, stall)
+	}
+	select {
+	case err := <-renewErr:
+		if !errors.Is(err, lease.ErrLost) {
+			t.Errorf("the stalled holder's renewal failed with %v, want ErrLost", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the stalled holder kept renewing after the takeover")
+	}
+	if err := got.Renew(ctx, 1); err != nil {
+		t.Errorf("the new holder cannot renew: %v", err)
 	}
 }

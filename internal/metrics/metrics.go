@@ -54,6 +54,7 @@ type Metrics struct {
 	originBytes  prometheus.Counter
 	objectBytes  *prometheus.CounterVec
 	leaseWait    *prometheus.HistogramVec
+	drift        *prometheus.GaugeVec
 }
 
 // durationBuckets span a warm hand-off (milliseconds) to a multi-gigabyte
@@ -111,8 +112,12 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "Time spent waiting for a per-digest download lease, by how the wait ended.",
 			Buckets: durationBuckets,
 		}, []string{"outcome"}),
+		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vmprep_consumer_drift",
+			Help: "1 while a stage's durable consumer differs from what vmprep setup made (the stage takes no work from it; vmprep status says what differs), else 0.",
+		}, []string{"stage", "consumer"}),
 	}
-	for _, c := range []prometheus.Collector{m.handled, m.redeliveries, m.deadLetters, m.duration, m.inFlight, m.originBytes, m.objectBytes, m.leaseWait} {
+	for _, c := range []prometheus.Collector{m.handled, m.redeliveries, m.deadLetters, m.duration, m.inFlight, m.originBytes, m.objectBytes, m.leaseWait, m.drift} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register vmprep metrics: %w", err)
 		}
@@ -193,6 +198,18 @@ func (m *Metrics) LeaseWait(outcome LeaseOutcome, waited time.Duration) {
 	m.leaseWait.WithLabelValues(string(outcome)).Observe(waited.Seconds())
 }
 
+// ConsumerDrifted implements stage.DriftObserver.
+func (m *Metrics) ConsumerDrifted(stageName, consumer string, drifted bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if drifted {
+		v = 1
+	}
+	m.drift.WithLabelValues(stageName, consumer).Set(v)
+}
+
 // Observer returns m as a stage.Observer, or nil when m is nil (so that
 // stage.WithObserver keeps the runner's default).
 func (m *Metrics) Observer() stage.Observer {
@@ -202,4 +219,7 @@ func (m *Metrics) Observer() stage.Observer {
 	return m
 }
 
-var _ stage.Observer = (*Metrics)(nil)
+var (
+	_ stage.Observer      = (*Metrics)(nil)
+	_ stage.DriftObserver = (*Metrics)(nil)
+)

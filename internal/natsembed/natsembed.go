@@ -4,6 +4,7 @@
 package natsembed
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -175,3 +176,81 @@ func Loopback(host string) bool {
 
 // Running reports whether the server is running.
 func (s *Server) Running() bool { return s.srv.Running() }
+
+// Listener is one network listener a server configuration opens, and how
+// whoever reaches it must authenticate ("" when anyone may connect).
+type Listener struct {
+	// Kind is client, websocket, mqtt, leafnode, cluster, gateway,
+	// monitoring or profiling.
+	Kind string
+	Host string
+	Port int
+	Auth string
+}
+
+// Listeners are the network listeners of a server with options o whose
+// client listener is on clientHost (the host --listen gives, or the
+// file's): every port someone on the network could reach, each with the
+// authentication it requires. A websocket, MQTT or leafnode listener
+// without authentication of its own takes the clients' users; a route,
+// gateway, monitoring or profiling listener never does (the monitoring and
+// profiling ports have no authentication at all).
+func Listeners(o *server.Options, clientHost string) []Listener {
+	ls := []Listener{{Kind: "client", Host: clientHost, Port: o.Port, Auth: ClientAuth(o)}}
+	own := func(user, token, noAuth string) string {
+		switch {
+		case noAuth != "":
+			return ""
+		case user != "":
+			return "a user password"
+		case token != "":
+			return "a token"
+		}
+		return ClientAuth(o)
+	}
+	if o.Websocket.Port != 0 {
+		ls = append(ls, Listener{"websocket", o.Websocket.Host, o.Websocket.Port, own(o.Websocket.Username, o.Websocket.Token, o.Websocket.NoAuthUser)})
+	}
+	if o.MQTT.Port != 0 {
+		ls = append(ls, Listener{"mqtt", o.MQTT.Host, o.MQTT.Port, own(o.MQTT.Username, o.MQTT.Token, o.MQTT.NoAuthUser)})
+	}
+	if o.LeafNode.Port != 0 {
+		auth := own(o.LeafNode.Username, "", "")
+		if o.LeafNode.Nkey != "" || len(o.LeafNode.Users) > 0 {
+			auth = "leafnode users"
+		}
+		ls = append(ls, Listener{"leafnode", o.LeafNode.Host, o.LeafNode.Port, auth})
+	}
+	// A route or gateway authenticates with the block's user (nats-server
+	// accepts one only), or with a certificate the block's tls verifies.
+	peerAuth := func(user string, tc *tls.Config) string {
+		switch {
+		case user != "":
+			return "a password"
+		case tc != nil && tc.ClientAuth == tls.RequireAndVerifyClientCert:
+			return "verified certificates"
+		}
+		return ""
+	}
+	if o.Cluster.Port != 0 {
+		ls = append(ls, Listener{"cluster", o.Cluster.Host, o.Cluster.Port, peerAuth(o.Cluster.Username, o.Cluster.TLSConfig)})
+	}
+	if o.Gateway.Port != 0 {
+		ls = append(ls, Listener{"gateway", o.Gateway.Host, o.Gateway.Port, peerAuth(o.Gateway.Username, o.Gateway.TLSConfig)})
+	}
+	// nats-server puts the monitoring and profiling ports on the client
+	// listener's host unless told otherwise.
+	httpHost := o.HTTPHost
+	if httpHost == "" {
+		httpHost = clientHost
+	}
+	for _, p := range []int{o.HTTPPort, o.HTTPSPort} {
+		if p != 0 {
+			ls = append(ls, Listener{"monitoring", httpHost, p, ""})
+		}
+	}
+	if o.ProfPort != 0 {
+		ls = append(ls, Listener{"profiling", clientHost, o.ProfPort, ""})
+	}
+	return ls
+}

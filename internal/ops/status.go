@@ -10,8 +10,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // ErrNoDeployment means the server has no vmprep streams.
@@ -42,6 +44,10 @@ type ConsumerState struct {
 	// Waiting pull requests: idle workers asking for work.
 	Waiting int           `json:"waiting"`
 	AckWait time.Duration `json:"ack_wait"`
+	// Drift says how the consumer differs from what vmprep setup made (a
+	// stage's, or a converter host's): its stage takes no work from it
+	// until setup restores it.
+	Drift []string `json:"drift,omitempty"`
 }
 
 // Overview is the deployment at a glance.
@@ -52,6 +58,11 @@ type Overview struct {
 	Processes []Process `json:"processes"`
 	// Idle lists consumers that no live process serves.
 	Idle []string `json:"idle,omitempty"`
+	// Drifted lists consumers that differ from what vmprep setup made.
+	Drifted []string `json:"drifted,omitempty"`
+	// Stranded are the idle consumers that hold work: requests that will
+	// not be answered until a process for that stage starts.
+	Stranded []Unconsumed `json:"stranded,omitempty"`
 }
 
 // deploymentStream says whether a stream belongs to a vmprep deployment: its
@@ -71,7 +82,8 @@ func stageOf(subject string) string {
 		return messages.StageVerifier
 	case messages.SubjectConvert:
 		return messages.StageConverter
-	case messages.SubjectDone:
+	}
+	if strings.HasPrefix(subject, messages.SubjectDone+".") {
 		return messages.StageCollector
 	}
 	if host, ok := strings.CutPrefix(subject, messages.SubjectTargetPrefix); ok {
@@ -113,18 +125,41 @@ func GetOverview(ctx context.Context, js jetstream.JetStream) (Overview, error) 
 			Name: info.Name, Filter: filterOf(info.Config), Pending: info.NumPending, AckPending: info.NumAckPending,
 			Redelivered: info.NumRedelivered, Waiting: info.NumWaiting, AckWait: info.Config.AckWait,
 		})
+		if filters, ok := pipeline.ConsumerFilters(info.Name); ok {
+			if d := stage.ConsumerDrift(info.Name, filters, info.Config); len(d) > 0 {
+				ov.Consumers[len(ov.Consumers)-1].Drift = d
+				ov.Drifted = append(ov.Drifted, info.Name)
+			}
+		}
 	}
 	if err := consumers.Err(); err != nil {
 		return ov, fmt.Errorf("list consumers of %s: %w", messages.StreamWork, err)
 	}
 	slices.SortFunc(ov.Consumers, func(a, b ConsumerState) int { return strings.Compare(a.Name, b.Name) })
+	slices.Sort(ov.Drifted)
 	if ov.Processes, err = Processes(ctx, js); err != nil {
 		return ov, fmt.Errorf("live processes: %w", err)
+	}
+	for _, name := range StageConsumers() {
+		if slices.ContainsFunc(ov.Consumers, func(c ConsumerState) bool { return c.Name == name }) {
+			continue
+		}
+		// No process of this stage ever bound: its work waits in the stream.
+		u, err := missingConsumer(ctx, js, name)
+		if err != nil {
+			return ov, err
+		}
+		if u.Waiting > 0 {
+			ov.Stranded = append(ov.Stranded, u)
+		}
 	}
 	for _, c := range ov.Consumers {
 		served := slices.ContainsFunc(ov.Processes, func(p Process) bool { return p.Serves(c.Name) })
 		if !served {
 			ov.Idle = append(ov.Idle, c.Name)
+			if c.Pending > 0 || c.AckPending > 0 {
+				ov.Stranded = append(ov.Stranded, Unconsumed{Consumer: c.Name, Subject: c.Filter, Waiting: c.Pending + uint64(c.AckPending)})
+			}
 		}
 	}
 	return ov, nil

@@ -162,8 +162,8 @@ func TestCollectorFailureNamesItsAsset(t *testing.T) {
 			if merr != nil {
 				t.Fatal(merr)
 			}
-			evs := FailurePolicy(messages.StageCollector, slog.New(slog.DiscardHandler))(
-				stage.Message{Subject: messages.SubjectDone, Data: data}, throughRunner(err))
+			evs := FailurePolicy(messages.StageCollector, "", slog.New(slog.DiscardHandler))(
+				stage.Message{Subject: messages.DoneSubject(messages.StageVerifier), Data: data}, throughRunner(err))
 			if len(evs) != 1 {
 				t.Fatalf("failure policy gave %d events", len(evs))
 			}

@@ -25,7 +25,10 @@ type CollectorStage struct {
 	Requests *Requests
 	// Host names this host in results of a deployment that shares one cache
 	// directory (where the paths are valid).
-	Host   string
+	Host string
+	// Bucket is the object store bucket of a deployment that has one ("":
+	// one shared cache directory); it says where a finished asset may be.
+	Bucket string
 	Logger *slog.Logger
 }
 
@@ -43,12 +46,23 @@ func (s *CollectorStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 	for attempt := 0; attempt < 20; attempt++ {
 		key := messages.RequestKey(ev.Namespace, ev.RequestID)
 		st, rev, err := s.Requests.Load(ctx, key)
-		if errors.Is(err, errStateNotFound) {
-			// A failure before the resolver recorded the request.
-			st, rev = requestState{Namespace: ev.Namespace, Spec: ev.Spec, Format: ev.Format, Target: ev.Target, ClientConverts: ev.ClientConverts, Roles: ev.Roles, ResolvedFrom: ev.ResolvedFrom}, 0
-		} else if err != nil {
+		var recorded *requestState
+		if err == nil {
+			recorded = &st
+		} else if !errors.Is(err, errStateNotFound) {
 			return nil, err
 		}
+		admitted, err := s.admit(m.Subject, recorded, ev)
+		if err != nil {
+			s.Logger.Warn("refused a done event", "subject", m.Subject, "request", key, "err", err)
+			return nil, err
+		}
+		if recorded == nil {
+			// A failure before the resolver recorded the request (admit
+			// lets only the resolver say so).
+			st, rev = requestState{Namespace: ev.Namespace, Spec: ev.Spec, Format: ev.Format, Target: ev.Target, ClientConverts: ev.ClientConverts, ResolvedFrom: ev.ResolvedFrom}, 0
+		}
+		ev := admitted
 		if st.Final == nil {
 			if st.Done == nil {
 				st.Done = map[catalog.Role]messages.AssetEvent{}
@@ -116,6 +130,7 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 	if st.Resolution != nil {
 		img = st.Resolution.Spec
 		res.Resolved = &img
+		res.Unpinned = st.Resolution.Unpinned
 	}
 	hosts := map[string]bool{}
 	linked := false
@@ -130,7 +145,7 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 			f.Format = ev.FileFormat
 			res.DiskFormat = ev.FileFormat
 		}
-		if ev.Object == nil {
+		if s.Bucket == "" {
 			// One shared cache directory: the paths are found in the store
 			// from the digests, not taken from the events, and linked here.
 			path, err := s.storedPath(ctx, ev)

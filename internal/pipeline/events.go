@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/vmprep/vmprep/pkg/catalog"
@@ -68,10 +69,15 @@ func failureCause(err error) string {
 }
 
 // FailurePolicy turns a message that will not be retried into the event that
-// ends its request: a failed asset event for the collector, or — when the
-// collector itself fails — a failed result.
-func FailurePolicy(stageName string, logger *slog.Logger) stage.FailureFunc {
+// ends its request: a failed asset event for the collector on done (the
+// stage's own done subject, messages.DoneSubject), or — when the collector
+// itself fails — a failed result. A done event the collector refused as
+// forged (errRefused) ends nothing: its request is not the sender's to fail.
+func FailurePolicy(stageName, done string, logger *slog.Logger) stage.FailureFunc {
 	return func(m stage.Message, err error) []stage.Event {
+		if errors.Is(err, errRefused) {
+			return nil
+		}
 		f := &messages.Failure{Stage: stageName, Cause: failureCause(err), Retryable: !stage.IsPermanent(err)}
 		ns, isRequest := messages.NamespaceOf(m.Subject)
 		switch {
@@ -89,7 +95,7 @@ func FailurePolicy(stageName string, logger *slog.Logger) stage.FailureFunc {
 			if messages.ValidateRequestID(req.RequestID) != nil {
 				return nil
 			}
-			ev, e := assetEvent(messages.SubjectDone, "failed", messages.AssetEvent{
+			ev, e := assetEvent(done, "failed", messages.AssetEvent{
 				Namespace: ns, RequestID: req.RequestID, Spec: req.Spec, Format: req.Format, Status: messages.StatusFailed, Failure: f,
 			})
 			if e != nil {
@@ -97,7 +103,7 @@ func FailurePolicy(stageName string, logger *slog.Logger) stage.FailureFunc {
 				return nil
 			}
 			return []stage.Event{ev}
-		case m.Subject == messages.SubjectDone:
+		case strings.HasPrefix(m.Subject, messages.SubjectDone+"."):
 			var ev messages.AssetEvent
 			if messages.Decode(m.Data, messages.TypeAsset, &ev) != nil || messages.ValidateRequestID(ev.RequestID) != nil {
 				return nil
@@ -118,7 +124,7 @@ func FailurePolicy(stageName string, logger *slog.Logger) stage.FailureFunc {
 			}
 			f.Asset, f.URL = ev.Asset.Role, ev.Asset.URL
 			ev.Status, ev.Failure = messages.StatusFailed, f
-			out, e := assetEvent(messages.SubjectDone, "failed", ev)
+			out, e := assetEvent(done, "failed", ev)
 			if e != nil {
 				return nil
 			}

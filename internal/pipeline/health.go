@@ -12,7 +12,9 @@ import (
 func (s *Stages) Consuming() error {
 	var stalled []string
 	for _, r := range s.runners {
-		if !r.Consuming() {
+		if err := r.Drift(); err != nil {
+			stalled = append(stalled, err.Error())
+		} else if !r.Consuming() {
 			stalled = append(stalled, r.Name())
 		}
 	}
@@ -20,6 +22,16 @@ func (s *Stages) Consuming() error {
 		return fmt.Errorf("not consuming: %s", strings.Join(stalled, ", "))
 	}
 	return nil
+}
+
+// Drift reports nil while every stage's consumer is as vmprep setup made
+// it, else what differs (see stage.ConsumerDrift): a readiness check.
+func (s *Stages) Drift() error {
+	var errs []error
+	for _, r := range s.runners {
+		errs = append(errs, r.Drift())
+	}
+	return errors.Join(errs...)
 }
 
 // Names lists the stages of s.
@@ -52,6 +64,15 @@ func (e *Embedded) Live() error {
 		return fmt.Errorf("stages not connected to NATS (%s)", e.stages.Status())
 	}
 	return e.bound.Consuming()
+}
+
+// Ready reports nil while the embedded stages' consumers are as setup made
+// them, else what differs.
+func (e *Embedded) Ready() error {
+	if e.bound == nil {
+		return nil
+	}
+	return e.bound.Drift()
 }
 
 // runningTotal turns running totals (what progress callbacks report) into

@@ -62,12 +62,13 @@ func TestSetupByTheOperator(t *testing.T) {
 	}
 
 	// The operator sets up; the operator then keeps results a day and
-	// gives the fetchers a longer ack wait; a second setup keeps both.
-	for range 2 {
+	// gives the consumers a longer ack wait (setup --ack-wait); a second
+	// setup without one keeps both.
+	for _, ackWait := range []time.Duration{45 * time.Second, 0} {
 		if _, err := pipeline.Setup(ctx, admin, cfg); err != nil {
 			t.Fatal(err)
 		}
-		if err := pipeline.SetupConsumers(ctx, admin, 30*time.Second, nil); err != nil {
+		if err := pipeline.SetupConsumers(ctx, admin, ackWait, nil, nil); err != nil {
 			t.Fatal(err)
 		}
 		s, err := admin.Stream(ctx, messages.StreamResults)
@@ -77,15 +78,6 @@ func TestSetupByTheOperator(t *testing.T) {
 		sc := s.CachedInfo().Config
 		sc.MaxAge = 24 * time.Hour
 		if _, err := admin.UpdateStream(ctx, sc); err != nil {
-			t.Fatal(err)
-		}
-		c, err := admin.Consumer(ctx, messages.StreamWork, messages.StageFetcher)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cc := c.CachedInfo().Config
-		cc.AckWait = 45 * time.Second
-		if _, err := admin.UpdateConsumer(ctx, messages.StreamWork, cc); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -406,7 +406,7 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 		{messages.SubjectPrepare, `{"v":1,"type":"prepare.request","request_id":"../../x","spec":{"distro":"ubuntu","version":"24.04"},"format":"raw"}`},
 		{messages.SubjectFetch, `{"v":1,"type":"asset","request_id":"nofetch","asset":{"role":"kernel"}}`},
 		{messages.SubjectVerify, `{"v":1,"type":"asset","request_id":"escape","asset":{"role":"disk","digest":"sha256:` + strings.Repeat("a", 64) + `"},"ingest":"../../../etc/passwd"}`},
-		{messages.SubjectDone, `[]`},
+		{messages.DoneSubject(messages.StageVerifier), `[]`},
 		{messages.SubjectPrepare, "{" + strings.Repeat("not json ", 100<<10)}, // 900 KiB: its dead letter must still fit
 
 	}

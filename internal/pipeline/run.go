@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/metrics"
+	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/place"
@@ -25,7 +27,9 @@ import (
 var AllStages = []string{messages.StageResolver, messages.StageFetcher, messages.StageVerifier, messages.StageConverter, messages.StageCollector}
 
 // ParseStages reads a comma-separated stage list; "all" means every stage and
-// "none" (or "") means no stage.
+// "none" (or "") means no stage. The names mean what the stage binaries
+// run: "resolver" brings the collector with it, as the resolver binary does
+// (a deployment without a collector would take requests and never answer).
 func ParseStages(s string) ([]string, error) {
 	switch strings.TrimSpace(s) {
 	case "all":
@@ -49,6 +53,9 @@ func ParseStages(s string) ([]string, error) {
 			out = append(out, name)
 		}
 	}
+	if seen[messages.StageResolver] && !seen[messages.StageCollector] {
+		out = append(out, messages.StageCollector)
+	}
 	return out, nil
 }
 
@@ -63,6 +70,8 @@ type Deps struct {
 	Concurrency int
 	// ResolutionMaxAge: see ResolverStage.MaxAge.
 	ResolutionMaxAge time.Duration
+	// OriginTimeout: see FetcherStage.OriginTimeout.
+	OriginTimeout time.Duration
 	// RunnerOptions are appended to every runner's options (tests shorten waits).
 	RunnerOptions []stage.Option
 
@@ -81,6 +90,16 @@ type Deps struct {
 	TargetedOnly bool
 	// Metrics, if set, observes every runner and counts what the stages move.
 	Metrics *metrics.Metrics
+	// FairAhead bounds how many messages each stage pulls ahead of its
+	// workers to serve namespaces fairly (0: see fairAhead).
+	FairAhead int
+	// SweepInterval and OrphanGrace drive the verifier's sweep of orphaned
+	// object chunks (defaults DefaultSweepInterval, DefaultOrphanGrace).
+	SweepInterval, OrphanGrace time.Duration
+	// LeaseStall is how long a download lease may be renewed without its
+	// progress growing before a waiting fetcher takes it over (default
+	// DefaultLeaseStall).
+	LeaseStall time.Duration
 }
 
 // RunStages sets up the streams and runs the named stages on nc until ctx
@@ -94,12 +113,23 @@ func RunStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) error
 	return nil
 }
 
-// Stages are stage runners bound to their consumers, ready to run.
-type Stages struct{ runners []*stage.Runner }
+// Stages are stage runners bound to their consumers, ready to run, and the
+// periodic jobs of their processes (the verifier's orphan sweep).
+type Stages struct {
+	runners    []*stage.Runner
+	background []func(context.Context)
+}
 
 // Run serves until ctx ends, then drains every stage.
 func (s *Stages) Run(ctx context.Context) {
 	var wg sync.WaitGroup
+	for _, job := range s.background {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			job(ctx)
+		}()
+	}
 	for _, r := range s.runners {
 		wg.Add(1)
 		go func() {
@@ -142,8 +172,11 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 	type binding struct {
 		name, consumer, filter string
 		handler                stage.Handler
+		// done is where the stage's failures go (messages.DoneSubject).
+		done string
 	}
 	var bindings []binding
+	var background []func(context.Context)
 	for _, name := range names {
 		log := d.Logger.With("stage", name)
 		switch name {
@@ -153,7 +186,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			}
 			h := &ResolverStage{Resolver: d.Resolver, Store: d.Store, Requests: infra.Requests, Objects: infra.Objects != nil,
 				Host: d.Host, MaxAge: d.ResolutionMaxAge, Logger: log, Progress: progress}
-			bindings = append(bindings, binding{name, name, messages.SubjectPrepare, h.Handle})
+			bindings = append(bindings, binding{name, name, messages.SubjectPrepare, h.Handle, messages.DoneSubject(name)})
 		case messages.StageFetcher:
 			if d.Downloader == nil {
 				return nil, errors.New("fetcher stage needs a downloader")
@@ -166,8 +199,8 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 				holder, _ = os.Hostname()
 			}
 			h := &FetcherStage{Store: d.Store, Requests: infra.Requests, Downloader: d.Downloader, Objects: infra.Objects,
-				Leases: infra.leasesFor(holder + "/" + strconv.Itoa(os.Getpid())), Progress: progress, Logger: log, Metrics: d.Metrics}
-			bindings = append(bindings, binding{name, name, messages.SubjectFetch, h.Handle})
+				Leases: infra.leasesFor(holder+"/"+strconv.Itoa(os.Getpid()), leaseStall(d)), Progress: progress, Logger: log, Metrics: d.Metrics, OriginTimeout: d.OriginTimeout}
+			bindings = append(bindings, binding{name, name, messages.SubjectFetch, h.Handle, messages.DoneSubject(name)})
 		case messages.StageVerifier:
 			h := &VerifierStage{Store: d.Store, Objects: infra.Objects, Verified: newVerifiedObjects(infra.Verified), Progress: progress, Logger: log, Metrics: d.Metrics,
 				TargetKnown: func(ctx context.Context, host string) (bool, error) {
@@ -177,21 +210,48 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 					}
 					return err == nil, err
 				}}
-			bindings = append(bindings, binding{name, name, messages.SubjectVerify, h.Handle})
+			bindings = append(bindings, binding{name, name, messages.SubjectVerify, h.Handle, messages.DoneSubject(name)})
+			if infra.Objects != nil {
+				// The verifier may delete objects: it heals reported ones and
+				// collects the chunks of interrupted puts.
+				heal := &HealerStage{Objects: infra.Objects, Verified: h.Verified, Logger: log.With("consumer", messages.ConsumerHealer)}
+				bindings = append(bindings, binding{name, messages.ConsumerHealer, messages.SubjectCorrupt, heal.Handle, messages.DoneSubject(name)})
+				interval, grace := d.SweepInterval, d.OrphanGrace
+				if interval <= 0 {
+					interval = DefaultSweepInterval
+				}
+				if grace <= 0 {
+					grace = DefaultOrphanGrace
+				}
+				background = append(background, func(ctx context.Context) { sweepLoop(ctx, infra.Objects, interval, grace, log) })
+			}
 		case messages.StageConverter:
 			h := &ConverterStage{Store: d.Store, Requests: infra.Requests, Objects: infra.Objects, Host: d.Host,
-				Progress: progress, Concurrency: d.Concurrency, Logger: log, Metrics: d.Metrics}
+				Progress: progress, Concurrency: d.Concurrency, Logger: log, Metrics: d.Metrics,
+				ReportCorrupt: func(ctx context.Context, bad *place.BadObjectError) error {
+					return client.ReportCorrupt(ctx, js, bad.Ref, bad.Err.Error())
+				}}
 			if !d.TargetedOnly || infra.Objects == nil {
-				bindings = append(bindings, binding{name, name, messages.SubjectConvert, h.Handle})
+				bindings = append(bindings, binding{name, name, messages.SubjectConvert, h.Handle, h.doneSubject()})
 			}
 			if infra.Objects != nil {
-				bindings = append(bindings, binding{name, messages.TargetConsumer(d.Host), messages.TargetSubject(d.Host), h.Handle})
+				bindings = append(bindings, binding{name, messages.TargetConsumer(d.Host), messages.TargetSubject(d.Host), h.Handle, h.doneSubject()})
 			}
 		case messages.StageCollector:
 			h := &CollectorStage{Store: d.Store, Requests: infra.Requests, Host: d.Host, Logger: log}
-			bindings = append(bindings, binding{name, name, messages.SubjectDone, h.Handle})
+			if infra.Objects != nil {
+				h.Bucket = infra.Objects.Bucket()
+			}
+			// The collector's own failures are results, never done events.
+			bindings = append(bindings, binding{name, name, messages.SubjectDone + ".>", h.Handle, ""})
 		default:
 			return nil, fmt.Errorf("unknown stage %q", name)
+		}
+	}
+	queuedLimit := 0
+	if slices.Contains(names, messages.StageResolver) {
+		if queuedLimit, err = QueuedPerNamespace(ctx, js); err != nil {
+			return nil, err
 		}
 	}
 	var runners []*stage.Runner
@@ -199,21 +259,59 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 		opts := append([]stage.Option{
 			stage.WithConcurrency(d.Concurrency),
 			stage.WithLogger(d.Logger),
-			stage.WithFailure(FailurePolicy(b.name, d.Logger)),
+			stage.WithFailure(FailurePolicy(b.name, b.done, d.Logger)),
 			stage.WithDeadLetter(DeadLetterPolicy(b.name)),
 			stage.WithObserver(d.Metrics.Observer()),
 			stage.WithRetryNotify(retryProgress(b.name, progress)),
+			// One namespace's flood must not hold up another's work.
+			stage.WithFairness(namespaceKey, fairAhead(b.name, d)),
 		}, d.RunnerOptions...)
 		if b.filter == messages.SubjectPrepare {
 			// Requests in a namespace: vmprep.prepare.<ns>.
-			opts = append(opts, stage.WithMoreSubjects(messages.SubjectPrepare+".>"))
+			opts = append(opts, stage.WithMoreSubjects(messages.SubjectPrepare+".>"),
+				stage.WithKeyLimit(queuedLimit, errQueuedLimit))
 		}
 		d.Metrics.Stage(b.consumer)
 		r, err := stage.New(ctx, js, messages.StreamWork, b.consumer, b.filter, classified(b.handler), opts...)
 		if err != nil {
+			if b.consumer != b.name && errors.Is(err, stage.ErrCreateDenied) {
+				err = fmt.Errorf("%w (for this host: vmprep setup --hosts %s)", err, d.Host)
+			}
 			return nil, err
 		}
 		runners = append(runners, r)
 	}
-	return &Stages{runners: runners}, nil
+	return &Stages{runners: runners, background: background}, nil
+}
+
+// fairAhead is how far a stage pulls ahead of its workers: how far back in
+// the stream a fair turn can reach. The resolver and the collector do quick
+// work and see everything (the consumer's MaxAckPending), so a flood is
+// refused or passed at once; the fetcher, verifier and converter do long
+// work spread over hosts, and a process holding a large backlog would
+// leave the others idle, so they hold a few per worker.
+func fairAhead(stageName string, d Deps) int {
+	if d.FairAhead > 0 {
+		return d.FairAhead
+	}
+	switch stageName {
+	case messages.StageResolver, messages.StageCollector:
+		return 0
+	}
+	return max(32, 8*d.Concurrency)
+}
+
+// leaseStall is the fetcher's takeover bound: d.LeaseStall (default
+// DefaultLeaseStall), never less than twice the origin timeout, within which
+// an honest holder whose origin went silent fails its lease.
+func leaseStall(d Deps) time.Duration {
+	stall := d.LeaseStall
+	if stall <= 0 {
+		stall = DefaultLeaseStall
+	}
+	origin := d.OriginTimeout
+	if origin <= 0 {
+		origin = DefaultOriginTimeout
+	}
+	return max(stall, 2*origin)
 }

@@ -199,3 +199,53 @@ func TestCodenameIsOneImage(t *testing.T) {
 		t.Errorf("repeat by codename through the client: %v", err)
 	}
 }
+
+// A deployment against a mirror in the classic layout (only release/)
+// prepares its build: labelled with build-info.txt's serial (pinnable,
+// recorded, named by the view) when there is one, else unpinned.
+func TestClassicLayoutMirror(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		buildInfo bool
+		serial    string
+	}{
+		{"with build-info", true, "20260926"},
+		{"unpinned", false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithSerials("20260926"),
+				testmirror.WithDiskSize(4<<20, 256<<10), testmirror.WithKernelSize(8<<10, 8<<10), testmirror.WithClassicLayout(tc.buildInfo))
+			e := newEnv(t, m)
+			emb := e.start(t)
+			for i, id := range []string{"first", "again"} {
+				res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: id, Spec: noble, Format: catalog.FormatQCOW2})
+				if res.Status != messages.ResultPrepared {
+					t.Fatalf("%s: status %s: %+v", id, res.Status, res.Failure)
+				}
+				if res.Resolved == nil || *res.Resolved != withSerial(noble, tc.serial) || res.Unpinned != (tc.serial == "") {
+					t.Fatalf("%s: resolved %v (unpinned %v), want %v", id, res.Resolved, res.Unpinned, withSerial(noble, tc.serial))
+				}
+				for role, f := range res.Files {
+					p := m.Path("ubuntu", "24.04", catalog.ArchAMD64, role)
+					if f.Digest != m.Digest(p) || f.URL != m.FileURL(p) {
+						t.Errorf("%s: %s = %s from %s; want %s from %s", id, role, f.Digest, f.URL, m.Digest(p), m.FileURL(p))
+					}
+				}
+				b, err := os.ReadFile(filepath.Join(res.View, store.ViewSerialName))
+				if tc.serial != "" && string(b) != tc.serial+"\n" || tc.serial == "" && !os.IsNotExist(err) {
+					t.Errorf("%s: view serial file = %q, %v; want %q", id, b, err, tc.serial)
+				}
+				if disk := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk); i == 1 && m.Requests(disk) != 1 {
+					t.Errorf("again: the disk was asked for %d times; want once (the cache answers)", m.Requests(disk))
+				}
+			}
+			if tc.serial == "" {
+				return
+			}
+			pinned := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "pinned", Spec: withSerial(noble, tc.serial), Format: catalog.FormatQCOW2})
+			if pinned.Status != messages.ResultPrepared || pinned.ResolvedFrom != messages.ResolvedFromCache {
+				t.Fatalf("pinned to the recorded build: %s from %s: %+v", pinned.Status, pinned.ResolvedFrom, pinned.Failure)
+			}
+		})
+	}
+}

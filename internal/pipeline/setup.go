@@ -30,6 +30,16 @@ const (
 	// LeaseTTL is how long a download lease lasts unrenewed: a dead
 	// fetcher's lease lapses within it and another fetcher takes over.
 	LeaseTTL = 20 * time.Second
+	// DefaultLeaseStall is how long a download lease may be renewed without
+	// its recorded progress growing before a waiting fetcher takes it over
+	// (a stuck holder, or a forged lease renewed forever). An honest holder
+	// records progress every LeaseTTL/4 while bytes flow, and when the
+	// origin stops sending it keeps the lease until it fails the download
+	// for all waiters (Record.Failed) within the origin timeout: so the
+	// stall is never less than twice the origin timeout (see leaseStall),
+	// and a silent origin ends every request instead of a takeover
+	// restarting the wait.
+	DefaultLeaseStall = 2 * DefaultOriginTimeout
 )
 
 // SetupConfig says how missing streams and buckets are created.
@@ -73,6 +83,11 @@ func streamConfigs(replicas int) []jetstream.StreamConfig {
 			MaxMsgsPerSubject: 1,
 			Duplicates:        dedupWindow,
 			Replicas:          replicas,
+			// Clients read their result by direct get (plus a core
+			// subscription), so they need no consumer: a consumer's
+			// deliver subject is not checked against its creator's
+			// permissions, and would let a client relay messages.
+			AllowDirect: true,
 		},
 		{
 			Name:        messages.StreamDead,
@@ -204,11 +219,13 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	// older build's stream, say, before namespaces): add what is missing,
 	// replacing what a new subject covers, and change nothing else.
 	subjects, changed := neededSubjects(got.Subjects, want.Subjects)
-	if !changed {
+	direct := want.AllowDirect && !got.AllowDirect
+	if !changed && !direct {
 		return nil
 	}
 	upd := got
 	upd.Subjects = subjects
+	upd.AllowDirect = upd.AllowDirect || want.AllowDirect
 	denied, err := stage.Call(ctx, js.Conn(), "$JS.API.STREAM.UPDATE."+want.Name, func(ctx context.Context) error {
 		_, err := js.UpdateStream(ctx, upd)
 		return err
@@ -217,9 +234,15 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 		if denied {
 			err = fmt.Errorf("this user may not change it: run `vmprep setup` as an admin user: %w", err)
 		}
-		return fmt.Errorf("stream %s lacks subjects vmprep needs (%v; it has %v), and adding them failed: %w", want.Name, want.Subjects, got.Subjects, err)
+		return fmt.Errorf("stream %s lacks subjects or direct gets vmprep needs (subjects %v; it has %v; allow_direct %t), and adding them failed: %w",
+			want.Name, want.Subjects, got.Subjects, got.AllowDirect, err)
 	}
-	log.Warn("added the subjects vmprep needs to the stream", "stream", want.Name, "from", got.Subjects, "to", subjects)
+	if changed {
+		log.Warn("added the subjects vmprep needs to the stream", "stream", want.Name, "from", got.Subjects, "to", subjects)
+	}
+	if direct {
+		log.Warn("turned on direct gets on the stream: clients read it by direct get, with no consumer", "stream", want.Name)
+	}
 	return nil
 }
 
@@ -267,27 +290,92 @@ type StageConsumer struct {
 }
 
 // StageConsumers are the consumers of the stages that share work. A
-// converter's own converter_<host> (targeted work) is not among them: the
-// converter creates it, the permissions pinning it to a target subject.
+// converter host's own converter_<host> (targeted work) is not among them:
+// see TargetConsumers.
 func StageConsumers() []StageConsumer {
 	return []StageConsumer{
 		{messages.StageResolver, []string{messages.SubjectPrepare, messages.SubjectPrepare + ".>"}},
 		{messages.StageFetcher, []string{messages.SubjectFetch}},
 		{messages.StageVerifier, []string{messages.SubjectVerify}},
 		{messages.StageConverter, []string{messages.SubjectConvert}},
-		{messages.StageCollector, []string{messages.SubjectDone}},
+		{messages.StageCollector, []string{messages.SubjectDone + ".>"}},
 	}
 }
 
-// SetupConsumers creates the stage consumers that are missing (with
-// ackWait) and gives existing ones the subjects this build consumes,
-// changing nothing else: with least-privilege users the stages can only
-// bind, so the operator (vmprep setup) creates them first.
-func SetupConsumers(ctx context.Context, js jetstream.JetStream, ackWait time.Duration, log *slog.Logger) error {
+// TargetConsumers are the consumers of the converters on hosts: each takes
+// only its host's target subject.
+func TargetConsumers(hosts []string) []StageConsumer {
+	var out []StageConsumer
+	for _, h := range hosts {
+		out = append(out, StageConsumer{messages.TargetConsumer(h), []string{messages.TargetSubject(h)}})
+	}
+	return out
+}
+
+// ConsumerFilters returns the filter subjects setup gives the consumer of
+// VMPREP_WORK named name, and whether it is one setup makes.
+func ConsumerFilters(name string) ([]string, bool) {
 	for _, c := range StageConsumers() {
+		if c.Name == name {
+			return c.Filters, true
+		}
+	}
+	if host, ok := strings.CutPrefix(name, messages.StageConverter+"_"); ok && messages.ValidateTarget(host) == nil {
+		return []string{messages.TargetSubject(host)}, true
+	}
+	return nil, false
+}
+
+// SetupConsumers creates the stage consumers that are missing, and the
+// converter consumers of hosts, and restores any that were changed (see
+// stage.EnsureConsumer; ackWait, if positive, is given to all of them, 0
+// keeps theirs): with least-privilege users the
+// stages can only bind, so the operator (vmprep setup) makes them — a
+// converter host's user may not create even its own, so that no stage
+// user may create or change any consumer.
+func SetupConsumers(ctx context.Context, js jetstream.JetStream, ackWait time.Duration, hosts []string, log *slog.Logger) error {
+	hosts = slices.Clone(hosts)
+	for _, h := range hosts {
+		if err := messages.ValidateTarget(h); err != nil {
+			return fmt.Errorf("converter host: %w", err)
+		}
+	}
+	// The hosts' consumers made before are checked too, so that a setup
+	// without --hosts restores a changed converter_<host> as well.
+	work, err := js.Stream(ctx, messages.StreamWork)
+	if err != nil {
+		return fmt.Errorf("setup consumers: %w", err)
+	}
+	names := work.ConsumerNames(ctx)
+	for name := range names.Name() {
+		if host, ok := strings.CutPrefix(name, messages.StageConverter+"_"); ok && messages.ValidateTarget(host) == nil && !slices.Contains(hosts, host) {
+			hosts = append(hosts, host)
+		}
+	}
+	if err := names.Err(); err != nil {
+		return fmt.Errorf("setup consumers: list %s: %w", messages.StreamWork, err)
+	}
+	for _, c := range append(StageConsumers(), TargetConsumers(hosts)...) {
 		if err := stage.EnsureConsumer(ctx, js, messages.StreamWork, c.Name, c.Filters, ackWait, log); err != nil {
 			return fmt.Errorf("setup consumer %s: %w", c.Name, err)
 		}
+	}
+	return nil
+}
+
+// HealerConsumer is the consumer of corruption reports, which the verifier
+// process binds in a deployment with an object store (only there: without
+// one nobody would pull from it).
+func HealerConsumer() StageConsumer {
+	return StageConsumer{messages.ConsumerHealer, []string{messages.SubjectCorrupt}}
+}
+
+// SetupHealer creates the healer consumer if it is missing (see
+// SetupConsumers).
+func SetupHealer(ctx context.Context, js jetstream.JetStream, ackWait time.Duration, log *slog.Logger) error {
+	c := HealerConsumer()
+	if err := stage.EnsureConsumer(ctx, js, messages.StreamWork, c.Name, c.Filters, ackWait, log); err != nil {
+		return fmt.Errorf("setup consumer %s: %w", c.Name, err)
 	}
 	return nil
 }
@@ -341,12 +429,16 @@ func WaitForSetup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) 
 	}
 }
 
-// leasesFor returns the download leases of infra taken in holder's name.
-func (i *Infra) leasesFor(holder string) *lease.Leases {
+// leasesFor returns the download leases of infra taken in holder's name,
+// taken over from a holder without progress after stall (0: the default).
+func (i *Infra) leasesFor(holder string, stall time.Duration) *lease.Leases {
 	if i == nil || i.Leases == nil {
 		return nil
 	}
-	return lease.New(i.Leases, holder, LeaseTTL)
+	if stall <= 0 {
+		stall = DefaultLeaseStall
+	}
+	return lease.New(i.Leases, holder, LeaseTTL, lease.WithStall(stall))
 }
 
 // neededSubjects returns have plus every subject of need it lacks, without

@@ -54,6 +54,7 @@ func TestSetupKeepsOperatorChanges(t *testing.T) {
 		st, _ := js.Stream(ctx, name)
 		c := st.CachedInfo().Config
 		c.Subjects = old
+		c.AllowDirect = false // an older build's results had no direct gets
 		if _, err := js.UpdateStream(ctx, c); err != nil {
 			t.Fatal(err)
 		}
@@ -75,6 +76,9 @@ func TestSetupKeepsOperatorChanges(t *testing.T) {
 	s, _ = js.Stream(ctx, messages.StreamResults)
 	if got := s.CachedInfo().Config.MaxAge; got != 24*time.Hour {
 		t.Fatalf("adding subjects reverted the operator's max age to %s", got)
+	}
+	if !s.CachedInfo().Config.AllowDirect {
+		t.Errorf("%s of an older build was left without direct gets, which clients read it by", messages.StreamResults)
 	}
 	if !strings.Contains(logs.String(), "added the subjects") {
 		t.Errorf("no word about the added subjects: %s", logs.String())

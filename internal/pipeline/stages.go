@@ -75,6 +75,124 @@ type FetcherStage struct {
 	// Metrics, if set, counts bytes from the origin and into the object
 	// store, and lease waits.
 	Metrics *metrics.Metrics
+	// OriginTimeout bounds how long an origin may send no bytes before the
+	// asset fails for good, however its attempts fail (default
+	// DefaultOriginTimeout): see fromOrigin.
+	OriginTimeout time.Duration
+
+	// failures remembers, per digest, a download that just failed for good
+	// on this host, so that requests waiting on the store's lock for it are
+	// answered with that failure instead of starting the wait again.
+	failures sync.Map // leaseKey → recentFailure
+}
+
+// DefaultOriginTimeout is how long an origin may send no bytes before the
+// fetcher fails the asset (FetcherStage.OriginTimeout, --origin-timeout).
+const DefaultOriginTimeout = 3 * time.Minute
+
+// recentFailure is a download that failed for good, and when.
+type recentFailure struct {
+	err error
+	at  time.Time
+}
+
+// failureMemory is how long a failed download answers those waiting for
+// it: they were queued on its lock, so they wake within moments.
+const failureMemory = 30 * time.Second
+
+func (s *FetcherStage) originTimeout() time.Duration {
+	if s.OriginTimeout > 0 {
+		return s.OriginTimeout
+	}
+	return DefaultOriginTimeout
+}
+
+// ErrOriginGone: the origin sent no bytes for the fetcher's origin timeout.
+var ErrOriginGone = errors.New("origin stopped answering")
+
+// OriginGoneError is an asset given up because its origin sent nothing for
+// For; Last is the last attempt's failure.
+type OriginGoneError struct {
+	URL  string
+	For  time.Duration
+	Last error
+}
+
+func (e *OriginGoneError) Error() string {
+	return fmt.Sprintf("%v: no bytes from %s for %v (--origin-timeout); last cause: %v", ErrOriginGone, e.URL, e.For, e.Last)
+}
+
+// Is makes errors.Is(err, ErrOriginGone) true.
+func (e *OriginGoneError) Is(target error) bool { return target == ErrOriginGone }
+
+// Unwrap exposes the last cause.
+func (e *OriginGoneError) Unwrap() error { return e.Last }
+
+// errOriginSilent cancels a download whose origin sent nothing for the timeout.
+var errOriginSilent = errors.New("no bytes from the origin for the origin timeout")
+
+// fromOrigin downloads the asset, starting the download client's attempts
+// again each time its own budget runs out, until the origin has sent no
+// byte for the origin timeout: then the asset fails for good with an
+// *OriginGoneError naming the URL and the last cause. One delivery thus
+// ends the asset within about the timeout (plus one stall timeout) of the
+// origin falling silent, and no redelivery or lease takeover starts the
+// wait again. moved, if set, counts bytes for a lease.
+func (s *FetcherStage) fromOrigin(ctx context.Context, ev messages.AssetEvent, moved *atomic.Int64) (download.Result, error) {
+	limit := s.originTimeout()
+	var lastByte atomic.Int64
+	lastByte.Store(time.Now().UnixNano())
+	var seen atomic.Int64
+	seen.Store(-1)
+	onBytes := func(done int64) {
+		if seen.Swap(done) != done {
+			lastByte.Store(time.Now().UnixNano())
+		}
+		if moved != nil {
+			moved.Store(done)
+		}
+	}
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		t := time.NewTicker(max(limit/16, 10*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-t.C:
+			}
+			if time.Since(time.Unix(0, lastByte.Load())) > limit {
+				cancel(errOriginSilent)
+				return
+			}
+		}
+	}()
+	var last error // the last failure that came from the origin
+	for {
+		res, err := s.download(wctx, ev, onBytes)
+		if err == nil {
+			return res, nil
+		}
+		if errors.Is(context.Cause(wctx), errOriginSilent) && ctx.Err() == nil {
+			if last == nil || download.IsRetryable(err) || !errors.Is(err, context.Canceled) {
+				last = err // cut short mid-attempt: its error quotes the one before
+			}
+			return res, stage.Permanent(&OriginGoneError{URL: ev.Asset.URL, For: limit, Last: last})
+		}
+		if wctx.Err() != nil || !download.IsRetryable(err) {
+			return res, err
+		}
+		last = err
+		// The client's own retries ran out but the origin's time has not:
+		// try again (resuming) after a pause, still under the watchdog.
+		s.Logger.Info("origin download gave up; trying again within the origin timeout", "url", ev.Asset.URL, "err", err)
+		select {
+		case <-wctx.Done():
+		case <-time.After(min(limit/8, 5*time.Second)):
+		}
+	}
 }
 
 // Handle implements stage.Handler.
@@ -107,9 +225,13 @@ func (s *FetcherStage) Handle(ctx context.Context, m stage.Message) ([]stage.Eve
 		return nil, err
 	}
 
-	// One downloader per digest on this host: others wait here, then find the blob.
-	unlock, err := s.Store.Lock(ctx, a.Digest.String())
-	if err != nil {
+	// One downloader per digest on this host: others wait here, without a
+	// worker slot, then find the blob (or the download's failure).
+	var unlock func() error
+	if err := stage.Idle(ctx, func() (err error) {
+		unlock, err = s.Store.Lock(ctx, a.Digest.String())
+		return err
+	}); err != nil {
 		return nil, err
 	}
 	defer func() { _ = unlock() }()
@@ -117,7 +239,13 @@ func (s *FetcherStage) Handle(ctx context.Context, m stage.Message) ([]stage.Eve
 		ev.Status = messages.StatusFetched
 		return next()
 	}
-	res, err := s.download(ctx, ev, nil)
+	if f, ok := s.failures.Load(leaseKey(a.Digest)); ok && time.Since(f.(recentFailure).at) < failureMemory {
+		return nil, stage.Permanent(fmt.Errorf("the download this request waited for failed: %w", f.(recentFailure).err))
+	}
+	res, err := s.fromOrigin(ctx, ev, nil)
+	if errors.Is(err, ErrOriginGone) {
+		s.failures.Store(leaseKey(a.Digest), recentFailure{err: err, at: time.Now()})
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -131,8 +259,8 @@ func (s *FetcherStage) Handle(ctx context.Context, m stage.Message) ([]stage.Eve
 }
 
 // download fetches the asset into the store's ingest area (resuming a
-// partial file), reporting progress; moved, if set, counts bytes for a lease.
-func (s *FetcherStage) download(ctx context.Context, ev messages.AssetEvent, moved *atomic.Int64) (download.Result, error) {
+// partial file), reporting progress; onBytes is told the bytes so far.
+func (s *FetcherStage) download(ctx context.Context, ev messages.AssetEvent, onBytes func(int64)) (download.Result, error) {
 	a := ev.Asset
 	dest := s.Store.IngestPath(a.Digest)
 	if a.Size > 0 {
@@ -158,9 +286,7 @@ func (s *FetcherStage) download(ctx context.Context, ev messages.AssetEvent, mov
 	res, err := s.Downloader.Fetch(ctx, download.Request{
 		URL: a.URL, Dest: dest, ExpectedSize: a.Size, Expected: a.Digest, Name: string(a.Role),
 		Progress: func(p download.Progress) {
-			if moved != nil {
-				moved.Store(p.Done)
-			}
+			onBytes(p.Done)
 			report(messages.Progress{Namespace: ev.Namespace, RequestID: ev.RequestID, Stage: messages.StageFetcher, Step: "fetch", Asset: a.Role, Done: p.Done, Total: p.Total, BytesPerSecond: p.BytesPerSecond})
 		},
 		OnRetry: func(r download.Retry) { s.reportRetry(ev.Namespace, ev.RequestID, a.Role, r) },
@@ -203,6 +329,11 @@ func (s *FetcherStage) fetchToObjects(ctx context.Context, ev messages.AssetEven
 			return nil, err
 		}
 		l, err := s.Leases.TryAcquire(ctx, key)
+		var held *lease.HeldError
+		if errors.As(err, &held) && held.Record.Failed != "" {
+			// The download this request would wait for failed for good moments ago.
+			return nil, stage.Permanent(fmt.Errorf("the download of %s failed on %s: %s", a.URL, held.Record.Holder, held.Record.Failed))
+		}
 		if errors.Is(err, lease.ErrHeld) {
 			if !waited {
 				log.Info("another fetcher is downloading it; waiting for the object", "lease", err)
@@ -210,11 +341,28 @@ func (s *FetcherStage) fetchToObjects(ctx context.Context, ev messages.AssetEven
 			}
 			waited = true
 			ready := func() bool { _, err := s.Objects.Stat(ctx, a.Digest); return err == nil }
-			if err := s.Leases.Wait(ctx, key, 2*time.Second, ready); err != nil {
+			// Waiting is not work: the slot goes to other messages meanwhile.
+			var taken *lease.Lease
+			err = stage.Idle(ctx, func() error {
+				var werr error
+				taken, werr = s.Leases.WaitOrTakeOver(ctx, key, 2*time.Second, ready)
+				return werr
+			})
+			if errors.As(err, &held) && held.Record.Failed != "" {
+				s.Metrics.LeaseWait(metrics.LeaseAbandoned, time.Since(waitStart))
+				return nil, stage.Permanent(fmt.Errorf("the download of %s failed on %s: %s", a.URL, held.Record.Holder, held.Record.Failed))
+			}
+			if err != nil {
 				s.Metrics.LeaseWait(metrics.LeaseAbandoned, time.Since(waitStart))
 				return nil, err
 			}
-			continue
+			if taken == nil {
+				continue
+			}
+			// Its holder renewed it without progress for the stall bound
+			// (stuck, or a forged lease): the download is ours now.
+			log.Warn("took over a download lease that made no progress", "lease", key, "stall", s.Leases.Stall())
+			l = taken
 		}
 		if err != nil {
 			if waited {
@@ -228,7 +376,12 @@ func (s *FetcherStage) fetchToObjects(ctx context.Context, ev messages.AssetEven
 			s.Metrics.LeaseWait(metrics.LeaseAcquired, 0)
 		}
 		info, err = s.downloadAndPut(ctx, ev, l, log)
-		if rerr := l.Release(context.WithoutCancel(ctx)); rerr != nil {
+		if errors.Is(err, ErrOriginGone) {
+			// Those waiting for this download are answered with its failure.
+			if ferr := l.Fail(context.WithoutCancel(ctx), err.Error()); ferr != nil {
+				log.Warn("could not record the failure in the download lease; it will lapse", "err", ferr)
+			}
+		} else if rerr := l.Release(context.WithoutCancel(ctx)); rerr != nil {
 			log.Warn("could not release the download lease; it will lapse", "err", rerr)
 		}
 		if err != nil {
@@ -250,14 +403,16 @@ func (s *FetcherStage) downloadAndPut(ctx context.Context, ev messages.AssetEven
 	var moved atomic.Int64
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	stop := l.Keep(wctx, moved.Load, func(err error) { cancel(errLeaseLost) })
+	// Kept while the origin has time to answer: a takeover would only
+	// start the wait for it again.
+	stop := l.Keep(wctx, moved.Load, s.originTimeout(), func(err error) { cancel(errLeaseLost) })
 	defer stop()
 
 	src, fromIngest := "", false
 	if blob, err := s.Store.Lookup(ctx, a.Digest); err == nil {
 		src = blob.Path // this host has it already: no origin download
 	} else {
-		res, err := s.download(wctx, ev, &moved)
+		res, err := s.fromOrigin(wctx, ev, &moved)
 		if err != nil {
 			if errors.Is(context.Cause(wctx), errLeaseLost) {
 				return objectstore.Info{}, errLeaseLost
@@ -267,10 +422,16 @@ func (s *FetcherStage) downloadAndPut(ctx context.Context, ev messages.AssetEven
 		log.Info("fetched", "bytes", res.Size, "transferred", res.Transferred, "resumed", res.Resumed)
 		src, fromIngest = res.Path, true
 	}
-	base := moved.Load()
 	report := throttled(250*time.Millisecond, s.Progress)
+	// The lease records every byte moved, growing only: a put attempt that
+	// starts over must not look like progress going backwards to waiters.
+	var attempt int64
 	info, err := s.Objects.PutFile(wctx, a.Digest, src, func(done int64) {
-		moved.Store(base + done)
+		if done < attempt {
+			attempt = 0
+		}
+		moved.Add(done - attempt)
+		attempt = done
 		report(messages.Progress{Namespace: ev.Namespace, RequestID: ev.RequestID, Stage: messages.StageFetcher, Step: "store", Asset: a.Role, Done: done, Total: a.Size})
 	})
 	if err != nil {
@@ -391,7 +552,7 @@ func (s *VerifierStage) report(p messages.Progress) {
 // route sends a verified asset on: to the target host's converter, to a
 // shared converter when it needs converting, or to the collector.
 func route(ev messages.AssetEvent, kernelNeedsUnpack, objects bool) ([]stage.Event, error) {
-	subject, step := messages.SubjectDone, "done"
+	subject, step := messages.DoneSubject(messages.StageVerifier), "done"
 	switch {
 	case objects && ev.Target != "":
 		subject, step = messages.TargetSubject(ev.Target), "place"
@@ -502,6 +663,8 @@ type ConverterStage struct {
 	Logger      *slog.Logger
 	// Metrics, if set, counts the bytes pulled from the object store.
 	Metrics *metrics.Metrics
+	// ReportCorrupt, if set, tells the healer of an object that pulled wrong.
+	ReportCorrupt func(context.Context, *place.BadObjectError) error
 }
 
 // Handle implements stage.Handler.
@@ -538,18 +701,16 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 		blob, err = p.Pull(ctx, role, ev.Asset.Digest, ev.Asset.Size, ev.Object)
 		var bad *place.BadObjectError
 		if errors.As(err, &bad) {
-			// Not ours to fetch again: the verifier looks at it once more,
-			// finds it gone, and has it fetched.
-			log.Warn("pulled object does not match its signed digest; deleting it", "object", bad.Ref.Name, "err", err)
-			if derr := s.Objects.Delete(ctx, ev.Asset.Digest, bad.Ref.NUID); derr != nil {
-				return nil, derr
+			// A converter may not delete objects: it reports the bad one to
+			// the healer (which checks it itself and deletes it), and this
+			// request ends rather than pulling the same bad bytes again.
+			log.Warn("pulled object does not match its signed digest; reporting it", "object", bad.Ref.Name, "version", bad.Ref.NUID, "err", err)
+			if s.ReportCorrupt != nil {
+				if rerr := s.ReportCorrupt(ctx, bad); rerr != nil {
+					log.Error("could not report the corrupt object", "err", rerr)
+				}
 			}
-			ev.Refetch++
-			if ev.Refetch > maxRefetch {
-				return nil, stage.Permanent(err)
-			}
-			out, oerr := assetEvent(messages.SubjectVerify, "verify", ev)
-			return []stage.Event{out}, oerr
+			return nil, stage.Permanent(fmt.Errorf("%w (reported for deletion: a new request fetches it again)", err))
 		}
 	}
 	if err != nil {
@@ -599,6 +760,16 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 			ev.View = filepath.Dir(view)
 		}
 	}
-	out, err := assetEvent(messages.SubjectDone, "done", ev)
+	out, err := assetEvent(s.doneSubject(), "done", ev)
 	return []stage.Event{out}, err
+}
+
+// doneSubject is where this converter reports: with an object store its
+// files are on its host, which only its host's subject may say; in a shared
+// cache the collector finds the files itself.
+func (s *ConverterStage) doneSubject() string {
+	if s.Objects != nil {
+		return messages.DoneSubjectOf(s.Host)
+	}
+	return messages.DoneSubject(messages.StageConverter)
 }

@@ -33,6 +33,9 @@ type verifiedRecord struct {
 	// Head is the object's first bytes (routing reads magic numbers from it).
 	Head       []byte    `json:"head"`
 	VerifiedAt time.Time `json:"verified_at"`
+	// ReportSeq is the work-stream sequence of the newest corruption report
+	// this verification answers (it began after that report was stored).
+	ReportSeq uint64 `json:"report_seq,omitempty"`
 }
 
 // verifiedObjects remembers verified object versions (KV_VMPREP_VERIFIED),
@@ -61,14 +64,37 @@ func verifiedKey(d digest.Digest) string { return string(d.Algorithm) + "." + st
 // before, else streams it and compares size and digest with asset's (the
 // signed manifest's). A mismatch is errObjectMismatch.
 func (v *verifiedObjects) Check(ctx context.Context, objs *objectstore.Store, info objectstore.Info, a image.Asset, progress func(int64)) (verifiedRecord, error) {
-	key := verifiedKey(a.Digest)
-	if e, err := v.kv.Get(ctx, key); err == nil {
-		var rec verifiedRecord
-		if json.Unmarshal(e.Value(), &rec) == nil && rec.NUID == info.NUID && rec.Size == info.Size {
-			return rec, nil
-		}
+	if rec, ok := v.record(ctx, a.Digest); ok && rec.NUID == info.NUID && rec.Size == info.Size {
+		return rec, nil
 	}
-	flight := key + "@" + info.NUID
+	return v.verify(ctx, objs, info, a, progress, "", 0)
+}
+
+// Recheck streams object version info again whatever its record says (it
+// was reported corrupt) and records the outcome as answering the report
+// with work-stream sequence reportSeq. A mismatch is errObjectMismatch.
+func (v *verifiedObjects) Recheck(ctx context.Context, objs *objectstore.Store, info objectstore.Info, a image.Asset, reportSeq uint64) (verifiedRecord, error) {
+	return v.verify(ctx, objs, info, a, nil, "recheck:", reportSeq)
+}
+
+// record is the verification recorded for d, if any.
+func (v *verifiedObjects) record(ctx context.Context, d digest.Digest) (verifiedRecord, bool) {
+	e, err := v.kv.Get(ctx, verifiedKey(d))
+	if err != nil {
+		return verifiedRecord{}, false
+	}
+	var rec verifiedRecord
+	if json.Unmarshal(e.Value(), &rec) != nil {
+		return verifiedRecord{}, false
+	}
+	return rec, true
+}
+
+// verify streams info (concurrent calls for one version and kind share one
+// stream) and records it if it matches.
+func (v *verifiedObjects) verify(ctx context.Context, objs *objectstore.Store, info objectstore.Info, a image.Asset, progress func(int64), kind string, reportSeq uint64) (verifiedRecord, error) {
+	key := verifiedKey(a.Digest)
+	flight := kind + key + "@" + info.NUID
 	v.mu.Lock()
 	if c, ok := v.inflight[flight]; ok {
 		v.mu.Unlock()
@@ -84,6 +110,7 @@ func (v *verifiedObjects) Check(ctx context.Context, objs *objectstore.Store, in
 	v.mu.Unlock()
 	c.rec, c.err = v.stream(ctx, objs, info, a, progress)
 	if c.err == nil {
+		c.rec.ReportSeq = reportSeq
 		data, _ := json.Marshal(c.rec)
 		if _, err := v.kv.Put(ctx, key, data); err != nil {
 			c.err = fmt.Errorf("record verification of %s: %w", info.Name, err)

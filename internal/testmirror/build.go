@@ -39,7 +39,17 @@ type config struct {
 	initrdSize    int
 	gzipKernel    map[catalog.Arch]bool
 	listen        string
+	classic       classicLayout
 }
+
+// classicLayout is how an Ubuntu version is laid out: by serial (the default).
+type classicLayout int
+
+const (
+	layoutSerials            classicLayout = iota
+	layoutClassic                          // only release/, with unpacked/build-info.txt
+	layoutClassicNoBuildInfo               // only release/, nothing naming its build
+)
 
 func defaultConfig() config {
 	return config{
@@ -68,6 +78,21 @@ func WithUbuntu(versions ...string) Option {
 // newest, as on cloud-images.ubuntu.com. At least one is needed.
 func WithSerials(serials ...string) Option {
 	return func(c *config) { c.ubuntuSerials = slices.Clone(serials) }
+}
+
+// WithClassicLayout publishes each Ubuntu version the way the original
+// Rust module read it and partial rsyncs of the Ubuntu tree hold it: only
+// the release/ directory, no release-<serial>/ ones. With buildInfo,
+// release/unpacked/build-info.txt names its build ("serial=<newest>"), as on
+// cloud-images.ubuntu.com; without, nothing says which build it is. Path and
+// ManifestPath then name release/ files.
+func WithClassicLayout(buildInfo bool) Option {
+	return func(c *config) {
+		c.classic = layoutClassicNoBuildInfo
+		if buildInfo {
+			c.classic = layoutClassic
+		}
+	}
 }
 
 // WithDebianSerials sets the dated builds published for every Debian version
@@ -163,6 +188,9 @@ func (b *builder) build() {
 			b.buildSerial("ubuntu", v, s)
 		}
 		b.m.setSerials("ubuntu", v, c.ubuntuSerials)
+		if c.classic != layoutSerials {
+			b.classic(v)
+		}
 	}
 	for _, v := range c.debian {
 		if debianCodenames[v] == "" {
@@ -216,6 +244,26 @@ func (b *builder) buildSerial(distro, v, serial string) {
 		b.t.Fatalf("testmirror: %s publishes no serials", distro)
 	}
 	b.m.setModTime(dir, serialTime(serial))
+}
+
+// classic turns an Ubuntu version into the classic layout: the build
+// directories go, release/ (a copy of the newest) stays, with a build-info
+// file naming its serial unless the layout has none.
+func (b *builder) classic(v string) {
+	b.t.Helper()
+	serials := b.m.Serials("ubuntu", v)
+	for _, s := range serials {
+		b.m.removeTree(buildDir("ubuntu", v, s))
+	}
+	if b.m.cfg.classic == layoutClassic {
+		b.m.Put(BuildInfoPath(v), []byte(fmt.Sprintf("serial=%s\n", serials[0])))
+	}
+}
+
+// BuildInfoPath is the mirror-relative path of the build-info file of an
+// Ubuntu version's release/ directory.
+func BuildInfoPath(version string) string {
+	return path.Join(buildDir("ubuntu", version, ""), "unpacked", "build-info.txt")
 }
 
 // content writes a content file listed by mf, recording its published digest.

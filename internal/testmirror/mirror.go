@@ -141,6 +141,7 @@ type Mirror struct {
 	served    map[string]int64
 	content   int // requests for content (non-manifest, non-signature) files
 	throttle  int64
+	halted    map[string]bool
 }
 
 // New builds the mirror's files and starts serving them. The server is closed
@@ -163,6 +164,7 @@ func New(t testing.TB, opts ...Option) *Mirror {
 		faults:    make(map[string]*activeFault),
 		requests:  make(map[string]int),
 		served:    make(map[string]int64),
+		halted:    make(map[string]bool),
 	}
 	m.keyringFile = filepath.Join(t.TempDir(), "testmirror-keyring.asc")
 	if err := os.WriteFile(m.keyringFile, m.key.ArmoredPublic(), 0o644); err != nil {
@@ -264,7 +266,7 @@ func (m *Mirror) Serials(distro, version string) []string {
 }
 
 func (m *Mirror) newest(distro, version string) string {
-	if distro != "ubuntu" && distro != "debian" {
+	if distro != "ubuntu" && distro != "debian" || distro == "ubuntu" && m.cfg.classic != layoutSerials {
 		return ""
 	}
 	s := m.Serials(distro, version)
@@ -434,6 +436,39 @@ func (m *Mirror) Throttle(bytesPerSecond int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.throttle = max(bytesPerSecond, 0)
+}
+
+// Halt makes relPath's origin stop answering, as a server that died
+// without closing its connections (or a link that went dark): responses in
+// flight send no more bytes, and new requests get not even headers; each
+// connection is held until the client gives up. It lasts until the mirror
+// closes.
+func (m *Mirror) Halt(relPath string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.halted[cleanRel(relPath)] = true
+}
+
+func (m *Mirror) isHalted(rel string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.halted[rel]
+}
+
+// holdSilent keeps a request's connection open, sending nothing, until the
+// client gives up or the mirror closes.
+func (m *Mirror) holdSilent(r *http.Request) {
+	select {
+	case <-r.Context().Done():
+	case <-m.closed:
+	}
+}
+
+// Stop stops the mirror as a process that exits: open connections are cut
+// and new ones refused. It cannot be started again.
+func (m *Mirror) Stop() {
+	_ = m.srv.Listener.Close()
+	m.srv.CloseClientConnections()
 }
 
 // SetFault installs a fault for relPath, replacing any previous one.
@@ -661,6 +696,10 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	throttle := m.throttle
 	m.mu.Unlock()
 
+	if m.isHalted(rel) {
+		m.holdSilent(r)
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
@@ -773,6 +812,11 @@ func (b *bodyWriter) Write(p []byte) (int, error) {
 	total := 0
 	cut := b.fault.Reset || b.fault.Stall
 	for len(p) > 0 {
+		if b.m.isHalted(b.rel) {
+			_ = http.NewResponseController(b.ResponseWriter).Flush()
+			b.m.holdSilent(b.r)
+			panic(http.ErrAbortHandler)
+		}
 		chunk := p
 		if cut {
 			left := b.fault.After - b.written

@@ -280,7 +280,22 @@ type SerialSource struct {
 	Spec ImageSpec
 	// IndexURL is the directory whose HTML listing names a subdirectory per serial.
 	IndexURL string
-	dir      *regexp.Regexp
+	// Unpinned is the directory name a mirror in the classic layout holds
+	// instead of build directories ("release"), and UnpinnedURL its URL;
+	// empty when the catalog names none.
+	Unpinned    string
+	UnpinnedURL string
+	// BuildInfoURL is the file under UnpinnedURL whose "serial=" line names
+	// the build it holds; empty when the catalog names none.
+	BuildInfoURL string
+	dir          *regexp.Regexp
+	serial       *regexp.Regexp
+}
+
+// ValidSerial reports whether s has the catalog's serial form (and passes
+// image.CheckSerial): e.g. a serial a build-info file claims.
+func (s SerialSource) ValidSerial(serial string) bool {
+	return s.serial != nil && s.serial.MatchString(serial) && image.CheckSerial(serial) == nil
 }
 
 // Serial returns the serial a listed subdirectory name (without its
@@ -310,11 +325,53 @@ func (c *Catalog) Serials(spec ImageSpec) (SerialSource, error) {
 		return SerialSource{}, fmt.Errorf("catalog: %s: serials: %w", s, err)
 	}
 	prefix, suffix, _ := strings.Cut(e.Serials.Directory, "{serial}")
-	return SerialSource{
+	src := SerialSource{
 		Spec:     s,
 		IndexURL: joinURL(e.BaseURL, expand(e.Serials.Index, vars, nil)),
 		dir:      regexp.MustCompile(`^` + regexp.QuoteMeta(prefix) + `(` + e.Serials.Pattern + `)` + regexp.QuoteMeta(suffix) + `$`), // validated
-	}, nil
+		serial:   e.serialRE,
+	}
+	if u := e.Serials.Unpinned; u != "" {
+		src.Unpinned, src.UnpinnedURL = u, src.IndexURL+u+"/"
+		if e.Serials.BuildInfo != "" {
+			src.BuildInfoURL = src.UnpinnedURL + e.Serials.BuildInfo
+		}
+	}
+	return src, nil
+}
+
+// PlanUnpinned plans spec from the directory a mirror in the classic layout
+// holds instead of build directories (serials.unpinned, Ubuntu's release/),
+// which is repointed at each publication: the caller must check that the
+// build did not change while it read (the build-info serial, if any).
+// spec.Serial, if set, is kept as the plan's label (the serial the build
+// says it is); it is not part of any URL. Images without an unpinned
+// directory fail with an error wrapping ErrNoSerials.
+func (c *Catalog) PlanUnpinned(spec ImageSpec) (Plan, error) {
+	serial := spec.Serial
+	spec.Serial = ""
+	s, e, err := c.canonical(spec)
+	if err != nil {
+		return Plan{}, err
+	}
+	if e.Serials == nil || e.Serials.Unpinned == "" {
+		return Plan{}, fmt.Errorf("catalog: %s: %w: the catalog names no unpinned directory for %s", s, ErrNoSerials, s.Distro)
+	}
+	vars := e.vars(s)
+	s.Serial = serial
+	p := Plan{Spec: s, BootMode: e.BootMode, AllowUnsigned: c.allowUnsigned}
+	sr := e.Serials
+	for _, at := range e.Assets {
+		at.URL, at.NamePattern = sr.unpinnedTemplate(at.URL), sr.unpinnedTemplate(at.NamePattern)
+		m := &at.Manifest
+		m.URL, m.Index, m.Pattern, m.SignatureURL = sr.unpinnedTemplate(m.URL), sr.unpinnedTemplate(m.Index), sr.unpinnedTemplate(m.Pattern), sr.unpinnedTemplate(m.SignatureURL)
+		a, err := c.planAsset(e, at, vars)
+		if err != nil {
+			return Plan{}, fmt.Errorf("catalog: %s: %s: %w", s, at.Role, err)
+		}
+		p.Assets = append(p.Assets, a)
+	}
+	return p, nil
 }
 
 // vars are the template values for a canonical spec.

@@ -95,6 +95,16 @@ type SerialsTemplate struct {
 	// '[0-9]{8}(\.[0-9]+)?'. Serials are ordered naturally (numbers
 	// compared as numbers); the greatest is the newest.
 	Pattern string `json:"pattern" yaml:"pattern"`
+	// Unpinned, when set, names the directory a mirror in the classic
+	// layout holds instead of the per-build ones: "release" (Ubuntu's
+	// release/, repointed at each publication). A listing with no build
+	// directory but this one is read from it, each template's Directory
+	// segment replaced by Unpinned.
+	Unpinned string `json:"unpinned,omitempty" yaml:"unpinned,omitempty"`
+	// BuildInfo is a file under the unpinned directory whose "serial=" line
+	// names the build it holds ("unpacked/build-info.txt"); without it, or
+	// when a mirror lacks the file, such a build is unpinned.
+	BuildInfo string `json:"build_info,omitempty" yaml:"build_info,omitempty"`
 }
 
 // SignatureKind is how a checksum manifest is signed.
@@ -334,6 +344,9 @@ func (img *Image) validateSerials() error {
 	if _, err := regexp.Compile(`^(?:` + sr.Pattern + `)$`); err != nil {
 		return fmt.Errorf("serials: pattern: %w", err)
 	}
+	if err := sr.validateUnpinned(img.Assets); err != nil {
+		return err
+	}
 	for i, a := range img.Assets {
 		// Every file must come from the serial's directory: a template
 		// without {serial} would fetch from one that changes under us.
@@ -345,6 +358,50 @@ func (img *Image) validateSerials() error {
 		}
 	}
 	return nil
+}
+
+// unpinnedDirRE is what a serials.unpinned directory name may be.
+var unpinnedDirRE = regexp.MustCompile(`^[A-Za-z0-9_-][A-Za-z0-9._-]*$`)
+
+// validateUnpinned checks the classic-layout fallback: a plain directory
+// name, a relative build_info path, and templates whose every {serial} lies
+// in the build directory's segment, so that nothing is left to expand.
+func (sr *SerialsTemplate) validateUnpinned(assets []AssetTemplate) error {
+	if sr.Unpinned == "" {
+		if sr.BuildInfo != "" {
+			return errors.New("serials: build_info needs unpinned")
+		}
+		return nil
+	}
+	if !unpinnedDirRE.MatchString(sr.Unpinned) {
+		return fmt.Errorf("serials: unpinned %q: want a directory name of [A-Za-z0-9._-]", sr.Unpinned)
+	}
+	if sr.BuildInfo != "" {
+		if err := checkTemplate(sr.BuildInfo, nil); err != nil {
+			return fmt.Errorf("serials: build_info: %w", err)
+		}
+	}
+	for i, a := range assets {
+		m := a.Manifest
+		for _, t := range []string{a.URL, a.NamePattern, m.URL, m.Index, m.Pattern, m.SignatureURL} {
+			if strings.Contains(sr.unpinnedTemplate(t), "{serial}") {
+				return fmt.Errorf("serials: unpinned: assets[%d] (%s) uses {serial} outside the %s directory, so it cannot be read from %s/", i, a.Role, sr.Directory, sr.Unpinned)
+			}
+		}
+	}
+	return nil
+}
+
+// unpinnedTemplate rewrites a path template to read from the unpinned
+// directory: each segment that is the build directory becomes Unpinned.
+func (sr *SerialsTemplate) unpinnedTemplate(t string) string {
+	segs := strings.Split(t, "/")
+	for i, s := range segs {
+		if s == sr.Directory {
+			segs[i] = sr.Unpinned
+		}
+	}
+	return strings.Join(segs, "/")
 }
 
 func (a *AssetTemplate) validate() error {

@@ -61,6 +61,10 @@ type Resolution struct {
 	// in records written before resolutions named them, which answer no
 	// request.
 	Roots *TrustRoots `json:"roots,omitempty"`
+	// Unpinned is true when the build came from a mirror in the classic
+	// layout (only release/) that does not say which build it is: Spec has
+	// no serial, and the build cannot be pinned or asked for again.
+	Unpinned bool `json:"unpinned,omitempty"`
 }
 
 // Asset returns the asset with the given role, if present.

@@ -190,12 +190,6 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 	if !c.nc.IsConnected() {
 		return Result{}, fmt.Errorf("not connected to NATS at %s", c.nc.ConnectedUrlRedacted())
 	}
-	if _, err := c.js.Stream(ctx, messages.StreamWork); err != nil {
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			return Result{}, fmt.Errorf("%w (stream %s is missing: run `vmprep setup` as the operator, or start vmprep serve)", ErrNoDeployment, messages.StreamWork)
-		}
-		return Result{}, fmt.Errorf("reach the vmprep deployment: %w", err)
-	}
 	// Progress is watched even without WithProgress: the last failure a stage
 	// reported retrying says why, if ctx ends before the result comes.
 	var lastRetry struct {
@@ -238,14 +232,27 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 		ended = true
 		delivering.Unlock()
 	}()
-	// Subscribe to the result before publishing, from the last stored one, so
-	// neither a fast answer nor an earlier answer to the same id is missed.
-	cons, err := c.js.OrderedConsumer(ctx, messages.StreamResults, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{messages.ResultSubjectIn(c.namespace, req.RequestID)},
-		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
-	})
+	// The result is read without any consumer (a client needs no right to
+	// create one: a consumer's deliver subject is not checked against its
+	// creator's permissions): subscribe to the result subject first, then
+	// read the last stored result by direct get, so that neither a fast
+	// answer nor an earlier answer to the same id is missed.
+	subject := messages.ResultSubjectIn(c.namespace, req.RequestID)
+	live := make(chan *nats.Msg, 8)
+	rsub, err := c.nc.ChanSubscribe(subject, live)
 	if err != nil {
 		return Result{}, fmt.Errorf("watch for the result: %w", err)
+	}
+	defer func() { _ = rsub.Unsubscribe() }()
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = c.nc.FlushWithContext(fctx)
+	cancel()
+	if err != nil {
+		return Result{}, fmt.Errorf("watch for the result: %w", err)
+	}
+	stored, err := c.lastResult(ctx, subject)
+	if err != nil {
+		return Result{}, err
 	}
 	data, err := messages.Encode(messages.TypePrepareRequest, &req)
 	if err != nil {
@@ -259,10 +266,22 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 		return Result{}, fmt.Errorf("publish prepare request: %w", err)
 	}
 	nudged := false
+	// A result published while the connection was down never reaches the
+	// subscription: the stored one is read again now and then.
+	poll := time.NewTicker(resultPoll)
+	defer poll.Stop()
 	for {
-		m, err := nextWithContext(ctx, cons)
-		if err != nil {
-			if ctx.Err() != nil {
+		got := stored
+		stored = nil
+		for got == nil {
+			select {
+			case m := <-live:
+				got = m.Data
+			case <-poll.C:
+				if got, err = c.lastResult(ctx, subject); err != nil && ctx.Err() == nil {
+					got = nil // the connection is away: keep waiting
+				}
+			case <-ctx.Done():
 				err := fmt.Errorf("waiting for the result of request %s: %w", req.RequestID, ctx.Err())
 				lastRetry.Lock()
 				if lastRetry.what != "" {
@@ -271,13 +290,12 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 				lastRetry.Unlock()
 				return Result{}, err
 			}
-			if errors.Is(err, nats.ErrConnectionClosed) {
-				return Result{}, fmt.Errorf("waiting for the result of request %s: %w", req.RequestID, err)
+			if c.nc.IsClosed() {
+				return Result{}, fmt.Errorf("waiting for the result of request %s: %w", req.RequestID, nats.ErrConnectionClosed)
 			}
-			continue // timeouts and reconnects: keep waiting
 		}
 		var res Result
-		if err := messages.Decode(m.Data(), messages.TypeResult, &res); err != nil {
+		if err := messages.Decode(got, messages.TypeResult, &res); err != nil {
 			return Result{}, fmt.Errorf("unreadable result for request %s: %w", req.RequestID, err)
 		}
 		if !answers(res, req) {
@@ -319,25 +337,47 @@ func answers(res Result, req Request) bool {
 	return res.Target == req.Target
 }
 
-// nextWithContext waits for the next message but returns as soon as ctx ends:
-// an ordered consumer's Next keeps recreating its consumer while the server is
-// away and does not watch the context meanwhile.
-func nextWithContext(ctx context.Context, cons jetstream.Consumer) (jetstream.Msg, error) {
-	type next struct {
-		m   jetstream.Msg
-		err error
+// resultPoll is how often a waiting Prepare reads the stored result again,
+// in case the live one was published while the connection was away.
+const resultPoll = 5 * time.Second
+
+// lastResult reads the last stored message on subject of the results
+// stream by direct get; nil when there is none. A server without the
+// stream (no responders) is ErrNoDeployment.
+func (c *Client) lastResult(ctx context.Context, subject string) ([]byte, error) {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	m, err := c.nc.RequestWithContext(rctx, "$JS.API.DIRECT.GET."+messages.StreamResults+"."+subject, nil)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return nil, fmt.Errorf("%w (stream %s is missing, or does not allow direct gets: run `vmprep setup` as the operator, or start vmprep serve)", ErrNoDeployment, messages.StreamResults)
 	}
-	ch := make(chan next, 1)
-	go func() {
-		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		m, err := cons.Next(jetstream.FetchContext(fctx))
-		ch <- next{m, err}
-	}()
-	select {
-	case n := <-ch:
-		return n.m, n.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if err != nil {
+		return nil, fmt.Errorf("read the result of %s: %w", subject, err)
 	}
+	switch status := m.Header.Get("Status"); status {
+	case "":
+		return m.Data, nil
+	case "404":
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("read the result of %s: server answered %s %s", subject, status, m.Header.Get("Description"))
+	}
+}
+
+// ReportCorrupt tells the deployment that object version ref read wrong
+// (its bytes do not match its digest), reason saying how. Readers may not
+// delete objects; the deployment's healer re-reads the object itself and
+// deletes it only if it is bad, so that the next request fetches it again.
+// There is no message ID on purpose: a forger could pre-empt a real report
+// with a false one under the same ID, and the real one would be dropped as
+// a duplicate.
+func ReportCorrupt(ctx context.Context, js jetstream.JetStream, ref messages.ObjectRef, reason string) error {
+	data, err := messages.Encode(messages.TypeCorruptReport, &messages.CorruptReport{Object: ref, Reason: reason})
+	if err != nil {
+		return err
+	}
+	if _, err := js.Publish(ctx, messages.SubjectCorrupt, data); err != nil {
+		return fmt.Errorf("report corrupt object %s/%s: %w", ref.Bucket, ref.Name, err)
+	}
+	return nil
 }

@@ -47,26 +47,27 @@ const (
 )
 
 type config struct {
-	cacheDir     string
-	jsDir        string
-	listen       string
-	stages       []string
-	catalogOpts  []catalog.Option
-	resolveOpts  []resolve.Option
-	downloadOpts []download.Option
-	runnerOpts   []stage.Option
-	logger       *slog.Logger
-	concurrency  int
-	maxAge       time.Duration
-	shortPulls   bool
-	objectBucket string
-	replicas     int
-	host         string
-	targetedOnly bool
-	serverOpts   *server.Options
-	connOpts     []nats.Option
-	registerer   prometheus.Registerer
-	interactive  bool
+	cacheDir      string
+	jsDir         string
+	listen        string
+	stages        []string
+	catalogOpts   []catalog.Option
+	resolveOpts   []resolve.Option
+	downloadOpts  []download.Option
+	runnerOpts    []stage.Option
+	logger        *slog.Logger
+	concurrency   int
+	maxAge        time.Duration
+	originTimeout time.Duration
+	shortPulls    bool
+	objectBucket  string
+	replicas      int
+	host          string
+	targetedOnly  bool
+	serverOpts    *server.Options
+	connOpts      []nats.Option
+	registerer    prometheus.Registerer
+	interactive   bool
 }
 
 // Option configures Start.
@@ -118,6 +119,10 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l }
 
 // WithConcurrency sets how many messages each stage works on at once (default 3).
 func WithConcurrency(n int) Option { return func(c *config) { c.concurrency = n } }
+
+// WithOriginTimeout sets how long an origin may send no bytes before the
+// fetcher fails the asset for good (default 3 minutes).
+func WithOriginTimeout(d time.Duration) Option { return func(c *config) { c.originTimeout = d } }
 
 // WithResolutionMaxAge reuses a stored resolution this young without asking
 // the network (default 0: always ask, falling back to the stored one offline).
@@ -228,6 +233,7 @@ func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
 		Logger:           c.logger,
 		Concurrency:      c.concurrency,
 		ResolutionMaxAge: c.maxAge,
+		OriginTimeout:    c.originTimeout,
 		RunnerOptions:    c.runnerOpts,
 		ObjectBucket:     c.objectBucket,
 		Replicas:         c.replicas,
@@ -373,6 +379,10 @@ func (d *Deployment) Consumers() []string { return d.emb.Consumers() }
 // Live reports nil while the deployment's stages are connected and
 // consuming, else why not: what a liveness probe asks.
 func (d *Deployment) Live() error { return d.emb.Live() }
+
+// Ready reports nil while the stages' consumers are as setup made them,
+// else what differs (see stage.ConsumerDrift).
+func (d *Deployment) Ready() error { return d.emb.Ready() }
 
 // Close drains the stages, stops the server and releases the JetStream
 // directory (the error says if that failed). It may be called more than

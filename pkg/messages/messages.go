@@ -31,6 +31,7 @@ const (
 	TypeProgress       = "progress"
 	TypeResult         = "result"
 	TypeDeadLetter     = "dead_letter"
+	TypeCorruptReport  = "corrupt_report"
 )
 
 // Subjects, streams and consumers. The work stream uses WorkQueue retention: each
@@ -46,8 +47,17 @@ const (
 	SubjectVerify = "vmprep.asset.verify"
 	// SubjectConvert carries disk AssetEvents that need conversion to the converter.
 	SubjectConvert = "vmprep.asset.convert"
-	// SubjectDone carries finished or failed AssetEvents to the collector.
+	// SubjectDone + "." + publisher carries finished or failed AssetEvents
+	// to the collector (see DoneSubject): each stage publishes on its own
+	// subject, so the collector knows who speaks.
 	SubjectDone = "vmprep.asset.done"
+	// SubjectCorrupt carries CorruptReport from whoever found a stored
+	// object's bytes wrong (a converter, a client) to the healer, which
+	// checks the object itself and deletes it if it is bad.
+	SubjectCorrupt = "vmprep.asset.corrupt"
+	// ConsumerHealer is the durable consumer of SubjectCorrupt (the
+	// verifier process binds it: it may delete objects).
+	ConsumerHealer = "healer"
 
 	// StreamResults keeps final results (limits retention) so a client that
 	// subscribes late, or repeats a request id, still reads the one result.
@@ -172,6 +182,35 @@ func ValidateTarget(host string) error {
 		return fmt.Errorf("%w: target host %q must be 1-64 characters of A-Z a-z 0-9 _ -", ErrInvalid, host)
 	}
 	return nil
+}
+
+// DoneSubject is where stage publishes its finished or failed assets:
+// vmprep.asset.done.<stage>. A converter that reports files on its host
+// publishes on DoneSubjectOf(host) instead.
+func DoneSubject(stage string) string { return SubjectDone + "." + stage }
+
+// DoneSubjectOf is where the converter on host publishes: only that host's
+// converter user may, so a file it names on host is host's own word.
+func DoneSubjectOf(host string) string { return DoneSubject(StageConverter) + "." + host }
+
+// DonePublisher reads who published on a done subject: the stage, and for
+// a converter on a host, the host. ok is false for any other subject.
+func DonePublisher(subject string) (stage, host string, ok bool) {
+	rest, found := strings.CutPrefix(subject, SubjectDone+".")
+	if !found {
+		return "", "", false
+	}
+	stage, host, _ = strings.Cut(rest, ".")
+	switch stage {
+	case StageResolver, StageFetcher, StageVerifier:
+		return stage, "", host == "" && !strings.Contains(rest, ".")
+	case StageConverter:
+		if !strings.Contains(rest, ".") {
+			return stage, "", true
+		}
+		return stage, host, isToken(host)
+	}
+	return "", "", false
 }
 
 // DeadSubject is where a stage publishes its dead letters.
@@ -441,8 +480,12 @@ type Result struct {
 	// Files has each file's path, digest, size and format, by role.
 	Files map[image.Role]File `json:"files,omitempty"`
 	// Signer is the fingerprint that vouched for the digests, or "" when unsigned.
-	Signer       string `json:"signer,omitempty"`
-	Unsigned     bool   `json:"unsigned,omitempty"`
+	Signer   string `json:"signer,omitempty"`
+	Unsigned bool   `json:"unsigned,omitempty"`
+	// Unpinned is set when the image has serials but the mirror (in the
+	// classic layout, only release/) does not say which build it served:
+	// Resolved has no serial and the build cannot be asked for again.
+	Unpinned     bool   `json:"unpinned,omitempty"`
 	ResolvedFrom string `json:"resolved_from,omitempty"`
 	// Failure is set when Status is "failed".
 	Failure     *Failure  `json:"failure,omitempty"`
@@ -455,6 +498,17 @@ func (r *Result) Image() image.Spec {
 		return *r.Resolved
 	}
 	return r.Spec
+}
+
+// CorruptReport says that a reader found an object version's bytes wrong.
+// It is a hint, never trusted: the healer re-reads the object and deletes it
+// only if the bytes do not hash to the object's own name (its content
+// address).
+type CorruptReport struct {
+	Header
+	Object ObjectRef `json:"object"`
+	// Reason is what the reader saw, for logs.
+	Reason string `json:"reason,omitempty"`
 }
 
 // DeadLetter records a message that could not be processed at all (garbage,

@@ -11,7 +11,10 @@
 //     library keeps up to 4,000 async publishes pending, ~500 MiB at 128 KiB),
 //     and a get pulls a bounded batch;
 //   - a put that stalls (no acknowledgement within the stall timeout, as seen
-//     on R3 buckets under load) is abandoned, its chunks purged, and retried.
+//     on R3 buckets under load) is abandoned, its chunks deleted, and retried;
+//   - nothing here purges: chunks are deleted message by message (see
+//     deleteChunks), so the users that delete need no right to purge, which
+//     would let them wipe the bucket in one call.
 //
 // The object digest in the meta message is the writer's claim. Readers that
 // must not trust the writer hash what they read themselves (Open returns the
@@ -289,8 +292,8 @@ func (s *Store) Delete(ctx context.Context, d digest.Digest, nuid string) error 
 	if _, err := s.js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("delete %s/%s: %w", s.bucket, cur.Name, err)
 	}
-	if err := s.stream.Purge(ctx, jetstream.WithPurgeSubject(s.chunkSubject(cur.NUID))); err != nil {
-		return fmt.Errorf("delete %s/%s: purge chunks: %w", s.bucket, cur.Name, err)
+	if _, err := s.deleteChunks(ctx, cur.NUID); err != nil {
+		return fmt.Errorf("delete %s/%s: %w", s.bucket, cur.Name, err)
 	}
 	return nil
 }
@@ -337,9 +340,10 @@ func (s *Store) putOnce(ctx context.Context, d digest.Digest, path string, progr
 	subj := s.chunkSubject(id)
 	defer func() {
 		if err != nil {
-			// Chunks without a meta message are invisible but take space.
-			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			_ = s.stream.Purge(pctx, jetstream.WithPurgeSubject(subj))
+			// Chunks without a meta message are invisible but take space
+			// (what this misses, Sweep collects later).
+			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.stall)
+			_, _ = s.deleteChunks(pctx, id)
 			cancel()
 		}
 	}()
@@ -451,7 +455,7 @@ func (s *Store) putOnce(ctx context.Context, d digest.Digest, path string, progr
 		return Info{}, fmt.Errorf("publish meta: %w", err)
 	}
 	if oldErr == nil && old.NUID != id {
-		_ = s.stream.Purge(pctx, jetstream.WithPurgeSubject(s.chunkSubject(old.NUID)))
+		_, _ = s.deleteChunks(pctx, old.NUID)
 	}
 	return Info{
 		Bucket: s.bucket, Name: meta.Name, NUID: id, Size: sent, Chunks: chunks, ModTime: meta.ModTime,

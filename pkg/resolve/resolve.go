@@ -172,18 +172,39 @@ func (r *Resolver) Resolve(ctx context.Context, spec catalog.ImageSpec) (catalog
 		// The newest build, read from its own directory: never from one
 		// that is repointed while we read it.
 		serials, lerr := r.Serials(ctx, spec)
+		if errors.Is(lerr, ErrUnpinned) {
+			return r.resolveUnpinned(ctx, spec) // what is published now, unlabelled
+		}
 		if lerr != nil {
 			return catalog.Resolution{}, lerr
 		}
 		spec.Serial = serials[0].Serial
+		if serials[0].Unpinned {
+			return r.resolveUnpinned(ctx, spec)
+		}
 		plan, err = r.cat.Plan(spec)
 	}
 	if err != nil {
 		return catalog.Resolution{}, &Error{Spec: spec, Op: OpPlan, Err: err}
 	}
+	res, err := r.resolvePlan(ctx, plan)
+	if err == nil || !errors.Is(err, ErrNotFound) || plan.Spec.Serial == "" {
+		return res, err
+	}
+	serials, lerr := r.Serials(ctx, plan.Spec)
+	if lerr == nil && len(serials) == 1 && serials[0].Unpinned && serials[0].Serial == plan.Spec.Serial {
+		// A mirror in the classic layout whose build is the one asked for.
+		return r.resolveUnpinned(ctx, plan.Spec)
+	}
+	return catalog.Resolution{}, r.explainMissing(plan.Spec, err, serials, lerr)
+}
+
+// resolvePlan fetches and verifies the manifests plan names and looks up
+// its assets.
+func (r *Resolver) resolvePlan(ctx context.Context, plan catalog.Plan) (catalog.Resolution, error) {
 	roots, err := r.cat.Roots(plan.Spec)
 	if err != nil {
-		return catalog.Resolution{}, &Error{Spec: spec, Op: OpPlan, Err: err}
+		return catalog.Resolution{}, &Error{Spec: plan.Spec, Op: OpPlan, Err: err}
 	}
 	manifests := map[string]*verified{}
 	res := catalog.Resolution{Spec: plan.Spec, BootMode: plan.BootMode, Roots: &roots}
@@ -194,8 +215,9 @@ func (r *Resolver) Resolve(ctx context.Context, spec catalog.ImageSpec) (catalog
 		}
 		v, ok := manifests[id]
 		if !ok {
+			var err error
 			if v, err = r.loadManifest(ctx, plan, a); err != nil {
-				return catalog.Resolution{}, r.explainMissing(ctx, plan.Spec, err)
+				return catalog.Resolution{}, err
 			}
 			manifests[id] = v
 		}

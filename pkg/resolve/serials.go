@@ -29,12 +29,19 @@ type Serial struct {
 	Date time.Time `json:"date,omitzero"`
 	// URL is the build's directory.
 	URL string `json:"url"`
+	// Unpinned is true for the one build of a mirror in the classic
+	// layout: URL is the directory repointed at each publication (release/),
+	// Serial what its build-info file says it holds.
+	Unpinned bool `json:"unpinned,omitempty"`
 }
 
 // Serials lists the builds published for spec's version (its serial, if
 // any, is ignored), newest first. An image whose catalog entry has no
 // serials fails with an error wrapping catalog.ErrNoSerials; a listing
-// without any fails with ErrNoMatch. Errors are *Error.
+// without any fails with ErrNoMatch. A mirror in the classic layout (no
+// build directory, only the catalog's unpinned one) lists that build alone,
+// Unpinned set, or fails with an *UnpinnedError when its build-info names
+// no serial. Errors are *Error.
 func (r *Resolver) Serials(ctx context.Context, spec catalog.ImageSpec) ([]Serial, error) {
 	src, err := r.cat.Serials(spec)
 	if err != nil {
@@ -47,6 +54,12 @@ func (r *Resolver) Serials(ctx context.Context, spec catalog.ImageSpec) ([]Seria
 	links := parseListing(body)
 	serials := listedSerials(links, src)
 	if len(serials) == 0 {
+		if s, ok, err := r.unpinnedSerial(ctx, src, links); ok {
+			if err != nil {
+				return nil, err
+			}
+			return []Serial{s}, nil
+		}
 		return nil, &Error{Spec: src.Spec, Op: OpSerials, URL: src.IndexURL,
 			Err: fmt.Errorf("%w: no build directory among the listing's %d links", ErrNoMatch, len(links))}
 	}
@@ -93,14 +106,18 @@ func serialDate(s string) time.Time {
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
 // explainMissing turns a 404 for a file of a requested serial into an
-// *UnknownSerialError naming the serials that exist, when the serial is
-// not among them; any other error is returned as it is.
-func (r *Resolver) explainMissing(ctx context.Context, spec catalog.ImageSpec, err error) error {
+// *UnknownSerialError naming the serials that exist (listed, or the listing's
+// error lerr), when the serial is not among them; a mirror whose build is
+// unpinned says so; any other error is returned as it is.
+func (r *Resolver) explainMissing(spec catalog.ImageSpec, err error, serials []Serial, lerr error) error {
 	var re *Error
-	if spec.Serial == "" || !errors.Is(err, ErrNotFound) || !errors.As(err, &re) {
+	if !errors.As(err, &re) {
 		return err
 	}
-	serials, lerr := r.Serials(ctx, spec)
+	var ue *UnpinnedError
+	if errors.As(lerr, &ue) {
+		return &Error{Spec: spec, Op: re.Op, URL: re.URL, Err: fmt.Errorf("serial %s cannot be pinned: %w", image.Printable(spec.Serial), ue)}
+	}
 	if lerr != nil {
 		return err
 	}

@@ -60,10 +60,10 @@ func (nopObserver) DeadLettered(string)                    {}
 
 // Consuming reports whether the runner is serving and its most recent pull
 // reached the consumer (a message or an empty wait). It is false before Run,
-// after Run returns, and while pulls fail (the server is away, or the durable
-// consumer was deleted): what a liveness probe wants to know.
+// after Run returns, while pulls fail (the server is away, or the durable
+// consumer was deleted), and while its consumer drifted (see Drift): what a liveness probe wants to know.
 func (r *Runner) Consuming() bool {
-	return r.running.Load() && r.pullOK.Load()
+	return r.running.Load() && r.pullOK.Load() && r.drift.Load() == nil
 }
 
 // Name is the stage's name (its durable consumer's).

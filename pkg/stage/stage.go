@@ -5,7 +5,9 @@
 //
 // Delivery contract:
 //   - one durable pull consumer per stage, shared by every worker of the stage in
-//     every process; each worker pulls one message only when it is free;
+//     every process; each worker pulls one message only when it is free — or,
+//     WithFairness, the process pulls a bounded number ahead and its workers
+//     take them round-robin across keys (tenants), see fair.go;
 //   - while a handler runs, the runner sends in-progress acks every AckWait/3, so
 //     long work is never redelivered while its worker lives, and a dead worker's
 //     message comes back after AckWait;
@@ -27,6 +29,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -126,6 +129,14 @@ type Runner struct {
 	// running and pullOK say whether the runner is consuming (Consuming).
 	running atomic.Bool
 	pullOK  atomic.Bool
+	// fq is the fair queue while a fair runner runs.
+	fq atomic.Pointer[fairQueue]
+	// drift is the last drift check's finding (*DriftError), or nil.
+	drift   atomic.Pointer[DriftError]
+	filters []string
+	stream  string
+	// slots counts workers and the slots idle handlers lend (see Idle).
+	slots slots
 }
 
 type config struct {
@@ -142,6 +153,8 @@ type config struct {
 	publishTimout time.Duration
 	observer      Observer
 	retryNotify   func(Retry)
+	fair          *fairConfig
+	driftCheck    time.Duration
 }
 
 // Option configures a Runner.
@@ -229,6 +242,16 @@ func WithPullWait(d time.Duration) Option {
 	}
 }
 
+// WithDriftCheck sets how often the runner checks that its consumer is
+// still as it was made (default 30s; see ConsumerDrift).
+func WithDriftCheck(d time.Duration) Option {
+	return func(c *config) {
+		if d > 0 {
+			c.driftCheck = d
+		}
+	}
+}
+
 // WithDrainTimeout bounds how long in-flight work may continue after Run's
 // context ends (default 30s); work still running then is cancelled and nak'ed.
 func WithDrainTimeout(d time.Duration) Option { return func(c *config) { c.drainTimeout = d } }
@@ -267,6 +290,9 @@ func ConsumerConfig(name string, filters []string, ackWait time.Duration) jetstr
 		MaxDeliver:    -1,
 		MaxAckPending: 1000,
 	}
+	if ackWait > 0 {
+		c.Metadata = map[string]string{MetaAckWait: ackWait.String()}
+	}
 	if len(filters) == 1 {
 		c.FilterSubject = filters[0]
 	} else {
@@ -290,6 +316,13 @@ func consumerFilters(c jetstream.ConsumerConfig) []string {
 func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name string, filters []string, cfg *config) (jetstream.Consumer, error) {
 	for attempt := 0; attempt < 3; attempt++ {
 		cons, err := js.Consumer(ctx, stream, name)
+		if errors.Is(err, jetstream.ErrNotPullConsumer) {
+			// Made a push consumer: it would relay the stage's work to its
+			// deliver subject.
+			if got, cerr := consumerConfig(ctx, js, stream, name); cerr == nil {
+				return nil, &DriftError{Stream: stream, Consumer: name, Drift: ConsumerDrift(name, filters, got)}
+			}
+		}
 		if errors.Is(err, jetstream.ErrConsumerNotFound) {
 			err = Create(ctx, js.Conn(), "consumer "+name+" of stream "+stream, "$JS.API.CONSUMER.CREATE."+stream+"."+name, func(ctx context.Context) (err error) {
 				cons, err = js.CreateConsumer(ctx, stream, ConsumerConfig(name, filters, cfg.ackWait))
@@ -319,12 +352,18 @@ func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name stri
 			})
 			if err != nil {
 				if denied {
-					err = fmt.Errorf("this user may not change it: run `vmprep setup` as an admin user: %w", err)
+					// Not this stage's to repair: the operator's setup does.
+					return nil, &DriftError{Stream: stream, Consumer: name, Drift: ConsumerDrift(name, filters, info.Config)}
 				}
 				return nil, fmt.Errorf("consumer %s filters %q, want %q: update: %w", name, got, filters, err)
 			}
 			cfg.logger.Warn("updated the consumer's subjects", "stage", name, "from", got, "to", filters)
 			info = cons.CachedInfo()
+		}
+		// Anything else changed is not this stage's to undo: someone who
+		// could rewrite it once can again, and only the operator can tell.
+		if d := ConsumerDrift(name, filters, info.Config); len(d) > 0 {
+			return nil, &DriftError{Stream: stream, Consumer: name, Drift: d}
 		}
 		if got := info.Config.AckWait; got > 0 && got != cfg.ackWait {
 			cfg.logger.Warn("using the existing consumer's ack wait; delete the consumer to change it",
@@ -336,17 +375,83 @@ func bindConsumer(ctx context.Context, js jetstream.JetStream, stream, name stri
 	return nil, fmt.Errorf("consumer %s: created and deleted concurrently", name)
 }
 
-// EnsureConsumer creates the durable consumer name of a stage on stream
-// (filtering filters, with ackWait) if it is missing, and gives an existing
-// one the filters if they differ, changing nothing else: what the operator's
-// vmprep setup does for each stage before the stages, which may only bind,
-// start.
+// DefaultAckWait is the ack wait of a stage consumer made without one chosen.
+const DefaultAckWait = 30 * time.Second
+
+// EnsureConsumer is the operator's side of a stage consumer: it creates the
+// durable consumer name of a stage on stream (filtering filters) if it is
+// missing, and restores one that drifted from what it makes (see
+// ConsumerDrift) — an update where the server allows one, else a delete and
+// create (the work stays in the stream: a work queue keeps a message until
+// it is acknowledged). ackWait, if positive, is set and recorded (see
+// MetaAckWait); 0 keeps the ack wait recorded when the consumer was made
+// (made by an older build: the one it has), DefaultAckWait for a new one.
 func EnsureConsumer(ctx context.Context, js jetstream.JetStream, stream, name string, filters []string, ackWait time.Duration, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	_, err := bindConsumer(ctx, js, stream, name, filters, &config{ackWait: ackWait, logger: log})
-	return err
+	create := func() error {
+		wait := ackWait
+		if wait <= 0 {
+			wait = DefaultAckWait
+		}
+		return Create(ctx, js.Conn(), "consumer "+name+" of stream "+stream, "$JS.API.CONSUMER.CREATE."+stream+"."+name, func(ctx context.Context) error {
+			_, err := js.CreateConsumer(ctx, stream, ConsumerConfig(name, filters, wait))
+			return err
+		})
+	}
+	got, err := consumerConfig(ctx, js, stream, name)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		if err := create(); err != nil && !errors.Is(err, jetstream.ErrConsumerExists) {
+			return err
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	keep := got.AckWait
+	if s, ok := got.Metadata[MetaAckWait]; ok {
+		if d, perr := time.ParseDuration(s); perr == nil && d > 0 {
+			keep = d
+		}
+	}
+	if ackWait > 0 {
+		keep = ackWait
+	}
+	if keep <= 0 {
+		keep = DefaultAckWait
+	}
+	drift := ConsumerDrift(name, filters, got)
+	if len(drift) == 0 && got.Metadata[MetaAckWait] == keep.String() {
+		return nil
+	}
+	want := ConsumerConfig(name, filters, keep)
+	if want.Metadata == nil {
+		want.Metadata = map[string]string{}
+	}
+	// Keep what the server or an operator set that is not drift.
+	want.Replicas, want.Description = got.Replicas, got.Description
+	for k, v := range got.Metadata {
+		if k != MetaAckWait {
+			want.Metadata[k] = v
+		}
+	}
+	if _, err := js.UpdateConsumer(ctx, stream, want); err != nil {
+		// A setting the server will not update (deliver policy, a push
+		// deliver subject, …): make it again.
+		log.Warn("consumer cannot be updated back; deleting and creating it again", "consumer", name, "drift", drift, "err", err)
+		if derr := js.DeleteConsumer(ctx, stream, name); derr != nil && !errors.Is(derr, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("consumer %s differs from what setup makes (%s): update: %v; delete: %w", name, strings.Join(drift, "; "), err, derr)
+		}
+		if _, err := js.CreateConsumer(ctx, stream, want); err != nil {
+			return fmt.Errorf("consumer %s: create again: %w", name, err)
+		}
+	}
+	if len(drift) > 0 {
+		log.Warn("restored a consumer that had been changed", "consumer", name, "drift", drift)
+	}
+	return nil
 }
 
 // New creates (or updates) the stage's durable consumer on stream and returns a
@@ -363,11 +468,13 @@ func New(ctx context.Context, js jetstream.JetStream, stream, name, filter strin
 		fetchWait:     2 * time.Second,
 		publishTimout: 30 * time.Second,
 		observer:      nopObserver{},
+		driftCheck:    30 * time.Second,
 	}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	cons, err := bindConsumer(ctx, js, stream, name, append([]string{filter}, cfg.moreFilters...), &cfg)
+	filters := append([]string{filter}, cfg.moreFilters...)
+	cons, err := bindConsumer(ctx, js, stream, name, filters, &cfg)
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: create consumer on %s: %w", name, stream, err)
 	}
@@ -378,7 +485,10 @@ func New(ctx context.Context, js jetstream.JetStream, stream, name, filter strin
 		pub:      JetStreamPublisher{JS: js},
 		handler:  h,
 		cfg:      cfg,
+		filters:  filters,
+		stream:   stream,
 	}
+	r.noteDrift(name, nil)
 	r.pullOK.Store(true) // the consumer was just bound
 	return r, nil
 }
@@ -416,19 +526,56 @@ func (r *Runner) Run(ctx context.Context) {
 
 	r.running.Store(true)
 	defer r.running.Store(false)
-	var wg sync.WaitGroup
-	for i := 0; i < r.cfg.concurrency; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r.worker(ctx, work)
-		}()
+	// The consumer is checked against what setup made for as long as the
+	// runner pulls, whichever way it schedules.
+	var watch sync.WaitGroup
+	watch.Add(1)
+	go func() {
+		defer watch.Done()
+		r.watchDrift(ctx)
+	}()
+	defer watch.Wait()
+	if r.cfg.fair != nil {
+		r.runFair(ctx, work)
+		return
 	}
-	wg.Wait()
+	r.runWorkers(ctx, func() { r.worker(ctx, work) })
+}
+
+// runWorkers runs concurrency workers (each running body until it returns)
+// and, while handlers wait in Idle, a spare worker per lent slot. It returns
+// once ctx has ended and every worker has stopped.
+func (r *Runner) runWorkers(ctx context.Context, body func()) {
+	s := &r.slots
+	s.mu.Lock()
+	s.limit, s.workers, s.spawning = r.cfg.concurrency, r.cfg.concurrency, true
+	s.spawn = func() {
+		defer s.wg.Done()
+		body()
+	}
+	s.wg.Add(r.cfg.concurrency)
+	s.mu.Unlock()
+	for i := 0; i < r.cfg.concurrency; i++ {
+		go s.spawn()
+	}
+	<-ctx.Done()
+	s.mu.Lock()
+	s.spawning = false // no spare worker starts once draining
+	s.mu.Unlock()
+	s.wg.Wait()
 }
 
 func (r *Runner) worker(pull, work context.Context) {
 	for pull.Err() == nil {
+		if r.slots.surplus() {
+			return // a spare whose loan ended
+		}
+		if r.drift.Load() != nil {
+			// A rewritten consumer may hand out another stage's work (or
+			// none): take nothing from it until the operator restores it.
+			sleep(pull, r.cfg.fetchWait)
+			continue
+		}
 		// A bounded wait rather than the pull context: cancelling a pull can drop
 		// a message the server is delivering at that moment, which would then sit
 		// out the ack wait. A message that arrives while draining is handled.
@@ -438,15 +585,7 @@ func (r *Runner) worker(pull, work context.Context) {
 				return
 			}
 			if !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-				// Every worker retries twice a second while NATS is away: one
-				// warning per outage (and one line when it ends), the rest at
-				// debug.
-				if r.pullOK.Swap(false) {
-					r.cfg.logger.Warn("pull failed; retrying", "stage", r.name, "err", err)
-				} else {
-					r.cfg.logger.Debug("pull failed; retrying", "stage", r.name, "err", err)
-				}
-				sleep(pull, 500*time.Millisecond)
+				r.pullFailed(pull, err)
 				continue
 			}
 			r.pulling()
@@ -455,6 +594,18 @@ func (r *Runner) worker(pull, work context.Context) {
 		r.pulling()
 		r.process(work, msg)
 	}
+}
+
+// pullFailed logs a failed pull and waits before the next: every worker
+// retries twice a second while NATS is away, so one warning per outage (and
+// one line when it ends, see pulling), the rest at debug.
+func (r *Runner) pullFailed(pull context.Context, err error) {
+	if r.pullOK.Swap(false) {
+		r.cfg.logger.Warn("pull failed; retrying", "stage", r.name, "err", err)
+	} else {
+		r.cfg.logger.Debug("pull failed; retrying", "stage", r.name, "err", err)
+	}
+	sleep(pull, 500*time.Millisecond)
 }
 
 // pulling records a pull that reached the consumer, and says so once after
@@ -476,10 +627,7 @@ func sleep(ctx context.Context, d time.Duration) {
 
 // process runs the handler on one delivery and settles it.
 func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
-	m := Message{Subject: jm.Subject(), Data: jm.Data(), Header: jm.Headers(), Delivery: 1}
-	if md, err := jm.Metadata(); err == nil {
-		m.Delivery, m.Sequence = int(md.NumDelivered), md.Sequence.Stream
-	}
+	m := messageOf(jm)
 	log := r.cfg.logger.With("stage", r.name, "subject", m.Subject, "delivery", m.Delivery)
 	if id, ok := messages.PeekRequestID(m.Data); ok {
 		log = log.With("request_id", id)
@@ -500,7 +648,7 @@ func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 		outcome = r.fail(ctx, jm, m, fmt.Errorf("gave up after %d deliveries: the workers handling it stopped or crashed each time", m.Delivery), OutcomeExhausted, log)
 		return
 	}
-	hctx, cancel := context.WithCancel(ctx)
+	hctx, cancel := context.WithCancel(context.WithValue(ctx, slotsKey{}, &r.slots))
 	events, err := r.call(hctx, m, log)
 	cancel()
 
@@ -552,6 +700,15 @@ func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 		}
 		r.nakWithDelay(jm, delay, log)
 	}
+}
+
+// messageOf is the Message of one delivery.
+func messageOf(jm jetstream.Msg) Message {
+	m := Message{Subject: jm.Subject(), Data: jm.Data(), Header: jm.Headers(), Delivery: 1}
+	if md, err := jm.Metadata(); err == nil {
+		m.Delivery, m.Sequence = int(md.NumDelivered), md.Sequence.Stream
+	}
+	return m
 }
 
 // call runs the handler, turning a panic into a Poison error.
