@@ -22,7 +22,7 @@ import (
 const cacheUsage = `usage: vmprep cache [--cache-dir D] COMMAND [flags]
 
 commands:
-  ls [--json]                       list blobs and derived files, their sizes and what uses them
+  ls [--json]                       list blobs and derived files, their sizes and what uses them (images, records, clones)
   verify [--json]                   re-hash everything; quarantine what no longer matches
   gc [--dry-run] [--partial-max-age D] [--min-age D] [--purge-quarantine] [--json]
                                     remove what no image or record uses, and stale partial downloads
@@ -58,14 +58,15 @@ func runCache(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	case "ls":
 		fs.Usage = cli.Usage(fs, "vmprep cache ls [--json] [--cache-dir D]\n\n"+
 			"Lists blobs and derived files: size (a sparse raw disk's apparent size), the disk space\n"+
-			"they take, when they were committed, and the images and records that use them.")
+			"they take, when they were committed, and the images, records and clones that use them.")
 	case "verify":
 		fs.Usage = cli.Usage(fs, "vmprep cache verify [--json] [--cache-dir D]\n\n"+
 			"Re-hashes every stored file; one that no longer matches is moved to quarantine/ and\n"+
 			"fetched or derived again by the next request that needs it.")
 	case "gc":
 		fs.Usage = cli.Usage(fs, "vmprep cache gc [--dry-run] [--partial-max-age D] [--min-age D] [--purge-quarantine] [--json] [--cache-dir D]\n\n"+
-			"Removes what no image link or record uses, and stale partial downloads.")
+			"Removes what no image link, record or live clone uses (vmprep clone --list), and stale\n"+
+			"partial downloads.")
 		fs.BoolVar(&gcOpts.DryRun, "dry-run", false, "report what would be removed, remove nothing")
 		fs.DurationVar(&gcOpts.PartialMaxAge, "partial-max-age", store.DefaultPartialMaxAge, "remove partial downloads untouched for this long")
 		fs.DurationVar(&gcOpts.MinAge, "min-age", store.DefaultGCMinAge, "keep unreferenced files committed more recently than this (negative: no grace)")
@@ -157,6 +158,9 @@ func cacheList(ctx context.Context, st *store.Store, asJSON bool, stdout, stderr
 		uses = append(uses, e.Images...)
 		for _, r := range e.Records {
 			uses = append(uses, fmt.Sprintf("record %s/%s/%s", r.Distro, r.Version, r.Arch))
+		}
+		for _, u := range e.Uses {
+			uses = append(uses, fmt.Sprintf("%s %s (%s)", u.Kind, u.Holder, u.Method))
 		}
 		if !e.Referenced() {
 			uses = append(uses, "(unused)")

@@ -4,6 +4,7 @@
 // cache and converts the disk to raw when the hypervisor needs it.
 //
 //	vmprep prepare [flags] DISTRO VERSION   prepare an image (embedded NATS, or --nats URL)
+//	vmprep clone [flags] DISTRO VERSION DEST  a writable disk for one VM (reflink, overlay or copy)
 //	vmprep serve [flags]                    run a NATS server with JetStream and the stages
 //	vmprep convert SRC DST                  convert a qcow2 (or raw) image to raw
 //	vmprep inspect [--json] FILE            describe a disk image
@@ -36,6 +37,7 @@ func commands() map[string]command {
 	return map[string]command{
 		"prepare": {runPrepare, "prepare an image: vmprep prepare [flags] DISTRO VERSION"},
 		"serve":   {runServe, "run an embedded NATS server with JetStream and the pipeline stages"},
+		"clone":   {runClone, "a writable disk for one VM: vmprep clone [flags] DISTRO VERSION DEST"},
 		"convert": {runConvert, "convert a qcow2 (or raw) image to raw: vmprep convert SRC DST"},
 		"inspect": {runInspect, "describe a disk image: vmprep inspect [--json] FILE"},
 		"cache":   {runCache, "look after the content store: vmprep cache ls|verify|gc"},
@@ -52,7 +54,7 @@ func commands() map[string]command {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: vmprep COMMAND [flags] [args]")
 	fmt.Fprintln(w, "\ncommands:")
-	for _, name := range []string{"prepare", "catalog", "serve", "setup", "status", "dead", "passwd", "users", "convert", "inspect", "cache", "version"} {
+	for _, name := range []string{"prepare", "clone", "catalog", "serve", "setup", "status", "dead", "passwd", "users", "convert", "inspect", "cache", "version"} {
 		fmt.Fprintf(w, "  %-8s %s\n", name, commands()[name].summary)
 	}
 	fmt.Fprintln(w, "\nRun 'vmprep COMMAND -h' for a command's flags.")

@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -52,26 +53,10 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 
 func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	signals := ctx // ends on ^C or SIGTERM; ctx also ends on --timeout
-	fs := flag.NewFlagSet("prepare", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	arch := fs.String("arch", "", "amd64|x86_64 or arm64|aarch64 (default: this host's)")
-	serial := fs.String("serial", "", "pin one build (e.g. 20260926 for Ubuntu; see vmprep catalog DISTRO VERSION) instead of the newest; a result's resolved.serial repeats a build exactly")
-	format := fs.String("format", string(defaultFormat()), "disk format wanted: raw or qcow2")
-	cacheDir := fs.String("cache-dir", os.Getenv(store.EnvCacheDir), "content store directory where the files end up (env "+store.EnvCacheDir+"; default <user cache dir>/vmprep)")
-	var conn cli.Connection
-	fs.StringVar(&conn.NATSURL, "nats", "", "use a running vmprep deployment at this NATS URL (comma-separated for a cluster) instead of the embedded one")
-	conn.RegisterAuth(fs)
-	conn.RegisterInsecure(fs)
-	target := fs.String("target", "", "with --nats: the host that must end up with the files (a converter started with --target NAME); the result names it and its paths")
-	namespace := fs.String("namespace", os.Getenv("VMPREP_NAMESPACE"), "with --nats: publish to vmprep.prepare.NAMESPACE and read results there, as a deployment that keeps clients apart requires (env VMPREP_NAMESPACE; default: the --user name, which deploy/nats/auth.conf makes each client's namespace)")
-	asJSON := fs.Bool("json", false, "print the result as JSON")
-	progressFlag := fs.String("progress", string(progressAuto), "how to show progress on stderr: tty (lines redrawn in place), plain (a line per step and a progress line every 5 s or 10%: for logs, CI, pipes), none, or auto (tty on a terminal, else plain; none with --json)")
-	requestID := fs.String("request-id", "", "request id (default: random); the same id yields the same one result")
-	timeout := fs.Duration("timeout", 0, "give up after this long (default: no limit; slow downloads are fine while bytes flow)")
-	common := cli.Common{LogFormat: "text"}
-	common.RegisterEmbedded(fs, 3, "error")
-	var rf cli.ResolverFlags
-	rf.Register(fs)
+	fs, pf := newPrepareFlags("prepare", stderr)
+	arch, serial, format, cacheDir, target, namespace := pf.arch, pf.serial, pf.format, pf.cacheDir, pf.target, pf.namespace
+	asJSON, requestID, timeout, progressFlag := pf.asJSON, pf.requestID, pf.timeout, pf.progress
+	conn, common, rf := &pf.conn, &pf.common, &pf.rf
 	fs.Usage = cli.Usage(fs, "vmprep prepare [flags] DISTRO VERSION\n\n"+
 		"Without --nats, all stages run in this process on an embedded NATS server.\n"+
 		"With --nats, the deployment resolves, fetches and verifies (its catalog, mirror and keyring\n"+
@@ -244,6 +229,42 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprint(out, requestLine(res))
 	}
 	return code
+}
+
+// prepareFlags are prepare's flags: vmprep clone, which prepares first,
+// takes the same ones.
+type prepareFlags struct {
+	arch, serial, format, cacheDir, target, namespace, requestID *string
+	progress                                                     *string
+	asJSON                                                       *bool
+	timeout                                                      *time.Duration
+	conn                                                         cli.Connection
+	common                                                       cli.Common
+	rf                                                           cli.ResolverFlags
+}
+
+// newPrepareFlags makes a flag set named name with prepare's flags.
+func newPrepareFlags(name string, stderr io.Writer) (*flag.FlagSet, *prepareFlags) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	p := &prepareFlags{}
+	p.arch = fs.String("arch", "", "amd64|x86_64 or arm64|aarch64 (default: this host's)")
+	p.serial = fs.String("serial", "", "pin one build (e.g. 20260926 for Ubuntu; see vmprep catalog DISTRO VERSION) instead of the newest; a result's resolved.serial repeats a build exactly")
+	p.format = fs.String("format", string(defaultFormat()), "disk format wanted: raw or qcow2")
+	p.cacheDir = fs.String("cache-dir", os.Getenv(store.EnvCacheDir), "content store directory where the files end up (env "+store.EnvCacheDir+"; default <user cache dir>/vmprep)")
+	fs.StringVar(&p.conn.NATSURL, "nats", "", "use a running vmprep deployment at this NATS URL (comma-separated for a cluster) instead of the embedded one")
+	p.conn.RegisterAuth(fs)
+	p.conn.RegisterInsecure(fs)
+	p.target = fs.String("target", "", "with --nats: the host that must end up with the files (a converter started with --target NAME); the result names it and its paths")
+	p.namespace = fs.String("namespace", os.Getenv("VMPREP_NAMESPACE"), "with --nats: publish to vmprep.prepare.NAMESPACE and read results there, as a deployment that keeps clients apart requires (env VMPREP_NAMESPACE; default: the --user name, which deploy/nats/auth.conf makes each client's namespace)")
+	p.asJSON = fs.Bool("json", false, "print the result as JSON")
+	p.progress = fs.String("progress", string(progressAuto), "how to show progress on stderr: tty (lines redrawn in place), plain (a line per step and a progress line every 5 s or 10%: for logs, CI, pipes), none, or auto (tty on a terminal, else plain; none with --json)")
+	p.requestID = fs.String("request-id", "", "request id (default: random); the same id yields the same one result")
+	p.timeout = fs.Duration("timeout", 0, "give up after this long (default: no limit; slow downloads are fine while bytes flow)")
+	p.common = cli.Common{LogFormat: "text"}
+	p.common.RegisterEmbedded(fs, 3, "error")
+	p.rf.Register(fs)
+	return fs, p
 }
 
 // reportResult prints a result — its paths, or JSON — and returns the exit

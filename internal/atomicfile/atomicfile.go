@@ -144,3 +144,74 @@ func SyncDir(dir string) error {
 	}
 	return nil
 }
+
+// TempName returns a fresh temporary name for path in path's directory,
+// without creating it, for producers that must create the file themselves
+// (clonefile(2) creates its destination). A name taken meanwhile makes
+// their exclusive create fail; they ask again.
+func TempName(path string) string {
+	dir, base := filepath.Split(path)
+	var r [8]byte
+	_, _ = rand.Read(r[:])
+	return filepath.Join(dir, TempPrefix(base)+hex.EncodeToString(r[:]))
+}
+
+// ErrExists is returned by Publish when path exists and replace is false.
+var ErrExists = errors.New("exists")
+
+// Publish completes what a producer wrote at tmp (a name in path's
+// directory, such as TempName's): it chmods tmp to perm, fsyncs it, moves it
+// to path and fsyncs the directory. With replace false an existing path is
+// never overwritten, even by a racing writer: tmp is hard-linked to path (a
+// link fails if path exists) and then removed; where the file system has no
+// hard links it falls back to a check and a rename. On any failure before
+// the move tmp is removed.
+func Publish(tmp, path string, perm os.FileMode, replace bool) (err error) {
+	defer func() {
+		if err != nil {
+			os.Remove(tmp)
+		}
+	}()
+	// Read-only is enough to chmod and fsync, and works on a clone that
+	// clonefile(2) made with its read-only source's mode.
+	f, err := os.Open(tmp)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = f.Chmod(perm); err == nil {
+		if err = f.Sync(); err != nil {
+			err = fmt.Errorf("fsync: %w", err)
+		}
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if replace {
+		err = os.Rename(tmp, path)
+	} else {
+		err = os.Link(tmp, path)
+		switch {
+		case errors.Is(err, os.ErrExist):
+			return fmt.Errorf("write %s: %w", path, ErrExists)
+		case err != nil:
+			// No hard links here (a FAT or SMB mount): check, then rename.
+			if _, serr := os.Lstat(path); serr == nil {
+				return fmt.Errorf("write %s: %w", path, ErrExists)
+			}
+			err = os.Rename(tmp, path)
+		default:
+			err = os.Remove(tmp)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	dir := filepath.Dir(path)
+	if serr := SyncDir(dir); serr != nil {
+		return fmt.Errorf("write %s: the file is in place, but the rename may not survive a crash: %w", path, serr)
+	}
+	return nil
+}

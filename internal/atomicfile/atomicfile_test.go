@@ -190,3 +190,43 @@ func TestSyncDir(t *testing.T) {
 		t.Fatalf("SyncDir(missing) = %v, want ErrNotExist", err)
 	}
 }
+
+func TestPublish(t *testing.T) {
+	dir := t.TempDir()
+	dst := filepath.Join(dir, "disk.raw")
+	mk := func(content string, mode os.FileMode) string {
+		t.Helper()
+		tmp := TempName(dst)
+		if !IsTemp(filepath.Base(tmp)) || filepath.Dir(tmp) != dir {
+			t.Fatalf("TempName %q is not a temporary name beside %s", tmp, dst)
+		}
+		if err := os.WriteFile(tmp, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		return tmp
+	}
+	// A read-only temporary (as clonefile leaves it) is published with perm.
+	if err := Publish(mk("one", 0o444), dst, 0o644, false); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(dst); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Fatalf("published %v, %v", fi, err)
+	}
+	// Without replace an existing destination is kept, and the temporary goes.
+	tmp := mk("two", 0o600)
+	if err := Publish(tmp, dst, 0o644, false); !errors.Is(err, ErrExists) || !strings.Contains(err.Error(), dst) {
+		t.Fatalf("publish over an existing file: %v", err)
+	}
+	if b, _ := os.ReadFile(dst); string(b) != "one" {
+		t.Fatalf("destination overwritten: %q", b)
+	}
+	if err := Publish(mk("three", 0o600), dst, 0o600, true); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(dst); string(b) != "three" {
+		t.Fatalf("replace: %q", b)
+	}
+	if left := leftovers(t, dir); len(left) != 0 {
+		t.Fatalf("temporaries left: %v", left)
+	}
+}

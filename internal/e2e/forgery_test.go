@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -111,8 +111,8 @@ func TestForgedDoneEvents(t *testing.T) {
 		{"verifier: attacker's digest and signer", "verifier", messages.DoneSubject(messages.StageVerifier), verified(hostless(attacker(genuine()))), "digest"},
 		{"verifier: converted", "verifier", messages.DoneSubject(messages.StageVerifier), hostless(genuine()), "only converters convert"},
 		{"verifier: a file on mac1", "verifier", messages.DoneSubject(messages.StageVerifier), verified(genuine()), "only that host's converter"},
-		{"converter: attacker's digest, object and signer on its host", "converter", messages.DoneSubjectOf("mac1"), attacker(genuine()), "digest"},
-		{"converter on mac2: a file on mac1", "converter", messages.DoneSubjectOf("mac2"), genuine(), "only that host's converter"},
+		{"converter on mac1: attacker's digest, object and signer on its host", "converter_mac1", messages.DoneSubjectOf("mac1"), attacker(genuine()), "digest"},
+		{"converter on mac2: a file on mac1", "converter_mac2", messages.DoneSubjectOf("mac2"), genuine(), "only that host's converter"},
 		{"converter: a file on a host, from no host's subject", "converter", messages.DoneSubject(messages.StageConverter), genuine(), "only that host's converter"},
 	}
 	refusedAtDoor := 0
@@ -144,6 +144,7 @@ func TestForgedDoneEvents(t *testing.T) {
 	kvSubject := "$KV." + messages.BucketRequests + "." + key
 	for _, p := range [][2]string{
 		{"fetcher", messages.DoneSubject(messages.StageVerifier)}, {"verifier", messages.DoneSubjectOf("mac1")}, {"converter", messages.DoneSubject(messages.StageVerifier)},
+		{"converter", messages.DoneSubjectOf("mac1")}, {"converter_mac2", messages.DoneSubjectOf("mac1")},
 		{"fetcher", kvSubject}, {"verifier", kvSubject}, {"converter", kvSubject}, {"bob", kvSubject},
 	} {
 		user, subject := p[0], p[1]
@@ -189,7 +190,7 @@ func TestForgedDoneEvents(t *testing.T) {
 
 	// The converter starts: the real request completes with the resolution's files.
 	converterCache := t.TempDir()
-	c.Start("converter", append(as("converter"), "--store", "nats:"+cluster.Bucket, "--cache-dir", converterCache, "--target", "mac1")...)
+	c.Start("converter", append(as("converter_mac1"), "--store", "nats:"+cluster.Bucket, "--cache-dir", converterCache, "--target", "mac1")...)
 	var res messages.Result
 	cluster.WaitFor(t, "bob's result", 3*time.Minute, func() bool {
 		msg, err := results.GetLastMsgForSubject(ctx, messages.ResultSubjectIn("bob", id))
@@ -231,17 +232,22 @@ type deployment struct {
 func startDeployment(t *testing.T, stages ...string) deployment {
 	t.Helper()
 	passwords, pwFiles := deployPasswords(t)
-	deployDir := filepath.Join("..", "..", "deploy", "nats")
-	var confs []string
-	for i := 1; i <= 3; i++ {
-		confs = append(confs, filepath.Join(deployDir, fmt.Sprintf("node%d.conf", i)))
+	// Two converter hosts with users of their own (vmprep users converters).
+	bin := cluster.Build(t)
+	confs, hostFiles := deployWithHosts(t, bin, "mac1", "mac2")
+	for user, f := range hostFiles {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		passwords[user], pwFiles[user] = strings.TrimSpace(string(b)), f
 	}
-	c, _ := cluster.NewNATSClusterFromConfigs(t, cluster.Build(t), confs)
+	c, _ := cluster.NewNATSClusterFromConfigs(t, bin, confs)
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 16<<20))
 	as := func(user string) []string {
 		return []string{"--nats", c.NATS, "--user", user, "--password-file", pwFiles[user]}
 	}
-	if out, err := runVmprep(c, append([]string{"setup", "--store", "nats:" + cluster.Bucket, "--replicas", "3"}, as("admin")...)...); err != nil {
+	if out, err := runVmprep(c, append([]string{"setup", "--store", "nats:" + cluster.Bucket, "--replicas", "3", "--hosts", "mac1,mac2"}, as("admin")...)...); err != nil {
 		t.Fatalf("vmprep setup as admin: %v\n%s", err, out)
 	}
 	stageArgs := func(user string) []string {

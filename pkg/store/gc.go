@@ -36,7 +36,7 @@ type GCOptions struct {
 
 // GCItem is one file GC removed (or would remove).
 type GCItem struct {
-	Kind   string `json:"kind"` // blob, derived, partial, temp, link, quarantine
+	Kind   string `json:"kind"` // blob, derived, partial, temp, link, quarantine, use
 	Path   string `json:"path"`
 	Size   int64  `json:"size"`
 	Reason string `json:"reason"`
@@ -56,8 +56,8 @@ type GCReport struct {
 	Failed []GCItem `json:"failed,omitempty"`
 }
 
-// GC removes blobs and derived files that no image link or record
-// references, stale partial downloads and temporaries, dangling image links
+// GC removes blobs and derived files that no image link, record or live
+// use (a clone, see Use) references, the records of dead uses, stale partial downloads and temporaries, dangling image links
 // and orphaned stamps and aliases. It holds the GC lock exclusively (Commit
 // and PutDerived hold it shared), and each object's own lock while removing
 // it, so it never deletes something being written.
@@ -121,6 +121,9 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (GCReport, error) {
 		}
 		g.removeLocked(lockDerived, name, GCItem{Kind: "derived", Path: e.Path, Size: e.Size, Reason: "unreferenced"},
 			s.derivedStampPath(name))
+	}
+	for _, u := range inv.staleUses {
+		g.remove(GCItem{Kind: "use", Path: u.Record, Reason: "stale use record: " + u.Why})
 	}
 	for _, p := range inv.dangling {
 		g.remove(GCItem{Kind: "link", Path: p, Reason: "dangling image link"})

@@ -47,10 +47,14 @@ type Entry struct {
 	// is kept only by image links: once a new converter's output replaces it
 	// in images/, the old one is garbage even though its source is recorded.)
 	Records []catalog.ImageSpec `json:"records,omitempty"`
+	// Uses are the live uses from outside the store that keep it (clones:
+	// an overlay naming it, a reflink sharing its blocks; see Use).
+	Uses []UseRef `json:"uses,omitempty"`
 }
 
-// Referenced reports whether an image link or record keeps the entry alive.
-func (e Entry) Referenced() bool { return len(e.Images) > 0 || len(e.Records) > 0 }
+// Referenced reports whether an image link, record or live use keeps the
+// entry alive.
+func (e Entry) Referenced() bool { return len(e.Images) > 0 || len(e.Records) > 0 || len(e.Uses) > 0 }
 
 // inventory is one pass over the store's directories.
 type inventory struct {
@@ -67,6 +71,8 @@ type inventory struct {
 	// junk in derived/ that is not a derived key (a crashed producer's
 	// temporary, or debris)
 	derivedJunk []string
+	// staleUses are use records whose holder is gone
+	staleUses []UseStatus
 }
 
 func (s *Store) scan(ctx context.Context) (*inventory, error) {
@@ -175,6 +181,9 @@ func (s *Store) scan(ctx context.Context) (*inventory, error) {
 		return nil, err
 	}
 	if err := s.scanImages(ctx, inv); err != nil {
+		return nil, err
+	}
+	if err := s.scanUses(ctx, inv); err != nil {
 		return nil, err
 	}
 	return inv, nil

@@ -14,6 +14,7 @@
 //	images/<distro>/<version>/<arch>/<name>    relative symlinks into blobs/ or derived/
 //	records/<distro>/<version>/<arch>.json     verified catalog.Resolution
 //	serials/<distro>/<version>/<arch>/…        per-build records and the newest serial (serials.go)
+//	uses/<kind>-<hash>.json    uses from outside the store (clones) that keep a file (uses.go)
 //	quarantine/               files that failed verification, with a .note.json
 //	locks/                    flock files; never hold one across processes by other means
 //
@@ -245,6 +246,7 @@ func Open(root string, opts ...Option) (*Store, error) {
 		dirImages,
 		dirRecords,
 		dirSerials,
+		dirUses,
 		dirQuarantine,
 		filepath.Join(dirLocks, lockUser),
 		filepath.Join(dirLocks, lockBlob),
