@@ -55,7 +55,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	signals := ctx // ends on ^C or SIGTERM; ctx also ends on --timeout
 	fs, pf := newPrepareFlags("prepare", stderr)
 	arch, serial, format, cacheDir, target, namespace := pf.arch, pf.serial, pf.format, pf.cacheDir, pf.target, pf.namespace
-	asJSON, requestID, timeout := pf.asJSON, pf.requestID, pf.timeout
+	asJSON, requestID, timeout, progressFlag := pf.asJSON, pf.requestID, pf.timeout, pf.progress
 	conn, common, rf := &pf.conn, &pf.common, &pf.rf
 	fs.Usage = cli.Usage(fs, "vmprep prepare [flags] DISTRO VERSION\n\n"+
 		"Without --nats, all stages run in this process on an embedded NATS server.\n"+
@@ -76,6 +76,12 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintln(stderr, "vmprep prepare: want DISTRO VERSION, e.g. vmprep prepare ubuntu 24.04")
 		return 2
 	}
+	pmode, err := parseProgressMode(*progressFlag)
+	if err != nil {
+		fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
+		return 2
+	}
+	pmode = pmode.resolve(stderr, *asJSON)
 	spec := catalog.ImageSpec{Distro: pos[0], Version: pos[1], Serial: *serial}
 	if *arch != "" {
 		a, err := catalog.ParseArch(*arch)
@@ -176,7 +182,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		cl = dep.Client()
 	}
 
-	bars := newProgressView(ctx, stderr, specLabel(spec), !*asJSON && cli.IsTerminal(stderr))
+	bars := newProgressView(ctx, stderr, specLabel(spec), pmode)
 	stopWatching := func() {}
 	if nc != nil {
 		wctx, stopWatch := context.WithCancel(ctx)
@@ -209,7 +215,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return 1
 	}
 	if res.Status == messages.ResultPrepared && req.ClientConverts {
-		if res, err = localize(ctx, cl, *cacheDir, res, stderr, !*asJSON && cli.IsTerminal(stderr)); err != nil {
+		if res, err = localize(ctx, cl, *cacheDir, res, stderr, pmode); err != nil {
 			fmt.Fprintf(stderr, "vmprep prepare: %s: %v\n", specLabel(spec), err)
 			return 1
 		}
@@ -229,6 +235,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 // takes the same ones.
 type prepareFlags struct {
 	arch, serial, format, cacheDir, target, namespace, requestID *string
+	progress                                                     *string
 	asJSON                                                       *bool
 	timeout                                                      *time.Duration
 	conn                                                         cli.Connection
@@ -251,6 +258,7 @@ func newPrepareFlags(name string, stderr io.Writer) (*flag.FlagSet, *prepareFlag
 	p.target = fs.String("target", "", "with --nats: the host that must end up with the files (a converter started with --target NAME); the result names it and its paths")
 	p.namespace = fs.String("namespace", os.Getenv("VMPREP_NAMESPACE"), "with --nats: publish to vmprep.prepare.NAMESPACE and read results there, as a deployment that keeps clients apart requires (env VMPREP_NAMESPACE; default: the --user name, which deploy/nats/auth.conf makes each client's namespace)")
 	p.asJSON = fs.Bool("json", false, "print the result as JSON")
+	p.progress = fs.String("progress", string(progressAuto), "how to show progress on stderr: tty (lines redrawn in place), plain (a line per step and a progress line every 5 s or 10%: for logs, CI, pipes), none, or auto (tty on a terminal, else plain; none with --json)")
 	p.requestID = fs.String("request-id", "", "request id (default: random); the same id yields the same one result")
 	p.timeout = fs.Duration("timeout", 0, "give up after this long (default: no limit; slow downloads are fine while bytes flow)")
 	p.common = cli.Common{LogFormat: "text"}
@@ -296,16 +304,17 @@ func requestLine(r messages.Result) string {
 }
 
 // interrupted ends a prepare stopped by ^C (or SIGTERM). In embedded mode
-// the stages let in-flight work finish (within their drain timeout) — a
-// second ^C quits at once, the default action of a signal once the first
-// has been taken. Partial downloads are resumable either way: they stay in
-// the ingest area with their sidecars. With --nats the deployment goes on.
+// the stages' in-flight work is cancelled at once (no drain: a person waits
+// for the prompt); each download writes what it has received and fsyncs it
+// before returning, so the partial file and its sidecar in the ingest area
+// resume on the next run. A second ^C quits at once (the signal's default
+// action once the first has been taken). With --nats the deployment goes on.
 func interrupted(stderr io.Writer, dep **embedded.Deployment, id string) int {
 	if *dep == nil {
 		fmt.Fprintf(stderr, "vmprep prepare: stopped waiting; the deployment goes on with request %s (--request-id %s waits for its result again)\n", id, id)
 		return 130
 	}
-	fmt.Fprintln(stderr, "vmprep prepare: stopping: finishing in-flight work (^C again to quit now)")
+	fmt.Fprintln(stderr, "vmprep prepare: stopping: saving partial downloads")
 	_ = (*dep).Close()
 	*dep = nil
 	fmt.Fprintln(stderr, "vmprep prepare: stopped; partial downloads are kept and resume on the next run")
@@ -345,7 +354,9 @@ func printResult(w io.Writer, r messages.Result) {
 		fmt.Fprintln(w, "signed by:  nobody — the distribution publishes no signature for these checksums")
 	}
 	if r.ResolvedFrom == messages.ResolvedFromCache {
-		fmt.Fprintln(w, "resolution: from the cache (no network needed)")
+		// Only the resolution: a file missing or corrupt in the cache was
+		// still fetched (the progress lines say so).
+		fmt.Fprintln(w, "resolution: from the cache (the manifests were not fetched again)")
 	}
 }
 
@@ -360,7 +371,7 @@ func flagSet(fs *flag.FlagSet, name string) bool {
 // verifying, converting to raw, unpacking the kernel) and returns the
 // result with local paths. A deployment that shares one cache directory
 // returns files, not objects: its result is printed as it is.
-func localize(ctx context.Context, cl *client.Client, cacheDir string, res messages.Result, stderr io.Writer, showProgress bool) (messages.Result, error) {
+func localize(ctx context.Context, cl *client.Client, cacheDir string, res messages.Result, stderr io.Writer, pmode progressMode) (messages.Result, error) {
 	var bucket string
 	for _, f := range res.Files {
 		if f.Object != nil {
@@ -388,7 +399,7 @@ func localize(ctx context.Context, cl *client.Client, cacheDir string, res messa
 	if err != nil {
 		return res, fmt.Errorf("the deployment's object store: %w", err)
 	}
-	bars := newProgressView(ctx, stderr, specLabel(res.Image()), showProgress)
+	bars := newProgressView(ctx, stderr, specLabel(res.Image()), pmode)
 	p := &place.Placer{Store: st, Objects: objs, Progress: func(step string, role catalog.Role, done, total int64) {
 		bars.update(messages.Progress{RequestID: res.RequestID, Stage: "client", Step: step, Asset: role, Done: done, Total: total})
 	}}

@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"golang.org/x/term"
@@ -21,11 +22,15 @@ import (
 // a bar, counts, rate and time left; a failure being retried, with its cause
 // and when the next try comes. Every column has a fixed width, so a line
 // that appears later (a larger file) never shifts the others. The lines are
-// redrawn in place a few times a second; when disabled (not a terminal, or
-// --json) it draws nothing.
+// redrawn in place a few times a second. In plain mode (stderr is a pipe, a
+// journal, a CI log) the same lines are printed one after another instead,
+// without escape sequences: when a step starts, ends or is retried, and
+// while it runs every plainEvery or each tenth of its size, whichever comes
+// first. With progressNone it prints nothing.
 type progressView struct {
 	mu      sync.Mutex
 	w       io.Writer
+	mode    progressMode
 	subject string // the image: "ubuntu 24.04 amd64"
 	now     func() time.Time
 	width   func() int
@@ -58,10 +63,57 @@ type progressRow struct {
 	sampleAt   time.Time
 	sampleDone int64
 
+	note         string // a remark on the step: the cached copy was corrupt
 	retry        string // the failure being retried
 	retryAt      time.Time
 	attempt, max int
+
+	// What plain mode printed last, to print again only on news.
+	printed      bool
+	printedState int
+	printedRetry string
+	printedNote  string
+	printedAt    time.Time
+	printedDone  int64
 }
+
+// progressMode is how progress is shown (--progress).
+type progressMode string
+
+const (
+	progressAuto  progressMode = "auto"  // tty on a terminal, else plain
+	progressTTY   progressMode = "tty"   // lines redrawn in place
+	progressPlain progressMode = "plain" // lines appended: logs, pipes
+	progressNone  progressMode = "none"
+)
+
+// parseProgressMode reads --progress.
+func parseProgressMode(s string) (progressMode, error) {
+	switch m := progressMode(s); m {
+	case progressAuto, progressTTY, progressPlain, progressNone:
+		return m, nil
+	}
+	return "", fmt.Errorf("--progress %q: want auto, tty, plain or none", s)
+}
+
+// resolve turns auto into tty or plain for w. With --json, auto shows
+// nothing (as before plain mode existed): the caller reads the JSON.
+func (m progressMode) resolve(w io.Writer, asJSON bool) progressMode {
+	if m != progressAuto {
+		return m
+	}
+	switch {
+	case asJSON:
+		return progressNone
+	case cli.IsTerminal(w):
+		return progressTTY
+	}
+	return progressPlain
+}
+
+// plainEvery is how often plain mode prints a running step's progress at
+// least (and at most, unless another tenth of the file has come).
+const plainEvery = 5 * time.Second
 
 // Column widths, for an 80-column terminal: sizes print as at most
 // "1023 MiB" (8), rates as "1023 MiB/s" (10).
@@ -78,9 +130,9 @@ const (
 // refreshEvery is how often the lines are redrawn.
 const refreshEvery = 150 * time.Millisecond
 
-func newProgressView(ctx context.Context, w io.Writer, subject string, enabled bool) *progressView {
-	pv := &progressView{w: w, subject: subject, now: time.Now, width: terminalWidth(w), byKey: map[string]*progressRow{}}
-	if !enabled {
+func newProgressView(ctx context.Context, w io.Writer, subject string, mode progressMode) *progressView {
+	pv := &progressView{w: w, mode: mode, subject: subject, now: time.Now, width: terminalWidth(w), byKey: map[string]*progressRow{}}
+	if mode != progressTTY && mode != progressPlain {
 		return pv
 	}
 	pv.stop, pv.done = make(chan struct{}), make(chan struct{})
@@ -162,6 +214,13 @@ func (pv *progressView) applyLocked(ev messages.Progress) {
 		r = &progressRow{step: step, asset: ev.Asset, started: now, sampleAt: now}
 		pv.byKey[key] = r
 		pv.rows = append(pv.rows, r)
+	}
+	if ev.Note != "" {
+		r.note = ev.Note
+		if ev.Total > 0 {
+			r.total = ev.Total
+		}
+		return
 	}
 	if ev.Retrying != "" {
 		r.retry = ev.Retrying
@@ -257,6 +316,10 @@ func (pv *progressView) finish(ok bool) {
 // before, then each line cleared and written, then whatever is left below
 // (a retry's cause that went away) cleared.
 func (pv *progressView) paintLocked() {
+	if pv.mode == progressPlain {
+		pv.printLocked()
+		return
+	}
 	lines := pv.linesLocked(pv.width())
 	var b strings.Builder
 	if pv.drawn > 0 {
@@ -272,6 +335,34 @@ func (pv *progressView) paintLocked() {
 	_, _ = io.WriteString(pv.w, b.String())
 }
 
+// printLocked appends a line for each row with news since its last one: it
+// started, ended, is being retried (with the cause), or it runs and
+// plainEvery has passed or another tenth of its size has come.
+func (pv *progressView) printLocked() {
+	now := pv.now()
+	var b strings.Builder
+	for _, r := range pv.rows {
+		news := !r.printed || r.state != r.printedState || r.retry != r.printedRetry || r.note != r.printedNote
+		if !news && r.state == rowRunning && r.done != r.printedDone {
+			tenth := r.total > 0 && r.done-r.printedDone >= r.total/10
+			news = tenth || now.Sub(r.printedAt) >= plainEvery
+		}
+		if !news {
+			continue
+		}
+		b.WriteString(strings.TrimRight(pv.line(r, now), " "))
+		b.WriteByte('\n')
+		if r.note != "" && r.note != r.printedNote {
+			b.WriteString(strings.Repeat(" ", causeIndent) + oneLine(r.note) + "\n")
+		}
+		if r.retry != "" && r.retry != r.printedRetry {
+			b.WriteString(strings.Repeat(" ", causeIndent) + oneLine(r.retry) + "\n")
+		}
+		r.printed, r.printedState, r.printedRetry, r.printedNote, r.printedAt, r.printedDone = true, r.state, r.retry, r.note, now, r.done
+	}
+	_, _ = io.WriteString(pv.w, b.String())
+}
+
 // linesLocked formats every row for a terminal of width columns. A row
 // being retried has a second line with the cause, whose end (the root
 // cause: "…: no such host") is kept when it is too long.
@@ -280,6 +371,9 @@ func (pv *progressView) linesLocked(width int) []string {
 	out := make([]string, 0, len(pv.rows))
 	for _, r := range pv.rows {
 		out = append(out, fitWidth(pv.line(r, now), width-1))
+		if r.note != "" {
+			out = append(out, strings.Repeat(" ", causeIndent)+fitWidth(oneLine(r.note), width-1-causeIndent))
+		}
 		if r.retry != "" {
 			out = append(out, strings.Repeat(" ", causeIndent)+fitWidthLeft(oneLine(r.retry), width-1-causeIndent))
 		}
@@ -294,12 +388,12 @@ func (pv *progressView) line(r *progressRow, now time.Time) string {
 		return fmt.Sprintf("%-*s %s  %s", colStep, r.step, pv.subject, r.status(now))
 	}
 	head := fmt.Sprintf("%-*s %-*s ", colStep, r.step, colAsset, r.asset)
-	bar, pct := "["+strings.Repeat(" ", barWidth)+"]", "   "
+	bar, pct := "["+strings.Repeat(" ", barWidth)+"]", "    "
 	if r.total > 0 {
 		frac := math.Min(float64(r.done)/float64(r.total), 1)
 		n := int(frac * barWidth)
 		bar = "[" + strings.Repeat("=", n) + strings.Repeat(" ", barWidth-n) + "]"
-		pct = fmt.Sprintf("%3d", int(frac*100))
+		pct = fmt.Sprintf("%3d%%", int(frac*100))
 	}
 	total := "?"
 	if r.total > 0 {
@@ -308,13 +402,13 @@ func (pv *progressView) line(r *progressRow, now time.Time) string {
 	counts := fmt.Sprintf("%*s / %-*s", colSize, compactSize(r.done), colSize, total)
 	if r.retry != "" {
 		// No rate while waiting to retry: the state gets the room.
-		return fmt.Sprintf("%s%s %s%% %s  %s", head, bar, pct, counts, r.status(now))
+		return fmt.Sprintf("%s%s %s %s  %s", head, bar, pct, counts, r.status(now))
 	}
 	rate := ""
 	if r.rate > 0 && r.state == rowRunning {
 		rate = compactSize(int64(r.rate)) + "/s"
 	}
-	return fmt.Sprintf("%s%s %s%% %s  %*s  %s", head, bar, pct, counts, colRate, rate, r.status(now))
+	return fmt.Sprintf("%s%s %s %s  %*s  %s", head, bar, pct, counts, colRate, rate, r.status(now))
 }
 
 // compactSize formats a byte count in at most 8 columns: three or four

@@ -206,7 +206,7 @@ func TestProgressPaintsInPlace(t *testing.T) {
 // TestProgressDisabled: not a terminal (or --json): nothing is drawn.
 func TestProgressDisabled(t *testing.T) {
 	var buf bytes.Buffer
-	pv := newProgressView(context.Background(), &buf, "ubuntu 24.04 amd64", false)
+	pv := newProgressView(context.Background(), &buf, "ubuntu 24.04 amd64", progressNone)
 	pv.update(fetchEvent(catalog.RoleDisk, 1, 2, 1))
 	pv.finish(true)
 	if buf.Len() != 0 {

@@ -85,12 +85,12 @@ func FailurePolicy(stageName, done string, logger *slog.Logger) stage.FailureFun
 			var req messages.PrepareRequest
 			if messages.Decode(m.Data, messages.TypePrepareRequest, &req) != nil {
 				// An unreadable request (say, a newer schema version) whose id can
-				// still be read: its requester hears why instead of waiting forever.
-				id, ok := messages.PeekRequestID(m.Data)
-				if !ok {
+				// still be read: its requester hears why instead of waiting
+				// forever, in a result that echoes what can be read of its spec.
+				var ok bool
+				if req, ok = messages.PeekRequest(m.Data); !ok {
 					return nil // nobody to tell; the dead letter records it
 				}
-				req = messages.PrepareRequest{RequestID: id}
 			}
 			if messages.ValidateRequestID(req.RequestID) != nil {
 				return nil

@@ -402,7 +402,7 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 		data    string
 	}{
 		{messages.SubjectPrepare, "\x00\xffgarbage"},
-		{messages.SubjectPrepare, `{"v":99,"type":"prepare.request","request_id":"future"}`},
+		{messages.SubjectPrepare, `{"v":99,"type":"prepare.request","request_id":"future","spec":{"distro":"ubuntu","version":"24.04","arch":"amd64","serial":"20261120","flavour":"minimal"},"format":"raw","priority":{"new":"field"}}`},
 		{messages.SubjectPrepare, `{"v":1,"type":"prepare.request","request_id":"../../x","spec":{"distro":"ubuntu","version":"24.04"},"format":"raw"}`},
 		{messages.SubjectFetch, `{"v":1,"type":"asset","request_id":"nofetch","asset":{"role":"kernel"}}`},
 		{messages.SubjectVerify, `{"v":1,"type":"asset","request_id":"escape","asset":{"role":"disk","digest":"sha256:` + strings.Repeat("a", 64) + `"},"ingest":"../../../etc/passwd"}`},
@@ -468,6 +468,11 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 	res = prepareResultOnly(t, emb.Conn, "future")
 	if res.Status != messages.ResultFailed || res.Failure == nil || !strings.Contains(res.Failure.Cause, "v=99") {
 		t.Errorf("future-version request: %+v", res.Failure)
+	}
+	// Issue 16, item 10: its result echoes the spec it asked for (it was
+	// empty, and a client matching results by spec waited to its timeout).
+	if want := (catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: "20261120"}); res.Spec != want || res.Format != catalog.FormatRaw {
+		t.Errorf("future-version request's result echoes spec %+v format %q, want %+v raw", res.Spec, res.Format, want)
 	}
 }
 

@@ -272,6 +272,16 @@ func (s *FetcherStage) download(ctx context.Context, ev messages.AssetEvent, onB
 			return download.Result{}, err // permanent only if the file system could never hold it
 		}
 	}
+	// A copy this store had and found corrupt: the download repairs it, and
+	// the person hears so (not a silent re-fetch), also when it fails.
+	corrupt, wasCorrupt := s.Store.Quarantined(a.Digest)
+	if wasCorrupt {
+		s.Logger.Warn("the cached copy was corrupt; fetching it again", "request_id", ev.RequestID, "asset", a.Role, "reason", corrupt.Reason, "moved_to", corrupt.To)
+		if s.Progress != nil {
+			s.Progress(messages.Progress{Namespace: ev.Namespace, RequestID: ev.RequestID, Stage: messages.StageFetcher, Step: "fetch", Asset: a.Role, Total: a.Size,
+				Note: corruptNote(corrupt) + "; fetching it again"})
+		}
+	}
 	report := throttled(250*time.Millisecond, s.Progress)
 	res, err := s.Downloader.Fetch(ctx, download.Request{
 		URL: a.URL, Dest: dest, ExpectedSize: a.Size, Expected: a.Digest, Name: string(a.Role),
@@ -283,9 +293,20 @@ func (s *FetcherStage) download(ctx context.Context, ev messages.AssetEvent, onB
 	})
 	s.Metrics.OriginBytes(res.Transferred)
 	if err != nil {
+		if wasCorrupt {
+			return download.Result{}, fmt.Errorf("%s, and fetching it again failed: %w", corruptNote(corrupt), err)
+		}
 		return download.Result{}, err
 	}
 	return res, nil
+}
+
+// corruptNote says what became of a cached copy found corrupt.
+func corruptNote(q *store.QuarantinedError) string {
+	if q.To == "" {
+		return fmt.Sprintf("the cached copy was corrupt (%s; removed)", q.Reason)
+	}
+	return fmt.Sprintf("the cached copy was corrupt (%s; moved to %s)", q.Reason, q.To)
 }
 
 // fetchToObjects makes sure the asset is in the object store, downloading

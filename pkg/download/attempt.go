@@ -326,6 +326,9 @@ func (fe *fetch) copyBody(ctx, actx context.Context, body io.Reader, stall *time
 			fe.have += int64(n)
 			fe.wb.Wrote(int64(n))
 			fe.transferred += int64(n)
+			// Reported once written: what a person sees as fetched is in the
+			// file, and survives the process being killed.
+			fe.report(fe.have, 0, false)
 		} else {
 			fe.pipe.put(c)
 		}
@@ -342,21 +345,27 @@ func (fe *fetch) copyBody(ctx, actx context.Context, body io.Reader, stall *time
 	return nil
 }
 
-// fill reads into buf until it is full, the body ends or fails; each read
-// that brings bytes rearms the stall timer. Filling whole buffers keeps
-// file writes and hand-offs to the hasher large; progress is reported from
-// here so that a slow link does not make it wait for a full buffer.
+// fill reads into buf until it is full, the body ends or fails, or —
+// once it holds some bytes — progressInterval has passed: filling whole
+// buffers keeps file writes and hand-offs to the hasher large on a fast
+// link, and the time bound makes a slow link's bytes reach the file (and
+// the progress report, which counts only bytes written) a few times a
+// second instead of once per buffer. Each read that brings bytes rearms
+// the stall timer.
 func (fe *fetch) fill(body io.Reader, buf []byte, stall *time.Timer) (int, error) {
 	n := 0
+	start := time.Now()
 	for n < len(buf) {
 		m, err := body.Read(buf[n:])
 		if m > 0 {
 			n += m
 			stall.Reset(fe.c.stallTimeout)
-			fe.report(fe.have+int64(n), int64(n), false)
 		}
 		if err != nil {
 			return n, err
+		}
+		if n > 0 && time.Since(start) >= progressInterval {
+			return n, nil
 		}
 	}
 	return n, nil

@@ -82,7 +82,7 @@ const progressInterval = 200 * time.Millisecond
 // ErrSizeMismatch, ErrTooLarge) the partial file and sidecar are removed;
 // otherwise — including on ctx cancellation — they stay for a later resume.
 // Concurrent Fetches of one Dest (also across processes) take turns.
-func (c *Client) Fetch(ctx context.Context, req Request) (Result, error) {
+func (c *Client) Fetch(ctx context.Context, req Request) (res Result, err error) {
 	fe := &fetch{c: c, req: req}
 	if err := fe.validate(); err != nil {
 		return Result{}, err
@@ -101,6 +101,15 @@ func (c *Client) Fetch(ctx context.Context, req Request) (Result, error) {
 	}
 	defer f.Close()
 	fe.f = f
+	// A Fetch that ends early (cancelled by ^C, a deadline, a failure) leaves
+	// its bytes resumable: what it wrote reaches the disk before it returns,
+	// so the process may exit or the machine stop right after. The sidecar
+	// is already durable (written atomically before any body byte).
+	defer func() {
+		if err != nil && fe.have > 0 {
+			_ = f.Sync()
+		}
+	}()
 
 	fe.sha256, _ = digest.SHA256.New()
 	hashes := []hash.Hash{fe.sha256}

@@ -141,7 +141,10 @@ func WithShortPulls() Option { return func(c *config) { c.shortPulls = true } }
 // itself tries each file once instead of 4 times); a download gives up
 // after 4 tries in a row without progress, 0.5 s up to 4 s apart (8 tries,
 // 1 s up to 60 s) — bytes gained renew that budget, so a slow or flaky
-// download still goes on. Options given explicitly override these.
+// download still goes on. Stopping (Close, or Start's context ending)
+// cancels in-flight work at once instead of letting it finish within a
+// drain timeout: downloads keep what they wrote, flushed to disk, and resume
+// on the next run. Options given explicitly override these.
 func WithInteractive() Option { return func(c *config) { c.interactive = true } }
 
 // interactiveBackoff paces redeliveries while a person waits: 1 s, then 2 s.
@@ -204,7 +207,10 @@ func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
 		c.logger = slog.New(slog.DiscardHandler)
 	}
 	if c.interactive {
-		c.runnerOpts = append([]stage.Option{stage.WithMaxDeliver(3), stage.WithBackoff(interactiveBackoff)}, c.runnerOpts...)
+		// No drain: a person pressed ^C and waits for the prompt. In-flight
+		// work is cancelled at once; a download keeps (and flushes) what it
+		// has, and the next run resumes it.
+		c.runnerOpts = append([]stage.Option{stage.WithMaxDeliver(3), stage.WithBackoff(interactiveBackoff), stage.WithDrainTimeout(0)}, c.runnerOpts...)
 		c.resolveOpts = append([]resolve.Option{resolve.WithRetry(1, 0)}, c.resolveOpts...)
 		c.downloadOpts = append([]download.Option{download.WithRetry(4, download.DefaultMaxElapsed), download.WithBackoff(500*time.Millisecond, 4*time.Second)}, c.downloadOpts...)
 	}

@@ -404,6 +404,9 @@ type Progress struct {
 	// how many are allowed, when the stage knows (with Retrying).
 	Attempt     int `json:"attempt,omitempty"`
 	MaxAttempts int `json:"max_attempts,omitempty"`
+	// Note, when set, is a remark on the step for the person watching:
+	// say, that the cached copy of the file was corrupt and is fetched again.
+	Note string `json:"note,omitempty"`
 }
 
 // Steps of a request, as Progress.Step names them.
@@ -542,6 +545,24 @@ func PeekRequestID(data []byte) (string, bool) {
 		return "", false
 	}
 	return probe.RequestID, true
+}
+
+// PeekRequest reads what it can of a prepare request that Decode refuses (a
+// newer schema version, a field of the wrong type): the id, which must be
+// valid, and whatever of the spec, format and target parses, so that the
+// failed result that answers it echoes what was asked for. A requester
+// matching results by spec would otherwise never recognise its answer.
+func PeekRequest(data []byte) (PrepareRequest, bool) {
+	id, ok := PeekRequestID(data)
+	if !ok {
+		return PrepareRequest{}, false
+	}
+	var req PrepareRequest
+	// A field of the wrong type is skipped; the others are kept.
+	_ = json.Unmarshal(data, &req)
+	req.Header = Header{}
+	req.RequestID = id
+	return req, true
 }
 
 // maxEventSize bounds what a stage will try to decode.

@@ -49,7 +49,7 @@ func (r *Resolver) Serials(ctx context.Context, spec catalog.ImageSpec) ([]Seria
 	}
 	body, ferr := r.fetchListing(ctx, src.IndexURL)
 	if ferr != nil {
-		return nil, &Error{Spec: src.Spec, Op: OpSerials, URL: src.IndexURL, Retryable: ferr.retryable, Err: ferr.err}
+		return nil, &Error{Spec: src.Spec, Op: OpSerials, URL: src.IndexURL, Retryable: ferr.retryable, Err: r.explainUnpublishedVersion(ctx, src, ferr.err)}
 	}
 	links := parseListing(body)
 	serials := listedSerials(links, src)
