@@ -298,7 +298,11 @@ func reportResult(stdout, stderr io.Writer, res messages.Result, spec catalog.Im
 func requestLine(r messages.Result) string {
 	id := r.RequestID
 	if r.Namespace != "" {
+		// A client of a deployment that keeps namespaces apart may not run
+		// vmprep status (it reads every namespace): the id is for its
+		// operator, who may.
 		id = r.Namespace + "." + id
+		return fmt.Sprintf("request:    %s (for the operator: vmprep status %s)\n", id, id)
 	}
 	return fmt.Sprintf("request:    %s (vmprep status %s)\n", id, id)
 }
@@ -331,13 +335,23 @@ func printResult(w io.Writer, r messages.Result) {
 	if r.Target != "" && r.Host != "" {
 		fmt.Fprintf(w, "host:       %s (the paths below are on that host)\n", r.Host)
 	}
-	if r.Kernel != "" {
-		fmt.Fprintf(w, "kernel:     %s\n", r.Kernel)
+	if r.Disk == "" {
+		// No one host holds every file (they are objects in the store, or
+		// on several hosts): say where each one is.
+		for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
+			if f, ok := r.Files[role]; ok {
+				fmt.Fprintf(w, "%-11s %s\n", string(role)+":", fileWhere(f))
+			}
+		}
+	} else {
+		if r.Kernel != "" {
+			fmt.Fprintf(w, "kernel:     %s\n", r.Kernel)
+		}
+		if r.Initramfs != "" {
+			fmt.Fprintf(w, "initramfs:  %s\n", r.Initramfs)
+		}
+		fmt.Fprintf(w, "disk:       %s (%s)\n", r.Disk, r.DiskFormat)
 	}
-	if r.Initramfs != "" {
-		fmt.Fprintf(w, "initramfs:  %s\n", r.Initramfs)
-	}
-	fmt.Fprintf(w, "disk:       %s (%s)\n", r.Disk, r.DiskFormat)
 	if r.View != "" {
 		fmt.Fprintf(w, "view:       %s\n", r.View)
 	}
@@ -358,6 +372,26 @@ func printResult(w io.Writer, r messages.Result) {
 		// still fetched (the progress lines say so).
 		fmt.Fprintln(w, "resolution: from the cache (the manifests were not fetched again)")
 	}
+}
+
+// fileWhere says where one file of a result is: a path on a host, or an
+// object in the deployment's store (nats object get BUCKET NAME).
+func fileWhere(f messages.File) string {
+	var where string
+	switch {
+	case f.Path != "" && f.Host != "":
+		where = f.Path + " on host " + f.Host
+	case f.Path != "":
+		where = f.Path
+	case f.Object != nil:
+		where = "object " + f.Object.Name + " in bucket " + f.Object.Bucket
+	default:
+		where = "nowhere this result names"
+	}
+	if f.Format != "" {
+		where += " (" + string(f.Format) + ")"
+	}
+	return where
 }
 
 // flagSet reports whether the flag was given on the command line.

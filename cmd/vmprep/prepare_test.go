@@ -199,7 +199,7 @@ func TestRequestLine(t *testing.T) {
 		res  messages.Result
 		want string
 	}{
-		{messages.Result{Namespace: "alice", RequestID: "abc"}, "request:    alice.abc (vmprep status alice.abc)\n"},
+		{messages.Result{Namespace: "alice", RequestID: "abc"}, "request:    alice.abc (for the operator: vmprep status alice.abc)\n"},
 		{messages.Result{RequestID: "abc"}, "request:    abc (vmprep status abc)\n"},
 	} {
 		if got := requestLine(tc.res); got != tc.want {
@@ -266,5 +266,28 @@ func TestPrepareCacheBoundToTrustRoots(t *testing.T) {
 	}
 	if now := m.Requests(m.VersionDir("ubuntu", "24.04")) + m.TotalContentRequests(); now != asked {
 		t.Errorf("the warm prepare asked the mirror %d times", now-asked)
+	}
+}
+
+// TestPrintResultSaysWhereFilesAre: a result whose files no one host holds
+// (objects in the store) names each file's place; it printed
+// "disk:        (qcow2)" with no path at all.
+func TestPrintResultSaysWhereFilesAre(t *testing.T) {
+	obj := func(hex string) *messages.ObjectRef {
+		return &messages.ObjectRef{Bucket: "vmprep", Name: "sha256/" + hex}
+	}
+	res := messages.Result{Status: messages.ResultPrepared, DiskFormat: catalog.FormatQCOW2, Files: map[catalog.Role]messages.File{
+		catalog.RoleKernel: {Object: obj("aa")},
+		catalog.RoleDisk:   {Object: obj("bb"), Format: catalog.FormatQCOW2},
+	}}
+	var out strings.Builder
+	printResult(&out, res)
+	for _, want := range []string{"kernel:     object sha256/aa in bucket vmprep\n", "disk:       object sha256/bb in bucket vmprep (qcow2)\n"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("printed\n%s\nwant a line %q", out.String(), want)
+		}
+	}
+	if strings.Contains(out.String(), "disk:        (") {
+		t.Errorf("printed a disk line with no place:\n%s", out.String())
 	}
 }
