@@ -76,13 +76,7 @@ func printOverview(w io.Writer, ov ops.Overview) {
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "STAGE\tSUBJECT\tPENDING\tIN PROGRESS\tREDELIVERED\tIDLE PULLS\tPROCESSES")
 	for _, c := range ov.Consumers {
-		n := 0
-		for _, p := range ov.Processes {
-			if p.Serves(c.Name) {
-				n++
-			}
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\n", c.Name, c.Filter, c.Pending, c.AckPending, c.Redelivered, c.Waiting, n)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\n", c.Name, c.Filter, c.Pending, c.AckPending, c.Redelivered, c.Waiting, processesServing(ov.Processes, c.Name))
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "PROCESS\tSTAGE\tHOST\tPID\tVERSION\tUP\tCONSUMING")
@@ -108,6 +102,19 @@ func printOverview(w io.Writer, ov ops.Overview) {
 	for _, u := range ov.Stranded {
 		fmt.Fprintf(w, "WARNING: %s: start a %s (or vmprep serve --stages %s); until then its requests are not answered\n", u, stageName(u.Consumer), stageName(u.Consumer))
 	}
+}
+
+// processesServing counts the processes that pull from consumer. A process
+// running several stages (vmprep serve) has a liveness entry per stage, each
+// naming all its consumers: it is one process, counted once.
+func processesServing(ps []ops.Process, consumer string) int {
+	seen := map[string]bool{}
+	for _, p := range ps {
+		if p.Serves(consumer) {
+			seen[fmt.Sprintf("%s/%d/%s", p.Host, p.PID, p.Started)] = true
+		}
+	}
+	return len(seen)
 }
 
 func printRequest(w io.Writer, st ops.RequestStatus) {
