@@ -68,6 +68,9 @@ func runDead(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return failf(stderr, 1, prefix, "%v", err)
 	}
 	defer conn.close()
+	// A call the permissions refuse fails at once, not after its timeout.
+	ctx, stopWatching := cli.UntilRefused(ctx, conn.nc)
+	defer stopWatching()
 
 	switch sub {
 	case "ls":

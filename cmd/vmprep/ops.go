@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -44,7 +45,12 @@ func (o *opsConn) explain(err error) error {
 	if user == "" {
 		user = "this user"
 	}
-	return fmt.Errorf("%w: the server refused it: %v (%s may not do this: the operator commands need a user like deploy/nats/auth.conf's admin)", err, refused, user)
+	why := fmt.Sprintf("the server refused it: %v (%s may not do this: the operator commands need a user like deploy/nats/auth.conf's admin)", refused, user)
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		// The call was only waiting for an answer the refusal never sends.
+		return errors.New(why)
+	}
+	return fmt.Errorf("%w: %s", err, why)
 }
 
 func (o *opsConn) close() {

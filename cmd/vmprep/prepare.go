@@ -193,7 +193,11 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		}()
 		stopWatching = func() { stopWatch(); <-watched }
 	}
-	res, err := cl.Prepare(ctx, req, client.WithProgress(bars.update))
+	// A request the permissions refuse (another namespace) fails at once,
+	// not after the publish's timeout.
+	pctx, stopRefusals := cli.UntilRefused(ctx, nc)
+	res, err := cl.Prepare(pctx, req, client.WithProgress(bars.update))
+	stopRefusals()
 	stopWatching()
 	var failed *client.FailedError
 	if errors.As(err, &failed) {
@@ -208,7 +212,12 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		if ns != conn.User {
 			hint = fmt.Sprintf("namespace %q is not user %q's: with per-client permissions a client uses only its own, its user name", ns, conn.User)
 		}
-		err = fmt.Errorf("%w: the server refused it: %v (%s)", err, refused, hint)
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			// It was only waiting for an answer the refusal never sends.
+			err = fmt.Errorf("the server refused it: %v (%s)", refused, hint)
+		} else {
+			err = fmt.Errorf("%w: the server refused it: %v (%s)", err, refused, hint)
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "vmprep prepare: %s: %v\n", specLabel(spec), redact.Error(err))

@@ -353,6 +353,10 @@ func TestOperatorCommandsNameTheRefusal(t *testing.T) {
 				t.Errorf("exit %d, want 1; stderr: %s", code, stderr.String())
 			}
 			msg := strings.ToLower(stderr.String())
+			// Said when the refusal arrives, not after the call's timeout.
+			if strings.Contains(msg, "deadline exceeded") || strings.Contains(msg, "timeout") {
+				t.Errorf("the refusal was reported as a timeout: %s", stderr.String())
+			}
 			for _, want := range tc.want {
 				if !strings.Contains(msg, want) {
 					t.Errorf("stderr does not say %q: %s", want, stderr.String())

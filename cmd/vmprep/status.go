@@ -41,6 +41,9 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return failf(stderr, 1, "vmprep status", "%v", err)
 	}
 	defer conn.close()
+	// A call the permissions refuse fails at once, not after its timeout.
+	ctx, stopWatching := cli.UntilRefused(ctx, conn.nc)
+	defer stopWatching()
 	if fs.NArg() == 1 {
 		ns, id := *namespace, fs.Arg(0)
 		if before, after, ok := strings.Cut(id, "."); ok { // request ids have no dots
