@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -289,5 +290,26 @@ func TestPrintResultSaysWhereFilesAre(t *testing.T) {
 	}
 	if strings.Contains(out.String(), "disk:        (") {
 		t.Errorf("printed a disk line with no place:\n%s", out.String())
+	}
+}
+
+// TestPrepareRidesOutABusyServer: a mirror that answers 503 four times in a
+// row (asking for a 1 s pause) is a busy server, not a dead one: prepare
+// asks again, as it asks, and succeeds. Three 503s used to lose the run
+// (each step was tried 3 times, 1 s and 2 s apart).
+func TestPrepareRidesOutABusyServer(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchARM64))
+	dir := m.VersionDir("ubuntu", "24.04")
+	m.SetFault(dir, testmirror.Fault{Status: http.StatusServiceUnavailable, RetryAfter: "1", Times: 4})
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"prepare", "--cache-dir", t.TempDir(), "--mirror", m.URL, "--keyring", m.KeyringFile(), "--arch", "arm64", "--progress", "plain", "ubuntu", "24.04"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if got := m.Requests(dir); got < 5 {
+		t.Errorf("the listing was asked for %d times; want the 4 busy answers and one more", got)
+	}
+	if !strings.Contains(stderr.String(), "503") {
+		t.Errorf("the retries were not shown:\n%s", stderr.String())
 	}
 }

@@ -52,6 +52,8 @@ type Fault struct {
 	// Status, when non-zero, answers with this HTTP status and a short body
 	// instead of the file.
 	Status int
+	// RetryAfter, with Status, is sent as the Retry-After header.
+	RetryAfter string
 	// Times is how many requests the fault applies to; 0 means every request
 	// until ClearFault.
 	Times int
@@ -706,6 +708,9 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if fault.Status != 0 {
+		if fault.RetryAfter != "" {
+			w.Header().Set("Retry-After", fault.RetryAfter)
+		}
 		http.Error(w, fmt.Sprintf("testmirror: injected status %d", fault.Status), fault.Status)
 		return
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/vmprep/vmprep/internal/neterr"
 	"io"
 	"net/http"
 	"net/url"
@@ -256,7 +257,7 @@ func (fe *fetch) accept(resp *http.Response, rangeStart int64) error {
 
 	case st == http.StatusTooManyRequests || st == http.StatusServiceUnavailable:
 		e := fe.retryable("request", st, errors.New(http.StatusText(st)))
-		e.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		e.retryAfter = neterr.RetryAfter(resp.Header.Get("Retry-After"), time.Now())
 		return e
 
 	case st == http.StatusRequestTimeout || st == http.StatusInternalServerError ||
@@ -429,25 +430,4 @@ func parseContentRange(v string) (start, end, total int64, err error) {
 		return bad()
 	}
 	return start, end, total, nil
-}
-
-// parseRetryAfter reads delay-seconds or an HTTP-date; 0 if absent or invalid.
-func parseRetryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if secs <= 0 {
-			return 0
-		}
-		// Clamp before multiplying: a huge value must not overflow.
-		return time.Duration(min(secs, int64(24*time.Hour/time.Second))) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		if d := t.Sub(now); d > 0 {
-			return d
-		}
-	}
-	return 0
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/vmprep/vmprep/internal/neterr"
 	"io"
 	"log"
 	"net/http"
@@ -797,8 +798,8 @@ func TestParseRetryAfter(t *testing.T) {
 		{"soon", 0},
 	}
 	for _, tt := range tests {
-		if got := parseRetryAfter(tt.in, now); got != tt.want {
-			t.Errorf("parseRetryAfter(%q) = %v, want %v", tt.in, got, tt.want)
+		if got := neterr.RetryAfter(tt.in, now); got != tt.want {
+			t.Errorf("neterr.RetryAfter(%q) = %v, want %v", tt.in, got, tt.want)
 		}
 	}
 }

@@ -138,7 +138,9 @@ func WithShortPulls() Option { return func(c *config) { c.shortPulls = true } }
 // the request's progress events either way. A delivery is tried 3 times, 1 s
 // and then 2 s apart (stage processes: --max-deliver 5, backoff 1 s doubling
 // up to 30 s), and that is the only retry of a resolution (the resolver
-// itself tries each file once instead of 4 times); a download gives up
+// itself tries each file once instead of 4 times — except that a server
+// answering it is busy, 503, 429 or a reset, is asked again for
+// InteractiveBusyBudget, honouring its Retry-After); a download gives up
 // after 4 tries in a row without progress, 0.5 s up to 4 s apart (8 tries,
 // 1 s up to 60 s) — bytes gained renew that budget, so a slow or flaky
 // download still goes on. Stopping (Close, or Start's context ending)
@@ -146,6 +148,10 @@ func WithShortPulls() Option { return func(c *config) { c.shortPulls = true } }
 // drain timeout: downloads keep what they wrote, flushed to disk, and resume
 // on the next run. Options given explicitly override these.
 func WithInteractive() Option { return func(c *config) { c.interactive = true } }
+
+// InteractiveBusyBudget is how long an interactive resolution keeps asking
+// a server that answers it is busy (WithInteractive).
+const InteractiveBusyBudget = 30 * time.Second
 
 // interactiveBackoff paces redeliveries while a person waits: 1 s, then 2 s.
 func interactiveBackoff() backoff.BackOff { return stage.Exponential(time.Second, 2*time.Second, 0) }
@@ -211,7 +217,9 @@ func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
 		// work is cancelled at once; a download keeps (and flushes) what it
 		// has, and the next run resumes it.
 		c.runnerOpts = append([]stage.Option{stage.WithMaxDeliver(3), stage.WithBackoff(interactiveBackoff), stage.WithDrainTimeout(0)}, c.runnerOpts...)
-		c.resolveOpts = append([]resolve.Option{resolve.WithRetry(1, 0)}, c.resolveOpts...)
+		// One try per delivery, except that a server answering it is busy
+		// (503, 429, a reset) is asked again for 30 s, as it asks.
+		c.resolveOpts = append([]resolve.Option{resolve.WithRetry(1, time.Second), resolve.WithBusyBudget(InteractiveBusyBudget)}, c.resolveOpts...)
 		c.downloadOpts = append([]download.Option{download.WithRetry(4, download.DefaultMaxElapsed), download.WithBackoff(500*time.Millisecond, 4*time.Second)}, c.downloadOpts...)
 	}
 	if c.cacheDir == "" {

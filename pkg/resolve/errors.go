@@ -3,9 +3,11 @@ package resolve
 import (
 	"errors"
 	"fmt"
+	"github.com/vmprep/vmprep/internal/neterr"
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/vmprep/vmprep/pkg/catalog"
 )
@@ -103,6 +105,8 @@ func IsRetryable(err error) bool {
 type StatusError struct {
 	Code   int
 	Status string
+	// RetryAfter is the wait the server asked for (Retry-After), or 0.
+	RetryAfter time.Duration
 }
 
 func (e *StatusError) Error() string { return "HTTP " + e.Status }
@@ -126,5 +130,5 @@ func newStatusError(resp *http.Response) *StatusError {
 	if status == "" {
 		status = fmt.Sprint(resp.StatusCode)
 	}
-	return &StatusError{Code: resp.StatusCode, Status: status}
+	return &StatusError{Code: resp.StatusCode, Status: status, RetryAfter: neterr.RetryAfter(resp.Header.Get("Retry-After"), time.Now())}
 }

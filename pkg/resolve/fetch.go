@@ -56,9 +56,11 @@ func (r *Resolver) fetch(ctx context.Context, url string, limit int64, check res
 		backoff.WithMaxInterval(max(r.initialBackoff*16, r.initialBackoff)),
 		backoff.WithMaxElapsedTime(0), // bounded by the attempt count instead
 	)
-	var policy backoff.BackOff = backoff.WithContext(backoff.WithMaxRetries(b, uint64(max(r.attempts-1, 0))), ctx)
-	notify, _ := ctx.Value(retryNotifyKey{}).(func(RetryNotice))
 	var last *fetchError
+	counted := &busyBackOff{counted: backoff.WithMaxRetries(b, uint64(max(r.attempts-1, 0))), more: b,
+		budget: r.busyBudget, start: time.Now(), last: func() *fetchError { return last }}
+	var policy backoff.BackOff = backoff.WithContext(counted, ctx)
+	notify, _ := ctx.Value(retryNotifyKey{}).(func(RetryNotice))
 	attempt := 0
 	body, err := backoff.RetryNotifyWithData(func() ([]byte, error) {
 		attempt++
@@ -74,7 +76,11 @@ func (r *Resolver) fetch(ctx context.Context, url string, limit int64, check res
 		return nil, err
 	}, policy, func(err error, in time.Duration) {
 		if notify != nil {
-			notify(RetryNotice{URL: url, Err: err, In: in, Attempt: attempt + 1, Attempts: r.attempts})
+			n := RetryNotice{URL: url, Err: err, In: in, Attempt: attempt + 1, Attempts: r.attempts}
+			if counted.extended {
+				n.Attempts = 0 // past the count, on the busy budget: open-ended
+			}
+			notify(n)
 		}
 	})
 	if err == nil {
@@ -88,6 +94,51 @@ func (r *Resolver) fetch(ctx context.Context, url string, limit int64, check res
 		return nil, &fetchError{err: err}
 	}
 	return nil, last
+}
+
+// busyBackOff is the fetch's retry policy: counted tries, then — while the
+// last failure is a busy server's and the budget lasts — more, paced by the
+// same backoff or the server's Retry-After, whichever is longer.
+type busyBackOff struct {
+	counted  backoff.BackOff // stops after the attempt count
+	more     backoff.BackOff // the pacing beyond it
+	budget   time.Duration
+	start    time.Time
+	last     func() *fetchError
+	extended bool // past the count
+}
+
+func (p *busyBackOff) NextBackOff() time.Duration {
+	d := p.counted.NextBackOff()
+	last := p.last()
+	if p.budget <= 0 || last == nil || !busy(last.err) {
+		return d
+	}
+	if d == backoff.Stop {
+		p.extended = true
+		d = p.more.NextBackOff()
+	}
+	var se *StatusError
+	if errors.As(last.err, &se) && se.RetryAfter > d {
+		d = se.RetryAfter
+	}
+	if d == backoff.Stop || time.Since(p.start)+d > p.budget {
+		return backoff.Stop
+	}
+	return d
+}
+
+func (p *busyBackOff) Reset() { p.counted.Reset(); p.more.Reset(); p.extended = false }
+
+// busy reports whether err is a server's answer that it cannot serve now —
+// 408, 425, 429 or a 5xx, or a connection it reset or cut short — as
+// opposed to a host that cannot be reached or nothing listening there.
+func busy(err error) bool {
+	var se *StatusError
+	if errors.As(err, &se) {
+		return se.transient()
+	}
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.EPIPE)
 }
 
 func (r *Resolver) fetchOnce(ctx context.Context, url string, limit int64, check responseCheck) ([]byte, error) {

@@ -85,6 +85,14 @@ func WithRetry(attempts int, initialInterval time.Duration) Option {
 	}
 }
 
+// WithBusyBudget keeps asking a server that answers it is busy — 429,
+// a 5xx, or a connection it drops — for up to d from a fetch's first try,
+// beyond the WithRetry count, honouring its Retry-After; a host that cannot
+// be reached at all (no such name, no route, nothing listening) still fails
+// after the count. Interactive callers use it: a few retries 1 s apart fail
+// fast when offline, but lose a run to three 503s from a server that is up.
+func WithBusyBudget(d time.Duration) Option { return func(r *Resolver) { r.busyBudget = d } }
+
 // Resolver resolves specs against a catalog. It is safe for concurrent use.
 type Resolver struct {
 	cat            *catalog.Catalog
@@ -95,6 +103,7 @@ type Resolver struct {
 	attempts       int
 	initialBackoff time.Duration
 	attemptTimeout time.Duration
+	busyBudget     time.Duration
 }
 
 // New returns a resolver for cat.

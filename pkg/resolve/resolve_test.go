@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path"
@@ -528,5 +529,66 @@ func TestRetryNotify(t *testing.T) {
 	m.SetFault(dir, testmirror.Fault{Status: http.StatusServiceUnavailable, Times: 1})
 	if _, err := r.Serials(t.Context(), catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestBusyServerIsAskedAgain: with a busy budget, a server that answers
+// 503 (asking for a pause with Retry-After) and resets a connection is asked
+// again past the attempt count until it serves, each retry announced
+// open-ended; without the budget one try loses the run. A server with
+// nothing listening is not a busy one: it fails after the count.
+func TestBusyServerIsAskedAgain(t *testing.T) {
+	m := newMirror(t, testmirror.WithArches(catalog.ArchARM64))
+	dir := m.VersionDir("ubuntu", "24.04")
+	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"}
+	keyring := []catalog.Option{catalog.WithKeyring(m.Keyring())}
+
+	m.SetFault(dir, testmirror.Fault{Status: http.StatusServiceUnavailable, Times: 3})
+	if _, err := newResolver(t, m, keyring, resolve.WithRetry(1, time.Millisecond)).Serials(t.Context(), spec); err == nil || !strings.Contains(err.Error(), "503") {
+		t.Fatalf("one try, no budget: %v; want the 503", err)
+	}
+	m.ClearFault(dir)
+
+	before := m.Requests(dir)
+	m.SetFault(dir, testmirror.Fault{Status: http.StatusServiceUnavailable, RetryAfter: "1", Times: 2})
+	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchARM64, catalog.RoleKernel)
+	m.SetFault(mp, testmirror.Fault{Reset: true, After: 5, Times: 1})
+	r := newResolver(t, m, keyring, resolve.WithRetry(1, time.Millisecond), resolve.WithBusyBudget(time.Minute))
+	var notices []resolve.RetryNotice
+	ctx := resolve.WithRetryNotify(t.Context(), func(n resolve.RetryNotice) { notices = append(notices, n) })
+	if _, err := r.Resolve(ctx, spec); err != nil {
+		t.Fatalf("a busy server within the budget: %v", err)
+	}
+	if got := m.Requests(dir) - before; got != 3 {
+		t.Errorf("listing requested %d times, want 3 (two 503s, then served)", got)
+	}
+	if len(notices) != 3 {
+		t.Fatalf("%d retry notices, want 3: %+v", len(notices), notices)
+	}
+	for _, n := range notices[:2] {
+		// Retry-After: 1 is honoured over the 1 ms backoff.
+		if n.Attempts != 0 || n.In < time.Second {
+			t.Errorf("notice %+v: want open-ended (Attempts 0) and the server's 1s pause", n)
+		}
+	}
+
+	// Nothing listening: refused is not busy, so the count holds.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := "http://" + ln.Addr().String() + "/"
+	ln.Close()
+	cat, err := catalog.New(catalog.WithMirror(closed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refusedNotices []resolve.RetryNotice
+	rctx := resolve.WithRetryNotify(t.Context(), func(n resolve.RetryNotice) { refusedNotices = append(refusedNotices, n) })
+	if _, err := resolve.New(cat, resolve.WithRetry(1, time.Millisecond), resolve.WithBusyBudget(time.Minute)).Serials(rctx, spec); err == nil {
+		t.Fatal("a mirror with nothing listening resolved")
+	}
+	if len(refusedNotices) != 0 {
+		t.Errorf("a refused connection was retried on the busy budget: %+v", refusedNotices)
 	}
 }
