@@ -293,6 +293,9 @@ func (r *PrepareRun) run() error {
 // not both).
 func (r *PrepareRun) Wait() error { return <-r.done }
 
+// Stdout is what the finished run wrote to standard output (its JSON result).
+func (r *PrepareRun) Stdout() string { return r.stdout.String() }
+
 // Stderr is what the finished run wrote to standard error.
 func (r *PrepareRun) Stderr() string { return r.stderr.String() }
 

@@ -235,9 +235,10 @@ func (ls *Lease) Keep(ctx context.Context, progress func() int64, stuck time.Dur
 }
 
 // Wait returns when the lease on key is free (deleted or lapsed) or changed
-// hands, when ready() reports true, or when ctx ends. It watches the key and
-// also looks every poll, since a lapse by TTL is silent to watchers. A
-// holder's failure (Fail) returns a *HeldError whose Record.Failed says it.
+// hands, when ready() reports true, or when ctx ends. It looks every poll
+// rather than watching: a watch is a consumer, and a user that may create
+// consumers of the leases may make the server deliver a lease value (which
+// it writes) onto any subject; a lapse by TTL is silent to watchers anyway.
 func (l *Leases) Wait(ctx context.Context, key string, poll time.Duration, ready func() bool) error {
 	_, err := l.wait(ctx, key, poll, ready, false)
 	return err
@@ -254,12 +255,6 @@ func (l *Leases) WaitOrTakeOver(ctx context.Context, key string, poll time.Durat
 }
 
 func (l *Leases) wait(ctx context.Context, key string, poll time.Duration, ready func() bool, takeover bool) (*Lease, error) {
-	w, err := l.kv.Watch(ctx, key, jetstream.UpdatesOnly())
-	var updates <-chan jetstream.KeyValueEntry
-	if err == nil {
-		defer func() { _ = w.Stop() }()
-		updates = w.Updates()
-	}
 	t := time.NewTicker(poll)
 	defer t.Stop()
 	// The most progress seen, and when it last grew (by this waiter's clock:
@@ -293,20 +288,6 @@ func (l *Leases) wait(ctx context.Context, key string, poll time.Duration, ready
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case e, ok := <-updates:
-			if !ok {
-				updates = nil
-				continue
-			}
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				return nil, nil // deleted or purged: free
-			}
-			if held := failed(key, e.Value()); held != nil {
-				return nil, held
-			}
-			if ls, err := look(e); ls != nil || err != nil {
-				return ls, err
-			}
 		case <-t.C:
 			e, err := l.kv.Get(ctx, key)
 			if errors.Is(err, jetstream.ErrKeyNotFound) {

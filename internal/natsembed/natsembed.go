@@ -144,6 +144,20 @@ func ClientAuth(o *server.Options) string {
 	if o.NoAuthUser != "" {
 		return ""
 	}
+	// A user whose password is empty (a "" in the file, or a $VARIABLE set
+	// to nothing) lets in whoever names it: nats-server compares the empty
+	// password with the client's empty one. Only certificates mapped to
+	// users (verify_and_map) make a password unnecessary.
+	if !o.TLSMap {
+		if o.Username != "" && o.Password == "" {
+			return ""
+		}
+		for _, u := range o.Users {
+			if u.Password == "" {
+				return ""
+			}
+		}
+	}
 	switch {
 	case len(o.TrustedOperators) > 0 || len(o.TrustedKeys) > 0:
 		return "operator JWTs"

@@ -21,6 +21,7 @@ func TestLoopback(t *testing.T) {
 }
 
 func TestClientAuth(t *testing.T) {
+	t.Setenv("VMPREP_TEST_EMPTY", "")
 	tests := []struct {
 		name, conf string
 		authed     bool
@@ -30,6 +31,11 @@ func TestClientAuth(t *testing.T) {
 		{"single user", "authorization { user: a, password: b }\n", true},
 		{"token", "authorization { token: s3cret }\n", true},
 		{"account users", "accounts { A: { users: [ {user: a, password: b} ] } }\n", true},
+		// nats-server lets a client in as a user with an empty password
+		// by naming it, with no password (seen against nats-server 2.15).
+		{"a user with an empty password", "authorization { users: [ {user: a, password: b}, {user: c, password: \"\"} ] }\n", false},
+		{"a password from an empty variable", "authorization { users: [ {user: a, password: $VMPREP_TEST_EMPTY} ] }\n", false},
+		{"single user, empty password", "authorization { user: a, password: \"\" }\n", false},
 		{"no_auth_user", "authorization { users: [ {user: a, password: b} ] }\nno_auth_user: a\n", false},
 		{"nkeys", "authorization { users: [ {nkey: UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4} ] }\n", true},
 	}

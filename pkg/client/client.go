@@ -298,7 +298,7 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 		if err := messages.Decode(got, messages.TypeResult, &res); err != nil {
 			return Result{}, fmt.Errorf("unreadable result for request %s: %w", req.RequestID, err)
 		}
-		if !answers(res, req) {
+		if !answers(res, req, c.namespace) {
 			// The id's last answer is about another request (another image,
 			// or a refusal of someone else's reuse of the id). Ours comes:
 			// unless our publish was deduplicated as a repeat, so publish
@@ -325,9 +325,18 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 	}
 }
 
-// answers reports whether res is the answer to req: results echo what was
-// asked (a result of an older build may leave fields empty).
-func answers(res Result, req Request) bool {
+// answers reports whether res is the answer to req in namespace ns: results
+// echo what was asked (a result of an older build may leave fields empty).
+// The request id and namespace are checked too: any user can make the
+// server publish a message it may read (its own result) onto any subject,
+// as the reply to a direct get, and the results stream stores it.
+func answers(res Result, req Request, ns string) bool {
+	if res.RequestID != "" && res.RequestID != req.RequestID {
+		return false
+	}
+	if res.Namespace != "" && res.Namespace != ns {
+		return false
+	}
 	if res.Spec != (image.Spec{}) && res.Spec != req.Spec {
 		return false
 	}
