@@ -78,7 +78,9 @@ func FailurePolicy(stageName, done string, logger *slog.Logger) stage.FailureFun
 		if errors.Is(err, errRefused) {
 			return nil
 		}
-		f := &messages.Failure{Stage: stageName, Cause: failureCause(err), Retryable: !stage.IsPermanent(err)}
+		// An origin that went silent is given up for this request, not for
+		// good: asking again later, when it answers, may work.
+		f := &messages.Failure{Stage: stageName, Cause: failureCause(err), Retryable: !stage.IsPermanent(err) || errors.Is(err, ErrOriginGone)}
 		ns, isRequest := messages.NamespaceOf(m.Subject)
 		switch {
 		case isRequest:

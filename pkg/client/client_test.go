@@ -41,6 +41,9 @@ func startDeployment(t *testing.T, m *testmirror.Mirror, opts ...embedded.Option
 			download.WithRetry(2, 10*time.Second), download.WithStallTimeout(2*time.Second)),
 		embedded.WithRunnerOptions(stage.WithBackoff(testutil.Backoff(20*time.Millisecond, 200*time.Millisecond)), stage.WithMaxDeliver(2), stage.WithAckWait(5*time.Second)),
 		embedded.WithShortPulls(),
+		// An origin that sends nothing (a 503 for ever) ends a request in
+		// seconds here, not the default 3 min.
+		embedded.WithOriginTimeout(10 * time.Second),
 	}
 	if m != nil {
 		base = append(base, embedded.WithCatalog(m.CatalogOptions()...))
