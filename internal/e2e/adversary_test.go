@@ -57,9 +57,6 @@ func TestFetcherCannotRelayAResult(t *testing.T) {
 // Permissions cannot close it; the client must authenticate a result
 // (e.g. a signature by the collector's key), not trust its subject.
 func TestFetcherRelaysAResultByReplySubject(t *testing.T) {
-	if os.Getenv("VMPREP_ADVERSARY_FINDINGS") == "" {
-		t.Skip("FINDING (open): a stage relays a forged prepared result through a direct get's reply subject; set VMPREP_ADVERSARY_FINDINGS=1 to run")
-	}
 	forgeBobsResult(t, func(ctx context.Context, nc *nats.Conn, _ chan error, resultSubject string) {
 		if err := nc.PublishRequest("$JS.API.DIRECT.GET.KV_VMPREP_LEASES.$KV.VMPREP_LEASES.relay", resultSubject, nil); err != nil {
 			t.Fatal(err)
