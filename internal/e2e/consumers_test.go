@@ -27,17 +27,17 @@ import (
 
 // deployWithHosts copies deploy/nats into a directory, gives the converter
 // hosts their own users there (vmprep users converters, as an operator
-// does), and returns the three node configurations and each host user's
-// password file.
-func deployWithHosts(t *testing.T, bin string, hosts ...string) (confs []string, hostPasswords map[string]string) {
+// does), adds each host user's password and password file to passwords and
+// files (deployPasswords's), and returns the three node configurations.
+func deployWithHosts(t *testing.T, bin string, passwords, files map[string]string, hosts ...string) (confs []string) {
 	t.Helper()
 	dir := t.TempDir()
 	src := filepath.Join("..", "..", "deploy", "nats")
-	files, err := filepath.Glob(filepath.Join(src, "*.conf"))
+	confFiles, err := filepath.Glob(filepath.Join(src, "*.conf"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range files {
+	for _, f := range confFiles {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
@@ -51,14 +51,19 @@ func deployWithHosts(t *testing.T, bin string, hosts ...string) (confs []string,
 	if err != nil {
 		t.Fatalf("vmprep users converters: %v\n%s", err, out)
 	}
-	hostPasswords = map[string]string{}
 	for _, h := range hosts {
-		hostPasswords[messages.TargetConsumer(h)] = filepath.Join(dir, messages.TargetConsumer(h)+".password")
+		user := messages.TargetConsumer(h)
+		f := filepath.Join(dir, user+".password")
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		passwords[user], files[user] = strings.TrimSpace(string(b)), f
 	}
 	for i := 1; i <= 3; i++ {
 		confs = append(confs, filepath.Join(dir, fmt.Sprintf("node%d.conf", i)))
 	}
-	return confs, hostPasswords
+	return confs
 }
 
 // TestStageConsumersOwnOnly runs deploy/nats as a three-node cluster with
@@ -77,14 +82,7 @@ func TestStageConsumersOwnOnly(t *testing.T) {
 	}
 	passwords, pwFiles := deployPasswords(t)
 	bin := cluster.Build(t)
-	confs, hostFiles := deployWithHosts(t, bin, "mac1", "mac2")
-	for user, f := range hostFiles {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		passwords[user], pwFiles[user] = strings.TrimSpace(string(b)), f
-	}
+	confs := deployWithHosts(t, bin, passwords, pwFiles, "mac1", "mac2")
 	c, _ := cluster.NewNATSClusterFromConfigs(t, bin, confs)
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(32<<20, 8<<20))
 	as := func(user string) []string {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -234,14 +233,7 @@ func startDeployment(t *testing.T, stages ...string) deployment {
 	passwords, pwFiles := deployPasswords(t)
 	// Two converter hosts with users of their own (vmprep users converters).
 	bin := cluster.Build(t)
-	confs, hostFiles := deployWithHosts(t, bin, "mac1", "mac2")
-	for user, f := range hostFiles {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		passwords[user], pwFiles[user] = strings.TrimSpace(string(b)), f
-	}
+	confs := deployWithHosts(t, bin, passwords, pwFiles, "mac1", "mac2")
 	c, _ := cluster.NewNATSClusterFromConfigs(t, bin, confs)
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 16<<20))
 	as := func(user string) []string {

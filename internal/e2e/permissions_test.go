@@ -65,8 +65,7 @@ func TestDeployPermissions(t *testing.T) {
 	passwords, pwFiles := deployPasswords(t)
 	bin := cluster.Build(t)
 	// mac1 is a converter host with its own user (vmprep users converters).
-	confs, hostFiles := deployWithHosts(t, bin, "mac1")
-	pwFiles["converter_mac1"] = hostFiles["converter_mac1"]
+	confs := deployWithHosts(t, bin, passwords, pwFiles, "mac1")
 	c, _ := cluster.NewNATSClusterFromConfigs(t, bin, confs)
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 16<<20))
 	as := func(user string) []string {
