@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/vmprep/vmprep/pkg/stage"
 	"io"
 	"strconv"
 	"strings"
@@ -69,7 +70,7 @@ func runDead(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	defer conn.close()
 	// A call the permissions refuse fails at once, not after its timeout.
-	ctx, stopWatching := cli.UntilRefused(ctx, conn.nc)
+	ctx, stopWatching := stage.UntilDenied(ctx, conn.nc, "")
 	defer stopWatching()
 
 	switch sub {

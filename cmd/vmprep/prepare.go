@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/vmprep/vmprep/pkg/stage"
 	"io"
 	"os"
 	"runtime"
@@ -195,7 +196,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	// A request the permissions refuse (another namespace) fails at once,
 	// not after the publish's timeout.
-	pctx, stopRefusals := cli.UntilRefused(ctx, nc)
+	pctx, stopRefusals := stage.UntilDenied(ctx, nc, "")
 	res, err := cl.Prepare(pctx, req, client.WithProgress(bars.update))
 	stopRefusals()
 	stopWatching()

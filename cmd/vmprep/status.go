@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/vmprep/vmprep/pkg/stage"
 	"io"
 	"os"
 	"slices"
@@ -42,7 +43,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	defer conn.close()
 	// A call the permissions refuse fails at once, not after its timeout.
-	ctx, stopWatching := cli.UntilRefused(ctx, conn.nc)
+	ctx, stopWatching := stage.UntilDenied(ctx, conn.nc, "")
 	defer stopWatching()
 	if fs.NArg() == 1 {
 		ns, id := *namespace, fs.Arg(0)

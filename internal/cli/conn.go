@@ -333,36 +333,6 @@ func PermissionRefusal(nc *nats.Conn) error {
 	return nil
 }
 
-// UntilRefused returns a context that ends with ctx, or as soon as the
-// server refuses one of nc's publishes or subscriptions for want of
-// permission after this call. The server drops such a request without an
-// answer, so without this a refused call waits out its whole timeout (the
-// JetStream API's 5 s) before anyone hears why; PermissionRefusal then names
-// the refusal.
-func UntilRefused(ctx context.Context, nc *nats.Conn) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(ctx)
-	if nc == nil {
-		return ctx, cancel
-	}
-	before := nc.LastError()
-	go func() {
-		t := time.NewTicker(20 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if err := nc.LastError(); err != nil && err != before && errors.Is(err, nats.ErrPermissionViolation) {
-					cancel()
-					return
-				}
-			}
-		}
-	}()
-	return ctx, cancel
-}
-
 // refusal words a refused connection for the operator, wrapping ErrRefused
 // and the cause.
 func refusal(err error) error {

@@ -48,24 +48,46 @@ func Create(ctx context.Context, nc *nats.Conn, what, apiSubject string, create 
 // timeout — and says why on the connection's asynchronous error: when that
 // names apiSubject, call's context is ended at once.
 func Call(ctx context.Context, nc *nats.Conn, apiSubject string, call func(context.Context) error) (denied bool, err error) {
+	ctx, cancel, deniedNow := untilDenied(ctx, nc, apiSubject)
+	defer cancel()
+	err = call(ctx)
+	return err != nil && deniedNow(), err
+}
+
+// UntilDenied returns a context that ends with ctx, or as soon as the
+// server refuses one of nc's publishes for want of permission after this
+// call: to apiSubject (or under it), or to anything when apiSubject is "".
+// For callers that make several calls a permission may refuse (vmprep
+// status, dead, prepare --nats): each would wait out its timeout, the
+// JetStream API's 5 s, before anyone heard why.
+func UntilDenied(ctx context.Context, nc *nats.Conn, apiSubject string) (context.Context, context.CancelFunc) {
+	ctx, cancel, _ := untilDenied(ctx, nc, apiSubject)
+	return ctx, cancel
+}
+
+// untilDenied is UntilDenied, also returning whether a refusal has come.
+func untilDenied(ctx context.Context, nc *nats.Conn, apiSubject string) (context.Context, context.CancelFunc, func() bool) {
+	ctx, cancel := context.WithCancel(ctx)
 	if nc == nil {
-		return false, call(ctx)
+		return ctx, cancel, func() bool { return false }
 	}
 	before := nc.LastError()
 	deniedNow := func() bool {
 		err := nc.LastError()
-		return !identical(err, before) && Denied(err, apiSubject)
+		if identical(err, before) {
+			return false
+		}
+		if apiSubject == "" {
+			return err != nil && errors.Is(err, nats.ErrPermissionViolation)
+		}
+		return Denied(err, apiSubject)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan struct{})
-	defer close(done)
 	go func() {
 		t := time.NewTicker(20 * time.Millisecond)
 		defer t.Stop()
 		for {
 			select {
-			case <-done:
+			case <-ctx.Done():
 				return
 			case <-t.C:
 				if deniedNow() {
@@ -75,11 +97,7 @@ func Call(ctx context.Context, nc *nats.Conn, apiSubject string, call func(conte
 			}
 		}
 	}()
-	err = call(ctx)
-	if err != nil && deniedNow() {
-		return true, err
-	}
-	return false, err
+	return ctx, cancel, deniedNow
 }
 
 // identical reports whether a and b are the same error value (an error of
