@@ -24,7 +24,7 @@ import (
 	"github.com/vmprep/vmprep/internal/cluster"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -54,7 +54,7 @@ type deployment struct {
 	clients        int
 	times          []time.Duration
 	wall           time.Duration
-	origin         map[catalog.Role]int64
+	origin         map[image.Role]int64
 	manifestReqs   int
 	rss            map[string]int64 // peak RSS per process kind (highest instance)
 	cpu            map[string]time.Duration
@@ -72,7 +72,7 @@ func loadavg() string {
 	return strings.Join(f[:3], " ")
 }
 
-var roles = []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk}
+var roles = []image.Role{image.RoleKernel, image.RoleInitramfs, image.RoleDisk}
 
 // BenchmarkClients: for each client count (BENCH_CLIENTS, default "1 10 50"),
 // in an order that rotates from round to round (BENCH_ROUNDS, default 2), a
@@ -85,27 +85,27 @@ func BenchmarkClients(b *testing.B) {
 	counts := envInts("BENCH_CLIENTS", []int{1, 10, 50})
 	dataMiB := int64(testutil.EnvInt("BENCH_DISK_DATA_MIB", 256))
 	kernelKiB, initrdKiB := testutil.EnvInt("BENCH_KERNEL_KIB", 14<<10), testutil.EnvInt("BENCH_INITRD_KIB", 60<<10)
-	format := catalog.DiskFormat(os.Getenv("BENCH_FORMAT"))
+	format := image.DiskFormat(os.Getenv("BENCH_FORMAT"))
 	if format == "" {
-		format = catalog.FormatQCOW2
+		format = image.FormatQCOW2
 	}
-	m := testmirror.New(b, testmirror.WithArches(catalog.ArchAMD64),
+	m := testmirror.New(b, testmirror.WithArches(image.ArchAMD64),
 		testmirror.WithDiskSize(2<<30, dataMiB<<20), testmirror.WithCompressedDisk(false),
 		testmirror.WithKernelSize(kernelKiB<<10, initrdKiB<<10))
-	size := map[catalog.Role]int64{}
+	size := map[image.Role]int64{}
 	var imageBytes int64
 	for _, role := range roles {
-		size[role] = int64(len(m.Content(m.Path("ubuntu", "24.04", catalog.ArchAMD64, role))))
+		size[role] = int64(len(m.Content(m.Path("ubuntu", "24.04", image.ArchAMD64, role))))
 		imageBytes += size[role]
 	}
 	bin := cluster.Build(b)
 
 	run := func(n int) deployment {
-		before := map[catalog.Role]int64{}
+		before := map[image.Role]int64{}
 		manifestsBefore := 0
 		for _, role := range roles {
-			before[role] = m.BytesServed(m.Path("ubuntu", "24.04", catalog.ArchAMD64, role))
-			manifestsBefore += m.Requests(m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, role))
+			before[role] = m.BytesServed(m.Path("ubuntu", "24.04", image.ArchAMD64, role))
+			manifestsBefore += m.Requests(m.ManifestPath("ubuntu", "24.04", image.ArchAMD64, role))
 		}
 		c := cluster.New(b, bin)
 		c.MirrorURL, c.KeyringFile = m.URL, m.KeyringFile()
@@ -119,11 +119,11 @@ func BenchmarkClients(b *testing.B) {
 			procs["fetcher"] = append(procs["fetcher"], host(fmt.Sprintf("fetch%d", i)).Stage("fetcher", "--concurrency", "8", "--log-level", "warn"))
 		}
 		time.Sleep(time.Second) // let the consumers attach
-		d := deployment{clients: n, load: loadavg(), rss: map[string]int64{}, cpu: map[string]time.Duration{}, origin: map[catalog.Role]int64{}}
+		d := deployment{clients: n, load: loadavg(), rss: map[string]int64{}, cpu: map[string]time.Duration{}, origin: map[image.Role]int64{}}
 		runs := make([]*cluster.PrepareRun, n)
 		start := time.Now()
 		for i := range n {
-			runs[i] = host(fmt.Sprintf("client%02d", i)).Prepare(catalog.ArchAMD64, format)
+			runs[i] = host(fmt.Sprintf("client%02d", i)).Prepare(image.ArchAMD64, format)
 		}
 		var wg sync.WaitGroup
 		results := make([]messages.Result, n)
@@ -153,8 +153,8 @@ func BenchmarkClients(b *testing.B) {
 			}
 		}
 		for _, role := range roles {
-			d.origin[role] = m.BytesServed(m.Path("ubuntu", "24.04", catalog.ArchAMD64, role)) - before[role]
-			d.manifestReqs += m.Requests(m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, role))
+			d.origin[role] = m.BytesServed(m.Path("ubuntu", "24.04", image.ArchAMD64, role)) - before[role]
+			d.manifestReqs += m.Requests(m.ManifestPath("ubuntu", "24.04", image.ArchAMD64, role))
 		}
 		d.manifestReqs -= manifestsBefore
 		c.StopAll()
@@ -181,7 +181,7 @@ func BenchmarkClients(b *testing.B) {
 	b.StopTimer()
 
 	fmt.Printf("\nimage: kernel %.1f MiB, initramfs %.1f MiB, disk %.1f MiB (qcow2, %d MiB of data); clients ask for %s; %d rounds; %d cores\n",
-		mib(size[catalog.RoleKernel]), mib(size[catalog.RoleInitramfs]), mib(size[catalog.RoleDisk]), dataMiB, format, rounds, numCPU())
+		mib(size[image.RoleKernel]), mib(size[image.RoleInitramfs]), mib(size[image.RoleDisk]), dataMiB, format, rounds, numCPU())
 	fmt.Printf("%-7s %-15s %8s %8s %8s %9s %-22s %5s %-36s %-40s\n", "clients", "load at start", "p50", "p99", "wall", "MB/s out", "origin bytes/asset", "manif", "peak RSS MiB", "CPU s")
 	for _, d := range all {
 		var origin []string

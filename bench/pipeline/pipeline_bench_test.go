@@ -16,7 +16,7 @@ import (
 	"github.com/vmprep/vmprep/internal/cluster"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -59,13 +59,13 @@ func BenchmarkPrepareVsShell(b *testing.B) {
 	}
 	rounds := testutil.EnvInt("BENCH_ROUNDS", 3)
 	dataMiB := int64(testutil.EnvInt("BENCH_DISK_DATA_MIB", 1800))
-	m := testmirror.New(b, testmirror.WithArches(catalog.ArchAMD64),
+	m := testmirror.New(b, testmirror.WithArches(image.ArchAMD64),
 		testmirror.WithDiskSize(4<<30, dataMiB<<20), testmirror.WithCompressedDisk(true),
 		testmirror.WithKernelSize(14<<20, 60<<20))
 	var mirrorBytes int64
-	urls := map[catalog.Role]string{}
-	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
-		rel := m.Path("ubuntu", "24.04", catalog.ArchAMD64, role)
+	urls := map[image.Role]string{}
+	for _, role := range []image.Role{image.RoleKernel, image.RoleInitramfs, image.RoleDisk} {
+		rel := m.Path("ubuntu", "24.04", image.ArchAMD64, role)
 		urls[role] = m.FileURL(rel)
 		mirrorBytes += int64(len(m.Content(rel)))
 	}
@@ -82,7 +82,7 @@ func BenchmarkPrepareVsShell(b *testing.B) {
 		script := fmt.Sprintf(`set -e; cd %q
 curl -sfo vmlinuz %q; curl -sfo initrd %q; curl -sfo disk.img %q
 sha256sum vmlinuz initrd disk.img >/dev/null
-qemu-img convert -f qcow2 -O raw disk.img disk.raw`, dir, urls[catalog.RoleKernel], urls[catalog.RoleInitramfs], urls[catalog.RoleDisk])
+qemu-img convert -f qcow2 -O raw disk.img disk.raw`, dir, urls[image.RoleKernel], urls[image.RoleInitramfs], urls[image.RoleDisk])
 		shell = append(shell, timeCmd(b, "bash", "-c", script))
 		_ = os.RemoveAll(dir)
 	}
@@ -96,7 +96,7 @@ qemu-img convert -f qcow2 -O raw disk.img disk.raw`, dir, urls[catalog.RoleKerne
 		time.Sleep(500 * time.Millisecond) // let the consumers attach
 		settle(b)
 		start := time.Now()
-		res := c.Prepare(catalog.ArchAMD64, catalog.FormatRaw).Result(b, 10*time.Minute)
+		res := c.Prepare(image.ArchAMD64, image.FormatRaw).Result(b, 10*time.Minute)
 		cold = append(cold, time.Since(start))
 		if res.Status != messages.ResultPrepared {
 			b.Fatalf("cold prepare: %+v", res.Failure)

@@ -26,6 +26,7 @@ import (
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/embedded"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // sample is one run: its wall time and the CPU it used (user + system).
@@ -63,7 +64,7 @@ func BenchmarkWarmPrepare(b *testing.B) {
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/vmprep/vmprep/cmd/vmprep").CombinedOutput(); err != nil {
 		b.Fatalf("go build: %v\n%s", err, out)
 	}
-	m := testmirror.New(b, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(b, testmirror.WithArches(image.ArchAMD64))
 	cache := filepath.Join(work, "cache")
 	base := []string{"prepare", "--cache-dir", cache, "--mirror", m.URL, "--keyring", m.KeyringFile(), "--arch", "amd64"}
 	for _, format := range []string{"qcow2", "raw"} {
@@ -136,11 +137,11 @@ func BenchmarkWarmPrepare(b *testing.B) {
 // that the view already points at the files. What a `vmprep prepare` adds
 // to it is the process starting.
 func BenchmarkFromStore(b *testing.B) {
-	m := testmirror.New(b, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(b, testmirror.WithArches(image.ArchAMD64))
 	ctx := context.Background()
 	opts := []embedded.Option{embedded.WithCacheDir(b.TempDir()), embedded.WithShortPulls(), embedded.WithResolutionMaxAge(time.Hour),
 		embedded.WithCatalog(catalog.WithMirror(m.URL), catalog.WithKeyring(m.Keyring()))}
-	req := client.Request{Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}, Format: catalog.FormatRaw}
+	req := client.Request{Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}, Format: image.FormatRaw}
 	d, err := embedded.Start(ctx, opts...)
 	if err != nil {
 		b.Fatal(err)

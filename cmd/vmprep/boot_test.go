@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/testmirror"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // EnvBootKernel names the directory holding an unpacked Debian cloud kernel
@@ -166,7 +166,7 @@ func sha256Prefix(t *testing.T, path string, n int64) string {
 // marker to it and says so on the serial console; the base is unchanged.
 func TestBootClone(t *testing.T) {
 	kernel, initrd := bootKit(t)
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 8<<20))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(64<<20, 8<<20))
 	cache, vms := t.TempDir(), t.TempDir()
 	prep := []string{"--cache-dir", cache, "--mirror", m.URL, "--keyring", m.KeyringFile(), "--arch", "amd64"}
 	for _, format := range []string{"raw", "qcow2"} {

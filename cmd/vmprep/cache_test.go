@@ -15,6 +15,7 @@ import (
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/store"
 )
 
@@ -42,7 +43,7 @@ func cacheFixture(t *testing.T) (root string, used, unused store.BlobInfo) {
 	}
 	used = put(bytes.Repeat([]byte("k"), 3<<20))
 	unused = put([]byte("left over"))
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+	spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}
 	if _, err := st.LinkImage(t.Context(), spec, store.LinkKernel, used.Path); err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +56,7 @@ func cacheFixture(t *testing.T) (root string, used, unused store.BlobInfo) {
 	if _, err := st.LinkImage(t.Context(), spec, store.LinkDiskRaw, raw); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.SaveResolution(ctx, catalog.Resolution{Spec: spec, Roots: &catalog.TrustRoots{Mirror: "https://cloud-images.ubuntu.com/"}, Assets: []catalog.Asset{{Role: catalog.RoleKernel, Digest: used.SHA256}}}); err != nil {
+	if err := st.SaveResolution(ctx, catalog.Resolution{Spec: spec, Roots: &catalog.TrustRoots{Mirror: "https://cloud-images.ubuntu.com/"}, Assets: []image.Asset{{Role: image.RoleKernel, Digest: used.SHA256}}}); err != nil {
 		t.Fatal(err)
 	}
 	return root, used, unused

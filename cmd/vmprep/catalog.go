@@ -34,7 +34,7 @@ type catalogCmd struct {
 	cat    *catalog.Catalog
 	res    *resolve.Resolver
 	st     *store.Store
-	arch   catalog.Arch
+	arch   image.Arch
 	stdout io.Writer
 	stderr io.Writer
 	asJSON bool
@@ -61,9 +61,9 @@ func runCatalog(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintln(stderr, "vmprep catalog: want at most DISTRO VERSION, e.g. vmprep catalog ubuntu 24.04")
 		return 2
 	}
-	c := catalogCmd{stdout: stdout, stderr: stderr, asJSON: *asJSON, arch: catalog.HostArch()}
+	c := catalogCmd{stdout: stdout, stderr: stderr, asJSON: *asJSON, arch: image.HostArch()}
 	if *arch != "" {
-		if c.arch, err = catalog.ParseArch(*arch); err != nil {
+		if c.arch, err = image.ParseArch(*arch); err != nil {
 			fmt.Fprintf(stderr, "vmprep catalog: --arch: %v\n", err)
 			return 2
 		}
@@ -164,8 +164,8 @@ type versionInfo struct {
 }
 
 type cachedImage struct {
-	Arch   catalog.Arch `json:"arch"`
-	Serial string       `json:"serial,omitempty"`
+	Arch   image.Arch `json:"arch"`
+	Serial string     `json:"serial,omitempty"`
 }
 
 func (c *catalogCmd) versions(ctx context.Context, distro string) error {
@@ -258,7 +258,7 @@ type serialInfo struct {
 }
 
 type serialsOutput struct {
-	Spec catalog.ImageSpec `json:"spec"`
+	Spec image.Spec `json:"spec"`
 	// Source is "network" (the mirror's listing) or "cache" (the serials
 	// the cache has records of, when the listing cannot be read).
 	Source  string       `json:"source"`
@@ -267,7 +267,7 @@ type serialsOutput struct {
 }
 
 func (c *catalogCmd) serials(ctx context.Context, distro, version string) error {
-	spec, err := c.cat.Canonical(catalog.ImageSpec{Distro: distro, Version: version, Arch: c.arch})
+	spec, err := c.cat.Canonical(image.Spec{Distro: distro, Version: version, Arch: c.arch})
 	if err != nil {
 		return err
 	}
@@ -349,7 +349,7 @@ func (c *catalogCmd) serials(ctx context.Context, distro, version string) error 
 }
 
 // noSerials reports a version whose catalog entry has no serials.
-func (c *catalogCmd) noSerials(ctx context.Context, spec catalog.ImageSpec) error {
+func (c *catalogCmd) noSerials(ctx context.Context, spec image.Spec) error {
 	roots, err := c.cat.Roots(spec)
 	if err != nil {
 		return err
@@ -358,9 +358,9 @@ func (c *catalogCmd) noSerials(ctx context.Context, spec catalog.ImageSpec) erro
 	cached := err == nil && c.present(ctx, rec)
 	if c.asJSON {
 		return c.printJSON(struct {
-			Spec    catalog.ImageSpec `json:"spec"`
-			Serials []serialInfo      `json:"serials"`
-			Cached  bool              `json:"cached"`
+			Spec    image.Spec   `json:"spec"`
+			Serials []serialInfo `json:"serials"`
+			Cached  bool         `json:"cached"`
 		}{spec, []serialInfo{}, cached})
 	}
 	fmt.Fprintf(c.stdout, "%s publishes no serials: each resolution takes the build published then (cached: %s)\n", spec.Distro, yesNo(cached))
@@ -377,7 +377,7 @@ func (c *catalogCmd) present(ctx context.Context, r catalog.Resolution) bool {
 	return len(r.Assets) > 0
 }
 
-func (c *catalogCmd) codename(spec catalog.ImageSpec) string {
+func (c *catalogCmd) codename(spec image.Spec) string {
 	in, err := c.cat.Entry(spec.Distro)
 	if err != nil {
 		return ""

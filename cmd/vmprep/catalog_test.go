@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -22,7 +23,7 @@ func runOK(t *testing.T, args ...string) (string, string) {
 }
 
 func TestCatalogCommandAndSerials(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchARM64), testmirror.WithSerials("20260901", "20260926"),
+	m := testmirror.New(t, testmirror.WithArches(image.ArchARM64), testmirror.WithSerials("20260901", "20260926"),
 		testmirror.WithDiskSize(4<<20, 256<<10), testmirror.WithKernelSize(8<<10, 8<<10))
 	cache := t.TempDir()
 	src := []string{"--cache-dir", cache, "--mirror", m.URL, "--keyring", m.KeyringFile(), "--arch", "arm64"}

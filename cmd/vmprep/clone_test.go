@@ -10,12 +10,12 @@ import (
 	"testing"
 
 	"github.com/vmprep/vmprep/internal/testmirror"
-	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/clone"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 func TestCloneCommand(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchARM64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchARM64))
 	cache := t.TempDir()
 	vms := t.TempDir()
 	prep := []string{"--cache-dir", cache, "--mirror", m.URL, "--keyring", m.KeyringFile(), "--arch", "arm64"}

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/vmprep/vmprep/internal/pipeline"
 )
 

@@ -10,7 +10,7 @@ import (
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -19,7 +19,7 @@ import (
 // the consumer that holds work with no process. serve's "resolver" runs the
 // collector, as the resolver binary does, so only the fetcher is missing.
 func TestMissingStageIsNamed(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	r := startServe(t, "--listen", "127.0.0.1:0", "--stages", "resolver,verifier,converter", "--mirror", m.URL, "--keyring", m.KeyringFile())
 	url := r.url(t)
 

@@ -8,9 +8,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/testmirror"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -25,7 +26,7 @@ func runOut(t *testing.T, args ...string) (code int, stdout, stderr string) {
 // vmprep serve deployment: a prepared request, the deployment overview with
 // its live processes, and a poison message through ls, show and replay.
 func TestStatusAndDeadCommands(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	r := startServe(t, "--mirror", m.URL, "--keyring", m.KeyringFile())
 	url := r.url(t)
 	if code, _, stderr := runOut(t, "prepare", "--nats", url, "--request-id", "r-cmd", "--arch", "amd64", "--format", "qcow2", "ubuntu", "24.04"); code != 0 {

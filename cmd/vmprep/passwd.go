@@ -9,9 +9,10 @@ import (
 	"os"
 	"strings"
 
-	"github.com/vmprep/vmprep/internal/cli"
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/term"
+
+	"github.com/vmprep/vmprep/internal/cli"
 )
 
 // defaultBcryptCost is the cost nats-server's own tooling uses (nats

@@ -6,18 +6,20 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/vmprep/vmprep/pkg/stage"
 	"io"
 	"os"
 	"runtime"
 	"strings"
 	"time"
 
+	"github.com/vmprep/vmprep/pkg/image"
+	"github.com/vmprep/vmprep/pkg/stage"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/internal/redact"
-	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/embedded"
 	"github.com/vmprep/vmprep/pkg/messages"
@@ -28,11 +30,11 @@ import (
 
 // defaultFormat is what the host's usual hypervisor boots: Apple
 // Virtualization.framework needs raw; Cloud Hypervisor and QEMU take qcow2.
-func defaultFormat() catalog.DiskFormat {
+func defaultFormat() image.DiskFormat {
 	if runtime.GOOS == "darwin" {
-		return catalog.FormatRaw
+		return image.FormatRaw
 	}
-	return catalog.FormatQCOW2
+	return image.FormatQCOW2
 }
 
 // parseInterleaved parses flags that may come before or after positional
@@ -83,9 +85,9 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return 2
 	}
 	pmode = pmode.resolve(stderr, *asJSON)
-	spec := catalog.ImageSpec{Distro: pos[0], Version: pos[1], Serial: *serial}
+	spec := image.Spec{Distro: pos[0], Version: pos[1], Serial: *serial}
 	if *arch != "" {
-		a, err := catalog.ParseArch(*arch)
+		a, err := image.ParseArch(*arch)
 		if err != nil {
 			fmt.Fprintf(stderr, "vmprep prepare: --arch: %v\n", err)
 			return 2
@@ -96,7 +98,7 @@ func runPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "vmprep prepare: %v\n", err)
 		return 2
 	}
-	req := messages.PrepareRequest{RequestID: *requestID, Spec: spec, Format: catalog.DiskFormat(*format), Target: *target}
+	req := messages.PrepareRequest{RequestID: *requestID, Spec: spec, Format: image.DiskFormat(*format), Target: *target}
 	if *target != "" && conn.NATSURL == "" {
 		fmt.Fprintln(stderr, "vmprep prepare: --target needs --nats (a deployment with converters on other hosts)")
 		return 2
@@ -279,7 +281,7 @@ func newPrepareFlags(name string, stderr io.Writer) (*flag.FlagSet, *prepareFlag
 
 // reportResult prints a result — its paths, or JSON — and returns the exit
 // status: 0 when prepared, else 1 with the cause on stderr.
-func reportResult(stdout, stderr io.Writer, res messages.Result, spec catalog.ImageSpec, asJSON bool) int {
+func reportResult(stdout, stderr io.Writer, res messages.Result, spec image.Spec, asJSON bool) int {
 	if res.Status != messages.ResultPrepared {
 		cause := "failed without a reason"
 		if res.Failure != nil {
@@ -335,7 +337,7 @@ func interrupted(stderr io.Writer, dep **embedded.Deployment, id string) int {
 	return 130
 }
 
-func specLabel(s catalog.ImageSpec) string { return s.String() }
+func specLabel(s image.Spec) string { return s.String() }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
@@ -348,7 +350,7 @@ func printResult(w io.Writer, r messages.Result) {
 	if r.Disk == "" {
 		// No one host holds every file (they are objects in the store, or
 		// on several hosts): say where each one is.
-		for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
+		for _, role := range []image.Role{image.RoleKernel, image.RoleInitramfs, image.RoleDisk} {
 			if f, ok := r.Files[role]; ok {
 				fmt.Fprintf(w, "%-11s %s\n", string(role)+":", fileWhere(f))
 			}
@@ -444,7 +446,7 @@ func localize(ctx context.Context, cl *client.Client, cacheDir string, res messa
 		return res, fmt.Errorf("the deployment's object store: %w", err)
 	}
 	bars := newProgressView(ctx, stderr, specLabel(res.Image()), pmode)
-	p := &place.Placer{Store: st, Objects: objs, Progress: func(step string, role catalog.Role, done, total int64) {
+	p := &place.Placer{Store: st, Objects: objs, Progress: func(step string, role image.Role, done, total int64) {
 		bars.update(messages.Progress{RequestID: res.RequestID, Stage: "client", Step: step, Asset: role, Done: done, Total: total})
 	}}
 	out, err := p.Localize(ctx, res, place.HostName())

@@ -10,12 +10,12 @@ import (
 	"testing"
 
 	"github.com/vmprep/vmprep/internal/testmirror"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
 func TestPrepareCommand(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchARM64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchARM64))
 	cache := t.TempDir()
 	base := []string{"prepare", "--cache-dir", cache, "--mirror", m.URL, "--keyring", m.KeyringFile()}
 
@@ -122,7 +122,7 @@ func TestPrepareFlagsFromEnvironment(t *testing.T) {
 // keeps what an id was used for), and so does a resolution too old for
 // --resolution-max-age.
 func TestWarmPrepareStartsNoServer(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	cache := t.TempDir()
 	base := []string{"prepare", "--cache-dir", cache, "--mirror", m.URL, "--keyring", m.KeyringFile(), "--arch", "amd64", "--format", "raw", "--json"}
 	prep := func(extra ...string) map[string]any {
@@ -217,7 +217,7 @@ func TestRequestLine(t *testing.T) {
 // other trust roots. The same mirror and keyring are still answered warm,
 // without the server or the network.
 func TestPrepareCacheBoundToTrustRoots(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(4<<20, 256<<10), testmirror.WithKernelSize(8<<10, 8<<10))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(4<<20, 256<<10), testmirror.WithKernelSize(8<<10, 8<<10))
 	cache := t.TempDir()
 	js := filepath.Join(cache, "jetstream")
 	prep := func(wantOK bool, args ...string) (map[string]any, string) {
@@ -277,9 +277,9 @@ func TestPrintResultSaysWhereFilesAre(t *testing.T) {
 	obj := func(hex string) *messages.ObjectRef {
 		return &messages.ObjectRef{Bucket: "vmprep", Name: "sha256/" + hex}
 	}
-	res := messages.Result{Status: messages.ResultPrepared, DiskFormat: catalog.FormatQCOW2, Files: map[catalog.Role]messages.File{
-		catalog.RoleKernel: {Object: obj("aa")},
-		catalog.RoleDisk:   {Object: obj("bb"), Format: catalog.FormatQCOW2},
+	res := messages.Result{Status: messages.ResultPrepared, DiskFormat: image.FormatQCOW2, Files: map[image.Role]messages.File{
+		image.RoleKernel: {Object: obj("aa")},
+		image.RoleDisk:   {Object: obj("bb"), Format: image.FormatQCOW2},
 	}}
 	var out strings.Builder
 	printResult(&out, res)
@@ -298,7 +298,7 @@ func TestPrintResultSaysWhereFilesAre(t *testing.T) {
 // asks again, as it asks, and succeeds. Three 503s used to lose the run
 // (each step was tried 3 times, 1 s and 2 s apart).
 func TestPrepareRidesOutABusyServer(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchARM64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchARM64))
 	dir := m.VersionDir("ubuntu", "24.04")
 	m.SetFault(dir, testmirror.Fault{Status: http.StatusServiceUnavailable, RetryAfter: "1", Times: 4})
 	var stdout, stderr bytes.Buffer

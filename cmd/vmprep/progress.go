@@ -11,10 +11,11 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/vmprep/vmprep/internal/cli"
-	"github.com/vmprep/vmprep/pkg/catalog"
-	"github.com/vmprep/vmprep/pkg/messages"
 	"golang.org/x/term"
+
+	"github.com/vmprep/vmprep/internal/cli"
+	"github.com/vmprep/vmprep/pkg/image"
+	"github.com/vmprep/vmprep/pkg/messages"
 )
 
 // progressView shows a request on a terminal, one line per step and asset:
@@ -52,7 +53,7 @@ const (
 
 type progressRow struct {
 	step  string
-	asset catalog.Role
+	asset image.Role
 	state int
 
 	done, total int64

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -36,7 +36,7 @@ func (pv *progressView) lines() []string {
 
 const mib = 1 << 20
 
-func fetchEvent(role catalog.Role, done, total int64, rate float64) messages.Progress {
+func fetchEvent(role image.Role, done, total int64, rate float64) messages.Progress {
 	return messages.Progress{RequestID: "r", Stage: messages.StageFetcher, Step: messages.StepFetch, Asset: role, Done: done, Total: total, BytesPerSecond: rate}
 }
 
@@ -60,11 +60,11 @@ func columns(t *testing.T, line string) []int {
 // and the earlier line is drawn exactly as before.
 func TestProgressColumnsStayPut(t *testing.T) {
 	pv, _, c := testView(200)
-	pv.update(fetchEvent(catalog.RoleKernel, 3*mib, 14*mib, 900*1024))
+	pv.update(fetchEvent(image.RoleKernel, 3*mib, 14*mib, 900*1024))
 	before := pv.lines()
 	c.Advance(time.Second)
-	pv.update(fetchEvent(catalog.RoleDisk, 1000*mib+512*1024, 3584*mib, 1023*mib))
-	pv.update(fetchEvent(catalog.RoleInitramfs, 12, 60*mib, 1.5))
+	pv.update(fetchEvent(image.RoleDisk, 1000*mib+512*1024, 3584*mib, 1023*mib))
+	pv.update(fetchEvent(image.RoleInitramfs, 12, 60*mib, 1.5))
 	after := pv.lines()
 	if len(after) != 3 {
 		t.Fatalf("%d lines, want 3:\n%s", len(after), strings.Join(after, "\n"))
@@ -84,8 +84,8 @@ func TestProgressColumnsStayPut(t *testing.T) {
 // rate; a step whose stage reports no rate (converting) is measured here.
 func TestProgressRateAndTimeLeft(t *testing.T) {
 	pv, _, c := testView(200)
-	pv.update(fetchEvent(catalog.RoleDisk, 10*mib, 20*mib, 2*mib))
-	conv := messages.Progress{RequestID: "r", Stage: messages.StageConverter, Step: messages.StepConvert, Asset: catalog.RoleDisk, Done: 0, Total: 100 * mib}
+	pv.update(fetchEvent(image.RoleDisk, 10*mib, 20*mib, 2*mib))
+	conv := messages.Progress{RequestID: "r", Stage: messages.StageConverter, Step: messages.StepConvert, Asset: image.RoleDisk, Done: 0, Total: 100 * mib}
 	pv.update(conv)
 	c.Advance(2 * time.Second)
 	conv.Done = 8 * mib
@@ -103,7 +103,7 @@ func TestProgressRateAndTimeLeft(t *testing.T) {
 	}
 	// A finished step says so and how long it took; rate and time left go.
 	c.Advance(3 * time.Second)
-	pv.update(fetchEvent(catalog.RoleDisk, 20*mib, 20*mib, 2*mib))
+	pv.update(fetchEvent(image.RoleDisk, 20*mib, 20*mib, 2*mib))
 	done := pv.lines()[0]
 	if !strings.Contains(done, "100% ") || !strings.Contains(done, "done 5.0s") || strings.Contains(done, "ETA") || strings.Contains(done, "MiB/s") {
 		t.Errorf("finished line %q", done)
@@ -134,8 +134,8 @@ func TestProgressShowsResolveVerifyAndRetries(t *testing.T) {
 	if l := pv.lines()[0]; !strings.HasSuffix(l, "retry 2 of 3 now") {
 		t.Errorf("retry due: %q", l)
 	}
-	pv.update(fetchEvent(catalog.RoleDisk, 0, 4*mib, 0))
-	pv.update(messages.Progress{RequestID: "r", Stage: messages.StageFetcher, Step: messages.StepFetch, Asset: catalog.RoleDisk,
+	pv.update(fetchEvent(image.RoleDisk, 0, 4*mib, 0))
+	pv.update(messages.Progress{RequestID: "r", Stage: messages.StageFetcher, Step: messages.StepFetch, Asset: image.RoleDisk,
 		Retrying: "HTTP 503\nService Unavailable", RetryInSeconds: 1})
 	lines = pv.lines()
 	if len(lines) != 3 || lines[0] != "resolve ubuntu 24.04 amd64  done 2.5s" {
@@ -144,8 +144,8 @@ func TestProgressShowsResolveVerifyAndRetries(t *testing.T) {
 	if lines[1] != "fetch   disk      [          ]   0%      0 B / 4.00 MiB  retry in 1s" || lines[2] != "        HTTP 503 Service Unavailable" {
 		t.Errorf("fetch retry:\n%s", strings.Join(lines, "\n"))
 	}
-	pv.update(fetchEvent(catalog.RoleDisk, 4*mib, 4*mib, 0))
-	pv.update(messages.Progress{RequestID: "r", Stage: messages.StageVerifier, Step: messages.StepVerify, Asset: catalog.RoleDisk, Total: 4 * mib})
+	pv.update(fetchEvent(image.RoleDisk, 4*mib, 4*mib, 0))
+	pv.update(messages.Progress{RequestID: "r", Stage: messages.StageVerifier, Step: messages.StepVerify, Asset: image.RoleDisk, Total: 4 * mib})
 	lines = pv.lines()
 	if len(lines) != 3 || strings.Contains(lines[1], "retry") || !strings.HasPrefix(lines[2], "verify  disk      [          ]   0%      0 B / 4.00 MiB") {
 		t.Errorf("after the retry, then verifying:\n%s", strings.Join(lines, "\n"))
@@ -178,7 +178,7 @@ func TestCompactSize(t *testing.T) {
 // that none wraps.
 func TestProgressPaintsInPlace(t *testing.T) {
 	pv, buf, _ := testView(60)
-	pv.update(fetchEvent(catalog.RoleKernel, mib, 2*mib, mib))
+	pv.update(fetchEvent(image.RoleKernel, mib, 2*mib, mib))
 	pv.mu.Lock()
 	pv.paintLocked()
 	pv.mu.Unlock()
@@ -186,7 +186,7 @@ func TestProgressPaintsInPlace(t *testing.T) {
 	if strings.Contains(first, "\x1b[1A") || strings.Count(first, "\x1b[2K") != 1 || strings.Count(first, "\n") != 1 {
 		t.Errorf("first paint %q", first)
 	}
-	pv.update(fetchEvent(catalog.RoleDisk, mib, 2*mib, mib))
+	pv.update(fetchEvent(image.RoleDisk, mib, 2*mib, mib))
 	buf.Reset()
 	pv.mu.Lock()
 	pv.paintLocked()
@@ -207,7 +207,7 @@ func TestProgressPaintsInPlace(t *testing.T) {
 func TestProgressDisabled(t *testing.T) {
 	var buf bytes.Buffer
 	pv := newProgressView(context.Background(), &buf, "ubuntu 24.04 amd64", progressNone)
-	pv.update(fetchEvent(catalog.RoleDisk, 1, 2, 1))
+	pv.update(fetchEvent(image.RoleDisk, 1, 2, 1))
 	pv.finish(true)
 	if buf.Len() != 0 {
 		t.Errorf("drew %q", buf.String())

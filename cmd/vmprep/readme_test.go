@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/testmirror"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // natsCLIVersion is the nats CLI the README's recipe is checked with.
@@ -78,7 +78,7 @@ func TestReadmeNatsCLIRecipe(t *testing.T) {
 	}
 	nats := natsCLI(t)
 	script := readmeBlock(t, "With the `nats` CLI", "sh")
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64, catalog.ArchARM64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64, image.ArchARM64))
 	url := startServe(t, "--listen", "127.0.0.1:0", "--mirror", m.URL, "--keyring", m.KeyringFile()).url(t)
 
 	// Once cold, then warm: a warm deployment answers before a subscriber
@@ -123,7 +123,7 @@ func TestReadmePythonRecipe(t *testing.T) {
 		t.Skipf("nats-py is not installed (pip install nats-py): %s", lines[len(lines)-1])
 	}
 	script := readmeBlock(t, "### From Python (nats-py)", "python")
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64, catalog.ArchARM64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64, image.ArchARM64))
 	url := startServe(t, "--listen", "127.0.0.1:0", "--mirror", m.URL, "--keyring", m.KeyringFile()).url(t)
 	script = strings.Replace(script, "nats://127.0.0.1:4222", url, 1)
 

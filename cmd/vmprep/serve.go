@@ -5,15 +5,17 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/vmprep/vmprep/internal/version"
 	"io"
 	"net"
 	"path/filepath"
 	"slices"
 	"sync/atomic"
 
+	"github.com/vmprep/vmprep/internal/version"
+
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/internal/metrics"
 	"github.com/vmprep/vmprep/internal/natsembed"

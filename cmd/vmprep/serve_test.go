@@ -15,7 +15,7 @@ import (
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -179,7 +179,7 @@ func TestServeConfigFile(t *testing.T) {
 	for k, v := range map[string]string{"VMPREP_TLS_CERT": cert, "VMPREP_TLS_KEY": key, "VMPREP_TLS_CA": ca.CertFile, "NATS_CA": ca.CertFile} {
 		t.Setenv(k, v)
 	}
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	r := startServe(t, "--config", filepath.Join("..", "..", "deploy", "nats-server.conf"), "--listen", "127.0.0.1:0",
 		"--user", "admin", "--password-file", writeFile(t, "admin-pw", "admin-"+t.Name()+"\n"),
 		"--mirror", m.URL, "--keyring", m.KeyringFile(), "--metrics-listen", "127.0.0.1:0")
@@ -215,8 +215,8 @@ func TestServeConfigFile(t *testing.T) {
 		}
 	}
 	var want int64
-	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
-		want += m.BytesServed(m.Path("ubuntu", "24.04", catalog.ArchAMD64, role))
+	for _, role := range []image.Role{image.RoleKernel, image.RoleInitramfs, image.RoleDisk} {
+		want += m.BytesServed(m.Path("ubuntu", "24.04", image.ArchAMD64, role))
 	}
 	if v, _ := got.Value("vmprep_origin_bytes_total"); int64(v) != want {
 		t.Errorf("vmprep_origin_bytes_total = %v, want %d (what the mirror served)", v, want)
@@ -248,7 +248,7 @@ tls {
 		t.Errorf("serve's URL %q does not say tls://", url)
 	}
 
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	ctx, cancel := context.WithCancel(context.Background())
 	stageLog := &testutil.LockedBuffer{}
 	stageDone := make(chan int, 1)

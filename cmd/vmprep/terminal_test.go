@@ -16,9 +16,10 @@ import (
 	"time"
 
 	"github.com/creack/pty"
+
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // onTerminal is a child process whose stdout and stderr are a
@@ -132,8 +133,8 @@ func TestOfflineRunShowsWhatIsHappening(t *testing.T) {
 // KiB were shown: they were still in a buffer), and the next run resumes
 // from there instead of downloading the disk again.
 func TestInterruptStopsAndKeepsWhatWasShown(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 16<<20))
-	disk := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(64<<20, 16<<20))
+	disk := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 	size := int64(len(m.Content(disk)))
 	m.Throttle(256 << 10) // the rest takes longer than the bound below
 	cache := t.TempDir()
@@ -231,7 +232,7 @@ func lastShownFetched(t *testing.T, out, asset string) int64 {
 // while a download runs, without escape sequences; --progress none prints
 // none, and a wrong --progress is refused.
 func TestProgressWithoutTerminal(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 16<<20))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(64<<20, 16<<20))
 	m.Throttle(2 << 20) // a few seconds for the disk: several progress lines
 	prepare := func(extra ...string) (string, error) {
 		args := append([]string{"prepare", "--cache-dir", t.TempDir(), "--mirror", m.URL, "--keyring", m.KeyringFile(), "--arch", "amd64"}, extra...)
@@ -297,8 +298,8 @@ func TestProgressWithoutTerminal(t *testing.T) {
 // … gave up after 4 attempts" without saying the cached file was corrupt.
 // Both runs now say that the cached copy was corrupt and where it went.
 func TestCorruptCachedFileIsSaid(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
-	disk := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
+	disk := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 	cache := t.TempDir()
 	prepare := func() (stdout, stderr string, err error) {
 		cmd := vmprepCommand(t, "prepare", "--cache-dir", cache, "--mirror", m.URL, "--keyring", m.KeyringFile(), "--arch", "amd64", "--format", "qcow2", "ubuntu", "24.04")

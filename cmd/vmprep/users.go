@@ -14,10 +14,11 @@ import (
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"golang.org/x/crypto/bcrypt"
 )
 
 // The lines of deploy/nats/auth.conf between which the converter hosts'

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/lmittmann/tint"
+
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/download"

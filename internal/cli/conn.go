@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
 	"github.com/vmprep/vmprep/internal/redact"
 )
 

@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -313,7 +313,7 @@ func (r *PrepareRun) Usage() (peakRSS int64, cpu time.Duration) {
 }
 
 // Prepare starts `vmprep prepare` against the cluster.
-func (c *Cluster) Prepare(arch catalog.Arch, format catalog.DiskFormat, extra ...string) *PrepareRun {
+func (c *Cluster) Prepare(arch image.Arch, format image.DiskFormat, extra ...string) *PrepareRun {
 	r := &PrepareRun{done: make(chan error, 1)}
 	args := append([]string{"prepare", "--nats", c.NATS, "--json", "--arch", string(arch), "--format", string(format)}, extra...)
 	r.cmd = exec.Command(filepath.Join(c.Bin, "vmprep"), append(args, "ubuntu", "24.04")...)

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // Bucket is the object bucket the multi-host tests use (--store nats:Bucket).
@@ -124,7 +124,7 @@ func (h *Host) Stage(name string, extra ...string) *Proc {
 
 // Prepare runs `vmprep prepare --nats … --json` on the host, its cache at
 // MountPoint.
-func (h *Host) Prepare(arch catalog.Arch, format catalog.DiskFormat, extra ...string) *PrepareRun {
+func (h *Host) Prepare(arch image.Arch, format image.DiskFormat, extra ...string) *PrepareRun {
 	r := &PrepareRun{done: make(chan error, 1)}
 	args := append([]string{"prepare", "--nats", h.c.NATS, "--cache-dir", h.c.MountPoint(), "--json",
 		"--arch", string(arch), "--format", string(format)}, extra...)

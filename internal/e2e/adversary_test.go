@@ -13,9 +13,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
 	"github.com/vmprep/vmprep/internal/cluster"
-	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/objectstore"
 )
@@ -81,7 +82,7 @@ func forgeBobsResult(t *testing.T, relay func(ctx context.Context, nc *nats.Conn
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	bobCache := t.TempDir()
-	run := d.c.Prepare(catalog.ArchAMD64, catalog.FormatRaw, append(d.as("bob")[2:], "--cache-dir", bobCache, "--timeout", "30s")...)
+	run := d.c.Prepare(image.ArchAMD64, image.FormatRaw, append(d.as("bob")[2:], "--cache-dir", bobCache, "--timeout", "30s")...)
 
 	fnc, fjs, ferrs := d.connect("fetcher")
 	// The work it is given names bob's request.
@@ -107,7 +108,7 @@ func forgeBobsResult(t *testing.T, relay func(ctx context.Context, nc *nats.Conn
 		t.Fatalf("the fetcher may put objects: %v", err)
 	}
 	forged := messages.Result{Namespace: "bob", RequestID: ev.RequestID, Status: messages.ResultPrepared, Spec: ev.Spec, Format: ev.Format,
-		Files: map[catalog.Role]messages.File{catalog.RoleDisk: {Digest: evilDigest, Size: int64(len(evil)), Format: catalog.FormatRaw,
+		Files: map[image.Role]messages.File{image.RoleDisk: {Digest: evilDigest, Size: int64(len(evil)), Format: image.FormatRaw,
 			Object: &messages.ObjectRef{Bucket: cluster.Bucket, Name: objectstore.Name(evilDigest), Size: int64(len(evil))}}},
 		Signer: "EEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEE", CompletedAt: time.Now()}
 	data, err := messages.Encode(messages.TypeResult, &forged)

@@ -6,7 +6,7 @@ import (
 
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -15,19 +15,19 @@ import (
 // qemu-img's conversion of the mirror's). local maps a result's path to
 // where this test can read that file — the host it is valid on — or fails
 // the test when the path is not where it must be.
-func checkPrepared(t *testing.T, who string, m *testmirror.Mirror, version string, arch catalog.Arch, res messages.Result, local func(path string) string) {
+func checkPrepared(t *testing.T, who string, m *testmirror.Mirror, version string, arch image.Arch, res messages.Result, local func(path string) string) {
 	t.Helper()
 	if res.Status != messages.ResultPrepared {
 		t.Fatalf("%s: status %s: %+v", who, res.Status, res.Failure)
 	}
-	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
+	for _, role := range []image.Role{image.RoleKernel, image.RoleInitramfs, image.RoleDisk} {
 		f, ok := res.Files[role]
 		if !ok {
 			t.Fatalf("%s: no %s in %+v", who, role, res.Files)
 		}
 		rel := m.Path("ubuntu", version, arch, role)
 		want := m.Digest(rel).Hex
-		if role == catalog.RoleDisk && res.DiskFormat == catalog.FormatRaw {
+		if role == image.RoleDisk && res.DiskFormat == image.FormatRaw {
 			want = testutil.QemuRawSHA256(t, filepath.Join(m.Dir, filepath.FromSlash(rel)))
 		}
 		if got := testutil.FileSHA256(t, local(f.Path)); got != want {

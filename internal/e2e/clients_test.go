@@ -9,7 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/vmprep/vmprep/pkg/catalog"
+
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -29,10 +30,10 @@ func TestClientsCannotRelayOrEnumerate(t *testing.T) {
 
 	// Her prepare works: one for herself (she pulls and converts), and one
 	// that bob makes first, so that some other namespace has request ids.
-	bobRes := c.Prepare(catalog.ArchAMD64, catalog.FormatQCOW2, append(as("bob")[2:], "--cache-dir", t.TempDir())...).Result(t, 3*time.Minute)
+	bobRes := c.Prepare(image.ArchAMD64, image.FormatQCOW2, append(as("bob")[2:], "--cache-dir", t.TempDir())...).Result(t, 3*time.Minute)
 	aliceCache := t.TempDir()
-	res := c.Prepare(catalog.ArchAMD64, catalog.FormatRaw, append(as("alice")[2:], "--cache-dir", aliceCache)...).Result(t, 3*time.Minute)
-	checkPrepared(t, "alice", d.m, "24.04", catalog.ArchAMD64, res, under(t, aliceCache))
+	res := c.Prepare(image.ArchAMD64, image.FormatRaw, append(as("alice")[2:], "--cache-dir", aliceCache)...).Result(t, 3*time.Minute)
+	checkPrepared(t, "alice", d.m, "24.04", image.ArchAMD64, res, under(t, aliceCache))
 
 	bobProgress := messages.ProgressSubjectIn("bob", bobRes.RequestID)
 	push := func(stream, filter string) func(context.Context, *nats.Conn) error {

@@ -21,12 +21,13 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/internal/lease"
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/stage"
 )
@@ -352,7 +353,7 @@ networks:
 		t.Errorf("a rogue server on the compose network received %q on %s", m.Data, m.Subject)
 	}
 
-	prepare := func(version string, arch catalog.Arch, format catalog.DiskFormat, extra ...string) *clientRun {
+	prepare := func(version string, arch image.Arch, format image.DiskFormat, extra ...string) *clientRun {
 		r := &clientRun{done: make(chan error, 1)}
 		id := fmt.Sprintf("compose-%d", len(requests)+1)
 		requests = append(requests, id)
@@ -373,11 +374,11 @@ networks:
 
 	// 1. alice prepares a raw image for herself: the stages fetch and verify
 	// into the bucket, her vmprep pulls and converts.
-	res := prepare("24.04", catalog.ArchAMD64, catalog.FormatRaw).result(t, timeout)
-	checkPrepared(t, "alice", m, "24.04", catalog.ArchAMD64, res, onHost)
+	res := prepare("24.04", image.ArchAMD64, image.FormatRaw).result(t, timeout)
+	checkPrepared(t, "alice", m, "24.04", image.ArchAMD64, res, onHost)
 
 	// 2. The same image, raw, for host1: converted there, into host1's volume.
-	res = prepare("24.04", catalog.ArchAMD64, catalog.FormatRaw, "--target", "host1").result(t, timeout)
+	res = prepare("24.04", image.ArchAMD64, image.FormatRaw, "--target", "host1").result(t, timeout)
 	if res.Host != "host1" {
 		t.Fatalf("targeted result names host %q, want host1", res.Host)
 	}
@@ -397,18 +398,18 @@ networks:
 		}
 	}
 	host1 := p.container("converter-host1", 1)
-	checkPrepared(t, "alice", m, "24.04", catalog.ArchAMD64, res, copyOut(host1))
+	checkPrepared(t, "alice", m, "24.04", image.ArchAMD64, res, copyOut(host1))
 
 	// 3. nats2 stops while a download runs: the request completes, and so
 	// does the next one (new downloads, two nodes of three).
 	m.Throttle(1 << 20)
-	disk := m.Path("ubuntu", "24.04", catalog.ArchARM64, catalog.RoleDisk)
-	run := prepare("24.04", catalog.ArchARM64, catalog.FormatRaw)
+	disk := m.Path("ubuntu", "24.04", image.ArchARM64, image.RoleDisk)
+	run := prepare("24.04", image.ArchARM64, image.FormatRaw)
 	poll(t, "the arm64 disk's download to start", timeout, func() bool { return m.BytesServed(disk) > 0 })
 	p.run("stop", "-t", "5", "nats2")
-	checkPrepared(t, "alice", m, "24.04", catalog.ArchARM64, run.result(t, timeout), onHost)
-	res = prepare("22.04", catalog.ArchAMD64, catalog.FormatQCOW2).result(t, timeout)
-	checkPrepared(t, "alice", m, "22.04", catalog.ArchAMD64, res, onHost)
+	checkPrepared(t, "alice", m, "24.04", image.ArchARM64, run.result(t, timeout), onHost)
+	res = prepare("22.04", image.ArchAMD64, image.FormatQCOW2).result(t, timeout)
+	checkPrepared(t, "alice", m, "22.04", image.ArchAMD64, res, onHost)
 	p.run("start", "nats2")
 
 	// 4. The fetcher that downloads is cut off the network (the lease on the
@@ -429,8 +430,8 @@ networks:
 	for i := 1; i <= 2; i++ {
 		fetcherHosts[docker(t, "inspect", "--format", "{{.Config.Hostname}}", p.container("fetcher", i))] = i
 	}
-	disk = m.Path("ubuntu", "22.04", catalog.ArchARM64, catalog.RoleDisk)
-	run = prepare("22.04", catalog.ArchARM64, catalog.FormatRaw, "--target", "host2")
+	disk = m.Path("ubuntu", "22.04", image.ArchARM64, image.RoleDisk)
+	run = prepare("22.04", image.ArchARM64, image.FormatRaw, "--target", "host2")
 	cut := 0
 	poll(t, "a fetcher to take the lease on the 22.04 arm64 disk", timeout, func() bool {
 		select {
@@ -466,7 +467,7 @@ networks:
 	if res.Host != "host2" {
 		t.Fatalf("targeted result names host %q, want host2", res.Host)
 	}
-	checkPrepared(t, "alice", m, "22.04", catalog.ArchARM64, res, copyOut(p.container("converter-host2", 1)))
+	checkPrepared(t, "alice", m, "22.04", image.ArchARM64, res, copyOut(p.container("converter-host2", 1)))
 	// Back on the network with another address, as a host that comes back
 	// from an outage with a new lease: its old connection is dead without a
 	// word (what it sends leaves from an address that is gone, what the
@@ -499,7 +500,7 @@ networks:
 	// in host1's consumer; back with another address, host1's converter
 	// notices its dead connection, reconnects and does the work.
 	docker(t, "network", "disconnect", network, host1)
-	run = prepare("24.04", catalog.ArchARM64, catalog.FormatRaw, "--target", "host1")
+	run = prepare("24.04", image.ArchARM64, image.FormatRaw, "--target", "host1")
 	poll(t, "work for host1 in its consumer", timeout, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -515,7 +516,7 @@ networks:
 	if res.Host != "host1" {
 		t.Fatalf("targeted result names host %q, want host1", res.Host)
 	}
-	checkPrepared(t, "alice", m, "24.04", catalog.ArchARM64, res, copyOut(host1))
+	checkPrepared(t, "alice", m, "24.04", image.ArchARM64, res, copyOut(host1))
 	metrics["converter-host1/1"] = p.port("converter-host1", 1, 9102)
 	poll(t, "host1's /healthz", time.Minute, func() bool { return healthy(metrics["converter-host1/1"]) })
 

@@ -17,11 +17,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/vmprep/vmprep/internal/cluster"
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -84,7 +85,7 @@ func TestStageConsumersOwnOnly(t *testing.T) {
 	bin := cluster.Build(t)
 	confs := deployWithHosts(t, bin, passwords, pwFiles, "mac1", "mac2")
 	c, _ := cluster.NewNATSClusterFromConfigs(t, bin, confs)
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(32<<20, 8<<20))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(32<<20, 8<<20))
 	as := func(user string) []string {
 		return []string{"--nats", c.NATS, "--user", user, "--password-file", pwFiles[user]}
 	}
@@ -184,11 +185,11 @@ func TestStageConsumersOwnOnly(t *testing.T) {
 		c.Start("verifier", stageArgs("verifier")...),
 		c.Start("converter", append(as("converter_mac1"), "--store", "nats:"+cluster.Bucket, "--cache-dir", mac1Cache, "--target", "mac1")...),
 	}
-	res := c.Prepare(catalog.ArchAMD64, catalog.FormatRaw, append(as("alice")[2:], "--cache-dir", t.TempDir(), "--target", "mac1")...).Result(t, 3*time.Minute)
+	res := c.Prepare(image.ArchAMD64, image.FormatRaw, append(as("alice")[2:], "--cache-dir", t.TempDir(), "--target", "mac1")...).Result(t, 3*time.Minute)
 	if res.Status != messages.ResultPrepared || res.Host != "mac1" {
 		t.Fatalf("a request targeted at mac1: %+v", res)
 	}
-	checkPrepared(t, "mac1", m, "24.04", catalog.ArchAMD64, res, under(t, mac1Cache))
+	checkPrepared(t, "mac1", m, "24.04", image.ArchAMD64, res, under(t, mac1Cache))
 	for _, p := range stages {
 		if out := p.Output(); strings.Contains(strings.ToLower(out), "permissions violation") {
 			t.Errorf("%s was refused something it needs:\n%s", p.Name, out)

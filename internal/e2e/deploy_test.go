@@ -13,15 +13,17 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.yaml.in/yaml/v3"
+
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/download"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/store"
-	"go.yaml.in/yaml/v3"
 )
 
 // TestDeployNATSConfig runs the pipeline on a single server started from
@@ -48,7 +50,7 @@ func TestDeployNATSConfig(t *testing.T) {
 	}
 	defer srv.Shutdown()
 
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	cat, err := catalog.New(catalog.WithMirror(m.URL), catalog.WithKeyring(m.Keyring()))
 	if err != nil {
 		t.Fatal(err)
@@ -87,7 +89,7 @@ func TestDeployNATSConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	res, err := alice.Prepare(pctx, messages.PrepareRequest{
-		Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}, Format: catalog.FormatQCOW2,
+		Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}, Format: image.FormatQCOW2,
 	})
 	if err != nil {
 		t.Fatalf("prepare as alice: %v", err)

@@ -8,6 +8,7 @@ import (
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/download"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/store"
 )
@@ -27,8 +28,8 @@ func TestGoCallerWithoutNATS(t *testing.T) {
 	res := resolve.New(cat)
 	dl := download.New(download.WithBackoff(10*time.Millisecond, 100*time.Millisecond))
 	ctx := context.Background()
-	for _, arch := range []catalog.Arch{catalog.ArchAMD64, catalog.ArchARM64} {
-		r, err := res.Resolve(ctx, catalog.ImageSpec{Distro: "Ubuntu", Version: "24.04", Arch: arch})
+	for _, arch := range []image.Arch{image.ArchAMD64, image.ArchARM64} {
+		r, err := res.Resolve(ctx, image.Spec{Distro: "Ubuntu", Version: "24.04", Arch: arch})
 		if err != nil {
 			t.Fatalf("resolve %s: %v", arch, err)
 		}
@@ -50,7 +51,7 @@ func TestGoCallerWithoutNATS(t *testing.T) {
 			if got, err := st.Lookup(ctx, a.Digest); err != nil || got.Path != blob.Path {
 				t.Errorf("lookup %s %s: %+v, %v", arch, a.Role, got, err)
 			}
-			if a.Role == catalog.RoleDisk && a.Format != catalog.FormatQCOW2 {
+			if a.Role == image.RoleDisk && a.Format != image.FormatQCOW2 {
 				t.Errorf("%s disk format %q, want qcow2", arch, a.Format)
 			}
 		}

@@ -12,10 +12,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/vmprep/vmprep/internal/cluster"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/objectstore"
 )
@@ -42,7 +44,7 @@ func TestForgedDoneEvents(t *testing.T) {
 	// on vmprep.asset.convert while no converter runs.
 	_, bobJS, _ := connect("bob")
 	const id = "forge-target"
-	req := messages.PrepareRequest{RequestID: id, Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}, Format: catalog.FormatRaw}
+	req := messages.PrepareRequest{RequestID: id, Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}, Format: image.FormatRaw}
 	data, err := messages.Encode(messages.TypePrepareRequest, &req)
 	if err != nil {
 		t.Fatal(err)
@@ -56,9 +58,9 @@ func TestForgedDoneEvents(t *testing.T) {
 	}
 	key := messages.RequestKey("bob", id)
 	var state struct {
-		Resolution *catalog.Resolution                  `json:"resolution"`
-		Done       map[catalog.Role]messages.AssetEvent `json:"done"`
-		Final      *messages.Result                     `json:"final"`
+		Resolution *catalog.Resolution                `json:"resolution"`
+		Done       map[image.Role]messages.AssetEvent `json:"done"`
+		Final      *messages.Result                   `json:"final"`
 	}
 	load := func() uint64 {
 		t.Helper()
@@ -76,7 +78,7 @@ func TestForgedDoneEvents(t *testing.T) {
 		return load() > 0 && state.Resolution != nil && len(state.Done) == 2
 	})
 	rev := load()
-	disk, ok := state.Resolution.Asset(catalog.RoleDisk)
+	disk, ok := state.Resolution.Asset(image.RoleDisk)
 	if !ok {
 		t.Fatal("no disk in the resolution")
 	}
@@ -85,10 +87,10 @@ func TestForgedDoneEvents(t *testing.T) {
 	// changes what an attacker wants changed.
 	evil := digest.Digest{Algorithm: digest.SHA256, Hex: strings.Repeat("e", 64)}
 	genuine := func() messages.AssetEvent {
-		return messages.AssetEvent{Namespace: "bob", RequestID: id, Spec: req.Spec, Resolved: &state.Resolution.Spec, Format: catalog.FormatRaw,
-			Roles: []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk}, Asset: disk, Status: messages.StatusConverted,
+		return messages.AssetEvent{Namespace: "bob", RequestID: id, Spec: req.Spec, Resolved: &state.Resolution.Spec, Format: image.FormatRaw,
+			Roles: []image.Role{image.RoleKernel, image.RoleInitramfs, image.RoleDisk}, Asset: disk, Status: messages.StatusConverted,
 			Object: &messages.ObjectRef{Bucket: cluster.Bucket, Name: objectstore.Name(disk.Digest), Size: disk.Size},
-			Host:   "mac1", Path: "/tmp/attacker/disk.raw", Size: 1 << 20, FileFormat: catalog.FormatRaw}
+			Host:   "mac1", Path: "/tmp/attacker/disk.raw", Size: 1 << 20, FileFormat: image.FormatRaw}
 	}
 	attacker := func(ev messages.AssetEvent) messages.AssetEvent {
 		ev.Asset.Digest, ev.Object = evil, &messages.ObjectRef{Bucket: cluster.Bucket, Name: objectstore.Name(evil), Size: disk.Size}
@@ -96,7 +98,7 @@ func TestForgedDoneEvents(t *testing.T) {
 		return ev
 	}
 	verified := func(ev messages.AssetEvent) messages.AssetEvent {
-		ev.Status, ev.FileFormat, ev.Size = messages.StatusVerified, catalog.FormatRaw, disk.Size
+		ev.Status, ev.FileFormat, ev.Size = messages.StatusVerified, image.FormatRaw, disk.Size
 		return ev
 	}
 	hostless := func(ev messages.AssetEvent) messages.AssetEvent { ev.Host, ev.Path = "", ""; return ev }
@@ -176,7 +178,7 @@ func TestForgedDoneEvents(t *testing.T) {
 			t.Errorf("%s: no dead letter saying %q among %q", f.name, f.reason, reasons)
 		}
 	}
-	if r := load(); r != rev || state.Final != nil || state.Done[catalog.RoleDisk].Status != "" {
+	if r := load(); r != rev || state.Final != nil || state.Done[image.RoleDisk].Status != "" {
 		t.Fatalf("the forgeries changed bob's request state (revision %d → %d): %+v", rev, r, state)
 	}
 	results, err := admin.Stream(ctx, messages.StreamResults)
@@ -201,7 +203,7 @@ func TestForgedDoneEvents(t *testing.T) {
 	for _, a := range state.Resolution.Assets {
 		f := res.Files[a.Role]
 		got := f.Digest
-		if a.Role == catalog.RoleDisk {
+		if a.Role == image.RoleDisk {
 			got = f.DerivedFrom // converted to raw on mac1
 		}
 		if got != a.Digest {
@@ -211,7 +213,7 @@ func TestForgedDoneEvents(t *testing.T) {
 			t.Errorf("%s object %+v", a.Role, f.Object)
 		}
 	}
-	if d := res.Files[catalog.RoleDisk]; d.DerivedFrom != disk.Digest || d.Host != "mac1" || !strings.HasPrefix(d.Path, converterCache+"/") {
+	if d := res.Files[image.RoleDisk]; d.DerivedFrom != disk.Digest || d.Host != "mac1" || !strings.HasPrefix(d.Path, converterCache+"/") {
 		t.Errorf("bob's disk: %+v (want derived from %s, on mac1 under %s)", d, disk.Digest, converterCache)
 	}
 	if res.Signer != disk.Trust.Signer {
@@ -235,7 +237,7 @@ func startDeployment(t *testing.T, stages ...string) deployment {
 	bin := cluster.Build(t)
 	confs := deployWithHosts(t, bin, passwords, pwFiles, "mac1", "mac2")
 	c, _ := cluster.NewNATSClusterFromConfigs(t, bin, confs)
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 16<<20))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(64<<20, 16<<20))
 	as := func(user string) []string {
 		return []string{"--nats", c.NATS, "--user", user, "--password-file", pwFiles[user]}
 	}

@@ -14,10 +14,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/vmprep/vmprep/internal/cluster"
 	"github.com/vmprep/vmprep/internal/testmirror"
-	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/client"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/objectstore"
 )
@@ -40,7 +41,7 @@ func TestDeployHealing(t *testing.T) {
 		confs = append(confs, filepath.Join(deployDir, fmt.Sprintf("node%d.conf", i)))
 	}
 	c, _ := cluster.NewNATSClusterFromConfigs(t, cluster.Build(t), confs)
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(32<<20, 8<<20))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(32<<20, 8<<20))
 	as := func(user string) []string {
 		return []string{"--nats", c.NATS, "--user", user, "--password-file", pwFiles[user]}
 	}
@@ -56,10 +57,10 @@ func TestDeployHealing(t *testing.T) {
 		c.Start("verifier", stageArgs("verifier")...),
 	}
 	prepare := func() *cluster.PrepareRun {
-		return c.Prepare(catalog.ArchAMD64, catalog.FormatQCOW2, append(as("alice")[2:], "--cache-dir", t.TempDir(), "--timeout", "3m")...)
+		return c.Prepare(image.ArchAMD64, image.FormatQCOW2, append(as("alice")[2:], "--cache-dir", t.TempDir(), "--timeout", "3m")...)
 	}
 	first := prepare().Result(t, 3*time.Minute)
-	checkPrepared(t, "alice", m, "24.04", catalog.ArchAMD64, first, func(p string) string { return p })
+	checkPrepared(t, "alice", m, "24.04", image.ArchAMD64, first, func(p string) string { return p })
 
 	connect := func(user string, errs chan<- error) (*nats.Conn, jetstream.JetStream) {
 		t.Helper()
@@ -85,8 +86,8 @@ func TestDeployHealing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	disk := m.Digest(m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk))
-	kernel := m.Digest(m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel))
+	disk := m.Digest(m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk))
+	kernel := m.Digest(m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleKernel))
 	stored, err := objs.Stat(ctx, disk)
 	if err != nil {
 		t.Fatal(err)
@@ -128,7 +129,7 @@ func TestDeployHealing(t *testing.T) {
 		return errors.Is(err, objectstore.ErrNotFound) || (err == nil && cur.NUID != stored.NUID)
 	})
 	healed := prepare().Result(t, 3*time.Minute)
-	checkPrepared(t, "alice after healing", m, "24.04", catalog.ArchAMD64, healed, func(p string) string { return p })
+	checkPrepared(t, "alice after healing", m, "24.04", image.ArchAMD64, healed, func(p string) string { return p })
 
 	// A false report (alice's, naming the good kernel) leaves it as it is.
 	good, err := objs.Stat(ctx, kernel)

@@ -11,7 +11,7 @@ import (
 
 	"github.com/vmprep/vmprep/internal/cluster"
 	"github.com/vmprep/vmprep/internal/testmirror"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -38,7 +38,7 @@ func TestSeparateHosts(t *testing.T) {
 		t.Skip("multi-process test")
 	}
 	cluster.RequireNamespaces(t)
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(256<<20, 64<<20), testmirror.WithCompressedDisk(true))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(256<<20, 64<<20), testmirror.WithCompressedDisk(true))
 	c := cluster.New(t, cluster.Build(t))
 	c.MirrorURL, c.KeyringFile = m.URL, m.KeyringFile()
 
@@ -49,11 +49,11 @@ func TestSeparateHosts(t *testing.T) {
 	mac1.Stage("converter", "--target", "mac1", "--targeted-only")
 
 	backend := c.Host("backend")
-	res := backend.Prepare(catalog.ArchAMD64, catalog.FormatRaw, "--target", "mac1").Result(t, 3*time.Minute)
+	res := backend.Prepare(image.ArchAMD64, image.FormatRaw, "--target", "mac1").Result(t, 3*time.Minute)
 	if res.Host != "mac1" || res.Target != "mac1" {
 		t.Fatalf("result names host %q target %q, want mac1", res.Host, res.Target)
 	}
-	checkPrepared(t, mac1.Name, m, "24.04", catalog.ArchAMD64, res, inCache(t, mac1))
+	checkPrepared(t, mac1.Name, m, "24.04", image.ArchAMD64, res, inCache(t, mac1))
 	if _, err := os.Stat(backend.Real(res.Disk)); err == nil {
 		t.Errorf("the raw disk is on the backend's host too")
 	}
@@ -62,9 +62,9 @@ func TestSeparateHosts(t *testing.T) {
 	}
 
 	laptop := c.Host("laptop")
-	for _, format := range []catalog.DiskFormat{catalog.FormatRaw, catalog.FormatQCOW2} {
-		res := laptop.Prepare(catalog.ArchAMD64, format).Result(t, 3*time.Minute)
-		checkPrepared(t, laptop.Name, m, "24.04", catalog.ArchAMD64, res, inCache(t, laptop))
+	for _, format := range []image.DiskFormat{image.FormatRaw, image.FormatQCOW2} {
+		res := laptop.Prepare(image.ArchAMD64, format).Result(t, 3*time.Minute)
+		checkPrepared(t, laptop.Name, m, "24.04", image.ArchAMD64, res, inCache(t, laptop))
 		if res.DiskFormat != format {
 			t.Errorf("asked for %s, got %s", format, res.DiskFormat)
 		}
@@ -77,8 +77,8 @@ func TestSeparateHosts(t *testing.T) {
 		}
 	}
 	// Each asset came from the origin once.
-	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
-		rel := m.Path("ubuntu", "24.04", catalog.ArchAMD64, role)
+	for _, role := range []image.Role{image.RoleKernel, image.RoleInitramfs, image.RoleDisk} {
+		rel := m.Path("ubuntu", "24.04", image.ArchAMD64, role)
 		if got, size := m.BytesServed(rel), int64(len(m.Content(rel))); got != size {
 			t.Errorf("%s: origin served %d bytes of %d", role, got, size)
 		}
@@ -92,7 +92,7 @@ func TestLeaseHolderKilled(t *testing.T) {
 		t.Skip("multi-process test")
 	}
 	cluster.RequireNamespaces(t)
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(256<<20, 96<<20))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(256<<20, 96<<20))
 	c := cluster.New(t, cluster.Build(t))
 	c.MirrorURL, c.KeyringFile = m.URL, m.KeyringFile()
 	gateway := c.Host("gateway")
@@ -100,11 +100,11 @@ func TestLeaseHolderKilled(t *testing.T) {
 	gateway.Stage("verifier")
 	fetchers := []*cluster.Proc{c.Host("fetch1").Stage("fetcher"), c.Host("fetch2").Stage("fetcher")}
 
-	diskRel := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	diskRel := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 	diskSize := int64(len(m.Content(diskRel)))
 	m.Throttle(diskSize / 8) // about eight seconds for the disk
 	laptop := c.Host("laptop")
-	run := laptop.Prepare(catalog.ArchAMD64, catalog.FormatQCOW2)
+	run := laptop.Prepare(image.ArchAMD64, image.FormatQCOW2)
 
 	ingest := c.MountPoint() + string(os.PathSeparator) + "ingest" + string(os.PathSeparator)
 	holder := cluster.WaitForHolder(t, "a fetcher downloading the disk", fetchers, ingest,
@@ -116,7 +116,7 @@ func TestLeaseHolderKilled(t *testing.T) {
 	m.Throttle(0)
 	killedAt := time.Now()
 	res := run.Result(t, 3*time.Minute)
-	checkPrepared(t, laptop.Name, m, "24.04", catalog.ArchAMD64, res, inCache(t, laptop))
+	checkPrepared(t, laptop.Name, m, "24.04", image.ArchAMD64, res, inCache(t, laptop))
 	if total := m.BytesServed(diskRel); total > diskSize+diskSize/2 {
 		t.Errorf("origin served %d bytes for a %d-byte disk (more than 1.5x)", total, diskSize)
 	}
@@ -136,7 +136,7 @@ func TestFiftyClients(t *testing.T) {
 		t.Skip("multi-process test")
 	}
 	cluster.RequireNamespaces(t)
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 24<<20))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(64<<20, 24<<20))
 	c := cluster.New(t, cluster.Build(t))
 	c.MirrorURL, c.KeyringFile = m.URL, m.KeyringFile()
 	gateway := c.Host("gateway")
@@ -145,7 +145,7 @@ func TestFiftyClients(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		c.Host(fmt.Sprintf("fetch%d", i)).Stage("fetcher", "--concurrency", "8")
 	}
-	diskRel := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	diskRel := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 	m.Throttle(int64(len(m.Content(diskRel))) / 3)
 
 	const n = 50
@@ -153,11 +153,11 @@ func TestFiftyClients(t *testing.T) {
 	runs := make([]*cluster.PrepareRun, n)
 	for i := range n {
 		hosts[i] = c.Host(fmt.Sprintf("client%02d", i))
-		format := catalog.FormatQCOW2
+		format := image.FormatQCOW2
 		if i%2 == 1 {
-			format = catalog.FormatRaw
+			format = image.FormatRaw
 		}
-		runs[i] = hosts[i].Prepare(catalog.ArchAMD64, format)
+		runs[i] = hosts[i].Prepare(image.ArchAMD64, format)
 	}
 	var wg sync.WaitGroup
 	results := make([]messages.Result, n)
@@ -167,10 +167,10 @@ func TestFiftyClients(t *testing.T) {
 	}
 	wg.Wait()
 	for i := range n {
-		checkPrepared(t, hosts[i].Name, m, "24.04", catalog.ArchAMD64, results[i], inCache(t, hosts[i]))
+		checkPrepared(t, hosts[i].Name, m, "24.04", image.ArchAMD64, results[i], inCache(t, hosts[i]))
 	}
-	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
-		rel := m.Path("ubuntu", "24.04", catalog.ArchAMD64, role)
+	for _, role := range []image.Role{image.RoleKernel, image.RoleInitramfs, image.RoleDisk} {
+		rel := m.Path("ubuntu", "24.04", image.ArchAMD64, role)
 		if got, size := m.BytesServed(rel), int64(len(m.Content(rel))); got != size {
 			t.Errorf("%s: origin served %d bytes for a %d-byte file", role, got, size)
 		}
@@ -185,7 +185,7 @@ func TestClusterNodeLoss(t *testing.T) {
 		t.Skip("multi-process test")
 	}
 	cluster.RequireNamespaces(t)
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(128<<20, 48<<20))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(128<<20, 48<<20))
 	c, nodes := cluster.NewNATSCluster(t, cluster.Build(t), 3)
 	c.MirrorURL, c.KeyringFile = m.URL, m.KeyringFile()
 	gateway := c.Host("gateway")
@@ -194,26 +194,26 @@ func TestClusterNodeLoss(t *testing.T) {
 	c.Host("fetch1").Stage("fetcher")
 	c.Host("fetch2").Stage("fetcher")
 
-	diskRel := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	diskRel := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 	diskSize := int64(len(m.Content(diskRel)))
 	m.Throttle(diskSize / 6)
 	laptop := c.Host("laptop")
-	run := laptop.Prepare(catalog.ArchAMD64, catalog.FormatRaw)
+	run := laptop.Prepare(image.ArchAMD64, image.FormatRaw)
 	cluster.WaitFor(t, "the disk download under way", time.Minute, func() bool { return m.BytesServed(diskRel) > diskSize/5 })
 	victim := nodes[0]
 	victim.Kill9(t)
 	t.Logf("killed %s", victim.Name)
 	res := run.Result(t, 4*time.Minute)
-	checkPrepared(t, laptop.Name, m, "24.04", catalog.ArchAMD64, res, inCache(t, laptop))
+	checkPrepared(t, laptop.Name, m, "24.04", image.ArchAMD64, res, inCache(t, laptop))
 
 	m.Throttle(0)
 	laptop2 := c.Host("laptop2")
-	res2 := laptop2.Prepare(catalog.ArchAMD64, catalog.FormatQCOW2).Result(t, 3*time.Minute)
-	checkPrepared(t, laptop2.Name, m, "24.04", catalog.ArchAMD64, res2, inCache(t, laptop2))
+	res2 := laptop2.Prepare(image.ArchAMD64, image.FormatQCOW2).Result(t, 3*time.Minute)
+	checkPrepared(t, laptop2.Name, m, "24.04", image.ArchAMD64, res2, inCache(t, laptop2))
 
 	victim.Restart(t)
 	cluster.WaitFor(t, victim.Name+" rejoining the cluster", time.Minute, func() bool { return cluster.JetStreamReady(nodes) })
 	laptop3 := c.Host("laptop3")
-	res3 := laptop3.Prepare(catalog.ArchAMD64, catalog.FormatRaw).Result(t, 3*time.Minute)
-	checkPrepared(t, laptop3.Name, m, "24.04", catalog.ArchAMD64, res3, inCache(t, laptop3))
+	res3 := laptop3.Prepare(image.ArchAMD64, image.FormatRaw).Result(t, 3*time.Minute)
+	checkPrepared(t, laptop3.Name, m, "24.04", image.ArchAMD64, res3, inCache(t, laptop3))
 }

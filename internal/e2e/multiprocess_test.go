@@ -11,7 +11,7 @@ import (
 	"github.com/vmprep/vmprep/internal/cluster"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -26,7 +26,7 @@ func TestKilledWorkersResume(t *testing.T) {
 	}
 	t0 := time.Now()
 	step := func(what string) { t.Logf("%6.1fs %s", time.Since(t0).Seconds(), what) }
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64),
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64),
 		testmirror.WithDiskSize(512<<20, 192<<20), testmirror.WithCompressedDisk(true))
 	step("mirror built")
 	c := cluster.New(t, cluster.Build(t))
@@ -37,10 +37,10 @@ func TestKilledWorkersResume(t *testing.T) {
 	c.Stage("verifier")
 	// No converter yet: the disk waits in the stream until we are watching.
 
-	diskRel := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	diskRel := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 	diskSize := int64(len(m.Content(diskRel)))
 	m.Throttle(diskSize / 4) // about four seconds for the disk
-	run := c.Prepare(catalog.ArchAMD64, catalog.FormatRaw)
+	run := c.Prepare(image.ArchAMD64, image.FormatRaw)
 
 	// Kill -9 whichever fetcher is writing the disk once a good part has arrived.
 	ingest := filepath.Join(c.Cache, "ingest") + string(os.PathSeparator)
@@ -75,7 +75,7 @@ func TestKilledWorkersResume(t *testing.T) {
 	if got, want := sha256File(t, res.Disk), testutil.QemuRawSHA256(t, filepath.Join(m.Dir, filepath.FromSlash(diskRel))); got != want {
 		t.Errorf("raw disk sha256 %s, want qemu-img's %s", got, want)
 	}
-	if got := sha256File(t, res.Initramfs); got != m.Digest(m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleInitramfs)).Hex {
+	if got := sha256File(t, res.Initramfs); got != m.Digest(m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleInitramfs)).Hex {
 		t.Errorf("initramfs digest mismatch")
 	}
 	// No half-written file at a final path: every blob matches its name.
@@ -99,8 +99,8 @@ func TestKilledWorkersResume(t *testing.T) {
 
 	// Warm, across processes: the same image again (raw and qcow2) needs no content.
 	before := m.TotalContentRequests()
-	for _, format := range []catalog.DiskFormat{catalog.FormatRaw, catalog.FormatQCOW2} {
-		res := c.Prepare(catalog.ArchAMD64, format).Result(t, time.Minute)
+	for _, format := range []image.DiskFormat{image.FormatRaw, image.FormatQCOW2} {
+		res := c.Prepare(image.ArchAMD64, format).Result(t, time.Minute)
 		if res.Status != messages.ResultPrepared {
 			t.Fatalf("warm %s: %+v", format, res.Failure)
 		}

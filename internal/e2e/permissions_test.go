@@ -16,11 +16,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/vmprep/vmprep/internal/cluster"
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -67,7 +68,7 @@ func TestDeployPermissions(t *testing.T) {
 	// mac1 is a converter host with its own user (vmprep users converters).
 	confs := deployWithHosts(t, bin, passwords, pwFiles, "mac1")
 	c, _ := cluster.NewNATSClusterFromConfigs(t, bin, confs)
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 16<<20))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(64<<20, 16<<20))
 	as := func(user string) []string {
 		return []string{"--nats", c.NATS, "--user", user, "--password-file", pwFiles[user]}
 	}
@@ -123,19 +124,19 @@ func TestDeployPermissions(t *testing.T) {
 		}
 	}
 	failing(messages.StageResolver, "ubuntu", "22.04") // not on the mirror
-	disk := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	disk := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 	m.SetFault(disk, testmirror.Fault{Status: http.StatusNotFound})
 	failing(messages.StageFetcher, "ubuntu", "24.04")
 	m.ClearFault(disk)
 
 	aliceCache := t.TempDir()
-	res := c.Prepare(catalog.ArchAMD64, catalog.FormatRaw, append(as("alice")[2:], "--cache-dir", aliceCache)...).Result(t, 3*time.Minute)
-	checkPrepared(t, "alice", m, "24.04", catalog.ArchAMD64, res, under(t, aliceCache))
-	targeted := c.Prepare(catalog.ArchAMD64, catalog.FormatRaw, append(as("alice")[2:], "--cache-dir", t.TempDir(), "--target", "mac1")...).Result(t, 3*time.Minute)
+	res := c.Prepare(image.ArchAMD64, image.FormatRaw, append(as("alice")[2:], "--cache-dir", aliceCache)...).Result(t, 3*time.Minute)
+	checkPrepared(t, "alice", m, "24.04", image.ArchAMD64, res, under(t, aliceCache))
+	targeted := c.Prepare(image.ArchAMD64, image.FormatRaw, append(as("alice")[2:], "--cache-dir", t.TempDir(), "--target", "mac1")...).Result(t, 3*time.Minute)
 	if targeted.Host != "mac1" {
 		t.Errorf("a request targeted at mac1 was answered by host %q", targeted.Host)
 	}
-	checkPrepared(t, "mac1", m, "24.04", catalog.ArchAMD64, targeted, under(t, converterCache))
+	checkPrepared(t, "mac1", m, "24.04", image.ArchAMD64, targeted, under(t, converterCache))
 	for _, p := range stages {
 		if out := p.Output(); strings.Contains(strings.ToLower(out), "permissions violation") {
 			t.Errorf("%s was refused something it needs:\n%s", p.Name, out)
@@ -151,8 +152,8 @@ func TestDeployPermissions(t *testing.T) {
 		t.Errorf("fetcher /healthz: %d %s", code, body)
 	}
 	var served int64
-	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
-		served += m.BytesServed(m.Path("ubuntu", "24.04", catalog.ArchAMD64, role))
+	for _, role := range []image.Role{image.RoleKernel, image.RoleInitramfs, image.RoleDisk} {
+		served += m.BytesServed(m.Path("ubuntu", "24.04", image.ArchAMD64, role))
 	}
 	if v, _ := testutil.Scrape(t, "http://"+addr[1]+"/metrics").Value("vmprep_origin_bytes_total"); int64(v) != served {
 		t.Errorf("fetcher vmprep_origin_bytes_total = %v, want %d (what the mirror served)", v, served)

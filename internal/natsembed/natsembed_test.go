@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server"
+
 	"github.com/vmprep/vmprep/internal/natsembed"
 )
 

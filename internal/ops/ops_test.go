@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
@@ -146,9 +147,9 @@ func TestReplayRunsOnce(t *testing.T) {
 }
 
 func testReplayRunsOnce(t *testing.T, ns string) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	_, js := deploy(t, m)
-	req := messages.PrepareRequest{RequestID: "r-fixed", Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}, Format: catalog.FormatQCOW2}
+	req := messages.PrepareRequest{RequestID: "r-fixed", Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}, Format: image.FormatQCOW2}
 	data, err := messages.Encode(messages.TypePrepareRequest, &req)
 	if err != nil {
 		t.Fatal(err)
@@ -194,12 +195,12 @@ func testReplayRunsOnce(t *testing.T, ns string) {
 // at the fetcher; once one runs, every asset is done and the result is there.
 // The overview lists the streams, each stage's backlog and the live processes.
 func TestStatus(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	d, js := deploy(t, m, embedded.StageResolver, embedded.StageVerifier, embedded.StageCollector)
 	c := d.Client()
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.Prepare(context.Background(), client.Request{RequestID: "r-status", Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}})
+		_, err := c.Prepare(context.Background(), client.Request{RequestID: "r-status", Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}})
 		done <- err
 	}()
 	var st ops.RequestStatus
@@ -216,7 +217,7 @@ func TestStatus(t *testing.T) {
 		}
 		return true
 	})
-	if st.Spec.Distro != "ubuntu" || st.Result != nil || st.Assets[0].Role != catalog.RoleKernel || st.Assets[0].Subject != messages.SubjectFetch || st.Assets[0].Status != messages.StatusResolved {
+	if st.Spec.Distro != "ubuntu" || st.Result != nil || st.Assets[0].Role != image.RoleKernel || st.Assets[0].Subject != messages.SubjectFetch || st.Assets[0].Status != messages.StatusResolved {
 		t.Errorf("stuck request: %+v", st)
 	}
 	ov, err := ops.GetOverview(ctx(t), js)
@@ -331,16 +332,16 @@ func findConsumer(ov ops.Overview, name string) *ops.ConsumerState {
 // requests, and status finds each in its own (a namespace it was not used in
 // knows nothing of it).
 func TestStatusInNamespaces(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	d, js := deploy(t, m)
-	formats := map[string]image.DiskFormat{"": catalog.FormatQCOW2, "alice": catalog.FormatRaw}
+	formats := map[string]image.DiskFormat{"": image.FormatQCOW2, "alice": image.FormatRaw}
 	for ns, format := range formats {
 		c, err := client.New(d.Conn(), client.WithNamespace(ns))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if _, err := c.Prepare(ctx(t), client.Request{RequestID: "r-ns", Format: format,
-			Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}}); err != nil {
+			Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}}); err != nil {
 			t.Fatalf("prepare in namespace %q: %v", ns, err)
 		}
 	}

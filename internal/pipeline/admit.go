@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/objectstore"
 	"github.com/vmprep/vmprep/pkg/stage"
@@ -97,8 +97,8 @@ func (s *CollectorStage) admit(subject string, st *requestState, ev messages.Ass
 
 // admitFormat checks the disk format a finished asset claims: the format
 // published, or what the request asked for once converted.
-func (s *CollectorStage) admitFormat(st *requestState, a catalog.Asset, from string, ev messages.AssetEvent) error {
-	if a.Role != catalog.RoleDisk {
+func (s *CollectorStage) admitFormat(st *requestState, a image.Asset, from string, ev messages.AssetEvent) error {
+	if a.Role != image.RoleDisk {
 		if ev.FileFormat != "" {
 			return refuse("%s from %s has a disk format %q", a.Role, from, ev.FileFormat)
 		}
@@ -124,7 +124,7 @@ func (s *CollectorStage) admitFormat(st *requestState, a catalog.Asset, from str
 // named by the resolution's digest, and a file on a host only from that
 // host's converter; in one shared cache, nothing the collector would not
 // find in its own store.
-func (s *CollectorStage) admitPlace(st *requestState, a catalog.Asset, pub, host, from string, ev messages.AssetEvent) error {
+func (s *CollectorStage) admitPlace(st *requestState, a image.Asset, pub, host, from string, ev messages.AssetEvent) error {
 	if s.Bucket == "" {
 		switch {
 		case ev.Object != nil || ev.Host != "":

@@ -8,9 +8,11 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/objectstore"
 	"github.com/vmprep/vmprep/pkg/stage"
@@ -23,23 +25,23 @@ func testDigest(c string) digest.Digest {
 
 // admitFixture is a request for ubuntu 24.04 resolved to three signed
 // assets, and the done events the pipeline itself sends for it.
-func admitFixture(format catalog.DiskFormat, target string, clientConverts bool) (requestState, map[catalog.Role]messages.AssetEvent) {
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+func admitFixture(format image.DiskFormat, target string, clientConverts bool) (requestState, map[image.Role]messages.AssetEvent) {
+	spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}
 	resolved := spec
 	resolved.Serial = "20260101"
-	trust := catalog.Trust{Signed: true, Signer: "AAAA1111", ManifestURL: "http://127.0.0.1/SHA256SUMS"}
-	res := &catalog.Resolution{Spec: resolved, Assets: []catalog.Asset{
-		{Role: catalog.RoleKernel, Name: "vmlinuz", URL: "http://127.0.0.1/vmlinuz", Digest: testDigest("1"), Size: 10, Trust: trust},
-		{Role: catalog.RoleInitramfs, Name: "initrd", URL: "http://127.0.0.1/initrd", Digest: testDigest("2"), Size: 20, Trust: trust},
-		{Role: catalog.RoleDisk, Name: "disk.img", URL: "http://127.0.0.1/disk.img", Digest: testDigest("3"), Size: 30, Format: catalog.FormatQCOW2, Trust: trust},
+	trust := image.Trust{Signed: true, Signer: "AAAA1111", ManifestURL: "http://127.0.0.1/SHA256SUMS"}
+	res := &catalog.Resolution{Spec: resolved, Assets: []image.Asset{
+		{Role: image.RoleKernel, Name: "vmlinuz", URL: "http://127.0.0.1/vmlinuz", Digest: testDigest("1"), Size: 10, Trust: trust},
+		{Role: image.RoleInitramfs, Name: "initrd", URL: "http://127.0.0.1/initrd", Digest: testDigest("2"), Size: 20, Trust: trust},
+		{Role: image.RoleDisk, Name: "disk.img", URL: "http://127.0.0.1/disk.img", Digest: testDigest("3"), Size: 30, Format: image.FormatQCOW2, Trust: trust},
 	}}
 	st := requestState{Namespace: "bob", Spec: spec, Format: format, Target: target, ClientConverts: clientConverts, Roles: roles(*res), Resolution: res}
-	evs := map[catalog.Role]messages.AssetEvent{}
+	evs := map[image.Role]messages.AssetEvent{}
 	for _, a := range res.Assets {
 		ev := messages.AssetEvent{Namespace: "bob", RequestID: "r1", Spec: spec, Resolved: &res.Spec, Format: format, Roles: st.Roles,
 			Target: target, ClientConverts: clientConverts, Asset: a, Status: messages.StatusVerified, Size: a.Size,
 			Object: &messages.ObjectRef{Bucket: "vmprep", Name: objectstore.Name(a.Digest), NUID: "n", Size: a.Size}}
-		if a.Role == catalog.RoleDisk {
+		if a.Role == image.RoleDisk {
 			ev.FileFormat = a.Format
 		}
 		evs[a.Role] = ev
@@ -59,98 +61,98 @@ func TestCollectorAdmitsOnlyWhatTheResolutionSays(t *testing.T) {
 	tests := []struct {
 		name    string
 		bucket  string // "" = one shared cache
-		format  catalog.DiskFormat
+		format  image.DiskFormat
 		target  string
 		client  bool
 		noState bool
 		subject string
-		role    catalog.Role
+		role    image.Role
 		edit    func(ev *messages.AssetEvent)
 		refused string // "" = admitted; else a word of the reason
 	}{
 		// What the pipeline sends is admitted.
-		{name: "shared cache: verifier finishes a kernel", subject: verifier, role: catalog.RoleKernel,
+		{name: "shared cache: verifier finishes a kernel", subject: verifier, role: image.RoleKernel,
 			edit: func(ev *messages.AssetEvent) { ev.Object, ev.Path = nil, "/cache/blobs/x" }},
-		{name: "shared cache: converter converts a disk", format: catalog.FormatRaw, subject: shared, role: catalog.RoleDisk,
+		{name: "shared cache: converter converts a disk", format: image.FormatRaw, subject: shared, role: image.RoleDisk,
 			edit: func(ev *messages.AssetEvent) {
-				ev.Object, ev.Status, ev.FileFormat, ev.Size = nil, messages.StatusConverted, catalog.FormatRaw, 99
+				ev.Object, ev.Status, ev.FileFormat, ev.Size = nil, messages.StatusConverted, image.FormatRaw, 99
 			}},
-		{name: "objects: targeted converter places a disk", bucket: "vmprep", target: "mac1", subject: mac1, role: catalog.RoleDisk,
+		{name: "objects: targeted converter places a disk", bucket: "vmprep", target: "mac1", subject: mac1, role: image.RoleDisk,
 			edit: func(ev *messages.AssetEvent) { *ev = onHost(*ev, "mac1") }},
-		{name: "objects: untargeted converter unpacks a kernel", bucket: "vmprep", subject: mac2, role: catalog.RoleKernel,
+		{name: "objects: untargeted converter unpacks a kernel", bucket: "vmprep", subject: mac2, role: image.RoleKernel,
 			edit: func(ev *messages.AssetEvent) {
 				*ev = onHost(*ev, "mac2")
 				ev.Status, ev.Size = messages.StatusConverted, 99
 			}},
-		{name: "objects: client converts, verifier finishes", bucket: "vmprep", format: catalog.FormatRaw, client: true, subject: verifier, role: catalog.RoleDisk},
-		{name: "a failure from the fetcher", subject: fetcher, role: catalog.RoleDisk,
+		{name: "objects: client converts, verifier finishes", bucket: "vmprep", format: image.FormatRaw, client: true, subject: verifier, role: image.RoleDisk},
+		{name: "a failure from the fetcher", subject: fetcher, role: image.RoleDisk,
 			edit: func(ev *messages.AssetEvent) {
 				ev.Status, ev.Failure = messages.StatusFailed, &messages.Failure{Stage: messages.StageFetcher, Cause: "404"}
 			}},
 		{name: "a failure from the resolver before any state", noState: true, subject: resolver,
 			edit: func(ev *messages.AssetEvent) {
-				ev.Asset, ev.Status, ev.Failure = catalog.Asset{}, messages.StatusFailed, &messages.Failure{Stage: messages.StageResolver, Cause: "no such image"}
+				ev.Asset, ev.Status, ev.Failure = image.Asset{}, messages.StatusFailed, &messages.Failure{Stage: messages.StageResolver, Cause: "no such image"}
 			}},
 
 		// Forgeries are refused, each with its reason.
-		{name: "attacker's digest", subject: verifier, role: catalog.RoleDisk, refused: "digest",
+		{name: "attacker's digest", subject: verifier, role: image.RoleDisk, refused: "digest",
 			edit: func(ev *messages.AssetEvent) { ev.Object, ev.Asset.Digest = nil, testDigest("e") }},
-		{name: "attacker's signer", subject: verifier, role: catalog.RoleDisk, refused: "signer",
+		{name: "attacker's signer", subject: verifier, role: image.RoleDisk, refused: "signer",
 			edit: func(ev *messages.AssetEvent) { ev.Object, ev.Asset.Trust.Signer = nil, "EEEE" }},
-		{name: "unsigned claim", subject: verifier, role: catalog.RoleDisk, refused: "signer",
-			edit: func(ev *messages.AssetEvent) { ev.Object, ev.Asset.Trust = nil, catalog.Trust{} }},
-		{name: "another URL", subject: verifier, role: catalog.RoleDisk, refused: "name",
+		{name: "unsigned claim", subject: verifier, role: image.RoleDisk, refused: "signer",
+			edit: func(ev *messages.AssetEvent) { ev.Object, ev.Asset.Trust = nil, image.Trust{} }},
+		{name: "another URL", subject: verifier, role: image.RoleDisk, refused: "name",
 			edit: func(ev *messages.AssetEvent) { ev.Object, ev.Asset.URL = nil, "http://127.0.0.1/evil" }},
-		{name: "another build", subject: verifier, role: catalog.RoleDisk, refused: "resolved build",
+		{name: "another build", subject: verifier, role: image.RoleDisk, refused: "resolved build",
 			edit: func(ev *messages.AssetEvent) {
 				r := *ev.Resolved
 				r.Serial = "20990101"
 				ev.Object, ev.Resolved = nil, &r
 			}},
-		{name: "a role the resolution lacks", subject: verifier, role: catalog.RoleDisk, refused: "role",
+		{name: "a role the resolution lacks", subject: verifier, role: image.RoleDisk, refused: "role",
 			edit: func(ev *messages.AssetEvent) { ev.Object, ev.Asset.Role = nil, "firmware" }},
-		{name: "another namespace's request", subject: verifier, role: catalog.RoleDisk, refused: "namespace",
+		{name: "another namespace's request", subject: verifier, role: image.RoleDisk, refused: "namespace",
 			edit: func(ev *messages.AssetEvent) { ev.Object, ev.Namespace = nil, "alice" }},
-		{name: "success from the fetcher", subject: fetcher, role: catalog.RoleDisk, refused: "only the verifier and converters",
+		{name: "success from the fetcher", subject: fetcher, role: image.RoleDisk, refused: "only the verifier and converters",
 			edit: func(ev *messages.AssetEvent) { ev.Object = nil }},
-		{name: "success from the resolver", subject: resolver, role: catalog.RoleKernel, refused: "only the verifier and converters",
+		{name: "success from the resolver", subject: resolver, role: image.RoleKernel, refused: "only the verifier and converters",
 			edit: func(ev *messages.AssetEvent) { ev.Object = nil }},
-		{name: "converted from the verifier", format: catalog.FormatRaw, subject: verifier, role: catalog.RoleDisk, refused: "only converters convert",
+		{name: "converted from the verifier", format: image.FormatRaw, subject: verifier, role: image.RoleDisk, refused: "only converters convert",
 			edit: func(ev *messages.AssetEvent) {
-				ev.Object, ev.Status, ev.FileFormat = nil, messages.StatusConverted, catalog.FormatRaw
+				ev.Object, ev.Status, ev.FileFormat = nil, messages.StatusConverted, image.FormatRaw
 			}},
-		{name: "a qcow2 disk for a raw request", format: catalog.FormatRaw, subject: verifier, role: catalog.RoleDisk, refused: "asked for",
+		{name: "a qcow2 disk for a raw request", format: image.FormatRaw, subject: verifier, role: image.RoleDisk, refused: "asked for",
 			edit: func(ev *messages.AssetEvent) { ev.Object = nil }},
-		{name: "success without a recorded request", noState: true, subject: verifier, role: catalog.RoleDisk, refused: "no recorded resolution",
+		{name: "success without a recorded request", noState: true, subject: verifier, role: image.RoleDisk, refused: "no recorded resolution",
 			edit: func(ev *messages.AssetEvent) { ev.Object = nil }},
-		{name: "a host in a shared cache", subject: verifier, role: catalog.RoleDisk, refused: "shared cache",
+		{name: "a host in a shared cache", subject: verifier, role: image.RoleDisk, refused: "shared cache",
 			edit: func(ev *messages.AssetEvent) { *ev = onHost(*ev, "mac1"); ev.Object = nil }},
-		{name: "a host claimed by the verifier", bucket: "vmprep", subject: verifier, role: catalog.RoleDisk, refused: "only that host's converter",
+		{name: "a host claimed by the verifier", bucket: "vmprep", subject: verifier, role: image.RoleDisk, refused: "only that host's converter",
 			edit: func(ev *messages.AssetEvent) { *ev = onHost(*ev, "mac1") }},
-		{name: "a host claimed from another host's subject", bucket: "vmprep", target: "mac1", subject: mac2, role: catalog.RoleDisk, refused: "only that host's converter",
+		{name: "a host claimed from another host's subject", bucket: "vmprep", target: "mac1", subject: mac2, role: image.RoleDisk, refused: "only that host's converter",
 			edit: func(ev *messages.AssetEvent) { *ev = onHost(*ev, "mac1") }},
-		{name: "a targeted request finished by another host", bucket: "vmprep", target: "mac1", subject: mac2, role: catalog.RoleDisk, refused: "targeted at mac1",
+		{name: "a targeted request finished by another host", bucket: "vmprep", target: "mac1", subject: mac2, role: image.RoleDisk, refused: "targeted at mac1",
 			edit: func(ev *messages.AssetEvent) { *ev = onHost(*ev, "mac2") }},
-		{name: "a targeted request finished by the verifier", bucket: "vmprep", target: "mac1", subject: verifier, role: catalog.RoleDisk, refused: "targeted at mac1"},
-		{name: "another object", bucket: "vmprep", subject: verifier, role: catalog.RoleDisk, refused: "object",
+		{name: "a targeted request finished by the verifier", bucket: "vmprep", target: "mac1", subject: verifier, role: image.RoleDisk, refused: "targeted at mac1"},
+		{name: "another object", bucket: "vmprep", subject: verifier, role: image.RoleDisk, refused: "object",
 			edit: func(ev *messages.AssetEvent) { ev.Object.Name = objectstore.Name(testDigest("e")) }},
-		{name: "no object", bucket: "vmprep", subject: verifier, role: catalog.RoleDisk, refused: "object",
+		{name: "no object", bucket: "vmprep", subject: verifier, role: image.RoleDisk, refused: "object",
 			edit: func(ev *messages.AssetEvent) { ev.Object = nil }},
-		{name: "another size", bucket: "vmprep", subject: verifier, role: catalog.RoleDisk, refused: "size",
+		{name: "another size", bucket: "vmprep", subject: verifier, role: image.RoleDisk, refused: "size",
 			edit: func(ev *messages.AssetEvent) { ev.Size = 31 }},
-		{name: "a host-less converter with objects", bucket: "vmprep", subject: shared, role: catalog.RoleDisk, refused: "host's subject"},
-		{name: "a converter for a client that converts", bucket: "vmprep", client: true, subject: mac1, role: catalog.RoleDisk, refused: "requester converts",
+		{name: "a host-less converter with objects", bucket: "vmprep", subject: shared, role: image.RoleDisk, refused: "host's subject"},
+		{name: "a converter for a client that converts", bucket: "vmprep", client: true, subject: mac1, role: image.RoleDisk, refused: "requester converts",
 			edit: func(ev *messages.AssetEvent) { *ev = onHost(*ev, "mac1") }},
-		{name: "not a done subject", subject: "vmprep.asset.done.collector", role: catalog.RoleDisk, refused: "no stage's done subject"},
-		{name: "a failure before any state from the fetcher", noState: true, subject: fetcher, role: catalog.RoleDisk,
+		{name: "not a done subject", subject: "vmprep.asset.done.collector", role: image.RoleDisk, refused: "no stage's done subject"},
+		{name: "a failure before any state from the fetcher", noState: true, subject: fetcher, role: image.RoleDisk,
 			edit: func(ev *messages.AssetEvent) {
 				ev.Status, ev.Failure = messages.StatusFailed, &messages.Failure{Stage: messages.StageFetcher, Cause: "x"}
 			}},
-		{name: "a failure in another stage's name", subject: fetcher, role: catalog.RoleDisk, refused: "failure of stage",
+		{name: "a failure in another stage's name", subject: fetcher, role: image.RoleDisk, refused: "failure of stage",
 			edit: func(ev *messages.AssetEvent) {
 				ev.Status, ev.Failure = messages.StatusFailed, &messages.Failure{Stage: messages.StageVerifier, Cause: "x"}
 			}},
-		{name: "a targeted request failed by another host", bucket: "vmprep", target: "mac1", subject: mac2, role: catalog.RoleDisk, refused: "targeted at mac1",
+		{name: "a targeted request failed by another host", bucket: "vmprep", target: "mac1", subject: mac2, role: image.RoleDisk, refused: "targeted at mac1",
 			edit: func(ev *messages.AssetEvent) {
 				ev.Status, ev.Failure = messages.StatusFailed, &messages.Failure{Stage: messages.StageConverter, Cause: "x"}
 			}},
@@ -159,7 +161,7 @@ func TestCollectorAdmitsOnlyWhatTheResolutionSays(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			format := tt.format
 			if format == "" {
-				format = catalog.FormatQCOW2
+				format = image.FormatQCOW2
 			}
 			st, evs := admitFixture(format, tt.target, tt.client)
 			ev := evs[tt.role]
@@ -196,7 +198,7 @@ func TestCollectorAdmitsOnlyWhatTheResolutionSays(t *testing.T) {
 	}
 }
 
-func indexOf(st requestState, r catalog.Role) int {
+func indexOf(st requestState, r image.Role) int {
 	for i, a := range st.Resolution.Assets {
 		if a.Role == r {
 			return i
@@ -221,7 +223,7 @@ func TestForgedDoneChangesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := &CollectorStage{Store: cache, Requests: reqs, Host: "h", Bucket: "vmprep", Logger: slog.New(slog.DiscardHandler)}
-	st, evs := admitFixture(catalog.FormatQCOW2, "", true)
+	st, evs := admitFixture(image.FormatQCOW2, "", true)
 	key := messages.RequestKey("bob", "r1")
 	if err := reqs.Create(ctx, key, st); err != nil {
 		t.Fatal(err)
@@ -268,7 +270,7 @@ func TestForgedDoneChangesNothing(t *testing.T) {
 	if err := messages.Decode(out[0].Data, messages.TypeResult, &res); err != nil {
 		t.Fatal(err)
 	}
-	if res.Status != messages.ResultPrepared || res.Signer != "AAAA1111" || res.Files[catalog.RoleDisk].Digest != testDigest("3") || res.Host != "" {
+	if res.Status != messages.ResultPrepared || res.Signer != "AAAA1111" || res.Files[image.RoleDisk].Digest != testDigest("3") || res.Host != "" {
 		t.Errorf("result %+v", res)
 	}
 }

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"syscall"
 
-	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/download"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/stage"
 )
@@ -96,7 +96,7 @@ func classified(h stage.Handler) stage.Handler {
 // failedRole is the asset err is about (an *assetError: the collector
 // handling the initramfs's event may fail to link the disk), else the
 // message's own.
-func failedRole(err error, own catalog.Role) catalog.Role {
+func failedRole(err error, own image.Role) image.Role {
 	var ae *assetError
 	if errors.As(err, &ae) {
 		return ae.Role
@@ -106,7 +106,7 @@ func failedRole(err error, own catalog.Role) catalog.Role {
 
 // reportRetry tells the requester what the fetcher is retrying, so that a
 // client that gives up (a --timeout) can say why it was waiting.
-func (s *FetcherStage) reportRetry(ns, id string, role catalog.Role, r download.Retry) {
+func (s *FetcherStage) reportRetry(ns, id string, role image.Role, r download.Retry) {
 	if s.Progress != nil {
 		// The download's own count: failures in a row without progress.
 		s.Progress(messages.Progress{Namespace: ns, RequestID: id, Stage: messages.StageFetcher, Step: messages.StepFetch, Asset: role, Retrying: r.Err.Error(),

@@ -17,6 +17,7 @@ import (
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/download"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/kernel"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/qcow2"
@@ -44,7 +45,7 @@ func TestClassify(t *testing.T) {
 	_, truncatedQcow2 := qcow2.OpenFile(write("short.qcow2", []byte("QFI\xfb\x00\x00\x00\x03")))
 	tooBig := st.CheckFree("", 1<<62)
 	plainKernel := kernel.Unpack(context.Background(), write("vmlinuz", make([]byte, 100)), filepath.Join(dir, "vmlinux"), 0)
-	_, badName := st.LinkImage(t.Context(), catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"}, "../escape", filepath.Join(dir, "raw.img"))
+	_, badName := st.LinkImage(t.Context(), image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"}, "../escape", filepath.Join(dir, "raw.img"))
 	cancelled := &download.Error{URL: "https://example.org/d", Op: "request", Err: fmt.Errorf("%w (last error: read body: EOF)", context.DeadlineExceeded)}
 
 	tests := []struct {
@@ -109,11 +110,11 @@ func TestClassify(t *testing.T) {
 // initramfs's event, cannot link the disk into the images view, the failure
 // is the disk's, and says in words what is in the way.
 func TestCollectorFailureNamesItsAsset(t *testing.T) {
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+	spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}
 	tests := []struct {
 		name     string
 		obstacle func(t *testing.T, st *store.Store) // plants something in the view
-		wantRole catalog.Role
+		wantRole image.Role
 		wantText string
 	}{
 		{"a directory where the disk's link goes", func(t *testing.T, st *store.Store) {
@@ -121,12 +122,12 @@ func TestCollectorFailureNamesItsAsset(t *testing.T) {
 			if err := os.MkdirAll(filepath.Join(dir, "disk.img", "inner"), 0o755); err != nil {
 				t.Fatal(err)
 			}
-		}, catalog.RoleDisk, "is a directory, not a link"},
+		}, image.RoleDisk, "is a directory, not a link"},
 		{"a symlink where the distro's directory goes", func(t *testing.T, st *store.Store) {
 			if err := os.Symlink(t.TempDir(), filepath.Join(st.Root(), "images", "ubuntu")); err != nil {
 				t.Fatal(err)
 			}
-		}, catalog.RoleKernel, "is a symbolic link, not a directory"},
+		}, image.RoleKernel, "is a symbolic link, not a directory"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -135,7 +136,7 @@ func TestCollectorFailureNamesItsAsset(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			state := requestState{Spec: spec, Format: catalog.FormatQCOW2, Roles: []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk}, Done: map[catalog.Role]messages.AssetEvent{}}
+			state := requestState{Spec: spec, Format: image.FormatQCOW2, Roles: []image.Role{image.RoleKernel, image.RoleInitramfs, image.RoleDisk}, Done: map[image.Role]messages.AssetEvent{}}
 			for _, r := range state.Roles {
 				b := []byte("content of the " + string(r))
 				sum := sha256.Sum256(b)
@@ -149,7 +150,7 @@ func TestCollectorFailureNamesItsAsset(t *testing.T) {
 					t.Fatal(err)
 				}
 				state.Done[r] = messages.AssetEvent{RequestID: "r1", Spec: spec, Roles: state.Roles, Status: messages.StatusVerified,
-					Asset: catalog.Asset{Role: r, Digest: d, Format: catalog.FormatQCOW2}, Blob: blob.SHA256, Path: blob.Path, FileFormat: catalog.FormatQCOW2}
+					Asset: image.Asset{Role: r, Digest: d, Format: image.FormatQCOW2}, Blob: blob.SHA256, Path: blob.Path, FileFormat: image.FormatQCOW2}
 			}
 			tt.obstacle(t, st)
 			c := &CollectorStage{Store: st, Logger: slog.New(slog.DiscardHandler)}
@@ -158,7 +159,7 @@ func TestCollectorFailureNamesItsAsset(t *testing.T) {
 				t.Fatal("decide linked the view through the obstacle")
 			}
 			// The runner's failure policy for the initramfs's done event.
-			data, merr := messages.Encode(messages.TypeAsset, ptr(state.Done[catalog.RoleInitramfs]))
+			data, merr := messages.Encode(messages.TypeAsset, ptr(state.Done[image.RoleInitramfs]))
 			if merr != nil {
 				t.Fatal(merr)
 			}

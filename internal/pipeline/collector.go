@@ -10,6 +10,7 @@ import (
 
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/place"
 	"github.com/vmprep/vmprep/pkg/stage"
@@ -65,7 +66,7 @@ func (s *CollectorStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 		ev := admitted
 		if st.Final == nil {
 			if st.Done == nil {
-				st.Done = map[catalog.Role]messages.AssetEvent{}
+				st.Done = map[image.Role]messages.AssetEvent{}
 			}
 			if ev.Status == messages.StatusFailed || validRole(ev.Asset.Role) {
 				key := ev.Asset.Role
@@ -124,7 +125,7 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 		}
 	}
 	res.Status = messages.ResultPrepared
-	res.Files = map[catalog.Role]messages.File{}
+	res.Files = map[image.Role]messages.File{}
 	// The view is the resolved image's: a codename and its number are one.
 	img := st.Spec
 	if st.Resolution != nil {
@@ -141,7 +142,7 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 			// The published digest vouches for the source; this file is derived from it.
 			f.Digest, f.DerivedFrom = digest.Digest{}, ev.Asset.Digest
 		}
-		if r == catalog.RoleDisk {
+		if r == image.RoleDisk {
 			f.Format = ev.FileFormat
 			res.DiskFormat = ev.FileFormat
 		}
@@ -196,11 +197,11 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 		for r, f := range res.Files {
 			res.Host = f.Host
 			switch r {
-			case catalog.RoleKernel:
+			case image.RoleKernel:
 				res.Kernel = f.Path
-			case catalog.RoleInitramfs:
+			case image.RoleInitramfs:
 				res.Initramfs = f.Path
-			case catalog.RoleDisk:
+			case image.RoleDisk:
 				res.Disk = f.Path
 			}
 		}
@@ -212,7 +213,7 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 
 // assetError says which asset a collector failure is about.
 type assetError struct {
-	Role catalog.Role
+	Role image.Role
 	Err  error
 }
 

@@ -3,7 +3,7 @@ package pipeline
 import (
 	"fmt"
 
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/qcow2"
 )
 
@@ -13,8 +13,8 @@ import (
 // it as raw — would hand a VM something other than what was published.
 // Opening reads the header and the L1, refcount and snapshot tables, a few
 // KiB for a cloud image.
-func checkDeclaredFormat(path string, a catalog.Asset) error {
-	if a.Format != catalog.FormatQCOW2 {
+func checkDeclaredFormat(path string, a image.Asset) error {
+	if a.Format != image.FormatQCOW2 {
 		return nil
 	}
 	img, err := qcow2.OpenFile(path)

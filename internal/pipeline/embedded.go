@@ -6,6 +6,7 @@ import (
 	"log/slog"
 
 	"github.com/nats-io/nats.go"
+
 	"github.com/vmprep/vmprep/internal/natsembed"
 )
 

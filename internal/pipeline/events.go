@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/stage"
 )
@@ -161,9 +161,9 @@ func DeadLetterPolicy(stageName string) stage.DeadLetterFunc {
 // errNoAsset marks an asset event with no role where one is needed.
 var errNoAsset = errors.New("asset event has no asset role")
 
-func validRole(r catalog.Role) bool {
+func validRole(r image.Role) bool {
 	switch r {
-	case catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk:
+	case image.RoleKernel, image.RoleInitramfs, image.RoleDisk:
 		return true
 	}
 	return false

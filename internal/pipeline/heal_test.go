@@ -9,11 +9,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/vmprep/vmprep/internal/lease"
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/objectstore"
 )
@@ -23,7 +24,7 @@ import (
 // request) would stall that download for good; the fetcher takes it over
 // after the stall bound and the request completes.
 func TestForgedLeaseIsTakenOver(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	f := newFleet(t, m)
 	stall := 2 * time.Second
 	f.host("gateway", []string{messages.StageResolver, messages.StageCollector, messages.StageVerifier}, nil)
@@ -36,7 +37,7 @@ func TestForgedLeaseIsTakenOver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := m.Digest(m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk))
+	d := m.Digest(m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk))
 	forged, err := lease.New(kv, "forger", pipeline.LeaseTTL).TryAcquire(ctx, string(d.Algorithm)+"."+d.Hex)
 	if err != nil {
 		t.Fatal(err)
@@ -52,8 +53,8 @@ func TestForgedLeaseIsTakenOver(t *testing.T) {
 		}
 	}()
 
-	res := prepare(t, f.conn(), messages.PrepareRequest{RequestID: "past-forger", Format: catalog.FormatQCOW2, ClientConverts: true,
-		Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}})
+	res := prepare(t, f.conn(), messages.PrepareRequest{RequestID: "past-forger", Format: image.FormatQCOW2, ClientConverts: true,
+		Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}})
 	if res.Status != messages.ResultPrepared {
 		t.Fatalf("request behind a forged lease: %+v", res.Failure)
 	}
@@ -70,16 +71,16 @@ func TestForgedLeaseIsTakenOver(t *testing.T) {
 // TestFalseCorruptReportKeepsTheObject: a corruption report is a hint; the
 // healer reads the object itself and keeps a good one.
 func TestFalseCorruptReportKeepsTheObject(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	f := newFleet(t, m)
 	f.host("gateway", []string{messages.StageResolver, messages.StageCollector, messages.StageFetcher, messages.StageVerifier}, nil)
-	res := prepare(t, f.conn(), messages.PrepareRequest{RequestID: "good", Format: catalog.FormatQCOW2, ClientConverts: true,
-		Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}})
+	res := prepare(t, f.conn(), messages.PrepareRequest{RequestID: "good", Format: image.FormatQCOW2, ClientConverts: true,
+		Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}})
 	if res.Status != messages.ResultPrepared {
 		t.Fatalf("%+v", res.Failure)
 	}
 	ctx := context.Background()
-	d := m.Digest(m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel))
+	d := m.Digest(m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleKernel))
 	objs := f.objects()
 	before, err := objs.Stat(ctx, d)
 	if err != nil {
@@ -137,17 +138,17 @@ func waitReportAnswered(t *testing.T, js jetstream.JetStream, key string, seq ui
 // reports it and its request fails saying so; the healer re-reads and
 // deletes it, and the next request fetches it again and succeeds.
 func TestConverterReportsCorruptObject(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	f := newFleet(t, m)
 	f.host("gateway", []string{messages.StageResolver, messages.StageCollector, messages.StageFetcher, messages.StageVerifier}, nil)
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+	spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}
 	client := f.conn()
-	if res := prepare(t, client, messages.PrepareRequest{RequestID: "warm", Spec: spec, Format: catalog.FormatQCOW2, ClientConverts: true}); res.Status != messages.ResultPrepared {
+	if res := prepare(t, client, messages.PrepareRequest{RequestID: "warm", Spec: spec, Format: image.FormatQCOW2, ClientConverts: true}); res.Status != messages.ResultPrepared {
 		t.Fatalf("%+v", res.Failure)
 	}
 	f.host("mac1", []string{messages.StageConverter}, func(d *pipeline.Deps) { d.TargetedOnly = true })
 	ctx := context.Background()
-	diskRel := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	diskRel := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 	d := m.Digest(diskRel)
 	objs := f.objects()
 	stored, err := objs.Stat(ctx, d)
@@ -157,7 +158,7 @@ func TestConverterReportsCorruptObject(t *testing.T) {
 	js, _ := jetstream.New(client)
 	corruptInPlace(t, js, stored.NUID)
 
-	bad := prepare(t, client, messages.PrepareRequest{RequestID: "finds-it", Spec: spec, Format: catalog.FormatQCOW2, Target: "mac1"})
+	bad := prepare(t, client, messages.PrepareRequest{RequestID: "finds-it", Spec: spec, Format: image.FormatQCOW2, Target: "mac1"})
 	if bad.Status != messages.ResultFailed || bad.Failure == nil || !strings.Contains(bad.Failure.Cause, "reported") {
 		t.Fatalf("the request whose converter found the object corrupt: %s %+v", bad.Status, bad.Failure)
 	}
@@ -173,14 +174,14 @@ func TestConverterReportsCorruptObject(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	served := m.BytesServed(diskRel)
-	healed := prepare(t, client, messages.PrepareRequest{RequestID: "after", Spec: spec, Format: catalog.FormatQCOW2, Target: "mac1"})
+	healed := prepare(t, client, messages.PrepareRequest{RequestID: "after", Spec: spec, Format: image.FormatQCOW2, Target: "mac1"})
 	if healed.Status != messages.ResultPrepared {
 		t.Fatalf("the request after healing: %+v", healed.Failure)
 	}
 	if m.BytesServed(diskRel) == served {
 		t.Error("the disk was not fetched again from the origin")
 	}
-	if got := testutil.FileSHA256(t, healed.Files[catalog.RoleDisk].Path); got != d.Hex {
+	if got := testutil.FileSHA256(t, healed.Files[image.RoleDisk].Path); got != d.Hex {
 		t.Errorf("disk %s, want %s", got, d.Hex)
 	}
 }

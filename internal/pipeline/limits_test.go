@@ -10,11 +10,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/client"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -117,7 +118,7 @@ type gatedResolver struct {
 	gate chan struct{}
 }
 
-func (g gatedResolver) Canonical(spec catalog.ImageSpec) (catalog.ImageSpec, error) {
+func (g gatedResolver) Canonical(spec image.Spec) (image.Spec, error) {
 	<-g.gate
 	return g.Resolver.Canonical(spec)
 }
@@ -127,7 +128,7 @@ func (g gatedResolver) Canonical(spec catalog.ImageSpec) (catalog.ImageSpec, err
 // with a failed result naming the limit; bob's request, in his own
 // namespace, is taken.
 func TestQueuedPerNamespaceLimit(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	e := newEnv(t, m)
 	_, nc, js := testutil.EmbeddedJetStream(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -157,7 +158,7 @@ func TestQueuedPerNamespaceLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+	spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}
 	type answer struct {
 		id  string
 		res client.Result
@@ -204,7 +205,7 @@ func TestQueuedPerNamespaceLimit(t *testing.T) {
 // queued. The assertion is on order (KV revisions), not on seconds.
 func TestResolverFairAcrossNamespaces(t *testing.T) {
 	const flood = 2000
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	e := newEnv(t, m)
 	e.deps.Concurrency = 1
 	_, nc, js := testutil.EmbeddedJetStream(t)
@@ -215,7 +216,7 @@ func TestResolverFairAcrossNamespaces(t *testing.T) {
 	publishReq := func(ns, id string) {
 		t.Helper()
 		data, err := messages.Encode(messages.TypePrepareRequest, &messages.PrepareRequest{RequestID: id,
-			Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}})
+			Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -6,11 +6,12 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/vmprep/vmprep/internal/metrics"
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -19,7 +20,7 @@ import (
 // into the object store and take a lease for each; the verifier reads each
 // object back once; every delivery is settled.
 func TestMultiHostMetrics(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 24<<20))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(64<<20, 24<<20))
 	f := newFleet(t, m)
 	regs := map[string]*prometheus.Registry{}
 	withMetrics := func(name string) func(*pipeline.Deps) {
@@ -43,8 +44,8 @@ func TestMultiHostMetrics(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			res := prepare(t, client, messages.PrepareRequest{
-				RequestID: fmt.Sprintf("metrics-%d", i), Format: catalog.FormatQCOW2, ClientConverts: true,
-				Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64},
+				RequestID: fmt.Sprintf("metrics-%d", i), Format: image.FormatQCOW2, ClientConverts: true,
+				Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64},
 			})
 			if res.Status != messages.ResultPrepared {
 				t.Errorf("request %d: %+v", i, res.Failure)
@@ -54,8 +55,8 @@ func TestMultiHostMetrics(t *testing.T) {
 	wg.Wait()
 
 	var total int64
-	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
-		total += int64(len(m.Content(m.Path("ubuntu", "24.04", catalog.ArchAMD64, role))))
+	for _, role := range []image.Role{image.RoleKernel, image.RoleInitramfs, image.RoleDisk} {
+		total += int64(len(m.Content(m.Path("ubuntu", "24.04", image.ArchAMD64, role))))
 	}
 	sum := func(name string, labels ...string) (v float64) {
 		for _, h := range []string{"fetch1", "fetch2"} {

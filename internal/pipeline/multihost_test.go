@@ -13,11 +13,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/vmprep/vmprep/internal/natsembed"
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/objectstore"
 	"github.com/vmprep/vmprep/pkg/place"
@@ -97,7 +98,7 @@ func (f *fleet) under(host, path string) bool {
 }
 
 func TestMultiHostTargetedAndClientPlacement(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64, catalog.ArchARM64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64, image.ArchARM64))
 	f := newFleet(t, m)
 	f.host("gateway", []string{messages.StageResolver, messages.StageCollector}, nil)
 	f.host("fetch1", []string{messages.StageFetcher}, nil)
@@ -109,7 +110,7 @@ func TestMultiHostTargetedAndClientPlacement(t *testing.T) {
 
 	// checkView: a codename is the same image as its number, so the view is
 	// images/ubuntu/24.04/<arch>/ on every host, naming the build it holds.
-	checkView := func(t *testing.T, view string, arch catalog.Arch) {
+	checkView := func(t *testing.T, view string, arch image.Arch) {
 		t.Helper()
 		if !strings.HasSuffix(view, filepath.Join("images", "ubuntu", "24.04", string(arch))) {
 			t.Errorf("view %s is not the 24.04 view", view)
@@ -118,15 +119,15 @@ func TestMultiHostTargetedAndClientPlacement(t *testing.T) {
 			t.Errorf("view serial %q, %v", b, err)
 		}
 	}
-	for _, arch := range []catalog.Arch{catalog.ArchAMD64, catalog.ArchARM64} {
+	for _, arch := range []image.Arch{image.ArchAMD64, image.ArchARM64} {
 		version := "24.04"
-		if arch == catalog.ArchARM64 {
+		if arch == image.ArchARM64 {
 			version = "noble"
 		}
-		spec := catalog.ImageSpec{Distro: "ubuntu", Version: version, Arch: arch}
-		diskSrc := filepath.Join(m.Dir, filepath.FromSlash(m.Path("ubuntu", "24.04", arch, catalog.RoleDisk)))
+		spec := image.Spec{Distro: "ubuntu", Version: version, Arch: arch}
+		diskSrc := filepath.Join(m.Dir, filepath.FromSlash(m.Path("ubuntu", "24.04", arch, image.RoleDisk)))
 		t.Run("target mac1 raw "+string(arch), func(t *testing.T) {
-			res := prepare(t, client, messages.PrepareRequest{RequestID: "mac1-" + string(arch), Spec: spec, Format: catalog.FormatRaw, Target: "mac1"})
+			res := prepare(t, client, messages.PrepareRequest{RequestID: "mac1-" + string(arch), Spec: spec, Format: image.FormatRaw, Target: "mac1"})
 			if res.Status != messages.ResultPrepared {
 				t.Fatalf("%+v", res.Failure)
 			}
@@ -145,10 +146,10 @@ func TestMultiHostTargetedAndClientPlacement(t *testing.T) {
 			if got, want := testutil.FileSHA256(t, res.Disk), testutil.QemuRawSHA256(t, diskSrc); got != want {
 				t.Errorf("raw disk on mac1 %s, qemu-img convert gives %s", got, want)
 			}
-			if res.DiskFormat != catalog.FormatRaw || res.Files[catalog.RoleDisk].DerivedFrom != m.Digest(m.Path("ubuntu", "24.04", arch, catalog.RoleDisk)) {
-				t.Errorf("disk file %+v", res.Files[catalog.RoleDisk])
+			if res.DiskFormat != image.FormatRaw || res.Files[image.RoleDisk].DerivedFrom != m.Digest(m.Path("ubuntu", "24.04", arch, image.RoleDisk)) {
+				t.Errorf("disk file %+v", res.Files[image.RoleDisk])
 			}
-			if arch == catalog.ArchARM64 && filepath.Base(mustReadlink(t, filepath.Join(res.View, "vmlinux"))) == "" {
+			if arch == image.ArchARM64 && filepath.Base(mustReadlink(t, filepath.Join(res.View, "vmlinux"))) == "" {
 				t.Error("arm64 kernel not unpacked into the view")
 			}
 			// Only mac1 received files: the raw disk was made there, and no
@@ -162,7 +163,7 @@ func TestMultiHostTargetedAndClientPlacement(t *testing.T) {
 				}
 			}
 		})
-		for _, format := range []catalog.DiskFormat{catalog.FormatRaw, catalog.FormatQCOW2} {
+		for _, format := range []image.DiskFormat{image.FormatRaw, image.FormatQCOW2} {
 			t.Run(fmt.Sprintf("client %s %s", format, arch), func(t *testing.T) {
 				res := prepare(t, client, messages.PrepareRequest{RequestID: fmt.Sprintf("client-%s-%s", format, arch), Spec: spec, Format: format, ClientConverts: true})
 				if res.Status != messages.ResultPrepared {
@@ -190,13 +191,13 @@ func TestMultiHostTargetedAndClientPlacement(t *testing.T) {
 				}
 				checkView(t, out.View, arch)
 				want := testutil.FileSHA256(t, diskSrc)
-				if format == catalog.FormatRaw {
+				if format == image.FormatRaw {
 					want = testutil.QemuRawSHA256(t, diskSrc)
 				}
 				if got := testutil.FileSHA256(t, out.Disk); got != want {
 					t.Errorf("local disk %s, want %s", got, want)
 				}
-				if got, want := testutil.FileSHA256(t, out.Initramfs), m.Digest(m.Path("ubuntu", "24.04", arch, catalog.RoleInitramfs)).Hex; got != want {
+				if got, want := testutil.FileSHA256(t, out.Initramfs), m.Digest(m.Path("ubuntu", "24.04", arch, image.RoleInitramfs)).Hex; got != want {
 					t.Errorf("local initramfs %s, want %s", got, want)
 				}
 				// Nothing on the shared converter was made for this request.
@@ -220,7 +221,7 @@ func mustReadlink(t *testing.T, p string) string {
 // Concurrent requests for one image, over three fetchers: the origin serves
 // each asset once, and every request gets the image.
 func TestMultiHostOneOriginDownloadPerAsset(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 24<<20))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(64<<20, 24<<20))
 	f := newFleet(t, m)
 	// As the stage processes do by default: a stored resolution is reused.
 	f.env.deps.ResolutionMaxAge = time.Hour
@@ -228,7 +229,7 @@ func TestMultiHostOneOriginDownloadPerAsset(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		f.host(fmt.Sprintf("fetch%d", i), []string{messages.StageFetcher}, nil)
 	}
-	diskRel := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	diskRel := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 	m.Throttle(int64(len(m.Content(diskRel))) / 2) // a couple of seconds: requests overlap
 	client := f.conn()
 	const n = 12
@@ -239,8 +240,8 @@ func TestMultiHostOneOriginDownloadPerAsset(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			results[i] = prepare(t, client, messages.PrepareRequest{
-				RequestID: fmt.Sprintf("burst-%d", i), Format: catalog.FormatQCOW2, ClientConverts: true,
-				Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64},
+				RequestID: fmt.Sprintf("burst-%d", i), Format: image.FormatQCOW2, ClientConverts: true,
+				Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64},
 			})
 		}()
 	}
@@ -250,13 +251,13 @@ func TestMultiHostOneOriginDownloadPerAsset(t *testing.T) {
 			t.Fatalf("request %d: %+v", i, res.Failure)
 		}
 	}
-	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
-		rel := m.Path("ubuntu", "24.04", catalog.ArchAMD64, role)
+	for _, role := range []image.Role{image.RoleKernel, image.RoleInitramfs, image.RoleDisk} {
+		rel := m.Path("ubuntu", "24.04", image.ArchAMD64, role)
 		if got, size := m.BytesServed(rel), int64(len(m.Content(rel))); got != size {
 			t.Errorf("%s: origin served %d bytes for a %d-byte file (%d requests)", role, got, size, m.Requests(rel))
 		}
 	}
-	if got := m.Requests(m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)); got != 1 {
+	if got := m.Requests(m.ManifestPath("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)); got != 1 {
 		t.Errorf("the signed manifest was fetched %d times for one burst", got)
 	}
 }
@@ -264,16 +265,16 @@ func TestMultiHostOneOriginDownloadPerAsset(t *testing.T) {
 // A damaged object in the bucket is caught by the verifier, deleted and
 // fetched again from the origin; the request still gets exact files.
 func TestMultiHostCorruptObjectIsRefetched(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	f := newFleet(t, m)
 	f.host("gateway", []string{messages.StageResolver, messages.StageCollector, messages.StageFetcher, messages.StageVerifier}, nil)
 	client := f.conn()
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
-	first := prepare(t, client, messages.PrepareRequest{RequestID: "first", Spec: spec, Format: catalog.FormatQCOW2, ClientConverts: true})
+	spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}
+	first := prepare(t, client, messages.PrepareRequest{RequestID: "first", Spec: spec, Format: image.FormatQCOW2, ClientConverts: true})
 	if first.Status != messages.ResultPrepared {
 		t.Fatalf("%+v", first.Failure)
 	}
-	diskRel := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	diskRel := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 	d := m.Digest(diskRel)
 	objs := f.objects()
 	info, err := objs.Stat(context.Background(), d)
@@ -293,7 +294,7 @@ func TestMultiHostCorruptObjectIsRefetched(t *testing.T) {
 		t.Fatal(err)
 	}
 	served := m.BytesServed(diskRel)
-	second := prepare(t, client, messages.PrepareRequest{RequestID: "second", Spec: spec, Format: catalog.FormatQCOW2, ClientConverts: true})
+	second := prepare(t, client, messages.PrepareRequest{RequestID: "second", Spec: spec, Format: image.FormatQCOW2, ClientConverts: true})
 	if second.Status != messages.ResultPrepared {
 		t.Fatalf("%+v", second.Failure)
 	}
@@ -333,11 +334,11 @@ func rewriteObject(js jetstream.JetStream, info objectstore.Info, path string) e
 // A request for a target host that no converter has ever served fails at
 // once, saying what to start, instead of waiting forever.
 func TestMultiHostUnknownTarget(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	f := newFleet(t, m)
 	f.host("gateway", []string{messages.StageResolver, messages.StageCollector, messages.StageFetcher, messages.StageVerifier}, nil)
-	res := prepare(t, f.conn(), messages.PrepareRequest{RequestID: "nobody", Format: catalog.FormatRaw, Target: "mac9",
-		Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}})
+	res := prepare(t, f.conn(), messages.PrepareRequest{RequestID: "nobody", Format: image.FormatRaw, Target: "mac9",
+		Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}})
 	if res.Status != messages.ResultFailed || res.Failure == nil || !strings.Contains(res.Failure.Cause, "converter --target mac9") {
 		t.Fatalf("%+v %+v", res, res.Failure)
 	}

@@ -11,7 +11,7 @@ import (
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -25,7 +25,7 @@ type outcome struct {
 
 // submit sends requests for spec with the given ids, each in its own
 // goroutine; their outcomes arrive on the returned channel.
-func submit(t *testing.T, f *fleet, spec catalog.ImageSpec, ids ...string) <-chan outcome {
+func submit(t *testing.T, f *fleet, spec image.Spec, ids ...string) <-chan outcome {
 	t.Helper()
 	out := make(chan outcome, len(ids))
 	nc := f.conn()
@@ -36,7 +36,7 @@ func submit(t *testing.T, f *fleet, spec catalog.ImageSpec, ids ...string) <-cha
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 			defer cancel()
-			res, err := testutil.Prepare(ctx, nc, messages.PrepareRequest{RequestID: id, Spec: spec, Format: catalog.FormatQCOW2}, nil)
+			res, err := testutil.Prepare(ctx, nc, messages.PrepareRequest{RequestID: id, Spec: spec, Format: image.FormatQCOW2}, nil)
 			out <- outcome{id, res, err, time.Now()}
 		}()
 	}
@@ -93,8 +93,8 @@ func TestOriginGoneMidDownload(t *testing.T) {
 	m := testmirror.New(t, testmirror.WithDiskSize(4<<20, 512<<10), testmirror.WithKernelSize(8<<10, 8<<10))
 	const originTimeout = 15 * time.Second
 	f := originFleet(t, m, originTimeout)
-	amd64Disk := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
-	arm64 := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchARM64}
+	amd64Disk := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
+	arm64 := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchARM64}
 
 	m.Throttle(32 << 10)
 	stuck := submit(t, f, noble, "a1", "a2", "a3", "a4")
@@ -125,10 +125,10 @@ func TestOriginGoneMidDownload(t *testing.T) {
 // A mirror that stops (connections cut, then refused) mid-download ends
 // every request with a failure naming the URL and the last cause.
 func TestOriginStoppedMidDownload(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(4<<20, 512<<10), testmirror.WithKernelSize(8<<10, 8<<10))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(4<<20, 512<<10), testmirror.WithKernelSize(8<<10, 8<<10))
 	const originTimeout = 3 * time.Second
 	f := originFleet(t, m, originTimeout)
-	disk := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	disk := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 
 	m.Throttle(32 << 10)
 	ch := submit(t, f, noble, "s1", "s2", "s3")

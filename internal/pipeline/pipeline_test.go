@@ -20,12 +20,14 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/download"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/stage"
@@ -149,17 +151,17 @@ func TestPrepareEndToEnd(t *testing.T) {
 	emb := e.start(t)
 
 	tests := []struct {
-		arch   catalog.Arch
-		format catalog.DiskFormat
+		arch   image.Arch
+		format image.DiskFormat
 	}{
-		{catalog.ArchAMD64, catalog.FormatQCOW2},
-		{catalog.ArchAMD64, catalog.FormatRaw},
-		{catalog.ArchARM64, catalog.FormatRaw},
-		{catalog.ArchARM64, catalog.FormatQCOW2},
+		{image.ArchAMD64, image.FormatQCOW2},
+		{image.ArchAMD64, image.FormatRaw},
+		{image.ArchARM64, image.FormatRaw},
+		{image.ArchARM64, image.FormatQCOW2},
 	}
 	for _, tt := range tests {
 		t.Run(string(tt.arch)+"-"+string(tt.format), func(t *testing.T) {
-			spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: tt.arch}
+			spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: tt.arch}
 			res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: client.NewRequestID(), Spec: spec, Format: tt.format})
 			if res.Status != messages.ResultPrepared {
 				t.Fatalf("status %s: %+v", res.Status, res.Failure)
@@ -167,10 +169,10 @@ func TestPrepareEndToEnd(t *testing.T) {
 			if res.Signer != m.Fingerprint() {
 				t.Errorf("signer = %q, want %q", res.Signer, m.Fingerprint())
 			}
-			for role, path := range map[catalog.Role]string{catalog.RoleKernel: res.Kernel, catalog.RoleInitramfs: res.Initramfs} {
+			for role, path := range map[image.Role]string{image.RoleKernel: res.Kernel, image.RoleInitramfs: res.Initramfs} {
 				rel := m.Path("ubuntu", "24.04", tt.arch, role)
 				want := m.Digest(rel).Hex
-				if content := m.Content(rel); role == catalog.RoleKernel && len(content) > 2 && content[0] == 0x1f && content[1] == 0x8b {
+				if content := m.Content(rel); role == image.RoleKernel && len(content) > 2 && content[0] == 0x1f && content[1] == 0x8b {
 					// A gzip-compressed kernel is delivered unpacked, derived from the verified one.
 					zr, err := gzip.NewReader(bytes.NewReader(content))
 					if err != nil {
@@ -190,12 +192,12 @@ func TestPrepareEndToEnd(t *testing.T) {
 					t.Errorf("%s at %s has sha256 %s, want %s", role, path, got, want)
 				}
 			}
-			diskRel := m.Path("ubuntu", "24.04", tt.arch, catalog.RoleDisk)
+			diskRel := m.Path("ubuntu", "24.04", tt.arch, image.RoleDisk)
 			if res.DiskFormat != tt.format {
 				t.Errorf("disk format %s, want %s", res.DiskFormat, tt.format)
 			}
 			want := m.Digest(diskRel).Hex
-			if tt.format == catalog.FormatRaw {
+			if tt.format == image.FormatRaw {
 				want = qemuRawSHA256(t, m, diskRel)
 			}
 			if got := fileSHA256(t, res.Disk); got != want {
@@ -212,7 +214,7 @@ func TestPrepareEndToEnd(t *testing.T) {
 				}
 			}
 			name := "disk.img"
-			if tt.format == catalog.FormatRaw {
+			if tt.format == image.FormatRaw {
 				name = "disk.raw"
 			}
 			if target, err := filepath.EvalSymlinks(filepath.Join(wantView, name)); err != nil || target != res.Disk {
@@ -223,8 +225,8 @@ func TestPrepareEndToEnd(t *testing.T) {
 
 	// Warm: a second request for a prepared image fetches no content.
 	before := m.TotalContentRequests()
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
-	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "warm-1", Spec: spec, Format: catalog.FormatRaw})
+	spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}
+	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "warm-1", Spec: spec, Format: image.FormatRaw})
 	if res.Status != messages.ResultPrepared {
 		t.Fatalf("warm: %+v", res.Failure)
 	}
@@ -233,7 +235,7 @@ func TestPrepareEndToEnd(t *testing.T) {
 	}
 
 	// The same request id again yields the same one result, without new work.
-	again := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "warm-1", Spec: spec, Format: catalog.FormatRaw})
+	again := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "warm-1", Spec: spec, Format: image.FormatRaw})
 	if !again.CompletedAt.Equal(res.CompletedAt) || again.Disk != res.Disk {
 		t.Errorf("repeated request id gave a different result: %+v vs %+v", again, res)
 	}
@@ -256,42 +258,42 @@ func TestPrepareEndToEnd(t *testing.T) {
 // TestRequestIDs: a reused id for another image is refused without touching
 // the original request; a duplicate publish yields one result.
 func TestRequestIDs(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
-	first := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "shared-id", Spec: spec, Format: catalog.FormatQCOW2})
+	spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}
+	first := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "shared-id", Spec: spec, Format: image.FormatQCOW2})
 	if first.Status != messages.ResultPrepared {
 		t.Fatalf("first: %+v", first.Failure)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, err := testutil.Prepare(ctx, emb.Conn, messages.PrepareRequest{RequestID: "shared-id", Spec: spec, Format: catalog.FormatRaw}, nil)
+	_, err := testutil.Prepare(ctx, emb.Conn, messages.PrepareRequest{RequestID: "shared-id", Spec: spec, Format: image.FormatRaw}, nil)
 	if !errors.Is(err, client.ErrRequestIDReused) {
 		t.Fatalf("reusing an id for another format: err = %v, want ErrRequestIDReused", err)
 	}
 	// The original's result is untouched and there is still exactly one.
-	again := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "shared-id", Spec: spec, Format: catalog.FormatQCOW2})
+	again := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "shared-id", Spec: spec, Format: image.FormatQCOW2})
 	if again.Status != messages.ResultPrepared || !again.CompletedAt.Equal(first.CompletedAt) {
 		t.Fatalf("original result changed: %+v", again)
 	}
 }
 
 func TestWarmPrepareWorksOffline(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	e := newEnv(t, m)
 	e.deps.ResolutionMaxAge = time.Hour
 	emb := e.start(t)
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
-	if res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "cold", Spec: spec, Format: catalog.FormatQCOW2}); res.Status != messages.ResultPrepared {
+	spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}
+	if res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "cold", Spec: spec, Format: image.FormatQCOW2}); res.Status != messages.ResultPrepared {
 		t.Fatalf("cold: %+v", res.Failure)
 	}
 	// The mirror now answers nothing but errors: the warm request must not need it.
-	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
-		m.SetFault(m.Path("ubuntu", "24.04", catalog.ArchAMD64, role), testmirror.Fault{Status: 500})
-		m.SetFault(m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, role), testmirror.Fault{Status: 500})
+	for _, role := range []image.Role{image.RoleKernel, image.RoleInitramfs, image.RoleDisk} {
+		m.SetFault(m.Path("ubuntu", "24.04", image.ArchAMD64, role), testmirror.Fault{Status: 500})
+		m.SetFault(m.ManifestPath("ubuntu", "24.04", image.ArchAMD64, role), testmirror.Fault{Status: 500})
 	}
-	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "warm", Spec: spec, Format: catalog.FormatQCOW2})
+	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "warm", Spec: spec, Format: image.FormatQCOW2})
 	if res.Status != messages.ResultPrepared {
 		t.Fatalf("warm offline: %+v", res.Failure)
 	}
@@ -301,16 +303,16 @@ func TestWarmPrepareWorksOffline(t *testing.T) {
 }
 
 func TestFailuresEndAsResults(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)
-	amd := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+	amd := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}
 
 	t.Run("transient 503s are retried", func(t *testing.T) {
-		disk := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+		disk := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 		m.SetFault(disk, testmirror.Fault{Status: 503, Times: 3})
 		defer m.ClearFault(disk)
-		res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "flaky", Spec: amd, Format: catalog.FormatQCOW2})
+		res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "flaky", Spec: amd, Format: image.FormatQCOW2})
 		if res.Status != messages.ResultPrepared {
 			t.Fatalf("want prepared after retries: %+v", res.Failure)
 		}
@@ -325,17 +327,17 @@ func TestFailuresEndAsResults(t *testing.T) {
 	}{
 		{
 			name:      "alpine is unsupported",
-			req:       messages.PrepareRequest{RequestID: "alpine", Spec: catalog.ImageSpec{Distro: "alpine", Version: "3.20", Arch: "amd64"}, Format: catalog.FormatQCOW2},
+			req:       messages.PrepareRequest{RequestID: "alpine", Spec: image.Spec{Distro: "alpine", Version: "3.20", Arch: "amd64"}, Format: image.FormatQCOW2},
 			wantStage: messages.StageResolver, wantCause: []string{"alpine"},
 		},
 		{
 			name:      "unknown distro lists supported ones",
-			req:       messages.PrepareRequest{RequestID: "gentoo", Spec: catalog.ImageSpec{Distro: "gentoo", Version: "1", Arch: "amd64"}, Format: catalog.FormatQCOW2},
+			req:       messages.PrepareRequest{RequestID: "gentoo", Spec: image.Spec{Distro: "gentoo", Version: "1", Arch: "amd64"}, Format: image.FormatQCOW2},
 			wantStage: messages.StageResolver, wantCause: []string{"gentoo", "ubuntu"},
 		},
 		{
 			name:      "traversal in the version",
-			req:       messages.PrepareRequest{RequestID: "traverse", Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "../../etc", Arch: "amd64"}, Format: catalog.FormatQCOW2},
+			req:       messages.PrepareRequest{RequestID: "traverse", Spec: image.Spec{Distro: "ubuntu", Version: "../../etc", Arch: "amd64"}, Format: image.FormatQCOW2},
 			wantStage: messages.StageResolver, wantCause: []string{"version"},
 		},
 		{
@@ -345,18 +347,18 @@ func TestFailuresEndAsResults(t *testing.T) {
 		},
 		{
 			name: "kernel 404",
-			req:  messages.PrepareRequest{RequestID: "k404", Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"}, Format: catalog.FormatQCOW2},
+			req:  messages.PrepareRequest{RequestID: "k404", Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"}, Format: image.FormatQCOW2},
 			setup: func() {
-				m.SetFault(m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel), testmirror.Fault{Status: 404})
+				m.SetFault(m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleKernel), testmirror.Fault{Status: 404})
 			},
 			wantStage: messages.StageFetcher, wantCause: []string{"404", "vmlinuz"},
 		},
 		{
 			name: "tampered disk",
-			req:  messages.PrepareRequest{RequestID: "tampered", Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"}, Format: catalog.FormatQCOW2},
+			req:  messages.PrepareRequest{RequestID: "tampered", Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"}, Format: image.FormatQCOW2},
 			setup: func() {
-				m.ClearFault(m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel))
-				m.SetFault(m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk), testmirror.Fault{WrongBytes: true})
+				m.ClearFault(m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleKernel))
+				m.SetFault(m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk), testmirror.Fault{WrongBytes: true})
 			},
 			wantStage: messages.StageFetcher, wantCause: []string{"digest"},
 		},
@@ -389,7 +391,7 @@ func TestFailuresEndAsResults(t *testing.T) {
 }
 
 func TestPoisonMessagesAreDeadLettered(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)
 	js, err := jetstream.New(emb.Conn)
@@ -416,7 +418,7 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 		}
 	}
 	// The stages keep serving.
-	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "after-poison", Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"}, Format: catalog.FormatQCOW2})
+	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "after-poison", Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"}, Format: image.FormatQCOW2})
 	if res.Status != messages.ResultPrepared {
 		t.Fatalf("after poison: %+v", res.Failure)
 	}
@@ -471,7 +473,7 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 	}
 	// Issue 16, item 10: its result echoes the spec it asked for (it was
 	// empty, and a client matching results by spec waited to its timeout).
-	if want := (catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: "20261120"}); res.Spec != want || res.Format != catalog.FormatRaw {
+	if want := (image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: "20261120"}); res.Spec != want || res.Format != image.FormatRaw {
 		t.Errorf("future-version request's result echoes spec %+v format %q, want %+v raw", res.Spec, res.Format, want)
 	}
 }
@@ -479,11 +481,11 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 // TestCorruptCacheIsFetchedAgain: a stored blob that stopped matching its
 // digest is quarantined and fetched again, instead of failing the request.
 func TestCorruptCacheIsFetchedAgain(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
-	first := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "first", Spec: spec, Format: catalog.FormatQCOW2})
+	spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}
+	first := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "first", Spec: spec, Format: image.FormatQCOW2})
 	if first.Status != messages.ResultPrepared {
 		t.Fatalf("first: %+v", first.Failure)
 	}
@@ -508,10 +510,10 @@ func TestCorruptCacheIsFetchedAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	kernelRel := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel)
+	kernelRel := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleKernel)
 	before := m.Requests(kernelRel)
 
-	second := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "second", Spec: spec, Format: catalog.FormatQCOW2})
+	second := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "second", Spec: spec, Format: image.FormatQCOW2})
 	if second.Status != messages.ResultPrepared {
 		t.Fatalf("second: %+v", second.Failure)
 	}
@@ -546,13 +548,13 @@ func TestConcurrentWorkersOneResultEach(t *testing.T) {
 
 	type job struct {
 		id     string
-		arch   catalog.Arch
-		format catalog.DiskFormat
+		arch   image.Arch
+		format image.DiskFormat
 	}
 	var jobs []job
 	for i := 0; i < 8; i++ {
-		arch := []catalog.Arch{catalog.ArchAMD64, catalog.ArchARM64}[i%2]
-		format := []catalog.DiskFormat{catalog.FormatRaw, catalog.FormatQCOW2}[(i/2)%2]
+		arch := []image.Arch{image.ArchAMD64, image.ArchARM64}[i%2]
+		format := []image.DiskFormat{image.FormatRaw, image.FormatQCOW2}[(i/2)%2]
 		jobs = append(jobs, job{id: fmt.Sprintf("c%d", i), arch: arch, format: format})
 	}
 	jobs = append(jobs, jobs[0], jobs[3]) // duplicate publishes of the same requests
@@ -563,7 +565,7 @@ func TestConcurrentWorkersOneResultEach(t *testing.T) {
 			cctx, ccancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer ccancel()
 			res, err := testutil.Prepare(cctx, emb.Conn, messages.PrepareRequest{
-				RequestID: j.id, Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: j.arch}, Format: j.format,
+				RequestID: j.id, Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: j.arch}, Format: j.format,
 			}, nil)
 			if err != nil {
 				errs <- err
@@ -635,7 +637,7 @@ func asAnyClient(t *testing.T, nc *nats.Conn, req any, id string) messages.Resul
 // and never sees the other image's files; repeating the original request
 // gets the original result again; format may be left out.
 func TestRequestIDReuseForAnyClient(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)
 	spec := map[string]string{"distro": "ubuntu", "version": "24.04", "arch": "amd64"}
@@ -648,7 +650,7 @@ func TestRequestIDReuseForAnyClient(t *testing.T) {
 	}
 	// No format: qcow2.
 	first := asAnyClient(t, emb.Conn, request("reused", ""), "reused")
-	if first.Status != messages.ResultPrepared || first.Format != catalog.FormatQCOW2 || first.DiskFormat != catalog.FormatQCOW2 {
+	if first.Status != messages.ResultPrepared || first.Format != image.FormatQCOW2 || first.DiskFormat != image.FormatQCOW2 {
 		t.Fatalf("first (no format): %+v", first)
 	}
 	// The same id for raw, at once and after the first finished: a refusal
@@ -658,7 +660,7 @@ func TestRequestIDReuseForAnyClient(t *testing.T) {
 		if res.Status != messages.ResultFailed || res.Failure == nil || res.Failure.Code != messages.FailureRequestIDReused {
 			t.Fatalf("reuse %d: %+v", i, res)
 		}
-		if res.Format != catalog.FormatRaw || res.Disk != "" || len(res.Files) != 0 {
+		if res.Format != image.FormatRaw || res.Disk != "" || len(res.Files) != 0 {
 			t.Fatalf("reuse %d: the refusal carries another request's image: %+v", i, res)
 		}
 		if !strings.Contains(res.Failure.Cause, "already used") || !strings.Contains(res.Failure.Cause, "qcow2") {
@@ -680,10 +682,10 @@ func TestRequestIDReuseForAnyClient(t *testing.T) {
 // Namespaces keep clients apart: the same request id in two namespaces is
 // two requests, each answered and reported on its own subjects.
 func TestNamespaces(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+	spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}
 	// Someone listening to the default namespace's subjects hears nothing
 	// of the namespaced requests.
 	leak, err := emb.Conn.SubscribeSync("vmprep.*.same-id")
@@ -691,7 +693,7 @@ func TestNamespaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	results := map[string]messages.Result{}
-	for ns, format := range map[string]catalog.DiskFormat{"alice": catalog.FormatQCOW2, "bob": catalog.FormatRaw} {
+	for ns, format := range map[string]image.DiskFormat{"alice": image.FormatQCOW2, "bob": image.FormatRaw} {
 		c, err := client.New(emb.Conn, client.WithNamespace(ns))
 		if err != nil {
 			t.Fatal(err)

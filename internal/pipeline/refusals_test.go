@@ -14,21 +14,23 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmprep/vmprep/internal/kerneltest"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/download"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/stage"
 	"github.com/vmprep/vmprep/pkg/store"
-	"golang.org/x/sys/unix"
 )
 
 // republish serves data as the asset role of ubuntu 24.04 arch, with its
 // digest in the signed manifest: the mirror publishes exactly these bytes.
-func republish(t *testing.T, m *testmirror.Mirror, arch catalog.Arch, role catalog.Role, data []byte) {
+func republish(t *testing.T, m *testmirror.Mirror, arch image.Arch, role image.Role, data []byte) {
 	t.Helper()
 	rel := m.Path("ubuntu", "24.04", arch, role)
 	old := m.Digest(rel).Hex
@@ -54,10 +56,10 @@ func qemuTool(t *testing.T, name string, args ...string) {
 // request on their first delivery, with a cause that says what is wrong,
 // instead of being retried for minutes (deliveries × download attempts).
 func TestPermanentFailuresEndAtOnce(t *testing.T) {
-	amd := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+	amd := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}
 	tests := []struct {
 		name      string
-		format    catalog.DiskFormat
+		format    image.DiskFormat
 		setup     func(t *testing.T, e *env, m *testmirror.Mirror)
 		wantStage string
 		wantCause []string
@@ -66,9 +68,9 @@ func TestPermanentFailuresEndAtOnce(t *testing.T) {
 		mayPrepare bool
 	}{
 		{
-			name: "disk redirected to file://", format: catalog.FormatQCOW2,
+			name: "disk redirected to file://", format: image.FormatQCOW2,
 			setup: func(t *testing.T, e *env, m *testmirror.Mirror) {
-				disk := "/" + m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+				disk := "/" + m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 				front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					if r.URL.Path == disk {
 						http.Redirect(w, r, "file:///etc/passwd", http.StatusFound)
@@ -86,24 +88,24 @@ func TestPermanentFailuresEndAtOnce(t *testing.T) {
 			wantStage: messages.StageFetcher, wantCause: []string{"file:///etc/passwd", "unsupported URL scheme"},
 		},
 		{
-			name: "body shorter than Content-Length, no Range support", format: catalog.FormatQCOW2,
+			name: "body shorter than Content-Length, no Range support", format: image.FormatQCOW2,
 			setup: func(t *testing.T, e *env, m *testmirror.Mirror) {
-				m.SetFault(m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk), testmirror.Fault{IgnoreRange: true, Reset: true, After: 1 << 20})
+				m.SetFault(m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk), testmirror.Fault{IgnoreRange: true, Reset: true, After: 1 << 20})
 			},
 			wantStage: messages.StageFetcher, wantCause: []string{"unexpected EOF", "cannot resume"},
 		},
 		{
-			name: "declared qcow2 with a broken magic, qcow2 wanted", format: catalog.FormatQCOW2,
+			name: "declared qcow2 with a broken magic, qcow2 wanted", format: image.FormatQCOW2,
 			setup:     breakDiskMagic,
 			wantStage: messages.StageVerifier, wantCause: []string{"declared qcow2", "no qcow2 magic"},
 		},
 		{
-			name: "declared qcow2 with a broken magic, raw wanted", format: catalog.FormatRaw,
+			name: "declared qcow2 with a broken magic, raw wanted", format: image.FormatRaw,
 			setup:     breakDiskMagic,
 			wantStage: messages.StageVerifier, wantCause: []string{"declared qcow2", "no qcow2 magic"},
 		},
 		{
-			name: "1 PiB virtual disk as raw", format: catalog.FormatRaw,
+			name: "1 PiB virtual disk as raw", format: image.FormatRaw,
 			setup: func(t *testing.T, e *env, m *testmirror.Mirror) {
 				img := filepath.Join(t.TempDir(), "huge.qcow2")
 				qemuTool(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "1P")
@@ -112,7 +114,7 @@ func TestPermanentFailuresEndAtOnce(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				republish(t, m, catalog.ArchAMD64, catalog.RoleDisk, b)
+				republish(t, m, image.ArchAMD64, image.RoleDisk, b)
 			},
 			wantStage: messages.StageConverter, wantCause: []string{"larger than the file system", "file too large"},
 			mayPrepare: true,
@@ -120,7 +122,7 @@ func TestPermanentFailuresEndAtOnce(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+			m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 			e := newEnv(t, m)
 			tt.setup(t, e, m)
 			emb := e.start(t)
@@ -136,7 +138,7 @@ func TestPermanentFailuresEndAtOnce(t *testing.T) {
 			if f.Retryable || strings.HasPrefix(f.Cause, "gave up after") {
 				t.Errorf("failure %+v was retried or is called retryable; want permanent at once", f)
 			}
-			if f.Stage != tt.wantStage || f.Asset != catalog.RoleDisk {
+			if f.Stage != tt.wantStage || f.Asset != image.RoleDisk {
 				t.Errorf("failed in %s for %s, want %s for the disk (%s)", f.Stage, f.Asset, tt.wantStage, f.Cause)
 			}
 			for _, w := range tt.wantCause {
@@ -152,20 +154,20 @@ func TestPermanentFailuresEndAtOnce(t *testing.T) {
 // lost: format detection alone would take it for raw data.
 func breakDiskMagic(t *testing.T, e *env, m *testmirror.Mirror) {
 	t.Helper()
-	b := bytes.Clone(m.Content(m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)))
+	b := bytes.Clone(m.Content(m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)))
 	b[3] = 0 // "QFI\xfb" -> "QFI\x00"
-	republish(t, m, catalog.ArchAMD64, catalog.RoleDisk, b)
+	republish(t, m, image.ArchAMD64, image.RoleDisk, b)
 }
 
 // TestShortBodyIsFetchedOnce: the permanent short-body failure costs one
 // delivery's attempts, not MaxDeliver times as many.
 func TestShortBodyIsFetchedOnce(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
-	disk := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
+	disk := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 	m.SetFault(disk, testmirror.Fault{IgnoreRange: true, Reset: true, After: 1 << 20})
 	e := newEnv(t, m) // its downloader makes 4 attempts
 	emb := e.start(t)
-	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "short", Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}, Format: catalog.FormatQCOW2})
+	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "short", Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}, Format: image.FormatQCOW2})
 	if res.Status != messages.ResultFailed {
 		t.Fatalf("status %s, want failed", res.Status)
 	}
@@ -178,7 +180,7 @@ func TestShortBodyIsFetchedOnce(t *testing.T) {
 // conversion counts the qcow2's allocated data (plus a margin), not the
 // virtual size: a 64 GiB disk holding 24 MiB converts where 8 GiB are free.
 func TestRawConversionNeedsRoomForDataOnly(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<30, 24<<20), testmirror.WithCompressedDisk(false))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(64<<30, 24<<20), testmirror.WithCompressedDisk(false))
 	e := newEnv(t, m)
 	var fs unix.Statfs_t
 	if err := unix.Statfs(e.cache, &fs); err != nil {
@@ -196,7 +198,7 @@ func TestRawConversionNeedsRoomForDataOnly(t *testing.T) {
 	}
 	e.deps.Store = st
 	emb := e.start(t)
-	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "roomy", Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}, Format: catalog.FormatRaw})
+	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "roomy", Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}, Format: image.FormatRaw})
 	if res.Status != messages.ResultPrepared {
 		t.Fatalf("status %s: %+v", res.Status, res.Failure)
 	}
@@ -209,21 +211,21 @@ func TestRawConversionNeedsRoomForDataOnly(t *testing.T) {
 // Ubuntu's with CONFIG_EFI_ZBOOT) goes to the converter like a gzip one and
 // is delivered as the raw Image, derived from the verified vmlinuz.
 func TestZBootKernelIsUnpacked(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchARM64))
-	image := kerneltest.Arm64Image(2 << 20)
+	m := testmirror.New(t, testmirror.WithArches(image.ArchARM64))
+	kernelImage := kerneltest.Arm64Image(2 << 20)
 	var gz bytes.Buffer
 	zw := gzip.NewWriter(&gz)
-	if _, err := zw.Write(image); err != nil {
+	if _, err := zw.Write(kernelImage); err != nil {
 		t.Fatal(err)
 	}
 	if err := zw.Close(); err != nil {
 		t.Fatal(err)
 	}
-	republish(t, m, catalog.ArchARM64, catalog.RoleKernel, kerneltest.ZBoot("gzip", gz.Bytes(), len(image)))
+	republish(t, m, image.ArchARM64, image.RoleKernel, kerneltest.ZBoot("gzip", gz.Bytes(), len(kernelImage)))
 	e := newEnv(t, m)
 	emb := e.start(t)
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchARM64}
-	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "zboot", Spec: spec, Format: catalog.FormatQCOW2})
+	spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchARM64}
+	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "zboot", Spec: spec, Format: image.FormatQCOW2})
 	if res.Status != messages.ResultPrepared {
 		t.Fatalf("status %s: %+v", res.Status, res.Failure)
 	}
@@ -231,11 +233,11 @@ func TestZBootKernelIsUnpacked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(got, image) {
-		t.Errorf("kernel %s (%d bytes) is not the Image inside the zboot vmlinuz (%d bytes)", res.Kernel, len(got), len(image))
+	if !bytes.Equal(got, kernelImage) {
+		t.Errorf("kernel %s (%d bytes) is not the Image inside the zboot vmlinuz (%d bytes)", res.Kernel, len(got), len(kernelImage))
 	}
-	kernelRel := m.Path("ubuntu", "24.04", catalog.ArchARM64, catalog.RoleKernel)
-	if f := res.Files[catalog.RoleKernel]; f.DerivedFrom != m.Digest(kernelRel) {
+	kernelRel := m.Path("ubuntu", "24.04", image.ArchARM64, image.RoleKernel)
+	if f := res.Files[image.RoleKernel]; f.DerivedFrom != m.Digest(kernelRel) {
 		t.Errorf("kernel derived_from %s, want %s", f.DerivedFrom, m.Digest(kernelRel))
 	}
 	if target, err := filepath.EvalSymlinks(filepath.Join(res.View, "vmlinux")); err != nil || target != res.Kernel {
@@ -247,8 +249,8 @@ func TestZBootKernelIsUnpacked(t *testing.T) {
 // prepare --timeout) while the fetcher retries says what it was retrying,
 // not only "context canceled".
 func TestGivingUpNamesWhatWasRetried(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
-	m.SetFault(m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk), testmirror.Fault{Status: http.StatusServiceUnavailable})
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
+	m.SetFault(m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk), testmirror.Fault{Status: http.StatusServiceUnavailable})
 	e := newEnv(t, m)
 	// Retry for a minute: only the client's context ends this request.
 	e.deps.Downloader = download.New(download.WithLogger(quietLogger()), download.WithBackoff(20*time.Millisecond, 100*time.Millisecond), download.WithRetry(1000, time.Minute))
@@ -256,7 +258,7 @@ func TestGivingUpNamesWhatWasRetried(t *testing.T) {
 	emb := e.start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a bound only if no retry is ever reported
 	defer cancel()
-	_, err := testutil.Prepare(ctx, emb.Conn, messages.PrepareRequest{RequestID: "impatient", Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}, Format: catalog.FormatQCOW2},
+	_, err := testutil.Prepare(ctx, emb.Conn, messages.PrepareRequest{RequestID: "impatient", Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}, Format: image.FormatQCOW2},
 		func(p messages.Progress) {
 			if p.Retrying != "" {
 				cancel() // the client gives up once a retry is under way

@@ -36,7 +36,7 @@ import (
 //   - When the network fails transiently, the newest stored build answers.
 //
 // A burst of requests for one image shares one resolution.
-func (s *ResolverStage) resolve(ctx context.Context, spec catalog.ImageSpec, log *slog.Logger) (catalog.Resolution, string, error) {
+func (s *ResolverStage) resolve(ctx context.Context, spec image.Spec, log *slog.Logger) (catalog.Resolution, string, error) {
 	type resolved struct {
 		res  catalog.Resolution
 		from string
@@ -58,7 +58,7 @@ func (s *ResolverStage) resolve(ctx context.Context, spec catalog.ImageSpec, log
 // storedResolution is the resolution of spec the store answers without the
 // network under roots, if any: a pinned build's record (its directory never
 // changes), or the latest resolution while it is younger than maxAge.
-func storedResolution(ctx context.Context, st *store.Store, spec catalog.ImageSpec, roots catalog.TrustRoots, maxAge time.Duration) (catalog.Resolution, bool) {
+func storedResolution(ctx context.Context, st *store.Store, spec image.Spec, roots catalog.TrustRoots, maxAge time.Duration) (catalog.Resolution, bool) {
 	if spec.Serial != "" {
 		rec, err := st.LoadSerialResolution(ctx, spec, roots)
 		return rec, err == nil
@@ -67,7 +67,7 @@ func storedResolution(ctx context.Context, st *store.Store, spec catalog.ImageSp
 	return cached, err == nil && maxAge > 0 && time.Since(cached.ResolvedAt) < maxAge
 }
 
-func (s *ResolverStage) resolveOnce(ctx context.Context, spec catalog.ImageSpec, log *slog.Logger) (catalog.Resolution, string, error) {
+func (s *ResolverStage) resolveOnce(ctx context.Context, spec image.Spec, log *slog.Logger) (catalog.Resolution, string, error) {
 	roots, err := s.Resolver.Roots(spec)
 	if err != nil {
 		return catalog.Resolution{}, "", stage.Permanent(&resolve.Error{Spec: spec, Op: resolve.OpPlan, Err: err})
@@ -138,7 +138,7 @@ func (s *ResolverStage) resolveOnce(ctx context.Context, spec catalog.ImageSpec,
 // offline answers a failed network resolution: when the failure is
 // transient, with the newest build stored for spec under roots (by the
 // newest-serial mark, else the latest resolution); otherwise with the error.
-func (s *ResolverStage) offline(ctx context.Context, spec catalog.ImageSpec, roots catalog.TrustRoots, err error, log *slog.Logger) (catalog.Resolution, string, error) {
+func (s *ResolverStage) offline(ctx context.Context, spec image.Spec, roots catalog.TrustRoots, err error, log *slog.Logger) (catalog.Resolution, string, error) {
 	if Classify(err) != Retry {
 		return catalog.Resolution{}, "", stage.Permanent(err)
 	}
@@ -161,7 +161,7 @@ func (s *ResolverStage) offline(ctx context.Context, spec catalog.ImageSpec, roo
 // when the store holds spec only under other trust roots: the cached build
 // exists but may not answer, and the requester must learn why rather than
 // see a bare network error. Other errors are returned as they are.
-func (s *ResolverStage) otherRoots(ctx context.Context, spec catalog.ImageSpec, roots catalog.TrustRoots, err error, log *slog.Logger) error {
+func (s *ResolverStage) otherRoots(ctx context.Context, spec image.Spec, roots catalog.TrustRoots, err error, log *slog.Logger) error {
 	if Classify(err) != Retry {
 		return err
 	}

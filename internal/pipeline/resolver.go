@@ -8,28 +8,30 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/stage"
 	"github.com/vmprep/vmprep/pkg/store"
-	"golang.org/x/sync/singleflight"
 )
 
 // Resolver resolves an image spec to its verified assets (pkg/resolve).
 type Resolver interface {
 	// Canonical validates spec against the catalog and spells it canonically
 	// (a codename becomes its version), so that both spellings are one image.
-	Canonical(spec catalog.ImageSpec) (catalog.ImageSpec, error)
+	Canonical(spec image.Spec) (image.Spec, error)
 	// Serials lists the builds published for spec's version, newest first;
 	// an error wrapping catalog.ErrNoSerials when its catalog has none.
-	Serials(ctx context.Context, spec catalog.ImageSpec) ([]resolve.Serial, error)
+	Serials(ctx context.Context, spec image.Spec) ([]resolve.Serial, error)
 	// Resolve resolves spec; the resolution names the trust roots it
 	// rests on (Roots' answer for spec).
-	Resolve(ctx context.Context, spec catalog.ImageSpec) (catalog.Resolution, error)
+	Resolve(ctx context.Context, spec image.Spec) (catalog.Resolution, error)
 	// Roots are the trust roots (keyring, catalog entry, mirror) a
 	// resolution of spec rests on: stored records answer only under the same.
-	Roots(spec catalog.ImageSpec) (catalog.TrustRoots, error)
+	Roots(spec image.Spec) (catalog.TrustRoots, error)
 }
 
 // ResolverStage handles prepare requests: it validates the request, resolves
@@ -143,9 +145,9 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 	if err != nil {
 		return nil, err
 	}
-	if disk, ok := res.Asset(catalog.RoleDisk); !ok {
+	if disk, ok := res.Asset(image.RoleDisk); !ok {
 		return nil, stage.Permanent(fmt.Errorf("%s resolved without a disk", specString(spec)))
-	} else if disk.Format == catalog.FormatRaw && req.Format == catalog.FormatQCOW2 {
+	} else if disk.Format == image.FormatRaw && req.Format == image.FormatQCOW2 {
 		return nil, stage.Permanent(fmt.Errorf("%s publishes a raw disk; converting raw to qcow2 is not supported (ask for --format raw)", specString(spec)))
 	}
 	events, err := fetchEvents(ns, req, res, from)
@@ -174,8 +176,8 @@ func answerID(key string, m stage.Message) string {
 	return fmt.Sprintf("result.%s.%d", key, m.Sequence)
 }
 
-func roles(res catalog.Resolution) []catalog.Role {
-	out := make([]catalog.Role, 0, len(res.Assets))
+func roles(res catalog.Resolution) []image.Role {
+	out := make([]image.Role, 0, len(res.Assets))
 	for _, a := range res.Assets {
 		out = append(out, a.Role)
 	}
@@ -199,6 +201,6 @@ func fetchEvents(ns string, req messages.PrepareRequest, res catalog.Resolution,
 	return events, nil
 }
 
-func specString(s catalog.ImageSpec) string {
+func specString(s image.Spec) string {
 	return s.Distro + " " + s.Version + " " + string(s.Arch)
 }

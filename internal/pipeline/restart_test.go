@@ -10,11 +10,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/vmprep/vmprep/internal/natsembed"
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -32,7 +33,7 @@ func freeAddr(t *testing.T) string {
 // disk is downloading and starts it again on the same port and directory: the
 // stages and the client reconnect and the request completes.
 func TestServerRestartMidRequest(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 24<<20))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(64<<20, 24<<20))
 	e := newEnv(t, m)
 	addr, jsDir := freeAddr(t), t.TempDir()
 	srv, err := natsembed.Start(natsembed.Options{StoreDir: jsDir, Listen: addr})
@@ -61,7 +62,7 @@ func TestServerRestartMidRequest(t *testing.T) {
 	go func() { stagesDone <- pipeline.RunStages(ctx, stagesConn, pipeline.AllStages, e.deps) }()
 	defer func() { cancel(); <-stagesDone }()
 
-	diskRel := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	diskRel := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 	size := int64(len(m.Content(diskRel)))
 	m.Throttle(size / 3)
 
@@ -74,7 +75,7 @@ func TestServerRestartMidRequest(t *testing.T) {
 		pctx, pcancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer pcancel()
 		res, err := testutil.Prepare(pctx, clientConn, messages.PrepareRequest{
-			RequestID: "restart", Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}, Format: catalog.FormatRaw,
+			RequestID: "restart", Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}, Format: image.FormatRaw,
 		}, nil)
 		got <- outcome{res, err}
 	}()

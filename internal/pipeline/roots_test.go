@@ -15,6 +15,7 @@ import (
 	"github.com/vmprep/vmprep/internal/signtest"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/place"
 	"github.com/vmprep/vmprep/pkg/resolve"
@@ -23,7 +24,7 @@ import (
 )
 
 // mirrorRoots are the trust roots of spec under m's catalog (m's URL and key).
-func mirrorRoots(t *testing.T, m *testmirror.Mirror, spec catalog.ImageSpec) catalog.TrustRoots {
+func mirrorRoots(t *testing.T, m *testmirror.Mirror, spec image.Spec) catalog.TrustRoots {
 	t.Helper()
 	roots, err := mirrorCatalog(t, m).Roots(spec)
 	if err != nil {
@@ -48,7 +49,7 @@ func rootsEnv(t *testing.T, e *env, mirrorURL string, kr *signature.Keyring) (*e
 // mirrorAsked counts the requests m answered for spec's listing, its disk's
 // manifest and content files.
 func mirrorAsked(m *testmirror.Mirror) int {
-	return m.Requests(m.VersionDir("ubuntu", "24.04")) + m.Requests(m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)) + m.TotalContentRequests()
+	return m.Requests(m.VersionDir("ubuntu", "24.04")) + m.Requests(m.ManifestPath("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)) + m.TotalContentRequests()
 }
 
 // viewRoots reads the trust roots a view says its links' build rests on.
@@ -77,7 +78,7 @@ func TestTrustRootsBindStoredResolutions(t *testing.T) {
 	e := newEnv(t, a)
 	e.deps.ResolutionMaxAge = time.Hour // the same roots reuse the record without asking
 	req := func(id string) messages.PrepareRequest {
-		return messages.PrepareRequest{RequestID: id, Spec: noble, Format: catalog.FormatQCOW2}
+		return messages.PrepareRequest{RequestID: id, Spec: noble, Format: image.FormatQCOW2}
 	}
 	warm := func(cat *catalog.Catalog, id string) bool {
 		_, ok := pipeline.Warm(t.Context(), e.store, cat, time.Hour, place.HostName(), req(id))
@@ -116,7 +117,7 @@ func TestTrustRootsBindStoredResolutions(t *testing.T) {
 		}
 		emb := eb.start(t)
 		t.Cleanup(emb.Close)
-		asked := a.Requests(a.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk))
+		asked := a.Requests(a.ManifestPath("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk))
 		res := prepare(t, emb.Conn, req("b-online"))
 		switch {
 		case res.Status != messages.ResultFailed || res.Failure == nil:
@@ -125,7 +126,7 @@ func TestTrustRootsBindStoredResolutions(t *testing.T) {
 			t.Errorf("cause %q says nothing of the signature", res.Failure.Cause)
 		}
 		// Resolved again, and A's manifests fail the new keyring.
-		if a.Requests(a.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)) == asked {
+		if a.Requests(a.ManifestPath("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)) == asked {
 			t.Error("the manifest was not fetched again under the new keyring")
 		}
 
@@ -145,7 +146,7 @@ func TestTrustRootsBindStoredResolutions(t *testing.T) {
 
 		// A pinned build's record is bound the same way: offline, its
 		// directory unreachable, the build A's key vouched for is not taken.
-		pinnedManifest := a.SerialManifestPath("ubuntu", "24.04", testmirror.DefaultUbuntuSerial, catalog.ArchAMD64, catalog.RoleDisk)
+		pinnedManifest := a.SerialManifestPath("ubuntu", "24.04", testmirror.DefaultUbuntuSerial, image.ArchAMD64, image.RoleDisk)
 		a.SetFault(pinnedManifest, testmirror.Fault{Status: 503, Times: 1000})
 		defer a.ClearFault(pinnedManifest)
 		pinned := req("b-pinned-offline")
@@ -190,8 +191,8 @@ func TestTrustRootsBindStoredResolutions(t *testing.T) {
 			}
 		}
 		mu.Lock()
-		listed, manifests := asked["/"+a.VersionDir("ubuntu", "24.04")+"/"], asked["/"+a.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)]
-		disk := asked["/"+a.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)]
+		listed, manifests := asked["/"+a.VersionDir("ubuntu", "24.04")+"/"], asked["/"+a.ManifestPath("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)]
+		disk := asked["/"+a.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)]
 		mu.Unlock()
 		if res.ResolvedFrom != messages.ResolvedFromNetwork || listed == 0 || manifests == 0 {
 			t.Errorf("resolved from %s; the configured mirror was asked for the listing %d times, the manifest %d times", res.ResolvedFrom, listed, manifests)
@@ -244,8 +245,8 @@ func TestTrustRootsBindStoredResolutions(t *testing.T) {
 		if _, ok := pipeline.Warm(t.Context(), e.store, mirrorCatalog(t, a), time.Hour, place.HostName(), pinned); !ok {
 			t.Error("Warm declined a pinned build under the roots it was resolved under")
 		}
-		if got, ok := pipeline.Warm(t.Context(), e.store, cat, time.Hour, place.HostName(), pinned); !ok || got.Files[catalog.RoleDisk].Digest != res.Files[catalog.RoleDisk].Digest {
-			t.Errorf("pinned under B's roots: warm %v, disk %s; want B's disk %s", ok, got.Files[catalog.RoleDisk].Digest, res.Files[catalog.RoleDisk].Digest)
+		if got, ok := pipeline.Warm(t.Context(), e.store, cat, time.Hour, place.HostName(), pinned); !ok || got.Files[image.RoleDisk].Digest != res.Files[image.RoleDisk].Digest {
+			t.Errorf("pinned under B's roots: warm %v, disk %s; want B's disk %s", ok, got.Files[image.RoleDisk].Digest, res.Files[image.RoleDisk].Digest)
 		}
 	})
 }

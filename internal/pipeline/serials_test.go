@@ -10,20 +10,20 @@ import (
 
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // smallMirror publishes Ubuntu 24.04 amd64 builds with small files.
 func smallMirror(t *testing.T, serials ...string) *testmirror.Mirror {
-	return testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithSerials(serials...),
+	return testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithSerials(serials...),
 		testmirror.WithDiskSize(4<<20, 256<<10), testmirror.WithKernelSize(8<<10, 8<<10))
 }
 
-var noble = catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+var noble = image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}
 
-func withSerial(s catalog.ImageSpec, serial string) catalog.ImageSpec { s.Serial = serial; return s }
+func withSerial(s image.Spec, serial string) image.Spec { s.Serial = serial; return s }
 
 // checkBuild fails unless res is a prepared result of the given build.
 func checkBuild(t *testing.T, m *testmirror.Mirror, res messages.Result, serial string) {
@@ -35,7 +35,7 @@ func checkBuild(t *testing.T, m *testmirror.Mirror, res messages.Result, serial 
 		t.Fatalf("resolved %v, want %v", res.Resolved, withSerial(noble, serial))
 	}
 	for role, f := range res.Files {
-		p := m.SerialPath("ubuntu", "24.04", serial, catalog.ArchAMD64, role)
+		p := m.SerialPath("ubuntu", "24.04", serial, image.ArchAMD64, role)
 		if f.Digest != m.Digest(p) || f.URL != m.FileURL(p) {
 			t.Errorf("%s = %s from %s; want build %s: %s from %s", role, f.Digest, f.URL, serial, m.Digest(p), m.FileURL(p))
 		}
@@ -51,7 +51,7 @@ func TestSerialsNewestPinnedAndMissing(t *testing.T) {
 	e := newEnv(t, m)
 	emb := e.start(t)
 
-	newest := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "newest", Spec: noble, Format: catalog.FormatQCOW2})
+	newest := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "newest", Spec: noble, Format: image.FormatQCOW2})
 	checkBuild(t, m, newest, "20260926")
 	if newest.Spec != noble || newest.ResolvedFrom != messages.ResolvedFromNetwork {
 		t.Errorf("spec %v (want the request's %v), from %s", newest.Spec, noble, newest.ResolvedFrom)
@@ -61,48 +61,48 @@ func TestSerialsNewestPinnedAndMissing(t *testing.T) {
 	// already verified, from a directory that never changes.
 	manifests := func() int {
 		n := 0
-		for _, role := range []catalog.Role{catalog.RoleDisk, catalog.RoleKernel} {
-			mp := m.SerialManifestPath("ubuntu", "24.04", "20260926", catalog.ArchAMD64, role)
+		for _, role := range []image.Role{image.RoleDisk, image.RoleKernel} {
+			mp := m.SerialManifestPath("ubuntu", "24.04", "20260926", image.ArchAMD64, role)
 			n += m.Requests(mp) + m.Requests(mp+".gpg")
 		}
 		return n
 	}
 	listings, fetched := m.Requests(m.VersionDir("ubuntu", "24.04")), manifests()
-	again := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "again", Spec: noble, Format: catalog.FormatQCOW2})
+	again := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "again", Spec: noble, Format: image.FormatQCOW2})
 	checkBuild(t, m, again, "20260926")
 	if again.ResolvedFrom != messages.ResolvedFromCache || manifests() != fetched || m.Requests(m.VersionDir("ubuntu", "24.04")) != listings+1 {
 		t.Errorf("repeat: from %s, %d manifest/signature and %d listing requests; want the record after one listing",
 			again.ResolvedFrom, manifests()-fetched, m.Requests(m.VersionDir("ubuntu", "24.04"))-listings)
 	}
 
-	older := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "older", Spec: withSerial(noble, "20260901"), Format: catalog.FormatQCOW2})
+	older := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "older", Spec: withSerial(noble, "20260901"), Format: image.FormatQCOW2})
 	checkBuild(t, m, older, "20260901")
 
 	// One resolution per rollout: a newer build appears, and a request
 	// carrying the serial an earlier result returned still gets that build,
 	// from its stored record, without asking the mirror.
 	m.AddSerial("ubuntu", "24.04", "20261001")
-	manifest := m.SerialManifestPath("ubuntu", "24.04", "20260926", catalog.ArchAMD64, catalog.RoleDisk)
+	manifest := m.SerialManifestPath("ubuntu", "24.04", "20260926", image.ArchAMD64, image.RoleDisk)
 	before := m.Requests(manifest)
-	rollout := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "rollout-host-2", Spec: *newest.Resolved, Format: catalog.FormatQCOW2})
+	rollout := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "rollout-host-2", Spec: *newest.Resolved, Format: image.FormatQCOW2})
 	checkBuild(t, m, rollout, "20260926")
 	if rollout.ResolvedFrom != messages.ResolvedFromCache || m.Requests(manifest) != before {
 		t.Errorf("pinned repeat: from %s, %d manifest requests; want the stored record", rollout.ResolvedFrom, m.Requests(manifest)-before)
 	}
-	if rollout.Files[catalog.RoleDisk].Path != newest.Files[catalog.RoleDisk].Path {
-		t.Errorf("rollout host got disk %s, first host %s", rollout.Files[catalog.RoleDisk].Path, newest.Files[catalog.RoleDisk].Path)
+	if rollout.Files[image.RoleDisk].Path != newest.Files[image.RoleDisk].Path {
+		t.Errorf("rollout host got disk %s, first host %s", rollout.Files[image.RoleDisk].Path, newest.Files[image.RoleDisk].Path)
 	}
 	// Unpinned requests move on to the new build.
-	checkBuild(t, m, prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "newer", Spec: noble, Format: catalog.FormatQCOW2}), "20261001")
+	checkBuild(t, m, prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "newer", Spec: noble, Format: image.FormatQCOW2}), "20261001")
 
 	// Nothing was read from the moving release/ directory.
-	for _, role := range []catalog.Role{catalog.RoleDisk, catalog.RoleKernel, catalog.RoleInitramfs} {
-		if n := m.Requests(m.MovingPath("ubuntu", "24.04", catalog.ArchAMD64, role)); n != 0 {
+	for _, role := range []image.Role{image.RoleDisk, image.RoleKernel, image.RoleInitramfs} {
+		if n := m.Requests(m.MovingPath("ubuntu", "24.04", image.ArchAMD64, role)); n != 0 {
 			t.Errorf("release/ %s requested %d times", role, n)
 		}
 	}
 
-	missing := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "missing", Spec: withSerial(noble, "20250101"), Format: catalog.FormatQCOW2})
+	missing := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "missing", Spec: withSerial(noble, "20250101"), Format: image.FormatQCOW2})
 	if missing.Status != messages.ResultFailed || missing.Failure == nil || missing.Failure.Stage != messages.StageResolver {
 		t.Fatalf("missing serial: %+v", missing)
 	}
@@ -117,15 +117,15 @@ func TestRollbackIsNeverSilent(t *testing.T) {
 	m := smallMirror(t, "20260901", "20260926")
 	e := newEnv(t, m)
 	emb := e.start(t)
-	before := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "before", Spec: noble, Format: catalog.FormatQCOW2})
+	before := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "before", Spec: noble, Format: image.FormatQCOW2})
 	checkBuild(t, m, before, "20260926")
 
 	if gone := m.RollBack("ubuntu", "24.04"); gone != "20260926" {
 		t.Fatalf("rolled back %s", gone)
 	}
-	older := m.SerialManifestPath("ubuntu", "24.04", "20260901", catalog.ArchAMD64, catalog.RoleDisk)
+	older := m.SerialManifestPath("ubuntu", "24.04", "20260901", image.ArchAMD64, image.RoleDisk)
 	// The newer build is stored: it is kept, and the older one not even looked at.
-	kept := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "after", Spec: noble, Format: catalog.FormatQCOW2})
+	kept := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "after", Spec: noble, Format: image.FormatQCOW2})
 	if kept.Status != messages.ResultPrepared || kept.Resolved == nil || kept.Resolved.Serial != "20260926" {
 		t.Fatalf("after the rollback: %+v", kept)
 	}
@@ -143,7 +143,7 @@ func TestRollbackIsNeverSilent(t *testing.T) {
 	if _, err := e.store.RaiseNewestSerial(context.Background(), noble, mirrorRoots(t, m, noble), "20261001", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	refused := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "refused", Spec: noble, Format: catalog.FormatQCOW2})
+	refused := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "refused", Spec: noble, Format: image.FormatQCOW2})
 	if refused.Status != messages.ResultFailed || refused.Failure == nil {
 		t.Fatalf("rolled-back mirror: %+v", refused)
 	}
@@ -156,7 +156,7 @@ func TestRollbackIsNeverSilent(t *testing.T) {
 		t.Errorf("the older build's manifest was fetched %d times", m.Requests(older))
 	}
 	// Pinned on purpose, the older build is prepared.
-	checkBuild(t, m, prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "on-purpose", Spec: withSerial(noble, "20260901"), Format: catalog.FormatQCOW2}), "20260901")
+	checkBuild(t, m, prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "on-purpose", Spec: withSerial(noble, "20260901"), Format: image.FormatQCOW2}), "20260901")
 	if mark, err := e.store.NewestSerial(context.Background(), noble, mirrorRoots(t, m, noble)); err != nil || mark.Serial != "20261001" {
 		t.Errorf("pinning an older build moved the mark: %+v, %v", mark, err)
 	}
@@ -169,19 +169,19 @@ func TestCodenameIsOneImage(t *testing.T) {
 	e := newEnv(t, m)
 	e.deps.ResolutionMaxAge = time.Hour
 	emb := e.start(t)
-	byNumber := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "number", Spec: noble, Format: catalog.FormatQCOW2})
+	byNumber := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "number", Spec: noble, Format: image.FormatQCOW2})
 	checkBuild(t, m, byNumber, testmirror.DefaultUbuntuSerial)
 
 	// The mirror goes away entirely.
-	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
-		m.SetFault(m.Path("ubuntu", "24.04", catalog.ArchAMD64, role), testmirror.Fault{Status: 500})
-		m.SetFault(m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, role), testmirror.Fault{Status: 500})
+	for _, role := range []image.Role{image.RoleKernel, image.RoleInitramfs, image.RoleDisk} {
+		m.SetFault(m.Path("ubuntu", "24.04", image.ArchAMD64, role), testmirror.Fault{Status: 500})
+		m.SetFault(m.ManifestPath("ubuntu", "24.04", image.ArchAMD64, role), testmirror.Fault{Status: 500})
 	}
 	m.SetFault(m.VersionDir("ubuntu", "24.04"), testmirror.Fault{Status: 500})
 	listings := m.Requests(m.VersionDir("ubuntu", "24.04"))
 
-	codename := catalog.ImageSpec{Distro: "ubuntu", Version: "noble", Arch: catalog.ArchAMD64}
-	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "codename", Spec: codename, Format: catalog.FormatQCOW2})
+	codename := image.Spec{Distro: "ubuntu", Version: "noble", Arch: image.ArchAMD64}
+	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "codename", Spec: codename, Format: image.FormatQCOW2})
 	checkBuild(t, m, res, testmirror.DefaultUbuntuSerial)
 	if res.ResolvedFrom != messages.ResolvedFromCache || m.Requests(m.VersionDir("ubuntu", "24.04")) != listings {
 		t.Errorf("codename: resolved from %s after %d listing requests; want the stored 24.04 record", res.ResolvedFrom, m.Requests(m.VersionDir("ubuntu", "24.04"))-listings)
@@ -195,7 +195,7 @@ func TestCodenameIsOneImage(t *testing.T) {
 	// The Go client accepts the result as its own (its spec is the request's).
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, err := testutil.Prepare(ctx, emb.Conn, messages.PrepareRequest{RequestID: "codename", Spec: codename, Format: catalog.FormatQCOW2}, nil); err != nil {
+	if _, err := testutil.Prepare(ctx, emb.Conn, messages.PrepareRequest{RequestID: "codename", Spec: codename, Format: image.FormatQCOW2}, nil); err != nil {
 		t.Errorf("repeat by codename through the client: %v", err)
 	}
 }
@@ -213,12 +213,12 @@ func TestClassicLayoutMirror(t *testing.T) {
 		{"unpinned", false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithSerials("20260926"),
+			m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithSerials("20260926"),
 				testmirror.WithDiskSize(4<<20, 256<<10), testmirror.WithKernelSize(8<<10, 8<<10), testmirror.WithClassicLayout(tc.buildInfo))
 			e := newEnv(t, m)
 			emb := e.start(t)
 			for i, id := range []string{"first", "again"} {
-				res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: id, Spec: noble, Format: catalog.FormatQCOW2})
+				res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: id, Spec: noble, Format: image.FormatQCOW2})
 				if res.Status != messages.ResultPrepared {
 					t.Fatalf("%s: status %s: %+v", id, res.Status, res.Failure)
 				}
@@ -226,7 +226,7 @@ func TestClassicLayoutMirror(t *testing.T) {
 					t.Fatalf("%s: resolved %v (unpinned %v), want %v", id, res.Resolved, res.Unpinned, withSerial(noble, tc.serial))
 				}
 				for role, f := range res.Files {
-					p := m.Path("ubuntu", "24.04", catalog.ArchAMD64, role)
+					p := m.Path("ubuntu", "24.04", image.ArchAMD64, role)
 					if f.Digest != m.Digest(p) || f.URL != m.FileURL(p) {
 						t.Errorf("%s: %s = %s from %s; want %s from %s", id, role, f.Digest, f.URL, m.Digest(p), m.FileURL(p))
 					}
@@ -235,14 +235,14 @@ func TestClassicLayoutMirror(t *testing.T) {
 				if tc.serial != "" && string(b) != tc.serial+"\n" || tc.serial == "" && !os.IsNotExist(err) {
 					t.Errorf("%s: view serial file = %q, %v; want %q", id, b, err, tc.serial)
 				}
-				if disk := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk); i == 1 && m.Requests(disk) != 1 {
+				if disk := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk); i == 1 && m.Requests(disk) != 1 {
 					t.Errorf("again: the disk was asked for %d times; want once (the cache answers)", m.Requests(disk))
 				}
 			}
 			if tc.serial == "" {
 				return
 			}
-			pinned := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "pinned", Spec: withSerial(noble, tc.serial), Format: catalog.FormatQCOW2})
+			pinned := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "pinned", Spec: withSerial(noble, tc.serial), Format: image.FormatQCOW2})
 			if pinned.Status != messages.ResultPrepared || pinned.ResolvedFrom != messages.ResolvedFromCache {
 				t.Fatalf("pinned to the recorded build: %s from %s: %+v", pinned.Status, pinned.ResolvedFrom, pinned.Failure)
 			}

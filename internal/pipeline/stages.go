@@ -14,9 +14,9 @@ import (
 
 	"github.com/vmprep/vmprep/internal/lease"
 	"github.com/vmprep/vmprep/internal/metrics"
-	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/download"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/objectstore"
 	"github.com/vmprep/vmprep/pkg/place"
@@ -527,14 +527,14 @@ func (s *VerifierStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 	}
 	ev.Status, ev.Blob, ev.Path, ev.Size, ev.Ingest = messages.StatusVerified, blob.SHA256, blob.Path, blob.Size, ""
 	unpack := false
-	if a.Role == catalog.RoleKernel {
+	if a.Role == image.RoleKernel {
 		// A packed kernel (gzip: Ubuntu arm64; EFI zboot: Fedora arm64) must be
 		// unpacked for direct boot; reading its magic is the only read on a warm request.
 		if unpack, err = place.KernelNeedsUnpack(blob); err != nil {
 			return nil, err
 		}
 	}
-	if a.Role == catalog.RoleDisk {
+	if a.Role == image.RoleDisk {
 		if err := checkDeclaredFormat(blob.Path, a); err != nil {
 			return nil, err
 		}
@@ -568,7 +568,7 @@ func route(ev messages.AssetEvent, kernelNeedsUnpack, objects bool) ([]stage.Eve
 // qcow2 disk wanted as raw, or a packed kernel.
 func needsConverting(ev messages.AssetEvent, kernelNeedsUnpack bool) bool {
 	a := ev.Asset
-	wantsRaw := a.Role == catalog.RoleDisk && ev.Format == catalog.FormatRaw && a.Format != catalog.FormatRaw
+	wantsRaw := a.Role == image.RoleDisk && ev.Format == image.FormatRaw && a.Format != image.FormatRaw
 	return kernelNeedsUnpack || wantsRaw
 }
 
@@ -613,9 +613,9 @@ func (s *VerifierStage) verifyObject(ctx context.Context, ev messages.AssetEvent
 		return nil, err
 	}
 	ev.Status, ev.Object, ev.Blob, ev.Size = messages.StatusVerified, place.RefOf(info), rec.SHA256, info.Size
-	if a.Role == catalog.RoleDisk {
+	if a.Role == image.RoleDisk {
 		ev.FileFormat = a.Format
-		if f, _ := qcow2.DetectFormat(bytes.NewReader(rec.Head), int64(len(rec.Head))); a.Format == catalog.FormatQCOW2 && f != qcow2.FormatQcow2 {
+		if f, _ := qcow2.DetectFormat(bytes.NewReader(rec.Head), int64(len(rec.Head))); a.Format == image.FormatQCOW2 && f != qcow2.FormatQcow2 {
 			return nil, stage.Permanent(fmt.Errorf("disk %s is published as qcow2 but its verified bytes are not a qcow2 image", a.Name))
 		}
 	}
@@ -628,7 +628,7 @@ func (s *VerifierStage) verifyObject(ctx context.Context, ev messages.AssetEvent
 			return nil, stage.Permanent(fmt.Errorf("no converter serves target host %s: start `converter --target %s --store nats:%s` there", ev.Target, ev.Target, s.Objects.Bucket()))
 		}
 	}
-	return route(ev, a.Role == catalog.RoleKernel && place.KernelHeadNeedsUnpack(rec.Head), true)
+	return route(ev, a.Role == image.RoleKernel && place.KernelHeadNeedsUnpack(rec.Head), true)
 }
 
 // ingestPath turns the event's store-relative ingest path into an absolute
@@ -685,7 +685,7 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 	report := throttled(250*time.Millisecond, s.Progress)
 	pulled := runningTotal(func(n int64) { s.Metrics.ObjectStoreBytes(metrics.FromObjectStore, n) })
 	p := &place.Placer{Store: s.Store, Objects: s.Objects, Concurrency: s.Concurrency,
-		Progress: func(step string, r catalog.Role, done, total int64) {
+		Progress: func(step string, r image.Role, done, total int64) {
 			if step == place.StepPull {
 				pulled(done)
 			}
@@ -718,7 +718,7 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 	}
 	path, status, format := blob.Path, messages.StatusVerified, ev.Asset.Format
 	switch {
-	case role == catalog.RoleKernel:
+	case role == image.RoleKernel:
 		unpack, err := place.KernelNeedsUnpack(blob)
 		if err != nil {
 			return nil, err
@@ -730,11 +730,11 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 			status = messages.StatusConverted
 			log.Info("unpacked kernel", "path", path)
 		}
-	case role == catalog.RoleDisk && ev.Format == catalog.FormatRaw && ev.Asset.Format != catalog.FormatRaw:
+	case role == image.RoleDisk && ev.Format == image.FormatRaw && ev.Asset.Format != image.FormatRaw:
 		if path, err = p.RawDisk(ctx, blob); err != nil {
 			return nil, fmt.Errorf("convert disk %s: %w", ev.Asset.Name, err)
 		}
-		status, format = messages.StatusConverted, catalog.FormatRaw
+		status, format = messages.StatusConverted, image.FormatRaw
 		log.Info("converted", "path", path)
 	}
 	fi, err := os.Stat(path)
@@ -742,7 +742,7 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 		return nil, err
 	}
 	ev.Status, ev.Blob, ev.Path, ev.Size = status, blob.SHA256, path, fi.Size()
-	if role == catalog.RoleDisk {
+	if role == image.RoleDisk {
 		ev.FileFormat = format
 	}
 	if s.Objects != nil {

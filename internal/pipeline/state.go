@@ -7,7 +7,9 @@ import (
 	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -15,16 +17,16 @@ import (
 // it was resolved to, which assets are done, and its result once decided.
 type requestState struct {
 	// Namespace is the requester's (messages.PrepareSubject).
-	Namespace      string             `json:"namespace,omitempty"`
-	Spec           catalog.ImageSpec  `json:"spec"`
-	Format         catalog.DiskFormat `json:"format"`
-	Target         string             `json:"target,omitempty"`
-	ClientConverts bool               `json:"client_converts,omitempty"`
-	Roles          []catalog.Role     `json:"roles"`
-	ResolvedFrom   string             `json:"resolved_from,omitempty"`
+	Namespace      string           `json:"namespace,omitempty"`
+	Spec           image.Spec       `json:"spec"`
+	Format         image.DiskFormat `json:"format"`
+	Target         string           `json:"target,omitempty"`
+	ClientConverts bool             `json:"client_converts,omitempty"`
+	Roles          []image.Role     `json:"roles"`
+	ResolvedFrom   string           `json:"resolved_from,omitempty"`
 	// Resolution is what the request was resolved to, reused on redelivery.
-	Resolution *catalog.Resolution                  `json:"resolution,omitempty"`
-	Done       map[catalog.Role]messages.AssetEvent `json:"done,omitempty"`
+	Resolution *catalog.Resolution                `json:"resolution,omitempty"`
+	Done       map[image.Role]messages.AssetEvent `json:"done,omitempty"`
 	// Final is the result once decided; it is republished on redelivery.
 	Final *messages.Result `json:"final,omitempty"`
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/place"
 	"github.com/vmprep/vmprep/pkg/store"
@@ -14,8 +15,8 @@ import (
 // Canonicalizer spells an image spec canonically and names the trust roots
 // its resolution must rest on (a *catalog.Catalog).
 type Canonicalizer interface {
-	Canonical(spec catalog.ImageSpec) (catalog.ImageSpec, error)
-	Roots(spec catalog.ImageSpec) (catalog.TrustRoots, error)
+	Canonical(spec image.Spec) (image.Spec, error)
+	Roots(spec image.Spec) (catalog.TrustRoots, error)
 }
 
 // Warm answers a request from the local store alone — no NATS server, no
@@ -60,11 +61,11 @@ func Warm(ctx context.Context, st *store.Store, cat Canonicalizer, maxAge time.D
 	if !ok {
 		return messages.Result{}, false
 	}
-	if disk, ok := resolution.Asset(catalog.RoleDisk); !ok || (disk.Format == catalog.FormatRaw && req.Format == catalog.FormatQCOW2) {
+	if disk, ok := resolution.Asset(image.RoleDisk); !ok || (disk.Format == image.FormatRaw && req.Format == image.FormatQCOW2) {
 		return messages.Result{}, false
 	}
 	state := requestState{Spec: spec, Format: req.Format, Roles: roles(resolution), ResolvedFrom: messages.ResolvedFromCache,
-		Resolution: &resolution, Done: map[catalog.Role]messages.AssetEvent{}}
+		Resolution: &resolution, Done: map[image.Role]messages.AssetEvent{}}
 	for _, a := range resolution.Assets {
 		ev := messages.AssetEvent{RequestID: req.RequestID, Spec: spec, Resolved: &resolution.Spec, Format: req.Format,
 			Roles: state.Roles, ResolvedFrom: messages.ResolvedFromCache, Asset: a}
@@ -93,12 +94,12 @@ func warmAsset(ctx context.Context, st *store.Store, ev messages.AssetEvent) (me
 	}
 	ev.Status, ev.Blob, ev.Path, ev.Size = messages.StatusVerified, blob.SHA256, blob.Path, blob.Size
 	unpack := false
-	if a.Role == catalog.RoleKernel {
+	if a.Role == image.RoleKernel {
 		if unpack, err = place.KernelNeedsUnpack(blob); err != nil {
 			return ev, false
 		}
 	}
-	if a.Role == catalog.RoleDisk {
+	if a.Role == image.RoleDisk {
 		if checkDeclaredFormat(blob.Path, a) != nil {
 			return ev, false
 		}
@@ -116,8 +117,8 @@ func warmAsset(ctx context.Context, st *store.Store, ev messages.AssetEvent) (me
 		return ev, false
 	}
 	ev.Status, ev.Path, ev.Size = messages.StatusConverted, path, fi.Size()
-	if a.Role == catalog.RoleDisk {
-		ev.FileFormat = catalog.FormatRaw
+	if a.Role == image.RoleDisk {
+		ev.FileFormat = image.FormatRaw
 	}
 	return ev, true
 }

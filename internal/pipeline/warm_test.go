@@ -9,6 +9,7 @@ import (
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/place"
 )
@@ -32,13 +33,13 @@ func sameResult(t *testing.T, what string, got, want messages.Result) {
 // view, serial, signer, resolved_from) — without asking the mirror.
 func TestWarmAnswersWhatThePipelineWould(t *testing.T) {
 	// A gzip'd kernel and a raw disk: both kinds of derived file.
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithGzipKernel(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithGzipKernel(image.ArchAMD64))
 	e := newEnv(t, m)
 	e.deps.ResolutionMaxAge = time.Hour
 	emb := e.start(t)
 	cat := mirrorCatalog(t, m)
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "noble", Arch: catalog.ArchAMD64}
-	for _, format := range []catalog.DiskFormat{catalog.FormatQCOW2, catalog.FormatRaw} {
+	spec := image.Spec{Distro: "ubuntu", Version: "noble", Arch: image.ArchAMD64}
+	for _, format := range []image.DiskFormat{image.FormatQCOW2, image.FormatRaw} {
 		t.Run(string(format), func(t *testing.T) {
 			req := func(id string) messages.PrepareRequest {
 				return messages.PrepareRequest{RequestID: id + "-" + string(format), Spec: spec, Format: format}
@@ -65,7 +66,7 @@ func TestWarmAnswersWhatThePipelineWould(t *testing.T) {
 			sameResult(t, "Warm against a warm request through the stages", warm, viaStages)
 			cold.ResolvedFrom = messages.ResolvedFromCache
 			sameResult(t, "Warm against the cold request (resolved from the network)", warm, cold)
-			if format == catalog.FormatRaw && (warm.Files[catalog.RoleDisk].DerivedFrom.IsZero() || warm.Files[catalog.RoleKernel].DerivedFrom.IsZero()) {
+			if format == image.FormatRaw && (warm.Files[image.RoleDisk].DerivedFrom.IsZero() || warm.Files[image.RoleKernel].DerivedFrom.IsZero()) {
 				t.Errorf("raw disk and unpacked kernel should be derived files: %+v", warm.Files)
 			}
 		})
@@ -85,15 +86,15 @@ func mirrorCatalog(t *testing.T, m *testmirror.Mirror) *catalog.Catalog {
 // network, convert, fetch again, refuse — makes Warm decline, so that the
 // caller starts the pipeline; a pinned build's record answers at any age.
 func TestWarmDeclines(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	e := newEnv(t, m)
 	e.deps.ResolutionMaxAge = time.Hour
 	emb := e.start(t)
 	cat := mirrorCatalog(t, m)
 	host := place.HostName()
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
-	qcow2 := messages.PrepareRequest{RequestID: "q", Spec: spec, Format: catalog.FormatQCOW2}
-	cold := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "cold", Spec: spec, Format: catalog.FormatQCOW2})
+	spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}
+	qcow2 := messages.PrepareRequest{RequestID: "q", Spec: spec, Format: image.FormatQCOW2}
+	cold := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "cold", Spec: spec, Format: image.FormatQCOW2})
 	if cold.Status != messages.ResultPrepared {
 		t.Fatalf("cold: %+v", cold.Failure)
 	}
@@ -114,7 +115,7 @@ func TestWarmDeclines(t *testing.T) {
 		{"resolution older than the max age", qcow2, time.Nanosecond, false},
 		{"no max age: always ask the network", qcow2, 0, false},
 		{"pinned build: its record at any age", pinned, 0, true},
-		{"raw disk not converted yet", with(func(r *messages.PrepareRequest) { r.Format = catalog.FormatRaw }), time.Hour, false},
+		{"raw disk not converted yet", with(func(r *messages.PrepareRequest) { r.Format = image.FormatRaw }), time.Hour, false},
 		{"a target", with(func(r *messages.PrepareRequest) { r.Target = host }), time.Hour, false},
 		{"the client converts", with(func(r *messages.PrepareRequest) { r.ClientConverts = true }), time.Hour, false},
 		{"an image not in the catalog", with(func(r *messages.PrepareRequest) { r.Spec.Distro = "plan9" }), time.Hour, false},
@@ -134,7 +135,7 @@ func TestWarmDeclines(t *testing.T) {
 
 	// A stored file that no longer matches its digest is quarantined, as
 	// the verifier would, and the pipeline fetches it again.
-	blob := cold.Files[catalog.RoleInitramfs].Path
+	blob := cold.Files[image.RoleInitramfs].Path
 	if err := os.Chmod(blob, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +148,7 @@ func TestWarmDeclines(t *testing.T) {
 	if _, err := os.Stat(blob); !os.IsNotExist(err) {
 		t.Errorf("the corrupt blob was not quarantined: %v", err)
 	}
-	if res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "again", Spec: spec, Format: catalog.FormatQCOW2}); res.Status != messages.ResultPrepared {
+	if res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "again", Spec: spec, Format: image.FormatQCOW2}); res.Status != messages.ResultPrepared {
 		t.Fatalf("after quarantine: %+v", res.Failure)
 	}
 	if _, ok := pipeline.Warm(t.Context(), e.store, cat, time.Hour, host, qcow2); !ok {

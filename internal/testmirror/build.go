@@ -18,8 +18,8 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // Option configures New.
@@ -31,13 +31,13 @@ type config struct {
 	debian        []string
 	debianSerials []string
 	fedora        []string
-	arches        []catalog.Arch
+	arches        []image.Arch
 	virtualSize   int64
 	dataSize      int64
 	compressDisk  bool
 	kernelSize    int
 	initrdSize    int
-	gzipKernel    map[catalog.Arch]bool
+	gzipKernel    map[image.Arch]bool
 	listen        string
 	classic       classicLayout
 }
@@ -56,13 +56,13 @@ func defaultConfig() config {
 		ubuntu:        []string{"24.04"},
 		ubuntuSerials: []string{DefaultUbuntuSerial},
 		debianSerials: []string{DefaultDebianSerial},
-		arches:        []catalog.Arch{catalog.ArchAMD64, catalog.ArchARM64},
+		arches:        []image.Arch{image.ArchAMD64, image.ArchARM64},
 		virtualSize:   64 << 20,
 		dataSize:      4 << 20,
 		compressDisk:  true,
 		kernelSize:    256 << 10,
 		initrdSize:    512 << 10,
-		gzipKernel:    map[catalog.Arch]bool{catalog.ArchARM64: true},
+		gzipKernel:    map[image.Arch]bool{image.ArchARM64: true},
 	}
 }
 
@@ -115,7 +115,7 @@ func WithFedora(versions ...string) Option {
 }
 
 // WithArches sets the architectures published (default amd64 and arm64).
-func WithArches(arches ...catalog.Arch) Option {
+func WithArches(arches ...image.Arch) Option {
 	return func(c *config) { c.arches = slices.Clone(arches) }
 }
 
@@ -147,9 +147,9 @@ func WithListenAddr(addr string) Option {
 
 // WithGzipKernel sets which architectures get a gzip-compressed kernel, as
 // Ubuntu's arm64 vmlinuz is (default: arm64 only).
-func WithGzipKernel(arches ...catalog.Arch) Option {
+func WithGzipKernel(arches ...image.Arch) Option {
 	return func(c *config) {
-		c.gzipKernel = map[catalog.Arch]bool{}
+		c.gzipKernel = map[image.Arch]bool{}
 		for _, a := range arches {
 			c.gzipKernel[a] = true
 		}
@@ -206,8 +206,8 @@ func (b *builder) build() {
 	}
 	for _, v := range c.fedora {
 		for _, a := range c.arches {
-			mf := &manifestFile{rel: manifestPath("fedora", v, "", a, catalog.RoleDisk), alg: digest.SHA256, style: styleFedora, sig: sigClearsigned}
-			b.content(mf, assetPath("fedora", v, "", a, catalog.RoleDisk), b.qcow2())
+			mf := &manifestFile{rel: manifestPath("fedora", v, "", a, image.RoleDisk), alg: digest.SHA256, style: styleFedora, sig: sigClearsigned}
+			b.content(mf, assetPath("fedora", v, "", a, image.RoleDisk), b.qcow2())
 			// The real directory also holds a raw.xz image; a name pattern must not pick it.
 			b.content(mf, path.Join(fedoraDir(v, a), fmt.Sprintf("Fedora-Cloud-Base-Generic-%s-%s.%s.raw.xz", v, FedoraCompose, fedoraArch(a))), b.random(4096))
 			b.publish(mf)
@@ -223,21 +223,21 @@ func (b *builder) buildSerial(distro, v, serial string) {
 	dir := buildDir(distro, v, serial)
 	switch distro {
 	case "ubuntu":
-		rel := &manifestFile{rel: manifestPath(distro, v, serial, "", catalog.RoleDisk), alg: digest.SHA256, style: styleGNUBinary, sig: sigDetached}
-		unp := &manifestFile{rel: manifestPath(distro, v, serial, "", catalog.RoleKernel), alg: digest.SHA256, style: styleGNUBinary, sig: sigDetached}
+		rel := &manifestFile{rel: manifestPath(distro, v, serial, "", image.RoleDisk), alg: digest.SHA256, style: styleGNUBinary, sig: sigDetached}
+		unp := &manifestFile{rel: manifestPath(distro, v, serial, "", image.RoleKernel), alg: digest.SHA256, style: styleGNUBinary, sig: sigDetached}
 		for _, a := range c.arches {
-			b.content(rel, assetPath(distro, v, serial, a, catalog.RoleDisk), b.qcow2())
+			b.content(rel, assetPath(distro, v, serial, a, image.RoleDisk), b.qcow2())
 			// A neighbour the real directory also has, so lookups must match exactly.
 			b.content(rel, path.Join(dir, ubuntuPrefix(v, a)+".manifest"), []byte("adduser\t3.137ubuntu1\napt\t2.7.14build2\n"))
-			b.content(unp, assetPath(distro, v, serial, a, catalog.RoleKernel), b.kernel(a))
-			b.content(unp, assetPath(distro, v, serial, a, catalog.RoleInitramfs), b.random(c.initrdSize))
+			b.content(unp, assetPath(distro, v, serial, a, image.RoleKernel), b.kernel(a))
+			b.content(unp, assetPath(distro, v, serial, a, image.RoleInitramfs), b.random(c.initrdSize))
 		}
 		b.publish(rel)
 		b.publish(unp)
 	case "debian":
-		mf := &manifestFile{rel: manifestPath(distro, v, serial, "", catalog.RoleDisk), alg: digest.SHA512, style: styleGNUText, sig: sigNone}
+		mf := &manifestFile{rel: manifestPath(distro, v, serial, "", image.RoleDisk), alg: digest.SHA512, style: styleGNUText, sig: sigNone}
 		for _, a := range c.arches {
-			b.content(mf, assetPath(distro, v, serial, a, catalog.RoleDisk), b.qcow2())
+			b.content(mf, assetPath(distro, v, serial, a, image.RoleDisk), b.qcow2())
 		}
 		b.publish(mf)
 	default:
@@ -290,7 +290,7 @@ func (b *builder) random(n int) []byte {
 	return p
 }
 
-func (b *builder) kernel(a catalog.Arch) []byte {
+func (b *builder) kernel(a image.Arch) []byte {
 	b.t.Helper()
 	k := b.random(b.m.cfg.kernelSize)
 	if !b.m.cfg.gzipKernel[a] {

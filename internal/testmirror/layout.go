@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // FedoraCompose is the compose id of every Fedora image the mirror publishes.
@@ -24,11 +24,11 @@ const (
 // cloud.debian.org tree is laid out by codename.
 var debianCodenames = map[string]string{"11": "bullseye", "12": "bookworm", "13": "trixie"}
 
-func fedoraArch(a catalog.Arch) string {
+func fedoraArch(a image.Arch) string {
 	switch a {
-	case catalog.ArchAMD64:
+	case image.ArchAMD64:
 		return "x86_64"
-	case catalog.ArchARM64:
+	case image.ArchARM64:
 		return "aarch64"
 	}
 	return string(a)
@@ -69,50 +69,50 @@ func buildDir(distro, v, serial string) string {
 	return ""
 }
 
-func ubuntuPrefix(v string, a catalog.Arch) string {
+func ubuntuPrefix(v string, a image.Arch) string {
 	return fmt.Sprintf("ubuntu-%s-server-cloudimg-%s", v, a)
 }
 
 // debianDiskName is the disk's name: dated builds carry the serial in it.
-func debianDiskName(v, serial string, a catalog.Arch) string {
+func debianDiskName(v, serial string, a image.Arch) string {
 	if serial == "" {
 		return fmt.Sprintf("debian-%s-genericcloud-%s.qcow2", v, a)
 	}
 	return fmt.Sprintf("debian-%s-genericcloud-%s-%s.qcow2", v, a, serial)
 }
 
-func fedoraDir(v string, a catalog.Arch) string {
+func fedoraDir(v string, a image.Arch) string {
 	return path.Join("pub", "fedora", "linux", "releases", v, "Cloud", fedoraArch(a), "images")
 }
 
-func fedoraDiskName(v string, a catalog.Arch) string {
+func fedoraDiskName(v string, a image.Arch) string {
 	return fmt.Sprintf("Fedora-Cloud-Base-Generic-%s-%s.%s.qcow2", v, FedoraCompose, fedoraArch(a))
 }
 
-func fedoraChecksumName(v string, a catalog.Arch) string {
+func fedoraChecksumName(v string, a image.Arch) string {
 	return fmt.Sprintf("Fedora-Cloud-%s-%s-%s-CHECKSUM", v, FedoraCompose, fedoraArch(a))
 }
 
 // assetPath returns the relative path of an asset of one build, or "" if
 // the distro has no such asset.
-func assetPath(distro, version, serial string, a catalog.Arch, role catalog.Role) string {
+func assetPath(distro, version, serial string, a image.Arch, role image.Role) string {
 	switch distro {
 	case "ubuntu":
 		dir := buildDir(distro, version, serial)
 		switch role {
-		case catalog.RoleDisk:
+		case image.RoleDisk:
 			return path.Join(dir, ubuntuPrefix(version, a)+".img")
-		case catalog.RoleKernel:
+		case image.RoleKernel:
 			return path.Join(dir, "unpacked", ubuntuPrefix(version, a)+"-vmlinuz-generic")
-		case catalog.RoleInitramfs:
+		case image.RoleInitramfs:
 			return path.Join(dir, "unpacked", ubuntuPrefix(version, a)+"-initrd-generic")
 		}
 	case "debian":
-		if role == catalog.RoleDisk {
+		if role == image.RoleDisk {
 			return path.Join(buildDir(distro, version, serial), debianDiskName(version, serial, a))
 		}
 	case "fedora":
-		if role == catalog.RoleDisk {
+		if role == image.RoleDisk {
 			return path.Join(fedoraDir(version, a), fedoraDiskName(version, a))
 		}
 	}
@@ -120,10 +120,10 @@ func assetPath(distro, version, serial string, a catalog.Arch, role catalog.Role
 }
 
 // manifestPath returns the relative path of the manifest that lists an asset.
-func manifestPath(distro, version, serial string, a catalog.Arch, role catalog.Role) string {
+func manifestPath(distro, version, serial string, a image.Arch, role image.Role) string {
 	switch distro {
 	case "ubuntu":
-		if role == catalog.RoleDisk {
+		if role == image.RoleDisk {
 			return path.Join(buildDir(distro, version, serial), "SHA256SUMS")
 		}
 		return path.Join(buildDir(distro, version, serial), "unpacked", "SHA256SUMS")

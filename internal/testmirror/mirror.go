@@ -15,7 +15,7 @@
 //
 //	m := testmirror.New(t)
 //	cat, err := catalog.New(catalog.WithMirror(m.URL), catalog.WithKeyring(m.Keyring()))
-//	disk := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+//	disk := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 //	m.SetFault(disk, testmirror.Fault{Status: 503, Times: 2})
 package testmirror
 
@@ -209,14 +209,14 @@ func (m *Mirror) Fingerprint() string { return m.key.Fingerprint() }
 // e.g. "releases/24.04/release-20261120/ubuntu-24.04-server-cloudimg-amd64.img"
 // (Fedora has no builds directories). The test fails if the mirror does not
 // publish it.
-func (m *Mirror) Path(distro, version string, arch catalog.Arch, role catalog.Role) string {
+func (m *Mirror) Path(distro, version string, arch image.Arch, role image.Role) string {
 	m.t.Helper()
 	return m.SerialPath(distro, version, m.newest(distro, version), arch, role)
 }
 
 // SerialPath returns the mirror-relative path of an asset of one build;
 // serial "" names the moving directory (release/, latest/).
-func (m *Mirror) SerialPath(distro, version, serial string, arch catalog.Arch, role catalog.Role) string {
+func (m *Mirror) SerialPath(distro, version, serial string, arch image.Arch, role image.Role) string {
 	m.t.Helper()
 	p := assetPath(distro, version, serial, arch, role)
 	m.mu.Lock()
@@ -230,7 +230,7 @@ func (m *Mirror) SerialPath(distro, version, serial string, arch catalog.Arch, r
 
 // MovingPath returns the path of an asset in the directory that is
 // repointed at each publication (Ubuntu's release/, Debian's latest/).
-func (m *Mirror) MovingPath(distro, version string, arch catalog.Arch, role catalog.Role) string {
+func (m *Mirror) MovingPath(distro, version string, arch image.Arch, role image.Role) string {
 	m.t.Helper()
 	return m.SerialPath(distro, version, "", arch, role)
 }
@@ -238,13 +238,13 @@ func (m *Mirror) MovingPath(distro, version string, arch catalog.Arch, role cata
 // ManifestPath returns the mirror-relative path of the checksum manifest that
 // lists the asset in the newest build. For Ubuntu the detached signature is
 // ManifestPath+".gpg".
-func (m *Mirror) ManifestPath(distro, version string, arch catalog.Arch, role catalog.Role) string {
+func (m *Mirror) ManifestPath(distro, version string, arch image.Arch, role image.Role) string {
 	m.t.Helper()
 	return m.SerialManifestPath(distro, version, m.newest(distro, version), arch, role)
 }
 
 // SerialManifestPath is ManifestPath for one build.
-func (m *Mirror) SerialManifestPath(distro, version, serial string, arch catalog.Arch, role catalog.Role) string {
+func (m *Mirror) SerialManifestPath(distro, version, serial string, arch image.Arch, role image.Role) string {
 	m.t.Helper()
 	p := manifestPath(distro, version, serial, arch, role)
 	m.mu.Lock()

@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/testmirror"
-	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/signature"
 )
 
@@ -55,17 +55,17 @@ func TestLayoutAndSignatures(t *testing.T) {
 	kr := m.Keyring()
 	type asset struct {
 		distro, version string
-		arch            catalog.Arch
-		role            catalog.Role
+		arch            image.Arch
+		role            image.Role
 	}
 	var assets []asset
-	for _, a := range []catalog.Arch{catalog.ArchAMD64, catalog.ArchARM64} {
+	for _, a := range []image.Arch{image.ArchAMD64, image.ArchARM64} {
 		assets = append(assets,
-			asset{"ubuntu", "24.04", a, catalog.RoleDisk},
-			asset{"ubuntu", "24.04", a, catalog.RoleKernel},
-			asset{"ubuntu", "24.04", a, catalog.RoleInitramfs},
-			asset{"debian", "12", a, catalog.RoleDisk},
-			asset{"fedora", "41", a, catalog.RoleDisk},
+			asset{"ubuntu", "24.04", a, image.RoleDisk},
+			asset{"ubuntu", "24.04", a, image.RoleKernel},
+			asset{"ubuntu", "24.04", a, image.RoleInitramfs},
+			asset{"debian", "12", a, image.RoleDisk},
+			asset{"fedora", "41", a, image.RoleDisk},
 		)
 	}
 	for _, tc := range assets {
@@ -80,9 +80,9 @@ func TestLayoutAndSignatures(t *testing.T) {
 				t.Fatalf("served digest %s, published %s", got, want)
 			}
 			switch {
-			case tc.role == catalog.RoleDisk && !bytes.HasPrefix(body, []byte("QFI\xfb")):
+			case tc.role == image.RoleDisk && !bytes.HasPrefix(body, []byte("QFI\xfb")):
 				t.Fatalf("disk is not qcow2: % x", body[:8])
-			case tc.role == catalog.RoleKernel && tc.arch == catalog.ArchARM64 && !bytes.HasPrefix(body, []byte{0x1f, 0x8b}):
+			case tc.role == image.RoleKernel && tc.arch == image.ArchARM64 && !bytes.HasPrefix(body, []byte{0x1f, 0x8b}):
 				t.Fatalf("arm64 kernel is not gzip")
 			}
 
@@ -120,8 +120,8 @@ func TestLayoutAndSignatures(t *testing.T) {
 }
 
 func TestDiskIsRealQCOW2(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(32<<20, 2<<20))
-	p := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(32<<20, 2<<20))
+	p := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 	out, err := exec.Command("qemu-img", "info", "--output=json", m.Dir+"/"+p).CombinedOutput()
 	if err != nil {
 		t.Fatalf("qemu-img info: %v: %s", err, out)
@@ -134,8 +134,8 @@ func TestDiskIsRealQCOW2(t *testing.T) {
 }
 
 func TestRangesAndCounters(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
-	p := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel)
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
+	p := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleKernel)
 	full := m.Content(p)
 	resp, body, err := get(t, m.FileURL(p), nil)
 	if err != nil {
@@ -175,7 +175,7 @@ func TestRangesAndCounters(t *testing.T) {
 	if got, want := m.TotalContentRequests(), 1+len(tests); got != want {
 		t.Errorf("TotalContentRequests = %d, want %d", got, want)
 	}
-	if _, _, err := get(t, m.FileURL(m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel)), nil); err != nil {
+	if _, _, err := get(t, m.FileURL(m.ManifestPath("ubuntu", "24.04", image.ArchAMD64, image.RoleKernel)), nil); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := m.TotalContentRequests(), 1+len(tests); got != want {
@@ -184,8 +184,8 @@ func TestRangesAndCounters(t *testing.T) {
 }
 
 func TestFaults(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
-	p := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleInitramfs)
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
+	p := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleInitramfs)
 	full := m.Content(p)
 	tests := []struct {
 		name  string
@@ -225,8 +225,8 @@ func TestFaults(t *testing.T) {
 }
 
 func TestFaultTimes(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
-	p := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel)
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
+	p := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleKernel)
 	m.SetFault(p, testmirror.Fault{Status: http.StatusServiceUnavailable, Times: 2})
 	var codes []int
 	for range 3 {
@@ -242,8 +242,8 @@ func TestFaultTimes(t *testing.T) {
 }
 
 func TestStallEndsWhenClientGivesUp(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
-	p := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel)
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
+	p := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleKernel)
 	m.SetFault(p, testmirror.Fault{Stall: true, After: 4096})
 	ctx, cancel := context.WithCancel(t.Context())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, m.FileURL(p), nil)
@@ -263,8 +263,8 @@ func TestStallEndsWhenClientGivesUp(t *testing.T) {
 }
 
 func TestThrottleServesWholeFile(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithKernelSize(64<<10, 1024))
-	p := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel)
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithKernelSize(64<<10, 1024))
+	p := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleKernel)
 	m.Throttle(1 << 20)
 	_, body, err := get(t, m.FileURL(p), nil)
 	if err != nil || !bytes.Equal(body, m.Content(p)) {
@@ -285,10 +285,10 @@ func TestThrottleServesWholeFile(t *testing.T) {
 }
 
 func TestTamperEditRemove(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	kr := m.Keyring()
-	disk := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
-	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	disk := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
+	mp := m.ManifestPath("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 
 	published := m.Digest(disk)
 	m.Tamper(disk)
@@ -340,13 +340,13 @@ func TestTamperEditRemove(t *testing.T) {
 }
 
 func TestDirectoryIndex(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithUbuntu(), testmirror.WithFedora("41"), testmirror.WithArches(catalog.ArchARM64))
-	disk := m.Path("fedora", "41", catalog.ArchARM64, catalog.RoleDisk)
+	m := testmirror.New(t, testmirror.WithUbuntu(), testmirror.WithFedora("41"), testmirror.WithArches(image.ArchARM64))
+	disk := m.Path("fedora", "41", image.ArchARM64, image.RoleDisk)
 	resp, body, err := get(t, m.FileURL(path.Dir(disk)+"/"), nil)
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("index: %v %v", resp, err)
 	}
-	for _, name := range []string{path.Base(disk), path.Base(m.ManifestPath("fedora", "41", catalog.ArchARM64, catalog.RoleDisk))} {
+	for _, name := range []string{path.Base(disk), path.Base(m.ManifestPath("fedora", "41", image.ArchARM64, image.RoleDisk))} {
 		if !strings.Contains(string(body), `href="`+name+`"`) {
 			t.Errorf("index lacks %s:\n%s", name, body)
 		}
@@ -358,7 +358,7 @@ func TestDirectoryIndex(t *testing.T) {
 }
 
 func TestKeyringFile(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	kr, err := signature.LoadKeyringFile(m.KeyringFile())
 	if err != nil {
 		t.Fatal(err)
@@ -371,8 +371,8 @@ func TestKeyringFile(t *testing.T) {
 // The mirror is used from many goroutines at once: requests, fault changes
 // and counters must not race (run with -race).
 func TestConcurrentUse(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithKernelSize(8<<10, 8<<10))
-	p := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel)
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithKernelSize(8<<10, 8<<10))
+	p := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleKernel)
 	want := m.Content(p)
 	const workers, rounds = 4, 5
 	var wg sync.WaitGroup

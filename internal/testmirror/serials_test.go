@@ -8,24 +8,24 @@ import (
 	"testing"
 
 	"github.com/vmprep/vmprep/internal/testmirror"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // Each build has its own directory, content and signed manifests; the
 // version's listing names them; release/ (latest/) copies the newest;
 // AddSerial and RollBack move the newest.
 func TestSerialDirectories(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithSerials("20260926", "20260901"),
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithSerials("20260926", "20260901"),
 		testmirror.WithDebian("12"), testmirror.WithDebianSerials("20260901-2211"),
 		testmirror.WithDiskSize(4<<20, 256<<10), testmirror.WithKernelSize(8<<10, 8<<10))
 	if got := m.Serials("ubuntu", "24.04"); !slices.Equal(got, []string{"20260926", "20260901"}) {
 		t.Fatalf("Serials = %v", got)
 	}
 	disk := func(serial string) string {
-		return m.SerialPath("ubuntu", "24.04", serial, catalog.ArchAMD64, catalog.RoleDisk)
+		return m.SerialPath("ubuntu", "24.04", serial, image.ArchAMD64, image.RoleDisk)
 	}
-	if disk("20260926") != "releases/24.04/release-20260926/ubuntu-24.04-server-cloudimg-amd64.img" || m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk) != disk("20260926") {
-		t.Errorf("paths %s, %s", disk("20260926"), m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk))
+	if disk("20260926") != "releases/24.04/release-20260926/ubuntu-24.04-server-cloudimg-amd64.img" || m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk) != disk("20260926") {
+		t.Errorf("paths %s, %s", disk("20260926"), m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk))
 	}
 	if m.Digest(disk("20260926")) == m.Digest(disk("20260901")) {
 		t.Error("two builds have the same disk")
@@ -34,7 +34,7 @@ func TestSerialDirectories(t *testing.T) {
 		t.Error("release/ is not the newest build")
 	}
 	for _, serial := range []string{"20260926", "20260901", ""} {
-		mp := m.SerialManifestPath("ubuntu", "24.04", serial, catalog.ArchAMD64, catalog.RoleKernel)
+		mp := m.SerialManifestPath("ubuntu", "24.04", serial, image.ArchAMD64, image.RoleKernel)
 		_, text, _ := get(t, m.FileURL(mp), nil)
 		_, sig, _ := get(t, m.FileURL(mp+".gpg"), nil)
 		if _, err := m.Keyring().VerifyDetached(bytes.NewReader(text), sig); err != nil {
@@ -50,11 +50,11 @@ func TestSerialDirectories(t *testing.T) {
 			t.Errorf("listing lacks %q:\n%s", want, listing)
 		}
 	}
-	deb := m.Path("debian", "12", catalog.ArchAMD64, catalog.RoleDisk)
+	deb := m.Path("debian", "12", image.ArchAMD64, image.RoleDisk)
 	if deb != "images/cloud/bookworm/20260901-2211/debian-12-genericcloud-amd64-20260901-2211.qcow2" ||
-		m.Digest(m.MovingPath("debian", "12", catalog.ArchAMD64, catalog.RoleDisk)) != m.Digest(deb) ||
-		!strings.HasSuffix(m.MovingPath("debian", "12", catalog.ArchAMD64, catalog.RoleDisk), "/latest/debian-12-genericcloud-amd64.qcow2") {
-		t.Errorf("debian %s, latest %s", deb, m.MovingPath("debian", "12", catalog.ArchAMD64, catalog.RoleDisk))
+		m.Digest(m.MovingPath("debian", "12", image.ArchAMD64, image.RoleDisk)) != m.Digest(deb) ||
+		!strings.HasSuffix(m.MovingPath("debian", "12", image.ArchAMD64, image.RoleDisk), "/latest/debian-12-genericcloud-amd64.qcow2") {
+		t.Errorf("debian %s, latest %s", deb, m.MovingPath("debian", "12", image.ArchAMD64, image.RoleDisk))
 	}
 
 	m.AddSerial("ubuntu", "24.04", "20261001")

@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats.go"
+
 	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/messages"
 )

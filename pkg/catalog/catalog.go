@@ -4,13 +4,14 @@ import (
 	"bytes"
 	_ "embed"
 	"fmt"
-	"github.com/vmprep/vmprep/pkg/image"
 	"maps"
 	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/vmprep/vmprep/pkg/image"
 
 	"github.com/vmprep/vmprep/pkg/signature"
 )
@@ -178,7 +179,7 @@ func (c *Catalog) Distros() []string {
 type Plan struct {
 	// Spec is the normalized spec, with the version in canonical spelling
 	// (a codename becomes its number).
-	Spec     ImageSpec
+	Spec     image.Spec
 	BootMode BootMode
 	Assets   []PlannedAsset
 	// AllowUnsigned is set when the catalog allows unsigned resolution.
@@ -187,14 +188,14 @@ type Plan struct {
 
 // PlannedAsset is one asset to resolve.
 type PlannedAsset struct {
-	Role Role
+	Role image.Role
 	// Name is the file name the manifest lists. It is empty when the name is
 	// discovered: then NamePattern matches it among the manifest's entries
 	// and URL is the directory the name is appended to.
 	Name        string
 	NamePattern *regexp.Regexp
 	URL         string
-	Format      DiskFormat
+	Format      image.DiskFormat
 	Manifest    ManifestPlan
 }
 
@@ -240,35 +241,35 @@ func (m ManifestPlan) ID() string {
 // number are one image: everything stored or linked is keyed by this form.
 // It fails for unknown or unsupported distros, unknown versions, arches the
 // distro does not publish, and a serial for a distro without serials.
-func (c *Catalog) Canonical(spec ImageSpec) (ImageSpec, error) {
+func (c *Catalog) Canonical(spec image.Spec) (image.Spec, error) {
 	s, _, err := c.canonical(spec)
 	return s, err
 }
 
-func (c *Catalog) canonical(spec ImageSpec) (ImageSpec, *entry, error) {
+func (c *Catalog) canonical(spec image.Spec) (image.Spec, *entry, error) {
 	s, err := spec.Normalize()
 	if err != nil {
-		return ImageSpec{}, nil, fmt.Errorf("catalog: %w", err)
+		return image.Spec{}, nil, fmt.Errorf("catalog: %w", err)
 	}
 	e, ok := c.entries[s.Distro]
 	if !ok {
-		return ImageSpec{}, nil, &UnknownDistroError{Distro: s.Distro, Supported: c.Distros()}
+		return image.Spec{}, nil, &UnknownDistroError{Distro: s.Distro, Supported: c.Distros()}
 	}
 	if u := e.Unsupported; u != nil {
-		return ImageSpec{}, nil, &UnsupportedError{Distro: s.Distro, Reason: u.Reason, Instead: u.Instead}
+		return image.Spec{}, nil, &UnsupportedError{Distro: s.Distro, Reason: u.Reason, Instead: u.Instead}
 	}
 	if s.Version, err = e.canonicalVersion(s.Version); err != nil {
-		return ImageSpec{}, nil, err
+		return image.Spec{}, nil, err
 	}
 	if _, ok := e.Arches[s.Arch]; !ok {
-		return ImageSpec{}, nil, fmt.Errorf("catalog: %s %s: %w %s (available: %s)", s.Distro, s.Version, ErrUnsupportedArch, s.Arch, strings.Join(e.archList(), ", "))
+		return image.Spec{}, nil, fmt.Errorf("catalog: %s %s: %w %s (available: %s)", s.Distro, s.Version, ErrUnsupportedArch, s.Arch, strings.Join(e.archList(), ", "))
 	}
 	if s.Serial != "" {
 		if e.serialRE == nil {
-			return ImageSpec{}, nil, fmt.Errorf("catalog: %s: %w: %s publishes each build under the same name, so a serial cannot be pinned (drop the serial)", s, ErrNoSerials, s.Distro)
+			return image.Spec{}, nil, fmt.Errorf("catalog: %s: %w: %s publishes each build under the same name, so a serial cannot be pinned (drop the serial)", s, ErrNoSerials, s.Distro)
 		}
 		if !e.serialRE.MatchString(s.Serial) {
-			return ImageSpec{}, nil, fmt.Errorf("catalog: %s: %w: serial %q is not a %s serial (they match %s)", s, ErrInvalidSpec, s.Serial, s.Distro, e.Serials.Pattern)
+			return image.Spec{}, nil, fmt.Errorf("catalog: %s: %w: serial %q is not a %s serial (they match %s)", s, ErrInvalidSpec, s.Serial, s.Distro, e.Serials.Pattern)
 		}
 	}
 	return s, e, nil
@@ -277,7 +278,7 @@ func (c *Catalog) canonical(spec ImageSpec) (ImageSpec, *entry, error) {
 // SerialSource is where the serials of one image are listed.
 type SerialSource struct {
 	// Spec is the canonical spec, without a serial.
-	Spec ImageSpec
+	Spec image.Spec
 	// IndexURL is the directory whose HTML listing names a subdirectory per serial.
 	IndexURL string
 	// Unpinned is the directory name a mirror in the classic layout holds
@@ -311,7 +312,7 @@ func (s SerialSource) Serial(dirName string) (string, bool) {
 
 // Serials returns where the serials of spec's version are listed, or an
 // error wrapping ErrNoSerials if its catalog entry publishes none.
-func (c *Catalog) Serials(spec ImageSpec) (SerialSource, error) {
+func (c *Catalog) Serials(spec image.Spec) (SerialSource, error) {
 	spec.Serial = ""
 	s, e, err := c.canonical(spec)
 	if err != nil {
@@ -347,7 +348,7 @@ func (c *Catalog) Serials(spec ImageSpec) (SerialSource, error) {
 // spec.Serial, if set, is kept as the plan's label (the serial the build
 // says it is); it is not part of any URL. Images without an unpinned
 // directory fail with an error wrapping ErrNoSerials.
-func (c *Catalog) PlanUnpinned(spec ImageSpec) (Plan, error) {
+func (c *Catalog) PlanUnpinned(spec image.Spec) (Plan, error) {
 	serial := spec.Serial
 	spec.Serial = ""
 	s, e, err := c.canonical(spec)
@@ -375,7 +376,7 @@ func (c *Catalog) PlanUnpinned(spec ImageSpec) (Plan, error) {
 }
 
 // vars are the template values for a canonical spec.
-func (e *entry) vars(s ImageSpec) map[string]string {
+func (e *entry) vars(s image.Spec) map[string]string {
 	vars := map[string]string{"distro": s.Distro, "version": s.Version, "arch": e.Arches[s.Arch]}
 	if cn, ok := e.Codenames[s.Version]; ok {
 		vars["codename"] = cn
@@ -389,7 +390,7 @@ func (e *entry) vars(s ImageSpec) map[string]string {
 // Plan computes, without network access, what resolving spec involves. For
 // an image with serials, spec must name one (else ErrSerialRequired): list
 // them with Serials.
-func (c *Catalog) Plan(spec ImageSpec) (Plan, error) {
+func (c *Catalog) Plan(spec image.Spec) (Plan, error) {
 	s, e, err := c.canonical(spec)
 	if err != nil {
 		return Plan{}, err
@@ -562,10 +563,10 @@ func pathEscape(name string) string {
 
 // Info describes a catalog entry for people and scripts (vmprep catalog).
 type Info struct {
-	Distro      string   `json:"distro"`
-	Description string   `json:"description,omitempty"`
-	BootMode    BootMode `json:"boot_mode,omitempty"`
-	Arches      []Arch   `json:"arches,omitempty"`
+	Distro      string       `json:"distro"`
+	Description string       `json:"description,omitempty"`
+	BootMode    BootMode     `json:"boot_mode,omitempty"`
+	Arches      []image.Arch `json:"arches,omitempty"`
 	// Versions are the versions the entry lists; with VersionPattern instead,
 	// the versions named in Codenames.
 	Versions       []string          `json:"versions,omitempty"`
@@ -629,10 +630,10 @@ func (e *entry) info() Info {
 	return in
 }
 
-func (e *entry) archArches() []Arch {
-	var out []Arch
+func (e *entry) archArches() []image.Arch {
+	var out []image.Arch
 	for _, a := range e.archList() {
-		out = append(out, Arch(a))
+		out = append(out, image.Arch(a))
 	}
 	return out
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vmprep/vmprep/internal/signtest"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/signature"
 )
 
@@ -21,19 +22,19 @@ const ubuntuFingerprint = "D2EB44626FDDC30B513D5BB71A5D6C4C7DB87C81"
 func TestParseArch(t *testing.T) {
 	tests := []struct {
 		in   string
-		want catalog.Arch
+		want image.Arch
 		ok   bool
 	}{
-		{"amd64", catalog.ArchAMD64, true},
-		{"X86_64", catalog.ArchAMD64, true},
-		{"arm64", catalog.ArchARM64, true},
-		{"AArch64", catalog.ArchARM64, true},
+		{"amd64", image.ArchAMD64, true},
+		{"X86_64", image.ArchAMD64, true},
+		{"arm64", image.ArchARM64, true},
+		{"AArch64", image.ArchARM64, true},
 		{"riscv64", "", false},
 		{"", "", false},
 		{"amd64\x00", "", false},
 	}
 	for _, tt := range tests {
-		got, err := catalog.ParseArch(tt.in)
+		got, err := image.ParseArch(tt.in)
 		if tt.ok != (err == nil) || got != tt.want {
 			t.Errorf("ParseArch(%q) = %q, %v; want %q ok=%v", tt.in, got, err, tt.want, tt.ok)
 		}
@@ -41,42 +42,42 @@ func TestParseArch(t *testing.T) {
 			t.Errorf("ParseArch(%q) error %v is not ErrInvalidSpec", tt.in, err)
 		}
 	}
-	if runtime.GOARCH == "amd64" && catalog.HostArch() != catalog.ArchAMD64 ||
-		runtime.GOARCH == "arm64" && catalog.HostArch() != catalog.ArchARM64 {
-		t.Errorf("HostArch() = %q on %s", catalog.HostArch(), runtime.GOARCH)
+	if runtime.GOARCH == "amd64" && image.HostArch() != image.ArchAMD64 ||
+		runtime.GOARCH == "arm64" && image.HostArch() != image.ArchARM64 {
+		t.Errorf("HostArch() = %q on %s", image.HostArch(), runtime.GOARCH)
 	}
 }
 
 func TestNormalize(t *testing.T) {
 	tests := []struct {
 		name string
-		in   catalog.ImageSpec
-		want catalog.ImageSpec // zero: expect ErrInvalidSpec
+		in   image.Spec
+		want image.Spec // zero: expect ErrInvalidSpec
 	}{
-		{"plain", catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"}, catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchARM64}},
-		{"case", catalog.ImageSpec{Distro: "Ubuntu", Version: "Noble", Arch: "X86_64"}, catalog.ImageSpec{Distro: "ubuntu", Version: "noble", Arch: catalog.ArchAMD64}},
-		{"host arch", catalog.ImageSpec{Distro: "debian", Version: "12", Arch: ""}, catalog.ImageSpec{Distro: "debian", Version: "12", Arch: catalog.HostArch()}},
-		{"max length", catalog.ImageSpec{Distro: strings.Repeat("a", 64), Version: "1", Arch: "amd64"}, catalog.ImageSpec{Distro: strings.Repeat("a", 64), Version: "1", Arch: catalog.ArchAMD64}},
-		{"empty distro", catalog.ImageSpec{Distro: "", Version: "1", Arch: "amd64"}, catalog.ImageSpec{}},
-		{"empty version", catalog.ImageSpec{Distro: "ubuntu", Version: "", Arch: "amd64"}, catalog.ImageSpec{}},
-		{"traversal", catalog.ImageSpec{Distro: "ubuntu", Version: "../../etc", Arch: "amd64"}, catalog.ImageSpec{}},
-		{"dotdot inside", catalog.ImageSpec{Distro: "ubuntu", Version: "24..04", Arch: "amd64"}, catalog.ImageSpec{}},
-		{"slash", catalog.ImageSpec{Distro: "ubu/ntu", Version: "24.04", Arch: "amd64"}, catalog.ImageSpec{}},
-		{"backslash", catalog.ImageSpec{Distro: "ubuntu", Version: "24\\04", Arch: "amd64"}, catalog.ImageSpec{}},
-		{"nul", catalog.ImageSpec{Distro: "ubuntu\x00", Version: "24.04", Arch: "amd64"}, catalog.ImageSpec{}},
-		{"newline", catalog.ImageSpec{Distro: "ubuntu", Version: "24.04\n", Arch: "amd64"}, catalog.ImageSpec{}},
-		{"leading dot", catalog.ImageSpec{Distro: "ubuntu", Version: ".hidden", Arch: "amd64"}, catalog.ImageSpec{}},
-		{"leading dash", catalog.ImageSpec{Distro: "-rf", Version: "1", Arch: "amd64"}, catalog.ImageSpec{}},
-		{"url chars", catalog.ImageSpec{Distro: "ubuntu", Version: "24.04?x=1", Arch: "amd64"}, catalog.ImageSpec{}},
-		{"unicode", catalog.ImageSpec{Distro: "ubuntü", Version: "1", Arch: "amd64"}, catalog.ImageSpec{}},
-		{"kelvin sign folds to ASCII k", catalog.ImageSpec{Distro: "ubuntu", Version: "\u212aey", Arch: "amd64"}, catalog.ImageSpec{}},
-		{"too long", catalog.ImageSpec{Distro: strings.Repeat("a", 65), Version: "1", Arch: "amd64"}, catalog.ImageSpec{}},
-		{"bad arch", catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "sparc"}, catalog.ImageSpec{}},
+		{"plain", image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"}, image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchARM64}},
+		{"case", image.Spec{Distro: "Ubuntu", Version: "Noble", Arch: "X86_64"}, image.Spec{Distro: "ubuntu", Version: "noble", Arch: image.ArchAMD64}},
+		{"host arch", image.Spec{Distro: "debian", Version: "12", Arch: ""}, image.Spec{Distro: "debian", Version: "12", Arch: image.HostArch()}},
+		{"max length", image.Spec{Distro: strings.Repeat("a", 64), Version: "1", Arch: "amd64"}, image.Spec{Distro: strings.Repeat("a", 64), Version: "1", Arch: image.ArchAMD64}},
+		{"empty distro", image.Spec{Distro: "", Version: "1", Arch: "amd64"}, image.Spec{}},
+		{"empty version", image.Spec{Distro: "ubuntu", Version: "", Arch: "amd64"}, image.Spec{}},
+		{"traversal", image.Spec{Distro: "ubuntu", Version: "../../etc", Arch: "amd64"}, image.Spec{}},
+		{"dotdot inside", image.Spec{Distro: "ubuntu", Version: "24..04", Arch: "amd64"}, image.Spec{}},
+		{"slash", image.Spec{Distro: "ubu/ntu", Version: "24.04", Arch: "amd64"}, image.Spec{}},
+		{"backslash", image.Spec{Distro: "ubuntu", Version: "24\\04", Arch: "amd64"}, image.Spec{}},
+		{"nul", image.Spec{Distro: "ubuntu\x00", Version: "24.04", Arch: "amd64"}, image.Spec{}},
+		{"newline", image.Spec{Distro: "ubuntu", Version: "24.04\n", Arch: "amd64"}, image.Spec{}},
+		{"leading dot", image.Spec{Distro: "ubuntu", Version: ".hidden", Arch: "amd64"}, image.Spec{}},
+		{"leading dash", image.Spec{Distro: "-rf", Version: "1", Arch: "amd64"}, image.Spec{}},
+		{"url chars", image.Spec{Distro: "ubuntu", Version: "24.04?x=1", Arch: "amd64"}, image.Spec{}},
+		{"unicode", image.Spec{Distro: "ubuntü", Version: "1", Arch: "amd64"}, image.Spec{}},
+		{"kelvin sign folds to ASCII k", image.Spec{Distro: "ubuntu", Version: "\u212aey", Arch: "amd64"}, image.Spec{}},
+		{"too long", image.Spec{Distro: strings.Repeat("a", 65), Version: "1", Arch: "amd64"}, image.Spec{}},
+		{"bad arch", image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "sparc"}, image.Spec{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := tt.in.Normalize()
-			if tt.want == (catalog.ImageSpec{}) {
+			if tt.want == (image.Spec{}) {
 				if !errors.Is(err, catalog.ErrInvalidSpec) {
 					t.Fatalf("Normalize(%q) = %v, %v; want ErrInvalidSpec", tt.in, got, err)
 				}
@@ -101,8 +102,8 @@ func mustNew(t *testing.T, opts ...catalog.Option) *catalog.Catalog {
 	return c
 }
 
-func roles(p catalog.Plan) []catalog.Role {
-	var out []catalog.Role
+func roles(p catalog.Plan) []image.Role {
+	var out []image.Role
 	for _, a := range p.Assets {
 		out = append(out, a.Role)
 	}
@@ -111,16 +112,16 @@ func roles(p catalog.Plan) []catalog.Role {
 
 func TestPlanUbuntu(t *testing.T) {
 	c := mustNew(t)
-	for _, arch := range []catalog.Arch{catalog.ArchAMD64, catalog.ArchARM64} {
+	for _, arch := range []image.Arch{image.ArchAMD64, image.ArchARM64} {
 		for _, version := range []string{"24.04", "noble"} {
-			p, err := c.Plan(catalog.ImageSpec{Distro: "ubuntu", Version: version, Arch: arch, Serial: "20260926.1"})
+			p, err := c.Plan(image.Spec{Distro: "ubuntu", Version: version, Arch: arch, Serial: "20260926.1"})
 			if err != nil {
 				t.Fatalf("Plan(ubuntu %s %s): %v", version, arch, err)
 			}
 			if p.Spec.Version != "24.04" || p.Spec.Serial != "20260926.1" || p.BootMode != catalog.BootKernel {
 				t.Errorf("spec %v boot %s", p.Spec, p.BootMode)
 			}
-			if got := roles(p); !slices.Equal(got, []catalog.Role{catalog.RoleDisk, catalog.RoleKernel, catalog.RoleInitramfs}) {
+			if got := roles(p); !slices.Equal(got, []image.Role{image.RoleDisk, image.RoleKernel, image.RoleInitramfs}) {
 				t.Fatalf("roles %v", got)
 			}
 			// Everything comes from the serial's own directory, never the moving release/.
@@ -141,7 +142,7 @@ func TestPlanUbuntu(t *testing.T) {
 					t.Errorf("asset %d not checked against the Ubuntu key", i)
 				}
 			}
-			if p.Assets[0].Format != catalog.FormatQCOW2 {
+			if p.Assets[0].Format != image.FormatQCOW2 {
 				t.Errorf("disk format %q", p.Assets[0].Format)
 			}
 		}
@@ -153,12 +154,12 @@ func TestPlanDebianAndFedora(t *testing.T) {
 	tests := []struct {
 		name       string
 		opts       []catalog.Option
-		spec       catalog.ImageSpec
+		spec       image.Spec
 		wantErr    error
 		wantSigned catalog.SignatureKind
 		check      func(t *testing.T, p catalog.Plan)
 	}{
-		{"debian number", nil, catalog.ImageSpec{Distro: "debian", Version: "12", Arch: "arm64", Serial: "20260901-2211"}, nil, catalog.SignatureNone, func(t *testing.T, p catalog.Plan) {
+		{"debian number", nil, image.Spec{Distro: "debian", Version: "12", Arch: "arm64", Serial: "20260901-2211"}, nil, catalog.SignatureNone, func(t *testing.T, p catalog.Plan) {
 			a := p.Assets[0]
 			if a.URL != "https://cloud.debian.org/images/cloud/bookworm/20260901-2211/debian-12-genericcloud-arm64-20260901-2211.qcow2" ||
 				a.Manifest.URL != "https://cloud.debian.org/images/cloud/bookworm/20260901-2211/SHA512SUMS" ||
@@ -166,14 +167,14 @@ func TestPlanDebianAndFedora(t *testing.T) {
 				t.Errorf("%+v", a)
 			}
 		}},
-		{"debian codename", nil, catalog.ImageSpec{Distro: "debian", Version: "Trixie", Arch: "amd64", Serial: "20260901-2211"}, nil, catalog.SignatureNone, func(t *testing.T, p catalog.Plan) {
+		{"debian codename", nil, image.Spec{Distro: "debian", Version: "Trixie", Arch: "amd64", Serial: "20260901-2211"}, nil, catalog.SignatureNone, func(t *testing.T, p catalog.Plan) {
 			if p.Spec.Version != "13" || !strings.Contains(p.Assets[0].URL, "/trixie/20260901-2211/debian-13-genericcloud-amd64-20260901-2211.qcow2") {
 				t.Errorf("%v %s", p.Spec, p.Assets[0].URL)
 			}
 		}},
-		{"debian unknown version", nil, catalog.ImageSpec{Distro: "debian", Version: "10", Arch: "amd64"}, catalog.ErrUnknownVersion, "", nil},
-		{"fedora without key", nil, catalog.ImageSpec{Distro: "fedora", Version: "41", Arch: "amd64"}, catalog.ErrNoTrustedKey, "", nil},
-		{"fedora with key", []catalog.Option{catalog.WithKeyring(key.Keyring())}, catalog.ImageSpec{Distro: "fedora", Version: "41", Arch: "arm64"}, nil, catalog.SignatureClearsigned, func(t *testing.T, p catalog.Plan) {
+		{"debian unknown version", nil, image.Spec{Distro: "debian", Version: "10", Arch: "amd64"}, catalog.ErrUnknownVersion, "", nil},
+		{"fedora without key", nil, image.Spec{Distro: "fedora", Version: "41", Arch: "amd64"}, catalog.ErrNoTrustedKey, "", nil},
+		{"fedora with key", []catalog.Option{catalog.WithKeyring(key.Keyring())}, image.Spec{Distro: "fedora", Version: "41", Arch: "arm64"}, nil, catalog.SignatureClearsigned, func(t *testing.T, p catalog.Plan) {
 			a := p.Assets[0]
 			dir := "https://download.fedoraproject.org/pub/fedora/linux/releases/41/Cloud/aarch64/images/"
 			if a.Name != "" || a.URL != dir || a.Manifest.IndexURL != dir || a.Manifest.URL != "" {
@@ -198,14 +199,14 @@ func TestPlanDebianAndFedora(t *testing.T) {
 				t.Errorf("URLFor = %s", got)
 			}
 		}},
-		{"fedora allow unsigned", []catalog.Option{catalog.WithAllowUnsigned(true)}, catalog.ImageSpec{Distro: "fedora", Version: "41", Arch: "amd64"}, nil, catalog.SignatureClearsigned, func(t *testing.T, p catalog.Plan) {
+		{"fedora allow unsigned", []catalog.Option{catalog.WithAllowUnsigned(true)}, image.Spec{Distro: "fedora", Version: "41", Arch: "amd64"}, nil, catalog.SignatureClearsigned, func(t *testing.T, p catalog.Plan) {
 			if !p.AllowUnsigned || p.Assets[0].Manifest.Keyring != nil {
 				t.Errorf("%+v", p)
 			}
 		}},
-		{"fedora codename-free version check", nil, catalog.ImageSpec{Distro: "fedora", Version: "rawhide", Arch: "amd64"}, catalog.ErrUnknownVersion, "", nil},
-		{"alpine", nil, catalog.ImageSpec{Distro: "alpine", Version: "3.20", Arch: "amd64"}, catalog.ErrUnsupportedDistro, "", nil},
-		{"unknown", nil, catalog.ImageSpec{Distro: "gentoo", Version: "1", Arch: "amd64"}, catalog.ErrUnknownDistro, "", nil},
+		{"fedora codename-free version check", nil, image.Spec{Distro: "fedora", Version: "rawhide", Arch: "amd64"}, catalog.ErrUnknownVersion, "", nil},
+		{"alpine", nil, image.Spec{Distro: "alpine", Version: "3.20", Arch: "amd64"}, catalog.ErrUnsupportedDistro, "", nil},
+		{"unknown", nil, image.Spec{Distro: "gentoo", Version: "1", Arch: "amd64"}, catalog.ErrUnknownDistro, "", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -219,7 +220,7 @@ func TestPlanDebianAndFedora(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if p.BootMode != catalog.BootFirmware || !slices.Equal(roles(p), []catalog.Role{catalog.RoleDisk}) {
+			if p.BootMode != catalog.BootFirmware || !slices.Equal(roles(p), []image.Role{image.RoleDisk}) {
 				t.Fatalf("boot %s roles %v", p.BootMode, roles(p))
 			}
 			if got := p.Assets[0].Manifest.Signature; got != tt.wantSigned {
@@ -232,12 +233,12 @@ func TestPlanDebianAndFedora(t *testing.T) {
 
 func TestDistroErrors(t *testing.T) {
 	c := mustNew(t)
-	_, err := c.Plan(catalog.ImageSpec{Distro: "alpine", Version: "3.20", Arch: "amd64"})
+	_, err := c.Plan(image.Spec{Distro: "alpine", Version: "3.20", Arch: "amd64"})
 	var ue *catalog.UnsupportedError
 	if !errors.As(err, &ue) || ue.Reason == "" || ue.Instead == "" || !strings.Contains(err.Error(), "instead") {
 		t.Fatalf("alpine: %v", err)
 	}
-	_, err = c.Plan(catalog.ImageSpec{Distro: "gentoo", Version: "1", Arch: "amd64"})
+	_, err = c.Plan(image.Spec{Distro: "gentoo", Version: "1", Arch: "amd64"})
 	var de *catalog.UnknownDistroError
 	if !errors.As(err, &de) || !slices.Equal(de.Supported, c.Distros()) {
 		t.Fatalf("gentoo: %v", err)
@@ -250,7 +251,7 @@ func TestDistroErrors(t *testing.T) {
 	if slices.Contains(c.Distros(), "alpine") {
 		t.Errorf("Distros() %v lists unsupported alpine", c.Distros())
 	}
-	_, err = mustNew(t).Plan(catalog.ImageSpec{Distro: "fedora", Version: "41", Arch: "amd64"})
+	_, err = mustNew(t).Plan(image.Spec{Distro: "fedora", Version: "41", Arch: "amd64"})
 	if err == nil || !strings.Contains(err.Error(), "--keyring") {
 		t.Fatalf("fedora without a key must say to pass --keyring: %v", err)
 	}
@@ -259,7 +260,7 @@ func TestDistroErrors(t *testing.T) {
 func TestWithMirror(t *testing.T) {
 	const mirror = "http://127.0.0.1:9/m/"
 	c := mustNew(t, catalog.WithMirror(mirror), catalog.WithAllowUnsigned(true))
-	for _, spec := range []catalog.ImageSpec{{Distro: "ubuntu", Version: "22.04", Arch: "amd64", Serial: "20260101"}, {Distro: "debian", Version: "11", Arch: "arm64", Serial: "20260101-0001"}, {Distro: "fedora", Version: "40", Arch: "amd64"}} {
+	for _, spec := range []image.Spec{{Distro: "ubuntu", Version: "22.04", Arch: "amd64", Serial: "20260101"}, {Distro: "debian", Version: "11", Arch: "arm64", Serial: "20260101-0001"}, {Distro: "fedora", Version: "40", Arch: "amd64"}} {
 		p, err := c.Plan(spec)
 		if err != nil {
 			t.Fatal(err)
@@ -350,13 +351,13 @@ func TestUserCatalogFile(t *testing.T) {
 			if !slices.Contains(c.Distros(), "mybuntu") || !slices.Contains(c.Distros(), "ubuntu") {
 				t.Fatalf("Distros() = %v", c.Distros())
 			}
-			p, err := c.Plan(catalog.ImageSpec{Distro: "mybuntu", Version: "bravo", Arch: "amd64"})
+			p, err := c.Plan(image.Spec{Distro: "mybuntu", Version: "bravo", Arch: "amd64"})
 			if err != nil {
 				t.Fatal(err)
 			}
 			base := "https://images.example.org/base/bravo/x64/"
 			d, k := p.Assets[0], p.Assets[1]
-			if d.URL != base+"disk-2.0.raw" || d.Name != "disk-2.0.raw" || d.Format != catalog.FormatRaw ||
+			if d.URL != base+"disk-2.0.raw" || d.Name != "disk-2.0.raw" || d.Format != image.FormatRaw ||
 				k.URL != base+"vmlinuz" || k.Name != "boot/vmlinuz" ||
 				d.Manifest.URL != base+"SUMS" || d.Manifest.SignatureURL != base+"SUMS.sig" || d.Manifest.ID() != k.Manifest.ID() {
 				t.Fatalf("plan %+v", p)
@@ -364,10 +365,10 @@ func TestUserCatalogFile(t *testing.T) {
 			if fps := d.Manifest.Keyring.Fingerprints(); !slices.Equal(fps, []string{key.Fingerprint()}) {
 				t.Fatalf("keyring %v, want the file's key %s", fps, key.Fingerprint())
 			}
-			if _, err := c.Plan(catalog.ImageSpec{Distro: "mybuntu", Version: "2.0", Arch: "arm64"}); !errors.Is(err, catalog.ErrUnsupportedArch) {
+			if _, err := c.Plan(image.Spec{Distro: "mybuntu", Version: "2.0", Arch: "arm64"}); !errors.Is(err, catalog.ErrUnsupportedArch) {
 				t.Fatalf("arm64: %v, want ErrUnsupportedArch", err)
 			}
-			if _, err := c.Plan(catalog.ImageSpec{Distro: "mybuntu", Version: "1.0", Arch: "amd64"}); !errors.Is(err, catalog.ErrUnknownVersion) {
+			if _, err := c.Plan(image.Spec{Distro: "mybuntu", Version: "1.0", Arch: "amd64"}); !errors.Is(err, catalog.ErrUnknownVersion) {
 				t.Fatalf("1.0 has no codename for {codename}: %v, want ErrUnknownVersion", err)
 			}
 		})
@@ -377,7 +378,7 @@ func TestUserCatalogFile(t *testing.T) {
 func TestUserCatalogOverridesBuiltin(t *testing.T) {
 	content := strings.Replace(userYAML, "distro: mybuntu", "distro: ubuntu", 1)
 	c := mustNew(t, catalog.WithFile(writeCatalog(t, "c.yaml", content, signtest.NewKey(t, "k"))))
-	p, err := c.Plan(catalog.ImageSpec{Distro: "ubuntu", Version: "2.0", Arch: "amd64"})
+	p, err := c.Plan(image.Spec{Distro: "ubuntu", Version: "2.0", Arch: "amd64"})
 	if err != nil || !strings.HasPrefix(p.Assets[0].URL, "https://images.example.org/") {
 		t.Fatalf("override: %+v %v", p, err)
 	}
@@ -430,7 +431,7 @@ func TestInvalidCatalogFiles(t *testing.T) {
 // The keyring given to WithKeyring replaces the built-in Ubuntu key.
 func TestWithKeyringReplaces(t *testing.T) {
 	key := signtest.NewKey(t, "mirror")
-	p, err := mustNew(t, catalog.WithKeyring(key.Keyring())).Plan(catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: "20260926"})
+	p, err := mustNew(t, catalog.WithKeyring(key.Keyring())).Plan(image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: "20260926"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -461,10 +462,10 @@ images:
           signature: none
 `
 	c := mustNew(t, catalog.WithFile(writeCatalog(t, "braces.yaml", content, signtest.NewKey(t, "k"))))
-	if _, err := c.Plan(catalog.ImageSpec{Distro: "braces", Version: "12", Arch: "amd64"}); err != nil {
+	if _, err := c.Plan(image.Spec{Distro: "braces", Version: "12", Arch: "amd64"}); err != nil {
 		t.Fatalf("version 12: %v", err)
 	}
-	_, err := c.Plan(catalog.ImageSpec{Distro: "braces", Version: "1001", Arch: "amd64"})
+	_, err := c.Plan(image.Spec{Distro: "braces", Version: "1001", Arch: "amd64"})
 	if !errors.Is(err, catalog.ErrInvalidCatalog) || !strings.Contains(err.Error(), "name_pattern") {
 		t.Fatalf("version 1001: %v; want ErrInvalidCatalog naming name_pattern", err)
 	}

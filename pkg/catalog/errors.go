@@ -3,8 +3,9 @@ package catalog
 import (
 	"errors"
 	"fmt"
-	"github.com/vmprep/vmprep/pkg/image"
 	"strings"
+
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // Sentinel errors, testable with errors.Is.

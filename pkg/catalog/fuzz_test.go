@@ -3,9 +3,10 @@ package catalog
 import (
 	"errors"
 
-	"github.com/vmprep/vmprep/pkg/image"
 	"strings"
 	"testing"
+
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 func FuzzNormalize(f *testing.F) {
@@ -13,7 +14,7 @@ func FuzzNormalize(f *testing.F) {
 		f.Add(s, s, "amd64")
 	}
 	f.Fuzz(func(t *testing.T, distro, version, arch string) {
-		got, err := ImageSpec{Distro: distro, Version: version, Arch: Arch(arch)}.Normalize()
+		got, err := image.Spec{Distro: distro, Version: version, Arch: image.Arch(arch)}.Normalize()
 		if err != nil {
 			return
 		}
@@ -46,12 +47,12 @@ func FuzzCatalogFile(f *testing.F) {
 		}
 		for name, e := range c.entries {
 			for _, version := range []string{"1", "1001"} { // 1001: beyond Go's repeat-count cap
-				if src, err := c.Serials(ImageSpec{Distro: name, Version: version, Arch: ArchAMD64}); err == nil && !strings.HasPrefix(src.IndexURL, e.BaseURL) {
+				if src, err := c.Serials(image.Spec{Distro: name, Version: version, Arch: image.ArchAMD64}); err == nil && !strings.HasPrefix(src.IndexURL, e.BaseURL) {
 					t.Fatalf("serials index %s escapes %s", src.IndexURL, e.BaseURL)
 				}
-				p, err := c.Plan(ImageSpec{Distro: name, Version: version, Arch: ArchAMD64})
+				p, err := c.Plan(image.Spec{Distro: name, Version: version, Arch: image.ArchAMD64})
 				if errors.Is(err, ErrSerialRequired) {
-					p, err = c.Plan(ImageSpec{Distro: name, Version: version, Arch: ArchAMD64, Serial: "1"})
+					p, err = c.Plan(image.Spec{Distro: name, Version: version, Arch: image.ArchAMD64, Serial: "1"})
 				}
 				if err != nil {
 					continue

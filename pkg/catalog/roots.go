@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // TrustRoots are what a resolution's trust rests on: the keys allowed to
@@ -100,7 +102,7 @@ func entryHash(img Image) (string, error) {
 
 // Roots returns the trust roots a resolution of spec rests on under this
 // catalog (spec's serial is ignored). Its errors are Canonical's.
-func (c *Catalog) Roots(spec ImageSpec) (TrustRoots, error) {
+func (c *Catalog) Roots(spec image.Spec) (TrustRoots, error) {
 	spec.Serial = ""
 	_, e, err := c.canonical(spec)
 	if err != nil {

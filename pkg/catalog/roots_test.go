@@ -7,22 +7,23 @@ import (
 
 	"github.com/vmprep/vmprep/internal/signtest"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // TestTrustRoots: the roots of an image change with the keyring, the
 // catalog entry's content and the mirror, and with nothing else.
 func TestTrustRoots(t *testing.T) {
-	noble := catalog.ImageSpec{Distro: "ubuntu", Version: "noble", Arch: catalog.ArchAMD64}
-	mybuntu := catalog.ImageSpec{Distro: "mybuntu", Version: "bravo", Arch: catalog.ArchAMD64}
-	fedora := catalog.ImageSpec{Distro: "fedora", Version: "41", Arch: catalog.ArchAMD64}
-	debian := catalog.ImageSpec{Distro: "debian", Version: "13", Arch: catalog.ArchAMD64}
+	noble := image.Spec{Distro: "ubuntu", Version: "noble", Arch: image.ArchAMD64}
+	mybuntu := image.Spec{Distro: "mybuntu", Version: "bravo", Arch: image.ArchAMD64}
+	fedora := image.Spec{Distro: "fedora", Version: "41", Arch: image.ArchAMD64}
+	debian := image.Spec{Distro: "debian", Version: "13", Arch: image.ArchAMD64}
 	key, other := signtest.NewKey(t, "k"), signtest.NewKey(t, "other")
 	file := writeCatalog(t, "c.yaml", userYAML, key)
 	sameContent := writeCatalog(t, "c.json", userJSON, key)
 	edited := writeCatalog(t, "c.yaml", strings.Replace(userYAML, "disk-{version}.raw", "disk-{version}.img", 1), key)
 	otherKey := writeCatalog(t, "c.yaml", userYAML, other)
 
-	roots := func(spec catalog.ImageSpec, opts ...catalog.Option) catalog.TrustRoots {
+	roots := func(spec image.Spec, opts ...catalog.Option) catalog.TrustRoots {
 		t.Helper()
 		r, err := mustNew(t, opts...).Roots(spec)
 		if err != nil {
@@ -34,7 +35,7 @@ func TestTrustRoots(t *testing.T) {
 	if !slices.Contains(builtin.Keyring, ubuntuFingerprint) || builtin.Mirror != "https://cloud-images.ubuntu.com/" || !strings.HasPrefix(builtin.Catalog, "sha256:") {
 		t.Fatalf("built-in ubuntu roots %+v", builtin)
 	}
-	if r := roots(catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64, Serial: "20260926"}); !r.Equal(builtin) {
+	if r := roots(image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64, Serial: "20260926"}); !r.Equal(builtin) {
 		t.Error("a codename, its version or a serial changed the roots")
 	}
 	tests := []struct {
@@ -61,7 +62,7 @@ func TestTrustRoots(t *testing.T) {
 			t.Errorf("%s: same ID %v, want %v", tc.name, got, tc.equal)
 		}
 	}
-	if _, err := mustNew(t).Roots(catalog.ImageSpec{Distro: "plan9", Version: "4", Arch: catalog.ArchAMD64}); err == nil {
+	if _, err := mustNew(t).Roots(image.Spec{Distro: "plan9", Version: "4", Arch: image.ArchAMD64}); err == nil {
 		t.Error("roots of an unknown distro")
 	}
 	d := catalog.Differences(&builtin, roots(noble, catalog.WithKeyring(key.Keyring()), catalog.WithMirror("http://127.0.0.1:8080/")))

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/vmprep/vmprep/pkg/image"
 	"io"
 	"net/url"
 	"os"
@@ -14,6 +13,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/vmprep/vmprep/pkg/image"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -44,8 +45,8 @@ type Image struct {
 	Codenames map[string]string `json:"codenames,omitempty" yaml:"codenames,omitempty"`
 	// Arches maps our architecture names to the distro's ({arch}), e.g.
 	// amd64: x86_64. Only listed architectures resolve.
-	Arches   map[Arch]string `json:"arches,omitempty" yaml:"arches,omitempty"`
-	BootMode BootMode        `json:"boot_mode,omitempty" yaml:"boot_mode,omitempty"`
+	Arches   map[image.Arch]string `json:"arches,omitempty" yaml:"arches,omitempty"`
+	BootMode BootMode              `json:"boot_mode,omitempty" yaml:"boot_mode,omitempty"`
 	// Keyring is the armored OpenPGP keyring that signs the manifests: a
 	// file path (relative to the catalog file) or "builtin:ubuntu-cloud-images".
 	Keyring string `json:"keyring,omitempty" yaml:"keyring,omitempty"`
@@ -69,7 +70,7 @@ type Unsupported struct {
 
 // AssetTemplate describes one asset of an image.
 type AssetTemplate struct {
-	Role Role `json:"role" yaml:"role"`
+	Role image.Role `json:"role" yaml:"role"`
 	// URL is the asset's path template. When the file name is not known in
 	// advance it ends in "{name}" and NamePattern selects the name among the
 	// manifest's entries.
@@ -79,7 +80,7 @@ type AssetTemplate struct {
 	// NamePattern is an RE2 template matched against whole manifest entry
 	// names; the greatest match in natural order wins.
 	NamePattern string           `json:"name_pattern,omitempty" yaml:"name_pattern,omitempty"`
-	Format      DiskFormat       `json:"format,omitempty" yaml:"format,omitempty"`
+	Format      image.DiskFormat `json:"format,omitempty" yaml:"format,omitempty"`
 	Manifest    ManifestTemplate `json:"manifest" yaml:"manifest"`
 }
 
@@ -264,7 +265,7 @@ func (img *Image) validate() error {
 		return errors.New("arches: empty")
 	}
 	for a, name := range img.Arches {
-		if pa, err := ParseArch(string(a)); err != nil || pa != a {
+		if pa, err := image.ParseArch(string(a)); err != nil || pa != a {
 			return fmt.Errorf("arches: key %q must be amd64 or arm64", a)
 		}
 		if _, err := image.CheckName("arch name", name); err != nil {
@@ -279,7 +280,7 @@ func (img *Image) validate() error {
 	if len(img.Assets) == 0 {
 		return errors.New("assets: empty")
 	}
-	roles := map[Role]bool{}
+	roles := map[image.Role]bool{}
 	for i := range img.Assets {
 		a := &img.Assets[i]
 		if err := a.validate(); err != nil {
@@ -294,11 +295,11 @@ func (img *Image) validate() error {
 		return err
 	}
 	switch {
-	case !roles[RoleDisk]:
+	case !roles[image.RoleDisk]:
 		return errors.New("assets: no disk")
-	case img.BootMode == BootKernel && !roles[RoleKernel]:
+	case img.BootMode == BootKernel && !roles[image.RoleKernel]:
 		return errors.New("boot_mode kernel needs a kernel asset")
-	case img.BootMode == BootFirmware && (roles[RoleKernel] || roles[RoleInitramfs]):
+	case img.BootMode == BootFirmware && (roles[image.RoleKernel] || roles[image.RoleInitramfs]):
 		return errors.New("boot_mode firmware takes no kernel or initramfs asset")
 	}
 	return nil
@@ -406,15 +407,15 @@ func (sr *SerialsTemplate) unpinnedTemplate(t string) string {
 
 func (a *AssetTemplate) validate() error {
 	switch a.Role {
-	case RoleDisk:
+	case image.RoleDisk:
 		switch a.Format {
 		case "":
-			a.Format = FormatQCOW2
-		case FormatQCOW2, FormatRaw:
+			a.Format = image.FormatQCOW2
+		case image.FormatQCOW2, image.FormatRaw:
 		default:
-			return fmt.Errorf("format %q: want %q or %q", a.Format, FormatQCOW2, FormatRaw)
+			return fmt.Errorf("format %q: want %q or %q", a.Format, image.FormatQCOW2, image.FormatRaw)
 		}
-	case RoleKernel, RoleInitramfs:
+	case image.RoleKernel, image.RoleInitramfs:
 		if a.Format != "" {
 			return errors.New("format is only for disks")
 		}

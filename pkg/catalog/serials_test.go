@@ -8,17 +8,18 @@ import (
 
 	"github.com/vmprep/vmprep/internal/signtest"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 func TestSerialSources(t *testing.T) {
 	c := mustNew(t)
 	tests := []struct {
-		spec    catalog.ImageSpec
+		spec    image.Spec
 		index   string
 		listed  map[string]string // directory name → serial ("" if not a serial)
 		version string
 	}{
-		{catalog.ImageSpec{Distro: "ubuntu", Version: "noble", Arch: "arm64"}, "https://cloud-images.ubuntu.com/releases/24.04/", map[string]string{
+		{image.Spec{Distro: "ubuntu", Version: "noble", Arch: "arm64"}, "https://cloud-images.ubuntu.com/releases/24.04/", map[string]string{
 			"release-20260926":    "20260926",
 			"release-20260926.1":  "20260926.1",
 			"release-20260926.10": "20260926.10",
@@ -30,7 +31,7 @@ func TestSerialSources(t *testing.T) {
 			"20260926":            "",
 			"release-20260926.1a": "",
 		}, "24.04"},
-		{catalog.ImageSpec{Distro: "debian", Version: "bookworm", Arch: "amd64", Serial: "20260101-0001"}, "https://cloud.debian.org/images/cloud/bookworm/", map[string]string{
+		{image.Spec{Distro: "debian", Version: "bookworm", Arch: "amd64", Serial: "20260101-0001"}, "https://cloud.debian.org/images/cloud/bookworm/", map[string]string{
 			"20260901-2211":  "20260901-2211",
 			"latest":         "",
 			"daily":          "",
@@ -59,15 +60,15 @@ func TestSerialErrors(t *testing.T) {
 	c := mustNew(t, catalog.WithKeyring(signtest.NewKey(t, "k").Keyring()))
 	tests := []struct {
 		name    string
-		spec    catalog.ImageSpec
+		spec    image.Spec
 		wantErr error
 	}{
-		{"ubuntu without serial", catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"}, catalog.ErrSerialRequired},
-		{"fedora with serial", catalog.ImageSpec{Distro: "fedora", Version: "41", Arch: "amd64", Serial: "20260926"}, catalog.ErrNoSerials},
-		{"not an ubuntu serial", catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: "latest"}, catalog.ErrInvalidSpec},
-		{"path in serial", catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: "20260926/../../x"}, catalog.ErrInvalidSpec},
-		{"dotdot serial", catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: ".."}, catalog.ErrInvalidSpec},
-		{"encoded serial", catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: "2026%2F"}, catalog.ErrInvalidSpec},
+		{"ubuntu without serial", image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"}, catalog.ErrSerialRequired},
+		{"fedora with serial", image.Spec{Distro: "fedora", Version: "41", Arch: "amd64", Serial: "20260926"}, catalog.ErrNoSerials},
+		{"not an ubuntu serial", image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: "latest"}, catalog.ErrInvalidSpec},
+		{"path in serial", image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: "20260926/../../x"}, catalog.ErrInvalidSpec},
+		{"dotdot serial", image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: ".."}, catalog.ErrInvalidSpec},
+		{"encoded serial", image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: "2026%2F"}, catalog.ErrInvalidSpec},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -77,17 +78,17 @@ func TestSerialErrors(t *testing.T) {
 			}
 		})
 	}
-	if _, err := c.Serials(catalog.ImageSpec{Distro: "fedora", Version: "41", Arch: "amd64"}); !errors.Is(err, catalog.ErrNoSerials) {
+	if _, err := c.Serials(image.Spec{Distro: "fedora", Version: "41", Arch: "amd64"}); !errors.Is(err, catalog.ErrNoSerials) {
 		t.Errorf("Serials(fedora) = %v, want ErrNoSerials", err)
 	}
-	got, err := c.Canonical(catalog.ImageSpec{Distro: "Ubuntu", Version: "Noble", Arch: "x86_64", Serial: "20260926.1"})
-	if want := (catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: "20260926.1"}); err != nil || got != want {
+	got, err := c.Canonical(image.Spec{Distro: "Ubuntu", Version: "Noble", Arch: "x86_64", Serial: "20260926.1"})
+	if want := (image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: "20260926.1"}); err != nil || got != want {
 		t.Errorf("Canonical = %v, %v; want %v", got, err, want)
 	}
-	if _, err := c.Canonical(catalog.ImageSpec{Distro: "ubuntu", Version: "noble", Arch: "amd64"}); err != nil {
+	if _, err := c.Canonical(image.Spec{Distro: "ubuntu", Version: "noble", Arch: "amd64"}); err != nil {
 		t.Errorf("Canonical without serial: %v", err)
 	}
-	if _, err := c.Canonical(catalog.ImageSpec{Distro: "alpine", Version: "3.20", Arch: "amd64"}); !errors.Is(err, catalog.ErrUnsupportedDistro) {
+	if _, err := c.Canonical(image.Spec{Distro: "alpine", Version: "3.20", Arch: "amd64"}); !errors.Is(err, catalog.ErrUnsupportedDistro) {
 		t.Errorf("Canonical(alpine) = %v", err)
 	}
 }
@@ -115,14 +116,14 @@ images:
 func TestUserCatalogSerials(t *testing.T) {
 	key := signtest.NewKey(t, "k")
 	c := mustNew(t, catalog.WithFile(writeCatalog(t, "c.yaml", strings.Replace(serialsYAML, "    boot_mode", "    keyring: keys/my.asc\n    boot_mode", 1), key)))
-	p, err := c.Plan(catalog.ImageSpec{Distro: "dated", Version: "1", Arch: "amd64", Serial: "20260102"})
+	p, err := c.Plan(image.Spec{Distro: "dated", Version: "1", Arch: "amd64", Serial: "20260102"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if a := p.Assets[0]; a.URL != "https://images.example.org/1/build-20260102/disk-20260102.qcow2" || a.Manifest.SignatureURL != "https://images.example.org/1/build-20260102/SUMS.sig" {
 		t.Errorf("plan %+v", a)
 	}
-	src, err := c.Serials(catalog.ImageSpec{Distro: "dated", Version: "1", Arch: "amd64"})
+	src, err := c.Serials(image.Spec{Distro: "dated", Version: "1", Arch: "amd64"})
 	if err != nil || src.IndexURL != "https://images.example.org/1/" {
 		t.Fatalf("Serials = %+v, %v", src, err)
 	}

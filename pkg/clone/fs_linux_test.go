@@ -6,8 +6,9 @@ import (
 	"testing"
 	"unsafe"
 
-	"github.com/vmprep/vmprep/internal/testutil"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmprep/vmprep/internal/testutil"
 )
 
 func mountFS(t *testing.T, kind string) string { return testutil.MountLoopFS(t, kind) }

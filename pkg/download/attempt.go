@@ -6,13 +6,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"github.com/vmprep/vmprep/internal/neterr"
 	"io"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vmprep/vmprep/internal/neterr"
 
 	"github.com/cenkalti/backoff/v4"
 )

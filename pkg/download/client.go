@@ -11,13 +11,14 @@ package download
 
 import (
 	"context"
-	"github.com/vmprep/vmprep/internal/version"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/vmprep/vmprep/internal/version"
 )
 
 // Version is reported in the default User-Agent; empty means the running

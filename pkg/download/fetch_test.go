@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/vmprep/vmprep/internal/neterr"
 	"io"
 	"log"
 	"net/http"
@@ -19,6 +18,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vmprep/vmprep/internal/neterr"
 
 	"github.com/vmprep/vmprep/pkg/digest"
 )

@@ -9,18 +9,19 @@ import (
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/embedded"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
 // TestFromStore: nothing stored, no answer (and no error); once a
 // deployment prepared the image, FromStore gives its paths without one.
 func TestFromStore(t *testing.T) {
-	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	opts := []embedded.Option{embedded.WithCacheDir(t.TempDir()), embedded.WithShortPulls(), embedded.WithResolutionMaxAge(time.Hour),
 		embedded.WithCatalog(catalog.WithMirror(m.URL), catalog.WithKeyring(m.Keyring()))}
-	req := client.Request{Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}, Format: catalog.FormatRaw}
+	req := client.Request{Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}, Format: image.FormatRaw}
 	if _, ok, err := embedded.FromStore(ctx, req, opts...); ok || err != nil {
 		t.Fatalf("FromStore on an empty cache = %v, %v; want no answer, no error", ok, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/embedded"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/resolve"
 )
@@ -37,7 +38,7 @@ func TestInteractiveOfflineFailsFastSayingWhy(t *testing.T) {
 
 	var mu sync.Mutex
 	var events []messages.Progress
-	_, err = d.Client().Prepare(ctx, client.Request{Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}},
+	_, err = d.Client().Prepare(ctx, client.Request{Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}},
 		client.WithProgress(func(p client.Progress) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -106,7 +107,7 @@ func TestGivingUpQuotesTheRetry(t *testing.T) {
 	defer d.Close()
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	_, err = d.Client().Prepare(ctx, client.Request{Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}},
+	_, err = d.Client().Prepare(ctx, client.Request{Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}},
 		client.WithProgress(func(p client.Progress) {
 			if p.Retrying != "" {
 				cancel() // give up at the first retry

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
+
 	"github.com/vmprep/vmprep/internal/kerneltest"
 )
 

@@ -5,19 +5,20 @@ import (
 
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/resolve"
 )
 
 // BenchmarkResolve measures a full Ubuntu resolution against the local
 // mirror: two manifests, two detached signatures, verification and lookup.
 func BenchmarkResolve(b *testing.B) {
-	m := testmirror.New(b, testmirror.WithArches(catalog.ArchAMD64))
+	m := testmirror.New(b, testmirror.WithArches(image.ArchAMD64))
 	cat, err := catalog.New(m.CatalogOptions()...)
 	if err != nil {
 		b.Fatal(err)
 	}
 	r := resolve.New(cat)
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"}
+	spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"}
 	for b.Loop() {
 		if _, err := r.Resolve(b.Context(), spec); err != nil {
 			b.Fatal(err)
@@ -30,7 +31,7 @@ func BenchmarkPlan(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "noble", Arch: "arm64"}
+	spec := image.Spec{Distro: "ubuntu", Version: "noble", Arch: "arm64"}
 	for b.Loop() {
 		if _, err := cat.Plan(spec); err != nil {
 			b.Fatal(err)

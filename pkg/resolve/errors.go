@@ -3,13 +3,13 @@ package resolve
 import (
 	"errors"
 	"fmt"
-	"github.com/vmprep/vmprep/internal/neterr"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/internal/neterr"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // Op names the step of a resolution that failed.
@@ -46,7 +46,7 @@ var (
 // Error is a failed resolution. URL is the manifest (or listing) concerned;
 // for signature failures it is the manifest the signature covers.
 type Error struct {
-	Spec catalog.ImageSpec
+	Spec image.Spec
 	Op   Op
 	URL  string
 	// Retryable is true for transient failures (5xx, 429, timeouts, dropped

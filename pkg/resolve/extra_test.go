@@ -17,6 +17,7 @@ import (
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/signature"
 )
@@ -50,11 +51,11 @@ images:
 		t.Fatal(err)
 	}
 	r := newResolver(t, m, []catalog.Option{catalog.WithFile(catFile)})
-	res, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "single", Version: "3.1", Arch: "amd64"})
+	res, err := r.Resolve(t.Context(), image.Spec{Distro: "single", Version: "3.1", Arch: "amd64"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, _ := res.Asset(catalog.RoleDisk)
+	a, _ := res.Asset(image.RoleDisk)
 	want := digest.Digest{Algorithm: digest.SHA256, Hex: hex.EncodeToString(sum[:])}
 	if a.Name != "disk.qcow2" || a.Digest != want || a.Trust.Signed || a.Trust.Note != "per-file checksum, unsigned" {
 		t.Fatalf("asset %+v; want disk.qcow2 %s, unsigned with the note", a, want)
@@ -65,14 +66,14 @@ images:
 // even with allow-unsigned: otherwise whoever can tamper with a manifest
 // could also strip its signature and turn "bad signature" into "unsigned".
 func TestMissingSignatureRefusedDespiteAllowUnsigned(t *testing.T) {
-	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64))
-	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel)
+	m := newMirror(t, testmirror.WithArches(image.ArchAMD64))
+	mp := m.ManifestPath("ubuntu", "24.04", image.ArchAMD64, image.RoleKernel)
 	m.Tamper(mp)
 	m.Remove(mp + ".gpg")
 	for _, allow := range []bool{false, true} {
 		t.Run(fmt.Sprint("allow=", allow), func(t *testing.T) {
 			opts := append(m.CatalogOptions(), catalog.WithAllowUnsigned(allow))
-			res, err := newResolver(t, m, opts).Resolve(t.Context(), catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
+			res, err := newResolver(t, m, opts).Resolve(t.Context(), image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
 			var re *resolve.Error
 			if !errors.Is(err, signature.ErrNoSignature) || !errors.As(err, &re) || re.Op != resolve.OpSignature || re.Retryable {
 				t.Fatalf("Resolve = %+v, %v; want a permanent ErrNoSignature", res, err)
@@ -87,7 +88,7 @@ func TestMissingSignatureRefusedDespiteAllowUnsigned(t *testing.T) {
 // An https server redirecting to plain http must not be followed: for an
 // unsigned manifest (Debian) the transport is the only protection.
 func TestHTTPSDowngradeRedirectRefused(t *testing.T) {
-	m := newMirror(t, testmirror.WithUbuntu(), testmirror.WithDebian("12"), testmirror.WithArches(catalog.ArchAMD64))
+	m := newMirror(t, testmirror.WithUbuntu(), testmirror.WithDebian("12"), testmirror.WithArches(image.ArchAMD64))
 	tlsFront := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		http.Redirect(w, req, m.URL+strings.TrimPrefix(req.URL.Path, "/"), http.StatusFound)
 	}))
@@ -98,7 +99,7 @@ func TestHTTPSDowngradeRedirectRefused(t *testing.T) {
 	}
 	r := resolve.New(cat, resolve.WithHTTPClient(tlsFront.Client()), resolve.WithRetry(2, time.Millisecond))
 	// Neither the listing of serials nor, for a pinned serial, the manifest.
-	for spec, op := range map[catalog.ImageSpec]resolve.Op{
+	for spec, op := range map[image.Spec]resolve.Op{
 		{Distro: "debian", Version: "12", Arch: "amd64"}:                                         resolve.OpSerials,
 		{Distro: "debian", Version: "12", Arch: "amd64", Serial: testmirror.DefaultDebianSerial}: resolve.OpManifest,
 	} {
@@ -108,7 +109,7 @@ func TestHTTPSDowngradeRedirectRefused(t *testing.T) {
 			t.Fatalf("Resolve(%v) = %+v, %v; want a permanent ErrInsecureRedirect at %s", spec, res, err, op)
 		}
 	}
-	if got := m.Requests(m.ManifestPath("debian", "12", catalog.ArchAMD64, catalog.RoleDisk)); got != 0 {
+	if got := m.Requests(m.ManifestPath("debian", "12", image.ArchAMD64, image.RoleDisk)); got != 0 {
 		t.Fatalf("the plain-http manifest was requested %d times", got)
 	}
 	if got := m.Requests(m.VersionDir("debian", "12")); got != 0 {
@@ -119,11 +120,11 @@ func TestHTTPSDowngradeRedirectRefused(t *testing.T) {
 // WithTimeout bounds each attempt even when the caller's client has no
 // timeout of its own, so a stalled body cannot hang a resolution.
 func TestStalledBodyWithoutClientTimeout(t *testing.T) {
-	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64))
-	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	m := newMirror(t, testmirror.WithArches(image.ArchAMD64))
+	mp := m.ManifestPath("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 	m.SetFault(mp, testmirror.Fault{Stall: true, After: 16})
 	r := newResolver(t, m, m.CatalogOptions(), resolve.WithHTTPClient(&http.Client{}), resolve.WithTimeout(100*time.Millisecond))
-	_, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
+	_, err := r.Resolve(t.Context(), image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
 	var re *resolve.Error
 	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &re) || re.Op != resolve.OpManifest || !re.Retryable {
 		t.Fatalf("Resolve = %v; want a retryable deadline error fetching the manifest", err)
@@ -159,11 +160,11 @@ images:
 	if err := os.WriteFile(catFile, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	res, err := newResolver(t, m, []catalog.Option{catalog.WithFile(catFile)}).Resolve(t.Context(), catalog.ImageSpec{Distro: "loose", Version: "1", Arch: "amd64"})
+	res, err := newResolver(t, m, []catalog.Option{catalog.WithFile(catFile)}).Resolve(t.Context(), image.Spec{Distro: "loose", Version: "1", Arch: "amd64"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, _ := res.Asset(catalog.RoleDisk)
+	a, _ := res.Asset(image.RoleDisk)
 	if a.Name != "disk-1.qcow2" || a.URL != m.URL+"loose/1/disk-1.qcow2" || a.Digest.Hex != sum("good") {
 		t.Fatalf("asset %+v; want disk-1.qcow2 in loose/1/", a)
 	}

@@ -16,7 +16,7 @@ func ubuntuSource(t testing.TB) catalog.SerialSource {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := c.Serials(catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
+	src, err := c.Serials(image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
 	if err != nil {
 		t.Fatal(err)
 	}

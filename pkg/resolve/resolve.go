@@ -167,7 +167,7 @@ func defaultUserAgent() string {
 type verified struct {
 	url   string
 	m     *manifest.Manifest
-	trust catalog.Trust
+	trust image.Trust
 }
 
 // Resolve fetches and verifies the manifests for spec and returns its
@@ -175,7 +175,7 @@ type verified struct {
 // everything from one serial's directory: spec.Serial's, or else the newest
 // listed (Resolution.Spec.Serial names it). A serial that is not published
 // fails with an error wrapping *UnknownSerialError. Errors are *Error.
-func (r *Resolver) Resolve(ctx context.Context, spec catalog.ImageSpec) (catalog.Resolution, error) {
+func (r *Resolver) Resolve(ctx context.Context, spec image.Spec) (catalog.Resolution, error) {
 	plan, err := r.cat.Plan(spec)
 	if errors.Is(err, catalog.ErrSerialRequired) {
 		// The newest build, read from its own directory: never from one
@@ -243,11 +243,11 @@ func (r *Resolver) resolvePlan(ctx context.Context, plan catalog.Plan) (catalog.
 // Roots returns the trust roots a resolution of spec rests on: the
 // keyring, catalog entry and mirror this resolver reads it with
 // (catalog.Catalog.Roots). Its errors are the catalog's.
-func (r *Resolver) Roots(spec catalog.ImageSpec) (catalog.TrustRoots, error) {
+func (r *Resolver) Roots(spec image.Spec) (catalog.TrustRoots, error) {
 	return r.cat.Roots(spec)
 }
 
-func (r *Resolver) lookup(plan catalog.Plan, a catalog.PlannedAsset, v *verified) (catalog.Asset, error) {
+func (r *Resolver) lookup(plan catalog.Plan, a catalog.PlannedAsset, v *verified) (image.Asset, error) {
 	fail := func(err error) error { return &Error{Spec: plan.Spec, Op: OpLookup, URL: v.url, Err: err} }
 	name := a.Name
 	if name == "" {
@@ -262,15 +262,15 @@ func (r *Resolver) lookup(plan catalog.Plan, a catalog.PlannedAsset, v *verified
 		}
 		var ok bool
 		if name, ok = greatestMatch(names, a.NamePattern); !ok {
-			return catalog.Asset{}, fail(fmt.Errorf("%s: %w %s among %d entries", a.Role, ErrNoMatch, a.NamePattern, len(names)))
+			return image.Asset{}, fail(fmt.Errorf("%s: %w %s among %d entries", a.Role, ErrNoMatch, a.NamePattern, len(names)))
 		}
 	}
 	d, err := v.m.Lookup(name)
 	if err != nil {
-		return catalog.Asset{}, fail(fmt.Errorf("%s %q: %w", a.Role, name, err))
+		return image.Asset{}, fail(fmt.Errorf("%s %q: %w", a.Role, name, err))
 	}
 	size, _ := v.m.Size(name)
-	return catalog.Asset{
+	return image.Asset{
 		Role:   a.Role,
 		Name:   name,
 		URL:    a.URLFor(name),
@@ -297,7 +297,7 @@ func (r *Resolver) loadManifest(ctx context.Context, plan catalog.Plan, a catalo
 	if ferr != nil {
 		return nil, &Error{Spec: spec, Op: OpManifest, URL: manifestURL, Retryable: ferr.retryable, Err: ferr.err}
 	}
-	trust := catalog.Trust{ManifestURL: manifestURL}
+	trust := image.Trust{ManifestURL: manifestURL}
 	plaintext := data
 	unsigned := func(note string) {
 		trust.Note = note
@@ -372,7 +372,7 @@ func clearsignedText(data []byte) []byte {
 }
 
 // discover finds the manifest's file name in the directory listing at IndexURL.
-func (r *Resolver) discover(ctx context.Context, spec catalog.ImageSpec, mp catalog.ManifestPlan) (string, error) {
+func (r *Resolver) discover(ctx context.Context, spec image.Spec, mp catalog.ManifestPlan) (string, error) {
 	body, ferr := r.fetchListing(ctx, mp.IndexURL)
 	if ferr != nil {
 		return "", &Error{Spec: spec, Op: OpIndex, URL: mp.IndexURL, Retryable: ferr.retryable, Err: ferr.err}

@@ -20,6 +20,7 @@ import (
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/manifest"
 	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/signature"
@@ -64,19 +65,19 @@ func TestResolveUbuntu(t *testing.T) {
 	var logs syncBuffer
 	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())},
 		resolve.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))), resolve.WithUserAgent("vmprep-test/1"))
-	for _, arch := range []catalog.Arch{catalog.ArchAMD64, catalog.ArchARM64} {
+	for _, arch := range []image.Arch{image.ArchAMD64, image.ArchARM64} {
 		t.Run(string(arch), func(t *testing.T) {
-			res, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "Ubuntu", Version: "noble", Arch: arch})
+			res, err := r.Resolve(t.Context(), image.Spec{Distro: "Ubuntu", Version: "noble", Arch: arch})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if want := (catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: arch, Serial: testmirror.DefaultUbuntuSerial}); res.Spec != want || res.BootMode != catalog.BootKernel {
+			if want := (image.Spec{Distro: "ubuntu", Version: "24.04", Arch: arch, Serial: testmirror.DefaultUbuntuSerial}); res.Spec != want || res.BootMode != catalog.BootKernel {
 				t.Fatalf("spec %v boot %s", res.Spec, res.BootMode)
 			}
 			if res.ResolvedAt.IsZero() || len(res.Assets) != 3 {
 				t.Fatalf("resolution %+v", res)
 			}
-			for _, role := range []catalog.Role{catalog.RoleDisk, catalog.RoleKernel, catalog.RoleInitramfs} {
+			for _, role := range []image.Role{image.RoleDisk, image.RoleKernel, image.RoleInitramfs} {
 				a, ok := res.Asset(role)
 				if !ok {
 					t.Fatalf("no %s", role)
@@ -86,18 +87,18 @@ func TestResolveUbuntu(t *testing.T) {
 				if a.Name != path.Base(p) || a.URL != m.FileURL(p) || a.Digest != m.Digest(p) {
 					t.Errorf("%s = %+v; want %s %s %s", role, a, path.Base(p), m.FileURL(p), m.Digest(p))
 				}
-				want := catalog.Trust{Signed: true, Signer: m.Fingerprint(), ManifestURL: m.FileURL(mp), SignatureURL: m.FileURL(mp + ".gpg")}
+				want := image.Trust{Signed: true, Signer: m.Fingerprint(), ManifestURL: m.FileURL(mp), SignatureURL: m.FileURL(mp + ".gpg")}
 				if a.Trust != want {
 					t.Errorf("%s trust %+v, want %+v", role, a.Trust, want)
 				}
-				if (role == catalog.RoleDisk) != (a.Format == catalog.FormatQCOW2) {
+				if (role == image.RoleDisk) != (a.Format == image.FormatQCOW2) {
 					t.Errorf("%s format %q", role, a.Format)
 				}
 			}
 		})
 	}
 	// Each manifest and signature is fetched once per resolution, and no content at all.
-	for _, p := range []string{m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk), m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel) + ".gpg"} {
+	for _, p := range []string{m.ManifestPath("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk), m.ManifestPath("ubuntu", "24.04", image.ArchAMD64, image.RoleKernel) + ".gpg"} {
 		if got := m.Requests(p); got != 2 {
 			t.Errorf("%s requested %d times for 2 resolutions", p, got)
 		}
@@ -107,7 +108,7 @@ func TestResolveUbuntu(t *testing.T) {
 	errs := make(chan error, 4)
 	for range 4 {
 		wg.Go(func() {
-			res, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"})
+			res, err := r.Resolve(t.Context(), image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"})
 			if err == nil && len(res.Assets) != 3 {
 				err = fmt.Errorf("%d assets", len(res.Assets))
 			}
@@ -130,15 +131,15 @@ func TestResolveUbuntu(t *testing.T) {
 }
 
 func TestResolveDebianUnsigned(t *testing.T) {
-	m := newMirror(t, testmirror.WithUbuntu(), testmirror.WithDebian("12"), testmirror.WithArches(catalog.ArchARM64))
+	m := newMirror(t, testmirror.WithUbuntu(), testmirror.WithDebian("12"), testmirror.WithArches(image.ArchARM64))
 	var logs syncBuffer
 	r := newResolver(t, m, nil, resolve.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
-	res, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "debian", Version: "bookworm", Arch: "aarch64"})
+	res, err := r.Resolve(t.Context(), image.Spec{Distro: "debian", Version: "bookworm", Arch: "aarch64"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := m.Path("debian", "12", catalog.ArchARM64, catalog.RoleDisk)
-	a, ok := res.Asset(catalog.RoleDisk)
+	p := m.Path("debian", "12", image.ArchARM64, image.RoleDisk)
+	a, ok := res.Asset(image.RoleDisk)
 	if !ok || len(res.Assets) != 1 || res.BootMode != catalog.BootFirmware {
 		t.Fatalf("%+v", res)
 	}
@@ -156,9 +157,9 @@ func TestResolveDebianUnsigned(t *testing.T) {
 func TestResolveFedora(t *testing.T) {
 	m := newMirror(t, testmirror.WithUbuntu(), testmirror.WithFedora("41"))
 	other := signtest.NewKey(t, "not fedora")
-	spec := catalog.ImageSpec{Distro: "fedora", Version: "41", Arch: "x86_64"}
-	disk := m.Path("fedora", "41", catalog.ArchAMD64, catalog.RoleDisk)
-	checksum := m.ManifestPath("fedora", "41", catalog.ArchAMD64, catalog.RoleDisk)
+	spec := image.Spec{Distro: "fedora", Version: "41", Arch: "x86_64"}
+	disk := m.Path("fedora", "41", image.ArchAMD64, image.RoleDisk)
+	checksum := m.ManifestPath("fedora", "41", image.ArchAMD64, image.RoleDisk)
 
 	// The user passes Fedora's key as a file (--keyring).
 	kr, err := signature.LoadKeyringFile(m.KeyringFile())
@@ -195,7 +196,7 @@ func TestResolveFedora(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			a, _ := res.Asset(catalog.RoleDisk)
+			a, _ := res.Asset(image.RoleDisk)
 			if a.Name != path.Base(disk) || a.URL != m.FileURL(disk) || a.Digest != m.Digest(disk) {
 				t.Fatalf("asset %+v; want %s", a, disk)
 			}
@@ -211,8 +212,8 @@ func TestResolveFedora(t *testing.T) {
 
 func TestResolveFailures(t *testing.T) {
 	const version = "24.04"
-	arch := catalog.ArchAMD64
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: version, Arch: arch}
+	arch := image.ArchAMD64
+	spec := image.Spec{Distro: "ubuntu", Version: version, Arch: arch}
 	tests := []struct {
 		name      string
 		setup     func(m *testmirror.Mirror) (wantURL string)
@@ -226,7 +227,7 @@ func TestResolveFailures(t *testing.T) {
 		{
 			name: "tampered manifest",
 			setup: func(m *testmirror.Mirror) string {
-				mp := m.ManifestPath("ubuntu", version, arch, catalog.RoleDisk)
+				mp := m.ManifestPath("ubuntu", version, arch, image.RoleDisk)
 				m.Tamper(mp)
 				return m.FileURL(mp)
 			},
@@ -235,7 +236,7 @@ func TestResolveFailures(t *testing.T) {
 		{
 			name: "missing signature",
 			setup: func(m *testmirror.Mirror) string {
-				mp := m.ManifestPath("ubuntu", version, arch, catalog.RoleKernel)
+				mp := m.ManifestPath("ubuntu", version, arch, image.RoleKernel)
 				m.Remove(mp + ".gpg")
 				return m.FileURL(mp)
 			},
@@ -244,8 +245,8 @@ func TestResolveFailures(t *testing.T) {
 		{
 			name: "missing entry",
 			setup: func(m *testmirror.Mirror) string {
-				mp := m.ManifestPath("ubuntu", version, arch, catalog.RoleInitramfs)
-				name := path.Base(m.Path("ubuntu", version, arch, catalog.RoleInitramfs))
+				mp := m.ManifestPath("ubuntu", version, arch, image.RoleInitramfs)
+				name := path.Base(m.Path("ubuntu", version, arch, image.RoleInitramfs))
 				m.EditManifest(mp, func(text []byte) []byte {
 					var keep []string
 					for _, l := range strings.SplitAfter(string(text), "\n") {
@@ -262,7 +263,7 @@ func TestResolveFailures(t *testing.T) {
 		{
 			name: "manifest not found",
 			setup: func(m *testmirror.Mirror) string {
-				mp := m.ManifestPath("ubuntu", version, arch, catalog.RoleDisk)
+				mp := m.ManifestPath("ubuntu", version, arch, image.RoleDisk)
 				m.SetFault(mp, testmirror.Fault{Status: http.StatusNotFound})
 				return m.FileURL(mp)
 			},
@@ -271,7 +272,7 @@ func TestResolveFailures(t *testing.T) {
 		{
 			name: "server keeps failing",
 			setup: func(m *testmirror.Mirror) string {
-				mp := m.ManifestPath("ubuntu", version, arch, catalog.RoleDisk)
+				mp := m.ManifestPath("ubuntu", version, arch, image.RoleDisk)
 				m.SetFault(mp, testmirror.Fault{Status: http.StatusServiceUnavailable})
 				return m.FileURL(mp)
 			},
@@ -280,7 +281,7 @@ func TestResolveFailures(t *testing.T) {
 		{
 			name: "connection reset on signature",
 			setup: func(m *testmirror.Mirror) string {
-				mp := m.ManifestPath("ubuntu", version, arch, catalog.RoleDisk)
+				mp := m.ManifestPath("ubuntu", version, arch, image.RoleDisk)
 				m.SetFault(mp+".gpg", testmirror.Fault{Reset: true, After: 10})
 				return m.FileURL(mp)
 			},
@@ -289,7 +290,7 @@ func TestResolveFailures(t *testing.T) {
 		{
 			name: "stalled manifest times out",
 			setup: func(m *testmirror.Mirror) string {
-				mp := m.ManifestPath("ubuntu", version, arch, catalog.RoleDisk)
+				mp := m.ManifestPath("ubuntu", version, arch, image.RoleDisk)
 				m.SetFault(mp, testmirror.Fault{Stall: true, After: 16})
 				return m.FileURL(mp)
 			},
@@ -299,7 +300,7 @@ func TestResolveFailures(t *testing.T) {
 		{
 			name: "manifest too large",
 			setup: func(m *testmirror.Mirror) string {
-				return m.FileURL(m.ManifestPath("ubuntu", version, arch, catalog.RoleDisk))
+				return m.FileURL(m.ManifestPath("ubuntu", version, arch, image.RoleDisk))
 			},
 			opts:    []resolve.Option{resolve.WithMaxManifestSize(64)},
 			wantErr: resolve.ErrTooLarge, wantOp: resolve.OpManifest,
@@ -307,7 +308,7 @@ func TestResolveFailures(t *testing.T) {
 		{
 			name: "wrong signing key",
 			setup: func(m *testmirror.Mirror) string {
-				return m.FileURL(m.ManifestPath("ubuntu", version, arch, catalog.RoleDisk))
+				return m.FileURL(m.ManifestPath("ubuntu", version, arch, image.RoleDisk))
 			},
 			catOpts: []catalog.Option{catalog.WithKeyring(nil)}, // keep the built-in Ubuntu key
 			wantErr: signature.ErrUnknownSigner, wantOp: resolve.OpVerify,
@@ -351,12 +352,12 @@ func TestResolveFailures(t *testing.T) {
 }
 
 func TestTransientFailuresAreRetried(t *testing.T) {
-	m := newMirror(t, testmirror.WithArches(catalog.ArchARM64))
-	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchARM64, catalog.RoleKernel)
+	m := newMirror(t, testmirror.WithArches(image.ArchARM64))
+	mp := m.ManifestPath("ubuntu", "24.04", image.ArchARM64, image.RoleKernel)
 	m.SetFault(mp, testmirror.Fault{Status: http.StatusBadGateway, Times: 2})
 	m.SetFault(mp+".gpg", testmirror.Fault{Reset: true, After: 5, Times: 1})
 	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())}, resolve.WithRetry(3, time.Millisecond))
-	if _, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"}); err != nil {
+	if _, err := r.Resolve(t.Context(), image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := m.Requests(mp); got != 3 {
@@ -368,14 +369,14 @@ func TestTransientFailuresAreRetried(t *testing.T) {
 }
 
 func TestCancelledContext(t *testing.T) {
-	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64))
-	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
+	m := newMirror(t, testmirror.WithArches(image.ArchAMD64))
+	mp := m.ManifestPath("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
 	m.SetFault(mp, testmirror.Fault{Stall: true})
 	ctx, cancel := context.WithCancel(t.Context())
 	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())})
 	done := make(chan error, 1)
 	go func() {
-		_, err := r.Resolve(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
+		_, err := r.Resolve(ctx, image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
 		done <- err
 	}()
 	for m.Requests(mp) == 0 {
@@ -392,22 +393,22 @@ func TestCancelledContext(t *testing.T) {
 }
 
 func TestHostileSpecs(t *testing.T) {
-	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := newMirror(t, testmirror.WithArches(image.ArchAMD64))
 	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())})
 	tests := []struct {
-		spec    catalog.ImageSpec
+		spec    image.Spec
 		wantErr error
 	}{
-		{catalog.ImageSpec{Distro: "ubuntu", Version: "../../../etc/passwd", Arch: "amd64"}, catalog.ErrInvalidSpec},
-		{catalog.ImageSpec{Distro: "ubuntu", Version: "24.04/../../x", Arch: "amd64"}, catalog.ErrInvalidSpec},
-		{catalog.ImageSpec{Distro: "ubuntu", Version: "24.04%2f..", Arch: "amd64"}, catalog.ErrInvalidSpec},
-		{catalog.ImageSpec{Distro: "ubuntu\x00", Version: "24.04", Arch: "amd64"}, catalog.ErrInvalidSpec},
-		{catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64/../../x"}, catalog.ErrInvalidSpec},
-		{catalog.ImageSpec{Distro: "ubuntu", Version: strings.Repeat("9", 1<<16), Arch: "amd64"}, catalog.ErrInvalidSpec},
-		{catalog.ImageSpec{Distro: "ubuntu", Version: "99.99", Arch: "amd64"}, catalog.ErrUnknownVersion},
-		{catalog.ImageSpec{Distro: "ubuntu", Version: "24.05", Arch: "amd64"}, catalog.ErrUnknownVersion},
-		{catalog.ImageSpec{Distro: "alpine", Version: "3.20", Arch: "amd64"}, catalog.ErrUnsupportedDistro},
-		{catalog.ImageSpec{Distro: "nixos", Version: "24.05", Arch: "amd64"}, catalog.ErrUnknownDistro},
+		{image.Spec{Distro: "ubuntu", Version: "../../../etc/passwd", Arch: "amd64"}, catalog.ErrInvalidSpec},
+		{image.Spec{Distro: "ubuntu", Version: "24.04/../../x", Arch: "amd64"}, catalog.ErrInvalidSpec},
+		{image.Spec{Distro: "ubuntu", Version: "24.04%2f..", Arch: "amd64"}, catalog.ErrInvalidSpec},
+		{image.Spec{Distro: "ubuntu\x00", Version: "24.04", Arch: "amd64"}, catalog.ErrInvalidSpec},
+		{image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64/../../x"}, catalog.ErrInvalidSpec},
+		{image.Spec{Distro: "ubuntu", Version: strings.Repeat("9", 1<<16), Arch: "amd64"}, catalog.ErrInvalidSpec},
+		{image.Spec{Distro: "ubuntu", Version: "99.99", Arch: "amd64"}, catalog.ErrUnknownVersion},
+		{image.Spec{Distro: "ubuntu", Version: "24.05", Arch: "amd64"}, catalog.ErrUnknownVersion},
+		{image.Spec{Distro: "alpine", Version: "3.20", Arch: "amd64"}, catalog.ErrUnsupportedDistro},
+		{image.Spec{Distro: "nixos", Version: "24.05", Arch: "amd64"}, catalog.ErrUnknownDistro},
 	}
 	for i, tt := range tests {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
@@ -424,7 +425,7 @@ func TestHostileSpecs(t *testing.T) {
 }
 
 func TestUserCatalogAgainstMirror(t *testing.T) {
-	m := newMirror(t, testmirror.WithArches(catalog.ArchARM64))
+	m := newMirror(t, testmirror.WithArches(image.ArchARM64))
 	keyring := filepath.Base(m.KeyringFile())
 	yamlCat := `
 images:
@@ -465,13 +466,13 @@ images:
 				t.Fatal(err)
 			}
 			r := newResolver(t, m, []catalog.Option{catalog.WithFile(p)})
-			res, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "mirrorbuntu", Version: "24.04", Arch: "arm64"})
+			res, err := r.Resolve(t.Context(), image.Spec{Distro: "mirrorbuntu", Version: "24.04", Arch: "arm64"})
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, role := range []catalog.Role{catalog.RoleDisk, catalog.RoleKernel} {
+			for _, role := range []image.Role{image.RoleDisk, image.RoleKernel} {
 				a, ok := res.Asset(role)
-				want := m.Path("ubuntu", "24.04", catalog.ArchARM64, role)
+				want := m.Path("ubuntu", "24.04", image.ArchARM64, role)
 				if !ok || a.Digest != m.Digest(want) || a.URL != m.FileURL(want) || !a.Trust.Signed || a.Trust.Signer != m.Fingerprint() {
 					t.Fatalf("%s: %+v", role, a)
 				}
@@ -493,7 +494,7 @@ func TestUnreachableHostIsNotRetriedHere(t *testing.T) {
 	var notices []resolve.RetryNotice
 	ctx := resolve.WithRetryNotify(t.Context(), func(n resolve.RetryNotice) { notices = append(notices, n) })
 	r := resolve.New(cat, resolve.WithHTTPClient(hc), resolve.WithRetry(4, 50*time.Millisecond))
-	_, err = r.Serials(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
+	_, err = r.Serials(ctx, image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
 	if err == nil || !strings.Contains(err.Error(), "no such host") || !resolve.IsRetryable(err) {
 		t.Fatalf("Serials = %v; want a retryable error saying no such host", err)
 	}
@@ -508,13 +509,13 @@ func TestUnreachableHostIsNotRetriedHere(t *testing.T) {
 // TestRetryNotify: each retry of a transient failure is announced to the
 // context that asked, with the URL, the cause, the pause and the attempt.
 func TestRetryNotify(t *testing.T) {
-	m := newMirror(t, testmirror.WithArches(catalog.ArchARM64))
+	m := newMirror(t, testmirror.WithArches(image.ArchARM64))
 	dir := m.VersionDir("ubuntu", "24.04")
 	m.SetFault(dir, testmirror.Fault{Status: http.StatusServiceUnavailable, Times: 2})
 	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())}, resolve.WithRetry(3, time.Millisecond))
 	var notices []resolve.RetryNotice
 	ctx := resolve.WithRetryNotify(t.Context(), func(n resolve.RetryNotice) { notices = append(notices, n) })
-	if _, err := r.Serials(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"}); err != nil {
+	if _, err := r.Serials(ctx, image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"}); err != nil {
 		t.Fatal(err)
 	}
 	if len(notices) != 2 {
@@ -527,7 +528,7 @@ func TestRetryNotify(t *testing.T) {
 	}
 	// Without the hook nothing is called (and nothing breaks).
 	m.SetFault(dir, testmirror.Fault{Status: http.StatusServiceUnavailable, Times: 1})
-	if _, err := r.Serials(t.Context(), catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"}); err != nil {
+	if _, err := r.Serials(t.Context(), image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -538,9 +539,9 @@ func TestRetryNotify(t *testing.T) {
 // open-ended; without the budget one try loses the run. A server with
 // nothing listening is not a busy one: it fails after the count.
 func TestBusyServerIsAskedAgain(t *testing.T) {
-	m := newMirror(t, testmirror.WithArches(catalog.ArchARM64))
+	m := newMirror(t, testmirror.WithArches(image.ArchARM64))
 	dir := m.VersionDir("ubuntu", "24.04")
-	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"}
+	spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"}
 	keyring := []catalog.Option{catalog.WithKeyring(m.Keyring())}
 
 	m.SetFault(dir, testmirror.Fault{Status: http.StatusServiceUnavailable, Times: 3})
@@ -551,7 +552,7 @@ func TestBusyServerIsAskedAgain(t *testing.T) {
 
 	before := m.Requests(dir)
 	m.SetFault(dir, testmirror.Fault{Status: http.StatusServiceUnavailable, RetryAfter: "1", Times: 2})
-	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchARM64, catalog.RoleKernel)
+	mp := m.ManifestPath("ubuntu", "24.04", image.ArchARM64, image.RoleKernel)
 	m.SetFault(mp, testmirror.Fault{Reset: true, After: 5, Times: 1})
 	r := newResolver(t, m, keyring, resolve.WithRetry(1, time.Millisecond), resolve.WithBusyBudget(time.Minute))
 	var notices []resolve.RetryNotice

@@ -16,7 +16,7 @@ import (
 // Canonical validates spec against the catalog and returns it canonically
 // spelled: a codename becomes its version (catalog.Catalog.Canonical). Its
 // errors are the catalog's.
-func (r *Resolver) Canonical(spec catalog.ImageSpec) (catalog.ImageSpec, error) {
+func (r *Resolver) Canonical(spec image.Spec) (image.Spec, error) {
 	return r.cat.Canonical(spec)
 }
 
@@ -42,7 +42,7 @@ type Serial struct {
 // build directory, only the catalog's unpinned one) lists that build alone,
 // Unpinned set, or fails with an *UnpinnedError when its build-info names
 // no serial. Errors are *Error.
-func (r *Resolver) Serials(ctx context.Context, spec catalog.ImageSpec) ([]Serial, error) {
+func (r *Resolver) Serials(ctx context.Context, spec image.Spec) ([]Serial, error) {
 	src, err := r.cat.Serials(spec)
 	if err != nil {
 		return nil, &Error{Spec: spec, Op: OpPlan, Err: err}
@@ -109,7 +109,7 @@ func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 // *UnknownSerialError naming the serials that exist (listed, or the listing's
 // error lerr), when the serial is not among them; a mirror whose build is
 // unpinned says so; any other error is returned as it is.
-func (r *Resolver) explainMissing(spec catalog.ImageSpec, err error, serials []Serial, lerr error) error {
+func (r *Resolver) explainMissing(spec image.Spec, err error, serials []Serial, lerr error) error {
 	var re *Error
 	if !errors.As(err, &re) {
 		return err
@@ -139,7 +139,7 @@ var ErrUnknownSerial = errors.New("no such serial")
 // UnknownSerialError is a request for a serial the catalog's listing does
 // not offer; Available lists those it does, newest first.
 type UnknownSerialError struct {
-	Spec      catalog.ImageSpec
+	Spec      image.Spec
 	IndexURL  string
 	Available []string
 }
@@ -169,7 +169,7 @@ var ErrRolledBack = errors.New("rolled back")
 // mirror's newest serial (Offered) is older than one verified before
 // (Verified), so the mirror is stale or was rolled back.
 type RolledBackError struct {
-	Spec       catalog.ImageSpec
+	Spec       image.Spec
 	Offered    string
 	Verified   string
 	VerifiedAt time.Time

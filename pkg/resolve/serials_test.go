@@ -13,16 +13,17 @@ import (
 
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/resolve"
 )
 
 // serialsMirror publishes four Ubuntu builds; natural order puts .10 after .2.
 func serialsMirror(t *testing.T) *testmirror.Mirror {
-	return newMirror(t, testmirror.WithArches(catalog.ArchAMD64),
+	return newMirror(t, testmirror.WithArches(image.ArchAMD64),
 		testmirror.WithSerials("20260901", "20260926.10", "20260926", "20260926.2"))
 }
 
-var amd64Noble = catalog.ImageSpec{Distro: "ubuntu", Version: "noble", Arch: catalog.ArchAMD64}
+var amd64Noble = image.Spec{Distro: "ubuntu", Version: "noble", Arch: image.ArchAMD64}
 
 func TestSerialsNewestFirst(t *testing.T) {
 	m := serialsMirror(t)
@@ -45,7 +46,7 @@ func TestSerialsNewestFirst(t *testing.T) {
 	if got := serials[3].Date; !got.Equal(time.Date(2026, 9, 1, 12, 0, 0, 0, time.UTC)) {
 		t.Errorf("date of 20260901 = %v", got)
 	}
-	if _, err := r.Serials(t.Context(), catalog.ImageSpec{Distro: "fedora", Version: "41", Arch: "amd64"}); !errors.Is(err, catalog.ErrNoSerials) {
+	if _, err := r.Serials(t.Context(), image.Spec{Distro: "fedora", Version: "41", Arch: "amd64"}); !errors.Is(err, catalog.ErrNoSerials) {
 		t.Errorf("fedora: %v, want ErrNoSerials", err)
 	}
 }
@@ -59,11 +60,11 @@ func TestResolveSerials(t *testing.T) {
 			t.Fatalf("resolved %v, want serial %s", res.Spec, serial)
 		}
 		for _, a := range res.Assets {
-			p := m.SerialPath("ubuntu", "24.04", serial, catalog.ArchAMD64, a.Role)
+			p := m.SerialPath("ubuntu", "24.04", serial, image.ArchAMD64, a.Role)
 			if a.URL != m.FileURL(p) || a.Digest != m.Digest(p) {
 				t.Errorf("%s = %s %s; want %s %s", a.Role, a.URL, a.Digest, m.FileURL(p), m.Digest(p))
 			}
-			mp := m.SerialManifestPath("ubuntu", "24.04", serial, catalog.ArchAMD64, a.Role)
+			mp := m.SerialManifestPath("ubuntu", "24.04", serial, image.ArchAMD64, a.Role)
 			if a.Trust.ManifestURL != m.FileURL(mp) || a.Trust.SignatureURL != m.FileURL(mp+".gpg") || !a.Trust.Signed {
 				t.Errorf("%s trust %+v, want manifest %s", a.Role, a.Trust, mp)
 			}
@@ -88,13 +89,13 @@ func TestResolveSerials(t *testing.T) {
 		}
 		check(t, res, "20260901")
 		newest, _ := r.Resolve(t.Context(), amd64Noble)
-		if d, _ := res.Asset(catalog.RoleDisk); d.Digest == func() catalog.Asset { a, _ := newest.Asset(catalog.RoleDisk); return a }().Digest {
+		if d, _ := res.Asset(image.RoleDisk); d.Digest == func() image.Asset { a, _ := newest.Asset(image.RoleDisk); return a }().Digest {
 			t.Error("the pinned build has the newest build's disk")
 		}
 	})
 	// Nothing is ever read from the moving release/ directory.
-	for _, role := range []catalog.Role{catalog.RoleDisk, catalog.RoleKernel} {
-		mp := m.SerialManifestPath("ubuntu", "24.04", "", catalog.ArchAMD64, role)
+	for _, role := range []image.Role{image.RoleDisk, image.RoleKernel} {
+		mp := m.SerialManifestPath("ubuntu", "24.04", "", image.ArchAMD64, role)
 		if n := m.Requests(mp) + m.Requests(mp+".gpg"); n != 0 {
 			t.Errorf("%s requested %d times", mp, n)
 		}
@@ -123,13 +124,13 @@ func TestResolveSerials(t *testing.T) {
 
 // A mirror given as …/releases/ instead of its root: the 404 says so.
 func TestMirrorEndingInReleases(t *testing.T) {
-	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := newMirror(t, testmirror.WithArches(image.ArchAMD64))
 	cat, err := catalog.New(catalog.WithMirror(m.URL+"releases/"), catalog.WithKeyring(m.Keyring()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := resolve.New(cat, resolve.WithRetry(1, time.Millisecond))
-	for _, spec := range []catalog.ImageSpec{amd64Noble, {Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: testmirror.DefaultUbuntuSerial}} {
+	for _, spec := range []image.Spec{amd64Noble, {Distro: "ubuntu", Version: "24.04", Arch: "amd64", Serial: testmirror.DefaultUbuntuSerial}} {
 		_, err = r.Resolve(t.Context(), spec)
 		if !errors.Is(err, resolve.ErrNotFound) || !strings.Contains(err.Error(), `repeats "releases/releases"`) ||
 			!strings.Contains(err.Error(), "--mirror must be the root that contains releases/") || !strings.Contains(err.Error(), "e.g. "+m.URL+",") {
@@ -138,7 +139,7 @@ func TestMirrorEndingInReleases(t *testing.T) {
 	}
 	// A plain 404 gets no such hint.
 	good := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())})
-	_, err = good.Resolve(t.Context(), catalog.ImageSpec{Distro: "ubuntu", Version: "22.04", Arch: "amd64"})
+	_, err = good.Resolve(t.Context(), image.Spec{Distro: "ubuntu", Version: "22.04", Arch: "amd64"})
 	if !errors.Is(err, resolve.ErrNotFound) || strings.Contains(err.Error(), "--mirror") {
 		t.Errorf("missing version: %v", err)
 	}
@@ -146,7 +147,7 @@ func TestMirrorEndingInReleases(t *testing.T) {
 
 // Listings that are not HTML, or too large, are refused without being read.
 func TestListingRefused(t *testing.T) {
-	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64))
+	m := newMirror(t, testmirror.WithArches(image.ArchAMD64))
 	listing := "/" + m.VersionDir("ubuntu", "24.04") + "/"
 	var mode atomic.Value
 	var written atomic.Int64

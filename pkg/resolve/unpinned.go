@@ -28,7 +28,7 @@ var ErrUnpinned = errors.New("build is unpinned")
 // file is missing or names no serial. It matches ErrUnpinned and
 // catalog.ErrNoSerials (each resolution takes what is published then).
 type UnpinnedError struct {
-	Spec         catalog.ImageSpec
+	Spec         image.Spec
 	IndexURL     string
 	Unpinned     string
 	BuildInfoURL string
@@ -117,7 +117,7 @@ func (r *Resolver) buildInfoSerial(ctx context.Context, src catalog.SerialSource
 // repointed at each publication, so the build-info serial is read again
 // afterwards: a change means the manifests may mix two builds, and the
 // resolution fails, retryably.
-func (r *Resolver) resolveUnpinned(ctx context.Context, spec catalog.ImageSpec) (catalog.Resolution, error) {
+func (r *Resolver) resolveUnpinned(ctx context.Context, spec image.Spec) (catalog.Resolution, error) {
 	plan, err := r.cat.PlanUnpinned(spec)
 	if err != nil {
 		return catalog.Resolution{}, &Error{Spec: spec, Op: OpPlan, Err: err}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/resolve"
 )
 
@@ -27,7 +28,7 @@ func TestClassicLayout(t *testing.T) {
 		{"without build-info", false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithSerials("20260901", "20260926"),
+			m := newMirror(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithSerials("20260901", "20260926"),
 				testmirror.WithClassicLayout(tc.buildInfo))
 			r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())})
 
@@ -49,7 +50,7 @@ func TestClassicLayout(t *testing.T) {
 				t.Fatalf("resolved %v (unpinned %v) with %d assets; want serial %q", res.Spec, res.Unpinned, len(res.Assets), tc.serial)
 			}
 			for _, a := range res.Assets {
-				p := m.Path("ubuntu", "24.04", catalog.ArchAMD64, a.Role)
+				p := m.Path("ubuntu", "24.04", image.ArchAMD64, a.Role)
 				if a.URL != m.FileURL(p) || a.Digest != m.Digest(p) || !a.Trust.Signed {
 					t.Errorf("%s: %s %s signed=%v; want %s %s, signed", a.Role, a.URL, a.Digest, a.Trust.Signed, m.FileURL(p), m.Digest(p))
 				}
@@ -79,7 +80,7 @@ func TestClassicLayout(t *testing.T) {
 // A release/ repointed while it was read is not labelled with the serial it
 // had before: the resolution fails, retryably, naming both builds.
 func TestClassicLayoutRepointed(t *testing.T) {
-	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithSerials("20260926"), testmirror.WithClassicLayout(true))
+	m := newMirror(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithSerials("20260926"), testmirror.WithClassicLayout(true))
 	// A front that answers build-info with the next build's serial from its
 	// second read on: release/ moved on between the listing and the check.
 	info := "/" + testmirror.BuildInfoPath("24.04")

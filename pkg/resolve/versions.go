@@ -18,7 +18,7 @@ import (
 // as an unpublished serial does (UnknownSerialError). It wraps the 404, so
 // errors.Is(err, ErrNotFound) holds.
 type UnpublishedVersionError struct {
-	Spec      catalog.ImageSpec
+	Spec      image.Spec
 	IndexURL  string
 	Published []string
 	Err       error
@@ -64,7 +64,7 @@ func (r *Resolver) explainUnpublishedVersion(ctx context.Context, src catalog.Se
 		if !ok {
 			continue
 		}
-		s, cerr := r.cat.Canonical(catalog.ImageSpec{Distro: src.Spec.Distro, Version: dir, Arch: src.Spec.Arch})
+		s, cerr := r.cat.Canonical(image.Spec{Distro: src.Spec.Distro, Version: dir, Arch: src.Spec.Arch})
 		if cerr != nil || seen[s.Version] || s.Version == src.Spec.Version {
 			continue
 		}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/resolve"
 )
 
@@ -15,9 +16,9 @@ import (
 // "HTTP 404 Not Found"; it now says the version is not published there and
 // lists the versions that are, as an unpublished serial lists the serials.
 func TestUnpublishedVersionListsThePublished(t *testing.T) {
-	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithUbuntu("24.04", "22.04"))
+	m := newMirror(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithUbuntu("24.04", "22.04"))
 	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())})
-	_, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "ubuntu", Version: "25.04", Arch: catalog.ArchAMD64})
+	_, err := r.Resolve(t.Context(), image.Spec{Distro: "ubuntu", Version: "25.04", Arch: image.ArchAMD64})
 	var uv *resolve.UnpublishedVersionError
 	if !errors.As(err, &uv) || !errors.Is(err, resolve.ErrNotFound) || resolve.IsRetryable(err) {
 		t.Fatalf("Resolve(ubuntu 25.04) = %v; want a permanent *UnpublishedVersionError matching ErrNotFound", err)

@@ -13,6 +13,7 @@ import (
 	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // gcFixture is a store with one of each kind of thing GC must keep or remove.
@@ -41,11 +42,11 @@ func newGCFixture(t *testing.T) *gcFixture {
 	if err := s.SaveResolution(ctx, catalog.Resolution{
 		Spec:   noble,
 		Roots:  &testRoots,
-		Assets: []catalog.Asset{{Role: catalog.RoleDisk, Digest: sha512Of(recData)}},
+		Assets: []image.Asset{{Role: image.RoleDisk, Digest: sha512Of(recData)}},
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.LinkImage(t.Context(), catalog.ImageSpec{Distro: "debian", Version: "13", Arch: "arm64"}, LinkKernel, f.linked.Path); err != nil {
+	if _, err := s.LinkImage(t.Context(), image.Spec{Distro: "debian", Version: "13", Arch: "arm64"}, LinkKernel, f.linked.Path); err != nil {
 		t.Fatal(err)
 	}
 	var calls atomic.Int64

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // TestHostileSmallFiles plants named pipes and symlinks where the store
@@ -68,7 +69,7 @@ func TestHostileSmallFiles(t *testing.T) {
 			return nil
 		}},
 		{"record is a symlink out of the root", func(t *testing.T, s *Store, b BlobInfo) string {
-			r := catalog.Resolution{Spec: noble, Roots: &testRoots, Assets: []catalog.Asset{{Role: catalog.RoleKernel, Digest: b.SHA256}}}
+			r := catalog.Resolution{Spec: noble, Roots: &testRoots, Assets: []image.Asset{{Role: image.RoleKernel, Digest: b.SHA256}}}
 			js, _ := json.Marshal(r)
 			if err := os.WriteFile(outside, js, 0o644); err != nil {
 				t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // Conventional link names in an image directory.
@@ -26,7 +27,7 @@ const maxRecordBytes = 4 << 20
 // specPath validates spec and returns its directory elements. The distro is
 // lower-cased (it is case-insensitive); the arch must be set (the caller
 // resolves "host" before storing).
-func specPath(spec catalog.ImageSpec) ([]string, error) {
+func specPath(spec image.Spec) ([]string, error) {
 	d := strings.ToLower(spec.Distro)
 	for _, c := range []struct{ what, v string }{
 		{"distro", d}, {"version", spec.Version}, {"arch", string(spec.Arch)},
@@ -39,7 +40,7 @@ func specPath(spec catalog.ImageSpec) ([]string, error) {
 }
 
 // ImageDir returns images/<distro>/<version>/<arch> for spec (it may not exist).
-func (s *Store) ImageDir(spec catalog.ImageSpec) (string, error) {
+func (s *Store) ImageDir(spec image.Spec) (string, error) {
 	p, err := specPath(spec)
 	if err != nil {
 		return "", err
@@ -53,7 +54,7 @@ func (s *Store) ImageDir(spec catalog.ImageSpec) (string, error) {
 // link's path. It waits while GC runs; a target GC removed meanwhile is an
 // error (fs.ErrNotExist), so the caller fetches or derives it again. The
 // wait for GC ends with ctx.
-func (s *Store) LinkImage(ctx context.Context, spec catalog.ImageSpec, name string, target string) (string, error) {
+func (s *Store) LinkImage(ctx context.Context, spec image.Spec, name string, target string) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
@@ -114,7 +115,7 @@ func (s *Store) LinkImage(ctx context.Context, spec catalog.ImageSpec, name stri
 	return link, nil
 }
 
-func (s *Store) recordPath(spec catalog.ImageSpec) (string, error) {
+func (s *Store) recordPath(spec image.Spec) (string, error) {
 	p, err := specPath(spec)
 	if err != nil {
 		return "", err
@@ -153,7 +154,7 @@ func (s *Store) SaveResolution(ctx context.Context, r catalog.Resolution) error 
 // LoadResolution returns the recorded resolution for spec if it was
 // resolved under roots; a *OtherRootsError (ErrOtherRoots) if it was
 // resolved under others; or ErrNotFound.
-func (s *Store) LoadResolution(ctx context.Context, spec catalog.ImageSpec, roots catalog.TrustRoots) (catalog.Resolution, error) {
+func (s *Store) LoadResolution(ctx context.Context, spec image.Spec, roots catalog.TrustRoots) (catalog.Resolution, error) {
 	r, err := s.loadAnyResolution(ctx, spec)
 	if err != nil {
 		return catalog.Resolution{}, err
@@ -174,7 +175,7 @@ func checkRoots(r catalog.Resolution, roots catalog.TrustRoots) error {
 
 // loadAnyResolution returns the recorded resolution for spec whatever its
 // roots: for listings, never to answer a request.
-func (s *Store) loadAnyResolution(ctx context.Context, spec catalog.ImageSpec) (catalog.Resolution, error) {
+func (s *Store) loadAnyResolution(ctx context.Context, spec image.Spec) (catalog.Resolution, error) {
 	if err := ctx.Err(); err != nil {
 		return catalog.Resolution{}, err
 	}

@@ -15,9 +15,10 @@ import (
 
 	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
-var noble = catalog.ImageSpec{Distro: "Ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
+var noble = image.Spec{Distro: "Ubuntu", Version: "24.04", Arch: image.ArchAMD64}
 
 // testRoots are the trust roots the tests' records are resolved under;
 // otherRoots differ in the keyring and the mirror.
@@ -125,15 +126,15 @@ func TestLinkImageRefuses(t *testing.T) {
 	}
 	tests := []struct {
 		name   string
-		spec   catalog.ImageSpec
+		spec   image.Spec
 		link   string
 		target string
 	}{
-		{"distro dotdot", catalog.ImageSpec{Distro: "..", Version: "1", Arch: "amd64"}, LinkDisk, a.Path},
-		{"version with slash", catalog.ImageSpec{Distro: "debian", Version: "../../../etc", Arch: "amd64"}, LinkDisk, a.Path},
-		{"arch with NUL", catalog.ImageSpec{Distro: "debian", Version: "13", Arch: "amd\x0064"}, LinkDisk, a.Path},
-		{"empty arch", catalog.ImageSpec{Distro: "debian", Version: "13"}, LinkDisk, a.Path},
-		{"backslash", catalog.ImageSpec{Distro: `a\b`, Version: "13", Arch: "amd64"}, LinkDisk, a.Path},
+		{"distro dotdot", image.Spec{Distro: "..", Version: "1", Arch: "amd64"}, LinkDisk, a.Path},
+		{"version with slash", image.Spec{Distro: "debian", Version: "../../../etc", Arch: "amd64"}, LinkDisk, a.Path},
+		{"arch with NUL", image.Spec{Distro: "debian", Version: "13", Arch: "amd\x0064"}, LinkDisk, a.Path},
+		{"empty arch", image.Spec{Distro: "debian", Version: "13"}, LinkDisk, a.Path},
+		{"backslash", image.Spec{Distro: `a\b`, Version: "13", Arch: "amd64"}, LinkDisk, a.Path},
 		{"link name with slash", noble, "../disk.img", a.Path},
 		{"hidden link name", noble, ".disk", a.Path},
 		{"target outside store", noble, LinkDisk, outside},
@@ -161,12 +162,12 @@ func TestResolutionRoundTrip(t *testing.T) {
 	r := catalog.Resolution{
 		Spec:     noble,
 		BootMode: catalog.BootKernel,
-		Assets: []catalog.Asset{{
-			Role: catalog.RoleDisk, Name: "noble.img", URL: "https://example.invalid/noble.img",
-			Digest: sha256Of(data), Size: 10, Format: catalog.FormatQCOW2,
-			Trust: catalog.Trust{Signed: true, Signer: "D2EB44626FDDC30B513D5BB71A5D6C4C7DB87C81", ManifestURL: "https://example.invalid/SHA256SUMS"},
+		Assets: []image.Asset{{
+			Role: image.RoleDisk, Name: "noble.img", URL: "https://example.invalid/noble.img",
+			Digest: sha256Of(data), Size: 10, Format: image.FormatQCOW2,
+			Trust: image.Trust{Signed: true, Signer: "D2EB44626FDDC30B513D5BB71A5D6C4C7DB87C81", ManifestURL: "https://example.invalid/SHA256SUMS"},
 		}, {
-			Role: catalog.RoleKernel, Name: "vmlinuz", Digest: sha512Of(data),
+			Role: image.RoleKernel, Name: "vmlinuz", Digest: sha512Of(data),
 		}},
 		ResolvedAt: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC),
 		Roots:      &testRoots,
@@ -177,7 +178,7 @@ func TestResolutionRoundTrip(t *testing.T) {
 	if err := s.SaveResolution(ctx, r); err != nil {
 		t.Fatal(err)
 	}
-	for _, spec := range []catalog.ImageSpec{noble, {Distro: "ubuntu", Version: "24.04", Arch: "amd64"}} {
+	for _, spec := range []image.Spec{noble, {Distro: "ubuntu", Version: "24.04", Arch: "amd64"}} {
 		got, err := s.LoadResolution(ctx, spec, testRoots)
 		if err != nil {
 			t.Fatal(err)
@@ -195,7 +196,7 @@ func TestResolutionRoundTrip(t *testing.T) {
 	if got, _ := s.LoadResolution(ctx, noble, testRoots); len(got.Assets) != 1 {
 		t.Errorf("overwrite: %d assets", len(got.Assets))
 	}
-	if _, err := s.LoadResolution(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "22.04", Arch: "amd64"}, testRoots); !errors.Is(err, ErrNotFound) {
+	if _, err := s.LoadResolution(ctx, image.Spec{Distro: "ubuntu", Version: "22.04", Arch: "amd64"}, testRoots); !errors.Is(err, ErrNotFound) {
 		t.Errorf("other version: %v", err)
 	}
 	bad := r
@@ -204,7 +205,7 @@ func TestResolutionRoundTrip(t *testing.T) {
 		t.Errorf("SaveResolution(hostile) = %v", err)
 	}
 	// A record holding another image's data (copied by hand) is refused.
-	p, _ := s.recordPath(catalog.ImageSpec{Distro: "ubuntu", Version: "25.04", Arch: "amd64"})
+	p, _ := s.recordPath(image.Spec{Distro: "ubuntu", Version: "25.04", Arch: "amd64"})
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -212,19 +213,19 @@ func TestResolutionRoundTrip(t *testing.T) {
 	if err := os.WriteFile(p, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.LoadResolution(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "25.04", Arch: "amd64"}, testRoots); err == nil || !strings.Contains(err.Error(), "not the requested image") {
+	if _, err := s.LoadResolution(ctx, image.Spec{Distro: "ubuntu", Version: "25.04", Arch: "amd64"}, testRoots); err == nil || !strings.Contains(err.Error(), "not the requested image") {
 		t.Errorf("mismatched record: %v", err)
 	}
 	// A garbage record is an error naming the file, not a panic.
 	if err := os.WriteFile(p, []byte("{\"assets\": [{\"digest\": \"md5:00\"}]}"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.LoadResolution(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "25.04", Arch: "amd64"}, testRoots); err == nil || !strings.Contains(err.Error(), p) {
+	if _, err := s.LoadResolution(ctx, image.Spec{Distro: "ubuntu", Version: "25.04", Arch: "amd64"}, testRoots); err == nil || !strings.Contains(err.Error(), p) {
 		t.Errorf("garbage record: %v", err)
 	}
 }
 
-func mustRecordPath(t *testing.T, s *Store, spec catalog.ImageSpec) string {
+func mustRecordPath(t *testing.T, s *Store, spec image.Spec) string {
 	t.Helper()
 	p, err := s.recordPath(spec)
 	if err != nil {

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/atomicfile"
-	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // EntryKind says whether an Entry is a blob or a derived artifact.
@@ -46,7 +46,7 @@ type Entry struct {
 	// Records are the recorded resolutions that list a blob. (A derived file
 	// is kept only by image links: once a new converter's output replaces it
 	// in images/, the old one is garbage even though its source is recorded.)
-	Records []catalog.ImageSpec `json:"records,omitempty"`
+	Records []image.Spec `json:"records,omitempty"`
 	// Uses are the live uses from outside the store that keep it (clones:
 	// an overlay naming it, a reflink sharing its blocks; see Use).
 	Uses []UseRef `json:"uses,omitempty"`
@@ -245,7 +245,7 @@ func (s *Store) scanRecords(ctx context.Context, inv *inventory) error {
 	})
 }
 
-func appendSpec(specs []catalog.ImageSpec, sp catalog.ImageSpec) []catalog.ImageSpec {
+func appendSpec(specs []image.Spec, sp image.Spec) []image.Spec {
 	for _, x := range specs {
 		if x == sp {
 			return specs

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // TestRecordsAreBoundToTrustRoots: a latest resolution, a build's record
@@ -22,7 +23,7 @@ func TestRecordsAreBoundToTrustRoots(t *testing.T) {
 	build := noble
 	build.Serial = "20260926"
 	r := catalog.Resolution{Spec: build, BootMode: catalog.BootKernel, Roots: &testRoots, ResolvedAt: time.Now().UTC(),
-		Assets: []catalog.Asset{{Role: catalog.RoleDisk, Name: "d.img", Digest: sha256Of(content("a", 10))}}}
+		Assets: []image.Asset{{Role: image.RoleDisk, Name: "d.img", Digest: sha256Of(content("a", 10))}}}
 	if err := s.SaveResolution(ctx, r); err != nil {
 		t.Fatal(err)
 	}

@@ -43,7 +43,7 @@ type SerialMark struct {
 
 // imageSerialsDir validates spec and returns the elements of its serials/
 // directory, which holds one directory per trust roots.
-func imageSerialsDir(spec catalog.ImageSpec) ([]string, error) {
+func imageSerialsDir(spec image.Spec) ([]string, error) {
 	p, err := specPath(spec)
 	if err != nil {
 		return nil, err
@@ -53,7 +53,7 @@ func imageSerialsDir(spec catalog.ImageSpec) ([]string, error) {
 
 // serialDir validates spec and returns the elements of its serials/
 // directory under roots.
-func serialDir(spec catalog.ImageSpec, roots catalog.TrustRoots) ([]string, error) {
+func serialDir(spec image.Spec, roots catalog.TrustRoots) ([]string, error) {
 	dir, err := imageSerialsDir(spec)
 	if err != nil {
 		return nil, err
@@ -69,7 +69,7 @@ func checkSerial(serial string) error {
 }
 
 // serialRecordPath returns the path of spec's per-serial record under roots.
-func (s *Store) serialRecordPath(spec catalog.ImageSpec, roots catalog.TrustRoots) ([]string, string, error) {
+func (s *Store) serialRecordPath(spec image.Spec, roots catalog.TrustRoots) ([]string, string, error) {
 	dir, err := serialDir(spec, roots)
 	if err != nil {
 		return nil, "", err
@@ -109,7 +109,7 @@ func (s *Store) SaveSerialResolution(ctx context.Context, r catalog.Resolution) 
 // LoadSerialResolution returns the recorded resolution of the build
 // spec.Serial names, resolved under roots; a *OtherRootsError
 // (ErrOtherRoots) when only other roots recorded it; or ErrNotFound.
-func (s *Store) LoadSerialResolution(ctx context.Context, spec catalog.ImageSpec, roots catalog.TrustRoots) (catalog.Resolution, error) {
+func (s *Store) LoadSerialResolution(ctx context.Context, spec image.Spec, roots catalog.TrustRoots) (catalog.Resolution, error) {
 	if err := ctx.Err(); err != nil {
 		return catalog.Resolution{}, err
 	}
@@ -132,7 +132,7 @@ func (s *Store) LoadSerialResolution(ctx context.Context, spec catalog.ImageSpec
 	return r, nil
 }
 
-func (s *Store) readSerialRecord(path string, spec catalog.ImageSpec) (catalog.Resolution, error) {
+func (s *Store) readSerialRecord(path string, spec image.Spec) (catalog.Resolution, error) {
 	r, err := readRecord(path)
 	if err != nil {
 		return catalog.Resolution{}, err
@@ -145,7 +145,7 @@ func (s *Store) readSerialRecord(path string, spec catalog.ImageSpec) (catalog.R
 
 // otherRootsSerial finds a record of spec's build under roots other than
 // roots, so that a request that cannot use it can say why.
-func (s *Store) otherRootsSerial(spec catalog.ImageSpec, roots catalog.TrustRoots) (catalog.Resolution, bool) {
+func (s *Store) otherRootsSerial(spec image.Spec, roots catalog.TrustRoots) (catalog.Resolution, bool) {
 	dir, err := imageSerialsDir(spec)
 	if err != nil || checkSerial(spec.Serial) != nil {
 		return catalog.Resolution{}, false
@@ -167,7 +167,7 @@ func (s *Store) otherRootsSerial(spec catalog.ImageSpec, roots catalog.TrustRoot
 
 // RecordedSerials lists the serials of spec's image that have a record
 // under roots, newest first (spec.Serial is ignored).
-func (s *Store) RecordedSerials(ctx context.Context, spec catalog.ImageSpec, roots catalog.TrustRoots) ([]string, error) {
+func (s *Store) RecordedSerials(ctx context.Context, spec image.Spec, roots catalog.TrustRoots) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -195,7 +195,7 @@ func (s *Store) RecordedSerials(ctx context.Context, spec catalog.ImageSpec, roo
 
 // NewestSerial returns the newest serial verified for spec's image under
 // roots, or ErrNotFound before the first.
-func (s *Store) NewestSerial(ctx context.Context, spec catalog.ImageSpec, roots catalog.TrustRoots) (SerialMark, error) {
+func (s *Store) NewestSerial(ctx context.Context, spec image.Spec, roots catalog.TrustRoots) (SerialMark, error) {
 	if err := ctx.Err(); err != nil {
 		return SerialMark{}, err
 	}
@@ -229,7 +229,7 @@ func (s *Store) readMark(path string) (SerialMark, error) {
 // (image.CompareNatural) is recorded already, and returns the mark in force
 // afterwards. Concurrent callers, in this process or others sharing the
 // store, never lower it.
-func (s *Store) RaiseNewestSerial(ctx context.Context, spec catalog.ImageSpec, roots catalog.TrustRoots, serial string, at time.Time) (SerialMark, error) {
+func (s *Store) RaiseNewestSerial(ctx context.Context, spec image.Spec, roots catalog.TrustRoots, serial string, at time.Time) (SerialMark, error) {
 	dir, err := serialDir(spec, roots)
 	if err != nil {
 		return SerialMark{}, err
@@ -273,7 +273,7 @@ const ViewSerialName = "serial"
 // SetViewSerial writes spec.Serial (and a newline) to the view's serial
 // file, atomically, after its links were replaced; an image without a
 // serial has the file removed, so it never names a build the links left.
-func (s *Store) SetViewSerial(spec catalog.ImageSpec) error {
+func (s *Store) SetViewSerial(spec image.Spec) error {
 	p, err := specPath(spec)
 	if err != nil {
 		return err
@@ -310,7 +310,7 @@ const ViewRootsName = "roots"
 // SetViewRoots writes roots to the view's roots file, atomically, after its
 // links were replaced; nil roots (unknown) remove the file, so it never
 // names roots the links left.
-func (s *Store) SetViewRoots(spec catalog.ImageSpec, roots *catalog.TrustRoots) error {
+func (s *Store) SetViewRoots(spec image.Spec, roots *catalog.TrustRoots) error {
 	p, err := specPath(spec)
 	if err != nil {
 		return err
@@ -343,7 +343,7 @@ func (s *Store) SetViewRoots(spec catalog.ImageSpec, roots *catalog.TrustRoots) 
 // RecordedImages lists the images of distro that have a latest resolution
 // in records/ (distro, version and arch; the serial is the record's),
 // whatever trust roots it was resolved under.
-func (s *Store) RecordedImages(ctx context.Context, distro string) ([]catalog.ImageSpec, error) {
+func (s *Store) RecordedImages(ctx context.Context, distro string) ([]image.Spec, error) {
 	d := strings.ToLower(distro)
 	if err := validComponent("distro", d); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
@@ -355,7 +355,7 @@ func (s *Store) RecordedImages(ctx context.Context, distro string) ([]catalog.Im
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	var out []catalog.ImageSpec
+	var out []image.Spec
 	for _, v := range versions {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -372,7 +372,7 @@ func (s *Store) RecordedImages(ctx context.Context, distro string) ([]catalog.Im
 			if !ok || !a.Type().IsRegular() || atomicfile.IsTemp(a.Name()) || validComponent("arch", arch) != nil {
 				continue
 			}
-			spec := catalog.ImageSpec{Distro: d, Version: v.Name(), Arch: catalog.Arch(arch)}
+			spec := image.Spec{Distro: d, Version: v.Name(), Arch: image.Arch(arch)}
 			if r, err := s.loadAnyResolution(ctx, spec); err == nil {
 				out = append(out, r.Spec)
 			}

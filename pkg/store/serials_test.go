@@ -13,15 +13,16 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 func TestSerialRecords(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
 	build := func(serial string) catalog.Resolution {
-		spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64, Serial: serial}
+		spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64, Serial: serial}
 		return catalog.Resolution{Spec: spec, BootMode: catalog.BootKernel, ResolvedAt: time.Date(2026, 9, 27, 0, 0, 0, 0, time.UTC), Roots: &testRoots,
-			Assets: []catalog.Asset{{Role: catalog.RoleDisk, Name: "d.img", Digest: sha256Of(content(serial, 10))}}}
+			Assets: []image.Asset{{Role: image.RoleDisk, Name: "d.img", Digest: sha256Of(content(serial, 10))}}}
 	}
 	for _, serial := range []string{"20260926.2", "20260901", "20260926.10"} {
 		if err := s.SaveSerialResolution(ctx, build(serial)); err != nil {
@@ -49,7 +50,7 @@ func TestSerialRecords(t *testing.T) {
 	if want := []string{"20260926.10", "20260926.2", "20260901"}; err != nil || !slices.Equal(got, want) {
 		t.Errorf("RecordedSerials = %v, %v; want %v", got, err, want)
 	}
-	if got, err := s.RecordedSerials(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "22.04", Arch: "amd64"}, testRoots); err != nil || len(got) != 0 {
+	if got, err := s.RecordedSerials(ctx, image.Spec{Distro: "ubuntu", Version: "22.04", Arch: "amd64"}, testRoots); err != nil || len(got) != 0 {
 		t.Errorf("RecordedSerials of an image never recorded = %v, %v", got, err)
 	}
 	// A record copied under another serial's name is refused.

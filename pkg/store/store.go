@@ -55,6 +55,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 // Sentinel errors; test with errors.Is.
@@ -81,7 +82,7 @@ var (
 // OtherRootsError is a stored resolution of Spec that was resolved under
 // other trust roots (keyring, catalog entry, mirror) than the caller's.
 type OtherRootsError struct {
-	Spec catalog.ImageSpec
+	Spec image.Spec
 	// Recorded are the roots the record names (nil for a record written
 	// before records named theirs); Now are the caller's.
 	Recorded *catalog.TrustRoots

@@ -31,7 +31,7 @@ import (
 
 	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/internal/testmirror"
-	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/image"
 )
 
 func main() {
@@ -104,9 +104,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, publish <
 		}
 	}
 	opts = append(opts, testmirror.WithSerials(ss...))
-	var as []catalog.Arch
+	var as []image.Arch
 	for _, a := range strings.Split(*arches, ",") {
-		arch, err := catalog.ParseArch(a)
+		arch, err := image.ParseArch(a)
 		if err != nil {
 			return fmt.Errorf("--arch %q: %w", a, err)
 		}
