@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/cli"
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/store"
 )
@@ -27,7 +28,7 @@ commands:
   gc [--dry-run] [--partial-max-age D] [--min-age D] [--purge-quarantine] [--json]
                                     remove what no image or record uses, and stale partial downloads
 
---cache-dir defaults to $` + store.EnvCacheDir + `, else the user cache directory + /vmprep.
+--cache-dir defaults to $` + content.EnvCacheDir + `, else the user cache directory + /vmprep.
 `
 
 // runCache implements `vmprep cache ls|verify|gc`.
@@ -35,7 +36,7 @@ func runCache(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	// --cache-dir may come before the subcommand; Parse stops at the subcommand.
 	pre := flag.NewFlagSet("cache", flag.ContinueOnError)
 	pre.SetOutput(stderr)
-	cacheDir := pre.String("cache-dir", "", "content store directory (default $"+store.EnvCacheDir+", else <user cache dir>/vmprep)")
+	cacheDir := pre.String("cache-dir", "", "content store directory (default $"+content.EnvCacheDir+", else <user cache dir>/vmprep)")
 	pre.Usage = func() { fmt.Fprint(stderr, cacheUsage) }
 	if err := pre.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -51,9 +52,9 @@ func runCache(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	sub, rest := rest[0], rest[1:]
 	fs := flag.NewFlagSet("cache "+sub, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(cacheDir, "cache-dir", *cacheDir, "content store directory (default $"+store.EnvCacheDir+", else <user cache dir>/vmprep)")
+	fs.StringVar(cacheDir, "cache-dir", *cacheDir, "content store directory (default $"+content.EnvCacheDir+", else <user cache dir>/vmprep)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	var gcOpts store.GCOptions
+	var gcOpts content.GCOptions
 	switch sub {
 	case "ls":
 		fs.Usage = cli.Usage(fs, "vmprep cache ls [--json] [--cache-dir D]\n\n"+
@@ -68,8 +69,8 @@ func runCache(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			"Removes what no image link, record or live clone uses (vmprep clone --list), and stale\n"+
 			"partial downloads.")
 		fs.BoolVar(&gcOpts.DryRun, "dry-run", false, "report what would be removed, remove nothing")
-		fs.DurationVar(&gcOpts.PartialMaxAge, "partial-max-age", store.DefaultPartialMaxAge, "remove partial downloads untouched for this long")
-		fs.DurationVar(&gcOpts.MinAge, "min-age", store.DefaultGCMinAge, "keep unreferenced files committed more recently than this (negative: no grace)")
+		fs.DurationVar(&gcOpts.PartialMaxAge, "partial-max-age", content.DefaultPartialMaxAge, "remove partial downloads untouched for this long")
+		fs.DurationVar(&gcOpts.MinAge, "min-age", content.DefaultGCMinAge, "keep unreferenced files committed more recently than this (negative: no grace)")
 		fs.BoolVar(&gcOpts.PurgeQuarantine, "purge-quarantine", false, "also empty the quarantine")
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, cacheUsage)
@@ -92,7 +93,7 @@ func runCache(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	root := *cacheDir
 	if root == "" {
 		var err error
-		if root, err = store.DefaultRoot(); err != nil {
+		if root, err = content.DefaultRoot(); err != nil {
 			fmt.Fprintf(stderr, "vmprep cache: %v\n", err)
 			return 1
 		}
@@ -104,7 +105,7 @@ func runCache(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return 0
 		}
 		if sub == "gc" { // same shape as a real report
-			return writeJSON(stdout, stderr, "vmprep cache", store.GCReport{DryRun: gcOpts.DryRun, Removed: []store.GCItem{}})
+			return writeJSON(stdout, stderr, "vmprep cache", content.GCReport{DryRun: gcOpts.DryRun, Removed: []content.GCItem{}})
 		}
 		fmt.Fprintln(stdout, "[]")
 		return 0
@@ -112,7 +113,7 @@ func runCache(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	// Warnings (a quarantined file, gc waiting for a running conversion)
 	// go to stderr; the results themselves are on stdout.
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	st, err := store.Open(root, store.WithLogger(logger))
+	st, err := store.Open(root, content.WithLogger(logger))
 	if err != nil {
 		fmt.Fprintf(stderr, "vmprep cache: %v\n", err)
 		return 1
@@ -146,7 +147,7 @@ func cacheList(ctx context.Context, st *store.Store, asJSON bool, stdout, stderr
 		if !e.Referenced() {
 			unused += e.Allocated
 		}
-		if e.Kind == store.KindBlob {
+		if e.Kind == content.KindBlob {
 			nBlobs++
 		} else {
 			nDerived++
@@ -170,10 +171,10 @@ func cacheList(ctx context.Context, st *store.Store, asJSON bool, stdout, stderr
 			committed = e.CommittedAt.Local().Format("2006-01-02 15:04")
 		}
 		id := shortDigest(e.Digest)
-		if e.Kind == store.KindDerived && e.SparseSHA256 != "" {
+		if e.Kind == content.KindDerived && e.SparseSHA256 != "" {
 			id = shortDigest(digest.Digest{Algorithm: "sparse", Hex: e.SparseSHA256})
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Kind, id, store.HumanSize(e.Size), store.HumanSize(e.Allocated), committed, strings.Join(uses, ", "))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Kind, id, content.HumanSize(e.Size), content.HumanSize(e.Allocated), committed, strings.Join(uses, ", "))
 	}
 	if err := tw.Flush(); err != nil {
 		return 1
@@ -181,7 +182,7 @@ func cacheList(ctx context.Context, st *store.Store, asJSON bool, stdout, stderr
 	// Sparse raw disks make the apparent total much larger than what the
 	// files take; both are shown, and "unused" is what gc would free.
 	fmt.Fprintf(stdout, "\n%d blobs, %d derived in %s: %s on disk (%s apparent), %s of it unused\n", nBlobs, nDerived,
-		st.Root(), store.HumanSize(allocated), store.HumanSize(total), store.HumanSize(unused))
+		st.Root(), content.HumanSize(allocated), content.HumanSize(total), content.HumanSize(unused))
 	return 0
 }
 
@@ -199,14 +200,14 @@ func shortDigest(d digest.Digest) string {
 
 // verifyLine is a VerifyResult with its error as text, for JSON.
 type verifyLine struct {
-	store.VerifyResult
+	content.VerifyResult
 	Error string `json:"error,omitempty"`
 }
 
 func cacheVerify(ctx context.Context, st *store.Store, asJSON bool, stdout, stderr io.Writer) int {
 	var results []verifyLine
 	start := time.Now()
-	err := st.Verify(ctx, func(r store.VerifyResult) {
+	err := st.Verify(ctx, func(r content.VerifyResult) {
 		l := verifyLine{VerifyResult: r}
 		if r.Err != nil {
 			l.Error = r.Err.Error()
@@ -216,10 +217,10 @@ func cacheVerify(ctx context.Context, st *store.Store, asJSON bool, stdout, stde
 			return
 		}
 		rel, _ := filepath.Rel(st.Root(), r.Path)
-		var q *store.QuarantinedError
+		var q *content.QuarantinedError
 		switch {
 		case r.OK:
-			fmt.Fprintf(stdout, "ok    %s  %s\n", rel, store.HumanSize(r.Size))
+			fmt.Fprintf(stdout, "ok    %s  %s\n", rel, content.HumanSize(r.Size))
 		case errors.As(r.Err, &q) && q.To != "":
 			to, _ := filepath.Rel(st.Root(), q.To)
 			fmt.Fprintf(stdout, "BAD   %s: %s; moved to %s\n", rel, q.Reason, to)
@@ -246,12 +247,12 @@ func cacheVerify(ctx context.Context, st *store.Store, asJSON bool, stdout, stde
 		return 1
 	}
 	if !asJSON {
-		fmt.Fprintf(stdout, "\n%d files, %s verified in %s\n", len(results), store.HumanSize(verified), time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(stdout, "\n%d files, %s verified in %s\n", len(results), content.HumanSize(verified), time.Since(start).Round(time.Millisecond))
 	}
 	return 0
 }
 
-func cacheGC(ctx context.Context, st *store.Store, opts store.GCOptions, asJSON bool, stdout, stderr io.Writer) int {
+func cacheGC(ctx context.Context, st *store.Store, opts content.GCOptions, asJSON bool, stdout, stderr io.Writer) int {
 	rep, err := st.GC(ctx, opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "vmprep cache gc: %v\n", err)
@@ -259,7 +260,7 @@ func cacheGC(ctx context.Context, st *store.Store, opts store.GCOptions, asJSON 
 	}
 	if asJSON {
 		if rep.Removed == nil {
-			rep.Removed = []store.GCItem{}
+			rep.Removed = []content.GCItem{}
 		}
 		if code := writeJSON(stdout, stderr, "vmprep cache", rep); code != 0 {
 			return code
@@ -273,7 +274,7 @@ func cacheGC(ctx context.Context, st *store.Store, opts store.GCOptions, asJSON 
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	for _, it := range rep.Removed {
 		rel, _ := filepath.Rel(st.Root(), it.Path)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", verb, it.Kind, rel, store.HumanSize(it.Size), it.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", verb, it.Kind, rel, content.HumanSize(it.Size), it.Reason)
 	}
 	if err := tw.Flush(); err != nil {
 		return 1
@@ -281,12 +282,12 @@ func cacheGC(ctx context.Context, st *store.Store, opts store.GCOptions, asJSON 
 	for _, p := range rep.Busy {
 		fmt.Fprintf(stdout, "busy (in use, kept): %s\n", p)
 	}
-	fmt.Fprintf(stdout, "%s %d files, %s; kept %d\n", verb, len(rep.Removed), store.HumanSize(rep.Freed), rep.Kept)
+	fmt.Fprintf(stdout, "%s %d files, %s; kept %d\n", verb, len(rep.Removed), content.HumanSize(rep.Freed), rep.Kept)
 	return gcFailures(rep, stderr)
 }
 
 // gcFailures reports files GC could not remove; they make the exit status 1.
-func gcFailures(rep store.GCReport, stderr io.Writer) int {
+func gcFailures(rep content.GCReport, stderr io.Writer) int {
 	for _, it := range rep.Failed {
 		fmt.Fprintf(stderr, "vmprep cache gc: %s %s: %s\n", it.Kind, it.Path, it.Reason)
 	}

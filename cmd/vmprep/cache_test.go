@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
@@ -21,7 +22,7 @@ import (
 
 // cacheFixture makes a real store with one blob used by an image and a
 // record, and one unused blob.
-func cacheFixture(t *testing.T) (root string, used, unused store.BlobInfo) {
+func cacheFixture(t *testing.T) (root string, used, unused content.BlobInfo) {
 	t.Helper()
 	ctx := context.Background()
 	root = filepath.Join(t.TempDir(), "cache")
@@ -29,7 +30,7 @@ func cacheFixture(t *testing.T) (root string, used, unused store.BlobInfo) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	put := func(b []byte) store.BlobInfo {
+	put := func(b []byte) content.BlobInfo {
 		sum := sha256.Sum256(b)
 		d := digest.Digest{Algorithm: digest.SHA256, Hex: hex.EncodeToString(sum[:])}
 		if err := os.WriteFile(st.IngestPath(d), b, 0o644); err != nil {
@@ -47,8 +48,8 @@ func cacheFixture(t *testing.T) (root string, used, unused store.BlobInfo) {
 	if _, err := st.LinkImage(t.Context(), spec, store.LinkKernel, used.Path); err != nil {
 		t.Fatal(err)
 	}
-	raw, err := st.PutDerived(ctx, store.DerivedKey{Source: used.SHA256, Converter: "test-1", Format: "raw"}, func(ctx context.Context, dst string) error {
-		return store.WriteAtomic(dst, 0o644, func(f *os.File) error { return f.Truncate(1 << 30) })
+	raw, err := st.PutDerived(ctx, content.DerivedKey{Source: used.SHA256, Converter: "test-1", Format: "raw"}, func(ctx context.Context, dst string) error {
+		return content.WriteAtomic(dst, 0o644, func(f *os.File) error { return f.Truncate(1 << 30) })
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +83,7 @@ func TestCacheLs(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Setenv(store.EnvCacheDir, tc.env)
+			t.Setenv(content.EnvCacheDir, tc.env)
 			code, out, errOut := runCacheT(t, tc.args...)
 			if code != 0 {
 				t.Fatalf("exit %d: %s", code, errOut)
@@ -101,11 +102,11 @@ func TestCacheLs(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("ls --json exit %d", code)
 	}
-	var entries []store.Entry
+	var entries []content.Entry
 	if err := json.Unmarshal([]byte(out), &entries); err != nil {
 		t.Fatalf("ls --json: %v\n%s", err, out)
 	}
-	if len(entries) != 3 || entries[0].Kind != store.KindBlob || entries[2].Kind != store.KindDerived {
+	if len(entries) != 3 || entries[0].Kind != content.KindBlob || entries[2].Kind != content.KindDerived {
 		t.Errorf("entries %+v", entries)
 	}
 	for _, e := range entries {
@@ -113,7 +114,7 @@ func TestCacheLs(t *testing.T) {
 			t.Errorf("used entry %+v", e)
 		}
 		// The 1 GiB raw disk of the fixture is all hole: it takes (almost) nothing.
-		if e.Kind == store.KindDerived && (e.Size != 1<<30 || e.Allocated >= 1<<20) {
+		if e.Kind == content.KindDerived && (e.Size != 1<<30 || e.Allocated >= 1<<20) {
 			t.Errorf("sparse derived entry: size %d, allocated %d; want 1 GiB apparent, under 1 MiB allocated", e.Size, e.Allocated)
 		}
 	}
@@ -183,7 +184,7 @@ func TestCacheGC(t *testing.T) {
 		t.Errorf("dry run removed %s", unused.Path)
 	}
 	code, out, _ = runCacheT(t, "gc", "--min-age=-1s", "--partial-max-age", "1h", "--json", "--cache-dir", root)
-	var rep store.GCReport
+	var rep content.GCReport
 	if err := json.Unmarshal([]byte(out), &rep); err != nil || code != 0 {
 		t.Fatalf("gc --json: exit %d, %v\n%s", code, err, out)
 	}
@@ -280,9 +281,9 @@ func TestCacheMissingStoreJSON(t *testing.T) {
 		cmd  string
 		into any
 	}{
-		{"ls", &[]store.Entry{}},
-		{"verify", &[]store.VerifyResult{}},
-		{"gc", &store.GCReport{}},
+		{"ls", &[]content.Entry{}},
+		{"verify", &[]content.VerifyResult{}},
+		{"gc", &content.GCReport{}},
 	}
 	for _, tc := range tests {
 		code, out, errOut := runCacheT(t, tc.cmd, "--json", "--cache-dir", missing)
@@ -303,11 +304,11 @@ func TestCacheGCSaysWhyItWaits(t *testing.T) {
 	started, release := make(chan struct{}), make(chan struct{})
 	derived := make(chan error, 1)
 	go func() {
-		_, err := st.PutDerived(context.Background(), store.DerivedKey{Source: used.SHA256, Converter: "slow-1", Format: "raw"},
+		_, err := st.PutDerived(context.Background(), content.DerivedKey{Source: used.SHA256, Converter: "slow-1", Format: "raw"},
 			func(ctx context.Context, dst string) error {
 				close(started)
 				<-release
-				return store.WriteAtomic(dst, 0o644, func(f *os.File) error { _, err := f.Write([]byte("raw")); return err })
+				return content.WriteAtomic(dst, 0o644, func(f *os.File) error { _, err := f.Write([]byte("raw")); return err })
 			})
 		derived <- err
 	}()

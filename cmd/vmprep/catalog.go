@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/cli"
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/resolve"
@@ -46,7 +47,7 @@ func runCatalog(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	fs.SetOutput(stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
 	arch := fs.String("arch", "", "architecture whose cached builds are shown: amd64|x86_64 or arm64|aarch64 (default: this host's)")
-	cacheDir := fs.String("cache-dir", os.Getenv(store.EnvCacheDir), "content store directory (env "+store.EnvCacheDir+"; default <user cache dir>/vmprep)")
+	cacheDir := fs.String("cache-dir", os.Getenv(content.EnvCacheDir), "content store directory (env "+content.EnvCacheDir+"; default <user cache dir>/vmprep)")
 	var rf cli.ResolverFlags
 	rf.Register(fs)
 	fs.Usage = cli.Usage(fs, catalogSynopsis)
@@ -82,10 +83,10 @@ func runCatalog(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if len(pos) > 0 {
 		root := *cacheDir
 		if root == "" {
-			root, err = store.DefaultRoot()
+			root, err = content.DefaultRoot()
 		}
 		if err == nil {
-			c.st, err = store.Open(root, store.WithLogger(log))
+			c.st, err = store.Open(root, content.WithLogger(log))
 		}
 		if err != nil {
 			fmt.Fprintf(stderr, "vmprep catalog: %v\n", err)

@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/vmprep/vmprep/internal/cli"
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/pkg/clone"
 	"github.com/vmprep/vmprep/pkg/messages"
 	"github.com/vmprep/vmprep/pkg/store"
@@ -63,7 +64,7 @@ func runClone(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	cacheDir := *pf.cacheDir
 	if cacheDir == "" {
-		if cacheDir, err = store.DefaultRoot(); err != nil {
+		if cacheDir, err = content.DefaultRoot(); err != nil {
 			fmt.Fprintf(stderr, "vmprep clone: %v\n", err)
 			return 1
 		}
@@ -157,7 +158,7 @@ func runClone(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	fmt.Fprintf(stdout, "path:    %s\n", res.Path)
 	fmt.Fprintf(stdout, "format:  %s\n", res.Format)
-	fmt.Fprintf(stdout, "size:    %s (%d bytes)\n", store.HumanSize(res.Size), res.Size)
+	fmt.Fprintf(stdout, "size:    %s (%d bytes)\n", content.HumanSize(res.Size), res.Size)
 	switch res.Method {
 	case clone.MethodCopy:
 		fmt.Fprintln(stdout, "method:  copy — this file system cannot share blocks (XFS with reflink, btrfs or APFS can); the clone takes its own space")
@@ -200,7 +201,7 @@ func copyProgress(w io.Writer) func(done, total int64) {
 			return
 		}
 		last = pct
-		fmt.Fprintf(w, "\rcopying: %3d%% of %s", pct, store.HumanSize(total))
+		fmt.Fprintf(w, "\rcopying: %3d%% of %s", pct, content.HumanSize(total))
 		if done >= total {
 			fmt.Fprintln(w)
 		}

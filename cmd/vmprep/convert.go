@@ -8,8 +8,8 @@ import (
 	"io"
 	"os"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/pkg/qcow2"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // runConvert implements `vmprep convert [-j N] SRC DST`.
@@ -131,7 +131,7 @@ func inspectImage(ctx context.Context, path string) (*inspectReport, error) {
 		return nil, err
 	}
 	rep := &inspectReport{Filename: path, VirtualSize: st.Size()}
-	rep.DiskSize = store.AllocatedSize(st)
+	rep.DiskSize = content.AllocatedSize(st)
 	format, err := qcow2.DetectFormat(f, st.Size())
 	if err != nil {
 		return nil, err

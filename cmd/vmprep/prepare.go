@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vmprep/vmprep/internal/cli"
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/internal/redact"
 	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/embedded"
@@ -263,7 +264,7 @@ func newPrepareFlags(name string, stderr io.Writer) (*flag.FlagSet, *prepareFlag
 	p.arch = fs.String("arch", "", "amd64|x86_64 or arm64|aarch64 (default: this host's)")
 	p.serial = fs.String("serial", "", "pin one build (e.g. 20260926 for Ubuntu; see vmprep catalog DISTRO VERSION) instead of the newest; a result's resolved.serial repeats a build exactly")
 	p.format = fs.String("format", string(defaultFormat()), "disk format wanted: raw or qcow2")
-	p.cacheDir = fs.String("cache-dir", os.Getenv(store.EnvCacheDir), "content store directory where the files end up (env "+store.EnvCacheDir+"; default <user cache dir>/vmprep)")
+	p.cacheDir = fs.String("cache-dir", os.Getenv(content.EnvCacheDir), "content store directory where the files end up (env "+content.EnvCacheDir+"; default <user cache dir>/vmprep)")
 	fs.StringVar(&p.conn.NATSURL, "nats", "", "use a running vmprep deployment at this NATS URL (comma-separated for a cluster) instead of the embedded one")
 	p.conn.RegisterAuth(fs)
 	p.conn.RegisterInsecure(fs)
@@ -429,7 +430,7 @@ func localize(ctx context.Context, cl *client.Client, cacheDir string, res messa
 	}
 	if cacheDir == "" {
 		var err error
-		if cacheDir, err = store.DefaultRoot(); err != nil {
+		if cacheDir, err = content.DefaultRoot(); err != nil {
 			return res, err
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync/atomic"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/internal/version"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -24,7 +25,6 @@ import (
 	"github.com/vmprep/vmprep/internal/redact"
 	"github.com/vmprep/vmprep/pkg/embedded"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // runServe runs an embedded nats-server that other processes connect to, plus
@@ -130,7 +130,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 
 	root := c.CacheDir
 	if root == "" {
-		if root, err = store.DefaultRoot(); err != nil {
+		if root, err = content.DefaultRoot(); err != nil {
 			return fail(1, "%v", err)
 		}
 	}

@@ -14,9 +14,9 @@ import (
 	"github.com/vmprep/vmprep/pkg/stage"
 
 	"github.com/vmprep/vmprep/internal/cli"
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // runStatus shows the deployment at a glance, or one request's state.
@@ -76,7 +76,7 @@ func printOverview(w io.Writer, ov ops.Overview) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "STREAM\tMESSAGES\tSIZE\tCONSUMERS")
 	for _, s := range ov.Streams {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\n", s.Name, s.Messages, store.HumanSize(int64(s.Bytes)), s.Consumers)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\n", s.Name, s.Messages, content.HumanSize(int64(s.Bytes)), s.Consumers)
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "STAGE\tSUBJECT\tPENDING\tIN PROGRESS\tREDELIVERED\tIDLE PULLS\tPROCESSES")

@@ -18,6 +18,7 @@ import (
 
 	"github.com/lmittmann/tint"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/download"
@@ -59,7 +60,7 @@ type Common struct {
 // Register adds the flags every stage-running process takes (cache, logging,
 // concurrency).
 func (c *Common) Register(fs *flag.FlagSet) {
-	fs.StringVar(&c.CacheDir, "cache-dir", envOr(store.EnvCacheDir, ""), "content store directory, shared by the stages of a host (env "+store.EnvCacheDir+"; default: <user cache dir>/vmprep)")
+	fs.StringVar(&c.CacheDir, "cache-dir", envOr(content.EnvCacheDir, ""), "content store directory, shared by the stages of a host (env "+content.EnvCacheDir+"; default: <user cache dir>/vmprep)")
 	fs.IntVar(&c.Concurrency, "concurrency", envInt("VMPREP_CONCURRENCY", 2), "messages worked on at once by each stage in this process (env VMPREP_CONCURRENCY)")
 	fs.StringVar(&c.LogLevel, "log-level", envOr("VMPREP_LOG_LEVEL", "info"), "debug, info, warn or error (env VMPREP_LOG_LEVEL)")
 	fs.StringVar(&c.LogFormat, "log-format", envOr("VMPREP_LOG_FORMAT", "text"), "text or json (env VMPREP_LOG_FORMAT); services want json")
@@ -157,11 +158,11 @@ func (c *Common) OpenStore(log *slog.Logger) (*store.Store, error) {
 	root := c.CacheDir
 	if root == "" {
 		var err error
-		if root, err = store.DefaultRoot(); err != nil {
+		if root, err = content.DefaultRoot(); err != nil {
 			return nil, err
 		}
 	}
-	return store.Open(root, store.WithLogger(log))
+	return store.Open(root, content.WithLogger(log))
 }
 
 // Downloader builds the download engine with vmprep's defaults.

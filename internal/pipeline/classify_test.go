@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/download"
@@ -66,8 +67,8 @@ func TestClassify(t *testing.T) {
 		{"malformed qcow2", truncatedQcow2, Permanent},
 		{"unsupported qcow2 feature", &qcow2.FeatureError{Kind: qcow2.ErrBackingFile}, Permanent},
 		{"more space than the file system holds", tooBig, Permanent},
-		{"space that may be freed", &store.SpaceError{Need: 10, Available: 5, Total: 100}, Retry},
-		{"content mismatch", &store.MismatchError{}, Permanent},
+		{"space that may be freed", &content.SpaceError{Need: 10, Available: 5, Total: 100}, Retry},
+		{"content mismatch", &content.MismatchError{}, Permanent},
 		{"invalid store name", badName, Permanent},
 		{"kernel with nothing to unpack", plainKernel, Permanent},
 		{"file larger than the file system allows", &os.PathError{Op: "truncate", Path: "x", Err: syscall.EFBIG}, Permanent},

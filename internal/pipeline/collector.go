@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/image"
@@ -150,7 +151,7 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 			// One shared cache directory: the paths are found in the store
 			// from the digests, not taken from the events, and linked here.
 			path, err := s.storedPath(ctx, ev)
-			if errors.Is(err, store.ErrNotFound) {
+			if errors.Is(err, content.ErrNotFound) {
 				// Removed since it was verified (GC): the collector cannot bring it back.
 				err = stage.Permanent(err)
 			}

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/internal/kerneltest"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
@@ -192,7 +193,7 @@ func TestRawConversionNeedsRoomForDataOnly(t *testing.T) {
 	}
 	// Leave 8 GiB usable: far more than the data, far less than the virtual
 	// size, so other writers on this file system cannot change the outcome.
-	st, err := store.Open(e.cache, store.WithMinFree(avail-8<<30))
+	st, err := store.Open(e.cache, content.WithMinFree(avail-8<<30))
 	if err != nil {
 		t.Fatal(err)
 	}

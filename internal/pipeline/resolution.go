@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
@@ -102,7 +103,7 @@ func (s *ResolverStage) resolveOnce(ctx context.Context, spec image.Spec, log *s
 	newest := spec
 	newest.Serial = serials[0].Serial
 	mark, merr := s.Store.NewestSerial(ctx, spec, roots)
-	if merr != nil && !errors.Is(merr, store.ErrNotFound) {
+	if merr != nil && !errors.Is(merr, content.ErrNotFound) {
 		log.Warn("unreadable newest-serial mark; the rollback check is skipped until the next verified build", "err", merr)
 	}
 	if merr == nil && image.CompareNatural(newest.Serial, mark.Serial) < 0 {

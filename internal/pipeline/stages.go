@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/internal/lease"
 	"github.com/vmprep/vmprep/internal/metrics"
 	"github.com/vmprep/vmprep/pkg/digest"
@@ -221,7 +222,7 @@ func (s *FetcherStage) Handle(ctx context.Context, m stage.Message) ([]stage.Eve
 		log.Debug("already in store")
 		ev.Status = messages.StatusFetched
 		return next()
-	} else if !errors.Is(err, store.ErrNotFound) {
+	} else if !errors.Is(err, content.ErrNotFound) {
 		return nil, err
 	}
 
@@ -302,7 +303,7 @@ func (s *FetcherStage) download(ctx context.Context, ev messages.AssetEvent, onB
 }
 
 // corruptNote says what became of a cached copy found corrupt.
-func corruptNote(q *store.QuarantinedError) string {
+func corruptNote(q *content.QuarantinedError) string {
 	if q.To == "" {
 		return fmt.Sprintf("the cached copy was corrupt (%s; removed)", q.Reason)
 	}
@@ -499,7 +500,7 @@ func (s *VerifierStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 	defer func() { _ = unlock() }()
 
 	blob, err := s.Store.Lookup(ctx, a.Digest)
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, content.ErrNotFound) {
 		if ev.Ingest == "" {
 			return nil, stage.Permanent(fmt.Errorf("%s: not in the store and nothing was fetched", a.Role))
 		}
@@ -691,10 +692,10 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 			}
 			report(messages.Progress{Namespace: ev.Namespace, RequestID: ev.RequestID, Stage: messages.StageConverter, Step: step, Asset: r, Done: done, Total: total})
 		}}
-	var blob store.BlobInfo
+	var blob content.BlobInfo
 	if s.Objects == nil {
 		blob, err = s.Store.Lookup(ctx, ev.Blob)
-		if errors.Is(err, store.ErrNotFound) {
+		if errors.Is(err, content.ErrNotFound) {
 			return nil, stage.Permanent(fmt.Errorf("%s blob %s is no longer in the store: %w", role, ev.Blob, err))
 		}
 	} else {

@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/internal/filelock"
 	"github.com/vmprep/vmprep/internal/metrics"
 	"github.com/vmprep/vmprep/internal/natsembed"
@@ -225,13 +226,13 @@ func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
 	}
 	if c.cacheDir == "" {
 		var err error
-		if c.cacheDir, err = store.DefaultRoot(); err != nil {
+		if c.cacheDir, err = content.DefaultRoot(); err != nil {
 			return nil, err
 		}
 	}
 	d := &Deployment{}
 	var err error
-	if d.store, err = store.Open(c.cacheDir, store.WithLogger(c.logger)); err != nil {
+	if d.store, err = store.Open(c.cacheDir, content.WithLogger(c.logger)); err != nil {
 		return nil, err
 	}
 	if err := d.lockJetStreamDir(ctx, c.cacheDir, c.jsDir); err != nil {
@@ -300,7 +301,7 @@ func FromStore(ctx context.Context, req client.Request, opts ...Option) (res cli
 		o(&c)
 	}
 	if c.cacheDir == "" {
-		if c.cacheDir, err = store.DefaultRoot(); err != nil {
+		if c.cacheDir, err = content.DefaultRoot(); err != nil {
 			return client.Result{}, false, err
 		}
 	}
@@ -314,7 +315,7 @@ func FromStore(ctx context.Context, req client.Request, opts ...Option) (res cli
 	if err != nil {
 		return client.Result{}, false, err
 	}
-	st, err := store.Open(c.cacheDir, store.WithLogger(c.logger))
+	st, err := store.Open(c.cacheDir, content.WithLogger(c.logger))
 	if err != nil {
 		return client.Result{}, false, err
 	}

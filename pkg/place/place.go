@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/kernel"
@@ -61,25 +62,25 @@ func (p *Placer) report(step string, role image.Role, done, total int64) {
 // Pull returns the local blob with digest want, streaming it from object
 // ref into the local store if it is not there yet. Bytes that do not match
 // want (or size, if > 0) are reported as ErrBadObject.
-func (p *Placer) Pull(ctx context.Context, role image.Role, want digest.Digest, size int64, ref *messages.ObjectRef) (store.BlobInfo, error) {
+func (p *Placer) Pull(ctx context.Context, role image.Role, want digest.Digest, size int64, ref *messages.ObjectRef) (content.BlobInfo, error) {
 	if info, err := p.Store.Lookup(ctx, want); err == nil {
 		return info, nil // warm: a stat and a stamp, nothing read
-	} else if !errors.Is(err, store.ErrNotFound) {
-		return store.BlobInfo{}, err
+	} else if !errors.Is(err, content.ErrNotFound) {
+		return content.BlobInfo{}, err
 	}
 	if ref == nil || p.Objects == nil {
-		return store.BlobInfo{}, fmt.Errorf("%s %s: not in the local store and no object to pull it from: %w", role, want, store.ErrNotFound)
+		return content.BlobInfo{}, fmt.Errorf("%s %s: not in the local store and no object to pull it from: %w", role, want, content.ErrNotFound)
 	}
 	if ref.Bucket != p.Objects.Bucket() {
-		return store.BlobInfo{}, fmt.Errorf("%s: object is in bucket %q, this process uses %q", role, ref.Bucket, p.Objects.Bucket())
+		return content.BlobInfo{}, fmt.Errorf("%s: object is in bucket %q, this process uses %q", role, ref.Bucket, p.Objects.Bucket())
 	}
 	info, err := p.Objects.Stat(ctx, want)
 	if err != nil {
-		return store.BlobInfo{}, fmt.Errorf("pull %s %s: %w", role, want, err)
+		return content.BlobInfo{}, fmt.Errorf("pull %s %s: %w", role, want, err)
 	}
 	r, err := p.Objects.Open(ctx, info)
 	if err != nil {
-		return store.BlobInfo{}, fmt.Errorf("pull %s %s: %w", role, want, err)
+		return content.BlobInfo{}, fmt.Errorf("pull %s %s: %w", role, want, err)
 	}
 	defer r.Close()
 	counted := &progressReader{r: r, report: func(n int64) { p.report(StepPull, role, n, info.Size) }}
@@ -88,10 +89,10 @@ func (p *Placer) Pull(ctx context.Context, role image.Role, want digest.Digest, 
 	case err == nil:
 		p.report(StepPull, role, info.Size, info.Size)
 		return blob, nil
-	case errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch) || errors.Is(err, objectstore.ErrDigestMismatch):
-		return store.BlobInfo{}, &BadObjectError{Ref: refOf(info), Err: err}
+	case errors.Is(err, content.ErrDigestMismatch) || errors.Is(err, content.ErrSizeMismatch) || errors.Is(err, objectstore.ErrDigestMismatch):
+		return content.BlobInfo{}, &BadObjectError{Ref: refOf(info), Err: err}
 	}
-	return store.BlobInfo{}, fmt.Errorf("pull %s %s: %w", role, want, err)
+	return content.BlobInfo{}, fmt.Errorf("pull %s %s: %w", role, want, err)
 }
 
 // BadObjectError names the object version whose bytes were wrong.
@@ -122,10 +123,10 @@ func refOf(info objectstore.Info) messages.ObjectRef {
 // RawDisk returns the raw disk converted from the qcow2 blob, converting it
 // (sparse) if that was not done before. A disk that is not qcow2 at all —
 // a broken magic included — is refused, never copied as raw.
-func (p *Placer) RawDisk(ctx context.Context, blob store.BlobInfo) (string, error) {
+func (p *Placer) RawDisk(ctx context.Context, blob content.BlobInfo) (string, error) {
 	key := DerivedKeyOf(image.RoleDisk, blob.SHA256)
 	path, err := p.Store.Derived(ctx, key)
-	if !errors.Is(err, store.ErrNotFound) {
+	if !errors.Is(err, content.ErrNotFound) {
 		return path, err
 	}
 	// Refuse up front rather than fail half-way.
@@ -166,7 +167,7 @@ func conversionSpace(data int64) int64 {
 
 // KernelNeedsUnpack reports whether the kernel blob is packed in a way
 // direct boot cannot take (a gzip'd Image, an EFI zboot application).
-func KernelNeedsUnpack(blob store.BlobInfo) (bool, error) {
+func KernelNeedsUnpack(blob content.BlobInfo) (bool, error) {
 	p, err := kernel.Detect(blob.Path)
 	return p.NeedsUnpacking(), err
 }
@@ -176,10 +177,10 @@ func KernelHeadNeedsUnpack(head []byte) bool { return kernel.DetectHead(head).Ne
 
 // Kernel returns the uncompressed kernel derived from blob, unpacking it if
 // that was not done before.
-func (p *Placer) Kernel(ctx context.Context, blob store.BlobInfo) (string, error) {
+func (p *Placer) Kernel(ctx context.Context, blob content.BlobInfo) (string, error) {
 	key := DerivedKeyOf(image.RoleKernel, blob.SHA256)
 	path, err := p.Store.Derived(ctx, key)
-	if !errors.Is(err, store.ErrNotFound) {
+	if !errors.Is(err, content.ErrNotFound) {
 		return path, err
 	}
 	return p.Store.PutDerived(ctx, key, func(ctx context.Context, dst string) error {
@@ -190,11 +191,11 @@ func (p *Placer) Kernel(ctx context.Context, blob store.BlobInfo) (string, error
 // DerivedKeyOf is the key under which the store keeps what is derived from
 // a role's verified source: the raw conversion of a disk, the unpacked
 // kernel.
-func DerivedKeyOf(role image.Role, source digest.Digest) store.DerivedKey {
+func DerivedKeyOf(role image.Role, source digest.Digest) content.DerivedKey {
 	if role == image.RoleKernel {
-		return store.DerivedKey{Source: source, Converter: KernelUnpackerName, Format: "vmlinux"}
+		return content.DerivedKey{Source: source, Converter: KernelUnpackerName, Format: "vmlinux"}
 	}
-	return store.DerivedKey{Source: source, Converter: ConverterName, Format: string(image.FormatRaw)}
+	return content.DerivedKey{Source: source, Converter: ConverterName, Format: string(image.FormatRaw)}
 }
 
 // ViewName is the file name of a role in images/<distro>/<version>/<arch>/.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/atomicfile"
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/image"
@@ -19,7 +20,7 @@ import (
 // gcFixture is a store with one of each kind of thing GC must keep or remove.
 type gcFixture struct {
 	s                                       *Store
-	recorded, linked, orphan                BlobInfo
+	recorded, linked, orphan                content.BlobInfo
 	derivedOfRecorded, derivedOfOrphan      string
 	derivedOldConverter                     string
 	stalePartial, freshPartial, heldPartial string
@@ -34,10 +35,10 @@ func newGCFixture(t *testing.T) *gcFixture {
 	ctx := context.Background()
 	f := &gcFixture{s: newStore(t)}
 	s := f.s
-	recData := content("recorded", 1000)
+	recData := fill("recorded", 1000)
 	f.recorded = commitAs(t, s, recData, sha512Of(recData)) // referenced through the SHA-512 alias
-	f.linked = commit(t, s, content("linked", 2000))
-	f.orphan = commit(t, s, content("orphan", 3000))
+	f.linked = commit(t, s, fill("linked", 2000))
+	f.orphan = commit(t, s, fill("orphan", 3000))
 
 	if err := s.SaveResolution(ctx, catalog.Resolution{
 		Spec:   noble,
@@ -51,7 +52,7 @@ func newGCFixture(t *testing.T) *gcFixture {
 	}
 	var calls atomic.Int64
 	var err error
-	f.derivedOfRecorded, err = s.PutDerived(ctx, DerivedKey{Source: f.recorded.SHA256, Converter: "c-1", Format: "raw"}, writeProducer(content("d1", 500), &calls))
+	f.derivedOfRecorded, err = s.PutDerived(ctx, content.DerivedKey{Source: f.recorded.SHA256, Converter: "c-1", Format: "raw"}, writeProducer(fill("d1", 500), &calls))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,11 +60,11 @@ func newGCFixture(t *testing.T) *gcFixture {
 		t.Fatal(err)
 	}
 	// Output of an older converter for a recorded source: no longer linked.
-	f.derivedOldConverter, err = s.PutDerived(ctx, DerivedKey{Source: f.recorded.SHA256, Converter: "c-0", Format: "raw"}, writeProducer(content("d0", 400), &calls))
+	f.derivedOldConverter, err = s.PutDerived(ctx, content.DerivedKey{Source: f.recorded.SHA256, Converter: "c-0", Format: "raw"}, writeProducer(fill("d0", 400), &calls))
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.derivedOfOrphan, err = s.PutDerived(ctx, DerivedKey{Source: f.orphan.SHA256, Converter: "c-1", Format: "raw"}, writeProducer(content("d2", 600), &calls))
+	f.derivedOfOrphan, err = s.PutDerived(ctx, content.DerivedKey{Source: f.orphan.SHA256, Converter: "c-1", Format: "raw"}, writeProducer(fill("d2", 600), &calls))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,10 +86,10 @@ func newGCFixture(t *testing.T) *gcFixture {
 	f.freshPartial = mk(s.IngestPath(sha256Of([]byte("fresh download"))), false)
 	held := sha512Of([]byte("held download"))
 	f.heldPartial = mk(s.IngestPath(held), true)
-	f.releaseHeld = holdLockInChild(t, s.Root(), held.String())
-	f.staleTemp = mk(filepath.Join(s.Root(), dirBlobs, "sha256", ".x"+atomicfile.TempMarker+"1"), true)
+	f.releaseHeld = holdLock(t, s.Root(), held.String())
+	f.staleTemp = mk(filepath.Join(s.Root(), content.DirBlobs, ".x"+atomicfile.TempMarker+"1"), true)
 	f.freshTemp = mk(filepath.Join(s.Root(), dirRecords, ".y.json"+atomicfile.TempMarker+"2"), false)
-	f.freshDerivedTemp = mk(filepath.Join(s.Root(), dirDerived, ".z"+atomicfile.TempMarker+"3"), false)
+	f.freshDerivedTemp = mk(filepath.Join(s.Root(), content.DirDerived, ".z"+atomicfile.TempMarker+"3"), false)
 	dir, _ := s.ImageDir(noble)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -100,7 +101,7 @@ func newGCFixture(t *testing.T) *gcFixture {
 	return f
 }
 
-func commitAs(t *testing.T, s *Store, b []byte, d digest.Digest) BlobInfo {
+func commitAs(t *testing.T, s *Store, b []byte, d digest.Digest) content.BlobInfo {
 	t.Helper()
 	info, err := s.Commit(context.Background(), ingest(t, s, d, b), d, int64(len(b)))
 	if err != nil {
@@ -109,15 +110,13 @@ func commitAs(t *testing.T, s *Store, b []byte, d digest.Digest) BlobInfo {
 	return info
 }
 
-func exists(p string) bool { _, err := os.Lstat(p); return err == nil }
-
 func TestGC(t *testing.T) {
 	ctx := context.Background()
 	f := newGCFixture(t)
 	s := f.s
 
 	// Right after commit, the grace period keeps unreferenced files.
-	rep, err := s.GC(ctx, GCOptions{DryRun: true})
+	rep, err := s.GC(ctx, content.GCOptions{DryRun: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +131,7 @@ func TestGC(t *testing.T) {
 	sort.Strings(wantRemoved)
 
 	for _, dry := range []bool{true, false} {
-		rep, err := s.GC(ctx, GCOptions{DryRun: dry, MinAge: -1})
+		rep, err := s.GC(ctx, content.GCOptions{DryRun: dry, MinAge: -1})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -166,21 +165,21 @@ func TestGC(t *testing.T) {
 			}
 		}
 	}
-	if exists(s.blobStampPath(f.orphan.SHA256.Hex)) {
+	if exists(filepath.Join(s.Root(), "stamps", "blobs", f.orphan.SHA256.Hex)) {
 		t.Error("stamp of removed blob left")
 	}
 	// Kept things still work.
-	if _, err := s.Lookup(ctx, sha512Of(content("recorded", 1000))); err != nil {
+	if _, err := s.Lookup(ctx, sha512Of(fill("recorded", 1000))); err != nil {
 		t.Errorf("recorded blob after GC: %v", err)
 	}
-	if _, err := s.Lookup(ctx, f.orphan.SHA256); !errors.Is(err, ErrNotFound) {
+	if _, err := s.Lookup(ctx, f.orphan.SHA256); !errors.Is(err, content.ErrNotFound) {
 		t.Errorf("orphan after GC: %v", err)
 	}
 	// Once the download lock is released, the stale partial goes too.
 	if err := f.releaseHeld(); err != nil {
 		t.Fatal(err)
 	}
-	rep, err = s.GC(ctx, GCOptions{MinAge: -1})
+	rep, err = s.GC(ctx, content.GCOptions{MinAge: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,28 +190,28 @@ func TestGC(t *testing.T) {
 
 func TestGCWaitsForWriters(t *testing.T) {
 	s := newStore(t)
-	unlock, err := s.gcShared(context.Background()) // as Commit/PutDerived hold it
+	unlock, err := s.PublishLock(context.Background()) // as Commit/PutDerived hold it
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if _, err := s.GC(ctx, GCOptions{}); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := s.GC(ctx, content.GCOptions{}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("GC during a write = %v, want it to wait until ctx expires", err)
 	}
 	// A producer's fresh temporary is not garbage while a writer runs.
-	tmp := filepath.Join(s.Root(), dirDerived, ".out"+atomicfile.TempMarker+"1")
+	tmp := filepath.Join(s.Root(), content.DirDerived, ".out"+atomicfile.TempMarker+"1")
 	if err := os.WriteFile(tmp, []byte("being written"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if rep, err := s.GC(context.Background(), GCOptions{DryRun: true}); err != nil || len(rep.Removed) != 0 {
+	if rep, err := s.GC(context.Background(), content.GCOptions{DryRun: true}); err != nil || len(rep.Removed) != 0 {
 		t.Errorf("dry-run GC during a write = %+v, %v: want nothing removed", rep, err)
 	}
 	unlock()
-	if rep, err := s.GC(context.Background(), GCOptions{DryRun: true}); err != nil || len(rep.Removed) != 1 {
+	if rep, err := s.GC(context.Background(), content.GCOptions{DryRun: true}); err != nil || len(rep.Removed) != 1 {
 		t.Errorf("dry-run GC after the write = %+v, %v: want the temporary reported", rep, err)
 	}
-	if _, err := s.GC(context.Background(), GCOptions{}); err != nil {
+	if _, err := s.GC(context.Background(), content.GCOptions{}); err != nil {
 		t.Error(err)
 	}
 }
@@ -229,55 +228,6 @@ func equalStrings(a, b []string) bool {
 	return true
 }
 
-func TestVerify(t *testing.T) {
-	ctx := context.Background()
-	s := newStore(t)
-	good := commit(t, s, content("good", 5000))
-	bad := commit(t, s, content("bad", 7000))
-	var calls atomic.Int64
-	dpath, err := s.PutDerived(ctx, DerivedKey{Source: good.SHA256, Converter: "c-1", Format: "raw"}, writeProducer(content("d", 900), &calls))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Clean store: everything OK.
-	var results []VerifyResult
-	if err := s.Verify(ctx, func(r VerifyResult) { results = append(results, r) }); err != nil {
-		t.Fatalf("Verify clean store: %v", err)
-	}
-	if len(results) != 3 {
-		t.Fatalf("results %+v", results)
-	}
-	// Damage one blob and the derived file. Verify ignores stamps, so even
-	// a change that keeps mtime (restored with Chtimes) is found.
-	fi := mustLstat(t, bad.Path)
-	overwriteByte(t, bad.Path, 3)
-	if err := os.Chtimes(bad.Path, fi.ModTime(), fi.ModTime()); err != nil {
-		t.Fatal(err)
-	}
-	overwriteByte(t, dpath, 0)
-	results = nil
-	err = s.Verify(ctx, func(r VerifyResult) { results = append(results, r) })
-	if !errors.Is(err, ErrVerifyFailed) {
-		t.Fatalf("Verify = %v, want ErrVerifyFailed", err)
-	}
-	byPath := map[string]VerifyResult{}
-	for _, r := range results {
-		byPath[r.Path] = r
-	}
-	if r := byPath[good.Path]; !r.OK {
-		t.Errorf("good blob: %+v", r)
-	}
-	for _, p := range []string{bad.Path, dpath} {
-		r := byPath[p]
-		if r.OK || !errors.Is(r.Err, ErrQuarantined) || r.QuarantinePath == "" || !exists(r.QuarantinePath) || exists(p) {
-			t.Errorf("damaged %s: %+v", p, r)
-		}
-	}
-	if err := s.Verify(ctx, nil); err != nil {
-		t.Errorf("Verify after quarantine: %v", err)
-	}
-}
-
 func TestList(t *testing.T) {
 	ctx := context.Background()
 	f := newGCFixture(t)
@@ -285,7 +235,7 @@ func TestList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	byPath := map[string]Entry{}
+	byPath := map[string]content.Entry{}
 	for _, e := range entries {
 		byPath[e.Path] = e
 	}
@@ -293,8 +243,8 @@ func TestList(t *testing.T) {
 		t.Errorf("List has %d entries, want 3 blobs + 3 derived", len(entries))
 	}
 	rec := byPath[f.recorded.Path]
-	if rec.Kind != KindBlob || rec.Size != 1000 || len(rec.Records) != 1 || rec.Records[0] != noble ||
-		len(rec.Aliases) != 1 || rec.Aliases[0] != sha512Of(content("recorded", 1000)) || rec.CommittedAt.IsZero() {
+	if rec.Kind != content.KindBlob || rec.Size != 1000 || len(rec.Records) != 1 || rec.Records[0] != noble ||
+		len(rec.Aliases) != 1 || rec.Aliases[0] != sha512Of(fill("recorded", 1000)) || rec.CommittedAt.IsZero() {
 		t.Errorf("recorded entry %+v", rec)
 	}
 	if l := byPath[f.linked.Path]; len(l.Images) != 1 || l.Images[0] != "debian/13/arm64/vmlinuz" {
@@ -306,10 +256,10 @@ func TestList(t *testing.T) {
 		}
 	}
 	d := byPath[f.derivedOfRecorded]
-	if d.Kind != KindDerived || d.Derived == nil || d.Derived.Source != f.recorded.SHA256 || len(d.Images) != 1 || d.Images[0] != "ubuntu/24.04/amd64/disk.raw" || d.SparseSHA256 != mustSparse(t, f.s, d.Path) || !d.Digest.IsZero() {
+	if d.Kind != content.KindDerived || d.Derived == nil || d.Derived.Source != f.recorded.SHA256 || len(d.Images) != 1 || d.Images[0] != "ubuntu/24.04/amd64/disk.raw" || d.SparseSHA256 != sparseDigest(t, f.s, d.Path) || !d.Digest.IsZero() {
 		t.Errorf("derived entry %+v", d)
 	}
-	if entries[0].Kind != KindBlob || entries[len(entries)-1].Kind != KindDerived {
+	if entries[0].Kind != content.KindBlob || entries[len(entries)-1].Kind != content.KindDerived {
 		t.Error("blobs are not listed before derived files")
 	}
 }
@@ -317,11 +267,11 @@ func TestList(t *testing.T) {
 // TestGCReportsFailures: what GC cannot remove is reported, not just logged.
 func TestGCReportsFailures(t *testing.T) {
 	s := newStore(t)
-	debris := filepath.Join(s.Root(), dirDerived, ".x"+atomicfile.TempMarker+"1")
+	debris := filepath.Join(s.Root(), content.DirDerived, ".x"+atomicfile.TempMarker+"1")
 	if err := os.MkdirAll(filepath.Join(debris, "inner"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := s.GC(context.Background(), GCOptions{PartialMaxAge: time.Nanosecond})
+	rep, err := s.GC(context.Background(), content.GCOptions{PartialMaxAge: time.Nanosecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 )
@@ -25,50 +26,50 @@ import (
 // unusable and, where the store owns it, replace it.
 func TestHostileSmallFiles(t *testing.T) {
 	ctx := context.Background()
-	data := content("aliased", 3000)
+	data := fill("aliased", 3000)
 	outside := filepath.Join(t.TempDir(), "outside.json")
 	tests := []struct {
 		name  string
-		plant func(t *testing.T, s *Store, b BlobInfo) string // returns the planted path
-		check func(s *Store, b BlobInfo) error
+		plant func(t *testing.T, s *Store, b content.BlobInfo) string // returns the planted path
+		check func(s *Store, b content.BlobInfo) error
 	}{
-		{"stamp is a pipe", func(t *testing.T, s *Store, b BlobInfo) string {
-			return mkfifo(t, s.blobStampPath(b.SHA256.Hex))
-		}, func(s *Store, b BlobInfo) error {
+		{"stamp is a pipe", func(t *testing.T, s *Store, b content.BlobInfo) string {
+			return mkfifo(t, filepath.Join(s.Root(), "stamps", "blobs", b.SHA256.Hex))
+		}, func(s *Store, b content.BlobInfo) error {
 			_, err := s.Lookup(ctx, b.SHA256)
 			return err
 		}},
-		{"alias is a pipe", func(t *testing.T, s *Store, b BlobInfo) string {
-			return mkfifo(t, s.aliasPath(sha512Of(data)))
-		}, func(s *Store, b BlobInfo) error {
-			if _, err := s.Lookup(ctx, sha512Of(data)); !errors.Is(err, ErrNotFound) {
+		{"alias is a pipe", func(t *testing.T, s *Store, b content.BlobInfo) string {
+			return mkfifo(t, filepath.Join(s.Root(), "index", "sha512", sha512Of(data).Hex))
+		}, func(s *Store, b content.BlobInfo) error {
+			if _, err := s.Lookup(ctx, sha512Of(data)); !errors.Is(err, content.ErrNotFound) {
 				return fmt.Errorf("Lookup through a pipe alias = %v, want ErrNotFound", err)
 			}
 			_, err := s.List(ctx)
 			return err
 		}},
-		{"record is a pipe", func(t *testing.T, s *Store, b BlobInfo) string {
+		{"record is a pipe", func(t *testing.T, s *Store, b content.BlobInfo) string {
 			p, _ := s.recordPath(noble)
 			return mkfifo(t, p)
-		}, func(s *Store, b BlobInfo) error {
+		}, func(s *Store, b content.BlobInfo) error {
 			if _, err := s.LoadResolution(ctx, noble, testRoots); err == nil {
 				return errors.New("LoadResolution of a pipe succeeded")
 			}
-			if _, err := s.GC(ctx, GCOptions{}); err != nil {
+			if _, err := s.GC(ctx, content.GCOptions{}); err != nil {
 				return err
 			}
 			return s.SaveResolution(ctx, catalog.Resolution{Spec: noble, Roots: &testRoots})
 		}},
-		{"ingest file is a pipe", func(t *testing.T, s *Store, b BlobInfo) string {
+		{"ingest file is a pipe", func(t *testing.T, s *Store, b content.BlobInfo) string {
 			return mkfifo(t, s.IngestPath(sha256Of([]byte("never written"))))
-		}, func(s *Store, b BlobInfo) error {
+		}, func(s *Store, b content.BlobInfo) error {
 			d := sha256Of([]byte("never written"))
 			if _, err := s.Commit(ctx, s.IngestPath(d), d, 0); err == nil {
 				return errors.New("Commit of a pipe succeeded")
 			}
 			return nil
 		}},
-		{"record is a symlink out of the root", func(t *testing.T, s *Store, b BlobInfo) string {
+		{"record is a symlink out of the root", func(t *testing.T, s *Store, b content.BlobInfo) string {
 			r := catalog.Resolution{Spec: noble, Roots: &testRoots, Assets: []image.Asset{{Role: image.RoleKernel, Digest: b.SHA256}}}
 			js, _ := json.Marshal(r)
 			if err := os.WriteFile(outside, js, 0o644); err != nil {
@@ -82,7 +83,7 @@ func TestHostileSmallFiles(t *testing.T) {
 				t.Fatal(err)
 			}
 			return p
-		}, func(s *Store, b BlobInfo) error {
+		}, func(s *Store, b content.BlobInfo) error {
 			if _, err := s.LoadResolution(ctx, noble, testRoots); err == nil {
 				return errors.New("LoadResolution followed a symlink out of the store")
 			}

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/vmprep/vmprep/internal/atomicfile"
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 )
@@ -32,7 +33,7 @@ func specPath(spec image.Spec) ([]string, error) {
 	for _, c := range []struct{ what, v string }{
 		{"distro", d}, {"version", spec.Version}, {"arch", string(spec.Arch)},
 	} {
-		if err := validComponent(c.what, c.v); err != nil {
+		if err := content.ValidComponent(c.what, c.v); err != nil {
 			return nil, fmt.Errorf("store: image %s/%s/%s: %w", spec.Distro, spec.Version, spec.Arch, err)
 		}
 	}
@@ -62,23 +63,23 @@ func (s *Store) LinkImage(ctx context.Context, spec image.Spec, name string, tar
 	if err != nil {
 		return "", err
 	}
-	if err := validComponent("link name", name); err != nil {
+	if err := content.ValidComponent("link name", name); err != nil {
 		return "", fmt.Errorf("store: link: %w", err)
 	}
 	if atomicfile.IsTemp(name) {
-		return "", fmt.Errorf("store: link: %w: %q looks like a temporary name", ErrInvalidName, name)
+		return "", fmt.Errorf("store: link: %w: %q looks like a temporary name", content.ErrInvalidName, name)
 	}
 	abs, err := filepath.Abs(target)
 	if err != nil {
 		return "", fmt.Errorf("store: link %s: %w", name, err)
 	}
-	if d := filepath.Dir(abs); d != s.path(dirBlobs, "sha256") && d != s.path(dirDerived) {
-		return "", fmt.Errorf("store: link %s: %w: target %s is not a blob or derived file of %s", name, ErrInvalidName, abs, s.root)
+	if d := filepath.Dir(abs); d != s.path(content.DirBlobs) && d != s.path(content.DirDerived) {
+		return "", fmt.Errorf("store: link %s: %w: target %s is not a blob or derived file of %s", name, content.ErrInvalidName, abs, s.Root())
 	}
 	// Shared GC lock: GC must not remove the target (or this link, as
 	// dangling) between its scan and its removals. Checking the target under
 	// the lock means a target GC removed is reported rather than linked.
-	unlockGC, err := s.gcShared(ctx)
+	unlockGC, err := s.PublishLock(ctx)
 	if err != nil {
 		return "", fmt.Errorf("store: link %s: %w", name, err)
 	}
@@ -88,13 +89,13 @@ func (s *Store) LinkImage(ctx context.Context, spec image.Spec, name string, tar
 		return "", fmt.Errorf("store: link %s: target: %w", name, err)
 	}
 	if !fi.Mode().IsRegular() || atomicfile.IsTemp(filepath.Base(abs)) {
-		return "", fmt.Errorf("store: link %s: %w: target %s is not a published file", name, ErrInvalidName, abs)
+		return "", fmt.Errorf("store: link %s: %w: target %s is not a published file", name, content.ErrInvalidName, abs)
 	}
-	rel, err := filepath.Rel(s.root, dir)
+	rel, err := filepath.Rel(s.Root(), dir)
 	if err != nil {
 		return "", fmt.Errorf("store: link %s: %w", name, err)
 	}
-	if _, err := s.mkdirInRoot(strings.Split(rel, string(filepath.Separator))...); err != nil {
+	if _, err := s.MkdirInRoot(strings.Split(rel, string(filepath.Separator))...); err != nil {
 		return "", fmt.Errorf("store: link %s: %w", name, err)
 	}
 	rel, err = filepath.Rel(dir, abs)
@@ -104,7 +105,7 @@ func (s *Store) LinkImage(ctx context.Context, spec image.Spec, name string, tar
 	link := filepath.Join(dir, name)
 	if fi, err := os.Lstat(link); err == nil && fi.IsDir() {
 		// rename cannot replace it, and no retry will: say what is in the way.
-		return "", fmt.Errorf("store: link %s: %w: %s is a directory, not a link", name, ErrInvalidName, link)
+		return "", fmt.Errorf("store: link %s: %w: %s is a directory, not a link", name, content.ErrInvalidName, link)
 	}
 	if cur, err := os.Readlink(link); err == nil && cur == rel {
 		return link, nil // already points there: a warm request writes nothing
@@ -142,7 +143,7 @@ func (s *Store) SaveResolution(ctx context.Context, r catalog.Resolution) error 
 		return fmt.Errorf("store: record %s: %w", path, err)
 	}
 	sp, _ := specPath(r.Spec) // valid: recordPath checked it
-	if _, err := s.mkdirInRoot(dirRecords, sp[0], sp[1]); err != nil {
+	if _, err := s.MkdirInRoot(dirRecords, sp[0], sp[1]); err != nil {
 		return fmt.Errorf("store: record %s: %w", path, err)
 	}
 	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o644); err != nil {
@@ -153,7 +154,7 @@ func (s *Store) SaveResolution(ctx context.Context, r catalog.Resolution) error 
 
 // LoadResolution returns the recorded resolution for spec if it was
 // resolved under roots; a *OtherRootsError (ErrOtherRoots) if it was
-// resolved under others; or ErrNotFound.
+// resolved under others; or content.ErrNotFound.
 func (s *Store) LoadResolution(ctx context.Context, spec image.Spec, roots catalog.TrustRoots) (catalog.Resolution, error) {
 	r, err := s.loadAnyResolution(ctx, spec)
 	if err != nil {
@@ -194,9 +195,9 @@ func (s *Store) loadAnyResolution(ctx context.Context, spec image.Spec) (catalog
 }
 
 func readRecord(path string) (catalog.Resolution, error) {
-	b, err := readCapped(path, maxRecordBytes)
+	b, err := content.ReadCapped(path, maxRecordBytes)
 	if notExist(err) {
-		return catalog.Resolution{}, fmt.Errorf("store: record %s: %w", path, ErrNotFound)
+		return catalog.Resolution{}, fmt.Errorf("store: record %s: %w", path, content.ErrNotFound)
 	}
 	if err != nil {
 		return catalog.Resolution{}, fmt.Errorf("store: record: %w", err)

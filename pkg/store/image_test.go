@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/atomicfile"
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 )
@@ -29,7 +30,7 @@ var (
 
 func TestLinkImage(t *testing.T) {
 	s := newStore(t)
-	a := commit(t, s, content("A", 100))
+	a := commit(t, s, fill("A", 100))
 	link, err := s.LinkImage(t.Context(), noble, LinkDisk, a.Path)
 	if err != nil {
 		t.Fatal(err)
@@ -53,13 +54,13 @@ func TestLinkImage(t *testing.T) {
 // than its context allows, and does nothing once the context has ended.
 func TestLinkImageHonoursContext(t *testing.T) {
 	s := newStore(t)
-	a := commit(t, s, content("A", 100))
+	a := commit(t, s, fill("A", 100))
 	cancelled, cancel := context.WithCancel(t.Context())
 	cancel()
 	if _, err := s.LinkImage(cancelled, noble, LinkDisk, a.Path); !errors.Is(err, context.Canceled) {
 		t.Fatalf("LinkImage with a cancelled context = %v, want context.Canceled", err)
 	}
-	unlockGC, err := s.gcExclusive(t.Context())
+	unlockGC, err := holdGCLock(t, s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +80,7 @@ func TestLinkImageHonoursContext(t *testing.T) {
 // opening the link: no reader may ever find it missing.
 func TestLinkImageReplaceIsAtomic(t *testing.T) {
 	s := newStore(t)
-	blobs := []BlobInfo{commit(t, s, content("A", 100)), commit(t, s, content("B", 200))}
+	blobs := []content.BlobInfo{commit(t, s, fill("A", 100)), commit(t, s, fill("B", 200))}
 	link, err := s.LinkImage(t.Context(), noble, LinkKernel, blobs[0].Path)
 	if err != nil {
 		t.Fatal(err)
@@ -119,7 +120,7 @@ func TestLinkImageReplaceIsAtomic(t *testing.T) {
 
 func TestLinkImageRefuses(t *testing.T) {
 	s := newStore(t)
-	a := commit(t, s, content("A", 100))
+	a := commit(t, s, fill("A", 100))
 	outside := filepath.Join(t.TempDir(), "evil")
 	if err := os.WriteFile(outside, []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
@@ -138,13 +139,13 @@ func TestLinkImageRefuses(t *testing.T) {
 		{"link name with slash", noble, "../disk.img", a.Path},
 		{"hidden link name", noble, ".disk", a.Path},
 		{"target outside store", noble, LinkDisk, outside},
-		{"target is a store directory", noble, LinkDisk, filepath.Join(s.Root(), dirBlobs, "sha256")},
+		{"target is a store directory", noble, LinkDisk, filepath.Join(s.Root(), content.DirBlobs)},
 		{"target is a record", noble, LinkDisk, filepath.Join(s.Root(), dirRecords, "x.json")},
-		{"target via dotdot", noble, LinkDisk, filepath.Join(s.Root(), dirBlobs, "sha256", "..", "..", "..", "evil")},
+		{"target via dotdot", noble, LinkDisk, filepath.Join(s.Root(), content.DirBlobs, "..", "..", "..", "evil")},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := s.LinkImage(t.Context(), tc.spec, tc.link, tc.target); !errors.Is(err, ErrInvalidName) {
+			if _, err := s.LinkImage(t.Context(), tc.spec, tc.link, tc.target); !errors.Is(err, content.ErrInvalidName) {
 				t.Errorf("LinkImage = %v, want ErrInvalidName", err)
 			}
 		})
@@ -158,7 +159,7 @@ func TestLinkImageRefuses(t *testing.T) {
 func TestResolutionRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
-	data := content("disk", 10)
+	data := fill("disk", 10)
 	r := catalog.Resolution{
 		Spec:     noble,
 		BootMode: catalog.BootKernel,
@@ -172,7 +173,7 @@ func TestResolutionRoundTrip(t *testing.T) {
 		ResolvedAt: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC),
 		Roots:      &testRoots,
 	}
-	if _, err := s.LoadResolution(ctx, noble, testRoots); !errors.Is(err, ErrNotFound) {
+	if _, err := s.LoadResolution(ctx, noble, testRoots); !errors.Is(err, content.ErrNotFound) {
 		t.Fatalf("LoadResolution before save = %v, want ErrNotFound", err)
 	}
 	if err := s.SaveResolution(ctx, r); err != nil {
@@ -196,12 +197,12 @@ func TestResolutionRoundTrip(t *testing.T) {
 	if got, _ := s.LoadResolution(ctx, noble, testRoots); len(got.Assets) != 1 {
 		t.Errorf("overwrite: %d assets", len(got.Assets))
 	}
-	if _, err := s.LoadResolution(ctx, image.Spec{Distro: "ubuntu", Version: "22.04", Arch: "amd64"}, testRoots); !errors.Is(err, ErrNotFound) {
+	if _, err := s.LoadResolution(ctx, image.Spec{Distro: "ubuntu", Version: "22.04", Arch: "amd64"}, testRoots); !errors.Is(err, content.ErrNotFound) {
 		t.Errorf("other version: %v", err)
 	}
 	bad := r
 	bad.Spec.Version = "../x"
-	if err := s.SaveResolution(ctx, bad); !errors.Is(err, ErrInvalidName) {
+	if err := s.SaveResolution(ctx, bad); !errors.Is(err, content.ErrInvalidName) {
 		t.Errorf("SaveResolution(hostile) = %v", err)
 	}
 	// A record holding another image's data (copied by hand) is refused.
@@ -234,77 +235,12 @@ func mustRecordPath(t *testing.T, s *Store, spec image.Spec) string {
 	return p
 }
 
-func TestCheckFree(t *testing.T) {
-	s := newStore(t)
-	avail, total, err := diskSpace(s.Root())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tests := []struct {
-		name          string
-		minFree       int64
-		need          int64
-		wantErr       bool
-		wantPermanent bool // more than the file system holds: freeing space cannot help
-	}{
-		{"small", 0, 1, false, false},
-		{"zero", 0, 0, false, false},
-		{"more than the file system", 0, total + 1, true, true},
-		{"reserve larger than the file system", total + 1, 1, true, true},
-		{"need plus reserve exceed the file system", total / 2, total/2 + 1<<20, true, true},
-		// Between what is free and what the file system holds: space may be
-		// freed. (A margin of a GiB on each side keeps other writers on this
-		// file system from changing the answer.)
-		{"more than is free", 0, avail + (total-avail)/2, true, false},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			if tc.wantErr && !tc.wantPermanent && (tc.need-avail < 1<<30 || total-tc.need < 1<<30) {
-				t.Skipf("file system too full or too empty (%d of %d bytes free) to tell", avail, total)
-			}
-			st, err := Open(s.Root(), WithMinFree(tc.minFree))
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = st.CheckFree("", tc.need)
-			if !tc.wantErr {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			var se *SpaceError
-			if !errors.Is(err, ErrInsufficientSpace) || !errors.As(err, &se) {
-				t.Fatalf("CheckFree = %v, want *SpaceError", err)
-			}
-			msg := err.Error()
-			for _, want := range []string{s.Root(), HumanSize(tc.need), "available"} {
-				if !strings.Contains(msg, want) {
-					t.Errorf("message %q lacks %q", msg, want)
-				}
-			}
-			if se.Available <= 0 || se.Need != tc.need || se.Total != total {
-				t.Errorf("SpaceError %+v", se)
-			}
-			if se.Permanent() != tc.wantPermanent {
-				t.Errorf("Permanent() = %v, want %v (%v)", se.Permanent(), tc.wantPermanent, err)
-			}
-			if tc.wantPermanent && !strings.Contains(msg, "whole") {
-				t.Errorf("message %q does not say the file system is too small", msg)
-			}
-		})
-	}
-	if err := s.CheckFree(filepath.Join(s.Root(), "no", "such"), 1); err == nil || errors.Is(err, ErrInsufficientSpace) {
-		t.Errorf("CheckFree(missing dir) = %v, want a plain error", err)
-	}
-}
-
 func TestHumanSize(t *testing.T) {
 	for _, tc := range []struct {
 		n    int64
 		want string
 	}{{0, "0 B"}, {1023, "1023 B"}, {1024, "1.0 KiB"}, {1536 << 20, "1.5 GiB"}, {5 << 40, "5.0 TiB"}} {
-		if got := HumanSize(tc.n); got != tc.want {
+		if got := content.HumanSize(tc.n); got != tc.want {
 			t.Errorf("HumanSize(%d) = %q, want %q", tc.n, got, tc.want)
 		}
 	}
@@ -312,16 +248,16 @@ func TestHumanSize(t *testing.T) {
 
 func TestDefaultRoot(t *testing.T) {
 	dir := t.TempDir()
-	t.Setenv(EnvCacheDir, dir)
-	if got, err := DefaultRoot(); err != nil || got != dir {
-		t.Errorf("DefaultRoot with %s set = %q, %v", EnvCacheDir, got, err)
+	t.Setenv(content.EnvCacheDir, dir)
+	if got, err := content.DefaultRoot(); err != nil || got != dir {
+		t.Errorf("DefaultRoot with %s set = %q, %v", content.EnvCacheDir, got, err)
 	}
 	if runtime.GOOS != "linux" {
 		return // os.UserCacheDir reads XDG_CACHE_HOME on Linux only
 	}
-	t.Setenv(EnvCacheDir, "")
+	t.Setenv(content.EnvCacheDir, "")
 	t.Setenv("XDG_CACHE_HOME", dir)
-	if got, err := DefaultRoot(); err != nil || got != filepath.Join(dir, "vmprep") {
+	if got, err := content.DefaultRoot(); err != nil || got != filepath.Join(dir, "vmprep") {
 		t.Errorf("DefaultRoot = %q, %v; want under XDG_CACHE_HOME", got, err)
 	}
 }
@@ -334,27 +270,27 @@ func TestPublishRefusesSymlinkedDirs(t *testing.T) {
 	tests := []struct {
 		name    string
 		planted string // relative to the root; made a symlink to a directory outside
-		publish func(s *Store, b BlobInfo) error
+		publish func(s *Store, b content.BlobInfo) error
 	}{
-		{"images distro", "images/ubuntu", func(s *Store, b BlobInfo) error {
+		{"images distro", "images/ubuntu", func(s *Store, b content.BlobInfo) error {
 			_, err := s.LinkImage(t.Context(), noble, LinkKernel, b.Path)
 			return err
 		}},
-		{"images version", "images/ubuntu/24.04", func(s *Store, b BlobInfo) error {
+		{"images version", "images/ubuntu/24.04", func(s *Store, b content.BlobInfo) error {
 			_, err := s.LinkImage(t.Context(), noble, LinkKernel, b.Path)
 			return err
 		}},
-		{"images arch", "images/ubuntu/24.04/amd64", func(s *Store, b BlobInfo) error {
+		{"images arch", "images/ubuntu/24.04/amd64", func(s *Store, b content.BlobInfo) error {
 			_, err := s.LinkImage(t.Context(), noble, LinkKernel, b.Path)
 			return err
 		}},
-		{"records distro", "records/ubuntu", func(s *Store, b BlobInfo) error {
+		{"records distro", "records/ubuntu", func(s *Store, b content.BlobInfo) error {
 			return s.SaveResolution(ctx, catalog.Resolution{Spec: noble, Roots: &testRoots})
 		}},
-		{"records version", "records/ubuntu/24.04", func(s *Store, b BlobInfo) error {
+		{"records version", "records/ubuntu/24.04", func(s *Store, b content.BlobInfo) error {
 			return s.SaveResolution(ctx, catalog.Resolution{Spec: noble, Roots: &testRoots})
 		}},
-		{"images itself", "images", func(s *Store, b BlobInfo) error {
+		{"images itself", "images", func(s *Store, b content.BlobInfo) error {
 			_, err := s.LinkImage(t.Context(), noble, LinkKernel, b.Path)
 			return err
 		}},
@@ -362,7 +298,7 @@ func TestPublishRefusesSymlinkedDirs(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStore(t)
-			b := commit(t, s, content("A", 100))
+			b := commit(t, s, fill("A", 100))
 			outside := t.TempDir()
 			p := filepath.Join(s.Root(), tc.planted)
 			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -375,7 +311,7 @@ func TestPublishRefusesSymlinkedDirs(t *testing.T) {
 				t.Fatal(err)
 			}
 			err := tc.publish(s, b)
-			if !errors.Is(err, ErrInvalidName) {
+			if !errors.Is(err, content.ErrInvalidName) {
 				t.Errorf("publish through %s = %v, want ErrInvalidName", tc.planted, err)
 			}
 			// Said in words: a file mode string ("L---------") is unreadable.

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/vmprep/vmprep/internal/content"
 )
 
 // TestGCDoesNotRaceWithLinkImage runs LinkImage while GC is between its scan
@@ -16,7 +18,7 @@ import (
 // target is gone, so that the caller fetches it again.
 func TestGCDoesNotRaceWithLinkImage(t *testing.T) {
 	s := newStore(t)
-	b := commit(t, s, content("old, unreferenced", 5000))
+	b := commit(t, s, fill("old, unreferenced", 5000))
 	dir, _ := s.ImageDir(noble)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -39,7 +41,7 @@ func TestGCDoesNotRaceWithLinkImage(t *testing.T) {
 		case <-time.After(300 * time.Millisecond):
 		}
 	}
-	if _, err := s.GC(context.Background(), GCOptions{MinAge: -1}); err != nil {
+	if _, err := s.GC(context.Background(), content.GCOptions{MinAge: -1}); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-linked; err == nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 )
@@ -23,7 +24,7 @@ func TestRecordsAreBoundToTrustRoots(t *testing.T) {
 	build := noble
 	build.Serial = "20260926"
 	r := catalog.Resolution{Spec: build, BootMode: catalog.BootKernel, Roots: &testRoots, ResolvedAt: time.Now().UTC(),
-		Assets: []image.Asset{{Role: image.RoleDisk, Name: "d.img", Digest: sha256Of(content("a", 10))}}}
+		Assets: []image.Asset{{Role: image.RoleDisk, Name: "d.img", Digest: sha256Of(fill("a", 10))}}}
 	if err := s.SaveResolution(ctx, r); err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +65,7 @@ func TestRecordsAreBoundToTrustRoots(t *testing.T) {
 	}
 	// A mark is per roots: the far-future serial verified under the first
 	// roots makes no build of the others a rollback.
-	if m, err := s.NewestSerial(ctx, noble, otherRoots); !errors.Is(err, ErrNotFound) {
+	if m, err := s.NewestSerial(ctx, noble, otherRoots); !errors.Is(err, content.ErrNotFound) {
 		t.Errorf("NewestSerial under other roots = %+v, %v; want ErrNotFound", m, err)
 	}
 	if m, err := s.RaiseNewestSerial(ctx, noble, otherRoots, "20260101", time.Now()); err != nil || m.Serial != "20260101" {

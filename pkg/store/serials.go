@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/atomicfile"
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 )
@@ -63,7 +64,7 @@ func serialDir(spec image.Spec, roots catalog.TrustRoots) ([]string, error) {
 
 func checkSerial(serial string) error {
 	if err := image.CheckSerial(serial); err != nil {
-		return fmt.Errorf("store: %w: %w", ErrInvalidName, err)
+		return fmt.Errorf("store: %w: %w", content.ErrInvalidName, err)
 	}
 	return nil
 }
@@ -97,7 +98,7 @@ func (s *Store) SaveSerialResolution(ctx context.Context, r catalog.Resolution) 
 	if err != nil {
 		return fmt.Errorf("store: record %s: %w", path, err)
 	}
-	if _, err := s.mkdirInRoot(dir...); err != nil {
+	if _, err := s.MkdirInRoot(dir...); err != nil {
 		return fmt.Errorf("store: record %s: %w", path, err)
 	}
 	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o644); err != nil {
@@ -108,7 +109,7 @@ func (s *Store) SaveSerialResolution(ctx context.Context, r catalog.Resolution) 
 
 // LoadSerialResolution returns the recorded resolution of the build
 // spec.Serial names, resolved under roots; a *OtherRootsError
-// (ErrOtherRoots) when only other roots recorded it; or ErrNotFound.
+// (ErrOtherRoots) when only other roots recorded it; or content.ErrNotFound.
 func (s *Store) LoadSerialResolution(ctx context.Context, spec image.Spec, roots catalog.TrustRoots) (catalog.Resolution, error) {
 	if err := ctx.Err(); err != nil {
 		return catalog.Resolution{}, err
@@ -118,7 +119,7 @@ func (s *Store) LoadSerialResolution(ctx context.Context, spec image.Spec, roots
 		return catalog.Resolution{}, err
 	}
 	r, err := s.readSerialRecord(path, spec)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, content.ErrNotFound) {
 		if other, ok := s.otherRootsSerial(spec, roots); ok {
 			return catalog.Resolution{}, &OtherRootsError{Spec: spec, Recorded: other.Roots, Now: roots}
 		}
@@ -155,7 +156,7 @@ func (s *Store) otherRootsSerial(spec image.Spec, roots catalog.TrustRoots) (cat
 		return catalog.Resolution{}, false
 	}
 	for _, de := range ents {
-		if !de.IsDir() || de.Name() == roots.ID() || validComponent("roots", de.Name()) != nil {
+		if !de.IsDir() || de.Name() == roots.ID() || content.ValidComponent("roots", de.Name()) != nil {
 			continue
 		}
 		if r, err := s.readSerialRecord(s.path(append(dir, de.Name(), spec.Serial+".json")...), spec); err == nil {
@@ -194,7 +195,7 @@ func (s *Store) RecordedSerials(ctx context.Context, spec image.Spec, roots cata
 }
 
 // NewestSerial returns the newest serial verified for spec's image under
-// roots, or ErrNotFound before the first.
+// roots, or content.ErrNotFound before the first.
 func (s *Store) NewestSerial(ctx context.Context, spec image.Spec, roots catalog.TrustRoots) (SerialMark, error) {
 	if err := ctx.Err(); err != nil {
 		return SerialMark{}, err
@@ -207,9 +208,9 @@ func (s *Store) NewestSerial(ctx context.Context, spec image.Spec, roots catalog
 }
 
 func (s *Store) readMark(path string) (SerialMark, error) {
-	b, err := readCapped(path, 4<<10)
+	b, err := content.ReadCapped(path, 4<<10)
 	if notExist(err) {
-		return SerialMark{}, fmt.Errorf("store: serial mark %s: %w", path, ErrNotFound)
+		return SerialMark{}, fmt.Errorf("store: serial mark %s: %w", path, content.ErrNotFound)
 	}
 	if err != nil {
 		return SerialMark{}, fmt.Errorf("store: serial mark: %w", err)
@@ -237,7 +238,7 @@ func (s *Store) RaiseNewestSerial(ctx context.Context, spec image.Spec, roots ca
 	if err := checkSerial(serial); err != nil {
 		return SerialMark{}, err
 	}
-	unlock, _, err := s.lock(ctx, lockUser, strings.Join(append([]string{"serial-mark"}, dir[1:]...), "@"), false)
+	unlock, err := s.Lock(ctx, strings.Join(append([]string{"serial-mark"}, dir[1:]...), "@"))
 	if err != nil {
 		return SerialMark{}, fmt.Errorf("store: serial mark: %w", err)
 	}
@@ -247,17 +248,17 @@ func (s *Store) RaiseNewestSerial(ctx context.Context, spec image.Spec, roots ca
 	switch {
 	case err == nil && image.CompareNatural(cur.Serial, serial) >= 0:
 		return cur, nil
-	case err != nil && !errors.Is(err, ErrNotFound):
+	case err != nil && !errors.Is(err, content.ErrNotFound):
 		// A damaged mark is replaced: losing it only weakens the rollback
 		// check until this write, while keeping it would fail every request.
-		s.log.Warn("store: replacing an unreadable serial mark", "path", path, "err", err)
+		s.Logger().Warn("store: replacing an unreadable serial mark", "path", path, "err", err)
 	}
 	m := SerialMark{Serial: serial, VerifiedAt: at.UTC()}
 	b, err := json.Marshal(m)
 	if err != nil {
 		return SerialMark{}, err
 	}
-	if _, err := s.mkdirInRoot(dir...); err != nil {
+	if _, err := s.MkdirInRoot(dir...); err != nil {
 		return SerialMark{}, fmt.Errorf("store: serial mark %s: %w", path, err)
 	}
 	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o644); err != nil {
@@ -289,10 +290,10 @@ func (s *Store) SetViewSerial(spec image.Spec) error {
 	if err := checkSerial(spec.Serial); err != nil {
 		return err
 	}
-	if b, err := readCapped(path, 128); err == nil && string(b) == spec.Serial+"\n" {
+	if b, err := content.ReadCapped(path, 128); err == nil && string(b) == spec.Serial+"\n" {
 		return nil // already names it: a warm request writes nothing
 	}
-	if _, err := s.mkdirInRoot(dir...); err != nil {
+	if _, err := s.MkdirInRoot(dir...); err != nil {
 		return fmt.Errorf("store: view serial %s: %w", path, err)
 	}
 	if err := atomicfile.WriteFile(path, []byte(spec.Serial+"\n"), 0o444); err != nil {
@@ -328,10 +329,10 @@ func (s *Store) SetViewRoots(spec image.Spec, roots *catalog.TrustRoots) error {
 		return fmt.Errorf("store: view roots: %w", err)
 	}
 	b = append(b, '\n')
-	if cur, err := readCapped(path, 64<<10); err == nil && string(cur) == string(b) {
+	if cur, err := content.ReadCapped(path, 64<<10); err == nil && string(cur) == string(b) {
 		return nil // already names them: a warm request writes nothing
 	}
-	if _, err := s.mkdirInRoot(dir...); err != nil {
+	if _, err := s.MkdirInRoot(dir...); err != nil {
 		return fmt.Errorf("store: view roots %s: %w", path, err)
 	}
 	if err := atomicfile.WriteFile(path, b, 0o444); err != nil {
@@ -345,7 +346,7 @@ func (s *Store) SetViewRoots(spec image.Spec, roots *catalog.TrustRoots) error {
 // whatever trust roots it was resolved under.
 func (s *Store) RecordedImages(ctx context.Context, distro string) ([]image.Spec, error) {
 	d := strings.ToLower(distro)
-	if err := validComponent("distro", d); err != nil {
+	if err := content.ValidComponent("distro", d); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	versions, err := os.ReadDir(s.path(dirRecords, d))
@@ -360,7 +361,7 @@ func (s *Store) RecordedImages(ctx context.Context, distro string) ([]image.Spec
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		if !v.IsDir() || validComponent("version", v.Name()) != nil {
+		if !v.IsDir() || content.ValidComponent("version", v.Name()) != nil {
 			continue
 		}
 		arches, err := os.ReadDir(s.path(dirRecords, d, v.Name()))
@@ -369,7 +370,7 @@ func (s *Store) RecordedImages(ctx context.Context, distro string) ([]image.Spec
 		}
 		for _, a := range arches {
 			arch, ok := strings.CutSuffix(a.Name(), ".json")
-			if !ok || !a.Type().IsRegular() || atomicfile.IsTemp(a.Name()) || validComponent("arch", arch) != nil {
+			if !ok || !a.Type().IsRegular() || atomicfile.IsTemp(a.Name()) || content.ValidComponent("arch", arch) != nil {
 				continue
 			}
 			spec := image.Spec{Distro: d, Version: v.Name(), Arch: image.Arch(arch)}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 )
@@ -22,7 +23,7 @@ func TestSerialRecords(t *testing.T) {
 	build := func(serial string) catalog.Resolution {
 		spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64, Serial: serial}
 		return catalog.Resolution{Spec: spec, BootMode: catalog.BootKernel, ResolvedAt: time.Date(2026, 9, 27, 0, 0, 0, 0, time.UTC), Roots: &testRoots,
-			Assets: []image.Asset{{Role: image.RoleDisk, Name: "d.img", Digest: sha256Of(content(serial, 10))}}}
+			Assets: []image.Asset{{Role: image.RoleDisk, Name: "d.img", Digest: sha256Of(fill(serial, 10))}}}
 	}
 	for _, serial := range []string{"20260926.2", "20260901", "20260926.10"} {
 		if err := s.SaveSerialResolution(ctx, build(serial)); err != nil {
@@ -36,7 +37,7 @@ func TestSerialRecords(t *testing.T) {
 		}
 	}
 	missing := build("20250101").Spec
-	if _, err := s.LoadSerialResolution(ctx, missing, testRoots); !errors.Is(err, ErrNotFound) {
+	if _, err := s.LoadSerialResolution(ctx, missing, testRoots); !errors.Is(err, content.ErrNotFound) {
 		t.Errorf("missing build: %v", err)
 	}
 	// Debris and temporaries are not serials.
@@ -63,10 +64,10 @@ func TestSerialRecords(t *testing.T) {
 	for _, bad := range []string{"", "../x", "a/b", ".hidden", "x\x00"} {
 		spec := build("x").Spec
 		spec.Serial = bad
-		if err := s.SaveSerialResolution(ctx, catalog.Resolution{Spec: spec, Roots: &testRoots}); !errors.Is(err, ErrInvalidName) {
+		if err := s.SaveSerialResolution(ctx, catalog.Resolution{Spec: spec, Roots: &testRoots}); !errors.Is(err, content.ErrInvalidName) {
 			t.Errorf("SaveSerialResolution(serial %q) = %v, want ErrInvalidName", bad, err)
 		}
-		if _, err := s.RaiseNewestSerial(ctx, noble, testRoots, bad, time.Now()); !errors.Is(err, ErrInvalidName) {
+		if _, err := s.RaiseNewestSerial(ctx, noble, testRoots, bad, time.Now()); !errors.Is(err, content.ErrInvalidName) {
 			t.Errorf("RaiseNewestSerial(%q) = %v, want ErrInvalidName", bad, err)
 		}
 	}
@@ -75,7 +76,7 @@ func TestSerialRecords(t *testing.T) {
 func TestNewestSerialOnlyMovesForward(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
-	if _, err := s.NewestSerial(ctx, noble, testRoots); !errors.Is(err, ErrNotFound) {
+	if _, err := s.NewestSerial(ctx, noble, testRoots); !errors.Is(err, content.ErrNotFound) {
 		t.Fatalf("before any: %v", err)
 	}
 	day := time.Date(2026, 9, 27, 0, 0, 0, 0, time.UTC)
@@ -100,7 +101,7 @@ func TestNewestSerialOnlyMovesForward(t *testing.T) {
 	if err := os.WriteFile(p, []byte("{garbage"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.NewestSerial(ctx, noble, testRoots); err == nil || errors.Is(err, ErrNotFound) {
+	if _, err := s.NewestSerial(ctx, noble, testRoots); err == nil || errors.Is(err, content.ErrNotFound) {
 		t.Fatalf("damaged mark: %v", err)
 	}
 	if m, err := s.RaiseNewestSerial(ctx, noble, testRoots, "20261001", day); err != nil || m.Serial != "20261001" {
@@ -113,7 +114,7 @@ func TestNewestSerialOnlyMovesForward(t *testing.T) {
 func TestNewestSerialConcurrent(t *testing.T) {
 	ctx := context.Background()
 	a := newStore(t)
-	b, err := Open(a.Root(), WithLockPoll(time.Millisecond))
+	b, err := Open(a.Root(), content.WithLockPoll(time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}

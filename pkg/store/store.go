@@ -1,83 +1,41 @@
-// Package store is vmprep's local content store: downloaded assets are
-// ingested, verified and committed under their SHA-256, artifacts derived from
-// them (a raw disk converted from a qcow2) are kept beside them, and a
-// user-facing images/ tree of symlinks plus a record of every verified
-// resolution make a warm request cheap and possible offline.
+// Package store is the image/records layer over the content store
+// (internal/content): a user-facing images/ tree of symlinks into the
+// content, and a record of every verified resolution, per image and per
+// build, that make a warm request cheap and possible offline. It also
+// records uses of stored files from outside (clones), and tells the content
+// store's List and GC what all of these keep alive (References).
 //
-// Layout under the root:
+// Layout under the root, beside the content store's (see internal/content):
 //
-//	blobs/sha256/<hex>        committed, verified blobs (0444)
-//	index/sha512/<hex>        alias: the SHA-256 hex of the blob with that SHA-512
-//	ingest/<alg>-<hex>[.meta] partial downloads (written by the download engine)
-//	derived/<alg>-<hex>_<converter>_<format>   derived artifacts
-//	stamps/{blobs,derived}/…  stat stamps recorded at commit (the fast path)
 //	images/<distro>/<version>/<arch>/<name>    relative symlinks into blobs/ or derived/
 //	records/<distro>/<version>/<arch>.json     verified catalog.Resolution
 //	serials/<distro>/<version>/<arch>/…        per-build records and the newest serial (serials.go)
 //	uses/<kind>-<hash>.json    uses from outside the store (clones) that keep a file (uses.go)
-//	quarantine/               files that failed verification, with a .note.json
-//	locks/                    flock files; never hold one across processes by other means
 //
-// Several processes may share one root. Everything published is written to a
-// temporary name in its destination directory (".<name>.tmp-*"), fsynced,
-// renamed and the directory fsynced, so a crash leaves the old state or the
-// new one plus at worst a stale temporary that GC removes.
-//
-// Fetching an asset with expected digest d:
-//
-//	if info, err := s.Lookup(ctx, d); err == nil { use(info) }  // warm: stat + stamp, no hashing
-//	unlock, err := s.Lock(ctx, d.String())                       // one downloader per digest
-//	defer unlock()
-//	if info, err := s.Lookup(ctx, d); err == nil { use(info) }   // someone else fetched it
-//	download into s.IngestPath(d) (resumable; sidecar IngestPath(d)+".meta")
-//	info, err := s.Commit(ctx, s.IngestPath(d), d, size)        // verify, publish, or quarantine
-//
-// Deriving: PutDerived(ctx, DerivedKey{Source: info.SHA256, Converter, Format},
-// produce). Publishing: LinkImage for each file and SaveResolution for the
-// resolution. GC keeps blobs that records or image links name, derived files
-// that image links name, and anything younger than GCOptions.MinAge.
-//
-// GC and writers: Commit, PutDerived and LinkImage hold the GC lock shared,
-// GC holds it exclusively, so GC never sees half a publication. A path that
-// Lookup or Derived returned is not protected, though: an unreferenced file
-// older than MinAge may be collected before the caller links it, in which
-// case LinkImage fails with fs.ErrNotExist and the caller fetches again.
+// Publishing: the content store's Commit and PutDerived, then LinkImage for
+// each file and SaveResolution for the resolution. GC keeps blobs that
+// records or image links name, derived files that image links name, files
+// live uses pin, and anything younger than content.GCOptions.MinAge.
+// LinkImage and RecordUse hold the content store's publish lock shared, so
+// GC never sees half a publication.
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
-	"time"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 )
 
-// Sentinel errors; test with errors.Is.
-var (
-	// ErrNotFound: the blob, derived artifact or record is not in the store.
-	ErrNotFound = errors.New("not found in store")
-	// ErrQuarantined: a stored file no longer matched its digest and was moved to quarantine/.
-	ErrQuarantined = errors.New("quarantined")
-	// ErrDigestMismatch: content did not match the expected digest (see *MismatchError).
-	ErrDigestMismatch = errors.New("digest mismatch")
-	// ErrSizeMismatch: content did not have the expected size (see *MismatchError).
-	ErrSizeMismatch = errors.New("size mismatch")
-	// ErrInsufficientSpace: a file system lacks room (see *SpaceError).
-	ErrInsufficientSpace = errors.New("insufficient disk space")
-	// ErrInvalidName: a name would escape the store root or is otherwise
-	// unusable (a planted symlink where a directory belongs, say). It is
-	// permanent: the same name fails the same way until someone intervenes.
-	ErrInvalidName error = permanentSentinel("invalid name")
-	// ErrOtherRoots: a record exists but was resolved under other trust
-	// roots (see *OtherRootsError); it answers no request under these.
-	ErrOtherRoots = errors.New("resolved under other trust roots")
-)
+// ErrOtherRoots: a record exists but was resolved under other trust roots
+// (see *OtherRootsError); it answers no request under these.
+var ErrOtherRoots = errors.New("resolved under other trust roots")
 
 // OtherRootsError is a stored resolution of Spec that was resolved under
 // other trust roots (keyring, catalog entry, mirror) than the caller's.
@@ -100,181 +58,69 @@ func (e *OtherRootsError) Error() string {
 // Unwrap makes errors.Is(err, ErrOtherRoots) hold.
 func (e *OtherRootsError) Unwrap() error { return ErrOtherRoots }
 
-// QuarantinedError is a stored file that stopped matching its digest and was
-// moved out of the way (or deleted, when it could not be moved): it is no
-// longer in the store, so it matches ErrNotFound as well as ErrQuarantined,
-// and the next request fetches or derives it again.
-type QuarantinedError struct {
-	// What names the file: "blob sha256:…" or "derived <name>".
-	What string
-	// Reason says what was wrong with it.
-	Reason string
-	// To is where it was moved; empty when it had to be deleted.
-	To string
-}
-
-func (e *QuarantinedError) Error() string {
-	if e.To == "" {
-		return "store: " + e.What + ": " + e.Reason + "; removed (it will be fetched or derived again)"
-	}
-	return "store: " + e.What + ": " + e.Reason + "; moved to " + e.To + " (it will be fetched or derived again)"
-}
-
-// Is makes errors.Is(err, ErrQuarantined) and errors.Is(err, ErrNotFound) hold.
-func (e *QuarantinedError) Is(target error) bool {
-	return target == ErrQuarantined || target == ErrNotFound
-}
-
-// permanentSentinel is a sentinel error that says, like the store's error
-// types, that it cannot pass with time.
-type permanentSentinel string
-
-func (e permanentSentinel) Error() string { return string(e) }
-
-// Permanent reports that the error cannot pass with time.
-func (permanentSentinel) Permanent() bool { return true }
-
-// EnvCacheDir names the environment variable that overrides DefaultRoot.
-const EnvCacheDir = "VMPREP_CACHE_DIR"
-
-// Directory names under the root.
+// Directory names under the root (the content store has its own).
 const (
-	dirBlobs      = "blobs"
-	dirIndex      = "index"
-	dirIngest     = "ingest"
-	dirDerived    = "derived"
-	dirStamps     = "stamps"
-	dirImages     = "images"
-	dirRecords    = "records"
-	dirSerials    = "serials"
-	dirQuarantine = "quarantine"
-	dirLocks      = "locks"
+	dirImages  = "images"
+	dirRecords = "records"
+	dirSerials = "serials"
 )
 
-// DefaultRoot is the store root used when none is given: $VMPREP_CACHE_DIR if
-// set, else <os.UserCacheDir()>/vmprep. The result is absolute.
-func DefaultRoot() (string, error) {
-	if d := os.Getenv(EnvCacheDir); d != "" {
-		abs, err := filepath.Abs(d)
-		if err != nil {
-			return "", fmt.Errorf("store: %s=%q: %w", EnvCacheDir, d, err)
-		}
-		return abs, nil
-	}
-	base, err := os.UserCacheDir()
-	if err != nil {
-		return "", fmt.Errorf("store: no cache directory (set %s): %w", EnvCacheDir, err)
-	}
-	return filepath.Join(base, "vmprep"), nil
-}
-
-// Store is a content store rooted at one directory. It is safe for concurrent
-// use by many goroutines, and by many processes sharing the same root.
+// Store is the image/records layer over a content store rooted at the same
+// directory; the content store's methods (Lookup, Commit, PutDerived, Lock,
+// Verify …) are its own. It is safe for concurrent use by many goroutines,
+// and by many processes sharing the same root.
 type Store struct {
-	root     string
-	log      *slog.Logger
-	minFree  int64
-	lockPoll time.Duration
-	locks    lockTable
+	*content.Store
 
-	// hashedBytes counts bytes read for hashing; tests use it to prove the
-	// fast path reads nothing.
-	hashedBytes atomic.Int64
 	// gcAfterScan, if set (tests only), runs between GC's scan and its removals.
 	gcAfterScan func()
-	// crashPoint, if set (tests only), is called at named steps of Commit and
-	// PutDerived; crash tests kill the process there.
-	crashPoint func(step string)
-}
-
-// Option configures a Store.
-type Option func(*Store)
-
-// WithLogger sets the logger (default: discard).
-func WithLogger(l *slog.Logger) Option {
-	return func(s *Store) {
-		if l != nil {
-			s.log = l
-		}
-	}
-}
-
-// WithMinFree sets a reserve that CheckFree keeps free on top of what is
-// asked for (default 0).
-func WithMinFree(bytes int64) Option {
-	return func(s *Store) {
-		if bytes > 0 {
-			s.minFree = bytes
-		}
-	}
-}
-
-// WithLockPoll sets the longest interval between attempts to take a lock held
-// by another process (default 100ms; waits start at 2ms and double).
-func WithLockPoll(d time.Duration) Option {
-	return func(s *Store) {
-		if d > 0 {
-			s.lockPoll = d
-		}
-	}
 }
 
 // Open opens the store at root, creating its layout if needed.
-func Open(root string, opts ...Option) (*Store, error) {
-	if root == "" {
-		return nil, fmt.Errorf("store: open: empty root")
-	}
-	abs, err := filepath.Abs(root)
+func Open(root string, opts ...content.Option) (*Store, error) {
+	cs, err := content.Open(root, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("store: open %q: %w", root, err)
+		return nil, err
 	}
-	s := &Store{
-		root:     abs,
-		log:      slog.New(slog.DiscardHandler),
-		lockPoll: 100 * time.Millisecond,
-		locks:    lockTable{m: map[string]*lockSlot{}},
-	}
-	for _, o := range opts {
-		o(s)
-	}
-	dirs := []string{
-		filepath.Join(dirBlobs, "sha256"),
-		filepath.Join(dirIndex, "sha512"),
-		dirIngest,
-		dirDerived,
-		filepath.Join(dirStamps, "blobs"),
-		filepath.Join(dirStamps, "derived"),
-		dirImages,
-		dirRecords,
-		dirSerials,
-		dirUses,
-		dirQuarantine,
-		filepath.Join(dirLocks, lockUser),
-		filepath.Join(dirLocks, lockBlob),
-		filepath.Join(dirLocks, lockDerived),
-	}
-	if err := os.MkdirAll(abs, 0o755); err != nil {
-		return nil, fmt.Errorf("store: open %s: %w", abs, err)
-	}
-	// The root may be a symlink; the layout inside it may not, or a planted
-	// link (locks -> /etc) would make the store create files elsewhere.
-	for _, d := range dirs {
-		if _, err := s.mkdirInRoot(strings.Split(d, string(filepath.Separator))...); err != nil {
-			return nil, fmt.Errorf("store: open %s: %w", abs, err)
+	s := &Store{Store: cs}
+	// The layout inside the root may not be a symlink (see MkdirInRoot).
+	for _, d := range []string{dirImages, dirRecords, dirSerials, dirUses} {
+		if _, err := s.MkdirInRoot(d); err != nil {
+			return nil, fmt.Errorf("store: open %s: %w", s.Root(), err)
 		}
 	}
 	return s, nil
 }
 
-// Root returns the absolute store root.
-func (s *Store) Root() string { return s.root }
-
-func (s *Store) step(name string) {
-	if s.crashPoint != nil {
-		s.crashPoint(name)
-	}
-}
-
 func (s *Store) path(elem ...string) string {
-	return filepath.Join(append([]string{s.root}, elem...)...)
+	return filepath.Join(append([]string{s.Root()}, elem...)...)
 }
+
+// List returns every blob and derived file with its size and what refers to
+// it (image links, records, uses). It reads no content.
+func (s *Store) List(ctx context.Context) ([]content.Entry, error) {
+	return s.Store.List(ctx, s)
+}
+
+// GC removes blobs and derived files that no image link, record or live use
+// (a clone, see Use) references, the records of dead uses, dangling image
+// links, and what the content store's GC removes of its own (stale partial
+// downloads and temporaries, orphaned stamps and aliases).
+func (s *Store) GC(ctx context.Context, opts content.GCOptions) (content.GCReport, error) {
+	return s.Store.GC(ctx, opts, gcReferrer{s})
+}
+
+// gcReferrer is s as GC's Referrer, with the tests' hook after the scan.
+type gcReferrer struct{ s *Store }
+
+func (r gcReferrer) References(ctx context.Context, inv *content.Inventory) error {
+	if err := r.s.References(ctx, inv); err != nil {
+		return err
+	}
+	if r.s.gcAfterScan != nil {
+		r.s.gcAfterScan()
+	}
+	return nil
+}
+
+func notExist(err error) bool { return errors.Is(err, os.ErrNotExist) }

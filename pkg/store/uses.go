@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/atomicfile"
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/pkg/qcow2"
 )
 
@@ -82,7 +83,7 @@ func (s *Store) StoredFile(path string) (string, error) {
 	if real, err = filepath.Abs(real); err != nil {
 		return "", fmt.Errorf("store: %s: %w", path, err)
 	}
-	root, err := filepath.EvalSymlinks(s.root)
+	root, err := filepath.EvalSymlinks(s.Root())
 	if err != nil {
 		return "", fmt.Errorf("store: %w", err)
 	}
@@ -90,12 +91,12 @@ func (s *Store) StoredFile(path string) (string, error) {
 	if err == nil {
 		rel = filepath.ToSlash(rel)
 		dir, name := filepath.ToSlash(filepath.Dir(rel)), filepath.Base(rel)
-		_, derived := parseDerivedName(name)
-		if (dir == dirBlobs+"/sha256" && !atomicfile.IsTemp(name)) || (dir == dirDerived && derived) {
+		_, derived := content.ParseDerivedName(name)
+		if (dir == content.DirBlobs && !atomicfile.IsTemp(name)) || (dir == content.DirDerived && derived) {
 			return rel, nil
 		}
 	}
-	return "", fmt.Errorf("store: %s is not a disk in the cache %s (want a file under %s/ or %s/, or an images/ link to one)", path, s.root, dirBlobs, dirDerived)
+	return "", fmt.Errorf("store: %s is not a disk in the cache %s (want a file under %s/ or %s/, or an images/ link to one)", path, s.Root(), "blobs", content.DirDerived)
 }
 
 // RecordUse publishes u (Base relative to the root, Holder absolute; the
@@ -110,10 +111,10 @@ func (s *Store) RecordUse(ctx context.Context, u Use, produce func(u *Use) error
 	if !filepath.IsAbs(u.Holder) {
 		return fmt.Errorf("store: use of %s: holder %q is not an absolute path", u.Base, u.Holder)
 	}
-	if err := validComponent("use kind", u.Kind); err != nil {
+	if err := content.ValidComponent("use kind", u.Kind); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
-	unlock, err := s.gcShared(ctx)
+	unlock, err := s.PublishLock(ctx)
 	if err != nil {
 		return fmt.Errorf("store: use of %s: %w", u.Base, err)
 	}
@@ -127,13 +128,11 @@ func (s *Store) RecordUse(ctx context.Context, u Use, produce func(u *Use) error
 	if err != nil {
 		return fmt.Errorf("store: use of %s: %w", u.Base, err)
 	}
-	var st stamp
-	platformStamp(fi, &st)
-	u.Device, u.Inode = st.Device, st.Inode
+	u.Device, u.Inode = content.FileIdentity(fi)
 	if u.Created.IsZero() {
 		u.Created = time.Now().UTC()
 	}
-	dir, err := s.mkdirInRoot(dirUses)
+	dir, err := s.MkdirInRoot(dirUses)
 	if err != nil {
 		return fmt.Errorf("store: use of %s: %w", u.Base, err)
 	}
@@ -170,12 +169,12 @@ func (s *Store) Uses(ctx context.Context) ([]UseStatus, error) {
 			return nil
 		}
 		us := UseStatus{Record: p}
-		b, err := readCapped(p, 64<<10)
+		b, err := content.ReadCapped(p, 64<<10)
 		if err == nil {
 			err = json.Unmarshal(b, &us.Use)
 		}
 		if err != nil {
-			s.log.Warn("store: unreadable use record", "path", p, "err", err)
+			s.Logger().Warn("store: unreadable use record", "path", p, "err", err)
 			us.Why = fmt.Sprintf("unreadable record: %v", err)
 			us.Stale = true
 			out = append(out, us)
@@ -211,9 +210,7 @@ func (s *Store) useLive(u Use) (live, stale bool, why string) {
 	if _, err := os.Lstat(s.path(filepath.FromSlash(u.Base))); errors.Is(err, fs.ErrNotExist) {
 		return false, true, fmt.Sprintf("its base %s is gone", u.Base)
 	}
-	var st stamp
-	platformStamp(fi, &st)
-	if u.Inode != 0 && (st.Inode != u.Inode || st.Device != u.Device) {
+	if dev, ino := content.FileIdentity(fi); u.Inode != 0 && (ino != u.Inode || dev != u.Device) {
 		return false, true, fmt.Sprintf("%s is another file now", u.Holder)
 	}
 	if !u.Pins {
@@ -237,38 +234,31 @@ func (s *Store) useLive(u Use) (live, stale bool, why string) {
 	return true, false, ""
 }
 
-// UseRef is a live use as listed with a stored file.
-type UseRef struct {
-	Kind   string `json:"kind"`
-	Holder string `json:"holder"`
-	Method string `json:"method"`
-}
-
 // scanUses attaches live uses to the entries they keep, and notes the
 // records of dead ones for GC.
-func (s *Store) scanUses(ctx context.Context, inv *inventory) error {
+func (s *Store) scanUses(ctx context.Context, inv *content.Inventory) error {
 	uses, err := s.Uses(ctx)
 	if err != nil {
 		return err
 	}
 	for _, u := range uses {
 		if u.Stale {
-			inv.staleUses = append(inv.staleUses, u)
+			inv.Drop = append(inv.Drop, content.GCItem{Kind: "use", Path: u.Record, Reason: "stale use record: " + u.Why})
 			continue
 		}
 		if !u.Live {
 			continue
 		}
-		var e *Entry
+		var e *content.Entry
 		dir, name := filepath.ToSlash(filepath.Dir(u.Base)), filepath.Base(u.Base)
 		switch dir {
-		case dirBlobs + "/sha256":
-			e = inv.blobs[name]
-		case dirDerived:
-			e = inv.derived[name]
+		case content.DirBlobs:
+			e = inv.Blobs[name]
+		case content.DirDerived:
+			e = inv.Derived[name]
 		}
 		if e != nil {
-			e.Uses = append(e.Uses, UseRef{Kind: u.Kind, Holder: u.Holder, Method: u.Method})
+			e.Uses = append(e.Uses, content.UseRef{Kind: u.Kind, Holder: u.Holder, Method: u.Method})
 		}
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/clone"
 	"github.com/vmprep/vmprep/pkg/qcow2"
@@ -16,10 +17,10 @@ func TestGCKeepsBasesThatClonesUse(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
 	dir := t.TempDir()
-	b1 := commit(t, s, content("overlay base", 1<<16))
-	b2 := commit(t, s, content("reflink base", 1<<16))
-	b3 := commit(t, s, content("copied base", 1<<16))
-	b4 := commit(t, s, content("replaced holder's base", 1<<16))
+	b1 := commit(t, s, fill("overlay base", 1<<16))
+	b2 := commit(t, s, fill("reflink base", 1<<16))
+	b3 := commit(t, s, fill("copied base", 1<<16))
+	b4 := commit(t, s, fill("replaced holder's base", 1<<16))
 	rel := func(p string) string {
 		r, err := s.StoredFile(p)
 		if err != nil {
@@ -58,7 +59,7 @@ func TestGCKeepsBasesThatClonesUse(t *testing.T) {
 
 	gc := func() map[string]string {
 		t.Helper()
-		rep, err := s.GC(ctx, GCOptions{MinAge: -1})
+		rep, err := s.GC(ctx, content.GCOptions{MinAge: -1})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -69,12 +70,12 @@ func TestGCKeepsBasesThatClonesUse(t *testing.T) {
 		return got
 	}
 	removed := gc()
-	for _, b := range []BlobInfo{b1, b2} {
+	for _, b := range []content.BlobInfo{b1, b2} {
 		if _, ok := removed[b.Path]; ok || !exists(b.Path) {
 			t.Errorf("gc removed %s, which a live clone uses", b.Path)
 		}
 	}
-	for _, b := range []BlobInfo{b3, b4} {
+	for _, b := range []content.BlobInfo{b3, b4} {
 		if !strings.HasPrefix(removed[b.Path], "blob") || exists(b.Path) {
 			t.Errorf("gc kept %s (removed: %v), which no clone shares", b.Path, removed)
 		}
@@ -121,7 +122,7 @@ func TestGCKeepsBasesThatClonesUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	removed = gc()
-	for _, b := range []BlobInfo{b1, b2} {
+	for _, b := range []content.BlobInfo{b1, b2} {
 		if exists(b.Path) {
 			t.Errorf("gc kept %s after its clone went: removed %v", b.Path, removed)
 		}
@@ -157,7 +158,7 @@ func TestGCKeepsReflinkedBase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := commit(t, s, content("reflinked base", 4<<20))
+	b := commit(t, s, fill("reflinked base", 4<<20))
 	dest := filepath.Join(mnt, "vm.raw")
 	rel, err := s.StoredFile(b.Path)
 	if err != nil {
@@ -172,7 +173,7 @@ func TestGCKeepsReflinkedBase(t *testing.T) {
 	if err != nil || method != clone.MethodReflink {
 		t.Fatalf("clone on XFS: %s, %v", method, err)
 	}
-	if _, err := s.GC(ctx, GCOptions{MinAge: -1}); err != nil {
+	if _, err := s.GC(ctx, content.GCOptions{MinAge: -1}); err != nil {
 		t.Fatal(err)
 	}
 	if !exists(b.Path) {
@@ -181,7 +182,7 @@ func TestGCKeepsReflinkedBase(t *testing.T) {
 	if err := os.Remove(dest); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.GC(ctx, GCOptions{MinAge: -1}); err != nil {
+	if _, err := s.GC(ctx, content.GCOptions{MinAge: -1}); err != nil {
 		t.Fatal(err)
 	}
 	if exists(b.Path) {
