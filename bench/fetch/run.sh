@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetch + hash benchmark: curl vs pkg/download on a 1 GiB file served over
+# Fetch + hash benchmark: curl vs internal/download on a 1 GiB file served over
 # loopback by bench/fetch/serve (the same server for both).
 #
 #   bench/fetch/run.sh            # 5 runs of each

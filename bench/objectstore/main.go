@@ -1,7 +1,7 @@
 // Command objectstore measures one object-store transfer against a running
 // nats-server: a put or a get of one file, in MB/s, with this process's peak
 // RSS (the server runs as its own process). It drives either vmprep's
-// pkg/objectstore (-impl ours) or nats.go's own jetstream.ObjectStore
+// internal/objectstore (-impl ours) or nats.go's own jetstream.ObjectStore
 // (-impl natsgo) on the same bucket layout, so bench/objectstore/run.sh can
 // compare them in one run.
 //
@@ -28,8 +28,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vmprep/vmprep/internal/cluster"
+	"github.com/vmprep/vmprep/internal/objectstore"
 	"github.com/vmprep/vmprep/pkg/digest"
-	"github.com/vmprep/vmprep/pkg/objectstore"
 )
 
 type options struct {
@@ -43,7 +43,7 @@ func main() {
 	flag.StringVar(&o.url, "nats", nats.DefaultURL, "NATS server URL(s), comma-separated")
 	flag.StringVar(&o.file, "file", "", "file to put (and whose object to get)")
 	flag.StringVar(&o.bucket, "bucket", "bench", "object bucket")
-	flag.StringVar(&o.impl, "impl", "ours", "ours (pkg/objectstore) or natsgo (jetstream.ObjectStore)")
+	flag.StringVar(&o.impl, "impl", "ours", "ours (internal/objectstore) or natsgo (jetstream.ObjectStore)")
 	flag.StringVar(&o.mode, "mode", "put,get", "put, get, put,get, or delete (the bucket)")
 	flag.StringVar(&o.sum, "sha256", "", "the file's SHA-256 in hex (default: hash the file first, untimed)")
 	flag.IntVar(&o.replicas, "replicas", 1, "bucket replicas")
@@ -147,7 +147,7 @@ func fileDigest(path, sum string) (digest.Digest, int64, error) {
 	return digest.FromHash(digest.SHA256, h), st.Size(), nil
 }
 
-// ours drives pkg/objectstore: bounded put window, ordered-consumer get
+// ours drives internal/objectstore: bounded put window, ordered-consumer get
 // (which checks the writer's digest).
 func ours(ctx context.Context, js jetstream.JetStream, o options, d digest.Digest) (put, get func() (int64, error), err error) {
 	var opts []objectstore.Option

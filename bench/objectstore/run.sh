@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Object store put/get benchmark (issue 7): vmprep's pkg/objectstore against
+# Object store put/get benchmark (issue 7): vmprep's internal/objectstore against
 # nats.go's own jetstream.ObjectStore and against curl fetching the same file
 # from a plain HTTP server, on loopback, with a real nats-server built from
 # go.mod's version: one node (R1) and a three-node cluster on 127.0.0.1 (R3).

@@ -10,7 +10,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/vmprep/vmprep/pkg/qcow2"
+	"github.com/vmprep/vmprep/internal/qcow2"
 )
 
 func main() {

@@ -16,8 +16,8 @@ import (
 
 	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/pkg/digest"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 const cacheUsage = `usage: vmprep cache [--cache-dir D] COMMAND [flags]

@@ -13,11 +13,11 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/image"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // cacheFixture makes a real store with one blob used by an image and a

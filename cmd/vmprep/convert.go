@@ -9,7 +9,7 @@ import (
 	"os"
 
 	"github.com/vmprep/vmprep/internal/content"
-	"github.com/vmprep/vmprep/pkg/qcow2"
+	"github.com/vmprep/vmprep/internal/qcow2"
 )
 
 // runConvert implements `vmprep convert [-j N] SRC DST`.

@@ -15,7 +15,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/vmprep/vmprep/pkg/stage"
+	"github.com/vmprep/vmprep/internal/stage"
 
 	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/internal/ops"

@@ -12,21 +12,21 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/pkg/image"
-	"github.com/vmprep/vmprep/pkg/stage"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/objectstore"
+	"github.com/vmprep/vmprep/internal/place"
 	"github.com/vmprep/vmprep/internal/redact"
+	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/embedded"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/objectstore"
-	"github.com/vmprep/vmprep/pkg/place"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // defaultFormat is what the host's usual hypervisor boots: Apple

@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/cli"
+	"github.com/vmprep/vmprep/internal/objectstore"
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/objectstore"
 )
 
 // runSetup creates what a deployment's stages bind to: the streams, the

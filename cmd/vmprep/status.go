@@ -11,7 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/vmprep/vmprep/pkg/stage"
+	"github.com/vmprep/vmprep/internal/stage"
 
 	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/internal/content"

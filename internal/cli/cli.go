@@ -19,16 +19,16 @@ import (
 	"github.com/lmittmann/tint"
 
 	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/download"
+	"github.com/vmprep/vmprep/internal/objectstore"
 	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/internal/place"
+	"github.com/vmprep/vmprep/internal/resolve"
+	"github.com/vmprep/vmprep/internal/stage"
+	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/pkg/catalog"
-	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/objectstore"
-	"github.com/vmprep/vmprep/pkg/place"
-	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/signature"
-	"github.com/vmprep/vmprep/pkg/stage"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 func envOr(key, def string) string {

@@ -18,8 +18,8 @@ import (
 	"github.com/vmprep/vmprep/internal/metrics"
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/internal/place"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/place"
 )
 
 // StageMain is the whole main of a stage process: it runs RunStage until

@@ -15,10 +15,10 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/vmprep/vmprep/internal/cluster"
+	"github.com/vmprep/vmprep/internal/objectstore"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/objectstore"
 )
 
 // TestFetcherCannotRelayAResult: a compromised fetcher, with exactly its

@@ -25,11 +25,11 @@ import (
 	"github.com/vmprep/vmprep/internal/cli"
 	"github.com/vmprep/vmprep/internal/lease"
 	"github.com/vmprep/vmprep/internal/ops"
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // requireCompose returns the compose command (docker compose, or

@@ -5,12 +5,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/download"
+	"github.com/vmprep/vmprep/internal/resolve"
+	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
-	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/image"
-	"github.com/vmprep/vmprep/pkg/resolve"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // TestGoCallerWithoutNATS is what a Go program does with the domain packages

@@ -14,12 +14,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vmprep/vmprep/internal/cluster"
+	"github.com/vmprep/vmprep/internal/objectstore"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/objectstore"
 )
 
 // TestForgedDoneEvents runs deploy/nats as a three-node cluster and holds

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/metrics"
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // TestEndpoint serves the metrics and probes on a real loopback listener and

@@ -18,7 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/vmprep/vmprep/pkg/stage"
+	"github.com/vmprep/vmprep/internal/stage"
 )
 
 // BucketProcesses is the KV bucket (stream KV_VMPREP_PROCESSES) where every

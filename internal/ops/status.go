@@ -12,9 +12,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // ErrNoDeployment means the server has no vmprep streams.

@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/vmprep/vmprep/internal/objectstore"
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/objectstore"
-	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // errRefused marks a done event the collector will not take: it disagrees

@@ -9,14 +9,14 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vmprep/vmprep/internal/objectstore"
+	"github.com/vmprep/vmprep/internal/stage"
+	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/objectstore"
-	"github.com/vmprep/vmprep/pkg/stage"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 func testDigest(c string) digest.Digest {

@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"syscall"
 
-	"github.com/vmprep/vmprep/pkg/download"
+	"github.com/vmprep/vmprep/internal/download"
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // Class is what a handler's error means for the message it was handling.

@@ -15,16 +15,16 @@ import (
 	"testing"
 
 	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/download"
+	"github.com/vmprep/vmprep/internal/kernel"
+	"github.com/vmprep/vmprep/internal/qcow2"
+	"github.com/vmprep/vmprep/internal/resolve"
+	"github.com/vmprep/vmprep/internal/stage"
+	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
-	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/image"
-	"github.com/vmprep/vmprep/pkg/kernel"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/qcow2"
-	"github.com/vmprep/vmprep/pkg/resolve"
-	"github.com/vmprep/vmprep/pkg/stage"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // TestClassify: the one classification of handler errors, fed with errors

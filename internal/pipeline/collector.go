@@ -9,13 +9,13 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/place"
+	"github.com/vmprep/vmprep/internal/stage"
+	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/place"
-	"github.com/vmprep/vmprep/pkg/stage"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // CollectorStage joins a request's finished assets. The join is a

@@ -3,8 +3,8 @@ package pipeline
 import (
 	"fmt"
 
+	"github.com/vmprep/vmprep/internal/qcow2"
 	"github.com/vmprep/vmprep/pkg/image"
-	"github.com/vmprep/vmprep/pkg/qcow2"
 )
 
 // checkDeclaredFormat refuses a disk declared qcow2 whose bytes are not a

@@ -16,9 +16,9 @@ import (
 	"github.com/vmprep/vmprep/internal/natsembed"
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // A stage consumer changed behind setup's back (its filter rewritten, as a

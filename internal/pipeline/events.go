@@ -10,9 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // assetEvent encodes ev for subject with the deterministic id

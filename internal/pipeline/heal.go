@@ -8,11 +8,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/objectstore"
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/objectstore"
-	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // Defaults of the orphaned-chunk sweep (the verifier process runs it).

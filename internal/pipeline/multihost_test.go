@@ -15,14 +15,14 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vmprep/vmprep/internal/natsembed"
+	"github.com/vmprep/vmprep/internal/objectstore"
 	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/internal/place"
+	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/objectstore"
-	"github.com/vmprep/vmprep/pkg/place"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 const bucket = "vmprep"

@@ -13,8 +13,8 @@ import (
 
 	"github.com/vmprep/vmprep/internal/natsembed"
 	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // With least-privilege users the operator creates, the stages bind: a user

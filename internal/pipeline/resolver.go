@@ -10,15 +10,15 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/vmprep/vmprep/internal/resolve"
+	"github.com/vmprep/vmprep/internal/stage"
+	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/resolve"
-	"github.com/vmprep/vmprep/pkg/stage"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
-// Resolver resolves an image spec to its verified assets (pkg/resolve).
+// Resolver resolves an image spec to its verified assets (internal/resolve).
 type Resolver interface {
 	// Canonical validates spec against the catalog and spells it canonically
 	// (a codename becomes its version), so that both spellings are one image.

@@ -12,15 +12,15 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/internal/place"
+	"github.com/vmprep/vmprep/internal/resolve"
 	"github.com/vmprep/vmprep/internal/signtest"
+	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/place"
-	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/signature"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // mirrorRoots are the trust roots of spec under m's catalog (m's URL and key).

@@ -8,11 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // smallMirror publishes Ubuntu 24.04 amd64 builds with small files.

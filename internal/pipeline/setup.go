@@ -1,6 +1,6 @@
 // Package pipeline wires vmprep's domain packages (catalog/resolve, download,
 // store, objectstore, qcow2) into the stage handlers that run on JetStream
-// through pkg/stage: resolver → fetcher → verifier → [converter] → collector.
+// through internal/stage: resolver → fetcher → verifier → [converter] → collector.
 // It also declares the streams, consumers and buckets, and runs every stage
 // in one process for the single-binary mode.
 package pipeline
@@ -17,9 +17,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vmprep/vmprep/internal/lease"
+	"github.com/vmprep/vmprep/internal/objectstore"
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/objectstore"
-	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // Stream and bucket retention.

@@ -13,17 +13,17 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/download"
 	"github.com/vmprep/vmprep/internal/lease"
 	"github.com/vmprep/vmprep/internal/metrics"
+	"github.com/vmprep/vmprep/internal/objectstore"
+	"github.com/vmprep/vmprep/internal/place"
+	"github.com/vmprep/vmprep/internal/qcow2"
+	"github.com/vmprep/vmprep/internal/stage"
+	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/pkg/digest"
-	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/objectstore"
-	"github.com/vmprep/vmprep/pkg/place"
-	"github.com/vmprep/vmprep/pkg/qcow2"
-	"github.com/vmprep/vmprep/pkg/stage"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // ProgressFunc receives progress events (the stage processes publish them on

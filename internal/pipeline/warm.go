@@ -5,11 +5,11 @@ import (
 	"os"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/place"
+	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/place"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // Canonicalizer spells an image spec canonically and names the trust roots

@@ -9,7 +9,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 
-	"github.com/vmprep/vmprep/pkg/stage"
+	"github.com/vmprep/vmprep/internal/stage"
 )
 
 // MutualExclusion has workers goroutines each take a lock rounds times —

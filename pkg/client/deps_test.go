@@ -19,9 +19,9 @@ func TestDependenciesStaySmall(t *testing.T) {
 	forbidden := []string{
 		"github.com/nats-io/nats-server",
 		"github.com/ProtonMail/go-crypto",
-		"github.com/vmprep/vmprep/pkg/qcow2",
-		"github.com/vmprep/vmprep/pkg/store",
-		"github.com/vmprep/vmprep/pkg/download",
+		"github.com/vmprep/vmprep/internal/qcow2",
+		"github.com/vmprep/vmprep/internal/store",
+		"github.com/vmprep/vmprep/internal/download",
 		"github.com/vmprep/vmprep/pkg/catalog",
 		"github.com/vmprep/vmprep/pkg/signature",
 		"github.com/vmprep/vmprep/internal/",

@@ -24,7 +24,7 @@ import (
 	"path/filepath"
 
 	"github.com/vmprep/vmprep/internal/atomicfile"
-	"github.com/vmprep/vmprep/pkg/qcow2"
+	"github.com/vmprep/vmprep/internal/qcow2"
 )
 
 // Method says how a clone was made.

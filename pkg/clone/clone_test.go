@@ -17,7 +17,7 @@ import (
 	"testing"
 
 	"github.com/vmprep/vmprep/internal/atomicfile"
-	"github.com/vmprep/vmprep/pkg/qcow2"
+	"github.com/vmprep/vmprep/internal/qcow2"
 )
 
 const mib = 1 << 20

@@ -9,13 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/resolve"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/embedded"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/resolve"
 )
 
 // TestInteractiveOfflineFailsFastSayingWhy: an interactive deployment whose

@@ -1,4 +1,4 @@
-// Command fetch downloads one URL with pkg/download, verifying its digest,
+// Command fetch downloads one URL with internal/download, verifying its digest,
 // for the fetch benchmark.
 package main
 
@@ -10,8 +10,8 @@ import (
 	"os"
 	"os/signal"
 
+	"github.com/vmprep/vmprep/internal/download"
 	"github.com/vmprep/vmprep/pkg/digest"
-	"github.com/vmprep/vmprep/pkg/download"
 )
 
 func main() {

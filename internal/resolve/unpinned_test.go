@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/resolve"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
-	"github.com/vmprep/vmprep/pkg/resolve"
 )
 
 // A mirror in the classic layout holds only release/: its build is read

@@ -13,8 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/download"
 	"github.com/vmprep/vmprep/pkg/digest"
-	"github.com/vmprep/vmprep/pkg/download"
 )
 
 func Example() {

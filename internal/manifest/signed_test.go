@@ -7,8 +7,8 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/vmprep/vmprep/internal/manifest"
 	"github.com/vmprep/vmprep/internal/signtest"
-	"github.com/vmprep/vmprep/pkg/manifest"
 )
 
 // TestClearsignedChecksum runs the path a Fedora CHECKSUM takes: verify the

@@ -13,8 +13,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 // recorder is an Observer that counts what it hears.

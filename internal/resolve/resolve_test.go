@@ -16,13 +16,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/manifest"
+	"github.com/vmprep/vmprep/internal/resolve"
 	"github.com/vmprep/vmprep/internal/signtest"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
-	"github.com/vmprep/vmprep/pkg/manifest"
-	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/signature"
 )
 

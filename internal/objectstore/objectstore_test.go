@@ -18,8 +18,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vmprep/vmprep/internal/natsembed"
+	"github.com/vmprep/vmprep/internal/objectstore"
 	"github.com/vmprep/vmprep/pkg/digest"
-	"github.com/vmprep/vmprep/pkg/objectstore"
 )
 
 func startServer(t testing.TB) (*natsembed.Server, jetstream.JetStream) {

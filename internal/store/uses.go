@@ -16,7 +16,7 @@ import (
 
 	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/internal/content"
-	"github.com/vmprep/vmprep/pkg/qcow2"
+	"github.com/vmprep/vmprep/internal/qcow2"
 )
 
 // dirUses holds one record per use of a stored file from outside the store

@@ -15,13 +15,13 @@ import (
 	"strings"
 
 	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/kernel"
+	"github.com/vmprep/vmprep/internal/objectstore"
+	"github.com/vmprep/vmprep/internal/qcow2"
+	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/image"
-	"github.com/vmprep/vmprep/pkg/kernel"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/objectstore"
-	"github.com/vmprep/vmprep/pkg/qcow2"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // Names of the conversions in derived-artifact keys; bump one when its

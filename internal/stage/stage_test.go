@@ -15,8 +15,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/internal/testutil"
-	"github.com/vmprep/vmprep/pkg/stage"
 )
 
 const (

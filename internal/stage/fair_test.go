@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmprep/vmprep/pkg/stage"
+	"github.com/vmprep/vmprep/internal/stage"
 )
 
 // tenantOf is the key of the test messages: "alice-17" is alice's.

@@ -5,10 +5,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vmprep/vmprep/internal/resolve"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
-	"github.com/vmprep/vmprep/pkg/resolve"
 )
 
 // TestUnpublishedVersionListsThePublished (issue 16, item 10): a version

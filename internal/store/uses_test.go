@@ -8,9 +8,9 @@ import (
 	"testing"
 
 	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/qcow2"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/clone"
-	"github.com/vmprep/vmprep/pkg/qcow2"
 )
 
 func TestGCKeepsBasesThatClonesUse(t *testing.T) {

@@ -14,11 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/resolve"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/image"
-	"github.com/vmprep/vmprep/pkg/resolve"
 	"github.com/vmprep/vmprep/pkg/signature"
 )
 

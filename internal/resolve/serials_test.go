@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/resolve"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
-	"github.com/vmprep/vmprep/pkg/resolve"
 )
 
 // serialsMirror publishes four Ubuntu builds; natural order puts .10 after .2.

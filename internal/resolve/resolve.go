@@ -19,9 +19,9 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp/clearsign"
 
+	"github.com/vmprep/vmprep/internal/manifest"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
-	"github.com/vmprep/vmprep/pkg/manifest"
 	"github.com/vmprep/vmprep/pkg/signature"
 )
 

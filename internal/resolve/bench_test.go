@@ -3,10 +3,10 @@ package resolve_test
 import (
 	"testing"
 
+	"github.com/vmprep/vmprep/internal/resolve"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
-	"github.com/vmprep/vmprep/pkg/resolve"
 )
 
 // BenchmarkResolve measures a full Ubuntu resolution against the local

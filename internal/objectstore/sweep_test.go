@@ -10,7 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
-	"github.com/vmprep/vmprep/pkg/objectstore"
+	"github.com/vmprep/vmprep/internal/objectstore"
 )
 
 // chunkCounts is how many chunk messages each object version holds.

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmprep/vmprep/pkg/stage"
+	"github.com/vmprep/vmprep/internal/stage"
 )
 
 // A handler waiting in Idle lends its slot: with one slot, messages behind
