@@ -24,8 +24,7 @@ func TestContentStoreKnowsNoImages(t *testing.T) {
 		"github.com/nats-io/",
 		"github.com/vmprep/vmprep/pkg/catalog",
 		"github.com/vmprep/vmprep/pkg/signature",
-		"github.com/vmprep/vmprep/pkg/qcow2",
-		"github.com/vmprep/vmprep/pkg/store",
+		"github.com/vmprep/vmprep/internal/qcow2",
 		"github.com/vmprep/vmprep/internal/store",
 	}
 	deps := strings.Fields(string(out))

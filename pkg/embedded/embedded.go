@@ -25,18 +25,18 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/download"
 	"github.com/vmprep/vmprep/internal/filelock"
 	"github.com/vmprep/vmprep/internal/metrics"
 	"github.com/vmprep/vmprep/internal/natsembed"
 	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/internal/place"
+	"github.com/vmprep/vmprep/internal/resolve"
+	"github.com/vmprep/vmprep/internal/stage"
+	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/client"
-	"github.com/vmprep/vmprep/pkg/download"
 	"github.com/vmprep/vmprep/pkg/messages"
-	"github.com/vmprep/vmprep/pkg/place"
-	"github.com/vmprep/vmprep/pkg/resolve"
-	"github.com/vmprep/vmprep/pkg/stage"
-	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // Stage names, for WithStages.
@@ -102,16 +102,20 @@ func WithCatalog(opts ...catalog.Option) Option {
 }
 
 // WithResolveOptions passes options to the resolver (timeouts, retries).
+// Its option type is internal: this module's commands and tests tune it;
+// outside callers get the defaults (see docs/ARCHITECTURE.md, Supported API).
 func WithResolveOptions(opts ...resolve.Option) Option {
 	return func(c *config) { c.resolveOpts = append(c.resolveOpts, opts...) }
 }
 
-// WithDownloadOptions passes options to the download engine.
+// WithDownloadOptions passes options to the download engine (an internal
+// option type, like WithResolveOptions').
 func WithDownloadOptions(opts ...download.Option) Option {
 	return func(c *config) { c.downloadOpts = append(c.downloadOpts, opts...) }
 }
 
-// WithRunnerOptions passes options to every stage runner (retries, ack wait).
+// WithRunnerOptions passes options to every stage runner (retries, ack
+// wait; an internal option type, like WithResolveOptions').
 func WithRunnerOptions(opts ...stage.Option) Option {
 	return func(c *config) { c.runnerOpts = append(c.runnerOpts, opts...) }
 }
@@ -376,7 +380,8 @@ func (d *Deployment) Conn() *nats.Conn { return d.emb.Conn }
 // URL is the address network clients use ("" without WithListen).
 func (d *Deployment) URL() string { return d.emb.Server.ClientURL() }
 
-// Store is the deployment's content store.
+// Store is the deployment's store (internal/store: its methods, such as Root,
+// are callable; the type cannot be named outside this module).
 func (d *Deployment) Store() *store.Store { return d.store }
 
 // JetStreamDir is where the server keeps its JetStream files.
