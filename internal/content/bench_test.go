@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"testing"
+
+	"github.com/vmprep/vmprep/internal/testutil"
 )
 
 // BenchmarkLookupWarm measures the fast path: stat + stamp read, no hashing.
@@ -14,8 +16,8 @@ func BenchmarkLookupWarm(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	data := fill("bench", 1<<20)
-	d := sha512Of(data) // through the alias index: the slower of the two
+	data := testutil.Fill("bench", 1<<20)
+	d := testutil.SHA512Of(data) // through the alias index: the slower of the two
 	p := s.IngestPath(d)
 	if err := os.WriteFile(p, data, 0o644); err != nil {
 		b.Fatal(err)
@@ -44,16 +46,16 @@ func BenchmarkCommit(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			data := fill("commit-bench", 64<<20)
+			data := testutil.Fill("commit-bench", 64<<20)
 			b.SetBytes(int64(len(data)))
 			i := 0
 			for b.Loop() {
 				b.StopTimer()
 				data[0] = byte(i)
 				i++
-				d := sha256Of(data)
+				d := testutil.SHA256Of(data)
 				if alg == "sha512" {
-					d = sha512Of(data)
+					d = testutil.SHA512Of(data)
 				}
 				p := s.IngestPath(d)
 				if err := os.WriteFile(p, data, 0o644); err != nil {
@@ -81,12 +83,12 @@ func BenchmarkPutDerivedHash(b *testing.B) {
 		b.Fatal(err)
 	}
 	const size = 1 << 30
-	chunk := fill("raw", 64<<20)
+	chunk := testutil.Fill("raw", 64<<20)
 	b.SetBytes(size)
 	i := 0
 	for b.Loop() {
 		b.StopTimer()
-		k := DerivedKey{Source: sha256Of([]byte(fmt.Sprint(i))), Converter: "bench-1", Format: "raw"}
+		k := DerivedKey{Source: testutil.SHA256Of([]byte(fmt.Sprint(i))), Converter: "bench-1", Format: "raw"}
 		i++
 		b.StartTimer()
 		path, err := s.PutDerived(ctx, k, func(ctx context.Context, dst string) error {

@@ -19,26 +19,27 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/atomicfile"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/digest"
 )
 
 func TestCommit(t *testing.T) {
-	data := fill("commit", 3<<20+17) // spans several hash buffers
-	other := fill("other", 100)
+	data := testutil.Fill("commit", 3<<20+17) // spans several hash buffers
+	other := testutil.Fill("other", 100)
 	tests := []struct {
 		name     string
 		expected digest.Digest
 		size     int64
 		wantErr  []error // all must match; nil: success
 	}{
-		{name: "sha256", expected: sha256Of(data), size: int64(len(data))},
-		{name: "sha256 size unknown", expected: sha256Of(data), size: 0},
-		{name: "sha512 alias", expected: sha512Of(data), size: int64(len(data))},
-		{name: "upper-case hex", expected: digest.Digest{Algorithm: digest.SHA256, Hex: strings.ToUpper(sha256Of(data).Hex)}},
-		{name: "wrong sha256", expected: sha256Of(other), wantErr: []error{ErrDigestMismatch, ErrQuarantined}},
-		{name: "wrong sha512", expected: sha512Of(other), wantErr: []error{ErrDigestMismatch, ErrQuarantined}},
-		{name: "short file", expected: sha256Of(data), size: int64(len(data)) + 1, wantErr: []error{ErrSizeMismatch, ErrDigestMismatch, ErrQuarantined}},
-		{name: "long file", expected: sha256Of(data), size: int64(len(data)) - 1, wantErr: []error{ErrSizeMismatch, ErrDigestMismatch}},
+		{name: "sha256", expected: testutil.SHA256Of(data), size: int64(len(data))},
+		{name: "sha256 size unknown", expected: testutil.SHA256Of(data), size: 0},
+		{name: "sha512 alias", expected: testutil.SHA512Of(data), size: int64(len(data))},
+		{name: "upper-case hex", expected: digest.Digest{Algorithm: digest.SHA256, Hex: strings.ToUpper(testutil.SHA256Of(data).Hex)}},
+		{name: "wrong sha256", expected: testutil.SHA256Of(other), wantErr: []error{ErrDigestMismatch, ErrQuarantined}},
+		{name: "wrong sha512", expected: testutil.SHA512Of(other), wantErr: []error{ErrDigestMismatch, ErrQuarantined}},
+		{name: "short file", expected: testutil.SHA256Of(data), size: int64(len(data)) + 1, wantErr: []error{ErrSizeMismatch, ErrDigestMismatch, ErrQuarantined}},
+		{name: "long file", expected: testutil.SHA256Of(data), size: int64(len(data)) - 1, wantErr: []error{ErrSizeMismatch, ErrDigestMismatch}},
 		{name: "invalid digest", expected: digest.Digest{Algorithm: digest.SHA256, Hex: "../../etc/passwd"}, wantErr: []error{digest.ErrInvalid}},
 		{name: "md5 refused", expected: digest.Digest{Algorithm: "md5", Hex: strings.Repeat("0", 32)}, wantErr: []error{digest.ErrUnsupportedAlgorithm}},
 	}
@@ -68,7 +69,7 @@ func TestCommit(t *testing.T) {
 						t.Errorf("error %q does not match %v", err, want)
 					}
 				}
-				if got := dirNames(t, filepath.Join(s.Root(), dirBlobs, "sha256")); len(got) != 0 {
+				if got := testutil.DirNames(t, filepath.Join(s.Root(), dirBlobs, "sha256")); len(got) != 0 {
 					t.Errorf("blobs after failed commit: %v", got)
 				}
 				var me *MismatchError
@@ -97,7 +98,7 @@ func TestCommit(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := sha256Of(data)
+			want := testutil.SHA256Of(data)
 			if info.SHA256 != want || info.Size != int64(len(data)) || info.Path != filepath.Join(s.Root(), "blobs", "sha256", want.Hex) {
 				t.Errorf("Commit = %+v, want sha256 %v size %d", info, want, len(data))
 			}
@@ -111,7 +112,7 @@ func TestCommit(t *testing.T) {
 			if got, _ := os.ReadFile(info.Path); !bytes.Equal(got, data) {
 				t.Error("blob content differs")
 			}
-			if left := dirNames(t, filepath.Join(s.Root(), dirIngest)); len(left) != 0 {
+			if left := testutil.DirNames(t, filepath.Join(s.Root(), dirIngest)); len(left) != 0 {
 				t.Errorf("ingest not cleaned: %v", left)
 			}
 			got, err := s.Lookup(ctx, tc.expected)
@@ -125,7 +126,7 @@ func TestCommit(t *testing.T) {
 func TestCommitRefusesPathsOutsideIngest(t *testing.T) {
 	s := newStore(t)
 	data := []byte("hello")
-	d := sha256Of(data)
+	d := testutil.SHA256Of(data)
 	for _, p := range []string{
 		filepath.Join(t.TempDir(), "file"),
 		filepath.Join(s.Root(), dirBlobs, "sha256", d.Hex),
@@ -141,23 +142,23 @@ func TestCommitRefusesPathsOutsideIngest(t *testing.T) {
 func TestCommitIdempotent(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
-	data := fill("idem", 1000)
+	data := testutil.Fill("idem", 1000)
 	first := commit(t, s, data)
 	stampBefore, err := os.ReadFile(s.blobStampPath(first.SHA256.Hex))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range []digest.Digest{sha256Of(data), sha512Of(data)} {
+	for _, d := range []digest.Digest{testutil.SHA256Of(data), testutil.SHA512Of(data)} {
 		p := ingest(t, s, d, data)
 		info, err := s.Commit(ctx, p, d, int64(len(data)))
 		if err != nil || info != first {
 			t.Fatalf("second Commit(%v) = %+v, %v; want %+v", d, info, err, first)
 		}
-		if left := dirNames(t, filepath.Join(s.Root(), dirIngest)); len(left) != 0 {
+		if left := testutil.DirNames(t, filepath.Join(s.Root(), dirIngest)); len(left) != 0 {
 			t.Errorf("ingest not cleaned: %v", left)
 		}
 	}
-	if got := dirNames(t, filepath.Join(s.Root(), dirBlobs, "sha256")); len(got) != 1 {
+	if got := testutil.DirNames(t, filepath.Join(s.Root(), dirBlobs, "sha256")); len(got) != 1 {
 		t.Errorf("blobs: %v, want one", got)
 	}
 	stampAfter, _ := os.ReadFile(s.blobStampPath(first.SHA256.Hex))
@@ -165,7 +166,7 @@ func TestCommitIdempotent(t *testing.T) {
 		t.Error("idempotent commit rewrote the existing blob")
 	}
 	// The second commit by SHA-512 added the alias.
-	if got, err := s.Lookup(ctx, sha512Of(data)); err != nil || got != first {
+	if got, err := s.Lookup(ctx, testutil.SHA512Of(data)); err != nil || got != first {
 		t.Errorf("Lookup(sha512) = %+v, %v", got, err)
 	}
 }
@@ -173,9 +174,9 @@ func TestCommitIdempotent(t *testing.T) {
 func TestLookupFastPathReadsNothing(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
-	data := fill("fast", 2<<20)
+	data := testutil.Fill("fast", 2<<20)
 	info := commit(t, s, data)
-	for _, d := range []digest.Digest{sha256Of(data)} {
+	for _, d := range []digest.Digest{testutil.SHA256Of(data)} {
 		before := s.hashedBytes.Load()
 		for range 5 {
 			if _, err := s.Lookup(ctx, d); err != nil {
@@ -209,7 +210,7 @@ func TestLookupFastPathReadsNothing(t *testing.T) {
 }
 
 func TestLookupDamagedBlob(t *testing.T) {
-	data := fill("damage", 64<<10)
+	data := testutil.Fill("damage", 64<<10)
 	tests := []struct {
 		name           string
 		damage         func(t *testing.T, path string)
@@ -269,7 +270,7 @@ func TestLookupDamagedBlob(t *testing.T) {
 			s := newStore(t)
 			info := commit(t, s, data)
 			tc.damage(t, info.Path)
-			got, err := s.Lookup(ctx, sha256Of(data))
+			got, err := s.Lookup(ctx, testutil.SHA256Of(data))
 			if tc.name == "deleted" {
 				if !errors.Is(err, ErrNotFound) || errors.Is(err, ErrQuarantined) {
 					t.Fatalf("Lookup = %v, want plain ErrNotFound", err)
@@ -291,14 +292,14 @@ func TestLookupDamagedBlob(t *testing.T) {
 			if _, err := os.Lstat(info.Path); !os.IsNotExist(err) {
 				t.Errorf("damaged blob still at final path: %v", err)
 			}
-			if q := dirNames(t, filepath.Join(s.Root(), dirQuarantine)); len(q) != 2 {
+			if q := testutil.DirNames(t, filepath.Join(s.Root(), dirQuarantine)); len(q) != 2 {
 				t.Errorf("quarantine: %v, want file and note", q)
 			}
 			// The caller fetches again: a fresh commit restores it.
 			if again := commit(t, s, data); again != info {
 				t.Errorf("recommit = %+v, want %+v", again, info)
 			}
-			if _, err := s.Lookup(ctx, sha256Of(data)); err != nil {
+			if _, err := s.Lookup(ctx, testutil.SHA256Of(data)); err != nil {
 				t.Errorf("Lookup after recommit: %v", err)
 			}
 		})
@@ -317,20 +318,20 @@ func mustLstat(t *testing.T, p string) os.FileInfo {
 func TestLookupNotFound(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
-	data := fill("present", 10)
+	data := testutil.Fill("present", 10)
 	commit(t, s, data)
-	absent := fill("absent", 10)
-	for _, d := range []digest.Digest{sha256Of(absent), sha512Of(absent), sha512Of(data)} {
+	absent := testutil.Fill("absent", 10)
+	for _, d := range []digest.Digest{testutil.SHA256Of(absent), testutil.SHA512Of(absent), testutil.SHA512Of(data)} {
 		if _, err := s.Lookup(ctx, d); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Lookup(%v) = %v, want ErrNotFound", d, err)
 		}
 	}
 	// A damaged alias is treated as absent, not followed.
-	alias := s.aliasPath(sha512Of(absent))
+	alias := s.aliasPath(testutil.SHA512Of(absent))
 	if err := os.WriteFile(alias, []byte("../../../etc/passwd"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Lookup(ctx, sha512Of(absent)); !errors.Is(err, ErrNotFound) {
+	if _, err := s.Lookup(ctx, testutil.SHA512Of(absent)); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Lookup via damaged alias = %v, want ErrNotFound", err)
 	}
 }
@@ -338,12 +339,12 @@ func TestLookupNotFound(t *testing.T) {
 func TestConcurrentCommitSameDigest(t *testing.T) {
 	const goroutines, procs, perProc = 6, 2, 3
 	s := newStore(t)
-	data := fill("race", 1<<20)
+	data := testutil.Fill("race", 1<<20)
 	src := filepath.Join(t.TempDir(), "src")
 	if err := os.WriteFile(src, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range []digest.Digest{sha256Of(data), sha512Of(data)} {
+	for _, d := range []digest.Digest{testutil.SHA256Of(data), testutil.SHA512Of(data)} {
 		t.Run(string(d.Algorithm), func(t *testing.T) {
 			ctx := context.Background()
 			var cmds []*exec.Cmd
@@ -376,11 +377,11 @@ func TestConcurrentCommitSameDigest(t *testing.T) {
 					t.Errorf("child: %v", err)
 				}
 			}
-			if got := dirNames(t, filepath.Join(s.Root(), dirBlobs, "sha256")); len(got) != 1 || got[0] != sha256Of(data).Hex {
-				t.Errorf("blobs: %v, want exactly %s", got, sha256Of(data).Hex)
+			if got := testutil.DirNames(t, filepath.Join(s.Root(), dirBlobs, "sha256")); len(got) != 1 || got[0] != testutil.SHA256Of(data).Hex {
+				t.Errorf("blobs: %v, want exactly %s", got, testutil.SHA256Of(data).Hex)
 			}
 			for _, dir := range []string{dirIngest, dirQuarantine, filepath.Join(dirStamps, "blobs"), filepath.Join(dirIndex, "sha512")} {
-				for _, n := range dirNames(t, filepath.Join(s.Root(), dir)) {
+				for _, n := range testutil.DirNames(t, filepath.Join(s.Root(), dir)) {
 					if dir == dirIngest || atomicfile.IsTemp(n) || dir == dirQuarantine {
 						t.Errorf("left in %s: %s", dir, n)
 					}
@@ -397,7 +398,7 @@ func TestConcurrentCommitSameDigest(t *testing.T) {
 // Lock, Lookup, fetch, Commit) from goroutines and two other processes
 // against a real HTTP server: exactly one download happens.
 func TestSingleDownloadAcrossProcesses(t *testing.T) {
-	data := fill("download", 512<<10)
+	data := testutil.Fill("download", 512<<10)
 	var hits atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hits.Add(1)
@@ -405,7 +406,7 @@ func TestSingleDownloadAcrossProcesses(t *testing.T) {
 	}))
 	defer srv.Close()
 	s := newStore(t)
-	d := sha512Of(data)
+	d := testutil.SHA512Of(data)
 	ctx := context.Background()
 	var cmds []*exec.Cmd
 	for range 2 {
@@ -443,15 +444,15 @@ func TestSingleDownloadAcrossProcesses(t *testing.T) {
 // (the download can resume) and nothing is quarantined.
 func TestCommitCancelled(t *testing.T) {
 	s := newStore(t)
-	data := fill("cancel", 3<<20)
-	d := sha256Of(data)
+	data := testutil.Fill("cancel", 3<<20)
+	d := testutil.SHA256Of(data)
 	p := ingest(t, s, d, data)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, err := s.Commit(ctx, p, d, int64(len(data))); !errors.Is(err, context.Canceled) || errors.Is(err, ErrDigestMismatch) {
 		t.Fatalf("Commit with cancelled ctx = %v", err)
 	}
-	if !exists(p) || len(dirNames(t, filepath.Join(s.Root(), dirQuarantine))) != 0 {
+	if !testutil.Exists(p) || len(testutil.DirNames(t, filepath.Join(s.Root(), dirQuarantine))) != 0 {
 		t.Error("cancelled commit lost or quarantined the ingest file")
 	}
 	if _, err := s.Commit(context.Background(), p, d, int64(len(data))); err != nil {

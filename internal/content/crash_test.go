@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/atomicfile"
+	"github.com/vmprep/vmprep/internal/testutil"
 )
 
 // runKilled runs a helper process that SIGKILLs itself at step and checks
@@ -46,8 +47,8 @@ func checkNoDebris(t *testing.T, s *Store) {
 // is not is ErrNotFound, committing again works, the ingest file is left
 // writable for the download engine to resume, and GC clears the debris.
 func TestCommitKilledAtEveryStep(t *testing.T) {
-	data := fill("killed commit", 300<<10)
-	exp := sha512Of(data)
+	data := testutil.Fill("killed commit", 300<<10)
+	exp := testutil.SHA512Of(data)
 	for _, step := range []string{"commit:verified", "commit:aliased", "commit:before-rename", "commit:renamed", "commit:sealed"} {
 		t.Run(step, func(t *testing.T) {
 			ctx := context.Background()
@@ -58,7 +59,7 @@ func TestCommitKilledAtEveryStep(t *testing.T) {
 			}
 			runKilled(t, "crashcommit", s.Root(), step, envDigest+"="+exp.String(), envSource+"="+src)
 
-			published := exists(s.blobPath(sha256Of(data).Hex))
+			published := testutil.Exists(s.blobPath(testutil.SHA256Of(data).Hex))
 			info, err := s.Lookup(ctx, exp)
 			switch {
 			case err == nil:
@@ -105,12 +106,12 @@ func TestCommitKilledAtEveryStep(t *testing.T) {
 // between publishing and sealing: the next Derived must not serve unsealed
 // output, PutDerived must produce again, and GC clears the debris.
 func TestPutDerivedKilledAtEveryStep(t *testing.T) {
-	want := fill("derived", 10000) // what the helper's producer writes
+	want := testutil.Fill("derived", 10000) // what the helper's producer writes
 	for _, step := range []string{"derive:mid-produce", "derive:produced"} {
 		t.Run(step, func(t *testing.T) {
 			ctx := context.Background()
 			s := newStore(t)
-			src := commit(t, s, fill("source", 1000))
+			src := commit(t, s, testutil.Fill("source", 1000))
 			runKilled(t, "crashderive", s.Root(), step, envDigest+"="+src.SHA256.String())
 			k := DerivedKey{Source: src.SHA256, Converter: "c-1", Format: "raw"}
 			if _, err := s.Derived(ctx, k); !errors.Is(err, ErrNotFound) {
@@ -136,7 +137,7 @@ func TestPutDerivedKilledAtEveryStep(t *testing.T) {
 // TestCommitOverDebris: whatever occupies a blob's final path that is not a
 // regular file (a directory, a symlink) must not block commits forever.
 func TestCommitOverDebris(t *testing.T) {
-	data := fill("debris", 5000)
+	data := testutil.Fill("debris", 5000)
 	tests := []struct {
 		name  string
 		plant func(t *testing.T, p string)
@@ -155,7 +156,7 @@ func TestCommitOverDebris(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStore(t)
-			tc.plant(t, s.blobPath(sha256Of(data).Hex))
+			tc.plant(t, s.blobPath(testutil.SHA256Of(data).Hex))
 			info := commit(t, s, data)
 			if b, err := os.ReadFile(info.Path); err != nil || !bytes.Equal(b, data) {
 				t.Fatalf("blob after commit over debris: %v", err)
@@ -172,7 +173,7 @@ func derivedTemps(t *testing.T, s *Store, k DerivedKey) []string {
 		t.Fatal(err)
 	}
 	var out []string
-	for _, n := range dirNames(t, s.path(dirDerived)) {
+	for _, n := range testutil.DirNames(t, s.path(dirDerived)) {
 		if strings.HasPrefix(n, atomicfile.TempPrefix(name)) {
 			out = append(out, n)
 		}
@@ -187,7 +188,7 @@ func derivedTemps(t *testing.T, s *Store, k DerivedKey) []string {
 func TestPutDerivedRemovesKilledProducersTemp(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
-	src := commit(t, s, fill("source", 1000))
+	src := commit(t, s, testutil.Fill("source", 1000))
 	k := DerivedKey{Source: src.SHA256, Converter: "c-1", Format: "raw"}
 	runKilled(t, "crashderive", s.Root(), "derive:mid-produce", envDigest+"="+src.SHA256.String())
 	if left := derivedTemps(t, s, k); len(left) != 1 {
@@ -223,7 +224,7 @@ func TestPutDerivedRemovesKilledProducersTemp(t *testing.T) {
 func TestPutDerivedKeepsLiveProducersTemp(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
-	src := commit(t, s, fill("source", 1000))
+	src := commit(t, s, testutil.Fill("source", 1000))
 	k := DerivedKey{Source: src.SHA256, Converter: "c-1", Format: "raw"}
 	child := startHelper(t, "slowderive", envRoot+"="+s.Root(), envDigest+"="+src.SHA256.String())
 	stdin, err := child.StdinPipe()
@@ -272,7 +273,7 @@ func TestPutDerivedKeepsLiveProducersTemp(t *testing.T) {
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
-	if b, err := os.ReadFile(r.path); err != nil || !bytes.Equal(b, fill("derived", 10000)) {
+	if b, err := os.ReadFile(r.path); err != nil || !bytes.Equal(b, testutil.Fill("derived", 10000)) {
 		t.Errorf("derived content is not the other process's output (%v)", err)
 	}
 }

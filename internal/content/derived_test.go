@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/digest"
 )
 
@@ -31,9 +32,9 @@ func writeProducer(b []byte, calls *atomic.Int64) func(context.Context, string) 
 func TestPutDerivedSingleProducer(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
-	src := commit(t, s, fill("qcow2", 4096))
+	src := commit(t, s, testutil.Fill("qcow2", 4096))
 	k := DerivedKey{Source: src.SHA256, Converter: "qcow2raw-1", Format: "raw"}
-	out := fill("raw", 1<<20)
+	out := testutil.Fill("raw", 1<<20)
 	var calls atomic.Int64
 	s2, err := Open(s.Root()) // a second worker on the same root
 	if err != nil {
@@ -79,7 +80,7 @@ func TestPutDerivedSingleProducer(t *testing.T) {
 	if n := s.hashedBytes.Load() - before; n != 0 {
 		t.Errorf("warm Derived hashed %d bytes", n)
 	}
-	if left := dirNames(t, filepath.Join(s.Root(), dirDerived)); len(left) != 1 {
+	if left := testutil.DirNames(t, filepath.Join(s.Root(), dirDerived)); len(left) != 1 {
 		t.Errorf("derived/: %v, want one file", left)
 	}
 }
@@ -122,7 +123,7 @@ func TestPutDerivedFailures(t *testing.T) {
 			if tc.wantErr != "" && !strings.Contains(err.Error(), tc.wantErr) {
 				t.Errorf("error %q does not mention %q", err, tc.wantErr)
 			}
-			if left := dirNames(t, filepath.Join(s.Root(), dirDerived)); len(left) != 0 {
+			if left := testutil.DirNames(t, filepath.Join(s.Root(), dirDerived)); len(left) != 0 {
 				t.Errorf("left in derived/: %v", left)
 			}
 			// A later attempt produces normally.
@@ -136,7 +137,7 @@ func TestPutDerivedFailures(t *testing.T) {
 
 func TestDerivedDamaged(t *testing.T) {
 	ctx := context.Background()
-	out := fill("raw-out", 200<<10)
+	out := testutil.Fill("raw-out", 200<<10)
 	tests := []struct {
 		name           string
 		damage         func(t *testing.T, s *Store, path string)
@@ -157,7 +158,7 @@ func TestDerivedDamaged(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStore(t)
-			k := DerivedKey{Source: sha256Of([]byte("src")), Converter: "c-1", Format: "raw"}
+			k := DerivedKey{Source: testutil.SHA256Of([]byte("src")), Converter: "c-1", Format: "raw"}
 			var calls atomic.Int64
 			p, err := s.PutDerived(ctx, k, writeProducer(out, &calls))
 			if err != nil {
@@ -182,13 +183,13 @@ func TestDerivedDamaged(t *testing.T) {
 }
 
 func TestDerivedKeyNames(t *testing.T) {
-	good := sha256Of([]byte("x"))
+	good := testutil.SHA256Of([]byte("x"))
 	tests := []struct {
 		k  DerivedKey
 		ok bool
 	}{
 		{DerivedKey{Source: good, Converter: "qcow2raw-1.2", Format: "raw"}, true},
-		{DerivedKey{Source: sha512Of([]byte("x")), Converter: "c", Format: "raw"}, true},
+		{DerivedKey{Source: testutil.SHA512Of([]byte("x")), Converter: "c", Format: "raw"}, true},
 		{DerivedKey{Source: good, Converter: "../../etc", Format: "raw"}, false},
 		{DerivedKey{Source: good, Converter: "a/b", Format: "raw"}, false},
 		{DerivedKey{Source: good, Converter: "c", Format: "r\x00w"}, false},
@@ -198,7 +199,7 @@ func TestDerivedKeyNames(t *testing.T) {
 		{DerivedKey{Source: digest.Digest{Algorithm: digest.SHA256, Hex: "../x"}, Converter: "c", Format: "raw"}, false},
 		{DerivedKey{Converter: "c", Format: "raw"}, false},
 		{DerivedKey{Source: good, Converter: strings.Repeat("c", 64), Format: strings.Repeat("f", 64)}, true},
-		{DerivedKey{Source: sha512Of([]byte("x")), Converter: strings.Repeat("c", 64), Format: strings.Repeat("f", 64)}, false},
+		{DerivedKey{Source: testutil.SHA512Of([]byte("x")), Converter: strings.Repeat("c", 64), Format: strings.Repeat("f", 64)}, false},
 	}
 	s := newStore(t)
 	for _, tc := range tests {
@@ -227,7 +228,7 @@ func TestDerivedKeyNames(t *testing.T) {
 
 func TestPutDerivedWaitHonoursContext(t *testing.T) {
 	s := newStore(t)
-	k := DerivedKey{Source: sha256Of([]byte("src")), Converter: "c-1", Format: "raw"}
+	k := DerivedKey{Source: testutil.SHA256Of([]byte("src")), Converter: "c-1", Format: "raw"}
 	name, err := k.fileName()
 	if err != nil {
 		t.Fatal(err)

@@ -3,9 +3,6 @@ package content
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
-	"crypto/sha512"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +14,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/digest"
 )
 
@@ -87,7 +85,7 @@ func helperMain(mode string) error {
 		src := mustParse(os.Getenv(envDigest))
 		_, err := s.PutDerived(ctx, DerivedKey{Source: src, Converter: "c-1", Format: "raw"}, func(ctx context.Context, dst string) error {
 			return WriteAtomic(dst, 0o644, func(f *os.File) error {
-				_, err := f.Write(fill("derived", 10000))
+				_, err := f.Write(testutil.Fill("derived", 10000))
 				s.step("derive:mid-produce")
 				return err
 			})
@@ -100,7 +98,7 @@ func helperMain(mode string) error {
 		src := mustParse(os.Getenv(envDigest))
 		_, err := s.PutDerived(ctx, DerivedKey{Source: src, Converter: "c-1", Format: "raw"}, func(ctx context.Context, dst string) error {
 			return WriteAtomic(dst, 0o644, func(f *os.File) error {
-				if _, err := f.Write(fill("derived", 10000)); err != nil {
+				if _, err := f.Write(testutil.Fill("derived", 10000)); err != nil {
 					return err
 				}
 				fmt.Println("producing")
@@ -247,27 +245,6 @@ func newStore(t *testing.T, opts ...Option) *Store {
 	return s
 }
 
-func sha256Of(b []byte) digest.Digest {
-	h := sha256.Sum256(b)
-	return digest.Digest{Algorithm: digest.SHA256, Hex: hex.EncodeToString(h[:])}
-}
-
-func sha512Of(b []byte) digest.Digest {
-	h := sha512.Sum512(b)
-	return digest.Digest{Algorithm: digest.SHA512, Hex: hex.EncodeToString(h[:])}
-}
-
-// content returns n deterministic pseudo-random bytes distinct per seed.
-func fill(seed string, n int) []byte {
-	out := make([]byte, 0, n+sha256.Size)
-	block := sha256.Sum256([]byte(seed))
-	for len(out) < n {
-		out = append(out, block[:]...)
-		block = sha256.Sum256(block[:])
-	}
-	return out[:n]
-}
-
 // ingest writes b as the ingest file for d.
 func ingest(t *testing.T, s *Store, d digest.Digest, b []byte) string {
 	t.Helper()
@@ -286,26 +263,12 @@ func ingest(t *testing.T, s *Store, d digest.Digest, b []byte) string {
 
 func commit(t *testing.T, s *Store, b []byte) BlobInfo {
 	t.Helper()
-	d := sha256Of(b)
+	d := testutil.SHA256Of(b)
 	info, err := s.Commit(context.Background(), ingest(t, s, d, b), d, int64(len(b)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return info
-}
-
-// dirNames lists a directory's entries (nil if it does not exist).
-func dirNames(t *testing.T, dir string) []string {
-	t.Helper()
-	ents, err := os.ReadDir(dir)
-	if err != nil && !os.IsNotExist(err) {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range ents {
-		names = append(names, e.Name())
-	}
-	return names
 }
 
 // overwriteByte flips one byte in place, as a bit-rot or a stray writer would.
@@ -328,8 +291,6 @@ func overwriteByte(t *testing.T, path string, off int64) {
 		t.Fatal(err)
 	}
 }
-
-func exists(p string) bool { _, err := os.Lstat(p); return err == nil }
 
 // noRefs is a layer above that keeps nothing: GC and List of the content
 // store alone.

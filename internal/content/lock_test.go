@@ -176,7 +176,7 @@ func TestLockSurvivesLockFileRemoval(t *testing.T) {
 func TestLockDigestSpellings(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
-	d := sha256Of([]byte("spelled"))
+	d := testutil.SHA256Of([]byte("spelled"))
 	upper := "SHA256:" + strings.ToUpper(d.Hex)
 	unlock, err := s.Lock(ctx, upper)
 	if err != nil {
@@ -201,7 +201,7 @@ func TestLockDigestSpellings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !exists(p) || len(rep.Busy) != 1 {
+	if !testutil.Exists(p) || len(rep.Busy) != 1 {
 		t.Errorf("GC removed a partial whose download lock is held (busy %v)", rep.Busy)
 	}
 }

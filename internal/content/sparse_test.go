@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"testing"
+
+	"github.com/vmprep/vmprep/internal/testutil"
 )
 
 func mustSparse(t *testing.T, s *Store, path string) string {
@@ -51,7 +53,7 @@ func TestSparseHashDependsOnContentOnly(t *testing.T) {
 	s := newStore(t)
 	dir := t.TempDir()
 	const size = 8<<20 + 1000 // odd tail block
-	data := fill("sparse", 70000)
+	data := testutil.Fill("sparse", 70000)
 	base := map[int64][]byte{0: data[:10], 3<<20 + 100: data, size - 5: data[:5]}
 	// Explicit zeros inside a data region, aligned to 1 KiB, not 4 KiB.
 	withZeros := map[int64][]byte{0: data[:10], 3<<20 + 100: data, size - 5: data[:5], 1024: make([]byte, 3000)}
@@ -102,7 +104,7 @@ func TestSparseHashSkipsHoles(t *testing.T) {
 	}
 	s := newStore(t)
 	p := filepath.Join(t.TempDir(), "big")
-	writeLayout(t, p, 1<<30, map[int64][]byte{512 << 20: fill("x", 1<<20)}, false)
+	writeLayout(t, p, 1<<30, map[int64][]byte{512 << 20: testutil.Fill("x", 1<<20)}, false)
 	before := s.hashedBytes.Load()
 	mustSparse(t, s, p)
 	if n := s.hashedBytes.Load() - before; n > 4<<20 {

@@ -6,15 +6,17 @@ import (
 	"os"
 	"sync/atomic"
 	"testing"
+
+	"github.com/vmprep/vmprep/internal/testutil"
 )
 
 func TestVerify(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
-	good := commit(t, s, fill("good", 5000))
-	bad := commit(t, s, fill("bad", 7000))
+	good := commit(t, s, testutil.Fill("good", 5000))
+	bad := commit(t, s, testutil.Fill("bad", 7000))
 	var calls atomic.Int64
-	dpath, err := s.PutDerived(ctx, DerivedKey{Source: good.SHA256, Converter: "c-1", Format: "raw"}, writeProducer(fill("d", 900), &calls))
+	dpath, err := s.PutDerived(ctx, DerivedKey{Source: good.SHA256, Converter: "c-1", Format: "raw"}, writeProducer(testutil.Fill("d", 900), &calls))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +50,7 @@ func TestVerify(t *testing.T) {
 	}
 	for _, p := range []string{bad.Path, dpath} {
 		r := byPath[p]
-		if r.OK || !errors.Is(r.Err, ErrQuarantined) || r.QuarantinePath == "" || !exists(r.QuarantinePath) || exists(p) {
+		if r.OK || !errors.Is(r.Err, ErrQuarantined) || r.QuarantinePath == "" || !testutil.Exists(r.QuarantinePath) || testutil.Exists(p) {
 			t.Errorf("damaged %s: %+v", p, r)
 		}
 	}

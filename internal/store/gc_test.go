@@ -12,6 +12,7 @@ import (
 
 	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/image"
@@ -35,15 +36,15 @@ func newGCFixture(t *testing.T) *gcFixture {
 	ctx := context.Background()
 	f := &gcFixture{s: newStore(t)}
 	s := f.s
-	recData := fill("recorded", 1000)
-	f.recorded = commitAs(t, s, recData, sha512Of(recData)) // referenced through the SHA-512 alias
-	f.linked = commit(t, s, fill("linked", 2000))
-	f.orphan = commit(t, s, fill("orphan", 3000))
+	recData := testutil.Fill("recorded", 1000)
+	f.recorded = commitAs(t, s, recData, testutil.SHA512Of(recData)) // referenced through the SHA-512 alias
+	f.linked = commit(t, s, testutil.Fill("linked", 2000))
+	f.orphan = commit(t, s, testutil.Fill("orphan", 3000))
 
 	if err := s.SaveResolution(ctx, catalog.Resolution{
 		Spec:   noble,
 		Roots:  &testRoots,
-		Assets: []image.Asset{{Role: image.RoleDisk, Digest: sha512Of(recData)}},
+		Assets: []image.Asset{{Role: image.RoleDisk, Digest: testutil.SHA512Of(recData)}},
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +53,7 @@ func newGCFixture(t *testing.T) *gcFixture {
 	}
 	var calls atomic.Int64
 	var err error
-	f.derivedOfRecorded, err = s.PutDerived(ctx, content.DerivedKey{Source: f.recorded.SHA256, Converter: "c-1", Format: "raw"}, writeProducer(fill("d1", 500), &calls))
+	f.derivedOfRecorded, err = s.PutDerived(ctx, content.DerivedKey{Source: f.recorded.SHA256, Converter: "c-1", Format: "raw"}, writeProducer(testutil.Fill("d1", 500), &calls))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,11 +61,11 @@ func newGCFixture(t *testing.T) *gcFixture {
 		t.Fatal(err)
 	}
 	// Output of an older converter for a recorded source: no longer linked.
-	f.derivedOldConverter, err = s.PutDerived(ctx, content.DerivedKey{Source: f.recorded.SHA256, Converter: "c-0", Format: "raw"}, writeProducer(fill("d0", 400), &calls))
+	f.derivedOldConverter, err = s.PutDerived(ctx, content.DerivedKey{Source: f.recorded.SHA256, Converter: "c-0", Format: "raw"}, writeProducer(testutil.Fill("d0", 400), &calls))
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.derivedOfOrphan, err = s.PutDerived(ctx, content.DerivedKey{Source: f.orphan.SHA256, Converter: "c-1", Format: "raw"}, writeProducer(fill("d2", 600), &calls))
+	f.derivedOfOrphan, err = s.PutDerived(ctx, content.DerivedKey{Source: f.orphan.SHA256, Converter: "c-1", Format: "raw"}, writeProducer(testutil.Fill("d2", 600), &calls))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,11 +81,11 @@ func newGCFixture(t *testing.T) *gcFixture {
 		}
 		return p
 	}
-	stale := sha256Of([]byte("stale download"))
+	stale := testutil.SHA256Of([]byte("stale download"))
 	f.stalePartial = mk(s.IngestPath(stale), true)
 	mk(s.IngestPath(stale)+".meta", true)
-	f.freshPartial = mk(s.IngestPath(sha256Of([]byte("fresh download"))), false)
-	held := sha512Of([]byte("held download"))
+	f.freshPartial = mk(s.IngestPath(testutil.SHA256Of([]byte("fresh download"))), false)
+	held := testutil.SHA512Of([]byte("held download"))
 	f.heldPartial = mk(s.IngestPath(held), true)
 	f.releaseHeld = holdLock(t, s.Root(), held.String())
 	f.staleTemp = mk(filepath.Join(s.Root(), content.DirBlobs, ".x"+atomicfile.TempMarker+"1"), true)
@@ -95,7 +96,7 @@ func newGCFixture(t *testing.T) *gcFixture {
 		t.Fatal(err)
 	}
 	f.danglingLink = filepath.Join(dir, LinkInitramfs)
-	if err := os.Symlink("../../../../blobs/sha256/"+sha256Of([]byte("gone")).Hex, f.danglingLink); err != nil {
+	if err := os.Symlink("../../../../blobs/sha256/"+testutil.SHA256Of([]byte("gone")).Hex, f.danglingLink); err != nil {
 		t.Fatal(err)
 	}
 	return f
@@ -155,21 +156,21 @@ func TestGC(t *testing.T) {
 			t.Errorf("dry=%v busy = %v, want the held partial", dry, rep.Busy)
 		}
 		for _, p := range wantRemoved {
-			if exists(p) == !dry {
-				t.Errorf("dry=%v: %s exists=%v", dry, p, exists(p))
+			if testutil.Exists(p) == !dry {
+				t.Errorf("dry=%v: %s exists=%v", dry, p, testutil.Exists(p))
 			}
 		}
 		for _, p := range wantKept {
-			if !exists(p) {
+			if !testutil.Exists(p) {
 				t.Errorf("dry=%v: kept file %s is gone", dry, p)
 			}
 		}
 	}
-	if exists(filepath.Join(s.Root(), "stamps", "blobs", f.orphan.SHA256.Hex)) {
+	if testutil.Exists(filepath.Join(s.Root(), "stamps", "blobs", f.orphan.SHA256.Hex)) {
 		t.Error("stamp of removed blob left")
 	}
 	// Kept things still work.
-	if _, err := s.Lookup(ctx, sha512Of(fill("recorded", 1000))); err != nil {
+	if _, err := s.Lookup(ctx, testutil.SHA512Of(testutil.Fill("recorded", 1000))); err != nil {
 		t.Errorf("recorded blob after GC: %v", err)
 	}
 	if _, err := s.Lookup(ctx, f.orphan.SHA256); !errors.Is(err, content.ErrNotFound) {
@@ -183,8 +184,8 @@ func TestGC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if exists(f.heldPartial) || len(rep.Busy) != 0 {
-		t.Errorf("released partial: exists=%v busy=%v", exists(f.heldPartial), rep.Busy)
+	if testutil.Exists(f.heldPartial) || len(rep.Busy) != 0 {
+		t.Errorf("released partial: exists=%v busy=%v", testutil.Exists(f.heldPartial), rep.Busy)
 	}
 }
 
@@ -244,7 +245,7 @@ func TestList(t *testing.T) {
 	}
 	rec := byPath[f.recorded.Path]
 	if rec.Kind != content.KindBlob || rec.Size != 1000 || len(rec.Records) != 1 || rec.Records[0] != noble ||
-		len(rec.Aliases) != 1 || rec.Aliases[0] != sha512Of(fill("recorded", 1000)) || rec.CommittedAt.IsZero() {
+		len(rec.Aliases) != 1 || rec.Aliases[0] != testutil.SHA512Of(testutil.Fill("recorded", 1000)) || rec.CommittedAt.IsZero() {
 		t.Errorf("recorded entry %+v", rec)
 	}
 	if l := byPath[f.linked.Path]; len(l.Images) != 1 || l.Images[0] != "debian/13/arm64/vmlinuz" {

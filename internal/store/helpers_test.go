@@ -2,9 +2,6 @@ package store
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/sha512"
-	"encoding/hex"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -12,11 +9,12 @@ import (
 
 	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/internal/filelock"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/digest"
 )
 
-// The content store's own tests (internal/content) have twins of these
-// helpers; a test package cannot share them across the package line.
+// newStore, ingest and commit have twins in internal/content's tests, for
+// its own Store type; the helpers that need no Store are in internal/testutil.
 
 func newStore(t *testing.T, opts ...content.Option) *Store {
 	t.Helper()
@@ -25,27 +23,6 @@ func newStore(t *testing.T, opts ...content.Option) *Store {
 		t.Fatal(err)
 	}
 	return s
-}
-
-func sha256Of(b []byte) digest.Digest {
-	h := sha256.Sum256(b)
-	return digest.Digest{Algorithm: digest.SHA256, Hex: hex.EncodeToString(h[:])}
-}
-
-func sha512Of(b []byte) digest.Digest {
-	h := sha512.Sum512(b)
-	return digest.Digest{Algorithm: digest.SHA512, Hex: hex.EncodeToString(h[:])}
-}
-
-// fill returns n deterministic pseudo-random bytes distinct per seed.
-func fill(seed string, n int) []byte {
-	out := make([]byte, 0, n+sha256.Size)
-	block := sha256.Sum256([]byte(seed))
-	for len(out) < n {
-		out = append(out, block[:]...)
-		block = sha256.Sum256(block[:])
-	}
-	return out[:n]
 }
 
 // ingest writes b as the ingest file for d.
@@ -63,29 +40,13 @@ func ingest(t *testing.T, s *Store, d digest.Digest, b []byte) string {
 
 func commit(t *testing.T, s *Store, b []byte) content.BlobInfo {
 	t.Helper()
-	d := sha256Of(b)
+	d := testutil.SHA256Of(b)
 	info, err := s.Commit(context.Background(), ingest(t, s, d, b), d, int64(len(b)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return info
 }
-
-// dirNames lists a directory's entries (nil if it does not exist).
-func dirNames(t *testing.T, dir string) []string {
-	t.Helper()
-	ents, err := os.ReadDir(dir)
-	if err != nil && !os.IsNotExist(err) {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range ents {
-		names = append(names, e.Name())
-	}
-	return names
-}
-
-func exists(p string) bool { _, err := os.Lstat(p); return err == nil }
 
 // holdLock takes lock name through a second Store on the same root: its
 // flock excludes s's like another process's would (flock locks belong to

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/testutil"
 )
 
 // TestHostileStoreContents fills every directory with debris a crash, a
@@ -18,7 +19,7 @@ import (
 func TestHostileStoreContents(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
-	good := commit(t, s, fill("good", 1000))
+	good := commit(t, s, testutil.Fill("good", 1000))
 	outside := filepath.Join(t.TempDir(), "precious")
 	if err := os.WriteFile(outside, []byte("do not touch"), 0o644); err != nil {
 		t.Fatal(err)
@@ -75,7 +76,7 @@ func TestHostileStoreContents(t *testing.T) {
 		t.Fatalf("file outside the store damaged: %q %v", b, err)
 	}
 	for _, rel := range []string{"blobs/sha256/not-hex", "blobs/sha256/" + strings.Repeat("ef", 32), "derived/garbage", "images/evil/1/amd64/disk.img", "images/evil/1/amd64/loop-a", "index/sha512/short"} {
-		if exists(filepath.Join(r, rel)) {
+		if testutil.Exists(filepath.Join(r, rel)) {
 			t.Errorf("GC left %s", rel)
 		}
 	}

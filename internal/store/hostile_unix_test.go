@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 )
@@ -26,7 +27,7 @@ import (
 // unusable and, where the store owns it, replace it.
 func TestHostileSmallFiles(t *testing.T) {
 	ctx := context.Background()
-	data := fill("aliased", 3000)
+	data := testutil.Fill("aliased", 3000)
 	outside := filepath.Join(t.TempDir(), "outside.json")
 	tests := []struct {
 		name  string
@@ -40,9 +41,9 @@ func TestHostileSmallFiles(t *testing.T) {
 			return err
 		}},
 		{"alias is a pipe", func(t *testing.T, s *Store, b content.BlobInfo) string {
-			return mkfifo(t, filepath.Join(s.Root(), "index", "sha512", sha512Of(data).Hex))
+			return mkfifo(t, filepath.Join(s.Root(), "index", "sha512", testutil.SHA512Of(data).Hex))
 		}, func(s *Store, b content.BlobInfo) error {
-			if _, err := s.Lookup(ctx, sha512Of(data)); !errors.Is(err, content.ErrNotFound) {
+			if _, err := s.Lookup(ctx, testutil.SHA512Of(data)); !errors.Is(err, content.ErrNotFound) {
 				return fmt.Errorf("Lookup through a pipe alias = %v, want ErrNotFound", err)
 			}
 			_, err := s.List(ctx)
@@ -61,9 +62,9 @@ func TestHostileSmallFiles(t *testing.T) {
 			return s.SaveResolution(ctx, catalog.Resolution{Spec: noble, Roots: &testRoots})
 		}},
 		{"ingest file is a pipe", func(t *testing.T, s *Store, b content.BlobInfo) string {
-			return mkfifo(t, s.IngestPath(sha256Of([]byte("never written"))))
+			return mkfifo(t, s.IngestPath(testutil.SHA256Of([]byte("never written"))))
 		}, func(s *Store, b content.BlobInfo) error {
-			d := sha256Of([]byte("never written"))
+			d := testutil.SHA256Of([]byte("never written"))
 			if _, err := s.Commit(ctx, s.IngestPath(d), d, 0); err == nil {
 				return errors.New("Commit of a pipe succeeded")
 			}
@@ -93,7 +94,7 @@ func TestHostileSmallFiles(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStore(t)
-			b := commitAs(t, s, data, sha512Of(data))
+			b := commitAs(t, s, data, testutil.SHA512Of(data))
 			p := tc.plant(t, s, b)
 			done := make(chan error, 1)
 			go func() { done <- tc.check(s, b) }()

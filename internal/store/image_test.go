@@ -15,6 +15,7 @@ import (
 
 	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 )
@@ -30,7 +31,7 @@ var (
 
 func TestLinkImage(t *testing.T) {
 	s := newStore(t)
-	a := commit(t, s, fill("A", 100))
+	a := commit(t, s, testutil.Fill("A", 100))
 	link, err := s.LinkImage(t.Context(), noble, LinkDisk, a.Path)
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +55,7 @@ func TestLinkImage(t *testing.T) {
 // than its context allows, and does nothing once the context has ended.
 func TestLinkImageHonoursContext(t *testing.T) {
 	s := newStore(t)
-	a := commit(t, s, fill("A", 100))
+	a := commit(t, s, testutil.Fill("A", 100))
 	cancelled, cancel := context.WithCancel(t.Context())
 	cancel()
 	if _, err := s.LinkImage(cancelled, noble, LinkDisk, a.Path); !errors.Is(err, context.Canceled) {
@@ -80,7 +81,7 @@ func TestLinkImageHonoursContext(t *testing.T) {
 // opening the link: no reader may ever find it missing.
 func TestLinkImageReplaceIsAtomic(t *testing.T) {
 	s := newStore(t)
-	blobs := []content.BlobInfo{commit(t, s, fill("A", 100)), commit(t, s, fill("B", 200))}
+	blobs := []content.BlobInfo{commit(t, s, testutil.Fill("A", 100)), commit(t, s, testutil.Fill("B", 200))}
 	link, err := s.LinkImage(t.Context(), noble, LinkKernel, blobs[0].Path)
 	if err != nil {
 		t.Fatal(err)
@@ -111,7 +112,7 @@ func TestLinkImageReplaceIsAtomic(t *testing.T) {
 	if failures.Load() != 0 {
 		t.Errorf("%d of %d reads saw no valid link", failures.Load(), reads.Load())
 	}
-	for _, n := range dirNames(t, filepath.Dir(link)) {
+	for _, n := range testutil.DirNames(t, filepath.Dir(link)) {
 		if atomicfile.IsTemp(n) {
 			t.Errorf("temporary left: %s", n)
 		}
@@ -120,7 +121,7 @@ func TestLinkImageReplaceIsAtomic(t *testing.T) {
 
 func TestLinkImageRefuses(t *testing.T) {
 	s := newStore(t)
-	a := commit(t, s, fill("A", 100))
+	a := commit(t, s, testutil.Fill("A", 100))
 	outside := filepath.Join(t.TempDir(), "evil")
 	if err := os.WriteFile(outside, []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
@@ -151,7 +152,7 @@ func TestLinkImageRefuses(t *testing.T) {
 		})
 	}
 	// Nothing was created outside images/ (or inside it).
-	if n := dirNames(t, filepath.Join(s.Root(), dirImages)); len(n) != 0 {
+	if n := testutil.DirNames(t, filepath.Join(s.Root(), dirImages)); len(n) != 0 {
 		t.Errorf("images/ has %v", n)
 	}
 }
@@ -159,16 +160,16 @@ func TestLinkImageRefuses(t *testing.T) {
 func TestResolutionRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
-	data := fill("disk", 10)
+	data := testutil.Fill("disk", 10)
 	r := catalog.Resolution{
 		Spec:     noble,
 		BootMode: catalog.BootKernel,
 		Assets: []image.Asset{{
 			Role: image.RoleDisk, Name: "noble.img", URL: "https://example.invalid/noble.img",
-			Digest: sha256Of(data), Size: 10, Format: image.FormatQCOW2,
+			Digest: testutil.SHA256Of(data), Size: 10, Format: image.FormatQCOW2,
 			Trust: image.Trust{Signed: true, Signer: "D2EB44626FDDC30B513D5BB71A5D6C4C7DB87C81", ManifestURL: "https://example.invalid/SHA256SUMS"},
 		}, {
-			Role: image.RoleKernel, Name: "vmlinuz", Digest: sha512Of(data),
+			Role: image.RoleKernel, Name: "vmlinuz", Digest: testutil.SHA512Of(data),
 		}},
 		ResolvedAt: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC),
 		Roots:      &testRoots,
@@ -298,7 +299,7 @@ func TestPublishRefusesSymlinkedDirs(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStore(t)
-			b := commit(t, s, fill("A", 100))
+			b := commit(t, s, testutil.Fill("A", 100))
 			outside := t.TempDir()
 			p := filepath.Join(s.Root(), tc.planted)
 			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -318,7 +319,7 @@ func TestPublishRefusesSymlinkedDirs(t *testing.T) {
 			if err != nil && !strings.Contains(err.Error(), p+" is a symbolic link, not a directory") {
 				t.Errorf("error %q does not say that %s is a symbolic link", err, p)
 			}
-			if n := dirNames(t, outside); len(n) != 0 {
+			if n := testutil.DirNames(t, outside); len(n) != 0 {
 				t.Errorf("wrote outside the store: %v", n)
 			}
 		})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/testutil"
 )
 
 // TestGCDoesNotRaceWithLinkImage runs LinkImage while GC is between its scan
@@ -18,13 +19,13 @@ import (
 // target is gone, so that the caller fetches it again.
 func TestGCDoesNotRaceWithLinkImage(t *testing.T) {
 	s := newStore(t)
-	b := commit(t, s, fill("old, unreferenced", 5000))
+	b := commit(t, s, testutil.Fill("old, unreferenced", 5000))
 	dir, _ := s.ImageDir(noble)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	link := filepath.Join(dir, LinkKernel)
-	if err := os.Symlink("../../../../blobs/sha256/"+sha256Of([]byte("gone")).Hex, link); err != nil {
+	if err := os.Symlink("../../../../blobs/sha256/"+testutil.SHA256Of([]byte("gone")).Hex, link); err != nil {
 		t.Fatal(err)
 	}
 	linked := make(chan error, 1)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 )
@@ -24,7 +25,7 @@ func TestRecordsAreBoundToTrustRoots(t *testing.T) {
 	build := noble
 	build.Serial = "20260926"
 	r := catalog.Resolution{Spec: build, BootMode: catalog.BootKernel, Roots: &testRoots, ResolvedAt: time.Now().UTC(),
-		Assets: []image.Asset{{Role: image.RoleDisk, Name: "d.img", Digest: sha256Of(fill("a", 10))}}}
+		Assets: []image.Asset{{Role: image.RoleDisk, Name: "d.img", Digest: testutil.SHA256Of(testutil.Fill("a", 10))}}}
 	if err := s.SaveResolution(ctx, r); err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 )
@@ -23,7 +24,7 @@ func TestSerialRecords(t *testing.T) {
 	build := func(serial string) catalog.Resolution {
 		spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64, Serial: serial}
 		return catalog.Resolution{Spec: spec, BootMode: catalog.BootKernel, ResolvedAt: time.Date(2026, 9, 27, 0, 0, 0, 0, time.UTC), Roots: &testRoots,
-			Assets: []image.Asset{{Role: image.RoleDisk, Name: "d.img", Digest: sha256Of(fill(serial, 10))}}}
+			Assets: []image.Asset{{Role: image.RoleDisk, Name: "d.img", Digest: testutil.SHA256Of(testutil.Fill(serial, 10))}}}
 	}
 	for _, serial := range []string{"20260926.2", "20260901", "20260926.10"} {
 		if err := s.SaveSerialResolution(ctx, build(serial)); err != nil {

@@ -17,10 +17,10 @@ func TestGCKeepsBasesThatClonesUse(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
 	dir := t.TempDir()
-	b1 := commit(t, s, fill("overlay base", 1<<16))
-	b2 := commit(t, s, fill("reflink base", 1<<16))
-	b3 := commit(t, s, fill("copied base", 1<<16))
-	b4 := commit(t, s, fill("replaced holder's base", 1<<16))
+	b1 := commit(t, s, testutil.Fill("overlay base", 1<<16))
+	b2 := commit(t, s, testutil.Fill("reflink base", 1<<16))
+	b3 := commit(t, s, testutil.Fill("copied base", 1<<16))
+	b4 := commit(t, s, testutil.Fill("replaced holder's base", 1<<16))
 	rel := func(p string) string {
 		r, err := s.StoredFile(p)
 		if err != nil {
@@ -71,12 +71,12 @@ func TestGCKeepsBasesThatClonesUse(t *testing.T) {
 	}
 	removed := gc()
 	for _, b := range []content.BlobInfo{b1, b2} {
-		if _, ok := removed[b.Path]; ok || !exists(b.Path) {
+		if _, ok := removed[b.Path]; ok || !testutil.Exists(b.Path) {
 			t.Errorf("gc removed %s, which a live clone uses", b.Path)
 		}
 	}
 	for _, b := range []content.BlobInfo{b3, b4} {
-		if !strings.HasPrefix(removed[b.Path], "blob") || exists(b.Path) {
+		if !strings.HasPrefix(removed[b.Path], "blob") || testutil.Exists(b.Path) {
 			t.Errorf("gc kept %s (removed: %v), which no clone shares", b.Path, removed)
 		}
 	}
@@ -123,7 +123,7 @@ func TestGCKeepsBasesThatClonesUse(t *testing.T) {
 	}
 	removed = gc()
 	for _, b := range []content.BlobInfo{b1, b2} {
-		if exists(b.Path) {
+		if testutil.Exists(b.Path) {
 			t.Errorf("gc kept %s after its clone went: removed %v", b.Path, removed)
 		}
 	}
@@ -158,7 +158,7 @@ func TestGCKeepsReflinkedBase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := commit(t, s, fill("reflinked base", 4<<20))
+	b := commit(t, s, testutil.Fill("reflinked base", 4<<20))
 	dest := filepath.Join(mnt, "vm.raw")
 	rel, err := s.StoredFile(b.Path)
 	if err != nil {
@@ -176,7 +176,7 @@ func TestGCKeepsReflinkedBase(t *testing.T) {
 	if _, err := s.GC(ctx, content.GCOptions{MinAge: -1}); err != nil {
 		t.Fatal(err)
 	}
-	if !exists(b.Path) {
+	if !testutil.Exists(b.Path) {
 		t.Fatal("gc removed a base a reflink clone shares")
 	}
 	if err := os.Remove(dest); err != nil {
@@ -185,7 +185,7 @@ func TestGCKeepsReflinkedBase(t *testing.T) {
 	if _, err := s.GC(ctx, content.GCOptions{MinAge: -1}); err != nil {
 		t.Fatal(err)
 	}
-	if exists(b.Path) {
+	if testutil.Exists(b.Path) {
 		t.Fatal("gc kept the base after its only clone was removed")
 	}
 }
