@@ -71,3 +71,14 @@ func TestCheckFree(t *testing.T) {
 		t.Errorf("CheckFree(missing dir) = %v, want a plain error", err)
 	}
 }
+
+func TestHumanSize(t *testing.T) {
+	for _, tc := range []struct {
+		n    int64
+		want string
+	}{{0, "0 B"}, {1023, "1023 B"}, {1024, "1.0 KiB"}, {1536 << 20, "1.5 GiB"}, {5 << 40, "5.0 TiB"}} {
+		if got := HumanSize(tc.n); got != tc.want {
+			t.Errorf("HumanSize(%d) = %q, want %q", tc.n, got, tc.want)
+		}
+	}
+}

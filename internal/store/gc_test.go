@@ -14,7 +14,6 @@ import (
 	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/catalog"
-	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/image"
 )
 
@@ -100,15 +99,6 @@ func newGCFixture(t *testing.T) *gcFixture {
 		t.Fatal(err)
 	}
 	return f
-}
-
-func commitAs(t *testing.T, s *Store, b []byte, d digest.Digest) content.BlobInfo {
-	t.Helper()
-	info, err := s.Commit(context.Background(), ingest(t, s, d, b), d, int64(len(b)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info
 }
 
 func TestGC(t *testing.T) {

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -13,8 +14,7 @@ import (
 	"github.com/vmprep/vmprep/pkg/digest"
 )
 
-// newStore, ingest and commit have twins in internal/content's tests, for
-// its own Store type; the helpers that need no Store are in internal/testutil.
+// The helpers that need no Store are in internal/testutil.
 
 func newStore(t *testing.T, opts ...content.Option) *Store {
 	t.Helper()
@@ -25,23 +25,17 @@ func newStore(t *testing.T, opts ...content.Option) *Store {
 	return s
 }
 
-// ingest writes b as the ingest file for d.
-func ingest(t *testing.T, s *Store, d digest.Digest, b []byte) string {
-	t.Helper()
-	p := s.IngestPath(d)
-	if p == "" {
-		t.Fatalf("no ingest path for %v", d)
-	}
-	if err := os.WriteFile(p, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
+// commit stores b as a blob through Ingest (the content store's own tests
+// cover the ingest-file path).
 func commit(t *testing.T, s *Store, b []byte) content.BlobInfo {
 	t.Helper()
-	d := testutil.SHA256Of(b)
-	info, err := s.Commit(context.Background(), ingest(t, s, d, b), d, int64(len(b)))
+	return commitAs(t, s, b, testutil.SHA256Of(b))
+}
+
+// commitAs stores b as the blob for d (a SHA-512 too).
+func commitAs(t *testing.T, s *Store, b []byte, d digest.Digest) content.BlobInfo {
+	t.Helper()
+	info, err := s.Ingest(t.Context(), d, int64(len(b)), bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -236,17 +236,6 @@ func mustRecordPath(t *testing.T, s *Store, spec image.Spec) string {
 	return p
 }
 
-func TestHumanSize(t *testing.T) {
-	for _, tc := range []struct {
-		n    int64
-		want string
-	}{{0, "0 B"}, {1023, "1023 B"}, {1024, "1.0 KiB"}, {1536 << 20, "1.5 GiB"}, {5 << 40, "5.0 TiB"}} {
-		if got := content.HumanSize(tc.n); got != tc.want {
-			t.Errorf("HumanSize(%d) = %q, want %q", tc.n, got, tc.want)
-		}
-	}
-}
-
 func TestDefaultRoot(t *testing.T) {
 	dir := t.TempDir()
 	t.Setenv(content.EnvCacheDir, dir)
