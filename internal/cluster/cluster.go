@@ -60,6 +60,23 @@ func (p *Proc) Wait(timeout time.Duration) (*os.ProcessState, bool) {
 	}
 }
 
+// WaitServing waits until a stage process logs that it serves its stages
+// (streams set up, consumers bound), and fails the test if it exits first.
+func (p *Proc) WaitServing(tb testing.TB, timeout time.Duration) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(p.out.String(), "serving stages=") {
+		select {
+		case <-p.done:
+			tb.Fatalf("%s exited before serving: %s", p.Name, p.out.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s not serving after %s", p.Name, timeout)
+		}
+	}
+}
+
 // Kill9 kills the process with SIGKILL and waits for it.
 func (p *Proc) Kill9(tb testing.TB) {
 	tb.Helper()

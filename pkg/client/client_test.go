@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/client"
@@ -366,6 +367,61 @@ func TestNoDeployment(t *testing.T) {
 		if _, err := c.Prepare(prepareCtx(t), req); err == nil || errors.Is(err, client.ErrNoDeployment) {
 			t.Errorf("Prepare(%+v) = %v, want a validation error", req, err)
 		}
+	}
+}
+
+// TestDeploymentStartingWithTheClient: a deployment whose streams appear
+// while the client already waits (compose up, a stream leader being
+// elected) is used, not reported missing.
+func TestDeploymentStartingWithTheClient(t *testing.T) {
+	srv, nc, js := testutil.EmbeddedJetStream(t)
+	c, err := client.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := srv.Subscriptions()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Prepare(ctx, client.Request{Spec: noble})
+		done <- err
+	}()
+	// The client subscribes to its result subject, then asks for a stored
+	// result: the streams are made only once it has.
+	deadline := time.Now().Add(10 * time.Second)
+	for srv.Subscriptions() == before {
+		if time.Now().After(deadline) {
+			t.Fatal("the client never subscribed to its result")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := pipeline.Setup(ctx, js, pipeline.SetupConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	// No stage runs: the request is queued, and the client waits for its
+	// result until its context ends.
+	stream, err := js.Stream(ctx, messages.StreamWork)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		info, err := stream.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs > 0 {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("Prepare = %v before its request was queued, want it to wait for the deployment", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	cancel()
+	if err := <-done; errors.Is(err, client.ErrNoDeployment) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("Prepare = %v, want it to have waited for its result until cancelled", err)
 	}
 }
 
