@@ -242,7 +242,9 @@ func TestPutRidesThroughAServerRestart(t *testing.T) {
 	s := openStore(t, js, objectstore.WithChunkSize(16<<10), objectstore.WithWindow(2), objectstore.WithStallTimeout(time.Second))
 	path, d, _ := writeFile(t, 8<<20)
 	want, _ := os.ReadFile(path)
-	restarted := make(chan struct{})
+	// The restart reports here: a failure in its goroutine may not end the
+	// test there (t.Fatal) nor panic, and the put would wait for ever.
+	restarted := make(chan error, 1)
 	var once bool
 	done := make(chan error, 1)
 	go func() {
@@ -253,25 +255,32 @@ func TestPutRidesThroughAServerRestart(t *testing.T) {
 					srv.Shutdown()
 					time.Sleep(200 * time.Millisecond)
 					srv2, err := natsembed.Start(natsembed.Options{StoreDir: dir, Listen: url[len("nats://"):]})
-					if err != nil {
-						panic(err)
+					if err == nil {
+						t.Cleanup(srv2.Shutdown)
 					}
-					t.Cleanup(srv2.Shutdown)
-					close(restarted)
+					restarted <- err
 				}()
 			}
 		})
 		done <- err
 	}()
+	timeout := time.After(2 * time.Minute)
+	select {
+	case err := <-restarted:
+		if err != nil {
+			t.Fatalf("restart the server: %v", err)
+		}
+	case <-timeout:
+		t.Fatal("the server was never restarted")
+	}
 	select {
 	case err := <-done:
 		if err != nil {
 			t.Fatalf("put across a restart: %v", err)
 		}
-	case <-time.After(2 * time.Minute):
+	case <-timeout:
 		t.Fatal("put never finished")
 	}
-	<-restarted
 	info, err := s.Stat(context.Background(), d)
 	if err != nil {
 		t.Fatal(err)

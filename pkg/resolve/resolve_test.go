@@ -378,7 +378,11 @@ func TestCancelledContext(t *testing.T) {
 		_, err := r.Resolve(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
 		done <- err
 	}()
+	deadline := time.Now().Add(time.Minute)
 	for m.Requests(mp) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the manifest was never requested")
+		}
 		time.Sleep(time.Millisecond)
 	}
 	cancel()
