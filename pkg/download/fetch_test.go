@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/vmprep/vmprep/internal/neterr"
+	"github.com/vmprep/vmprep/internal/version"
 	"io"
 	"log"
 	"net/http"
@@ -539,7 +540,7 @@ func TestUserAgent(t *testing.T) {
 		opts []Option
 		want string
 	}{
-		{"default", nil, "vmprep/" + userAgentVersion()},
+		{"default", nil, "vmprep/" + version.Short()},
 		{"custom", []Option{WithUserAgent("fleet-prep/7")}, "fleet-prep/7"},
 	}
 	for _, tt := range tests {
