@@ -68,7 +68,10 @@ func newEnv(t *testing.T, m *testmirror.Mirror) *env {
 			Concurrency: 3,
 			// Always ask the mirror: tests of the cached resolution set MaxAge themselves.
 			ResolutionMaxAge: 0,
-			RunnerOptions:    []stage.Option{stage.WithBackoff(testutil.Backoff(20*time.Millisecond, 200*time.Millisecond)), stage.WithMaxDeliver(3), stage.WithAckWait(5 * time.Second)},
+			// Short pulls: stopping a stage waits for the pull in progress,
+			// and a fleet stops several in turn.
+			RunnerOptions: []stage.Option{stage.WithBackoff(testutil.Backoff(20*time.Millisecond, 200*time.Millisecond)), stage.WithMaxDeliver(3), stage.WithAckWait(5 * time.Second),
+				stage.WithPullWait(200 * time.Millisecond)},
 		},
 	}
 }
