@@ -147,6 +147,7 @@ func qemuRawSHA256(t *testing.T, m *testmirror.Mirror, rel string) string {
 }
 
 func TestPrepareEndToEnd(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t)
 	e := newEnv(t, m)
 	emb := e.start(t)
@@ -259,6 +260,7 @@ func TestPrepareEndToEnd(t *testing.T) {
 // TestRequestIDs: a reused id for another image is refused without touching
 // the original request; a duplicate publish yields one result.
 func TestRequestIDs(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)
@@ -281,6 +283,7 @@ func TestRequestIDs(t *testing.T) {
 }
 
 func TestWarmPrepareWorksOffline(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	e := newEnv(t, m)
 	e.deps.ResolutionMaxAge = time.Hour
@@ -304,6 +307,7 @@ func TestWarmPrepareWorksOffline(t *testing.T) {
 }
 
 func TestFailuresEndAsResults(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)
@@ -392,6 +396,7 @@ func TestFailuresEndAsResults(t *testing.T) {
 }
 
 func TestPoisonMessagesAreDeadLettered(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)
@@ -482,6 +487,7 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 // TestCorruptCacheIsFetchedAgain: a stored blob that stopped matching its
 // digest is quarantined and fetched again, instead of failing the request.
 func TestCorruptCacheIsFetchedAgain(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)
@@ -534,6 +540,7 @@ func TestCorruptCacheIsFetchedAgain(t *testing.T) {
 // the collectors race on the same request states, and every request id still
 // gets exactly one result.
 func TestConcurrentWorkersOneResultEach(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t)
 	e := newEnv(t, m)
 	emb := e.start(t) // first set of stages, with the server
@@ -638,6 +645,7 @@ func asAnyClient(t *testing.T, nc *nats.Conn, req any, id string) messages.Resul
 // and never sees the other image's files; repeating the original request
 // gets the original result again; format may be left out.
 func TestRequestIDReuseForAnyClient(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)
@@ -683,6 +691,7 @@ func TestRequestIDReuseForAnyClient(t *testing.T) {
 // Namespaces keep clients apart: the same request id in two namespaces is
 // two requests, each answered and reported on its own subjects.
 func TestNamespaces(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)

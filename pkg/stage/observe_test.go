@@ -101,17 +101,10 @@ func TestObserverHearsEveryOutcome(t *testing.T) {
 		publish(t, js, `{"request_id":"`+id+`"}`)
 	}
 	// ok, flaky (3 deliveries), always-transient (3), permanent, poison, panic: 10 settlements.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	waitFor(t, "10 deliveries settled", func() bool {
 		_, _, _, settled, _ := rec.snapshot()
-		if settled >= 10 && workLeft(t, js) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d deliveries settled", settled)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return settled >= 10 && workLeft(t, js) == 0
+	})
 	stop()
 	outcomes, started, redeliveries, settled, dead := rec.snapshot()
 	want := map[string]int{"ok": 2, "retry": 4, "exhausted": 1, "permanent": 1, "poison": 2}
