@@ -271,21 +271,18 @@ func TestPutRidesThroughAServerRestart(t *testing.T) {
 		done <- err
 	}()
 	timeout := time.After(2 * time.Minute)
-	select {
-	case err := <-restarted:
-		if err != nil {
-			t.Fatalf("restart the server: %v", err)
+	for _, step := range []struct {
+		what  string
+		ended <-chan error
+	}{{"restart the server", restarted}, {"put across a restart", done}} {
+		select {
+		case err := <-step.ended:
+			if err != nil {
+				t.Fatalf("%s: %v", step.what, err)
+			}
+		case <-timeout:
+			t.Fatalf("%s: not done after 2 minutes", step.what)
 		}
-	case <-timeout:
-		t.Fatal("the server was never restarted")
-	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("put across a restart: %v", err)
-		}
-	case <-timeout:
-		t.Fatal("put never finished")
 	}
 	info, err := s.Stat(context.Background(), d)
 	if err != nil {
