@@ -132,6 +132,7 @@ func (h *Host) Prepare(arch image.Arch, format image.DiskFormat, extra ...string
 	if err := r.run(); err != nil {
 		h.c.tb.Fatal(err)
 	}
+	r.showOnFailure(h.c.tb, "vmprep prepare on "+h.Name)
 	return r
 }
 

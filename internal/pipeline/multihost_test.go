@@ -98,6 +98,7 @@ func (f *fleet) under(host, path string) bool {
 }
 
 func TestMultiHostTargetedAndClientPlacement(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64, image.ArchARM64))
 	f := newFleet(t, m)
 	f.host("gateway", []string{messages.StageResolver, messages.StageCollector}, nil)
@@ -221,6 +222,7 @@ func mustReadlink(t *testing.T, p string) string {
 // Concurrent requests for one image, over three fetchers: the origin serves
 // each asset once, and every request gets the image.
 func TestMultiHostOneOriginDownloadPerAsset(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(64<<20, 24<<20))
 	f := newFleet(t, m)
 	// As the stage processes do by default: a stored resolution is reused.
@@ -265,6 +267,7 @@ func TestMultiHostOneOriginDownloadPerAsset(t *testing.T) {
 // A damaged object in the bucket is caught by the verifier, deleted and
 // fetched again from the origin; the request still gets exact files.
 func TestMultiHostCorruptObjectIsRefetched(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	f := newFleet(t, m)
 	f.host("gateway", []string{messages.StageResolver, messages.StageCollector, messages.StageFetcher, messages.StageVerifier}, nil)
@@ -334,6 +337,7 @@ func rewriteObject(js jetstream.JetStream, info objectstore.Info, path string) e
 // A request for a target host that no converter has ever served fails at
 // once, saying what to start, instead of waiting forever.
 func TestMultiHostUnknownTarget(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64))
 	f := newFleet(t, m)
 	f.host("gateway", []string{messages.StageResolver, messages.StageCollector, messages.StageFetcher, messages.StageVerifier}, nil)

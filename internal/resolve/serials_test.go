@@ -26,6 +26,7 @@ func serialsMirror(t *testing.T) *testmirror.Mirror {
 var amd64Noble = image.Spec{Distro: "ubuntu", Version: "noble", Arch: image.ArchAMD64}
 
 func TestSerialsNewestFirst(t *testing.T) {
+	t.Parallel()
 	m := serialsMirror(t)
 	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())})
 	serials, err := r.Serials(t.Context(), amd64Noble)
@@ -52,6 +53,7 @@ func TestSerialsNewestFirst(t *testing.T) {
 }
 
 func TestResolveSerials(t *testing.T) {
+	t.Parallel()
 	m := serialsMirror(t)
 	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())})
 	check := func(t *testing.T, res catalog.Resolution, serial string) {
@@ -124,6 +126,7 @@ func TestResolveSerials(t *testing.T) {
 
 // A mirror given as …/releases/ instead of its root: the 404 says so.
 func TestMirrorEndingInReleases(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithArches(image.ArchAMD64))
 	cat, err := catalog.New(catalog.WithMirror(m.URL+"releases/"), catalog.WithKeyring(m.Keyring()))
 	if err != nil {
@@ -147,6 +150,7 @@ func TestMirrorEndingInReleases(t *testing.T) {
 
 // Listings that are not HTML, or too large, are refused without being read.
 func TestListingRefused(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithArches(image.ArchAMD64))
 	listing := "/" + m.VersionDir("ubuntu", "24.04") + "/"
 	var mode atomic.Value
