@@ -50,8 +50,8 @@ var (
 // Layout names the layer above uses to recognise a stored file by its path
 // relative to the root.
 const (
-	DirBlobs   = dirBlobs + "/sha256" // blobs/sha256/<hex>
-	DirDerived = dirDerived           // derived/<name>
+	DirBlobs   = dirBlobs   // blobs/sha256/<hex>
+	DirDerived = dirDerived // derived/<name>
 )
 
 // Logger is the logger the store was opened with.

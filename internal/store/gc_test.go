@@ -87,7 +87,7 @@ func newGCFixture(t *testing.T) *gcFixture {
 	held := testutil.SHA512Of([]byte("held download"))
 	f.heldPartial = mk(s.IngestPath(held), true)
 	f.releaseHeld = holdLock(t, s.Root(), held.String())
-	f.staleTemp = mk(filepath.Join(s.Root(), content.DirBlobs, ".x"+atomicfile.TempMarker+"1"), true)
+	f.staleTemp = mk(filepath.Join(s.Root(), content.DirBlobs, "sha256", ".x"+atomicfile.TempMarker+"1"), true)
 	f.freshTemp = mk(filepath.Join(s.Root(), dirRecords, ".y.json"+atomicfile.TempMarker+"2"), false)
 	f.freshDerivedTemp = mk(filepath.Join(s.Root(), content.DirDerived, ".z"+atomicfile.TempMarker+"3"), false)
 	dir, _ := s.ImageDir(noble)

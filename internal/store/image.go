@@ -73,7 +73,7 @@ func (s *Store) LinkImage(ctx context.Context, spec image.Spec, name string, tar
 	if err != nil {
 		return "", fmt.Errorf("store: link %s: %w", name, err)
 	}
-	if d := filepath.Dir(abs); d != s.path(content.DirBlobs) && d != s.path(content.DirDerived) {
+	if d := filepath.Dir(abs); d != s.path(content.DirBlobs, "sha256") && d != s.path(content.DirDerived) {
 		return "", fmt.Errorf("store: link %s: %w: target %s is not a blob or derived file of %s", name, content.ErrInvalidName, abs, s.Root())
 	}
 	// Shared GC lock: GC must not remove the target (or this link, as

@@ -140,9 +140,9 @@ func TestLinkImageRefuses(t *testing.T) {
 		{"link name with slash", noble, "../disk.img", a.Path},
 		{"hidden link name", noble, ".disk", a.Path},
 		{"target outside store", noble, LinkDisk, outside},
-		{"target is a store directory", noble, LinkDisk, filepath.Join(s.Root(), content.DirBlobs)},
+		{"target is a store directory", noble, LinkDisk, filepath.Join(s.Root(), content.DirBlobs, "sha256")},
 		{"target is a record", noble, LinkDisk, filepath.Join(s.Root(), dirRecords, "x.json")},
-		{"target via dotdot", noble, LinkDisk, filepath.Join(s.Root(), content.DirBlobs, "..", "..", "..", "evil")},
+		{"target via dotdot", noble, LinkDisk, filepath.Join(s.Root(), content.DirBlobs, "sha256", "..", "..", "..", "evil")},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -91,7 +91,7 @@ func appendSpec(specs []image.Spec, sp image.Spec) []image.Spec {
 // the dangling ones.
 func (s *Store) scanImages(ctx context.Context, inv *content.Inventory) (dangling []content.GCItem, err error) {
 	root := s.path(dirImages)
-	blobDir := s.path(content.DirBlobs)
+	blobDir := s.path(content.DirBlobs, "sha256")
 	derivedDir := s.path(content.DirDerived)
 	err = walkFiles(ctx, root, inv, func(p string, de fs.DirEntry) error {
 		if de.Type()&fs.ModeSymlink == 0 {

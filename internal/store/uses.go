@@ -92,11 +92,11 @@ func (s *Store) StoredFile(path string) (string, error) {
 		rel = filepath.ToSlash(rel)
 		dir, name := filepath.ToSlash(filepath.Dir(rel)), filepath.Base(rel)
 		_, derived := content.ParseDerivedName(name)
-		if (dir == content.DirBlobs && !atomicfile.IsTemp(name)) || (dir == content.DirDerived && derived) {
+		if (dir == content.DirBlobs+"/sha256" && !atomicfile.IsTemp(name)) || (dir == content.DirDerived && derived) {
 			return rel, nil
 		}
 	}
-	return "", fmt.Errorf("store: %s is not a disk in the cache %s (want a file under %s/ or %s/, or an images/ link to one)", path, s.Root(), "blobs", content.DirDerived)
+	return "", fmt.Errorf("store: %s is not a disk in the cache %s (want a file under %s/ or %s/, or an images/ link to one)", path, s.Root(), content.DirBlobs, content.DirDerived)
 }
 
 // RecordUse publishes u (Base relative to the root, Holder absolute; the
@@ -252,7 +252,7 @@ func (s *Store) scanUses(ctx context.Context, inv *content.Inventory) error {
 		var e *content.Entry
 		dir, name := filepath.ToSlash(filepath.Dir(u.Base)), filepath.Base(u.Base)
 		switch dir {
-		case content.DirBlobs:
+		case content.DirBlobs + "/sha256":
 			e = inv.Blobs[name]
 		case content.DirDerived:
 			e = inv.Derived[name]
