@@ -176,8 +176,12 @@ func (s *FetcherStage) fromOrigin(ctx context.Context, ev messages.AssetEvent, m
 			return res, nil
 		}
 		if errors.Is(context.Cause(wctx), errOriginSilent) && ctx.Err() == nil {
-			if last == nil || download.IsRetryable(err) || !errors.Is(err, context.Canceled) {
-				last = err // cut short mid-attempt: its error quotes the one before
+			// An attempt cut short by the watchdog says only that; keep the
+			// origin's own last answer unless this Fetch's error quotes one.
+			var de *download.Error
+			cut := errors.Is(err, errOriginSilent) || errors.Is(err, context.Canceled)
+			if last == nil || !cut || (errors.As(err, &de) && de.Attempts > 1) {
+				last = err
 			}
 			return res, stage.Permanent(&OriginGoneError{URL: ev.Asset.URL, For: limit, Last: last})
 		}
