@@ -115,6 +115,7 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 		Replicas:         c.Replicas,
 		Host:             host,
 		TargetedOnly:     target.TargetedOnly,
+		CloneDir:         target.CloneDir,
 		LeaseStall:       leaseStall,
 		SweepInterval:    sweepInterval,
 		OrphanGrace:      orphanGrace,

@@ -144,6 +144,7 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 		if r == catalog.RoleDisk {
 			f.Format = ev.FileFormat
 			res.DiskFormat = ev.FileFormat
+			res.Clones = ev.Cloned
 		}
 		if s.Bucket == "" {
 			// One shared cache directory: the paths are found in the store

@@ -1,0 +1,137 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/vmprep/vmprep/pkg/catalog"
+	"github.com/vmprep/vmprep/pkg/clone"
+	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/stage"
+	"github.com/vmprep/vmprep/pkg/store"
+)
+
+// StepClone is the converter's progress step while it copies a clone (a
+// reflink, clonefile or overlay is instant and reports nothing).
+const StepClone = "clone"
+
+// CloneDir returns dir as the clone directory of a converter host: an
+// absolute, symlink-free path of an existing directory, so that every clone
+// is a name directly inside it.
+func CloneDir(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err == nil {
+		abs, err = filepath.EvalSymlinks(abs)
+	}
+	if err != nil {
+		return "", fmt.Errorf("clone directory: %w", err)
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return "", fmt.Errorf("clone directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return "", fmt.Errorf("clone directory %s is not a directory", abs)
+	}
+	return abs, nil
+}
+
+// makeClones makes the clones ev's request asked for from disk, the
+// request's disk on this host, in the host's clone directory. What a request
+// may do there is narrow: name plain files directly inside the directory,
+// never replace a file unless it asks to (force) and the file is a clone
+// this host recorded. The clone of a redelivered event is found by its
+// record (the same request, the same base) and reported, not made again.
+func (s *ConverterStage) makeClones(ctx context.Context, ev messages.AssetEvent, disk string, report ProgressFunc) ([]messages.Clone, error) {
+	if len(ev.Clones) == 0 {
+		return nil, nil
+	}
+	if s.CloneDir == "" {
+		return nil, stage.Permanent(fmt.Errorf("host %s has no clone directory: its converter makes clones only when started with --clone-dir DIR", s.Host))
+	}
+	// The resolver checked the request; this host checks again what it is
+	// asked to write.
+	req := messages.PrepareRequest{RequestID: ev.RequestID, Spec: ev.Spec, Format: ev.Format, Target: ev.Target, ClientConverts: ev.ClientConverts, Clones: ev.Clones}
+	if err := req.Validate(); err != nil {
+		return nil, stage.Permanent(err)
+	}
+	base, err := s.Store.StoredFile(disk)
+	if err != nil {
+		return nil, err
+	}
+	key := messages.RequestKey(ev.Namespace, ev.RequestID)
+	out := make([]messages.Clone, 0, len(ev.Clones))
+	for _, c := range ev.Clones {
+		dest := filepath.Join(s.CloneDir, c.Name)
+		if filepath.Dir(dest) != s.CloneDir {
+			return nil, stage.Permanent(fmt.Errorf("clone %q: not a name inside the clone directory %s", c.Name, s.CloneDir))
+		}
+		format := messages.CloneFormat(c, ev.Format)
+		made, err := s.cloneOnce(c, dest, disk, base, key)
+		if err == nil && made == nil {
+			opts := store.CloneOptions{Request: key, Options: clone.Options{Format: clone.Format(format), Size: c.Size, Force: c.Force,
+				Progress: func(done, total int64) {
+					report(messages.Progress{Namespace: ev.Namespace, RequestID: ev.RequestID, Stage: messages.StageConverter, Step: StepClone, Asset: catalog.RoleDisk, Done: done, Total: total})
+				}}}
+			var res clone.Result
+			if res, err = s.Store.CloneDisk(ctx, disk, dest, opts); err == nil {
+				made = &messages.Clone{Name: c.Name, Path: res.Path, Method: string(res.Method), Format: format}
+				s.Logger.Info("cloned", "request_id", ev.RequestID, "path", res.Path, "method", res.Method)
+			}
+		}
+		if errors.Is(err, clone.ErrExists) || errors.Is(err, clone.ErrShrink) {
+			err = stage.Permanent(err)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("clone %s: %w", c.Name, err)
+		}
+		out = append(out, *made)
+	}
+	return out, nil
+}
+
+// cloneOnce decides what to do about an existing file at dest: nothing
+// there (nil, nil: make the clone); this request's own clone of base, made
+// before a redelivery (that clone); a clone this host recorded, which c may
+// replace with Force (nil, nil); anything else is refused.
+func (s *ConverterStage) cloneOnce(c messages.CloneRequest, dest, disk, base, key string) (*messages.Clone, error) {
+	fi, err := os.Lstat(dest)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		kind := "special file"
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			kind = "symlink"
+		case fi.IsDir():
+			kind = "directory"
+		}
+		return nil, stage.Permanent(fmt.Errorf("%s exists and is a %s, not a clone: not replaced", dest, kind))
+	}
+	use, recorded, err := s.Store.UseOf(store.KindClone, dest)
+	if err != nil {
+		return nil, err
+	}
+	recorded = recorded && !use.Stale // the record is of the file there now
+	switch {
+	case recorded && use.Request == key && use.Base == base:
+		format := catalog.FormatRaw
+		if use.Method == string(clone.MethodOverlay) {
+			format = catalog.FormatQCOW2
+		}
+		return &messages.Clone{Name: c.Name, Path: dest, Method: use.Method, Format: format}, nil
+	case !c.Force:
+		return nil, stage.Permanent(fmt.Errorf("%s exists: %w (a request may replace only a clone this host made, with force)", dest, clone.ErrExists))
+	case !recorded:
+		return nil, stage.Permanent(fmt.Errorf("%s exists and is not a clone this host recorded: not replaced, even with force", dest))
+	}
+	return nil, nil
+}
