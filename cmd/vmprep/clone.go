@@ -98,7 +98,12 @@ func runClone(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		base, dest = *from, pos[0]
 	case *from == "" && len(pos) == 3:
 		dest = pos[2]
-		res, code := prepareForClone(ctx, fs, pos[0], pos[1], stderr)
+		pmode, err := parseProgressMode(*pf.progress)
+		if err != nil {
+			fmt.Fprintf(stderr, "vmprep clone: %v\n", err)
+			return 2
+		}
+		res, code := prepareForClone(ctx, fs, pos[0], pos[1], pmode.resolve(stderr, *pf.asJSON), stderr)
 		if code != 0 {
 			return code
 		}
@@ -156,11 +161,13 @@ func runClone(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 }
 
 // prepareForClone runs prepare with the prepare flags given to clone and
-// returns its result.
-func prepareForClone(ctx context.Context, fs *flag.FlagSet, distro, version string, stderr io.Writer) (messages.Result, int) {
-	args := []string{"--json"}
+// returns its result. Prepare prints its result as JSON for clone to read,
+// and its progress on stderr as clone's own flags and stderr ask (pmode,
+// resolved), as prepare alone would show it.
+func prepareForClone(ctx context.Context, fs *flag.FlagSet, distro, version string, pmode progressMode, stderr io.Writer) (messages.Result, int) {
+	args := []string{"--json", "--progress=" + string(pmode)}
 	fs.Visit(func(f *flag.Flag) {
-		if !cloneOnly(f.Name) {
+		if !cloneOnly(f.Name) && f.Name != "progress" {
 			args = append(args, "--"+f.Name+"="+f.Value.String())
 		}
 	})
