@@ -397,7 +397,8 @@ type Progress struct {
 	RequestID string `json:"request_id"`
 	Stage     string `json:"stage"`
 	// Step says what the stage is doing: resolve (the request's image, no
-	// asset and no counts), fetch, store, verify, pull, convert or unpack.
+	// asset and no counts), fetch, store, verify, pull, convert, unpack or
+	// clone (a converter copying a clone the request asked for).
 	Step  string     `json:"step,omitempty"`
 	Asset image.Role `json:"asset"`
 	Done  int64      `json:"done"`
