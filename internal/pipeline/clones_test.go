@@ -191,3 +191,17 @@ func sameFile(a, b string) bool {
 	fb, err := os.Stat(b)
 	return err == nil && os.SameFile(fa, fb)
 }
+
+// TestClonesNeedATargetHostsConverter: a deployment that keeps every file
+// in one cache directory has no converter on a target host, so its
+// resolver refuses clones, even for its own host, before any work.
+func TestClonesNeedATargetHostsConverter(t *testing.T) {
+	e := newEnv(t, testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64)))
+	e.deps.Host = "solo"
+	emb := e.start(t)
+	res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: "clones-solo", Spec: catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64},
+		Format: catalog.FormatRaw, Target: "solo", Clones: []messages.CloneRequest{{Name: "vm1.raw"}}})
+	if res.Status != messages.ResultFailed || res.Failure.Stage != messages.StageResolver || !strings.Contains(res.Failure.Cause, "use vmprep clone there") {
+		t.Fatalf("status %s, %+v: want the resolver refusing clones", res.Status, res.Failure)
+	}
+}
