@@ -64,32 +64,41 @@ func (s *ConverterStage) makeClones(ctx context.Context, ev messages.AssetEvent,
 		return nil, err
 	}
 	key := messages.RequestKey(ev.Namespace, ev.RequestID)
-	out := make([]messages.Clone, 0, len(ev.Clones))
-	for _, c := range ev.Clones {
+	// Every name is decided before any clone is made: a request refused
+	// for one name leaves no clones of the others behind.
+	out := make([]messages.Clone, len(ev.Clones))
+	made := make([]bool, len(ev.Clones))
+	for i, c := range ev.Clones {
 		dest := filepath.Join(s.CloneDir, c.Name)
 		if filepath.Dir(dest) != s.CloneDir {
 			return nil, stage.Permanent(fmt.Errorf("clone %q: not a name inside the clone directory %s", c.Name, s.CloneDir))
 		}
-		format := messages.CloneFormat(c, ev.Format)
-		made, err := s.cloneOnce(c, dest, disk, base, key)
-		if err == nil && made == nil {
-			opts := store.CloneOptions{Request: key, Options: clone.Options{Format: clone.Format(format), Size: c.Size, Force: c.Force,
-				Progress: func(done, total int64) {
-					report(messages.Progress{Namespace: ev.Namespace, RequestID: ev.RequestID, Stage: messages.StageConverter, Step: StepClone, Asset: catalog.RoleDisk, Done: done, Total: total})
-				}}}
-			var res clone.Result
-			if res, err = s.Store.CloneDisk(ctx, disk, dest, opts); err == nil {
-				made = &messages.Clone{Name: c.Name, Path: res.Path, Method: string(res.Method), Format: format}
-				s.Logger.Info("cloned", "request_id", ev.RequestID, "path", res.Path, "method", res.Method)
-			}
+		before, err := s.cloneOnce(c, dest, base, key)
+		if err != nil {
+			return nil, fmt.Errorf("clone %s: %w", c.Name, err)
 		}
+		if before != nil {
+			out[i], made[i] = *before, true
+		}
+	}
+	for i, c := range ev.Clones {
+		if made[i] {
+			continue
+		}
+		format := messages.CloneFormat(c, ev.Format)
+		opts := store.CloneOptions{Request: key, Options: clone.Options{Format: clone.Format(format), Size: c.Size, Force: c.Force,
+			Progress: func(done, total int64) {
+				report(messages.Progress{Namespace: ev.Namespace, RequestID: ev.RequestID, Stage: messages.StageConverter, Step: StepClone, Asset: catalog.RoleDisk, Done: done, Total: total})
+			}}}
+		res, err := s.Store.CloneDisk(ctx, disk, filepath.Join(s.CloneDir, c.Name), opts)
 		if errors.Is(err, clone.ErrExists) || errors.Is(err, clone.ErrShrink) {
 			err = stage.Permanent(err)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("clone %s: %w", c.Name, err)
 		}
-		out = append(out, *made)
+		out[i] = messages.Clone{Name: c.Name, Path: res.Path, Method: string(res.Method), Format: format}
+		s.Logger.Info("cloned", "request_id", ev.RequestID, "path", res.Path, "method", res.Method)
 	}
 	return out, nil
 }
@@ -98,7 +107,7 @@ func (s *ConverterStage) makeClones(ctx context.Context, ev messages.AssetEvent,
 // there (nil, nil: make the clone); this request's own clone of base, made
 // before a redelivery (that clone); a clone this host recorded, which c may
 // replace with Force (nil, nil); anything else is refused.
-func (s *ConverterStage) cloneOnce(c messages.CloneRequest, dest, disk, base, key string) (*messages.Clone, error) {
+func (s *ConverterStage) cloneOnce(c messages.CloneRequest, dest, base, key string) (*messages.Clone, error) {
 	fi, err := os.Lstat(dest)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil

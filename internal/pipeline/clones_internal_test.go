@@ -134,6 +134,17 @@ func TestConverterClonesOnce(t *testing.T) {
 	if after, err := os.Stat(first[0].Path); err != nil || os.SameFile(before, after) {
 		t.Errorf("force did not replace the clone")
 	}
+	// One refused name fails the request before any clone is made.
+	if err := os.WriteFile(filepath.Join(dir, "taken.raw"), []byte("someone's"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.makeClones(ctx, event("r6", messages.CloneRequest{Name: "fresh.raw"}, messages.CloneRequest{Name: "taken.raw", Force: true}), blob.Path, noProgress)
+	if !stage.IsPermanent(err) || !strings.Contains(err.Error(), "not a clone this host recorded") {
+		t.Errorf("a request with a taken name: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "fresh.raw")); err == nil {
+		t.Error("a refused request left a clone behind")
+	}
 	// A name with a path is refused by the converter too, whatever the
 	// resolver let through.
 	_, err = c.makeClones(ctx, event("r4", messages.CloneRequest{Name: "../vm.raw"}), blob.Path, noProgress)
