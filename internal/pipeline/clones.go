@@ -2,11 +2,14 @@ package pipeline
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/clone"
@@ -64,6 +67,23 @@ func (s *ConverterStage) makeClones(ctx context.Context, ev messages.AssetEvent,
 		return nil, err
 	}
 	key := messages.RequestKey(ev.Namespace, ev.RequestID)
+	// Each clone's path is locked (a store lock: across this host's
+	// processes) from its decision to its record, so that two requests
+	// naming one file cannot both decide to replace it. Taken in one
+	// order, so that requests naming the same files never wait on each
+	// other in a cycle.
+	locks := make([]string, 0, len(ev.Clones))
+	for _, c := range ev.Clones {
+		locks = append(locks, cloneLockName(filepath.Join(s.CloneDir, c.Name)))
+	}
+	slices.Sort(locks)
+	for _, name := range locks {
+		unlock, err := s.Store.Lock(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		defer func() { _ = unlock() }()
+	}
 	// Every name is decided before any clone is made: a request refused
 	// for one name leaves no clones of the others behind.
 	out := make([]messages.Clone, len(ev.Clones))
@@ -101,6 +121,12 @@ func (s *ConverterStage) makeClones(ctx context.Context, ev messages.AssetEvent,
 		s.Logger.Info("cloned", "request_id", ev.RequestID, "path", res.Path, "method", res.Method)
 	}
 	return out, nil
+}
+
+// cloneLockName names the store lock of clone path dest.
+func cloneLockName(dest string) string {
+	h := sha256.Sum256([]byte(dest))
+	return "clone-" + hex.EncodeToString(h[:16])
 }
 
 // cloneOnce decides what to do about an existing file at dest: nothing
