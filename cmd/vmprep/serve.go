@@ -145,6 +145,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		embedded.WithStages(stages...), embedded.WithLogger(log), embedded.WithConcurrency(c.Concurrency),
 		embedded.WithResolutionMaxAge(rf.MaxAge), embedded.WithRunnerOptions(runner.Options()...),
 		embedded.WithOriginTimeout(ff.OriginTimeout), embedded.WithObjectStore(bucket), embedded.WithReplicas(c.Replicas), embedded.WithHost(target.Target),
+		embedded.WithCloneDir(target.CloneDir),
 	}
 	if target.TargetedOnly {
 		opts = append(opts, embedded.WithTargetedOnly())

@@ -108,12 +108,14 @@ func ParseStore(s string) (string, error) {
 type TargetFlags struct {
 	Target       string
 	TargetedOnly bool
+	CloneDir     string
 }
 
 // Register adds the converter's flags to fs.
 func (t *TargetFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&t.Target, "target", envOr("VMPREP_TARGET", place.HostName()), "this host's name: with --store nats:…, the converter takes the work of requests targeted at it (env VMPREP_TARGET; default: the host name)")
 	fs.BoolVar(&t.TargetedOnly, "targeted-only", false, "with --store nats:…, take only work targeted at --target, not untargeted conversions that any converter may do")
+	fs.StringVar(&t.CloneDir, "clone-dir", os.Getenv("VMPREP_CLONE_DIR"), "with --store nats:…, make the clones that requests targeted at --target ask for in this directory (they name only files in it); empty: make none (env VMPREP_CLONE_DIR)")
 }
 
 // Logger builds the logger the flags ask for: text through tint (coloured on a

@@ -87,6 +87,14 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 			return 2
 		}
 	}
+	if target.CloneDir != "" {
+		// Checked before connecting: a converter that could never make a
+		// clone should not start taking requests for them.
+		if target.CloneDir, err = pipeline.CloneDir(target.CloneDir); err != nil {
+			fmt.Fprintf(stderr, "%s: --clone-dir: %v\n", command, err)
+			return 2
+		}
+	}
 	if _, err := c.Options(); err != nil {
 		log.Error("bad connection flags", "err", err)
 		return 2
@@ -115,6 +123,7 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 		Replicas:         c.Replicas,
 		Host:             host,
 		TargetedOnly:     target.TargetedOnly,
+		CloneDir:         target.CloneDir,
 		LeaseStall:       leaseStall,
 		SweepInterval:    sweepInterval,
 		OrphanGrace:      orphanGrace,

@@ -88,6 +88,9 @@ type Deps struct {
 	// TargetedOnly makes the converter take only work targeted at Host,
 	// not the untargeted work that any converter may do.
 	TargetedOnly bool
+	// CloneDir is the directory where the converter makes the clones that
+	// requests targeted at Host ask for ("": it makes none). It must exist.
+	CloneDir string
 	// Metrics, if set, observes every runner and counts what the stages move.
 	Metrics *metrics.Metrics
 	// FairAhead bounds how many messages each stage pulls ahead of its
@@ -154,6 +157,13 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 	}
 	if err := messages.ValidateTarget(d.Host); err != nil {
 		return nil, fmt.Errorf("host name: %w", err)
+	}
+	if d.CloneDir != "" {
+		dir, err := CloneDir(d.CloneDir)
+		if err != nil {
+			return nil, err
+		}
+		d.CloneDir = dir
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -226,7 +236,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 				background = append(background, func(ctx context.Context) { sweepLoop(ctx, infra.Objects, interval, grace, log) })
 			}
 		case messages.StageConverter:
-			h := &ConverterStage{Store: d.Store, Requests: infra.Requests, Objects: infra.Objects, Host: d.Host,
+			h := &ConverterStage{Store: d.Store, Requests: infra.Requests, Objects: infra.Objects, Host: d.Host, CloneDir: d.CloneDir,
 				Progress: progress, Concurrency: d.Concurrency, Logger: log, Metrics: d.Metrics,
 				ReportCorrupt: func(ctx context.Context, bad *place.BadObjectError) error {
 					return client.ReportCorrupt(ctx, js, bad.Ref, bad.Err.Error())

@@ -661,7 +661,10 @@ type ConverterStage struct {
 	// Objects is set in a deployment with an object store.
 	Objects *objectstore.Store
 	// Host is this converter's host name (its --target).
-	Host        string
+	Host string
+	// CloneDir is where requests targeted at Host may have clones of their
+	// disk made (see makeClones); "": this host makes none.
+	CloneDir    string
 	Progress    ProgressFunc
 	Concurrency int
 	Logger      *slog.Logger
@@ -748,6 +751,14 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 	ev.Status, ev.Blob, ev.Path, ev.Size = status, blob.SHA256, path, fi.Size()
 	if role == catalog.RoleDisk {
 		ev.FileFormat = format
+	}
+	if role == catalog.RoleDisk && len(ev.Clones) > 0 {
+		if s.Objects == nil || ev.Target != s.Host {
+			return nil, stage.Permanent(fmt.Errorf("clones are made by the converter of the target host, and this is %s's", s.Host))
+		}
+		if ev.Cloned, err = s.makeClones(ctx, ev, path, report); err != nil {
+			return nil, err
+		}
 	}
 	if s.Objects != nil {
 		ev.Host = s.Host

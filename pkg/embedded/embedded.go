@@ -64,6 +64,7 @@ type config struct {
 	replicas      int
 	host          string
 	targetedOnly  bool
+	cloneDir      string
 	serverOpts    *server.Options
 	connOpts      []nats.Option
 	registerer    prometheus.Registerer
@@ -171,6 +172,11 @@ func WithHost(name string) Option { return func(c *config) { c.host = name } }
 // WithTargetedOnly makes the converter take only work targeted at its host.
 func WithTargetedOnly() Option { return func(c *config) { c.targetedOnly = true } }
 
+// WithCloneDir is the directory where the converter makes the clones that
+// requests targeted at its host ask for (PrepareRequest.Clones; needs an
+// object store). Without it the converter refuses such requests.
+func WithCloneDir(dir string) Option { return func(c *config) { c.cloneDir = dir } }
+
 // WithServerOptions starts the server from a nats-server configuration (say,
 // one read by server.ProcessConfigFile: users, accounts, TLS, cluster).
 // WithListen and WithJetStreamDir, when given, override its listener and
@@ -247,6 +253,7 @@ func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
 		Replicas:         c.replicas,
 		Host:             c.host,
 		TargetedOnly:     c.targetedOnly,
+		CloneDir:         c.cloneDir,
 	}
 	if c.registerer != nil {
 		if deps.Metrics, err = metrics.New(c.registerer); err != nil {
