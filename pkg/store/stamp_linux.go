@@ -1,5 +1,3 @@
-//go:build linux
-
 package store
 
 import (
@@ -7,10 +5,13 @@ import (
 	"syscall"
 )
 
+// stampTracksChange: the stamp holds inode and ctime here.
+const stampTracksChange = true
+
 func platformStamp(fi os.FileInfo, st *stamp) {
 	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
 		st.Inode = sys.Ino
-		st.Device = uint64(sys.Dev)
+		st.Device = uint64(sys.Dev) // uint32 on some 32-bit platforms
 		st.ChangeTimeNs = sys.Ctim.Nano()
 	}
 }
