@@ -1,17 +1,7 @@
 package store
 
-import (
-	"os"
-	"syscall"
-)
+import "syscall"
 
-// stampTracksChange: the stamp holds inode and ctime here.
-const stampTracksChange = true
-
-func platformStamp(fi os.FileInfo, st *stamp) {
-	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
-		st.Inode = sys.Ino
-		st.Device = uint64(sys.Dev) // uint32 on some 32-bit platforms
-		st.ChangeTimeNs = sys.Ctim.Nano()
-	}
+func deviceAndCtime(sys *syscall.Stat_t) (uint64, int64) {
+	return uint64(sys.Dev), sys.Ctim.Nano() // Dev is uint32 on some 32-bit platforms
 }
