@@ -60,6 +60,23 @@ func (p *Proc) Wait(timeout time.Duration) (*os.ProcessState, bool) {
 	}
 }
 
+// WaitServing waits until a stage process logs that it serves its stages
+// (streams set up, consumers bound), and fails the test if it exits first.
+func (p *Proc) WaitServing(tb testing.TB, timeout time.Duration) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(p.out.String(), "serving stages=") {
+		select {
+		case <-p.done:
+			tb.Fatalf("%s exited before serving: %s", p.Name, p.out.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s not serving after %s", p.Name, timeout)
+		}
+	}
+}
+
 // Kill9 kills the process with SIGKILL and waits for it.
 func (p *Proc) Kill9(tb testing.TB) {
 	tb.Helper()
@@ -244,8 +261,8 @@ func (c *Cluster) StopAll() {
 // PrepareRun is a running `vmprep prepare --nats … --json`.
 type PrepareRun struct {
 	cmd    *exec.Cmd
-	stdout bytes.Buffer
-	stderr bytes.Buffer
+	stdout testutil.LockedBuffer
+	stderr testutil.LockedBuffer
 	done   chan error
 	// start and end bound the run, and peak is the highest VmHWM seen
 	// (all set before done is sent).
@@ -289,6 +306,16 @@ func (r *PrepareRun) run() error {
 	return nil
 }
 
+// showOnFailure has a failed test log what the run printed, whatever
+// the test was waiting for when it failed.
+func (r *PrepareRun) showOnFailure(tb testing.TB, name string) {
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			tb.Logf("---- output of %s\nstderr: %s\nstdout: %s", name, r.stderr.String(), r.stdout.String())
+		}
+	})
+}
+
 // Wait waits for the run and returns its exit error (use it or Result,
 // not both).
 func (r *PrepareRun) Wait() error { return <-r.done }
@@ -320,6 +347,7 @@ func (c *Cluster) Prepare(arch catalog.Arch, format catalog.DiskFormat, extra ..
 	if err := r.run(); err != nil {
 		c.tb.Fatal(err)
 	}
+	r.showOnFailure(c.tb, "vmprep prepare")
 	return r
 }
 
@@ -336,7 +364,7 @@ func (r *PrepareRun) Result(tb testing.TB, timeout time.Duration) messages.Resul
 		tb.Fatalf("vmprep prepare did not finish within %s; stderr: %s", timeout, r.stderr.String())
 	}
 	var res messages.Result
-	if err := json.Unmarshal(r.stdout.Bytes(), &res); err != nil {
+	if err := json.Unmarshal([]byte(r.stdout.String()), &res); err != nil {
 		tb.Fatalf("prepare output is not a result: %v\n%s", err, r.stdout.String())
 	}
 	return res

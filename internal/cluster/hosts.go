@@ -132,6 +132,7 @@ func (h *Host) Prepare(arch catalog.Arch, format catalog.DiskFormat, extra ...st
 	if err := r.run(); err != nil {
 		h.c.tb.Fatal(err)
 	}
+	r.showOnFailure(h.c.tb, "vmprep prepare on "+h.Name)
 	return r
 }
 

@@ -189,10 +189,13 @@ func TestClusterNodeLoss(t *testing.T) {
 	c, nodes := cluster.NewNATSCluster(t, cluster.Build(t), 3)
 	c.MirrorURL, c.KeyringFile = m.URL, m.KeyringFile()
 	gateway := c.Host("gateway")
-	gateway.Stage("resolver")
-	gateway.Stage("verifier")
-	c.Host("fetch1").Stage("fetcher")
-	c.Host("fetch2").Stage("fetcher")
+	stages := []*cluster.Proc{gateway.Stage("resolver"), gateway.Stage("verifier"),
+		c.Host("fetch1").Stage("fetcher"), c.Host("fetch2").Stage("fetcher")}
+	// The node dies mid-download, not while the stages set up (a stage
+	// started then waits it out too: the processes are up either way).
+	for _, p := range stages {
+		p.WaitServing(t, 2*time.Minute)
+	}
 
 	diskRel := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
 	diskSize := int64(len(m.Content(diskRel)))

@@ -191,6 +191,10 @@ func Loopback(host string) bool {
 // Running reports whether the server is running.
 func (s *Server) Running() bool { return s.srv.Running() }
 
+// Subscriptions is the number of subscriptions the server holds: a test
+// sees a client get to the point where it waits for an answer.
+func (s *Server) Subscriptions() uint32 { return s.srv.NumSubscriptions() }
+
 // Listener is one network listener a server configuration opens, and how
 // whoever reaches it must authenticate ("" when anyone may connect).
 type Listener struct {

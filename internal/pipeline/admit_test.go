@@ -50,6 +50,7 @@ func admitFixture(format catalog.DiskFormat, target string, clientConverts bool)
 // TestCollectorAdmitsOnlyWhatTheResolutionSays: the collector's checks of a
 // done event against its publisher's subject and the recorded resolution.
 func TestCollectorAdmitsOnlyWhatTheResolutionSays(t *testing.T) {
+	t.Parallel()
 	verifier, fetcher, resolver := messages.DoneSubject(messages.StageVerifier), messages.DoneSubject(messages.StageFetcher), messages.DoneSubject(messages.StageResolver)
 	shared, mac1, mac2 := messages.DoneSubject(messages.StageConverter), messages.DoneSubjectOf("mac1"), messages.DoneSubjectOf("mac2")
 	onHost := func(ev messages.AssetEvent, host string) messages.AssetEvent {
@@ -209,6 +210,7 @@ func indexOf(st requestState, r catalog.Role) int {
 // bucket, a forged success leaves the state as it was and yields no result,
 // and the genuine events then complete the request from the resolution.
 func TestForgedDoneChangesNothing(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	_, _, js := testutil.EmbeddedJetStream(t)
 	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: messages.BucketRequests})

@@ -28,6 +28,7 @@ import (
 // TestClassify: the one classification of handler errors, fed with errors
 // the domain packages really return where that is cheap to provoke.
 func TestClassify(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	st, err := store.Open(filepath.Join(dir, "store"))
 	if err != nil {
@@ -109,6 +110,7 @@ func TestClassify(t *testing.T) {
 // initramfs's event, cannot link the disk into the images view, the failure
 // is the disk's, and says in words what is in the way.
 func TestCollectorFailureNamesItsAsset(t *testing.T) {
+	t.Parallel()
 	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
 	tests := []struct {
 		name     string

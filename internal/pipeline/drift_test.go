@@ -26,6 +26,7 @@ import (
 // refuses, and setup restores it — also one the server cannot update back
 // (a deliver policy), which setup makes again without losing its work.
 func TestConsumerDrift(t *testing.T) {
+	t.Parallel()
 	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), Config: &server.Options{
 		Users: []*server.User{
 			{Username: "admin", Password: "admin-pw"},

@@ -23,6 +23,7 @@ import (
 // request) would stall that download for good; the fetcher takes it over
 // after the stall bound and the request completes.
 func TestForgedLeaseIsTakenOver(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	f := newFleet(t, m)
 	stall := 2 * time.Second
@@ -70,6 +71,7 @@ func TestForgedLeaseIsTakenOver(t *testing.T) {
 // TestFalseCorruptReportKeepsTheObject: a corruption report is a hint; the
 // healer reads the object itself and keeps a good one.
 func TestFalseCorruptReportKeepsTheObject(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	f := newFleet(t, m)
 	f.host("gateway", []string{messages.StageResolver, messages.StageCollector, messages.StageFetcher, messages.StageVerifier}, nil)
@@ -137,6 +139,7 @@ func waitReportAnswered(t *testing.T, js jetstream.JetStream, key string, seq ui
 // reports it and its request fails saying so; the healer re-reads and
 // deletes it, and the next request fetches it again and succeeds.
 func TestConverterReportsCorruptObject(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	f := newFleet(t, m)
 	f.host("gateway", []string{messages.StageResolver, messages.StageCollector, messages.StageFetcher, messages.StageVerifier}, nil)

@@ -23,6 +23,7 @@ import (
 // publish past its limit (it never drops pending work), and the resolver
 // reads the per-namespace limit setup recorded.
 func TestSetupLimits(t *testing.T) {
+	t.Parallel()
 	_, _, js := testutil.EmbeddedJetStream(t)
 	ctx := context.Background()
 	if _, err := pipeline.Setup(ctx, js, pipeline.SetupConfig{ObjectBucket: "b"}); err != nil {
@@ -127,6 +128,7 @@ func (g gatedResolver) Canonical(spec catalog.ImageSpec) (catalog.ImageSpec, err
 // with a failed result naming the limit; bob's request, in his own
 // namespace, is taken.
 func TestQueuedPerNamespaceLimit(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	e := newEnv(t, m)
 	_, nc, js := testutil.EmbeddedJetStream(t)
@@ -203,6 +205,7 @@ func TestQueuedPerNamespaceLimit(t *testing.T) {
 // alice's requests past the per-namespace limit are refused rather than
 // queued. The assertion is on order (KV revisions), not on seconds.
 func TestResolverFairAcrossNamespaces(t *testing.T) {
+	t.Parallel()
 	const flood = 2000
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	e := newEnv(t, m)

@@ -19,6 +19,7 @@ import (
 // into the object store and take a lease for each; the verifier reads each
 // object back once; every delivery is settled.
 func TestMultiHostMetrics(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 24<<20))
 	f := newFleet(t, m)
 	regs := map[string]*prometheus.Registry{}

@@ -97,6 +97,7 @@ func (f *fleet) under(host, path string) bool {
 }
 
 func TestMultiHostTargetedAndClientPlacement(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64, catalog.ArchARM64))
 	f := newFleet(t, m)
 	f.host("gateway", []string{messages.StageResolver, messages.StageCollector}, nil)
@@ -220,6 +221,7 @@ func mustReadlink(t *testing.T, p string) string {
 // Concurrent requests for one image, over three fetchers: the origin serves
 // each asset once, and every request gets the image.
 func TestMultiHostOneOriginDownloadPerAsset(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 24<<20))
 	f := newFleet(t, m)
 	// As the stage processes do by default: a stored resolution is reused.
@@ -264,6 +266,7 @@ func TestMultiHostOneOriginDownloadPerAsset(t *testing.T) {
 // A damaged object in the bucket is caught by the verifier, deleted and
 // fetched again from the origin; the request still gets exact files.
 func TestMultiHostCorruptObjectIsRefetched(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	f := newFleet(t, m)
 	f.host("gateway", []string{messages.StageResolver, messages.StageCollector, messages.StageFetcher, messages.StageVerifier}, nil)
@@ -333,6 +336,7 @@ func rewriteObject(js jetstream.JetStream, info objectstore.Info, path string) e
 // A request for a target host that no converter has ever served fails at
 // once, saying what to start, instead of waiting forever.
 func TestMultiHostUnknownTarget(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	f := newFleet(t, m)
 	f.host("gateway", []string{messages.StageResolver, messages.StageCollector, messages.StageFetcher, messages.StageVerifier}, nil)

@@ -21,6 +21,7 @@ import (
 // left waiting), binds once the operator's setup made them, and the
 // operator's setup keeps what the operator changed.
 func TestSetupByTheOperator(t *testing.T) {
+	t.Parallel()
 	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), Config: &server.Options{
 		Users: []*server.User{
 			{Username: "admin", Password: "admin-pw"},

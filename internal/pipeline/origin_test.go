@@ -90,6 +90,7 @@ func checkOriginGone(t *testing.T, outs []outcome, url string, since time.Time, 
 // on the asset with a failure naming its URL within the origin timeout,
 // while the fetcher's other slot keeps serving other assets.
 func TestOriginGoneMidDownload(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithDiskSize(4<<20, 512<<10), testmirror.WithKernelSize(8<<10, 8<<10))
 	const originTimeout = 15 * time.Second
 	f := originFleet(t, m, originTimeout)
@@ -125,6 +126,7 @@ func TestOriginGoneMidDownload(t *testing.T) {
 // A mirror that stops (connections cut, then refused) mid-download ends
 // every request with a failure naming the URL and the last cause.
 func TestOriginStoppedMidDownload(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(4<<20, 512<<10), testmirror.WithKernelSize(8<<10, 8<<10))
 	const originTimeout = 3 * time.Second
 	f := originFleet(t, m, originTimeout)

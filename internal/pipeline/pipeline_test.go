@@ -68,7 +68,10 @@ func newEnv(t *testing.T, m *testmirror.Mirror) *env {
 			Concurrency: 3,
 			// Always ask the mirror: tests of the cached resolution set MaxAge themselves.
 			ResolutionMaxAge: 0,
-			RunnerOptions:    []stage.Option{stage.WithBackoff(testutil.Backoff(20*time.Millisecond, 200*time.Millisecond)), stage.WithMaxDeliver(3), stage.WithAckWait(5 * time.Second)},
+			// Short pulls: stopping a stage waits for the pull in progress,
+			// and a fleet stops several in turn.
+			RunnerOptions: []stage.Option{stage.WithBackoff(testutil.Backoff(20*time.Millisecond, 200*time.Millisecond)), stage.WithMaxDeliver(3), stage.WithAckWait(5 * time.Second),
+				stage.WithPullWait(200 * time.Millisecond)},
 		},
 	}
 }
@@ -144,6 +147,7 @@ func qemuRawSHA256(t *testing.T, m *testmirror.Mirror, rel string) string {
 }
 
 func TestPrepareEndToEnd(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t)
 	e := newEnv(t, m)
 	emb := e.start(t)
@@ -256,6 +260,7 @@ func TestPrepareEndToEnd(t *testing.T) {
 // TestRequestIDs: a reused id for another image is refused without touching
 // the original request; a duplicate publish yields one result.
 func TestRequestIDs(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)
@@ -278,6 +283,7 @@ func TestRequestIDs(t *testing.T) {
 }
 
 func TestWarmPrepareWorksOffline(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	e := newEnv(t, m)
 	e.deps.ResolutionMaxAge = time.Hour
@@ -301,6 +307,7 @@ func TestWarmPrepareWorksOffline(t *testing.T) {
 }
 
 func TestFailuresEndAsResults(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)
@@ -389,6 +396,7 @@ func TestFailuresEndAsResults(t *testing.T) {
 }
 
 func TestPoisonMessagesAreDeadLettered(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)
@@ -479,6 +487,7 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 // TestCorruptCacheIsFetchedAgain: a stored blob that stopped matching its
 // digest is quarantined and fetched again, instead of failing the request.
 func TestCorruptCacheIsFetchedAgain(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)
@@ -531,6 +540,7 @@ func TestCorruptCacheIsFetchedAgain(t *testing.T) {
 // the collectors race on the same request states, and every request id still
 // gets exactly one result.
 func TestConcurrentWorkersOneResultEach(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t)
 	e := newEnv(t, m)
 	emb := e.start(t) // first set of stages, with the server
@@ -635,6 +645,7 @@ func asAnyClient(t *testing.T, nc *nats.Conn, req any, id string) messages.Resul
 // and never sees the other image's files; repeating the original request
 // gets the original result again; format may be left out.
 func TestRequestIDReuseForAnyClient(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)
@@ -680,6 +691,7 @@ func TestRequestIDReuseForAnyClient(t *testing.T) {
 // Namespaces keep clients apart: the same request id in two namespaces is
 // two requests, each answered and reported on its own subjects.
 func TestNamespaces(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	e := newEnv(t, m)
 	emb := e.start(t)

@@ -54,6 +54,7 @@ func qemuTool(t *testing.T, name string, args ...string) {
 // request on their first delivery, with a cause that says what is wrong,
 // instead of being retried for minutes (deliveries × download attempts).
 func TestPermanentFailuresEndAtOnce(t *testing.T) {
+	t.Parallel()
 	amd := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: catalog.ArchAMD64}
 	tests := []struct {
 		name      string
@@ -160,6 +161,7 @@ func breakDiskMagic(t *testing.T, e *env, m *testmirror.Mirror) {
 // TestShortBodyIsFetchedOnce: the permanent short-body failure costs one
 // delivery's attempts, not MaxDeliver times as many.
 func TestShortBodyIsFetchedOnce(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	disk := m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
 	m.SetFault(disk, testmirror.Fault{IgnoreRange: true, Reset: true, After: 1 << 20})
@@ -178,6 +180,7 @@ func TestShortBodyIsFetchedOnce(t *testing.T) {
 // conversion counts the qcow2's allocated data (plus a margin), not the
 // virtual size: a 64 GiB disk holding 24 MiB converts where 8 GiB are free.
 func TestRawConversionNeedsRoomForDataOnly(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<30, 24<<20), testmirror.WithCompressedDisk(false))
 	e := newEnv(t, m)
 	var fs unix.Statfs_t
@@ -209,6 +212,7 @@ func TestRawConversionNeedsRoomForDataOnly(t *testing.T) {
 // Ubuntu's with CONFIG_EFI_ZBOOT) goes to the converter like a gzip one and
 // is delivered as the raw Image, derived from the verified vmlinuz.
 func TestZBootKernelIsUnpacked(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchARM64))
 	image := kerneltest.Arm64Image(2 << 20)
 	var gz bytes.Buffer
@@ -247,6 +251,7 @@ func TestZBootKernelIsUnpacked(t *testing.T) {
 // prepare --timeout) while the fetcher retries says what it was retrying,
 // not only "context canceled".
 func TestGivingUpNamesWhatWasRetried(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	m.SetFault(m.Path("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk), testmirror.Fault{Status: http.StatusServiceUnavailable})
 	e := newEnv(t, m)

@@ -32,6 +32,7 @@ func freeAddr(t *testing.T) string {
 // disk is downloading and starts it again on the same port and directory: the
 // stages and the client reconnect and the request completes.
 func TestServerRestartMidRequest(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithDiskSize(64<<20, 24<<20))
 	e := newEnv(t, m)
 	addr, jsDir := freeAddr(t), t.TempDir()

@@ -73,6 +73,7 @@ func viewRoots(t *testing.T, view string) catalog.TrustRoots {
 // cached build was resolved under other roots; under another mirror the
 // files are resolved from that mirror.
 func TestTrustRootsBindStoredResolutions(t *testing.T) {
+	t.Parallel()
 	a := smallMirror(t, testmirror.DefaultUbuntuSerial)
 	e := newEnv(t, a)
 	e.deps.ResolutionMaxAge = time.Hour // the same roots reuse the record without asking

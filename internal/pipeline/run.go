@@ -250,7 +250,10 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 	}
 	queuedLimit := 0
 	if slices.Contains(names, messages.StageResolver) {
-		if queuedLimit, err = QueuedPerNamespace(ctx, js); err != nil {
+		if err := AwaitJetStream(ctx, js, d.Logger, func() (err error) {
+			queuedLimit, err = QueuedPerNamespace(ctx, js)
+			return err
+		}); err != nil {
 			return nil, err
 		}
 	}
@@ -272,7 +275,11 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 				stage.WithKeyLimit(queuedLimit, errQueuedLimit))
 		}
 		d.Metrics.Stage(b.consumer)
-		r, err := stage.New(ctx, js, messages.StreamWork, b.consumer, b.filter, classified(b.handler), opts...)
+		var r *stage.Runner
+		err := AwaitJetStream(ctx, js, d.Logger, func() (err error) {
+			r, err = stage.New(ctx, js, messages.StreamWork, b.consumer, b.filter, classified(b.handler), opts...)
+			return err
+		})
 		if err != nil {
 			if b.consumer != b.name && errors.Is(err, stage.ErrCreateDenied) {
 				err = fmt.Errorf("%w (for this host: vmprep setup --hosts %s)", err, d.Host)

@@ -47,6 +47,7 @@ func checkBuild(t *testing.T, m *testmirror.Mirror, res messages.Result, serial 
 }
 
 func TestSerialsNewestPinnedAndMissing(t *testing.T) {
+	t.Parallel()
 	m := smallMirror(t, "20260901", "20260926")
 	e := newEnv(t, m)
 	emb := e.start(t)
@@ -114,6 +115,7 @@ func TestSerialsNewestPinnedAndMissing(t *testing.T) {
 }
 
 func TestRollbackIsNeverSilent(t *testing.T) {
+	t.Parallel()
 	m := smallMirror(t, "20260901", "20260926")
 	e := newEnv(t, m)
 	emb := e.start(t)
@@ -165,6 +167,7 @@ func TestRollbackIsNeverSilent(t *testing.T) {
 // A codename and its version are one image: one record (warm and offline
 // either way), one view, and the result names the canonical version.
 func TestCodenameIsOneImage(t *testing.T) {
+	t.Parallel()
 	m := smallMirror(t, testmirror.DefaultUbuntuSerial)
 	e := newEnv(t, m)
 	e.deps.ResolutionMaxAge = time.Hour
@@ -204,6 +207,7 @@ func TestCodenameIsOneImage(t *testing.T) {
 // prepares its build: labelled with build-info.txt's serial (pinnable,
 // recorded, named by the view) when there is one, else unpinned.
 func TestClassicLayoutMirror(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name      string
 		buildInfo bool

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/internal/lease"
 	"github.com/vmprep/vmprep/pkg/messages"
@@ -380,47 +381,47 @@ func SetupHealer(ctx context.Context, js jetstream.JetStream, ackWait time.Durat
 	return nil
 }
 
-// errCodeNoPeers is JetStream's "no suitable peers for placement" (a 400):
-// a cluster still forming, or with a node down, cannot place an R3 stream
-// yet; it can once the node is back.
-const errCodeNoPeers jetstream.ErrorCode = 10005
-
 // WaitForSetup retries Setup until it succeeds or ctx ends: a stage may start
 // before its NATS server is reachable.
 func WaitForSetup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) (*Infra, error) {
-	log := cfg.Logger
+	var infra *Infra
+	err := AwaitJetStream(ctx, js, cfg.Logger, func() (err error) {
+		infra, err = Setup(ctx, js, cfg)
+		return err
+	})
+	return infra, err
+}
+
+// AwaitJetStream calls fn until it succeeds, fails with what waiting cannot
+// fix (stage.Unavailable says which), or ctx ends: a process may start before
+// its NATS server is reachable, or while a cluster node is lost and a leader
+// is being elected, and then waits rather than exits.
+func AwaitJetStream(ctx context.Context, js jetstream.JetStream, log *slog.Logger, fn func() error) error {
 	delay := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		var infra *Infra
 		var err error
 		if nc := js.Conn(); nc != nil && !nc.IsConnected() {
-			// Setup's calls would wait for the connection and time out with
+			// fn's calls would wait for the connection and time out with
 			// only "context deadline exceeded"; the connection's own log
 			// says why it cannot connect.
-			err = fmt.Errorf("not connected to NATS at %s (%s)", strings.Join(nc.Servers(), ","), strings.ToLower(nc.Status().String()))
-		} else if infra, err = Setup(ctx, js, cfg); err == nil {
-			return infra, nil
+			err = fmt.Errorf("not connected to NATS at %s (%s): %w", strings.Join(nc.Servers(), ","), strings.ToLower(nc.Status().String()), nats.ErrDisconnected)
+		} else if err = fn(); err == nil {
+			return nil
 		}
-		if errors.Is(err, stage.ErrCreateDenied) {
-			return nil, err // an operator must create it
-		}
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500 && apiErr.Code != 408 &&
-			apiErr.ErrorCode != errCodeNoPeers {
-			// The server refused the configuration (not "not ready yet"): waiting won't help.
-			return nil, err
+		if !stage.Unavailable(ctx, err) {
+			if ctx.Err() != nil {
+				return errors.Join(err, ctx.Err())
+			}
+			return err
 		}
 		if log != nil && (attempt == 1 || attempt%10 == 0) {
 			log.Warn("waiting for NATS JetStream", "err", err)
-		}
-		if ctx.Err() != nil {
-			return nil, errors.Join(err, ctx.Err())
 		}
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, errors.Join(err, ctx.Err())
+			return errors.Join(err, ctx.Err())
 		case <-t.C:
 		}
 		if delay < 2*time.Second {

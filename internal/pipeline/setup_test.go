@@ -17,6 +17,7 @@ import (
 // A process starting against streams an operator changed leaves them as
 // they are and says how they differ.
 func TestSetupKeepsOperatorChanges(t *testing.T) {
+	t.Parallel()
 	_, _, js := testutil.EmbeddedJetStream(t)
 	ctx := context.Background()
 	if _, err := pipeline.Setup(ctx, js, pipeline.SetupConfig{ObjectBucket: "b"}); err != nil {

@@ -11,6 +11,7 @@ import (
 // the collector too, so "resolver" does; a list without a collector would
 // take requests and never answer.
 func TestParseStagesMeanTheBinaries(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		in   string
 		want []string

@@ -8,13 +8,13 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/objectstore"
+	"golang.org/x/sync/singleflight"
 )
 
 // errObjectMismatch: an object's bytes are not what the signed manifest says.
@@ -43,19 +43,15 @@ type verifiedRecord struct {
 // the object (a new NUID) is verified again. Concurrent checks of the same
 // version in this process share one stream.
 type verifiedObjects struct {
-	kv       jetstream.KeyValue
-	mu       sync.Mutex
-	inflight map[string]*verifyCall
-}
-
-type verifyCall struct {
-	done chan struct{}
-	rec  verifiedRecord
-	err  error
+	kv jetstream.KeyValue
+	// flight shares one stream among concurrent checks of one version. Its
+	// waiters wait for the first caller's stream, which ends with that
+	// caller's context: in a runner, every handler's ends with the drain.
+	flight singleflight.Group
 }
 
 func newVerifiedObjects(kv jetstream.KeyValue) *verifiedObjects {
-	return &verifiedObjects{kv: kv, inflight: map[string]*verifyCall{}}
+	return &verifiedObjects{kv: kv}
 }
 
 func verifiedKey(d digest.Digest) string { return string(d.Algorithm) + "." + strings.ToLower(d.Hex) }
@@ -94,33 +90,20 @@ func (v *verifiedObjects) record(ctx context.Context, d digest.Digest) (verified
 // stream) and records it if it matches.
 func (v *verifiedObjects) verify(ctx context.Context, objs *objectstore.Store, info objectstore.Info, a image.Asset, progress func(int64), kind string, reportSeq uint64) (verifiedRecord, error) {
 	key := verifiedKey(a.Digest)
-	flight := kind + key + "@" + info.NUID
-	v.mu.Lock()
-	if c, ok := v.inflight[flight]; ok {
-		v.mu.Unlock()
-		select {
-		case <-c.done:
-			return c.rec, c.err
-		case <-ctx.Done():
-			return verifiedRecord{}, ctx.Err()
+	v2, err, _ := v.flight.Do(kind+key+"@"+info.NUID, func() (any, error) {
+		rec, err := v.stream(ctx, objs, info, a, progress)
+		if err != nil {
+			return rec, err
 		}
-	}
-	c := &verifyCall{done: make(chan struct{})}
-	v.inflight[flight] = c
-	v.mu.Unlock()
-	c.rec, c.err = v.stream(ctx, objs, info, a, progress)
-	if c.err == nil {
-		c.rec.ReportSeq = reportSeq
-		data, _ := json.Marshal(c.rec)
+		rec.ReportSeq = reportSeq
+		data, _ := json.Marshal(rec)
 		if _, err := v.kv.Put(ctx, key, data); err != nil {
-			c.err = fmt.Errorf("record verification of %s: %w", info.Name, err)
+			return rec, fmt.Errorf("record verification of %s: %w", info.Name, err)
 		}
-	}
-	v.mu.Lock()
-	delete(v.inflight, flight)
-	v.mu.Unlock()
-	close(c.done)
-	return c.rec, c.err
+		return rec, nil
+	})
+	rec, _ := v2.(verifiedRecord)
+	return rec, err
 }
 
 // Forget drops the record for d (its object was deleted).

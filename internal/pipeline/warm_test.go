@@ -31,6 +31,7 @@ func sameResult(t *testing.T, what string, got, want messages.Result) {
 // through the stages gets, field for field (paths, digests, derived files,
 // view, serial, signer, resolved_from) — without asking the mirror.
 func TestWarmAnswersWhatThePipelineWould(t *testing.T) {
+	t.Parallel()
 	// A gzip'd kernel and a raw disk: both kinds of derived file.
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithGzipKernel(catalog.ArchAMD64))
 	e := newEnv(t, m)
@@ -85,6 +86,7 @@ func mirrorCatalog(t *testing.T, m *testmirror.Mirror) *catalog.Catalog {
 // network, convert, fetch again, refuse — makes Warm decline, so that the
 // caller starts the pipeline; a pinned build's record answers at any age.
 func TestWarmDeclines(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	e := newEnv(t, m)
 	e.deps.ResolutionMaxAge = time.Hour

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmprep/vmprep/pkg/image"
@@ -251,7 +252,7 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 	if err != nil {
 		return Result{}, fmt.Errorf("watch for the result: %w", err)
 	}
-	stored, err := c.lastResult(ctx, subject)
+	stored, err := c.firstResult(ctx, subject)
 	if err != nil {
 		return Result{}, err
 	}
@@ -355,6 +356,26 @@ func answers(res Result, req Request, ns string) bool {
 // resultPoll is how often a waiting Prepare reads the stored result again,
 // in case the live one was published while the connection was away.
 const resultPoll = 5 * time.Second
+
+// deploymentGrace is how long a client asks again before it says there is
+// no deployment: a deployment started together with its clients (compose up,
+// a test), or a stream whose leader is being elected after a node's loss,
+// has no responder for a few seconds.
+const deploymentGrace = 10 * time.Second
+
+// firstResult is lastResult, asked again for up to deploymentGrace while
+// the results stream does not answer.
+func (c *Client) firstResult(ctx context.Context, subject string) ([]byte, error) {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.MaxInterval, b.MaxElapsedTime = 200*time.Millisecond, 2*time.Second, deploymentGrace
+	return backoff.RetryWithData(func() ([]byte, error) {
+		data, err := c.lastResult(ctx, subject)
+		if err != nil && !errors.Is(err, ErrNoDeployment) {
+			return nil, backoff.Permanent(err)
+		}
+		return data, err
+	}, backoff.WithContext(b, ctx))
+}
 
 // lastResult reads the last stored message on subject of the results
 // stream by direct get; nil when there is none. A server without the

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/client"
@@ -69,6 +70,7 @@ func prepareCtx(t *testing.T) context.Context {
 // TestPrepare: a cold request comes back with verified files whose digests
 // are the mirror's, signed by the mirror's key, with a generated request id.
 func TestPrepare(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t)
 	d := startDeployment(t, m)
 	res, err := d.Client().Prepare(prepareCtx(t), client.Request{Spec: image.Spec{Distro: "Ubuntu", Version: "24.04", Arch: image.ArchAMD64}, Format: image.FormatRaw})
@@ -103,6 +105,7 @@ func TestPrepare(t *testing.T) {
 // TestPrepareFailed: a failed result is returned with a *FailedError that
 // says which stage failed, for which asset, why, and whether to retry.
 func TestPrepareFailed(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t)
 	kernel := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleKernel)
 	disk := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
@@ -115,13 +118,17 @@ func TestPrepareFailed(t *testing.T) {
 		wantAsset image.Role
 		wantCause string
 		wantRetry bool
+		opts      []embedded.Option
 	}{
 		{name: "unsupported distro", spec: image.Spec{Distro: "alpine", Version: "3.20", Arch: image.ArchAMD64},
 			wantStage: messages.StageResolver, wantCause: "alpine"},
 		{name: "kernel gone", spec: noble, fault: kernel, status: 404,
 			wantStage: messages.StageFetcher, wantAsset: image.RoleKernel, wantCause: "404"},
 		{name: "disk unavailable", spec: noble, fault: disk, status: 503,
-			wantStage: messages.StageFetcher, wantAsset: image.RoleDisk, wantCause: "503", wantRetry: true},
+			wantStage: messages.StageFetcher, wantAsset: image.RoleDisk, wantCause: "503", wantRetry: true,
+			// An origin answering 503 for ever fails the asset after the
+			// origin timeout: a short one here.
+			opts: []embedded.Option{embedded.WithOriginTimeout(time.Second)}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -129,7 +136,7 @@ func TestPrepareFailed(t *testing.T) {
 				m.SetFault(tc.fault, testmirror.Fault{Status: tc.status})
 				t.Cleanup(func() { m.ClearFault(tc.fault) })
 			}
-			d := startDeployment(t, m)
+			d := startDeployment(t, m, tc.opts...)
 			res, err := d.Client().Prepare(prepareCtx(t), client.Request{RequestID: "failing", Spec: tc.spec})
 			var failed *client.FailedError
 			if !errors.As(err, &failed) {
@@ -155,6 +162,7 @@ func TestPrepareFailed(t *testing.T) {
 // TestRequestIDReused: an id already answered for another image or format
 // is refused; asking again for the same image returns its one result.
 func TestRequestIDReused(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t)
 	c := startDeployment(t, m).Client()
 	ctx := prepareCtx(t)
@@ -183,6 +191,7 @@ func TestRequestIDReused(t *testing.T) {
 // TestProgress: both ways of receiving progress see the fetcher's reports
 // for the request while it runs.
 func TestProgress(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t)
 	tests := []struct {
 		name string
@@ -247,6 +256,7 @@ func TestProgress(t *testing.T) {
 // TestNoProgressAfterReturn: Prepare returns only once the progress
 // callback is done, so a caller may close its channel or free its state.
 func TestNoProgressAfterReturn(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t)
 	d := startDeployment(t, m)
 	const id = "progress-blocks"
@@ -295,6 +305,7 @@ func TestNoProgressAfterReturn(t *testing.T) {
 // TestCancel: a caller whose context ends while it waits gets the context's
 // error back at once, not after the client's next poll.
 func TestCancel(t *testing.T) {
+	t.Parallel()
 	// No stages: the request is accepted and never answered.
 	d := startDeployment(t, nil, embedded.WithStages())
 	published := make(chan struct{}, 10)
@@ -349,6 +360,7 @@ func TestCancel(t *testing.T) {
 
 // TestNoDeployment: a NATS server no stage ever ran on is named as such.
 func TestNoDeployment(t *testing.T) {
+	t.Parallel()
 	_, nc, _ := testutil.EmbeddedJetStream(t)
 	c, err := client.New(nc)
 	if err != nil {
@@ -369,9 +381,65 @@ func TestNoDeployment(t *testing.T) {
 	}
 }
 
+// TestDeploymentStartingWithTheClient: a deployment whose streams appear
+// while the client already waits (compose up, a stream leader being
+// elected) is used, not reported missing.
+func TestDeploymentStartingWithTheClient(t *testing.T) {
+	srv, nc, js := testutil.EmbeddedJetStream(t)
+	c, err := client.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := srv.Subscriptions()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Prepare(ctx, client.Request{Spec: noble})
+		done <- err
+	}()
+	// The client subscribes to its result subject, then asks for a stored
+	// result: the streams are made only once it has.
+	deadline := time.Now().Add(10 * time.Second)
+	for srv.Subscriptions() == before {
+		if time.Now().After(deadline) {
+			t.Fatal("the client never subscribed to its result")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := pipeline.Setup(ctx, js, pipeline.SetupConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	// No stage runs: the request is queued, and the client waits for its
+	// result until its context ends.
+	stream, err := js.Stream(ctx, messages.StreamWork)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		info, err := stream.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs > 0 {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("Prepare = %v before its request was queued, want it to wait for the deployment", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	cancel()
+	if err := <-done; errors.Is(err, client.ErrNoDeployment) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("Prepare = %v, want it to have waited for its result until cancelled", err)
+	}
+}
+
 // TestConnect: a client that dialled the deployment's URL itself works the
 // same and closes its connection on Close.
 func TestConnect(t *testing.T) {
+	t.Parallel()
 	d := startDeployment(t, nil, embedded.WithListen("127.0.0.1:0"))
 	c, err := client.Connect(d.URL())
 	if err != nil {
@@ -397,6 +465,7 @@ func TestConnect(t *testing.T) {
 // TestPrepareRefusedBeforeSending: what docs/go-api.md says is caught before
 // anything is sent is, with the error it names.
 func TestPrepareRefusedBeforeSending(t *testing.T) {
+	t.Parallel()
 	c := startDeployment(t, newMirror(t)).Client()
 	for _, tc := range []struct {
 		name string

@@ -27,7 +27,8 @@ func startExample(opts ...embedded.Option) (*embedded.Deployment, func()) {
 		log.Fatal(err)
 	}
 	d, err := embedded.Start(context.Background(),
-		append([]embedded.Option{embedded.WithCacheDir(cache), embedded.WithCatalog(mirror.CatalogOptions()...)}, opts...)...)
+		// Short pulls: the deployment closes at once when the example ends.
+		append([]embedded.Option{embedded.WithCacheDir(cache), embedded.WithCatalog(mirror.CatalogOptions()...), embedded.WithShortPulls()}, opts...)...)
 	if err != nil {
 		log.Fatal(err)
 	}

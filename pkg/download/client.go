@@ -20,11 +20,6 @@ import (
 	"time"
 )
 
-// Version is reported in the default User-Agent; empty means the running
-// build's version (internal/version: a release number, else the module
-// version or "dev+<revision>").
-var Version = ""
-
 // Defaults. The stall timeout replaces a total timeout: a slow download is
 // fine as long as bytes keep arriving.
 const (
@@ -77,7 +72,9 @@ func WithProxy(proxy func(*http.Request) (*url.URL, error)) Option {
 	return func(c *Client) { c.proxy = proxy }
 }
 
-// WithUserAgent sets the User-Agent header (default "vmprep/" and the build's version).
+// WithUserAgent sets the User-Agent header (default "vmprep/" and the
+// build's version, as internal/version says it: a release number, else the
+// module version or "dev+<revision>").
 func WithUserAgent(ua string) Option { return func(c *Client) { c.userAgent = ua } }
 
 // WithStallTimeout aborts an attempt (retryably) when no response headers or
@@ -118,7 +115,7 @@ func WithBufferSize(n int) Option { return func(c *Client) { c.bufferSize = n } 
 func New(opts ...Option) *Client {
 	c := &Client{
 		proxy:          http.ProxyFromEnvironment,
-		userAgent:      "vmprep/" + userAgentVersion(),
+		userAgent:      "vmprep/" + version.Short(),
 		stallTimeout:   DefaultStallTimeout,
 		connectTimeout: DefaultConnectTimeout,
 		maxSize:        DefaultMaxSize,
@@ -201,11 +198,4 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
-}
-
-func userAgentVersion() string {
-	if Version != "" {
-		return Version
-	}
-	return version.Short()
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/vmprep/vmprep/internal/neterr"
+	"github.com/vmprep/vmprep/internal/version"
 	"io"
 	"log"
 	"net/http"
@@ -539,7 +540,7 @@ func TestUserAgent(t *testing.T) {
 		opts []Option
 		want string
 	}{
-		{"default", nil, "vmprep/" + userAgentVersion()},
+		{"default", nil, "vmprep/" + version.Short()},
 		{"custom", []Option{WithUserAgent("fleet-prep/7")}, "fleet-prep/7"},
 	}
 	for _, tt := range tests {
@@ -740,20 +741,47 @@ func TestUntrustedCertificateIsPermanent(t *testing.T) {
 	}
 }
 
+// TestCancelDuringBackoff: cancelling a Fetch while it waits to retry ends
+// the wait. The wait is an hour: a wait that ignored the cancellation would
+// hold Fetch far past the test's deadline.
 func TestCancelDuringBackoff(t *testing.T) {
+	t.Parallel()
 	srv := newFileServer(t, randomBytes(1000, 12))
 	srv.every = &fault{status: http.StatusServiceUnavailable}
 	ctx, cancel := context.WithCancel(context.Background())
-	c := New(WithBackoff(time.Minute, time.Minute))
+	defer cancel()
+	c := New(WithBackoff(time.Hour, time.Hour), WithRetry(3, 3*time.Hour))
+	waiting := make(chan struct{})
+	done := make(chan error, 1)
 	go func() {
-		for len(srv.requests()) == 0 {
-			time.Sleep(time.Millisecond)
-		}
-		cancel()
+		_, err := c.Fetch(ctx, Request{URL: srv.URL, Dest: filepath.Join(t.TempDir(), "c"),
+			OnRetry: func(Retry) { // before the wait
+				select {
+				case <-waiting:
+				default:
+					close(waiting)
+				}
+			}})
+		done <- err
 	}()
-	_, err := c.Fetch(ctx, Request{URL: srv.URL, Dest: filepath.Join(t.TempDir(), "c")})
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("error %v, want context.Canceled", err)
+	select {
+	case <-waiting:
+	case err := <-done:
+		t.Fatalf("Fetch ended before waiting to retry: %v", err)
+	case <-time.After(time.Minute):
+		t.Fatal("the first attempt never failed")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "wait to retry") {
+			t.Fatalf("error %v, want context.Canceled ending the wait to retry", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Fetch still waits to retry after its context was cancelled")
+	}
+	if n := len(srv.requests()); n != 1 {
+		t.Errorf("server saw %d requests, want 1", n)
 	}
 }
 

@@ -45,6 +45,7 @@ func prepareCtx(t *testing.T) context.Context {
 // process or another) gets a private directory, removed on Close; once the
 // first is closed, the shared one is free again.
 func TestJetStreamDirectoryLock(t *testing.T) {
+	t.Parallel()
 	cache := t.TempDir()
 	shared := filepath.Join(cache, "jetstream")
 	first := start(t, t.Context(), embedded.WithCacheDir(cache), embedded.WithStages())
@@ -76,6 +77,7 @@ func TestJetStreamDirectoryLock(t *testing.T) {
 
 // TestExplicitJetStreamDir: a directory asked for is used as it is.
 func TestExplicitJetStreamDir(t *testing.T) {
+	t.Parallel()
 	cache, js := t.TempDir(), filepath.Join(t.TempDir(), "js")
 	d := start(t, t.Context(), embedded.WithCacheDir(cache), embedded.WithJetStreamDir(js), embedded.WithStages())
 	if d.JetStreamDir() != js {
@@ -90,6 +92,7 @@ func TestExplicitJetStreamDir(t *testing.T) {
 // TestFailedStartReleasesTheDirectory: a configuration error is reported
 // by Start and leaves the JetStream directory free.
 func TestFailedStartReleasesTheDirectory(t *testing.T) {
+	t.Parallel()
 	cache := t.TempDir()
 	_, err := embedded.Start(t.Context(), embedded.WithCacheDir(cache),
 		embedded.WithCatalog(catalog.WithFile(filepath.Join(cache, "missing.yaml"))))
@@ -107,6 +110,7 @@ func TestFailedStartReleasesTheDirectory(t *testing.T) {
 // afterwards still shuts the server down and releases the directory, and a
 // second Close is harmless.
 func TestCloseAfterContextEnds(t *testing.T) {
+	t.Parallel()
 	cache := t.TempDir()
 	hold := start(t, t.Context(), embedded.WithCacheDir(cache), embedded.WithStages())
 	defer closeOK(t, hold) // so that d gets a private directory to release
@@ -129,6 +133,7 @@ func TestCloseAfterContextEnds(t *testing.T) {
 // requests' results and the verified files: the same request id is answered
 // again without fetching anything.
 func TestRestartKeepsResults(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(16<<20, 2<<20))
 	cache := t.TempDir()
 	opts := []embedded.Option{embedded.WithCacheDir(cache), embedded.WithCatalog(m.CatalogOptions()...)}

@@ -15,6 +15,7 @@ import (
 // TestFromStore: nothing stored, no answer (and no error); once a
 // deployment prepared the image, FromStore gives its paths without one.
 func TestFromStore(t *testing.T) {
+	t.Parallel()
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64))
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()

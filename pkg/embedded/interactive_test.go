@@ -23,6 +23,7 @@ import (
 // attempt, and fails after 3 tries — one name lookup each, not the
 // resolver's own retries on top of the runner's redeliveries.
 func TestInteractiveOfflineFailsFastSayingWhy(t *testing.T) {
+	t.Parallel()
 	dns := testutil.StartNXDomain(t)
 	hc := &http.Client{Transport: &http.Transport{DialContext: dns.Dialer().DialContext}}
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
@@ -95,6 +96,7 @@ func TestInteractiveOfflineFailsFastSayingWhy(t *testing.T) {
 // TestGivingUpQuotesTheRetry: a client that stops waiting while the
 // resolver retries says what it was retrying.
 func TestGivingUpQuotesTheRetry(t *testing.T) {
+	t.Parallel()
 	dns := testutil.StartNXDomain(t)
 	hc := &http.Client{Transport: &http.Transport{DialContext: dns.Dialer().DialContext}}
 	d, err := embedded.Start(t.Context(), embedded.WithCacheDir(t.TempDir()), embedded.WithShortPulls(), embedded.WithInteractive(),

@@ -77,6 +77,7 @@ func readAll(t *testing.T, s *objectstore.Store, info objectstore.Info) ([]byte,
 }
 
 func TestRoundTrip(t *testing.T) {
+	t.Parallel()
 	_, js := startServer(t)
 	s := openStore(t, js, objectstore.WithChunkSize(64<<10), objectstore.WithWindow(4))
 	for _, size := range []int{0, 1, 64 << 10, 64<<10 + 1, 3<<20 + 17} {
@@ -108,6 +109,7 @@ func TestRoundTrip(t *testing.T) {
 // The bucket is an ordinary Object Store: the library reads what we write
 // and we read what it writes.
 func TestInteroperatesWithTheLibrary(t *testing.T) {
+	t.Parallel()
 	_, js := startServer(t)
 	s := openStore(t, js)
 	path, d, _ := writeFile(t, 1<<20+5)
@@ -140,6 +142,7 @@ func TestInteroperatesWithTheLibrary(t *testing.T) {
 }
 
 func TestPutRefusesBytesThatDoNotMatch(t *testing.T) {
+	t.Parallel()
 	_, js := startServer(t)
 	s := openStore(t, js)
 	path, _, _ := writeFile(t, 200<<10)
@@ -162,6 +165,7 @@ func TestPutRefusesBytesThatDoNotMatch(t *testing.T) {
 }
 
 func TestDeleteOnlyTheVersionNamed(t *testing.T) {
+	t.Parallel()
 	_, js := startServer(t)
 	s := openStore(t, js)
 	path, d, _ := writeFile(t, 100<<10)
@@ -197,6 +201,7 @@ func TestDeleteOnlyTheVersionNamed(t *testing.T) {
 // Bytes changed under the recorded digest (a damaged chunk) are reported at
 // the end of the read.
 func TestReadDetectsDamagedChunks(t *testing.T) {
+	t.Parallel()
 	_, js := startServer(t)
 	s := openStore(t, js, objectstore.WithChunkSize(32<<10))
 	path, d, _ := writeFile(t, 100<<10)
@@ -227,6 +232,7 @@ func TestReadDetectsDamagedChunks(t *testing.T) {
 
 // A put interrupted by the server going away is retried and completes.
 func TestPutRidesThroughAServerRestart(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	srv, err := natsembed.Start(natsembed.Options{StoreDir: dir, Listen: "127.0.0.1:0"})
 	if err != nil {
@@ -242,7 +248,9 @@ func TestPutRidesThroughAServerRestart(t *testing.T) {
 	s := openStore(t, js, objectstore.WithChunkSize(16<<10), objectstore.WithWindow(2), objectstore.WithStallTimeout(time.Second))
 	path, d, _ := writeFile(t, 8<<20)
 	want, _ := os.ReadFile(path)
-	restarted := make(chan struct{})
+	// The restart reports here: a failure in its goroutine may not end the
+	// test there (t.Fatal) nor panic, and the put would wait for ever.
+	restarted := make(chan error, 1)
 	var once bool
 	done := make(chan error, 1)
 	go func() {
@@ -253,25 +261,29 @@ func TestPutRidesThroughAServerRestart(t *testing.T) {
 					srv.Shutdown()
 					time.Sleep(200 * time.Millisecond)
 					srv2, err := natsembed.Start(natsembed.Options{StoreDir: dir, Listen: url[len("nats://"):]})
-					if err != nil {
-						panic(err)
+					if err == nil {
+						t.Cleanup(srv2.Shutdown)
 					}
-					t.Cleanup(srv2.Shutdown)
-					close(restarted)
+					restarted <- err
 				}()
 			}
 		})
 		done <- err
 	}()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("put across a restart: %v", err)
+	timeout := time.After(2 * time.Minute)
+	for _, step := range []struct {
+		what  string
+		ended <-chan error
+	}{{"restart the server", restarted}, {"put across a restart", done}} {
+		select {
+		case err := <-step.ended:
+			if err != nil {
+				t.Fatalf("%s: %v", step.what, err)
+			}
+		case <-timeout:
+			t.Fatalf("%s: not done after 2 minutes", step.what)
 		}
-	case <-time.After(2 * time.Minute):
-		t.Fatal("put never finished")
 	}
-	<-restarted
 	info, err := s.Stat(context.Background(), d)
 	if err != nil {
 		t.Fatal(err)

@@ -35,6 +35,7 @@ func chunkCounts(t *testing.T, js jetstream.JetStream) map[string]uint64 {
 // once older than the grace period; a put still writing chunks, and a stored
 // object, are left alone.
 func TestSweepCollectsOrphanedChunks(t *testing.T) {
+	t.Parallel()
 	_, js := startServer(t)
 	ctx := context.Background()
 	s := openStore(t, js, objectstore.WithChunkSize(4<<10), objectstore.WithStallTimeout(time.Second))
@@ -99,6 +100,7 @@ func TestSweepCollectsOrphanedChunks(t *testing.T) {
 // every chunk of that version (message by message, no purge), and nothing
 // of another object.
 func TestDeleteRemovesEveryChunk(t *testing.T) {
+	t.Parallel()
 	_, js := startServer(t)
 	ctx := context.Background()
 	s := openStore(t, js, objectstore.WithChunkSize(4<<10))

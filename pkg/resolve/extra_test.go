@@ -24,6 +24,7 @@ import (
 // A per-file checksum (format "single", like Alpine's <image>.sha512) binds
 // its one digest to the asset's name, whatever name the line gives.
 func TestSingleFileManifest(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithUbuntu())
 	disk := []byte("not really a disk, but content with a known digest")
 	sum := sha256.Sum256(disk)
@@ -65,6 +66,7 @@ images:
 // even with allow-unsigned: otherwise whoever can tamper with a manifest
 // could also strip its signature and turn "bad signature" into "unsigned".
 func TestMissingSignatureRefusedDespiteAllowUnsigned(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64))
 	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleKernel)
 	m.Tamper(mp)
@@ -87,6 +89,7 @@ func TestMissingSignatureRefusedDespiteAllowUnsigned(t *testing.T) {
 // An https server redirecting to plain http must not be followed: for an
 // unsigned manifest (Debian) the transport is the only protection.
 func TestHTTPSDowngradeRedirectRefused(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithUbuntu(), testmirror.WithDebian("12"), testmirror.WithArches(catalog.ArchAMD64))
 	tlsFront := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		http.Redirect(w, req, m.URL+strings.TrimPrefix(req.URL.Path, "/"), http.StatusFound)
@@ -119,6 +122,7 @@ func TestHTTPSDowngradeRedirectRefused(t *testing.T) {
 // WithTimeout bounds each attempt even when the caller's client has no
 // timeout of its own, so a stalled body cannot hang a resolution.
 func TestStalledBodyWithoutClientTimeout(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64))
 	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
 	m.SetFault(mp, testmirror.Fault{Stall: true, After: 16})
@@ -137,6 +141,7 @@ func TestStalledBodyWithoutClientTimeout(t *testing.T) {
 // element of the asset URL: entries in other folders (or "..") never
 // qualify, even when a loose user pattern matches them.
 func TestNamePatternIgnoresEntriesOutsideTheDirectory(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithUbuntu())
 	sum := func(s string) string { h := sha256.Sum256([]byte(s)); return hex.EncodeToString(h[:]) }
 	m.Put("loose/1/SUMS", []byte(sum("good")+"  disk-1.qcow2\n"+sum("evil")+"  sub/disk-9.qcow2\n"+sum("up")+"  ..\n"))

@@ -25,6 +25,7 @@ func ubuntuSource(t testing.TB) catalog.SerialSource {
 
 // Listings in the forms real servers generate.
 func TestParseListingStyles(t *testing.T) {
+	t.Parallel()
 	day := func(d, h, m int) time.Time { return time.Date(2026, 9, d, h, m, 0, 0, time.UTC) }
 	tests := []struct {
 		name string
@@ -77,6 +78,7 @@ func TestParseListingStyles(t *testing.T) {
 }
 
 func TestListedSerialsDatesAndOrder(t *testing.T) {
+	t.Parallel()
 	src := ubuntuSource(t)
 	body := `<a href="release-20260926.9/">a</a> <a href="release-20260926.10/">b</a> 2026-10-01 12:00 <a href="release-20260926/">c</a>`
 	got := listedSerials(parseListing([]byte(body)), src)

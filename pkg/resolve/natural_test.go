@@ -7,6 +7,7 @@ import (
 )
 
 func TestNaturalLess(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		a, b string
 		want bool
@@ -33,6 +34,7 @@ func TestNaturalLess(t *testing.T) {
 }
 
 func TestGreatestMatchAndListing(t *testing.T) {
+	t.Parallel()
 	re := regexp.MustCompile(`^(?:F-41-[0-9.]+-CHECKSUM)$`)
 	tests := []struct {
 		hrefs []string
@@ -98,6 +100,7 @@ func FuzzListing(f *testing.F) {
 // TestListingLinkCap: a listing with more links than the cap yields no more
 // names than the cap.
 func TestListingLinkCap(t *testing.T) {
+	t.Parallel()
 	body := []byte(strings.Repeat(`<a href="x-CHECKSUM">`, maxListedLinks+5))
 	if got := len(listedNames(body)); got != maxListedLinks {
 		t.Fatalf("%d names, want the cap %d", got, maxListedLinks)

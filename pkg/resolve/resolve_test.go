@@ -60,6 +60,7 @@ func newResolver(t *testing.T, m *testmirror.Mirror, catOpts []catalog.Option, o
 }
 
 func TestResolveUbuntu(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t)
 	var logs syncBuffer
 	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())},
@@ -130,6 +131,7 @@ func TestResolveUbuntu(t *testing.T) {
 }
 
 func TestResolveDebianUnsigned(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithUbuntu(), testmirror.WithDebian("12"), testmirror.WithArches(catalog.ArchARM64))
 	var logs syncBuffer
 	r := newResolver(t, m, nil, resolve.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
@@ -154,6 +156,7 @@ func TestResolveDebianUnsigned(t *testing.T) {
 }
 
 func TestResolveFedora(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithUbuntu(), testmirror.WithFedora("41"))
 	other := signtest.NewKey(t, "not fedora")
 	spec := catalog.ImageSpec{Distro: "fedora", Version: "41", Arch: "x86_64"}
@@ -210,6 +213,7 @@ func TestResolveFedora(t *testing.T) {
 }
 
 func TestResolveFailures(t *testing.T) {
+	t.Parallel()
 	const version = "24.04"
 	arch := catalog.ArchAMD64
 	spec := catalog.ImageSpec{Distro: "ubuntu", Version: version, Arch: arch}
@@ -351,6 +355,7 @@ func TestResolveFailures(t *testing.T) {
 }
 
 func TestTransientFailuresAreRetried(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithArches(catalog.ArchARM64))
 	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchARM64, catalog.RoleKernel)
 	m.SetFault(mp, testmirror.Fault{Status: http.StatusBadGateway, Times: 2})
@@ -368,6 +373,7 @@ func TestTransientFailuresAreRetried(t *testing.T) {
 }
 
 func TestCancelledContext(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64))
 	mp := m.ManifestPath("ubuntu", "24.04", catalog.ArchAMD64, catalog.RoleDisk)
 	m.SetFault(mp, testmirror.Fault{Stall: true})
@@ -378,7 +384,11 @@ func TestCancelledContext(t *testing.T) {
 		_, err := r.Resolve(ctx, catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "amd64"})
 		done <- err
 	}()
+	deadline := time.Now().Add(time.Minute)
 	for m.Requests(mp) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the manifest was never requested")
+		}
 		time.Sleep(time.Millisecond)
 	}
 	cancel()
@@ -392,6 +402,7 @@ func TestCancelledContext(t *testing.T) {
 }
 
 func TestHostileSpecs(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64))
 	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())})
 	tests := []struct {
@@ -424,6 +435,7 @@ func TestHostileSpecs(t *testing.T) {
 }
 
 func TestUserCatalogAgainstMirror(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithArches(catalog.ArchARM64))
 	keyring := filepath.Base(m.KeyringFile())
 	yamlCat := `
@@ -484,6 +496,7 @@ images:
 // (offline, or a wrong name) fails at once, retryable, after one lookup per
 // address family; the resolver's own pauses would only make a person wait.
 func TestUnreachableHostIsNotRetriedHere(t *testing.T) {
+	t.Parallel()
 	dns := testutil.StartNXDomain(t)
 	cat, err := catalog.New(catalog.WithMirror("http://mirror.vmprep-test.example/"))
 	if err != nil {
@@ -508,6 +521,7 @@ func TestUnreachableHostIsNotRetriedHere(t *testing.T) {
 // TestRetryNotify: each retry of a transient failure is announced to the
 // context that asked, with the URL, the cause, the pause and the attempt.
 func TestRetryNotify(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithArches(catalog.ArchARM64))
 	dir := m.VersionDir("ubuntu", "24.04")
 	m.SetFault(dir, testmirror.Fault{Status: http.StatusServiceUnavailable, Times: 2})
@@ -538,6 +552,7 @@ func TestRetryNotify(t *testing.T) {
 // open-ended; without the budget one try loses the run. A server with
 // nothing listening is not a busy one: it fails after the count.
 func TestBusyServerIsAskedAgain(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithArches(catalog.ArchARM64))
 	dir := m.VersionDir("ubuntu", "24.04")
 	spec := catalog.ImageSpec{Distro: "ubuntu", Version: "24.04", Arch: "arm64"}

@@ -25,6 +25,7 @@ func serialsMirror(t *testing.T) *testmirror.Mirror {
 var amd64Noble = catalog.ImageSpec{Distro: "ubuntu", Version: "noble", Arch: catalog.ArchAMD64}
 
 func TestSerialsNewestFirst(t *testing.T) {
+	t.Parallel()
 	m := serialsMirror(t)
 	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())})
 	serials, err := r.Serials(t.Context(), amd64Noble)
@@ -51,6 +52,7 @@ func TestSerialsNewestFirst(t *testing.T) {
 }
 
 func TestResolveSerials(t *testing.T) {
+	t.Parallel()
 	m := serialsMirror(t)
 	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())})
 	check := func(t *testing.T, res catalog.Resolution, serial string) {
@@ -123,6 +125,7 @@ func TestResolveSerials(t *testing.T) {
 
 // A mirror given as …/releases/ instead of its root: the 404 says so.
 func TestMirrorEndingInReleases(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64))
 	cat, err := catalog.New(catalog.WithMirror(m.URL+"releases/"), catalog.WithKeyring(m.Keyring()))
 	if err != nil {
@@ -146,6 +149,7 @@ func TestMirrorEndingInReleases(t *testing.T) {
 
 // Listings that are not HTML, or too large, are refused without being read.
 func TestListingRefused(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64))
 	listing := "/" + m.VersionDir("ubuntu", "24.04") + "/"
 	var mode atomic.Value

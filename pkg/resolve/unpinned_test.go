@@ -18,6 +18,7 @@ import (
 // A mirror in the classic layout holds only release/: its build is read
 // from there, labelled with build-info.txt's serial when it has one.
 func TestClassicLayout(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name      string
 		buildInfo bool
@@ -79,6 +80,7 @@ func TestClassicLayout(t *testing.T) {
 // A release/ repointed while it was read is not labelled with the serial it
 // had before: the resolution fails, retryably, naming both builds.
 func TestClassicLayoutRepointed(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithSerials("20260926"), testmirror.WithClassicLayout(true))
 	// A front that answers build-info with the next build's serial from its
 	// second read on: release/ moved on between the listing and the check.

@@ -15,6 +15,7 @@ import (
 // "HTTP 404 Not Found"; it now says the version is not published there and
 // lists the versions that are, as an unpublished serial lists the serials.
 func TestUnpublishedVersionListsThePublished(t *testing.T) {
+	t.Parallel()
 	m := newMirror(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithUbuntu("24.04", "22.04"))
 	r := newResolver(t, m, []catalog.Option{catalog.WithKeyring(m.Keyring())})
 	_, err := r.Resolve(t.Context(), catalog.ImageSpec{Distro: "ubuntu", Version: "25.04", Arch: catalog.ArchAMD64})

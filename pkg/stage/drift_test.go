@@ -9,6 +9,7 @@ import (
 )
 
 func TestConsumerDrift(t *testing.T) {
+	t.Parallel()
 	filters := []string{"vmprep.prepare", "vmprep.prepare.>"}
 	made := func() jetstream.ConsumerConfig { return ConsumerConfig("resolver", filters, 45*time.Second) }
 	future := time.Now().Add(time.Hour)

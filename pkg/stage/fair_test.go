@@ -59,6 +59,7 @@ func (l *handledLog) index(d string) (int, time.Time) {
 // after it arrives, instead of after alice's whole backlog. The bound is on
 // order, not on seconds, so a loaded machine does not make it flake.
 func TestFairnessFloodAndOne(t *testing.T) {
+	t.Parallel()
 	// The backlog fits the pull-ahead window, the consumer's max ack
 	// pending as setup makes it (1000); a deeper one per tenant is what the
 	// resolver's per-namespace limit prevents.
@@ -104,6 +105,7 @@ func TestFairnessFloodAndOne(t *testing.T) {
 // TestFairQueuedMessagesAreKeptAlive: messages waiting in the fair queue
 // longer than the ack wait are not redelivered.
 func TestFairQueuedMessagesAreKeptAlive(t *testing.T) {
+	t.Parallel()
 	js := startJS(t)
 	var redelivered, handled atomic.Int32
 	h := func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
@@ -132,6 +134,7 @@ func TestFairQueuedMessagesAreKeptAlive(t *testing.T) {
 // TestKeyLimitRefuses: a key holding its limit gets its further messages
 // refused at once with a failure naming the limit; other keys are served.
 func TestKeyLimitRefuses(t *testing.T) {
+	t.Parallel()
 	js := startJS(t)
 	gate := make(chan struct{})
 	var log handledLog

@@ -12,6 +12,7 @@ import (
 // A handler waiting in Idle lends its slot: with one slot, messages behind
 // a waiter are handled while it waits, and the waiter finishes afterwards.
 func TestIdleLendsTheSlot(t *testing.T) {
+	t.Parallel()
 	js := startJS(t)
 	release := make(chan struct{})
 	handled := make(chan string, 10)

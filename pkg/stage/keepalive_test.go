@@ -9,6 +9,7 @@ import (
 // TestKeepAliveLog: a keep-alive that keeps failing is logged once per
 // interval, not once per tick, and its recovery once.
 func TestKeepAliveLog(t *testing.T) {
+	t.Parallel()
 	down := errors.New("connection closed")
 	t0 := time.Unix(1_000_000, 0)
 	tick := 10 * time.Second // ackWait/3 with the default ack wait

@@ -65,6 +65,7 @@ func (r *recorder) snapshot() (map[string]int, int, int, int, int) {
 // how it was settled, with redeliveries and dead letters, and its log lines
 // about a message carry the message's request_id.
 func TestObserverHearsEveryOutcome(t *testing.T) {
+	t.Parallel()
 	js := startJS(t)
 	rec := &recorder{outcomes: map[string]int{}}
 	var logs testutil.LockedBuffer
@@ -100,17 +101,10 @@ func TestObserverHearsEveryOutcome(t *testing.T) {
 		publish(t, js, `{"request_id":"`+id+`"}`)
 	}
 	// ok, flaky (3 deliveries), always-transient (3), permanent, poison, panic: 10 settlements.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	waitFor(t, "10 deliveries settled", func() bool {
 		_, _, _, settled, _ := rec.snapshot()
-		if settled >= 10 && workLeft(t, js) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d deliveries settled", settled)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return settled >= 10 && workLeft(t, js) == 0
+	})
 	stop()
 	outcomes, started, redeliveries, settled, dead := rec.snapshot()
 	want := map[string]int{"ok": 2, "retry": 4, "exhausted": 1, "permanent": 1, "poison": 2}
@@ -158,6 +152,7 @@ func TestObserverHearsEveryOutcome(t *testing.T) {
 // runner does not recreate) makes it stop consuming, which is what a
 // liveness probe must notice.
 func TestConsumingFollowsTheConsumer(t *testing.T) {
+	t.Parallel()
 	js := startJS(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -172,11 +167,11 @@ func TestConsumingFollowsTheConsumer(t *testing.T) {
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); r.Run(ctx) }()
-	waitUntil(t, "the runner to consume", r.Consuming)
+	waitFor(t, "the runner to consume", r.Consuming)
 	if err := js.DeleteConsumer(context.Background(), testStream, "probe"); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the runner to notice its consumer is gone", func() bool { return !r.Consuming() })
+	waitFor(t, "the runner to notice its consumer is gone", func() bool { return !r.Consuming() })
 	cancel()
 	<-done
 	if r.Consuming() {
@@ -188,6 +183,7 @@ func TestConsumingFollowsTheConsumer(t *testing.T) {
 // of a runner retries its pull twice a second; that is one warning, the
 // rest at debug, and one line when pulls reach the consumer again.
 func TestPullFailuresLogOncePerOutage(t *testing.T) {
+	t.Parallel()
 	js := startJS(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -201,7 +197,7 @@ func TestPullFailuresLogOncePerOutage(t *testing.T) {
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); r.Run(ctx) }()
-	waitUntil(t, "the runner to consume", r.Consuming)
+	waitFor(t, "the runner to consume", r.Consuming)
 	if err := js.DeleteConsumer(context.Background(), testStream, "probe"); err != nil {
 		t.Fatal(err)
 	}
@@ -215,28 +211,17 @@ func TestPullFailuresLogOncePerOutage(t *testing.T) {
 		}
 		return n
 	}
-	waitUntil(t, "eight failed pulls", func() bool { return count("pull failed; retrying", "") >= 8 })
+	waitFor(t, "eight failed pulls", func() bool { return count("pull failed; retrying", "") >= 8 })
 	if n := count("pull failed; retrying", "WARN"); n != 1 {
 		t.Errorf("%d warnings about failed pulls in one outage, want 1:\n%s", n, logs.String())
 	}
 	if _, err := js.CreateOrUpdateConsumer(context.Background(), testStream, jetstream.ConsumerConfig{Durable: "probe", FilterSubject: inSubject, AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the runner to pull again", r.Consuming)
+	waitFor(t, "the runner to pull again", r.Consuming)
 	cancel()
 	<-done
 	if n := count("pulling again", "INFO"); n != 1 {
 		t.Errorf("%d lines saying pulls work again, want 1:\n%s", n, logs.String())
-	}
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -17,6 +17,12 @@ var ErrCreateDenied = errors.New("this user may not create it: run `vmprep setup
 
 // Denied reports whether err is the server refusing a publish to apiSubject
 // (or to a subject under it) for want of permission.
+//
+// It reads the error's text because that is all there is: nats-server
+// reports the refusal as a "-ERR 'Permissions Violation for Publish to
+// "SUBJECT"'" protocol line, and nats.go hands it on as an error wrapping
+// ErrPermissionViolation with that line as its text, with no field naming
+// the subject. TestDeniedByARealServer pins the wording.
 func Denied(err error, apiSubject string) bool {
 	if err == nil || !errors.Is(err, nats.ErrPermissionViolation) {
 		return false

@@ -92,6 +92,8 @@ func runRunner(t *testing.T, js jetstream.JetStream, h stage.Handler, opts ...st
 		stage.WithBackoff(testutil.Backoff(10*time.Millisecond, 50*time.Millisecond)),
 		stage.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
 		stage.WithMaxDeliver(3),
+		// A short pull: stopping the runner waits for the pull in progress.
+		stage.WithPullWait(200 * time.Millisecond),
 		stage.WithFailure(func(m stage.Message, err error) []stage.Event {
 			return []stage.Event{{Subject: failSubj, Data: []byte(fmt.Sprintf("%s: %v", m.Data, err)), ID: "fail-" + string(m.Data)}}
 		}),
@@ -121,6 +123,7 @@ func publish(t *testing.T, js jetstream.JetStream, data ...string) {
 }
 
 func TestOutcomes(t *testing.T) {
+	t.Parallel()
 	js := startJS(t)
 	var calls sync.Map // data → *atomic.Int32
 	h := func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
@@ -200,22 +203,10 @@ func TestOutcomes(t *testing.T) {
 		}
 	}
 	// Every input settled: nothing left in the work queue.
-	deadline := time.Now().Add(10 * time.Second)
-	for workLeft(t, js) != 0 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if n := workLeft(t, js); n != 0 {
-		t.Errorf("%d messages left in the work queue", n)
-	}
+	waitFor(t, "the work queue to empty", func() bool { return workLeft(t, js) == 0 })
 	// The worker still serves after a panic.
 	publish(t, js, "ok")
-	deadline = time.Now().Add(10 * time.Second)
-	for (callsOf("ok") != 2 || workLeft(t, js) != 0) && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if callsOf("ok") != 2 || workLeft(t, js) != 0 {
-		t.Fatalf("second ok: handled %d times, %d left in queue", callsOf("ok"), workLeft(t, js))
-	}
+	waitFor(t, "the second ok to be handled and acked", func() bool { return callsOf("ok") == 2 && workLeft(t, js) == 0 })
 	// Its hand-off reused id "ok", so it was deduplicated.
 	if n := count(t, js, outSubject); n != 2 {
 		t.Errorf("out subject holds %d messages, want 2 (duplicate id must be dropped)", n)
@@ -223,18 +214,20 @@ func TestOutcomes(t *testing.T) {
 }
 
 func TestLongWorkIsKeptAlive(t *testing.T) {
+	t.Parallel()
 	js := startJS(t)
+	const ackWait = time.Second
 	var calls atomic.Int32
 	h := func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
 		calls.Add(1)
-		select { // work for three ack waits
-		case <-time.After(8 * time.Second):
+		select { // the work itself: it lasts three ack waits and more
+		case <-time.After(3*ackWait + ackWait/2):
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
 		return []stage.Event{{Subject: outSubject, Data: m.Data, ID: "long"}}, nil
 	}
-	runRunner(t, js, h, stage.WithAckWait(2*time.Second), stage.WithConcurrency(2))
+	runRunner(t, js, h, stage.WithAckWait(ackWait), stage.WithConcurrency(2))
 	publish(t, js, "long")
 	collect(t, js, outSubject, 1)
 	if n := calls.Load(); n != 1 {
@@ -246,6 +239,7 @@ func TestLongWorkIsKeptAlive(t *testing.T) {
 // connection is gone), the runner says so: the message may be redelivered to
 // another worker while this one still works on it.
 func TestFailedKeepAliveIsLogged(t *testing.T) {
+	t.Parallel()
 	js := startJS(t)
 	var logs testutil.LockedBuffer
 	started := make(chan struct{})
@@ -259,19 +253,14 @@ func TestFailedKeepAliveIsLogged(t *testing.T) {
 	publish(t, js, "x")
 	<-started
 	js.Conn().Close()
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(logs.String(), "keep-alive failed") && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if !strings.Contains(logs.String(), "keep-alive failed") {
-		t.Fatalf("no keep-alive failure logged; log:\n%s", logs.String())
-	}
+	waitFor(t, "a keep-alive failure logged", func() bool { return strings.Contains(logs.String(), "keep-alive failed") })
 	if !strings.Contains(logs.String(), "connection closed") {
 		t.Errorf("the keep-alive failure does not say why; log:\n%s", logs.String())
 	}
 }
 
 func TestDrainFinishesInFlightWork(t *testing.T) {
+	t.Parallel()
 	js := startJS(t)
 	started := make(chan struct{})
 	release := make(chan struct{})
@@ -302,6 +291,7 @@ func TestDrainFinishesInFlightWork(t *testing.T) {
 }
 
 func TestDrainTimeoutReturnsWork(t *testing.T) {
+	t.Parallel()
 	js := startJS(t)
 	started := make(chan struct{})
 	h := func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
@@ -335,6 +325,7 @@ func TestDrainTimeoutReturnsWork(t *testing.T) {
 // raw consumer naks it over and over, as crashed workers would leave it) is
 // ended with a failure event without running the handler again.
 func TestCrashLoopEndsInFailure(t *testing.T) {
+	t.Parallel()
 	js := startJS(t)
 	ctx := context.Background()
 	cons, err := js.CreateConsumer(ctx, testStream, stage.ConsumerConfig("worker", []string{inSubject}, 30*time.Second))
@@ -366,6 +357,7 @@ func TestCrashLoopEndsInFailure(t *testing.T) {
 }
 
 func TestWorkersShareOneConsumer(t *testing.T) {
+	t.Parallel()
 	js := startJS(t)
 	var mu sync.Mutex
 	seen := map[string]int{}
@@ -386,10 +378,7 @@ func TestWorkersShareOneConsumer(t *testing.T) {
 	for i := 0; i < n; i++ {
 		publish(t, js, fmt.Sprint(i))
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for workLeft(t, js) != 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitFor(t, "the work queue to empty", func() bool { return workLeft(t, js) == 0 })
 	mu.Lock()
 	defer mu.Unlock()
 	if len(seen) != n {
@@ -409,6 +398,7 @@ func TestWorkersShareOneConsumer(t *testing.T) {
 // delivery is reported with its cause, the delay and the delivery that
 // comes next; the last one (which fails the message) and permanent ones are not.
 func TestRetryNotify(t *testing.T) {
+	t.Parallel()
 	js := startJS(t)
 	var mu sync.Mutex
 	var retries []stage.Retry
@@ -437,11 +427,15 @@ func TestRetryNotify(t *testing.T) {
 	}
 }
 
-// A subject that refuses every publish (no stream takes it here; in a
-// deployment, a permission missing) does not keep a message forever: a
-// hand-off that never goes out ends in a failure event, and a failure event
-// that never goes out ends in a dead letter naming both errors.
+// A subject that refuses every publish (here its stream takes no message
+// larger than a byte; in a deployment, a permission missing) does not keep a
+// message forever: a hand-off that never goes out ends in a failure event,
+// and a failure event that never goes out ends in a dead letter naming both
+// errors. The stream refuses at once: a subject no stream takes would do
+// too, but the client asks again on "no responders", and 13 deliveries of
+// that take seconds.
 func TestUnpublishableEnds(t *testing.T) {
+	t.Parallel()
 	const nowhere = "nowhere.at.all"
 	tests := []struct {
 		name    string
@@ -472,20 +466,18 @@ func TestUnpublishableEnds(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			js := startJS(t)
+			if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "TEST_REFUSE", Subjects: []string{nowhere}, MaxMsgSize: 1}); err != nil {
+				t.Fatal(err)
+			}
 			runRunner(t, js, tt.handler, tt.opts...)
 			publish(t, js, "stuck")
 			got := collect(t, js, tt.subject, 1)
 			if !strings.Contains(string(got[0].Data()), tt.says) {
 				t.Errorf("%s: %q does not say %q", tt.subject, got[0].Data(), tt.says)
 			}
-			deadline := time.Now().Add(30 * time.Second)
-			for workLeft(t, js) != 0 && time.Now().Before(deadline) {
-				time.Sleep(20 * time.Millisecond)
-			}
-			if n := workLeft(t, js); n != 0 {
-				t.Errorf("%d messages still in the work stream", n)
-			}
+			waitFor(t, "the work stream to empty", func() bool { return workLeft(t, js) == 0 })
 		})
 	}
 }
