@@ -175,6 +175,7 @@ type ResolverFlags struct {
 	CatalogFile   string
 	AllowUnsigned bool
 	MaxAge        time.Duration
+	SyncInterval  time.Duration
 }
 
 // Register adds the resolver flags to fs.
@@ -184,6 +185,7 @@ func (r *ResolverFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&r.CatalogFile, "catalog", envOr("VMPREP_CATALOG", ""), "user catalog file (JSON or YAML) adding images; see docs/catalog.md (env VMPREP_CATALOG)")
 	fs.BoolVar(&r.AllowUnsigned, "allow-unsigned", false, "resolve images whose manifests have no configured signing key (e.g. Fedora without --keyring) without signature verification; logs a warning. Published or configured signatures are still required")
 	fs.DurationVar(&r.MaxAge, "resolution-max-age", 24*time.Hour, "reuse a stored resolution this young without asking the network")
+	fs.DurationVar(&r.SyncInterval, "sync-interval", time.Hour, "how often to look for new builds of the fleet's followed selections (vmprep fleet sync: now)")
 }
 
 // CatalogOptions turns the flags into catalog options (mirror, user catalog,

@@ -109,6 +109,8 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 		Logger:           log,
 		Concurrency:      c.Concurrency,
 		ResolutionMaxAge: rf.MaxAge,
+		SyncInterval:     rf.SyncInterval,
+		Fleet:            true,
 		OriginTimeout:    ff.OriginTimeout,
 		RunnerOptions:    runner.Options(),
 		ObjectBucket:     bucket,

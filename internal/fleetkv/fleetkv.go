@@ -70,7 +70,16 @@ type Store struct {
 // operator's vmprep setup; an embedded deployment). A user that may not
 // gets ErrNoBucket.
 func Open(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, error) {
-	kv, err := js.KeyValue(ctx, Bucket)
+	var kv jetstream.KeyValue
+	// A user without the right to look the bucket up hears so at once,
+	// not after the API's timeout.
+	denied, err := stage.Call(ctx, js.Conn(), "$JS.API.STREAM.INFO.KV_"+Bucket, func(ctx context.Context) (err error) {
+		kv, err = js.KeyValue(ctx, Bucket)
+		return err
+	})
+	if denied {
+		return nil, fmt.Errorf("%w: this user may not read it: %w", ErrNoBucket, err)
+	}
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		err = stage.Create(ctx, js.Conn(), "key-value bucket "+Bucket, "$JS.API.STREAM.CREATE.KV_"+Bucket, func(ctx context.Context) (err error) {
 			kv, err = js.CreateKeyValue(ctx, Config(replicas))

@@ -64,6 +64,8 @@ type config struct {
 	replicas      int
 	host          string
 	targetedOnly  bool
+	fleet         bool
+	syncInterval  time.Duration
 	serverOpts    *server.Options
 	connOpts      []nats.Option
 	registerer    prometheus.Registerer
@@ -171,6 +173,13 @@ func WithHost(name string) Option { return func(c *config) { c.host = name } }
 // WithTargetedOnly makes the converter take only work targeted at its host.
 func WithTargetedOnly() Option { return func(c *config) { c.targetedOnly = true } }
 
+// WithFleet makes the deployment keep the fleet's selections (vmprep fleet):
+// its resolver looks for new builds every syncInterval (0: hourly) and
+// rolls them out, and its converter holds what its host's plan names.
+func WithFleet(syncInterval time.Duration) Option {
+	return func(c *config) { c.fleet, c.syncInterval = true, syncInterval }
+}
+
 // WithServerOptions starts the server from a nats-server configuration (say,
 // one read by server.ProcessConfigFile: users, accounts, TLS, cluster).
 // WithListen and WithJetStreamDir, when given, override its listener and
@@ -247,6 +256,8 @@ func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
 		Replicas:         c.replicas,
 		Host:             c.host,
 		TargetedOnly:     c.targetedOnly,
+		Fleet:            c.fleet,
+		SyncInterval:     c.syncInterval,
 	}
 	if c.registerer != nil {
 		if deps.Metrics, err = metrics.New(c.registerer); err != nil {

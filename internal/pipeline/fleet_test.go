@@ -1,0 +1,205 @@
+package pipeline_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmprep/vmprep/internal/fleetkv"
+	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/pkg/catalog"
+	fleetmodel "github.com/vmprep/vmprep/pkg/fleet"
+	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/store"
+)
+
+// statusLog records every status a host writes, in order (one server: the
+// subscription sees the puts in the order the stream stored them), to
+// check the rollout bound over the whole run, not at sampled moments.
+type statusLog struct {
+	mu      sync.Mutex
+	latest  map[string]fleetmodel.Status // by key
+	maxPull int
+}
+
+func watchStatus(t *testing.T, nc *nats.Conn) *statusLog {
+	l := &statusLog{latest: map[string]fleetmodel.Status{}}
+	sub, err := nc.Subscribe("$KV."+fleetkv.Bucket+".status.>", func(m *nats.Msg) {
+		var st fleetmodel.Status
+		_ = json.Unmarshal(m.Data, &st)
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.latest[m.Subject] = st
+		pulling := 0
+		for _, s := range l.latest {
+			if s.State == fleetmodel.StatePulling {
+				pulling++
+			}
+		}
+		l.maxPull = max(l.maxPull, pulling)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return l
+}
+
+func (l *statusLog) max() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.maxPull
+}
+
+// waitFleet waits until ok holds of the fleet state, or fails saying what
+// the state was.
+func waitFleet(t *testing.T, fl *fleetkv.Store, what string, ok func(fleetkv.State) bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	var last fleetkv.State
+	for {
+		st, _, err := fl.Load(ctx)
+		if err == nil {
+			last = st
+			if ok(st) {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: not within 90s; status %+v builds %+v", what, last.Status, last.Builds)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func readyAt(st fleetkv.State, host, id, serial string) bool {
+	s := st.Status[host][id]
+	return s.State == fleetmodel.StateReady && s.Serial == serial && s.Held == serial
+}
+
+// Converter hosts hold what the selections name for them, with no request
+// from anyone: the matching hosts only, a new build after a sync at most
+// MaxParallel hosts at a time (one origin download per file), and a pin to
+// the old build rolls them back from their caches.
+func TestFleetSelectionsReachHosts(t *testing.T) {
+	const s1, s2 = "20261120", "20261201"
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithSerials(s1))
+	f := newFleet(t, m)
+	withFleet := func(d *pipeline.Deps) { d.Fleet = true; d.SyncInterval = time.Hour }
+	f.host("gateway", []string{messages.StageResolver, messages.StageCollector, messages.StageFetcher, messages.StageVerifier}, withFleet)
+	for _, h := range []string{"host-1", "host-2", "host-3", "other"} {
+		f.host(h, []string{messages.StageConverter}, func(d *pipeline.Deps) { withFleet(d); d.TargetedOnly = true })
+	}
+	nc := f.conn()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	fl, err := fleetkv.Open(ctx, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := watchStatus(t, nc)
+	sel, err := fleetmodel.Selection{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Hosts: "host-*", MaxParallel: 2}.Normalize(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := sel.ID()
+	if err := fl.PutSelection(ctx, sel); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Publish(fleetkv.SubjectSync, nil); err != nil {
+		t.Fatal(err)
+	}
+	hosts := []string{"host-1", "host-2", "host-3"}
+	allAt := func(serial string) func(fleetkv.State) bool {
+		return func(st fleetkv.State) bool {
+			for _, h := range hosts {
+				if !readyAt(st, h, id, serial) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	waitFleet(t, fl, "every host-* holds "+s1, allAt(s1))
+	checkViews := func(serial string) {
+		t.Helper()
+		for _, h := range hosts {
+			view := filepath.Join(f.hosts[h].Root(), "images", "ubuntu", "24.04", "amd64")
+			if b, err := os.ReadFile(filepath.Join(view, store.ViewSerialName)); err != nil || strings.TrimSpace(string(b)) != serial {
+				t.Errorf("%s: view serial %q, %v; want %s", h, b, err, serial)
+			}
+			// The view's files are the build's, byte for byte.
+			for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
+				link := filepath.Join(view, viewName[role])
+				got, err := os.ReadFile(link)
+				if err != nil {
+					t.Errorf("%s: %v", h, err)
+					continue
+				}
+				if want := m.Content(m.SerialPath("ubuntu", "24.04", serial, catalog.ArchAMD64, role)); string(got) != string(want) {
+					t.Errorf("%s: %s is not the %s of build %s", h, link, role, serial)
+				}
+			}
+		}
+		if _, err := os.Stat(filepath.Join(f.hosts["other"].Root(), "images", "ubuntu")); !os.IsNotExist(err) {
+			t.Errorf("other, which no selection names, has images: %v", err)
+		}
+	}
+	checkViews(s1)
+
+	m.AddSerial("ubuntu", "24.04", s2)
+	if err := nc.Publish(fleetkv.SubjectSync, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFleet(t, fl, "every host-* holds "+s2, allAt(s2))
+	checkViews(s2)
+	if got := log.max(); got > 2 {
+		t.Errorf("%d hosts pulled at once; max-parallel is 2", got)
+	}
+	for _, serial := range []string{s1, s2} {
+		for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
+			if n := m.Requests(m.SerialPath("ubuntu", "24.04", serial, catalog.ArchAMD64, role)); n != 1 {
+				t.Errorf("origin served the %s of %s %d times, want once", role, serial, n)
+			}
+		}
+	}
+
+	// Rollback: a pin to the old build, which every host kept.
+	sel.Serial = s1
+	if err := fl.PutSelection(ctx, sel); err != nil {
+		t.Fatal(err)
+	}
+	waitFleet(t, fl, "every host-* back at "+s1, allAt(s1))
+	checkViews(s1)
+	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
+		if n := m.Requests(m.SerialPath("ubuntu", "24.04", s1, catalog.ArchAMD64, role)); n != 1 {
+			t.Errorf("the rollback downloaded the %s again (%d requests)", role, n)
+		}
+	}
+
+	// Unwant: the hosts drop the selection's state.
+	if err := fl.DeleteSelection(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	waitFleet(t, fl, "no host reports the removed selection", func(st fleetkv.State) bool {
+		for _, h := range hosts {
+			if _, ok := st.Status[h][id]; ok {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// viewName is the link of each role in an image's view (qcow2 disk).
+var viewName = map[catalog.Role]string{catalog.RoleKernel: store.LinkKernel, catalog.RoleInitramfs: store.LinkInitramfs, catalog.RoleDisk: store.LinkDisk}
