@@ -3,6 +3,10 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"log/slog"
 	"sync"
 	"time"
@@ -14,6 +18,7 @@ import (
 	"github.com/vmprep/vmprep/pkg/fleet"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
+	"github.com/vmprep/vmprep/pkg/store"
 )
 
 // DefaultSyncInterval is how often the resolver looks for new builds of
@@ -177,6 +182,12 @@ type FleetHost struct {
 	Logger *slog.Logger
 	// Retry is how soon a failed selection is tried again (default 30 s).
 	Retry time.Duration
+	// Store, if set, is the host's cache: the builds the host keeps per
+	// selection are recorded there as uses, and older ones freed.
+	Store *store.Store
+	// FreeGrace: files committed more recently are never freed
+	// (store.GCOptions.MinAge; 0: store.DefaultGCMinAge).
+	FreeGrace time.Duration
 
 	mu       sync.Mutex
 	status   map[string]fleet.Status
@@ -237,10 +248,9 @@ func (h *FleetHost) Run(ctx context.Context) {
 }
 
 // reconcile starts a worker for each desired build not yet confirmed held,
-// and forgets selections the plan no longer names.
+// and forgets (and frees) selections the plan no longer names.
 func (h *FleetHost) reconcile(ctx context.Context, plan fleet.Plan, wg *sync.WaitGroup, done func()) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	wanted := map[string]bool{}
 	for _, d := range plan.Desired {
 		wanted[d.Selection] = true
@@ -254,27 +264,66 @@ func (h *FleetHost) reconcile(ctx context.Context, plan fleet.Plan, wg *sync.Wai
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			h.hold(ctx, d)
+			h.hold(ctx, d, plan.Pinned)
 			h.mu.Lock()
 			delete(h.inFlight, d.Selection)
 			h.mu.Unlock()
 			done() // look at the plan again: it may have moved on meanwhile
 		}()
 	}
+	var gone []string
 	for id := range h.status {
 		if !wanted[id] && !h.inFlight[id] {
-			if err := h.Fleet.DeleteStatus(ctx, h.Host, id); err != nil {
-				h.Logger.Warn("cannot remove a selection's state", "selection", id, "err", err)
+			gone = append(gone, id)
+		}
+	}
+	// Builds kept on disk for a selection this process never reported
+	// (its state was lost) are freed too.
+	if h.Store != nil {
+		ents, _ := os.ReadDir(filepath.Join(h.Store.Root(), fleetDir))
+		for _, e := range ents {
+			if id := e.Name(); !wanted[id] && !h.inFlight[id] && !slices.Contains(gone, id) {
+				gone = append(gone, id)
+			}
+		}
+	}
+	h.mu.Unlock()
+	for _, id := range gone {
+		if h.Store != nil {
+			freed, err := h.space().forget(ctx, id, func(spec image.Spec) bool {
+				return slices.ContainsFunc(plan.Desired, func(d fleet.Desired) bool {
+					same := d.Spec
+					same.Serial = ""
+					return same == spec
+				})
+			})
+			if err != nil {
+				h.Logger.Warn("cannot free the builds of a selection no longer wanted", "selection", id, "err", err)
 				continue
 			}
-			delete(h.status, id)
-			delete(h.checked, id)
+			h.Logger.Info("freed the builds of a selection no longer wanted", "selection", id, "bytes", freed)
 		}
+		if err := h.Fleet.DeleteStatus(ctx, h.Host, id); err != nil {
+			h.Logger.Warn("cannot remove a selection's state", "selection", id, "err", err)
+			continue
+		}
+		h.mu.Lock()
+		delete(h.status, id)
+		delete(h.checked, id)
+		h.mu.Unlock()
 	}
 }
 
+func (h *FleetHost) space() fleetSpace {
+	grace := h.FreeGrace
+	if grace == 0 {
+		grace = store.DefaultGCMinAge
+	}
+	return fleetSpace{store: h.Store, grace: grace}
+}
+
 // hold makes the host hold d's build, reporting pulling, then ready or failed.
-func (h *FleetHost) hold(ctx context.Context, d fleet.Desired) {
+func (h *FleetHost) hold(ctx context.Context, d fleet.Desired, pins []image.Spec) {
 	h.mu.Lock()
 	prev := h.status[d.Selection]
 	h.mu.Unlock()
@@ -296,13 +345,52 @@ func (h *FleetHost) hold(ctx context.Context, d fleet.Desired) {
 	for _, f := range res.Files {
 		bytes += f.Size
 	}
+	kept := prev.Kept
+	if h.Store != nil && res.Resolved != nil && res.Resolved.Serial == d.Spec.Serial {
+		var free []string
+		pinned := func(serial string) bool {
+			spec := d.Spec
+			spec.Serial = serial
+			return slices.Contains(pins, spec)
+		}
+		kept, free = fleet.Retain(d.Spec.Serial, prev.Previous(), d.Keep, pinned)
+		if err := h.keep(ctx, d, res, kept, free); err != nil {
+			log.Warn("cannot record which builds this host keeps", "err", err)
+		}
+	}
 	h.mu.Lock()
 	h.checked[d.Selection] = d.Spec.Serial
 	h.mu.Unlock()
-	if moving || prev.Bytes != bytes {
+	if moving || prev.Bytes != bytes || !slices.Equal(prev.Kept, kept) {
 		log.Info("holding a selected image", "bytes", bytes, "view", res.View)
-		h.report(ctx, d.Selection, fleet.Status{Serial: d.Spec.Serial, State: fleet.StateReady, Held: d.Spec.Serial, Bytes: bytes, Since: time.Now().UTC()})
+		h.report(ctx, d.Selection, fleet.Status{Serial: d.Spec.Serial, State: fleet.StateReady, Held: d.Spec.Serial, Bytes: bytes, Kept: kept, Since: time.Now().UTC()})
 	}
+}
+
+// keep records why each build of d's selection the host keeps is kept
+// (the current one, the previous ones, pinned ones), and frees the others.
+func (h *FleetHost) keep(ctx context.Context, d fleet.Desired, res client.Result, kept []fleet.Kept, free []string) error {
+	sp := h.space()
+	why := func(serial, what string) string {
+		return fmt.Sprintf("fleet selection %s, build %s: %s", d.Selection, serial, what)
+	}
+	if err := sp.keep(ctx, d.Selection, res, why(d.Spec.Serial, "current")); err != nil {
+		return err
+	}
+	for _, k := range kept {
+		if err := sp.rewhy(ctx, d.Selection, k.Serial, why(k.Serial, k.Why)); err != nil {
+			return err
+		}
+	}
+	if len(free) == 0 {
+		return nil
+	}
+	freed, err := sp.free(ctx, d.Selection, free)
+	if err != nil {
+		return err
+	}
+	h.Logger.Info("freed older builds of a selection", "selection", d.Selection, "serials", free, "bytes", freed)
+	return nil
 }
 
 func (h *FleetHost) report(ctx context.Context, id string, st fleet.Status) {

@@ -92,13 +92,16 @@ func readyAt(st fleetkv.State, host, id, serial string) bool {
 // MaxParallel hosts at a time (one origin download per file), and a pin to
 // the old build rolls them back from their caches.
 func TestFleetSelectionsReachHosts(t *testing.T) {
-	const s1, s2 = "20261120", "20261201"
+	const s1, s2, s3 = "20261120", "20261201", "20261215"
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithSerials(s1))
 	f := newFleet(t, m)
 	withFleet := func(d *pipeline.Deps) { d.Fleet = true; d.SyncInterval = time.Hour }
 	f.host("gateway", []string{messages.StageResolver, messages.StageCollector, messages.StageFetcher, messages.StageVerifier}, withFleet)
 	for _, h := range []string{"host-1", "host-2", "host-3", "other"} {
-		f.host(h, []string{messages.StageConverter}, func(d *pipeline.Deps) { withFleet(d); d.TargetedOnly = true })
+		f.host(h, []string{messages.StageConverter}, func(d *pipeline.Deps) {
+			withFleet(d)
+			d.TargetedOnly, d.FleetFreeGrace = true, -1
+		})
 	}
 	nc := f.conn()
 	js, _ := jetstream.New(nc)
@@ -187,7 +190,73 @@ func TestFleetSelectionsReachHosts(t *testing.T) {
 		}
 	}
 
-	// Unwant: the hosts drop the selection's state.
+	// A clone on host-1 uses the first build's disk.
+	disk1 := blobPath(f.hosts["host-1"], m, s1, catalog.RoleDisk)
+	cloneFile := filepath.Join(t.TempDir(), "vm1.img")
+	if err := os.WriteFile(cloneFile, []byte("a clone"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base, err := f.hosts["host-1"].StoredFile(disk1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.hosts["host-1"].RecordUse(ctx, store.Use{Kind: "clone", Base: base, Holder: cloneFile, Method: "overlay", Pins: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	// A third build, followed again with keep 1: every host holds s3,
+	// keeps s2 (the newest before it) and frees s1 — except host-1's disk,
+	// which the clone uses.
+	sel.Serial = ""
+	if err := fl.PutSelection(ctx, sel); err != nil {
+		t.Fatal(err)
+	}
+	m.AddSerial("ubuntu", "24.04", s3)
+	if err := nc.Publish(fleetkv.SubjectSync, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFleet(t, fl, "every host-* holds "+s3+" and keeps "+s2, func(st fleetkv.State) bool {
+		for _, h := range hosts {
+			s := st.Status[h][id]
+			if !readyAt(st, h, id, s3) || len(s.Kept) != 1 || s.Kept[0].Serial != s2 {
+				return false
+			}
+		}
+		return true
+	})
+	checkViews(s3)
+	for _, h := range hosts {
+		for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleDisk} {
+			for serial, want := range map[string]bool{s1: h == "host-1" && role == catalog.RoleDisk, s2: true, s3: true} {
+				if _, err := os.Stat(blobPath(f.hosts[h], m, serial, role)); (err == nil) != want {
+					t.Errorf("%s: %s of build %s present: %v, want %v", h, role, serial, err == nil, want)
+				}
+			}
+		}
+		// `vmprep cache ls` says why each kept build is kept.
+		uses, err := f.hosts[h].Uses(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		why := map[string]bool{}
+		for _, u := range uses {
+			if u.Kind == "fleet" && u.Live {
+				why[u.Method] = true
+			}
+		}
+		for _, want := range []string{"build " + s3 + ": current", "build " + s2 + ": previous build 1 of 1 kept (keep 1)"} {
+			found := false
+			for w := range why {
+				found = found || strings.Contains(w, want)
+			}
+			if !found {
+				t.Errorf("%s: no fleet use says %q: %v", h, want, why)
+			}
+		}
+	}
+
+	// Unwant: the hosts drop the selection's state and free its builds
+	// and view; the clone's base stays.
 	if err := fl.DeleteSelection(ctx, id); err != nil {
 		t.Fatal(err)
 	}
@@ -199,6 +268,24 @@ func TestFleetSelectionsReachHosts(t *testing.T) {
 		}
 		return true
 	})
+	for _, h := range hosts {
+		for _, serial := range []string{s2, s3} {
+			if _, err := os.Stat(blobPath(f.hosts[h], m, serial, catalog.RoleDisk)); err == nil {
+				t.Errorf("%s: the disk of %s is still there after unwant", h, serial)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(f.hosts[h].Root(), "images", "ubuntu", "24.04", "amd64")); err == nil {
+			t.Errorf("%s: the view is still there after unwant", h)
+		}
+	}
+	if _, err := os.Stat(disk1); err != nil {
+		t.Errorf("host-1: the disk its clone uses was freed: %v", err)
+	}
+}
+
+// blobPath is where a host's store keeps the file of role of a build.
+func blobPath(st *store.Store, m *testmirror.Mirror, serial string, role catalog.Role) string {
+	return filepath.Join(st.Root(), "blobs", "sha256", m.Digest(m.SerialPath("ubuntu", "24.04", serial, catalog.ArchAMD64, role)).Hex)
 }
 
 // viewName is the link of each role in an image's view (qcow2 disk).

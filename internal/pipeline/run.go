@@ -108,6 +108,9 @@ type Deps struct {
 	// converter follow its host's plan (internal/fleetkv): what the stage
 	// commands and vmprep serve do, and vmprep prepare's private server not.
 	Fleet bool
+	// FleetFreeGrace: a converter host frees no build of its selections
+	// committed more recently (0: store.DefaultGCMinAge; negative: none).
+	FleetFreeGrace time.Duration
 }
 
 // RunStages sets up the streams and runs the named stages on nc until ctx
@@ -266,6 +269,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 						log.Warn("this host does not follow the fleet's selections", "err", err)
 						return
 					}
+					fh.Store, fh.FreeGrace = d.Store, d.FleetFreeGrace
 					fh.Run(ctx)
 				})
 			}

@@ -215,3 +215,40 @@ func TestParseFileAndDiff(t *testing.T) {
 		t.Fatalf("put %v remove %v", put, remove)
 	}
 }
+
+func TestRetain(t *testing.T) {
+	pinned := func(s string) bool { return s == "1" }
+	for _, tc := range []struct {
+		name     string
+		current  string
+		previous []string
+		keep     int
+		kept     []string
+		free     []string
+	}{
+		{name: "first build", current: "1", keep: 1},
+		{name: "keep one, a pinned one too", current: "3", previous: []string{"2", "1"}, keep: 1, kept: []string{"2", "1"}},
+		{name: "keep one, the oldest freed", current: "4", previous: []string{"2", "3"}, keep: 1, kept: []string{"3"}, free: []string{"2"}},
+		{name: "keep zero", current: "3", previous: []string{"2"}, keep: 0, free: []string{"2"}},
+		{name: "rollback keeps the newer one", current: "2", previous: []string{"3", "2", "0"}, keep: 1, kept: []string{"3"}, free: []string{"0"}},
+		{name: "after a rollback, the oldest goes", current: "10", previous: []string{"2", "9"}, keep: 1, kept: []string{"9"}, free: []string{"2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kept, free := Retain(tc.current, tc.previous, tc.keep, pinned)
+			var keptSerials []string
+			for _, k := range kept {
+				keptSerials = append(keptSerials, k.Serial)
+				if k.Why == "" {
+					t.Errorf("kept %s without a reason", k.Serial)
+				}
+			}
+			if strings.Join(keptSerials, ",") != strings.Join(tc.kept, ",") || strings.Join(free, ",") != strings.Join(tc.free, ",") {
+				t.Errorf("kept %v free %v; want kept %v free %v", keptSerials, free, tc.kept, tc.free)
+			}
+		})
+	}
+	st := Status{Held: "s3", Kept: []Kept{{Serial: "s2"}}}
+	if got := st.Previous(); strings.Join(got, ",") != "s3,s2" {
+		t.Errorf("Previous = %v", got)
+	}
+}
