@@ -108,12 +108,14 @@ func ParseStore(s string) (string, error) {
 type TargetFlags struct {
 	Target       string
 	TargetedOnly bool
+	FreeGrace    time.Duration
 }
 
 // Register adds the converter's flags to fs.
 func (t *TargetFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&t.Target, "target", envOr("VMPREP_TARGET", place.HostName()), "this host's name: with --store nats:…, the converter takes the work of requests targeted at it (env VMPREP_TARGET; default: the host name)")
 	fs.BoolVar(&t.TargetedOnly, "targeted-only", false, "with --store nats:…, take only work targeted at --target, not untargeted conversions that any converter may do")
+	fs.DurationVar(&t.FreeGrace, "fleet-free-grace", 15*time.Minute, "fleet selections: never free a build's files committed more recently than this (they may be on their way into a view); negative: no grace")
 }
 
 // Logger builds the logger the flags ask for: text through tint (coloured on a

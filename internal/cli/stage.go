@@ -111,6 +111,7 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 		ResolutionMaxAge: rf.MaxAge,
 		SyncInterval:     rf.SyncInterval,
 		Fleet:            true,
+		FleetFreeGrace:   target.FreeGrace,
 		OriginTimeout:    ff.OriginTimeout,
 		RunnerOptions:    runner.Options(),
 		ObjectBucket:     bucket,
