@@ -131,14 +131,20 @@ func TestFleetSelections(t *testing.T) {
 	view := func(h *cluster.Host) string {
 		return h.Real(filepath.Join(c.MountPoint(), "images", "ubuntu", "24.04", "amd64"))
 	}
-	// diskOf is the stored file a host's view names as its raw disk.
-	diskOf := func(h *cluster.Host) string {
-		target, err := os.Readlink(filepath.Join(view(h), "disk.raw"))
+	// linked is the file a link of a host's view names, as the test sees it.
+	linked := func(h *cluster.Host, link string) string {
+		t.Helper()
+		target, err := os.Readlink(filepath.Join(view(h), link))
 		if err != nil {
 			t.Fatalf("%s: %v", h.Name, err)
 		}
+		if !filepath.IsAbs(target) {
+			return filepath.Clean(filepath.Join(view(h), target))
+		}
 		return h.Real(target)
 	}
+	// diskOf is the stored file a host's view names as its raw disk.
+	diskOf := func(h *cluster.Host) string { return linked(h, "disk.raw") }
 	checkHeld := func(serial string) {
 		t.Helper()
 		rawSum := testutil.QemuRawSHA256(t, filepath.Join(m.Dir, filepath.FromSlash(m.SerialPath("ubuntu", "24.04", serial, catalog.ArchAMD64, catalog.RoleDisk))))
@@ -148,12 +154,7 @@ func TestFleetSelections(t *testing.T) {
 				t.Errorf("%s: view serial %q (%v), want %s", name, b, err, serial)
 			}
 			for role, link := range map[catalog.Role]string{catalog.RoleKernel: "vmlinuz", catalog.RoleInitramfs: "initramfs"} {
-				target, err := os.Readlink(filepath.Join(v, link))
-				if err != nil {
-					t.Errorf("%s: %v", name, err)
-					continue
-				}
-				got, _ := os.ReadFile(hosts[name].Real(target))
+				got, _ := os.ReadFile(linked(hosts[name], link))
 				if string(got) != string(m.Content(m.SerialPath("ubuntu", "24.04", serial, catalog.ArchAMD64, role))) {
 					t.Errorf("%s: %s is not build %s's", name, link, serial)
 				}

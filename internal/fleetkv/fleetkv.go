@@ -105,7 +105,6 @@ func BuildKey(id string) string            { return prefixBuild + id }
 func PlanKey(host string) string           { return prefixPlan + host }
 func HostKey(host string) string           { return prefixHost + host }
 func StatusKey(host, id string) string     { return prefixStatus + host + "." + id }
-func statusPrefix(host string) string      { return prefixStatus + host + "." }
 func (s *Store) subject(key string) string { return "$KV." + Bucket + "." + key }
 
 func (s *Store) put(ctx context.Context, key string, v any) error {
