@@ -80,6 +80,31 @@ func (c *fleetCmd) open(ctx context.Context, stderr io.Writer) (context.Context,
 	return ctx, func() { stop(); c.conn.close() }, st, nil
 }
 
+// openLoaded is open followed by a read of the whole fleet state; entries
+// that do not decode are warned about and skipped.
+func (c *fleetCmd) openLoaded(ctx context.Context, stderr io.Writer) (context.Context, func(), *fleetkv.Store, fleetkv.State, error) {
+	ctx, done, st, err := c.open(ctx, stderr)
+	if err != nil {
+		return ctx, done, nil, fleetkv.State{}, err
+	}
+	state, skipped, err := st.Load(ctx)
+	if err != nil {
+		done()
+		return ctx, func() {}, nil, fleetkv.State{}, c.conn.explain(err)
+	}
+	warnSkipped(stderr, c.name, skipped)
+	return ctx, done, st, state, nil
+}
+
+// listings are the selections of state, sorted, with their builds.
+func listings(state fleetkv.State) []fleetListing {
+	list := make([]fleetListing, 0, len(state.Selections))
+	for _, sel := range sortedSelections(state.Selections) {
+		list = append(list, fleetListing{ID: sel.ID(), Selection: sel, Build: state.Builds[sel.ID()]})
+	}
+	return list
+}
+
 // selectionFlags are the flags naming a selection (want and unwant).
 type selectionFlags struct {
 	hosts, arch, format string
@@ -148,15 +173,11 @@ func fleetUnwant(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	if err != nil {
 		return failf(stderr, 2, c.name, "%v", err)
 	}
-	ctx, done, st, err := c.open(ctx, stderr)
+	ctx, done, st, state, err := c.openLoaded(ctx, stderr)
 	if err != nil {
 		return failf(stderr, 1, c.name, "%v", err)
 	}
 	defer done()
-	state, _, err := st.Load(ctx)
-	if err != nil {
-		return failf(stderr, 1, c.name, "%v", c.conn.explain(err))
-	}
 	if !slices.ContainsFunc(state.Selections, func(s fleet.Selection) bool { return s.ID() == sel.ID() }) {
 		return failf(stderr, 1, c.name, "no selection %s (see vmprep fleet ls)", sel)
 	}
@@ -191,15 +212,11 @@ func fleetApply(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if err != nil {
 		return failf(stderr, 1, c.name, "%s: %v", c.fs.Arg(0), err)
 	}
-	ctx, done, st, err := c.open(ctx, stderr)
+	ctx, done, st, state, err := c.openLoaded(ctx, stderr)
 	if err != nil {
 		return failf(stderr, 1, c.name, "%v", err)
 	}
 	defer done()
-	state, _, err := st.Load(ctx)
-	if err != nil {
-		return failf(stderr, 1, c.name, "%v", c.conn.explain(err))
-	}
 	put, remove := fleet.Diff(state.Selections, want)
 	for _, sel := range put {
 		if err := st.PutSelection(ctx, sel); err != nil {
@@ -230,20 +247,12 @@ func fleetLs(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if ok, code := parseFlags(c.fs, args); !ok {
 		return code
 	}
-	ctx, done, st, err := c.open(ctx, stderr)
+	ctx, done, _, state, err := c.openLoaded(ctx, stderr)
 	if err != nil {
 		return failf(stderr, 1, c.name, "%v", err)
 	}
 	defer done()
-	state, skipped, err := st.Load(ctx)
-	if err != nil {
-		return failf(stderr, 1, c.name, "%v", c.conn.explain(err))
-	}
-	warnSkipped(stderr, c.name, skipped)
-	list := make([]fleetListing, 0, len(state.Selections))
-	for _, sel := range sortedSelections(state.Selections) {
-		list = append(list, fleetListing{ID: sel.ID(), Selection: sel, Build: state.Builds[sel.ID()]})
-	}
+	list := listings(state)
 	if *asJSON {
 		return writeJSON(stdout, stderr, c.name, list)
 	}
@@ -366,22 +375,15 @@ func fleetStatus(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	if ok, code := parseFlags(c.fs, args); !ok {
 		return code
 	}
-	ctx, done, st, err := c.open(ctx, stderr)
+	ctx, done, _, state, err := c.openLoaded(ctx, stderr)
 	if err != nil {
 		return failf(stderr, 1, c.name, "%v", err)
 	}
 	defer done()
-	state, skipped, err := st.Load(ctx)
-	if err != nil {
-		return failf(stderr, 1, c.name, "%v", c.conn.explain(err))
-	}
-	warnSkipped(stderr, c.name, skipped)
 	_, progress := fleet.Plans(state.Fleet)
 	m := fleetMatrix{Rollouts: progress, Status: state.Status}
 	m.Hosts = slices.Sorted(slices.Values(state.Hosts))
-	for _, sel := range sortedSelections(state.Selections) {
-		m.Selections = append(m.Selections, fleetListing{ID: sel.ID(), Selection: sel, Build: state.Builds[sel.ID()]})
-	}
+	m.Selections = listings(state)
 	if *asJSON {
 		return writeJSON(stdout, stderr, c.name, m)
 	}

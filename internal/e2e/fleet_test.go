@@ -204,8 +204,8 @@ func TestFleetSelections(t *testing.T) {
 	cluster.WaitFor(t, "every host-* holds "+s2+", keeping "+s1, 4*time.Minute, allReady(s2, s1))
 	checkHeld(s2)
 	mu.Lock()
-	if maxPulling > 2 {
-		t.Errorf("%d hosts pulled at once; --max-parallel is 2", maxPulling)
+	if maxPulling > 2 || maxPulling == 0 {
+		t.Errorf("%d hosts pulled at once; --max-parallel is 2 (and 0 means no status was seen)", maxPulling)
 	}
 	mu.Unlock()
 
