@@ -274,3 +274,72 @@ func TestFleetSelections(t *testing.T) {
 	}
 	fmt.Fprintln(os.Stderr, vmprep("fleet", "status"))
 }
+
+// TestFleetRolloutBenchmark measures, with VMPREP_FLEET_BENCH_HOSTS=N
+// converter hosts (each in its own mount namespace), the time from `vmprep
+// fleet sync` of a new build to every host ready, and the origin bytes per
+// build (1.00× is one download of each file for the whole fleet).
+// Skipped unless the variable is set: it is a measurement (docs/BENCHMARKS.md).
+func TestFleetRolloutBenchmark(t *testing.T) {
+	n := testutil.EnvInt("VMPREP_FLEET_BENCH_HOSTS", 0)
+	if n <= 0 {
+		t.Skip("set VMPREP_FLEET_BENCH_HOSTS=20 to run")
+	}
+	cluster.RequireNamespaces(t)
+	const s1, s2 = testmirror.DefaultUbuntuSerial, "20261201"
+	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithSerials(s1), testmirror.WithDiskSize(512<<20, 128<<20))
+	c := cluster.New(t, cluster.Build(t))
+	c.MirrorURL, c.KeyringFile = m.URL, m.KeyringFile()
+	vmprep := func(args ...string) string {
+		t.Helper()
+		full := append(args[:2:2], append([]string{"--nats", c.NATS}, args[2:]...)...)
+		out, err := exec.Command(filepath.Join(c.Bin, "vmprep"), full...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("vmprep %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	c.Host("gateway").Stage("resolver")
+	c.Host("fetch").Stage("fetcher")
+	c.Host("check").Stage("verifier")
+	for i := range n {
+		name := fmt.Sprintf("host-%02d", i+1)
+		c.Host(name).Stage("converter", "--target", name, "--targeted-only")
+	}
+	out := vmprep("fleet", "want", "--hosts", "host-*", "--arch", "amd64", "--format", "qcow2", "ubuntu", "24.04")
+	id, _, _ := strings.Cut(out, "\t")
+	allAt := func(serial string) func() bool {
+		return func() bool {
+			var v fleetView
+			if err := json.Unmarshal([]byte(vmprep("fleet", "status", "--json")), &v); err != nil {
+				return false
+			}
+			ready := 0
+			for h, sels := range v.Status {
+				if s := sels[id]; strings.HasPrefix(h, "host-") && s.State == fleet.StateReady && s.Serial == serial {
+					ready++
+				}
+			}
+			return ready == n
+		}
+	}
+	vmprep("fleet", "sync")
+	cluster.WaitFor(t, "every host holds "+s1, 10*time.Minute, allAt(s1))
+
+	m.AddSerial("ubuntu", "24.04", s2)
+	start := time.Now()
+	vmprep("fleet", "sync")
+	cluster.WaitFor(t, "every host holds "+s2, 10*time.Minute, allAt(s2))
+	elapsed := time.Since(start)
+	var served, size int64
+	for _, role := range []catalog.Role{catalog.RoleKernel, catalog.RoleInitramfs, catalog.RoleDisk} {
+		rel := m.SerialPath("ubuntu", "24.04", s2, catalog.ArchAMD64, role)
+		served += m.BytesServed(rel)
+		size += int64(len(m.Content(rel)))
+	}
+	t.Logf("%d hosts: fleet sync of a new build to all ready in %s; origin bytes per build %.2f× (%d of %d)",
+		n, elapsed.Round(10*time.Millisecond), float64(served)/float64(size), served, size)
+	if served != size {
+		t.Errorf("the origin served %d bytes for a build of %d", served, size)
+	}
+}
