@@ -38,9 +38,23 @@ func TestFleetSelections(t *testing.T) {
 		t.Skip("multi-process test")
 	}
 	cluster.RequireNamespaces(t)
+	fleetSelections(t, cluster.New(t, cluster.Build(t)))
+}
+
+// The same on a three-node cluster: the fleet bucket and every stream
+// with three replicas.
+func TestFleetSelectionsCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test")
+	}
+	cluster.RequireNamespaces(t)
+	c, _ := cluster.NewNATSCluster(t, cluster.Build(t), 3)
+	fleetSelections(t, c)
+}
+
+func fleetSelections(t *testing.T, c *cluster.Cluster) {
 	const s1, s2, s3 = testmirror.DefaultUbuntuSerial, "20261201", "20261215"
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithSerials(s1), testmirror.WithDiskSize(64<<20, 16<<20))
-	c := cluster.New(t, cluster.Build(t))
 	c.MirrorURL, c.KeyringFile = m.URL, m.KeyringFile()
 	vmprep := func(args ...string) string {
 		t.Helper()
@@ -55,7 +69,11 @@ func TestFleetSelections(t *testing.T) {
 		return string(out)
 	}
 	names := []string{"host-1", "host-2", "host-3", "host-4", "other"}
-	vmprep("setup", "--store", "nats:"+cluster.Bucket, "--hosts", strings.Join(names, ","))
+	setup := []string{"setup", "--store", "nats:" + cluster.Bucket, "--hosts", strings.Join(names, ",")}
+	if c.Replicas > 0 {
+		setup = append(setup, "--replicas", fmt.Sprint(c.Replicas))
+	}
+	vmprep(setup...)
 
 	c.Host("gateway").Stage("resolver")
 	c.Host("fetch").Stage("fetcher")
