@@ -25,6 +25,9 @@ import (
 // the followed selections.
 const DefaultSyncInterval = time.Hour
 
+// fleetAttempt bounds one attempt of a host to hold a build.
+const fleetAttempt = time.Hour
+
 // replanInterval bounds how long a plan waits when a status change was
 // missed (the coordinator also replans on every change it hears of).
 const replanInterval = 10 * time.Second
@@ -332,7 +335,11 @@ func (h *FleetHost) hold(ctx context.Context, d fleet.Desired, pins []image.Spec
 	if moving {
 		h.report(ctx, d.Selection, fleet.Status{Serial: d.Spec.Serial, State: fleet.StatePulling, Held: prev.Held, Bytes: prev.Bytes, Kept: prev.Kept, Since: time.Now().UTC()})
 	}
-	res, err := h.Client.Prepare(ctx, client.Request{Spec: d.Spec, Format: d.Format, Target: h.Host})
+	// A request the pipeline never answers must not keep this selection
+	// from following its plan: the attempt fails and is retried.
+	actx, cancel := context.WithTimeout(ctx, fleetAttempt)
+	res, err := h.Client.Prepare(actx, client.Request{Spec: d.Spec, Format: d.Format, Target: h.Host})
+	cancel()
 	if ctx.Err() != nil {
 		return // stopping: the next start asks again
 	}
