@@ -247,7 +247,7 @@ func fleetLs(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if ok, code := parseFlags(c.fs, args); !ok {
 		return code
 	}
-	ctx, done, _, state, err := c.openLoaded(ctx, stderr)
+	_, done, _, state, err := c.openLoaded(ctx, stderr)
 	if err != nil {
 		return failf(stderr, 1, c.name, "%v", err)
 	}
@@ -375,7 +375,7 @@ func fleetStatus(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	if ok, code := parseFlags(c.fs, args); !ok {
 		return code
 	}
-	ctx, done, _, state, err := c.openLoaded(ctx, stderr)
+	_, done, _, state, err := c.openLoaded(ctx, stderr)
 	if err != nil {
 		return failf(stderr, 1, c.name, "%v", err)
 	}
