@@ -119,6 +119,44 @@ func TestFleetPermissions(t *testing.T) {
 			t.Errorf("%s: refused %v, want %v", tc.what, got, tc.refuse)
 		}
 	}
+	// Subscriptions and plain publishes: a refusal comes back before the
+	// flush's answer.
+	refused := func(nc *nats.Conn, do func() error) bool {
+		t.Helper()
+		before := nc.LastError()
+		if err := do(); err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		after := nc.LastError()
+		return after != nil && after != before && errors.Is(after, nats.ErrPermissionViolation)
+	}
+	sub := func(nc *nats.Conn, subject string) func() error {
+		return func() error { _, err := nc.Subscribe(subject, func(*nats.Msg) {}); return err }
+	}
+	for _, tc := range []struct {
+		what   string
+		nc     *nats.Conn
+		do     func() error
+		refuse bool
+	}{
+		{"the resolver hears fleet sync", resolverNC, sub(resolverNC, fleetkv.SubjectSync), false},
+		{"the resolver watches the fleet", resolverNC, func() error { _, err := resolver.WatchStatus(func() {}); return err }, false},
+		{"host-1 watches its plan", host1NC, func() error { _, err := host1.WatchPlan("host-1", func() {}); return err }, false},
+		{"host-1 watches host-2's plan", host1NC, func() error { _, err := host1.WatchPlan("host-2", func() {}); return err }, true},
+		{"host-1 asks in its namespace", host1NC, func() error { return host1NC.Publish("vmprep.prepare.converter_host-1", []byte("{}")) }, false},
+		{"host-1 hears its results", host1NC, sub(host1NC, "vmprep.result.converter_host-1.*"), false},
+		{"host-1 asks in host-2's namespace", host1NC, func() error { return host1NC.Publish("vmprep.prepare.converter_host-2", []byte("{}")) }, true},
+		{"host-1 hears another's results", host1NC, sub(host1NC, "vmprep.result.converter_host-2.*"), true},
+		{"host-1 watches others' status", host1NC, sub(host1NC, "$KV.VMPREP_FLEET.status.>"), true},
+	} {
+		if got := refused(tc.nc, tc.do); got != tc.refuse {
+			t.Errorf("%s: refused %v, want %v", tc.what, got, tc.refuse)
+		}
+	}
+
 	st, _, err := admin.Load(ctx)
 	if err != nil {
 		t.Fatal(err)
