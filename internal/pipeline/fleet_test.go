@@ -28,6 +28,14 @@ type statusLog struct {
 	mu      sync.Mutex
 	latest  map[string]fleetmodel.Status // by key
 	maxPull int
+	events  []statusEvent
+}
+
+// statusEvent is one status a host wrote.
+type statusEvent struct {
+	host   string
+	state  fleetmodel.State
+	serial string
 }
 
 func watchStatus(t *testing.T, nc *nats.Conn) *statusLog {
@@ -38,6 +46,8 @@ func watchStatus(t *testing.T, nc *nats.Conn) *statusLog {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		l.latest[m.Subject] = st
+		host, _, _ := strings.Cut(strings.TrimPrefix(m.Subject, "$KV."+fleetkv.Bucket+".status."), ".")
+		l.events = append(l.events, statusEvent{host, st.State, st.Serial})
 		pulling := 0
 		for _, s := range l.latest {
 			if s.State == fleetmodel.StatePulling {
@@ -51,6 +61,18 @@ func watchStatus(t *testing.T, nc *nats.Conn) *statusLog {
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 	return l
+}
+
+// first is the index of the first event matching, or -1.
+func (l *statusLog) first(match func(statusEvent) bool) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i, e := range l.events {
+		if match(e) {
+			return i
+		}
+	}
+	return -1
 }
 
 func (l *statusLog) max() int {
@@ -92,7 +114,7 @@ func readyAt(st fleetkv.State, host, id, serial string) bool {
 // MaxParallel hosts at a time (one origin download per file), and a pin to
 // the old build rolls them back from their caches.
 func TestFleetSelectionsReachHosts(t *testing.T) {
-	const s1, s2, s3 = "20261120", "20261201", "20261215"
+	const s1, s2, s3, s4, s5 = "20261120", "20261201", "20261215", "20261220", "20261224"
 	m := testmirror.New(t, testmirror.WithArches(catalog.ArchAMD64), testmirror.WithSerials(s1))
 	f := newFleet(t, m)
 	withFleet := func(d *pipeline.Deps) { d.Fleet = true; d.SyncInterval = time.Hour }
@@ -255,6 +277,42 @@ func TestFleetSelectionsReachHosts(t *testing.T) {
 		}
 	}
 
+	// A canary: host-3 takes s4 first, the others only once it holds it.
+	sel.Canary, sel.MaxParallel, sel.MaxFailed = "host-3", 1, 1
+	if err := fl.PutSelection(ctx, sel); err != nil {
+		t.Fatal(err)
+	}
+	m.AddSerial("ubuntu", "24.04", s4)
+	if err := nc.Publish(fleetkv.SubjectSync, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFleet(t, fl, "every host-* holds "+s4, allAt(s4))
+	canaryReady := log.first(func(e statusEvent) bool { return e.host == "host-3" && e.state == fleetmodel.StateReady && e.serial == s4 })
+	otherPulling := log.first(func(e statusEvent) bool { return e.host != "host-3" && e.state == fleetmodel.StatePulling && e.serial == s4 })
+	if canaryReady < 0 || otherPulling < canaryReady {
+		t.Errorf("a host pulled %s (event %d) before the canary held it (event %d)", s4, otherPulling, canaryReady)
+	}
+
+	// A build that fails on the canary pauses the rollout: nobody else is given it.
+	m.AddSerial("ubuntu", "24.04", s5)
+	m.Tamper(m.SerialPath("ubuntu", "24.04", s5, catalog.ArchAMD64, catalog.RoleKernel))
+	if err := nc.Publish(fleetkv.SubjectSync, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFleet(t, fl, "the canary failed and the rollout paused", func(st fleetkv.State) bool {
+		_, progress := fleetmodel.Plans(st.Fleet)
+		return st.Status["host-3"][id].State == fleetmodel.StateFailed && progress[id].Paused
+	})
+	st, _, err := fl.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{"host-1", "host-2"} {
+		if serial, _ := st.Plans[h].Assigned(id); serial != s4 || !readyAt(st, h, id, s4) {
+			t.Errorf("%s, during a paused rollout: given %q, status %+v", h, serial, st.Status[h][id])
+		}
+	}
+
 	// Unwant: the hosts drop the selection's state and free its builds
 	// and view; the clone's base stays.
 	if err := fl.DeleteSelection(ctx, id); err != nil {
@@ -269,7 +327,7 @@ func TestFleetSelectionsReachHosts(t *testing.T) {
 		return true
 	})
 	for _, h := range hosts {
-		for _, serial := range []string{s2, s3} {
+		for _, serial := range []string{s2, s3, s4} {
 			if _, err := os.Stat(blobPath(f.hosts[h], m, serial, catalog.RoleDisk)); err == nil {
 				t.Errorf("%s: the disk of %s is still there after unwant", h, serial)
 			}
