@@ -287,8 +287,12 @@ func TestFleetSelectionsReachHosts(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFleet(t, fl, "every host-* holds "+s4, allAt(s4))
-	canaryReady := log.first(func(e statusEvent) bool { return e.host == "host-3" && e.state == fleetmodel.StateReady && e.serial == s4 })
-	otherPulling := log.first(func(e statusEvent) bool { return e.host != "host-3" && e.state == fleetmodel.StatePulling && e.serial == s4 })
+	canaryReady := log.first(func(e statusEvent) bool {
+		return e.host == "host-3" && e.state == fleetmodel.StateReady && e.serial == s4
+	})
+	otherPulling := log.first(func(e statusEvent) bool {
+		return e.host != "host-3" && e.state == fleetmodel.StatePulling && e.serial == s4
+	})
 	if canaryReady < 0 || otherPulling < canaryReady {
 		t.Errorf("a host pulled %s (event %d) before the canary held it (event %d)", s4, otherPulling, canaryReady)
 	}
