@@ -80,6 +80,18 @@ func (c *fleetCmd) open(ctx context.Context, stderr io.Writer) (context.Context,
 	return ctx, func() { stop(); c.conn.close() }, st, nil
 }
 
+// parseImage parses the flags and wants DISTRO VERSION after them
+// (want, unwant), reporting whether to go on and the exit code if not.
+func (c *fleetCmd) parseImage(args []string, stderr io.Writer) (ok bool, code int) {
+	if ok, code := parseFlags(c.fs, args); !ok {
+		return false, code
+	}
+	if c.fs.NArg() != 2 {
+		return false, failf(stderr, 2, c.name, "want DISTRO VERSION")
+	}
+	return true, 0
+}
+
 // openLoaded is open followed by a read of the whole fleet state; entries
 // that do not decode are warned about and skipped.
 func (c *fleetCmd) openLoaded(ctx context.Context, stderr io.Writer) (context.Context, func(), *fleetkv.Store, fleetkv.State, error) {
@@ -133,11 +145,8 @@ func fleetWant(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	maxParallel := c.fs.Int("max-parallel", 0, "hosts moving to a new build at once (0: all)")
 	canary := c.fs.String("canary", "", "glob of hosts that take a new build before the others")
 	maxFailed := c.fs.Int("max-failed", 1, "pause a rollout once this many hosts failed (0: never)")
-	if ok, code := parseFlags(c.fs, args); !ok {
+	if ok, code := c.parseImage(args, stderr); !ok {
 		return code
-	}
-	if c.fs.NArg() != 2 {
-		return failf(stderr, 2, c.name, "want DISTRO VERSION")
 	}
 	sel := sf.selection(c.fs)
 	sel.Serial, sel.Keep, sel.MaxParallel, sel.Canary, sel.MaxFailed = *serial, *keep, *maxParallel, *canary, *maxFailed
@@ -163,11 +172,8 @@ func fleetUnwant(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		"it). Its hosts free its builds that nothing else uses.", stderr)
 	var sf selectionFlags
 	sf.register(c.fs)
-	if ok, code := parseFlags(c.fs, args); !ok {
+	if ok, code := c.parseImage(args, stderr); !ok {
 		return code
-	}
-	if c.fs.NArg() != 2 {
-		return failf(stderr, 2, c.name, "want DISTRO VERSION")
 	}
 	sel, err := sf.selection(c.fs).Normalize(false)
 	if err != nil {
