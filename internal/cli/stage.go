@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"github.com/vmprep/vmprep/internal/version"
 	"io"
+	"os"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -112,11 +113,19 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 	if host == "" && slices.Contains(stages, messages.StageConverter) {
 		host = place.HostName()
 	}
+	// The resolver coordinates the fleet; a converter follows its host's
+	// plan only when it was named a host (--target or VMPREP_TARGET): a
+	// shared converter (user converter) is no fleet host.
+	fleet := !slices.Contains(stages, messages.StageConverter) || os.Getenv("VMPREP_TARGET") != ""
+	fs.Visit(func(f *flag.Flag) { fleet = fleet || f.Name == "target" })
 	deps := pipeline.Deps{
 		Store:            st,
 		Logger:           log,
 		Concurrency:      c.Concurrency,
 		ResolutionMaxAge: rf.MaxAge,
+		SyncInterval:     rf.SyncInterval,
+		Fleet:            fleet,
+		FleetFreeGrace:   target.FreeGrace,
 		OriginTimeout:    ff.OriginTimeout,
 		RunnerOptions:    runner.Options(),
 		ObjectBucket:     bucket,
