@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -100,7 +99,12 @@ func runClone(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		base, dest = *from, pos[0]
 	case *from == "" && len(pos) == 3:
 		dest = pos[2]
-		res, code := prepareForClone(ctx, fs, pos[0], pos[1], stderr)
+		pmode, err := parseProgressMode(*pf.progress)
+		if err != nil {
+			fmt.Fprintf(stderr, "vmprep clone: %v\n", err)
+			return 2
+		}
+		res, code := prepareForClone(ctx, fs, pos[0], pos[1], pmode.resolve(stderr, *pf.asJSON), stderr)
 		if code != 0 {
 			return code
 		}
@@ -123,29 +127,15 @@ func runClone(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "vmprep clone: %v\n", err)
 		return 1
 	}
-	rel, err := st.StoredFile(base)
-	if err != nil {
+	if _, err := st.StoredFile(base); err != nil {
 		fmt.Fprintf(stderr, "vmprep clone: %v (--cache-dir names the cache that holds it)\n", err)
-		return 1
-	}
-	absDest, err := filepath.Abs(dest)
-	if err != nil {
-		fmt.Fprintf(stderr, "vmprep clone: %s: %v\n", dest, err)
 		return 1
 	}
 	opts := clone.Options{Format: format, Size: size, Force: *force, RequireCOW: *requireCOW}
 	if !*pf.asJSON && cli.IsTerminal(stderr) {
 		opts.Progress = copyProgress(stderr)
 	}
-	var res clone.Result
-	// The record is what keeps the base from cache gc; the clone is made
-	// with gc held off, so the base cannot go between the two.
-	err = st.RecordUse(ctx, store.Use{Kind: "clone", Base: rel, Holder: absDest}, func(u *store.Use) error {
-		var err error
-		res, err = clone.Clone(ctx, base, absDest, opts)
-		u.Method, u.Pins, u.Backing = string(res.Method), res.Method.Shares(), res.Method == clone.MethodOverlay
-		return err
-	})
+	res, err := st.CloneDisk(ctx, base, dest, store.CloneOptions{Options: opts})
 	if err != nil {
 		fmt.Fprintf(stderr, "vmprep clone: %v\n", err)
 		if errors.Is(err, clone.ErrExists) || errors.Is(err, clone.ErrShrink) {
@@ -172,11 +162,13 @@ func runClone(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 }
 
 // prepareForClone runs prepare with the prepare flags given to clone and
-// returns its result.
-func prepareForClone(ctx context.Context, fs *flag.FlagSet, distro, version string, stderr io.Writer) (messages.Result, int) {
-	args := []string{"--json"}
+// returns its result. Prepare prints its result as JSON for clone to read,
+// and its progress on stderr as clone's own flags and stderr ask (pmode,
+// resolved), as prepare alone would show it.
+func prepareForClone(ctx context.Context, fs *flag.FlagSet, distro, version string, pmode progressMode, stderr io.Writer) (messages.Result, int) {
+	args := []string{"--json", "--progress=" + string(pmode)}
 	fs.Visit(func(f *flag.Flag) {
-		if !cloneOnly(f.Name) {
+		if !cloneOnly(f.Name) && f.Name != "progress" {
 			args = append(args, "--"+f.Name+"="+f.Value.String())
 		}
 	})

@@ -59,6 +59,11 @@ func TestCloneCommand(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "path:    "+raw) || !strings.Contains(out, "format:  raw") || !strings.Contains(out, "method:  ") {
 		t.Fatalf("raw clone: exit %d\n%s\n%s", code, out, errOut)
 	}
+	// The prepare it ran first (a raw disk: a conversion) showed its
+	// progress as prepare does: plain lines on a stderr that is no terminal.
+	if !strings.Contains(errOut, "resolve ubuntu 24.04 arm64") || !strings.Contains(errOut, "convert disk") {
+		t.Errorf("clone's prepare showed no progress:\n%s", errOut)
+	}
 	fi, err := os.Stat(raw)
 	if err != nil || fi.Mode().Perm()&0o200 == 0 {
 		t.Fatalf("clone %v %v: want a writable file", fi, err)

@@ -12,6 +12,7 @@
 //	vmprep catalog [DISTRO [VERSION]]       list distros, versions, and the builds (serials) published
 //	vmprep setup [flags]                    create the streams, buckets and consumers (as the operator)
 //	vmprep passwd < FILE                    a bcrypt hash of a password, for nats-server's users
+//	vmprep fleet want|unwant|ls|apply|sync|status  images kept on every host (selections)
 //	vmprep status [flags] [REQUEST-ID]      a deployment at a glance, or one request
 //	vmprep dead ls|show|replay [flags]      dead letters: list, show, replay after a fix
 package main
@@ -45,6 +46,7 @@ func commands() map[string]command {
 		"passwd":  {runPasswd, "print a bcrypt hash of a password (stdin) for nats-server's users: vmprep passwd"},
 		"setup":   {runSetup, "create the streams, buckets and stage consumers, as the operator: vmprep setup [--replicas 3]"},
 		"users":   {runUsers, "one NATS user per converter host: vmprep users converters --hosts H1,H2 --out DIR"},
+		"fleet":   {runFleet, "images kept on every host: vmprep fleet want|unwant|ls|apply|sync|status"},
 		"status":  {runStatus, "a deployment at a glance, or one request: vmprep status [--nats URL] [REQUEST-ID]"},
 		"dead":    {runDead, "dead letters: vmprep dead ls | show SEQ | replay SEQ"},
 		"version": {runVersion, "print the version"},
@@ -54,7 +56,7 @@ func commands() map[string]command {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: vmprep COMMAND [flags] [args]")
 	fmt.Fprintln(w, "\ncommands:")
-	for _, name := range []string{"prepare", "clone", "catalog", "serve", "setup", "status", "dead", "passwd", "users", "convert", "inspect", "cache", "version"} {
+	for _, name := range []string{"prepare", "clone", "catalog", "serve", "setup", "fleet", "status", "dead", "passwd", "users", "convert", "inspect", "cache", "version"} {
 		fmt.Fprintf(w, "  %-8s %s\n", name, commands()[name].summary)
 	}
 	fmt.Fprintln(w, "\nRun 'vmprep COMMAND -h' for a command's flags.")

@@ -145,8 +145,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		embedded.WithCacheDir(root), embedded.WithJetStreamDir(*jsDir), embedded.WithListen(srvOpts.Listen),
 		embedded.WithServerOptions(srvOpts.Config), embedded.WithConnectOptions(connOpts...),
 		embedded.WithStages(stages...), embedded.WithLogger(log), embedded.WithConcurrency(c.Concurrency),
-		embedded.WithResolutionMaxAge(rf.MaxAge), embedded.WithRunnerOptions(runner.Options()...),
+		embedded.WithResolutionMaxAge(rf.MaxAge), embedded.WithRunnerOptions(runner.Options()...), embedded.WithFleet(rf.SyncInterval),
 		embedded.WithOriginTimeout(ff.OriginTimeout), embedded.WithObjectStore(bucket), embedded.WithReplicas(c.Replicas), embedded.WithHost(target.Target),
+		embedded.WithCloneDir(target.CloneDir),
 	}
 	if target.TargetedOnly {
 		opts = append(opts, embedded.WithTargetedOnly())

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/cli"
+	"github.com/vmprep/vmprep/internal/fleetkv"
 	"github.com/vmprep/vmprep/internal/objectstore"
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/pipeline"
@@ -85,6 +86,10 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if _, err := ops.ProcessBucket(ctx, js); err != nil {
 		return failf(stderr, 1, "vmprep setup", "%v", err)
 	}
+	// Fleet selections (vmprep fleet), their builds, plans and host status.
+	if _, err := fleetkv.Open(ctx, js, c.Replicas); err != nil {
+		return failf(stderr, 1, "vmprep setup", "%v", err)
+	}
 	chosen := time.Duration(0) // existing consumers keep theirs
 	fs.Visit(func(f *flag.Flag) {
 		if f.Name == "ack-wait" {
@@ -103,13 +108,13 @@ func runSetup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		consumers = append(consumers, pipeline.HealerConsumer())
 	}
 	limitRows, err := pipeline.ApplyLimits(ctx, js, lim,
-		[]string{messages.BucketRequests, messages.BucketLeases, messages.BucketVerified, ops.BucketProcesses}, bucket, log)
+		[]string{messages.BucketRequests, messages.BucketLeases, messages.BucketVerified, ops.BucketProcesses, fleetkv.Bucket}, bucket, log)
 	if err != nil {
 		return failf(stderr, 1, "vmprep setup", "%v", err)
 	}
 
 	streams := []string{messages.StreamWork, messages.StreamResults, messages.StreamDead,
-		"KV_" + messages.BucketRequests, "KV_" + messages.BucketLeases, "KV_" + messages.BucketVerified, "KV_" + ops.BucketProcesses}
+		"KV_" + messages.BucketRequests, "KV_" + messages.BucketLeases, "KV_" + messages.BucketVerified, "KV_" + ops.BucketProcesses, "KV_" + fleetkv.Bucket}
 	if bucket != "" {
 		streams = append(streams, objectstore.StreamName(bucket))
 	}

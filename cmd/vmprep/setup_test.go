@@ -65,7 +65,7 @@ func TestSetupSetsLimits(t *testing.T) {
 	out := stdout.String()
 	for _, want := range []string{
 		"LIMITS", "refuse new",
-		"VMPREP_RESULTS", "VMPREP_DEAD", "KV_VMPREP_REQUESTS", "KV_VMPREP_LEASES", "KV_VMPREP_VERIFIED", "KV_VMPREP_PROCESSES", "OBJ_objs",
+		"VMPREP_RESULTS", "VMPREP_DEAD", "KV_VMPREP_REQUESTS", "KV_VMPREP_LEASES", "KV_VMPREP_VERIFIED", "KV_VMPREP_PROCESSES", "KV_VMPREP_FLEET", "OBJ_objs",
 		"requests per namespace waiting or in progress in a resolver: 100",
 	} {
 		if !strings.Contains(out, want) {
@@ -84,7 +84,7 @@ func TestSetupSetsLimits(t *testing.T) {
 		t.Errorf("second run's output does not show the change:\n%s", out)
 	}
 	ctx := context.Background()
-	for name, want := range map[string]int64{"VMPREP_WORK": 1 << 30, "OBJ_objs": 2 << 30, "KV_VMPREP_PROCESSES": 16 << 20, "KV_VMPREP_LEASES": 16 << 20} {
+	for name, want := range map[string]int64{"VMPREP_WORK": 1 << 30, "OBJ_objs": 2 << 30, "KV_VMPREP_PROCESSES": 16 << 20, "KV_VMPREP_LEASES": 16 << 20, "KV_VMPREP_FLEET": 16 << 20} {
 		s, err := js.Stream(ctx, name)
 		if err != nil {
 			t.Fatal(err)

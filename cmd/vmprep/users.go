@@ -162,7 +162,9 @@ func fillConverterHosts(conf []byte, entries string) ([]byte, error) {
 
 // converterHostUser is the users-list entry of the converter on host: its
 // own consumer and target subject, the untargeted converter's consumer, its
-// done subjects, its liveness entries, and reads of what a converter reads.
+// done subjects, its liveness entries, reads of what a converter reads, and
+// its part of the fleet: its plan, its announcement and status entries, and
+// requests in its own namespace for what its plan names.
 func converterHostUser(host, hash string) string {
 	user := messages.TargetConsumer(host)
 	r := strings.NewReplacer("{USER}", user, "{HOST}", host, "{HASH}", hash)
@@ -187,9 +189,16 @@ func converterHostUser(host, hash string) string {
             # verified objects, read by batched direct gets (no consumer rights)
             "$JS.API.DIRECT.GET.OBJ_vmprep", "$JS.API.DIRECT.GET.OBJ_vmprep.>", "$JS.API.STREAM.MSG.GET.OBJ_vmprep",
             "$KV.VMPREP_PROCESSES.converter.{HOST}.>",
+            # fleet selections (vmprep fleet): read its plan, announce itself and
+            # write its own status entries only; ask for the images its plan
+            # names as a client in its own namespace (its user name)
+            "$JS.API.STREAM.INFO.KV_VMPREP_FLEET", "$JS.API.DIRECT.GET.KV_VMPREP_FLEET",
+            "$JS.API.DIRECT.GET.KV_VMPREP_FLEET.$KV.VMPREP_FLEET.plan.{HOST}",
+            "$KV.VMPREP_FLEET.host.{HOST}", "$KV.VMPREP_FLEET.status.{HOST}.>",
+            "vmprep.prepare.{USER}", "$JS.API.DIRECT.GET.VMPREP_RESULTS.vmprep.result.{USER}.*",
           ]
         }
-        subscribe: { allow: ["_INBOX_{USER}.>"] }
+        subscribe: { allow: ["_INBOX_{USER}.>", "$KV.VMPREP_FLEET.plan.{HOST}", "vmprep.result.{USER}.*", "vmprep.progress.{USER}.*"] }
       }
     },
 `)

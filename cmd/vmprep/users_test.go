@@ -57,9 +57,16 @@ func TestUsersConverters(t *testing.T) {
 			t.Errorf("converter_%s: the password file does not match the hash: %v", host, err)
 		}
 		allow := strings.Join(u.Permissions.Publish.Allow, " ")
-		for _, want := range []string{"$JS.API.CONSUMER.MSG.NEXT.VMPREP_WORK.converter_" + host, "vmprep.asset.done.converter." + host, "$KV.VMPREP_PROCESSES.converter." + host + ".>"} {
+		for _, want := range []string{"$JS.API.CONSUMER.MSG.NEXT.VMPREP_WORK.converter_" + host, "vmprep.asset.done.converter." + host, "$KV.VMPREP_PROCESSES.converter." + host + ".>",
+			"$KV.VMPREP_FLEET.status." + host + ".>", "vmprep.prepare.converter_" + host} {
 			if !strings.Contains(allow, want) {
 				t.Errorf("converter_%s may not %s", host, want)
+			}
+		}
+		// Its own fleet status entries only; selections, builds and plans are not its to write.
+		for _, subj := range u.Permissions.Publish.Allow {
+			if strings.HasPrefix(subj, "$KV.VMPREP_FLEET.") && subj != "$KV.VMPREP_FLEET.host."+host && subj != "$KV.VMPREP_FLEET.status."+host+".>" {
+				t.Errorf("converter_%s may write fleet entries not its own: %s", host, subj)
 			}
 		}
 		if strings.Contains(allow, "CONSUMER.CREATE.VMPREP_WORK") || strings.Contains(allow, "VMPREP_WORK.*") {

@@ -2,7 +2,8 @@
 // crash, sees either what was at the path before or the complete new file,
 // never part of one: the bytes go to a temporary name in the destination's
 // directory, are fsynced, renamed over the destination, and the directory is
-// fsynced so that the rename itself survives a crash.
+// fsynced so that the rename itself survives a crash. "fsync" is Sync, which
+// on macOS is F_FULLFSYNC: its fsync leaves the data in the drive's cache.
 //
 // The content store, the download engine's sidecars, the kernel unpacker and
 // the qcow2 converter all publish this way; this is the one implementation.
@@ -64,7 +65,7 @@ func Write(path string, perm os.FileMode, write func(f *os.File) error) (err err
 	if err = f.Chmod(perm); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err = f.Sync(); err != nil {
+	if err = Sync(f); err != nil {
 		return fmt.Errorf("write %s: fsync: %w", path, err)
 	}
 	if err = f.Close(); err != nil {
@@ -139,7 +140,7 @@ func SyncDir(dir string) error {
 		return fmt.Errorf("fsync directory: %w", err)
 	}
 	defer d.Close()
-	if err := d.Sync(); err != nil {
+	if err := Sync(d); err != nil {
 		return fmt.Errorf("fsync directory %s: %w", dir, err)
 	}
 	return nil
@@ -179,7 +180,7 @@ func Publish(tmp, path string, perm os.FileMode, replace bool) (err error) {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err = f.Chmod(perm); err == nil {
-		if err = f.Sync(); err != nil {
+		if err = Sync(f); err != nil {
 			err = fmt.Errorf("fsync: %w", err)
 		}
 	}

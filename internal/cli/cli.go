@@ -110,12 +110,16 @@ func ParseStore(s string) (string, error) {
 type TargetFlags struct {
 	Target       string
 	TargetedOnly bool
+	CloneDir     string
+	FreeGrace    time.Duration
 }
 
 // Register adds the converter's flags to fs.
 func (t *TargetFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&t.Target, "target", envOr("VMPREP_TARGET", place.HostName()), "this host's name: with --store nats:…, the converter takes the work of requests targeted at it (env VMPREP_TARGET; default: the host name)")
 	fs.BoolVar(&t.TargetedOnly, "targeted-only", false, "with --store nats:…, take only work targeted at --target, not untargeted conversions that any converter may do")
+	fs.StringVar(&t.CloneDir, "clone-dir", os.Getenv("VMPREP_CLONE_DIR"), "with --store nats:…, make the clones that requests targeted at --target ask for in this directory (they name only files in it); empty: make none (env VMPREP_CLONE_DIR)")
+	fs.DurationVar(&t.FreeGrace, "fleet-free-grace", 15*time.Minute, "fleet selections: never free a build's files committed more recently than this (they may be on their way into a view); negative: no grace")
 }
 
 // Logger builds the logger the flags ask for: text through tint (coloured on a
@@ -177,6 +181,7 @@ type ResolverFlags struct {
 	CatalogFile   string
 	AllowUnsigned bool
 	MaxAge        time.Duration
+	SyncInterval  time.Duration
 }
 
 // Register adds the resolver flags to fs.
@@ -186,6 +191,7 @@ func (r *ResolverFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&r.CatalogFile, "catalog", envOr("VMPREP_CATALOG", ""), "user catalog file (JSON or YAML) adding images; see docs/catalog.md (env VMPREP_CATALOG)")
 	fs.BoolVar(&r.AllowUnsigned, "allow-unsigned", false, "resolve images whose manifests have no configured signing key (e.g. Fedora without --keyring) without signature verification; logs a warning. Published or configured signatures are still required")
 	fs.DurationVar(&r.MaxAge, "resolution-max-age", 24*time.Hour, "reuse a stored resolution this young without asking the network")
+	fs.DurationVar(&r.SyncInterval, "sync-interval", time.Hour, "how often to look for new builds of the fleet's followed selections (vmprep fleet sync: now)")
 }
 
 // CatalogOptions turns the flags into catalog options (mirror, user catalog,

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -89,6 +90,14 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 			return 2
 		}
 	}
+	if target.CloneDir != "" {
+		// Checked before connecting: a converter that could never make a
+		// clone should not start taking requests for them.
+		if target.CloneDir, err = pipeline.CloneDir(target.CloneDir); err != nil {
+			fmt.Fprintf(stderr, "%s: --clone-dir: %v\n", command, err)
+			return 2
+		}
+	}
 	if _, err := c.Options(); err != nil {
 		log.Error("bad connection flags", "err", err)
 		return 2
@@ -106,17 +115,26 @@ func RunStage(ctx context.Context, command string, args []string, stderr io.Writ
 	if host == "" && slices.Contains(stages, messages.StageConverter) {
 		host = place.HostName()
 	}
+	// The resolver coordinates the fleet; a converter follows its host's
+	// plan only when it was named a host (--target or VMPREP_TARGET): a
+	// shared converter (user converter) is no fleet host.
+	fleet := !slices.Contains(stages, messages.StageConverter) || os.Getenv("VMPREP_TARGET") != ""
+	fs.Visit(func(f *flag.Flag) { fleet = fleet || f.Name == "target" })
 	deps := pipeline.Deps{
 		Store:            st,
 		Logger:           log,
 		Concurrency:      c.Concurrency,
 		ResolutionMaxAge: rf.MaxAge,
+		SyncInterval:     rf.SyncInterval,
+		Fleet:            fleet,
+		FleetFreeGrace:   target.FreeGrace,
 		OriginTimeout:    ff.OriginTimeout,
 		RunnerOptions:    runner.Options(),
 		ObjectBucket:     bucket,
 		Replicas:         c.Replicas,
 		Host:             host,
 		TargetedOnly:     target.TargetedOnly,
+		CloneDir:         target.CloneDir,
 		LeaseStall:       leaseStall,
 		SweepInterval:    sweepInterval,
 		OrphanGrace:      orphanGrace,

@@ -292,3 +292,22 @@ func TestHelpHidesTheURLPassword(t *testing.T) {
 		t.Errorf("--help shows:\n%s", out.String())
 	}
 }
+
+// TestConverterCloneDir: a --clone-dir that is not a directory stops the
+// converter before it connects (the URL here answers nothing).
+func TestConverterCloneDir(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ dir, want string }{
+		{filepath.Join(t.TempDir(), "missing"), "no such file"},
+		{file, "not a directory"},
+	} {
+		var out testutil.LockedBuffer
+		code := cli.RunStage(context.Background(), "converter", []string{"--nats", "nats://127.0.0.1:1", "--cache-dir", t.TempDir(), "--clone-dir", tc.dir}, &out, messages.StageConverter)
+		if code != 2 || !strings.Contains(out.String(), "--clone-dir") || !strings.Contains(out.String(), tc.want) {
+			t.Errorf("--clone-dir %s: exit %d, want 2 saying %q:\n%s", tc.dir, code, tc.want, out.String())
+		}
+	}
+}

@@ -319,7 +319,7 @@ func (s *Store) Commit(ctx context.Context, ingestPath string, expected digest.D
 		return BlobInfo{}, mismatch(actual, n)
 	}
 	// Data must be durable before the name says it is verified.
-	if err := f.Sync(); err != nil {
+	if err := atomicfile.Sync(f); err != nil {
 		return BlobInfo{}, fmt.Errorf("store: commit %s: fsync: %w", src, err)
 	}
 	f.Close()

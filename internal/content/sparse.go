@@ -8,6 +8,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+
+	"github.com/vmprep/vmprep/internal/sparsefile"
 )
 
 // Derived files are large sparse raw disks (a 10 GiB virtual disk may hold
@@ -20,9 +22,10 @@ import (
 //	         for each 4 KiB block that is not all zero, in order:
 //	         block index (8 bytes BE) || block bytes )
 //
-// Holes are skipped with SEEK_DATA/SEEK_HOLE where available, and zero blocks
-// inside data are skipped too, so the digest depends only on the logical
-// content, never on how the file system laid it out.
+// Holes are skipped with SEEK_DATA/SEEK_HOLE where available (Linux; APFS on
+// macOS: see internal/sparsefile), and zero blocks inside data are skipped
+// too, so the digest depends only on the logical content, never on how the
+// file system laid it out.
 const (
 	sparseBlock  = 4096
 	sparseHeader = "vmprep-sparse-sha256/1\n"
@@ -49,7 +52,7 @@ func (s *Store) sparseHash(ctx context.Context, path string) (string, int64, err
 	buf := make([]byte, hashBufSize) // a multiple of sparseBlock
 	zero := make([]byte, sparseBlock)
 	next := int64(0) // first byte not yet hashed: extents may share a block
-	err = dataExtents(f, size, func(start, end int64) error {
+	err = sparsefile.DataRegions(f, size, func(start, end int64) error {
 		start = max(start&^(sparseBlock-1), next)
 		if end%sparseBlock != 0 {
 			end = min(end+sparseBlock-end%sparseBlock, size)

@@ -1,16 +1,7 @@
-//go:build linux
-
 package content
 
-import (
-	"os"
-	"syscall"
-)
+import "syscall"
 
-func platformStamp(fi os.FileInfo, st *stamp) {
-	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
-		st.Inode = sys.Ino
-		st.Device = uint64(sys.Dev)
-		st.ChangeTimeNs = sys.Ctim.Nano()
-	}
+func deviceAndCtime(sys *syscall.Stat_t) (uint64, int64) {
+	return uint64(sys.Dev), sys.Ctim.Nano() // Dev is uint32 on some 32-bit platforms
 }

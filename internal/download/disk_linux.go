@@ -1,7 +1,6 @@
 package download
 
 import (
-	"errors"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -21,8 +20,5 @@ func preallocate(f *os.File, size int64) error {
 	}); err != nil {
 		return nil
 	}
-	if errors.Is(ferr, unix.ENOSPC) || errors.Is(ferr, unix.EDQUOT) || errors.Is(ferr, unix.EFBIG) {
-		return ferr
-	}
-	return nil
+	return spaceShortage(ferr)
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/atomicfile"
 	"github.com/vmprep/vmprep/internal/filelock"
 	"github.com/vmprep/vmprep/internal/writeback"
 	"github.com/vmprep/vmprep/pkg/digest"
@@ -107,7 +108,7 @@ func (c *Client) Fetch(ctx context.Context, req Request) (res Result, err error)
 	// is already durable (written atomically before any body byte).
 	defer func() {
 		if err != nil && fe.have > 0 {
-			_ = f.Sync()
+			_ = atomicfile.Sync(f)
 		}
 	}()
 
@@ -149,7 +150,7 @@ func (c *Client) Fetch(ctx context.Context, req Request) (res Result, err error)
 			return fe.result(), fe.finalError(fe.permanent("verify", 0,
 				fmt.Errorf("%w: expected %s, got %s (%d bytes)", ErrDigestMismatch, req.Expected, got, fe.have)))
 		}
-		if err := f.Sync(); err != nil {
+		if err := atomicfile.Sync(f); err != nil {
 			return fe.result(), fe.permanent("fsync", 0, err)
 		}
 		fe.report(fe.have, 0, true)

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/vmprep/vmprep/internal/fleet"
 	"github.com/vmprep/vmprep/internal/stage"
 )
 
@@ -56,6 +57,9 @@ type Metrics struct {
 	objectBytes  *prometheus.CounterVec
 	leaseWait    *prometheus.HistogramVec
 	drift        *prometheus.GaugeVec
+	fleetState   *prometheus.GaugeVec
+	fleetBytes   *prometheus.GaugeVec
+	rollout      *prometheus.GaugeVec
 }
 
 // durationBuckets span a warm hand-off (milliseconds) to a multi-gigabyte
@@ -117,8 +121,21 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "vmprep_consumer_drift",
 			Help: "1 while a stage's durable consumer differs from what vmprep setup made (the stage takes no work from it; vmprep status says what differs), else 0.",
 		}, []string{"stage", "consumer"}),
+		fleetState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vmprep_fleet_host_state",
+			Help: "1 for the state (waiting, pulling, ready, failed) each host reports for each selection it matches, with the serial it is at (vmprep fleet status); exported by the resolver.",
+		}, []string{"host", "selection", "state", "serial"}),
+		fleetBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vmprep_fleet_host_bytes",
+			Help: "Bytes of the build a host holds for a selection.",
+		}, []string{"host", "selection"}),
+		rollout: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vmprep_fleet_rollout_hosts",
+			Help: "Hosts of a selection's rollout by phase: done (hold the target build), moving, failed, waiting; paused is 1 while the rollout is paused.",
+		}, []string{"selection", "phase"}),
 	}
-	for _, c := range []prometheus.Collector{m.handled, m.redeliveries, m.deadLetters, m.duration, m.inFlight, m.originBytes, m.objectBytes, m.leaseWait, m.drift} {
+	for _, c := range []prometheus.Collector{m.handled, m.redeliveries, m.deadLetters, m.duration, m.inFlight, m.originBytes, m.objectBytes, m.leaseWait, m.drift,
+		m.fleetState, m.fleetBytes, m.rollout} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register vmprep metrics: %w", err)
 		}
@@ -209,6 +226,41 @@ func (m *Metrics) ConsumerDrifted(stageName, consumer string, drifted bool) {
 		v = 1
 	}
 	m.drift.WithLabelValues(stageName, consumer).Set(v)
+}
+
+// ObserveFleet sets the fleet gauges from the whole fleet state: each host
+// × selection it matches, and each selection's rollout. Series of hosts
+// and selections no longer there are dropped.
+func (m *Metrics) ObserveFleet(f fleet.Fleet, progress map[string]fleet.Progress) {
+	if m == nil {
+		return
+	}
+	m.fleetState.Reset()
+	m.fleetBytes.Reset()
+	m.rollout.Reset()
+	for _, sel := range f.Selections {
+		id := sel.ID()
+		for _, h := range f.Hosts {
+			if !sel.Matches(h) {
+				continue
+			}
+			st := f.Status[h][id]
+			state := st.State
+			if state == "" {
+				state = fleet.StateWaiting
+			}
+			m.fleetState.WithLabelValues(h, id, string(state), st.Serial).Set(1)
+			m.fleetBytes.WithLabelValues(h, id).Set(float64(st.Bytes))
+		}
+		p := progress[id]
+		paused := 0.0
+		if p.Paused {
+			paused = 1
+		}
+		for phase, n := range map[string]float64{"done": float64(p.Done), "moving": float64(p.Moving), "failed": float64(p.Failed), "waiting": float64(p.Waiting), "paused": paused} {
+			m.rollout.WithLabelValues(id, phase).Set(n)
+		}
+	}
 }
 
 // Observer returns m as a stage.Observer, or nil when m is nil (so that

@@ -3,9 +3,12 @@ package pipeline
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
+	"slices"
 
 	"github.com/vmprep/vmprep/internal/objectstore"
 	"github.com/vmprep/vmprep/internal/stage"
+	"github.com/vmprep/vmprep/pkg/clone"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
@@ -79,8 +82,8 @@ func (s *CollectorStage) admit(subject string, st *requestState, ev messages.Ass
 		return ev, refuse("%s from %s differs from the resolution's asset", a.Role, from)
 	case ev.Resolved != nil && *ev.Resolved != res.Spec:
 		return ev, refuse("resolved build %s from %s: the request resolved to %s", specString(*ev.Resolved), from, specString(res.Spec))
-	case ev.Spec != st.Spec || ev.Format != st.Format || ev.Target != st.Target || ev.ClientConverts != st.ClientConverts:
-		return ev, refuse("%s from %s is for another request than the one recorded (image, format, target or client_converts differ)", a.Role, from)
+	case ev.Spec != st.Spec || ev.Format != st.Format || ev.Target != st.Target || ev.ClientConverts != st.ClientConverts || !slices.Equal(ev.Clones, st.Clones):
+		return ev, refuse("%s from %s is for another request than the one recorded (image, format, target, client_converts or clones differ)", a.Role, from)
 	case ev.Status == messages.StatusVerified && a.Size > 0 && ev.Size != a.Size:
 		return ev, refuse("%s size %d from %s: the resolution has %d", a.Role, ev.Size, from, a.Size)
 	}
@@ -88,6 +91,9 @@ func (s *CollectorStage) admit(subject string, st *requestState, ev messages.Ass
 		return ev, err
 	}
 	if err := s.admitFormat(st, a, from, ev); err != nil {
+		return ev, err
+	}
+	if err := admitClones(st, a, host, from, ev); err != nil {
 		return ev, err
 	}
 	// What the result says about the file comes from the resolution.
@@ -115,6 +121,39 @@ func (s *CollectorStage) admitFormat(st *requestState, a image.Asset, from strin
 	// disk must be what it asked for.
 	if !(s.Bucket != "" && st.ClientConverts) && ev.FileFormat != st.Format {
 		return refuse("disk format %q from %s: the request asked for %q", ev.FileFormat, from, st.Format)
+	}
+	return nil
+}
+
+// admitClones checks the clones a finished disk reports: exactly those the
+// request asked for, each a file of that name on the target host, by a
+// method and in a format a clone can have — and only from the target host's
+// converter (admitPlace has checked that host speaks for it).
+func admitClones(st *requestState, a image.Asset, host, from string, ev messages.AssetEvent) error {
+	if len(ev.Cloned) == 0 && (a.Role != image.RoleDisk || len(st.Clones) == 0) {
+		return nil
+	}
+	switch {
+	case a.Role != image.RoleDisk:
+		return refuse("%s from %s reports clones; only a disk has them", a.Role, from)
+	case host == "" || host != st.Target:
+		return refuse("clones from %s: only the target host's converter makes them", from)
+	case len(ev.Cloned) != len(st.Clones):
+		return refuse("%d clones from %s: the request asked for %d", len(ev.Cloned), from, len(st.Clones))
+	}
+	for i, c := range ev.Cloned {
+		want := st.Clones[i]
+		switch clone.Method(c.Method) {
+		case clone.MethodReflink, clone.MethodClonefile, clone.MethodOverlay, clone.MethodCopy:
+		default:
+			return refuse("clone %q from %s: method %q is not a clone method", c.Name, from, c.Method)
+		}
+		switch {
+		case c.Name != want.Name || !filepath.IsAbs(c.Path) || filepath.Base(c.Path) != c.Name:
+			return refuse("clone %q at %q from %s: the request asked for %q", c.Name, c.Path, from, want.Name)
+		case c.Format != messages.CloneFormat(want, st.Format) || (c.Method == string(clone.MethodOverlay)) != (c.Format == image.FormatQCOW2):
+			return refuse("clone %q from %s: %s by %s, the request asked for %s", c.Name, from, c.Format, c.Method, messages.CloneFormat(want, st.Format))
+		}
 	}
 	return nil
 }

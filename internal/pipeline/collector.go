@@ -62,7 +62,7 @@ func (s *CollectorStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 		if recorded == nil {
 			// A failure before the resolver recorded the request (admit
 			// lets only the resolver say so).
-			st, rev = requestState{Namespace: ev.Namespace, Spec: ev.Spec, Format: ev.Format, Target: ev.Target, ClientConverts: ev.ClientConverts, ResolvedFrom: ev.ResolvedFrom}, 0
+			st, rev = requestState{Namespace: ev.Namespace, Spec: ev.Spec, Format: ev.Format, Target: ev.Target, ClientConverts: ev.ClientConverts, Clones: ev.Clones, ResolvedFrom: ev.ResolvedFrom}, 0
 		}
 		ev := admitted
 		if st.Final == nil {
@@ -146,6 +146,7 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 		if r == image.RoleDisk {
 			f.Format = ev.FileFormat
 			res.DiskFormat = ev.FileFormat
+			res.Clones = ev.Cloned
 		}
 		if s.Bucket == "" {
 			// One shared cache directory: the paths are found in the store

@@ -97,8 +97,11 @@ func FailurePolicy(stageName, done string, logger *slog.Logger) stage.FailureFun
 			if messages.ValidateRequestID(req.RequestID) != nil {
 				return nil
 			}
+			// The result echoes what was asked, target included: a client
+			// takes only an answer that does (see client.answers).
 			ev, e := assetEvent(done, "failed", messages.AssetEvent{
 				Namespace: ns, RequestID: req.RequestID, Spec: req.Spec, Format: req.Format, Status: messages.StatusFailed, Failure: f,
+				Target: req.Target, ClientConverts: req.ClientConverts, Clones: req.Clones,
 			})
 			if e != nil {
 				logger.Error("cannot encode failure", "err", e)

@@ -43,7 +43,7 @@ func (s *ResolverStage) resolve(ctx context.Context, spec image.Spec, log *slog.
 		from string
 	}
 	v, err, shared := s.flight.Do(spec.String(), func() (any, error) {
-		res, from, err := s.resolveOnce(ctx, spec, log)
+		res, from, err := s.resolveOnce(ctx, spec, s.MaxAge, log)
 		return resolved{res, from}, err
 	})
 	if err != nil {
@@ -68,12 +68,36 @@ func storedResolution(ctx context.Context, st *store.Store, spec image.Spec, roo
 	return cached, err == nil && maxAge > 0 && time.Since(cached.ResolvedAt) < maxAge
 }
 
-func (s *ResolverStage) resolveOnce(ctx context.Context, spec image.Spec, log *slog.Logger) (catalog.Resolution, string, error) {
+// Newest resolves the newest build of spec (any spelling) from the
+// network, as a request would with no stored resolution young enough: the
+// fleet sync's look for new builds. Its signed manifest is verified and
+// recorded, so requests pinned to its serial resolve without the network.
+func (s *ResolverStage) Newest(ctx context.Context, spec image.Spec) (catalog.Resolution, error) {
+	spec, err := spec.Normalize()
+	if err != nil {
+		return catalog.Resolution{}, err
+	}
+	spec.Serial = ""
+	canonical, err := s.Resolver.Canonical(spec)
+	if err != nil {
+		return catalog.Resolution{}, &resolve.Error{Spec: spec, Op: resolve.OpPlan, Err: err}
+	}
+	v, err, _ := s.flight.Do("newest "+canonical.String(), func() (any, error) {
+		res, _, err := s.resolveOnce(ctx, canonical, 0, s.Logger.With("spec", specString(canonical), "for", "fleet sync"))
+		return res, err
+	})
+	if err != nil {
+		return catalog.Resolution{}, err
+	}
+	return v.(catalog.Resolution), nil
+}
+
+func (s *ResolverStage) resolveOnce(ctx context.Context, spec image.Spec, maxAge time.Duration, log *slog.Logger) (catalog.Resolution, string, error) {
 	roots, err := s.Resolver.Roots(spec)
 	if err != nil {
 		return catalog.Resolution{}, "", stage.Permanent(&resolve.Error{Spec: spec, Op: resolve.OpPlan, Err: err})
 	}
-	if rec, ok := storedResolution(ctx, s.Store, spec, roots, s.MaxAge); ok {
+	if rec, ok := storedResolution(ctx, s.Store, spec, roots, maxAge); ok {
 		return rec, messages.ResolvedFromCache, nil
 	}
 	if spec.Serial != "" {

@@ -93,6 +93,11 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 			"targets on other hosts need an object store (start the stages with --store nats:BUCKET)", req.Target, s.Host))
 	}
 
+	if len(req.Clones) > 0 && !s.Objects {
+		return nil, stage.Permanent(fmt.Errorf("clones are made by the target host's converter (converter --target HOST --clone-dir DIR); "+
+			"this deployment keeps every file in one cache directory on %s and has none: use vmprep clone there", s.Host))
+	}
+
 	state, _, err := s.Requests.Load(ctx, key)
 	switch {
 	case err == nil && !state.sameRequest(req):
@@ -155,7 +160,7 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 		return nil, err
 	}
 	if err := s.Requests.Create(ctx, key, requestState{
-		Namespace: ns, Spec: spec, Format: req.Format, Target: req.Target, ClientConverts: req.ClientConverts,
+		Namespace: ns, Spec: spec, Format: req.Format, Target: req.Target, ClientConverts: req.ClientConverts, Clones: req.Clones,
 		Roles: roles(res), ResolvedFrom: from, Resolution: &res,
 	}); err != nil {
 		return nil, err
@@ -190,7 +195,7 @@ func fetchEvents(ns string, req messages.PrepareRequest, res catalog.Resolution,
 	for _, a := range res.Assets {
 		ev, err := assetEvent(messages.SubjectFetch, "fetch", messages.AssetEvent{
 			Namespace: ns, RequestID: req.RequestID, Spec: req.Spec, Resolved: &res.Spec, Format: req.Format, Roles: rs,
-			Target: req.Target, ClientConverts: req.ClientConverts,
+			Target: req.Target, ClientConverts: req.ClientConverts, Clones: req.Clones,
 			ResolvedFrom: from, Asset: a, Status: messages.StatusResolved,
 		})
 		if err != nil {

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vmprep/vmprep/internal/fleetkv"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -89,6 +91,9 @@ type Deps struct {
 	// TargetedOnly makes the converter take only work targeted at Host,
 	// not the untargeted work that any converter may do.
 	TargetedOnly bool
+	// CloneDir is the directory where the converter makes the clones that
+	// requests targeted at Host ask for ("": it makes none). It must exist.
+	CloneDir string
 	// Metrics, if set, observes every runner and counts what the stages move.
 	Metrics *metrics.Metrics
 	// FairAhead bounds how many messages each stage pulls ahead of its
@@ -101,6 +106,16 @@ type Deps struct {
 	// progress growing before a waiting fetcher takes it over (default
 	// DefaultLeaseStall).
 	LeaseStall time.Duration
+	// SyncInterval is how often the resolver looks for new builds of the
+	// fleet's followed selections (default DefaultSyncInterval).
+	SyncInterval time.Duration
+	// Fleet makes the resolver coordinate the fleet's selections and the
+	// converter follow its host's plan (internal/fleetkv): what the stage
+	// commands and vmprep serve do, and vmprep prepare's private server not.
+	Fleet bool
+	// FleetFreeGrace: a converter host frees no build of its selections
+	// committed more recently (0: store.DefaultGCMinAge; negative: none).
+	FleetFreeGrace time.Duration
 }
 
 // RunStages sets up the streams and runs the named stages on nc until ctx
@@ -156,6 +171,13 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 	if err := messages.ValidateTarget(d.Host); err != nil {
 		return nil, fmt.Errorf("host name: %w", err)
 	}
+	if d.CloneDir != "" {
+		dir, err := CloneDir(d.CloneDir)
+		if err != nil {
+			return nil, err
+		}
+		d.CloneDir = dir
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
@@ -188,6 +210,15 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			h := &ResolverStage{Resolver: d.Resolver, Store: d.Store, Requests: infra.Requests, Objects: infra.Objects != nil,
 				Host: d.Host, MaxAge: d.ResolutionMaxAge, Logger: log, Progress: progress}
 			bindings = append(bindings, binding{name, name, messages.SubjectPrepare, h.Handle, messages.DoneSubject(name)})
+			if d.Fleet {
+				background = append(background, func(ctx context.Context) {
+					if fl := openFleet(ctx, js, d, log); fl != nil {
+						coord := &FleetCoordinator{Fleet: fl, Conn: nc, SyncInterval: d.SyncInterval, Logger: log.With("fleet", "coordinator"),
+							Newest: h.Newest, Observe: d.Metrics.ObserveFleet}
+						coord.Run(ctx)
+					}
+				})
+			}
 		case messages.StageFetcher:
 			if d.Downloader == nil {
 				return nil, errors.New("fetcher stage needs a downloader")
@@ -227,7 +258,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 				background = append(background, func(ctx context.Context) { sweepLoop(ctx, infra.Objects, interval, grace, log) })
 			}
 		case messages.StageConverter:
-			h := &ConverterStage{Store: d.Store, Requests: infra.Requests, Objects: infra.Objects, Host: d.Host,
+			h := &ConverterStage{Store: d.Store, Requests: infra.Requests, Objects: infra.Objects, Host: d.Host, CloneDir: d.CloneDir,
 				Progress: progress, Concurrency: d.Concurrency, Logger: log, Metrics: d.Metrics,
 				ReportCorrupt: func(ctx context.Context, bad *place.BadObjectError) error {
 					return client.ReportCorrupt(ctx, js, bad.Ref, bad.Err.Error())
@@ -237,6 +268,22 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			}
 			if infra.Objects != nil {
 				bindings = append(bindings, binding{name, messages.TargetConsumer(d.Host), messages.TargetSubject(d.Host), h.Handle, h.doneSubject()})
+			}
+			if d.Fleet {
+				host := d.Host
+				background = append(background, func(ctx context.Context) {
+					fl := openFleet(ctx, js, d, log)
+					if fl == nil {
+						return
+					}
+					fh, err := newFleetHost(nc, fl, host, log)
+					if err != nil {
+						log.Warn("this host does not follow the fleet's selections", "err", err)
+						return
+					}
+					fh.Store, fh.FreeGrace = d.Store, d.FleetFreeGrace
+					fh.Run(ctx)
+				})
 			}
 		case messages.StageCollector:
 			h := &CollectorStage{Store: d.Store, Requests: infra.Requests, Host: d.Host, Logger: log}
@@ -322,4 +369,25 @@ func leaseStall(d Deps) time.Duration {
 		origin = DefaultOriginTimeout
 	}
 	return max(stall, 2*origin)
+}
+
+// openFleet binds the fleet bucket for the resolver's coordinator and a
+// converter's host, or says why this process takes no part in the fleet.
+func openFleet(ctx context.Context, js jetstream.JetStream, d Deps, log *slog.Logger) *fleetkv.Store {
+	fl, err := fleetkv.Open(ctx, js, d.Replicas)
+	if err != nil {
+		log.Warn("no fleet selections for this process (vmprep setup makes the bucket)", "err", err)
+		return nil
+	}
+	return fl
+}
+
+// newFleetHost is the converter host's follower of its plan, asking in its
+// own namespace (its user's name).
+func newFleetHost(nc *nats.Conn, fl *fleetkv.Store, host string, log *slog.Logger) (*FleetHost, error) {
+	c, err := client.New(nc, client.WithNamespace(FleetNamespace(host)))
+	if err != nil {
+		return nil, err
+	}
+	return &FleetHost{Fleet: fl, Client: c, Host: host, Logger: log.With("fleet", "host")}, nil
 }

@@ -177,8 +177,12 @@ func (s *FetcherStage) fromOrigin(ctx context.Context, ev messages.AssetEvent, m
 			return res, nil
 		}
 		if errors.Is(context.Cause(wctx), errOriginSilent) && ctx.Err() == nil {
-			if last == nil || download.IsRetryable(err) || !errors.Is(err, context.Canceled) {
-				last = err // cut short mid-attempt: its error quotes the one before
+			// An attempt cut short by the watchdog says only that; keep the
+			// origin's own last answer unless this Fetch's error quotes one.
+			var de *download.Error
+			cut := errors.Is(err, errOriginSilent) || errors.Is(err, context.Canceled)
+			if last == nil || !cut || (errors.As(err, &de) && de.Attempts > 1) {
+				last = err
 			}
 			return res, stage.Permanent(&OriginGoneError{URL: ev.Asset.URL, For: limit, Last: last})
 		}
@@ -658,7 +662,10 @@ type ConverterStage struct {
 	// Objects is set in a deployment with an object store.
 	Objects *objectstore.Store
 	// Host is this converter's host name (its --target).
-	Host        string
+	Host string
+	// CloneDir is where requests targeted at Host may have clones of their
+	// disk made (see makeClones); "": this host makes none.
+	CloneDir    string
 	Progress    ProgressFunc
 	Concurrency int
 	Logger      *slog.Logger
@@ -745,6 +752,14 @@ func (s *ConverterStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 	ev.Status, ev.Blob, ev.Path, ev.Size = status, blob.SHA256, path, fi.Size()
 	if role == image.RoleDisk {
 		ev.FileFormat = format
+	}
+	if role == image.RoleDisk && len(ev.Clones) > 0 {
+		if s.Objects == nil || ev.Target != s.Host {
+			return nil, stage.Permanent(fmt.Errorf("clones are made by the converter of the target host, and this is %s's", s.Host))
+		}
+		if ev.Cloned, err = s.makeClones(ctx, ev, path, report); err != nil {
+			return nil, err
+		}
 	}
 	if s.Objects != nil {
 		ev.Host = s.Host

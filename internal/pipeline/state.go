@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -22,8 +23,10 @@ type requestState struct {
 	Format         image.DiskFormat `json:"format"`
 	Target         string           `json:"target,omitempty"`
 	ClientConverts bool             `json:"client_converts,omitempty"`
-	Roles          []image.Role     `json:"roles"`
-	ResolvedFrom   string           `json:"resolved_from,omitempty"`
+	// Clones are the clones the request asked its target host for.
+	Clones       []messages.CloneRequest `json:"clones,omitempty"`
+	Roles        []image.Role            `json:"roles"`
+	ResolvedFrom string                  `json:"resolved_from,omitempty"`
 	// Resolution is what the request was resolved to, reused on redelivery.
 	Resolution *catalog.Resolution                `json:"resolution,omitempty"`
 	Done       map[image.Role]messages.AssetEvent `json:"done,omitempty"`
@@ -33,7 +36,8 @@ type requestState struct {
 
 // sameRequest reports whether req asks for what st was created for.
 func (st requestState) sameRequest(req messages.PrepareRequest) bool {
-	return st.Spec == req.Spec && st.Format == req.Format && st.Target == req.Target && st.ClientConverts == req.ClientConverts
+	return st.Spec == req.Spec && st.Format == req.Format && st.Target == req.Target && st.ClientConverts == req.ClientConverts &&
+		slices.Equal(st.Clones, req.Clones)
 }
 
 // errStateNotFound: no state is recorded for the request id.

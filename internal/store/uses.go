@@ -49,6 +49,9 @@ type Use struct {
 	// Backing: the holder is a qcow2 overlay whose backing file must still
 	// be Base for the use to be live (one rebased elsewhere no longer needs it).
 	Backing bool `json:"backing,omitempty"`
+	// Request, if set, names what asked for the holder (a prepare
+	// request's key): a redelivered request finds its own clone by it.
+	Request string `json:"request,omitempty"`
 	// Device and Inode identify the holder's file when recorded: a new file
 	// put at the same path later does not keep Base (unless the file system
 	// gave it the same inode number, after the old one was removed).

@@ -66,6 +66,9 @@ type config struct {
 	replicas      int
 	host          string
 	targetedOnly  bool
+	cloneDir      string
+	fleet         bool
+	syncInterval  time.Duration
 	serverOpts    *server.Options
 	connOpts      []nats.Option
 	registerer    prometheus.Registerer
@@ -177,6 +180,18 @@ func WithHost(name string) Option { return func(c *config) { c.host = name } }
 // WithTargetedOnly makes the converter take only work targeted at its host.
 func WithTargetedOnly() Option { return func(c *config) { c.targetedOnly = true } }
 
+// WithCloneDir is the directory where the converter makes the clones that
+// requests targeted at its host ask for (PrepareRequest.Clones; needs an
+// object store). Without it the converter refuses such requests.
+func WithCloneDir(dir string) Option { return func(c *config) { c.cloneDir = dir } }
+
+// WithFleet makes the deployment keep the fleet's selections (vmprep fleet):
+// its resolver looks for new builds every syncInterval (0: hourly) and
+// rolls them out, and its converter holds what its host's plan names.
+func WithFleet(syncInterval time.Duration) Option {
+	return func(c *config) { c.fleet, c.syncInterval = true, syncInterval }
+}
+
 // WithServerOptions starts the server from a nats-server configuration (say,
 // one read by server.ProcessConfigFile: users, accounts, TLS, cluster).
 // WithListen and WithJetStreamDir, when given, override its listener and
@@ -253,6 +268,9 @@ func Start(ctx context.Context, opts ...Option) (*Deployment, error) {
 		Replicas:         c.replicas,
 		Host:             c.host,
 		TargetedOnly:     c.targetedOnly,
+		CloneDir:         c.cloneDir,
+		Fleet:            c.fleet,
+		SyncInterval:     c.syncInterval,
 	}
 	if c.registerer != nil {
 		if deps.Metrics, err = metrics.New(c.registerer); err != nil {

@@ -239,6 +239,9 @@ func (r *PrepareRequest) Fingerprint() string {
 		// Only when set, so a request without one keeps its fingerprint.
 		fmt.Fprintf(h, "\x00%s", r.Spec.Serial)
 	}
+	for _, c := range r.Clones {
+		fmt.Fprintf(h, "\x00clone\x00%s\x00%s\x00%d\x00%t", c.Name, c.Format, c.Size, c.Force)
+	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
@@ -272,6 +275,9 @@ type PrepareRequest struct {
 	// converts locally (what vmprep prepare --nats does): with an object
 	// store, the deployment then converts nothing for this request.
 	ClientConverts bool `json:"client_converts,omitempty"`
+	// Clones, with a Target, asks that host's converter for writable disks
+	// made from the disk there, one per VM (see CloneRequest).
+	Clones []CloneRequest `json:"clones,omitempty"`
 }
 
 // ObjectRef says where verified bytes are in a JetStream Object Store.
@@ -319,9 +325,12 @@ type AssetEvent struct {
 	ResolvedFrom string      `json:"resolved_from"`
 	Asset        image.Asset `json:"asset"`
 	Status       AssetStatus `json:"status"`
-	// Target and ClientConverts are copied from the request.
-	Target         string `json:"target,omitempty"`
-	ClientConverts bool   `json:"client_converts,omitempty"`
+	// Target, ClientConverts and Clones are copied from the request.
+	Target         string         `json:"target,omitempty"`
+	ClientConverts bool           `json:"client_converts,omitempty"`
+	Clones         []CloneRequest `json:"clones,omitempty"`
+	// Cloned are the clones the target host's converter made (disk).
+	Cloned []Clone `json:"cloned,omitempty"`
 	// Ingest is the store-relative path of the fetched, not yet verified,
 	// bytes (deployments that share one cache directory).
 	Ingest string `json:"ingest,omitempty"`
@@ -388,7 +397,8 @@ type Progress struct {
 	RequestID string `json:"request_id"`
 	Stage     string `json:"stage"`
 	// Step says what the stage is doing: resolve (the request's image, no
-	// asset and no counts), fetch, store, verify, pull, convert or unpack.
+	// asset and no counts), fetch, store, verify, pull, convert, unpack or
+	// clone (a converter copying a clone the request asked for).
 	Step  string     `json:"step,omitempty"`
 	Asset image.Role `json:"asset"`
 	Done  int64      `json:"done"`
@@ -487,6 +497,8 @@ type Result struct {
 	// Resolved has no serial and the build cannot be asked for again.
 	Unpinned     bool   `json:"unpinned,omitempty"`
 	ResolvedFrom string `json:"resolved_from,omitempty"`
+	// Clones are the clones the request asked for, made on Host.
+	Clones []Clone `json:"clones,omitempty"`
 	// Failure is set when Status is "failed".
 	Failure     *Failure  `json:"failure,omitempty"`
 	CompletedAt time.Time `json:"completed_at"`
@@ -621,5 +633,5 @@ func (r *PrepareRequest) Validate() error {
 		// caller asked for a host that can never exist.
 		return fmt.Errorf("%w: target host %q must be 1-64 characters of A-Z a-z 0-9 _ -", ErrInvalidRequest, r.Target)
 	}
-	return nil
+	return r.validateClones()
 }

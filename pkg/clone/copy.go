@@ -1,5 +1,3 @@
-//go:build unix
-
 package clone
 
 import (
@@ -9,7 +7,7 @@ import (
 	"io"
 	"os"
 
-	"golang.org/x/sys/unix"
+	"github.com/vmprep/vmprep/internal/sparsefile"
 )
 
 // copyChunk bounds each copy call, so that cancellation and progress are
@@ -17,8 +15,8 @@ import (
 const copyChunk = 8 << 20
 
 // sparseCopy copies src's data regions to dst (empty, same offsets), found
-// with SEEK_DATA/SEEK_HOLE (whose values differ between Linux and macOS:
-// unix has each platform's), and sets dst's size: holes stay holes.
+// with SEEK_DATA/SEEK_HOLE where the platform has them (internal/sparsefile),
+// leaves zero blocks unwritten, and sets dst's size: holes stay holes.
 func sparseCopy(ctx context.Context, dst, src *os.File, progress func(done, total int64)) error {
 	return sparseCopyWith(ctx, dst, src, progress, true)
 }
@@ -35,7 +33,7 @@ func sparseCopyWith(ctx context.Context, dst, src *os.File, progress func(done, 
 	// copies (copy_file_range) or we read and write.
 	buf := []byte(nil)
 	var done int64
-	err = dataRegions(src, size, func(start, end int64) error {
+	err = sparsefile.DataRegions(src, size, func(start, end int64) error {
 		for off := start; off < end; {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -71,39 +69,6 @@ func sparseCopyWith(ctx context.Context, dst, src *os.File, progress func(done, 
 	}
 	if err := dst.Truncate(size); err != nil {
 		return fmt.Errorf("set size %d: %w", size, err)
-	}
-	return nil
-}
-
-// dataRegions calls yield for each [start, end) of f that may hold data;
-// where the file system cannot tell holes, the whole file is one region.
-func dataRegions(f *os.File, size int64, yield func(start, end int64) error) error {
-	fd := int(f.Fd())
-	for off := int64(0); off < size; {
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		switch {
-		case errors.Is(err, unix.ENXIO):
-			return nil // only a hole remains
-		case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTSUP):
-			return yield(off, size)
-		case err != nil:
-			return fmt.Errorf("SEEK_DATA: %w", err)
-		}
-		if data >= size {
-			return nil
-		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
-			return fmt.Errorf("SEEK_HOLE: %w", err)
-		}
-		hole = min(hole, size)
-		if hole <= data {
-			return yield(data, size) // never loop on a confused file system
-		}
-		if err := yield(data, hole); err != nil {
-			return err
-		}
-		off = hole
 	}
 	return nil
 }
