@@ -335,7 +335,10 @@ func (w *worker) process(j job) (int64, error) {
 	cs := e.img.clusterSize
 	n := len(j.ms)
 	filled := w.filled[:n]
-	if err := w.dec.fill(w.buf[:int64(n)*cs], j.off>>e.img.clusterBits, j.ms, filled); err != nil {
+	// writeNonZero looks at no byte of a cluster filled marks false unless
+	// clusters are smaller than its blocks: only then must they be zeros.
+	clearZero := cs < holeBlock
+	if err := w.dec.fill(w.buf[:int64(n)*cs], j.off>>e.img.clusterBits, j.ms, filled, clearZero); err != nil {
 		return 0, err
 	}
 	return w.writeNonZero(w.buf[:j.length], j.off, filled)
