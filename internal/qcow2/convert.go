@@ -150,26 +150,36 @@ func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertO
 // process well inside 64 MiB RSS for any image.
 const workerBudget = 40 << 20
 
+// spareBuffers is how many chunk buffers there are beyond one per worker:
+// filled chunks queue for the writer while the workers go on.
+const spareBuffers = 2
+
 // maxWorkers is how many workers fit in workerBudget: each holds a chunk
 // buffer, room for 2 clusters of compressed input and a decoder window of
-// about a cluster.
+// about a cluster; the spare chunk buffers come off the budget first.
 func maxWorkers(img *Image, chunk int64) int {
-	per := chunk
+	per, buf := chunk, chunk
 	if img != nil {
 		// Any qcow2 image may hold compressed clusters.
-		per = max(chunk, img.clusterSize) + 3*img.clusterSize
+		buf = max(chunk, img.clusterSize)
+		per = buf + 3*img.clusterSize
 	}
-	return max(1, int(workerBudget/per))
+	return max(1, int((workerBudget-spareBuffers*buf)/per))
 }
 
 // engine converts chunks in parallel: one producer maps guest ranges,
-// workers read/decompress them and write the non-zero 4 KiB blocks.
+// workers read and decompress them into chunk buffers, and one writer
+// writes their non-zero 4 KiB blocks. A single writer: the kernel
+// serialises buffered writes to one file on its inode lock anyway;
+// concurrent writers spun on it (perf: a quarter of all CPU in
+// rwsem_spin_on_owner), and writers taking turns on a mutex left the file
+// idle at every hand-over, waiting for the next writer's thread to be
+// scheduled — on a busy machine most of the time.
 type engine struct {
 	cfg       convertConfig
 	img       *Image // nil for raw input
 	src       io.ReaderAt
 	dst       io.WriterAt
-	writeMu   sync.Mutex // serialises writes to dst
 	size      int64
 	writeback *writeback.Writeback // optional: starts flushing written data early
 }
@@ -180,55 +190,99 @@ type job struct {
 	ms     []mapping // qcow2: one per cluster
 }
 
+// chunkBuf is one chunk's guest data on its way from a worker to the writer.
+type chunkBuf struct {
+	job
+	data   []byte
+	filled []bool // qcow2: per cluster, whether it may hold non-zero bytes
+}
+
 func (e *engine) run(parent context.Context) (int64, error) {
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
 
-	jobs := make(chan job, e.cfg.workers)
-	progress := make(chan int64, 4*e.cfg.workers)
-	var written int64
-	var mu sync.Mutex
-	var wg sync.WaitGroup
+	workers := e.cfg.workers
+	jobs := make(chan job, workers)
+	skipped := make(chan int64, 4*workers) // all-zero chunks, straight from the producer
+	nbuf := workers + spareBuffers
+	free := make(chan *chunkBuf, nbuf)
+	for range nbuf {
+		free <- e.newChunkBuf()
+	}
+	// Never full: there are only nbuf buffers.
+	ready := make(chan *chunkBuf, nbuf)
 
-	wg.Add(1)
 	go func() {
-		defer wg.Done()
+		defer close(skipped)
 		defer close(jobs)
-		if err := e.produce(ctx, jobs, progress); err != nil {
+		if err := e.produce(ctx, jobs, skipped); err != nil {
 			cancel(err)
 		}
 	}()
-	for range e.cfg.workers {
+	var wg sync.WaitGroup
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w := e.newWorker()
-			defer w.dec.close()
+			dec := newDecoder(e.img)
+			defer dec.close()
 			for j := range jobs {
 				if ctx.Err() != nil {
 					continue // drain so the producer never blocks
 				}
-				n, err := w.processAndFlush(j)
-				if err != nil {
-					cancel(err)
+				var cb *chunkBuf
+				select {
+				case cb = <-free:
+				case <-ctx.Done():
 					continue
 				}
-				mu.Lock()
-				written += n
-				mu.Unlock()
-				progress <- j.length
+				cb.job = j
+				if err := e.fill(dec, cb); err != nil {
+					cancel(err)
+					free <- cb
+					continue
+				}
+				ready <- cb
 			}
 		}()
 	}
 	go func() {
 		wg.Wait()
-		close(progress)
+		close(ready)
 	}()
-	var done int64
-	for n := range progress {
+
+	// The writer: this goroutine. It also reports progress, so calls come
+	// from one goroutine and count only what is written.
+	var done, written int64
+	report := func(n int64) {
 		done += n
 		if e.cfg.progress != nil && ctx.Err() == nil {
 			e.cfg.progress(done, e.size)
+		}
+	}
+	for ready != nil || skipped != nil {
+		select {
+		case cb, ok := <-ready:
+			if !ok {
+				ready = nil
+				continue
+			}
+			if ctx.Err() == nil {
+				n, err := e.writeChunk(cb)
+				if err != nil {
+					cancel(err)
+				} else {
+					written += n
+					report(cb.length)
+				}
+			}
+			free <- cb
+		case n, ok := <-skipped:
+			if !ok {
+				skipped = nil
+				continue
+			}
+			report(n)
 		}
 	}
 	if err := context.Cause(ctx); err != nil {
@@ -241,8 +295,8 @@ func (e *engine) run(parent context.Context) (int64, error) {
 }
 
 // produce emits jobs for every chunk holding file data and reports skipped
-// (all-zero) chunks straight to progress.
-func (e *engine) produce(ctx context.Context, jobs chan<- job, progress chan<- int64) error {
+// (all-zero) chunks' lengths to skipped.
+func (e *engine) produce(ctx context.Context, jobs chan<- job, skipped chan<- int64) error {
 	chunk := e.cfg.chunkBytes
 	var l2buf []byte
 	var perChunk int64
@@ -267,7 +321,7 @@ func (e *engine) produce(ctx context.Context, jobs chan<- job, progress chan<- i
 			if perL1 >= chunk && e.img.l1[off/perL1] == 0 {
 				skip := min(off/perL1*perL1+perL1, e.size) - off
 				select {
-				case progress <- skip:
+				case skipped <- skip:
 				case <-ctx.Done():
 				}
 				off += skip - chunk
@@ -284,7 +338,7 @@ func (e *engine) produce(ctx context.Context, jobs chan<- job, progress chan<- i
 			}
 			if !raw {
 				select {
-				case progress <- length:
+				case skipped <- length:
 				case <-ctx.Done():
 				}
 				continue
@@ -300,58 +354,50 @@ func (e *engine) produce(ctx context.Context, jobs chan<- job, progress chan<- i
 	return nil
 }
 
-type worker struct {
-	e      *engine
-	buf    []byte
-	dec    *decoder
-	filled []bool
-}
-
-func (e *engine) newWorker() *worker {
-	w := &worker{e: e, dec: newDecoder(e.img)}
+func (e *engine) newChunkBuf() *chunkBuf {
 	chunk := e.cfg.chunkBytes
+	cb := &chunkBuf{}
 	if e.img != nil {
 		chunk = max(chunk, e.img.clusterSize)
-		w.filled = make([]bool, chunk/e.img.clusterSize)
+		cb.filled = make([]bool, chunk/e.img.clusterSize)
 	}
-	w.buf = make([]byte, chunk)
-	return w
+	cb.data = make([]byte, chunk)
+	return cb
 }
 
-// process fills the chunk and writes its non-zero 4 KiB blocks; it returns
-// the bytes written.
-func (w *worker) process(j job) (int64, error) {
-	e := w.e
+// fill reads (and decompresses) cb's chunk into cb.data.
+func (e *engine) fill(dec *decoder, cb *chunkBuf) error {
 	if e.img == nil {
-		b := w.buf[:j.length]
-		if n, err := e.src.ReadAt(b, j.off); n < len(b) {
+		b := cb.data[:cb.length]
+		if n, err := e.src.ReadAt(b, cb.off); n < len(b) {
 			if err == nil || errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}
-			return 0, fmt.Errorf("read raw source at %#x: %w", j.off, err)
+			return fmt.Errorf("read raw source at %#x: %w", cb.off, err)
 		}
-		return w.writeNonZero(b, j.off, nil)
+		return nil
 	}
 	cs := e.img.clusterSize
-	n := len(j.ms)
-	filled := w.filled[:n]
+	n := len(cb.ms)
 	// writeNonZero looks at no byte of a cluster filled marks false unless
 	// clusters are smaller than its blocks: only then must they be zeros.
 	clearZero := cs < holeBlock
-	if err := w.dec.fill(w.buf[:int64(n)*cs], j.off>>e.img.clusterBits, j.ms, filled, clearZero); err != nil {
-		return 0, err
-	}
-	return w.writeNonZero(w.buf[:j.length], j.off, filled)
+	return dec.fill(cb.data[:int64(n)*cs], cb.off>>e.img.clusterBits, cb.ms, cb.filled[:n], clearZero)
 }
 
-// processAndFlush runs process and tells the writeback what it wrote from
-// compressed chunks. Early writeback pays off only there: decompression keeps
-// the CPUs busy while the disk works. Copying uncompressed data is I/O bound
-// and measured slower with early writeback, so it is left to the final fsync.
-func (w *worker) processAndFlush(j job) (int64, error) {
-	n, err := w.process(j)
-	if err == nil && n > 0 && w.e.writeback != nil && hasCompressed(j.ms) {
-		w.e.writeback.Wrote(n)
+// writeChunk writes cb's non-zero blocks and tells the writeback what it
+// wrote from compressed chunks. Early writeback pays off only there:
+// decompression keeps the CPUs busy while the disk works. Copying
+// uncompressed data is I/O bound and measured slower with early writeback,
+// so it is left to the final fsync.
+func (e *engine) writeChunk(cb *chunkBuf) (int64, error) {
+	var filled []bool
+	if e.img != nil {
+		filled = cb.filled[:len(cb.ms)]
+	}
+	n, err := e.writeNonZero(cb.data[:cb.length], cb.off, filled)
+	if err == nil && n > 0 && e.writeback != nil && hasCompressed(cb.ms) {
+		e.writeback.Wrote(n)
 	}
 	return n, err
 }
@@ -368,10 +414,10 @@ func hasCompressed(ms []mapping) bool {
 // writeNonZero writes the blocks of b that are not all zero to dst at base,
 // coalescing neighbours. filled (per cluster) lets it skip clusters known to
 // be zero without scanning them; nil means scan everything.
-func (w *worker) writeNonZero(b []byte, base int64, filled []bool) (int64, error) {
+func (e *engine) writeNonZero(b []byte, base int64, filled []bool) (int64, error) {
 	var cs int64 = 1
-	if w.e.img != nil {
-		cs = w.e.img.clusterSize
+	if e.img != nil {
+		cs = e.img.clusterSize
 	}
 	var written int64
 	runStart := int64(-1)
@@ -379,13 +425,7 @@ func (w *worker) writeNonZero(b []byte, base int64, filled []bool) (int64, error
 		if runStart < 0 {
 			return nil
 		}
-		// One writer at a time: the kernel serialises buffered writes to one
-		// file on its inode lock anyway, and concurrent writers spin on that
-		// lock (perf: a quarter of all CPU in rwsem_spin_on_owner with 4
-		// workers); waiting here sleeps instead.
-		w.e.writeMu.Lock()
-		_, err := w.e.dst.WriteAt(b[runStart:end], base+runStart)
-		w.e.writeMu.Unlock()
+		_, err := e.dst.WriteAt(b[runStart:end], base+runStart)
 		if err != nil {
 			return fmt.Errorf("write output at %#x: %w", base+runStart, err)
 		}

@@ -217,7 +217,8 @@ func TestReadAtBounds(t *testing.T) {
 	}
 }
 
-// TestMaxWorkers: the cap is the most workers whose buffers fit the budget.
+// TestMaxWorkers: the cap is the most workers whose buffers fit the budget
+// beside the spare chunk buffers.
 func TestMaxWorkers(t *testing.T) {
 	tests := []struct {
 		name        string
@@ -232,14 +233,16 @@ func TestMaxWorkers(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var img *Image
-			per := int64(defaultChunk)
+			per, buf := int64(defaultChunk), int64(defaultChunk)
 			if !tt.raw {
 				img = &Image{clusterBits: tt.clusterBits, clusterSize: 1 << tt.clusterBits}
-				per = max(per, img.clusterSize) + 3*img.clusterSize
+				buf = max(buf, img.clusterSize)
+				per = buf + 3*img.clusterSize
 			}
+			spare := spareBuffers * buf
 			got := int64(maxWorkers(img, defaultChunk))
-			if got < 1 || got*per > workerBudget || (got+1)*per <= workerBudget {
-				t.Fatalf("maxWorkers = %d with %d bytes each: not the most that fit %d", got, per, workerBudget)
+			if got < 1 || spare+got*per > workerBudget || spare+(got+1)*per <= workerBudget {
+				t.Fatalf("maxWorkers = %d with %d bytes each and %d spare: not the most that fit %d", got, per, spare, workerBudget)
 			}
 		})
 	}
