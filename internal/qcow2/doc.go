@@ -18,5 +18,7 @@
 // Extents enumerates data, compressed, zero and unallocated ranges, and
 // ConvertToRaw writes a sparse raw image, byte-identical to
 // `qemu-img convert -f qcow2 -O raw`, atomically (temporary file, fsync,
-// rename, directory fsync), decompressing and writing chunks in parallel.
+// rename, directory fsync): workers read and decompress chunks in parallel
+// (zlib clusters with a one-shot inflater of its own, zstd with
+// klauspost/compress) and one writer writes their non-zero blocks.
 package qcow2
