@@ -168,8 +168,8 @@ func maxWorkers(img *Image, chunk int64) int {
 }
 
 // engine converts chunks in parallel: one producer maps guest ranges,
-// workers read and decompress them into chunk buffers, and one writer
-// writes their non-zero 4 KiB blocks. A single writer: the kernel
+// workers read and decompress them into chunk buffers and find their
+// non-zero 4 KiB blocks, and one writer writes those. A single writer: the kernel
 // serialises buffered writes to one file on its inode lock anyway;
 // concurrent writers spun on it (perf: a quarter of all CPU in
 // rwsem_spin_on_owner), and writers taking turns on a mutex left the file
@@ -194,7 +194,8 @@ type job struct {
 type chunkBuf struct {
 	job
 	data   []byte
-	filled []bool // qcow2: per cluster, whether it may hold non-zero bytes
+	filled []bool    // qcow2: per cluster, whether it may hold non-zero bytes
+	runs   []dataRun // what the writer writes: the non-zero blocks of data
 }
 
 func (e *engine) run(parent context.Context) (int64, error) {
@@ -242,6 +243,7 @@ func (e *engine) run(parent context.Context) (int64, error) {
 					free <- cb
 					continue
 				}
+				e.findRuns(cb)
 				ready <- cb
 			}
 		}()
@@ -379,27 +381,29 @@ func (e *engine) fill(dec *decoder, cb *chunkBuf) error {
 	}
 	cs := e.img.clusterSize
 	n := len(cb.ms)
-	// writeNonZero looks at no byte of a cluster filled marks false unless
+	// findRuns looks at no byte of a cluster filled marks false unless
 	// clusters are smaller than its blocks: only then must they be zeros.
 	clearZero := cs < holeBlock
 	return dec.fill(cb.data[:int64(n)*cs], cb.off>>e.img.clusterBits, cb.ms, cb.filled[:n], clearZero)
 }
 
-// writeChunk writes cb's non-zero blocks and tells the writeback what it
+// writeChunk writes cb's runs and tells the writeback what it
 // wrote from compressed chunks. Early writeback pays off only there:
 // decompression keeps the CPUs busy while the disk works. Copying
 // uncompressed data is I/O bound and measured slower with early writeback,
 // so it is left to the final fsync.
 func (e *engine) writeChunk(cb *chunkBuf) (int64, error) {
-	var filled []bool
-	if e.img != nil {
-		filled = cb.filled[:len(cb.ms)]
+	var n int64
+	for _, r := range cb.runs {
+		if _, err := e.dst.WriteAt(cb.data[r.start:r.end], cb.off+r.start); err != nil {
+			return n, fmt.Errorf("write output at %#x: %w", cb.off+r.start, err)
+		}
+		n += r.end - r.start
 	}
-	n, err := e.writeNonZero(cb.data[:cb.length], cb.off, filled)
-	if err == nil && n > 0 && e.writeback != nil && hasCompressed(cb.ms) {
+	if n > 0 && e.writeback != nil && hasCompressed(cb.ms) {
 		e.writeback.Wrote(n)
 	}
-	return n, err
+	return n, nil
 }
 
 func hasCompressed(ms []mapping) bool {
@@ -411,56 +415,45 @@ func hasCompressed(ms []mapping) bool {
 	return false
 }
 
-// writeNonZero writes the blocks of b that are not all zero to dst at base,
-// coalescing neighbours. filled (per cluster) lets it skip clusters known to
-// be zero without scanning them; nil means scan everything.
-func (e *engine) writeNonZero(b []byte, base int64, filled []bool) (int64, error) {
+// dataRun is a range [start, end) of a chunk buffer to write.
+type dataRun struct{ start, end int64 }
+
+// findRuns sets cb.runs to the ranges of cb's data whose 4 KiB blocks are
+// not all zero, coalescing neighbours. cb.filled (per cluster) lets it skip
+// clusters known to be zero without scanning them. The workers do this, not
+// the writer: the writer is the critical path (pwrites to one file are
+// serialised by its inode lock), the scan is not.
+func (e *engine) findRuns(cb *chunkBuf) {
 	var cs int64 = 1
+	var filled []bool
 	if e.img != nil {
 		cs = e.img.clusterSize
+		filled = cb.filled[:len(cb.ms)]
 	}
-	var written int64
+	b := cb.data[:cb.length]
+	cb.runs = cb.runs[:0]
 	runStart := int64(-1)
-	flush := func(end int64) error {
-		if runStart < 0 {
-			return nil
-		}
-		_, err := e.dst.WriteAt(b[runStart:end], base+runStart)
-		if err != nil {
-			return fmt.Errorf("write output at %#x: %w", base+runStart, err)
-		}
-		written += end - runStart
-		runStart = -1
-		return nil
-	}
 	total := int64(len(b))
 	for lo := int64(0); lo < total; lo += holeBlock {
 		hi := min(lo+holeBlock, total)
-		data := false
-		if filled == nil {
-			data = true
-		} else {
-			for c := lo / cs; c <= (hi-1)/cs; c++ {
-				if filled[c] {
-					data = true
-					break
-				}
-			}
+		data := filled == nil
+		for c := lo / cs; !data && c <= (hi-1)/cs; c++ {
+			data = filled[c]
 		}
 		if data && bytes.Equal(b[lo:hi], zeroBlock[:hi-lo]) {
 			data = false
 		}
-		if data {
-			if runStart < 0 {
-				runStart = lo
-			}
-			continue
-		}
-		if err := flush(lo); err != nil {
-			return written, err
+		switch {
+		case data && runStart < 0:
+			runStart = lo
+		case !data && runStart >= 0:
+			cb.runs = append(cb.runs, dataRun{runStart, lo})
+			runStart = -1
 		}
 	}
-	return written, flush(total)
+	if runStart >= 0 {
+		cb.runs = append(cb.runs, dataRun{runStart, total})
+	}
 }
 
 // writebackEvery is how much newly written data triggers a writeback kick.
