@@ -298,7 +298,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 	}
 	queuedLimit := 0
 	if slices.Contains(names, messages.StageResolver) {
-		if err := AwaitJetStream(ctx, js, d.Logger, func() (err error) {
+		if err := AwaitJetStream(ctx, js, d.Logger, func(ctx context.Context) (err error) {
 			queuedLimit, err = QueuedPerNamespace(ctx, js)
 			return err
 		}); err != nil {
@@ -324,7 +324,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 		}
 		d.Metrics.Stage(b.consumer)
 		var r *stage.Runner
-		err := AwaitJetStream(ctx, js, d.Logger, func() (err error) {
+		err := AwaitJetStream(ctx, js, d.Logger, func(ctx context.Context) (err error) {
 			r, err = stage.New(ctx, js, messages.StreamWork, b.consumer, b.filter, classified(b.handler), opts...)
 			return err
 		})
@@ -374,7 +374,11 @@ func leaseStall(d Deps) time.Duration {
 // openFleet binds the fleet bucket for the resolver's coordinator and a
 // converter's host, or says why this process takes no part in the fleet.
 func openFleet(ctx context.Context, js jetstream.JetStream, d Deps, log *slog.Logger) *fleetkv.Store {
-	fl, err := fleetkv.Open(ctx, js, d.Replicas)
+	var fl *fleetkv.Store
+	err := AwaitJetStream(ctx, js, log, func(ctx context.Context) (err error) {
+		fl, err = fleetkv.Open(ctx, js, d.Replicas)
+		return err
+	})
 	if err != nil {
 		log.Warn("no fleet selections for this process (vmprep setup makes the bucket)", "err", err)
 		return nil

@@ -386,7 +386,7 @@ func SetupHealer(ctx context.Context, js jetstream.JetStream, ackWait time.Durat
 // before its NATS server is reachable.
 func WaitForSetup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) (*Infra, error) {
 	var infra *Infra
-	err := AwaitJetStream(ctx, js, cfg.Logger, func() (err error) {
+	err := AwaitJetStream(ctx, js, cfg.Logger, func(ctx context.Context) (err error) {
 		infra, err = Setup(ctx, js, cfg)
 		return err
 	})
@@ -396,18 +396,31 @@ func WaitForSetup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) 
 // AwaitJetStream calls fn until it succeeds, fails with what waiting cannot
 // fix (stage.Unavailable says which), or ctx ends: a process may start before
 // its NATS server is reachable, or while a cluster node is lost and a leader
-// is being elected, and then waits rather than exits.
-func AwaitJetStream(ctx context.Context, js jetstream.JetStream, log *slog.Logger, fn func() error) error {
+// is being elected, and then waits rather than exits. A call the server
+// refuses for want of permission looks like a timeout (the server drops it
+// and says why on the connection): fn's context ends at the refusal, which
+// ends the wait too.
+func AwaitJetStream(ctx context.Context, js jetstream.JetStream, log *slog.Logger, fn func(context.Context) error) error {
+	nc := js.Conn()
 	delay := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		var err error
-		if nc := js.Conn(); nc != nil && !nc.IsConnected() {
+		if nc != nil && !nc.IsConnected() {
 			// fn's calls would wait for the connection and time out with
 			// only "context deadline exceeded"; the connection's own log
 			// says why it cannot connect.
 			err = fmt.Errorf("not connected to NATS at %s (%s): %w", strings.Join(nc.Servers(), ","), strings.ToLower(nc.Status().String()), nats.ErrDisconnected)
-		} else if err = fn(); err == nil {
-			return nil
+		} else {
+			callCtx, cancel := stage.UntilDenied(ctx, nc, "")
+			err = fn(callCtx)
+			refused := err != nil && callCtx.Err() != nil && ctx.Err() == nil
+			cancel()
+			if err == nil {
+				return nil
+			}
+			if refused {
+				return fmt.Errorf("%w: refused: %v", err, nc.LastError())
+			}
 		}
 		if !stage.Unavailable(ctx, err) {
 			if ctx.Err() != nil {
