@@ -148,3 +148,55 @@ func TestHostCannotRelayFleetEntries(t *testing.T) {
 		t.Errorf("host-2 read the plan host-1 relayed: %+v, %v; want %v", p, err, fleetkv.ErrRelayed)
 	}
 }
+
+// TestReplyRelayCannotEraseAKey: every user may call $JS.API.INFO, and the
+// server publishes its answer onto whatever reply subject the caller
+// names, a key-value bucket storing it like any put. alice (a client, no
+// right to the fleet bucket at all) names the subject of the operator's
+// selection: the bucket's last entry of that key becomes the server's
+// account-info answer, and the selection is gone from the fleet (its
+// hosts would unwant it and free its builds). The same erases any key of
+// any bucket (bob's request state, a verified record, an object's meta).
+// Permissions cannot see a reply subject; entries would have to be
+// authenticated (signed by their writer) or read as the last revision
+// their owner wrote. Not fixed.
+func TestReplyRelayCannotEraseAKey(t *testing.T) {
+	t.Skip("HOLE: any user erases any key-value entry by naming its subject as the reply subject of $JS.API.INFO (docs/security.md)")
+	connect := fleetUsers(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	adminJS, _ := jetstream.New(connect("admin"))
+	admin, err := fleetkv.Open(ctx, adminJS, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel, _ := fleet.Selection{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Hosts: "*"}.Normalize(false)
+	if err := admin.PutSelection(ctx, sel); err != nil {
+		t.Fatal(err)
+	}
+	alice := connect("alice")
+	if err := alice.PublishRequest("$JS.API.INFO", "$KV."+fleetkv.Bucket+"."+fleetkv.SelectionKey(sel.ID()), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := adminJS.KeyValue(ctx, fleetkv.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if e, err := kv.Get(ctx, fleetkv.SelectionKey(sel.ID())); err == nil && e.Revision() > 1 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	st, skipped, err := admin.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Selections) != 1 {
+		t.Errorf("alice erased the operator's selection by a reply subject: selections %v, skipped %q", st.Selections, skipped)
+	}
+}
