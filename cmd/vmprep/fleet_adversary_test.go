@@ -149,6 +149,53 @@ func TestHostCannotRelayFleetEntries(t *testing.T) {
 	}
 }
 
+// TestErasedPlanFreesNothing: alice overwrites host-2's plan with the
+// server's answer to $JS.API.INFO (see TestReplyRelayCannotEraseAKey).
+// host-2 must not read it as an empty plan, which would unwant every
+// selection and free every build it holds; it reads an error and keeps
+// what it holds until the resolver writes its plan again.
+func TestErasedPlanFreesNothing(t *testing.T) {
+	connect := fleetUsers(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	resolverJS, _ := jetstream.New(connect("resolver"))
+	resolver, err := fleetkv.Open(ctx, resolverJS, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := resolver.PutPlan(ctx, fleet.Plan{Host: "host-2"}); err != nil {
+		t.Fatal(err)
+	}
+	host2JS, _ := jetstream.New(connect("converter_host-2"))
+	host2, err := fleetkv.Open(ctx, host2JS, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := host2.Plan(ctx, "host-2"); err != nil {
+		t.Fatalf("host-2 reads its plan: %v", err)
+	}
+	alice := connect("alice")
+	subject := "$KV." + fleetkv.Bucket + "." + fleetkv.PlanKey("host-2")
+	if err := alice.PublishRequest("$JS.API.INFO", subject, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		p, err := host2.Plan(ctx, "host-2")
+		if err != nil {
+			t.Logf("host-2 reads its overwritten plan: %v", err)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("host-2's plan still reads %+v: either the overwrite did not land or it reads as a plan", p)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestReplyRelayCannotEraseAKey: every user may call $JS.API.INFO, and the
 // server publishes its answer onto whatever reply subject the caller
 // names, a key-value bucket storing it like any put. alice (a client, no

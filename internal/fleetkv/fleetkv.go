@@ -178,8 +178,9 @@ func (s *Store) DeleteStatus(ctx context.Context, host, id string) error {
 }
 
 // Plan reads host's plan; a host without one has nothing to hold. A plan
-// the server relayed onto the key for someone else (see List) is an
-// error, not an empty plan: the host keeps what it holds.
+// the server relayed onto the key for someone else (see List), or an entry
+// that is not a plan for host, is an error, not an empty plan: the host
+// keeps what it holds.
 func (s *Store) Plan(ctx context.Context, host string) (fleet.Plan, error) {
 	key := PlanKey(host)
 	subject := s.subject(key)
@@ -204,6 +205,12 @@ func (s *Store) Plan(ctx context.Context, host string) (fleet.Plan, error) {
 	var p fleet.Plan
 	if err := json.Unmarshal(m.Data, &p); err != nil {
 		return fleet.Plan{}, fmt.Errorf("read %s/%s: %w", Bucket, key, err)
+	}
+	// Anyone can overwrite the key with a server's answer (an API reply
+	// sent to the key's subject): one that is not a plan for this host
+	// must not read as an empty plan, which would free everything.
+	if p.Host != host {
+		return fleet.Plan{}, fmt.Errorf("read %s/%s: the entry is a plan for host %q, not %q", Bucket, key, p.Host, host)
 	}
 	return p, nil
 }
