@@ -14,6 +14,8 @@ import (
 
 	"github.com/vmprep/vmprep/internal/fleet"
 	"github.com/vmprep/vmprep/internal/fleetkv"
+	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/pkg/messages"
 )
 
 // TestRollupCannotWipeABucket: a JetStream publish with the header
@@ -245,5 +247,58 @@ func TestReplyRelayCannotEraseAKey(t *testing.T) {
 	}
 	if len(st.Selections) != 1 {
 		t.Errorf("alice erased the operator's selection by a reply subject: selections %v, skipped %q", st.Selections, skipped)
+	}
+}
+
+// TestFetcherCannotRelayRequestState: the collector checks every done
+// event against the resolution recorded in bob's request state, which
+// only the resolver writes. A compromised fetcher writes a forged state
+// (a resolution naming its own disk's digest) as a lease value and
+// direct-gets it with the subject of bob's request state as the reply
+// subject: the bucket stores it. Read as bob's state, the genuine
+// verifier's report of the fetcher's object would match it and bob's
+// result would name the attacker's disk. The resolver must refuse it.
+func TestFetcherCannotRelayRequestState(t *testing.T) {
+	connect := fleetUsers(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	resolverJS, _ := jetstream.New(connect("resolver"))
+	requestsKV, err := resolverJS.KeyValue(ctx, messages.BucketRequests)
+	if err != nil {
+		t.Fatal(err)
+	}
+	requests := pipeline.NewRequests(resolverJS.Conn(), requestsKV)
+	key := messages.RequestKey("bob", "r1")
+	if _, err := requestsKV.Put(ctx, key, []byte(`{"namespace":"bob","spec":{"distro":"ubuntu","version":"24.04","arch":"amd64"},"format":"raw","roles":["disk"]}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := requests.Load(ctx, key); err != nil {
+		t.Fatalf("the resolver reads bob's genuine state: %v", err)
+	}
+	fetcher := connect("fetcher")
+	forged := `{"namespace":"bob","spec":{"distro":"ubuntu","version":"24.04","arch":"amd64"},"format":"raw","roles":["disk"],"resolved_from":"forged"}`
+	if _, err := fetcher.Request("$KV."+messages.BucketLeases+".relay", []byte(forged), 5*time.Second); err != nil {
+		t.Fatalf("the fetcher writes a lease: %v", err)
+	}
+	if err := fetcher.PublishRequest("$JS.API.DIRECT.GET.KV_"+messages.BucketLeases+".$KV."+messages.BucketLeases+".relay",
+		"$KV."+messages.BucketRequests+"."+key, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := fetcher.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		e, err := requestsKV.Get(ctx, key)
+		if err == nil && strings.Contains(string(e.Value()), "forged") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the relayed state never landed: the attack did not run")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st, _, err := requests.Load(ctx, key); err == nil {
+		t.Errorf("the resolver took a request state the fetcher relayed: %+v", st)
 	}
 }

@@ -48,12 +48,8 @@ const (
 // maxEntries bounds one listing: hosts × selections of a large fleet fit.
 const maxEntries = 100_000
 
-// ErrRelayed means an entry was published by the server as the answer to
-// someone's request (a direct get naming the key's subject as its reply
-// subject), not written by the key's owner: permissions check only the
-// subject a user publishes to, so a host could otherwise store a selection
-// or another host's plan by relaying the value of its own status key.
-var ErrRelayed = errors.New("entry relayed by the server for another user, not written by its owner")
+// ErrRelayed: see stage.ErrRelayed.
+var ErrRelayed = stage.ErrRelayed
 
 // ErrNoBucket means setup has not made the fleet bucket (nor may this user).
 var ErrNoBucket = errors.New("no fleet bucket " + Bucket + " (run vmprep setup as the operator)")
@@ -183,27 +179,15 @@ func (s *Store) DeleteStatus(ctx context.Context, host, id string) error {
 // keeps what it holds.
 func (s *Store) Plan(ctx context.Context, host string) (fleet.Plan, error) {
 	key := PlanKey(host)
-	subject := s.subject(key)
-	m, err := s.nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET.KV_"+Bucket+"."+subject, nil)
+	data, _, err := stage.GetOwned(ctx, s.nc, Bucket, key)
+	if errors.Is(err, stage.ErrKeyNotFound) {
+		return fleet.Plan{Host: host}, nil
+	}
 	if err != nil {
-		return fleet.Plan{}, fmt.Errorf("read %s/%s: %w", Bucket, key, err)
-	}
-	switch status := m.Header.Get("Status"); status {
-	case "":
-	case "404":
-		return fleet.Plan{Host: host}, nil
-	default:
-		return fleet.Plan{}, fmt.Errorf("read %s/%s: server answered %s %s", Bucket, key, status, m.Header.Get("Description"))
-	}
-	if messages.Relayed(m.Header, "KV_"+Bucket, subject) {
-		return fleet.Plan{}, fmt.Errorf("read %s/%s: %w", Bucket, key, ErrRelayed)
-	}
-	switch m.Header.Get("KV-Operation") {
-	case "DEL", "PURGE":
-		return fleet.Plan{Host: host}, nil
+		return fleet.Plan{}, err
 	}
 	var p fleet.Plan
-	if err := json.Unmarshal(m.Data, &p); err != nil {
+	if err := json.Unmarshal(data, &p); err != nil {
 		return fleet.Plan{}, fmt.Errorf("read %s/%s: %w", Bucket, key, err)
 	}
 	// Anyone can overwrite the key with a server's answer (an API reply
