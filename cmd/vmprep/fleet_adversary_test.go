@@ -121,10 +121,7 @@ func TestHostCannotRelayFleetEntries(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	st, err := fleetkv.Open(ctx, adminJS, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openFleet(ctx, t, admin)
 	loaded, skipped, err := st.Load(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -140,12 +137,7 @@ func TestHostCannotRelayFleetEntries(t *testing.T) {
 			t.Errorf("loading the fleet did not report the relayed %s: skipped %q", key, skipped)
 		}
 	}
-	host2 := connect("converter_host-2")
-	host2JS, _ := jetstream.New(host2)
-	st2, err := fleetkv.Open(ctx, host2JS, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st2 := openFleet(ctx, t, connect("converter_host-2"))
 	if p, err := st2.Plan(ctx, "host-2"); !errors.Is(err, fleetkv.ErrRelayed) {
 		t.Errorf("host-2 read the plan host-1 relayed: %+v, %v; want %v", p, err, fleetkv.ErrRelayed)
 	}
@@ -160,19 +152,11 @@ func TestErasedPlanFreesNothing(t *testing.T) {
 	connect := fleetUsers(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	resolverJS, _ := jetstream.New(connect("resolver"))
-	resolver, err := fleetkv.Open(ctx, resolverJS, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resolver := openFleet(ctx, t, connect("resolver"))
 	if err := resolver.PutPlan(ctx, fleet.Plan{Host: "host-2"}); err != nil {
 		t.Fatal(err)
 	}
-	host2JS, _ := jetstream.New(connect("converter_host-2"))
-	host2, err := fleetkv.Open(ctx, host2JS, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	host2 := openFleet(ctx, t, connect("converter_host-2"))
 	if _, err := host2.Plan(ctx, "host-2"); err != nil {
 		t.Fatalf("host-2 reads its plan: %v", err)
 	}
@@ -214,11 +198,9 @@ func TestReplyRelayCannotEraseAKey(t *testing.T) {
 	connect := fleetUsers(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	adminJS, _ := jetstream.New(connect("admin"))
-	admin, err := fleetkv.Open(ctx, adminJS, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	adminNC := connect("admin")
+	admin := openFleet(ctx, t, adminNC)
+	adminJS, _ := jetstream.New(adminNC)
 	sel, _ := fleet.Selection{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Hosts: "*"}.Normalize(false)
 	if err := admin.PutSelection(ctx, sel); err != nil {
 		t.Fatal(err)
@@ -301,4 +283,18 @@ func TestFetcherCannotRelayRequestState(t *testing.T) {
 	if st, _, err := requests.Load(ctx, key); err == nil {
 		t.Errorf("the resolver took a request state the fetcher relayed: %+v", st)
 	}
+}
+
+// openFleet opens the fleet bucket as nc's user.
+func openFleet(ctx context.Context, t *testing.T, nc *nats.Conn) *fleetkv.Store {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := fleetkv.Open(ctx, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

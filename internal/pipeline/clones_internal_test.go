@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/pkg/digest"
@@ -91,16 +92,7 @@ func TestCollectorAdmitsOnlyTheClonesAsked(t *testing.T) {
 // request naming the same file is refused (and replaces it only with force).
 func TestConverterClonesOnce(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := bytes.Repeat([]byte("disk"), 1<<14)
-	sum := sha256.Sum256(data)
-	blob, err := st.Ingest(ctx, digest.Digest{Algorithm: digest.SHA256, Hex: hex.EncodeToString(sum[:])}, int64(len(data)), bytes.NewReader(data))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, blob := storeWithDisk(ctx, t)
 	dir := t.TempDir()
 	c := &ConverterStage{Store: st, Host: "mac1", CloneDir: dir, Logger: slog.New(slog.DiscardHandler)}
 	event := func(id string, clones ...messages.CloneRequest) messages.AssetEvent {
@@ -167,16 +159,7 @@ func TestConverterClonesOnce(t *testing.T) {
 // alice may.
 func TestCloneForceStaysInItsNamespace(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := bytes.Repeat([]byte("disk"), 1<<14)
-	sum := sha256.Sum256(data)
-	blob, err := st.Ingest(ctx, digest.Digest{Algorithm: digest.SHA256, Hex: hex.EncodeToString(sum[:])}, int64(len(data)), bytes.NewReader(data))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, blob := storeWithDisk(ctx, t)
 	c := &ConverterStage{Store: st, Host: "mac1", CloneDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)}
 	event := func(ns, id string, force bool) messages.AssetEvent {
 		return messages.AssetEvent{Namespace: ns, RequestID: id, Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64},
@@ -212,4 +195,20 @@ func TestCloneForceStaysInItsNamespace(t *testing.T) {
 			t.Errorf("%s replaced alice's clone", tc.what)
 		}
 	}
+}
+
+// storeWithDisk is a store holding one small disk blob.
+func storeWithDisk(ctx context.Context, t *testing.T) (*store.Store, content.BlobInfo) {
+	t.Helper()
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("disk"), 1<<14)
+	sum := sha256.Sum256(data)
+	blob, err := st.Ingest(ctx, digest.Digest{Algorithm: digest.SHA256, Hex: hex.EncodeToString(sum[:])}, int64(len(data)), bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, blob
 }
