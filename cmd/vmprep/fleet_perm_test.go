@@ -24,48 +24,12 @@ import (
 // its own plan and writes its own status, and the server refuses every
 // other write.
 func TestFleetPermissions(t *testing.T) {
-	const pw = "s3cret-for-tests"
-	for _, u := range []string{"ADMIN", "ALICE", "BOB", "CONVERTER", "FETCHER", "RESOLVER", "VERIFIER"} {
-		t.Setenv("VMPREP_"+u+"_PASSWORD", pw)
-	}
-	out := t.TempDir()
-	var stdout, stderr strings.Builder
-	if code := run([]string{"users", "converters", "--hosts", "host-1,host-2", "--auth", "../../deploy/nats/auth.conf", "--out", out, "--cost", "4"}, &stdout, &stderr); code != 0 {
-		t.Fatalf("users converters: %s", stderr.String())
-	}
-	cfg, err := natsembed.LoadConfig(filepath.Join(out, "auth.conf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Config: cfg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	adminPW := filepath.Join(out, "admin.password")
-	if err := os.WriteFile(adminPW, []byte(pw+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if code := run([]string{"setup", "--nats", srv.ClientURL(), "--user", "admin", "--password-file", adminPW}, &stdout, &stderr); code != 0 {
-		t.Fatalf("setup as admin: %s", stderr.String())
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	connect := fleetUsers(t)
 	as := func(user string) (*nats.Conn, *fleetkv.Store) {
 		t.Helper()
-		password := pw
-		if strings.HasPrefix(user, "converter_") {
-			b, err := os.ReadFile(filepath.Join(out, user+".password"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			password = strings.TrimSpace(string(b))
-		}
-		nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(user, password), nats.CustomInboxPrefix("_INBOX_"+user))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
+		nc := connect(user)
 		js, _ := jetstream.New(nc)
 		st, err := fleetkv.Open(ctx, js, 1)
 		if err != nil {
@@ -167,5 +131,54 @@ func TestFleetPermissions(t *testing.T) {
 	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		t.Error("a refusal was only seen as a timeout")
+	}
+}
+
+// fleetUsers starts a nats-server with deploy/nats/auth.conf's users and
+// two converter hosts' (host-1, host-2, from `vmprep users converters`),
+// runs setup as admin, and returns a way to connect as a user.
+func fleetUsers(t *testing.T) func(user string) *nats.Conn {
+	t.Helper()
+	const pw = "s3cret-for-tests"
+	for _, u := range []string{"ADMIN", "ALICE", "BOB", "CONVERTER", "FETCHER", "RESOLVER", "VERIFIER"} {
+		t.Setenv("VMPREP_"+u+"_PASSWORD", pw)
+	}
+	out := t.TempDir()
+	var stdout, stderr strings.Builder
+	if code := run([]string{"users", "converters", "--hosts", "host-1,host-2", "--auth", "../../deploy/nats/auth.conf", "--out", out, "--cost", "4"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("users converters: %s", stderr.String())
+	}
+	cfg, err := natsembed.LoadConfig(filepath.Join(out, "auth.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	adminPW := filepath.Join(out, "admin.password")
+	if err := os.WriteFile(adminPW, []byte(pw+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code := run([]string{"setup", "--nats", srv.ClientURL(), "--user", "admin", "--password-file", adminPW, "--store", "nats:vmprep"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("setup as admin: %s", stderr.String())
+	}
+	return func(user string) *nats.Conn {
+		t.Helper()
+		password := pw
+		if strings.HasPrefix(user, "converter_") {
+			b, err := os.ReadFile(filepath.Join(out, user+".password"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			password = strings.TrimSpace(string(b))
+		}
+		nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(user, password), nats.CustomInboxPrefix("_INBOX_"+user))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
 	}
 }

@@ -27,6 +27,7 @@ import (
 
 	"github.com/vmprep/vmprep/internal/fleet"
 	"github.com/vmprep/vmprep/internal/stage"
+	"github.com/vmprep/vmprep/pkg/messages"
 )
 
 // Bucket is the fleet's key-value bucket.
@@ -46,6 +47,9 @@ const (
 
 // maxEntries bounds one listing: hosts × selections of a large fleet fit.
 const maxEntries = 100_000
+
+// ErrRelayed: see stage.ErrRelayed.
+var ErrRelayed = stage.ErrRelayed
 
 // ErrNoBucket means setup has not made the fleet bucket (nor may this user).
 var ErrNoBucket = errors.New("no fleet bucket " + Bucket + " (run vmprep setup as the operator)")
@@ -169,18 +173,28 @@ func (s *Store) DeleteStatus(ctx context.Context, host, id string) error {
 	return s.delete(ctx, StatusKey(host, id))
 }
 
-// Plan reads host's plan; a host without one has nothing to hold.
+// Plan reads host's plan; a host without one has nothing to hold. A plan
+// the server relayed onto the key for someone else (see List), or an entry
+// that is not a plan for host, is an error, not an empty plan: the host
+// keeps what it holds.
 func (s *Store) Plan(ctx context.Context, host string) (fleet.Plan, error) {
-	e, err := s.kv.Get(ctx, PlanKey(host))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	key := PlanKey(host)
+	data, _, err := stage.GetOwned(ctx, s.nc, Bucket, key)
+	if errors.Is(err, stage.ErrKeyNotFound) {
 		return fleet.Plan{Host: host}, nil
 	}
 	if err != nil {
-		return fleet.Plan{}, fmt.Errorf("read %s/%s: %w", Bucket, PlanKey(host), err)
+		return fleet.Plan{}, err
 	}
 	var p fleet.Plan
-	if err := json.Unmarshal(e.Value(), &p); err != nil {
-		return fleet.Plan{}, fmt.Errorf("read %s/%s: %w", Bucket, PlanKey(host), err)
+	if err := json.Unmarshal(data, &p); err != nil {
+		return fleet.Plan{}, fmt.Errorf("read %s/%s: %w", Bucket, key, err)
+	}
+	// Anyone can overwrite the key with a server's answer (an API reply
+	// sent to the key's subject): one that is not a plan for this host
+	// must not read as an empty plan, which would free everything.
+	if p.Host != host {
+		return fleet.Plan{}, fmt.Errorf("read %s/%s: the entry is a plan for host %q, not %q", Bucket, key, p.Host, host)
 	}
 	return p, nil
 }
@@ -219,9 +233,12 @@ type State struct {
 // An entry that does not decode is skipped with its key in skipped: one
 // bad entry must not stop the fleet.
 func (s *Store) Load(ctx context.Context) (st State, skipped []string, err error) {
-	entries, err := s.List(ctx, ">")
+	entries, relayed, err := s.List(ctx, ">")
 	if err != nil {
 		return State{}, nil, err
+	}
+	for _, key := range relayed {
+		skipped = append(skipped, fmt.Sprintf("%s: %v", key, ErrRelayed))
 	}
 	st.Builds = map[string]fleet.Build{}
 	st.Plans = map[string]fleet.Plan{}
@@ -294,21 +311,22 @@ type multiLast struct {
 }
 
 // List returns the value of every key matching filter ("sel.>", ">"),
-// deleted keys left out.
-func (s *Store) List(ctx context.Context, filter string) (map[string][]byte, error) {
+// deleted keys left out, and the keys whose last entry the server relayed
+// (ErrRelayed), left out too.
+func (s *Store) List(ctx context.Context, filter string) (entries map[string][]byte, relayed []string, err error) {
 	body, err := json.Marshal(multiLast{MultiLast: []string{s.subject(filter)}, Batch: maxEntries})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	inbox := s.nc.NewInbox()
 	msgs := make(chan *nats.Msg, 256)
 	sub, err := s.nc.ChanSubscribe(inbox, msgs)
 	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", Bucket, err)
+		return nil, nil, fmt.Errorf("list %s: %w", Bucket, err)
 	}
 	defer sub.Unsubscribe() //nolint:errcheck // the inbox is ours alone
 	if err := s.nc.PublishRequest("$JS.API.DIRECT.GET.KV_"+Bucket, inbox, body); err != nil {
-		return nil, fmt.Errorf("list %s: %w", Bucket, err)
+		return nil, nil, fmt.Errorf("list %s: %w", Bucket, err)
 	}
 	out := map[string][]byte{}
 	prefix := "$KV." + Bucket + "."
@@ -317,25 +335,36 @@ func (s *Store) List(ctx context.Context, filter string) (map[string][]byte, err
 	for {
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("list %s: %w", Bucket, ctx.Err())
+			return nil, nil, fmt.Errorf("list %s: %w", Bucket, ctx.Err())
 		case <-timer.C:
-			return nil, fmt.Errorf("list %s: no answer from the server (nats-server 2.11+ with direct gets allowed on the bucket)", Bucket)
+			return nil, nil, fmt.Errorf("list %s: no answer from the server (nats-server 2.11+ with direct gets allowed on the bucket)", Bucket)
 		case m := <-msgs:
 			timer.Reset(5 * time.Second)
 			switch status := m.Header.Get("Status"); status {
 			case "":
 			case "404":
-				return out, nil
+				return out, relayed, nil
 			case "204":
 				if p := m.Header.Get("Nats-Num-Pending"); p != "" && p != "0" {
-					return nil, fmt.Errorf("list %s: more than %d entries", Bucket, maxEntries)
+					return nil, nil, fmt.Errorf("list %s: more than %d entries", Bucket, maxEntries)
 				}
-				return out, nil
+				return out, relayed, nil
 			default:
-				return nil, fmt.Errorf("list %s: server answered %s %s", Bucket, status, m.Header.Get("Description"))
+				return nil, nil, fmt.Errorf("list %s: server answered %s %s", Bucket, status, m.Header.Get("Description"))
 			}
-			key, ok := strings.CutPrefix(m.Header.Get("Nats-Subject"), prefix)
+			// A relayed entry has two subjects: its own, stored, and the
+			// key's, which the direct get adds last.
+			subjects := m.Header.Values("Nats-Subject")
+			if len(subjects) == 0 {
+				continue
+			}
+			key, ok := strings.CutPrefix(subjects[len(subjects)-1], prefix)
 			if !ok {
+				continue
+			}
+			if messages.Relayed(m.Header, "KV_"+Bucket, subjects[len(subjects)-1]) {
+				delete(out, key)
+				relayed = append(relayed, key)
 				continue
 			}
 			switch m.Header.Get("KV-Operation") {

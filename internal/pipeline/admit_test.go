@@ -219,7 +219,7 @@ func TestForgedDoneChangesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reqs := NewRequests(kv)
+	reqs := NewRequests(js.Conn(), kv)
 	cache, err := store.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)

@@ -132,7 +132,9 @@ func cloneLockName(dest string) string {
 // cloneOnce decides what to do about an existing file at dest: nothing
 // there (nil, nil: make the clone); this request's own clone of base, made
 // before a redelivery (that clone); a clone this host recorded, which c may
-// replace with Force (nil, nil); anything else is refused.
+// replace with Force if a request of the same namespace made it (nil, nil);
+// anything else is refused. A clone is a running VM's disk: another
+// tenant naming it must not replace it.
 func (s *ConverterStage) cloneOnce(c messages.CloneRequest, dest, base, key string) (*messages.Clone, error) {
 	fi, err := os.Lstat(dest)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -167,6 +169,8 @@ func (s *ConverterStage) cloneOnce(c messages.CloneRequest, dest, base, key stri
 		return nil, stage.Permanent(fmt.Errorf("%s exists: %w (a request may replace only a clone this host made, with force)", dest, clone.ErrExists))
 	case !recorded:
 		return nil, stage.Permanent(fmt.Errorf("%s exists and is not a clone this host recorded: not replaced, even with force", dest))
+	case messages.NamespaceOfKey(use.Request) != messages.NamespaceOfKey(key):
+		return nil, stage.Permanent(fmt.Errorf("%s is a clone of another namespace: not replaced, even with force", dest))
 	}
 	return nil, nil
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/pkg/digest"
@@ -91,16 +92,7 @@ func TestCollectorAdmitsOnlyTheClonesAsked(t *testing.T) {
 // request naming the same file is refused (and replaces it only with force).
 func TestConverterClonesOnce(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := bytes.Repeat([]byte("disk"), 1<<14)
-	sum := sha256.Sum256(data)
-	blob, err := st.Ingest(ctx, digest.Digest{Algorithm: digest.SHA256, Hex: hex.EncodeToString(sum[:])}, int64(len(data)), bytes.NewReader(data))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, blob := storeWithDisk(ctx, t)
 	dir := t.TempDir()
 	c := &ConverterStage{Store: st, Host: "mac1", CloneDir: dir, Logger: slog.New(slog.DiscardHandler)}
 	event := func(id string, clones ...messages.CloneRequest) messages.AssetEvent {
@@ -159,4 +151,64 @@ func TestConverterClonesOnce(t *testing.T) {
 	if _, err := c.makeClones(ctx, event("r5", messages.CloneRequest{Name: "vm5.raw"}), blob.Path, noProgress); !stage.IsPermanent(err) || !strings.Contains(err.Error(), "no clone directory") {
 		t.Errorf("no clone directory: %v", err)
 	}
+}
+
+// TestCloneForceStaysInItsNamespace: force replaces a clone this host
+// recorded, but a clone is a VM's disk: bob, naming alice's clone with
+// force, must not replace it (he did: any recorded clone was fair game);
+// alice may.
+func TestCloneForceStaysInItsNamespace(t *testing.T) {
+	ctx := context.Background()
+	st, blob := storeWithDisk(ctx, t)
+	c := &ConverterStage{Store: st, Host: "mac1", CloneDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)}
+	event := func(ns, id string, force bool) messages.AssetEvent {
+		return messages.AssetEvent{Namespace: ns, RequestID: id, Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64},
+			Format: image.FormatRaw, Target: "mac1", Clones: []messages.CloneRequest{{Name: "vm1.raw", Force: force}}}
+	}
+	noProgress := func(messages.Progress) {}
+	alices, err := c.makeClones(ctx, event("alice", "a1", false), blob.Path, noProgress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.Stat(alices[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		what, ns, id, refusal string
+	}{
+		{"bob, with force", "bob", "b1", "another namespace"},
+		{"a request of no namespace, with force", "", "n1", "another namespace"},
+		{"alice again, with force", "alice", "a2", ""},
+	} {
+		_, err := c.makeClones(ctx, event(tc.ns, tc.id, true), blob.Path, noProgress)
+		after, serr := os.Stat(alices[0].Path)
+		if serr != nil {
+			t.Fatal(serr)
+		}
+		switch {
+		case tc.refusal == "" && err != nil:
+			t.Errorf("%s: %v", tc.what, err)
+		case tc.refusal != "" && (!stage.IsPermanent(err) || !strings.Contains(err.Error(), tc.refusal)):
+			t.Errorf("%s: %v, want a permanent refusal naming %q", tc.what, err, tc.refusal)
+		case tc.refusal != "" && !os.SameFile(before, after):
+			t.Errorf("%s replaced alice's clone", tc.what)
+		}
+	}
+}
+
+// storeWithDisk is a store holding one small disk blob.
+func storeWithDisk(ctx context.Context, t *testing.T) (*store.Store, content.BlobInfo) {
+	t.Helper()
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("disk"), 1<<14)
+	sum := sha256.Sum256(data)
+	blob, err := st.Ingest(ctx, digest.Digest{Algorithm: digest.SHA256, Hex: hex.EncodeToString(sum[:])}, int64(len(data)), bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, blob
 }

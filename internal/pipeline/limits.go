@@ -104,7 +104,7 @@ type StreamLimits struct {
 }
 
 // ApplyLimits gives the pipeline's streams, the key-value buckets kvBuckets
-// and the object bucket (if named) the limits l, updating those whose
+// (and no roll-ups) and the object bucket (if named) the limits l, updating those whose
 // limits differ, and returns every stream's limits. Setup must have
 // created them.
 func ApplyLimits(ctx context.Context, js jetstream.JetStream, l Limits, kvBuckets []string, objectBucket string, log *slog.Logger) ([]StreamLimits, error) {
@@ -136,10 +136,15 @@ func ApplyLimits(ctx context.Context, js jetstream.JetStream, l Limits, kvBucket
 	}
 	for _, b := range kvBuckets {
 		// A bucket's max age is its TTL (the leases' lapse): not a size limit.
+		// No roll-ups: a publish with "Nats-Rollup: all" on the one key a
+		// user may write purges the whole bucket (permissions see only the
+		// subject), so a converter host could wipe every selection and plan
+		// of the fleet. vmprep purges no key (deletes are markers), and
+		// nats.go creates buckets with roll-ups allowed.
 		plan = append(plan, struct {
 			stream string
 			set    change
-		}{"KV_" + b, func(c *jetstream.StreamConfig) { c.MaxBytes = l.BucketMaxBytes }})
+		}{"KV_" + b, func(c *jetstream.StreamConfig) { c.MaxBytes, c.AllowRollup = l.BucketMaxBytes, false }})
 	}
 	if objectBucket != "" {
 		plan = append(plan, struct {
@@ -183,7 +188,7 @@ func sameLimits(a, b jetstream.StreamConfig) bool {
 	ma, _ := json.Marshal(a.Metadata)
 	mb, _ := json.Marshal(b.Metadata)
 	return a.MaxMsgs == b.MaxMsgs && a.MaxBytes == b.MaxBytes && a.MaxAge == b.MaxAge &&
-		a.MaxMsgSize == b.MaxMsgSize && a.Discard == b.Discard && string(ma) == string(mb)
+		a.MaxMsgSize == b.MaxMsgSize && a.Discard == b.Discard && a.AllowRollup == b.AllowRollup && string(ma) == string(mb)
 }
 
 // QueuedPerNamespace is the per-namespace request limit vmprep setup

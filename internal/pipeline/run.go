@@ -234,7 +234,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 				Leases: infra.leasesFor(holder+"/"+strconv.Itoa(os.Getpid()), leaseStall(d)), Progress: progress, Logger: log, Metrics: d.Metrics, OriginTimeout: d.OriginTimeout}
 			bindings = append(bindings, binding{name, name, messages.SubjectFetch, h.Handle, messages.DoneSubject(name)})
 		case messages.StageVerifier:
-			h := &VerifierStage{Store: d.Store, Objects: infra.Objects, Verified: newVerifiedObjects(infra.Verified), Progress: progress, Logger: log, Metrics: d.Metrics,
+			h := &VerifierStage{Store: d.Store, Objects: infra.Objects, Verified: newVerifiedObjects(nc, infra.Verified), Progress: progress, Logger: log, Metrics: d.Metrics,
 				TargetKnown: func(ctx context.Context, host string) (bool, error) {
 					_, err := js.Consumer(ctx, messages.StreamWork, messages.TargetConsumer(host))
 					if errors.Is(err, jetstream.ErrConsumerNotFound) {

@@ -171,7 +171,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg SetupConfig) (*Infra
 		}
 		switch want.Bucket {
 		case messages.BucketRequests:
-			infra.Requests = &Requests{kv: kv}
+			infra.Requests = NewRequests(js.Conn(), kv)
 		case messages.BucketLeases:
 			infra.Leases = kv
 		case messages.BucketVerified:

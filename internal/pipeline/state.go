@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/pkg/catalog"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
@@ -45,25 +47,30 @@ var errStateNotFound = errors.New("no request state")
 
 // Requests is the request state bucket: one entry per request id, updated
 // by compare-and-set so that concurrent workers agree.
-type Requests struct{ kv jetstream.KeyValue }
+type Requests struct {
+	kv jetstream.KeyValue
+	nc *nats.Conn
+}
 
-// NewRequests wraps the request state bucket.
-func NewRequests(kv jetstream.KeyValue) *Requests { return &Requests{kv: kv} }
+// NewRequests wraps the request state bucket, read through nc.
+func NewRequests(nc *nats.Conn, kv jetstream.KeyValue) *Requests { return &Requests{kv: kv, nc: nc} }
 
 // Load returns the state of request id and its revision, or errStateNotFound.
+// A state the server relayed onto the key for another user is refused
+// (stage.ErrRelayed): the collector checks every report against it.
 func (r *Requests) Load(ctx context.Context, id string) (requestState, uint64, error) {
 	var st requestState
-	e, err := r.kv.Get(ctx, id)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	data, rev, err := stage.GetOwned(ctx, r.nc, messages.BucketRequests, id)
+	if errors.Is(err, stage.ErrKeyNotFound) {
 		return st, 0, fmt.Errorf("request %s: %w", id, errStateNotFound)
 	}
 	if err != nil {
-		return st, 0, err
+		return st, 0, fmt.Errorf("request %s: %w", id, err)
 	}
-	if err := json.Unmarshal(e.Value(), &st); err != nil {
+	if err := json.Unmarshal(data, &st); err != nil {
 		return st, 0, fmt.Errorf("request %s: corrupt state: %w", id, err)
 	}
-	return st, e.Revision(), nil
+	return st, rev, nil
 }
 
 // Create records the first state of request id; one that exists already is

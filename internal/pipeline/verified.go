@@ -10,12 +10,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/vmprep/vmprep/internal/objectstore"
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/image"
+	"github.com/vmprep/vmprep/pkg/messages"
 )
 
 // errObjectMismatch: an object's bytes are not what the signed manifest says.
@@ -45,14 +48,15 @@ type verifiedRecord struct {
 // version in this process share one stream.
 type verifiedObjects struct {
 	kv jetstream.KeyValue
+	nc *nats.Conn // reads records refusing relayed ones (stage.GetOwned)
 	// flight shares one stream among concurrent checks of one version. Its
 	// waiters wait for the first caller's stream, which ends with that
 	// caller's context: in a runner, every handler's ends with the drain.
 	flight singleflight.Group
 }
 
-func newVerifiedObjects(kv jetstream.KeyValue) *verifiedObjects {
-	return &verifiedObjects{kv: kv}
+func newVerifiedObjects(nc *nats.Conn, kv jetstream.KeyValue) *verifiedObjects {
+	return &verifiedObjects{kv: kv, nc: nc}
 }
 
 func verifiedKey(d digest.Digest) string { return string(d.Algorithm) + "." + strings.ToLower(d.Hex) }
@@ -74,14 +78,17 @@ func (v *verifiedObjects) Recheck(ctx context.Context, objs *objectstore.Store, 
 	return v.verify(ctx, objs, info, a, nil, "recheck:", reportSeq)
 }
 
-// record is the verification recorded for d, if any.
+// record is the verification recorded for d, if any. A record the server
+// relayed onto the key (a fetcher direct-getting a lease value it wrote,
+// with the record's subject as reply subject) is none: it would let bytes
+// the fetcher stored under a real digest pass unstreamed.
 func (v *verifiedObjects) record(ctx context.Context, d digest.Digest) (verifiedRecord, bool) {
-	e, err := v.kv.Get(ctx, verifiedKey(d))
+	data, _, err := stage.GetOwned(ctx, v.nc, messages.BucketVerified, verifiedKey(d))
 	if err != nil {
 		return verifiedRecord{}, false
 	}
 	var rec verifiedRecord
-	if json.Unmarshal(e.Value(), &rec) != nil {
+	if json.Unmarshal(data, &rec) != nil {
 		return verifiedRecord{}, false
 	}
 	return rec, true

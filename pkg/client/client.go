@@ -14,7 +14,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -279,7 +278,7 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 		for got == nil {
 			select {
 			case m := <-live:
-				if relayed(m.Header, "", "") {
+				if messages.Relayed(m.Header, "", "") {
 					// A stream's message the server published here as the
 					// reply to someone's request: not the collector's.
 					continue
@@ -393,7 +392,7 @@ func (c *Client) lastResult(ctx context.Context, subject string) ([]byte, error)
 	}
 	switch status := m.Header.Get("Status"); status {
 	case "":
-		if relayed(m.Header, messages.StreamResults, subject) {
+		if messages.Relayed(m.Header, messages.StreamResults, subject) {
 			// Stored, but it came from another stream, relayed here as the
 			// reply to someone's direct get: no result of the collector's.
 			return nil, nil
@@ -404,32 +403,6 @@ func (c *Client) lastResult(ctx context.Context, subject string) ([]byte, error)
 	default:
 		return nil, fmt.Errorf("read the result of %s: server answered %s %s", subject, status, m.Header.Get("Description"))
 	}
-}
-
-// relayed reports whether a message on a result subject was published by
-// the server on someone's behalf rather than by the collector. nats-server
-// checks the subject a client publishes to, never the reply subject it
-// names, and answers a direct get there: anyone who may direct-get from a
-// stream whose content it writes can have that content delivered onto any
-// subject, and the results stream stores it. Such an answer always carries
-// the server's Nats-Stream and Nats-Subject headers (a stored one keeps
-// them, and a direct get of it adds its own). A live result from the
-// collector has none; a direct get of a stored one has exactly one of each,
-// naming stream and subject.
-func relayed(h nats.Header, stream, subject string) bool {
-	var streams, subjects []string
-	for k, v := range h {
-		switch {
-		case strings.EqualFold(k, "Nats-Stream"):
-			streams = append(streams, v...)
-		case strings.EqualFold(k, "Nats-Subject"):
-			subjects = append(subjects, v...)
-		}
-	}
-	if stream == "" {
-		return len(streams) > 0 || len(subjects) > 0
-	}
-	return len(streams) != 1 || streams[0] != stream || len(subjects) != 1 || subjects[0] != subject
 }
 
 // ReportCorrupt tells the deployment that object version ref read wrong

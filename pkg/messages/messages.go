@@ -140,6 +140,16 @@ func RequestKey(ns, id string) string {
 	return ns + "." + id
 }
 
+// NamespaceOfKey is the namespace of request state key key (RequestKey):
+// namespaces and request ids have no '.'.
+func NamespaceOfKey(key string) string {
+	ns, _, ok := strings.Cut(key, ".")
+	if !ok {
+		return ""
+	}
+	return ns
+}
+
 // ResultSubject is where the result of request id (default namespace) is published.
 func ResultSubject(id string) string { return SubjectResultPrefix + id }
 

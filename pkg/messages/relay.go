@@ -1,0 +1,30 @@
+package messages
+
+import "strings"
+
+// Relayed reports whether a message was published by the server on
+// someone's behalf rather than by the party that writes its subject.
+// nats-server checks the subject a client publishes to, never the reply
+// subject it names, and answers a direct get there: anyone who may
+// direct-get from a stream whose content it writes can have that content
+// delivered onto any subject, and a stream (results, a key-value bucket)
+// stores it. Such an answer always carries the server's Nats-Stream and
+// Nats-Subject headers (a stored one keeps them, and a direct get of it
+// adds its own). With stream "", h is of a live message, which must have
+// none; otherwise h is of a direct get of stream, which must have exactly
+// one of each, naming stream and subject.
+func Relayed(h map[string][]string, stream, subject string) bool {
+	var streams, subjects []string
+	for k, v := range h {
+		switch {
+		case strings.EqualFold(k, "Nats-Stream"):
+			streams = append(streams, v...)
+		case strings.EqualFold(k, "Nats-Subject"):
+			subjects = append(subjects, v...)
+		}
+	}
+	if stream == "" {
+		return len(streams) > 0 || len(subjects) > 0
+	}
+	return len(streams) != 1 || streams[0] != stream || len(subjects) != 1 || subjects[0] != subject
+}
