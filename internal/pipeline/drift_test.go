@@ -7,13 +7,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vmprep/vmprep/internal/metrics"
-	"github.com/vmprep/vmprep/internal/natsembed"
 	"github.com/vmprep/vmprep/internal/ops"
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/stage"
@@ -28,33 +25,8 @@ import (
 // (a deliver policy), which setup makes again without losing its work.
 func TestConsumerDrift(t *testing.T) {
 	t.Parallel()
-	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), Config: &server.Options{
-		Users: []*server.User{
-			{Username: "admin", Password: "admin-pw"},
-			{Username: "stage", Password: "stage-pw", Permissions: &server.Permissions{
-				Publish: &server.SubjectPermission{Allow: []string{"$JS.API.INFO", "$JS.API.STREAM.INFO.>",
-					"$JS.API.CONSUMER.INFO.VMPREP_WORK.fetcher", "$JS.API.CONSUMER.MSG.NEXT.VMPREP_WORK.fetcher", "$JS.ACK.VMPREP_WORK.fetcher.>"}},
-				Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX_stage.>"}},
-			}},
-		},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	connect := func(user string) jetstream.JetStream {
-		nc, err := srv.Connect(nats.UserInfo(user, user+"-pw"), nats.CustomInboxPrefix("_INBOX_"+user))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return js
-	}
-	admin, stageJS := connect("admin"), connect("stage")
+	admin, stageJS := adminAndStage(t, "$JS.API.INFO", "$JS.API.STREAM.INFO.>",
+		"$JS.API.CONSUMER.INFO.VMPREP_WORK.fetcher", "$JS.API.CONSUMER.MSG.NEXT.VMPREP_WORK.fetcher", "$JS.ACK.VMPREP_WORK.fetcher.>")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if _, err := pipeline.Setup(ctx, admin, pipeline.SetupConfig{}); err != nil {

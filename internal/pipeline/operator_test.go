@@ -23,39 +23,13 @@ import (
 // operator's setup keeps what the operator changed.
 func TestSetupByTheOperator(t *testing.T) {
 	t.Parallel()
-	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), Config: &server.Options{
-		Users: []*server.User{
-			{Username: "admin", Password: "admin-pw"},
-			{Username: "stage", Password: "stage-pw", Permissions: &server.Permissions{
-				Publish: &server.SubjectPermission{Allow: []string{"$JS.API.INFO", "$JS.API.STREAM.INFO.>", "$JS.API.CONSUMER.INFO.>"}},
-				// its own inbox only
-				Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX_stage.>"}},
-			}},
-		},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	connect := func(user string) jetstream.JetStream {
-		nc, err := srv.Connect(nats.UserInfo(user, user+"-pw"), nats.CustomInboxPrefix("_INBOX_"+user))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return js
-	}
-	admin, stageJS := connect("admin"), connect("stage")
+	admin, stageJS := adminAndStage(t, "$JS.API.INFO", "$JS.API.STREAM.INFO.>", "$JS.API.CONSUMER.INFO.>")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cfg := pipeline.SetupConfig{ObjectBucket: "b"}
 
 	// Before setup: said at once, not waited on until ctx ends.
-	_, err = pipeline.WaitForSetup(ctx, stageJS, cfg)
+	_, err := pipeline.WaitForSetup(ctx, stageJS, cfg)
 	if !errors.Is(err, stage.ErrCreateDenied) || ctx.Err() != nil {
 		t.Fatalf("stage user before setup: %v (ctx %v), want %v", err, ctx.Err(), stage.ErrCreateDenied)
 	}
@@ -109,4 +83,41 @@ func TestSetupByTheOperator(t *testing.T) {
 	if !errors.Is(err, stage.ErrCreateDenied) || !strings.Contains(err.Error(), "consumer verifier of stream VMPREP_WORK missing and this user may not create it") {
 		t.Errorf("stage user binding a missing consumer: %v", err)
 	}
+}
+
+// adminAndStage starts a server with an admin user (no limits) and a stage
+// user that may publish only to allow (and read its own inbox), and returns
+// a JetStream handle for each.
+func adminAndStage(t *testing.T, allow ...string) (admin, stage jetstream.JetStream) {
+	t.Helper()
+	// In-process only: a configuration with no listener would take
+	// nats-server's default port, and parallel tests would fight over it.
+	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), Config: &server.Options{
+		DontListen: true,
+		Users: []*server.User{
+			{Username: "admin", Password: "admin-pw"},
+			{Username: "stage", Password: "stage-pw", Permissions: &server.Permissions{
+				Publish: &server.SubjectPermission{Allow: allow},
+				// its own inbox only
+				Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX_stage.>"}},
+			}},
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	connect := func(user string) jetstream.JetStream {
+		nc, err := srv.Connect(nats.UserInfo(user, user+"-pw"), nats.CustomInboxPrefix("_INBOX_"+user))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return js
+	}
+	return connect("admin"), connect("stage")
 }

@@ -46,7 +46,9 @@ func TestDenied(t *testing.T) {
 func TestDeniedByARealServer(t *testing.T) {
 	t.Parallel()
 	const stream = "VMPREP_WORK"
+	// In-process only (no listener, so not nats-server's default port).
 	srv, err := natsembed.Start(natsembed.Options{StoreDir: t.TempDir(), Config: &server.Options{
+		DontListen: true,
 		Users: []*server.User{{Username: "stage", Password: "stage-pw", Permissions: &server.Permissions{
 			Publish:   &server.SubjectPermission{Allow: []string{"$JS.API.INFO", "$JS.API.STREAM.INFO.>"}},
 			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
