@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -153,6 +154,14 @@ func (c *FleetCoordinator) replan(ctx context.Context) {
 		if ctx.Err() == nil {
 			c.Logger.Warn("fleet: cannot read the fleet state", "err", err)
 		}
+		return
+	}
+	// What a tampered key held is unknown, not gone: planning without a
+	// selection or its build would make its hosts free its builds. Plans
+	// are the resolver's own: writing them again restores them.
+	if blocked := slices.DeleteFunc(slices.Clone(st.Tampered), func(k string) bool { return strings.HasPrefix(k, fleetkv.PlanKey("")) }); len(blocked) > 0 {
+		c.Logger.Error("fleet: entries overwritten by others past their history; keeping every plan as it is until their owners write them again",
+			"keys", blocked)
 		return
 	}
 	plans, progress := fleet.Plans(st.Fleet)
