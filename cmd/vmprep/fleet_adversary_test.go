@@ -15,6 +15,8 @@ import (
 	"github.com/vmprep/vmprep/internal/fleet"
 	"github.com/vmprep/vmprep/internal/fleetkv"
 	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/internal/stage"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -146,39 +148,29 @@ func TestHostCannotRelayFleetEntries(t *testing.T) {
 // TestErasedPlanFreesNothing: alice overwrites host-2's plan with the
 // server's answer to $JS.API.INFO (see TestReplyRelayCannotEraseAKey).
 // host-2 must not read it as an empty plan, which would unwant every
-// selection and free every build it holds; it reads an error and keeps
-// what it holds until the resolver writes its plan again.
+// selection and free every build it holds: it reads the plan the resolver
+// last wrote, and once the key is flooded past its history an error
+// (ErrTampered), keeping what it holds.
 func TestErasedPlanFreesNothing(t *testing.T) {
 	connect := fleetUsers(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	resolver := openFleet(ctx, t, connect("resolver"))
-	if err := resolver.PutPlan(ctx, fleet.Plan{Host: "host-2"}); err != nil {
+	sel, _ := fleet.Selection{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Hosts: "*"}.Normalize(false)
+	plan := fleet.Plan{Host: "host-2", Desired: []fleet.Desired{{Selection: sel.ID(), Spec: sel.Spec(), Format: sel.Format}}}
+	if err := resolver.PutPlan(ctx, plan); err != nil {
 		t.Fatal(err)
 	}
-	host2 := openFleet(ctx, t, connect("converter_host-2"))
-	if _, err := host2.Plan(ctx, "host-2"); err != nil {
-		t.Fatalf("host-2 reads its plan: %v", err)
-	}
-	alice := connect("alice")
+	host2NC := connect("converter_host-2")
+	host2 := openFleet(ctx, t, host2NC)
 	subject := "$KV." + fleetkv.Bucket + "." + fleetkv.PlanKey("host-2")
-	if err := alice.PublishRequest("$JS.API.INFO", subject, nil); err != nil {
-		t.Fatal(err)
+	testutil.EraseByReply(t, connect("alice"), host2NC, subject, 1)
+	if p, err := host2.Plan(ctx, "host-2"); err != nil || !p.Equal(plan) {
+		t.Errorf("host-2 reads its erased plan as %+v, %v; want the resolver's %+v", p, err, plan)
 	}
-	if err := alice.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		p, err := host2.Plan(ctx, "host-2")
-		if err != nil {
-			t.Logf("host-2 reads its overwritten plan: %v", err)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("host-2's plan still reads %+v: either the overwrite did not land or it reads as a plan", p)
-		}
-		time.Sleep(20 * time.Millisecond)
+	testutil.EraseByReply(t, connect("alice"), host2NC, subject, fleetkv.History)
+	if p, err := host2.Plan(ctx, "host-2"); !errors.Is(err, fleetkv.ErrTampered) {
+		t.Errorf("host-2 reads its flooded plan as %+v, %v; want %v", p, err, fleetkv.ErrTampered)
 	}
 }
 
@@ -189,40 +181,21 @@ func TestErasedPlanFreesNothing(t *testing.T) {
 // selection: the bucket's last entry of that key becomes the server's
 // account-info answer, and the selection is gone from the fleet (its
 // hosts would unwant it and free its builds). The same erases any key of
-// any bucket (bob's request state, a verified record, an object's meta).
-// Permissions cannot see a reply subject; entries would have to be
-// authenticated (signed by their writer) or read as the last revision
-// their owner wrote. Not fixed.
+// any bucket (bob's request state, a verified record). Permissions cannot
+// see a reply subject: the fleet reads each key as the last entry its
+// owner wrote (stage.GetOwned), and keeps the selection.
 func TestReplyRelayCannotEraseAKey(t *testing.T) {
-	t.Skip("HOLE: any user erases any key-value entry by naming its subject as the reply subject of $JS.API.INFO (docs/security.md)")
 	connect := fleetUsers(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	adminNC := connect("admin")
 	admin := openFleet(ctx, t, adminNC)
-	adminJS, _ := jetstream.New(adminNC)
 	sel, _ := fleet.Selection{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Hosts: "*"}.Normalize(false)
 	if err := admin.PutSelection(ctx, sel); err != nil {
 		t.Fatal(err)
 	}
 	alice := connect("alice")
-	if err := alice.PublishRequest("$JS.API.INFO", "$KV."+fleetkv.Bucket+"."+fleetkv.SelectionKey(sel.ID()), nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := alice.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	kv, err := adminJS.KeyValue(ctx, fleetkv.Bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if e, err := kv.Get(ctx, fleetkv.SelectionKey(sel.ID())); err == nil && e.Revision() > 1 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.EraseByReply(t, alice, adminNC, "$KV."+fleetkv.Bucket+"."+fleetkv.SelectionKey(sel.ID()), 1)
 	st, skipped, err := admin.Load(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -251,7 +224,8 @@ func TestFetcherCannotRelayRequestState(t *testing.T) {
 	}
 	requests := pipeline.NewRequests(resolverJS.Conn(), requestsKV)
 	key := messages.RequestKey("bob", "r1")
-	if _, err := requestsKV.Put(ctx, key, []byte(`{"namespace":"bob","spec":{"distro":"ubuntu","version":"24.04","arch":"amd64"},"format":"raw","roles":["disk"]}`)); err != nil {
+	if _, err := stage.PutOwned(ctx, resolverJS.Conn(), messages.BucketRequests, key, pipeline.RequestsWriter,
+		[]byte(`{"namespace":"bob","spec":{"distro":"ubuntu","version":"24.04","arch":"amd64"},"format":"raw","roles":["disk"]}`), nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := requests.Load(ctx, key); err != nil {
@@ -280,8 +254,8 @@ func TestFetcherCannotRelayRequestState(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if st, _, err := requests.Load(ctx, key); err == nil {
-		t.Errorf("the resolver took a request state the fetcher relayed: %+v", st)
+	if st, _, err := requests.Load(ctx, key); err != nil || st.ResolvedFrom == "forged" {
+		t.Errorf("the resolver reads %+v, %v after the fetcher's relay; want bob's genuine state", st, err)
 	}
 }
 
