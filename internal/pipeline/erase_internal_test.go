@@ -14,9 +14,10 @@ import (
 // TestTamperedKeysKeepThePlans: an attacker floods a fleet key with the
 // server's answers to $JS.API.INFO (its subject named as reply subject)
 // until none of its owner's entries is left. What the key held is then
-// unknown, not gone: the coordinator must keep every host's plan (a plan
-// without the selection would make the host free its builds), and a
-// flooded plan, the coordinator's own, is written again.
+// unknown, not gone: a host's plan must still name the selection (a plan
+// without it would make the host free its builds) — the coordinator plans
+// nothing while a selection is tampered, writes a flooded plan (its own)
+// again, and plans on without a build, a host's announcement or status.
 func TestTamperedKeysKeepThePlans(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -25,6 +26,10 @@ func TestTamperedKeysKeepThePlans(t *testing.T) {
 	}{
 		{"selection", func(sel fleet.Selection) string { return fleetkv.SelectionKey(sel.ID()) }},
 		{"plan", func(fleet.Selection) string { return fleetkv.PlanKey("host-1") }},
+		// Not blocked on: they cannot take a selection out of a plan.
+		{"build", func(sel fleet.Selection) string { return fleetkv.BuildKey(sel.ID()) }},
+		{"host", func(fleet.Selection) string { return fleetkv.HostKey("host-1") }},
+		{"status", func(sel fleet.Selection) string { return fleetkv.StatusKey("host-1", sel.ID()) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -43,6 +48,9 @@ func TestTamperedKeysKeepThePlans(t *testing.T) {
 				t.Fatal(err)
 			}
 			if err := st.Announce(ctx, "host-1", time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			if err := st.PutStatus(ctx, "host-1", sel.ID(), fleet.Status{Serial: "20240101", State: fleet.StateReady}); err != nil {
 				t.Fatal(err)
 			}
 			c := &FleetCoordinator{Fleet: st, Conn: nc, Logger: slog.New(slog.DiscardHandler)}
