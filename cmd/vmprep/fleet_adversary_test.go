@@ -272,3 +272,57 @@ func openFleet(ctx context.Context, t *testing.T, nc *nats.Conn) *fleetkv.Store 
 	}
 	return st
 }
+
+// TestHeaderlessRelayCannotForge: a direct get may ask for the payload
+// alone ("no_hdr"); the server's answer then carries none of the markings
+// (Nats-Stream, Nats-Subject) by which a relay is told (messages.Relayed).
+// host-1 writes a selection as its own status value and direct-gets it so,
+// naming a selection key as reply subject: the bucket stores the
+// selection there with no marking at all. Only the writer marker
+// (stage.HeaderWriter) tells it is not the operator's.
+func TestHeaderlessRelayCannotForge(t *testing.T) {
+	connect := fleetUsers(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	host1 := connect("converter_host-1")
+	evil, _ := fleet.Selection{Distro: "ubuntu", Version: "20.04", Arch: "amd64", Hosts: "*", Serial: "20200101"}.Normalize(false)
+	b, err := json.Marshal(evil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := "$KV." + fleetkv.Bucket + "." + fleetkv.StatusKey("host-1", "relay")
+	if _, err := host1.Request(own, b, 5*time.Second); err != nil {
+		t.Fatalf("host-1 writes its own status key: %v", err)
+	}
+	key := "$KV." + fleetkv.Bucket + "." + fleetkv.SelectionKey(evil.ID())
+	if err := host1.PublishRequest("$JS.API.DIRECT.GET.KV_"+fleetkv.Bucket, key, []byte(`{"last_by_subj":"`+own+`","no_hdr":true}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := host1.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	admin := connect("admin")
+	adminJS, _ := jetstream.New(admin)
+	kv, err := adminJS.KeyValue(ctx, fleetkv.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := kv.Get(ctx, fleetkv.SelectionKey(evil.ID())); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the relay never landed: the attack did not run")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	st, skipped, err := openFleet(ctx, t, admin).Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Selections) != 0 {
+		t.Errorf("host-1 forged a selection by a header-less relay: %+v", st.Selections)
+	}
+	t.Logf("skipped: %q", skipped)
+}
