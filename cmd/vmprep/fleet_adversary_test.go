@@ -212,7 +212,10 @@ func TestReplyRelayCannotEraseAKey(t *testing.T) {
 // direct-gets it with the subject of bob's request state as the reply
 // subject: the bucket stores it. Read as bob's state, the genuine
 // verifier's report of the fetcher's object would match it and bob's
-// result would name the attacker's disk. The resolver must refuse it.
+// result would name the attacker's disk. The resolver must read bob's
+// genuine state, the resolver's last entry — also when the relay asked
+// for the payload alone (no_hdr: no relay markings on the stored entry),
+// as the verifier can from an object's metadata it writes.
 func TestFetcherCannotRelayRequestState(t *testing.T) {
 	connect := fleetUsers(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -223,39 +226,53 @@ func TestFetcherCannotRelayRequestState(t *testing.T) {
 		t.Fatal(err)
 	}
 	requests := pipeline.NewRequests(resolverJS.Conn(), requestsKV)
-	key := messages.RequestKey("bob", "r1")
-	if _, err := stage.PutOwned(ctx, resolverJS.Conn(), messages.BucketRequests, key, pipeline.RequestsWriter,
-		[]byte(`{"namespace":"bob","spec":{"distro":"ubuntu","version":"24.04","arch":"amd64"},"format":"raw","roles":["disk"]}`), nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := requests.Load(ctx, key); err != nil {
-		t.Fatalf("the resolver reads bob's genuine state: %v", err)
-	}
-	fetcher := connect("fetcher")
 	forged := `{"namespace":"bob","spec":{"distro":"ubuntu","version":"24.04","arch":"amd64"},"format":"raw","roles":["disk"],"resolved_from":"forged"}`
-	if _, err := fetcher.Request("$KV."+messages.BucketLeases+".relay", []byte(forged), 5*time.Second); err != nil {
-		t.Fatalf("the fetcher writes a lease: %v", err)
-	}
-	if err := fetcher.PublishRequest("$JS.API.DIRECT.GET.KV_"+messages.BucketLeases+".$KV."+messages.BucketLeases+".relay",
-		"$KV."+messages.BucketRequests+"."+key, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := fetcher.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		e, err := requestsKV.Get(ctx, key)
-		if err == nil && strings.Contains(string(e.Value()), "forged") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the relayed state never landed: the attack did not run")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if st, _, err := requests.Load(ctx, key); err != nil || st.ResolvedFrom == "forged" {
-		t.Errorf("the resolver reads %+v, %v after the fetcher's relay; want bob's genuine state", st, err)
+	for _, tc := range []struct {
+		user, stored string // who writes the forged state, where
+		get          string // the direct get's subject and body
+		body         []byte
+		id           string
+	}{
+		{"fetcher", "$KV." + messages.BucketLeases + ".relay",
+			"$JS.API.DIRECT.GET.KV_" + messages.BucketLeases + ".$KV." + messages.BucketLeases + ".relay", nil, "lease"},
+		// The payload alone: the answer carries no relay markings at all.
+		{"verifier", "$O.vmprep.M.relay",
+			"$JS.API.DIRECT.GET.OBJ_vmprep", []byte(`{"last_by_subj":"$O.vmprep.M.relay","no_hdr":true}`), "meta-no-headers"},
+	} {
+		t.Run(tc.user+" "+tc.id, func(t *testing.T) {
+			stageNC := connect(tc.user)
+			key := messages.RequestKey("bob", tc.id)
+			if _, err := stage.PutOwned(ctx, resolverJS.Conn(), messages.BucketRequests, key, pipeline.RequestsWriter,
+				[]byte(`{"namespace":"bob","spec":{"distro":"ubuntu","version":"24.04","arch":"amd64"},"format":"raw","roles":["disk"]}`), nil); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := requests.Load(ctx, key); err != nil {
+				t.Fatalf("the resolver reads bob's genuine state: %v", err)
+			}
+			if _, err := stageNC.Request(tc.stored, []byte(forged), 5*time.Second); err != nil {
+				t.Fatalf("the %s writes %s: %v", tc.user, tc.stored, err)
+			}
+			if err := stageNC.PublishRequest(tc.get, "$KV."+messages.BucketRequests+"."+key, tc.body); err != nil {
+				t.Fatal(err)
+			}
+			if err := stageNC.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				e, err := requestsKV.Get(ctx, key)
+				if err == nil && strings.Contains(string(e.Value()), "forged") {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the relayed state never landed: the attack did not run")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if st, _, err := requests.Load(ctx, key); err != nil || st.ResolvedFrom == "forged" {
+				t.Errorf("the resolver reads %+v, %v after the %s's relay; want bob's genuine state", st, err, tc.user)
+			}
+		})
 	}
 }
 
