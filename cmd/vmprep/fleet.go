@@ -184,7 +184,10 @@ func fleetUnwant(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		return failf(stderr, 1, c.name, "%v", err)
 	}
 	defer done()
-	if !slices.ContainsFunc(state.Selections, func(s fleet.Selection) bool { return s.ID() == sel.ID() }) {
+	// A tampered selection (none of the operator's entries left) may be
+	// removed too: the operator's delete settles it.
+	if !slices.ContainsFunc(state.Selections, func(s fleet.Selection) bool { return s.ID() == sel.ID() }) &&
+		!slices.Contains(state.Tampered, fleetkv.SelectionKey(sel.ID())) {
 		return failf(stderr, 1, c.name, "no selection %s (see vmprep fleet ls)", sel)
 	}
 	if err := st.DeleteSelection(ctx, sel.ID()); err != nil {
