@@ -109,8 +109,8 @@ func GetOwned(ctx context.Context, nc *nats.Conn, bucket, key, owner string) (va
 		default:
 			return nil, rev, fmt.Errorf("read %s/%s: server answered %s %s", bucket, key, status, m.Header.Get("Description"))
 		}
-		seq, err := LastRevision(m.Header)
-		if err != nil {
+		var seq uint64
+		if seq, err = LastRevision(m.Header); err != nil {
 			return nil, rev, fmt.Errorf("read %s/%s: %w", bucket, key, err)
 		}
 		if rev == 0 {
@@ -136,7 +136,14 @@ func GetOwned(ctx context.Context, nc *nats.Conn, bucket, key, owner string) (va
 			UpToSeq   uint64   `json:"up_to_seq"`
 			Batch     int      `json:"batch"`
 		}{[]string{subject}, seq - 1, 1})
-		m, err = nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET.KV_"+bucket, body)
+		api := "$JS.API.DIRECT.GET.KV_" + bucket
+		denied, werr := Call(ctx, nc, api, func(ctx context.Context) (err error) {
+			m, err = nc.RequestWithContext(ctx, api, body)
+			return err
+		})
+		if err = werr; denied {
+			err = fmt.Errorf("this user may not read the key's history (%s): %w", api, werr)
+		}
 	}
 }
 
