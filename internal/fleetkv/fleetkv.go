@@ -11,10 +11,10 @@
 // who may write what (deploy/nats/auth.conf), and every write carries its
 // writer's role (Owner, stage.HeaderWriter): anyone can make the server
 // publish an answer onto a key's subject, so a read takes the last entry
-// its owner wrote (stage.GetOwned), walking back through the key's history. Listing reads the last entry
-// of every subject by batched direct get (multi_last): no reader creates a
-// consumer, whose deliver subject the server would not check against the
-// reader's rights.
+// its owner wrote (stage.GetOwned), stepping back through the key's
+// history. Listing reads the last entry of every subject by batched
+// direct get (multi_last): no reader creates a consumer, whose deliver
+// subject the server would not check against the reader's rights.
 package fleetkv
 
 import (
