@@ -185,7 +185,7 @@ func converterHostUser(host, hash string) string {
             "vmprep.progress.>", "vmprep.dead.converter",
             # an object that pulled wrong: reported to the healer, never deleted
             "vmprep.asset.corrupt",
-            "$JS.API.DIRECT.GET.KV_VMPREP_REQUESTS.>", "$JS.API.DIRECT.GET.KV_VMPREP_REQUESTS",
+            "$JS.API.DIRECT.GET.KV_VMPREP_REQUESTS.>",
             # verified objects, read by batched direct gets (no consumer rights)
             "$JS.API.DIRECT.GET.OBJ_vmprep", "$JS.API.DIRECT.GET.OBJ_vmprep.>", "$JS.API.STREAM.MSG.GET.OBJ_vmprep",
             "$KV.VMPREP_PROCESSES.converter.{HOST}.>",
