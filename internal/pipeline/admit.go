@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"slices"
 
-	"github.com/vmprep/vmprep/internal/objectstore"
 	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/pkg/clone"
 	"github.com/vmprep/vmprep/pkg/image"
@@ -37,6 +36,14 @@ func refuse(format string, args ...any) error {
 // could have had the asset (any stage, for a request the resolver never
 // recorded): any stage can stall a request by dropping its work anyway, so
 // a forged failure is a denial of service, never a result.
+//
+// Which checks are whose: those here hold in every mode — they compare the
+// event with the request (its resolution, image, format, target,
+// client-converts and clones as recorded) and with the stage that may say
+// such a thing at all. Those that depend on the route the deployment gives
+// the request — which subjects and hosts may finish or fail it, where its
+// bytes may be, whether its disk may stay as published — are the mode's,
+// s.Medium.Admit.
 func (s *CollectorStage) admit(subject string, st *requestState, ev messages.AssetEvent) (messages.AssetEvent, error) {
 	pub, host, ok := messages.DonePublisher(subject)
 	if !ok {
@@ -45,10 +52,7 @@ func (s *CollectorStage) admit(subject string, st *requestState, ev messages.Ass
 	if ev.Namespace != "" && messages.ValidateNamespace(ev.Namespace) != nil {
 		return ev, refuse("namespace %q is not a namespace", ev.Namespace)
 	}
-	from := "the " + pub
-	if host != "" {
-		from += " on " + host
-	}
+	from := publisher(pub, host)
 	if st != nil && ev.Namespace != st.Namespace {
 		return ev, refuse("namespace %q from %s: the request is in %q", ev.Namespace, from, st.Namespace)
 	}
@@ -87,10 +91,11 @@ func (s *CollectorStage) admit(subject string, st *requestState, ev messages.Ass
 	case ev.Status == messages.StatusVerified && a.Size > 0 && ev.Size != a.Size:
 		return ev, refuse("%s size %d from %s: the resolution has %d", a.Role, ev.Size, from, a.Size)
 	}
-	if err := s.admitPlace(st, a, pub, host, from, ev); err != nil {
+	if err := admitFormat(st, a, from, ev); err != nil {
 		return ev, err
 	}
-	if err := s.admitFormat(st, a, from, ev); err != nil {
+	// Who may finish it and where its bytes may be are the mode's route.
+	if err := s.Medium.Admit(st, pub, host, ev); err != nil {
 		return ev, err
 	}
 	if err := admitClones(st, a, host, from, ev); err != nil {
@@ -102,8 +107,10 @@ func (s *CollectorStage) admit(subject string, st *requestState, ev messages.Ass
 }
 
 // admitFormat checks the disk format a finished asset claims: the format
-// published, or what the request asked for once converted.
-func (s *CollectorStage) admitFormat(st *requestState, a image.Asset, from string, ev messages.AssetEvent) error {
+// published, or what the request asked for once converted. Whether the
+// requester may take a disk in another format than it asked for is the
+// mode's (Medium.Admit).
+func admitFormat(st *requestState, a image.Asset, from string, ev messages.AssetEvent) error {
 	if a.Role != image.RoleDisk {
 		if ev.FileFormat != "" {
 			return refuse("%s from %s has a disk format %q", a.Role, from, ev.FileFormat)
@@ -116,11 +123,6 @@ func (s *CollectorStage) admitFormat(st *requestState, a image.Asset, from strin
 	}
 	if ev.FileFormat != want {
 		return refuse("disk format %q (%s) from %s: expected %q", ev.FileFormat, ev.Status, from, want)
-	}
-	// The requester converts itself only from objects; otherwise the
-	// disk must be what it asked for.
-	if !(s.Bucket != "" && st.ClientConverts) && ev.FileFormat != st.Format {
-		return refuse("disk format %q from %s: the request asked for %q", ev.FileFormat, from, st.Format)
 	}
 	return nil
 }
@@ -158,41 +160,9 @@ func admitClones(st *requestState, a image.Asset, host, from string, ev messages
 	return nil
 }
 
-// admitPlace checks where a finished asset says its bytes are, against the
-// route the pipeline gives it (see Medium.Next): with an object store, an object
-// named by the resolution's digest, and a file on a host only from that
-// host's converter; in one shared cache, nothing the collector would not
-// find in its own store.
-func (s *CollectorStage) admitPlace(st *requestState, a image.Asset, pub, host, from string, ev messages.AssetEvent) error {
-	if s.Bucket == "" {
-		switch {
-		case ev.Object != nil || ev.Host != "":
-			return refuse("%s from %s names an object or a host; this deployment has one shared cache", a.Role, from)
-		case host != "":
-			return refuse("%s from %s: this deployment has one shared cache and no per-host converters", a.Role, from)
-		}
-		return nil
-	}
-	if o := ev.Object; o == nil || o.Bucket != s.Bucket || o.Name != objectstore.Name(a.Digest) || (a.Size > 0 && o.Size != a.Size) {
-		return refuse("%s from %s: its object %+v is not %s in bucket %s", a.Role, from, ev.Object, objectstore.Name(a.Digest), s.Bucket)
-	}
-	switch {
-	case ev.Host != "" && ev.Host != host:
-		return refuse("%s on host %q from %s: only that host's converter says what is on it", a.Role, ev.Host, from)
-	case host != "" && (ev.Host != host || ev.Path == ""):
-		return refuse("%s from %s names no file on its host", a.Role, from)
-	case pub == messages.StageConverter && host == "":
-		return refuse("%s from %s: with an object store converters report from their host's subject", a.Role, from)
-	case st.Target != "" && host != st.Target:
-		return refuse("%s from %s: the request is targeted at %s, whose converter places it", a.Role, from, st.Target)
-	case st.Target == "" && st.ClientConverts && pub != messages.StageVerifier:
-		return refuse("%s from %s: the requester converts itself; only the verifier finishes its assets", a.Role, from)
-	}
-	return nil
-}
-
 // admitFailure checks that a failure comes from a stage that could have had
-// the request's work.
+// the request's work: in its own name, about an asset of the resolution,
+// and (the mode's part) from a publisher the mode's route gives the work.
 func (s *CollectorStage) admitFailure(pub, host, from string, st *requestState, ev messages.AssetEvent) error {
 	if ev.Failure != nil && ev.Failure.Stage != pub {
 		return refuse("failure of stage %q from %s", ev.Failure.Stage, from)
@@ -208,18 +178,15 @@ func (s *CollectorStage) admitFailure(pub, host, from string, st *requestState, 
 			return refuse("failure of role %q from %s: the resolution has no such asset", ev.Asset.Role, from)
 		}
 	}
-	if pub != messages.StageConverter {
-		return nil
+	// Which stage could have had the work is the mode's route.
+	return s.Medium.Admit(st, pub, host, ev)
+}
+
+// publisher names the stage that published a done event, for refusals:
+// host is set for a converter's own host subject.
+func publisher(pub, host string) string {
+	if host != "" {
+		return "the " + pub + " on " + host
 	}
-	switch {
-	case s.Bucket == "" && host != "":
-		return refuse("failure from %s: this deployment has no per-host converters", from)
-	case s.Bucket != "" && host == "":
-		return refuse("failure from %s: with an object store converters report from their host's subject", from)
-	case s.Bucket != "" && st.Target != "" && host != st.Target:
-		return refuse("failure from %s: the request is targeted at %s", from, st.Target)
-	case s.Bucket != "" && st.Target == "" && st.ClientConverts:
-		return refuse("failure from %s: the requester converts itself; no converter had the request", from)
-	}
-	return nil
+	return "the " + pub
 }

@@ -49,6 +49,19 @@ func admitFixture(format image.DiskFormat, target string, clientConverts bool) (
 	return st, evs
 }
 
+// testObjectMedium is the object-store medium of bucket "vmprep" (the
+// admitFixture's), on an embedded JetStream: what the collector of such a
+// deployment admits.
+func testObjectMedium(t *testing.T) *objectStore {
+	t.Helper()
+	_, _, js := testutil.EmbeddedJetStream(t)
+	objs, err := objectstore.Open(context.Background(), js, objectstore.Config{Bucket: "vmprep"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &objectStore{objects: objs}
+}
+
 // TestCollectorAdmitsOnlyWhatTheResolutionSays: the collector's checks of a
 // done event against its publisher's subject and the recorded resolution.
 func TestCollectorAdmitsOnlyWhatTheResolutionSays(t *testing.T) {
@@ -59,6 +72,7 @@ func TestCollectorAdmitsOnlyWhatTheResolutionSays(t *testing.T) {
 		ev.Host, ev.Path = host, "/var/cache/vmprep/blobs/"+string(ev.Asset.Role)
 		return ev
 	}
+	media := map[string]Medium{"": sharedCache{}, "vmprep": testObjectMedium(t)}
 	tests := []struct {
 		name    string
 		bucket  string // "" = one shared cache
@@ -173,7 +187,7 @@ func TestCollectorAdmitsOnlyWhatTheResolutionSays(t *testing.T) {
 			if !tt.noState {
 				recorded = &st
 			}
-			c := &CollectorStage{Bucket: tt.bucket, Logger: slog.New(slog.DiscardHandler)}
+			c := &CollectorStage{Medium: media[tt.bucket], Logger: slog.New(slog.DiscardHandler)}
 			got, err := c.admit(tt.subject, recorded, ev)
 			if tt.refused == "" {
 				if err != nil {
@@ -224,7 +238,7 @@ func TestForgedDoneChangesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &CollectorStage{Store: cache, Requests: reqs, Host: "h", Bucket: "vmprep", Logger: slog.New(slog.DiscardHandler)}
+	c := &CollectorStage{Store: cache, Requests: reqs, Host: "h", Medium: testObjectMedium(t), Logger: slog.New(slog.DiscardHandler)}
 	st, evs := admitFixture(image.FormatQCOW2, "", true)
 	key := messages.RequestKey("bob", "r1")
 	if err := reqs.Create(ctx, key, st); err != nil {

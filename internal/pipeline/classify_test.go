@@ -156,7 +156,7 @@ func TestCollectorFailureNamesItsAsset(t *testing.T) {
 					Asset: image.Asset{Role: r, Digest: d, Format: image.FormatQCOW2}, Blob: blob.SHA256, Path: blob.Path, FileFormat: image.FormatQCOW2}
 			}
 			tt.obstacle(t, st)
-			c := &CollectorStage{Store: st, Logger: slog.New(slog.DiscardHandler)}
+			c := &CollectorStage{Store: st, Medium: sharedCache{}, Logger: slog.New(slog.DiscardHandler)}
 			_, err = c.decide(ctx, state, "r1")
 			if err == nil {
 				t.Fatal("decide linked the view through the obstacle")

@@ -23,6 +23,7 @@ import (
 // TestCollectorAdmitsOnlyTheClonesAsked: clones in a done event must be the
 // ones the request asked for, reported by the target host's converter.
 func TestCollectorAdmitsOnlyTheClonesAsked(t *testing.T) {
+	objects := testObjectMedium(t)
 	asked := []messages.CloneRequest{{Name: "vm1.raw"}, {Name: "vm2.qcow2", Format: image.FormatQCOW2}}
 	made := func() []messages.Clone {
 		return []messages.Clone{
@@ -72,7 +73,7 @@ func TestCollectorAdmitsOnlyTheClonesAsked(t *testing.T) {
 			if tc.edit != nil {
 				tc.edit(&ev)
 			}
-			c := &CollectorStage{Bucket: "vmprep", Logger: slog.New(slog.DiscardHandler)}
+			c := &CollectorStage{Medium: objects, Logger: slog.New(slog.DiscardHandler)}
 			_, err := c.admit(tc.subject, &st, ev)
 			if tc.refused == "" {
 				if err != nil {

@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"time"
 
-	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/internal/place"
 	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/internal/store"
@@ -28,9 +26,9 @@ type CollectorStage struct {
 	// Host names this host in results of a deployment that shares one cache
 	// directory (where the paths are valid).
 	Host string
-	// Bucket is the object store bucket of a deployment that has one ("":
-	// one shared cache directory); it says where a finished asset may be.
-	Bucket string
+	// Medium is the deployment's mode: which done events it admits and
+	// where their files are (Medium.Admit, Medium.Collect).
+	Medium Medium
 	Logger *slog.Logger
 }
 
@@ -149,29 +147,17 @@ func (s *CollectorStage) decide(ctx context.Context, st requestState, id string)
 			res.DiskFormat = ev.FileFormat
 			res.Clones = ev.Cloned
 		}
-		if s.Bucket == "" {
-			// One shared cache directory: the paths are found in the store
-			// from the digests, not taken from the events, and linked here.
-			path, err := s.storedPath(ctx, ev)
-			if errors.Is(err, content.ErrNotFound) {
-				// Removed since it was verified (GC): the collector cannot bring it back.
-				err = stage.Permanent(err)
-			}
-			if err != nil {
-				return nil, &assetError{Role: r, Err: err}
-			}
-			view, err := s.Store.LinkImage(ctx, img, viewName(ev), path)
-			if err != nil {
-				return nil, &assetError{Role: r, Err: fmt.Errorf("link into the images view: %w", err)}
-			}
-			res.View, linked = filepath.Dir(view), true
-			f.Path, f.Host = path, s.Host
-		} else if ev.Host != "" && ev.Path != "" {
-			f.Path, f.Host = ev.Path, ev.Host
-			if ev.View != "" {
-				res.View = ev.View
-			}
+		c, err := s.Medium.Collect(ctx, s, img, ev)
+		if err != nil {
+			return nil, &assetError{Role: r, Err: err}
 		}
+		if c.Path != "" {
+			f.Path, f.Host = c.Path, c.Host
+		}
+		if c.View != "" {
+			res.View = c.View
+		}
+		linked = linked || c.Linked
 		hosts[f.Host] = true
 		res.Files[r] = f
 		if ev.Asset.Trust.Signed {

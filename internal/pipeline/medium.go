@@ -12,6 +12,8 @@ import (
 
 	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/internal/place"
+	"github.com/vmprep/vmprep/internal/stage"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -53,6 +55,44 @@ type Medium interface {
 	// work from (targetedOnly: only work targeted at host, where the mode
 	// has such work) and the subject it reports on.
 	Converter(host string, targetedOnly bool) (consumers []StageConsumer, done string)
+
+	// Admit is the collector's check of who reports request st's finished
+	// asset, or its failure, and of where it says the bytes are, against
+	// the route this mode gives the request: pub is the reporting stage,
+	// host set when it reported on its host's own subject
+	// (messages.DonePublisher). A finished asset has passed the checks that
+	// hold in every mode (its asset is the resolution's, its format the
+	// published or the converted one). A refusal is refuse(...).
+	Admit(st *requestState, pub, host string, ev messages.AssetEvent) error
+	// Collect is where an admitted finished asset's file is, as the result
+	// names it; img is the resolved image, whose view may link it.
+	Collect(ctx context.Context, s *CollectorStage, img image.Spec, ev messages.AssetEvent) (collected, error)
+	// Maintain is the mode's own work in a process running stage name, if
+	// any: handlers on consumers of their own, and loops that run as long
+	// as the stages.
+	Maintain(name string, d Deps, log *slog.Logger) maintenance
+}
+
+// collected is where a finished asset's file is, as the result names it
+// (Medium.Collect): Path on Host ("": named only by its object), in the
+// images view View; Linked says the collector linked it there itself (and
+// so stamps the view's serial and roots).
+type collected struct {
+	Path, Host, View string
+	Linked           bool
+}
+
+// maintenance is a mode's own work beside a stage (Medium.Maintain).
+type maintenance struct {
+	Handlers []maintenanceHandler
+	Loops    []func(context.Context)
+}
+
+// maintenanceHandler is a handler bound to a consumer of its own, filtered
+// on one subject; its failures are reported as the stage's.
+type maintenanceHandler struct {
+	Consumer, Filter string
+	Handler          stage.Handler
 }
 
 // refetchError: the fetched bytes were found bad (and removed) or gone, so

@@ -325,3 +325,78 @@ func (*objectStore) Converter(host string, targetedOnly bool) ([]StageConsumer, 
 	consumers = append(consumers, StageConsumer{messages.TargetConsumer(host), []string{messages.TargetSubject(host)}})
 	return consumers, messages.DoneSubjectOf(host)
 }
+
+// Admit takes a finished asset only as an object named by its digest in
+// this bucket, and a file on a host only from that host's converter, on the
+// route Next gives the request: a targeted request only from its target
+// host's converter, one whose requester converts only from the verifier
+// (unless targeted), its disk then as published. A converter's failure
+// must come from a converter that could have had the request.
+func (o *objectStore) Admit(st *requestState, pub, host string, ev messages.AssetEvent) error {
+	from, a := publisher(pub, host), ev.Asset
+	if ev.Status == messages.StatusFailed {
+		if pub != messages.StageConverter {
+			return nil
+		}
+		switch {
+		case host == "":
+			return refuse("failure from %s: with an object store converters report from their host's subject", from)
+		case st.Target != "" && host != st.Target:
+			return refuse("failure from %s: the request is targeted at %s", from, st.Target)
+		case st.Target == "" && st.ClientConverts:
+			return refuse("failure from %s: the requester converts itself; no converter had the request", from)
+		}
+		return nil
+	}
+	bucket := o.objects.Bucket()
+	if obj := ev.Object; obj == nil || obj.Bucket != bucket || obj.Name != objectstore.Name(a.Digest) || (a.Size > 0 && obj.Size != a.Size) {
+		return refuse("%s from %s: its object %+v is not %s in bucket %s", a.Role, from, ev.Object, objectstore.Name(a.Digest), bucket)
+	}
+	switch {
+	case ev.Host != "" && ev.Host != host:
+		return refuse("%s on host %q from %s: only that host's converter says what is on it", a.Role, ev.Host, from)
+	case host != "" && (ev.Host != host || ev.Path == ""):
+		return refuse("%s from %s names no file on its host", a.Role, from)
+	case pub == messages.StageConverter && host == "":
+		return refuse("%s from %s: with an object store converters report from their host's subject", a.Role, from)
+	case st.Target != "" && host != st.Target:
+		return refuse("%s from %s: the request is targeted at %s, whose converter places it", a.Role, from, st.Target)
+	case st.Target == "" && st.ClientConverts && pub != messages.StageVerifier:
+		return refuse("%s from %s: the requester converts itself; only the verifier finishes its assets", a.Role, from)
+	case a.Role == image.RoleDisk && !st.ClientConverts && ev.FileFormat != st.Format:
+		// A requester that converts itself takes the disk as published.
+		return refuse("disk format %q from %s: the request asked for %q", ev.FileFormat, from, st.Format)
+	}
+	return nil
+}
+
+// Collect names the file where its host's converter placed it (Admit has
+// checked that host said so), and that host's images view; an asset no
+// converter placed is the object alone (the result's File.Object).
+func (*objectStore) Collect(_ context.Context, _ *CollectorStage, _ image.Spec, ev messages.AssetEvent) (collected, error) {
+	if ev.Host == "" || ev.Path == "" {
+		return collected{}, nil
+	}
+	return collected{Path: ev.Path, Host: ev.Host, View: ev.View}, nil
+}
+
+// Maintain gives the verifier's processes (the verifier may delete
+// objects) the healer of reported objects, on its own consumer, and the
+// sweep of chunks that interrupted puts left.
+func (o *objectStore) Maintain(name string, d Deps, log *slog.Logger) maintenance {
+	if name != messages.StageVerifier {
+		return maintenance{}
+	}
+	heal := &HealerStage{Objects: o.objects, Verified: o.verified, Logger: log.With("consumer", messages.ConsumerHealer)}
+	interval, grace := d.SweepInterval, d.OrphanGrace
+	if interval <= 0 {
+		interval = DefaultSweepInterval
+	}
+	if grace <= 0 {
+		grace = DefaultOrphanGrace
+	}
+	return maintenance{
+		Handlers: []maintenanceHandler{{Consumer: messages.ConsumerHealer, Filter: messages.SubjectCorrupt, Handler: heal.Handle}},
+		Loops:    []func(context.Context){func(ctx context.Context) { sweepLoop(ctx, o.objects, interval, grace, log) }},
+	}
+}

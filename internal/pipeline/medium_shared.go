@@ -173,3 +173,47 @@ func (sharedCache) Place(_ context.Context, c *ConverterStage, ev *messages.Asse
 func (sharedCache) Converter(string, bool) ([]StageConsumer, string) {
 	return []StageConsumer{{messages.StageConverter, []string{messages.SubjectConvert}}}, messages.DoneSubject(messages.StageConverter)
 }
+
+// Admit takes only what the collector finds in its own store: no object, no
+// host, no per-host converter, and a disk in the format the request asked
+// for (every request's disk is converted as it asks, see Next).
+func (sharedCache) Admit(st *requestState, pub, host string, ev messages.AssetEvent) error {
+	from, a := publisher(pub, host), ev.Asset
+	if ev.Status == messages.StatusFailed {
+		if pub == messages.StageConverter && host != "" {
+			return refuse("failure from %s: this deployment has no per-host converters", from)
+		}
+		return nil
+	}
+	switch {
+	case ev.Object != nil || ev.Host != "":
+		return refuse("%s from %s names an object or a host; this deployment has one shared cache", a.Role, from)
+	case host != "":
+		return refuse("%s from %s: this deployment has one shared cache and no per-host converters", a.Role, from)
+	case a.Role == image.RoleDisk && ev.FileFormat != st.Format:
+		return refuse("disk format %q from %s: the request asked for %q", ev.FileFormat, from, st.Format)
+	}
+	return nil
+}
+
+// Collect finds the file in the shared store from the digest (not from the
+// event: the store's files are immutable and verified) and links it into
+// the images view, on the collector's host.
+func (sharedCache) Collect(ctx context.Context, s *CollectorStage, img image.Spec, ev messages.AssetEvent) (collected, error) {
+	path, err := s.storedPath(ctx, ev)
+	if errors.Is(err, content.ErrNotFound) {
+		// Removed since it was verified (GC): the collector cannot bring it back.
+		err = stage.Permanent(err)
+	}
+	if err != nil {
+		return collected{}, err
+	}
+	view, err := s.Store.LinkImage(ctx, img, viewName(ev), path)
+	if err != nil {
+		return collected{}, fmt.Errorf("link into the images view: %w", err)
+	}
+	return collected{Path: path, Host: s.Host, View: filepath.Dir(view), Linked: true}, nil
+}
+
+// Maintain: a shared cache has no jobs of its own (its GC is the store's).
+func (sharedCache) Maintain(string, Deps, *slog.Logger) maintenance { return maintenance{} }

@@ -11,6 +11,7 @@ import (
 	"github.com/vmprep/vmprep/internal/objectstore"
 	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/internal/testutil"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -115,6 +116,99 @@ func TestMediumRoutes(t *testing.T) {
 		consumers, done := tc.medium.Converter("mac1", tc.targetedOnly)
 		if got := names(consumers); !slices.Equal(got, tc.consumers) || done != tc.done {
 			t.Errorf("Converter, %s = %v, %q; want %v, %q", tc.name, got, done, tc.consumers, tc.done)
+		}
+	}
+}
+
+// TestMediumAdmits is the collector's admission table of both modes: for
+// each kind of request, which publisher's done event for its disk — as that
+// publisher sends it in the mode — the mode admits, and which converter
+// failures. The checks every mode shares (the resolution's asset, the
+// format published or converted, clones) are TestCollectorAdmits*'s.
+func TestMediumAdmits(t *testing.T) {
+	t.Parallel()
+	shared, objects := sharedCache{}, testObjectMedium(t)
+	const ok = ""
+	type publisher struct {
+		name, subject string
+	}
+	verifier := publisher{"verifier", messages.DoneSubject(messages.StageVerifier)}
+	converter := publisher{"converter", messages.DoneSubject(messages.StageConverter)}
+	mac1 := publisher{"converter on mac1", messages.DoneSubjectOf("mac1")}
+	mac2 := publisher{"converter on mac2", messages.DoneSubjectOf("mac2")}
+	publishers := []publisher{verifier, converter, mac1, mac2}
+	// sent is the disk event pub sends in medium m: the verifier the disk as
+	// published (qcow2), a converter the raw file it made, on its host when
+	// it reports on its host's subject; with an object store, the object.
+	sent := func(m Medium, pub publisher, ev messages.AssetEvent) messages.AssetEvent {
+		if m == shared {
+			ev.Object = nil
+		}
+		if pub != verifier {
+			ev.Status, ev.FileFormat, ev.Size = messages.StatusConverted, image.FormatRaw, 99
+		}
+		if _, host, _ := messages.DonePublisher(pub.subject); host != "" {
+			ev.Host, ev.Path = host, "/var/cache/vmprep/derived/disk"
+		}
+		return ev
+	}
+
+	for _, tc := range []struct {
+		name           string
+		medium         Medium
+		target         string
+		clientConverts bool
+		// finished and failed: per publisher (in publishers' order), ok or
+		// a word of the refusal.
+		finished, failed [4]string
+	}{
+		// One shared cache: the collector finds every file itself, so only
+		// the shared subjects speak, and the disk is what the request asked
+		// for whatever its target or client-converts say (Next converts it).
+		{name: "shared", medium: shared,
+			finished: [4]string{"asked for", ok, "one shared cache", "one shared cache"},
+			failed:   [4]string{ok, ok, "no per-host", "no per-host"}},
+		{name: "shared, targeted", medium: shared, target: "mac1",
+			finished: [4]string{"asked for", ok, "one shared cache", "one shared cache"},
+			failed:   [4]string{ok, ok, "no per-host", "no per-host"}},
+		{name: "shared, client converts", medium: shared, clientConverts: true,
+			finished: [4]string{"asked for", ok, "one shared cache", "one shared cache"},
+			failed:   [4]string{ok, ok, "no per-host", "no per-host"}},
+		// An object store: converters report from their host's subject; a
+		// targeted request only from its target's; a requester that
+		// converts itself takes the disk from the verifier as published.
+		{name: "objects", medium: objects,
+			finished: [4]string{"asked for", "host's subject", ok, ok},
+			failed:   [4]string{ok, "host's subject", ok, ok}},
+		{name: "objects, targeted", medium: objects, target: "mac1",
+			finished: [4]string{"targeted at mac1", "host's subject", ok, "targeted at mac1"},
+			failed:   [4]string{ok, "host's subject", ok, "targeted at mac1"}},
+		{name: "objects, client converts", medium: objects, clientConverts: true,
+			finished: [4]string{ok, "host's subject", "requester converts", "requester converts"},
+			failed:   [4]string{ok, "host's subject", "no converter had the request", "no converter had the request"}},
+		{name: "objects, targeted, client converts", medium: objects, target: "mac1", clientConverts: true,
+			finished: [4]string{"targeted at mac1", "host's subject", ok, "targeted at mac1"},
+			failed:   [4]string{ok, "host's subject", ok, "targeted at mac1"}},
+	} {
+		st, evs := admitFixture(image.FormatRaw, tc.target, tc.clientConverts)
+		for i, pub := range publishers {
+			stageName, host, _ := messages.DonePublisher(pub.subject)
+			finished := sent(tc.medium, pub, evs[image.RoleDisk])
+			failed := finished
+			failed.Status, failed.Failure = messages.StatusFailed, &messages.Failure{Stage: stageName, Cause: "x"}
+			for _, c := range []struct {
+				what string
+				ev   messages.AssetEvent
+				want string
+			}{{"disk", finished, tc.finished[i]}, {"failure", failed, tc.failed[i]}} {
+				err := tc.medium.Admit(&st, stageName, host, c.ev)
+				switch {
+				case c.want == ok && err != nil:
+					t.Errorf("%s: %s from the %s refused: %v", tc.name, c.what, pub.name, err)
+				case c.want != ok && (!errors.Is(err, errRefused) || !stage.IsPoison(err) || !strings.Contains(err.Error(), c.want)):
+					t.Errorf("%s: %s from the %s = %v; want a refusal saying %q", tc.name, c.what, pub.name, err, c.want)
+				}
+			}
 		}
 	}
 }

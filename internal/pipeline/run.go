@@ -228,20 +228,6 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 		case messages.StageVerifier:
 			h := &VerifierStage{Store: d.Store, Medium: medium, Progress: progress, Logger: log, Metrics: d.Metrics}
 			bindings = append(bindings, binding{name, name, messages.SubjectVerify, h.Handle, messages.DoneSubject(name)})
-			if objs, ok := medium.(*objectStore); ok {
-				// The verifier may delete objects: it heals reported ones and
-				// collects the chunks of interrupted puts.
-				heal := &HealerStage{Objects: objs.objects, Verified: objs.verified, Logger: log.With("consumer", messages.ConsumerHealer)}
-				bindings = append(bindings, binding{name, messages.ConsumerHealer, messages.SubjectCorrupt, heal.Handle, messages.DoneSubject(name)})
-				interval, grace := d.SweepInterval, d.OrphanGrace
-				if interval <= 0 {
-					interval = DefaultSweepInterval
-				}
-				if grace <= 0 {
-					grace = DefaultOrphanGrace
-				}
-				background = append(background, func(ctx context.Context) { sweepLoop(ctx, objs.objects, interval, grace, log) })
-			}
 		case messages.StageConverter:
 			h := &ConverterStage{Store: d.Store, Medium: medium, Requests: infra.Requests, Host: d.Host, CloneDir: d.CloneDir,
 				Progress: progress, Concurrency: d.Concurrency, Logger: log, Metrics: d.Metrics,
@@ -269,15 +255,19 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 				})
 			}
 		case messages.StageCollector:
-			h := &CollectorStage{Store: d.Store, Requests: infra.Requests, Host: d.Host, Logger: log}
-			if objs, ok := medium.(*objectStore); ok {
-				h.Bucket = objs.objects.Bucket()
-			}
+			h := &CollectorStage{Store: d.Store, Requests: infra.Requests, Host: d.Host, Medium: medium, Logger: log}
 			// The collector's own failures are results, never done events.
 			bindings = append(bindings, binding{name, name, messages.SubjectDone + ".>", h.Handle, ""})
 		default:
 			return nil, fmt.Errorf("unknown stage %q", name)
 		}
+		// The mode's own jobs where it wants them (the object store's healer
+		// and orphan sweep beside the verifier, which may delete objects).
+		upkeep := medium.Maintain(name, d, log)
+		for _, m := range upkeep.Handlers {
+			bindings = append(bindings, binding{name, m.Consumer, m.Filter, m.Handler, messages.DoneSubject(name)})
+		}
+		background = append(background, upkeep.Loops...)
 	}
 	queuedLimit := 0
 	if slices.Contains(names, messages.StageResolver) {

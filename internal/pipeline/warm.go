@@ -74,7 +74,7 @@ func Warm(ctx context.Context, st *store.Store, cat Canonicalizer, maxAge time.D
 		}
 		state.Done[a.Role] = ev
 	}
-	collector := &CollectorStage{Store: st, Host: host}
+	collector := &CollectorStage{Store: st, Host: host, Medium: sharedCache{}}
 	final, err := collector.decide(ctx, state, req.RequestID)
 	if err != nil || final == nil || final.Status != messages.ResultPrepared {
 		return messages.Result{}, false
