@@ -130,7 +130,7 @@ func admitFormat(st *requestState, a image.Asset, from string, ev messages.Asset
 // admitClones checks the clones a finished disk reports: exactly those the
 // request asked for, each a file of that name on the target host, by a
 // method and in a format a clone can have — and only from the target host's
-// converter (admitPlace has checked that host speaks for it).
+// converter (Medium.Admit has checked that host speaks for it).
 func admitClones(st *requestState, a image.Asset, host, from string, ev messages.AssetEvent) error {
 	if len(ev.Cloned) == 0 && (a.Role != image.RoleDisk || len(st.Clones) == 0) {
 		return nil
