@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -116,6 +117,35 @@ func TestMediumRoutes(t *testing.T) {
 		consumers, done := tc.medium.Converter("mac1", tc.targetedOnly)
 		if got := names(consumers); !slices.Equal(got, tc.consumers) || done != tc.done {
 			t.Errorf("Converter, %s = %v, %q; want %v, %q", tc.name, got, done, tc.consumers, tc.done)
+		}
+	}
+
+	// The modes' own jobs: the object store heals and sweeps beside the
+	// verifier (which may delete objects), nowhere else.
+	log := slog.New(slog.DiscardHandler)
+	for _, tc := range []struct {
+		medium   Medium
+		stage    string
+		handlers []string
+		loops    int
+	}{
+		{shared, messages.StageVerifier, nil, 0},
+		{shared, messages.StageCollector, nil, 0},
+		{objects, messages.StageVerifier, []string{messages.ConsumerHealer + "=" + messages.SubjectCorrupt}, 1},
+		{objects, messages.StageFetcher, nil, 0},
+		{objects, messages.StageConverter, nil, 0},
+		{objects, messages.StageCollector, nil, 0},
+	} {
+		m := tc.medium.Maintain(tc.stage, Deps{}, log)
+		var got []string
+		for _, h := range m.Handlers {
+			got = append(got, h.Consumer+"="+h.Filter)
+			if h.Handler == nil {
+				t.Errorf("Maintain(%s) of %T: consumer %s has no handler", tc.stage, tc.medium, h.Consumer)
+			}
+		}
+		if !slices.Equal(got, tc.handlers) || len(m.Loops) != tc.loops {
+			t.Errorf("Maintain(%s) of %T = %v and %d loops; want %v and %d", tc.stage, tc.medium, got, len(m.Loops), tc.handlers, tc.loops)
 		}
 	}
 }
