@@ -31,6 +31,18 @@ type convertConfig struct {
 	workers    int
 	chunkBytes int64
 	format     Format // declared source format; "" detects it
+	// beforePublish, if set, runs once the output is complete and before it
+	// is published; its error aborts the publication.
+	beforePublish func(ctx context.Context) error
+}
+
+// WithBeforePublish makes the conversion call check once the output is
+// written and before it is renamed into place: an error from
+// check leaves nothing at the destination and removes the temporary file.
+// A conversion of a source still being verified (see ConvertReaderToRaw)
+// waits there for the verdict.
+func WithBeforePublish(check func(ctx context.Context) error) ConvertOption {
+	return func(c *convertConfig) { c.beforePublish = check }
 }
 
 // WithSourceFormat declares the source's format, as qemu-img's -f does.
@@ -78,12 +90,6 @@ var zeroBlock [holeBlock]byte
 // exception is a failure of the final directory fsync: the complete file is
 // then in place and the error says the rename may not be durable yet.
 func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertOption) (stats ConvertStats, err error) {
-	// Twice the CPUs: a worker blocked in pread/pwrite leaves its CPU to
-	// another (measured: 4 workers beat 2 on 2 cores for every image kind).
-	cfg := convertConfig{workers: min(2*runtime.GOMAXPROCS(0), 16), chunkBytes: defaultChunk}
-	for _, o := range opts {
-		o(&cfg)
-	}
 	src, err := os.Open(srcPath)
 	if err != nil {
 		return stats, err
@@ -96,30 +102,46 @@ func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertO
 	if !st.Mode().IsRegular() {
 		return stats, fmt.Errorf("%s: not a regular file", srcPath)
 	}
-	format, err := DetectFormat(src, st.Size())
+	return ConvertReaderToRaw(ctx, src, st.Size(), srcPath, dstPath, opts...)
+}
+
+// ConvertReaderToRaw is ConvertToRaw for a source read through src, of size
+// bytes, named name in errors. The source may still be arriving: src's reads
+// may wait for their bytes (in file order, most of a qcow2 written by
+// qemu-img converts as it arrives). size bounds every offset taken from the
+// image's tables, as for a complete file; a source that ends short fails
+// on the read that passes its end.
+func ConvertReaderToRaw(ctx context.Context, src io.ReaderAt, size int64, name, dstPath string, opts ...ConvertOption) (stats ConvertStats, err error) {
+	// Twice the CPUs: a worker blocked in pread/pwrite leaves its CPU to
+	// another (measured: 4 workers beat 2 on 2 cores for every image kind).
+	cfg := convertConfig{workers: min(2*runtime.GOMAXPROCS(0), 16), chunkBytes: defaultChunk}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	format, err := DetectFormat(src, size)
 	if err != nil {
-		return stats, fmt.Errorf("%s: %w", srcPath, err)
+		return stats, fmt.Errorf("%s: %w", name, err)
 	}
 	switch cfg.format {
 	case "", format:
 	case FormatRaw:
 		format = FormatRaw // declared raw: a magic at its start is guest data
 	case FormatQcow2:
-		return stats, fmt.Errorf("%s: %w", srcPath, &FormatError{Format: format})
+		return stats, fmt.Errorf("%s: %w", name, &FormatError{Format: format})
 	default:
-		return stats, fmt.Errorf("%s: cannot convert from %q: the source format must be qcow2 or raw", srcPath, cfg.format)
+		return stats, fmt.Errorf("%s: cannot convert from %q: the source format must be qcow2 or raw", name, cfg.format)
 	}
 	var img *Image
 	switch format {
 	case FormatQcow2:
-		if img, err = Open(src, st.Size()); err != nil {
-			return stats, fmt.Errorf("%s: %w", srcPath, err)
+		if img, err = Open(src, size); err != nil {
+			return stats, fmt.Errorf("%s: %w", name, err)
 		}
 		stats.VirtualSize = img.Size()
 	case FormatRaw:
-		stats.VirtualSize = st.Size()
+		stats.VirtualSize = size
 	default:
-		return stats, fmt.Errorf("%s: %w", srcPath, &FormatError{Format: format})
+		return stats, fmt.Errorf("%s: %w", name, &FormatError{Format: format})
 	}
 	stats.SourceFormat = format
 
@@ -127,7 +149,7 @@ func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertO
 		if err := tmp.Truncate(stats.VirtualSize); err != nil {
 			if errors.Is(err, syscall.EFBIG) {
 				return fmt.Errorf("%s: the raw output would be %d bytes, larger than the file system of %s allows: %w",
-					srcPath, stats.VirtualSize, filepath.Dir(dstPath), err)
+					name, stats.VirtualSize, filepath.Dir(dstPath), err)
 			}
 			return err
 		}
@@ -139,7 +161,10 @@ func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertO
 		stats.DataBytes, err = e.run(ctx)
 		e.writeback.Close() // no kicks once the file is fsynced and closed
 		if err != nil && img != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-			err = fmt.Errorf("%s: %w", srcPath, err)
+			err = fmt.Errorf("%s: %w", name, err)
+		}
+		if err == nil && cfg.beforePublish != nil {
+			err = cfg.beforePublish(ctx)
 		}
 		return err
 	})
