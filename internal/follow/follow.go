@@ -341,7 +341,13 @@ func (r *readerAt) ReadAt(p []byte, off int64) (int, error) {
 			}
 			want := p[:min(int64(len(p)), wm-off)]
 			n, err := f.ReadAt(want, off)
-			if err == nil && n < len(p) {
+			if n < len(want) {
+				// Bytes that were read once are gone: the file shrank.
+				terr := fmt.Errorf("%w: %d bytes at %d were there and are not (%v)", ErrTruncated, len(want), off, err)
+				r.fl.Fail(terr)
+				return n, fmt.Errorf("follow %s: %w", r.fl.path, terr)
+			}
+			if n < len(p) {
 				err = io.EOF
 			}
 			return n, err

@@ -14,6 +14,10 @@ import (
 
 // errCommitted: the blob was committed before its ingest file could be
 // followed; it converts from the blob instead.
+// testHookAwaitingVerdict, if set (tests only), runs when a conversion
+// ahead is complete and waits for the follow's verdict.
+var testHookAwaitingVerdict func()
+
 var errCommitted = errors.New("the blob was committed before its download could be followed")
 
 // RawDiskAhead is RawDisk for a qcow2 disk still being downloaded into
@@ -55,12 +59,18 @@ func (p *Placer) RawDiskAhead(ctx context.Context, want digest.Digest, size int6
 		_, err = qcow2.ConvertReaderToRaw(ctx, fl.ReaderAt(ctx), size, ingest, dst,
 			qcow2.WithSourceFormat(qcow2.FormatQcow2),
 			qcow2.WithConcurrency(p.Concurrency),
-			qcow2.WithBeforePublish(fl.Wait))
+			qcow2.WithBeforePublish(func(ctx context.Context) error {
+				if testHookAwaitingVerdict != nil {
+					testHookAwaitingVerdict()
+				}
+				return fl.Wait(ctx)
+			}))
 		if err != nil && isDone(fl.Done()) {
-			if ferr := fl.Wait(ctx); ferr != nil && !errors.Is(err, ferr) {
-				// The follow's verdict is the cause; the conversion's error
-				// (reading bytes that never came) is its consequence.
-				err = fmt.Errorf("%w (conversion: %v)", ferr, err)
+			// The follow's verdict is the cause; the conversion's error
+			// (a read of bytes that never came, which it would call a
+			// malformed image) is its consequence.
+			if ferr := fl.Wait(ctx); ferr != nil {
+				err = ferr
 			}
 		}
 		return err
