@@ -86,6 +86,7 @@ type File struct {
 	f         *os.File // nil until the file exists
 	watermark int64    // bytes [0, watermark) are read and hashed
 	advanced  chan struct{}
+	opened    chan struct{} // closed once the file is open
 	done      chan struct{} // closed when the follow ends
 	err       error         // why it ended; nil: verified
 	verified  bool
@@ -111,7 +112,7 @@ func Start(ctx context.Context, path string, expected digest.Digest, size int64,
 	ctx, cancel := context.WithCancelCause(ctx)
 	fl := &File{
 		path: path, expected: expected, size: size, opts: opts, cancel: cancel,
-		advanced: make(chan struct{}), done: make(chan struct{}),
+		advanced: make(chan struct{}), opened: make(chan struct{}), done: make(chan struct{}),
 	}
 	go fl.run(ctx, h)
 	return fl, nil
@@ -134,6 +135,10 @@ func (fl *File) Close() error {
 	fl.f = nil
 	return err
 }
+
+// Opened is closed once the file exists and is open: from then on the
+// follow reads it whatever becomes of its name.
+func (fl *File) Opened() <-chan struct{} { return fl.opened }
 
 // Done is closed when the follow ends.
 func (fl *File) Done() <-chan struct{} { return fl.done }
@@ -264,6 +269,7 @@ func (fl *File) open(ctx context.Context) (*os.File, error) {
 			fl.mu.Lock()
 			fl.f = f
 			fl.mu.Unlock()
+			close(fl.opened)
 			return f, nil
 		}
 		if !errors.Is(err, fs.ErrNotExist) {

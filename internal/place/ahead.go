@@ -50,13 +50,27 @@ func (p *Placer) RawDiskAhead(ctx context.Context, want digest.Digest, size int6
 		return nil
 	}
 	ingest := p.Store.IngestPath(want)
+	fl, err := follow.Start(ctx, ingest, want, size, opts)
+	if err != nil {
+		return "", err
+	}
+	defer fl.Close()
+	// Wait for the download to begin before taking the derived file's lock:
+	// a RawDisk of this disk must not wait behind a download that has not
+	// started (it may never: the blob was committed meanwhile).
+	select {
+	case <-fl.Opened():
+	case <-fl.Done():
+	case <-ctx.Done():
+		return "", fmt.Errorf("convert %s ahead: %w", want, context.Cause(ctx))
+	}
 	path, err := p.Store.PutDerived(ctx, key, func(ctx context.Context, dst string) error {
-		fl, err := follow.Start(ctx, ingest, want, size, opts)
-		if err != nil {
-			return err
+		if isDone(fl.Done()) {
+			if err := fl.Wait(ctx); err != nil {
+				return err
+			}
 		}
-		defer fl.Close()
-		_, err = qcow2.ConvertReaderToRaw(ctx, fl.ReaderAt(ctx), size, ingest, dst,
+		_, err := qcow2.ConvertReaderToRaw(ctx, fl.ReaderAt(ctx), size, ingest, dst,
 			qcow2.WithSourceFormat(qcow2.FormatQcow2),
 			qcow2.WithConcurrency(p.Concurrency),
 			qcow2.WithBeforePublish(func(ctx context.Context) error {
