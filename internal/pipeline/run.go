@@ -233,6 +233,9 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			h := &FetcherStage{Store: d.Store, Requests: infra.Requests, Downloader: d.Downloader, Objects: infra.Objects,
 				Leases: infra.leasesFor(holder+"/"+strconv.Itoa(os.Getpid()), leaseStall(d)), Progress: progress, Logger: log, Metrics: d.Metrics, OriginTimeout: d.OriginTimeout}
 			bindings = append(bindings, binding{name, name, messages.SubjectFetch, h.Handle, messages.DoneSubject(name)})
+			if infra.Objects == nil {
+				h.ConvertAhead = announceConvertAhead(nc, log)
+			}
 		case messages.StageVerifier:
 			h := &VerifierStage{Store: d.Store, Objects: infra.Objects, Verified: newVerifiedObjects(nc, infra.Verified), Progress: progress, Logger: log, Metrics: d.Metrics,
 				TargetKnown: func(ctx context.Context, host string) (bool, error) {
@@ -295,6 +298,13 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 		default:
 			return nil, fmt.Errorf("unknown stage %q", name)
 		}
+	}
+	if slices.Contains(names, messages.StageConverter) && infra.Objects == nil {
+		// In a shared cache the converter also converts disks while they
+		// download (ahead.go), beside its consumer, never in its slots.
+		ahead := &convertAhead{Store: d.Store, Concurrency: d.Concurrency, Slots: d.Concurrency,
+			Logger: d.Logger.With("stage", messages.StageConverter, "work", "ahead")}
+		background = append(background, func(ctx context.Context) { ahead.Run(ctx, nc) })
 	}
 	queuedLimit := 0
 	if slices.Contains(names, messages.StageResolver) {
