@@ -64,12 +64,13 @@ func (p *Placer) RawDiskAhead(ctx context.Context, want digest.Digest, size int6
 	case <-ctx.Done():
 		return "", fmt.Errorf("convert %s ahead: %w", want, context.Cause(ctx))
 	}
-	path, err := p.Store.PutDerived(ctx, key, func(ctx context.Context, dst string) error {
+	path, err := p.Store.PutDerivedSealed(ctx, key, func(ctx context.Context, dst string) (string, error) {
 		if isDone(fl.Done()) {
 			if err := fl.Wait(ctx); err != nil {
-				return err
+				return "", err
 			}
 		}
+		digest, opt := outputDigest()
 		_, err := qcow2.ConvertReaderToRaw(ctx, fl.ReaderAt(ctx), size, ingest, dst,
 			qcow2.WithSourceFormat(qcow2.FormatQcow2),
 			qcow2.WithConcurrency(p.Concurrency),
@@ -78,7 +79,7 @@ func (p *Placer) RawDiskAhead(ctx context.Context, want digest.Digest, size int6
 					testHookAwaitingVerdict()
 				}
 				return fl.Wait(ctx)
-			}))
+			}), opt)
 		if err != nil && isDone(fl.Done()) {
 			// The follow's verdict is the cause; the conversion's error
 			// (a read of bytes that never came, which it would call a
@@ -87,7 +88,10 @@ func (p *Placer) RawDiskAhead(ctx context.Context, want digest.Digest, size int6
 				err = ferr
 			}
 		}
-		return err
+		if err != nil {
+			return "", err
+		}
+		return digest()
 	})
 	if errors.Is(err, errCommitted) {
 		blob, lerr := p.Store.Lookup(ctx, want)

@@ -178,6 +178,7 @@ func TestRawDiskAheadConvertsWhileDownloading(t *testing.T) {
 			if after, err := os.Stat(again); err != nil || !os.SameFile(before, after) {
 				t.Fatalf("RawDisk converted again (%v)", err)
 			}
+			verifyStore(t, p)
 		})
 	}
 }
@@ -285,5 +286,49 @@ func TestRawDiskAheadBlobAlreadyCommitted(t *testing.T) {
 	}
 	if sum, qemu := testutil.FileSHA256(t, got), testutil.QemuRawSHA256(t, src); sum != qemu {
 		t.Fatalf("raw disk sha256 %s, qemu-img's %s", sum, qemu)
+	}
+}
+
+// verifyStore re-hashes every file of p's store: the seal the conversion
+// computed as it wrote must be the output's sparse digest.
+func verifyStore(t *testing.T, p *Placer) {
+	t.Helper()
+	derived := 0
+	err := p.Store.Verify(context.Background(), func(r content.VerifyResult) {
+		if !r.OK {
+			t.Errorf("verify %s: %v", r.Path, r.Err)
+		}
+		if r.SparseSHA256 != "" {
+			derived++
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if derived == 0 {
+		t.Error("verify saw no derived file")
+	}
+}
+
+// TestRawDiskSealsWhatItWrote: the digest the conversion computes as it
+// writes is the one the store computes from the file.
+func TestRawDiskSealsWhatItWrote(t *testing.T) {
+	for _, args := range [][]string{nil, {"-c"}, {"-o", "cluster_size=4096"}, {"-c", "-o", "cluster_size=2M"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			img := qemuQcow2(t, args...)
+			want := testutil.SHA256Of(img)
+			p := newPlacer(t)
+			if err := os.WriteFile(p.Store.IngestPath(want), img, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			blob, err := p.Store.Commit(context.Background(), p.Store.IngestPath(want), want, int64(len(img)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.RawDisk(context.Background(), blob); err != nil {
+				t.Fatal(err)
+			}
+			verifyStore(t, p)
+		})
 	}
 }

@@ -34,6 +34,19 @@ type convertConfig struct {
 	// beforePublish, if set, runs once the output is complete and before it
 	// is published; its error aborts the publication.
 	beforePublish func(ctx context.Context) error
+	// written, if set, is called with the output's size before the
+	// conversion writes, and returns what gets every run of data written.
+	written func(size int64) func(off int64, data []byte)
+}
+
+// WithWritten makes the conversion call start with the output's size
+// before it writes, and then hand the function start returns every run of
+// non-zero 4 KiB blocks it writes, in order of offset, once written (the
+// rest of the output is holes), from one goroutine; it must not keep the
+// data. It lets the caller digest the output without reading it back
+// (content.SparseDigest). Chunks are then written in order.
+func WithWritten(start func(size int64) func(off int64, data []byte)) ConvertOption {
+	return func(c *convertConfig) { c.written = start }
 }
 
 // WithBeforePublish makes the conversion call check once the output is
@@ -210,6 +223,7 @@ type engine struct {
 }
 
 type job struct {
+	seq    int64     // among the jobs, from 0: the order they are written in
 	off    int64     // guest byte offset (multiple of the chunk size)
 	length int64     // guest bytes, ≤ chunk size
 	ms     []mapping // qcow2: one per cluster
@@ -252,14 +266,26 @@ func (e *engine) run(parent context.Context) (int64, error) {
 			defer wg.Done()
 			dec := newDecoder(e.img)
 			defer dec.close()
-			for j := range jobs {
-				if ctx.Err() != nil {
-					continue // drain so the producer never blocks
-				}
+			for {
+				// The buffer first, then the job: the earliest job not yet
+				// written always has a buffer, so an in-order writer holding
+				// later chunks never waits for one that cannot get a buffer.
 				var cb *chunkBuf
 				select {
 				case cb = <-free:
 				case <-ctx.Done():
+					for range jobs {
+						// drain so the producer never blocks
+					}
+					return
+				}
+				j, ok := <-jobs
+				if !ok {
+					free <- cb
+					return
+				}
+				if ctx.Err() != nil {
+					free <- cb
 					continue
 				}
 				cb.job = j
@@ -287,6 +313,45 @@ func (e *engine) run(parent context.Context) (int64, error) {
 			e.cfg.progress(done, e.size)
 		}
 	}
+	// With WithWritten, chunks are written in order (pending holds those
+	// that came early) and handed on to the digester goroutine, which
+	// frees their buffers.
+	pending := map[int64]*chunkBuf{}
+	var nextSeq int64
+	var digested chan *chunkBuf
+	var digester sync.WaitGroup
+	if e.cfg.written != nil {
+		digest := e.cfg.written(e.size)
+		digested = make(chan *chunkBuf, nbuf) // never full: nbuf buffers
+		digester.Add(1)
+		go func() {
+			defer digester.Done()
+			for cb := range digested {
+				if ctx.Err() == nil {
+					for _, r := range cb.runs {
+						digest(cb.off+r.start, cb.data[r.start:r.end])
+					}
+				}
+				free <- cb
+			}
+		}()
+	}
+	write := func(cb *chunkBuf) {
+		if ctx.Err() == nil {
+			n, err := e.writeChunk(cb)
+			if err != nil {
+				cancel(err)
+			} else {
+				written += n
+				report(cb.length)
+			}
+		}
+		if digested != nil {
+			digested <- cb
+		} else {
+			free <- cb
+		}
+	}
 	for ready != nil || skipped != nil {
 		select {
 		case cb, ok := <-ready:
@@ -294,22 +359,33 @@ func (e *engine) run(parent context.Context) (int64, error) {
 				ready = nil
 				continue
 			}
-			if ctx.Err() == nil {
-				n, err := e.writeChunk(cb)
-				if err != nil {
-					cancel(err)
-				} else {
-					written += n
-					report(cb.length)
-				}
+			if digested == nil {
+				write(cb)
+				continue
 			}
-			free <- cb
+			pending[cb.seq] = cb
+			for {
+				next, ok := pending[nextSeq]
+				if !ok {
+					break
+				}
+				delete(pending, nextSeq)
+				nextSeq++
+				write(next)
+			}
 		case n, ok := <-skipped:
 			if !ok {
 				skipped = nil
 				continue
 			}
 			report(n)
+		}
+	}
+	if digested != nil {
+		close(digested)
+		digester.Wait()
+		if len(pending) > 0 && ctx.Err() == nil {
+			return 0, fmt.Errorf("internal error: %d chunks were never written in order", len(pending))
 		}
 	}
 	if err := context.Cause(ctx); err != nil {
@@ -335,12 +411,13 @@ func (e *engine) produce(ctx context.Context, jobs chan<- job, skipped chan<- in
 		l2buf = make([]byte, perChunk*e.img.entryBytes)
 		ms = make([]mapping, perChunk)
 	}
+	var seq int64
 	for off := int64(0); off < e.size; off += chunk {
 		if err := ctx.Err(); err != nil {
 			return nil // the cause is already recorded
 		}
 		length := min(chunk, e.size-off)
-		j := job{off: off, length: length}
+		j := job{seq: seq, off: off, length: length}
 		if e.img != nil {
 			// A whole unallocated L1 range is skipped in one step, so huge
 			// empty images cost nothing.
@@ -374,6 +451,7 @@ func (e *engine) produce(ctx context.Context, jobs chan<- job, skipped chan<- in
 		}
 		select {
 		case jobs <- j:
+			seq++
 		case <-ctx.Done():
 			return nil
 		}
