@@ -99,9 +99,20 @@ curl -sfo disk.img %q; sha256sum disk.img >/dev/null; qemu-img convert -f qcow2 
 	}
 	b.StopTimer()
 	ratio := func(a, b time.Duration) float64 { return a.Seconds() / b.Seconds() }
-	fmt.Printf("\ndisk: %.0f MiB file (%d MiB of data in a 4 GiB compressed qcow2) over loopback; %d rounds, medians\n",
+	fmt.Printf("\nload average at the end: %s", loadAverage())
+	fmt.Printf("disk: %.0f MiB file (%d MiB of data in a 4 GiB compressed qcow2) over loopback; %d rounds, medians\n",
 		float64(size)/(1<<20), dataMiB, rounds)
 	fmt.Printf("%-62s %8.2fs\n", "shell: curl + sha256sum + qemu-img convert", median(shell).Seconds())
 	fmt.Printf("%-62s %8.2fs  ratio %.2f×\n", "download+hash, commit (re-hash), convert: in sequence", median(sequential).Seconds(), ratio(median(sequential), median(shell)))
 	fmt.Printf("%-62s %8.2fs  ratio %.2f×\n", "download+hash ∥ follow+hash+convert, commit", median(overlapped).Seconds(), ratio(median(overlapped), median(shell)))
+}
+
+// loadAverage is /proc/loadavg, to tell a run on a busy machine: the
+// figures of one are not comparable with an idle one's.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown\n"
+	}
+	return string(b)
 }
