@@ -16,7 +16,7 @@ import (
 // appender writes data to path in chunks, waiting after each until the
 // follower has read it (the pause a slow download makes), so that the
 // follower really sees a growing file.
-func appender(t *testing.T, path string, data []byte, chunk int, fl func() *File) <-chan error {
+func appender(t *testing.T, path string, data []byte, chunk int, fl *File) <-chan error {
 	t.Helper()
 	done := make(chan error, 1)
 	go func() {
@@ -32,7 +32,7 @@ func appender(t *testing.T, path string, data []byte, chunk int, fl func() *File
 				done <- err
 				return
 			}
-			if err := waitWatermark(fl(), int64(end)); err != nil {
+			if err := waitWatermark(fl, int64(end)); err != nil {
 				done <- err
 				return
 			}
@@ -84,9 +84,8 @@ func TestFollowGrowingFile(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "ingest")
-			var fl *File
-			fl = start(t, path, data, tt.size, Options{ReadBytes: 100000})
-			wrote := appender(t, path, data, tt.chunk, func() *File { return fl })
+			fl := start(t, path, data, tt.size, Options{ReadBytes: 100000})
+			wrote := appender(t, path, data, tt.chunk, fl)
 			// A read of the last bytes, issued before they exist, waits for them.
 			tail := make([]byte, 1000)
 			n, err := fl.ReaderAt(context.Background()).ReadAt(tail, int64(len(data))-1000)
@@ -117,7 +116,7 @@ func TestFollowFailures(t *testing.T) {
 	for _, tt := range []struct {
 		name  string
 		size  int64
-		write func(t *testing.T, path string, fl func() *File) // what the "download" does
+		write func(t *testing.T, path string, fl *File) // what the "download" does
 		idle  time.Duration
 		want  error
 		// readAt: where a reader waits (default the last byte of data).
@@ -125,7 +124,7 @@ func TestFollowFailures(t *testing.T) {
 	}{
 		{
 			name: "truncated mid-way", size: int64(len(data)),
-			write: func(t *testing.T, path string, fl func() *File) {
+			write: func(t *testing.T, path string, fl *File) {
 				if err := <-appender(t, path, data[:1<<20], 256<<10, fl); err != nil {
 					t.Error(err)
 				}
@@ -137,7 +136,7 @@ func TestFollowFailures(t *testing.T) {
 		},
 		{
 			name: "wrong content, size known", size: int64(len(other)),
-			write: func(t *testing.T, path string, fl func() *File) {
+			write: func(t *testing.T, path string, fl *File) {
 				if err := <-appender(t, path, other, 1<<20, fl); err != nil {
 					t.Error(err)
 				}
@@ -146,14 +145,14 @@ func TestFollowFailures(t *testing.T) {
 		},
 		{
 			name: "more than the expected size", size: 1 << 20,
-			write: func(t *testing.T, path string, fl func() *File) {
+			write: func(t *testing.T, path string, fl *File) {
 				_ = os.WriteFile(path, other, 0o644)
 			},
 			want: ErrDigestMismatch,
 		},
 		{
 			name: "wrong content, size unknown: stalls", size: 0, idle: 50 * time.Millisecond, readAt: int64(len(other)) + 10,
-			write: func(t *testing.T, path string, fl func() *File) {
+			write: func(t *testing.T, path string, fl *File) {
 				if err := <-appender(t, path, other, 1<<20, fl); err != nil {
 					t.Error(err)
 				}
@@ -162,14 +161,13 @@ func TestFollowFailures(t *testing.T) {
 		},
 		{
 			name: "never appears", size: int64(len(data)), idle: 50 * time.Millisecond,
-			write: func(t *testing.T, path string, fl func() *File) {},
+			write: func(t *testing.T, path string, fl *File) {},
 			want:  ErrStalled,
 		},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "ingest")
-			var fl *File
-			fl = start(t, path, data, tt.size, Options{Idle: tt.idle, ReadBytes: 64 << 10})
+			fl := start(t, path, data, tt.size, Options{Idle: tt.idle, ReadBytes: 64 << 10})
 			// A reader waiting for the end gets the follow's error.
 			readErr := make(chan error, 1)
 			at := int64(len(data)) - 1
@@ -180,7 +178,7 @@ func TestFollowFailures(t *testing.T) {
 				_, err := fl.ReaderAt(context.Background()).ReadAt(make([]byte, 2), at) // across the end: waits for the verdict
 				readErr <- err
 			}()
-			tt.write(t, path, func() *File { return fl })
+			tt.write(t, path, fl)
 			err := fl.Wait(context.Background())
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("Wait: %v, want %v", err, tt.want)
