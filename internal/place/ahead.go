@@ -12,21 +12,23 @@ import (
 	"github.com/vmprep/vmprep/pkg/image"
 )
 
-// errCommitted: the blob was committed before its ingest file could be
-// followed; it converts from the blob instead.
 // testHookAwaitingVerdict, if set (tests only), runs when a conversion
 // ahead is complete and waits for the follow's verdict.
 var testHookAwaitingVerdict func()
 
+// errCommitted: the blob was committed before its ingest file could be
+// followed; it converts from the blob instead.
 var errCommitted = errors.New("the blob was committed before its download could be followed")
 
 // RawDiskAhead is RawDisk for a qcow2 disk still being downloaded into
 // this store's ingest file for want (size bytes, as signed): it converts
 // while the bytes arrive, hashing them itself, and publishes the raw disk,
 // under the same key as RawDisk, only once the bytes it read and converted
-// hash to want. On a mismatch, a restarted or stalled download or any other
-// failure nothing is published and the temporary output is removed; the
-// conversion of the committed blob (RawDisk) then starts from nothing.
+// hash to want. The qcow2 header's offsets are checked against size, as for
+// a complete file; reads wait until their bytes are in. On a mismatch, a
+// restarted or stalled download or any other failure nothing is published
+// and the temporary output is removed; the conversion of the committed blob
+// (RawDisk) then starts from nothing.
 //
 // While it runs it holds the derived artifact's lock, so a RawDisk of the
 // same disk waits for it and then finds the result instead of converting a
