@@ -184,7 +184,10 @@ func fleetUnwant(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		return failf(stderr, 1, c.name, "%v", err)
 	}
 	defer done()
-	if !slices.ContainsFunc(state.Selections, func(s fleet.Selection) bool { return s.ID() == sel.ID() }) {
+	// A tampered selection (none of the operator's entries left) may be
+	// removed too: the operator's delete settles it.
+	if !slices.ContainsFunc(state.Selections, func(s fleet.Selection) bool { return s.ID() == sel.ID() }) &&
+		!slices.Contains(state.Tampered, fleetkv.SelectionKey(sel.ID())) {
 		return failf(stderr, 1, c.name, "no selection %s (see vmprep fleet ls)", sel)
 	}
 	if err := st.DeleteSelection(ctx, sel.ID()); err != nil {
@@ -236,7 +239,24 @@ func fleetApply(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		}
 		fmt.Fprintf(stdout, "unwant\t%s\t%s\n", sel.ID(), sel)
 	}
-	fmt.Fprintf(stdout, "%d written, %d removed, %d unchanged\n", len(put), len(remove), len(want)-len(put))
+	// A selection key with none of the operator's entries left (overwritten
+	// by others, or written by a vmprep before entries were marked) that
+	// FILE does not name: the operator's delete settles it.
+	removed := len(remove)
+	named := map[string]bool{}
+	for _, sel := range want {
+		named[sel.ID()] = true
+	}
+	for _, key := range state.Tampered {
+		if id, ok := strings.CutPrefix(key, fleetkv.SelectionKey("")); ok && !named[id] {
+			if err := st.DeleteSelection(ctx, id); err != nil {
+				return failf(stderr, 1, c.name, "%v", c.conn.explain(err))
+			}
+			fmt.Fprintf(stdout, "unwant\t%s\t(tampered)\n", id)
+			removed++
+		}
+	}
+	fmt.Fprintf(stdout, "%d written, %d removed, %d unchanged\n", len(put), removed, len(want)-len(put))
 	return 0
 }
 

@@ -15,6 +15,8 @@ import (
 	"github.com/vmprep/vmprep/internal/fleet"
 	"github.com/vmprep/vmprep/internal/fleetkv"
 	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/internal/stage"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -146,39 +148,29 @@ func TestHostCannotRelayFleetEntries(t *testing.T) {
 // TestErasedPlanFreesNothing: alice overwrites host-2's plan with the
 // server's answer to $JS.API.INFO (see TestReplyRelayCannotEraseAKey).
 // host-2 must not read it as an empty plan, which would unwant every
-// selection and free every build it holds; it reads an error and keeps
-// what it holds until the resolver writes its plan again.
+// selection and free every build it holds: it reads the plan the resolver
+// last wrote, and once the key is flooded past its history an error
+// (ErrTampered), keeping what it holds.
 func TestErasedPlanFreesNothing(t *testing.T) {
 	connect := fleetUsers(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	resolver := openFleet(ctx, t, connect("resolver"))
-	if err := resolver.PutPlan(ctx, fleet.Plan{Host: "host-2"}); err != nil {
+	sel, _ := fleet.Selection{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Hosts: "*"}.Normalize(false)
+	plan := fleet.Plan{Host: "host-2", Desired: []fleet.Desired{{Selection: sel.ID(), Spec: sel.Spec(), Format: sel.Format}}}
+	if err := resolver.PutPlan(ctx, plan); err != nil {
 		t.Fatal(err)
 	}
-	host2 := openFleet(ctx, t, connect("converter_host-2"))
-	if _, err := host2.Plan(ctx, "host-2"); err != nil {
-		t.Fatalf("host-2 reads its plan: %v", err)
-	}
-	alice := connect("alice")
+	host2NC := connect("converter_host-2")
+	host2 := openFleet(ctx, t, host2NC)
 	subject := "$KV." + fleetkv.Bucket + "." + fleetkv.PlanKey("host-2")
-	if err := alice.PublishRequest("$JS.API.INFO", subject, nil); err != nil {
-		t.Fatal(err)
+	testutil.EraseByReply(t, connect("alice"), host2NC, subject, 1)
+	if p, err := host2.Plan(ctx, "host-2"); err != nil || !p.Equal(plan) {
+		t.Errorf("host-2 reads its erased plan as %+v, %v; want the resolver's %+v", p, err, plan)
 	}
-	if err := alice.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		p, err := host2.Plan(ctx, "host-2")
-		if err != nil {
-			t.Logf("host-2 reads its overwritten plan: %v", err)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("host-2's plan still reads %+v: either the overwrite did not land or it reads as a plan", p)
-		}
-		time.Sleep(20 * time.Millisecond)
+	testutil.EraseByReply(t, connect("alice"), host2NC, subject, fleetkv.History)
+	if p, err := host2.Plan(ctx, "host-2"); !errors.Is(err, fleetkv.ErrTampered) {
+		t.Errorf("host-2 reads its flooded plan as %+v, %v; want %v", p, err, fleetkv.ErrTampered)
 	}
 }
 
@@ -189,40 +181,21 @@ func TestErasedPlanFreesNothing(t *testing.T) {
 // selection: the bucket's last entry of that key becomes the server's
 // account-info answer, and the selection is gone from the fleet (its
 // hosts would unwant it and free its builds). The same erases any key of
-// any bucket (bob's request state, a verified record, an object's meta).
-// Permissions cannot see a reply subject; entries would have to be
-// authenticated (signed by their writer) or read as the last revision
-// their owner wrote. Not fixed.
+// any bucket (bob's request state, a verified record). Permissions cannot
+// see a reply subject: the fleet reads each key as the last entry its
+// owner wrote (stage.GetOwned), and keeps the selection.
 func TestReplyRelayCannotEraseAKey(t *testing.T) {
-	t.Skip("HOLE: any user erases any key-value entry by naming its subject as the reply subject of $JS.API.INFO (docs/security.md)")
 	connect := fleetUsers(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	adminNC := connect("admin")
 	admin := openFleet(ctx, t, adminNC)
-	adminJS, _ := jetstream.New(adminNC)
 	sel, _ := fleet.Selection{Distro: "ubuntu", Version: "24.04", Arch: "amd64", Hosts: "*"}.Normalize(false)
 	if err := admin.PutSelection(ctx, sel); err != nil {
 		t.Fatal(err)
 	}
 	alice := connect("alice")
-	if err := alice.PublishRequest("$JS.API.INFO", "$KV."+fleetkv.Bucket+"."+fleetkv.SelectionKey(sel.ID()), nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := alice.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	kv, err := adminJS.KeyValue(ctx, fleetkv.Bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if e, err := kv.Get(ctx, fleetkv.SelectionKey(sel.ID())); err == nil && e.Revision() > 1 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.EraseByReply(t, alice, adminNC, "$KV."+fleetkv.Bucket+"."+fleetkv.SelectionKey(sel.ID()), 1)
 	st, skipped, err := admin.Load(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -239,7 +212,10 @@ func TestReplyRelayCannotEraseAKey(t *testing.T) {
 // direct-gets it with the subject of bob's request state as the reply
 // subject: the bucket stores it. Read as bob's state, the genuine
 // verifier's report of the fetcher's object would match it and bob's
-// result would name the attacker's disk. The resolver must refuse it.
+// result would name the attacker's disk. The resolver must read bob's
+// genuine state, the resolver's last entry — also when the relay asked
+// for the payload alone (no_hdr: no relay markings on the stored entry),
+// as the verifier can from an object's metadata it writes.
 func TestFetcherCannotRelayRequestState(t *testing.T) {
 	connect := fleetUsers(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -250,38 +226,53 @@ func TestFetcherCannotRelayRequestState(t *testing.T) {
 		t.Fatal(err)
 	}
 	requests := pipeline.NewRequests(resolverJS.Conn(), requestsKV)
-	key := messages.RequestKey("bob", "r1")
-	if _, err := requestsKV.Put(ctx, key, []byte(`{"namespace":"bob","spec":{"distro":"ubuntu","version":"24.04","arch":"amd64"},"format":"raw","roles":["disk"]}`)); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := requests.Load(ctx, key); err != nil {
-		t.Fatalf("the resolver reads bob's genuine state: %v", err)
-	}
-	fetcher := connect("fetcher")
 	forged := `{"namespace":"bob","spec":{"distro":"ubuntu","version":"24.04","arch":"amd64"},"format":"raw","roles":["disk"],"resolved_from":"forged"}`
-	if _, err := fetcher.Request("$KV."+messages.BucketLeases+".relay", []byte(forged), 5*time.Second); err != nil {
-		t.Fatalf("the fetcher writes a lease: %v", err)
-	}
-	if err := fetcher.PublishRequest("$JS.API.DIRECT.GET.KV_"+messages.BucketLeases+".$KV."+messages.BucketLeases+".relay",
-		"$KV."+messages.BucketRequests+"."+key, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := fetcher.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		e, err := requestsKV.Get(ctx, key)
-		if err == nil && strings.Contains(string(e.Value()), "forged") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the relayed state never landed: the attack did not run")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if st, _, err := requests.Load(ctx, key); err == nil {
-		t.Errorf("the resolver took a request state the fetcher relayed: %+v", st)
+	for _, tc := range []struct {
+		user, stored string // who writes the forged state, where
+		get          string // the direct get's subject and body
+		body         []byte
+		id           string
+	}{
+		{"fetcher", "$KV." + messages.BucketLeases + ".relay",
+			"$JS.API.DIRECT.GET.KV_" + messages.BucketLeases + ".$KV." + messages.BucketLeases + ".relay", nil, "lease"},
+		// The payload alone: the answer carries no relay markings at all.
+		{"verifier", "$O.vmprep.M.relay",
+			"$JS.API.DIRECT.GET.OBJ_vmprep", []byte(`{"last_by_subj":"$O.vmprep.M.relay","no_hdr":true}`), "meta-no-headers"},
+	} {
+		t.Run(tc.user+" "+tc.id, func(t *testing.T) {
+			stageNC := connect(tc.user)
+			key := messages.RequestKey("bob", tc.id)
+			if _, err := stage.PutOwned(ctx, resolverJS.Conn(), messages.BucketRequests, key, pipeline.RequestsWriter,
+				[]byte(`{"namespace":"bob","spec":{"distro":"ubuntu","version":"24.04","arch":"amd64"},"format":"raw","roles":["disk"]}`), nil); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := requests.Load(ctx, key); err != nil {
+				t.Fatalf("the resolver reads bob's genuine state: %v", err)
+			}
+			if _, err := stageNC.Request(tc.stored, []byte(forged), 5*time.Second); err != nil {
+				t.Fatalf("the %s writes %s: %v", tc.user, tc.stored, err)
+			}
+			if err := stageNC.PublishRequest(tc.get, "$KV."+messages.BucketRequests+"."+key, tc.body); err != nil {
+				t.Fatal(err)
+			}
+			if err := stageNC.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				e, err := requestsKV.Get(ctx, key)
+				if err == nil && strings.Contains(string(e.Value()), "forged") {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the relayed state never landed: the attack did not run")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if st, _, err := requests.Load(ctx, key); err != nil || st.ResolvedFrom == "forged" {
+				t.Errorf("the resolver reads %+v, %v after the %s's relay; want bob's genuine state", st, err, tc.user)
+			}
+		})
 	}
 }
 
@@ -297,4 +288,58 @@ func openFleet(ctx context.Context, t *testing.T, nc *nats.Conn) *fleetkv.Store 
 		t.Fatal(err)
 	}
 	return st
+}
+
+// TestHeaderlessRelayCannotForge: a direct get may ask for the payload
+// alone ("no_hdr"); the server's answer then carries none of the markings
+// (Nats-Stream, Nats-Subject) by which a relay is told (messages.Relayed).
+// host-1 writes a selection as its own status value and direct-gets it so,
+// naming a selection key as reply subject: the bucket stores the
+// selection there with no marking at all. Only the writer marker
+// (stage.HeaderWriter) tells it is not the operator's.
+func TestHeaderlessRelayCannotForge(t *testing.T) {
+	connect := fleetUsers(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	host1 := connect("converter_host-1")
+	evil, _ := fleet.Selection{Distro: "ubuntu", Version: "20.04", Arch: "amd64", Hosts: "*", Serial: "20200101"}.Normalize(false)
+	b, err := json.Marshal(evil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := "$KV." + fleetkv.Bucket + "." + fleetkv.StatusKey("host-1", "relay")
+	if _, err := host1.Request(own, b, 5*time.Second); err != nil {
+		t.Fatalf("host-1 writes its own status key: %v", err)
+	}
+	key := "$KV." + fleetkv.Bucket + "." + fleetkv.SelectionKey(evil.ID())
+	if err := host1.PublishRequest("$JS.API.DIRECT.GET.KV_"+fleetkv.Bucket, key, []byte(`{"last_by_subj":"`+own+`","no_hdr":true}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := host1.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	admin := connect("admin")
+	adminJS, _ := jetstream.New(admin)
+	kv, err := adminJS.KeyValue(ctx, fleetkv.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := kv.Get(ctx, fleetkv.SelectionKey(evil.ID())); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the relay never landed: the attack did not run")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	st, skipped, err := openFleet(ctx, t, admin).Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Selections) != 0 {
+		t.Errorf("host-1 forged a selection by a header-less relay: %+v", st.Selections)
+	}
+	t.Logf("skipped: %q", skipped)
 }

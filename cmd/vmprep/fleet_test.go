@@ -7,7 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vmprep/vmprep/internal/fleetkv"
 	"github.com/vmprep/vmprep/internal/natsembed"
+	"github.com/vmprep/vmprep/internal/testutil"
 )
 
 // The operator's fleet commands against a real server: want, ls, apply
@@ -66,6 +68,33 @@ func TestFleetCommands(t *testing.T) {
 	out = fleetRun(t, 0, "apply", file)
 	if !strings.Contains(out, "0 written, 0 removed, 1 unchanged") {
 		t.Errorf("second apply: %s", out)
+	}
+	// Selections overwritten past their history (tampered): apply writes
+	// the ones FILE names again and deletes the others.
+	fleetRun(t, 0, "want", "--arch", "amd64", "debian", "12")
+	if err := json.Unmarshal([]byte(fleetRun(t, 0, "ls", "--json")), &list); err != nil || len(list) != 2 {
+		t.Fatalf("after want: %+v %v", list, err)
+	}
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	for _, l := range list {
+		testutil.EraseByReply(t, nc, nc, "$KV."+fleetkv.Bucket+"."+fleetkv.SelectionKey(l.ID), fleetkv.History)
+	}
+	if out := fleetRun(t, 0, "ls"); !strings.Contains(out, "overwritten by others") {
+		t.Errorf("ls does not report the tampered selections:\n%s", out)
+	}
+	out = fleetRun(t, 0, "apply", file)
+	if !strings.Contains(out, "(tampered)") || !strings.Contains(out, "1 written, 1 removed") {
+		t.Errorf("apply over tampered selections: %s", out)
+	}
+	if err := json.Unmarshal([]byte(fleetRun(t, 0, "ls", "--json")), &list); err != nil || len(list) != 1 || list[0].Version != "22.04" {
+		t.Fatalf("after apply over tampered selections: %+v %v", list, err)
+	}
+	if out := fleetRun(t, 0, "ls"); strings.Contains(out, "overwritten by others") {
+		t.Errorf("ls still reports tampered selections after apply:\n%s", out)
 	}
 	out = fleetRun(t, 0, "status")
 	if !strings.Contains(out, "S1") || !strings.Contains(out, "no build yet") {

@@ -8,10 +8,13 @@
 //	status.<host>.<id>  a host's state per selection that host's converter
 //
 // Every key has one writer, so NATS permissions on the $KV subjects say
-// who may write what (deploy/nats/auth.conf). Listing reads the last entry
-// of every subject by batched direct get (multi_last): no reader creates a
-// consumer, whose deliver subject the server would not check against the
-// reader's rights.
+// who may write what (deploy/nats/auth.conf), and every write carries its
+// writer's role (Owner, stage.HeaderWriter): anyone can make the server
+// publish an answer onto a key's subject, so a read takes the last entry
+// its owner wrote (stage.GetOwned), stepping back through the key's
+// history. Listing reads the last entry of every subject by batched
+// direct get (multi_last): no reader creates a consumer, whose deliver
+// subject the server would not check against the reader's rights.
 package fleetkv
 
 import (
@@ -19,6 +22,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,7 +31,6 @@ import (
 
 	"github.com/vmprep/vmprep/internal/fleet"
 	"github.com/vmprep/vmprep/internal/stage"
-	"github.com/vmprep/vmprep/pkg/messages"
 )
 
 // Bucket is the fleet's key-value bucket.
@@ -51,6 +54,15 @@ const maxEntries = 100_000
 // ErrRelayed: see stage.ErrRelayed.
 var ErrRelayed = stage.ErrRelayed
 
+// ErrTampered: see stage.ErrTampered.
+var ErrTampered = stage.ErrTampered
+
+// History is how many entries per key the bucket keeps: a read steps back
+// over entries the key's owner did not write (stage.GetOwned), so one
+// overwrite does not erase a selection or a plan. vmprep setup raises it
+// on an existing bucket (pipeline.ApplyLimits).
+const History = stage.OwnedHistory
+
 // ErrNoBucket means setup has not made the fleet bucket (nor may this user).
 var ErrNoBucket = errors.New("no fleet bucket " + Bucket + " (run vmprep setup as the operator)")
 
@@ -59,7 +71,7 @@ func Config(replicas int) jetstream.KeyValueConfig {
 	return jetstream.KeyValueConfig{
 		Bucket:      Bucket,
 		Description: "vmprep fleet: selections (operator), their builds and host plans (resolver), host status (each host its own)",
-		History:     1,
+		History:     History,
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(replicas, 1),
 	}
@@ -112,22 +124,36 @@ func HostKey(host string) string           { return prefixHost + host }
 func StatusKey(host, id string) string     { return prefixStatus + host + "." + id }
 func (s *Store) subject(key string) string { return "$KV." + Bucket + "." + key }
 
+// Owner is the role that writes key (stage.HeaderWriter): "operator"
+// (sel.), "resolver" (build., plan.), "host <host>" (host.<host>,
+// status.<host>.<id>); "" for a key nobody owns.
+func Owner(key string) string {
+	switch {
+	case strings.HasPrefix(key, prefixSelection):
+		return "operator"
+	case strings.HasPrefix(key, prefixBuild), strings.HasPrefix(key, prefixPlan):
+		return "resolver"
+	case strings.HasPrefix(key, prefixHost):
+		return "host " + strings.TrimPrefix(key, prefixHost)
+	case strings.HasPrefix(key, prefixStatus):
+		if host, _, ok := strings.Cut(strings.TrimPrefix(key, prefixStatus), "."); ok {
+			return "host " + host
+		}
+	}
+	return ""
+}
+
 func (s *Store) put(ctx context.Context, key string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	if _, err := s.kv.Put(ctx, key, b); err != nil {
-		return fmt.Errorf("write %s/%s: %w", Bucket, key, err)
-	}
-	return nil
+	_, err = stage.PutOwned(ctx, s.nc, Bucket, key, Owner(key), b, nil)
+	return err
 }
 
 func (s *Store) delete(ctx context.Context, key string) error {
-	if err := s.kv.Delete(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("delete %s/%s: %w", Bucket, key, err)
-	}
-	return nil
+	return stage.DeleteOwned(ctx, s.nc, Bucket, key, Owner(key), nil)
 }
 
 // PutSelection stores sel (normalized) under its ID.
@@ -173,13 +199,13 @@ func (s *Store) DeleteStatus(ctx context.Context, host, id string) error {
 	return s.delete(ctx, StatusKey(host, id))
 }
 
-// Plan reads host's plan; a host without one has nothing to hold. A plan
-// the server relayed onto the key for someone else (see List), or an entry
-// that is not a plan for host, is an error, not an empty plan: the host
-// keeps what it holds.
+// Plan reads the last plan the resolver wrote for host; a host without
+// one has nothing to hold. A key overwritten past its history
+// (ErrTampered), or an entry that is not a plan for host, is an error, not
+// an empty plan: the host keeps what it holds.
 func (s *Store) Plan(ctx context.Context, host string) (fleet.Plan, error) {
 	key := PlanKey(host)
-	data, _, err := stage.GetOwned(ctx, s.nc, Bucket, key)
+	data, _, err := stage.GetOwned(ctx, s.nc, Bucket, key, Owner(key))
 	if errors.Is(err, stage.ErrKeyNotFound) {
 		return fleet.Plan{Host: host}, nil
 	}
@@ -190,9 +216,8 @@ func (s *Store) Plan(ctx context.Context, host string) (fleet.Plan, error) {
 	if err := json.Unmarshal(data, &p); err != nil {
 		return fleet.Plan{}, fmt.Errorf("read %s/%s: %w", Bucket, key, err)
 	}
-	// Anyone can overwrite the key with a server's answer (an API reply
-	// sent to the key's subject): one that is not a plan for this host
-	// must not read as an empty plan, which would free everything.
+	// The resolver's own entry; still, one that is not a plan for this
+	// host must not read as an empty plan, which would free everything.
 	if p.Host != host {
 		return fleet.Plan{}, fmt.Errorf("read %s/%s: the entry is a plan for host %q, not %q", Bucket, key, p.Host, host)
 	}
@@ -227,19 +252,25 @@ func (s *Store) WatchStatus(changed func()) ([]*nats.Subscription, error) {
 type State struct {
 	fleet.Fleet
 	Announced map[string]Host
+	// Tampered are the keys with no entry of their owner's left (List):
+	// the state lacks what they held, so whoever plans from it must not
+	// take their absence for a removal.
+	Tampered []string
 }
 
 // Load reads every entry of the bucket (see List) into the fleet model.
 // An entry that does not decode is skipped with its key in skipped: one
-// bad entry must not stop the fleet.
+// bad entry must not stop the fleet. A tampered key is skipped too, and
+// listed in st.Tampered.
 func (s *Store) Load(ctx context.Context) (st State, skipped []string, err error) {
-	entries, relayed, err := s.List(ctx, ">")
+	entries, tampered, err := s.List(ctx, ">")
 	if err != nil {
 		return State{}, nil, err
 	}
-	for _, key := range relayed {
-		skipped = append(skipped, fmt.Sprintf("%s: %v", key, ErrRelayed))
+	for _, key := range tampered {
+		skipped = append(skipped, fmt.Sprintf("%s: %v", key, ErrTampered))
 	}
+	st.Tampered = tampered
 	st.Builds = map[string]fleet.Build{}
 	st.Plans = map[string]fleet.Plan{}
 	st.Status = map[string]map[string]fleet.Status{}
@@ -310,10 +341,35 @@ type multiLast struct {
 	Batch     int      `json:"batch"`
 }
 
-// List returns the value of every key matching filter ("sel.>", ">"),
-// deleted keys left out, and the keys whose last entry the server relayed
-// (ErrRelayed), left out too.
-func (s *Store) List(ctx context.Context, filter string) (entries map[string][]byte, relayed []string, err error) {
+// List returns the value its owner (Owner) last wrote of every key
+// matching filter ("sel.>", ">"), deleted keys left out, and the keys with
+// no owner's entry left in their history (ErrTampered), left out too. A
+// key whose last entry is not its owner's is read back (stage.GetOwned).
+func (s *Store) List(ctx context.Context, filter string) (entries map[string][]byte, tampered []string, err error) {
+	last, stepBack, err := s.listLast(ctx, filter)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, key := range stepBack {
+		v, _, err := stage.GetOwned(ctx, s.nc, Bucket, key, Owner(key))
+		switch {
+		case err == nil:
+			last[key] = v
+		case errors.Is(err, stage.ErrKeyNotFound):
+		case errors.Is(err, stage.ErrTampered):
+			tampered = append(tampered, key)
+		default:
+			return nil, nil, fmt.Errorf("list %s: %w", Bucket, err)
+		}
+	}
+	slices.Sort(tampered)
+	return last, tampered, nil
+}
+
+// listLast reads the last entry of every key matching filter by one
+// batched direct get: the owners' values (deleted keys left out), and the
+// keys whose last entry is not their owner's.
+func (s *Store) listLast(ctx context.Context, filter string) (entries map[string][]byte, notOwned []string, err error) {
 	body, err := json.Marshal(multiLast{MultiLast: []string{s.subject(filter)}, Batch: maxEntries})
 	if err != nil {
 		return nil, nil, err
@@ -343,12 +399,12 @@ func (s *Store) List(ctx context.Context, filter string) (entries map[string][]b
 			switch status := m.Header.Get("Status"); status {
 			case "":
 			case "404":
-				return out, relayed, nil
+				return out, notOwned, nil
 			case "204":
 				if p := m.Header.Get("Nats-Num-Pending"); p != "" && p != "0" {
 					return nil, nil, fmt.Errorf("list %s: more than %d entries", Bucket, maxEntries)
 				}
-				return out, relayed, nil
+				return out, notOwned, nil
 			default:
 				return nil, nil, fmt.Errorf("list %s: server answered %s %s", Bucket, status, m.Header.Get("Description"))
 			}
@@ -362,9 +418,9 @@ func (s *Store) List(ctx context.Context, filter string) (entries map[string][]b
 			if !ok {
 				continue
 			}
-			if messages.Relayed(m.Header, "KV_"+Bucket, subjects[len(subjects)-1]) {
+			if !stage.Owned(m.Header, Bucket, subjects[len(subjects)-1], Owner(key)) {
 				delete(out, key)
-				relayed = append(relayed, key)
+				notOwned = append(notOwned, key)
 				continue
 			}
 			switch m.Header.Get("KV-Operation") {

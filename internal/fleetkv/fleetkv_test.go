@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/vmprep/vmprep/internal/fleet"
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/internal/testutil"
 )
 
@@ -64,8 +65,8 @@ func TestStoreRoundTrip(t *testing.T) {
 	if got, err := s.Plan(ctx, "host-2"); err != nil || len(got.Desired) != 0 {
 		t.Fatalf("missing plan %+v %v", got, err)
 	}
-	// A hostile entry is skipped, not fatal.
-	if _, err := s.kv.Put(ctx, StatusKey("host-1", "bad"), []byte("{")); err != nil {
+	// An entry that does not decode is skipped, not fatal.
+	if _, err := stage.PutOwned(ctx, s.nc, Bucket, StatusKey("host-1", "bad"), Owner(StatusKey("host-1", "bad")), []byte("{"), nil); err != nil {
 		t.Fatal(err)
 	}
 	st, skipped, err := s.Load(ctx)

@@ -261,15 +261,17 @@ func requestRecordOf(ctx context.Context, js jetstream.JetStream, ns, id string)
 	if err != nil {
 		return nil, err
 	}
-	e, err := kv.Get(ctx, messages.RequestKey(ns, id))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	// The resolver's last entry: others can make the server publish onto
+	// the key (stage.GetOwned).
+	data, _, err := stage.GetOwned(ctx, js.Conn(), kv.Bucket(), messages.RequestKey(ns, id), pipeline.RequestsWriter)
+	if errors.Is(err, stage.ErrKeyNotFound) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
 	var rec requestRecord
-	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+	if err := json.Unmarshal(data, &rec); err != nil {
 		return nil, fmt.Errorf("request %s: unreadable state: %w", id, err)
 	}
 	return &rec, nil

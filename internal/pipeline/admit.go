@@ -159,7 +159,7 @@ func admitClones(st *requestState, a image.Asset, host, from string, ev messages
 }
 
 // admitPlace checks where a finished asset says its bytes are, against the
-// route the pipeline gives it (see route): with an object store, an object
+// route the pipeline gives it (see Medium.Next): with an object store, an object
 // named by the resolution's digest, and a file on a host only from that
 // host's converter; in one shared cache, nothing the collector would not
 // find in its own store.

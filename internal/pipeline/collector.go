@@ -61,8 +61,9 @@ func (s *CollectorStage) Handle(ctx context.Context, m stage.Message) ([]stage.E
 		}
 		if recorded == nil {
 			// A failure before the resolver recorded the request (admit
-			// lets only the resolver say so).
-			st, rev = requestState{Namespace: ev.Namespace, Spec: ev.Spec, Format: ev.Format, Target: ev.Target, ClientConverts: ev.ClientConverts, Clones: ev.Clones, ResolvedFrom: ev.ResolvedFrom}, 0
+			// lets only the resolver say so); rev is the key's last revision,
+			// which others' entries may have moved on.
+			st = requestState{Namespace: ev.Namespace, Spec: ev.Spec, Format: ev.Format, Target: ev.Target, ClientConverts: ev.ClientConverts, Clones: ev.Clones, ResolvedFrom: ev.ResolvedFrom}
 		}
 		ev := admitted
 		if st.Final == nil {

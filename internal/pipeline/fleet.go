@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -153,6 +154,18 @@ func (c *FleetCoordinator) replan(ctx context.Context) {
 		if ctx.Err() == nil {
 			c.Logger.Warn("fleet: cannot read the fleet state", "err", err)
 		}
+		return
+	}
+	// What a tampered key held is unknown, not gone. Planning without a
+	// selection would make its hosts free its builds: keep every plan
+	// until the operator writes it again (vmprep fleet want|apply). The
+	// other keys cannot take a selection out of a plan: without a host's
+	// announcement its plan is left as it is, without a build or a status
+	// each host keeps the serial it was given, and plans and builds are the
+	// resolver's own, written again here and by sync.
+	if sels := slices.DeleteFunc(slices.Clone(st.Tampered), func(k string) bool { return !strings.HasPrefix(k, fleetkv.SelectionKey("")) }); len(sels) > 0 {
+		c.Logger.Error("fleet: selections overwritten by others past their history; keeping every plan as it is until the operator writes them again (vmprep fleet want|apply)",
+			"keys", sels)
 		return
 	}
 	plans, progress := fleet.Plans(st.Fleet)

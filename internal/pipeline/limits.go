@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vmprep/vmprep/internal/fleetkv"
 	"github.com/vmprep/vmprep/internal/objectstore"
 	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/pkg/messages"
@@ -103,6 +105,10 @@ type StreamLimits struct {
 	Updated bool
 }
 
+// ownedBuckets are the key-value buckets read as each key's owner's last
+// write (stage.GetOwned): they keep stage.OwnedHistory entries per key.
+var ownedBuckets = []string{messages.BucketRequests, messages.BucketVerified, fleetkv.Bucket}
+
 // ApplyLimits gives the pipeline's streams, the key-value buckets kvBuckets
 // (and no roll-ups) and the object bucket (if named) the limits l, updating those whose
 // limits differ, and returns every stream's limits. Setup must have
@@ -144,7 +150,15 @@ func ApplyLimits(ctx context.Context, js jetstream.JetStream, l Limits, kvBucket
 		plan = append(plan, struct {
 			stream string
 			set    change
-		}{"KV_" + b, func(c *jetstream.StreamConfig) { c.MaxBytes, c.AllowRollup = l.BucketMaxBytes, false }})
+		}{"KV_" + b, func(c *jetstream.StreamConfig) {
+			c.MaxBytes, c.AllowRollup = l.BucketMaxBytes, false
+			// Owned keys are read as their owner's last write, stepping
+			// back over what others put there (stage.GetOwned): a bucket
+			// made with one entry per key keeps nothing to step back to.
+			if slices.Contains(ownedBuckets, b) {
+				c.MaxMsgsPerSubject = max(c.MaxMsgsPerSubject, stage.OwnedHistory)
+			}
+		}})
 	}
 	if objectBucket != "" {
 		plan = append(plan, struct {
@@ -188,7 +202,8 @@ func sameLimits(a, b jetstream.StreamConfig) bool {
 	ma, _ := json.Marshal(a.Metadata)
 	mb, _ := json.Marshal(b.Metadata)
 	return a.MaxMsgs == b.MaxMsgs && a.MaxBytes == b.MaxBytes && a.MaxAge == b.MaxAge &&
-		a.MaxMsgSize == b.MaxMsgSize && a.Discard == b.Discard && a.AllowRollup == b.AllowRollup && string(ma) == string(mb)
+		a.MaxMsgSize == b.MaxMsgSize && a.Discard == b.Discard && a.AllowRollup == b.AllowRollup && a.MaxMsgsPerSubject == b.MaxMsgsPerSubject &&
+		string(ma) == string(mb)
 }
 
 // QueuedPerNamespace is the per-namespace request limit vmprep setup

@@ -11,7 +11,9 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/vmprep/vmprep/internal/fleetkv"
 	"github.com/vmprep/vmprep/internal/pipeline"
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/client"
@@ -304,5 +306,45 @@ func TestResolverFairAcrossNamespaces(t *testing.T) {
 	}
 	if before+after > flood/2 {
 		t.Errorf("%d of alice's %d requests were taken: the per-namespace limit (%d) should have refused most", before+after, flood, pipeline.DefaultMaxQueuedPerNamespace)
+	}
+}
+
+// TestSetupRaisesOwnedHistory: a deployment made by an older vmprep has
+// one entry per key in the buckets read as their owner's last write
+// (stage.GetOwned), so an overwrite leaves nothing to step back to.
+// vmprep setup (ApplyLimits) raises their history, and leaves the leases'
+// alone.
+func TestSetupRaisesOwnedHistory(t *testing.T) {
+	t.Parallel()
+	_, _, js := testutil.EmbeddedJetStream(t)
+	ctx := context.Background()
+	buckets := []string{messages.BucketRequests, messages.BucketVerified, fleetkv.Bucket, messages.BucketLeases}
+	for _, b := range buckets {
+		if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: b, History: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := pipeline.Setup(ctx, js, pipeline.SetupConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pipeline.ApplyLimits(ctx, js, pipeline.DefaultLimits(), buckets, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range buckets {
+		kv, err := js.KeyValue(ctx, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := kv.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := int64(stage.OwnedHistory)
+		if b == messages.BucketLeases {
+			want = 1
+		}
+		if st.History() != want {
+			t.Errorf("bucket %s keeps %d entries per key after setup, want %d", b, st.History(), want)
+		}
 	}
 }

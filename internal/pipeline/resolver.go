@@ -42,10 +42,10 @@ type ResolverStage struct {
 	Resolver Resolver
 	Store    *store.Store
 	Requests *Requests
-	// Objects says whether the deployment has an object store; without one
-	// every file is on Host, and a request for another target is refused.
-	Objects bool
-	Host    string
+	// Medium refuses what the deployment's mode cannot carry (without an
+	// object store every file is on Host: a request for another target).
+	Medium Medium
+	Host   string
 	// MaxAge is how long a stored resolution is used without asking the network
 	// again (0: always ask, falling back to the stored one when offline).
 	MaxAge time.Duration
@@ -88,14 +88,8 @@ func (s *ResolverStage) Handle(ctx context.Context, m stage.Message) ([]stage.Ev
 	}
 	key := messages.RequestKey(ns, req.RequestID)
 
-	if req.Target != "" && !s.Objects && req.Target != s.Host {
-		return nil, stage.Permanent(fmt.Errorf("target host %s: this deployment keeps every file in one cache directory on %s; "+
-			"targets on other hosts need an object store (start the stages with --store nats:BUCKET)", req.Target, s.Host))
-	}
-
-	if len(req.Clones) > 0 && !s.Objects {
-		return nil, stage.Permanent(fmt.Errorf("clones are made by the target host's converter (converter --target HOST --clone-dir DIR); "+
-			"this deployment keeps every file in one cache directory on %s and has none: use vmprep clone there", s.Host))
+	if err := s.Medium.Accept(req, s.Host); err != nil {
+		return nil, err
 	}
 
 	state, _, err := s.Requests.Load(ctx, key)

@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -186,6 +184,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 	if err != nil {
 		return nil, err
 	}
+	medium := newMedium(nc, js, infra, d)
 	progress := func(p messages.Progress) {
 		data, err := messages.Encode(messages.TypeProgress, &p)
 		if err == nil {
@@ -207,7 +206,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			if d.Resolver == nil {
 				return nil, errors.New("resolver stage needs a resolver")
 			}
-			h := &ResolverStage{Resolver: d.Resolver, Store: d.Store, Requests: infra.Requests, Objects: infra.Objects != nil,
+			h := &ResolverStage{Resolver: d.Resolver, Store: d.Store, Requests: infra.Requests, Medium: medium,
 				Host: d.Host, MaxAge: d.ResolutionMaxAge, Logger: log, Progress: progress}
 			bindings = append(bindings, binding{name, name, messages.SubjectPrepare, h.Handle, messages.DoneSubject(name)})
 			if d.Fleet {
@@ -223,33 +222,20 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			if d.Downloader == nil {
 				return nil, errors.New("fetcher stage needs a downloader")
 			}
-			// The holder tells operators (and other fetchers' logs) who is
-			// downloading: a fetcher has no --target, and in a container its
-			// pid is 1, so the host name is what names it.
-			holder := d.Host
-			if holder == "" {
-				holder, _ = os.Hostname()
-			}
-			h := &FetcherStage{Store: d.Store, Requests: infra.Requests, Downloader: d.Downloader, Objects: infra.Objects,
-				Leases: infra.leasesFor(holder+"/"+strconv.Itoa(os.Getpid()), leaseStall(d)), Progress: progress, Logger: log, Metrics: d.Metrics, OriginTimeout: d.OriginTimeout}
+			h := &FetcherStage{Store: d.Store, Medium: medium, Requests: infra.Requests, Downloader: d.Downloader,
+				Progress: progress, Logger: log, Metrics: d.Metrics, OriginTimeout: d.OriginTimeout}
 			bindings = append(bindings, binding{name, name, messages.SubjectFetch, h.Handle, messages.DoneSubject(name)})
-			if infra.Objects == nil {
+			if _, shared := medium.(sharedCache); shared {
+				// Converters read the ingest file only in a shared cache.
 				h.ConvertAhead = announceConvertAhead(nc, log)
 			}
 		case messages.StageVerifier:
-			h := &VerifierStage{Store: d.Store, Objects: infra.Objects, Verified: newVerifiedObjects(nc, infra.Verified), Progress: progress, Logger: log, Metrics: d.Metrics,
-				TargetKnown: func(ctx context.Context, host string) (bool, error) {
-					_, err := js.Consumer(ctx, messages.StreamWork, messages.TargetConsumer(host))
-					if errors.Is(err, jetstream.ErrConsumerNotFound) {
-						return false, nil
-					}
-					return err == nil, err
-				}}
+			h := &VerifierStage{Store: d.Store, Medium: medium, Progress: progress, Logger: log, Metrics: d.Metrics}
 			bindings = append(bindings, binding{name, name, messages.SubjectVerify, h.Handle, messages.DoneSubject(name)})
-			if infra.Objects != nil {
+			if objs, ok := medium.(*objectStore); ok {
 				// The verifier may delete objects: it heals reported ones and
 				// collects the chunks of interrupted puts.
-				heal := &HealerStage{Objects: infra.Objects, Verified: h.Verified, Logger: log.With("consumer", messages.ConsumerHealer)}
+				heal := &HealerStage{Objects: objs.objects, Verified: objs.verified, Logger: log.With("consumer", messages.ConsumerHealer)}
 				bindings = append(bindings, binding{name, messages.ConsumerHealer, messages.SubjectCorrupt, heal.Handle, messages.DoneSubject(name)})
 				interval, grace := d.SweepInterval, d.OrphanGrace
 				if interval <= 0 {
@@ -258,19 +244,17 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 				if grace <= 0 {
 					grace = DefaultOrphanGrace
 				}
-				background = append(background, func(ctx context.Context) { sweepLoop(ctx, infra.Objects, interval, grace, log) })
+				background = append(background, func(ctx context.Context) { sweepLoop(ctx, objs.objects, interval, grace, log) })
 			}
 		case messages.StageConverter:
-			h := &ConverterStage{Store: d.Store, Requests: infra.Requests, Objects: infra.Objects, Host: d.Host, CloneDir: d.CloneDir,
+			h := &ConverterStage{Store: d.Store, Medium: medium, Requests: infra.Requests, Host: d.Host, CloneDir: d.CloneDir,
 				Progress: progress, Concurrency: d.Concurrency, Logger: log, Metrics: d.Metrics,
 				ReportCorrupt: func(ctx context.Context, bad *place.BadObjectError) error {
 					return client.ReportCorrupt(ctx, js, bad.Ref, bad.Err.Error())
 				}}
-			if !d.TargetedOnly || infra.Objects == nil {
-				bindings = append(bindings, binding{name, name, messages.SubjectConvert, h.Handle, h.doneSubject()})
-			}
-			if infra.Objects != nil {
-				bindings = append(bindings, binding{name, messages.TargetConsumer(d.Host), messages.TargetSubject(d.Host), h.Handle, h.doneSubject()})
+			consumers, done := medium.Converter(d.Host, d.TargetedOnly)
+			for _, c := range consumers {
+				bindings = append(bindings, binding{name, c.Name, c.Filters[0], h.Handle, done})
 			}
 			if d.Fleet {
 				host := d.Host
@@ -290,8 +274,8 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			}
 		case messages.StageCollector:
 			h := &CollectorStage{Store: d.Store, Requests: infra.Requests, Host: d.Host, Logger: log}
-			if infra.Objects != nil {
-				h.Bucket = infra.Objects.Bucket()
+			if objs, ok := medium.(*objectStore); ok {
+				h.Bucket = objs.objects.Bucket()
 			}
 			// The collector's own failures are results, never done events.
 			bindings = append(bindings, binding{name, name, messages.SubjectDone + ".>", h.Handle, ""})
@@ -299,7 +283,7 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			return nil, fmt.Errorf("unknown stage %q", name)
 		}
 	}
-	if slices.Contains(names, messages.StageConverter) && infra.Objects == nil {
+	if _, shared := medium.(sharedCache); shared && slices.Contains(names, messages.StageConverter) {
 		// In a shared cache the converter also converts disks while they
 		// download (ahead.go), beside its consumer, never in its slots.
 		ahead := &convertAhead{Store: d.Store, Concurrency: d.Concurrency, Slots: d.Concurrency,

@@ -109,7 +109,7 @@ func kvConfigs(replicas int) []jetstream.KeyValueConfig {
 		{
 			Bucket:      messages.BucketRequests,
 			Description: "vmprep request state: joins a request's assets into one result",
-			History:     1,
+			History:     stage.OwnedHistory, // read as the resolver's last write (stage.GetOwned)
 			TTL:         requestsMaxAge,
 			Storage:     jetstream.FileStorage,
 			Replicas:    replicas,
@@ -125,7 +125,7 @@ func kvConfigs(replicas int) []jetstream.KeyValueConfig {
 		{
 			Bucket:      messages.BucketVerified,
 			Description: "vmprep verifier records: object versions streamed and found matching their signed digest",
-			History:     1,
+			History:     stage.OwnedHistory, // read as the verifier's last write (stage.GetOwned)
 			Storage:     jetstream.FileStorage,
 			Replicas:    replicas,
 		},
@@ -273,6 +273,9 @@ func warnKVDrift(log *slog.Logger, want jetstream.KeyValueConfig, st jetstream.K
 	var d []string
 	if st.TTL() != want.TTL {
 		d = append(d, fmt.Sprintf("ttl %s (would create %s)", st.TTL(), want.TTL))
+	}
+	if st.History() < int64(want.History) {
+		d = append(d, fmt.Sprintf("history %d (would create %d; vmprep setup as admin raises it)", st.History(), want.History))
 	}
 	if kvs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
 		if r := kvs.StreamInfo().Config.Replicas; r != want.Replicas {

@@ -46,23 +46,33 @@ func (st requestState) sameRequest(req messages.PrepareRequest) bool {
 var errStateNotFound = errors.New("no request state")
 
 // Requests is the request state bucket: one entry per request id, updated
-// by compare-and-set so that concurrent workers agree.
+// by compare-and-set so that concurrent workers agree. Only the resolver
+// user writes it, each write marked so (stage.HeaderWriter), and it is read
+// as the last entry so marked: anyone can make the server publish an
+// answer onto a key's subject.
 type Requests struct {
 	kv jetstream.KeyValue
 	nc *nats.Conn
 }
 
+// RequestsWriter is the role that writes request state (stage.HeaderWriter):
+// the resolver and collector, one user.
+const RequestsWriter = "resolver"
+
 // NewRequests wraps the request state bucket, read through nc.
 func NewRequests(nc *nats.Conn, kv jetstream.KeyValue) *Requests { return &Requests{kv: kv, nc: nc} }
 
-// Load returns the state of request id and its revision, or errStateNotFound.
-// A state the server relayed onto the key for another user is refused
-// (stage.ErrRelayed): the collector checks every report against it.
+// Load returns the state the resolver last wrote for request id, and the
+// key's last revision (what Save expects; also with errStateNotFound), or
+// errStateNotFound. Entries others made the server publish onto the key
+// are stepped over (stage.GetOwned): the collector checks every report
+// against the state. None of the resolver's left is stage.ErrTampered,
+// never errStateNotFound: the request waits rather than start afresh.
 func (r *Requests) Load(ctx context.Context, id string) (requestState, uint64, error) {
 	var st requestState
-	data, rev, err := stage.GetOwned(ctx, r.nc, messages.BucketRequests, id)
+	data, rev, err := stage.GetOwned(ctx, r.nc, messages.BucketRequests, id, RequestsWriter)
 	if errors.Is(err, stage.ErrKeyNotFound) {
-		return st, 0, fmt.Errorf("request %s: %w", id, errStateNotFound)
+		return st, rev, fmt.Errorf("request %s: %w", id, errStateNotFound)
 	}
 	if err != nil {
 		return st, 0, fmt.Errorf("request %s: %w", id, err)
@@ -76,35 +86,41 @@ func (r *Requests) Load(ctx context.Context, id string) (requestState, uint64, e
 // Create records the first state of request id; one that exists already is
 // left alone (a concurrent duplicate got there first).
 func (r *Requests) Create(ctx context.Context, id string, st requestState) error {
-	b, err := json.Marshal(st)
-	if err != nil {
-		return err
+	for range 8 {
+		_, rev, err := r.Load(ctx, id)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, errStateNotFound) {
+			return fmt.Errorf("record state: %w", err)
+		}
+		err = r.Save(ctx, id, st, rev)
+		if !errors.Is(err, errStateChanged) {
+			return err
+		}
 	}
-	if _, err := r.kv.Create(ctx, id, b); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-		return fmt.Errorf("request %s: record state: %w", id, err)
-	}
-	return nil
+	return fmt.Errorf("request %s: record state: %w", id, errStateChanged)
 }
 
 // errStateChanged: the state changed since it was loaded; load and merge again.
 var errStateChanged = errors.New("request state changed concurrently")
 
-// Save writes st over revision rev (0: create). errStateChanged means
-// another worker wrote first.
+// Save writes st if the key's last revision is rev (Load's; 0: no entry
+// at all). errStateChanged means another worker — or someone making the
+// server publish onto the key — wrote first: load and merge again.
 func (r *Requests) Save(ctx context.Context, id string, st requestState, rev uint64) error {
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
 	}
-	if rev == 0 {
-		_, err = r.kv.Create(ctx, id, b)
-	} else {
-		_, err = r.kv.Update(ctx, id, b, rev)
-	}
-	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+	_, err = stage.PutOwned(ctx, r.nc, messages.BucketRequests, id, RequestsWriter, b, &rev)
+	if errors.Is(err, stage.ErrRevisionMismatch) {
 		return errStateChanged
 	}
-	return err
+	if err != nil {
+		return fmt.Errorf("request %s: record state: %w", id, err)
+	}
+	return nil
 }
 
 // Failed reports whether request id has already ended in failure (say, its

@@ -55,6 +55,9 @@ type verifiedObjects struct {
 	flight singleflight.Group
 }
 
+// VerifiedWriter is the role that writes verified records (stage.HeaderWriter).
+const VerifiedWriter = "verifier"
+
 func newVerifiedObjects(nc *nats.Conn, kv jetstream.KeyValue) *verifiedObjects {
 	return &verifiedObjects{kv: kv, nc: nc}
 }
@@ -83,7 +86,7 @@ func (v *verifiedObjects) Recheck(ctx context.Context, objs *objectstore.Store, 
 // with the record's subject as reply subject) is none: it would let bytes
 // the fetcher stored under a real digest pass unstreamed.
 func (v *verifiedObjects) record(ctx context.Context, d digest.Digest) (verifiedRecord, bool) {
-	data, _, err := stage.GetOwned(ctx, v.nc, messages.BucketVerified, verifiedKey(d))
+	data, _, err := stage.GetOwned(ctx, v.nc, messages.BucketVerified, verifiedKey(d), VerifiedWriter)
 	if err != nil {
 		return verifiedRecord{}, false
 	}
@@ -105,7 +108,7 @@ func (v *verifiedObjects) verify(ctx context.Context, objs *objectstore.Store, i
 		}
 		rec.ReportSeq = reportSeq
 		data, _ := json.Marshal(rec)
-		if _, err := v.kv.Put(ctx, key, data); err != nil {
+		if _, err := stage.PutOwned(ctx, v.nc, messages.BucketVerified, key, VerifiedWriter, data, nil); err != nil {
 			return rec, fmt.Errorf("record verification of %s: %w", info.Name, err)
 		}
 		return rec, nil
@@ -116,7 +119,7 @@ func (v *verifiedObjects) verify(ctx context.Context, objs *objectstore.Store, i
 
 // Forget drops the record for d (its object was deleted).
 func (v *verifiedObjects) Forget(ctx context.Context, d digest.Digest) {
-	_ = v.kv.Delete(ctx, verifiedKey(d))
+	_ = stage.DeleteOwned(ctx, v.nc, messages.BucketVerified, verifiedKey(d), VerifiedWriter, nil)
 }
 
 func (v *verifiedObjects) stream(ctx context.Context, objs *objectstore.Store, info objectstore.Info, a image.Asset, progress func(int64)) (verifiedRecord, error) {

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/vmprep/vmprep/internal/cluster"
+	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/digest"
 	"github.com/vmprep/vmprep/pkg/messages"
@@ -37,7 +38,7 @@ func TestVerifiedRecordRelayIsRefused(t *testing.T) {
 	genuine := digest.Digest{Algorithm: digest.SHA256, Hex: strings.Repeat("a", 64)}
 	forged := digest.Digest{Algorithm: digest.SHA256, Hex: strings.Repeat("b", 64)}
 	rec, _ := json.Marshal(verifiedRecord{NUID: "attackers-version", Size: 1})
-	if _, err := verified.Put(ctx, verifiedKey(genuine), rec); err != nil {
+	if _, err := stage.PutOwned(ctx, nc, messages.BucketVerified, verifiedKey(genuine), VerifiedWriter, rec, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got, ok := v.record(ctx, genuine); !ok || got.NUID != "attackers-version" {
