@@ -130,7 +130,8 @@ qemu-img convert -f qcow2 -O raw disk.img disk.raw`, dir, urls[image.RoleKernel]
 	b.StopTimer()
 
 	ratio := func(a, b time.Duration) float64 { return a.Seconds() / b.Seconds() }
-	fmt.Printf("\nmirror: %.0f MiB over loopback (disk: %d MiB of data in a 4 GiB compressed qcow2); %d rounds, medians\n",
+	fmt.Printf("\nload average at the end: %s", loadAverage())
+	fmt.Printf("mirror: %.0f MiB over loopback (disk: %d MiB of data in a 4 GiB compressed qcow2); %d rounds, medians\n",
 		float64(mirrorBytes)/(1<<20), dataMiB, rounds)
 	fmt.Printf("%-58s %8.2fs\n", "shell: curl ×3 + sha256sum + qemu-img convert", median(shell).Seconds())
 	fmt.Printf("%-58s %8.2fs  ratio %.2f×\n", "vmprep prepare --nats (4 stage processes), cold", median(cold).Seconds(), ratio(median(cold), median(shell)))

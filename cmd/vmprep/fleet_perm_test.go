@@ -137,7 +137,7 @@ func TestFleetPermissions(t *testing.T) {
 // fleetUsers starts a nats-server with deploy/nats/auth.conf's users and
 // two converter hosts' (host-1, host-2, from `vmprep users converters`),
 // runs setup as admin, and returns a way to connect as a user.
-func fleetUsers(t *testing.T) func(user string) *nats.Conn {
+func fleetUsers(t *testing.T) func(user string, opts ...nats.Option) *nats.Conn {
 	t.Helper()
 	const pw = "s3cret-for-tests"
 	for _, u := range []string{"ADMIN", "ALICE", "BOB", "CONVERTER", "FETCHER", "RESOLVER", "VERIFIER"} {
@@ -164,7 +164,7 @@ func fleetUsers(t *testing.T) func(user string) *nats.Conn {
 	if code := run([]string{"setup", "--nats", srv.ClientURL(), "--user", "admin", "--password-file", adminPW, "--store", "nats:vmprep"}, &stdout, &stderr); code != 0 {
 		t.Fatalf("setup as admin: %s", stderr.String())
 	}
-	return func(user string) *nats.Conn {
+	return func(user string, opts ...nats.Option) *nats.Conn {
 		t.Helper()
 		password := pw
 		if strings.HasPrefix(user, "converter_") {
@@ -174,7 +174,7 @@ func fleetUsers(t *testing.T) func(user string) *nats.Conn {
 			}
 			password = strings.TrimSpace(string(b))
 		}
-		nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(user, password), nats.CustomInboxPrefix("_INBOX_"+user))
+		nc, err := nats.Connect(srv.ClientURL(), append([]nats.Option{nats.UserInfo(user, password), nats.CustomInboxPrefix("_INBOX_" + user)}, opts...)...)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -178,6 +178,18 @@ func sparseString(hex string) string {
 // stamp, so that Verify and a stamp mismatch can tell a damaged artifact
 // from a good one.
 func (s *Store) PutDerived(ctx context.Context, k DerivedKey, produce func(ctx context.Context, dst string) error) (string, error) {
+	return s.PutDerivedSealed(ctx, k, func(ctx context.Context, dst string) (string, error) {
+		return "", produce(ctx, dst)
+	})
+}
+
+// PutDerivedSealed is PutDerived for a producer that computes the sparse
+// digest of what it writes as it writes it (see SparseDigest) and returns
+// it (hex): the store seals the result with it instead of reading and
+// hashing the whole output again. A producer that returns "" is hashed as
+// by PutDerived. A wrong digest is found by the next check of the file that
+// re-hashes it, which quarantines the file as damaged.
+func (s *Store) PutDerivedSealed(ctx context.Context, k DerivedKey, produce func(ctx context.Context, dst string) (sparseSHA256 string, err error)) (string, error) {
 	name, err := k.fileName()
 	if err != nil {
 		return "", err
@@ -205,7 +217,8 @@ func (s *Store) PutDerived(ctx context.Context, k DerivedKey, produce func(ctx c
 	}
 	s.removeKilledTemps(name)
 	path := s.path(dirDerived, name)
-	if err := produce(ctx, path); err != nil {
+	sum, err := produce(ctx, path)
+	if err != nil {
 		s.removeAll(path)
 		return "", fmt.Errorf("store: derive %s: %w", k, err)
 	}
@@ -218,10 +231,11 @@ func (s *Store) PutDerived(ctx context.Context, k DerivedKey, produce func(ctx c
 		s.removeAll(path)
 		return "", fmt.Errorf("store: derive %s: producer left a %s at %s, want a regular file", k, fileKind(fi.Mode()), path)
 	}
-	sum, _, err := s.sparseHash(ctx, path)
-	if err != nil {
-		s.removeAll(path)
-		return "", fmt.Errorf("store: derive %s: hash result: %w", k, err)
+	if sum == "" {
+		if sum, _, err = s.sparseHash(ctx, path); err != nil {
+			s.removeAll(path)
+			return "", fmt.Errorf("store: derive %s: hash result: %w", k, err)
+		}
 	}
 	if err := s.seal(path, s.derivedStampPath(name), stamp{SparseSHA256: sum}); err != nil {
 		return "", err

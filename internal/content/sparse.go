@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"os"
 
 	"github.com/vmprep/vmprep/internal/sparsefile"
@@ -31,6 +32,59 @@ const (
 	sparseHeader = "vmprep-sparse-sha256/1\n"
 )
 
+// SparseDigest computes the sparse digest of a file from its bytes given in
+// order of offset, as a producer writes them: holes and zero blocks may be
+// left out (it skips zero blocks itself). A producer that hands it what it
+// writes spares PutDerivedSealed a second read and hash of its output.
+type SparseDigest struct {
+	h    hash.Hash
+	word [8]byte
+	next int64 // first byte not yet seen: offsets must not go back
+	err  error
+}
+
+// NewSparseDigest starts the sparse digest of a file of size bytes.
+func NewSparseDigest(size int64) *SparseDigest {
+	d := &SparseDigest{h: sha256.New()}
+	d.h.Write([]byte(sparseHeader))
+	binary.BigEndian.PutUint64(d.word[:], uint64(size))
+	d.h.Write(d.word[:])
+	return d
+}
+
+var zeroBlock [sparseBlock]byte
+
+// Write adds the bytes p at offset off. off must be a multiple of 4 KiB and
+// not before the end of what was written before; p must end on a 4 KiB
+// boundary or at the end of the file.
+func (d *SparseDigest) Write(off int64, p []byte) {
+	if d.err != nil {
+		return
+	}
+	if off%sparseBlock != 0 || off < d.next {
+		d.err = fmt.Errorf("sparse digest: write at %d (hashed up to %d): not a new 4 KiB block", off, d.next)
+		return
+	}
+	for i := 0; i < len(p); i += sparseBlock {
+		block := p[i:min(i+sparseBlock, len(p))]
+		if bytes.Equal(block, zeroBlock[:len(block)]) {
+			continue
+		}
+		binary.BigEndian.PutUint64(d.word[:], uint64((off+int64(i))/sparseBlock))
+		d.h.Write(d.word[:])
+		d.h.Write(block)
+	}
+	d.next = off + int64(len(p))
+}
+
+// Sum returns the digest (hex) of what was written, or why it is not one.
+func (d *SparseDigest) Sum() (string, error) {
+	if d.err != nil {
+		return "", d.err
+	}
+	return hex.EncodeToString(d.h.Sum(nil)), nil
+}
+
 // sparseHash returns the sparse digest (hex) of path and its size.
 func (s *Store) sparseHash(ctx context.Context, path string) (string, int64, error) {
 	f, err := os.Open(path)
@@ -43,15 +97,9 @@ func (s *Store) sparseHash(ctx context.Context, path string) (string, int64, err
 		return "", 0, err
 	}
 	size := fi.Size()
-	h := sha256.New()
-	var word [8]byte
-	h.Write([]byte(sparseHeader))
-	binary.BigEndian.PutUint64(word[:], uint64(size))
-	h.Write(word[:])
-
+	d := NewSparseDigest(size)
 	buf := make([]byte, hashBufSize) // a multiple of sparseBlock
-	zero := make([]byte, sparseBlock)
-	next := int64(0) // first byte not yet hashed: extents may share a block
+	next := int64(0)                 // first byte not yet hashed: extents may share a block
 	err = sparsefile.DataRegions(f, size, func(start, end int64) error {
 		start = max(start&^(sparseBlock-1), next)
 		if end%sparseBlock != 0 {
@@ -67,15 +115,7 @@ func (s *Store) sparseHash(ctx context.Context, path string) (string, int64, err
 				return fmt.Errorf("read %s at %d: %d of %d bytes: %w", path, start, m, n, err)
 			}
 			s.hashedBytes.Add(n)
-			for off := int64(0); off < n; off += sparseBlock {
-				block := buf[off:min(off+sparseBlock, n)]
-				if bytes.Equal(block, zero[:len(block)]) {
-					continue
-				}
-				binary.BigEndian.PutUint64(word[:], uint64((start+off)/sparseBlock))
-				h.Write(word[:])
-				h.Write(block)
-			}
+			d.Write(start, buf[:n])
 			start += n
 			next = start
 		}
@@ -84,5 +124,6 @@ func (s *Store) sparseHash(ctx context.Context, path string) (string, int64, err
 	if err != nil {
 		return "", 0, err
 	}
-	return hex.EncodeToString(h.Sum(nil)), size, nil
+	sum, err := d.Sum()
+	return sum, size, err
 }

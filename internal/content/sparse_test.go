@@ -112,3 +112,27 @@ func TestSparseHashSkipsHoles(t *testing.T) {
 		t.Errorf("sparse hash of 1 GiB with 1 MiB data read %d bytes", n)
 	}
 }
+
+// TestSparseDigestRefusesOutOfOrder: bytes given out of order, or not on a
+// block boundary, cannot be the file's digest.
+func TestSparseDigestRefusesOutOfOrder(t *testing.T) {
+	block := bytes.Repeat([]byte{1}, 4096)
+	for _, tt := range []struct {
+		name   string
+		writes []int64
+	}{
+		{"backwards", []int64{8192, 4096}},
+		{"the same block twice", []int64{4096, 4096}},
+		{"not on a block boundary", []int64{100}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := NewSparseDigest(1 << 20)
+			for _, off := range tt.writes {
+				d.Write(off, block)
+			}
+			if sum, err := d.Sum(); err == nil {
+				t.Fatalf("Sum = %s, want an error", sum)
+			}
+		})
+	}
+}

@@ -248,6 +248,12 @@ func TestDeployPermissions(t *testing.T) {
 		{"stage subscribes to a client's inbox", "resolver", "_INBOX_alice.>", func(ctx context.Context, nc *nats.Conn, _ jetstream.JetStream) error {
 			return subscribeFlush(nc, "_INBOX_alice.>")
 		}},
+		{"client listens to the fetcher's conversion hints", "alice", messages.SubjectConvertAhead, func(ctx context.Context, nc *nats.Conn, _ jetstream.JetStream) error {
+			return subscribeFlush(nc, messages.SubjectConvertAhead)
+		}},
+		{"verifier sends a conversion hint", "verifier", messages.SubjectConvertAhead, func(ctx context.Context, nc *nats.Conn, _ jetstream.JetStream) error {
+			return publishFlush(nc, messages.SubjectConvertAhead)
+		}},
 	}
 	for _, d := range denials {
 		t.Run(d.name, func(t *testing.T) {

@@ -73,6 +73,9 @@ type FetcherStage struct {
 	// asset fails for good, however its attempts fail (default
 	// DefaultOriginTimeout): see fromOrigin.
 	OriginTimeout time.Duration
+	// ConvertAhead, if set, is told of each download of a disk that a
+	// converter may convert while it arrives (see ahead.go).
+	ConvertAhead func(messages.AssetEvent)
 
 	// failures remembers, per digest, a download that just failed for good
 	// on this host, so that requests waiting on the store's lock for it are
@@ -239,10 +242,21 @@ func (s *FetcherStage) download(ctx context.Context, ev messages.AssetEvent, onB
 				Note: corruptNote(corrupt) + "; fetching it again"})
 		}
 	}
+	announce := s.ConvertAhead
 	report := throttled(250*time.Millisecond, s.Progress)
 	res, err := s.Downloader.Fetch(ctx, download.Request{
 		URL: a.URL, Dest: dest, ExpectedSize: a.Size, Expected: a.Digest, Name: string(a.Role),
 		Progress: func(p download.Progress) {
+			// The first report comes with the first bytes in the file and
+			// the size the origin declared, which manifests often do not give.
+			if announce != nil && p.Total > 0 {
+				ahead := ev
+				ahead.Asset.Size = p.Total
+				if wantsConvertAhead(ahead) {
+					announce(ahead)
+				}
+				announce = nil
+			}
 			onBytes(p.Done)
 			report(messages.Progress{Namespace: ev.Namespace, RequestID: ev.RequestID, Stage: messages.StageFetcher, Step: "fetch", Asset: a.Role, Done: p.Done, Total: p.Total, BytesPerSecond: p.BytesPerSecond})
 		},

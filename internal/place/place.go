@@ -133,13 +133,34 @@ func (p *Placer) RawDisk(ctx context.Context, blob content.BlobInfo) (string, er
 	if err := p.checkConversionSpace(ctx, blob.Path); err != nil {
 		return "", err
 	}
-	return p.Store.PutDerived(ctx, key, func(ctx context.Context, dst string) error {
+	return p.Store.PutDerivedSealed(ctx, key, func(ctx context.Context, dst string) (string, error) {
+		digest, opt := outputDigest()
 		_, err := qcow2.ConvertToRaw(ctx, blob.Path, dst,
 			qcow2.WithSourceFormat(qcow2.FormatQcow2),
 			qcow2.WithConcurrency(p.Concurrency),
-			qcow2.WithProgress(func(done, total int64) { p.report(StepConvert, image.RoleDisk, done, total) }))
-		return err
+			qcow2.WithProgress(func(done, total int64) { p.report(StepConvert, image.RoleDisk, done, total) }),
+			opt)
+		if err != nil {
+			return "", err
+		}
+		return digest()
 	})
+}
+
+// outputDigest digests a conversion's output as it is written, so that the
+// store need not read it back to seal it: pass the option to the
+// conversion, and call sum once it succeeded.
+func outputDigest() (sum func() (string, error), opt qcow2.ConvertOption) {
+	var d *content.SparseDigest
+	return func() (string, error) {
+			if d == nil {
+				return "", errors.New("the conversion wrote nothing to digest")
+			}
+			return d.Sum()
+		}, qcow2.WithWritten(func(size int64) func(int64, []byte) {
+			d = content.NewSparseDigest(size)
+			return d.Write
+		})
 }
 
 // checkConversionSpace checks that derived/ has room for the raw conversion

@@ -31,6 +31,31 @@ type convertConfig struct {
 	workers    int
 	chunkBytes int64
 	format     Format // declared source format; "" detects it
+	// beforePublish, if set, runs once the output is complete and before it
+	// is published; its error aborts the publication.
+	beforePublish func(ctx context.Context) error
+	// written, if set, is called with the output's size before the
+	// conversion writes, and returns what gets every run of data written.
+	written func(size int64) func(off int64, data []byte)
+}
+
+// WithWritten makes the conversion call start with the output's size
+// before it writes, and then hand the function start returns every run of
+// non-zero 4 KiB blocks it writes, in order of offset, once written (the
+// rest of the output is holes), from one goroutine; it must not keep the
+// data. It lets the caller digest the output without reading it back
+// (content.SparseDigest). Chunks are then written in order.
+func WithWritten(start func(size int64) func(off int64, data []byte)) ConvertOption {
+	return func(c *convertConfig) { c.written = start }
+}
+
+// WithBeforePublish makes the conversion call check once the output is
+// written and before it is renamed into place: an error from
+// check leaves nothing at the destination and removes the temporary file.
+// A conversion of a source still being verified (see ConvertReaderToRaw)
+// waits there for the verdict.
+func WithBeforePublish(check func(ctx context.Context) error) ConvertOption {
+	return func(c *convertConfig) { c.beforePublish = check }
 }
 
 // WithSourceFormat declares the source's format, as qemu-img's -f does.
@@ -78,12 +103,6 @@ var zeroBlock [holeBlock]byte
 // exception is a failure of the final directory fsync: the complete file is
 // then in place and the error says the rename may not be durable yet.
 func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertOption) (stats ConvertStats, err error) {
-	// Twice the CPUs: a worker blocked in pread/pwrite leaves its CPU to
-	// another (measured: 4 workers beat 2 on 2 cores for every image kind).
-	cfg := convertConfig{workers: min(2*runtime.GOMAXPROCS(0), 16), chunkBytes: defaultChunk}
-	for _, o := range opts {
-		o(&cfg)
-	}
 	src, err := os.Open(srcPath)
 	if err != nil {
 		return stats, err
@@ -96,30 +115,46 @@ func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertO
 	if !st.Mode().IsRegular() {
 		return stats, fmt.Errorf("%s: not a regular file", srcPath)
 	}
-	format, err := DetectFormat(src, st.Size())
+	return ConvertReaderToRaw(ctx, src, st.Size(), srcPath, dstPath, opts...)
+}
+
+// ConvertReaderToRaw is ConvertToRaw for a source read through src, of size
+// bytes, named name in errors. The source may still be arriving: src's reads
+// may wait for their bytes (in file order, most of a qcow2 written by
+// qemu-img converts as it arrives). size bounds every offset taken from the
+// image's tables, as for a complete file; a source that ends short fails
+// on the read that passes its end.
+func ConvertReaderToRaw(ctx context.Context, src io.ReaderAt, size int64, name, dstPath string, opts ...ConvertOption) (stats ConvertStats, err error) {
+	// Twice the CPUs: a worker blocked in pread/pwrite leaves its CPU to
+	// another (measured: 4 workers beat 2 on 2 cores for every image kind).
+	cfg := convertConfig{workers: min(2*runtime.GOMAXPROCS(0), 16), chunkBytes: defaultChunk}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	format, err := DetectFormat(src, size)
 	if err != nil {
-		return stats, fmt.Errorf("%s: %w", srcPath, err)
+		return stats, fmt.Errorf("%s: %w", name, err)
 	}
 	switch cfg.format {
 	case "", format:
 	case FormatRaw:
 		format = FormatRaw // declared raw: a magic at its start is guest data
 	case FormatQcow2:
-		return stats, fmt.Errorf("%s: %w", srcPath, &FormatError{Format: format})
+		return stats, fmt.Errorf("%s: %w", name, &FormatError{Format: format})
 	default:
-		return stats, fmt.Errorf("%s: cannot convert from %q: the source format must be qcow2 or raw", srcPath, cfg.format)
+		return stats, fmt.Errorf("%s: cannot convert from %q: the source format must be qcow2 or raw", name, cfg.format)
 	}
 	var img *Image
 	switch format {
 	case FormatQcow2:
-		if img, err = Open(src, st.Size()); err != nil {
-			return stats, fmt.Errorf("%s: %w", srcPath, err)
+		if img, err = Open(src, size); err != nil {
+			return stats, fmt.Errorf("%s: %w", name, err)
 		}
 		stats.VirtualSize = img.Size()
 	case FormatRaw:
-		stats.VirtualSize = st.Size()
+		stats.VirtualSize = size
 	default:
-		return stats, fmt.Errorf("%s: %w", srcPath, &FormatError{Format: format})
+		return stats, fmt.Errorf("%s: %w", name, &FormatError{Format: format})
 	}
 	stats.SourceFormat = format
 
@@ -127,7 +162,7 @@ func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertO
 		if err := tmp.Truncate(stats.VirtualSize); err != nil {
 			if errors.Is(err, syscall.EFBIG) {
 				return fmt.Errorf("%s: the raw output would be %d bytes, larger than the file system of %s allows: %w",
-					srcPath, stats.VirtualSize, filepath.Dir(dstPath), err)
+					name, stats.VirtualSize, filepath.Dir(dstPath), err)
 			}
 			return err
 		}
@@ -139,7 +174,10 @@ func ConvertToRaw(ctx context.Context, srcPath, dstPath string, opts ...ConvertO
 		stats.DataBytes, err = e.run(ctx)
 		e.writeback.Close() // no kicks once the file is fsynced and closed
 		if err != nil && img != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-			err = fmt.Errorf("%s: %w", srcPath, err)
+			err = fmt.Errorf("%s: %w", name, err)
+		}
+		if err == nil && cfg.beforePublish != nil {
+			err = cfg.beforePublish(ctx)
 		}
 		return err
 	})
@@ -185,6 +223,7 @@ type engine struct {
 }
 
 type job struct {
+	seq    int64     // among the jobs, from 0: the order they are written in
 	off    int64     // guest byte offset (multiple of the chunk size)
 	length int64     // guest bytes, ≤ chunk size
 	ms     []mapping // qcow2: one per cluster
@@ -227,14 +266,26 @@ func (e *engine) run(parent context.Context) (int64, error) {
 			defer wg.Done()
 			dec := newDecoder(e.img)
 			defer dec.close()
-			for j := range jobs {
-				if ctx.Err() != nil {
-					continue // drain so the producer never blocks
-				}
+			for {
+				// The buffer first, then the job: the earliest job not yet
+				// written always has a buffer, so an in-order writer holding
+				// later chunks never waits for one that cannot get a buffer.
 				var cb *chunkBuf
 				select {
 				case cb = <-free:
 				case <-ctx.Done():
+					for range jobs {
+						// drain so the producer never blocks
+					}
+					return
+				}
+				j, ok := <-jobs
+				if !ok {
+					free <- cb
+					return
+				}
+				if ctx.Err() != nil {
+					free <- cb
 					continue
 				}
 				cb.job = j
@@ -262,6 +313,45 @@ func (e *engine) run(parent context.Context) (int64, error) {
 			e.cfg.progress(done, e.size)
 		}
 	}
+	// With WithWritten, chunks are written in order (pending holds those
+	// that came early) and handed on to the digester goroutine, which
+	// frees their buffers.
+	pending := map[int64]*chunkBuf{}
+	var nextSeq int64
+	var digested chan *chunkBuf
+	var digester sync.WaitGroup
+	if e.cfg.written != nil {
+		digest := e.cfg.written(e.size)
+		digested = make(chan *chunkBuf, nbuf) // never full: nbuf buffers
+		digester.Add(1)
+		go func() {
+			defer digester.Done()
+			for cb := range digested {
+				if ctx.Err() == nil {
+					for _, r := range cb.runs {
+						digest(cb.off+r.start, cb.data[r.start:r.end])
+					}
+				}
+				free <- cb
+			}
+		}()
+	}
+	write := func(cb *chunkBuf) {
+		if ctx.Err() == nil {
+			n, err := e.writeChunk(cb)
+			if err != nil {
+				cancel(err)
+			} else {
+				written += n
+				report(cb.length)
+			}
+		}
+		if digested != nil {
+			digested <- cb
+		} else {
+			free <- cb
+		}
+	}
 	for ready != nil || skipped != nil {
 		select {
 		case cb, ok := <-ready:
@@ -269,22 +359,33 @@ func (e *engine) run(parent context.Context) (int64, error) {
 				ready = nil
 				continue
 			}
-			if ctx.Err() == nil {
-				n, err := e.writeChunk(cb)
-				if err != nil {
-					cancel(err)
-				} else {
-					written += n
-					report(cb.length)
-				}
+			if digested == nil {
+				write(cb)
+				continue
 			}
-			free <- cb
+			pending[cb.seq] = cb
+			for {
+				next, ok := pending[nextSeq]
+				if !ok {
+					break
+				}
+				delete(pending, nextSeq)
+				nextSeq++
+				write(next)
+			}
 		case n, ok := <-skipped:
 			if !ok {
 				skipped = nil
 				continue
 			}
 			report(n)
+		}
+	}
+	if digested != nil {
+		close(digested)
+		digester.Wait()
+		if len(pending) > 0 && ctx.Err() == nil {
+			return 0, fmt.Errorf("internal error: %d chunks were never written in order", len(pending))
 		}
 	}
 	if err := context.Cause(ctx); err != nil {
@@ -310,12 +411,13 @@ func (e *engine) produce(ctx context.Context, jobs chan<- job, skipped chan<- in
 		l2buf = make([]byte, perChunk*e.img.entryBytes)
 		ms = make([]mapping, perChunk)
 	}
+	var seq int64
 	for off := int64(0); off < e.size; off += chunk {
 		if err := ctx.Err(); err != nil {
 			return nil // the cause is already recorded
 		}
 		length := min(chunk, e.size-off)
-		j := job{off: off, length: length}
+		j := job{seq: seq, off: off, length: length}
 		if e.img != nil {
 			// A whole unallocated L1 range is skipped in one step, so huge
 			// empty images cost nothing.
@@ -349,6 +451,7 @@ func (e *engine) produce(ctx context.Context, jobs chan<- job, skipped chan<- in
 		}
 		select {
 		case jobs <- j:
+			seq++
 		case <-ctx.Done():
 			return nil
 		}

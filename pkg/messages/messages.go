@@ -59,6 +59,15 @@ const (
 	// verifier process binds it: it may delete objects).
 	ConsumerHealer = "healer"
 
+	// SubjectConvertAhead carries, in core NATS (not stored: it is a hint,
+	// lost if no converter listens), the AssetEvent of a qcow2 disk wanted
+	// as raw that a fetcher starts downloading into a shared cache, so that
+	// a converter converts it while it arrives. Converters take each in
+	// queue group QueueConvertAhead.
+	SubjectConvertAhead = "vmprep.ahead"
+	// QueueConvertAhead is the converters' queue group on SubjectConvertAhead.
+	QueueConvertAhead = "converter"
+
 	// StreamResults keeps final results (limits retention) so a client that
 	// subscribes late, or repeats a request id, still reads the one result.
 	StreamResults = "VMPREP_RESULTS"

@@ -1,0 +1,54 @@
+package pipeline_test
+
+import (
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/vmprep/vmprep/internal/testmirror"
+	"github.com/vmprep/vmprep/internal/testutil"
+	"github.com/vmprep/vmprep/pkg/client"
+	"github.com/vmprep/vmprep/pkg/image"
+	"github.com/vmprep/vmprep/pkg/messages"
+)
+
+// TestConvertAheadInSharedCache: a cold raw prepare in a shared cache
+// converts the disk while it downloads (the mirror is slowed so that the
+// download takes a while), the converter then answers from the derived
+// file, and the disk is qemu-img's conversion. A qcow2 request converts
+// nothing ahead.
+func TestConvertAheadInSharedCache(t *testing.T) {
+	m := testmirror.New(t, testmirror.WithArches(image.ArchAMD64), testmirror.WithDiskSize(64<<20, 24<<20), testmirror.WithCompressedDisk(true))
+	m.Throttle(16 << 20)
+	spec := image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}
+	for _, tt := range []struct {
+		format    image.DiskFormat
+		wantAhead bool
+	}{
+		{image.FormatQCOW2, false},
+		{image.FormatRaw, true},
+	} {
+		t.Run(string(tt.format), func(t *testing.T) {
+			e := newEnv(t, m)
+			var logs testutil.LockedBuffer
+			e.deps.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			emb := e.start(t)
+			res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: client.NewRequestID(), Spec: spec, Format: tt.format})
+			if res.Status != messages.ResultPrepared {
+				t.Fatalf("status %s: %+v", res.Status, res.Failure)
+			}
+			diskRel := m.Path("ubuntu", "24.04", image.ArchAMD64, image.RoleDisk)
+			want := m.Digest(diskRel).Hex
+			if tt.format == image.FormatRaw {
+				want = qemuRawSHA256(t, m, diskRel)
+			}
+			if got := fileSHA256(t, res.Disk); got != want {
+				t.Errorf("disk %s sha256 %s, want %s", res.Disk, got, want)
+			}
+			emb.Close() // the log is complete
+			if got := strings.Contains(logs.String(), "converted while downloading"); got != tt.wantAhead {
+				t.Errorf("converted while downloading: %v, want %v; log:\n%s", got, tt.wantAhead, logs.String())
+			}
+		})
+	}
+}
