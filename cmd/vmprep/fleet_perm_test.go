@@ -134,6 +134,10 @@ func TestFleetPermissions(t *testing.T) {
 	}
 }
 
+// fleetUsersDir holds the password files of the last fleetUsers (the
+// tests of this package do not run in parallel).
+var fleetUsersDir string
+
 // fleetUsers starts a nats-server with deploy/nats/auth.conf's users and
 // two converter hosts' (host-1, host-2, from `vmprep users converters`),
 // runs setup as admin, and returns a way to connect as a user.
@@ -144,6 +148,7 @@ func fleetUsers(t *testing.T) func(user string, opts ...nats.Option) *nats.Conn 
 		t.Setenv("VMPREP_"+u+"_PASSWORD", pw)
 	}
 	out := t.TempDir()
+	fleetUsersDir = out
 	var stdout, stderr strings.Builder
 	if code := run([]string{"users", "converters", "--hosts", "host-1,host-2", "--auth", "../../deploy/nats/auth.conf", "--out", out, "--cost", "4"}, &stdout, &stderr); code != 0 {
 		t.Fatalf("users converters: %s", stderr.String())

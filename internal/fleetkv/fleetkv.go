@@ -408,6 +408,13 @@ func (s *Store) listLast(ctx context.Context, filter string) (entries map[string
 			default:
 				return nil, nil, fmt.Errorf("list %s: server answered %s %s", Bucket, status, m.Header.Get("Description"))
 			}
+			if !stage.HeaderWhole(m) {
+				// A header block made by hand hides the server's own
+				// headers, the entry's true subject among them: which key
+				// it is cannot be told, and leaving it out could drop an
+				// owner's key (a selection) from the fleet.
+				return nil, nil, fmt.Errorf("list %s: %w: an entry's header block hides the server's headers (made by hand)", Bucket, stage.ErrTampered)
+			}
 			// A relayed entry has two subjects: its own, stored, and the
 			// key's, which the direct get adds last.
 			subjects := m.Header.Values("Nats-Subject")
@@ -418,7 +425,7 @@ func (s *Store) listLast(ctx context.Context, filter string) (entries map[string
 			if !ok {
 				continue
 			}
-			if !stage.Owned(m.Header, Bucket, subjects[len(subjects)-1], Owner(key)) {
+			if !stage.Owned(m, Bucket, subjects[len(subjects)-1], Owner(key)) {
 				delete(out, key)
 				notOwned = append(notOwned, key)
 				continue

@@ -51,11 +51,13 @@ const OwnedHistory = 8
 // bucket's history (setup keeps OwnedHistory).
 const maxWalk = 64
 
-// Owned reports whether h, the headers of a direct get of key-value
-// bucket bucket's subject, are of an entry owner wrote: not relayed
-// (messages.Relayed) and carrying exactly one writer marker, owner's.
-func Owned(h nats.Header, bucket, subject, owner string) bool {
-	if messages.Relayed(h, "KV_"+bucket, subject) {
+// Owned reports whether m, a direct get's answer of key-value bucket
+// bucket's subject, is of an entry owner wrote: its header block read
+// whole (HeaderWhole), not relayed (messages.Relayed) and carrying
+// exactly one writer marker, owner's.
+func Owned(m *nats.Msg, bucket, subject, owner string) bool {
+	h := m.Header
+	if !HeaderWhole(m) || messages.Relayed(h, "KV_"+bucket, subject) {
 		return false
 	}
 	var writers []string
@@ -65,6 +67,15 @@ func Owned(h nats.Header, bucket, subject, owner string) bool {
 		}
 	}
 	return len(writers) == 1 && writers[0] == owner
+}
+
+// HeaderWhole reports whether m's parsed headers are all of its header
+// block (messages.HeaderWhole): a block made by hand with a blank line
+// inside hides from nats.go whatever follows, the server's relay
+// markings included, and what it shows (a marker, a stream, a subject, a
+// sequence) is the attacker's.
+func HeaderWhole(m *nats.Msg) bool {
+	return messages.HeaderWhole(m.Header, m.Size()-len(m.Subject)-len(m.Reply)-len(m.Data))
 }
 
 // LastRevision is the stream sequence the server put on a direct get's
@@ -101,6 +112,11 @@ func GetOwned(ctx context.Context, nc *nats.Conn, bucket, key, owner string) (va
 		}
 		switch status := m.Header.Get("Status"); status {
 		case "":
+			if !HeaderWhole(m) {
+				// Its revision is the attacker's too: walking back from it
+				// could skip the owner's last entries to an older one.
+				return nil, rev, tampered(bucket, key, true)
+			}
 		case "404":
 			if rev == 0 {
 				return nil, 0, fmt.Errorf("read %s/%s: %w", bucket, key, ErrKeyNotFound)
@@ -116,7 +132,7 @@ func GetOwned(ctx context.Context, nc *nats.Conn, bucket, key, owner string) (va
 		if rev == 0 {
 			rev = seq
 		}
-		if Owned(m.Header, bucket, subject, owner) {
+		if Owned(m, bucket, subject, owner) {
 			switch m.Header.Get("KV-Operation") {
 			case "DEL", "PURGE":
 				return nil, rev, fmt.Errorf("read %s/%s: %w", bucket, key, ErrKeyNotFound)

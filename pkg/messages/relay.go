@@ -28,3 +28,27 @@ func Relayed(h map[string][]string, stream, subject string) bool {
 	}
 	return len(streams) != 1 || streams[0] != stream || len(subjects) != 1 || subjects[0] != subject
 }
+
+// HeaderWhole reports whether h, a message's headers as nats.go parsed
+// them, account for every one of the n bytes of its header block (n:
+// the message's wire size less subject, reply and payload). nats.go
+// stops reading headers at the first blank line; nats-server neither
+// checks a publisher's header block nor minds a blank line inside it,
+// and appends its own headers (a direct get's Nats-Stream, Nats-Subject)
+// after whatever is stored. A header block made by hand — a marker, the
+// markings a genuine direct get would carry, then a blank line — so
+// hides the server's markings of a relay from every reader. Blocks
+// written by nats.go and the server ("Key: value" lines) are accounted
+// for exactly; an inline status line is not, and fails.
+func HeaderWhole(h map[string][]string, n int) bool {
+	if h == nil {
+		return n == 0
+	}
+	size := len("NATS/1.0\r\n") + len("\r\n")
+	for k, vs := range h {
+		for _, v := range vs {
+			size += len(k) + len(": ") + len(v) + len("\r\n")
+		}
+	}
+	return size == n
+}
