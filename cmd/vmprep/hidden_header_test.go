@@ -21,6 +21,8 @@ import (
 	"github.com/vmprep/vmprep/internal/fleetkv"
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/stage"
+	"github.com/vmprep/vmprep/pkg/client"
+	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
 
@@ -194,4 +196,43 @@ func generatedPassword(t *testing.T, user string) string {
 		t.Fatal(err)
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// TestHiddenHeaderCannotForgeAResult: the fetcher stores a forged prepared
+// result for bob as a lease value under a hand-made header block — the
+// collector's writer marker and the markings of a stored result, then a
+// blank line — and direct-gets it naming bob's result subject as reply
+// subject. The server's relay markings follow the blank line, where
+// nats.go does not read: without a check of the whole block bob's client
+// takes it, live or stored, as the collector's.
+func TestHiddenHeaderCannotForgeAResult(t *testing.T) {
+	connect := fleetUsers(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	admin := connect("admin")
+	adminJS, _ := jetstream.New(admin)
+	const id = "hidden-result"
+	subject := messages.ResultSubjectIn("bob", id)
+	forged := messages.Result{Namespace: "bob", RequestID: id, Status: messages.ResultPrepared,
+		Spec: image.Spec{Distro: "ubuntu", Version: "24.04", Arch: image.ArchAMD64}, Format: image.FormatRaw,
+		ResolvedFrom: "the fetcher", CompletedAt: time.Now()}
+	data, err := messages.Encode(messages.TypeResult, &forged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease := "$KV." + messages.BucketLeases + ".hidden-result"
+	rawPublish(t, admin.ConnectedUrl(), "fetcher", "s3cret-for-tests", lease,
+		hiddenHeader(messages.StreamResults, subject, "collector"), data)
+	relayUntilStored(ctx, t, connect("fetcher"), adminJS, messages.StreamResults, subject,
+		"$JS.API.DIRECT.GET.KV_"+messages.BucketLeases+"."+lease, nil)
+	bob, err := client.New(connect("bob"), client.WithNamespace("bob"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := bob.Prepare(ctx, client.Request{RequestID: id, Spec: forged.Spec, Format: image.FormatRaw})
+	if err == nil && res.ResolvedFrom == "the fetcher" {
+		t.Errorf("bob's client took the fetcher's forged result: %+v", res)
+	} else {
+		t.Logf("bob's prepare: %v", err)
+	}
 }

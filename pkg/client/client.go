@@ -278,7 +278,7 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 		for got == nil {
 			select {
 			case m := <-live:
-				if messages.Relayed(m.Header, "", "") {
+				if !headerWhole(m) || messages.Relayed(m.Header, "", "") {
 					// A stream's message the server published here as the
 					// reply to someone's request: not the collector's.
 					continue
@@ -377,6 +377,13 @@ func (c *Client) firstResult(ctx context.Context, subject string) ([]byte, error
 	}, backoff.WithContext(b, ctx))
 }
 
+// headerWhole reports whether m's parsed headers are its whole header
+// block (messages.HeaderWhole): a block made by hand hides the server's
+// relay markings after a blank line, where nats.go stops reading.
+func headerWhole(m *nats.Msg) bool {
+	return messages.HeaderWhole(m.Header, m.Size()-len(m.Subject)-len(m.Reply)-len(m.Data))
+}
+
 // lastResult reads the last stored message on subject of the results
 // stream by direct get; nil when there is none. A server without the
 // stream (no responders) is ErrNoDeployment.
@@ -392,7 +399,7 @@ func (c *Client) lastResult(ctx context.Context, subject string) ([]byte, error)
 	}
 	switch status := m.Header.Get("Status"); status {
 	case "":
-		if messages.Relayed(m.Header, messages.StreamResults, subject) {
+		if !headerWhole(m) || messages.Relayed(m.Header, messages.StreamResults, subject) {
 			// Stored, but it came from another stream, relayed here as the
 			// reply to someone's direct get: no result of the collector's.
 			return nil, nil
