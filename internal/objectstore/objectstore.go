@@ -255,6 +255,16 @@ func (s *Store) Stat(ctx context.Context, d digest.Digest) (Info, error) {
 	if oi.Deleted || oi.NUID == "" {
 		return Info{}, fmt.Errorf("%s/%s: %w", s.bucket, name, ErrNotFound)
 	}
+	// Any user that may direct-get metadata (clients included) can have
+	// the server answer onto this subject: another object's metadata
+	// (rolling this one's up, with its Nats-Rollup header) or a relay of
+	// content its publisher chose. Read as this object's, it would name
+	// another object's chunks, which the healer would then delete. A relay
+	// with headers keeps the subject it came from; a payload alone still
+	// names its own object.
+	if why := foreignMeta(m.Header, s.metaSubject(name), name, d, oi); why != "" {
+		return Info{}, fmt.Errorf("%s/%s: %w (the last metadata is not this object's: %s; it is put again)", s.bucket, name, ErrNotFound, why)
+	}
 	if oi.Size > 1<<62 {
 		return Info{}, fmt.Errorf("%s/%s: object meta claims %d bytes", s.bucket, name, oi.Size)
 	}
@@ -263,6 +273,33 @@ func (s *Store) Stat(ctx context.Context, d digest.Digest) (Info, error) {
 		info.SHA256 = digest.Digest{Algorithm: digest.SHA256, Hex: fmt.Sprintf("%x", sum)}
 	}
 	return info, nil
+}
+
+// foreignMeta says why metadata read on subject for object name (digest
+// d) is not that object's, or "": a relay (a Nats-Subject other than
+// subject: the stored copy keeps the one it came from), another object's
+// name, or a digest other than d.
+func foreignMeta(h nats.Header, subject, name string, d digest.Digest, oi jetstream.ObjectInfo) string {
+	for k, subs := range h {
+		if !strings.EqualFold(k, "Nats-Subject") {
+			continue
+		}
+		for _, sub := range subs {
+			if sub != subject {
+				return "relayed by the server from " + sub
+			}
+		}
+	}
+	if oi.Name != name {
+		return fmt.Sprintf("it names object %q", oi.Name)
+	}
+	if d.Algorithm == digest.SHA256 {
+		sum, err := jetstream.DecodeObjectDigest(oi.Digest)
+		if err != nil || fmt.Sprintf("%x", sum) != d.Hex {
+			return fmt.Sprintf("its digest is %q", oi.Digest)
+		}
+	}
+	return ""
 }
 
 // Delete removes the object for d, but only if its current version is nuid
