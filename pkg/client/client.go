@@ -421,15 +421,20 @@ func (c *Client) firstResult(ctx context.Context, subject string) ([]byte, error
 	}, backoff.WithContext(b, ctx))
 }
 
-// lastResult reads the last stored message on subject of the results
-// stream by direct get; nil when there is none or the server relayed it
-// there (acceptResult). One not marked by the collector is
-// ErrResultUnmarked; a server without the stream (no responders) is
-// ErrNoDeployment.
+// lastResult is StoredResult on the client's connection.
 func (c *Client) lastResult(ctx context.Context, subject string) ([]byte, error) {
+	return StoredResult(ctx, c.nc, subject)
+}
+
+// StoredResult reads the last result stored on subject (a result subject,
+// messages.ResultSubjectIn) of the results stream by direct get: nil when
+// there is none or the server relayed it there (acceptResult). One not
+// marked by the collector is ErrResultUnmarked; a server without the
+// stream (no responders) is ErrNoDeployment.
+func StoredResult(ctx context.Context, nc *nats.Conn, subject string) ([]byte, error) {
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	m, err := c.nc.RequestWithContext(rctx, "$JS.API.DIRECT.GET."+messages.StreamResults+"."+subject, nil)
+	m, err := nc.RequestWithContext(rctx, "$JS.API.DIRECT.GET."+messages.StreamResults+"."+subject, nil)
 	if errors.Is(err, nats.ErrNoResponders) {
 		return nil, fmt.Errorf("%w (stream %s is missing, or does not allow direct gets: run `vmprep setup` as the operator, or start vmprep serve)", ErrNoDeployment, messages.StreamResults)
 	}
