@@ -305,6 +305,15 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 		return Result{}, fmt.Errorf("publish prepare request: %w", err)
 	}
 	nudged := false
+	if refused != nil {
+		// The stored result is not the collector's (an older deployment's,
+		// or a forgery), and the publish above may have been deduplicated
+		// as a repeat: ask under a fresh id, which the deployment answers.
+		nudged = true
+		if _, err := c.js.Publish(ctx, messages.PrepareSubject(c.namespace), data, jetstream.WithMsgID(msgID+"."+NewRequestID())); err != nil {
+			return Result{}, fmt.Errorf("publish prepare request: %w", err)
+		}
+	}
 	// A result published while the connection was down never reaches the
 	// subscription: the stored one is read again now and then.
 	poll := time.NewTicker(resultPoll)
