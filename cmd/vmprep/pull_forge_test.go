@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -101,11 +103,10 @@ func TestPulledMessageCannotForgeAnEntry(t *testing.T) {
 // relay markings — naming bob's result subject as reply subject. The
 // results stream stores it, and a direct get of it has exactly one
 // Nats-Stream and Nats-Subject, as the collector's own; live, it has
-// none, as the collector's own. bob's client must not take it. It does:
-// results carry no writer marker (the collector's publication could, as
-// key-value entries now do, and the client require it) and are not signed.
+// none, as the collector's own. bob's client must not take it: it has no
+// collector's marker (messages.ResultsWriter), so the client refuses it
+// and says so when it stops waiting.
 func TestHeaderlessRelayForgesAResult(t *testing.T) {
-	t.Skip("HOLE: a header-less relay (direct get with no_hdr) forges a result bob's client takes (docs/security.md)")
 	connect := fleetUsers(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -121,6 +122,17 @@ func TestHeaderlessRelayForgesAResult(t *testing.T) {
 	if _, err := verifier.Request("$O.vmprep.M.forge", data, 5*time.Second); err != nil {
 		t.Fatalf("the verifier writes object metadata: %v", err)
 	}
+	// The relay is stored before bob asks: his client reads it back.
+	admin := connect("admin")
+	adminJS, _ := jetstream.New(admin)
+	results, err := adminJS.Stream(ctx, messages.StreamResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := results.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := verifier.PublishRequest("$JS.API.DIRECT.GET.OBJ_vmprep", messages.ResultSubjectIn("bob", id),
 		[]byte(`{"last_by_subj":"$O.vmprep.M.forge","no_hdr":true}`)); err != nil {
 		t.Fatal(err)
@@ -128,14 +140,28 @@ func TestHeaderlessRelayForgesAResult(t *testing.T) {
 	if err := verifier.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	for {
+		info, err := results.Info(ctx)
+		if err != nil {
+			t.Fatalf("the relay was never stored (the attack did not run): %v", err)
+		}
+		if info.State.LastSeq > before.State.LastSeq {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	bob, err := client.New(connect("bob"), client.WithNamespace("bob"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := bob.Prepare(ctx, client.Request{RequestID: id, Spec: forged.Spec, Format: image.FormatRaw})
-	if err == nil && res.ResolvedFrom == "the verifier" {
-		t.Errorf("bob's client took the verifier's forged result: %+v", res)
-	} else {
-		t.Logf("bob's prepare: %v", err)
+	pctx, pcancel := context.WithTimeout(ctx, 3*time.Second)
+	defer pcancel()
+	res, err := bob.Prepare(pctx, client.Request{RequestID: id, Spec: forged.Spec, Format: image.FormatRaw})
+	if err == nil {
+		t.Fatalf("bob's client took the verifier's forged result: %+v", res)
 	}
+	if !errors.Is(err, client.ErrResultUnmarked) || !strings.Contains(err.Error(), messages.ResultSubjectIn("bob", id)) {
+		t.Errorf("bob's prepare: %v; want it to name the unmarked result on %s", err, messages.ResultSubjectIn("bob", id))
+	}
+	t.Logf("bob's prepare: %v", err)
 }

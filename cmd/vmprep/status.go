@@ -164,6 +164,9 @@ func printRequest(w io.Writer, st ops.RequestStatus) {
 	if st.ScanTruncated {
 		fmt.Fprintf(w, "(the work stream is too long to search whole; some assets may be missing)\n")
 	}
+	if st.RefusedResult != "" {
+		fmt.Fprintf(w, "refused a stored result: %s\n", st.RefusedResult)
+	}
 	if r := st.Result; r != nil {
 		fmt.Fprintf(w, "result (%s):\n", r.CompletedAt.Local().Format(time.DateTime))
 		if r.Status == messages.ResultPrepared {

@@ -137,7 +137,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, seq uint64) (Replayed, 
 	}
 	if r.RequestID != "" {
 		ns := namespaceOfWork(e.Subject, e.Data)
-		res, err := lastResult(ctx, js, ns, r.RequestID)
+		res, _, err := lastResult(ctx, js, ns, r.RequestID)
 		if err != nil {
 			return r, err
 		}

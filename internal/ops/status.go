@@ -13,6 +13,7 @@ import (
 
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/stage"
+	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
@@ -210,6 +211,9 @@ type RequestStatus struct {
 	Assets []AssetState `json:"assets"`
 	// Result is the request's one result, once published.
 	Result *messages.Result `json:"result,omitempty"`
+	// RefusedResult says why a stored result was not taken as the
+	// collector's (client.ErrResultUnmarked: an older deployment, or a forgery).
+	RefusedResult string `json:"refused_result,omitempty"`
 	// ScanTruncated: the work stream was too long to search whole.
 	ScanTruncated bool `json:"scan_truncated,omitempty"`
 }
@@ -229,27 +233,26 @@ type requestRecord struct {
 // scanLimit bounds how many work messages a status or replay reads.
 const scanLimit = 100000
 
-// lastResult returns the stored result of request id in namespace ns, or nil.
-func lastResult(ctx context.Context, js jetstream.JetStream, ns, id string) (*messages.Result, error) {
-	s, err := js.Stream(ctx, messages.StreamResults)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil, nil
+// lastResult returns the stored result of request id in namespace ns, or
+// nil: also when the stored one is not the collector's (client.StoredResult),
+// then refused says why.
+func lastResult(ctx context.Context, js jetstream.JetStream, ns, id string) (res *messages.Result, refused string, err error) {
+	data, err := client.StoredResult(ctx, js.Conn(), messages.ResultSubjectIn(ns, id))
+	switch {
+	case errors.Is(err, client.ErrNoDeployment):
+		return nil, "", nil
+	case errors.Is(err, client.ErrResultUnmarked):
+		return nil, err.Error(), nil
+	case err != nil:
+		return nil, "", err
+	case data == nil:
+		return nil, "", nil
 	}
-	if err != nil {
-		return nil, err
+	res = new(messages.Result)
+	if err := messages.Decode(data, messages.TypeResult, res); err != nil {
+		return nil, "", fmt.Errorf("result of %s: %w", id, err)
 	}
-	m, err := s.GetLastMsgForSubject(ctx, messages.ResultSubjectIn(ns, id))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var res messages.Result
-	if err := messages.Decode(m.Data, messages.TypeResult, &res); err != nil {
-		return nil, fmt.Errorf("result of %s: %w", id, err)
-	}
-	return &res, nil
+	return res, "", nil
 }
 
 // requestRecordOf reads the KV entry of request id in namespace ns, or nil.
@@ -301,7 +304,7 @@ func GetRequest(ctx context.Context, js jetstream.JetStream, ns, id string) (Req
 	if err != nil {
 		return st, err
 	}
-	if st.Result, err = lastResult(ctx, js, ns, id); err != nil {
+	if st.Result, st.RefusedResult, err = lastResult(ctx, js, ns, id); err != nil {
 		return st, err
 	}
 	assets := map[image.Role]*AssetState{}

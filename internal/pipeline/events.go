@@ -35,7 +35,9 @@ func assetEvent(subject, step string, ev messages.AssetEvent) (stage.Event, erro
 	return stage.Event{Subject: subject, Data: data, ID: id}, nil
 }
 
-// resultEvent publishes a request's result. id tells publications apart:
+// resultEvent publishes a request's result, marked as the collector's
+// (messages.ResultsWriter: clients take no result without it). id tells
+// publications apart:
 // the collector's decision is "result.<request>" (a redelivery of it is
 // deduplicated), an answer to a repeated request message carries that
 // message's sequence, so every request message gets its answer.
@@ -44,7 +46,7 @@ func resultEvent(res messages.Result, id string) (stage.Event, error) {
 	if err != nil {
 		return stage.Event{}, fmt.Errorf("encode result: %w", err)
 	}
-	return stage.Event{Subject: messages.ResultSubjectIn(res.Namespace, res.RequestID), Data: data, ID: id}, nil
+	return stage.Event{Subject: messages.ResultSubjectIn(res.Namespace, res.RequestID), Data: data, ID: id, Writer: messages.ResultsWriter}, nil
 }
 
 // decodeAsset reads an asset event; anything unreadable is poison.

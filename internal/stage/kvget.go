@@ -33,14 +33,15 @@ var ErrTampered = errors.New("no entry written by the key's owner is left in its
 // ErrRevisionMismatch: a conditional write found another last revision.
 var ErrRevisionMismatch = errors.New("the key's last revision is not the one expected")
 
-// HeaderWriter marks an entry with the role of the party that wrote it.
-// Only that party may publish on the key's subject, so an entry carrying
-// its owner's marker and none of the server's relay markings
-// (messages.Relayed) is the owner's: the server's answers to requests
-// that name the key as reply subject ($JS.API.INFO, which every user may
-// call) carry no marker. Every owned write goes through PutOwned or
-// DeleteOwned; every owned read through GetOwned or Owned.
-const HeaderWriter = "Vmprep-Writer"
+// HeaderWriter marks an entry with the role of the party that wrote it
+// (messages.HeaderWriter). Only that party may publish on the key's
+// subject, so an entry carrying its owner's marker and none of the
+// server's relay markings (messages.Relayed) is the owner's: the server's
+// answers to requests that name the key as reply subject ($JS.API.INFO,
+// which every user may call) carry no marker. Every owned write goes
+// through PutOwned or DeleteOwned; every owned read through GetOwned or
+// Owned.
+const HeaderWriter = messages.HeaderWriter
 
 // OwnedHistory is how many entries per key a bucket read with GetOwned
 // keeps: a read steps back over up to OwnedHistory-1 entries others put
@@ -56,17 +57,7 @@ const maxWalk = 64
 // whole (HeaderWhole), not relayed (messages.Relayed) and carrying
 // exactly one writer marker, owner's.
 func Owned(m *nats.Msg, bucket, subject, owner string) bool {
-	h := m.Header
-	if !HeaderWhole(m) || messages.Relayed(h, "KV_"+bucket, subject) {
-		return false
-	}
-	var writers []string
-	for k, v := range h {
-		if strings.EqualFold(k, HeaderWriter) {
-			writers = append(writers, v...)
-		}
-	}
-	return len(writers) == 1 && writers[0] == owner
+	return HeaderWhole(m) && !messages.Relayed(m.Header, "KV_"+bucket, subject) && messages.Marked(m.Header, owner)
 }
 
 // HeaderWhole reports whether m's parsed headers are all of its header

@@ -59,6 +59,9 @@ type Event struct {
 	Subject string
 	Data    []byte
 	ID      string
+	// Writer, if set, becomes the HeaderWriter marker: readers take the
+	// message as this role's only with it (messages.FromResultsWriter).
+	Writer string
 }
 
 // Handler does one stage's step. It returns the events to publish next, or an
@@ -503,7 +506,12 @@ func (p JetStreamPublisher) Publish(ctx context.Context, ev Event) error {
 	if ev.ID != "" {
 		opts = append(opts, jetstream.WithMsgID(ev.ID))
 	}
-	_, err := p.JS.Publish(ctx, ev.Subject, ev.Data, opts...)
+	m := nats.NewMsg(ev.Subject)
+	m.Data = ev.Data
+	if ev.Writer != "" {
+		m.Header.Set(HeaderWriter, ev.Writer)
+	}
+	_, err := p.JS.PublishMsg(ctx, m, opts...)
 	return err
 }
 

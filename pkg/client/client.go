@@ -42,7 +42,40 @@ var (
 	// ErrRequestIDReused means a request id already names a different request
 	// (another image or format): its result is not this request's.
 	ErrRequestIDReused = errors.New("request id reused")
+	// ErrResultUnmarked means a result carried no collector's marker
+	// (messages.ResultsWriter) though the server did not relay it: a
+	// deployment older than this client, or a forgery (a direct get with
+	// "no_hdr" answered onto the result subject). It is not taken; a
+	// Prepare that ends waiting says it saw one.
+	ErrResultUnmarked = errors.New("result not marked by the collector: upgrade the deployment (collector and resolver first)")
+	// errResultRelayed: a message the server relayed onto the result
+	// subject (a direct get's or a pull request's answer), not a result.
+	errResultRelayed = errors.New("relayed by the server, not published by the collector")
 )
+
+// acceptResult reports why m, read on the result subject subject, is not
+// a result the collector published, or nil. stored: m is the answer to a
+// direct get of the results stream; else it was delivered live. A live
+// message must arrive under subject itself: the server delivers a
+// consumer's messages to a pull request's reply subject under their own
+// subjects, with the headers their publisher chose (a marker included).
+func acceptResult(m *nats.Msg, subject string, stored bool) error {
+	stream := ""
+	if stored {
+		stream = messages.StreamResults
+	} else if m.Subject != subject {
+		return fmt.Errorf("%s: message under %q: %w", subject, m.Subject, errResultRelayed)
+	}
+	// A header block made by hand hides the server's relay markings (and
+	// shows a marker of the attacker's) after a blank line.
+	if !headerWhole(m) || messages.Relayed(m.Header, stream, subject) {
+		return fmt.Errorf("%s: %w", subject, errResultRelayed)
+	}
+	if !messages.FromResultsWriter(m.Header, stream, subject) {
+		return fmt.Errorf("%s: %w", subject, ErrResultUnmarked)
+	}
+	return nil
+}
 
 // FailedError is a request that ended with a failed result: which stage
 // failed, for which asset, why, and whether trying again may help.
@@ -252,7 +285,13 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 	if err != nil {
 		return Result{}, fmt.Errorf("watch for the result: %w", err)
 	}
+	// refused is the last result refused as unmarked (ErrResultUnmarked):
+	// said if ctx ends before the collector's comes.
+	var refused error
 	stored, err := c.firstResult(ctx, subject)
+	if errors.Is(err, ErrResultUnmarked) {
+		refused, err = err, nil
+	}
 	if err != nil {
 		return Result{}, err
 	}
@@ -268,6 +307,15 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 		return Result{}, fmt.Errorf("publish prepare request: %w", err)
 	}
 	nudged := false
+	if refused != nil {
+		// The stored result is not the collector's (an older deployment's,
+		// or a forgery), and the publish above may have been deduplicated
+		// as a repeat: ask under a fresh id, which the deployment answers.
+		nudged = true
+		if _, err := c.js.Publish(ctx, messages.PrepareSubject(c.namespace), data, jetstream.WithMsgID(msgID+"."+NewRequestID())); err != nil {
+			return Result{}, fmt.Errorf("publish prepare request: %w", err)
+		}
+	}
 	// A result published while the connection was down never reaches the
 	// subscription: the stored one is read again now and then.
 	poll := time.NewTicker(resultPoll)
@@ -278,18 +326,25 @@ func (c *Client) Prepare(ctx context.Context, req Request, opts ...PrepareOption
 		for got == nil {
 			select {
 			case m := <-live:
-				if !headerWhole(m) || messages.Relayed(m.Header, "", "") {
-					// A stream's message the server published here as the
-					// reply to someone's request: not the collector's.
+				if err := acceptResult(m, subject, false); err != nil {
+					if errors.Is(err, ErrResultUnmarked) {
+						refused = err
+					}
 					continue
 				}
 				got = m.Data
 			case <-poll.C:
-				if got, err = c.lastResult(ctx, subject); err != nil && ctx.Err() == nil {
-					got = nil // the connection is away: keep waiting
+				if got, err = c.lastResult(ctx, subject); errors.Is(err, ErrResultUnmarked) {
+					refused = err
+				}
+				if err != nil {
+					got = nil // the connection is away, or no result of the collector's: keep waiting
 				}
 			case <-ctx.Done():
 				err := fmt.Errorf("waiting for the result of request %s: %w", req.RequestID, ctx.Err())
+				if refused != nil {
+					err = fmt.Errorf("%w (refused a result: %w)", err, refused)
+				}
 				lastRetry.Lock()
 				if lastRetry.what != "" {
 					err = fmt.Errorf("%w (last error: %s)", err, lastRetry.what)
@@ -384,13 +439,20 @@ func headerWhole(m *nats.Msg) bool {
 	return messages.HeaderWhole(m.Header, m.Size()-len(m.Subject)-len(m.Reply)-len(m.Data))
 }
 
-// lastResult reads the last stored message on subject of the results
-// stream by direct get; nil when there is none. A server without the
-// stream (no responders) is ErrNoDeployment.
+// lastResult is StoredResult on the client's connection.
 func (c *Client) lastResult(ctx context.Context, subject string) ([]byte, error) {
+	return StoredResult(ctx, c.nc, subject)
+}
+
+// StoredResult reads the last result stored on subject (a result subject,
+// messages.ResultSubjectIn) of the results stream by direct get: nil when
+// there is none or the server relayed it there (acceptResult). One not
+// marked by the collector is ErrResultUnmarked; a server without the
+// stream (no responders) is ErrNoDeployment.
+func StoredResult(ctx context.Context, nc *nats.Conn, subject string) ([]byte, error) {
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	m, err := c.nc.RequestWithContext(rctx, "$JS.API.DIRECT.GET."+messages.StreamResults+"."+subject, nil)
+	m, err := nc.RequestWithContext(rctx, "$JS.API.DIRECT.GET."+messages.StreamResults+"."+subject, nil)
 	if errors.Is(err, nats.ErrNoResponders) {
 		return nil, fmt.Errorf("%w (stream %s is missing, or does not allow direct gets: run `vmprep setup` as the operator, or start vmprep serve)", ErrNoDeployment, messages.StreamResults)
 	}
@@ -399,7 +461,10 @@ func (c *Client) lastResult(ctx context.Context, subject string) ([]byte, error)
 	}
 	switch status := m.Header.Get("Status"); status {
 	case "":
-		if !headerWhole(m) || messages.Relayed(m.Header, messages.StreamResults, subject) {
+		if err := acceptResult(m, subject, true); err != nil {
+			if errors.Is(err, ErrResultUnmarked) {
+				return nil, err
+			}
 			// Stored, but it came from another stream, relayed here as the
 			// reply to someone's direct get: no result of the collector's.
 			return nil, nil

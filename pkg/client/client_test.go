@@ -489,3 +489,41 @@ func TestPrepareRefusedBeforeSending(t *testing.T) {
 		})
 	}
 }
+
+// TestUnmarkedStoredResultIsAskedAgain: a request whose stored result has
+// no collector's marker (a deployment older than the marker, or a
+// forgery) is not answered with it; the client asks again under a fresh
+// publication id (the same request's is deduplicated as a repeat), and
+// the deployment answers with its recorded result, marked.
+func TestUnmarkedStoredResultIsAskedAgain(t *testing.T) {
+	t.Parallel()
+	m := newMirror(t)
+	d := startDeployment(t, m)
+	ctx := prepareCtx(t)
+	req := client.Request{RequestID: "old-result", Spec: noble, Format: image.FormatRaw}
+	first, err := d.Client().Prepare(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As an older collector published it: the same result, no marker.
+	old := first
+	old.ResolvedFrom = "an older collector"
+	data, err := messages.Encode(messages.TypeResult, &old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(d.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, messages.ResultSubjectIn(d.Client().Namespace(), req.RequestID), data); err != nil {
+		t.Fatal(err)
+	}
+	again, err := d.Client().Prepare(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.ResolvedFrom == old.ResolvedFrom || !again.CompletedAt.Equal(first.CompletedAt) {
+		t.Errorf("asked again: %+v, want the recorded result %+v", again, first)
+	}
+}

@@ -52,3 +52,39 @@ func HeaderWhole(h map[string][]string, n int) bool {
 	}
 	return size == n
 }
+
+// HeaderWriter marks a message with the role of the party that wrote it
+// (internal/stage: key-value entries; the collector: results). Only that
+// party may publish on the message's subject, so a message carrying its
+// writer's marker and none of the server's relay markings (Relayed) is the
+// writer's: the server's answers to requests that name the subject as
+// reply subject carry no marker (a direct get with "no_hdr" carries no
+// header at all) or the server's own headers.
+const HeaderWriter = "Vmprep-Writer"
+
+// ResultsWriter is the marker on every result: the collector's, and the
+// resolver's answers (refusals, repeated requests) — both run as the one
+// user that may publish on vmprep.result.>.
+const ResultsWriter = "collector"
+
+// Marked reports whether h carries exactly one writer marker, writer's.
+func Marked(h map[string][]string, writer string) bool {
+	var writers []string
+	for k, v := range h {
+		if strings.EqualFold(k, HeaderWriter) {
+			writers = append(writers, v...)
+		}
+	}
+	return len(writers) == 1 && writers[0] == writer
+}
+
+// FromResultsWriter reports whether h, the headers of a result on
+// subject, are of a result the collector published: marked ResultsWriter
+// and not relayed. stream "" is a live message, StreamResults a direct
+// get of the stored one (see Relayed). A live message must also have
+// arrived under subject itself (the caller checks): a pull request's reply
+// subject receives a consumer's messages, with headers their publisher
+// chose, under their own subjects.
+func FromResultsWriter(h map[string][]string, stream, subject string) bool {
+	return !Relayed(h, stream, subject) && Marked(h, ResultsWriter)
+}
