@@ -347,6 +347,12 @@ type multiLast struct {
 // key whose last entry is not its owner's is read back (stage.GetOwned).
 func (s *Store) List(ctx context.Context, filter string) (entries map[string][]byte, tampered []string, err error) {
 	last, stepBack, err := s.listLast(ctx, filter)
+	if errors.Is(err, errHiddenHeaders) {
+		// One entry hides its subject: read every key by its own subject
+		// instead (a direct get of a key's subject cannot name another).
+		last = map[string][]byte{}
+		stepBack, err = s.keys(ctx, filter)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -364,6 +370,39 @@ func (s *Store) List(ctx context.Context, filter string) (entries map[string][]b
 	}
 	slices.Sort(tampered)
 	return last, tampered, nil
+}
+
+// errHiddenHeaders: a listed entry's header block hides the server's
+// headers (made by hand, stage.HeaderWhole), its subject among them.
+var errHiddenHeaders = errors.New("an entry's header block hides the server's headers (made by hand)")
+
+// keys lists the keys matching filter from the stream's subjects
+// (STREAM.INFO, which every user of the bucket may call to bind it).
+func (s *Store) keys(ctx context.Context, filter string) ([]string, error) {
+	js, err := jetstream.New(s.nc)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", Bucket, err)
+	}
+	str, err := js.Stream(ctx, "KV_"+Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", Bucket, err)
+	}
+	info, err := str.Info(ctx, jetstream.WithSubjectFilter(s.subject(filter)))
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", Bucket, err)
+	}
+	if len(info.State.Subjects) > maxEntries {
+		return nil, fmt.Errorf("list %s: more than %d entries", Bucket, maxEntries)
+	}
+	prefix := s.subject("")
+	keys := make([]string, 0, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		if key, ok := strings.CutPrefix(subj, prefix); ok {
+			keys = append(keys, key)
+		}
+	}
+	slices.Sort(keys)
+	return keys, nil
 }
 
 // listLast reads the last entry of every key matching filter by one
@@ -413,7 +452,7 @@ func (s *Store) listLast(ctx context.Context, filter string) (entries map[string
 				// headers, the entry's true subject among them: which key
 				// it is cannot be told, and leaving it out could drop an
 				// owner's key (a selection) from the fleet.
-				return nil, nil, fmt.Errorf("list %s: %w: an entry's header block hides the server's headers (made by hand)", Bucket, stage.ErrTampered)
+				return nil, nil, fmt.Errorf("list %s: %w", Bucket, errHiddenHeaders)
 			}
 			// A relayed entry has two subjects: its own, stored, and the
 			// key's, which the direct get adds last.
