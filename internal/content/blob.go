@@ -307,13 +307,25 @@ func (s *Store) Commit(ctx context.Context, ingestPath string, expected digest.D
 	if exp.Algorithm != digest.SHA256 {
 		extra = exp.Algorithm
 	}
-	sumHex, extraDigest, n, err := s.hashReader(ctx, f, extra)
-	if err != nil {
-		return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
-	}
-	actual := digest.Digest{Algorithm: digest.SHA256, Hex: sumHex}
-	if extra != "" {
-		actual = extraDigest
+	var (
+		sumHex string
+		actual digest.Digest
+		n      int64
+	)
+	if known, ok := s.Hashed(src, fi, exp); ok {
+		// This process hashed exactly this file already (see hashedFiles).
+		sumHex, actual, n = known, exp, fi.Size()
+		s.step("commit:known")
+	} else {
+		var extraDigest digest.Digest
+		sumHex, extraDigest, n, err = s.hashReader(ctx, f, extra)
+		if err != nil {
+			return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
+		}
+		actual = digest.Digest{Algorithm: digest.SHA256, Hex: sumHex}
+		if extra != "" {
+			actual = extraDigest
+		}
 	}
 	if (size > 0 && n != size) || actual.Hex != exp.Hex {
 		return BlobInfo{}, mismatch(actual, n)

@@ -65,7 +65,18 @@ func (sharedCache) Fetch(ctx context.Context, f *FetcherStage, ev *messages.Asse
 	if r, ok := f.failures.Load(leaseKey(a.Digest)); ok && time.Since(r.(recentFailure).at) < failureMemory {
 		return stage.Permanent(fmt.Errorf("the download this request waited for failed: %w", r.(recentFailure).err))
 	}
+	// A converter following the download in this process waits for the
+	// download engine's hash (RecordHashed below) instead of hashing too.
+	hashing := f.Store.HashingHere(f.Store.IngestPath(a.Digest))
 	res, err := f.fromOrigin(ctx, *ev, nil)
+	if err == nil && res.Stat != nil {
+		// The download engine hashed every byte it wrote: a verifier in this
+		// process commits the file by rename (one elsewhere hashes it).
+		if rerr := f.Store.RecordHashed(res.Path, res.Stat, res.SHA256, a.Digest); rerr != nil {
+			log.Debug("the verifier will hash the download again", "err", rerr)
+		}
+	}
+	hashing()
 	if errors.Is(err, ErrOriginGone) {
 		f.failures.Store(leaseKey(a.Digest), recentFailure{err: err, at: time.Now()})
 	}
