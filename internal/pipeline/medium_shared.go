@@ -92,8 +92,9 @@ func (sharedCache) Fetch(ctx context.Context, f *FetcherStage, ev *messages.Asse
 	return nil
 }
 
-// Verify commits the ingest file to the store (re-hashing it), unless the
-// store has the blob already.
+// Verify commits the ingest file to the store (re-hashing it, unless a
+// fetcher in this process hashed exactly this file), unless the store has
+// the blob already.
 func (sharedCache) Verify(ctx context.Context, v *VerifierStage, ev *messages.AssetEvent, log *slog.Logger) (bool, error) {
 	a := ev.Asset
 	unlock, err := v.Store.Lock(ctx, a.Digest.String())
