@@ -14,6 +14,10 @@
 // left open: a shrink followed by regrowth past the read position between
 // two polls (the writer would have to rewrite more than the follower is
 // behind within one poll interval).
+//
+// When the writer is in this process and hashes what it writes (the
+// download engine), Options.Vouch lets the follow take its word instead of
+// hashing the file a second time.
 package follow
 
 import (
@@ -167,7 +171,8 @@ func (fl *File) Wait(ctx context.Context) error {
 	return fl.err
 }
 
-// Watermark is how many bytes from the start have been read and hashed.
+// Watermark is how many bytes from the start have been read and hashed
+// (with Options.Vouch: have arrived).
 func (fl *File) Watermark() int64 {
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
