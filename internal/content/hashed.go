@@ -82,6 +82,19 @@ func (s *Store) RecordHashed(path string, fi os.FileInfo, sha256, expected diges
 	return nil
 }
 
+// rehashedAs moves the record of the ingest file at abs, if there is one, to
+// st: the stat of the same file (inode) once Commit published and sealed it,
+// after verifying it (on the record or by hashing it itself).
+func (s *Store) rehashedAs(abs string, st stamp) {
+	h := &s.hashed
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if rec, ok := h.m[abs]; ok && rec.st.Inode == st.Inode && rec.sha256 == st.SHA256 {
+		rec.st = st
+		h.m[abs] = rec
+	}
+}
+
 // HashingHere marks the ingest file at path as being written by a hasher in
 // this process (the download engine) until done is called; then a follower
 // of the file in this process may wait for the hasher's record instead of
