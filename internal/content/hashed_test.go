@@ -150,3 +150,48 @@ func TestRecordHashedRefusesWhatItCannotHold(t *testing.T) {
 		})
 	}
 }
+
+// TestHashedFollowsTheCommittedFile: a follower in this process holding
+// the ingest file open still finds the record after Commit renamed and
+// sealed it (the seal's chmod moves the ctime), and only for that file.
+func TestHashedFollowsTheCommittedFile(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	data := testutil.Fill("follows", 256<<10)
+	d := testutil.SHA256Of(data)
+	path := ingest(t, s, d, data)
+	held, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	fi, err := held.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RecordHashed(path, fi, d, d); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Commit(ctx, path, d, int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	now, err := held.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now.Mode().Perm() == fi.Mode().Perm() {
+		t.Fatalf("the commit did not seal the file (mode %v): the test shows nothing", now.Mode())
+	}
+	if _, ok := s.Hashed(path, now, d); !ok {
+		t.Errorf("Hashed of the committed file held open: no record")
+	}
+	// Another file at the ingest path later is not the one recorded.
+	other := ingest(t, s, d, data)
+	ofi, err := os.Stat(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.Hashed(other, ofi, d); ok {
+		t.Errorf("Hashed of a new file at the same path: the old record was taken")
+	}
+}
