@@ -138,6 +138,19 @@ func (s *Store) HashedHere(path string) bool {
 	return recorded || h.writing[abs] > 0
 }
 
+// HashingNow reports whether a hasher in this process is writing the
+// ingest file at path (between HashingHere and its done).
+func (s *Store) HashingNow(path string) bool {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return false
+	}
+	h := &s.hashed
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.writing[abs] > 0
+}
+
 // Hashed reports whether this process recorded the ingest file at path, as
 // fi (stat-ed by the caller on its open descriptor) describes it now, as
 // hashed and checked against expected; if so it returns its SHA-256 hex.

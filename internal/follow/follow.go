@@ -60,11 +60,12 @@ type Options struct {
 	// Vouch, if set, replaces hashing: the follow reads nothing, takes the
 	// file's size for what has arrived, and once the file is as long as
 	// expected asks Vouch at each look whether the file as it is now (fi,
-	// from the descriptor the follow reads) is the expected blob. Only for
-	// a writer in this process that hashes what it writes and says so
-	// (content.Store.Hashed): never on another process's word. Needs the
-	// expected size.
-	Vouch func(fi os.FileInfo) bool
+	// from the descriptor the follow reads) is the expected blob; an error
+	// from it ends the follow (say, the writer finished without vouching
+	// for this file). Only for a writer in this process that hashes what it
+	// writes and says so (content.Store.Hashed): never on another
+	// process's word. Needs the expected size.
+	Vouch func(fi os.FileInfo) (bool, error)
 	// Gone, if set, is asked at each poll while the file does not exist; an
 	// error from it ends the follow (say, the blob was committed meanwhile
 	// and the file to follow will never appear under its ingest name).
@@ -286,8 +287,12 @@ func (fl *File) followVouched(ctx context.Context, f *os.File) error {
 			fl.advance(seen)
 			poll, lastGrowth = fl.opts.PollMin, time.Now()
 		}
-		if seen == fl.size && fl.opts.Vouch(st) {
-			return nil
+		if seen == fl.size {
+			if ok, err := fl.opts.Vouch(st); err != nil {
+				return err
+			} else if ok {
+				return nil
+			}
 		}
 		if time.Since(lastGrowth) >= fl.opts.Idle {
 			return fmt.Errorf("%w: %d bytes, none added and no hasher's word for %s", ErrStalled, seen, fl.opts.Idle)

@@ -290,7 +290,7 @@ func TestFollowVouched(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "ingest")
-			fl := start(t, path, data, tt.size, Options{Idle: 100 * time.Millisecond, Vouch: func(os.FileInfo) bool { return tt.vouch }})
+			fl := start(t, path, data, tt.size, Options{Idle: 100 * time.Millisecond, Vouch: func(os.FileInfo) (bool, error) { return tt.vouch, nil }})
 			tt.write(t, path, fl)
 			err := fl.Wait(context.Background())
 			if !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
@@ -304,7 +304,7 @@ func TestFollowVouched(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Start(context.Background(), filepath.Join(t.TempDir(), "x"), testutil.SHA256Of(data), 0, Options{Vouch: func(os.FileInfo) bool { return true }}); err == nil {
+	if _, err := Start(context.Background(), filepath.Join(t.TempDir(), "x"), testutil.SHA256Of(data), 0, Options{Vouch: func(os.FileInfo) (bool, error) { return true, nil }}); err == nil {
 		t.Error("Start with Vouch and no size: no error")
 	}
 }

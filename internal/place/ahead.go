@@ -17,6 +17,10 @@ import (
 // ahead is complete and waits for the follow's verdict.
 var testHookAwaitingVerdict func()
 
+// errNoWord: the download engine of this process stopped writing the
+// followed file without a record that vouches for it as it is.
+var errNoWord = errors.New("the download in this process ended without vouching for this file")
+
 // errCommitted: the blob was committed before its ingest file could be
 // followed; it converts from the blob instead.
 var errCommitted = errors.New("the blob was committed before its download could be followed")
@@ -57,9 +61,19 @@ func (p *Placer) RawDiskAhead(ctx context.Context, want digest.Digest, size int6
 		// The download engine in this process hashes the file as it
 		// writes it: take its word (never another process's) instead of
 		// hashing the file a second time.
-		opts.Vouch = func(fi os.FileInfo) bool {
-			_, ok := p.Store.Hashed(ingest, fi, want)
-			return ok
+		opts.Vouch = func(fi os.FileInfo) (bool, error) {
+			// Writing first: the engine records before it stops writing,
+			// so a writer gone by now left its record to be found below.
+			writing := p.Store.HashingNow(ingest)
+			if _, ok := p.Store.Hashed(ingest, fi, want); ok {
+				return true, nil
+			}
+			if !writing {
+				// Its record is of another file, or it failed: do not
+				// hold the derived file's lock for the idle timeout.
+				return false, errNoWord
+			}
+			return false, nil
 		}
 	}
 	fl, err := follow.Start(ctx, ingest, want, size, opts)
