@@ -398,13 +398,14 @@ func (s *Store) Commit(ctx context.Context, ingestPath string, expected digest.D
 		return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
 	}
 	s.step("commit:renamed")
+	// The seal's chmod moves the file's ctime: a follower in this process
+	// holding it open must still find this process's record of it.
+	sealing := s.sealingHashed(src)
 	sealed, err := s.sealStamp(final, s.blobStampPath(sumHex), stamp{SHA256: sumHex})
+	sealing(sealed, err == nil)
 	if err != nil {
 		return BlobInfo{}, err
 	}
-	// The seal's chmod moved the file's ctime: a follower in this process
-	// holding it open must still find this process's record of it.
-	s.rehashedAs(src, sealed)
 	s.step("commit:sealed")
 	s.removeIngest(src)
 	s.log.Debug("store: committed", "digest", info.SHA256, "size", n, "expected", exp)

@@ -32,6 +32,7 @@ type hashedFiles struct {
 
 type hashedFile struct {
 	st       stamp         // statStamp of the file when it was hashed, device included
+	sealed   stamp         // and once Commit published and sealed it (zero before)
 	sha256   string        // hex SHA-256 of its content
 	expected digest.Digest // the digest it was checked against (SHA-256 or SHA-512)
 }
@@ -82,16 +83,33 @@ func (s *Store) RecordHashed(path string, fi os.FileInfo, sha256, expected diges
 	return nil
 }
 
-// rehashedAs moves the record of the ingest file at abs, if there is one, to
-// st: the stat of the same file (inode) once Commit published and sealed it,
-// after verifying it (on the record or by hashing it itself).
-func (s *Store) rehashedAs(abs string, st stamp) {
+// sealingHashed is called by Commit before it seals the ingest file at abs
+// (its chmod moves the ctime), and the function it returns after, with the
+// sealed file's stamp: a follower in this process holding the file open then
+// finds the record under either stat, and while the seal runs it waits
+// (HashingNow) instead of giving up on a stat that is neither.
+func (s *Store) sealingHashed(abs string) (done func(st stamp, ok bool)) {
 	h := &s.hashed
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if rec, ok := h.m[abs]; ok && rec.st.Inode == st.Inode && rec.sha256 == st.SHA256 {
-		rec.st = st
-		h.m[abs] = rec
+	if _, ok := h.m[abs]; !ok {
+		return func(stamp, bool) {}
+	}
+	if h.writing == nil {
+		h.writing = map[string]int{}
+	}
+	h.writing[abs]++
+	return func(st stamp, ok bool) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		// The same inode, verified by Commit (on the record or by hashing it).
+		if rec, found := h.m[abs]; ok && found && rec.st.Inode == st.Inode && rec.sha256 == st.SHA256 {
+			rec.sealed = st
+			h.m[abs] = rec
+		}
+		if h.writing[abs]--; h.writing[abs] <= 0 {
+			delete(h.writing, abs)
+		}
 	}
 }
 
@@ -173,7 +191,10 @@ func (s *Store) Hashed(path string, fi os.FileInfo, expected digest.Digest) (str
 		return "", false
 	}
 	now := statStamp(fi)
-	if !rec.st.sameFile(now) || rec.st.Device != now.Device || rec.expected != exp {
+	// The ctime only moves forward: once sealed, the stat of before the
+	// seal cannot come back.
+	same := func(st stamp) bool { return st.Inode != 0 && st.sameFile(now) && st.Device == now.Device }
+	if rec.expected != exp || !(same(rec.st) || same(rec.sealed)) {
 		return "", false
 	}
 	return rec.sha256, true

@@ -185,6 +185,20 @@ func TestHashedFollowsTheCommittedFile(t *testing.T) {
 	if _, ok := s.Hashed(path, now, d); !ok {
 		t.Errorf("Hashed of the committed file held open: no record")
 	}
+	if _, ok := s.Hashed(path, fi, d); !ok {
+		t.Errorf("Hashed with the stat taken before the seal: no record")
+	}
+	// A write to the published file afterwards matches neither stat.
+	overwriteByte(t, s.blobPath(d.Hex), 7)
+	old := time.Now().Add(-time.Hour) // another mtime whatever the clock's tick
+	if err := os.Chtimes(s.blobPath(d.Hex), old, old); err != nil {
+		t.Fatal(err)
+	}
+	if forged, err := held.Stat(); err != nil {
+		t.Fatal(err)
+	} else if _, ok := s.Hashed(path, forged, d); ok {
+		t.Errorf("Hashed of the file written after its commit: the record was taken")
+	}
 	// Another file at the ingest path later is not the one recorded.
 	other := ingest(t, s, d, data)
 	ofi, err := os.Stat(other)
