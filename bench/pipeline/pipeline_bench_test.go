@@ -72,7 +72,11 @@ func BenchmarkPrepareVsShell(b *testing.B) {
 	bin := cluster.Build(b)
 	work := b.TempDir()
 
-	var shell, cold, single, warm, warmHash []time.Duration
+	// VMPREP_BASELINE_BIN, if set, is another vmprep binary (say, built from
+	// main before a change) whose cold single-binary prepare runs in the
+	// same rotation: before and after in one run.
+	baseline := os.Getenv("VMPREP_BASELINE_BIN")
+	var shell, cold, single, singleBase, warm, warmHash []time.Duration
 	rss := map[string]int64{}
 	runShell := func(round int) {
 		dir := filepath.Join(work, fmt.Sprintf("shell-%d", round))
@@ -118,9 +122,18 @@ qemu-img convert -f qcow2 -O raw disk.img disk.raw`, dir, urls[image.RoleKernel]
 		warmHash = append(warmHash, timeCmd(b, "sha256sum", filepath.Join(view, "vmlinuz"), filepath.Join(view, "initramfs"), filepath.Join(view, "disk.raw")))
 		_ = os.RemoveAll(cache)
 	}
+	runBaseline := func(round int) {
+		cache := filepath.Join(work, fmt.Sprintf("cache-base-%d", round))
+		singleBase = append(singleBase, timeCmd(b, baseline, "prepare", "--cache-dir", cache, "--mirror", m.URL, "--keyring", m.KeyringFile(),
+			"--format", "raw", "--arch", "amd64", "ubuntu", "24.04"))
+		_ = os.RemoveAll(cache)
+	}
 	// The order rotates from round to round, so no contender always pays for
 	// the page-cache and writeback state the one before it left.
 	phases := []func(int){runShell, runCluster, runSingle}
+	if baseline != "" {
+		phases = append(phases, runBaseline)
+	}
 	b.ResetTimer()
 	for round := 0; round < rounds; round++ {
 		for i := range phases {
@@ -136,6 +149,9 @@ qemu-img convert -f qcow2 -O raw disk.img disk.raw`, dir, urls[image.RoleKernel]
 	fmt.Printf("%-58s %8.2fs\n", "shell: curl ×3 + sha256sum + qemu-img convert", median(shell).Seconds())
 	fmt.Printf("%-58s %8.2fs  ratio %.2f×\n", "vmprep prepare --nats (4 stage processes), cold", median(cold).Seconds(), ratio(median(cold), median(shell)))
 	fmt.Printf("%-58s %8.2fs  ratio %.2f×\n", "vmprep prepare (single binary, embedded NATS), cold", median(single).Seconds(), ratio(median(single), median(shell)))
+	if baseline != "" {
+		fmt.Printf("%-58s %8.2fs  ratio %.2f×\n", "baseline single binary ($VMPREP_BASELINE_BIN), cold", median(singleBase).Seconds(), ratio(median(singleBase), median(shell)))
+	}
 	fmt.Printf("%-58s %8.2fs\n", "sha256sum of the cached kernel, initramfs, disk.raw", median(warmHash).Seconds())
 	fmt.Printf("%-58s %8.2fs  ratio %.2f×\n", "vmprep prepare (single binary), warm", median(warm).Seconds(), ratio(median(warm), median(warmHash)))
 	for _, s := range []string{"resolver", "fetcher", "verifier", "converter"} {

@@ -225,16 +225,22 @@ func sha256String(hex string) string {
 // seal makes path read-only and records its stamp: tmpl's digests and
 // CommittedAt (zero: now) with the stat fields filled in.
 func (s *Store) seal(path, stampPath string, tmpl stamp) error {
+	_, err := s.sealStamp(path, stampPath, tmpl)
+	return err
+}
+
+// sealStamp is seal, returning the stamp it recorded.
+func (s *Store) sealStamp(path, stampPath string, tmpl stamp) (stamp, error) {
 	fi, err := os.Lstat(path)
 	if err != nil {
-		return fmt.Errorf("store: seal %s: %w", path, err)
+		return stamp{}, fmt.Errorf("store: seal %s: %w", path, err)
 	}
 	if fi.Mode().Perm() != 0o444 {
 		if err := os.Chmod(path, 0o444); err != nil {
-			return fmt.Errorf("store: seal %s: %w", path, err)
+			return stamp{}, fmt.Errorf("store: seal %s: %w", path, err)
 		}
 		if fi, err = os.Lstat(path); err != nil {
-			return fmt.Errorf("store: seal %s: %w", path, err)
+			return stamp{}, fmt.Errorf("store: seal %s: %w", path, err)
 		}
 	}
 	st := statStamp(fi)
@@ -243,9 +249,9 @@ func (s *Store) seal(path, stampPath string, tmpl stamp) error {
 		st.CommittedAt = time.Now().UTC()
 	}
 	if err := writeStamp(stampPath, st); err != nil {
-		return fmt.Errorf("store: stamp %s: %w", path, err)
+		return stamp{}, fmt.Errorf("store: stamp %s: %w", path, err)
 	}
-	return nil
+	return st, nil
 }
 
 // Commit verifies the file at ingestPath (which must be in the store's
@@ -307,13 +313,26 @@ func (s *Store) Commit(ctx context.Context, ingestPath string, expected digest.D
 	if exp.Algorithm != digest.SHA256 {
 		extra = exp.Algorithm
 	}
-	sumHex, extraDigest, n, err := s.hashReader(ctx, f, extra)
-	if err != nil {
-		return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
-	}
-	actual := digest.Digest{Algorithm: digest.SHA256, Hex: sumHex}
-	if extra != "" {
-		actual = extraDigest
+	var (
+		sumHex string
+		actual digest.Digest
+		n      int64
+	)
+	if known, ok := s.Hashed(src, fi, exp); ok {
+		// This process hashed exactly this file already (see hashedFiles).
+		sumHex, actual, n = known, exp, fi.Size()
+		s.log.Debug("store: committing on this process's own hash of the file", "path", src, "expected", exp)
+		s.step("commit:known")
+	} else {
+		var extraDigest digest.Digest
+		sumHex, extraDigest, n, err = s.hashReader(ctx, f, extra)
+		if err != nil {
+			return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
+		}
+		actual = digest.Digest{Algorithm: digest.SHA256, Hex: sumHex}
+		if extra != "" {
+			actual = extraDigest
+		}
 	}
 	if (size > 0 && n != size) || actual.Hex != exp.Hex {
 		return BlobInfo{}, mismatch(actual, n)
@@ -379,7 +398,12 @@ func (s *Store) Commit(ctx context.Context, ingestPath string, expected digest.D
 		return BlobInfo{}, fmt.Errorf("store: commit %s: %w", src, err)
 	}
 	s.step("commit:renamed")
-	if err := s.seal(final, s.blobStampPath(sumHex), stamp{SHA256: sumHex}); err != nil {
+	// The seal's chmod moves the file's ctime: a follower in this process
+	// holding it open must still find this process's record of it.
+	sealing := s.sealingHashed(src)
+	sealed, err := s.sealStamp(final, s.blobStampPath(sumHex), stamp{SHA256: sumHex})
+	sealing(sealed, err == nil)
+	if err != nil {
 		return BlobInfo{}, err
 	}
 	s.step("commit:sealed")

@@ -148,6 +148,8 @@ type Store struct {
 	minFree  int64
 	lockPoll time.Duration
 	locks    lockTable
+	// hashed: ingest files this process hashed in full (see hashedFiles).
+	hashed hashedFiles
 
 	// hashedBytes counts bytes read for hashing; tests use it to prove the
 	// fast path reads nothing.

@@ -69,6 +69,11 @@ type Result struct {
 	Transferred int64
 	// Attempts counts HTTP requests made.
 	Attempts int
+	// Stat is the file's stat taken after the final fsync, while this
+	// Fetch still held the file's lock: the file whose every byte it
+	// hashed (a content store may then skip hashing it again, see
+	// content.Store.RecordHashed). Nil on failure.
+	Stat os.FileInfo
 }
 
 const progressInterval = 200 * time.Millisecond
@@ -158,6 +163,9 @@ func (c *Client) Fetch(ctx context.Context, req Request) (res Result, err error)
 		res.Size = fe.have
 		res.SHA256 = fe.sha256Digest()
 		res.Digest = got
+		if res.Stat, err = f.Stat(); err != nil {
+			return fe.result(), fe.permanent("stat", 0, err)
+		}
 		return res, nil
 	}
 }

@@ -14,6 +14,10 @@
 // left open: a shrink followed by regrowth past the read position between
 // two polls (the writer would have to rewrite more than the follower is
 // behind within one poll interval).
+//
+// When the writer is in this process and hashes what it writes (the
+// download engine), Options.Vouch lets the follow take its word instead of
+// hashing the file a second time.
 package follow
 
 import (
@@ -53,6 +57,15 @@ type Options struct {
 	PollMin, PollMax time.Duration
 	// ReadBytes is the size of each sequential read. Default 1 MiB.
 	ReadBytes int
+	// Vouch, if set, replaces hashing: the follow reads nothing, takes the
+	// file's size for what has arrived, and once the file is as long as
+	// expected asks Vouch at each look whether the file as it is now (fi,
+	// from the descriptor the follow reads) is the expected blob; an error
+	// from it ends the follow (say, the writer finished without vouching
+	// for this file). Only for a writer in this process that hashes what it
+	// writes and says so (content.Store.Hashed): never on another
+	// process's word. Needs the expected size.
+	Vouch func(fi os.FileInfo) (bool, error)
 	// Gone, if set, is asked at each poll while the file does not exist; an
 	// error from it ends the follow (say, the blob was committed meanwhile
 	// and the file to follow will never appear under its ingest name).
@@ -108,6 +121,9 @@ func Start(ctx context.Context, path string, expected digest.Digest, size int64,
 	if size < 0 {
 		return nil, fmt.Errorf("follow %s: negative expected size %d", path, size)
 	}
+	if opts.Vouch != nil && size == 0 {
+		return nil, fmt.Errorf("follow %s: a vouched follow needs the expected size", path)
+	}
 	opts.defaults()
 	ctx, cancel := context.WithCancelCause(ctx)
 	fl := &File{
@@ -156,7 +172,8 @@ func (fl *File) Wait(ctx context.Context) error {
 	return fl.err
 }
 
-// Watermark is how many bytes from the start have been read and hashed.
+// Watermark is how many bytes from the start have been read and hashed
+// (with Options.Vouch: have arrived).
 func (fl *File) Watermark() int64 {
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
@@ -190,6 +207,9 @@ func (fl *File) follow(ctx context.Context, h hash.Hash) error {
 	f, err := fl.open(ctx)
 	if err != nil {
 		return err
+	}
+	if fl.opts.Vouch != nil {
+		return fl.followVouched(ctx, f)
 	}
 	buf := make([]byte, fl.opts.ReadBytes)
 	var read int64 // bytes hashed; only this goroutine writes watermark
@@ -235,6 +255,47 @@ func (fl *File) follow(ctx context.Context, h hash.Hash) error {
 		}
 		if time.Since(lastGrowth) >= fl.opts.Idle {
 			return fmt.Errorf("%w: %d bytes, none added for %s", ErrStalled, read, fl.opts.Idle)
+		}
+		fl.mu.Lock()
+		fl.polls++
+		fl.mu.Unlock()
+		if err := sleep(ctx, poll); err != nil {
+			return err
+		}
+		poll = min(2*poll, fl.opts.PollMax)
+	}
+}
+
+// followVouched is follow for a file whose writer, in this process, hashes
+// it (Options.Vouch): it watches the size and waits for the writer's word.
+func (fl *File) followVouched(ctx context.Context, f *os.File) error {
+	var seen int64 // bytes in the file at the last look
+	poll := fl.opts.PollMin
+	lastGrowth := time.Now()
+	for {
+		st, err := f.Stat()
+		if err != nil {
+			return fmt.Errorf("stat: %w", err)
+		}
+		switch n := st.Size(); {
+		case n < seen:
+			return fmt.Errorf("%w: %d bytes, after %d were there", ErrTruncated, n, seen)
+		case n > fl.size:
+			return fmt.Errorf("%w: %d bytes, more than the expected %d", ErrDigestMismatch, n, fl.size)
+		case n > seen:
+			seen = n
+			fl.advance(seen)
+			poll, lastGrowth = fl.opts.PollMin, time.Now()
+		}
+		if seen == fl.size {
+			if ok, err := fl.opts.Vouch(st); err != nil {
+				return err
+			} else if ok {
+				return nil
+			}
+		}
+		if time.Since(lastGrowth) >= fl.opts.Idle {
+			return fmt.Errorf("%w: %d bytes, none added and no hasher's word for %s", ErrStalled, seen, fl.opts.Idle)
 		}
 		fl.mu.Lock()
 		fl.polls++

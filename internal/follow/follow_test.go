@@ -236,3 +236,75 @@ func TestFollowGone(t *testing.T) {
 		t.Fatalf("Wait: %v, want %v", err, gone)
 	}
 }
+
+// TestFollowVouched: with Vouch the follow reads nothing for hashing: it
+// ends verified on the writer's word once the file is complete, whatever
+// its bytes, and fails as a hashing follow does on a shrink or an overrun,
+// or stalls when the word never comes.
+func TestFollowVouched(t *testing.T) {
+	data := testutil.Fill("vouched", 3<<20)
+	other := testutil.Fill("other", 3<<20)
+	for _, tt := range []struct {
+		name  string
+		size  int64
+		write func(t *testing.T, path string, fl *File)
+		vouch bool
+		want  error // nil: verified
+	}{
+		{
+			name: "vouched, other bytes", size: int64(len(other)), vouch: true, // the word, not a hash
+			write: func(t *testing.T, path string, fl *File) {
+				if err := <-appender(t, path, other, 1<<20, fl); err != nil {
+					t.Error(err)
+				}
+			},
+		},
+		{
+			name: "not vouched: stalls", size: int64(len(data)),
+			write: func(t *testing.T, path string, fl *File) {
+				if err := <-appender(t, path, data, 1<<20, fl); err != nil {
+					t.Error(err)
+				}
+			},
+			want: ErrStalled,
+		},
+		{
+			name: "truncated mid-way", size: int64(len(data)), vouch: true,
+			write: func(t *testing.T, path string, fl *File) {
+				if err := <-appender(t, path, data[:1<<20], 256<<10, fl); err != nil {
+					t.Error(err)
+				}
+				if err := os.Truncate(path, 0); err != nil {
+					t.Error(err)
+				}
+			},
+			want: ErrTruncated,
+		},
+		{
+			name: "more than the expected size", size: 1 << 20, vouch: true,
+			write: func(t *testing.T, path string, fl *File) {
+				_ = os.WriteFile(path, other, 0o644)
+			},
+			want: ErrDigestMismatch,
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "ingest")
+			fl := start(t, path, data, tt.size, Options{Idle: 100 * time.Millisecond, Vouch: func(os.FileInfo) (bool, error) { return tt.vouch, nil }})
+			tt.write(t, path, fl)
+			err := fl.Wait(context.Background())
+			if !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
+				t.Fatalf("Wait: %v, want %v", err, tt.want)
+			}
+			if tt.want == nil {
+				got, err := io.ReadAll(io.NewSectionReader(fl.ReaderAt(context.Background()), 0, tt.size))
+				if err != nil || !bytes.Equal(got, other) {
+					t.Errorf("ReadAt after the word: %d bytes, %v", len(got), err)
+				}
+			}
+		})
+	}
+	if _, err := Start(context.Background(), filepath.Join(t.TempDir(), "x"), testutil.SHA256Of(data), 0, Options{Vouch: func(os.FileInfo) (bool, error) { return true, nil }}); err == nil {
+		t.Error("Start with Vouch and no size: no error")
+	}
+}

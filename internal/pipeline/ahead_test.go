@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vmprep/vmprep/internal/content"
+	"github.com/vmprep/vmprep/internal/store"
 	"github.com/vmprep/vmprep/internal/testmirror"
 	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/client"
@@ -30,8 +32,15 @@ func TestConvertAheadInSharedCache(t *testing.T) {
 	} {
 		t.Run(string(tt.format), func(t *testing.T) {
 			e := newEnv(t, m)
-			var logs testutil.LockedBuffer
+			var logs, storeLogs testutil.LockedBuffer
 			e.deps.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			// The stages share this process's store: the verifier commits
+			// on the fetcher's own hash, and says so.
+			st, err := store.Open(e.cache, content.WithLogger(slog.New(slog.NewTextHandler(&storeLogs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.store, e.deps.Store = st, st
 			emb := e.start(t)
 			res := prepare(t, emb.Conn, messages.PrepareRequest{RequestID: client.NewRequestID(), Spec: spec, Format: tt.format})
 			if res.Status != messages.ResultPrepared {
@@ -46,6 +55,9 @@ func TestConvertAheadInSharedCache(t *testing.T) {
 				t.Errorf("disk %s sha256 %s, want %s", res.Disk, got, want)
 			}
 			emb.Close() // the log is complete
+			if !strings.Contains(storeLogs.String(), `msg="store: committing on this process's own hash of the file" path=`+e.store.IngestPath(m.Digest(diskRel))) {
+				t.Errorf("the disk was not committed on the fetcher's hash; store log:\n%s", storeLogs.String())
+			}
 			if got := strings.Contains(logs.String(), "converted while downloading"); got != tt.wantAhead {
 				t.Errorf("converted while downloading: %v, want %v; log:\n%s", got, tt.wantAhead, logs.String())
 			}

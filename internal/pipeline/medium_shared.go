@@ -65,7 +65,18 @@ func (sharedCache) Fetch(ctx context.Context, f *FetcherStage, ev *messages.Asse
 	if r, ok := f.failures.Load(leaseKey(a.Digest)); ok && time.Since(r.(recentFailure).at) < failureMemory {
 		return stage.Permanent(fmt.Errorf("the download this request waited for failed: %w", r.(recentFailure).err))
 	}
+	// A converter following the download in this process waits for the
+	// download engine's hash (RecordHashed below) instead of hashing too.
+	hashing := f.Store.HashingHere(f.Store.IngestPath(a.Digest))
 	res, err := f.fromOrigin(ctx, *ev, nil)
+	if err == nil && res.Stat != nil {
+		// The download engine hashed every byte it wrote: a verifier in this
+		// process commits the file by rename (one elsewhere hashes it).
+		if rerr := f.Store.RecordHashed(res.Path, res.Stat, res.SHA256, a.Digest); rerr != nil {
+			log.Debug("the verifier will hash the download again", "err", rerr)
+		}
+	}
+	hashing()
 	if errors.Is(err, ErrOriginGone) {
 		f.failures.Store(leaseKey(a.Digest), recentFailure{err: err, at: time.Now()})
 	}
@@ -81,8 +92,9 @@ func (sharedCache) Fetch(ctx context.Context, f *FetcherStage, ev *messages.Asse
 	return nil
 }
 
-// Verify commits the ingest file to the store (re-hashing it), unless the
-// store has the blob already.
+// Verify commits the ingest file to the store (re-hashing it, unless a
+// fetcher in this process hashed exactly this file), unless the store has
+// the blob already.
 func (sharedCache) Verify(ctx context.Context, v *VerifierStage, ev *messages.AssetEvent, log *slog.Logger) (bool, error) {
 	a := ev.Asset
 	unlock, err := v.Store.Lock(ctx, a.Digest.String())

@@ -281,7 +281,8 @@ func corruptNote(q *content.QuarantinedError) string {
 }
 
 // VerifierStage checks the fetched bytes itself — it does not take the
-// fetcher's word — and routes the asset on (Medium.Next): to a converter (a
+// fetcher's word, except a fetcher in this very process, whose hash the
+// store remembers (content.Store.RecordHashed) — and routes the asset on (Medium.Next): to a converter (a
 // qcow2 disk wanted as raw, a compressed kernel), to the target host's
 // converter, or straight to completion. Bytes found bad are removed and the
 // asset is sent back to be fetched again (see Medium.Verify).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/internal/follow"
@@ -15,6 +16,10 @@ import (
 // testHookAwaitingVerdict, if set (tests only), runs when a conversion
 // ahead is complete and waits for the follow's verdict.
 var testHookAwaitingVerdict func()
+
+// errNoWord: the download engine of this process stopped writing the
+// followed file without a record that vouches for it as it is.
+var errNoWord = errors.New("the download in this process ended without vouching for this file")
 
 // errCommitted: the blob was committed before its ingest file could be
 // followed; it converts from the blob instead.
@@ -52,6 +57,25 @@ func (p *Placer) RawDiskAhead(ctx context.Context, want digest.Digest, size int6
 		return nil
 	}
 	ingest := p.Store.IngestPath(want)
+	if p.Store.HashedHere(ingest) {
+		// The download engine in this process hashes the file as it
+		// writes it: take its word (never another process's) instead of
+		// hashing the file a second time.
+		opts.Vouch = func(fi os.FileInfo) (bool, error) {
+			// Writing first: the engine records before it stops writing,
+			// so a writer gone by now left its record to be found below.
+			writing := p.Store.HashingNow(ingest)
+			if _, ok := p.Store.Hashed(ingest, fi, want); ok {
+				return true, nil
+			}
+			if !writing {
+				// Its record is of another file, or it failed: do not
+				// hold the derived file's lock for the idle timeout.
+				return false, errNoWord
+			}
+			return false, nil
+		}
+	}
 	fl, err := follow.Start(ctx, ingest, want, size, opts)
 	if err != nil {
 		return "", err

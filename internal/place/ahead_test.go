@@ -332,3 +332,113 @@ func TestRawDiskSealsWhatItWrote(t *testing.T) {
 		})
 	}
 }
+
+// TestRawDiskAheadTakesThisProcessHash: while the download engine of this
+// process writes the ingest file (Store.HashingHere), the follower hashes
+// nothing and publishes on the engine's record (Store.RecordHashed) — and
+// only if the file it holds is still the one recorded.
+func TestRawDiskAheadTakesThisProcessHash(t *testing.T) {
+	img := qemuQcow2(t)
+	other := qemuQcow2(t, "-c") // a valid image that is not img
+	want := testutil.SHA256Of(img)
+	for _, tt := range []struct {
+		name string
+		data []byte // what the download writes
+		// after runs once the file is complete and recorded as hashed.
+		after  func(t *testing.T, path string)
+		record bool
+		errIs  error // nil: published
+	}{
+		// The record is believed, not checked: a (test-only) record that
+		// lies about the bytes shows that the follower hashed none.
+		{name: "recorded", data: other, record: true},
+		{name: "rewritten after the record", data: img, record: true, errIs: errNoWord,
+			after: func(t *testing.T, path string) {
+				f, err := os.OpenFile(path, os.O_WRONLY, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := f.WriteAt([]byte{0xff}, int64(len(img)-1)); err != nil {
+					t.Fatal(err)
+				}
+				if err := f.Close(); err != nil {
+					t.Fatal(err)
+				}
+				old := time.Now().Add(-time.Hour) // another mtime whatever the clock's tick
+				if err := os.Chtimes(path, old, old); err != nil {
+					t.Fatal(err)
+				}
+			}},
+		{name: "download ended without a record", data: img, errIs: errNoWord},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newPlacer(t)
+			ingest := p.Store.IngestPath(want)
+			hashing := p.Store.HashingHere(ingest)
+			defer hashing()
+			// The download, its record and what follows it are done before
+			// the follower looks, so that it sees only the end state; the
+			// writer stops once the follower runs.
+			if err := (download{data: tt.data}).runSync(ingest); err != nil {
+				t.Fatal(err)
+			}
+			if tt.record {
+				fi, err := os.Stat(ingest)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := p.Store.RecordHashed(ingest, fi, want, want); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.after != nil {
+				tt.after(t, ingest)
+			}
+			returned := make(chan struct{})
+			go func() {
+				converting := make(chan struct{})
+				go func() {
+					if waitConverting(p) == nil {
+						close(converting)
+					}
+				}()
+				select {
+				case <-converting:
+				case <-returned:
+				}
+				hashing()
+			}()
+			// An hour: a follow that waits for a word that cannot come fails
+			// the test by its timeout instead of passing as a stall.
+			got, err := p.RawDiskAhead(context.Background(), want, int64(len(tt.data)), follow.Options{Idle: time.Hour})
+			close(returned)
+			if tt.errIs != nil {
+				if !errors.Is(err, tt.errIs) {
+					t.Fatalf("RawDiskAhead = %q, %v; want %v", got, err, tt.errIs)
+				}
+				if _, err := p.Store.Derived(context.Background(), DerivedKeyOf(image.RoleDisk, want)); !errors.Is(err, content.ErrNotFound) {
+					t.Errorf("Derived after a failed RawDiskAhead: %v, want ErrNotFound", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("RawDiskAhead: %v", err)
+			}
+		})
+	}
+}
+
+// runSync writes all of d.data into path in chunks, as the download engine does.
+func (d download) runSync(path string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	for off := 0; off < len(d.data); off += 256 << 10 {
+		if _, err := f.Write(d.data[off:min(off+256<<10, len(d.data))]); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	return f.Close()
+}
