@@ -107,7 +107,7 @@ func (e *refetchError) Unwrap() error { return e.err }
 // cache.
 func newMedium(nc *nats.Conn, js jetstream.JetStream, infra *Infra, d Deps) Medium {
 	if infra.Objects == nil {
-		return sharedCache{}
+		return sharedCache{nc: nc}
 	}
 	// The holder tells operators (and other fetchers' logs) who is
 	// downloading: a fetcher has no --target, and in a container its pid

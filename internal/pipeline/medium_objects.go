@@ -152,7 +152,7 @@ func (o *objectStore) downloadAndPut(ctx context.Context, s *FetcherStage, ev me
 	if blob, err := s.Store.Lookup(ctx, a.Digest); err == nil {
 		src = blob.Path // this host has it already: no origin download
 	} else {
-		res, err := s.fromOrigin(wctx, ev, &moved)
+		res, err := s.fromOrigin(wctx, ev, &moved, nil)
 		if err != nil {
 			if errors.Is(context.Cause(wctx), errLeaseLost) {
 				return objectstore.Info{}, errLeaseLost

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/vmprep/vmprep/internal/content"
 	"github.com/vmprep/vmprep/internal/place"
 	"github.com/vmprep/vmprep/internal/stage"
@@ -19,7 +21,11 @@ import (
 // sharedCache is the medium of one cache that every process mounts: the
 // fetcher downloads into its ingest area, the verifier commits the file to
 // its blobs, and the converter and the collector find it there.
-type sharedCache struct{}
+type sharedCache struct {
+	// nc, if set, carries the conversion-ahead hints (ahead.go): the
+	// fetcher announces a disk's download, converters follow it.
+	nc *nats.Conn
+}
 
 var _ Medium = sharedCache{}
 
@@ -38,7 +44,7 @@ func (sharedCache) Accept(req messages.PrepareRequest, host string) error {
 
 // Fetch downloads the asset into the store's ingest area unless the store
 // has it: one download per digest on this host, the others wait for it.
-func (sharedCache) Fetch(ctx context.Context, f *FetcherStage, ev *messages.AssetEvent, log *slog.Logger) error {
+func (m sharedCache) Fetch(ctx context.Context, f *FetcherStage, ev *messages.AssetEvent, log *slog.Logger) error {
 	a := ev.Asset
 	if _, err := f.Store.Lookup(ctx, a.Digest); err == nil {
 		log.Debug("already in store")
@@ -68,7 +74,11 @@ func (sharedCache) Fetch(ctx context.Context, f *FetcherStage, ev *messages.Asse
 	// A converter following the download in this process waits for the
 	// download engine's hash (RecordHashed below) instead of hashing too.
 	hashing := f.Store.HashingHere(f.Store.IngestPath(a.Digest))
-	res, err := f.fromOrigin(ctx, *ev, nil)
+	var announce func(messages.AssetEvent)
+	if m.nc != nil {
+		announce = announceConvertAhead(m.nc, log)
+	}
+	res, err := f.fromOrigin(ctx, *ev, nil, announce)
 	if err == nil && res.Stat != nil {
 		// The download engine hashed every byte it wrote: a verifier in this
 		// process commits the file by rename (one elsewhere hashes it).
@@ -228,4 +238,13 @@ func (sharedCache) Collect(ctx context.Context, s *CollectorStage, img image.Spe
 }
 
 // Maintain: a shared cache has no jobs of its own (its GC is the store's).
-func (sharedCache) Maintain(string, Deps, *slog.Logger) maintenance { return maintenance{} }
+// Maintain runs, beside a converter, the conversion of disks while they
+// download (ahead.go), never in the converter's slots: only in a shared
+// cache can a converter read the fetcher's ingest file.
+func (m sharedCache) Maintain(name string, d Deps, log *slog.Logger) maintenance {
+	if name != messages.StageConverter || m.nc == nil {
+		return maintenance{}
+	}
+	ahead := &convertAhead{Store: d.Store, Concurrency: d.Concurrency, Slots: d.Concurrency, Logger: log.With("work", "ahead")}
+	return maintenance{Loops: []func(context.Context){func(ctx context.Context) { ahead.Run(ctx, m.nc) }}}
+}

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/vmprep/vmprep/internal/objectstore"
 	"github.com/vmprep/vmprep/internal/stage"
 	"github.com/vmprep/vmprep/internal/testutil"
@@ -121,8 +123,11 @@ func TestMediumRoutes(t *testing.T) {
 	}
 
 	// The modes' own jobs: the object store heals and sweeps beside the
-	// verifier (which may delete objects), nowhere else.
+	// verifier (which may delete objects), nowhere else; a shared cache with
+	// a connection converts disks while they download beside the converter
+	// (the connection is not used until the loop runs).
 	log := slog.New(slog.DiscardHandler)
+	hinted := sharedCache{nc: &nats.Conn{}}
 	for _, tc := range []struct {
 		medium   Medium
 		stage    string
@@ -131,6 +136,10 @@ func TestMediumRoutes(t *testing.T) {
 	}{
 		{shared, messages.StageVerifier, nil, 0},
 		{shared, messages.StageCollector, nil, 0},
+		{shared, messages.StageConverter, nil, 0},
+		{hinted, messages.StageConverter, nil, 1},
+		{hinted, messages.StageFetcher, nil, 0},
+		{hinted, messages.StageVerifier, nil, 0},
 		{objects, messages.StageVerifier, []string{messages.ConsumerHealer + "=" + messages.SubjectCorrupt}, 1},
 		{objects, messages.StageFetcher, nil, 0},
 		{objects, messages.StageConverter, nil, 0},

@@ -225,10 +225,6 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			h := &FetcherStage{Store: d.Store, Medium: medium, Requests: infra.Requests, Downloader: d.Downloader,
 				Progress: progress, Logger: log, Metrics: d.Metrics, OriginTimeout: d.OriginTimeout}
 			bindings = append(bindings, binding{name, name, messages.SubjectFetch, h.Handle, messages.DoneSubject(name)})
-			if _, shared := medium.(sharedCache); shared {
-				// Converters read the ingest file only in a shared cache.
-				h.ConvertAhead = announceConvertAhead(nc, log)
-			}
 		case messages.StageVerifier:
 			h := &VerifierStage{Store: d.Store, Medium: medium, Progress: progress, Logger: log, Metrics: d.Metrics}
 			bindings = append(bindings, binding{name, name, messages.SubjectVerify, h.Handle, messages.DoneSubject(name)})
@@ -272,13 +268,6 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			bindings = append(bindings, binding{name, m.Consumer, m.Filter, m.Handler, messages.DoneSubject(name)})
 		}
 		background = append(background, upkeep.Loops...)
-	}
-	if _, shared := medium.(sharedCache); shared && slices.Contains(names, messages.StageConverter) {
-		// In a shared cache the converter also converts disks while they
-		// download (ahead.go), beside its consumer, never in its slots.
-		ahead := &convertAhead{Store: d.Store, Concurrency: d.Concurrency, Slots: d.Concurrency,
-			Logger: d.Logger.With("stage", messages.StageConverter, "work", "ahead")}
-		background = append(background, func(ctx context.Context) { ahead.Run(ctx, nc) })
 	}
 	queuedLimit := 0
 	if slices.Contains(names, messages.StageResolver) {

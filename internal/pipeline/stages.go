@@ -73,9 +73,6 @@ type FetcherStage struct {
 	// asset fails for good, however its attempts fail (default
 	// DefaultOriginTimeout): see fromOrigin.
 	OriginTimeout time.Duration
-	// ConvertAhead, if set, is told of each download of a disk that a
-	// converter may convert while it arrives (see ahead.go).
-	ConvertAhead func(messages.AssetEvent)
 
 	// failures remembers, per digest, a download that just failed for good
 	// on this host, so that requests waiting on the store's lock for it are
@@ -134,8 +131,9 @@ var errOriginSilent = errors.New("no bytes from the origin for the origin timeou
 // *OriginGoneError naming the URL and the last cause. One delivery thus
 // ends the asset within about the timeout (plus one stall timeout) of the
 // origin falling silent, and no redelivery or lease takeover starts the
-// wait again. moved, if set, counts bytes for a lease.
-func (s *FetcherStage) fromOrigin(ctx context.Context, ev messages.AssetEvent, moved *atomic.Int64) (download.Result, error) {
+// wait again. moved, if set, counts bytes for a lease; announce, if set,
+// is told once of a download's first bytes (see download).
+func (s *FetcherStage) fromOrigin(ctx context.Context, ev messages.AssetEvent, moved *atomic.Int64, announce func(messages.AssetEvent)) (download.Result, error) {
 	limit := s.originTimeout()
 	var lastByte atomic.Int64
 	lastByte.Store(time.Now().UnixNano())
@@ -168,7 +166,7 @@ func (s *FetcherStage) fromOrigin(ctx context.Context, ev messages.AssetEvent, m
 	}()
 	var last error // the last failure that came from the origin
 	for {
-		res, err := s.download(wctx, ev, onBytes)
+		res, err := s.download(wctx, ev, onBytes, announce)
 		if err == nil {
 			return res, nil
 		}
@@ -219,8 +217,10 @@ func (s *FetcherStage) Handle(ctx context.Context, m stage.Message) ([]stage.Eve
 }
 
 // download fetches the asset into the store's ingest area (resuming a
-// partial file), reporting progress; onBytes is told the bytes so far.
-func (s *FetcherStage) download(ctx context.Context, ev messages.AssetEvent, onBytes func(int64)) (download.Result, error) {
+// partial file), reporting progress; onBytes is told the bytes so far, and
+// announce, if set, of a disk a converter may convert while it arrives
+// (ahead.go), once its first bytes are in.
+func (s *FetcherStage) download(ctx context.Context, ev messages.AssetEvent, onBytes func(int64), announce func(messages.AssetEvent)) (download.Result, error) {
 	a := ev.Asset
 	dest := s.Store.IngestPath(a.Digest)
 	if a.Size > 0 {
@@ -242,7 +242,6 @@ func (s *FetcherStage) download(ctx context.Context, ev messages.AssetEvent, onB
 				Note: corruptNote(corrupt) + "; fetching it again"})
 		}
 	}
-	announce := s.ConvertAhead
 	report := throttled(250*time.Millisecond, s.Progress)
 	res, err := s.Downloader.Fetch(ctx, download.Request{
 		URL: a.URL, Dest: dest, ExpectedSize: a.Size, Expected: a.Digest, Name: string(a.Role),
