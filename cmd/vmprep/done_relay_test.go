@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -102,15 +101,15 @@ func TestRelayCannotSpeakForAStage(t *testing.T) {
 
 	// The collector's consumer, read as the collector reads it.
 	resolverJS, _ := jetstream.New(connect("resolver"))
-	var mu sync.Mutex
-	verdicts := map[string]error{}
+	type verdict struct {
+		id  string
+		err error
+	}
+	heard := make(chan verdict, 2*len(tests))
 	r, err := stage.New(ctx, resolverJS, messages.StreamWork, messages.StageCollector, messages.SubjectDone+".>",
 		func(ctx context.Context, m stage.Message) ([]stage.Event, error) {
 			id, _ := messages.PeekRequestID(m.Data)
-			err := pipeline.DoneFromPublisher(ctx, m)
-			mu.Lock()
-			verdicts[id] = err
-			mu.Unlock()
+			heard <- verdict{id, pipeline.DoneFromPublisher(ctx, m)}
 			return nil, nil
 		}, stage.WithWriters(), stage.WithPullWait(200*time.Millisecond), stage.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
@@ -120,20 +119,15 @@ func TestRelayCannotSpeakForAStage(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); r.Run(runCtx) }()
 	defer func() { stop(); <-done }()
-	for {
-		mu.Lock()
-		n := len(verdicts)
-		mu.Unlock()
-		if n >= len(tests) {
-			break
+	verdicts := map[string]error{}
+	for len(verdicts) < len(tests) {
+		select {
+		case v := <-heard:
+			verdicts[v.id] = v.err
+		case <-ctx.Done():
+			t.Fatalf("the collector saw %d of %d done events", len(verdicts), len(tests))
 		}
-		if ctx.Err() != nil {
-			t.Fatalf("the collector saw %d of %d done events", n, len(tests))
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	for _, tt := range tests {
 		err, seen := verdicts[tt.id]
 		switch {
