@@ -123,7 +123,13 @@ func TestForgedDoneEvents(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := nc.Publish(f.subject, data); err != nil {
+		// Marked as the subject's publisher marks it: what is forged is
+		// what that stage may say.
+		m := nats.NewMsg(f.subject)
+		m.Data = data
+		writer, _ := messages.DoneWriterOf(f.subject)
+		m.Header.Set(messages.HeaderWriter, writer)
+		if err := nc.PublishMsg(m); err != nil {
 			t.Fatal(err)
 		}
 		if err := nc.Flush(); err != nil {

@@ -39,6 +39,12 @@ func viewName(ev messages.AssetEvent) string {
 
 // Handle implements stage.Handler.
 func (s *CollectorStage) Handle(ctx context.Context, m stage.Message) ([]stage.Event, error) {
+	if err := DoneFromPublisher(ctx, m); err != nil {
+		if errors.Is(err, errRefused) {
+			s.Logger.Warn("refused a done event", "subject", m.Subject, "err", err)
+		}
+		return nil, err
+	}
 	ev, err := decodeAsset(m)
 	if err != nil {
 		return nil, err
@@ -219,4 +225,32 @@ func (s *CollectorStage) storedPath(ctx context.Context, ev messages.AssetEvent)
 		return blob.Path, nil
 	}
 	return s.Store.Derived(ctx, place.DerivedKeyOf(ev.Asset.Role, blob.SHA256))
+}
+
+// DoneFromPublisher checks that a done event was written by the one party that
+// may publish on its subject: it carries that party's writer marker
+// (messages.DoneWriterOf), read from its header block as stored and whole,
+// and none of the server's relay markings. Permissions cannot restrict a
+// reply subject, so a stage that may direct-get content it writes (the
+// fetcher its leases, the verifier object metadata, a converter host its
+// status) can have the server publish that content on any done subject;
+// the stream stores it like the subject's publisher's own event. A refusal
+// is poison (dead-lettered, never retried) and fails no request.
+func DoneFromPublisher(ctx context.Context, m stage.Message) error {
+	pub, host, ok := messages.DonePublisher(m.Subject)
+	if !ok {
+		return refuse("subject %q is no stage's done subject", m.Subject)
+	}
+	want, from := messages.DoneWriter(pub, host), publisher(pub, host)
+	got, err := m.Writer(ctx)
+	if errors.Is(err, stage.ErrNotWriter) {
+		return refuse("%w; only %s may publish there (stages older than this collector mark no done events: upgrade them, the collector last)", err, from)
+	}
+	if err != nil {
+		return fmt.Errorf("read who wrote the done event on %s: %w", m.Subject, err)
+	}
+	if got != want {
+		return refuse("%s carries the writer marker %q, not %q: only %s may publish there", m.Subject, got, want, from)
+	}
+	return nil
 }

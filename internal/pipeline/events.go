@@ -16,7 +16,8 @@ import (
 )
 
 // assetEvent encodes ev for subject with the deterministic id
-// "<request>.<role>.<step>[.r<refetch>]".
+// "<request>.<role>.<step>[.r<refetch>]"; on a done subject it carries the
+// marker of that subject's publisher (messages.DoneWriterOf).
 func assetEvent(subject, step string, ev messages.AssetEvent) (stage.Event, error) {
 	data, err := messages.Encode(messages.TypeAsset, &ev)
 	if err != nil {
@@ -32,7 +33,11 @@ func assetEvent(subject, step string, ev messages.AssetEvent) (stage.Event, erro
 		// hand-offs would be dropped as duplicates.
 		id += ".r" + strconv.Itoa(ev.Refetch)
 	}
-	return stage.Event{Subject: subject, Data: data, ID: id}, nil
+	out := stage.Event{Subject: subject, Data: data, ID: id}
+	// A done event names its publisher: the collector takes none without
+	// the marker of its subject's publisher (CollectorStage.Handle).
+	out.Writer, _ = messages.DoneWriterOf(subject)
+	return out, nil
 }
 
 // resultEvent publishes a request's result, marked as the collector's

@@ -295,6 +295,11 @@ func NewStages(ctx context.Context, nc *nats.Conn, names []string, d Deps) (*Sta
 			opts = append(opts, stage.WithMoreSubjects(messages.SubjectPrepare+".>"),
 				stage.WithKeyLimit(queuedLimit, errQueuedLimit))
 		}
+		if b.name == messages.StageCollector {
+			// It takes a done event only as its subject's publisher wrote
+			// it, read as stored (CollectorStage.Handle).
+			opts = append(opts, stage.WithWriters())
+		}
 		d.Metrics.Stage(b.consumer)
 		var r *stage.Runner
 		err := AwaitJetStream(ctx, js, d.Logger, func(ctx context.Context) (err error) {

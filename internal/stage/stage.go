@@ -51,6 +51,8 @@ type Message struct {
 	// Sequence is the message's sequence in its stream (0 if unknown): it
 	// tells two messages with the same content apart.
 	Sequence uint64
+	// writer reads who wrote it (Writer; WithWriters).
+	writer func(context.Context) (string, error)
 }
 
 // Event is one message to publish. ID becomes the Nats-Msg-Id header: it must be
@@ -60,7 +62,8 @@ type Event struct {
 	Data    []byte
 	ID      string
 	// Writer, if set, becomes the HeaderWriter marker: readers take the
-	// message as this role's only with it (messages.FromResultsWriter).
+	// message as this role's only with it (messages.FromResultsWriter,
+	// Message.Writer).
 	Writer string
 }
 
@@ -159,6 +162,7 @@ type config struct {
 	retryNotify   func(Retry)
 	fair          *fairConfig
 	driftCheck    time.Duration
+	writers       bool
 }
 
 // Option configures a Runner.
@@ -637,6 +641,9 @@ func sleep(ctx context.Context, d time.Duration) {
 // process runs the handler on one delivery and settles it.
 func (r *Runner) process(ctx context.Context, jm jetstream.Msg) {
 	m := messageOf(jm)
+	if r.cfg.writers {
+		m.writer = storedWriter(r.conn, r.stream, m)
+	}
 	log := r.cfg.logger.With("stage", r.name, "subject", m.Subject, "delivery", m.Delivery)
 	if id, ok := messages.PeekRequestID(m.Data); ok {
 		log = log.With("request_id", id)

@@ -232,6 +232,28 @@ func DonePublisher(subject string) (stage, host string, ok bool) {
 	return "", "", false
 }
 
+// DoneWriter is the writer marker (HeaderWriter) on the done events stage
+// publishes — on host, for a converter's own host subject (DoneSubjectOf):
+// the one party that may publish on that subject. The collector takes a
+// done event only with the marker of its subject's publisher, so content
+// the server relays there for someone else (a reply subject) is refused.
+func DoneWriter(stage, host string) string {
+	if host == "" {
+		return stage
+	}
+	return stage + " " + host
+}
+
+// DoneWriterOf is the marker a done event on subject must carry
+// (DoneWriter of DonePublisher); ok is false for any other subject.
+func DoneWriterOf(subject string) (writer string, ok bool) {
+	stage, host, ok := DonePublisher(subject)
+	if !ok {
+		return "", false
+	}
+	return DoneWriter(stage, host), true
+}
+
 // DeadSubject is where a stage publishes its dead letters.
 func DeadSubject(stage string) string { return SubjectDeadPrefix + stage }
 
