@@ -12,6 +12,7 @@ import (
 
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/stage"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
@@ -52,7 +53,7 @@ func TestRelayCannotSpeakForAStage(t *testing.T) {
 	relay := func(id, writer, hdr, body string) {
 		lease := "$KV." + messages.BucketLeases + "." + id
 		if hdr != "" {
-			rawPublish(t, admin.ConnectedUrl(), "fetcher", "s3cret-for-tests", lease, hdr, event(id))
+			testutil.RawPublish(t, admin.ConnectedUrl(), "fetcher", "s3cret-for-tests", lease, hdr, event(id))
 		} else {
 			m := nats.NewMsg(lease)
 			m.Data = event(id)

@@ -1,13 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,45 +18,11 @@ import (
 	"github.com/vmprep/vmprep/internal/fleetkv"
 	"github.com/vmprep/vmprep/internal/pipeline"
 	"github.com/vmprep/vmprep/internal/stage"
+	"github.com/vmprep/vmprep/internal/testutil"
 	"github.com/vmprep/vmprep/pkg/client"
 	"github.com/vmprep/vmprep/pkg/image"
 	"github.com/vmprep/vmprep/pkg/messages"
 )
-
-// rawPublish publishes on subject as user over the bare client protocol,
-// with header block hdr exactly as given: nats.go would clean a header
-// (no blank line inside), the server does not look.
-func rawPublish(t *testing.T, serverURL, user, password, subject, hdr string, data []byte) {
-	t.Helper()
-	u, err := url.Parse(serverURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.DialTimeout("tcp", u.Host, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	r := bufio.NewReader(c)
-	if _, err := r.ReadString('\n'); err != nil { // INFO
-		t.Fatal(err)
-	}
-	connect, _ := json.Marshal(map[string]any{"user": user, "pass": password, "headers": true, "verbose": false, "pedantic": false, "protocol": 1})
-	fmt.Fprintf(c, "CONNECT %s\r\nHPUB %s %d %d\r\n%s%s\r\nPING\r\n", connect, subject, len(hdr), len(hdr)+len(data), hdr, data)
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatalf("raw publish as %s: %v", user, err)
-		}
-		if strings.HasPrefix(line, "-ERR") {
-			t.Fatalf("raw publish as %s: %s", user, line)
-		}
-		if strings.HasPrefix(line, "PONG") {
-			return
-		}
-	}
-}
 
 // hiddenHeader is a header block with a blank line inside: nats.go stops
 // reading headers at the first blank line, so whatever the server appends
@@ -100,7 +62,7 @@ func TestHiddenHeaderCannotForgeAnEntry(t *testing.T) {
 		forged := `{"namespace":"bob","spec":{"distro":"ubuntu","version":"24.04","arch":"amd64"},"format":"raw","roles":["disk"],"resolved_from":"forged"}`
 		keySubject := "$KV." + messages.BucketRequests + "." + key
 		lease := "$KV." + messages.BucketLeases + ".hidden"
-		rawPublish(t, serverURL, "fetcher", "s3cret-for-tests", lease,
+		testutil.RawPublish(t, serverURL, "fetcher", "s3cret-for-tests", lease,
 			hiddenHeader("KV_"+messages.BucketRequests, keySubject, pipeline.RequestsWriter), []byte(forged))
 		fetcher := connect("fetcher")
 		relayUntilStored(ctx, t, fetcher, adminJS, "KV_"+messages.BucketRequests, keySubject,
@@ -147,7 +109,7 @@ func TestHiddenHeaderCannotForgeAnEntry(t *testing.T) {
 		}
 		keySubject := "$KV." + fleetkv.Bucket + "." + fleetkv.SelectionKey(evil.ID())
 		own := "$KV." + fleetkv.Bucket + "." + fleetkv.StatusKey("host-1", "hidden")
-		rawPublish(t, serverURL, "converter_host-1", generatedPassword(t, "converter_host-1"), own,
+		testutil.RawPublish(t, serverURL, "converter_host-1", generatedPassword(t, "converter_host-1"), own,
 			hiddenHeader("KV_"+fleetkv.Bucket, keySubject, fleetkv.Owner(fleetkv.SelectionKey(evil.ID()))), b)
 		host1 := connect("converter_host-1")
 		relayUntilStored(ctx, t, host1, adminJS, "KV_"+fleetkv.Bucket, keySubject,
@@ -168,7 +130,7 @@ func TestHiddenHeaderCannotForgeAnEntry(t *testing.T) {
 		}
 		keySubject := "$KV." + fleetkv.Bucket + "." + fleetkv.SelectionKey(evil.ID())
 		own := "$KV." + fleetkv.Bucket + "." + fleetkv.StatusKey("host-1", "own")
-		rawPublish(t, serverURL, "converter_host-1", generatedPassword(t, "converter_host-1"), own,
+		testutil.RawPublish(t, serverURL, "converter_host-1", generatedPassword(t, "converter_host-1"), own,
 			hiddenHeader("KV_"+fleetkv.Bucket, keySubject, fleetkv.Owner(fleetkv.SelectionKey(evil.ID()))), b)
 		loadFleet(t, fleetkv.StatusKey("host-1", "own"))
 	})
@@ -234,7 +196,7 @@ func TestHiddenHeaderCannotForgeAResult(t *testing.T) {
 		t.Fatal(err)
 	}
 	lease := "$KV." + messages.BucketLeases + ".hidden-result"
-	rawPublish(t, admin.ConnectedUrl(), "fetcher", "s3cret-for-tests", lease,
+	testutil.RawPublish(t, admin.ConnectedUrl(), "fetcher", "s3cret-for-tests", lease,
 		hiddenHeader(messages.StreamResults, subject, "collector"), data)
 	relayUntilStored(ctx, t, connect("fetcher"), adminJS, messages.StreamResults, subject,
 		"$JS.API.DIRECT.GET.KV_"+messages.BucketLeases+"."+lease, nil)

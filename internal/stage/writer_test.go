@@ -1,13 +1,8 @@
 package stage_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
-	"fmt"
-	"net"
-	"net/url"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +12,7 @@ import (
 
 	"github.com/vmprep/vmprep/internal/natsembed"
 	"github.com/vmprep/vmprep/internal/stage"
+	"github.com/vmprep/vmprep/internal/testutil"
 )
 
 // TestWriterReadsTheStoredBlockWhole: a runner built WithWriters tells its
@@ -90,7 +86,7 @@ func TestWriterReadsTheStoredBlockWhole(t *testing.T) {
 		{data: "hand-made-block", send: func(data string) {
 			// A blank line inside the block, the server's markings of a
 			// relay after it (the bare protocol: nats.go cleans headers).
-			rawPublish(t, srv.ClientURL(), inSubject, "NATS/1.0\r\n"+stage.HeaderWriter+": owner\r\n\r\nNats-Stream: SRC\r\nNats-Subject: src.x\r\n\r\n", data)
+			testutil.RawPublish(t, srv.ClientURL(), "", "", inSubject, "NATS/1.0\r\n"+stage.HeaderWriter+": owner\r\n\r\nNats-Stream: SRC\r\nNats-Subject: src.x\r\n\r\n", []byte(data))
 		}},
 	}
 	type seen struct {
@@ -134,38 +130,5 @@ func TestWriterReadsTheStoredBlockWhole(t *testing.T) {
 	// A message from a handler's own caller, not a runner's.
 	if _, err := (stage.Message{Subject: inSubject}).Writer(ctx); err == nil || errors.Is(err, stage.ErrNotWriter) {
 		t.Errorf("a message not from a runner WithWriters: %v", err)
-	}
-}
-
-// rawPublish publishes on subject over the bare client protocol with header
-// block hdr exactly as given, and waits for the server to have read it.
-func rawPublish(t *testing.T, serverURL, subject, hdr, data string) {
-	t.Helper()
-	u, err := url.Parse(serverURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.DialTimeout("tcp", u.Host, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	r := bufio.NewReader(c)
-	if _, err := r.ReadString('\n'); err != nil { // INFO
-		t.Fatal(err)
-	}
-	fmt.Fprintf(c, "CONNECT {\"headers\":true,\"verbose\":false,\"protocol\":1}\r\nHPUB %s %d %d\r\n%s%s\r\nPING\r\n", subject, len(hdr), len(hdr)+len(data), hdr, data)
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatalf("raw publish: %v", err)
-		}
-		if strings.HasPrefix(line, "-ERR") {
-			t.Fatalf("raw publish: %s", line)
-		}
-		if strings.HasPrefix(line, "PONG") {
-			return
-		}
 	}
 }
